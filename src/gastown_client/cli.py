@@ -1,0 +1,300 @@
+"""``gastownctl``: talk to gastownd from a shell.
+
+Exit codes: 0 ok, 1 the daemon rejected the request (code and message on
+stderr), 2 usage error, 3 the daemon could not be reached.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+
+from gastown_client import __version__, paths
+from gastown_client.client import Client
+from gastown_client.errors import ClientError, DaemonUnavailable, RequestRejected
+
+EXIT_OK, EXIT_REJECTED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
+
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)(s|m|h|d|w)$")
+_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+class UsageError(Exception):
+    pass
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gastownctl", description="Talk to gastownd.")
+    parser.add_argument("--version", action="version", version=f"gastownctl {__version__}")
+    parser.add_argument("--town-root", help="town directory (default: GT_TOWN_ROOT, cwd, ~/gt)")
+    parser.add_argument("--socket", help="socket path (default: derived from the town)")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    sub = commands.add_parser("status", help="daemon status and counters")
+    sub.add_argument("--json", action="store_true")
+    sub = commands.add_parser("ping", help="check that the daemon answers")
+    sub.add_argument("--json", action="store_true")
+    commands.add_parser("sockname", help="print the socket path a client would use")
+
+    sub = commands.add_parser("emit", help="append an event to the town's log (durably)")
+    sub.add_argument("type")
+    sub.add_argument("--actor", required=True)
+    sub.add_argument("--payload", help="payload as a JSON object")
+    sub.add_argument("-p", dest="fields", action="append", default=[], metavar="KEY=VALUE",
+                     help="one payload field (string value); repeatable")
+    sub.add_argument("--visibility", choices=["feed", "audit", "both"], default="feed")
+    sub.add_argument("--json", action="store_true", help="print the event as written")
+
+    sub = commands.add_parser("events", help="query (and follow) the event log")
+    sub.add_argument("--type", dest="types", action="append", default=[], metavar="TYPE")
+    sub.add_argument("--actor", help="substring of the actor")
+    sub.add_argument("--session", help="payload.session_id")
+    sub.add_argument("--since", help="a duration (30m, 2h, 7d) or a timestamp")
+    sub.add_argument("--until", help="a timestamp")
+    sub.add_argument("-n", dest="limit", type=int, default=20, help="how many (default 20)")
+    sub.add_argument("--oldest-first", action="store_true")
+    sub.add_argument("--follow", "-f", action="store_true", help="then print new events live")
+    sub.add_argument("--json", action="store_true", help="one stored JSON line per event")
+
+    sub = commands.add_parser("prune", help="apply retention now")
+    sub.add_argument("--dry-run", action="store_true")
+    sub.add_argument("--json", action="store_true")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler = _COMMANDS[args.command]
+    try:
+        return handler(args)
+    except UsageError as exc:
+        print(f"gastownctl: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except RequestRejected as exc:
+        print(f"gastownctl: rejected ({exc.code}): {exc.message}", file=sys.stderr)
+        return EXIT_REJECTED
+    except DaemonUnavailable as exc:
+        print(f"gastownctl: {exc}\n  start it with: gastownd run   (or: make run)",
+              file=sys.stderr)
+        return EXIT_UNREACHABLE
+    except ClientError as exc:
+        print(f"gastownctl: {exc}", file=sys.stderr)
+        return EXIT_REJECTED
+    except KeyboardInterrupt:
+        return EXIT_OK
+    except BrokenPipeError:
+        return EXIT_OK
+
+
+def _client(args: argparse.Namespace) -> Client:
+    return Client(args.socket, town_root=args.town_root)
+
+
+def _print_json(value: Any) -> None:
+    sys.stdout.write(msgspec.json.encode(value).decode() + "\n")
+
+
+# ---------------------------------------------------------------- commands
+
+
+def cmd_sockname(args: argparse.Namespace) -> int:
+    if args.socket:
+        print(args.socket)
+    else:
+        print(paths.socket_path(paths.find_town_root(args.town_root)))
+    return EXIT_OK
+
+
+def cmd_ping(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        started = time.perf_counter()
+        client.ping()
+        elapsed_ms = (time.perf_counter() - started) * 1000
+    if args.json:
+        _print_json({"pong": True, "rtt_ms": round(elapsed_ms, 3)})
+    else:
+        print(f"pong from {client.socket_path} in {elapsed_ms:.2f} ms")
+    return EXIT_OK
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        status = client.status()
+    if args.json:
+        _print_json(status)
+        return EXIT_OK
+    log = status.eventlog
+    rows = [
+        ("daemon", f"gastownd {status.daemon_version} (protocol {status.protocol}), "
+                   f"pid {status.pid}"),
+        ("up since", f"{status.started_at} ({_human_duration(status.uptime_s)})"),
+        ("town", status.town_root),
+        ("socket", status.paths.socket),
+        ("config", status.paths.config or "(defaults)"),
+        ("connections", f"{status.connections} open, {status.requests} requests served"),
+        ("event log", f"{status.paths.events}"),
+        ("  lines", f"{log.lines} ({log.malformed} malformed), {_human_bytes(log.bytes)}"),
+        ("  appended", f"{log.appended} by gastownd, {log.external} by other writers "
+                       f"(durability: {log.durability})"),
+        ("  subscribers", str(log.subscribers)),
+        ("  last prune", f"{log.last_prune_at} ({log.last_prune_removed} removed)"
+                         if log.last_prune_at else "never"),
+    ]
+    if log.quarantined:
+        rows.append(("  quarantined", f"{log.quarantined} torn tail(s) cut at start"))
+    width = max(len(label) for label, _ in rows)
+    for label, value in rows:
+        print(f"{label:<{width}}  {value}")
+    return EXIT_OK
+
+
+def cmd_emit(args: argparse.Namespace) -> int:
+    payload: dict[str, Any] = {}
+    if args.payload:
+        try:
+            decoded = msgspec.json.decode(args.payload)
+        except msgspec.DecodeError as exc:
+            raise UsageError(f"--payload is not valid JSON: {exc}") from None
+        if not isinstance(decoded, dict):
+            raise UsageError("--payload must be a JSON object")
+        payload.update(decoded)
+    for field in args.fields:
+        key, sep, value = field.partition("=")
+        if not sep or not key:
+            raise UsageError(f"-p expects KEY=VALUE, got {field!r}")
+        payload[key] = value
+    with _client(args) as client:
+        try:
+            result = client.emit(args.type, args.actor, payload, args.visibility)
+        except msgspec.ValidationError as exc:
+            raise UsageError(str(exc)) from None
+    if args.json:
+        sys.stdout.write(bytes(result.event).decode() + "\n")
+    else:
+        print(f"appended {args.type} (cursor {result.cursor})")
+    return EXIT_OK
+
+
+def cmd_events(args: argparse.Namespace) -> int:
+    if args.limit < 1:
+        raise UsageError("-n must be at least 1")
+    filters: dict[str, Any] = {
+        "types": args.types,
+        "actor": args.actor,
+        "session": args.session,
+        "since": _since(args.since) if args.since else None,
+        "until": _timestamp(args.until) if args.until else None,
+    }
+    show: Callable[[bytes], None] = _show_json if args.json else _show_human
+    with _client(args) as client:
+        result = client.query(limit=args.limit, oldest_first=args.oldest_first, **filters)
+        events = result.events
+        if args.follow and not args.oldest_first:
+            # Followed output reads top to bottom in time, like tail -f.
+            events = list(reversed(events))
+        for raw in events:
+            show(bytes(raw))
+        sys.stdout.flush()
+        if not args.follow:
+            return EXIT_OK
+        subscription = client.subscribe(cursor=result.cursor, **filters)
+        client.set_timeout(None)
+        for _cursor, raw in subscription:
+            show(bytes(raw))
+            sys.stdout.flush()
+    return EXIT_OK
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        result = client.prune(dry_run=args.dry_run)
+    if args.json:
+        _print_json(result)
+        return EXIT_OK
+    verb = "would remove" if result.dry_run else "removed"
+    print(f"{verb} {result.pruned_total} lines ({_human_bytes(result.bytes_freed)}), "
+          f"kept {result.kept}" + (f", archived {result.archived}" if result.archived else ""))
+    for event_type, count in result.pruned.items():
+        print(f"  {event_type:<24} {count}")
+    return EXIT_OK
+
+
+_COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "status": cmd_status,
+    "ping": cmd_ping,
+    "sockname": cmd_sockname,
+    "emit": cmd_emit,
+    "events": cmd_events,
+    "prune": cmd_prune,
+}
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _since(text: str) -> str:
+    match = _DURATION.match(text.strip())
+    if match:
+        seconds = float(match.group(1)) * _UNIT_S[match.group(2)]
+        moment = datetime.now(UTC).timestamp() - seconds
+        return datetime.fromtimestamp(int(moment), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return _timestamp(text)
+
+
+def _timestamp(text: str) -> str:
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise UsageError(f"{text!r} is neither a duration (30m, 2h, 7d) nor a timestamp") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _show_json(line: bytes) -> None:
+    sys.stdout.write(line.decode("utf-8", "replace") + "\n")
+
+
+def _show_human(line: bytes) -> None:
+    event = msgspec.json.decode(line)
+    payload = event.get("payload") or {}
+    details = " ".join(f"{k}={_short(v)}" for k, v in payload.items())
+    print(f"{event.get('ts', '?')}  {event.get('type', '?'):<16} {event.get('actor', ''):<28} "
+          f"{details}".rstrip())
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = value if isinstance(value, str) else msgspec.json.encode(value).decode()
+    text = text.replace("\n", "⏎")
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _human_bytes(size: int) -> str:
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{size} B"
+
+
+def _human_duration(seconds: float) -> str:
+    seconds = int(seconds)
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days}d {hours}h"
+    if hours:
+        return f"{hours}h {minutes}m"
+    if minutes:
+        return f"{minutes}m {secs}s"
+    return f"{secs}s"

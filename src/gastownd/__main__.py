@@ -1,0 +1,3 @@
+from gastownd.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,168 @@
+"""The composition root: every running part, one task group, start and stop.
+
+Start: private dir checks → instance lock → event log recovery and index →
+task group (writer, watcher, pruner, server via ``tg.start``, signals) →
+ready. Stop (SIGTERM/SIGINT or ``Daemon.stop``): stop accepting, end
+subscriptions, let in-flight requests finish, flush the log, exit.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Callable
+from pathlib import Path
+
+import anyio
+import anyio.abc
+import structlog
+
+from gastown_client import paths as town_paths
+from gastownd import ops, pruner
+from gastownd.config import Config, load_config, parse_duration
+from gastownd.daemon import Daemon, DaemonPaths
+from gastownd.errors import StartupError
+from gastownd.eventlog import EventLog
+from gastownd.instance import InstanceLock, clear_stale_socket, ensure_private_dir
+from gastownd.server import Server
+from gastownd.subscriptions import Subscriptions
+from gastownd.watcher import watch_eventlog
+
+log = structlog.get_logger("gastownd.app")
+
+
+def resolve_paths(town: Path, config_path: Path | None) -> DaemonPaths:
+    if config_path is None:
+        default = town_paths.default_config_path(town)
+        config_path = default if default.exists() else None
+    return DaemonPaths(
+        town=town,
+        private_dir=town_paths.private_dir(town),
+        socket=town_paths.socket_path(town),
+        lock=town_paths.lock_path(town),
+        events=town_paths.events_path(town),
+        events_lock=town_paths.events_lock_path(town),
+        config=config_path,
+    )
+
+
+def build_daemon(town: Path, config_path: Path | None = None, config: Config | None = None) -> Daemon:
+    paths = resolve_paths(town, config_path)
+    if config is None:
+        config = load_config(paths.config)
+    return Daemon(config=config, paths=paths)
+
+
+class App:
+    """Owns the daemon's lifetime. ``run`` returns when it has stopped cleanly."""
+
+    def __init__(self, daemon: Daemon, *, install_signal_handlers: bool = True) -> None:
+        self.daemon = daemon
+        self.install_signal_handlers = install_signal_handlers
+        self._stop = anyio.Event()
+        self.on_reload: list[Callable[[Config], None]] = []
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def run(self, *, task_status: anyio.abc.TaskStatus[Daemon] = anyio.TASK_STATUS_IGNORED) -> None:
+        daemon = self.daemon
+        paths = daemon.paths
+        if not paths.town.is_dir():
+            raise StartupError(f"town root {paths.town} is not a directory")
+        ensure_private_dir(paths.private_dir)
+        if paths.socket.parent != paths.private_dir:
+            _ensure_socket_dir(paths.socket.parent)
+        lock = InstanceLock(paths.lock)
+        lock.acquire()
+        try:
+            await self._run_locked(task_status)
+        finally:
+            lock.release()
+
+    async def _run_locked(self, task_status: anyio.abc.TaskStatus[Daemon]) -> None:
+        daemon = self.daemon
+        config = daemon.config
+        paths = daemon.paths
+        subscriptions = Subscriptions(config.eventlog.subscriber_queue)
+        eventlog = EventLog(paths.events, paths.events_lock, paths.private_dir, config.eventlog,
+                            subscriptions.publish)
+        await eventlog.open()
+        daemon.eventlog = eventlog
+        daemon.subscriptions = subscriptions
+        server = Server(config.server, lambda req, conn: ops.dispatch(daemon, req, conn),
+                        expected_uid=os.geteuid())
+        daemon.server = server
+
+        clear_stale_socket(paths.socket)
+        listener = await anyio.create_unix_listener(paths.socket, mode=0o600)
+        async with anyio.create_task_group() as services:
+            services.start_soon(eventlog.run_writer)
+            services.start_soon(eventlog.run_syncer)
+            async with anyio.create_task_group() as front:
+                await front.start(server.serve, listener)
+                front.start_soon(watch_eventlog, eventlog,
+                                 int(parse_duration(config.eventlog.watch_step) * 1000))
+                front.start_soon(pruner.run_periodic, daemon)
+                if self.install_signal_handlers:
+                    front.start_soon(self._handle_signals)
+                log.info("daemon_ready", town=str(paths.town), socket=str(paths.socket),
+                         pid=os.getpid())
+                task_status.started(daemon)
+                await self._stop.wait()
+                log.info("daemon_stopping")
+                await self._drain(server, subscriptions)
+                front.cancel_scope.cancel()
+            with anyio.CancelScope(shield=True):
+                await eventlog.close()
+            services.cancel_scope.cancel()
+        _unlink_socket(paths.socket)
+        log.info("daemon_stopped")
+
+    async def _drain(self, server: Server, subscriptions: Subscriptions) -> None:
+        """Stop taking requests; wait (bounded) for the in-flight ones."""
+        server.stop()
+        subscriptions.close_all()
+        deadline = parse_duration(self.daemon.config.server.shutdown_timeout)
+        with anyio.move_on_after(deadline) as scope:
+            while server.connections:
+                await anyio.sleep(0.01)
+        if scope.cancelled_caught:
+            log.warning("shutdown_deadline_reached", open_connections=len(server.connections))
+
+    async def _handle_signals(self) -> None:
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+            async for signum in signals:
+                if signum == signal.SIGHUP:
+                    self._reload()
+                    continue
+                log.info("signal_received", signal=signal.Signals(signum).name)
+                self.stop()
+                return
+
+    def _reload(self) -> None:
+        daemon = self.daemon
+        try:
+            config = load_config(daemon.paths.config)
+        except StartupError as exc:
+            log.error("config_reload_failed", error=str(exc))
+            return
+        daemon.config = config
+        for callback in self.on_reload:
+            callback(config)
+        log.info("config_reloaded", path=str(daemon.paths.config))
+
+
+def _ensure_socket_dir(folder: Path) -> None:
+    if folder.name.startswith("gastownd-"):
+        folder.mkdir(mode=0o700, exist_ok=True)
+        ensure_private_dir(folder)
+
+
+def _unlink_socket(path: Path) -> None:
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        log.warning("socket_unlink_failed", error=exc.strerror)

@@ -1,0 +1,71 @@
+"""``gastownd``: run the daemon in the foreground (supervisors do the rest)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import anyio
+import structlog
+
+from gastown_client import __version__
+from gastown_client import paths as town_paths
+from gastownd.app import App, build_daemon
+from gastownd.config import Config
+from gastownd.errors import StartupError
+from gastownd.logsetup import configure_logging
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gastownd", description="The Gas Town daemon: event log and agent sessions."
+    )
+    parser.add_argument("--version", action="version", version=f"gastownd {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    run = commands.add_parser("run", help="run the daemon in the foreground")
+    run.add_argument("--town-root", type=Path, help="town directory (default: see docs)")
+    run.add_argument("--config", type=Path,
+                     help="TOML config (default: <town>/settings/gastownd.toml if present)")
+    run.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    run.add_argument("--log-format", choices=["auto", "json", "console"])
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "run":
+        return run(args)
+    return 2
+
+
+def run(args: argparse.Namespace) -> int:
+    configure_logging("info", args.log_format or "auto")
+    log = structlog.get_logger("gastownd")
+    try:
+        town = town_paths.find_town_root(args.town_root, create=True)
+        daemon = build_daemon(town, args.config)
+    except StartupError as exc:
+        print(f"gastownd: {exc}", file=sys.stderr)
+        return 1
+    config = daemon.config
+    level = args.log_level or config.log_level
+    configure_logging(level, args.log_format or config.log_format)
+    app = App(daemon)
+
+    def relog(new_config: Config) -> None:
+        configure_logging(args.log_level or new_config.log_level,
+                          args.log_format or new_config.log_format)
+
+    app.on_reload.append(relog)
+    try:
+        anyio.run(app.run)
+    except StartupError as exc:
+        print(f"gastownd: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    except Exception:
+        log.exception("daemon_crashed")
+        return 70
+    return 0

@@ -1,0 +1,138 @@
+"""Configuration: TOML decoded by msgspec into typed Structs.
+
+An unknown key or a wrong type stops start-up with a message naming the key.
+Durations are written as strings with a unit: ``"250ms"``, ``"30s"``,
+``"15m"``, ``"1h"``, ``"7d"``.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+from typing import Literal
+
+import msgspec
+
+from gastownd.errors import StartupError
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in ``text`` (``"90s"``, ``"7d"``); raises ValueError."""
+    match = _DURATION.match(text)
+    if match is None:
+        raise ValueError(f"invalid duration {text!r} (use e.g. 500ms, 30s, 15m, 1h, 7d)")
+    return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+
+
+class _Section(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    pass
+
+
+class ServerConfig(_Section):
+    max_frame_bytes: int = 1 << 20
+    max_connections: int = 512
+    # A connection holding an incomplete frame this long is closed.
+    partial_frame_timeout: str = "10s"
+    # In-flight requests per connection (pipelining depth).
+    max_inflight_per_connection: int = 64
+    shutdown_timeout: str = "4s"
+
+    def __post_init__(self) -> None:
+        if self.max_frame_bytes < 1024:
+            raise ValueError("max_frame_bytes must be at least 1024")
+        if self.max_connections < 1 or self.max_inflight_per_connection < 1:
+            raise ValueError("max_connections and max_inflight_per_connection must be >= 1")
+        parse_duration(self.partial_frame_timeout)
+        parse_duration(self.shutdown_timeout)
+
+
+class EventLogConfig(_Section):
+    # "sync": acknowledge after fdatasync. "write": after write(), sync every sync_interval.
+    durability: Literal["sync", "write"] = "sync"
+    sync_interval: str = "50ms"
+    # The value of "source" in lines gastownd writes.
+    source: str = "gt"
+    # watchfiles' step: how long to wait for more changes before reporting.
+    watch_step: str = "20ms"
+    subscriber_queue: int = 10_000
+    append_queue: int = 65_536
+
+    def __post_init__(self) -> None:
+        parse_duration(self.sync_interval)
+        parse_duration(self.watch_step)
+        if self.subscriber_queue < 1 or self.append_queue < 1:
+            raise ValueError("queue sizes must be >= 1")
+
+
+class RetentionConfig(_Section):
+    """Used when ``<town>/.krc.yaml`` does not exist; Gas Town's defaults."""
+
+    enabled: bool = True
+    default_ttl: str = "7d"
+    ttls: dict[str, str] = msgspec.field(
+        default_factory=lambda: {
+            "patrol_*": "1d",
+            "polecat_checked": "1d",
+            "polecat_nudged": "1d",
+            "session_start": "3d",
+            "session_end": "3d",
+            "nudge": "3d",
+            "handoff": "7d",
+            "sling": "14d",
+            "done": "14d",
+            "hook": "14d",
+            "unhook": "14d",
+            "mail": "30d",
+            "session_death": "30d",
+            "merge_*": "30d",
+            "mass_death": "90d",
+        }
+    )
+    prune_interval: str = "1h"
+    # The newest N lines of each type are kept whatever their age.
+    min_retain_count: int = 0
+    # Append pruned lines to <town>/.gastownd/archive/events-YYYY-MM-DD.jsonl.gz.
+    archive: bool = False
+
+    def __post_init__(self) -> None:
+        parse_duration(self.default_ttl)
+        parse_duration(self.prune_interval)
+        for pattern, ttl in self.ttls.items():
+            try:
+                parse_duration(ttl)
+            except ValueError as exc:
+                raise ValueError(f"ttls[{pattern!r}]: {exc}") from None
+        if self.min_retain_count < 0:
+            raise ValueError("min_retain_count must be >= 0")
+
+
+class Config(_Section):
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["auto", "json", "console"] = "auto"
+    server: ServerConfig = msgspec.field(default_factory=ServerConfig)
+    eventlog: EventLogConfig = msgspec.field(default_factory=EventLogConfig)
+    retention: RetentionConfig = msgspec.field(default_factory=RetentionConfig)
+
+
+def load_config(path: Path | None) -> Config:
+    """Read ``path`` (None or missing default file: all defaults)."""
+    if path is None:
+        return Config()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise StartupError(f"config file {path} does not exist") from None
+    except OSError as exc:
+        raise StartupError(f"cannot read config file {path}: {exc.strerror}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise StartupError(f"config file {path} is not valid TOML: {exc}") from None
+    try:
+        return msgspec.convert(data, Config)
+    except msgspec.ValidationError as exc:
+        raise StartupError(f"config file {path}: {exc}") from None

@@ -1,0 +1,262 @@
+"""The digest: what an ended wisp leaves behind, and the entity chain it joins.
+
+A digest is built from a wisp that has just ended, with its steps still attached
+(the steps are dropped once the digest exists). Each actor's digests form a hash
+chain, its CV: ``prev_hash`` is the ``hash`` of the actor's previous digest
+(``""`` for the first) and ``hash`` is the sha256 of :func:`canonical_bytes`.
+
+Schema rule: the canonical encoding omits fields at their default, so a field
+added later must have a default, or every existing hash breaks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Final
+
+import msgspec
+
+if TYPE_CHECKING:
+    from gastownd.core.wisp import Step, Wisp
+
+DIGEST_ID_PREFIX: Final = "dg-"
+MAX_SUMMARY_STEPS: Final = 200
+MAX_SUMMARY_TEXT: Final = 200
+ENDED_STATES: Final = frozenset({"squashed", "abandoned"})
+
+_TS_FORMAT: Final = "%Y-%m-%dT%H:%M:%SZ"
+_TEXT_KEYS: Final = ("subject", "title", "summary", "message", "text", "reason")
+_canonical_encoder: Final = msgspec.json.Encoder(order="sorted")
+
+
+class Commit(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    sha: str
+    subject: str = ""
+
+
+class Handoff(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    at: float
+    to: str | None = None
+    subject: str = ""
+
+
+class Digest(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """The permanent record of one segment of one session."""
+
+    digest_id: str
+    session_id: str
+    segment: int
+    actor: str
+    role: str
+    rig: str | None = None
+    state: str
+    end_reason: str
+    started_at: float
+    ended_at: float
+    duration_s: float
+    step_count: int
+    counts: dict[str, int] = {}
+    issues_closed: tuple[str, ...] = ()
+    issues_created: tuple[str, ...] = ()
+    commits: tuple[Commit, ...] = ()
+    handoffs: tuple[Handoff, ...] = ()
+    topic: str | None = None
+    cwd: str | None = None
+    parent_session: str | None = None
+    tmux_session: str | None = None
+    title: str
+    summary: str
+    prev_hash: str = ""
+    hash: str = ""
+
+
+def digest_id_for(session_id: str, segment: int) -> str:
+    """Deterministic: the same session and segment always name the same digest."""
+    seed = f"{session_id}\x1f{segment}".encode()
+    return DIGEST_ID_PREFIX + hashlib.sha256(seed).hexdigest()[:16]
+
+
+def canonical_bytes(digest: Digest) -> bytes:
+    """Sorted-key JSON of every field except ``hash``, defaults omitted."""
+    fields = msgspec.to_builtins(digest)
+    fields.pop("hash", None)
+    return _canonical_encoder.encode(fields)
+
+
+def digest_hash(digest: Digest) -> str:
+    return hashlib.sha256(canonical_bytes(digest)).hexdigest()
+
+
+def seal(digest: Digest) -> Digest:
+    """The same digest with ``hash`` set from its content."""
+    return msgspec.structs.replace(digest, hash=digest_hash(digest))
+
+
+def make_digest(wisp: Wisp, *, prev_hash: str = "") -> Digest:
+    """Digest of a wisp that has ended (state squashed or abandoned), steps still attached."""
+    if wisp.state not in ENDED_STATES or wisp.ended_at is None or wisp.end_reason is None:
+        raise ValueError(f"wisp {wisp.session_id!r} has not ended (state {wisp.state})")
+    steps = wisp.steps
+    ended_at = wisp.ended_at
+    counts = Counter(s.kind for s in steps)
+    digest = Digest(
+        digest_id=digest_id_for(wisp.session_id, wisp.segment),
+        session_id=wisp.session_id,
+        segment=wisp.segment,
+        actor=wisp.actor,
+        role=wisp.role,
+        rig=wisp.rig,
+        state=str(wisp.state),
+        end_reason=wisp.end_reason,
+        started_at=float(wisp.started_at),
+        ended_at=float(ended_at),
+        duration_s=max(0.0, float(ended_at) - float(wisp.started_at)),
+        step_count=len(steps),
+        counts={kind: counts[kind] for kind in sorted(counts)},
+        issues_closed=_issues(steps, "issue_closed"),
+        issues_created=_issues(steps, "issue_created"),
+        commits=_commits(steps),
+        handoffs=tuple(
+            Handoff(at=float(s.at), to=_ref(s, "to_session", "to"), subject=_text(s))
+            for s in steps
+            if s.kind == "handoff"
+        ),
+        topic=wisp.topic,
+        cwd=wisp.cwd,
+        parent_session=wisp.parent_session,
+        tmux_session=wisp.tmux_session,
+        title=f"Digest: {wisp.session_id}",
+        summary=_summary(wisp, steps, ended_at),
+        prev_hash=prev_hash,
+    )
+    return seal(digest)
+
+
+def verify_chain(digests: Sequence[Digest], *, anchor: str = "") -> int | None:
+    """Index of the first broken link in one actor's digests (oldest first), else None.
+
+    A link is broken when a digest's content does not match its ``hash``, when its
+    ``prev_hash`` is not the previous digest's ``hash`` (``anchor`` for the first,
+    ``""`` when the list starts at the actor's first digest), or when it belongs to
+    another actor than the first.
+    """
+    expected_prev = anchor
+    for index, digest in enumerate(digests):
+        if (
+            digest.actor != digests[0].actor
+            or digest.prev_hash != expected_prev
+            or digest.hash != digest_hash(digest)
+        ):
+            return index
+        expected_prev = digest.hash
+    return None
+
+
+# ---------------------------------------------------------------- extraction
+
+
+def _str_value(payload: dict[str, Any] | None, *keys: str) -> str | None:
+    if not payload:
+        return None
+    for key in keys:
+        value = payload.get(key)
+        if isinstance(value, str) and value:
+            return value
+    return None
+
+
+def _ref(step: Step, *keys: str) -> str | None:
+    return step.ref or _str_value(step.payload, *keys)
+
+
+def _text(step: Step) -> str:
+    text = _str_value(step.payload, *_TEXT_KEYS) or ""
+    return text.splitlines()[0] if text else ""
+
+
+def _issues(steps: Sequence[Step], kind: str) -> tuple[str, ...]:
+    found: dict[str, None] = {}
+    for s in steps:
+        if s.kind == kind:
+            issue = _ref(s, "issue", "id", "bead")
+            if issue:
+                found.setdefault(issue)
+    return tuple(found)
+
+
+def _commits(steps: Sequence[Step]) -> tuple[Commit, ...]:
+    found: dict[str, Commit] = {}
+    for s in steps:
+        if s.kind == "commit":
+            sha = _ref(s, "sha", "commit")
+            if sha and sha not in found:
+                found[sha] = Commit(sha=sha, subject=_text(s))
+    return tuple(found.values())
+
+
+# ---------------------------------------------------------------- summary
+
+
+def _format_ts(epoch_s: float) -> str:
+    try:
+        return datetime.fromtimestamp(int(epoch_s), UTC).strftime(_TS_FORMAT)
+    except (OverflowError, ValueError, OSError):
+        return f"{epoch_s}"
+
+
+def _format_duration(seconds: float) -> str:
+    total = int(seconds)
+    hours, rest = divmod(total, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes:02d}m{secs:02d}s"
+    if minutes:
+        return f"{minutes}m{secs:02d}s"
+    return f"{secs}s"
+
+
+def _one_line(text: str) -> str:
+    flat = " ".join(text.split())
+    if len(flat) > MAX_SUMMARY_TEXT:
+        return flat[: MAX_SUMMARY_TEXT - 1] + "…"
+    return flat
+
+
+def _step_line(number: int, step: Step) -> str:
+    parts = [p for p in (step.ref or "", _text(step)) if p]
+    detail = _one_line(" — ".join(parts)) if parts else ""
+    line = f"{number}. **[{_one_line(step.kind)}]** {_format_ts(step.at)}"
+    return f"{line} {detail}" if detail else line
+
+
+def _summary(wisp: Wisp, steps: Sequence[Step], ended_at: float) -> str:
+    """Markdown in the style of Beads' squash digests."""
+    lines = [
+        "## Session Summary",
+        "",
+        f"**Session**: {wisp.session_id} (segment {wisp.segment})",
+        f"**Actor**: {wisp.actor}",
+    ]
+    if wisp.topic:
+        lines.append(f"**Topic**: {_one_line(wisp.topic)}")
+    lines += [
+        f"**Started**: {_format_ts(wisp.started_at)}",
+        f"**Ended**: {_format_ts(ended_at)} ({wisp.state}: {_one_line(wisp.end_reason or '')})",
+        f"**Duration**: {_format_duration(max(0.0, ended_at - wisp.started_at))}",
+        f"**Steps**: {len(steps)}",
+        "",
+        "---",
+        "",
+        "### Steps",
+        "",
+    ]
+    if not steps:
+        lines.append("_(no steps recorded)_")
+    for number, s in enumerate(steps[:MAX_SUMMARY_STEPS], start=1):
+        lines.append(_step_line(number, s))
+    if len(steps) > MAX_SUMMARY_STEPS:
+        lines.append(f"_… and {len(steps) - MAX_SUMMARY_STEPS} more steps_")
+    return "\n".join(lines) + "\n"

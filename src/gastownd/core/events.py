@@ -1,0 +1,144 @@
+"""The Gas Town event line: encode byte-compatibly, parse for indexing, find a torn tail.
+
+Gas Town's Go CLI writes ``{"ts","source","type","actor","payload","visibility"}``
+in that order, ``payload`` omitted when empty, its map keys sorted, with Go's
+HTML-safe escaping of ``<``, ``>``, ``&``, U+2028 and U+2029.
+"""
+
+from __future__ import annotations
+
+import calendar
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+
+MAX_LINE_BYTES = 1 << 20
+TS_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
+
+_GO_ESCAPES = (
+    (b"<", b"\\u003c"),
+    (b">", b"\\u003e"),
+    (b"&", b"\\u0026"),
+    ("\u2028".encode(), b"\\u2028"),
+    ("\u2029".encode(), b"\\u2029"),
+)
+
+
+class _Line(msgspec.Struct, kw_only=True, omit_defaults=True):
+    ts: str
+    source: str
+    type: str
+    actor: str
+    payload: msgspec.Raw | None = None
+    visibility: str
+
+
+# Go marshals map keys sorted; struct fields keep their declared order.
+_payload_encoder = msgspec.json.Encoder(order="sorted")
+_line_encoder = msgspec.json.Encoder()
+
+
+def go_escape(data: bytes) -> bytes:
+    """Apply Go's HTML-safe escaping; these bytes only ever occur inside JSON strings."""
+    for raw, escaped in _GO_ESCAPES:
+        if raw in data:
+            data = data.replace(raw, escaped)
+    return data
+
+
+def format_ts(epoch_s: float) -> str:
+    return datetime.fromtimestamp(int(epoch_s), UTC).strftime(TS_FORMAT)
+
+
+def encode_line(
+    *,
+    ts: str,
+    source: str,
+    type: str,
+    actor: str,
+    payload: dict[str, Any],
+    visibility: str,
+) -> bytes:
+    """One line, newline included, as ``gt`` would write it."""
+    line = _Line(
+        ts=ts,
+        source=source,
+        type=type,
+        actor=actor,
+        payload=msgspec.Raw(_payload_encoder.encode(payload)) if payload else None,
+        visibility=visibility,
+    )
+    return go_escape(_line_encoder.encode(line)) + b"\n"
+
+
+# ---------------------------------------------------------------- parsing
+
+
+class _PayloadKeys(msgspec.Struct):
+    session_id: Any = None
+
+
+class ParsedLine(msgspec.Struct):
+    """The fields the index needs; every other key is ignored."""
+
+    ts: str
+    type: str
+    actor: str = ""
+    payload: _PayloadKeys | None = None
+
+
+_line_decoder = msgspec.json.Decoder(ParsedLine)
+
+
+def parse_line(line: bytes) -> ParsedLine | None:
+    """The indexed fields of one complete line (no newline), or None if malformed."""
+    try:
+        return _line_decoder.decode(line)
+    except msgspec.DecodeError:
+        return None
+
+
+def session_of(parsed: ParsedLine) -> str | None:
+    if parsed.payload is None:
+        return None
+    value = parsed.payload.session_id
+    return value if isinstance(value, str) and value else None
+
+
+_day_cache: dict[str, int] = {}
+
+
+def parse_ts(text: str) -> int | None:
+    """Epoch seconds of a line's ``ts``; None when it is not a timestamp.
+
+    Gas Town's exact shape takes a fast path; older tools' fractions and
+    offsets are accepted too.
+    """
+    if len(text) == 20 and text[10] == "T" and text[19] == "Z":
+        day = _day_cache.get(text[:10])
+        if day is None:
+            try:
+                day = calendar.timegm(
+                    (int(text[0:4]), int(text[5:7]), int(text[8:10]), 0, 0, 0, 0, 0, 0)
+                )
+            except ValueError:
+                return None
+            if len(_day_cache) < 100_000:
+                _day_cache[text[:10]] = day
+        try:
+            return day + int(text[11:13]) * 3600 + int(text[14:16]) * 60 + int(text[17:19])
+        except ValueError:
+            return None
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return int(moment.timestamp())
+
+
+def complete_length(data: bytes | bytearray) -> int:
+    """Length of the prefix of ``data`` made of whole lines (each ending in ``\\n``)."""
+    return data.rfind(b"\n") + 1

@@ -1,0 +1,302 @@
+"""The in-memory index of every complete line in the event log.
+
+One entry per line, malformed ones included (type ``-1``) so that entry
+``i`` always maps to a byte range of the file and rewrites can keep them.
+Columns are compact arrays (about 50 bytes a line); strings are interned.
+Each line carries a ``seq``: strictly increasing along the file, stable
+across rewrites that keep the line, and the basis of subscription cursors.
+No I/O here: the caller reads the file and feeds bytes in.
+"""
+
+from __future__ import annotations
+
+import bisect
+import zlib
+from array import array
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from gastownd.core.events import ParsedLine, parse_line, parse_ts, session_of
+from gastownd.core.query import EventFilter
+
+MALFORMED = -1
+NO_SESSION = -1
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One line as the index knows it."""
+
+    position: int
+    seq: int
+    offset: int
+    length: int
+    type: str | None
+    actor: str
+    session: str | None
+    ts: int
+
+
+class EventIndex:
+    def __init__(self, base_offset: int = 0) -> None:
+        self.offsets = array("q")
+        self.seqs = array("q")
+        self.ts = array("q")
+        # Running maximum of ts: lets newest-first scans stop early even if a
+        # few lines were stamped out of order.
+        self.max_ts = array("q")
+        self.types = array("i")
+        self.actors = array("i")
+        self.sessions = array("i")
+        self.checksums = array("L")
+        self.end = base_offset
+        self.malformed = 0
+        self.type_names: list[str] = []
+        self._type_ids: dict[str, int] = {}
+        self.actor_names: list[str] = []
+        self._actor_ids: dict[str, int] = {}
+        self.session_names: list[str] = []
+        self._session_ids: dict[str, int] = {}
+        self.by_type: dict[int, array[int]] = {}
+        self.by_session: dict[int, array[int]] = {}
+
+    def __len__(self) -> int:
+        return len(self.offsets)
+
+    @property
+    def bytes(self) -> int:
+        return self.end - (self.offsets[0] if self.offsets else self.end)
+
+    @property
+    def good_lines(self) -> int:
+        return len(self.offsets) - self.malformed
+
+    def next_seq(self) -> int:
+        return self.seqs[-1] + 1 if self.seqs else 0
+
+    # -------------------------------------------------------------- adding
+
+    def add_lines(self, data: bytes | memoryview, offset: int, seqs: Iterator[int]) -> int:
+        """Index the whole lines in ``data`` (which starts at file ``offset``).
+
+        Returns the number of bytes consumed (a trailing partial line is left).
+        """
+        view = bytes(data)
+        start = 0
+        size = len(view)
+        while start < size:
+            newline = view.find(b"\n", start)
+            if newline < 0:
+                break
+            line = view[start:newline]
+            self.add(line, offset + start, next(seqs))
+            start = newline + 1
+        return start
+
+    def add(self, line: bytes, offset: int, seq: int) -> int:
+        """Index one line (without its newline); returns its type id (-1: malformed)."""
+        parsed = parse_line(line)
+        ts = parse_ts(parsed.ts) if parsed is not None else None
+        if parsed is None or ts is None:
+            return self._append(offset, len(line) + 1, seq, MALFORMED, 0, NO_SESSION, 0,
+                                zlib.crc32(line))
+        return self._append_parsed(parsed, ts, offset, len(line) + 1, seq, zlib.crc32(line))
+
+    def _append_parsed(
+        self, parsed: ParsedLine, ts: int, offset: int, length: int, seq: int, checksum: int
+    ) -> int:
+        type_id, actor_id, session_id = self._intern(parsed.type, parsed.actor, session_of(parsed))
+        return self._append(offset, length, seq, type_id, actor_id, session_id, ts, checksum)
+
+    def _intern(self, type_: str, actor: str, session: str | None) -> tuple[int, int, int]:
+        type_id = self._type_ids.get(type_)
+        if type_id is None:
+            type_id = self._type_ids[type_] = len(self.type_names)
+            self.type_names.append(type_)
+            self.by_type[type_id] = array("l")
+        actor_id = self._actor_ids.get(actor)
+        if actor_id is None:
+            actor_id = self._actor_ids[actor] = len(self.actor_names)
+            self.actor_names.append(actor)
+        session_id = NO_SESSION
+        if session is not None:
+            session_id = self._session_ids.get(session, NO_SESSION)
+            if session_id == NO_SESSION:
+                session_id = self._session_ids[session] = len(self.session_names)
+                self.session_names.append(session)
+                self.by_session[session_id] = array("l")
+        return type_id, actor_id, session_id
+
+    def _append(
+        self,
+        offset: int,
+        length: int,
+        seq: int,
+        type_id: int,
+        actor_id: int,
+        session_id: int,
+        ts: int,
+        checksum: int,
+    ) -> int:
+        if self.seqs and seq <= self.seqs[-1]:
+            raise ValueError(f"seq {seq} does not follow {self.seqs[-1]}")
+        position = len(self.offsets)
+        self.offsets.append(offset)
+        self.seqs.append(seq)
+        self.ts.append(ts)
+        self.max_ts.append(max(ts, self.max_ts[-1]) if self.max_ts else ts)
+        self.types.append(type_id)
+        self.actors.append(actor_id)
+        self.sessions.append(session_id)
+        self.checksums.append(checksum)
+        self.end = offset + length
+        if type_id == MALFORMED:
+            self.malformed += 1
+        else:
+            self.by_type[type_id].append(position)
+            if session_id != NO_SESSION:
+                self.by_session[session_id].append(position)
+        return type_id
+
+    # ------------------------------------------------------------- reading
+
+    def length(self, position: int) -> int:
+        following = position + 1
+        end = self.offsets[following] if following < len(self.offsets) else self.end
+        return end - self.offsets[position]
+
+    def entry(self, position: int) -> Entry:
+        type_id = self.types[position]
+        session_id = self.sessions[position]
+        return Entry(
+            position=position,
+            seq=self.seqs[position],
+            offset=self.offsets[position],
+            length=self.length(position),
+            type=None if type_id == MALFORMED else self.type_names[type_id],
+            actor=self.actor_names[self.actors[position]] if type_id != MALFORMED else "",
+            session=None if session_id == NO_SESSION else self.session_names[session_id],
+            ts=self.ts[position],
+        )
+
+    def position_after(self, seq: int) -> int:
+        """The position of the first line whose seq is greater than ``seq``."""
+        return bisect.bisect_right(self.seqs, seq)
+
+    def search(
+        self,
+        flt: EventFilter,
+        limit: int,
+        *,
+        oldest_first: bool = False,
+        after_position: int = 0,
+    ) -> list[int]:
+        """Positions of up to ``limit`` matching lines, newest first unless asked.
+
+        Walks a posting list when the filter names a session or types, else
+        the line columns; newest-first walks stop once ``max_ts`` falls
+        below ``since``.
+        """
+        candidates = self._candidates(flt)
+        type_ids = (
+            None if not flt.types
+            else {self._type_ids[t] for t in flt.types if t in self._type_ids}
+        )
+        if type_ids is not None and not type_ids:
+            return []
+        actor_ids = None
+        if flt.actor is not None:
+            actor_ids = {i for i, name in enumerate(self.actor_names) if flt.actor in name}
+            if not actor_ids:
+                return []
+        session_id = NO_SESSION
+        if flt.session is not None:
+            session_id = self._session_ids.get(flt.session, NO_SESSION)
+            if session_id == NO_SESSION:
+                return []
+        since, until = flt.since, flt.until
+        types, actors, sessions, ts_col, max_ts = (
+            self.types, self.actors, self.sessions, self.ts, self.max_ts
+        )
+        found: list[int] = []
+        for position in self._walk(candidates, oldest_first, after_position, since):
+            if not oldest_first and since is not None and max_ts[position] < since:
+                break
+            type_id = types[position]
+            if type_id == MALFORMED:
+                continue
+            if type_ids is not None and type_id not in type_ids:
+                continue
+            if actor_ids is not None and actors[position] not in actor_ids:
+                continue
+            if session_id != NO_SESSION and sessions[position] != session_id:
+                continue
+            ts = ts_col[position]
+            if (since is not None and ts < since) or (until is not None and ts > until):
+                continue
+            found.append(position)
+            if len(found) >= limit:
+                break
+        return found
+
+    def _candidates(self, flt: EventFilter) -> list[array[int]] | None:
+        """Posting lists to walk (None: every line)."""
+        if flt.session is not None:
+            session_id = self._session_ids.get(flt.session)
+            return [self.by_session[session_id]] if session_id is not None else []
+        if flt.types:
+            return [self.by_type[self._type_ids[t]] for t in flt.types if t in self._type_ids]
+        return None
+
+    def _walk(
+        self,
+        candidates: list[array[int]] | None,
+        oldest_first: bool,
+        after_position: int,
+        since: int | None,
+    ) -> Iterator[int]:
+        if candidates is None:
+            start = after_position
+            if oldest_first and since is not None:
+                start = max(start, bisect.bisect_left(self.max_ts, since))
+            if oldest_first:
+                yield from range(start, len(self.offsets))
+            else:
+                yield from range(len(self.offsets) - 1, start - 1, -1)
+            return
+        if len(candidates) == 1:
+            postings = candidates[0]
+            first = bisect.bisect_left(postings, after_position)
+            if oldest_first:
+                yield from (postings[i] for i in range(first, len(postings)))
+            else:
+                yield from (postings[i] for i in range(len(postings) - 1, first - 1, -1))
+            return
+        import heapq
+
+        if oldest_first:
+            lists = [p[bisect.bisect_left(p, after_position):] for p in candidates]
+            yield from heapq.merge(*lists)
+        else:
+            lists = [reversed(p[bisect.bisect_left(p, after_position):]) for p in candidates]
+            yield from heapq.merge(*lists, reverse=True)
+
+    # ----------------------------------------------------------- rebuilding
+
+    def select(self, keep: list[int], base_offset: int = 0) -> EventIndex:
+        """A new index of the kept positions (in order), laid out contiguously.
+
+        Strings are re-interned; seqs and checksums are carried over unchanged.
+        """
+        fresh = EventIndex(base_offset)
+        offset = base_offset
+        for position in keep:
+            length = self.length(position)
+            entry = self.entry(position)
+            if entry.type is None:
+                ids = (MALFORMED, 0, NO_SESSION)
+            else:
+                ids = fresh._intern(entry.type, entry.actor, entry.session)
+            fresh._append(offset, length, entry.seq, *ids, entry.ts, self.checksums[position])
+            offset += length
+        return fresh

@@ -1,0 +1,47 @@
+"""What every handler may reach: configuration, paths, the running parts.
+
+Built once by ``app.py``; handlers receive it and never build their own.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from gastownd.config import Config
+
+if TYPE_CHECKING:
+    from gastownd.eventlog import EventLog
+    from gastownd.server import Server
+    from gastownd.subscriptions import Subscriptions
+
+
+@dataclass
+class DaemonPaths:
+    town: Path
+    private_dir: Path
+    socket: Path
+    lock: Path
+    events: Path
+    events_lock: Path
+    config: Path | None
+
+
+@dataclass
+class Daemon:
+    config: Config
+    paths: DaemonPaths
+    started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    started_monotonic: float = field(default_factory=time.monotonic)
+    server: Server | None = None
+    eventlog: EventLog | None = None
+    subscriptions: Subscriptions | None = None
+    # Wall clock in epoch seconds; tests inject their own.
+    clock: Callable[[], float] = time.time
+
+    def uptime_s(self) -> float:
+        return time.monotonic() - self.started_monotonic

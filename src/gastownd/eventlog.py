@@ -1,0 +1,783 @@
+"""The only writer of ``<town>/.events.jsonl``.
+
+Every append and every rewrite holds Gas Town's writers' lock (an exclusive
+BSD flock on ``.events.jsonl.lock``), exactly as ``gt`` takes it, so ``gt``
+processes and gastownd can append to the same file at once. Under that lock
+the daemon first catches up with whatever others appended (indexing it in
+file order), then writes its own batch with one ``write`` and one
+``fdatasync`` (group commit), and only then acknowledges.
+
+Line identity: every line gets a ``seq`` (see ``core.index``); a cursor is
+``"<epoch>:<seq>"``. The seqs of a file are derived, not stored per line:
+lines are numbered in file order from ``base``, except after a rewrite,
+when a small "seqmap" file (``.gastownd/seqmap-<inode>.json``) records the
+runs of seqs the rewritten file starts with. The epoch changes only when the
+log was replaced while the daemon was not watching, which makes old cursors
+resync instead of silently pointing at other lines.
+
+Blocking file work runs in worker threads; the index is only changed on the
+event loop, while ``_io`` is held, so queries always see a consistent index.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import gzip
+import os
+import time
+import zlib
+from collections import defaultdict, deque
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import anyio
+import anyio.to_thread
+import msgspec
+import structlog
+
+from gastown_client.protocol import EventLogInfo, PruneResult
+from gastownd.config import EventLogConfig, parse_duration
+from gastownd.core.events import format_ts
+from gastownd.core.index import MALFORMED, EventIndex
+from gastownd.core.query import EventFilter
+from gastownd.core.retention import RetentionPolicy, plan_prune
+from gastownd.errors import BadRequestError, ShuttingDownError, StorageError
+from gastownd.subscriptions import Published
+
+log = structlog.get_logger("gastownd.eventlog")
+
+READ_CHUNK = 16 << 20
+TAIL_SIGNATURE = 64
+MAX_BATCH_BYTES = 8 << 20
+
+
+class SeqMap(msgspec.Struct, kw_only=True):
+    """How seqs map onto the lines of one file (one inode)."""
+
+    epoch: int
+    inode: int
+    # (first seq, count) runs for the first lines of the file, in order.
+    runs: list[tuple[int, int]] = msgspec.field(default_factory=list)
+    # Seq of the first line after the runs; later lines count up from it.
+    base: int = 0
+    # Highest seq ever removed from the log: older cursors must resync.
+    pruned_through: int = -1
+    # A checkpoint: the file had at least ``end`` bytes ending with ``tail``.
+    end: int = 0
+    tail: bytes = b""
+
+    def seqs(self) -> Iterator[int]:
+        for first, count in self.runs:
+            yield from range(first, first + count)
+        seq = self.base
+        while True:
+            yield seq
+            seq += 1
+
+
+def runs_of(seqs: list[int]) -> list[tuple[int, int]]:
+    runs: list[tuple[int, int]] = []
+    for seq in seqs:
+        if runs and runs[-1][0] + runs[-1][1] == seq:
+            runs[-1] = (runs[-1][0], runs[-1][1] + 1)
+        else:
+            runs.append((seq, 1))
+    return runs
+
+
+@dataclass
+class _Append:
+    line: bytes
+    done: anyio.Event = field(default_factory=anyio.Event)
+    seq: int = -1
+    error: StorageError | None = None
+
+
+@dataclass
+class _Observation:
+    """What changed in the file since we last looked (found under the lock)."""
+
+    appended: bytes = b""  # complete lines appended by others, at index.end
+    reloaded: EventIndex | None = None  # the file was replaced or rewritten
+    reload_data: bytes = b""
+    reload_fresh_from: int = 0  # first position of the reload not seen before
+    pruned_through: int = -1
+    new_fd: int | None = None
+
+
+class EventLog:
+    def __init__(
+        self,
+        events_path: Path,
+        lock_path: Path,
+        state_dir: Path,
+        config: EventLogConfig,
+        publish: Callable[[list[Published]], None],
+    ) -> None:
+        self.path = events_path
+        self.lock_path = lock_path
+        self.state_dir = state_dir
+        self.config = config
+        self._publish = publish
+        self.index = EventIndex()
+        self.seqmap = SeqMap(epoch=1, inode=0)
+        self._fd = -1
+        self._lock_fd = -1
+        self._inode = (0, 0)
+        self._tail = b""
+        self._io = anyio.Lock()
+        self._prune_lock = anyio.Lock()
+        self._send, self._recv = anyio.create_memory_object_stream[_Append](config.append_queue)
+        self._writer_done = anyio.Event()
+        self._dirty = False
+        self._sync_interval_s = parse_duration(config.sync_interval)
+        self.appended = 0
+        self.external = 0
+        self.quarantined = 0
+        self.last_prune_at: float | None = None
+        self.last_prune_removed = 0
+
+    # ================================================================ start
+
+    async def open(self) -> None:
+        """Repair the tail, resolve seqs and index the whole file."""
+        await anyio.to_thread.run_sync(self._open_sync)
+        log.info("eventlog_indexed", lines=len(self.index), malformed=self.index.malformed,
+                 bytes=self.index.end, epoch=self.seqmap.epoch)
+
+    def _open_sync(self) -> None:
+        self.state_dir.mkdir(mode=0o700, exist_ok=True)
+        self._lock_fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        with self._flocked():
+            self._fd = self._open_log()
+            self._repair_tail(self._fd, 0)
+            info = os.fstat(self._fd)
+            self._inode = (info.st_dev, info.st_ino)
+            self.seqmap = self._resolve_seqmap(info.st_ino, info.st_size)
+            self.index = self._read_index(self._fd, info.st_size, self.seqmap.seqs())
+            self._remember_tail()
+            self._write_seqmap(self._checkpointed(self.seqmap))
+
+    def _open_log(self) -> int:
+        return os.open(
+            self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644
+        )
+
+    def _resolve_seqmap(self, inode: int, size: int) -> SeqMap:
+        maps = self._load_seqmaps()
+        current = maps.get(inode)
+        if current is not None and self._checkpoint_holds(current, size):
+            return current
+        epoch = max((m.epoch for m in maps.values()), default=0) + 1
+        if maps:
+            log.warning("eventlog_epoch_changed", epoch=epoch,
+                        reason="log replaced or rewritten while the daemon was not running")
+        return SeqMap(epoch=epoch, inode=inode)
+
+    def _checkpoint_holds(self, seqmap: SeqMap, size: int) -> bool:
+        if size < seqmap.end:
+            return False
+        if not seqmap.tail:
+            return True
+        found = os.pread(self._fd, len(seqmap.tail), seqmap.end - len(seqmap.tail))
+        return found == seqmap.tail
+
+    def _load_seqmaps(self) -> dict[int, SeqMap]:
+        maps: dict[int, SeqMap] = {}
+        for path in self.state_dir.glob("seqmap-*.json"):
+            try:
+                seqmap = msgspec.json.decode(path.read_bytes(), type=SeqMap)
+            except (OSError, msgspec.DecodeError):
+                log.warning("seqmap_unreadable", path=str(path))
+                continue
+            maps[seqmap.inode] = seqmap
+        return maps
+
+    def _write_seqmap(self, seqmap: SeqMap) -> None:
+        """Atomically replace the seqmap of ``seqmap.inode``; keep only it and one more."""
+        target = self.state_dir / f"seqmap-{seqmap.inode}.json"
+        temp = target.with_suffix(".tmp")
+        with open(temp, "wb") as handle:
+            handle.write(msgspec.json.encode(seqmap))
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp, target)
+        others = sorted(
+            (p for p in self.state_dir.glob("seqmap-*.json") if p != target),
+            key=lambda p: p.stat().st_mtime,
+        )
+        for stale in others[:-1]:
+            stale.unlink(missing_ok=True)
+
+    def _checkpointed(self, seqmap: SeqMap) -> SeqMap:
+        return msgspec.structs.replace(seqmap, end=self.index.end, tail=self._tail)
+
+    def _read_index(self, fd: int, size: int, seqs: Iterator[int]) -> EventIndex:
+        index = EventIndex()
+        offset = 0
+        carry = b""
+        while offset < size:
+            chunk = os.pread(fd, min(READ_CHUNK, size - offset), offset)
+            if not chunk:
+                break
+            data = carry + chunk
+            start = offset - len(carry)
+            used = index.add_lines(data, start, seqs)
+            carry = data[used:]
+            offset += len(chunk)
+        return index
+
+    # ============================================================ the lock
+
+    @contextmanager
+    def _flocked(self) -> Iterator[None]:
+        fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+
+    # ======================================================= repair & watch
+
+    def _repair_tail(self, fd: int, known_end: int) -> int:
+        """Cut a torn or NUL-padded last line back to the last newline.
+
+        Called with the writers' lock held, so no ``gt`` is mid-write: bytes
+        after the last newline were left by a writer that died. They are saved
+        to a quarantine file first. Returns the file size afterwards.
+        """
+        size = os.fstat(fd).st_size
+        if size <= known_end:
+            return size
+        cut_at = known_end
+        position = size
+        while position > known_end:
+            start = max(known_end, position - (1 << 20))
+            block = os.pread(fd, position - start, start)
+            newline = block.rfind(b"\n")
+            if newline >= 0:
+                cut_at = start + newline + 1
+                break
+            position = start
+        if cut_at == size:
+            return size
+        torn = os.pread(fd, size - cut_at, cut_at)
+        self._quarantine(torn, cut_at)
+        os.ftruncate(fd, cut_at)
+        os.fsync(fd)
+        self.quarantined += 1
+        log.warning("eventlog_tail_repaired", cut_bytes=len(torn), at_offset=cut_at,
+                    nul_padding=torn.strip(b"\0") == b"")
+        return cut_at
+
+    def _quarantine(self, data: bytes, offset: int) -> None:
+        folder = self.state_dir / "quarantine"
+        folder.mkdir(mode=0o700, exist_ok=True)
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        path = folder / f"events-{stamp}-{offset}.torn"
+        with open(path, "ab") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+
+    def _remember_tail(self) -> None:
+        end = self.index.end
+        take = min(TAIL_SIGNATURE, end)
+        self._tail = os.pread(self._fd, take, end - take) if take else b""
+
+    def _observe_locked(self) -> _Observation:
+        """Find what others did to the file since we last looked (lock held)."""
+        try:
+            info = os.stat(self.path)
+        except FileNotFoundError:
+            info = None
+        end = self.index.end
+        replaced = info is None or (info.st_dev, info.st_ino) != self._inode
+        if not replaced:
+            assert info is not None
+            rewritten = info.st_size < end or (
+                self._tail and os.pread(self._fd, len(self._tail), end - len(self._tail))
+                != self._tail
+            )
+            if not rewritten:
+                size = self._repair_tail(self._fd, end)
+                if size == end:
+                    return _Observation()
+                return _Observation(appended=os.pread(self._fd, size - end, end))
+            return self._reload(self._fd, new_fd=None)
+        new_fd = self._open_log()
+        return self._reload(new_fd, new_fd=new_fd)
+
+    def _reload(self, fd: int, new_fd: int | None) -> _Observation:
+        """Re-read a file replaced, truncated or rewritten behind our back.
+
+        Lines are matched to the old index by checksum and length, in order,
+        so a line seen before keeps its seq (no duplicate delivery); matching
+        stops at the first unknown line, after which every line is new.
+        """
+        size = self._repair_tail(fd, 0)
+        data = os.pread(fd, size, 0) if size else b""
+        old = self.index
+        candidates: dict[tuple[int, int], deque[int]] = defaultdict(deque)
+        for position in range(len(old)):
+            candidates[(old.checksums[position], old.length(position))].append(position)
+        seqs: list[int] = []
+        next_fresh = old.next_seq()
+        matching = True
+        cursor = 0
+        fresh_from = None
+        start = 0
+        while start < len(data):
+            newline = data.find(b"\n", start)
+            if newline < 0:
+                break
+            line = data[start:newline]
+            found = None
+            if matching:
+                queue = candidates.get((zlib.crc32(line), len(line) + 1))
+                while queue and queue[0] < cursor:
+                    queue.popleft()
+                if queue:
+                    found = queue.popleft()
+            if found is not None:
+                seqs.append(old.seqs[found])
+                cursor = found + 1
+            else:
+                matching = False
+                if fresh_from is None:
+                    fresh_from = len(seqs)
+                seqs.append(next_fresh)
+                next_fresh += 1
+            start = newline + 1
+        kept = set(seqs)
+        removed = [old.seqs[p] for p in range(len(old)) if old.seqs[p] not in kept]
+        index = EventIndex()
+        index.add_lines(data, 0, iter(seqs))
+        log.warning("eventlog_reloaded", reason="replaced" if new_fd is not None else "rewritten",
+                    lines=len(index), new_lines=len(seqs) - (fresh_from or len(seqs)),
+                    removed=len(removed))
+        return _Observation(
+            reloaded=index,
+            reload_data=data,
+            reload_fresh_from=fresh_from if fresh_from is not None else len(seqs),
+            pruned_through=max(removed, default=-1),
+            new_fd=new_fd,
+        )
+
+    def _apply(self, observation: _Observation) -> None:
+        """Bring the index up to date with an observation (event loop, ``_io`` held)."""
+        if observation.reloaded is not None:
+            if observation.new_fd is not None:
+                os.close(self._fd)
+                self._fd = observation.new_fd
+                info = os.fstat(self._fd)
+                self._inode = (info.st_dev, info.st_ino)
+            self.index = observation.reloaded
+            fresh = list(range(observation.reload_fresh_from, len(self.index)))
+            self.external += len(fresh)
+            self._publish_positions(fresh, observation.reload_data, 0)
+            self._remember_tail()
+            self.seqmap = SeqMap(
+                epoch=self.seqmap.epoch,
+                inode=self._inode[1],
+                runs=runs_of(list(self.index.seqs)),
+                base=self.index.next_seq(),
+                pruned_through=max(self.seqmap.pruned_through, observation.pruned_through),
+            )
+            self._write_seqmap(self._checkpointed(self.seqmap))
+        elif observation.appended:
+            self._index_bytes(observation.appended, external=True)
+
+    def _index_bytes(self, data: bytes, *, external: bool) -> list[int]:
+        """Index whole lines appended at ``index.end``; returns their positions."""
+        first = len(self.index)
+        offset = self.index.end
+        next_seq = self.index.next_seq()
+        self.index.add_lines(data, offset, _count_from(next_seq))
+        positions = list(range(first, len(self.index)))
+        if external:
+            self.external += len(positions)
+        self._publish_positions(positions, data, offset)
+        self._remember_tail_from(data)
+        return positions
+
+    def _remember_tail_from(self, data: bytes) -> None:
+        if len(data) >= TAIL_SIGNATURE:
+            self._tail = data[-TAIL_SIGNATURE:]
+        else:
+            self._tail = (self._tail + data)[-TAIL_SIGNATURE:]
+
+    def _publish_positions(self, positions: list[int], data: bytes, data_offset: int) -> None:
+        index = self.index
+        items = []
+        for position in positions:
+            if index.types[position] == MALFORMED:
+                continue
+            entry = index.entry(position)
+            start = entry.offset - data_offset
+            assert entry.type is not None
+            items.append(Published(entry.seq, entry.type, entry.actor, entry.session, entry.ts,
+                                   data[start:start + entry.length - 1]))
+        self._publish(items)
+
+    async def catch_up(self) -> None:
+        """Index what other processes appended (called by the watcher)."""
+        async with self._io:
+            observation = await anyio.to_thread.run_sync(self._observe_with_lock)
+            self._apply(observation)
+
+    def _observe_with_lock(self) -> _Observation:
+        with self._flocked():
+            return self._observe_locked()
+
+    # ============================================================== appends
+
+    async def append(self, line: bytes) -> int:
+        """Append one whole line (newline included); returns its seq once durable."""
+        request = _Append(line)
+        try:
+            await self._send.send(request)
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+            raise ShuttingDownError("the daemon is shutting down; retry shortly") from None
+        await request.done.wait()
+        if request.error is not None:
+            raise request.error
+        return request.seq
+
+    async def run_writer(self) -> None:
+        """The single writer task: group-commits queued appends."""
+        try:
+            async with self._recv:
+                while True:
+                    try:
+                        first = await self._recv.receive()
+                    except anyio.EndOfStream:
+                        return
+                    batch = [first]
+                    size = len(first.line)
+                    while size < MAX_BATCH_BYTES:
+                        try:
+                            item = self._recv.receive_nowait()
+                        except (anyio.WouldBlock, anyio.EndOfStream):
+                            break
+                        batch.append(item)
+                        size += len(item.line)
+                    await self._commit(batch)
+        finally:
+            self._writer_done.set()
+
+    async def _commit(self, batch: list[_Append]) -> None:
+        data = b"".join(item.line for item in batch)
+        sync = self.config.durability == "sync"
+        async with self._io:
+            with anyio.CancelScope(shield=True):
+                observation, error = await anyio.to_thread.run_sync(
+                    self._write_locked, data, sync
+                )
+                self._apply(observation)
+                if error is None:
+                    positions = self._index_bytes(data, external=False)
+                    self.appended += len(batch)
+                    if not sync:
+                        self._dirty = True
+                    for item, position in zip(batch, positions, strict=True):
+                        item.seq = self.index.seqs[position]
+        for item in batch:
+            item.error = error
+            item.done.set()
+
+    def _write_locked(self, data: bytes, sync: bool) -> tuple[_Observation, StorageError | None]:
+        with self._flocked():
+            observation = self._observe_locked()
+            fd = observation.new_fd if observation.new_fd is not None else self._fd
+            before = os.fstat(fd).st_size
+            try:
+                written = 0
+                while written < len(data):
+                    written += os.write(fd, data[written:])
+                if sync:
+                    os.fdatasync(fd)
+            except OSError as exc:
+                self._cut_back(fd, before)
+                log.error("eventlog_write_failed", error=exc.strerror, errno=exc.errno,
+                          bytes=len(data))
+                reason = "disk full" if exc.errno == errno.ENOSPC else exc.strerror
+                return observation, StorageError(
+                    f"could not write the event log ({reason}); nothing was written"
+                )
+            return observation, None
+
+    def _cut_back(self, fd: int, size: int) -> None:
+        try:
+            os.ftruncate(fd, size)
+            os.fsync(fd)
+        except OSError as exc:
+            log.error("eventlog_cut_back_failed", error=exc.strerror, size=size)
+
+    async def run_syncer(self) -> None:
+        """With ``durability = "write"``: fdatasync at most every sync_interval."""
+        if self.config.durability != "write":
+            return
+        while True:
+            await anyio.sleep(self._sync_interval_s)
+            if self._dirty:
+                self._dirty = False
+                async with self._io:
+                    await anyio.to_thread.run_sync(os.fdatasync, self._fd)
+
+    async def close(self) -> None:
+        """Finish queued appends, sync, checkpoint and release the files."""
+        self._send.close()
+        await self._writer_done.wait()
+        async with self._io:
+            await anyio.to_thread.run_sync(self._close_sync)
+
+    def _close_sync(self) -> None:
+        if self._fd < 0:
+            return
+        try:
+            os.fdatasync(self._fd)
+            self._write_seqmap(self._checkpointed(self.seqmap))
+        except OSError as exc:
+            log.error("eventlog_close_failed", error=exc.strerror)
+        os.close(self._fd)
+        os.close(self._lock_fd)
+        self._fd = self._lock_fd = -1
+
+    # ============================================================== reading
+
+    def cursor(self, seq: int) -> str:
+        return f"{self.seqmap.epoch}:{seq}"
+
+    def head_cursor(self) -> str:
+        return self.cursor(self.index.next_seq() - 1)
+
+    def parse_cursor(self, cursor: str) -> tuple[int, int]:
+        epoch, _, seq = cursor.partition(":")
+        try:
+            return int(epoch), int(seq)
+        except ValueError:
+            raise BadRequestError(f"invalid cursor {cursor!r} (expected EPOCH:SEQ)") from None
+
+    def read_lines(self, positions: list[int]) -> list[bytes]:
+        """The stored bytes (without newline) of indexed lines."""
+        index = self.index
+        fd = self._fd
+        return [
+            os.pread(fd, index.length(p) - 1, index.offsets[p]) for p in positions
+        ]
+
+    async def query(self, flt: EventFilter, limit: int, oldest_first: bool) -> list[bytes]:
+        positions = self.index.search(flt, limit, oldest_first=oldest_first)
+        if len(positions) <= 256:
+            return self.read_lines(positions)
+        async with self._io:
+            positions = self.index.search(flt, limit, oldest_first=oldest_first)
+            return await anyio.to_thread.run_sync(self.read_lines, positions)
+
+    def info(self) -> EventLogInfo:
+        return EventLogInfo(
+            lines=len(self.index),
+            malformed=self.index.malformed,
+            bytes=self.index.end,
+            appended=self.appended,
+            external=self.external,
+            last_prune_at=format_ts(self.last_prune_at) if self.last_prune_at else None,
+            last_prune_removed=self.last_prune_removed,
+            quarantined=self.quarantined,
+            durability=self.config.durability,
+        )
+
+    # ================================================================ prune
+
+    async def prune(
+        self, policy: RetentionPolicy, now_s: float, *, dry_run: bool, archive_dir: Path | None
+    ) -> PruneResult:
+        """Remove expired lines: copy the kept ones to a new file, then swap it in.
+
+        The bulk copy runs without the writers' lock; the lock is held only to
+        copy what was appended meanwhile and rename, so appends (ours and
+        gt's) keep flowing and none is lost.
+        """
+        started = time.monotonic()
+        async with self._prune_lock:
+            index = self.index
+            count = len(index)
+            snapshot_end = index.end
+            types = [None if t == MALFORMED else index.type_names[t] for t in index.types]
+            plan = await anyio.to_thread.run_sync(
+                plan_prune, types, index.ts[:count], now_s, policy
+            )
+            removed_bytes = sum(index.length(p) for p in _complement(plan.keep, count))
+            result = PruneResult(
+                dry_run=dry_run,
+                pruned=dict(sorted(plan.removed.items())),
+                pruned_total=plan.removed_total,
+                kept=len(plan.keep),
+                bytes_freed=removed_bytes,
+            )
+            if dry_run or plan.removed_total == 0:
+                result.duration_ms = round((time.monotonic() - started) * 1000, 3)
+                return result
+            temp_path = self.path.with_name(f"{self.path.name}.gastownd-prune-{os.getpid()}")
+            temp_fd = await anyio.to_thread.run_sync(
+                self._copy_kept, self._fd, index, plan.keep, temp_path
+            )
+            try:
+                async with self._io:
+                    if self.index is not index:
+                        raise StorageError("the log was replaced during the prune; retry")
+                    observation, old_fd = await anyio.to_thread.run_sync(
+                        self._swap_in, temp_fd, temp_path, snapshot_end, plan.keep, index, count
+                    )
+                    self._apply(observation)
+                    tail = list(range(count, len(self.index)))
+                    removed_positions = list(_complement(plan.keep, count))
+                    old_index = self.index
+                    self.index = old_index.select(plan.keep + tail)
+                    self._fd = temp_fd
+                    info = os.fstat(temp_fd)
+                    self._inode = (info.st_dev, info.st_ino)
+                    self._remember_tail()
+            except BaseException:
+                os.close(temp_fd)
+                temp_path.unlink(missing_ok=True)
+                raise
+            archived = 0
+            if archive_dir is not None:
+                archived = await anyio.to_thread.run_sync(
+                    _archive, old_fd, old_index, removed_positions, archive_dir
+                )
+            os.close(old_fd)
+        self.last_prune_at = now_s
+        self.last_prune_removed = plan.removed_total
+        result.archived = archived
+        result.duration_ms = round((time.monotonic() - started) * 1000, 3)
+        log.info("eventlog_pruned", removed=plan.removed_total, kept=len(self.index),
+                 bytes_freed=removed_bytes, duration_ms=result.duration_ms)
+        return result
+
+    def _copy_kept(
+        self, source_fd: int, index: EventIndex, keep: list[int], temp_path: Path
+    ) -> int:
+        temp_fd = os.open(
+            temp_path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND | os.O_CLOEXEC, 0o644
+        )
+        try:
+            os.fchmod(temp_fd, os.fstat(source_fd).st_mode & 0o7777)
+            for start, length in _byte_ranges(index, keep):
+                _copy_range(source_fd, temp_fd, start, length)
+            os.fsync(temp_fd)
+        except BaseException:
+            os.close(temp_fd)
+            temp_path.unlink(missing_ok=True)
+            raise
+        return temp_fd
+
+    def _swap_in(
+        self, temp_fd: int, temp_path: Path, snapshot_end: int, keep: list[int],
+        index: EventIndex, count: int,
+    ) -> tuple[_Observation, int]:
+        with self._flocked():
+            observation = self._observe_locked()
+            if observation.reloaded is not None:
+                if observation.new_fd is not None:
+                    os.close(observation.new_fd)
+                raise StorageError("the log was replaced during the prune; retry")
+            end = snapshot_end
+            current = os.fstat(self._fd).st_size
+            if current > end:
+                _copy_range(self._fd, temp_fd, end, current - end)
+            os.fsync(temp_fd)
+            # Lines from position ``count`` on were appended during the prune;
+            # their seqs are consecutive, continuing after the kept runs.
+            kept_seqs = [index.seqs[p] for p in keep]
+            removed_max = max((index.seqs[p] for p in _complement(keep, count)), default=-1)
+            tail_base = index.seqs[count] if len(index) > count else index.next_seq()
+            new_size = os.fstat(temp_fd).st_size
+            take = min(TAIL_SIGNATURE, new_size)
+            seqmap = SeqMap(
+                epoch=self.seqmap.epoch,
+                inode=os.fstat(temp_fd).st_ino,
+                runs=runs_of(kept_seqs),
+                base=tail_base,
+                pruned_through=max(self.seqmap.pruned_through, removed_max),
+                end=new_size,
+                tail=os.pread(temp_fd, take, new_size - take) if take else b"",
+            )
+            self._write_seqmap(seqmap)
+            os.replace(temp_path, self.path)
+            _fsync_dir(self.path.parent)
+            self.seqmap = seqmap
+            return observation, self._fd
+
+
+def _count_from(start: int) -> Iterator[int]:
+    while True:
+        yield start
+        start += 1
+
+
+def _complement(keep: list[int], count: int) -> Iterator[int]:
+    kept = iter(keep)
+    next_kept = next(kept, None)
+    for position in range(count):
+        if position == next_kept:
+            next_kept = next(kept, None)
+        else:
+            yield position
+
+
+def _byte_ranges(index: EventIndex, positions: list[int]) -> Iterator[tuple[int, int]]:
+    """Coalesce consecutive positions into (offset, length) byte ranges."""
+    start = -1
+    end = -1
+    for position in positions:
+        offset = index.offsets[position]
+        length = index.length(position)
+        if offset == end:
+            end += length
+            continue
+        if start >= 0:
+            yield start, end - start
+        start, end = offset, offset + length
+    if start >= 0:
+        yield start, end - start
+
+
+def _copy_range(source: int, target: int, offset: int, length: int) -> None:
+    while length > 0:
+        chunk = os.pread(source, min(length, 4 << 20), offset)
+        if not chunk:
+            raise StorageError("the event log shrank during a copy")
+        view = memoryview(chunk)
+        while view:
+            written = os.write(target, view)
+            view = view[written:]
+        offset += len(chunk)
+        length -= len(chunk)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _archive(fd: int, index: EventIndex, positions: list[int], folder: Path) -> int:
+    """Append pruned lines to gzip files per UTC day of their ``ts``."""
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    by_day: dict[str, list[bytes]] = defaultdict(list)
+    for position in positions:
+        line = os.pread(fd, index.length(position), index.offsets[position])
+        day = time.strftime("%Y-%m-%d", time.gmtime(index.ts[position]))
+        by_day[day].append(line)
+    for day, lines in by_day.items():
+        with gzip.open(folder / f"events-{day}.jsonl.gz", "ab") as handle:
+            handle.write(b"".join(lines))
+    return sum(len(lines) for lines in by_day.values())

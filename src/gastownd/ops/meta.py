@@ -1,0 +1,74 @@
+"""hello, ping, status."""
+
+from __future__ import annotations
+
+import os
+
+from gastown_client import __version__
+from gastown_client.protocol import (
+    MIN_PROTOCOL_VERSION,
+    PROTOCOL_VERSION,
+    EventLogInfo,
+    Hello,
+    HelloResult,
+    PathsInfo,
+    PingResult,
+    StatusResult,
+)
+from gastownd.daemon import Daemon
+from gastownd.errors import UnsupportedProtocolError
+
+CAPABILITIES = ["events", "subscribe", "prune"]
+
+
+def iso_z(moment: object) -> str:
+    from datetime import datetime
+
+    assert isinstance(moment, datetime)
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+async def hello(daemon: Daemon, request: Hello) -> HelloResult:
+    if not MIN_PROTOCOL_VERSION <= request.protocol <= PROTOCOL_VERSION:
+        raise UnsupportedProtocolError(
+            f"client speaks protocol {request.protocol}; this daemon ({__version__}) speaks "
+            f"{MIN_PROTOCOL_VERSION}..{PROTOCOL_VERSION}: upgrade the "
+            f"{'daemon' if request.protocol > PROTOCOL_VERSION else 'client'}"
+        )
+    return HelloResult(
+        daemon_version=__version__,
+        protocol=PROTOCOL_VERSION,
+        min_protocol=MIN_PROTOCOL_VERSION,
+        capabilities=CAPABILITIES,
+        pid=os.getpid(),
+        started_at=iso_z(daemon.started_at),
+    )
+
+
+async def ping(daemon: Daemon) -> PingResult:
+    return PingResult()
+
+
+async def status(daemon: Daemon) -> StatusResult:
+    paths = daemon.paths
+    server = daemon.server
+    eventlog = daemon.eventlog.info() if daemon.eventlog is not None else EventLogInfo()
+    if daemon.subscriptions is not None:
+        eventlog.subscribers = daemon.subscriptions.count()
+    return StatusResult(
+        daemon_version=__version__,
+        protocol=PROTOCOL_VERSION,
+        pid=os.getpid(),
+        started_at=iso_z(daemon.started_at),
+        uptime_s=round(daemon.uptime_s(), 3),
+        town_root=str(paths.town),
+        paths=PathsInfo(
+            socket=str(paths.socket),
+            private_dir=str(paths.private_dir),
+            events=str(paths.events),
+            config=str(paths.config) if paths.config else None,
+        ),
+        connections=len(server.connections) if server else 0,
+        requests=server.requests if server else 0,
+        eventlog=eventlog,
+    )

@@ -1,0 +1,74 @@
+"""Retention in the shell: where the policy comes from, and the periodic prune."""
+
+from __future__ import annotations
+
+import anyio
+import msgspec
+import structlog
+
+from gastown_client.protocol import PruneResult
+from gastownd.config import RetentionConfig, parse_duration
+from gastownd.core.retention import RetentionPolicy, policy_from_krc
+from gastownd.daemon import Daemon
+from gastownd.errors import StorageError
+
+log = structlog.get_logger("gastownd.pruner")
+
+KRC_NAME = ".krc.yaml"
+
+
+def policy_from_config(config: RetentionConfig) -> RetentionPolicy:
+    return RetentionPolicy(
+        default_ttl_s=parse_duration(config.default_ttl),
+        ttls_s={k: parse_duration(v) for k, v in config.ttls.items()},
+        min_retain_count=config.min_retain_count,
+        prune_interval_s=parse_duration(config.prune_interval),
+    )
+
+
+def load_policy(daemon: Daemon) -> RetentionPolicy:
+    """``<town>/.krc.yaml`` (Gas Town's file, JSON) when present, else our config.
+
+    Read at every prune, so edits apply without a restart. A broken file is
+    logged and the configuration is used instead.
+    """
+    fallback = policy_from_config(daemon.config.retention)
+    path = daemon.paths.town / KRC_NAME
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return fallback
+    except OSError as exc:
+        log.warning("krc_unreadable", path=str(path), error=exc.strerror)
+        return fallback
+    try:
+        data = msgspec.json.decode(raw)
+        if not isinstance(data, dict):
+            raise ValueError("must be a JSON object")
+        return policy_from_krc(data, fallback)
+    except (msgspec.DecodeError, ValueError) as exc:
+        log.warning("krc_invalid", path=str(path), error=str(exc))
+        return fallback
+
+
+async def prune_now(daemon: Daemon, *, dry_run: bool) -> PruneResult:
+    assert daemon.eventlog is not None
+    archive = daemon.paths.private_dir / "archive" if daemon.config.retention.archive else None
+    try:
+        return await daemon.eventlog.prune(
+            load_policy(daemon), daemon.clock(), dry_run=dry_run, archive_dir=archive
+        )
+    except OSError as exc:
+        raise StorageError(f"prune failed: {exc.strerror or exc}; the log is unchanged") from None
+
+
+async def run_periodic(daemon: Daemon) -> None:
+    """Prune at start and then every ``prune_interval``."""
+    if not daemon.config.retention.enabled:
+        return
+    while True:
+        try:
+            await prune_now(daemon, dry_run=False)
+        except StorageError as exc:
+            log.warning("prune_skipped", reason=exc.message)
+        await anyio.sleep(load_policy(daemon).prune_interval_s)

@@ -1,0 +1,240 @@
+"""The socket server: connections, framing, limits, dispatch, replies.
+
+The only module that touches client connections. Each connection reads
+frames, runs each request as a task of the connection's own task group
+(pipelining, bounded by ``max_inflight_per_connection``) and writes replies
+under a send lock, tagged with the request's ``id``. This is also the one
+place that turns exceptions into error replies: ``DaemonError`` gives its
+code, anything else ``internal`` plus one logged traceback.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import anyio
+import anyio.abc
+import structlog
+from anyio.abc import SocketAttribute
+
+from gastown_client import codec
+from gastown_client.protocol import ErrorCode, OkReply, Request
+from gastownd.config import ServerConfig, parse_duration
+from gastownd.errors import DaemonError
+from gastownd.instance import peer_uid
+
+log = structlog.get_logger("gastownd.server")
+
+Handler = Callable[[Request, "Connection"], Awaitable[Any]]
+
+
+class FollowUp:
+    """A handler's result plus work to start once the reply is sent (a subscription's pump)."""
+
+    def __init__(self, result: Any, task: Callable[[], Awaitable[None]]) -> None:
+        self.result = result
+        self.task = task
+
+
+class Connection:
+    """One client connection, as the handlers see it."""
+
+    _ids = itertools.count(1)
+
+    def __init__(self, stream: anyio.abc.SocketStream) -> None:
+        self.id = next(self._ids)
+        self.stream = stream
+        self._send_lock = anyio.Lock()
+        self.closed = False
+        # Called when the peer stops sending (subscriptions end here).
+        self.on_close: list[Callable[[], None]] = []
+        self.subscriptions: set[int] = set()
+
+    async def send(self, message: Any) -> None:
+        """Send one frame; a gone peer marks the connection closed instead of raising."""
+        await self.send_many([message])
+
+    async def send_many(self, messages: list[Any]) -> None:
+        """Send frames in one write; a gone peer marks the connection closed."""
+        if self.closed or not messages:
+            return
+        data = b"".join(codec.encode_frame(m) for m in messages)
+        async with self._send_lock:
+            try:
+                await self.stream.send(data)
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+                self.closed = True
+
+    async def abort(self) -> None:
+        """Close from our side (slow subscriber, shutdown)."""
+        self.closed = True
+        await self.stream.aclose()
+
+
+class Server:
+    def __init__(self, config: ServerConfig, handler: Handler, expected_uid: int) -> None:
+        self.config = config
+        self.handler = handler
+        self.expected_uid = expected_uid
+        self.connections: set[Connection] = set()
+        self.requests = 0
+        self._partial_timeout_s = parse_duration(config.partial_frame_timeout)
+        self._accept_scope = anyio.CancelScope()
+        self._reader_scopes: set[anyio.CancelScope] = set()
+        self._stopping = False
+
+    async def serve(
+        self,
+        listener: anyio.abc.Listener[anyio.abc.SocketStream],
+        *,
+        task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Accept until ``stop()``, then wait for every connection to drain."""
+        async with listener, anyio.create_task_group() as connections:
+            task_status.started()
+            with self._accept_scope:
+                while True:
+                    stream = await listener.accept()
+                    connections.start_soon(self._run_connection, stream)
+
+    def stop(self) -> None:
+        """Stop accepting and stop reading new requests; in-flight ones finish."""
+        self._stopping = True
+        self._accept_scope.cancel()
+        for scope in list(self._reader_scopes):
+            scope.cancel()
+
+    async def _run_connection(self, stream: anyio.abc.SocketStream) -> None:
+        conn = Connection(stream)
+        log_ctx = structlog.contextvars.bound_contextvars(conn=conn.id)
+        with log_ctx:
+            try:
+                if not await self._admit(conn):
+                    return
+                self.connections.add(conn)
+                log.debug("connection_opened")
+                async with anyio.create_task_group() as inflight:
+                    try:
+                        await self._read_requests(conn, inflight)
+                    finally:
+                        for callback in conn.on_close:
+                            callback()
+            finally:
+                self.connections.discard(conn)
+                with anyio.CancelScope(shield=True):
+                    await stream.aclose()
+                log.debug("connection_closed")
+
+    async def _admit(self, conn: Connection) -> bool:
+        raw = conn.stream.extra(SocketAttribute.raw_socket)
+        try:
+            uid = peer_uid(raw)
+        except OSError:
+            uid = None
+        if uid is not None and uid != self.expected_uid:
+            log.warning("connection_refused", reason="foreign_uid", peer_uid=uid)
+            await conn.send(
+                codec.error_reply(
+                    None, ErrorCode.FORBIDDEN,
+                    f"uid {uid} may not use this daemon (owned by uid {self.expected_uid})",
+                )
+            )
+            return False
+        if len(self.connections) >= self.config.max_connections:
+            log.warning("connection_refused", reason="too_many_connections")
+            await conn.send(
+                codec.error_reply(
+                    None, ErrorCode.BUSY,
+                    f"too many connections (max {self.config.max_connections}); retry later",
+                )
+            )
+            return False
+        if self._stopping:
+            await conn.send(codec.error_reply(None, ErrorCode.SHUTTING_DOWN, "daemon is stopping"))
+            return False
+        return True
+
+    async def _read_requests(
+        self, conn: Connection, inflight: anyio.abc.TaskGroup
+    ) -> None:
+        reader = codec.FrameReader(self.config.max_frame_bytes)
+        limiter = anyio.Semaphore(self.config.max_inflight_per_connection)
+        scope = anyio.CancelScope()
+        self._reader_scopes.add(scope)
+        if self._stopping:
+            scope.cancel()
+        try:
+            with scope:
+                while not conn.closed:
+                    try:
+                        frame = reader.next_frame()
+                    except codec.FrameTooLarge as exc:
+                        await conn.send(codec.error_reply(None, ErrorCode.TOO_LARGE, str(exc)))
+                        continue
+                    if frame is None:
+                        data = await self._receive(conn, reader.pending)
+                        if data is None:
+                            return
+                        reader.feed(data)
+                        continue
+                    if not frame.strip():
+                        continue
+                    await limiter.acquire()
+                    self.requests += 1
+                    # Tasks start in spawn order, so each handler's synchronous
+                    # prefix (where an emit is queued) keeps the request order.
+                    inflight.start_soon(self._run_request, conn, frame, limiter)
+        finally:
+            self._reader_scopes.discard(scope)
+
+    async def _receive(self, conn: Connection, pending: int) -> bytes | None:
+        """Next bytes, or None at EOF or when a partial frame stalls."""
+        timeout = self._partial_timeout_s if pending else math.inf
+        with anyio.move_on_after(timeout):
+            try:
+                return await conn.stream.receive(65536)
+            except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError):
+                return None
+        await conn.send(
+            codec.error_reply(
+                None, ErrorCode.TIMEOUT,
+                f"incomplete frame ({pending} bytes) stalled for "
+                f"{self._partial_timeout_s:g}s; closing",
+            )
+        )
+        log.info("connection_timed_out", pending_bytes=pending)
+        return None
+
+    async def _run_request(
+        self, conn: Connection, frame: bytes, limiter: anyio.Semaphore
+    ) -> None:
+        request_id: int | str | None = None
+        released = False
+        try:
+            try:
+                request = codec.decode_request(frame)
+                request_id = request.id
+                result = await self.handler(request, conn)
+                if isinstance(result, FollowUp):
+                    await conn.send(OkReply(id=request_id, result=result.result))
+                    limiter.release()
+                    released = True
+                    await result.task()
+                    return
+                reply: Any = OkReply(id=request_id, result=result)
+            except codec.BadRequest as exc:
+                reply = codec.error_reply(exc.request_id, exc.code, exc.message)
+            except DaemonError as exc:
+                reply = codec.error_reply(request_id, exc.code, exc.message)
+            except Exception:
+                log.exception("request_failed", request_id=request_id)
+                reply = codec.error_reply(
+                    request_id, ErrorCode.INTERNAL, "internal error; see the daemon's log"
+                )
+            await conn.send(reply)
+        finally:
+            if not released:
+                limiter.release()

@@ -1,0 +1,432 @@
+"""Service definitions for systemd (Linux) and launchd (macOS), and their installation.
+
+Rendering is pure: town, executable and log directory in, file contents out.
+``plan_service`` turns that into the files to write and commands to run, and
+``install_service`` either describes the plan (``dry_run``) or carries it out.
+The daemon never daemonises: both supervisors run it in the foreground and
+hand it its listening socket.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import plistlib
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from gastown_client import paths
+
+FD_NAME = "gastownd"
+"""Socket name shared with ``gastownd.systemd.FD_NAME``; kept here so rendering imports no I/O."""
+
+WATCHDOG_SEC = 30
+TIMEOUT_STOP_SEC = 10
+LAUNCHD_LABEL_PREFIX = "com.gastown.gastownd"
+
+# A character the unit-file parser would take as a quote, escape or line break.
+_UNSAFE_IN_UNITS = frozenset("\"'\\") | frozenset(chr(c) for c in range(32)) | {"\x7f"}
+
+# Hardening a per-user service manager can apply: the namespace options make it
+# imply PrivateUsers=yes, the seccomp ones need NoNewPrivileges=yes (set).
+_HARDENING = """\
+NoNewPrivileges=yes
+ProtectSystem=strict
+{read_write_paths}
+{private_tmp}
+LockPersonality=yes
+RestrictRealtime=yes
+RestrictSUIDSGID=yes
+RestrictNamespaces=yes
+SystemCallArchitectures=native
+RestrictAddressFamilies=AF_UNIX"""
+
+_SERVICE = """\
+# Rendered by `gastownd install-service`; re-run it instead of editing this file.
+[Unit]
+Description=gastownd for the Gas Town at {town_text}
+Requires={socket_unit}
+After={socket_unit}
+
+[Service]
+Type=notify
+NotifyAccess=main
+ExecStart={exec_start}
+ExecReload=kill -HUP $MAINPID
+{environment}
+Restart=on-failure
+RestartSec=1s
+TimeoutStopSec={timeout_stop}
+WatchdogSec={watchdog}
+{hardening}
+
+[Install]
+WantedBy=default.target
+Also={socket_unit}
+"""
+
+_SOCKET = """\
+# Rendered by `gastownd install-service`; re-run it instead of editing this file.
+[Unit]
+Description=gastownd socket for the Gas Town at {town_text}
+
+[Socket]
+ListenStream={listen}
+SocketMode=0600
+DirectoryMode=0700
+FileDescriptorName={fd_name}
+
+[Install]
+WantedBy=sockets.target
+"""
+
+
+class ServiceError(Exception):
+    """Installing the service cannot go ahead; the message says why and what to do."""
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    argv: tuple[str, ...]
+    check: bool = True
+    """False for clean-up steps whose failure only means there was nothing to clean."""
+
+
+@dataclass(frozen=True, slots=True)
+class ServicePlan:
+    directories: Mapping[Path, int]
+    """Directory -> mode for ``mkdir -p``; existing ones are left as they are."""
+    files: Mapping[Path, bytes]
+    commands: tuple[Command, ...]
+
+
+Runner = Callable[..., object]
+
+
+def systemd_escape_path(path: Path) -> str:
+    """The instance name ``systemd-escape --path`` gives; ``%f`` turns it back into ``path``."""
+    text = os.path.normpath(path).strip("/")
+    if not text:
+        return "-"
+    out: list[str] = []
+    for i, byte in enumerate(os.fsencode(text)):
+        char = chr(byte)
+        if char == "/":
+            out.append("-")
+        elif byte < 128 and (char.isalnum() or char in ":_" or (char == "." and i > 0)):
+            out.append(char)
+        else:
+            out.append(f"\\x{byte:02x}")
+    return "".join(out)
+
+
+def launchd_label(town_root: Path) -> str:
+    digest = hashlib.sha256(os.fsencode(os.path.realpath(town_root))).hexdigest()[:12]
+    return f"{LAUNCHD_LABEL_PREFIX}.{digest}"
+
+
+def render_systemd_units(
+    town_root: Path,
+    gastownd_path: Path,
+    *,
+    templated: bool = False,
+    environ: Mapping[str, str] = os.environ,
+) -> dict[str, str]:
+    """User units for one town: file name -> content.
+
+    Plain: ``gastownd.socket`` and ``gastownd.service`` with this town's
+    absolute paths. ``templated``: ``gastownd@.socket`` and
+    ``gastownd@.service``, where the instance is the town path escaped by
+    ``systemd_escape_path`` (see ``systemd_instance``); ``town_root`` is then
+    only checked to fit the template.
+    """
+    town = _absolute(town_root)
+    exe = _absolute(gastownd_path)
+    _check_unit_safe(exe)
+    _check_unit_safe(town)
+    sock = paths.socket_path(town, environ)
+    default_sock = paths.private_dir(town) / paths.SOCKET_NAME
+    if templated:
+        return _render_template(town, exe, sock, default_sock)
+
+    rw_paths = [town]
+    extra_env: list[tuple[str, str]] = []
+    if sock != default_sock:
+        # The short fallback or an override: tell the daemon, which cannot derive it.
+        extra_env.append(("GASTOWND_SOCKET", str(sock)))
+        if not sock.is_relative_to(town):
+            rw_paths.append(sock.parent)
+    socket_in_tmp = any(sock.is_relative_to(tmp) for tmp in (Path("/tmp"), Path("/var/tmp")))
+    hardening = _HARDENING.format(
+        read_write_paths="ReadWritePaths=" + " ".join(_unit_arg(str(p)) for p in rw_paths),
+        # A private /tmp would hide a socket that lives in the shared one.
+        private_tmp="PrivateTmp=no" if socket_in_tmp else "PrivateTmp=yes",
+    )
+    environment = "\n".join(
+        f"Environment={_unit_arg(f'{k}={v}')}" for k, v in [("GT_TOWN_ROOT", str(town)), *extra_env]
+    )
+    service = _SERVICE.format(
+        town_text=_unit_text(str(town)),
+        socket_unit="gastownd.socket",
+        exec_start=" ".join(_exec_arg(a) for a in (str(exe), "run", "--town-root", str(town))),
+        environment=environment,
+        timeout_stop=TIMEOUT_STOP_SEC,
+        watchdog=WATCHDOG_SEC,
+        hardening=hardening,
+    )
+    socket_unit = _SOCKET.format(
+        town_text=_unit_text(str(town)), listen=_unit_text(str(sock)), fd_name=FD_NAME
+    )
+    return {"gastownd.socket": socket_unit, "gastownd.service": service}
+
+
+def _render_template(town: Path, exe: Path, sock: Path, default_sock: Path) -> dict[str, str]:
+    if sock != default_sock:
+        raise ServiceError(
+            f"the socket for {town} is {sock}, not inside the town (path too long for a "
+            "Unix socket, or GASTOWND_SOCKET is set); the templated units cannot express "
+            "that, install the per-town units instead"
+        )
+    if "$" in str(town):
+        raise ServiceError(
+            f"{town} contains '$', which systemd would expand in the templated ExecStart; "
+            "install the per-town units instead"
+        )
+    # %f is the unescaped instance with its leading "/": the town path again.
+    hardening = _HARDENING.format(
+        read_write_paths='ReadWritePaths="%f"', private_tmp="PrivateTmp=yes"
+    )
+    service = _SERVICE.format(
+        town_text="%f",
+        socket_unit="gastownd@%i.socket",
+        exec_start=f'{_exec_arg(str(exe))} run --town-root "%f"',
+        environment='Environment="GT_TOWN_ROOT=%f"',
+        timeout_stop=TIMEOUT_STOP_SEC,
+        watchdog=WATCHDOG_SEC,
+        hardening=hardening,
+    )
+    relative_sock = default_sock.relative_to(town)
+    socket_unit = _SOCKET.format(
+        town_text="%f", listen=f"%f/{_unit_text(str(relative_sock))}", fd_name=FD_NAME
+    )
+    return {"gastownd@.socket": socket_unit, "gastownd@.service": service}
+
+
+def systemd_socket_unit(town_root: Path, *, templated: bool = False) -> str:
+    """The unit to enable: the socket starts the service on the first connection."""
+    if templated:
+        return f"gastownd@{systemd_escape_path(_absolute(town_root))}.socket"
+    return "gastownd.socket"
+
+
+def render_launchd_plist(
+    town_root: Path,
+    gastownd_path: Path,
+    log_dir: Path,
+    *,
+    environ: Mapping[str, str] = os.environ,
+) -> bytes:
+    """A LaunchAgent for one town: started at login, restarted after a failure, socket-activated."""
+    town = _absolute(town_root)
+    sock = paths.socket_path(town, environ)
+    env = {"GT_TOWN_ROOT": str(town)}
+    if sock != paths.private_dir(town) / paths.SOCKET_NAME:
+        env["GASTOWND_SOCKET"] = str(sock)
+    log = _absolute(log_dir)
+    plist = {
+        "Label": launchd_label(town),
+        "ProgramArguments": [str(_absolute(gastownd_path)), "run", "--town-root", str(town)],
+        "RunAtLoad": True,
+        "KeepAlive": {"SuccessfulExit": False},
+        "StandardOutPath": str(log / "gastownd.out.log"),
+        "StandardErrorPath": str(log / "gastownd.err.log"),
+        "EnvironmentVariables": env,
+        "Sockets": {
+            FD_NAME: {
+                "SockType": "stream",
+                "SockPathName": str(sock),
+                "SockPathMode": 0o600,
+            }
+        },
+    }
+    return plistlib.dumps(plist, fmt=plistlib.FMT_XML)
+
+
+def plan_service(
+    town_root: Path,
+    *,
+    gastownd_path: Path,
+    home: Path,
+    platform: str = sys.platform,
+    templated: bool = False,
+    environ: Mapping[str, str] = os.environ,
+    uid: int | None = None,
+) -> ServicePlan:
+    """What installing means on ``platform``: directories, files and commands, in order."""
+    town = _absolute(town_root)
+    if platform.startswith("linux"):
+        unit_dir = _systemd_user_dir(home, environ)
+        units = render_systemd_units(town, gastownd_path, templated=templated, environ=environ)
+        socket_unit = systemd_socket_unit(town, templated=templated)
+        return ServicePlan(
+            directories={unit_dir: 0o755},
+            files={unit_dir / name: text.encode() for name, text in units.items()},
+            commands=(
+                Command(("systemctl", "--user", "daemon-reload")),
+                Command(("systemctl", "--user", "enable", "--now", socket_unit)),
+            ),
+        )
+    if platform == "darwin":
+        if templated:
+            raise ServiceError("launchd has no templates; install once per town instead")
+        label = launchd_label(town)
+        agents = home / "Library" / "LaunchAgents"
+        log_dir = home / "Library" / "Logs" / "gastownd" / label.rsplit(".", 1)[-1]
+        plist_path = agents / f"{label}.plist"
+        domain = f"gui/{os.getuid() if uid is None else uid}"
+        sock = paths.socket_path(town, environ)
+        return ServicePlan(
+            # launchd binds the socket itself but does not create its directory.
+            directories={agents: 0o755, log_dir: 0o700, sock.parent: 0o700},
+            files={plist_path: render_launchd_plist(town, gastownd_path, log_dir, environ=environ)},
+            commands=(
+                # Unload an older copy so bootstrap picks up the new plist.
+                Command(("launchctl", "bootout", f"{domain}/{label}"), check=False),
+                Command(("launchctl", "enable", f"{domain}/{label}")),
+                Command(("launchctl", "bootstrap", domain, str(plist_path))),
+            ),
+        )
+    raise ServiceError(f"no service manager support for platform {platform!r} (linux, darwin)")
+
+
+def install_service(
+    town_root: Path,
+    *,
+    dry_run: bool,
+    platform: str = sys.platform,
+    runner: Runner = subprocess.run,
+    gastownd_path: Path | None = None,
+    templated: bool = False,
+    environ: Mapping[str, str] = os.environ,
+) -> list[str]:
+    """Install and start the service for ``town_root``; return what was (or would be) done.
+
+    With ``dry_run`` nothing is touched and each file's action carries its
+    rendered content. Raises ``ServiceError`` when a step fails.
+    """
+    exe = gastownd_path if gastownd_path is not None else find_gastownd()
+    home = Path(environ.get("HOME") or Path.home())
+    plan = plan_service(
+        town_root,
+        gastownd_path=exe,
+        home=home,
+        platform=platform,
+        templated=templated,
+        environ=environ,
+    )
+    actions = describe_plan(plan, with_content=dry_run)
+    if dry_run:
+        return actions
+    for directory, mode in plan.directories.items():
+        directory.mkdir(mode=mode, parents=True, exist_ok=True)
+    for path, content in plan.files.items():
+        _write_atomically(path, content)
+    for command in plan.commands:
+        _run(runner, command)
+    return actions
+
+
+def describe_plan(plan: ServicePlan, *, with_content: bool) -> list[str]:
+    actions = [f"create directory {d} (mode {m:04o})" for d, m in plan.directories.items()]
+    for path, content in plan.files.items():
+        if with_content:
+            body = content.decode().rstrip("\n").replace("\n", "\n    ")
+            actions.append(f"write {path}:\n    {body}")
+        else:
+            actions.append(f"write {path}")
+    for command in plan.commands:
+        suffix = "" if command.check else "  (may fail: nothing to unload)"
+        actions.append(f"run {shlex.join(command.argv)}{suffix}")
+    return actions
+
+
+def find_gastownd() -> Path:
+    """The ``gastownd`` executable to put in the unit: ours first, then the one on PATH."""
+    beside_python = Path(sys.executable).parent / "gastownd"
+    if os.access(beside_python, os.X_OK) and beside_python.is_file():
+        return _absolute(beside_python)
+    found = shutil.which("gastownd")
+    if found is None:
+        raise ServiceError(
+            "cannot find the gastownd executable; install the package first (make install)"
+        )
+    return _absolute(Path(found))
+
+
+def _run(runner: Runner, command: Command) -> None:
+    argv = list(command.argv)
+    try:
+        runner(argv, check=command.check, capture_output=True, text=True)
+    except FileNotFoundError:
+        raise ServiceError(f"{argv[0]} not found on PATH; cannot run {shlex.join(argv)}") from None
+    except subprocess.CalledProcessError as exc:
+        detail = (exc.stderr or "").strip() if isinstance(exc.stderr, str) else ""
+        raise ServiceError(
+            f"{shlex.join(argv)} failed with exit status {exc.returncode}"
+            + (f": {detail}" if detail else "")
+        ) from None
+
+
+def _write_atomically(path: Path, content: bytes) -> None:
+    # A half-written unit must never be what a daemon-reload picks up.
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(content)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _systemd_user_dir(home: Path, environ: Mapping[str, str]) -> Path:
+    # systemd reads $XDG_CONFIG_HOME/systemd/user; only an absolute value counts.
+    config_home = environ.get("XDG_CONFIG_HOME", "")
+    base = Path(config_home) if os.path.isabs(config_home) else home / ".config"
+    return base / "systemd" / "user"
+
+
+def _absolute(path: Path) -> Path:
+    return Path(os.path.abspath(path.expanduser()))
+
+
+def _check_unit_safe(path: Path) -> None:
+    bad = sorted({c for c in str(path) if c in _UNSAFE_IN_UNITS})
+    if bad:
+        raise ServiceError(
+            f"cannot write {str(path)!r} into a unit file: it contains {bad!r}; "
+            "move it to a path without quotes, backslashes or control characters"
+        )
+
+
+def _unit_text(value: str) -> str:
+    return value.replace("%", "%%")
+
+
+def _unit_arg(value: str) -> str:
+    text = _unit_text(value)
+    return f'"{text}"' if any(c.isspace() for c in text) else text
+
+
+def _exec_arg(value: str) -> str:
+    # Exec lines also expand $VAR, so a literal "$" is written "$$".
+    return _unit_arg(value.replace("$", "$$"))

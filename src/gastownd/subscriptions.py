@@ -1,0 +1,103 @@
+"""Fan-out of indexed lines to subscribers, each behind its own bounded queue.
+
+Publishing never waits: a subscriber whose queue is full is marked
+overflowed and dropped (it gets an ``overflow`` frame and its connection is
+closed), so a slow reader never slows writers or other subscribers.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import anyio
+import structlog
+
+from gastownd.core.query import EventFilter
+
+log = structlog.get_logger("gastownd.subscriptions")
+
+
+@dataclass(frozen=True, slots=True)
+class Published:
+    seq: int
+    type: str
+    actor: str
+    session: str | None
+    ts: int
+    line: bytes  # without the newline
+
+
+class Subscriber:
+    def __init__(self, sub_id: int, flt: EventFilter, capacity: int) -> None:
+        self.id = sub_id
+        self.filter = flt
+        self.capacity = capacity
+        self.queue: deque[Published] = deque()
+        self.overflowed = False
+        self.closed = False
+        self._wakeup = anyio.Event()
+        # Lines at or below this seq were (or will be) sent from the backlog.
+        self.live_after = -1
+
+    def offer(self, item: Published) -> bool:
+        """Queue ``item`` if it matches; False once the subscriber has overflowed."""
+        if self.closed or item.seq <= self.live_after:
+            return True
+        if not self.filter.matches(item.type, item.actor, item.session, item.ts):
+            return True
+        if len(self.queue) >= self.capacity:
+            self.overflowed = True
+            self._wakeup.set()
+            return False
+        self.queue.append(item)
+        self._wakeup.set()
+        return True
+
+    async def wait(self) -> None:
+        if not self.queue and not self.overflowed and not self.closed:
+            await self._wakeup.wait()
+        self._wakeup = anyio.Event()
+
+    def close(self) -> None:
+        self.closed = True
+        self._wakeup.set()
+
+
+class Subscriptions:
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._subscribers: dict[int, Subscriber] = {}
+        self._ids = itertools.count(1)
+
+    def count(self) -> int:
+        return len(self._subscribers)
+
+    def add(self, flt: EventFilter) -> Subscriber:
+        subscriber = Subscriber(next(self._ids), flt, self.capacity)
+        self._subscribers[subscriber.id] = subscriber
+        return subscriber
+
+    def remove(self, sub_id: int) -> Subscriber | None:
+        subscriber = self._subscribers.pop(sub_id, None)
+        if subscriber is not None:
+            subscriber.close()
+        return subscriber
+
+    def publish(self, items: Sequence[Published]) -> None:
+        if not items or not self._subscribers:
+            return
+        for subscriber in list(self._subscribers.values()):
+            for item in items:
+                if not subscriber.offer(item):
+                    log.warning("subscriber_overflowed", subscription=subscriber.id,
+                                capacity=subscriber.capacity)
+                    self._subscribers.pop(subscriber.id, None)
+                    break
+
+    def close_all(self) -> None:
+        for subscriber in self._subscribers.values():
+            subscriber.close()
+        self._subscribers.clear()

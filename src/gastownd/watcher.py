@@ -1,0 +1,40 @@
+"""Notice lines other processes append to the event log.
+
+Watches the town directory, not the file: a watch on the file's path goes
+blind once the file is renamed over (gt's own pruning does exactly that).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import anyio
+import structlog
+import watchfiles
+
+from gastownd.eventlog import EventLog
+
+log = structlog.get_logger("gastownd.watcher")
+
+
+async def watch_eventlog(eventlog: EventLog, step_ms: int) -> None:
+    town = eventlog.path.parent
+    name = eventlog.path.name
+
+    def concerns_log(change: watchfiles.Change, path: str) -> bool:
+        return Path(path).name == name
+
+    while True:
+        try:
+            async for _changes in watchfiles.awatch(
+                town,
+                watch_filter=concerns_log,
+                recursive=False,
+                step=step_ms,
+                debounce=max(step_ms * 5, 50),
+                ignore_permission_denied=True,
+            ):
+                await eventlog.catch_up()
+        except (OSError, RuntimeError) as exc:
+            log.warning("watcher_restarting", error=str(exc))
+            await anyio.sleep(1)
