@@ -174,7 +174,7 @@ def cmd_emit(args: argparse.Namespace) -> int:
     with _client(args) as client:
         try:
             result = client.emit(args.type, args.actor, payload, args.visibility)
-        except msgspec.ValidationError as exc:
+        except ValueError as exc:  # the request's own validation, before sending
             raise UsageError(str(exc)) from None
     if args.json:
         sys.stdout.write(bytes(result.event).decode() + "\n")
@@ -298,3 +298,7 @@ def _human_duration(seconds: float) -> str:
     if minutes:
         return f"{minutes}m {secs}s"
     return f"{secs}s"
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

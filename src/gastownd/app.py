@@ -99,10 +99,12 @@ class App:
         async with anyio.create_task_group() as services:
             services.start_soon(eventlog.run_writer)
             services.start_soon(eventlog.run_syncer)
+            watch_stop = anyio.Event()
             async with anyio.create_task_group() as front:
                 await front.start(server.serve, listener)
                 front.start_soon(watch_eventlog, eventlog,
-                                 int(parse_duration(config.eventlog.watch_step) * 1000))
+                                 int(parse_duration(config.eventlog.watch_step) * 1000),
+                                 watch_stop)
                 front.start_soon(pruner.run_periodic, daemon)
                 if self.install_signal_handlers:
                     front.start_soon(self._handle_signals)
@@ -111,6 +113,7 @@ class App:
                 task_status.started(daemon)
                 await self._stop.wait()
                 log.info("daemon_stopping")
+                watch_stop.set()
                 await self._drain(server, subscriptions)
                 front.cancel_scope.cancel()
             with anyio.CancelScope(shield=True):

@@ -36,6 +36,7 @@ _UNSAFE_IN_UNITS = frozenset("\"'\\") | frozenset(chr(c) for c in range(32)) | {
 # Hardening a per-user service manager can apply: the namespace options make it
 # imply PrivateUsers=yes, the seccomp ones need NoNewPrivileges=yes (set).
 _HARDENING = """\
+# Sandboxing a per-user manager can apply; the town is the only writable path.
 NoNewPrivileges=yes
 ProtectSystem=strict
 {read_write_paths}
@@ -155,18 +156,20 @@ def render_systemd_units(
     if templated:
         return _render_template(town, exe, sock, default_sock)
 
-    rw_paths = [town]
+    rw_paths = [_unit_arg(str(town))]
     extra_env: list[tuple[str, str]] = []
+    socket_outside = not sock.is_relative_to(town)
     if sock != default_sock:
         # The short fallback or an override: tell the daemon, which cannot derive it.
         extra_env.append(("GASTOWND_SOCKET", str(sock)))
-        if not sock.is_relative_to(town):
-            rw_paths.append(sock.parent)
-    socket_in_tmp = any(sock.is_relative_to(tmp) for tmp in (Path("/tmp"), Path("/var/tmp")))
+    if socket_outside:
+        # "-": the socket unit creates this directory; its absence must not block a start.
+        rw_paths.append(_unit_arg(f"-{sock.parent}"))
+    shared_tmp = _in_tmp(town) or (socket_outside and _in_tmp(sock))
     hardening = _HARDENING.format(
-        read_write_paths="ReadWritePaths=" + " ".join(_unit_arg(str(p)) for p in rw_paths),
-        # A private /tmp would hide a socket that lives in the shared one.
-        private_tmp="PrivateTmp=no" if socket_in_tmp else "PrivateTmp=yes",
+        read_write_paths="ReadWritePaths=" + " ".join(rw_paths),
+        # A private /tmp would hide a town or socket that lives in the shared one.
+        private_tmp="PrivateTmp=no" if shared_tmp else "PrivateTmp=yes",
     )
     environment = "\n".join(
         f"Environment={_unit_arg(f'{k}={v}')}" for k, v in [("GT_TOWN_ROOT", str(town)), *extra_env]
@@ -192,6 +195,11 @@ def _render_template(town: Path, exe: Path, sock: Path, default_sock: Path) -> d
             f"the socket for {town} is {sock}, not inside the town (path too long for a "
             "Unix socket, or GASTOWND_SOCKET is set); the templated units cannot express "
             "that, install the per-town units instead"
+        )
+    if _in_tmp(town):
+        raise ServiceError(
+            f"{town} is under a temporary directory, which the templated units make private "
+            "(PrivateTmp=yes); install the per-town units instead"
         )
     if "$" in str(town):
         raise ServiceError(
@@ -403,6 +411,10 @@ def _systemd_user_dir(home: Path, environ: Mapping[str, str]) -> Path:
     config_home = environ.get("XDG_CONFIG_HOME", "")
     base = Path(config_home) if os.path.isabs(config_home) else home / ".config"
     return base / "systemd" / "user"
+
+
+def _in_tmp(path: Path) -> bool:
+    return any(path.is_relative_to(tmp) for tmp in (Path("/tmp"), Path("/var/tmp")))
 
 
 def _absolute(path: Path) -> Path:

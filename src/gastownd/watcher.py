@@ -17,14 +17,19 @@ from gastownd.eventlog import EventLog
 log = structlog.get_logger("gastownd.watcher")
 
 
-async def watch_eventlog(eventlog: EventLog, step_ms: int) -> None:
+async def watch_eventlog(eventlog: EventLog, step_ms: int, stop: anyio.Event) -> None:
+    """Catch up with the log whenever it changes, until ``stop`` is set.
+
+    Set ``stop`` before cancelling: the watch runs in a thread that only
+    notices ``stop`` (within one step), not a cancellation.
+    """
     town = eventlog.path.parent
     name = eventlog.path.name
 
     def concerns_log(change: watchfiles.Change, path: str) -> bool:
         return Path(path).name == name
 
-    while True:
+    while not stop.is_set():
         try:
             async for _changes in watchfiles.awatch(
                 town,
@@ -33,6 +38,8 @@ async def watch_eventlog(eventlog: EventLog, step_ms: int) -> None:
                 step=step_ms,
                 debounce=max(step_ms * 5, 50),
                 ignore_permission_denied=True,
+                stop_event=stop,
+                rust_timeout=1000,
             ):
                 await eventlog.catch_up()
         except (OSError, RuntimeError) as exc:
