@@ -22,9 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gastown_client import paths
-
-FD_NAME = "gastownd"
-"""Socket name shared with ``gastownd.systemd.FD_NAME``; kept here so rendering imports no I/O."""
+from gastownd.systemd import FD_NAME
 
 WATCHDOG_SEC = 30
 TIMEOUT_STOP_SEC = 10
@@ -144,7 +142,7 @@ def render_systemd_units(
     Plain: ``gastownd.socket`` and ``gastownd.service`` with this town's
     absolute paths. ``templated``: ``gastownd@.socket`` and
     ``gastownd@.service``, where the instance is the town path escaped by
-    ``systemd_escape_path`` (see ``systemd_instance``); ``town_root`` is then
+    ``systemd_escape_path`` (see ``systemd_socket_unit``); ``town_root`` is then
     only checked to fit the template.
     """
     town = _absolute(town_root)

@@ -23,8 +23,6 @@ FD_NAME = "gastownd"
 
 TEST_HANG_ENV = "GASTOWND_TEST_HANG_AFTER_S"
 
-_LISTEN_VARS = ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES")
-
 
 class ActivationError(Exception):
     """The supervisor handed us something we cannot serve on; the message says what."""

@@ -279,7 +279,9 @@ def test_ctl_rejection_exits_1(daemon_proc: DaemonProcess, town: Path) -> None:
     result = run_ctl(town, "emit", "bad type!", "--actor", "x")
     assert result.returncode == 2
     assert "type must match" in result.stderr
-    result = run_ctl(town, "emit", "big", "--actor", "x", "-p", "blob=" + "<" * 200_000)
+    # Each '<' is escaped to 6 bytes as Go does, so 10 x 100k chars exceed 1 MiB.
+    fields = [arg for k in range(10) for arg in ("-p", f"k{k}=" + "<" * 100_000)]
+    result = run_ctl(town, "emit", "big", "--actor", "x", *fields)
     assert result.returncode == 1
     assert "too_large" in result.stderr
 

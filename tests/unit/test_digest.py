@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from typing import Any
 
 import msgspec
 import pytest
@@ -26,7 +27,7 @@ SID = "46621448-3caa-4bbb-8ccc-123456789abc"
 ACTOR = "gastown/polecats/rust"
 
 
-def _session(*steps: tuple[str, str | None, dict[str, object] | None]) -> Wisp:
+def _session(*steps: tuple[str, str | None, dict[str, Any] | None]) -> Wisp:
     wisp = start(
         None, session_id=SID, actor=ACTOR, now=T0, topic="fix login", tmux_session="gt-rust"
     )

@@ -300,6 +300,7 @@ def test_digests_of_one_actor_are_chained() -> None:
 
 def test_step_with_reopen_resumes_an_abandoned_wisp_first() -> None:
     book = _book_in(WispState.ABANDONED)
+    book, _ = book.start(session_id="seat", actor=ACTOR, now=T0 + 400, tmux_session="gt-joe")
     book, effects = book.step(SID, "prompt", now=T0 + 500, reopen=True)
     wisp = book.wisps[SID]
     assert (wisp.state, wisp.segment, [s.kind for s in wisp.steps]) == (
@@ -310,6 +311,7 @@ def test_step_with_reopen_resumes_an_abandoned_wisp_first() -> None:
     assert not [e for e in effects if isinstance(e, EmitLine)]
     appended = [e for e in effects if isinstance(e, AppendStep)]
     assert [(a.segment, a.seq) for a in appended] == [(2, 0)]
+    assert book.state_of("seat") is WispState.OPEN  # a late step takes no seat back
 
 
 # ---------------------------------------------------------------- ends without a hook

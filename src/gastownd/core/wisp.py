@@ -179,8 +179,11 @@ class Wisp(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
             raise ValueError("segment starts at 1")
         _check_instant("started_at", self.started_at)
         _check_instant("last_activity_at", self.last_activity_at)
-        if (self.state == WispState.OPEN) != (self.end_reason is None and self.ended_at is None):
+        ended = self.state != WispState.OPEN
+        if (self.end_reason is not None, self.ended_at is not None) != (ended, ended):
             raise ValueError("ended_at and end_reason are set exactly when the wisp has ended")
+        if self.ended_at is not None:
+            _check_instant("ended_at", self.ended_at)
 
 
 def parse_actor(actor: str) -> tuple[str, str | None]:
@@ -211,7 +214,7 @@ def start(
     session_id: str,
     actor: str,
     now: float,
-    source: StartSource = StartSource.STARTUP,
+    source: StartSource | str = StartSource.STARTUP,
     cwd: str | None = None,
     topic: str | None = None,
     parent_session: str | None = None,
@@ -231,7 +234,8 @@ def start(
     """
     if existing is not None and existing.session_id != session_id:
         raise ValueError(f"wisp {existing.session_id!r} is not session {session_id!r}")
-    op = OP_FOR_SOURCE[StartSource(source)]
+    source = StartSource(source)
+    op = OP_FOR_SOURCE[source]
     transition(None if existing is None else existing.state, op, session_id)
     now = float(now)
     if existing is None:
@@ -243,7 +247,7 @@ def start(
             rig=rig,
             cwd=cwd,
             topic=topic,
-            source=StartSource(source),
+            source=source,
             parent_session=parent_session,
             tmux_session=tmux_session,
             pid=pid,
@@ -267,7 +271,7 @@ def start(
             existing,
             cwd=_given(cwd, existing.cwd),
             topic=_given(topic, existing.topic),
-            source=StartSource(source),
+            source=source,
             parent_session=_given(parent_session, existing.parent_session),
             tmux_session=_given(tmux_session, existing.tmux_session),
             pid=_given(pid, existing.pid),
@@ -410,7 +414,7 @@ def ended_by_line(
 
 
 def superseded_by(
-    wisps: Iterable[Wisp], new: Wisp, source: StartSource = StartSource.STARTUP
+    wisps: Iterable[Wisp], new: Wisp, source: StartSource | str = StartSource.STARTUP
 ) -> list[tuple[str, str]]:
     """``(session_id, reason)`` for each open wisp that a newly opened ``new`` replaces.
 
@@ -530,7 +534,7 @@ class WispBook(msgspec.Struct, frozen=True, kw_only=True):
         session_id: str,
         actor: str,
         now: float,
-        source: StartSource = StartSource.STARTUP,
+        source: StartSource | str = StartSource.STARTUP,
         cwd: str | None = None,
         topic: str | None = None,
         parent_session: str | None = None,
@@ -554,14 +558,20 @@ class WispBook(msgspec.Struct, frozen=True, kw_only=True):
             tmux_session=tmux_session,
             pid=pid,
         )
+        return self._opened(existing, wisp, StartSource(source), float(now), supersede=True)
+
+    def _opened(
+        self, existing: Wisp | None, wisp: Wisp, source: StartSource, now: float, *, supersede: bool
+    ) -> Outcome:
         if wisp is existing:
             return self, ()
+        session_id = wisp.session_id
         wisps, heads = dict(self.wisps), dict(self.heads)
         effects: list[Effect] = []
         reopened = existing is None or existing.state != WispState.OPEN
-        if reopened:
-            for sid, reason in superseded_by(wisps.values(), wisp, StartSource(source)):
-                effects += _close(wisps, heads, sid, reason, Op.SQUASH, float(now), float(now))
+        if reopened and supersede:
+            for sid, reason in superseded_by(wisps.values(), wisp, source):
+                effects += _close(wisps, heads, sid, reason, Op.SQUASH, now, now)
         kept = existing.steps if existing is not None and not reopened else ()
         wisps[session_id] = wisp
         effects.append(SaveWisp(wisp=wisp))
@@ -580,15 +590,22 @@ class WispBook(msgspec.Struct, frozen=True, kw_only=True):
         now: float,
         reopen: bool = False,
     ) -> Outcome:
-        """:func:`step`; with ``reopen`` an ended wisp is first resumed as a new segment."""
+        """:func:`step`; with ``reopen`` an ended wisp is first resumed as a new segment.
+
+        A step is no evidence that the session took its tmux seat back, so that
+        reopening supersedes no other wisp.
+        """
         wisp = self.wisps.get(session_id)
         if wisp is None:
             raise IllegalTransition(Op.STEP, None, session_id)
         book: WispBook = self
         effects: tuple[Effect, ...] = ()
         if reopen and wisp.state != WispState.OPEN:
-            book, effects = self.start(
-                session_id=session_id, actor=wisp.actor, now=now, source=StartSource.RESUME
+            resumed = start(
+                wisp, session_id=session_id, actor=wisp.actor, now=now, source=StartSource.RESUME
+            )
+            book, effects = self._opened(
+                wisp, resumed, StartSource.RESUME, float(now), supersede=False
             )
             wisp = book.wisps[session_id]
         new = step(wisp, kind, ref, payload, now=now)

@@ -1,0 +1,64 @@
+"""Retention rules: TTL resolution and prune planning."""
+
+from __future__ import annotations
+
+import pytest
+
+from gastownd.core.retention import DAY_S, RetentionPolicy, plan_prune, policy_from_krc
+
+
+@pytest.mark.parametrize(
+    ("event_type", "days"),
+    [
+        ("patrol_started", 1), ("polecat_checked", 1), ("session_start", 3), ("nudge", 3),
+        ("handoff", 7), ("sling", 14), ("mail", 30), ("merge_failed", 30),
+        ("mass_death", 90), ("anything_else", 7),
+    ],
+)
+def test_gas_town_default_ttls(event_type: str, days: int) -> None:
+    assert RetentionPolicy().ttl_for(event_type) == days * DAY_S
+
+
+def test_exact_beats_longer_glob_beats_shorter_glob() -> None:
+    policy = RetentionPolicy(default_ttl_s=1, ttls_s={"a*": 2, "ab*": 3, "abc": 4})
+    assert policy.ttl_for("abc") == 4
+    assert policy.ttl_for("abd") == 3
+    assert policy.ttl_for("axe") == 2
+    assert policy.ttl_for("b") == 1
+
+
+def test_plan_keeps_malformed_and_newest_per_type() -> None:
+    policy = RetentionPolicy(default_ttl_s=10, ttls_s={}, min_retain_count=1)
+    types = ["a", None, "a", "b", "a"]
+    ts = [0, 0, 1, 2, 3]
+    plan = plan_prune(types, ts, now_s=100, policy=policy)
+    assert plan.keep == [1, 3, 4]
+    assert dict(plan.removed) == {"a": 2}
+    assert plan.removed_total == 2
+
+
+def test_plan_without_expired_lines_keeps_everything() -> None:
+    plan = plan_prune(["a", "b"], [99, 99], now_s=100, policy=RetentionPolicy())
+    assert plan.keep == [0, 1]
+    assert plan.removed_total == 0
+
+
+def test_krc_durations_are_nanoseconds_and_override_per_type() -> None:
+    policy = policy_from_krc(
+        {"default_ttl": 2 * 10**9, "ttls": {"mail": 5 * 10**9}, "min_retain_count": 3,
+         "prune_interval": 60 * 10**9},
+        RetentionPolicy(),
+    )
+    assert policy.default_ttl_s == 2
+    assert policy.ttl_for("mail") == 5
+    assert policy.ttl_for("sling") == 14 * DAY_S
+    assert policy.min_retain_count == 3
+    assert policy.prune_interval_s == 60
+
+
+@pytest.mark.parametrize(
+    "data", [{"default_ttl": "7d"}, {"ttls": []}, {"min_retain_count": -1}, {"ttls": {"a": -5}}]
+)
+def test_invalid_krc_is_rejected(data: dict[str, object]) -> None:
+    with pytest.raises(ValueError):  # noqa: PT011 - the messages are checked elsewhere
+        policy_from_krc(data, RetentionPolicy())
