@@ -26,6 +26,13 @@ from gastownd.eventlog import EventLog
 from gastownd.instance import InstanceLock, clear_stale_socket, ensure_private_dir
 from gastownd.server import Server
 from gastownd.subscriptions import Subscriptions
+from gastownd.systemd import (
+    ActivationError,
+    Notifier,
+    activated_listen_socket,
+    maybe_hang_for_tests,
+    watchdog_loop,
+)
 from gastownd.watcher import watch_eventlog
 
 log = structlog.get_logger("gastownd.app")
@@ -56,9 +63,18 @@ def build_daemon(town: Path, config_path: Path | None = None, config: Config | N
 class App:
     """Owns the daemon's lifetime. ``run`` returns when it has stopped cleanly."""
 
-    def __init__(self, daemon: Daemon, *, install_signal_handlers: bool = True) -> None:
+    def __init__(
+        self,
+        daemon: Daemon,
+        *,
+        install_signal_handlers: bool = True,
+        supervised: bool = False,
+    ) -> None:
         self.daemon = daemon
         self.install_signal_handlers = install_signal_handlers
+        # Under a supervisor: adopt an activated socket, speak sd_notify.
+        self.supervised = supervised
+        self.notifier = Notifier.from_environ() if supervised else Notifier(None)
         self._stop = anyio.Event()
         self.on_reload: list[Callable[[Config], None]] = []
 
@@ -84,6 +100,12 @@ class App:
         daemon = self.daemon
         config = daemon.config
         paths = daemon.paths
+        notifier = self.notifier
+        try:
+            adopted = activated_listen_socket() if self.supervised else None
+        except ActivationError as exc:
+            raise StartupError(f"socket activation failed: {exc}") from None
+        notifier.status("recovering and indexing the event log")
         subscriptions = Subscriptions(config.eventlog.subscriber_queue)
         eventlog = EventLog(paths.events, paths.events_lock, paths.private_dir, config.eventlog,
                             subscriptions.publish)
@@ -94,8 +116,13 @@ class App:
                         expected_uid=os.geteuid())
         daemon.server = server
 
-        clear_stale_socket(paths.socket)
-        listener = await anyio.create_unix_listener(paths.socket, mode=0o600)
+        listener: anyio.abc.Listener[anyio.abc.SocketStream]
+        if adopted is not None:
+            # The supervisor owns this socket (and its file): never unlink it.
+            listener = await anyio.abc.SocketListener.from_socket(adopted)
+        else:
+            clear_stale_socket(paths.socket)
+            listener = await anyio.create_unix_listener(paths.socket, mode=0o600)
         async with anyio.create_task_group() as services:
             services.start_soon(eventlog.run_writer)
             services.start_soon(eventlog.run_syncer)
@@ -107,19 +134,29 @@ class App:
                                  watch_stop)
                 front.start_soon(pruner.run_periodic, daemon)
                 if self.install_signal_handlers:
-                    front.start_soon(self._handle_signals)
+                    await front.start(self._handle_signals)
+                interval = notifier.watchdog_interval_s()
+                if interval is not None:
+                    front.start_soon(watchdog_loop, notifier, interval)
+                hang = maybe_hang_for_tests() if self.supervised else None
+                if hang is not None:
+                    front.start_soon(hang)
                 log.info("daemon_ready", town=str(paths.town), socket=str(paths.socket),
-                         pid=os.getpid())
+                         pid=os.getpid(), socket_activated=adopted is not None)
+                notifier.ready(f"serving {paths.town} ({len(eventlog.index)} events indexed)")
                 task_status.started(daemon)
                 await self._stop.wait()
                 log.info("daemon_stopping")
+                notifier.stopping()
                 watch_stop.set()
                 await self._drain(server, subscriptions)
                 front.cancel_scope.cancel()
             with anyio.CancelScope(shield=True):
                 await eventlog.close()
             services.cancel_scope.cancel()
-        _unlink_socket(paths.socket)
+        if adopted is None:
+            _unlink_socket(paths.socket)
+        notifier.close()
         log.info("daemon_stopped")
 
     async def _drain(self, server: Server, subscriptions: Subscriptions) -> None:
@@ -133,8 +170,12 @@ class App:
         if scope.cancelled_caught:
             log.warning("shutdown_deadline_reached", open_connections=len(server.connections))
 
-    async def _handle_signals(self) -> None:
+    async def _handle_signals(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+            # Handlers are installed before READY, so an early SIGHUP never kills us.
+            task_status.started()
             async for signum in signals:
                 if signum == signal.SIGHUP:
                     self._reload()
@@ -145,15 +186,18 @@ class App:
 
     def _reload(self) -> None:
         daemon = self.daemon
+        self.notifier.reloading()
         try:
             config = load_config(daemon.paths.config)
         except StartupError as exc:
             log.error("config_reload_failed", error=str(exc))
+            self.notifier.ready("reload failed; running with the previous configuration")
             return
         daemon.config = config
         for callback in self.on_reload:
             callback(config)
         log.info("config_reloaded", path=str(daemon.paths.config))
+        self.notifier.ready(f"serving {daemon.paths.town}")
 
 
 def _ensure_socket_dir(folder: Path) -> None:

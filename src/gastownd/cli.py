@@ -29,6 +29,15 @@ def build_parser() -> argparse.ArgumentParser:
                      help="TOML config (default: <town>/settings/gastownd.toml if present)")
     run.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     run.add_argument("--log-format", choices=["auto", "json", "console"])
+    run.add_argument("--no-supervisor", action="store_true",
+                     help="ignore LISTEN_FDS/NOTIFY_SOCKET even when set")
+    install = commands.add_parser(
+        "install-service", help="install and enable the systemd user units (launchd on macOS)"
+    )
+    install.add_argument("--town-root", type=Path, help="town directory")
+    install.add_argument("--dry-run", action="store_true", help="print what would be done")
+    install.add_argument("--templated", action="store_true",
+                         help="use the gastownd@.service template (several towns)")
     return parser
 
 
@@ -36,7 +45,22 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "run":
         return run(args)
+    if args.command == "install-service":
+        return install(args)
     return 2
+
+
+def install(args: argparse.Namespace) -> int:
+    from gastownd.service import ServiceError, install_service
+
+    town = town_paths.find_town_root(args.town_root)
+    try:
+        for action in install_service(town, dry_run=args.dry_run, templated=args.templated):
+            print(action)
+    except ServiceError as exc:
+        print(f"gastownd: {exc}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def run(args: argparse.Namespace) -> int:
@@ -51,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
     config = daemon.config
     level = args.log_level or config.log_level
     configure_logging(level, args.log_format or config.log_format)
-    app = App(daemon)
+    app = App(daemon, supervised=not args.no_supervisor)
 
     def relog(new_config: Config) -> None:
         configure_logging(args.log_level or new_config.log_level,
