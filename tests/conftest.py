@@ -82,9 +82,20 @@ class DaemonProcess:
         self.log_path = town / "daemon.log"
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - kept for the process's life
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gastownd", "run", "--town-root", str(town),
-             "--log-format", "json", *extra],
-            stdout=self._log, stderr=self._log, env=env,
+            [
+                sys.executable,
+                "-m",
+                "gastownd",
+                "run",
+                "--town-root",
+                str(town),
+                "--log-format",
+                "json",
+                *extra,
+            ],
+            stdout=self._log,
+            stderr=self._log,
+            env=env,
         )
 
     def wait_ready(self, timeout_s: float = 15.0) -> DaemonProcess:
@@ -133,5 +144,7 @@ def daemon_proc(town: Path) -> Iterator[DaemonProcess]:
 def run_ctl(town: Path, *args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "gastown_client.cli", "--town-root", str(town), *args],
-        capture_output=True, text=True, timeout=timeout,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )

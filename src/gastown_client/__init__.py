@@ -19,7 +19,15 @@ _LAZY = {
     "ProtocolMismatch": "gastown_client.errors",
 }
 
-__all__ = ["__version__", *_LAZY]
+__all__ = [
+    "AsyncClient",
+    "Client",
+    "ClientError",
+    "DaemonUnavailable",
+    "ProtocolMismatch",
+    "RequestRejected",
+    "__version__",
+]
 
 if TYPE_CHECKING:
     from gastown_client.aclient import AsyncClient

@@ -47,8 +47,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("type")
     sub.add_argument("--actor", required=True)
     sub.add_argument("--payload", help="payload as a JSON object")
-    sub.add_argument("-p", dest="fields", action="append", default=[], metavar="KEY=VALUE",
-                     help="one payload field (string value); repeatable")
+    sub.add_argument(
+        "-p",
+        dest="fields",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="one payload field (string value); repeatable",
+    )
     sub.add_argument("--visibility", choices=["feed", "audit", "both"], default="feed")
     sub.add_argument("--json", action="store_true", help="print the event as written")
 
@@ -82,8 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"gastownctl: rejected ({exc.code}): {exc.message}", file=sys.stderr)
         return EXIT_REJECTED
     except DaemonUnavailable as exc:
-        print(f"gastownctl: {exc}\n  start it with: gastownd run   (or: make run)",
-              file=sys.stderr)
+        print(f"gastownctl: {exc}\n  start it with: gastownd run   (or: make run)", file=sys.stderr)
         return EXIT_UNREACHABLE
     except ClientError as exc:
         print(f"gastownctl: {exc}", file=sys.stderr)
@@ -133,8 +138,10 @@ def cmd_status(args: argparse.Namespace) -> int:
         return EXIT_OK
     log = status.eventlog
     rows = [
-        ("daemon", f"gastownd {status.daemon_version} (protocol {status.protocol}), "
-                   f"pid {status.pid}"),
+        (
+            "daemon",
+            f"gastownd {status.daemon_version} (protocol {status.protocol}), pid {status.pid}",
+        ),
         ("up since", f"{status.started_at} ({_human_duration(status.uptime_s)})"),
         ("town", status.town_root),
         ("socket", status.paths.socket),
@@ -142,11 +149,18 @@ def cmd_status(args: argparse.Namespace) -> int:
         ("connections", f"{status.connections} open, {status.requests} requests served"),
         ("event log", f"{status.paths.events}"),
         ("  lines", f"{log.lines} ({log.malformed} malformed), {_human_bytes(log.bytes)}"),
-        ("  appended", f"{log.appended} by gastownd, {log.external} by other writers "
-                       f"(durability: {log.durability})"),
+        (
+            "  appended",
+            f"{log.appended} by gastownd, {log.external} by other writers "
+            f"(durability: {log.durability})",
+        ),
         ("  subscribers", str(log.subscribers)),
-        ("  last prune", f"{log.last_prune_at} ({log.last_prune_removed} removed)"
-                         if log.last_prune_at else "never"),
+        (
+            "  last prune",
+            f"{log.last_prune_at} ({log.last_prune_removed} removed)"
+            if log.last_prune_at
+            else "never",
+        ),
     ]
     if log.quarantined:
         rows.append(("  quarantined", f"{log.quarantined} torn tail(s) cut at start"))
@@ -220,8 +234,10 @@ def cmd_prune(args: argparse.Namespace) -> int:
         _print_json(result)
         return EXIT_OK
     verb = "would remove" if result.dry_run else "removed"
-    print(f"{verb} {result.pruned_total} lines ({_human_bytes(result.bytes_freed)}), "
-          f"kept {result.kept}" + (f", archived {result.archived}" if result.archived else ""))
+    print(
+        f"{verb} {result.pruned_total} lines ({_human_bytes(result.bytes_freed)}), "
+        f"kept {result.kept}" + (f", archived {result.archived}" if result.archived else "")
+    )
     for event_type, count in result.pruned.items():
         print(f"  {event_type:<24} {count}")
     return EXIT_OK
@@ -267,8 +283,10 @@ def _show_human(line: bytes) -> None:
     event = msgspec.json.decode(line)
     payload = event.get("payload") or {}
     details = " ".join(f"{k}={_short(v)}" for k, v in payload.items())
-    print(f"{event.get('ts', '?')}  {event.get('type', '?'):<16} {event.get('actor', ''):<28} "
-          f"{details}".rstrip())
+    print(
+        f"{event.get('ts', '?')}  {event.get('type', '?'):<16} {event.get('actor', ''):<28} "
+        f"{details}".rstrip()
+    )
 
 
 def _short(value: Any, limit: int = 60) -> str:

@@ -53,7 +53,9 @@ def resolve_paths(town: Path, config_path: Path | None) -> DaemonPaths:
     )
 
 
-def build_daemon(town: Path, config_path: Path | None = None, config: Config | None = None) -> Daemon:
+def build_daemon(
+    town: Path, config_path: Path | None = None, config: Config | None = None
+) -> Daemon:
     paths = resolve_paths(town, config_path)
     if config is None:
         config = load_config(paths.config)
@@ -81,7 +83,9 @@ class App:
     def stop(self) -> None:
         self._stop.set()
 
-    async def run(self, *, task_status: anyio.abc.TaskStatus[Daemon] = anyio.TASK_STATUS_IGNORED) -> None:
+    async def run(
+        self, *, task_status: anyio.abc.TaskStatus[Daemon] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
         daemon = self.daemon
         paths = daemon.paths
         if not paths.town.is_dir():
@@ -107,16 +111,24 @@ class App:
             raise StartupError(f"socket activation failed: {exc}") from None
         notifier.status("recovering and indexing the event log")
         subscriptions = Subscriptions(config.eventlog.subscriber_queue)
-        eventlog = EventLog(paths.events, paths.events_lock, paths.private_dir, config.eventlog,
-                            subscriptions.publish)
+        eventlog = EventLog(
+            paths.events,
+            paths.events_lock,
+            paths.private_dir,
+            config.eventlog,
+            subscriptions.publish,
+        )
         await eventlog.open()
         daemon.eventlog = eventlog
         daemon.subscriptions = subscriptions
-        server = Server(config.server, lambda req, conn: ops.dispatch(daemon, req, conn),
-                        expected_uid=os.geteuid())
+        server = Server(
+            config.server,
+            lambda req, conn: ops.dispatch(daemon, req, conn),
+            expected_uid=os.geteuid(),
+        )
         daemon.server = server
 
-        listener: anyio.abc.Listener[anyio.abc.SocketStream]
+        listener: anyio.abc.SocketListener
         if adopted is not None:
             # The supervisor owns this socket (and its file): never unlink it.
             listener = await anyio.abc.SocketListener.from_socket(adopted)
@@ -129,9 +141,12 @@ class App:
             watch_stop = anyio.Event()
             async with anyio.create_task_group() as front:
                 await front.start(server.serve, listener)
-                front.start_soon(watch_eventlog, eventlog,
-                                 int(parse_duration(config.eventlog.watch_step) * 1000),
-                                 watch_stop)
+                front.start_soon(
+                    watch_eventlog,
+                    eventlog,
+                    int(parse_duration(config.eventlog.watch_step) * 1000),
+                    watch_stop,
+                )
                 front.start_soon(pruner.run_periodic, daemon)
                 if self.install_signal_handlers:
                     await front.start(self._handle_signals)
@@ -141,8 +156,13 @@ class App:
                 hang = maybe_hang_for_tests() if self.supervised else None
                 if hang is not None:
                     front.start_soon(hang)
-                log.info("daemon_ready", town=str(paths.town), socket=str(paths.socket),
-                         pid=os.getpid(), socket_activated=adopted is not None)
+                log.info(
+                    "daemon_ready",
+                    town=str(paths.town),
+                    socket=str(paths.socket),
+                    pid=os.getpid(),
+                    socket_activated=adopted is not None,
+                )
                 notifier.ready(f"serving {paths.town} ({len(eventlog.index)} events indexed)")
                 task_status.started(daemon)
                 await self._stop.wait()
@@ -165,8 +185,7 @@ class App:
         subscriptions.close_all()
         deadline = parse_duration(self.daemon.config.server.shutdown_timeout)
         with anyio.move_on_after(deadline) as scope:
-            while server.connections:
-                await anyio.sleep(0.01)
+            await server.wait_drained()
         if scope.cancelled_caught:
             log.warning("shutdown_deadline_reached", open_connections=len(server.connections))
 

@@ -25,19 +25,26 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     run = commands.add_parser("run", help="run the daemon in the foreground")
     run.add_argument("--town-root", type=Path, help="town directory (default: see docs)")
-    run.add_argument("--config", type=Path,
-                     help="TOML config (default: <town>/settings/gastownd.toml if present)")
+    run.add_argument(
+        "--config",
+        type=Path,
+        help="TOML config (default: <town>/settings/gastownd.toml if present)",
+    )
     run.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     run.add_argument("--log-format", choices=["auto", "json", "console"])
-    run.add_argument("--no-supervisor", action="store_true",
-                     help="ignore LISTEN_FDS/NOTIFY_SOCKET even when set")
+    run.add_argument(
+        "--no-supervisor", action="store_true", help="ignore LISTEN_FDS/NOTIFY_SOCKET even when set"
+    )
     install = commands.add_parser(
         "install-service", help="install and enable the systemd user units (launchd on macOS)"
     )
     install.add_argument("--town-root", type=Path, help="town directory")
     install.add_argument("--dry-run", action="store_true", help="print what would be done")
-    install.add_argument("--templated", action="store_true",
-                         help="use the gastownd@.service template (several towns)")
+    install.add_argument(
+        "--templated",
+        action="store_true",
+        help="use the gastownd@.service template (several towns)",
+    )
     return parser
 
 
@@ -78,8 +85,9 @@ def run(args: argparse.Namespace) -> int:
     app = App(daemon, supervised=not args.no_supervisor)
 
     def relog(new_config: Config) -> None:
-        configure_logging(args.log_level or new_config.log_level,
-                          args.log_format or new_config.log_format)
+        configure_logging(
+            args.log_level or new_config.log_level, args.log_format or new_config.log_format
+        )
 
     app.on_reload.append(relog)
     try:

@@ -145,8 +145,13 @@ class EventLog:
     async def open(self) -> None:
         """Repair the tail, resolve seqs and index the whole file."""
         await anyio.to_thread.run_sync(self._open_sync)
-        log.info("eventlog_indexed", lines=len(self.index), malformed=self.index.malformed,
-                 bytes=self.index.end, epoch=self.seqmap.epoch)
+        log.info(
+            "eventlog_indexed",
+            lines=len(self.index),
+            malformed=self.index.malformed,
+            bytes=self.index.end,
+            epoch=self.seqmap.epoch,
+        )
 
     def _open_sync(self) -> None:
         self.state_dir.mkdir(mode=0o700, exist_ok=True)
@@ -162,9 +167,7 @@ class EventLog:
             self._write_seqmap(self._checkpointed(self.seqmap))
 
     def _open_log(self) -> int:
-        return os.open(
-            self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644
-        )
+        return os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
 
     def _resolve_seqmap(self, inode: int, size: int) -> SeqMap:
         maps = self._load_seqmaps()
@@ -173,8 +176,11 @@ class EventLog:
             return current
         epoch = max((m.epoch for m in maps.values()), default=0) + 1
         if maps:
-            log.warning("eventlog_epoch_changed", epoch=epoch,
-                        reason="log replaced or rewritten while the daemon was not running")
+            log.warning(
+                "eventlog_epoch_changed",
+                epoch=epoch,
+                reason="log replaced or rewritten while the daemon was not running",
+            )
         return SeqMap(epoch=epoch, inode=inode)
 
     def _checkpoint_holds(self, seqmap: SeqMap, size: int) -> bool:
@@ -269,8 +275,12 @@ class EventLog:
         os.ftruncate(fd, cut_at)
         os.fsync(fd)
         self.quarantined += 1
-        log.warning("eventlog_tail_repaired", cut_bytes=len(torn), at_offset=cut_at,
-                    nul_padding=torn.strip(b"\0") == b"")
+        log.warning(
+            "eventlog_tail_repaired",
+            cut_bytes=len(torn),
+            at_offset=cut_at,
+            nul_padding=torn.strip(b"\0") == b"",
+        )
         return cut_at
 
     def _quarantine(self, data: bytes, offset: int) -> None:
@@ -299,8 +309,8 @@ class EventLog:
         if not replaced:
             assert info is not None
             rewritten = info.st_size < end or (
-                self._tail and os.pread(self._fd, len(self._tail), end - len(self._tail))
-                != self._tail
+                self._tail
+                and os.pread(self._fd, len(self._tail), end - len(self._tail)) != self._tail
             )
             if not rewritten:
                 size = self._repair_tail(self._fd, end)
@@ -356,9 +366,13 @@ class EventLog:
         removed = [old.seqs[p] for p in range(len(old)) if old.seqs[p] not in kept]
         index = EventIndex()
         index.add_lines(data, 0, iter(seqs))
-        log.warning("eventlog_reloaded", reason="replaced" if new_fd is not None else "rewritten",
-                    lines=len(index), new_lines=len(seqs) - (fresh_from or len(seqs)),
-                    removed=len(removed))
+        log.warning(
+            "eventlog_reloaded",
+            reason="replaced" if new_fd is not None else "rewritten",
+            lines=len(index),
+            new_lines=len(seqs) - (fresh_from or len(seqs)),
+            removed=len(removed),
+        )
         return _Observation(
             reloaded=index,
             reload_data=data,
@@ -419,8 +433,16 @@ class EventLog:
             entry = index.entry(position)
             start = entry.offset - data_offset
             assert entry.type is not None
-            items.append(Published(entry.seq, entry.type, entry.actor, entry.session, entry.ts,
-                                   data[start:start + entry.length - 1]))
+            items.append(
+                Published(
+                    entry.seq,
+                    entry.type,
+                    entry.actor,
+                    entry.session,
+                    entry.ts,
+                    data[start : start + entry.length - 1],
+                )
+            )
         self._publish(items)
 
     async def catch_up(self) -> None:
@@ -474,9 +496,7 @@ class EventLog:
         sync = self.config.durability == "sync"
         async with self._io:
             with anyio.CancelScope(shield=True):
-                observation, error = await anyio.to_thread.run_sync(
-                    self._write_locked, data, sync
-                )
+                observation, error = await anyio.to_thread.run_sync(self._write_locked, data, sync)
                 self._apply(observation)
                 if error is None:
                     positions = self._index_bytes(data, external=False)
@@ -502,8 +522,9 @@ class EventLog:
                     os.fdatasync(fd)
             except OSError as exc:
                 self._cut_back(fd, before)
-                log.error("eventlog_write_failed", error=exc.strerror, errno=exc.errno,
-                          bytes=len(data))
+                log.error(
+                    "eventlog_write_failed", error=exc.strerror, errno=exc.errno, bytes=len(data)
+                )
                 reason = "disk full" if exc.errno == errno.ENOSPC else exc.strerror
                 return observation, StorageError(
                     f"could not write the event log ({reason}); nothing was written"
@@ -566,9 +587,7 @@ class EventLog:
         """The stored bytes (without newline) of indexed lines."""
         index = self.index
         fd = self._fd
-        return [
-            os.pread(fd, index.length(p) - 1, index.offsets[p]) for p in positions
-        ]
+        return [os.pread(fd, index.length(p) - 1, index.offsets[p]) for p in positions]
 
     async def query(self, flt: EventFilter, limit: int, oldest_first: bool) -> list[bytes]:
         positions = self.index.search(flt, limit, oldest_first=oldest_first)
@@ -656,8 +675,13 @@ class EventLog:
         self.last_prune_removed = plan.removed_total
         result.archived = archived
         result.duration_ms = round((time.monotonic() - started) * 1000, 3)
-        log.info("eventlog_pruned", removed=plan.removed_total, kept=len(self.index),
-                 bytes_freed=removed_bytes, duration_ms=result.duration_ms)
+        log.info(
+            "eventlog_pruned",
+            removed=plan.removed_total,
+            kept=len(self.index),
+            bytes_freed=removed_bytes,
+            duration_ms=result.duration_ms,
+        )
         return result
 
     def _copy_kept(
@@ -678,8 +702,13 @@ class EventLog:
         return temp_fd
 
     def _swap_in(
-        self, temp_fd: int, temp_path: Path, snapshot_end: int, keep: list[int],
-        index: EventIndex, count: int,
+        self,
+        temp_fd: int,
+        temp_path: Path,
+        snapshot_end: int,
+        keep: list[int],
+        index: EventIndex,
+        count: int,
     ) -> tuple[_Observation, int]:
         with self._flocked():
             observation = self._observe_locked()

@@ -67,8 +67,7 @@ class InstanceLock:
             if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                 who = f" (pid {holder})" if holder else ""
                 raise StartupError(
-                    f"another gastownd{who} is already running for this town "
-                    f"(it holds {self.path})"
+                    f"another gastownd{who} is already running for this town (it holds {self.path})"
                 ) from None
             raise StartupError(f"cannot lock {self.path}: {exc.strerror}") from None
         os.ftruncate(fd, 0)

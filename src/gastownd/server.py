@@ -85,10 +85,11 @@ class Server:
         self._accept_scope = anyio.CancelScope()
         self._reader_scopes: set[anyio.CancelScope] = set()
         self._stopping = False
+        self._drained = anyio.Event()
 
     async def serve(
         self,
-        listener: anyio.abc.Listener[anyio.abc.SocketStream],
+        listener: anyio.abc.SocketListener,
         *,
         task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
@@ -107,6 +108,11 @@ class Server:
         for scope in list(self._reader_scopes):
             scope.cancel()
 
+    async def wait_drained(self) -> None:
+        """After ``stop()``: return once every connection has finished."""
+        if self.connections:
+            await self._drained.wait()
+
     async def _run_connection(self, stream: anyio.abc.SocketStream) -> None:
         conn = Connection(stream)
         log_ctx = structlog.contextvars.bound_contextvars(conn=conn.id)
@@ -124,6 +130,8 @@ class Server:
                             callback()
             finally:
                 self.connections.discard(conn)
+                if self._stopping and not self.connections:
+                    self._drained.set()
                 with anyio.CancelScope(shield=True):
                     await stream.aclose()
                 log.debug("connection_closed")
@@ -138,7 +146,8 @@ class Server:
             log.warning("connection_refused", reason="foreign_uid", peer_uid=uid)
             await conn.send(
                 codec.error_reply(
-                    None, ErrorCode.FORBIDDEN,
+                    None,
+                    ErrorCode.FORBIDDEN,
                     f"uid {uid} may not use this daemon (owned by uid {self.expected_uid})",
                 )
             )
@@ -147,7 +156,8 @@ class Server:
             log.warning("connection_refused", reason="too_many_connections")
             await conn.send(
                 codec.error_reply(
-                    None, ErrorCode.BUSY,
+                    None,
+                    ErrorCode.BUSY,
                     f"too many connections (max {self.config.max_connections}); retry later",
                 )
             )
@@ -157,9 +167,7 @@ class Server:
             return False
         return True
 
-    async def _read_requests(
-        self, conn: Connection, inflight: anyio.abc.TaskGroup
-    ) -> None:
+    async def _read_requests(self, conn: Connection, inflight: anyio.abc.TaskGroup) -> None:
         reader = codec.FrameReader(self.config.max_frame_bytes)
         limiter = anyio.Semaphore(self.config.max_inflight_per_connection)
         scope = anyio.CancelScope()
@@ -200,7 +208,8 @@ class Server:
                 return None
         await conn.send(
             codec.error_reply(
-                None, ErrorCode.TIMEOUT,
+                None,
+                ErrorCode.TIMEOUT,
                 f"incomplete frame ({pending} bytes) stalled for "
                 f"{self._partial_timeout_s:g}s; closing",
             )
@@ -208,9 +217,7 @@ class Server:
         log.info("connection_timed_out", pending_bytes=pending)
         return None
 
-    async def _run_request(
-        self, conn: Connection, frame: bytes, limiter: anyio.Semaphore
-    ) -> None:
+    async def _run_request(self, conn: Connection, frame: bytes, limiter: anyio.Semaphore) -> None:
         request_id: int | str | None = None
         released = False
         try:

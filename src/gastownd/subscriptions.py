@@ -92,8 +92,11 @@ class Subscriptions:
         for subscriber in list(self._subscribers.values()):
             for item in items:
                 if not subscriber.offer(item):
-                    log.warning("subscriber_overflowed", subscription=subscriber.id,
-                                capacity=subscriber.capacity)
+                    log.warning(
+                        "subscriber_overflowed",
+                        subscription=subscriber.id,
+                        capacity=subscriber.capacity,
+                    )
                     self._subscribers.pop(subscriber.id, None)
                     break
 

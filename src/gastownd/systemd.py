@@ -13,7 +13,8 @@ import socket
 import stat
 import sys
 import time
-from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from collections.abc import Callable, Coroutine, Mapping, MutableMapping
+from typing import Any
 
 import anyio
 
@@ -293,7 +294,7 @@ async def watchdog_loop(
 
 def maybe_hang_for_tests(
     environ: Mapping[str, str] = os.environ,
-) -> Callable[[], Awaitable[None]] | None:
+) -> Callable[[], Coroutine[Any, Any, None]] | None:
     """TEST-ONLY: a task that freezes the event loop, or None when not asked for.
 
     With ``GASTOWND_TEST_HANG_AFTER_S=<seconds>`` set, the returned coroutine

@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 import anyio
-import msgspec
 import pytest
 
 from gastown_client.aclient import AsyncClient
@@ -37,17 +36,23 @@ def gt_append(town: Path, line: dict) -> None:
 
 
 def gt_line(n: int, type_: str = "nudge", actor: str = "gastown/witness") -> dict:
-    return {"ts": "2026-11-25T00:00:00Z", "source": "gt", "type": type_, "actor": actor,
-            "payload": {"n": n}, "visibility": "feed"}
+    return {
+        "ts": "2026-11-25T00:00:00Z",
+        "source": "gt",
+        "type": type_,
+        "actor": actor,
+        "payload": {"n": n},
+        "visibility": "feed",
+    }
 
 
 def log_lines(town: Path) -> list[dict]:
     return [json.loads(line) for line in (town / ".events.jsonl").read_bytes().splitlines()]
 
 
-async def wait_for(predicate, timeout: float = 5.0) -> None:  # type: ignore[no-untyped-def]
-    with anyio.fail_after(timeout):
-        while not await predicate():
+async def wait_for(predicate, deadline_s: float = 5.0) -> None:  # type: ignore[no-untyped-def]
+    with anyio.fail_after(deadline_s):
+        while not await predicate():  # noqa: ASYNC110 - polling the daemon over its socket
             await anyio.sleep(0.01)
 
 
@@ -57,7 +62,8 @@ async def wait_for(predicate, timeout: float = 5.0) -> None:  # type: ignore[no-
 async def test_emit_writes_gas_town_line_shape(daemon: InProcess, town: Path) -> None:
     async with daemon.client() as client:
         result = await client.emit(
-            "session_start", "gastown/crew/joe",
+            "session_start",
+            "gastown/crew/joe",
             {"session_id": "4662", "role": "gastown/crew/joe", "cwd": "/home/u <&>"},
         )
         await client.emit("halt", "mayor")
@@ -87,8 +93,18 @@ async def test_rejected_emit_writes_nothing(daemon: InProcess, town: Path) -> No
 
 
 def test_ctl_emit_json_prints_the_written_line(daemon_proc: DaemonProcess, town: Path) -> None:
-    result = run_ctl(town, "emit", "mail", "--actor", "mayor", "-p", "to=deacon",
-                     "--payload", '{"subject":"hi"}', "--json")
+    result = run_ctl(
+        town,
+        "emit",
+        "mail",
+        "--actor",
+        "mayor",
+        "-p",
+        "to=deacon",
+        "--payload",
+        '{"subject":"hi"}',
+        "--json",
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.encode() == (town / ".events.jsonl").read_bytes()
     assert json.loads(result.stdout)["payload"] == {"subject": "hi", "to": "deacon"}
@@ -104,7 +120,7 @@ async def test_external_appends_are_indexed_and_pushed(daemon: InProcess, town: 
         pushes = await watcher.subscribe(types=["nudge"])
         gt_append(town, gt_line(1))
         started = time.monotonic()
-        cursor, event = await anext(pushes)
+        _cursor, event = await anext(pushes)
         assert time.monotonic() - started < 2
         assert json.loads(bytes(event))["payload"] == {"n": 1}
         result = await client.query(types=["nudge"])
@@ -143,8 +159,16 @@ def test_gt_processes_and_daemon_clients_append_concurrently(
         subprocess.Popen([sys.executable, "-c", script, str(town), f"gt{w}", str(per_writer)])
         for w in range(8)
     ] + [
-        subprocess.Popen([sys.executable, "-c", client_script, str(daemon_proc.socket),
-                          f"cl{w}", str(per_writer)])
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                client_script,
+                str(daemon_proc.socket),
+                f"cl{w}",
+                str(per_writer),
+            ]
+        )
         for w in range(8)
     ]
     assert all(p.wait(120) == 0 for p in procs)
@@ -211,9 +235,7 @@ def test_malformed_complete_lines_are_kept_skipped_and_counted(town: Path) -> No
         assert proc.terminate() == 0
 
 
-async def test_external_truncation_and_rotation_are_followed(
-    daemon: InProcess, town: Path
-) -> None:
+async def test_external_truncation_and_rotation_are_followed(daemon: InProcess, town: Path) -> None:
     async with daemon.client() as client, daemon.client() as watcher:
         for i in range(3):
             await client.emit("before", "tester", {"i": i})
@@ -263,8 +285,9 @@ def test_sample_town_log_loads_indexes_and_queries(town: Path) -> None:
             assert by_session and all(e["payload"]["session_id"] == session for e in by_session)
             oldest = client.query_events(limit=3, oldest_first=True)
             assert oldest[0]["ts"] == "2026-01-22T19:33:55Z"
-            window = client.query_events(since="2026-01-23T00:00:00Z",
-                                         until="2026-01-23T01:00:00Z", limit=1000)
+            window = client.query_events(
+                since="2026-01-23T00:00:00Z", until="2026-01-23T01:00:00Z", limit=1000
+            )
             assert all("2026-01-23T00" <= e["ts"] <= "2026-01-23T01:00:00Z" for e in window)
             stored = SAMPLE_LOG.read_bytes().splitlines()
             raw = client.query(limit=1).events[0]
@@ -287,8 +310,8 @@ async def test_slow_subscriber_overflows_without_slowing_writers(town: Path) -> 
     (town / "settings" / "gastownd.toml").write_text(
         "[retention]\nenabled = false\n[eventlog]\nsubscriber_queue = 5\n"
     )
-    from gastownd.app import App, build_daemon
     from gastown_client import paths
+    from gastownd.app import App, build_daemon
 
     state = build_daemon(town, paths.default_config_path(town))
     app = App(state, install_signal_handlers=False)
@@ -303,10 +326,13 @@ async def test_slow_subscriber_overflows_without_slowing_writers(town: Path) -> 
             for i in range(200):
                 await fast.emit("flood", "tester", {"i": i, "pad": "z" * 2000})
             status = await fast.status()
-        kinds = []
-        with pytest.raises(RequestRejected) as info:
+
+        async def drain() -> None:
             async for _cursor, _event in pushes:
-                kinds.append("event")
+                pass
+
+        with pytest.raises(RequestRejected) as info:
+            await drain()
         assert info.value.code == "overflow"
         assert status.eventlog.appended == 200
         await slow.aclose()

@@ -19,9 +19,20 @@ NOW = datetime.now(UTC)
 
 def line(type_: str, age: timedelta, **payload: object) -> bytes:
     ts = (NOW - age).strftime("%Y-%m-%dT%H:%M:%SZ")
-    return json.dumps({"ts": ts, "source": "gt", "type": type_, "actor": "gastown/witness",
-                       "payload": payload, "visibility": "feed"},
-                      separators=(",", ":")).encode() + b"\n"
+    return (
+        json.dumps(
+            {
+                "ts": ts,
+                "source": "gt",
+                "type": type_,
+                "actor": "gastown/witness",
+                "payload": payload,
+                "visibility": "feed",
+            },
+            separators=(",", ":"),
+        ).encode()
+        + b"\n"
+    )
 
 
 def write_log(town: Path, lines: list[bytes]) -> None:
@@ -29,21 +40,19 @@ def write_log(town: Path, lines: list[bytes]) -> None:
 
 
 def configure(town: Path, extra: str = "") -> None:
-    (town / "settings" / "gastownd.toml").write_text(
-        "[retention]\nenabled = false\n" + extra
-    )
+    (town / "settings" / "gastownd.toml").write_text("[retention]\nenabled = false\n" + extra)
 
 
 def test_prune_removes_expired_by_type_and_keeps_the_rest_in_order(town: Path) -> None:
     configure(town)
     lines = [
-        line("patrol_started", timedelta(days=2), i=0),   # patrol_* 1d: expired
-        line("mail", timedelta(days=2), i=1),             # 30d: kept
-        b"garbage that is not json\n",                    # malformed: kept
-        line("nudge", timedelta(days=4), i=3),            # 3d: expired
-        line("mass_death", timedelta(days=60), i=4),      # 90d: kept
-        line("custom", timedelta(days=8), i=5),           # default 7d: expired
-        line("nudge", timedelta(hours=1), i=6),           # kept
+        line("patrol_started", timedelta(days=2), i=0),  # patrol_* 1d: expired
+        line("mail", timedelta(days=2), i=1),  # 30d: kept
+        b"garbage that is not json\n",  # malformed: kept
+        line("nudge", timedelta(days=4), i=3),  # 3d: expired
+        line("mass_death", timedelta(days=60), i=4),  # 90d: kept
+        line("custom", timedelta(days=8), i=5),  # default 7d: expired
+        line("nudge", timedelta(hours=1), i=6),  # kept
     ]
     write_log(town, lines)
     proc = DaemonProcess(town).wait_ready()
@@ -97,21 +106,27 @@ def test_ctl_prune_reports_counts(town: Path) -> None:
 def test_krc_file_and_min_retain_count_are_honoured(town: Path) -> None:
     configure(town)
     hour_ns = 3600 * 10**9
-    (town / ".krc.yaml").write_text(json.dumps(
-        {"default_ttl": hour_ns, "ttls": {"mail": 2 * hour_ns}, "min_retain_count": 1}
-    ))
-    write_log(town, [
-        line("mail", timedelta(hours=5), i=0),
-        line("mail", timedelta(hours=3), i=1),  # newest mail: kept by min_retain_count
-        line("custom", timedelta(hours=3), i=2),  # default_ttl 1h: expired
-        line("custom", timedelta(hours=2), i=3),  # newest custom: kept by min_retain_count
-    ])
+    (town / ".krc.yaml").write_text(
+        json.dumps({"default_ttl": hour_ns, "ttls": {"mail": 2 * hour_ns}, "min_retain_count": 1})
+    )
+    write_log(
+        town,
+        [
+            line("mail", timedelta(hours=5), i=0),
+            line("mail", timedelta(hours=3), i=1),  # newest mail: kept by min_retain_count
+            line("custom", timedelta(hours=3), i=2),  # default_ttl 1h: expired
+            line("custom", timedelta(hours=2), i=3),  # newest custom: kept by min_retain_count
+        ],
+    )
     proc = DaemonProcess(town).wait_ready()
     try:
         with proc.client() as client:
             result = client.prune()
         assert result.pruned == {"custom": 1, "mail": 1}
-        kept = [json.loads(x)["payload"]["i"] for x in (town / ".events.jsonl").read_bytes().splitlines()]
+        kept = [
+            json.loads(x)["payload"]["i"]
+            for x in (town / ".events.jsonl").read_bytes().splitlines()
+        ]
         assert kept == [1, 3]
     finally:
         assert proc.terminate() == 0
@@ -134,8 +149,9 @@ def test_archive_keeps_pruned_lines_in_daily_gzip_files(town: Path) -> None:
 
 def test_appends_racing_a_prune_are_never_lost(town: Path) -> None:
     configure(town)
-    expired = [line("patrol_complete", timedelta(days=3), i=i, pad="p" * 200)
-               for i in range(60_000)]
+    expired = [
+        line("patrol_complete", timedelta(days=3), i=i, pad="p" * 200) for i in range(60_000)
+    ]
     fresh = [line("mail", timedelta(minutes=5), i=i) for i in range(1000)]
     mixed = [x for pair in zip(expired[:1000], fresh, strict=True) for x in pair] + expired[1000:]
     write_log(town, mixed)
@@ -152,13 +168,17 @@ def test_appends_racing_a_prune_are_never_lost(town: Path) -> None:
                     emitted.append(n)
                     n += 1
 
-        writer = subprocess.Popen([
-            sys.executable, "-c",
-            "import sys; sys.path.insert(0, '.');"
-            "from tests.integration.test_eventlog import gt_append, gt_line;"
-            "from pathlib import Path;"
-            f"[gt_append(Path({str(town)!r}), gt_line(i, 'gt_during')) for i in range(300)]",
-        ], cwd=Path(__file__).resolve().parents[2])
+        writer = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                "import sys; sys.path.insert(0, '.');"
+                "from tests.integration.test_eventlog import gt_append, gt_line;"
+                "from pathlib import Path;"
+                f"[gt_append(Path({str(town)!r}), gt_line(i, 'gt_during')) for i in range(300)]",
+            ],
+            cwd=Path(__file__).resolve().parents[2],
+        )
         thread = threading.Thread(target=emitter)
         thread.start()
         with proc.client(timeout_s=120) as client:

@@ -56,7 +56,8 @@ async def test_hello_reports_versions_and_capabilities(daemon: InProcess) -> Non
 def test_incompatible_client_gets_clear_error(daemon_proc: DaemonProcess) -> None:
     [reply] = raw_exchange(daemon_proc.socket, b'{"op":"hello","protocol":99,"id":7}\n')
     assert reply == {
-        "id": 7, "ok": False,
+        "id": 7,
+        "ok": False,
         "error": {"code": "unsupported_protocol", "message": reply["error"]["message"]},
     }
     assert "upgrade the daemon" in reply["error"]["message"]
@@ -123,7 +124,9 @@ def test_pipelined_requests_are_all_answered_with_their_ids(daemon_proc: DaemonP
 def test_second_instance_is_refused(daemon_proc: DaemonProcess, town: Path) -> None:
     second = subprocess.run(
         [sys.executable, "-m", "gastownd", "run", "--town-root", str(town)],
-        capture_output=True, text=True, timeout=30,
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert second.returncode == 1
     assert "already running" in second.stderr
@@ -160,7 +163,9 @@ def test_group_or_world_writable_private_dir_is_refused(town: Path, mode: int) -
     private.chmod(mode)
     result = subprocess.run(
         [sys.executable, "-m", "gastownd", "run", "--town-root", str(town)],
-        capture_output=True, text=True, timeout=30,
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert result.returncode == 1
     assert "group- or world-writable" in result.stderr
@@ -173,7 +178,9 @@ def test_symlinked_private_dir_is_refused(town: Path, tmp_path: Path) -> None:
     paths.private_dir(town).symlink_to(target)
     result = subprocess.run(
         [sys.executable, "-m", "gastownd", "run", "--town-root", str(town)],
-        capture_output=True, text=True, timeout=30,
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert result.returncode == 1
     assert "symlink" in result.stderr
@@ -227,8 +234,7 @@ def test_sigterm_exits_zero_quickly_and_answers_in_flight(daemon_proc: DaemonPro
         sock.settimeout(10)
         sock.connect(str(daemon_proc.socket))
         frames = b"".join(
-            b'{"op":"emit","type":"test_event","actor":"tester","id":%d}\n' % i
-            for i in range(50)
+            b'{"op":"emit","type":"test_event","actor":"tester","id":%d}\n' % i for i in range(50)
         )
         sock.sendall(frames)
         started = time.monotonic()

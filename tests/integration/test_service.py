@@ -20,8 +20,16 @@ def spawn_supervised(
     """Start gastownd the way systemd does: fd 3 = the socket, LISTEN_PID = its own pid."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LISTEN_", "NOTIFY_"))}
     env.update(env_extra)
-    command = [sys.executable, "-m", "gastownd", "run", "--town-root", str(town),
-               "--log-format", "json"]
+    command = [
+        sys.executable,
+        "-m",
+        "gastownd",
+        "run",
+        "--town-root",
+        str(town),
+        "--log-format",
+        "json",
+    ]
     log = open(town / "daemon.log", "ab")  # noqa: SIM115 - handed to the child
     if listener is None:
         return subprocess.Popen(command, env=env, stdout=log, stderr=log)
@@ -29,8 +37,12 @@ def spawn_supervised(
     fd = listener.fileno()
     wrapper = 'LISTEN_PID=$$; export LISTEN_PID; exec "$@"'
     return subprocess.Popen(
-        ["/bin/sh", "-c", wrapper, "sh", *command], env=env, stdout=log, stderr=log,
-        pass_fds=(3,), preexec_fn=lambda: os.dup2(fd, 3),
+        ["/bin/sh", "-c", wrapper, "sh", *command],
+        env=env,
+        stdout=log,
+        stderr=log,
+        pass_fds=(3,),
+        preexec_fn=lambda: os.dup2(fd, 3),
     )
 
 
@@ -106,8 +118,10 @@ def test_notify_ready_watchdog_and_stopping(town: Path) -> None:
 
 def test_hung_event_loop_stops_the_watchdog_pings(town: Path) -> None:
     notify, address = notify_socket(town)
-    proc = spawn_supervised(town, {"NOTIFY_SOCKET": address, "WATCHDOG_USEC": "100000",
-                                   "GASTOWND_TEST_HANG_AFTER_S": "0.5"})
+    proc = spawn_supervised(
+        town,
+        {"NOTIFY_SOCKET": address, "WATCHDOG_USEC": "100000", "GASTOWND_TEST_HANG_AFTER_S": "0.5"},
+    )
     try:
         receive_until(notify, "READY=1")
         receive_until(notify, "WATCHDOG=1")
@@ -137,8 +151,9 @@ def test_sighup_reloads_configuration(town: Path) -> None:
     proc = spawn_supervised(town, {"NOTIFY_SOCKET": address})
     try:
         receive_until(notify, "READY=1")
-        (town / "settings" / "gastownd.toml").write_text('log_level = "debug"\n'
-                                                          "[retention]\nenabled = false\n")
+        (town / "settings" / "gastownd.toml").write_text(
+            'log_level = "debug"\n[retention]\nenabled = false\n'
+        )
         proc.send_signal(signal.SIGHUP)
         messages = receive_until(notify, "READY=1")
         assert any("RELOADING=1" in m for m in messages)

@@ -9,12 +9,37 @@ from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[2] / "src"
 CORE_ALLOWED = {
-    "__future__", "dataclasses", "enum", "hashlib", "typing", "collections", "itertools",
-    "bisect", "msgspec", "gastown_client", "gastownd", "calendar", "datetime", "fnmatch",
-    "array", "zlib", "re", "uuid", "heapq",
+    "__future__",
+    "dataclasses",
+    "enum",
+    "hashlib",
+    "typing",
+    "collections",
+    "itertools",
+    "bisect",
+    "msgspec",
+    "gastown_client",
+    "gastownd",
+    "calendar",
+    "datetime",
+    "fnmatch",
+    "array",
+    "zlib",
+    "re",
+    "uuid",
+    "heapq",
 }
-CORE_FORBIDDEN = {"anyio", "asyncio", "sqlite3", "os", "socket", "fcntl", "time", "structlog",
-                  "watchfiles"}
+CORE_FORBIDDEN = {
+    "anyio",
+    "asyncio",
+    "sqlite3",
+    "os",
+    "socket",
+    "fcntl",
+    "time",
+    "structlog",
+    "watchfiles",
+}
 
 
 def imported_modules(path: Path) -> set[str]:
@@ -55,6 +80,7 @@ def test_hook_path_loads_no_heavy_module() -> None:
         "heavy = {'msgspec', 'anyio', 'asyncio', 'structlog', 'json'}\n"
         "print(sorted(heavy & set(sys.modules)))\n"
     )
-    result = subprocess.run([sys.executable, "-I", "-c", code], capture_output=True, text=True,
-                            check=True, env=None)
+    result = subprocess.run(
+        [sys.executable, "-I", "-c", code], capture_output=True, text=True, check=True, env=None
+    )
     assert result.stdout.strip() == "[]"

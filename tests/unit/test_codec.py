@@ -103,8 +103,7 @@ def test_tags_are_unique_and_snake_case() -> None:
     ("frame", "code", "path"),
     [
         (b'{"op":"hello","protocol":"1"}', ErrorCode.BAD_REQUEST, "$.protocol"),
-        (b'{"op":"emit","type":"t","actor":"a","payload":[1]}', ErrorCode.BAD_REQUEST,
-         "$.payload"),
+        (b'{"op":"emit","type":"t","actor":"a","payload":[1]}', ErrorCode.BAD_REQUEST, "$.payload"),
         (b'{"op":"query","types":"sling"}', ErrorCode.BAD_REQUEST, "$.types"),
         (b'{"op":"nope","id":9}', ErrorCode.UNKNOWN_OP, "nope"),
         (b'{"op":5}', ErrorCode.BAD_REQUEST, "$.op"),
@@ -144,7 +143,9 @@ def test_result_of_raises_typed_rejection() -> None:
 
 
 def test_unknown_error_codes_still_decode() -> None:
-    frame = codec.decode_frame(b'{"id":1,"ok":false,"error":{"code":"from_the_future","message":""}}')
+    frame = codec.decode_frame(
+        b'{"id":1,"ok":false,"error":{"code":"from_the_future","message":""}}'
+    )
     assert frame.error is not None and frame.error.code == "from_the_future"
 
 

@@ -20,8 +20,10 @@ def test_defaults_without_a_file() -> None:
 
 def test_a_full_file_decodes(tmp_path: Path) -> None:
     path = tmp_path / "g.toml"
-    path.write_text('log_level = "debug"\n[eventlog]\ndurability = "write"\n'
-                    'sync_interval = "10ms"\n[retention]\nttls = { mail = "2d" }\n')
+    path.write_text(
+        'log_level = "debug"\n[eventlog]\ndurability = "write"\n'
+        'sync_interval = "10ms"\n[retention]\nttls = { mail = "2d" }\n'
+    )
     config = load_config(path)
     assert config.log_level == "debug"
     assert config.eventlog.durability == "write"
@@ -52,8 +54,9 @@ def test_missing_explicit_config_is_an_error(tmp_path: Path) -> None:
         load_config(tmp_path / "absent.toml")
 
 
-@pytest.mark.parametrize(("text", "seconds"), [("250ms", 0.25), ("30s", 30), ("2h", 7200),
-                                               ("7d", 604800), ("1.5m", 90)])
+@pytest.mark.parametrize(
+    ("text", "seconds"), [("250ms", 0.25), ("30s", 30), ("2h", 7200), ("7d", 604800), ("1.5m", 90)]
+)
 def test_parse_duration(text: str, seconds: float) -> None:
     assert parse_duration(text) == seconds
 

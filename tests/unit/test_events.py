@@ -19,10 +19,16 @@ def test_reference_example_is_reproduced_byte_for_byte() -> None:
         b'"session_id":"46621448-3caa-4bbb-8ccc-123456789abc"},"visibility":"feed"}\n'
     )
     line = events.encode_line(
-        ts="2026-04-30T13:02:38Z", source="gt", type="session_start", actor="gastown/crew/joe",
-        payload={"session_id": "46621448-3caa-4bbb-8ccc-123456789abc",
-                 "role": "gastown/crew/joe", "cwd": "/home/u/gt/gastown/crew/joe",
-                 "actor_pid": "gastown/crew/joe-48213"},
+        ts="2026-04-30T13:02:38Z",
+        source="gt",
+        type="session_start",
+        actor="gastown/crew/joe",
+        payload={
+            "session_id": "46621448-3caa-4bbb-8ccc-123456789abc",
+            "role": "gastown/crew/joe",
+            "cwd": "/home/u/gt/gastown/crew/joe",
+            "actor_pid": "gastown/crew/joe-48213",
+        },
         visibility="feed",
     )
     assert line == expected
@@ -35,24 +41,40 @@ def test_every_sample_line_is_reencoded_identically() -> None:
     for raw in SAMPLE.read_bytes().splitlines():
         decoded = msgspec.json.decode(raw)
         again = events.encode_line(
-            ts=decoded["ts"], source=decoded["source"], type=decoded["type"],
-            actor=decoded["actor"], payload=decoded.get("payload") or {},
+            ts=decoded["ts"],
+            source=decoded["source"],
+            type=decoded["type"],
+            actor=decoded["actor"],
+            payload=decoded.get("payload") or {},
             visibility=decoded["visibility"],
         )
         assert again == raw + b"\n"
 
 
 def test_empty_payload_is_omitted() -> None:
-    line = events.encode_line(ts="2026-01-01T00:00:00Z", source="gt", type="halt",
-                              actor="mayor", payload={}, visibility="feed")
-    assert line == (b'{"ts":"2026-01-01T00:00:00Z","source":"gt","type":"halt",'
-                    b'"actor":"mayor","visibility":"feed"}\n')
+    line = events.encode_line(
+        ts="2026-01-01T00:00:00Z",
+        source="gt",
+        type="halt",
+        actor="mayor",
+        payload={},
+        visibility="feed",
+    )
+    assert line == (
+        b'{"ts":"2026-01-01T00:00:00Z","source":"gt","type":"halt",'
+        b'"actor":"mayor","visibility":"feed"}\n'
+    )
 
 
 def test_go_html_escaping_and_nested_sorting() -> None:
-    line = events.encode_line(ts="t", source="gt", type="mail", actor="a<b>",
-                              payload={"z": {"b": 1, "a": "x&y\u2028"}, "a": "<"},
-                              visibility="feed")
+    line = events.encode_line(
+        ts="t",
+        source="gt",
+        type="mail",
+        actor="a<b>",
+        payload={"z": {"b": 1, "a": "x&y\u2028"}, "a": "<"},
+        visibility="feed",
+    )
     assert b'"actor":"a\\u003cb\\u003e"' in line
     assert b'"payload":{"a":"\\u003c","z":{"a":"x\\u0026y\\u2028","b":1}}' in line
 

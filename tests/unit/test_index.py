@@ -52,7 +52,9 @@ def test_search_newest_first_by_type_actor_session() -> None:
     assert index.search(compile_filter(session="s2", types=["done"]), 10) == [4]
     assert index.search(compile_filter(types=["nudge", "done"]), 10) == [5, 4, 1]
     assert index.search(compile_filter(types=["nudge", "done"]), 10, oldest_first=True) == [
-        1, 4, 5,
+        1,
+        4,
+        5,
     ]
     assert index.search(compile_filter(types=["unknown"]), 10) == []
     assert index.search(compile_filter(actor="nobody"), 10) == []

@@ -10,9 +10,16 @@ from gastownd.core.retention import DAY_S, RetentionPolicy, plan_prune, policy_f
 @pytest.mark.parametrize(
     ("event_type", "days"),
     [
-        ("patrol_started", 1), ("polecat_checked", 1), ("session_start", 3), ("nudge", 3),
-        ("handoff", 7), ("sling", 14), ("mail", 30), ("merge_failed", 30),
-        ("mass_death", 90), ("anything_else", 7),
+        ("patrol_started", 1),
+        ("polecat_checked", 1),
+        ("session_start", 3),
+        ("nudge", 3),
+        ("handoff", 7),
+        ("sling", 14),
+        ("mail", 30),
+        ("merge_failed", 30),
+        ("mass_death", 90),
+        ("anything_else", 7),
     ],
 )
 def test_gas_town_default_ttls(event_type: str, days: int) -> None:
@@ -45,8 +52,12 @@ def test_plan_without_expired_lines_keeps_everything() -> None:
 
 def test_krc_durations_are_nanoseconds_and_override_per_type() -> None:
     policy = policy_from_krc(
-        {"default_ttl": 2 * 10**9, "ttls": {"mail": 5 * 10**9}, "min_retain_count": 3,
-         "prune_interval": 60 * 10**9},
+        {
+            "default_ttl": 2 * 10**9,
+            "ttls": {"mail": 5 * 10**9},
+            "min_retain_count": 3,
+            "prune_interval": 60 * 10**9,
+        },
         RetentionPolicy(),
     )
     assert policy.default_ttl_s == 2

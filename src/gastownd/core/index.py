@@ -11,9 +11,10 @@ No I/O here: the caller reads the file and feeds bytes in.
 from __future__ import annotations
 
 import bisect
+import heapq
 import zlib
 from array import array
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from gastownd.core.events import ParsedLine, parse_line, parse_ts, session_of
@@ -64,10 +65,6 @@ class EventIndex:
         return len(self.offsets)
 
     @property
-    def bytes(self) -> int:
-        return self.end - (self.offsets[0] if self.offsets else self.end)
-
-    @property
     def good_lines(self) -> int:
         return len(self.offsets) - self.malformed
 
@@ -98,8 +95,9 @@ class EventIndex:
         parsed = parse_line(line)
         ts = parse_ts(parsed.ts) if parsed is not None else None
         if parsed is None or ts is None:
-            return self._append(offset, len(line) + 1, seq, MALFORMED, 0, NO_SESSION, 0,
-                                zlib.crc32(line))
+            return self._append(
+                offset, len(line) + 1, seq, MALFORMED, 0, NO_SESSION, 0, zlib.crc32(line)
+            )
         return self._append_parsed(parsed, ts, offset, len(line) + 1, seq, zlib.crc32(line))
 
     def _append_parsed(
@@ -199,8 +197,7 @@ class EventIndex:
         """
         candidates = self._candidates(flt)
         type_ids = (
-            None if not flt.types
-            else {self._type_ids[t] for t in flt.types if t in self._type_ids}
+            None if not flt.types else {self._type_ids[t] for t in flt.types if t in self._type_ids}
         )
         if type_ids is not None and not type_ids:
             return []
@@ -216,7 +213,11 @@ class EventIndex:
                 return []
         since, until = flt.since, flt.until
         types, actors, sessions, ts_col, max_ts = (
-            self.types, self.actors, self.sessions, self.ts, self.max_ts
+            self.types,
+            self.actors,
+            self.sessions,
+            self.ts,
+            self.max_ts,
         )
         found: list[int] = []
         for position in self._walk(candidates, oldest_first, after_position, since):
@@ -272,13 +273,14 @@ class EventIndex:
             else:
                 yield from (postings[i] for i in range(len(postings) - 1, first - 1, -1))
             return
-        import heapq
-
         if oldest_first:
-            lists = [p[bisect.bisect_left(p, after_position):] for p in candidates]
-            yield from heapq.merge(*lists)
+            yield from heapq.merge(
+                *(p[bisect.bisect_left(p, after_position) :] for p in candidates)
+            )
         else:
-            lists = [reversed(p[bisect.bisect_left(p, after_position):]) for p in candidates]
+            lists: list[Iterable[int]] = [
+                reversed(p[bisect.bisect_left(p, after_position) :]) for p in candidates
+            ]
             yield from heapq.merge(*lists, reverse=True)
 
     # ----------------------------------------------------------- rebuilding

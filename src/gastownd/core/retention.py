@@ -46,9 +46,12 @@ class RetentionPolicy:
             return exact
         best: tuple[int, float] | None = None
         for pattern, ttl in self.ttls_s.items():
-            if "*" in pattern and fnmatch.fnmatchcase(event_type, pattern):
-                if best is None or len(pattern) > best[0]:
-                    best = (len(pattern), ttl)
+            if (
+                "*" in pattern
+                and fnmatch.fnmatchcase(event_type, pattern)
+                and (best is None or len(pattern) > best[0])
+            ):
+                best = (len(pattern), ttl)
         return best[1] if best is not None else self.default_ttl_s
 
 
@@ -122,6 +125,8 @@ def policy_from_krc(data: Mapping[str, object], fallback: RetentionPolicy) -> Re
             raise ValueError("min_retain_count must be a non-negative integer")
         min_retain = value
     return RetentionPolicy(
-        default_ttl_s=default_ttl, ttls_s=ttls, min_retain_count=min_retain,
+        default_ttl_s=default_ttl,
+        ttls_s=ttls,
+        min_retain_count=min_retain,
         prune_interval_s=interval,
     )

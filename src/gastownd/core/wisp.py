@@ -110,7 +110,7 @@ class WispError(Exception):
     """Base of the errors this module raises on purpose."""
 
 
-class IllegalTransition(WispError):  # noqa: N818 -- name fixed by STYLE.md §4
+class IllegalTransition(WispError):
     """An op that the table does not allow from the wisp's state (the caller's fault)."""
 
     def __init__(self, op: Op, state: WispState | None, session_id: str) -> None:

@@ -60,8 +60,11 @@ async def emit(daemon: Daemon, request: Emit) -> EmitResult:
 def _compile(request: EventFilter) -> CompiledFilter:
     try:
         return compile_filter(
-            types=request.types, actor=request.actor, session=request.session,
-            since=request.since, until=request.until,
+            types=request.types,
+            actor=request.actor,
+            session=request.session,
+            since=request.since,
+            until=request.until,
         )
     except FilterError as exc:
         raise BadRequestError(str(exc)) from None
@@ -89,21 +92,31 @@ async def subscribe(daemon: Daemon, request: Subscribe, conn: Connection) -> Fol
             or seq >= index.next_seq()
         ):
             resync = True
-            start = 0 if epoch != eventlog.seqmap.epoch or seq >= index.next_seq() else (
-                index.position_after(seq)
+            start = (
+                0
+                if epoch != eventlog.seqmap.epoch or seq >= index.next_seq()
+                else (index.position_after(seq))
             )
         else:
             start = index.position_after(seq)
     # From here to the FollowUp nothing awaits: the backlog and the live
     # queue split the log at exactly this point, with no gap and no overlap.
-    backlog = [
-        index.seqs[p]
-        for p in index.search(flt, len(index) + 1, oldest_first=True, after_position=start)
-    ] if start < len(index) else []
+    backlog = (
+        [
+            index.seqs[p]
+            for p in index.search(flt, len(index) + 1, oldest_first=True, after_position=start)
+        ]
+        if start < len(index)
+        else []
+    )
     subscriber = subscriptions.add(flt)
     subscriber.live_after = index.next_seq() - 1
     conn.subscriptions.add(subscriber.id)
-    conn.on_close.append(lambda: subscriptions.remove(subscriber.id))
+
+    def end_subscription() -> None:
+        subscriptions.remove(subscriber.id)
+
+    conn.on_close.append(end_subscription)
     result = SubscribeResult(
         subscription=subscriber.id, cursor=eventlog.head_cursor(), resync=resync
     )
@@ -124,37 +137,51 @@ async def _pump(
                 break
             seqs = eventlog.index.seqs
             positions = []
-            for seq in backlog[start:start + BACKLOG_CHUNK]:
+            for seq in backlog[start : start + BACKLOG_CHUNK]:
                 position = bisect.bisect_left(seqs, seq)
                 if position < len(seqs) and seqs[position] == seq:
                     positions.append(position)
             lines = eventlog.read_lines(positions)
-            await conn.send_many([
-                Push(push="event", subscription=sub_id,
-                     cursor=eventlog.cursor(eventlog.index.seqs[p]), event=msgspec.Raw(line))
-                for p, line in zip(positions, lines, strict=True)
-            ])
+            await conn.send_many(
+                [
+                    Push(
+                        push="event",
+                        subscription=sub_id,
+                        cursor=eventlog.cursor(eventlog.index.seqs[p]),
+                        event=msgspec.Raw(line),
+                    )
+                    for p, line in zip(positions, lines, strict=True)
+                ]
+            )
         while not conn.closed:
             if subscriber.overflowed:
-                await conn.send(Push(
-                    push="overflow", subscription=sub_id,
-                    message=f"subscriber fell more than {subscriber.capacity} lines behind; "
-                            "disconnected (resume with the last cursor you received)",
-                ))
+                await conn.send(
+                    Push(
+                        push="overflow",
+                        subscription=sub_id,
+                        message=f"subscriber fell more than {subscriber.capacity} lines behind; "
+                        "disconnected (resume with the last cursor you received)",
+                    )
+                )
                 await conn.abort()
                 return
             if subscriber.queue:
                 items = list(subscriber.queue)
                 subscriber.queue.clear()
-                await conn.send_many([
-                    Push(push="event", subscription=sub_id, cursor=eventlog.cursor(item.seq),
-                         event=msgspec.Raw(item.line))
-                    for item in items
-                ])
+                await conn.send_many(
+                    [
+                        Push(
+                            push="event",
+                            subscription=sub_id,
+                            cursor=eventlog.cursor(item.seq),
+                            event=msgspec.Raw(item.line),
+                        )
+                        for item in items
+                    ]
+                )
                 continue
             if subscriber.closed:
-                await conn.send(Push(push="end", subscription=sub_id,
-                                     message="subscription ended"))
+                await conn.send(Push(push="end", subscription=sub_id, message="subscription ended"))
                 return
             await subscriber.wait()
     finally:
