@@ -19,6 +19,25 @@ from gastown_client.client import (
 from gastown_client.errors import DaemonUnavailable, ProtocolMismatch, RequestRejected
 from gastown_client.protocol import (
     PROTOCOL_VERSION,
+    Attribute,
+    AttributeResult,
+    Attribution,
+    AttributionResult,
+    Cv,
+    CvResult,
+    DigestGet,
+    DigestView,
+    ResolveSession,
+    SessionEnd,
+    SessionRow,
+    Sessions,
+    SessionsResult,
+    SessionStart,
+    SessionStartResult,
+    SessionStep,
+    SessionStepResult,
+    WispGet,
+    WispView,
     Emit,
     EmitResult,
     Frame,
@@ -164,6 +183,38 @@ class AsyncClient:
 
     async def prune(self, dry_run: bool = False) -> PruneResult:
         return await self.call(Prune(dry_run=dry_run), PruneResult)
+
+    async def session_start(self, session: str, actor: str, **fields: Any) -> SessionStartResult:
+        return await self.call(
+            SessionStart(session=session, actor=actor, **fields), SessionStartResult
+        )
+
+    async def session_step(self, session: str, kind: str, **fields: Any) -> SessionStepResult:
+        return await self.call(SessionStep(session=session, kind=kind, **fields), SessionStepResult)
+
+    async def session_end(self, session: str, reason: str = "ended") -> DigestView:
+        return await self.call(SessionEnd(session=session, reason=reason), DigestView)
+
+    async def wisp(self, session: str) -> WispView:
+        return await self.call(WispGet(session=session), WispView)
+
+    async def digest(self, ref: str) -> DigestView:
+        return await self.call(DigestGet(ref=ref), DigestView)
+
+    async def cv(self, actor: str, limit: int = 20, verify: bool = False) -> CvResult:
+        return await self.call(Cv(actor=actor, limit=limit, verify=verify), CvResult)
+
+    async def sessions(self, **filters: Any) -> SessionsResult:
+        return await self.call(Sessions(**filters), SessionsResult)
+
+    async def resolve_session(self, session: str) -> SessionRow:
+        return await self.call(ResolveSession(session=session), SessionRow)
+
+    async def attribute(self, issue: str, **fields: Any) -> AttributeResult:
+        return await self.call(Attribute(issue=issue, **fields), AttributeResult)
+
+    async def attribution(self, issue: str) -> AttributionResult:
+        return await self.call(Attribution(issue=issue), AttributionResult)
 
     async def subscribe(self, **filters: Any) -> AsyncIterator[tuple[str, msgspec.Raw]]:
         """Yield ``(cursor, event)`` for each pushed line; the connection is dedicated."""

@@ -13,6 +13,25 @@ from gastown_client import __version__, codec, paths
 from gastown_client.errors import DaemonUnavailable, ProtocolMismatch, RequestRejected
 from gastown_client.protocol import (
     PROTOCOL_VERSION,
+    Attribute,
+    AttributeResult,
+    Attribution,
+    AttributionResult,
+    Cv,
+    CvResult,
+    DigestGet,
+    DigestView,
+    ResolveSession,
+    SessionEnd,
+    SessionRow,
+    Sessions,
+    SessionsResult,
+    SessionStart,
+    SessionStartResult,
+    SessionStep,
+    SessionStepResult,
+    WispGet,
+    WispView,
     Emit,
     EmitResult,
     Frame,
@@ -188,6 +207,38 @@ class Client:
 
     def prune(self, dry_run: bool = False) -> PruneResult:
         return self.call(Prune(dry_run=dry_run), PruneResult)
+
+    # -- sessions ------------------------------------------------------------
+
+    def session_start(self, session: str, actor: str, **fields: Any) -> SessionStartResult:
+        return self.call(SessionStart(session=session, actor=actor, **fields), SessionStartResult)
+
+    def session_step(self, session: str, kind: str, **fields: Any) -> SessionStepResult:
+        return self.call(SessionStep(session=session, kind=kind, **fields), SessionStepResult)
+
+    def session_end(self, session: str, reason: str = "ended") -> DigestView:
+        return self.call(SessionEnd(session=session, reason=reason), DigestView)
+
+    def wisp(self, session: str) -> WispView:
+        return self.call(WispGet(session=session), WispView)
+
+    def digest(self, ref: str) -> DigestView:
+        return self.call(DigestGet(ref=ref), DigestView)
+
+    def cv(self, actor: str, limit: int = 20, verify: bool = False) -> CvResult:
+        return self.call(Cv(actor=actor, limit=limit, verify=verify), CvResult)
+
+    def sessions(self, **filters: Any) -> SessionsResult:
+        return self.call(Sessions(**filters), SessionsResult)
+
+    def resolve_session(self, session: str) -> SessionRow:
+        return self.call(ResolveSession(session=session), SessionRow)
+
+    def attribute(self, issue: str, **fields: Any) -> AttributeResult:
+        return self.call(Attribute(issue=issue, **fields), AttributeResult)
+
+    def attribution(self, issue: str) -> AttributionResult:
+        return self.call(Attribution(issue=issue), AttributionResult)
 
     def subscribe(self, **filters: Any) -> Subscription:
         """Start a subscription; iterate the result for ``(cursor, event)`` pairs.

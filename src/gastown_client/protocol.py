@@ -11,6 +11,7 @@ changes, an error code is never renamed or reused.
 from __future__ import annotations
 
 import re
+import typing
 from enum import StrEnum
 from typing import Any, Literal
 
@@ -37,6 +38,7 @@ class ErrorCode(StrEnum):
     SHUTTING_DOWN = "shutting_down"
     TIMEOUT = "timeout"
     BUSY = "busy"
+    CONFLICT = "conflict"
 
 
 # ---------------------------------------------------------------- requests
@@ -112,11 +114,131 @@ class Prune(Request, tag="prune"):
     dry_run: bool = False
 
 
-RequestUnion = Hello | Ping | Status | Emit | Query | Subscribe | Unsubscribe | Prune
-OPS: frozenset[str] = frozenset(
-    cls.__struct_config__.tag  # type: ignore[misc]
-    for cls in (Hello, Ping, Status, Emit, Query, Subscribe, Unsubscribe, Prune)
+StartSourceName = Literal["startup", "resume", "clear", "compact"]
+
+
+class SessionStart(Request, tag="session_start"):
+    """Open (or continue) the wisp of a session. Idempotent for an open session."""
+
+    session: str
+    actor: str
+    cwd: str | None = None
+    topic: str | None = None
+    source: StartSourceName = "startup"
+    parent: str | None = None
+    tmux_session: str | None = None
+    pid: int | None = None
+
+    def __post_init__(self) -> None:
+        if not self.session.strip():
+            raise ValueError("session must not be empty")
+        if not self.actor.strip():
+            raise ValueError("actor must not be empty")
+
+
+class SessionStep(Request, tag="session_step"):
+    session: str
+    kind: str
+    ref: str | None = None
+    payload: dict[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        if not EVENT_TYPE_PATTERN.fullmatch(self.kind):
+            raise ValueError("kind must match [A-Za-z0-9_.:-]{1,128}")
+
+
+class SessionEnd(Request, tag="session_end"):
+    session: str
+    reason: str = "ended"
+
+
+class WispGet(Request, tag="wisp"):
+    """A session's current wisp with its steps; ``session`` may be a unique prefix."""
+
+    session: str
+
+
+class DigestGet(Request, tag="digest"):
+    """A digest by digest id or session id (the latest segment); prefixes allowed."""
+
+    ref: str
+
+
+class Cv(Request, tag="cv"):
+    actor: str
+    limit: int = 20
+    verify: bool = False
+
+
+class Sessions(Request, tag="sessions"):
+    """The seance listing: one row per session, newest start first."""
+
+    role: str | None = None
+    rig: str | None = None
+    state: Literal["open", "squashed", "abandoned", "logged"] | None = None
+    limit: int = 20
+
+
+class ResolveSession(Request, tag="resolve_session"):
+    """One session by id or unique prefix (a trailing ``...`` or ``…`` is ignored)."""
+
+    session: str
+
+
+class Attribute(Request, tag="attribute"):
+    """Record that a session touched an issue; resolves the session when not given."""
+
+    issue: str
+    session: str | None = None
+    action: Literal["closed", "created", "updated"] = "closed"
+    actor: str | None = None
+    env: dict[str, str] = msgspec.field(default_factory=dict)
+    cwd: str | None = None
+
+
+class Attribution(Request, tag="attribution"):
+    issue: str
+
+
+class Hook(Request, tag="hook"):
+    """A Claude Code hook call, forwarded untouched by ``gastown-hook``.
+
+    ``payload`` is Claude's stdin JSON as it was; ``env`` holds the Gas Town
+    variables the hook saw. ``spooled_at`` is set when the request waited in
+    the spool because the daemon was down.
+    """
+
+    payload: msgspec.Raw
+    env: dict[str, str] = msgspec.field(default_factory=dict)
+    cwd: str | None = None
+    pid: int | None = None
+    ppid: int | None = None
+    at: float | None = None
+    spooled_at: float | None = None
+
+
+RequestUnion = (
+    Hello
+    | Ping
+    | Status
+    | Emit
+    | Query
+    | Subscribe
+    | Unsubscribe
+    | Prune
+    | SessionStart
+    | SessionStep
+    | SessionEnd
+    | WispGet
+    | DigestGet
+    | Cv
+    | Sessions
+    | ResolveSession
+    | Attribute
+    | Attribution
+    | Hook
 )
+OPS: frozenset[str] = frozenset(cls.__struct_config__.tag for cls in typing.get_args(RequestUnion))
 
 
 # ---------------------------------------------------------------- results
@@ -196,6 +318,139 @@ class PruneResult(msgspec.Struct, kw_only=True):
     bytes_freed: int
     archived: int = 0
     duration_ms: float = 0.0
+
+
+class StepView(msgspec.Struct, kw_only=True, omit_defaults=True):
+    kind: str
+    at: str
+    ref: str | None = None
+    payload: dict[str, Any] | None = None
+
+
+class WispView(msgspec.Struct, kw_only=True):
+    session_id: str
+    actor: str
+    role: str
+    rig: str | None = None
+    cwd: str | None = None
+    topic: str | None = None
+    source: str
+    parent_session: str | None = None
+    tmux_session: str | None = None
+    started_at: str
+    last_activity_at: str
+    ended_at: str | None = None
+    segment: int
+    state: str
+    end_reason: str | None = None
+    step_count: int = 0
+    steps: list[StepView] = msgspec.field(default_factory=list)
+
+
+class CommitView(msgspec.Struct, kw_only=True):
+    sha: str
+    subject: str = ""
+
+
+class HandoffView(msgspec.Struct, kw_only=True):
+    at: str
+    to: str | None = None
+    subject: str = ""
+
+
+class DigestView(msgspec.Struct, kw_only=True):
+    digest_id: str
+    session_id: str
+    segment: int
+    actor: str
+    role: str
+    rig: str | None = None
+    state: str
+    end_reason: str
+    started_at: str
+    ended_at: str
+    duration_s: float
+    step_count: int
+    counts: dict[str, int] = msgspec.field(default_factory=dict)
+    issues_closed: list[str] = msgspec.field(default_factory=list)
+    issues_created: list[str] = msgspec.field(default_factory=list)
+    commits: list[CommitView] = msgspec.field(default_factory=list)
+    handoffs: list[HandoffView] = msgspec.field(default_factory=list)
+    topic: str | None = None
+    cwd: str | None = None
+    parent_session: str | None = None
+    tmux_session: str | None = None
+    title: str
+    summary: str
+    prev_hash: str
+    hash: str
+
+
+class SessionStartResult(msgspec.Struct, kw_only=True):
+    wisp: WispView
+    created: bool
+    ended: list[str] = msgspec.field(default_factory=list)
+
+
+class SessionStepResult(msgspec.Struct, kw_only=True):
+    session_id: str
+    segment: int
+    step_count: int
+
+
+class CvResult(msgspec.Struct, kw_only=True):
+    actor: str
+    digests: list[DigestView]
+    total: int
+    verified: bool | None = None
+    broken_at: str | None = None
+    broken_reason: str | None = None
+
+
+class SessionRow(msgspec.Struct, kw_only=True):
+    session_id: str
+    actor: str
+    started_at: str
+    last_activity: str
+    state: str
+    topic: str | None = None
+    cwd: str | None = None
+    end_reason: str | None = None
+    digest_id: str | None = None
+    summary: str | None = None
+    segments: int = 1
+
+
+class SessionsResult(msgspec.Struct, kw_only=True):
+    sessions: list[SessionRow]
+
+
+class AttributeResult(msgspec.Struct, kw_only=True):
+    issue: str
+    session_id: str
+    action: str
+    rule: str
+    actor: str
+
+
+class AttributionRecord(msgspec.Struct, kw_only=True):
+    session_id: str
+    action: str
+    at: str
+    actor: str
+    digest_id: str | None = None
+    rule: str = ""
+
+
+class AttributionResult(msgspec.Struct, kw_only=True):
+    issue: str
+    records: list[AttributionRecord]
+
+
+class HookResult(msgspec.Struct, kw_only=True, omit_defaults=True):
+    handled: str
+    # Text the hook prints for Claude (predecessor context), if any.
+    context: str | None = None
 
 
 # ---------------------------------------------------------------- frames

@@ -25,6 +25,8 @@ from gastownd.errors import StartupError
 from gastownd.eventlog import EventLog
 from gastownd.instance import InstanceLock, clear_stale_socket, ensure_private_dir
 from gastownd.server import Server
+from gastownd.sessions import Sessions
+from gastownd.store import Store
 from gastownd.subscriptions import Subscriptions
 from gastownd.systemd import (
     ActivationError,
@@ -121,6 +123,8 @@ class App:
         await eventlog.open()
         daemon.eventlog = eventlog
         daemon.subscriptions = subscriptions
+        store = await anyio.to_thread.run_sync(Store, paths.private_dir / "gastownd.db")
+        sessions = Sessions(store, eventlog, config.eventlog.source, lambda: daemon.clock())
         server = Server(
             config.server,
             lambda req, conn: ops.dispatch(daemon, req, conn),
@@ -138,6 +142,9 @@ class App:
         async with anyio.create_task_group() as services:
             services.start_soon(eventlog.run_writer)
             services.start_soon(eventlog.run_syncer)
+            # The outbox replay appends to the log, so the writer must be running.
+            await sessions.open()
+            daemon.sessions = sessions
             watch_stop = anyio.Event()
             async with anyio.create_task_group() as front:
                 await front.start(server.serve, listener)
@@ -148,6 +155,12 @@ class App:
                     watch_stop,
                 )
                 front.start_soon(pruner.run_periodic, daemon)
+                front.start_soon(sessions.run_observer)
+                front.start_soon(
+                    sessions.run_reaper,
+                    parse_duration(config.wisps.idle_timeout),
+                    parse_duration(config.wisps.reap_interval),
+                )
                 if self.install_signal_handlers:
                     await front.start(self._handle_signals)
                 interval = notifier.watchdog_interval_s()
@@ -173,6 +186,7 @@ class App:
                 front.cancel_scope.cancel()
             with anyio.CancelScope(shield=True):
                 await eventlog.close()
+                await anyio.to_thread.run_sync(store.close)
             services.cancel_scope.cancel()
         if adopted is None:
             _unlink_socket(paths.socket)

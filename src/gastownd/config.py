@@ -110,12 +110,24 @@ class RetentionConfig(_Section):
             raise ValueError("min_retain_count must be >= 0")
 
 
+class WispsConfig(_Section):
+    # An open wisp with no activity for this long is reaped (squashed as abandoned).
+    idle_timeout: str = "24h"
+    # How often the reaper looks for idle wisps.
+    reap_interval: str = "1m"
+
+    def __post_init__(self) -> None:
+        parse_duration(self.idle_timeout)
+        parse_duration(self.reap_interval)
+
+
 class Config(_Section):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["auto", "json", "console"] = "auto"
     server: ServerConfig = msgspec.field(default_factory=ServerConfig)
     eventlog: EventLogConfig = msgspec.field(default_factory=EventLogConfig)
     retention: RetentionConfig = msgspec.field(default_factory=RetentionConfig)
+    wisps: WispsConfig = msgspec.field(default_factory=WispsConfig)
 
 
 def load_config(path: Path | None) -> Config:

@@ -17,6 +17,7 @@ from gastownd.config import Config
 if TYPE_CHECKING:
     from gastownd.eventlog import EventLog
     from gastownd.server import Server
+    from gastownd.sessions import Sessions
     from gastownd.subscriptions import Subscriptions
 
 
@@ -40,6 +41,7 @@ class Daemon:
     server: Server | None = None
     eventlog: EventLog | None = None
     subscriptions: Subscriptions | None = None
+    sessions: Sessions | None = None
     # Wall clock in epoch seconds; tests inject their own.
     clock: Callable[[], float] = time.time
 

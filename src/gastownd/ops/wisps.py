@@ -1,0 +1,283 @@
+"""session_start, session_step, session_end, wisp, digest, cv, attribute, attribution."""
+
+from __future__ import annotations
+
+import msgspec
+
+from gastown_client.protocol import (
+    Attribute,
+    AttributeResult,
+    Attribution,
+    AttributionRecord,
+    AttributionResult,
+    Cv,
+    CvResult,
+    DigestGet,
+    DigestView,
+    SessionEnd,
+    SessionStart,
+    SessionStartResult,
+    SessionStep,
+    SessionStepResult,
+    StepView,
+    WispGet,
+    WispView,
+)
+from gastownd.core.digest import Digest, verify_chain
+from gastownd.core.events import format_ts
+from gastownd.core.wisp import SaveDigest, Wisp, WispBook
+from gastownd.daemon import Daemon
+from gastownd.errors import BadRequestError, NotFoundError
+from gastownd.ops.seance import resolve_session_id, unique
+from gastownd.sessions import Sessions
+
+
+def _sessions(daemon: Daemon) -> Sessions:
+    assert daemon.sessions is not None
+    return daemon.sessions
+
+
+def wisp_view(wisp: Wisp, *, with_steps: bool = True) -> WispView:
+    return WispView(
+        session_id=wisp.session_id,
+        actor=wisp.actor,
+        role=wisp.role,
+        rig=wisp.rig,
+        cwd=wisp.cwd,
+        topic=wisp.topic,
+        source=str(wisp.source),
+        parent_session=wisp.parent_session,
+        tmux_session=wisp.tmux_session,
+        started_at=format_ts(wisp.started_at),
+        last_activity_at=format_ts(wisp.last_activity_at),
+        ended_at=format_ts(wisp.ended_at) if wisp.ended_at is not None else None,
+        segment=wisp.segment,
+        state=str(wisp.state),
+        end_reason=wisp.end_reason,
+        step_count=len(wisp.steps),
+        steps=[
+            StepView(kind=s.kind, at=format_ts(s.at), ref=s.ref, payload=s.payload)
+            for s in wisp.steps
+        ]
+        if with_steps
+        else [],
+    )
+
+
+def digest_view(digest: Digest) -> DigestView:
+    data = msgspec.to_builtins(digest)
+    for key in ("started_at", "ended_at"):
+        data[key] = format_ts(data[key])
+    for handoff in data.get("handoffs", []):
+        handoff["at"] = format_ts(handoff["at"])
+    data.setdefault("prev_hash", "")
+    return msgspec.convert(data, DigestView)
+
+
+async def session_start(daemon: Daemon, request: SessionStart) -> SessionStartResult:
+    sessions = _sessions(daemon)
+    now = daemon.clock()
+    names = [request.session] + ([request.parent] if request.parent else [])
+    existed: list[bool] = []
+
+    def transition(book: WispBook):  # type: ignore[no-untyped-def]
+        existed.append(request.session in book.wisps)
+        return book.start(
+            session_id=request.session,
+            actor=request.actor,
+            now=now,
+            source=request.source,
+            cwd=request.cwd,
+            topic=request.topic,
+            parent_session=request.parent,
+            tmux_session=request.tmux_session,
+            pid=request.pid,
+        )
+
+    book, effects = await sessions.run(names, transition)
+    ended = [
+        e.digest.session_id
+        for e in effects
+        if isinstance(e, SaveDigest) and e.digest.session_id != request.session
+    ]
+    return SessionStartResult(
+        wisp=wisp_view(book.wisps[request.session]),
+        created=not existed[0],
+        ended=ended,
+    )
+
+
+async def session_step(daemon: Daemon, request: SessionStep) -> SessionStepResult:
+    sessions = _sessions(daemon)
+    session_id = await resolve_session_id(daemon, request.session)
+    now = daemon.clock()
+    book, _ = await sessions.run(
+        [session_id],
+        lambda book: book.step(session_id, request.kind, request.ref, request.payload, now=now),
+    )
+    wisp = book.wisps[session_id]
+    return SessionStepResult(
+        session_id=session_id, segment=wisp.segment, step_count=len(wisp.steps)
+    )
+
+
+async def session_end(daemon: Daemon, request: SessionEnd) -> DigestView:
+    sessions = _sessions(daemon)
+    session_id = await resolve_session_id(daemon, request.session)
+    if not request.reason.strip():
+        raise BadRequestError("reason must not be empty")
+    now = daemon.clock()
+    _, effects = await sessions.run(
+        [session_id], lambda book: book.end(session_id, request.reason, now=now)
+    )
+    [digest] = [e.digest for e in effects if isinstance(e, SaveDigest)]
+    return digest_view(digest)
+
+
+async def wisp(daemon: Daemon, request: WispGet) -> WispView:
+    sessions = _sessions(daemon)
+    session_id = await resolve_session_id(daemon, request.session)
+    found = sessions.book.wisps.get(session_id) or await sessions.db(
+        sessions.store.wisp, session_id
+    )
+    if found is None:
+        raise NotFoundError(f"session {session_id} has no wisp (known only from the event log)")
+    return wisp_view(found)
+
+
+async def digest(daemon: Daemon, request: DigestGet) -> DigestView:
+    sessions = _sessions(daemon)
+    ref = request.ref.strip().rstrip(".…")
+    if ref.startswith("dg-"):
+        exact = await sessions.db(sessions.store.digest, ref)
+        if exact is None:
+            candidates = await sessions.db(sessions.store.digests_with_prefix, ref)
+            found = await sessions.db(sessions.store.digest, unique(ref, candidates, "digest"))
+        else:
+            found = exact
+    else:
+        session_id = await resolve_session_id(daemon, ref)
+        found = await sessions.db(sessions.store.latest_digest_of_session, session_id)
+        if found is None:
+            raise NotFoundError(f"session {session_id} has no digest yet (still open?)")
+    assert found is not None
+    return digest_view(found)
+
+
+async def cv(daemon: Daemon, request: Cv) -> CvResult:
+    sessions = _sessions(daemon)
+    if request.limit < 1:
+        raise BadRequestError("limit must be at least 1")
+    total = await sessions.db(sessions.store.chain_length, request.actor)
+    digests = await sessions.db(sessions.store.chain, request.actor, request.limit)
+    result = CvResult(actor=request.actor, digests=[digest_view(d) for d in digests], total=total)
+    if request.verify:
+        chain = list(reversed(await sessions.db(sessions.store.chain, request.actor, None)))
+        broken = verify_chain(chain)
+        result.verified = broken is None
+        if broken is not None:
+            result.broken_at = chain[broken].digest_id
+            result.broken_reason = (
+                "content does not match its hash"
+                if chain[broken].hash != _rehash(chain[broken])
+                else "prev_hash does not match the previous digest"
+            )
+    return result
+
+
+def _rehash(digest: Digest) -> str:
+    from gastownd.core.digest import digest_hash
+
+    return digest_hash(digest)
+
+
+async def attribute(daemon: Daemon, request: Attribute) -> AttributeResult:
+    sessions = _sessions(daemon)
+    session_id, rule = await _attribution_session(daemon, request)
+    known = sessions.book.wisps.get(session_id) or await sessions.db(
+        sessions.store.wisp, session_id
+    )
+    actor = (
+        known.actor
+        if known
+        else (
+            request.actor or request.env.get("GT_ROLE") or request.env.get("BD_ACTOR") or "unknown"
+        )
+    )
+    now = daemon.clock()
+    kind = {"closed": "issue_closed", "created": "issue_created"}.get(
+        request.action, "issue_updated"
+    )
+    transition = None
+    segment = None
+    if known is not None:
+        # The step reopens an ended session as its next segment (a late bd close).
+        segment = known.segment if str(known.state) == "open" else known.segment + 1
+
+        def transition(book: WispBook):  # type: ignore[no-untyped-def]
+            return book.step(session_id, kind, request.issue, None, now=now, reopen=True)
+
+    await sessions.run_attribution(
+        names=[session_id],
+        transition=transition,
+        record={
+            "issue": request.issue,
+            "session_id": session_id,
+            "segment": segment,
+            "action": request.action,
+            "at": now,
+            "actor": actor,
+            "rule": rule,
+        },
+    )
+    return AttributeResult(
+        issue=request.issue, session_id=session_id, action=request.action, rule=rule, actor=actor
+    )
+
+
+async def _attribution_session(daemon: Daemon, request: Attribute) -> tuple[str, str]:
+    """Which session made the change, and the rule that said so (issue 4, section 7)."""
+    sessions = _sessions(daemon)
+    if request.session:
+        return await resolve_session_id(daemon, request.session), "explicit"
+    env = request.env
+    claude = env.get("CLAUDE_CODE_SESSION_ID")
+    if claude:
+        return claude, "CLAUDE_CODE_SESSION_ID"
+    actor = request.actor or env.get("GT_ROLE") or env.get("BD_ACTOR")
+    if actor:
+        found = sessions.open_wisp_of(actor=actor)
+        if found is not None:
+            return found.session_id, "latest open wisp of the actor"
+    tmux = env.get("GT_SESSION")
+    if tmux:
+        found = sessions.open_wisp_of(tmux=tmux)
+        if found is not None:
+            return found.session_id, "tmux session (GT_SESSION)"
+    runtime = env.get("GT_RUNTIME_SESSION_ID")
+    if runtime:
+        return runtime, ".runtime/session_id"
+    raise NotFoundError(
+        "cannot tell which session made this change: pass --session, or set "
+        "CLAUDE_CODE_SESSION_ID, GT_ROLE/BD_ACTOR (with an open wisp), GT_SESSION, "
+        "or run where .runtime/session_id exists"
+    )
+
+
+async def attribution(daemon: Daemon, request: Attribution) -> AttributionResult:
+    sessions = _sessions(daemon)
+    rows = await sessions.db(sessions.store.attributions, request.issue)
+    return AttributionResult(
+        issue=request.issue,
+        records=[
+            AttributionRecord(
+                session_id=r.session_id,
+                action=r.action,
+                at=format_ts(r.at),
+                actor=r.actor,
+                digest_id=r.digest_id,
+                rule=r.rule,
+            )
+            for r in rows
+        ],
+    )

@@ -1,0 +1,264 @@
+"""The wisp engine's shell: the book in memory, the store on disk, lines to the log.
+
+Every op runs under one lock, in this order: make sure the book holds the
+sessions it names (loading them from the store), apply the pure transition,
+persist its effects in one SQLite transaction (the event-log lines it causes
+go to an outbox in that same transaction), append those lines to the event
+log, then clear them from the outbox. A crash between the commit and the
+append replays the outbox at start; a line already in the log (found by the
+index) is not written twice. The book keeps only open wisps: ended ones live
+in the store.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+import anyio
+import anyio.to_thread
+import structlog
+
+from gastown_client.protocol import ErrorCode
+from gastownd.core.events import encode_line, format_ts
+from gastownd.core.query import compile_filter
+from gastownd.core.wisp import (
+    Effect,
+    EmitLine,
+    IllegalTransition,
+    Outcome,
+    SaveDigest,
+    Wisp,
+    WispBook,
+    WispState,
+)
+from gastownd.errors import DaemonError, NotFoundError
+from gastownd.eventlog import EventLog
+from gastownd.store import Store
+from gastownd.subscriptions import Published
+
+log = structlog.get_logger("gastownd.sessions")
+
+T = TypeVar("T")
+
+# Event-log lines that can end a wisp (see core.wisp.ended_by_line).
+ENDING_TYPES = frozenset({"session_death", "handoff", "session_end"})
+OBSERVED_QUEUE = 4096
+
+
+class ConflictError(DaemonError):
+    code = ErrorCode.CONFLICT
+
+
+class Sessions:
+    def __init__(
+        self, store: Store, eventlog: EventLog, source: str, clock: Callable[[], float]
+    ) -> None:
+        self.store = store
+        self.eventlog = eventlog
+        self.source = source
+        self.clock = clock
+        self.book = WispBook()
+        self._lock = anyio.Lock()
+        self._db = anyio.CapacityLimiter(1)
+        self._observed_send, self._observed_recv = anyio.create_memory_object_stream[Published](
+            OBSERVED_QUEUE
+        )
+
+    async def db(self, func: Callable[..., T], *args: Any) -> T:
+        """Run a store call in the store's single worker thread."""
+        return await anyio.to_thread.run_sync(func, *args, limiter=self._db)
+
+    # ----------------------------------------------------------------- start
+
+    async def open(self) -> None:
+        """Load open wisps and chain heads; replay lines left in the outbox."""
+        wisps = await self.db(self.store.open_wisps)
+        heads = await self.db(self.store.heads)
+        self.book = WispBook(wisps={w.session_id: w for w in wisps}, heads=heads)
+        pending = await self.db(self.store.pending_lines)
+        if pending:
+            log.info("outbox_replayed", lines=len(pending))
+            await self._emit(pending, replay=True)
+        log.info("wisps_restored", open=len(wisps), actors=len(heads))
+
+    # ------------------------------------------------------------------- ops
+
+    async def run(
+        self, names: Sequence[str], transition: Callable[[WispBook], Outcome]
+    ) -> tuple[WispBook, tuple[Effect, ...]]:
+        """Apply one op: load, transition, persist, emit. Returns the book after it."""
+        async with self._lock:
+            await self._load(names)
+            try:
+                book, effects = transition(self.book)
+            except IllegalTransition as exc:
+                raise _illegal(exc) from None
+            except ValueError as exc:
+                raise DaemonError(str(exc), code=ErrorCode.BAD_REQUEST) from None
+            if effects:
+                outbox = await self.db(self.store.apply, effects)
+                await self._emit(list(zip(outbox, _lines(effects), strict=True)))
+            self.book = _open_only(book)
+            return book, effects
+
+    async def run_attribution(
+        self,
+        *,
+        names: Sequence[str],
+        transition: Callable[[WispBook], Outcome] | None,
+        record: dict[str, Any],
+    ) -> None:
+        """An attribution and (when the session has a wisp) its step, in one transaction."""
+        async with self._lock:
+            await self._load(names)
+            book: WispBook = self.book
+            effects: tuple[Effect, ...] = ()
+            if transition is not None:
+                try:
+                    book, effects = transition(self.book)
+                except IllegalTransition as exc:
+                    raise _illegal(exc) from None
+
+            def write() -> list[int]:
+                return self.store.add_attribution(**record, effects=effects)
+
+            outbox = await self.db(write)
+            await self._emit(list(zip(outbox, _lines(effects), strict=True)))
+            self.book = _open_only(book)
+
+    async def _load(self, names: Sequence[str]) -> None:
+        missing = [n for n in names if n and n not in self.book.wisps]
+        if not missing:
+            return
+        wisps = dict(self.book.wisps)
+        for name in missing:
+            wisp = await self.db(self.store.wisp, name)
+            if wisp is not None:
+                wisps[name] = wisp
+        self.book = WispBook(wisps=wisps, heads=self.book.heads)
+
+    async def _emit(self, lines: list[tuple[int, EmitLine]], *, replay: bool = False) -> None:
+        done: list[int] = []
+        for outbox_id, line in lines:
+            if replay and self._already_logged(line):
+                done.append(outbox_id)
+                continue
+            encoded = encode_line(
+                ts=format_ts(line.at),
+                source=self.source,
+                type=line.type,
+                actor=line.actor,
+                payload=line.payload,
+                visibility="feed",
+            )
+            await self.eventlog.append(encoded)
+            done.append(outbox_id)
+        await self.db(self.store.lines_done, done)
+
+    def _already_logged(self, line: EmitLine) -> bool:
+        session = line.payload.get("session_id")
+        if not isinstance(session, str):
+            return False
+        flt = compile_filter(types=[line.type], session=session)
+        for position in self.eventlog.index.search(flt, 64):
+            if line.type == "session_start":
+                return True
+            entry = self.eventlog.read_lines([position])[0]
+            if str(line.payload.get("digest_id", "")).encode() in entry:
+                return True
+        return False
+
+    # ------------------------------------------------------ lines and reaping
+
+    def observe(self, items: Sequence[Published]) -> None:
+        """Called with every indexed line; queues the ones that may end a wisp."""
+        for item in items:
+            if item.type in ENDING_TYPES:
+                try:
+                    self._observed_send.send_nowait(item)
+                except anyio.WouldBlock:
+                    log.error("observed_line_dropped", type=item.type, seq=item.seq)
+
+    async def run_observer(self) -> None:
+        """End wisps on ``session_death`` / ``handoff`` lines, in log order."""
+        import msgspec
+
+        async with self._observed_recv:
+            async for item in self._observed_recv:
+                try:
+                    line = msgspec.json.decode(item.line)
+                except msgspec.DecodeError:
+                    continue
+                payload = line.get("payload") if isinstance(line, dict) else None
+                if payload is not None and not isinstance(payload, dict):
+                    payload = None
+                try:
+                    _, effects = await self.run((), self._observing(item, payload))
+                except DaemonError as exc:
+                    log.warning("observed_line_failed", type=item.type, error=exc.message)
+                    continue
+                ended = [e.digest.session_id for e in effects if isinstance(e, SaveDigest)]
+                if ended:
+                    log.info("wisps_ended_by_line", type=item.type, sessions=ended)
+
+    def _observing(
+        self, item: Published, payload: dict[str, Any] | None
+    ) -> Callable[[WispBook], Outcome]:
+        now = self.clock()
+
+        def observe(book: WispBook) -> Outcome:
+            return book.observe_line(
+                type=item.type, actor=item.actor, payload=payload, at=float(item.ts), now=now
+            )
+
+        return observe
+
+    async def reap(self, idle_timeout_s: float) -> list[str]:
+        now = self.clock()
+
+        def reap(book: WispBook) -> Outcome:
+            return book.reap(now=now, idle_timeout_s=idle_timeout_s)
+
+        _, effects = await self.run((), reap)
+        reaped = [e.digest.session_id for e in effects if isinstance(e, SaveDigest)]
+        if reaped:
+            log.info("wisps_reaped", sessions=reaped)
+        return reaped
+
+    async def run_reaper(self, idle_timeout_s: float, interval_s: float) -> None:
+        while True:
+            await anyio.sleep(interval_s)
+            await self.reap(idle_timeout_s)
+
+    # ---------------------------------------------------------------- reading
+
+    def open_wisp_of(self, *, actor: str | None = None, tmux: str | None = None) -> Wisp | None:
+        """The newest open wisp of an actor (or tmux session), from the book."""
+        found = [
+            w
+            for w in self.book.wisps.values()
+            if w.state == WispState.OPEN
+            and (
+                (actor is not None and w.actor == actor)
+                or (tmux is not None and w.tmux_session == tmux)
+            )
+        ]
+        return max(found, key=lambda w: w.started_at) if found else None
+
+
+def _lines(effects: Sequence[Effect]) -> list[EmitLine]:
+    return [e for e in effects if isinstance(e, EmitLine)]
+
+
+def _open_only(book: WispBook) -> WispBook:
+    if all(w.state == WispState.OPEN for w in book.wisps.values()):
+        return book
+    wisps = {k: w for k, w in book.wisps.items() if w.state == WispState.OPEN}
+    return WispBook(wisps=wisps, heads=book.heads)
+
+
+def _illegal(exc: IllegalTransition) -> DaemonError:
+    if exc.state is None:
+        return NotFoundError(f"no wisp for session {exc.session_id!r}")
+    return ConflictError(f"{exc}; resume it with source 'resume'")
