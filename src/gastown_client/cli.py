@@ -7,6 +7,7 @@ stderr), 2 usage error, 3 the daemon could not be reached.
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 import time
@@ -72,6 +73,64 @@ def build_parser() -> argparse.ArgumentParser:
     sub = commands.add_parser("prune", help="apply retention now")
     sub.add_argument("--dry-run", action="store_true")
     sub.add_argument("--json", action="store_true")
+
+    session = commands.add_parser("session", help="open, step and end session wisps")
+    session_commands = session.add_subparsers(dest="session_command", required=True)
+    sub = session_commands.add_parser("start", help="open (or continue) a session's wisp")
+    sub.add_argument("--session", required=True)
+    sub.add_argument("--actor", required=True)
+    sub.add_argument("--cwd")
+    sub.add_argument("--topic")
+    sub.add_argument(
+        "--source", choices=["startup", "resume", "clear", "compact"], default="startup"
+    )
+    sub.add_argument("--parent", help="the session this one replaces (/clear, fork)")
+    sub.add_argument("--tmux-session", help="tmux session name (default: $GT_SESSION)")
+    sub.add_argument("--json", action="store_true")
+    sub = session_commands.add_parser("step", help="record a step in an open wisp")
+    sub.add_argument("--session", required=True)
+    sub.add_argument("--kind", required=True)
+    sub.add_argument("--ref")
+    sub.add_argument("--payload", help="a JSON object")
+    sub.add_argument("--json", action="store_true")
+    sub = session_commands.add_parser("end", help="squash a wisp into its digest")
+    sub.add_argument("--session", required=True)
+    sub.add_argument("--reason", default="ended")
+    sub.add_argument("--json", action="store_true")
+
+    sub = commands.add_parser("wisp", help="a session's wisp and its steps")
+    sub.add_argument("session", metavar="ID")
+    sub.add_argument("--json", action="store_true")
+    sub = commands.add_parser("digest", help="a digest, by digest id or session id")
+    sub.add_argument("ref", metavar="ID")
+    sub.add_argument("--json", action="store_true")
+    sub = commands.add_parser("cv", help="an actor's digests (its entity chain), newest first")
+    sub.add_argument("actor")
+    sub.add_argument("-n", dest="limit", type=int, default=20)
+    sub.add_argument("--verify", action="store_true", help="recompute the hash chain")
+    sub.add_argument("--json", action="store_true")
+    sub = commands.add_parser("sessions", help="sessions, newest first (the seance listing)")
+    sub.add_argument("--role", help="case-insensitive substring of the actor")
+    sub.add_argument("--rig", help="case-insensitive substring of the actor")
+    sub.add_argument("-n", dest="limit", type=int, default=20)
+    sub.add_argument("--state", choices=["open", "squashed", "abandoned", "logged"])
+    sub.add_argument("--json", action="store_true")
+    sub = commands.add_parser("seance", help="resume a predecessor session (claude --resume)")
+    sub.add_argument("session", metavar="ID_OR_PREFIX")
+    sub.add_argument("-p", dest="prompt", help="ask this and print the answer")
+    sub.add_argument("--print-command", action="store_true", help="print, do not run")
+    sub = commands.add_parser("attribute", help="record which session touched an issue")
+    sub.add_argument("issue")
+    sub.add_argument("--session", help="default: resolved from the environment")
+    sub.add_argument("--action", choices=["closed", "created", "updated"], default="closed")
+    sub.add_argument("--json", action="store_true")
+    sub = commands.add_parser("attribution", help="every session that touched an issue")
+    sub.add_argument("issue")
+    sub.add_argument("--json", action="store_true")
+    sub = commands.add_parser("install-hooks", help="add gastown-hook to Claude Code settings")
+    sub.add_argument("--settings", help="settings.json (default: ~/.claude/settings.json)")
+    sub.add_argument("--dry-run", action="store_true", help="print the diff, write nothing")
+    sub.add_argument("--uninstall", action="store_true", help="remove gastownd's entries")
     return parser
 
 
@@ -243,6 +302,240 @@ def cmd_prune(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _json_object(text: str | None, option: str) -> dict[str, Any] | None:
+    if text is None:
+        return None
+    try:
+        decoded = msgspec.json.decode(text)
+    except msgspec.DecodeError as exc:
+        raise UsageError(f"{option} is not valid JSON: {exc}") from None
+    if not isinstance(decoded, dict):
+        raise UsageError(f"{option} must be a JSON object")
+    return decoded
+
+
+def cmd_session(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        try:
+            if args.session_command == "start":
+                started = client.session_start(
+                    args.session,
+                    args.actor,
+                    cwd=args.cwd,
+                    topic=args.topic,
+                    source=args.source,
+                    parent=args.parent,
+                    tmux_session=args.tmux_session or os.environ.get("GT_SESSION") or None,
+                )
+                if args.json:
+                    _print_json(started)
+                else:
+                    verb = "opened" if started.created else "continued"
+                    print(
+                        f"{verb} wisp {started.wisp.session_id} "
+                        f"(segment {started.wisp.segment}, {started.wisp.step_count} steps)"
+                    )
+                    for ended in started.ended:
+                        print(f"  ended {ended} (replaced)")
+                return EXIT_OK
+            if args.session_command == "step":
+                stepped = client.session_step(
+                    args.session,
+                    args.kind,
+                    ref=args.ref,
+                    payload=_json_object(args.payload, "--payload"),
+                )
+                if args.json:
+                    _print_json(stepped)
+                else:
+                    print(
+                        f"{args.kind} recorded on {stepped.session_id} ({stepped.step_count} steps)"
+                    )
+                return EXIT_OK
+            digest = client.session_end(args.session, args.reason)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+    if args.json:
+        _print_json(digest)
+    else:
+        print(digest.summary)
+    return EXIT_OK
+
+
+def cmd_wisp(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        wisp = client.wisp(args.session)
+    if args.json:
+        _print_json(wisp)
+        return EXIT_OK
+    print(f"{wisp.session_id}  {wisp.actor}  {wisp.state} (segment {wisp.segment})")
+    print(
+        f"  started {wisp.started_at}, last activity {wisp.last_activity_at}"
+        + (f", ended {wisp.ended_at} ({wisp.end_reason})" if wisp.ended_at else "")
+    )
+    for field, value in (
+        ("topic", wisp.topic),
+        ("cwd", wisp.cwd),
+        ("tmux", wisp.tmux_session),
+        ("parent", wisp.parent_session),
+    ):
+        if value:
+            print(f"  {field}: {value}")
+    for step in wisp.steps:
+        print(f"  {step.at}  {step.kind:<14} {step.ref or ''}".rstrip())
+    return EXIT_OK
+
+
+def cmd_digest(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        digest = client.digest(args.ref)
+    if args.json:
+        _print_json(digest)
+    else:
+        print(f"{digest.title}  ({digest.digest_id})\n")
+        print(digest.summary)
+    return EXIT_OK
+
+
+def cmd_cv(args: argparse.Namespace) -> int:
+    if args.limit < 1:
+        raise UsageError("-n must be at least 1")
+    with _client(args) as client:
+        result = client.cv(args.actor, args.limit, args.verify)
+    if args.json:
+        _print_json(result)
+    else:
+        print(f"{result.actor}: {result.total} digests")
+        for digest in result.digests:
+            extras = []
+            if digest.issues_closed:
+                extras.append(f"closed {', '.join(digest.issues_closed)}")
+            if digest.commits:
+                extras.append(f"{len(digest.commits)} commits")
+            print(
+                f"  {digest.ended_at}  {digest.digest_id}  {digest.session_id[:8]}  "
+                f"{digest.end_reason:<12} {_human_duration(digest.duration_s):>7}  "
+                f"{'; '.join(extras)}".rstrip()
+            )
+    if args.verify:
+        if result.verified:
+            if not args.json:
+                print("chain verified")
+        else:
+            print(f"chain BROKEN at {result.broken_at}: {result.broken_reason}", file=sys.stderr)
+            return EXIT_REJECTED
+    return EXIT_OK
+
+
+def cmd_sessions(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        result = client.sessions(role=args.role, rig=args.rig, limit=args.limit, state=args.state)
+    if args.json:
+        _print_json(result.sessions)
+        return EXIT_OK
+    for row in result.sessions:
+        about = row.topic or row.summary or ""
+        print(
+            f"{row.started_at}  {row.session_id[:8]}  {row.state:<9} {row.actor:<28} "
+            f"{row.end_reason or '':<11} {_short(about, 50)}".rstrip()
+        )
+    return EXIT_OK
+
+
+def transcript_path(cwd: str, session_id: str, home: str | None = None) -> str:
+    """Where Claude Code keeps a session's transcript (Gas Town reference, section 4)."""
+    project = "".join(ch if ch.isalnum() else "-" for ch in cwd)
+    base = home if home is not None else os.path.expanduser("~")
+    return os.path.join(base, ".claude", "projects", project, f"{session_id}.jsonl")
+
+
+def cmd_seance(args: argparse.Namespace) -> int:
+    import shlex
+    import shutil
+
+    with _client(args) as client:
+        row = client.resolve_session(args.session)
+    command = ["claude", "--fork-session", "--resume", row.session_id]
+    if args.prompt:
+        command += ["-p", args.prompt]
+    cwd = row.cwd or os.getcwd()
+    if args.print_command:
+        print(f"cd {shlex.quote(cwd)} && {shlex.join(command)}")
+        return EXIT_OK
+    claude = shutil.which("claude")
+    if claude is None:
+        print(
+            "gastownctl: 'claude' is not on PATH; install Claude Code or use --print-command",
+            file=sys.stderr,
+        )
+        return EXIT_REJECTED
+    transcript = transcript_path(cwd, row.session_id)
+    if not os.path.exists(transcript):
+        print(
+            f"gastownctl: the transcript of {row.session_id} no longer exists "
+            f"({transcript}); Claude Code deletes transcripts after 30 days. "
+            f"Its digest: gastownctl digest {row.session_id}",
+            file=sys.stderr,
+        )
+        return EXIT_REJECTED
+    env = {k: v for k, v in os.environ.items() if k not in ("CLAUDECODE", "CLAUDE_CODE_ENTRYPOINT")}
+    import subprocess
+
+    return subprocess.run([claude, *command[1:]], cwd=cwd, env=env).returncode
+
+
+ATTRIBUTION_ENV = ("CLAUDE_CODE_SESSION_ID", "GT_ROLE", "BD_ACTOR", "GT_SESSION")
+
+
+def cmd_attribute(args: argparse.Namespace) -> int:
+    env = {k: os.environ[k] for k in ATTRIBUTION_ENV if os.environ.get(k)}
+    runtime = os.path.join(os.getcwd(), ".runtime", "session_id")
+    try:
+        with open(runtime, encoding="utf-8") as handle:
+            first = handle.readline().strip()
+        if first:
+            env["GT_RUNTIME_SESSION_ID"] = first
+    except OSError:
+        pass
+    with _client(args) as client:
+        result = client.attribute(
+            args.issue, session=args.session, action=args.action, env=env, cwd=os.getcwd()
+        )
+    if args.json:
+        _print_json(result)
+    else:
+        print(
+            f"{result.issue} {result.action} by session {result.session_id} "
+            f"({result.actor}; rule: {result.rule})"
+        )
+    return EXIT_OK
+
+
+def cmd_attribution(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        result = client.attribution(args.issue)
+    if args.json:
+        _print_json(result)
+        return EXIT_OK
+    if not result.records:
+        print(f"no session is recorded as touching {result.issue}")
+    for record in result.records:
+        print(
+            f"{record.at}  {record.action:<8} {record.session_id}  {record.actor}"
+            + (f"  digest {record.digest_id}" if record.digest_id else "")
+        )
+    return EXIT_OK
+
+
+def cmd_install_hooks(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from gastown_client.hookinstall import run_install
+
+    settings = Path(args.settings).expanduser() if args.settings else None
+    return run_install(settings, dry_run=args.dry_run, uninstall=args.uninstall, out=sys.stdout)
+
+
 _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "status": cmd_status,
     "ping": cmd_ping,
@@ -250,6 +543,15 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "emit": cmd_emit,
     "events": cmd_events,
     "prune": cmd_prune,
+    "session": cmd_session,
+    "wisp": cmd_wisp,
+    "digest": cmd_digest,
+    "cv": cmd_cv,
+    "sessions": cmd_sessions,
+    "seance": cmd_seance,
+    "attribute": cmd_attribute,
+    "attribution": cmd_attribution,
+    "install-hooks": cmd_install_hooks,
 }
 
 

@@ -32,14 +32,15 @@ Path rules mirror ``gastown_client.paths`` (which this file cannot import:
 ``pathlib`` loads ``re``); ``tests/unit/test_hook_client.py`` pins them equal.
 """
 
-from __future__ import annotations
-
 import _socket
 import os
 import sys
 import time
 
-TYPE_CHECKING = False  # typing costs an import; mypy honours this name anyway
+# No ``from __future__ import annotations`` and no ``typing``: each costs an
+# import. Mypy honours a local ``TYPE_CHECKING``; the annotations naming
+# ``Mapping`` are strings.
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
@@ -81,7 +82,7 @@ _JSON_SPECIAL = bytes(range(0x20)) + b'"\\'
 
 
 def town_root(
-    environ: Mapping[bytes, bytes], cwd: bytes | None, home: bytes | None = None
+    environ: "Mapping[bytes, bytes]", cwd: bytes | None, home: bytes | None = None
 ) -> bytes:
     """``GT_TOWN_ROOT`` (or ``GT_ROOT``), else the outermost ancestor of
     ``cwd`` holding ``mayor/town.json``, else ``~/gt``; always absolute."""
@@ -103,7 +104,7 @@ def town_root(
     return os.path.abspath(found)
 
 
-def socket_path(town: bytes, environ: Mapping[bytes, bytes]) -> bytes:
+def socket_path(town: bytes, environ: "Mapping[bytes, bytes]") -> bytes:
     """``GASTOWND_SOCKET``, else ``<town>/.gastownd/gastownd.sock`` when it
     fits in ``sun_path``, else ``/tmp/gastownd-<uid>/<sha256(realpath)[:16]>.sock``."""
     override = environ.get(b"GASTOWND_SOCKET")
@@ -158,7 +159,7 @@ def normalize_payload(raw: bytes) -> bytes:
 def build_frame(
     payload: bytes,
     *,
-    env: Mapping[bytes, bytes],
+    env: "Mapping[bytes, bytes]",
     cwd: bytes | None,
     pid: int,
     ppid: int,
