@@ -27,7 +27,7 @@ from gastownd.instance import InstanceLock, clear_stale_socket, ensure_private_d
 from gastownd.server import Server
 from gastownd.sessions import Sessions
 from gastownd.store import Store
-from gastownd.subscriptions import Subscriptions
+from gastownd.subscriptions import Published, Subscriptions
 from gastownd.systemd import (
     ActivationError,
     Notifier,
@@ -113,12 +113,14 @@ class App:
             raise StartupError(f"socket activation failed: {exc}") from None
         notifier.status("recovering and indexing the event log")
         subscriptions = Subscriptions(config.eventlog.subscriber_queue)
+
+        def publish(items: list[Published]) -> None:
+            subscriptions.publish(items)
+            if daemon.sessions is not None:
+                daemon.sessions.observe(items)
+
         eventlog = EventLog(
-            paths.events,
-            paths.events_lock,
-            paths.private_dir,
-            config.eventlog,
-            subscriptions.publish,
+            paths.events, paths.events_lock, paths.private_dir, config.eventlog, publish
         )
         await eventlog.open()
         daemon.eventlog = eventlog
