@@ -26,6 +26,7 @@ from gastownd.eventlog import EventLog
 from gastownd.instance import InstanceLock, clear_stale_socket, ensure_private_dir
 from gastownd.server import Server
 from gastownd.sessions import Sessions
+from gastownd.spool import SpoolIngester
 from gastownd.store import Store
 from gastownd.subscriptions import Published, Subscriptions
 from gastownd.systemd import (
@@ -147,6 +148,8 @@ class App:
             # The outbox replay appends to the log, so the writer must be running.
             await sessions.open()
             daemon.sessions = sessions
+            ingester = SpoolIngester(daemon, town_paths.spool_dir(paths.town))
+            await anyio.to_thread.run_sync(ingester.prepare)
             watch_stop = anyio.Event()
             async with anyio.create_task_group() as front:
                 await front.start(server.serve, listener)
@@ -158,6 +161,7 @@ class App:
                 )
                 front.start_soon(pruner.run_periodic, daemon)
                 front.start_soon(sessions.run_observer)
+                front.start_soon(ingester.run, watch_stop)
                 front.start_soon(
                     sessions.run_reaper,
                     parse_duration(config.wisps.idle_timeout),

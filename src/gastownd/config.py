@@ -121,6 +121,18 @@ class WispsConfig(_Section):
         parse_duration(self.reap_interval)
 
 
+class HooksConfig(_Section):
+    # On SessionStart (startup or clear), print a short note about the actor's
+    # previous session for Claude to read.
+    inject_context: bool = False
+    # Spooled hook requests are read this long after their file was set aside,
+    # so a hook still writing to it has finished.
+    spool_grace: str = "500ms"
+
+    def __post_init__(self) -> None:
+        parse_duration(self.spool_grace)
+
+
 class Config(_Section):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["auto", "json", "console"] = "auto"
@@ -128,6 +140,7 @@ class Config(_Section):
     eventlog: EventLogConfig = msgspec.field(default_factory=EventLogConfig)
     retention: RetentionConfig = msgspec.field(default_factory=RetentionConfig)
     wisps: WispsConfig = msgspec.field(default_factory=WispsConfig)
+    hooks: HooksConfig = msgspec.field(default_factory=HooksConfig)
 
 
 def load_config(path: Path | None) -> Config:

@@ -34,7 +34,7 @@ from gastownd.core.wisp import (
 )
 from gastownd.errors import DaemonError, NotFoundError
 from gastownd.eventlog import EventLog
-from gastownd.store import Store
+from gastownd.store import NewAttribution, Store
 from gastownd.subscriptions import Published
 
 log = structlog.get_logger("gastownd.sessions")
@@ -85,47 +85,35 @@ class Sessions:
     # ------------------------------------------------------------------- ops
 
     async def run(
-        self, names: Sequence[str], transition: Callable[[WispBook], Outcome]
-    ) -> tuple[WispBook, tuple[Effect, ...]]:
-        """Apply one op: load, transition, persist, emit. Returns the book after it."""
-        async with self._lock:
-            await self._load(names)
-            try:
-                book, effects = transition(self.book)
-            except IllegalTransition as exc:
-                raise _illegal(exc) from None
-            except ValueError as exc:
-                raise DaemonError(str(exc), code=ErrorCode.BAD_REQUEST) from None
-            if effects:
-                outbox = await self.db(self.store.apply, effects)
-                await self._emit(list(zip(outbox, _lines(effects), strict=True)))
-            self.book = _open_only(book)
-            return book, effects
-
-    async def run_attribution(
         self,
-        *,
         names: Sequence[str],
         transition: Callable[[WispBook], Outcome] | None,
-        record: dict[str, Any],
-    ) -> None:
-        """An attribution and (when the session has a wisp) its step, in one transaction."""
+        *,
+        attributions: Callable[[WispBook], Sequence[NewAttribution]] | None = None,
+        spool_mark: tuple[str, int] | None = None,
+    ) -> tuple[WispBook, tuple[Effect, ...]]:
+        """Apply one op: load, transition, persist, emit. Returns the book after it.
+
+        ``attributions`` is called with the book after the transition; what it
+        returns is stored in the same transaction, as is ``spool_mark``.
+        """
         async with self._lock:
             await self._load(names)
             book: WispBook = self.book
             effects: tuple[Effect, ...] = ()
-            if transition is not None:
-                try:
+            try:
+                if transition is not None:
                     book, effects = transition(self.book)
-                except IllegalTransition as exc:
-                    raise _illegal(exc) from None
-
-            def write() -> list[int]:
-                return self.store.add_attribution(**record, effects=effects)
-
-            outbox = await self.db(write)
-            await self._emit(list(zip(outbox, _lines(effects), strict=True)))
+            except IllegalTransition as exc:
+                raise _illegal(exc) from None
+            except ValueError as exc:
+                raise DaemonError(str(exc), code=ErrorCode.BAD_REQUEST) from None
+            records = attributions(book) if attributions is not None else ()
+            if effects or records or spool_mark is not None:
+                outbox = await self.db(self.store.apply, effects, records, spool_mark)
+                await self._emit(list(zip(outbox, _lines(effects), strict=True)))
             self.book = _open_only(book)
+            return book, effects
 
     async def _load(self, names: Sequence[str]) -> None:
         missing = [n for n in names if n and n not in self.book.wisps]

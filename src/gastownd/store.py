@@ -92,6 +92,17 @@ _emit_decoder = msgspec.json.Decoder(EmitLine)
 
 
 @dataclass(frozen=True)
+class NewAttribution:
+    issue: str
+    session_id: str
+    segment: int | None
+    action: str
+    at: float
+    actor: str
+    rule: str
+
+
+@dataclass(frozen=True)
 class AttributionRow:
     issue: str
     session_id: str
@@ -245,9 +256,34 @@ class Store:
 
     # --------------------------------------------------------------- writes
 
-    def apply(self, effects: Sequence[Effect]) -> list[int]:
-        """Persist one op's effects in one transaction; returns the outbox ids of its lines."""
+    def apply(
+        self,
+        effects: Sequence[Effect],
+        attributions: Sequence[NewAttribution] = (),
+        spool_mark: tuple[str, int] | None = None,
+    ) -> list[int]:
+        """Persist one op in one transaction: its effects, the attributions it records
+        and, for a spooled request, how far its spool file has been applied.
+
+        Returns the outbox ids of the event-log lines it causes.
+        """
         with self._transaction():
+            for record in attributions:
+                self._db.execute(
+                    "INSERT INTO attributions (issue, session_id, segment, action, at, actor, "
+                    "rule) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        record.issue,
+                        record.session_id,
+                        record.segment,
+                        record.action,
+                        record.at,
+                        record.actor,
+                        record.rule,
+                    ),
+                )
+            if spool_mark is not None:
+                self._db.execute("INSERT OR REPLACE INTO spool_progress VALUES (?, ?)", spool_mark)
             return self._apply(effects)
 
     def _apply(self, effects: Sequence[Effect]) -> list[int]:
@@ -317,27 +353,6 @@ class Store:
             self._db.executemany("DELETE FROM outbox WHERE id = ?", [(i,) for i in ids])
 
     # ---------------------------------------------------------- attribution
-
-    def add_attribution(
-        self,
-        *,
-        issue: str,
-        session_id: str,
-        segment: int | None,
-        action: str,
-        at: float,
-        actor: str,
-        rule: str,
-        effects: Sequence[Effect] = (),
-    ) -> list[int]:
-        """The attribution and its step's effects, in one transaction."""
-        with self._transaction():
-            self._db.execute(
-                "INSERT INTO attributions (issue, session_id, segment, action, at, actor, rule) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (issue, session_id, segment, action, at, actor, rule),
-            )
-            return self._apply(effects)
 
     def attributions(self, issue: str) -> list[AttributionRow]:
         rows = self._db.execute(

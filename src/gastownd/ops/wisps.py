@@ -25,11 +25,12 @@ from gastown_client.protocol import (
 )
 from gastownd.core.digest import Digest, verify_chain
 from gastownd.core.events import format_ts
-from gastownd.core.wisp import SaveDigest, Wisp, WispBook
+from gastownd.core.wisp import Outcome, SaveDigest, Wisp, WispBook
 from gastownd.daemon import Daemon
 from gastownd.errors import BadRequestError, NotFoundError
 from gastownd.ops.seance import resolve_session_id, unique
 from gastownd.sessions import Sessions
+from gastownd.store import NewAttribution
 
 
 def _sessions(daemon: Daemon) -> Sessions:
@@ -209,27 +210,26 @@ async def attribute(daemon: Daemon, request: Attribute) -> AttributeResult:
         request.action, "issue_updated"
     )
     transition = None
-    segment = None
     if known is not None:
-        # The step reopens an ended session as its next segment (a late bd close).
-        segment = known.segment if str(known.state) == "open" else known.segment + 1
-
-        def transition(book: WispBook):  # type: ignore[no-untyped-def]
+        # A late change to a squashed session reopens it as its next segment.
+        def transition(book: WispBook) -> Outcome:
             return book.step(session_id, kind, request.issue, None, now=now, reopen=True)
 
-    await sessions.run_attribution(
-        names=[session_id],
-        transition=transition,
-        record={
-            "issue": request.issue,
-            "session_id": session_id,
-            "segment": segment,
-            "action": request.action,
-            "at": now,
-            "actor": actor,
-            "rule": rule,
-        },
-    )
+    def record(book: WispBook) -> list[NewAttribution]:
+        wisp = book.wisps.get(session_id)
+        return [
+            NewAttribution(
+                issue=request.issue,
+                session_id=session_id,
+                segment=wisp.segment if wisp is not None else None,
+                action=request.action,
+                at=now,
+                actor=actor,
+                rule=rule,
+            )
+        ]
+
+    await sessions.run([session_id], transition, attributions=record)
     return AttributeResult(
         issue=request.issue, session_id=session_id, action=request.action, rule=rule, actor=actor
     )

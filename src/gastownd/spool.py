@@ -1,0 +1,119 @@
+"""Hook requests spooled while the daemon was down: applied in order, exactly once.
+
+``gastown-hook`` appends one frame per line to ``<town>/.gastownd/spool/hook-<uid>.jsonl``
+when it cannot reach the daemon. The daemon sets such a file aside (rename to
+``ingesting-…``), waits a short grace so a hook that already opened it has
+written its line, then applies its lines in order. How far a file has been
+applied is stored in the same SQLite transaction as each request's effects,
+so a crash neither loses nor repeats one. A finished file is removed.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import anyio
+import anyio.to_thread
+import structlog
+import watchfiles
+
+from gastown_client import codec
+from gastown_client.protocol import ErrorCode, Hook
+from gastownd.config import parse_duration
+from gastownd.daemon import Daemon
+from gastownd.errors import DaemonError
+from gastownd.ops import hooks
+
+log = structlog.get_logger("gastownd.spool")
+
+PENDING_PREFIX = "hook-"
+INGESTING_PREFIX = "ingesting-"
+
+
+class SpoolIngester:
+    def __init__(self, daemon: Daemon, folder: Path) -> None:
+        self.daemon = daemon
+        self.folder = folder
+        self.applied = 0
+        self._lock = anyio.Lock()
+
+    def prepare(self) -> None:
+        self.folder.mkdir(mode=0o700, exist_ok=True)
+
+    async def run(self, stop: anyio.Event) -> None:
+        await self.ingest()
+        while not stop.is_set():
+            try:
+                async for _changes in watchfiles.awatch(
+                    self.folder,
+                    recursive=False,
+                    stop_event=stop,
+                    rust_timeout=1000,
+                    step=50,
+                    debounce=200,
+                ):
+                    await self.ingest()
+            except (OSError, RuntimeError) as exc:
+                log.warning("spool_watch_restarting", error=str(exc))
+                await anyio.sleep(1)
+
+    async def ingest(self) -> int:
+        """Apply every spooled request; returns how many were applied."""
+        async with self._lock:
+            set_aside = await anyio.to_thread.run_sync(self._set_aside)
+            if set_aside:
+                await anyio.sleep(parse_duration(self.daemon.config.hooks.spool_grace))
+            count = 0
+            for path in sorted(self.folder.glob(f"{INGESTING_PREFIX}*")):
+                count += await self._ingest_file(path)
+            if count:
+                log.info("spool_ingested", requests=count)
+            self.applied += count
+            return count
+
+    def _set_aside(self) -> int:
+        moved = 0
+        for path in sorted(self.folder.glob(f"{PENDING_PREFIX}*.jsonl")):
+            if path.stat().st_size == 0:
+                continue
+            stamp = f"{time.time_ns():020d}"
+            os.rename(path, path.with_name(f"{INGESTING_PREFIX}{stamp}-{path.name}"))
+            moved += 1
+        return moved
+
+    async def _ingest_file(self, path: Path) -> int:
+        sessions = self.daemon.sessions
+        assert sessions is not None
+        name = path.name
+        offset = await sessions.db(sessions.store.spool_offset, name)
+        data = await anyio.to_thread.run_sync(path.read_bytes)
+        count = 0
+        while offset < len(data):
+            newline = data.find(b"\n", offset)
+            if newline < 0:
+                log.warning("spool_torn_line", file=name, offset=offset)
+                break
+            frame = data[offset:newline]
+            offset = newline + 1
+            mark = (name, offset)
+            try:
+                request = codec.decode_request(frame)
+                if not isinstance(request, Hook):
+                    raise codec.BadRequest(
+                        ErrorCode.BAD_REQUEST, "only hook requests are spooled", None
+                    )
+                await hooks.hook(self.daemon, request, spool_mark=mark)
+                count += 1
+            except (codec.BadRequest, DaemonError) as exc:
+                log.warning(
+                    "spooled_request_rejected",
+                    file=name,
+                    offset=offset,
+                    reason=getattr(exc, "message", str(exc)),
+                )
+                await sessions.run((), None, spool_mark=mark)
+        await anyio.to_thread.run_sync(path.unlink)
+        await sessions.db(sessions.store.set_spool_offset, name, None)
+        return count
