@@ -222,7 +222,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         ),
     ]
     if log.quarantined:
-        rows.append(("  quarantined", f"{log.quarantined} torn tail(s) cut at start"))
+        rows.append(("  quarantined", f"{log.quarantined} torn tail(s) cut and saved"))
     width = max(len(label) for label, _ in rows)
     for label, value in rows:
         print(f"{label:<{width}}  {value}")
@@ -280,9 +280,14 @@ def cmd_events(args: argparse.Namespace) -> int:
             return EXIT_OK
         subscription = client.subscribe(cursor=result.cursor, **filters)
         client.set_timeout(None)
-        for _cursor, raw in subscription:
-            show(bytes(raw))
-            sys.stdout.flush()
+        try:
+            for _cursor, raw in subscription:
+                show(bytes(raw))
+                sys.stdout.flush()
+        except RequestRejected as exc:
+            if exc.code != "end":
+                raise
+            print("gastownctl: the daemon ended the stream (stopping?)", file=sys.stderr)
     return EXIT_OK
 
 

@@ -58,11 +58,15 @@ def find_town_root(
 
 
 def _outermost_town(start: Path) -> Path | None:
-    found: Path | None = None
+    """The outermost ancestor with ``mayor/town.json``, else with a ``mayor/`` dir (as gt)."""
+    with_marker: Path | None = None
+    with_mayor: Path | None = None
     for candidate in (start, *start.parents):
         if (candidate / TOWN_MARKER).is_file():
-            found = candidate
-    return found
+            with_marker = candidate
+        elif (candidate / TOWN_MARKER.parent).is_dir():
+            with_mayor = candidate
+    return with_marker or with_mayor
 
 
 def private_dir(town: Path) -> Path:

@@ -101,7 +101,11 @@ class Query(EventFilter, tag="query"):
 
 
 class Subscribe(EventFilter, tag="subscribe"):
-    """Push every matching line after ``cursor`` (none: only new lines)."""
+    """Push every matching line after ``cursor``.
+
+    ``None``: only lines appended from now on; ``"start"``: from the oldest
+    retained line; else a cursor received earlier (``EPOCH:SEQ``).
+    """
 
     cursor: str | None = None
 

@@ -73,25 +73,10 @@ class RetentionConfig(_Section):
 
     enabled: bool = True
     default_ttl: str = "7d"
-    ttls: dict[str, str] = msgspec.field(
-        default_factory=lambda: {
-            "patrol_*": "1d",
-            "polecat_checked": "1d",
-            "polecat_nudged": "1d",
-            "session_start": "3d",
-            "session_end": "3d",
-            "nudge": "3d",
-            "handoff": "7d",
-            "sling": "14d",
-            "done": "14d",
-            "hook": "14d",
-            "unhook": "14d",
-            "mail": "30d",
-            "session_death": "30d",
-            "merge_*": "30d",
-            "mass_death": "90d",
-        }
-    )
+    # Per-type TTLs (globs allowed) over Gas Town's defaults: patrol_*,
+    # polecat_checked/nudged 1d; session_start/end, nudge 3d; handoff 7d; sling,
+    # done, hook, unhook 14d; mail, session_death, merge_* 30d; mass_death 90d.
+    ttls: dict[str, str] = msgspec.field(default_factory=dict)
     prune_interval: str = "1h"
     # The newest N lines of each type are kept whatever their age.
     min_retain_count: int = 0

@@ -156,6 +156,9 @@ class EventLog:
     def _open_sync(self) -> None:
         self.state_dir.mkdir(mode=0o700, exist_ok=True)
         self._lock_fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        for stale in self.path.parent.glob(f"{self.path.name}.gastownd-prune-*"):
+            stale.unlink(missing_ok=True)  # left by a prune that crashed before its rename
+            log.warning("stale_prune_file_removed", path=str(stale))
         with self._flocked():
             self._fd = self._open_log()
             self._repair_tail(self._fd, 0)
@@ -174,7 +177,9 @@ class EventLog:
         current = maps.get(inode)
         if current is not None and self._checkpoint_holds(current, size):
             return current
-        epoch = max((m.epoch for m in maps.values()), default=0) + 1
+        # A fresh epoch never repeats an old one, even if .gastownd was deleted:
+        # an old cursor must resync, never point at other lines.
+        epoch = max(max((m.epoch for m in maps.values()), default=0) + 1, int(time.time()))
         if maps:
             log.warning(
                 "eventlog_epoch_changed",
@@ -211,6 +216,7 @@ class EventLog:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temp, target)
+        _fsync_dir(self.state_dir)
         others = sorted(
             (p for p in self.state_dir.glob("seqmap-*.json") if p != target),
             key=lambda p: p.stat().st_mtime,
@@ -639,6 +645,9 @@ class EventLog:
                 bytes_freed=removed_bytes,
             )
             if dry_run or plan.removed_total == 0:
+                if not dry_run:
+                    self.last_prune_at = now_s
+                    self.last_prune_removed = 0
                 result.duration_ms = round((time.monotonic() - started) * 1000, 3)
                 return result
             temp_path = self.path.with_name(f"{self.path.name}.gastownd-prune-{os.getpid()}")
@@ -807,6 +816,9 @@ def _archive(fd: int, index: EventIndex, positions: list[int], folder: Path) -> 
         day = time.strftime("%Y-%m-%d", time.gmtime(index.ts[position]))
         by_day[day].append(line)
     for day, lines in by_day.items():
-        with gzip.open(folder / f"events-{day}.jsonl.gz", "ab") as handle:
-            handle.write(b"".join(lines))
+        with open(folder / f"events-{day}.jsonl.gz", "ab") as raw:
+            with gzip.GzipFile(fileobj=raw, mode="ab") as handle:
+                handle.write(b"".join(lines))
+            raw.flush()
+            os.fsync(raw.fileno())
     return sum(len(lines) for lines in by_day.values())

@@ -36,7 +36,8 @@ def configure_logging(
         ],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
-        cache_logger_on_first_use=True,
+        # Not cached: SIGHUP may change the level, and cached loggers keep the old one.
+        cache_logger_on_first_use=False,
     )
 
 

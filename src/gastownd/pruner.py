@@ -8,7 +8,7 @@ import structlog
 
 from gastown_client.protocol import PruneResult
 from gastownd.config import RetentionConfig, parse_duration
-from gastownd.core.retention import RetentionPolicy, policy_from_krc
+from gastownd.core.retention import GAS_TOWN_TTLS_S, RetentionPolicy, policy_from_krc
 from gastownd.daemon import Daemon
 from gastownd.errors import StorageError
 
@@ -18,9 +18,12 @@ KRC_NAME = ".krc.yaml"
 
 
 def policy_from_config(config: RetentionConfig) -> RetentionPolicy:
+    # The configured TTLs override Gas Town's defaults type by type, as .krc.yaml's do.
+    ttls: dict[str, float] = dict(GAS_TOWN_TTLS_S)
+    ttls.update({k: parse_duration(v) for k, v in config.ttls.items()})
     return RetentionPolicy(
         default_ttl_s=parse_duration(config.default_ttl),
-        ttls_s={k: parse_duration(v) for k, v in config.ttls.items()},
+        ttls_s=ttls,
         min_retain_count=config.min_retain_count,
         prune_interval_s=parse_duration(config.prune_interval),
     )
@@ -63,12 +66,11 @@ async def prune_now(daemon: Daemon, *, dry_run: bool) -> PruneResult:
 
 
 async def run_periodic(daemon: Daemon) -> None:
-    """Prune at start and then every ``prune_interval``."""
-    if not daemon.config.retention.enabled:
-        return
+    """Prune at start and then every ``prune_interval`` (both re-read on each round)."""
     while True:
-        try:
-            await prune_now(daemon, dry_run=False)
-        except StorageError as exc:
-            log.warning("prune_skipped", reason=exc.message)
+        if daemon.config.retention.enabled:
+            try:
+                await prune_now(daemon, dry_run=False)
+            except StorageError as exc:
+                log.warning("prune_skipped", reason=exc.message)
         await anyio.sleep(load_policy(daemon).prune_interval_s)

@@ -174,6 +174,9 @@ class Server:
         self._reader_scopes.add(scope)
         if self._stopping:
             scope.cancel()
+        # A frame must arrive whole within partial_frame_timeout of its first byte:
+        # trickling one byte at a time does not keep a connection alive.
+        frame_deadline: float | None = None
         try:
             with scope:
                 while not conn.closed:
@@ -181,13 +184,19 @@ class Server:
                         frame = reader.next_frame()
                     except codec.FrameTooLarge as exc:
                         await conn.send(codec.error_reply(None, ErrorCode.TOO_LARGE, str(exc)))
+                        frame_deadline = None
                         continue
                     if frame is None:
-                        data = await self._receive(conn, reader.pending)
+                        if not reader.pending:
+                            frame_deadline = None
+                        elif frame_deadline is None:
+                            frame_deadline = anyio.current_time() + self._partial_timeout_s
+                        data = await self._receive(conn, reader.pending, frame_deadline)
                         if data is None:
                             return
                         reader.feed(data)
                         continue
+                    frame_deadline = None
                     if not frame.strip():
                         continue
                     await limiter.acquire()
@@ -198,10 +207,13 @@ class Server:
         finally:
             self._reader_scopes.discard(scope)
 
-    async def _receive(self, conn: Connection, pending: int) -> bytes | None:
-        """Next bytes, or None at EOF or when a partial frame stalls."""
-        timeout = self._partial_timeout_s if pending else math.inf
-        with anyio.move_on_after(timeout):
+    async def _receive(
+        self, conn: Connection, pending: int, frame_deadline: float | None
+    ) -> bytes | None:
+        """Next bytes, or None at EOF or when a partial frame is past its deadline."""
+        with anyio.move_on_after(
+            math.inf if frame_deadline is None else frame_deadline - anyio.current_time()
+        ):
             try:
                 return await conn.stream.receive(65536)
             except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError):

@@ -357,7 +357,7 @@ def test_cursor_resumes_across_restart_without_gaps_or_duplicates(town: Path) ->
     with proc.client() as client:
         for i in range(5):
             client.emit("tick", "tester", {"i": i})
-        subscription = client.subscribe(cursor="1:-1")
+        subscription = client.subscribe(cursor="start")
         got = []
         for cursor, raw in subscription:
             got.append(json.loads(bytes(raw))["payload"]["i"])

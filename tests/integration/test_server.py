@@ -296,3 +296,35 @@ def test_blocking_client_rejection_is_typed(daemon_proc: DaemonProcess) -> None:
     with Client(daemon_proc.socket) as client, pytest.raises(RequestRejected) as info:
         client.query(since="yesterday")
     assert info.value.code == "bad_request"
+
+
+def test_a_frame_trickled_byte_by_byte_still_times_out(town: Path) -> None:
+    (town / "settings" / "gastownd.toml").write_text(
+        '[retention]\nenabled = false\n[server]\npartial_frame_timeout = "500ms"\n'
+    )
+    proc = DaemonProcess(town).wait_ready()
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(5)
+            sock.connect(str(proc.socket))
+            started = time.monotonic()
+            reply = b""
+            for byte in b'{"op":"ping","padding":"' + b"x" * 100:
+                try:
+                    sock.sendall(bytes([byte]))
+                except BrokenPipeError:
+                    break
+                time.sleep(0.05)
+                sock.setblocking(False)
+                try:
+                    reply += sock.recv(4096)
+                except BlockingIOError:
+                    pass
+                finally:
+                    sock.setblocking(True)
+                if reply:
+                    break
+            assert b'"code":"timeout"' in reply
+            assert time.monotonic() - started < 2
+    finally:
+        assert proc.terminate() == 0

@@ -94,3 +94,20 @@ def test_socket_path_override_and_short_fallback(tmp_path: Path) -> None:
     assert fallback == paths.socket_path(deep, {})  # independent of per-shell variables
     assert str(fallback).startswith("/tmp/gastownd-")
     assert paths.socket_path(Path("/tmp/" + "e" * 120), {}) != fallback
+
+
+def test_a_bare_mayor_dir_marks_a_town_when_no_town_json_exists(tmp_path: Path) -> None:
+    (tmp_path / "a" / "mayor").mkdir(parents=True)
+    (tmp_path / "a" / "b").mkdir()
+    assert paths.find_town_root(environ={}, cwd=tmp_path / "a" / "b") == tmp_path / "a"
+
+
+def test_configured_ttls_override_gas_town_defaults_type_by_type(tmp_path: Path) -> None:
+    from gastownd.pruner import policy_from_config
+
+    path = tmp_path / "g.toml"
+    path.write_text('[retention]\nttls = { mail = "2d", "x_*" = "1h" }\n')
+    policy = policy_from_config(load_config(path).retention)
+    assert policy.ttl_for("mail") == 2 * 86400
+    assert policy.ttl_for("x_y") == 3600
+    assert policy.ttl_for("sling") == 14 * 86400

@@ -84,7 +84,9 @@ async def subscribe(daemon: Daemon, request: Subscribe, conn: Connection) -> Fol
     index = eventlog.index
     resync = False
     start = len(index)
-    if request.cursor is not None:
+    if request.cursor == "start":
+        start = 0
+    elif request.cursor is not None:
         epoch, seq = eventlog.parse_cursor(request.cursor)
         if (
             epoch != eventlog.seqmap.epoch
