@@ -30,7 +30,41 @@ bench: $(STAMP)
 	$(BIN)/python -m bench
 
 stress: $(STAMP)
-	$(BIN)/python -m pytest -q -m slow --stress
+	$(BIN)/python -m pytest -q tests/reliability --stress
+
+# Installed copy: its own venv under the user's data directory, commands on PATH.
+UNAME      := $(shell uname -s)
+ifeq ($(UNAME),Darwin)
+DATA_DIR   ?= $(HOME)/Library/Application Support/gastownd
+else
+DATA_DIR   ?= $(or $(XDG_DATA_HOME),$(HOME)/.local/share)/gastownd
+endif
+BIN_DIR    ?= $(HOME)/.local/bin
+COMMANDS   := gastownd gastownctl gastown-hook
+
+install:
+	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need Python 3.11+ on PATH"; exit 2; }
+	$(PYTHON) -m venv "$(DATA_DIR)/venv"
+	"$(DATA_DIR)/venv/bin/python" -m pip install --quiet --upgrade pip
+	"$(DATA_DIR)/venv/bin/python" -m pip install --quiet .
+	mkdir -p "$(BIN_DIR)"
+	for c in $(COMMANDS); do ln -sf "$(DATA_DIR)/venv/bin/$$c" "$(BIN_DIR)/$$c"; done
+	"$(DATA_DIR)/venv/bin/gastownd" install-service $(if $(TOWN),--town-root "$(TOWN)")
+	@echo "installed; make sure $(BIN_DIR) is on PATH"
+
+uninstall:
+ifeq ($(UNAME),Darwin)
+	-for p in "$(HOME)"/Library/LaunchAgents/com.gastown.gastownd.*.plist; do \
+		[ -e "$$p" ] && launchctl bootout "gui/$$(id -u)" "$$p"; rm -f "$$p"; done
+else
+	-systemctl --user disable --now gastownd.socket gastownd.service 2>/dev/null
+	rm -f "$(or $(XDG_CONFIG_HOME),$(HOME)/.config)"/systemd/user/gastownd.socket \
+	      "$(or $(XDG_CONFIG_HOME),$(HOME)/.config)"/systemd/user/gastownd.service
+	-systemctl --user daemon-reload 2>/dev/null
+endif
+	for c in $(COMMANDS); do rm -f "$(BIN_DIR)/$$c"; done
+	rm -rf "$(DATA_DIR)/venv"
+	@echo "uninstalled (towns and their .gastownd state are left as they were)"
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -31,6 +31,18 @@ enabled = false
 """
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--stress", action="store_true", help="run the reliability tests at full length"
+    )
+
+
+@pytest.fixture
+def stress(request: pytest.FixtureRequest) -> bool:
+    """True under ``make stress``: reliability tests then run their long versions."""
+    return bool(request.config.getoption("--stress"))
+
+
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"

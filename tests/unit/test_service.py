@@ -404,3 +404,14 @@ def test_unsupported_platform_is_refused(home: Path, town: Path) -> None:
         install_service(
             town, dry_run=True, platform="win32", runner=refuse_to_run, gastownd_path=EXE
         )
+
+
+def test_reference_units_in_systemd_dir_match_the_renderer() -> None:
+    """systemd/ holds what install-service renders, with %h for the home directory."""
+    from gastownd.service import render_systemd_units as render
+
+    folder = Path(__file__).resolve().parents[2] / "systemd"
+    town, exe = Path("/home/USER/gt"), Path("/home/USER/.local/bin/gastownd")
+    for templated in (False, True):
+        for name, text in render(town, exe, templated=templated).items():
+            assert (folder / name).read_text() == text.replace("/home/USER", "%h"), name
