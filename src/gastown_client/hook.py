@@ -33,7 +33,7 @@ Path rules mirror ``gastown_client.paths`` (which this file cannot import:
 """
 
 import _socket
-import os
+import posix
 import sys
 import time
 
@@ -71,7 +71,7 @@ RETRY_CODES = (b'"code":"busy"', b'"code":"shutting_down"')
 
 PRIVATE_DIR_NAME = b".gastownd"
 SOCKET_NAME = b"gastownd.sock"
-TOWN_MARKER = os.path.join(b"mayor", b"town.json")
+TOWN_MARKER = b"mayor/town.json"
 # sun_path holds 108 bytes on Linux and 104 on the BSDs and macOS, NUL included.
 SUN_PATH_MAX = 108 if sys.platform.startswith("linux") else 104
 
@@ -79,6 +79,77 @@ _JSON_SPECIAL = bytes(range(0x20)) + b'"\\'
 
 
 # ---------------------------------------------------------------- paths
+#
+# ``os`` costs ~1.6 ms to import under ``-S`` (``stat``, ``posixpath``,
+# ``_collections_abc``) while ``posix`` is built in and already loaded, so
+# the few ``os.path`` rules needed are written out here, on bytes, following
+# ``posixpath``. The unit tests hold them equal to ``os.path`` and ``paths``.
+
+
+def join(head: bytes, *tails: bytes) -> bytes:
+    path = head
+    for tail in tails:
+        if tail.startswith(b"/") or not path:
+            path = tail
+        elif path.endswith(b"/"):
+            path += tail
+        else:
+            path += b"/" + tail
+    return path
+
+
+def dirname(path: bytes) -> bytes:
+    head = path[: path.rfind(b"/") + 1]
+    if head and head != b"/" * len(head):
+        head = head.rstrip(b"/")
+    return head
+
+
+def normpath(path: bytes) -> bytes:
+    if not path:
+        return b"."
+    initial = 0
+    if path.startswith(b"/"):
+        # POSIX leaves the meaning of exactly two leading slashes open: keep them.
+        initial = 2 if path.startswith(b"//") and not path.startswith(b"///") else 1
+    parts: list[bytes] = []
+    for part in path.split(b"/"):
+        if part in (b"", b"."):
+            continue
+        if part != b".." or (not initial and not parts) or (parts and parts[-1] == b".."):
+            parts.append(part)
+        elif parts:
+            parts.pop()
+    return b"/" * initial + b"/".join(parts) or b"."
+
+
+def abspath(path: bytes) -> bytes:
+    return normpath(path if path.startswith(b"/") else join(posix.getcwdb(), path))
+
+
+def expanduser(path: bytes, environ: "Mapping[bytes, bytes]") -> bytes:
+    if not path.startswith(b"~"):
+        return path
+    end = path.find(b"/", 1)
+    end = len(path) if end < 0 else end
+    home = environ.get(b"HOME") if end == 1 else None
+    if home is None:
+        import pwd  # built in; only for ``~user`` or an unset HOME
+
+        try:
+            name = path[1:end].decode(sys.getfilesystemencoding(), "surrogateescape")
+            entry = pwd.getpwuid(posix.getuid()) if end == 1 else pwd.getpwnam(name)
+        except KeyError:
+            return path
+        home = entry.pw_dir.encode(sys.getfilesystemencoding(), "surrogateescape")
+    return home.rstrip(b"/") + path[end:] or b"/"
+
+
+def isfile(path: bytes) -> bool:
+    try:
+        return posix.stat(path).st_mode & 0o170000 == 0o100000
+    except (OSError, ValueError):
+        return False
 
 
 def town_root(
@@ -88,20 +159,20 @@ def town_root(
     ``cwd`` holding ``mayor/town.json``, else ``~/gt``; always absolute."""
     chosen = environ.get(b"GT_TOWN_ROOT") or environ.get(b"GT_ROOT")
     if chosen:
-        return os.path.abspath(os.path.expanduser(chosen))
+        return abspath(expanduser(chosen, environ))
     found = None
     if cwd is not None:
         candidate = cwd
         while True:
-            if os.path.isfile(os.path.join(candidate, TOWN_MARKER)):
+            if isfile(join(candidate, TOWN_MARKER)):
                 found = candidate
-            parent = os.path.dirname(candidate)
+            parent = dirname(candidate)
             if parent == candidate:
                 break
             candidate = parent
     if found is None:
-        found = os.path.join(home if home is not None else os.path.expanduser(b"~"), b"gt")
-    return os.path.abspath(found)
+        found = join(home if home is not None else expanduser(b"~", environ), b"gt")
+    return abspath(found)
 
 
 def socket_path(town: bytes, environ: "Mapping[bytes, bytes]") -> bytes:
@@ -109,18 +180,19 @@ def socket_path(town: bytes, environ: "Mapping[bytes, bytes]") -> bytes:
     fits in ``sun_path``, else ``/tmp/gastownd-<uid>/<sha256(realpath)[:16]>.sock``."""
     override = environ.get(b"GASTOWND_SOCKET")
     if override:
-        return os.path.abspath(os.path.expanduser(override))
-    preferred = os.path.join(town, PRIVATE_DIR_NAME, SOCKET_NAME)
+        return abspath(expanduser(override, environ))
+    preferred = join(town, PRIVATE_DIR_NAME, SOCKET_NAME)
     if len(preferred) < SUN_PATH_MAX:
         return preferred
     import hashlib  # rare: only for towns too deep for sun_path
+    import os.path
 
     digest = hashlib.sha256(os.path.realpath(town)).hexdigest()[:16]
-    return b"/tmp/gastownd-%d/%s.sock" % (os.getuid(), digest.encode())
+    return b"/tmp/gastownd-%d/%s.sock" % (posix.getuid(), digest.encode())
 
 
 def spool_path(town: bytes) -> bytes:
-    return os.path.join(town, PRIVATE_DIR_NAME, b"spool", b"hook-%d.jsonl" % os.getuid())
+    return join(town, PRIVATE_DIR_NAME, b"spool", b"hook-%d.jsonl" % posix.getuid())
 
 
 # ---------------------------------------------------------------- the frame
@@ -196,7 +268,7 @@ def read_stdin(fd: int = 0, cap: int = MAX_STDIN) -> bytes:
     size = 0
     try:
         while size < cap:
-            chunk = os.read(fd, min(65536, cap - size))
+            chunk = posix.read(fd, min(65536, cap - size))
             if not chunk:
                 break
             chunks.append(chunk)
@@ -263,18 +335,18 @@ def spool(frame: bytes, town: bytes, now: float) -> None:
 
     Creates ``.gastownd`` and ``spool`` (0700) when missing, never the town.
     """
-    private = os.path.join(town, PRIVATE_DIR_NAME)
-    for directory in (private, os.path.join(private, b"spool")):
+    private = join(town, PRIVATE_DIR_NAME)
+    for directory in (private, join(private, b"spool")):
         try:  # noqa: SIM105 - contextlib would cost an import
-            os.mkdir(directory, 0o700)
+            posix.mkdir(directory, 0o700)
         except FileExistsError:
             pass
-    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
-    fd = os.open(spool_path(town), flags, 0o600)
+    flags = posix.O_WRONLY | posix.O_APPEND | posix.O_CREAT | posix.O_CLOEXEC | posix.O_NOFOLLOW
+    fd = posix.open(spool_path(town), flags, 0o600)
     try:
-        os.write(fd, spooled(frame, now))
+        posix.write(fd, spooled(frame, now))
     finally:
-        os.close(fd)
+        posix.close(fd)
 
 
 def _write_out(text: str) -> None:
@@ -282,7 +354,7 @@ def _write_out(text: str) -> None:
     if not data.endswith(b"\n"):
         data += b"\n"
     while data:
-        data = data[os.write(1, data) :]
+        data = data[posix.write(1, data) :]
 
 
 def _send_or_spool(frame: bytes, town: bytes, sock: bytes, deadline: float, speak: bool) -> None:
@@ -299,18 +371,18 @@ def _detach() -> bool:
     """Fork for ``--async``: True in the child, which carries on detached;
     the parent exits at once. False when forking failed (run in place)."""
     try:
-        pid = os.fork()
+        pid = posix.fork()
     except OSError:
         return False
     if pid > 0:
-        os._exit(0)
-    os.setsid()
+        posix._exit(0)
+    posix.setsid()
     # Claude waits for EOF on the hook's stdout/stderr: let go of them.
-    null = os.open(os.devnull, os.O_RDWR)
+    null = posix.open(b"/dev/null", posix.O_RDWR)
     for fd in (0, 1, 2):
-        os.dup2(null, fd)
+        posix.dup2(null, fd)
     if null > 2:
-        os.close(null)
+        posix.close(null)
     return True
 
 
@@ -320,14 +392,14 @@ def main(argv: list[str] | None = None) -> int:
         started = time.monotonic()
         args = sys.argv[1:] if argv is None else argv
         detached = "--async" in args
-        environ = os.environb
+        environ = posix.environ
         try:
-            cwd: bytes | None = os.getcwdb()
+            cwd: bytes | None = posix.getcwdb()
         except OSError:
             cwd = None
         payload = read_stdin()  # before forking: stdin belongs to this call
         frame = build_frame(
-            payload, env=environ, cwd=cwd, pid=os.getpid(), ppid=os.getppid(), at=time.time()
+            payload, env=environ, cwd=cwd, pid=posix.getpid(), ppid=posix.getppid(), at=time.time()
         )
         town = town_root(environ, cwd)
         sock = socket_path(town, environ)
@@ -336,7 +408,7 @@ def main(argv: list[str] | None = None) -> int:
                 deadline = time.monotonic() + ASYNC_REPLY_DEADLINE_S
                 _send_or_spool(frame, town, sock, deadline, speak=False)
             finally:
-                os._exit(0)
+                posix._exit(0)
         _send_or_spool(frame, town, sock, started + REPLY_DEADLINE_S, speak=not detached)
     except BaseException:  # fail open: a hook must never fail the agent
         pass

@@ -21,6 +21,7 @@ event loop, while ``_io`` is held, so queries always see a consistent index.
 
 from __future__ import annotations
 
+import bisect
 import errno
 import fcntl
 import gzip
@@ -138,6 +139,7 @@ class EventLog:
         self.external = 0
         self.quarantined = 0
         self.last_prune_at: float | None = None
+        self.unwatched_from = 0
         self.last_prune_removed = 0
 
     # ================================================================ start
@@ -165,12 +167,19 @@ class EventLog:
             info = os.fstat(self._fd)
             self._inode = (info.st_dev, info.st_ino)
             self.seqmap = self._resolve_seqmap(info.st_ino, info.st_size)
+            # Lines past the last checkpoint were written while nobody watched.
+            fresh = self.seqmap.end == 0 and not self.seqmap.tail
+            self.unwatched_from = info.st_size if fresh else self.seqmap.end
             self.index = self._read_index(self._fd, info.st_size, self.seqmap.seqs())
             self._remember_tail()
             self._write_seqmap(self._checkpointed(self.seqmap))
 
     def _open_log(self) -> int:
-        return os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        created = not self.path.exists()
+        fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        if created:
+            _fsync_dir(self.path.parent)  # the new name itself must survive a crash
+        return fd
 
     def _resolve_seqmap(self, inode: int, size: int) -> SeqMap:
         maps = self._load_seqmaps()
@@ -450,6 +459,23 @@ class EventLog:
                 )
             )
         self._publish(items)
+
+    def unwatched_lines(self, types: frozenset[str]) -> list[Published]:
+        """Lines of these types appended while the daemon was not running."""
+        index = self.index
+        first = bisect.bisect_left(index.offsets, self.unwatched_from)
+        wanted = {i for i, name in enumerate(index.type_names) if name in types}
+        items = []
+        for position in range(first, len(index)):
+            if index.types[position] not in wanted:
+                continue
+            entry = index.entry(position)
+            assert entry.type is not None
+            line = os.pread(self._fd, entry.length - 1, entry.offset)
+            items.append(
+                Published(entry.seq, entry.type, entry.actor, entry.session, entry.ts, line)
+            )
+        return items
 
     async def catch_up(self) -> None:
         """Index what other processes appended (called by the watcher)."""

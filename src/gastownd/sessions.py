@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 import anyio
 import anyio.to_thread
+import msgspec
 import structlog
 
 from gastown_client.protocol import ErrorCode
@@ -81,6 +82,9 @@ class Sessions:
             log.info("outbox_replayed", lines=len(pending))
             await self._emit(pending, replay=True)
         log.info("wisps_restored", open=len(wisps), actors=len(heads))
+        # gt may have logged deaths and handoffs while we were down.
+        for item in self.eventlog.unwatched_lines(ENDING_TYPES):
+            await self._observe_one(item)
 
     # ------------------------------------------------------------------- ops
 
@@ -170,25 +174,26 @@ class Sessions:
 
     async def run_observer(self) -> None:
         """End wisps on ``session_death`` / ``handoff`` lines, in log order."""
-        import msgspec
-
         async with self._observed_recv:
             async for item in self._observed_recv:
-                try:
-                    line = msgspec.json.decode(item.line)
-                except msgspec.DecodeError:
-                    continue
-                payload = line.get("payload") if isinstance(line, dict) else None
-                if payload is not None and not isinstance(payload, dict):
-                    payload = None
-                try:
-                    _, effects = await self.run((), self._observing(item, payload))
-                except DaemonError as exc:
-                    log.warning("observed_line_failed", type=item.type, error=exc.message)
-                    continue
-                ended = [e.digest.session_id for e in effects if isinstance(e, SaveDigest)]
-                if ended:
-                    log.info("wisps_ended_by_line", type=item.type, sessions=ended)
+                await self._observe_one(item)
+
+    async def _observe_one(self, item: Published) -> None:
+        try:
+            line = msgspec.json.decode(item.line)
+        except msgspec.DecodeError:
+            return
+        payload = line.get("payload") if isinstance(line, dict) else None
+        if not isinstance(payload, dict):
+            payload = None
+        try:
+            _, effects = await self.run((), self._observing(item, payload))
+        except DaemonError as exc:
+            log.warning("observed_line_failed", type=item.type, error=exc.message)
+            return
+        ended = [e.digest.session_id for e in effects if isinstance(e, SaveDigest)]
+        if ended:
+            log.info("wisps_ended_by_line", type=item.type, sessions=ended)
 
     def _observing(
         self, item: Published, payload: dict[str, Any] | None

@@ -28,9 +28,20 @@ def events_of_type(town: Path, type_: str) -> list[dict]:
 
 
 def test_session_lifecycle_through_the_cli(daemon_proc: DaemonProcess, town: Path) -> None:
-    started = run_ctl(town, "session", "start", "--session", sid(1), "--actor", JOE,
-                      "--cwd", "/home/u/gt/gastown/crew/joe", "--topic", "fix the build",
-                      "--json")
+    started = run_ctl(
+        town,
+        "session",
+        "start",
+        "--session",
+        sid(1),
+        "--actor",
+        JOE,
+        "--cwd",
+        "/home/u/gt/gastown/crew/joe",
+        "--topic",
+        "fix the build",
+        "--json",
+    )
     assert started.returncode == 0, started.stderr
     assert json.loads(started.stdout)["wisp"]["state"] == "open"
     again = run_ctl(town, "session", "start", "--session", sid(1), "--actor", JOE, "--json")
@@ -62,10 +73,14 @@ def test_session_lifecycle_through_the_cli(daemon_proc: DaemonProcess, town: Pat
     assert starts[0]["payload"]["cwd"] == "/home/u/gt/gastown/crew/joe"
     assert starts[0]["payload"]["role"] == JOE
     [end] = events_of_type(town, "session_end")
-    assert end["payload"] == {"digest_id": digest["digest_id"],
-                              "duration_s": round(digest["duration_s"]),
-                              "reason": "logout", "role": JOE, "session_id": sid(1),
-                              "steps": 3}
+    assert end["payload"] == {
+        "digest_id": digest["digest_id"],
+        "duration_s": round(digest["duration_s"]),
+        "reason": "logout",
+        "role": JOE,
+        "session_id": sid(1),
+        "steps": 3,
+    }
     assert {line["type"] for line in log_lines(town)} == {"session_start", "session_end"}
     gone = run_ctl(town, "session", "step", "--session", sid(1), "--kind", "note")
     assert gone.returncode == 1 and "conflict" in gone.stderr
@@ -104,17 +119,29 @@ async def test_prefix_resolution_and_ambiguity(daemon: InProcess) -> None:
         assert info.value.code == "not_found"
 
 
-def test_sessions_listing_merges_wisps_and_gt_lines(daemon_proc: DaemonProcess,
-                                                    town: Path) -> None:
+def test_sessions_listing_merges_wisps_and_gt_lines(daemon_proc: DaemonProcess, town: Path) -> None:
     with daemon_proc.client() as client:
         client.session_start(sid(20), NUX, topic="wisp topic")
         client.session_start(sid(21), JOE)
         client.session_end(sid(21), "logout")
     for _ in range(2):  # gt logs a session twice (compaction): still one row
-        gt_append(town, {"ts": "2026-01-22T19:33:55Z", "source": "gt", "type": "session_start",
-                         "actor": "deacon", "payload": {"session_id": sid(22), "role": "deacon",
-                         "actor_pid": "deacon-1", "topic": "patrol", "cwd": "/home/u/gt/deacon"},
-                         "visibility": "feed"})
+        gt_append(
+            town,
+            {
+                "ts": "2026-01-22T19:33:55Z",
+                "source": "gt",
+                "type": "session_start",
+                "actor": "deacon",
+                "payload": {
+                    "session_id": sid(22),
+                    "role": "deacon",
+                    "actor_pid": "deacon-1",
+                    "topic": "patrol",
+                    "cwd": "/home/u/gt/deacon",
+                },
+                "visibility": "feed",
+            },
+        )
     with daemon_proc.client() as client:
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline:
@@ -125,8 +152,18 @@ def test_sessions_listing_merges_wisps_and_gt_lines(daemon_proc: DaemonProcess,
     listed = run_ctl(town, "sessions", "--json")
     rows = json.loads(listed.stdout)
     assert [r["session_id"] for r in rows] == [sid(21), sid(20), sid(22)]
-    for key in ("session_id", "actor", "started_at", "last_activity", "state", "topic", "cwd",
-                "end_reason", "digest_id", "summary"):
+    for key in (
+        "session_id",
+        "actor",
+        "started_at",
+        "last_activity",
+        "state",
+        "topic",
+        "cwd",
+        "end_reason",
+        "digest_id",
+        "summary",
+    ):
         assert all(key in r for r in rows)
     by_id = {r["session_id"]: r for r in rows}
     assert by_id[sid(22)]["state"] == "logged" and by_id[sid(22)]["topic"] == "patrol"
@@ -161,8 +198,7 @@ def test_kill_9_restores_every_open_wisp(town: Path) -> None:
         assert proc.terminate() == 0
 
 
-async def test_idle_wisps_are_reaped_with_an_injected_clock(daemon: InProcess,
-                                                           town: Path) -> None:
+async def test_idle_wisps_are_reaped_with_an_injected_clock(daemon: InProcess, town: Path) -> None:
     async with daemon.client() as client:
         await client.session_start(sid(40), JOE)
         await client.session_step(sid(40), "note")
@@ -187,14 +223,33 @@ async def test_death_and_handoff_lines_from_gt_end_wisps(daemon: InProcess, town
         await client.session_start(sid(50), NUX, tmux_session="gt-nux")
         await client.session_start(sid(51), JOE)
         await client.session_start(sid(52), "mayor")
-        gt_append(town, {"ts": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 1)),
-                         "source": "gt", "type": "session_death", "actor": "gastown/witness",
-                         "payload": {"session": "gt-nux", "agent": NUX, "reason": "zombie",
-                                     "caller": "witness"}, "visibility": "feed"})
-        gt_append(town, {"ts": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 1)),
-                         "source": "gt", "type": "handoff", "actor": JOE,
-                         "payload": {"to_session": True, "subject": "over to you"},
-                         "visibility": "feed"})
+        gt_append(
+            town,
+            {
+                "ts": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 1)),
+                "source": "gt",
+                "type": "session_death",
+                "actor": "gastown/witness",
+                "payload": {
+                    "session": "gt-nux",
+                    "agent": NUX,
+                    "reason": "zombie",
+                    "caller": "witness",
+                },
+                "visibility": "feed",
+            },
+        )
+        gt_append(
+            town,
+            {
+                "ts": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 1)),
+                "source": "gt",
+                "type": "handoff",
+                "actor": JOE,
+                "payload": {"to_session": True, "subject": "over to you"},
+                "visibility": "feed",
+            },
+        )
         with anyio.fail_after(5):
             while True:
                 states = {n: (await client.wisp(sid(n))).state for n in (50, 51, 52)}
@@ -213,8 +268,9 @@ def test_attribution_rules_and_listing(daemon_proc: DaemonProcess, town: Path) -
         assert (by_actor.session_id, by_actor.rule) == (sid(60), "latest open wisp of the actor")
         by_tmux = client.attribute("gt-2", env={"GT_SESSION": "gt-joe"}, action="created")
         assert by_tmux.rule == "tmux session (GT_SESSION)"
-        by_claude = client.attribute("gt-1", env={"CLAUDE_CODE_SESSION_ID": sid(61)},
-                                     action="updated")
+        by_claude = client.attribute(
+            "gt-1", env={"CLAUDE_CODE_SESSION_ID": sid(61)}, action="updated"
+        )
         assert by_claude.rule == "CLAUDE_CODE_SESSION_ID"
         with pytest.raises(RequestRejected) as info:
             client.attribute("gt-3", env={})
@@ -224,20 +280,37 @@ def test_attribution_rules_and_listing(daemon_proc: DaemonProcess, town: Path) -
     runtime = town / "rig" / ".runtime"
     runtime.mkdir(parents=True)
     (runtime / "session_id").write_text(f"{sid(62)}\nmore\n")
-    env_free = {k: v for k, v in os.environ.items()
-                if k not in ("CLAUDE_CODE_SESSION_ID", "GT_ROLE", "BD_ACTOR", "GT_SESSION")}
+    env_free = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("CLAUDE_CODE_SESSION_ID", "GT_ROLE", "BD_ACTOR", "GT_SESSION")
+    }
     import subprocess
     import sys
 
     via_file = subprocess.run(
-        [sys.executable, "-m", "gastown_client.cli", "--town-root", str(town), "attribute",
-         "gt-9", "--json"], cwd=town / "rig", env=env_free, capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "gastown_client.cli",
+            "--town-root",
+            str(town),
+            "attribute",
+            "gt-9",
+            "--json",
+        ],
+        cwd=town / "rig",
+        env=env_free,
+        capture_output=True,
+        text=True,
     )
     assert json.loads(via_file.stdout)["rule"] == ".runtime/session_id"
     assert json.loads(via_file.stdout)["session_id"] == sid(62)
     listing = json.loads(run_ctl(town, "attribution", "gt-1", "--json").stdout)
     assert [(r["session_id"], r["action"]) for r in listing["records"]] == [
-        (sid(60), "closed"), (sid(61), "updated")]
+        (sid(60), "closed"),
+        (sid(61), "updated"),
+    ]
     assert listing["records"][0]["digest_id"]  # the session has since been squashed
     assert "closed" in run_ctl(town, "attribution", "gt-1").stdout
 
@@ -253,8 +326,10 @@ def test_tampered_digest_is_caught_by_verify(town: Path) -> None:
     assert proc.terminate() == 0
     db = sqlite3.connect(town / ".gastownd" / "gastownd.db")
     body = db.execute("SELECT body FROM digests WHERE session_id = ?", (sid(71),)).fetchone()[0]
-    db.execute("UPDATE digests SET body = ? WHERE session_id = ?",
-               (body.replace(b'"c71"', b'"forged"'), sid(71)))
+    db.execute(
+        "UPDATE digests SET body = ? WHERE session_id = ?",
+        (body.replace(b'"c71"', b'"forged"'), sid(71)),
+    )
     db.commit()
     db.close()
     proc = DaemonProcess(town).wait_ready()
@@ -267,8 +342,9 @@ def test_tampered_digest_is_caught_by_verify(town: Path) -> None:
         assert proc.terminate() == 0
 
 
-def test_seance_prints_and_checks_the_resume_command(daemon_proc: DaemonProcess,
-                                                    town: Path, tmp_path: Path) -> None:
+def test_seance_prints_and_checks_the_resume_command(
+    daemon_proc: DaemonProcess, town: Path, tmp_path: Path
+) -> None:
     with daemon_proc.client() as client:
         client.session_start(sid(80), JOE, cwd=str(tmp_path))
     printed = run_ctl(town, "seance", sid(80)[:8], "--print-command", "-p", "what did you do?")
@@ -281,27 +357,64 @@ def test_seance_prints_and_checks_the_resume_command(daemon_proc: DaemonProcess,
 
     env = dict(os.environ, PATH=str(tmp_path / "empty"), HOME=str(tmp_path))
     no_claude = subprocess.run(
-        [sys.executable, "-m", "gastown_client.cli", "--town-root", str(town), "seance",
-         sid(80)], capture_output=True, text=True, env=env)
+        [sys.executable, "-m", "gastown_client.cli", "--town-root", str(town), "seance", sid(80)],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert no_claude.returncode == 1 and "not on PATH" in no_claude.stderr
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     fake = bin_dir / "claude"
-    fake.write_text("#!/bin/sh\necho \"claude $* in $(pwd) CLAUDECODE=${CLAUDECODE:-unset}\"\n")
+    fake.write_text('#!/bin/sh\necho "claude $* in $(pwd) CLAUDECODE=${CLAUDECODE:-unset}"\n')
     fake.chmod(0o755)
     env = dict(os.environ, PATH=f"{bin_dir}:/usr/bin:/bin", HOME=str(tmp_path), CLAUDECODE="1")
     missing = subprocess.run(
-        [sys.executable, "-m", "gastown_client.cli", "--town-root", str(town), "seance",
-         sid(80)], capture_output=True, text=True, env=env)
+        [sys.executable, "-m", "gastown_client.cli", "--town-root", str(town), "seance", sid(80)],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert missing.returncode == 1 and "no longer exists" in missing.stderr
     project = "".join(c if c.isalnum() else "-" for c in str(tmp_path))
     transcript = tmp_path / ".claude" / "projects" / project / f"{sid(80)}.jsonl"
     transcript.parent.mkdir(parents=True)
     transcript.write_text("{}\n")
     ran = subprocess.run(
-        [sys.executable, "-m", "gastown_client.cli", "--town-root", str(town), "seance",
-         sid(80)[:8]], capture_output=True, text=True, env=env)
+        [
+            sys.executable,
+            "-m",
+            "gastown_client.cli",
+            "--town-root",
+            str(town),
+            "seance",
+            sid(80)[:8],
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert ran.returncode == 0, ran.stderr
     assert ran.stdout.strip() == (
         f"claude --fork-session --resume {sid(80)} in {tmp_path} CLAUDECODE=unset"
     )
+
+
+def test_death_logged_while_the_daemon_was_down_ends_the_wisp_at_start(town: Path) -> None:
+    proc = DaemonProcess(town).wait_ready()
+    with proc.client() as client:
+        client.session_start(sid(90), NUX, tmux_session="gt-nux")
+        client.session_start(sid(91), JOE)
+    assert proc.terminate() == 0
+    gt_append(town, {"ts": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 1)),
+                     "source": "gt", "type": "session_death", "actor": "gastown/witness",
+                     "payload": {"session": "gt-nux", "agent": NUX, "reason": "crashed"},
+                     "visibility": "feed"})
+    proc = DaemonProcess(town).wait_ready()
+    try:
+        with proc.client() as client:
+            assert client.wisp(sid(90)).state == "squashed"
+            assert client.digest(sid(90)).end_reason == "crashed"
+            assert client.wisp(sid(91)).state == "open"
+    finally:
+        assert proc.terminate() == 0
