@@ -6,7 +6,8 @@ names are resolved lazily so that the hook entry point stays fast.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+# Not ``from typing import ...``: importing typing costs the hook ~14 ms.
+TYPE_CHECKING = False
 
 __version__ = "0.1.0"
 
@@ -30,6 +31,8 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
+    from typing import Any
+
     from gastown_client.aclient import AsyncClient
     from gastown_client.client import Client
     from gastown_client.errors import (

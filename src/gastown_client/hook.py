@@ -3,9 +3,10 @@
 Claude Code runs a hook on every agent turn, so this file is written to cost
 less than a bare ``python3 -c pass``. ``install-hooks`` calls it as a
 self-contained script (``<python> -I -S .../gastown_client/hook.py``): no
-``site``, no package, and at import only ``sys``, ``os``, ``time`` and
-``_socket`` (``socket`` drags in ``enum`` and ``selectors``; ``json`` drags
-in ``re``). The same file is the ``gastown-hook`` console script and works
+``site``, no package, and at import only ``sys``, ``time`` and ``posix``
+(built in and already loaded at startup) plus ``_socket`` (``socket`` drags
+in ``enum`` and ``selectors``, ``json`` drags in ``re``, ``os`` costs ~1.6 ms
+under ``-S``). The same file is the ``gastown-hook`` console script and works
 as ``python -m gastown_client.hook``.
 
 What it does: read Claude's JSON from stdin, splice it *untouched* (raw
@@ -83,7 +84,8 @@ _JSON_SPECIAL = bytes(range(0x20)) + b'"\\'
 # ``os`` costs ~1.6 ms to import under ``-S`` (``stat``, ``posixpath``,
 # ``_collections_abc``) while ``posix`` is built in and already loaded, so
 # the few ``os.path`` rules needed are written out here, on bytes, following
-# ``posixpath``. The unit tests hold them equal to ``os.path`` and ``paths``.
+# ``posixpath`` (net of their own compile time: ~0.65 ms saved per call).
+# The unit tests hold them equal to ``os.path`` and ``paths``.
 
 
 def join(head: bytes, *tails: bytes) -> bytes:
@@ -145,31 +147,43 @@ def expanduser(path: bytes, environ: "Mapping[bytes, bytes]") -> bytes:
     return home.rstrip(b"/") + path[end:] or b"/"
 
 
-def isfile(path: bytes) -> bool:
+def _is_a(path: bytes, kind: int) -> bool:
     try:
-        return posix.stat(path).st_mode & 0o170000 == 0o100000
+        return posix.stat(path).st_mode & 0o170000 == kind
     except (OSError, ValueError):
         return False
+
+
+def isfile(path: bytes) -> bool:
+    return _is_a(path, 0o100000)
+
+
+def isdir(path: bytes) -> bool:
+    return _is_a(path, 0o040000)
 
 
 def town_root(
     environ: "Mapping[bytes, bytes]", cwd: bytes | None, home: bytes | None = None
 ) -> bytes:
     """``GT_TOWN_ROOT`` (or ``GT_ROOT``), else the outermost ancestor of
-    ``cwd`` holding ``mayor/town.json``, else ``~/gt``; always absolute."""
+    ``cwd`` holding ``mayor/town.json``, else the outermost one holding a
+    ``mayor/`` directory (as ``gt``), else ``~/gt``; always absolute."""
     chosen = environ.get(b"GT_TOWN_ROOT") or environ.get(b"GT_ROOT")
     if chosen:
         return abspath(expanduser(chosen, environ))
-    found = None
+    with_marker = with_mayor = None
     if cwd is not None:
         candidate = cwd
         while True:
             if isfile(join(candidate, TOWN_MARKER)):
-                found = candidate
+                with_marker = candidate
+            elif isdir(join(candidate, b"mayor")):
+                with_mayor = candidate
             parent = dirname(candidate)
             if parent == candidate:
                 break
             candidate = parent
+    found = with_marker or with_mayor
     if found is None:
         found = join(home if home is not None else expanduser(b"~", environ), b"gt")
     return abspath(found)

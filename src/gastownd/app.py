@@ -184,6 +184,9 @@ class App:
                 )
                 notifier.ready(f"serving {paths.town} ({len(eventlog.index)} events indexed)")
                 task_status.started(daemon)
+                if eventlog.cold_start_s > 1.0:
+                    # A slow cold index: save it now, not only at a clean stop.
+                    services.start_soon(eventlog.save_snapshot)
                 await self._stop.wait()
                 log.info("daemon_stopping")
                 notifier.stopping()

@@ -25,6 +25,7 @@ import bisect
 import errno
 import fcntl
 import gzip
+import itertools
 import os
 import time
 import zlib
@@ -42,7 +43,7 @@ import structlog
 from gastown_client.protocol import EventLogInfo, PruneResult
 from gastownd.config import EventLogConfig, parse_duration
 from gastownd.core.events import format_ts
-from gastownd.core.index import MALFORMED, EventIndex
+from gastownd.core.index import MALFORMED, EventIndex, IndexHeader
 from gastownd.core.query import EventFilter
 from gastownd.core.retention import RetentionPolicy, plan_prune
 from gastownd.errors import BadRequestError, ShuttingDownError, StorageError
@@ -53,6 +54,21 @@ log = structlog.get_logger("gastownd.eventlog")
 READ_CHUNK = 16 << 20
 TAIL_SIGNATURE = 64
 MAX_BATCH_BYTES = 8 << 20
+
+
+SNAPSHOT_VERSION = 1
+
+
+class _SnapshotMeta(msgspec.Struct, kw_only=True):
+    version: int
+    inode: int
+    epoch: int
+    tail: bytes
+    header: IndexHeader
+    blob_sizes: list[int]
+
+
+_snapshot_meta_decoder = msgspec.json.Decoder(_SnapshotMeta)
 
 
 class SeqMap(msgspec.Struct, kw_only=True):
@@ -131,6 +147,7 @@ class EventLog:
         self._tail = b""
         self._io = anyio.Lock()
         self._prune_lock = anyio.Lock()
+        self._snapshot_lock = anyio.Lock()
         self._send, self._recv = anyio.create_memory_object_stream[_Append](config.append_queue)
         self._writer_done = anyio.Event()
         self._dirty = False
@@ -140,6 +157,7 @@ class EventLog:
         self.quarantined = 0
         self.last_prune_at: float | None = None
         self.unwatched_from = 0
+        self.cold_start_s = 0.0
         self.last_prune_removed = 0
 
     # ================================================================ start
@@ -170,7 +188,14 @@ class EventLog:
             # Lines past the last checkpoint were written while nobody watched.
             fresh = self.seqmap.end == 0 and not self.seqmap.tail
             self.unwatched_from = info.st_size if fresh else self.seqmap.end
-            self.index = self._read_index(self._fd, info.st_size, self.seqmap.seqs())
+            started = time.monotonic()
+            snapshot = self._load_snapshot(info.st_ino, info.st_size)
+            if snapshot is not None:
+                seqs = itertools.islice(self.seqmap.seqs(), len(snapshot), None)
+                self.index = self._read_index(self._fd, info.st_size, seqs, snapshot)
+            else:
+                self.index = self._read_index(self._fd, info.st_size, self.seqmap.seqs())
+            self.cold_start_s = 0.0 if snapshot is not None else time.monotonic() - started
             self._remember_tail()
             self._write_seqmap(self._checkpointed(self.seqmap))
 
@@ -236,9 +261,12 @@ class EventLog:
     def _checkpointed(self, seqmap: SeqMap) -> SeqMap:
         return msgspec.structs.replace(seqmap, end=self.index.end, tail=self._tail)
 
-    def _read_index(self, fd: int, size: int, seqs: Iterator[int]) -> EventIndex:
-        index = EventIndex()
-        offset = 0
+    def _read_index(
+        self, fd: int, size: int, seqs: Iterator[int], index: EventIndex | None = None
+    ) -> EventIndex:
+        """Index the file from ``index.end`` (0 for a new index) to ``size``."""
+        index = index if index is not None else EventIndex()
+        offset = index.end
         carry = b""
         while offset < size:
             chunk = os.pread(fd, min(READ_CHUNK, size - offset), offset)
@@ -250,6 +278,68 @@ class EventLog:
             carry = data[used:]
             offset += len(chunk)
         return index
+
+    # ============================================================ snapshots
+
+    @property
+    def _snapshot_path(self) -> Path:
+        return self.state_dir / "index.snapshot"
+
+    def _load_snapshot(self, inode: int, size: int) -> EventIndex | None:
+        """The index saved at the last clean stop, if it still describes this file's start."""
+        try:
+            with open(self._snapshot_path, "rb") as handle:
+                meta = _snapshot_meta_decoder.decode(handle.readline())
+                blobs = [handle.read(n) for n in meta.blob_sizes]
+        except FileNotFoundError:
+            return None
+        except (OSError, msgspec.DecodeError) as exc:
+            log.warning("index_snapshot_unreadable", error=str(exc))
+            return None
+        header = meta.header
+        fits = (
+            meta.version == SNAPSHOT_VERSION
+            and meta.inode == inode
+            and meta.epoch == self.seqmap.epoch
+            and header.end <= size
+            and (
+                not meta.tail
+                or os.pread(self._fd, len(meta.tail), header.end - len(meta.tail)) == meta.tail
+            )
+        )
+        if not fits:
+            log.info("index_snapshot_stale")
+            return None
+        try:
+            return EventIndex.restore(header, blobs)
+        except ValueError as exc:
+            log.warning("index_snapshot_unusable", error=str(exc))
+            return None
+
+    async def save_snapshot(self) -> None:
+        """Save the index so the next start reads only what was appended since."""
+        async with self._snapshot_lock:
+            async with self._io:  # a consistent index; the write itself needs no lock
+                header, blobs = self.index.export()
+                meta = _SnapshotMeta(
+                    version=SNAPSHOT_VERSION,
+                    inode=self._inode[1],
+                    epoch=self.seqmap.epoch,
+                    tail=self._tail,
+                    header=header,
+                    blob_sizes=[len(b) for b in blobs],
+                )
+            await anyio.to_thread.run_sync(self._write_snapshot, meta, blobs)
+
+    def _write_snapshot(self, meta: _SnapshotMeta, blobs: list[bytes]) -> None:
+        temp = self._snapshot_path.with_suffix(".tmp")
+        with open(temp, "wb") as handle:
+            handle.write(msgspec.json.encode(meta) + b"\n")
+            for blob in blobs:
+                handle.write(blob)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp, self._snapshot_path)
 
     # ============================================================ the lock
 
@@ -582,9 +672,13 @@ class EventLog:
                     await anyio.to_thread.run_sync(os.fdatasync, self._fd)
 
     async def close(self) -> None:
-        """Finish queued appends, sync, checkpoint and release the files."""
+        """Finish queued appends, sync, checkpoint, save the index, release the files."""
         self._send.close()
         await self._writer_done.wait()
+        try:
+            await self.save_snapshot()
+        except OSError as exc:
+            log.warning("index_snapshot_not_saved", error=exc.strerror)
         async with self._io:
             await anyio.to_thread.run_sync(self._close_sync)
 

@@ -458,3 +458,38 @@ def test_status_reports_eventlog_counters(daemon_proc: DaemonProcess, town: Path
     assert status.eventlog.last_prune_at is None
     human = run_ctl(town, "status")
     assert "subscribers" in human.stdout and "last prune" in human.stdout
+
+
+def test_index_snapshot_speeds_restart_and_stays_correct(town: Path) -> None:
+    shutil.copy(SAMPLE_LOG, town / ".events.jsonl")
+    proc = DaemonProcess(town).wait_ready()
+    with proc.client() as client:
+        before = client.query_events(types=["session_start"], limit=1000)
+    assert proc.terminate() == 0
+    assert (town / ".gastownd" / "index.snapshot").exists()
+    gt_append(town, gt_line(1, "session_start"))  # appended while stopped
+    proc = DaemonProcess(town).wait_ready()
+    try:
+        with proc.client() as client:
+            assert client.status().eventlog.lines == 612
+            after = client.query_events(types=["session_start"], limit=1000)
+            assert after[1:] == before and after[0]["payload"] == {"n": 1}
+            assert client.query_events(session=before[0]["payload"]["session_id"])
+        assert "index_snapshot_stale" not in proc.log()
+    finally:
+        assert proc.terminate() == 0
+    # A rewrite behind our back makes the snapshot stale: the index is rebuilt.
+    lines = (town / ".events.jsonl").read_bytes().splitlines(keepends=True)
+    temp = town / "rewritten"
+    temp.write_bytes(b"".join(lines[10:]))
+    os.rename(temp, town / ".events.jsonl")
+    proc = DaemonProcess(town).wait_ready()
+    try:
+        with proc.client() as client:
+            assert client.status().eventlog.lines == 602
+            assert len(client.query_events(types=["session_start"], limit=1000)) == len(
+                [x for x in lines[10:] if b'"session_start"' in x]
+            )
+        assert "index_snapshot_stale" in proc.log()
+    finally:
+        assert proc.terminate() == 0

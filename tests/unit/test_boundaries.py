@@ -28,6 +28,7 @@ CORE_ALLOWED = {
     "re",
     "uuid",
     "heapq",
+    "shlex",
 }
 CORE_FORBIDDEN = {
     "anyio",
@@ -76,8 +77,8 @@ def test_client_never_imports_the_daemon_or_structlog() -> None:
 
 def test_hook_path_loads_no_heavy_module() -> None:
     code = (
-        "import sys, gastown_client, gastown_client.paths, gastown_client.hook\n"
-        "heavy = {'msgspec', 'anyio', 'asyncio', 'structlog', 'json'}\n"
+        "import sys, gastown_client, gastown_client.hook\n"
+        "heavy = {'msgspec', 'anyio', 'asyncio', 'structlog', 'json', 'typing', 're', 'argparse'}\n"
         "print(sorted(heavy & set(sys.modules)))\n"
     )
     result = subprocess.run(

@@ -1,0 +1,126 @@
+"""Helpers shared by the reliability tests: towns anywhere, a daemon child process we fully
+control (log file outside the town, ``preexec_fn``), and reading the log back."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from gastown_client import paths
+from gastown_client.client import Client
+from tests.conftest import TEST_CONFIG
+
+
+def make_town(root: Path, extra_config: str = "") -> Path:
+    """A town at ``root`` set up as conftest's ``town`` fixture does, plus ``extra_config``."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "mayor").mkdir()
+    (root / "mayor" / "town.json").write_text('{"name": "test"}\n')
+    (root / "settings").mkdir()
+    (root / "settings" / "gastownd.toml").write_text(TEST_CONFIG + extra_config)
+    return root
+
+
+def daemon_argv(town: Path) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "gastownd",
+        "run",
+        "--town-root",
+        str(town),
+        "--log-format",
+        "json",
+    ]
+
+
+class Spawned:
+    """``python -m gastownd run`` with its log wherever we say and an optional ``preexec_fn``."""
+
+    def __init__(
+        self,
+        town: Path,
+        log_path: Path,
+        *,
+        preexec_fn: Callable[[], None] | None = None,
+    ) -> None:
+        self.town = town
+        self.socket = paths.socket_path(town)
+        self.log_path = log_path
+        with open(log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                daemon_argv(town), stdout=log, stderr=log, preexec_fn=preexec_fn
+            )
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def wait_ready(self, timeout_s: float = 15.0) -> Spawned:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"daemon exited {self.proc.returncode}: {self.log()}")
+            try:
+                with Client(self.socket, connect_timeout_s=0.5) as client:
+                    client.ping()
+                return self
+            except Exception:
+                time.sleep(0.02)
+        raise AssertionError(f"daemon not ready in {timeout_s}s: {self.log()}")
+
+    def client(self, **kwargs: Any) -> Client:
+        return Client(self.socket, **kwargs)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-6000:]
+
+    def terminate(self, timeout_s: float = 10.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout_s)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(10)
+
+
+def refused_start(town: Path, timeout_s: float = 30.0) -> subprocess.CompletedProcess[str]:
+    """Run the daemon expecting it to refuse to start; returns the finished process."""
+    try:
+        return subprocess.run(daemon_argv(town), capture_output=True, text=True, timeout=timeout_s)
+    except subprocess.TimeoutExpired as exc:  # it started instead of refusing
+        raise AssertionError(f"daemon did not refuse to start: {exc.stderr!r}") from None
+
+
+def read_log(town: Path) -> tuple[bytes, list[dict[str, Any]]]:
+    """The raw event log and its lines, asserting it is whole: no torn tail, every line JSON."""
+    raw = (town / ".events.jsonl").read_bytes() if (town / ".events.jsonl").exists() else b""
+    assert raw == b"" or raw.endswith(b"\n"), f"torn tail: {raw[-200:]!r}"
+    lines = []
+    for number, line in enumerate(raw.splitlines(), 1):
+        try:
+            lines.append(json.loads(line))
+        except ValueError:
+            raise AssertionError(f"line {number} is not JSON: {line[:200]!r}") from None
+    return raw, lines
+
+
+def rss_kib(pid: int) -> int:
+    """VmRSS of ``pid`` in KiB, from /proc."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no VmRSS for pid {pid}")
+
+
+def is_root() -> bool:
+    return os.geteuid() == 0

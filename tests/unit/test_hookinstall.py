@@ -1,0 +1,277 @@
+"""``install-hooks``: merge into Claude Code's settings without disturbing them."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gastown_client import hookinstall
+from gastown_client.hookinstall import HOOKS, run_install
+
+EVENTS = {spec.event for spec in HOOKS}
+
+FOREIGN: dict[str, Any] = {
+    "model": "opus",
+    "env": {"BASH_DEFAULT_TIMEOUT_MS": "600000"},
+    "hooks": {
+        "SessionStart": [
+            {"matcher": "startup", "hooks": [{"type": "command", "command": "echo hello"}]}
+        ],
+        "PostToolUse": [
+            {
+                "matcher": "Edit|Write",
+                "hooks": [{"type": "command", "command": "prettier --write", "timeout": 30}],
+            }
+        ],
+        "Notification": [{"hooks": [{"type": "command", "command": "notify-send claude"}]}],
+    },
+    "permissions": {"allow": ["Bash(git status)"]},
+}
+
+
+def run(path: Path, *, dry_run: bool = False, uninstall: bool = False) -> tuple[int, str]:
+    out = io.StringIO()
+    code = run_install(path, dry_run=dry_run, uninstall=uninstall, out=out)
+    return code, out.getvalue()
+
+
+def write(path: Path, settings: Any, mode: int = 0o644) -> bytes:
+    data = json.dumps(settings, indent=4).encode()
+    path.write_bytes(data)
+    path.chmod(mode)
+    return data
+
+
+def ours(settings: dict[str, Any]) -> dict[str, list[str]]:
+    found: dict[str, list[str]] = {}
+    for event, groups in settings.get("hooks", {}).items():
+        for group in groups:
+            for entry in group.get("hooks", []):
+                if hookinstall.is_ours(entry):
+                    found.setdefault(event, []).append(entry["command"])
+    return found
+
+
+def backups(path: Path) -> list[Path]:
+    return sorted(path.parent.glob(path.name + ".bak-*"))
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Path:
+    return tmp_path / ".claude" / "settings.json"
+
+
+def test_fresh_install_creates_the_file(settings: Path) -> None:
+    code, message = run(settings)
+    assert code == 0 and "created" in message
+    document = json.loads(settings.read_text())
+    assert set(ours(document)) == EVENTS
+    assert stat.S_IMODE(settings.stat().st_mode) == 0o600
+    hooks = document["hooks"]
+    [post] = hooks["PostToolUse"]
+    assert post["matcher"] == "Bash"
+    assert "matcher" not in hooks["Stop"][0]
+    for event, groups in hooks.items():
+        [group] = groups
+        [entry] = group["hooks"]
+        assert entry["type"] == "command" and entry["timeout"] == hookinstall.HOOK_TIMEOUT_S
+        argv = entry["command"].split()
+        assert argv[0] == hookinstall.hook_interpreter() and os.path.isabs(argv[0])
+        assert "/shims/" not in argv[0]
+        assert argv[1:4] == ["-I", "-S", str(Path(hookinstall.hook_script()))]
+        assert argv[3].endswith("gastown_client/hook.py") and os.path.isfile(argv[3])
+        # SessionStart may print context for Claude: it is the one that waits.
+        assert (argv[4:] == ["--async"]) == (event != "SessionStart")
+
+
+def test_second_run_changes_nothing(settings: Path) -> None:
+    settings.parent.mkdir()
+    write(settings, FOREIGN)
+    assert run(settings)[0] == 0
+    after_first = settings.read_bytes()
+    [backup] = backups(settings)
+    code, message = run(settings)
+    assert code == 0 and "already installed" in message
+    assert settings.read_bytes() == after_first
+    assert backups(settings) == [backup]
+
+
+def test_foreign_hooks_and_keys_are_preserved_in_order(settings: Path) -> None:
+    settings.parent.mkdir()
+    write(settings, FOREIGN, mode=0o640)
+    assert run(settings)[0] == 0
+    document = json.loads(settings.read_text())
+    assert list(document) == list(FOREIGN)  # key order kept
+    for key in ("model", "env", "permissions"):
+        assert document[key] == FOREIGN[key]
+    hooks = document["hooks"]
+    assert list(hooks)[:3] == ["SessionStart", "PostToolUse", "Notification"]
+    assert hooks["SessionStart"][0] == FOREIGN["hooks"]["SessionStart"][0]
+    assert hooks["PostToolUse"][0] == FOREIGN["hooks"]["PostToolUse"][0]
+    assert hooks["Notification"] == FOREIGN["hooks"]["Notification"]
+    assert set(ours(document)) == EVENTS
+    assert all(len(commands) == 1 for commands in ours(document).values())
+    assert stat.S_IMODE(settings.stat().st_mode) == 0o640  # mode kept
+    assert settings.read_text().startswith('{\n  "model"')  # indent 2
+
+
+def test_backup_holds_the_original(settings: Path) -> None:
+    settings.parent.mkdir()
+    original = write(settings, FOREIGN, mode=0o640)
+    code, message = run(settings)
+    [backup] = backups(settings)
+    assert code == 0 and backup.name in message
+    assert backup.read_bytes() == original
+    assert stat.S_IMODE(backup.stat().st_mode) == 0o640
+    assert backup.name.startswith("settings.json.bak-" + time.strftime("%Y"))
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b'{"hooks": {',
+        b"[1, 2]",
+        b'{"hooks": []}',
+        b'{"hooks": "none"}',
+        b'{"hooks": {"Stop": {"hooks": []}}}',
+        b'{"hooks": {"Stop": ["echo"]}}',
+        b"\xff\xfe{}",
+    ],
+    ids=["truncated", "array", "hooks-list", "hooks-string", "event-object", "group-str", "utf16"],
+)
+def test_invalid_file_is_reported_and_left_as_it_was(settings: Path, content: bytes) -> None:
+    settings.parent.mkdir()
+    settings.write_bytes(content)
+    before = settings.stat()
+    for dry_run in (False, True):
+        code, message = run(settings, dry_run=dry_run)
+        assert code == 1 and "invalid settings file" in message
+    assert settings.read_bytes() == content
+    assert settings.stat().st_mtime_ns == before.st_mtime_ns
+    assert backups(settings) == []
+    assert sorted(p.name for p in settings.parent.iterdir()) == ["settings.json"]
+
+
+def test_dry_run_prints_a_diff_and_writes_nothing(settings: Path) -> None:
+    settings.parent.mkdir()
+    original = write(settings, FOREIGN)
+    code, output = run(settings, dry_run=True)
+    assert code == 0
+    lines = output.splitlines()
+    assert lines[0].startswith("--- ") and lines[1].startswith("+++ ")
+    added = [line for line in lines if line.startswith("+") and "gastown_client/hook.py" in line]
+    assert len(added) == len(EVENTS)
+    assert "nothing written" in lines[-1]
+    assert settings.read_bytes() == original
+    assert backups(settings) == []
+
+
+def test_dry_run_on_a_missing_file_creates_nothing(settings: Path) -> None:
+    code, output = run(settings, dry_run=True)
+    assert code == 0 and "+++ " in output
+    assert not settings.parent.exists()
+
+
+def test_uninstall_removes_only_ours(settings: Path) -> None:
+    settings.parent.mkdir()
+    write(settings, FOREIGN)
+    run(settings)
+    code, message = run(settings, uninstall=True)
+    assert code == 0 and "removed" in message
+    assert json.loads(settings.read_text()) == FOREIGN
+    assert len(backups(settings)) == 2
+    code, message = run(settings, uninstall=True)
+    assert code == 0 and "not installed" in message
+
+
+def test_uninstall_drops_the_containers_it_emptied(settings: Path) -> None:
+    settings.parent.mkdir()
+    write(settings, {"model": "opus"})
+    run(settings)
+    run(settings, uninstall=True)
+    assert json.loads(settings.read_text()) == {"model": "opus"}
+
+
+def test_uninstall_keeps_foreign_hooks_sharing_our_group(settings: Path) -> None:
+    settings.parent.mkdir()
+    mixed = {
+        "hooks": {
+            "Stop": [
+                {
+                    "hooks": [
+                        {"type": "command", "command": "/old/bin/gastown-hook --async"},
+                        {"type": "command", "command": "say done"},
+                    ]
+                }
+            ]
+        }
+    }
+    write(settings, mixed)
+    run(settings, uninstall=True)
+    assert json.loads(settings.read_text()) == {
+        "hooks": {"Stop": [{"hooks": [{"type": "command", "command": "say done"}]}]}
+    }
+
+
+def test_stale_entries_are_replaced_in_place_not_duplicated(settings: Path) -> None:
+    settings.parent.mkdir()
+    stale_cmd = "/old/venv/bin/python -I -S /old/src/gastown_client/hook.py --async"
+    stale = {
+        "hooks": {
+            "Stop": [
+                {"hooks": [{"type": "command", "command": "say first"}]},
+                {"hooks": [{"type": "command", "command": stale_cmd}]},
+                {"hooks": [{"type": "command", "command": "say last"}]},
+                {"hooks": [{"type": "command", "command": "/usr/local/bin/gastown-hook"}]},
+            ]
+        }
+    }
+    write(settings, stale)
+    assert run(settings)[0] == 0
+    stop = json.loads(settings.read_text())["hooks"]["Stop"]
+    commands = [group["hooks"][0]["command"] for group in stop]
+    assert commands[0] == "say first" and commands[2] == "say last" and len(commands) == 3
+    assert commands[1] == hookinstall.hook_command(detached=True)
+
+
+def test_symlinked_settings_are_written_through(settings: Path, tmp_path: Path) -> None:
+    target = tmp_path / "dotfiles" / "claude-settings.json"
+    target.parent.mkdir()
+    write(target, FOREIGN)
+    settings.parent.mkdir()
+    settings.symlink_to(target)
+    assert run(settings)[0] == 0
+    assert settings.is_symlink()
+    assert set(ours(json.loads(target.read_text()))) == EVENTS
+
+
+def test_interpreter_is_never_a_shim(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys, "executable", "/home/u/.pyenv/shims/python3")
+    interpreter = hookinstall.hook_interpreter()
+    assert "/shims/" not in interpreter
+    assert os.path.isabs(interpreter) and os.access(interpreter, os.X_OK)
+
+
+def test_installed_command_runs_and_exits_0(settings: Path, tmp_path: Path) -> None:
+    run(settings)
+    document = json.loads(settings.read_text())
+    for event in ("SessionStart", "Stop"):
+        command = document["hooks"][event][0]["hooks"][0]["command"]
+        result = subprocess.run(
+            command,
+            shell=True,
+            input=json.dumps({"hook_event_name": event}).encode(),
+            capture_output=True,
+            env={"GT_TOWN_ROOT": str(tmp_path / "no-town"), "PATH": "/usr/bin:/bin"},
+            timeout=30,
+        )
+        assert (result.returncode, result.stdout, result.stderr) == (0, b"", b"")
