@@ -161,7 +161,7 @@ def _plan_bash(plan: HookPlan, tool_input: Any, tool_response: Any) -> None:
         elif tool == "gt" and rest and rest[0] in ("done", "handoff"):
             subject = _option(rest[1:], "-s", "--subject", "-m", "--message")
             plan.steps.append(PlannedStep(rest[0], None, {"subject": subject} if subject else None))
-    if not plan.steps:
+    if not plan.steps and not plan.commit_needs_lookup:
         plan.ignored = "bash command not watched"
 
 
