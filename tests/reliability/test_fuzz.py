@@ -5,6 +5,9 @@ followed by a disconnect, slow senders, abrupt disconnects. Every reply is a JSO
 structured error with a known code (never ``internal``, never a traceback) or ``ok`` true;
 each complete frame gets exactly one reply; the daemon answers ``ping`` after every case and
 its memory stays bounded.
+
+Known daemon bugs (``hits_known_bug``, pinned by the strict xfail tests at the end) are the
+one exception: a frame that hits one may be answered ``internal`` and log one traceback.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gastown_client import codec, protocol
+from gastownd.core.hookmap import decode_payload
 from tests.conftest import DaemonProcess
 from tests.reliability._support import make_town, rss_kib
 
@@ -45,8 +49,8 @@ REPLY_TIMEOUT_S = 15.0
 # ------------------------------------------------------------------ the daemon
 
 
-# Frames that hit the known codec bug (see test_type_error_before_json_syntax_error_...):
-# each may be answered ``internal`` and leave one ``request_failed`` traceback in the log.
+# How many frames sent to the module's daemon hit a known bug (``hits_known_bug``): each may
+# be answered ``internal`` and leave one ``request_failed`` traceback in the daemon's log.
 KNOWN_BUG = collections.Counter[str]()
 
 
@@ -68,7 +72,7 @@ def fuzz_daemon() -> Iterator[DaemonProcess]:
 
 
 def assert_clean_log(proc: DaemonProcess) -> None:
-    """No traceback in the daemon's log, except one per frame that hit the known codec bug."""
+    """No traceback in the daemon's log, except one per frame that hit a known bug."""
     known = 0
     for raw in proc.log_path.read_text(errors="replace").splitlines():
         entry = json.loads(raw)
@@ -85,22 +89,29 @@ def assert_clean_log(proc: DaemonProcess) -> None:
 
 
 def hits_known_bug(frame: bytes) -> bool:
-    """True when ``codec.decode_request`` (the daemon's own decoding, run here) raises
-    something other than ``BadRequest``: the daemon then answers ``internal`` and logs a
-    traceback. Two such bugs are known, see the xfail tests at the end of this file."""
+    """True when the daemon's own decoding, run here, raises something it does not turn into
+    ``bad_request``: ``codec.decode_request`` raising anything but ``BadRequest``, or a hook
+    payload raising anything but ``msgspec.DecodeError``. The daemon then answers
+    ``internal`` and logs a traceback. See the xfail tests at the end of this file."""
     try:
-        codec.decode_request(frame)
+        request = codec.decode_request(frame)
     except codec.BadRequest:
         return False
     except Exception:
         return True
+    if isinstance(request, protocol.Hook):
+        try:
+            decode_payload(bytes(request.payload))
+        except msgspec.DecodeError:
+            return False
+        except Exception:
+            return True
     return False
 
 
 def is_known_bug_traceback(text: str) -> bool:
-    return "codec.decode_request(frame)" in text and (
-        "msgspec.DecodeError" in text or "UnicodeDecodeError" in text
-    )
+    known_site = "codec.decode_request(frame)" in text or "decode_payload(" in text
+    return known_site and ("msgspec.DecodeError" in text or "UnicodeDecodeError" in text)
 
 
 # ------------------------------------------------------------------ raw wire
@@ -557,6 +568,14 @@ UTF8_BUG = (
 )
 
 
+HOOK_UTF8_BUG = (
+    "daemon bug: gastownd/ops/hooks.py catches only msgspec.DecodeError around "
+    "decode_payload(), but invalid UTF-8 in a string of the hook payload raises "
+    "UnicodeDecodeError: answered 'internal' with a traceback logged, instead of 'bad_request'"
+    " (and the same frame in the spool crashes the daemon: see test_poison_input.py)"
+)
+
+
 def send_one(proc: DaemonProcess, frame: bytes) -> dict[str, Any]:
     KNOWN_BUG["frames"] += 1
     with connect(proc) as sock:
@@ -595,4 +614,16 @@ def test_type_error_before_json_syntax_error_is_bad_request(
 def test_invalid_utf8_in_a_string_is_bad_request(fuzz_daemon: DaemonProcess, frame: bytes) -> None:
     reply = send_one(fuzz_daemon, frame)
     assert reply["ok"] is False
+    assert reply["error"]["code"] == "bad_request", reply
+
+
+@pytest.mark.xfail(strict=True, reason=HOOK_UTF8_BUG)
+def test_invalid_utf8_in_a_hook_payload_is_bad_request(fuzz_daemon: DaemonProcess) -> None:
+    frame = (
+        b'{"op":"hook","id":9,"payload":{"hook_event_name":"SessionStart",'
+        b'"session_id":"s\xff1","source":"startup"},"env":{},"cwd":"/t"}'
+    )
+    assert hits_known_bug(frame)
+    reply = send_one(fuzz_daemon, frame)
+    assert reply["id"] == 9 and reply["ok"] is False
     assert reply["error"]["code"] == "bad_request", reply
