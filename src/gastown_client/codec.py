@@ -130,12 +130,17 @@ def decode_request(frame: bytes) -> Request:
         detail = str(exc)
     except msgspec.DecodeError as exc:
         raise BadRequest(ErrorCode.BAD_REQUEST, f"invalid JSON: {exc}", None) from None
+    except UnicodeDecodeError as exc:
+        raise BadRequest(ErrorCode.BAD_REQUEST, f"invalid UTF-8: {exc.reason}", None) from None
     try:
         envelope = _envelope_decoder.decode(frame)
     except msgspec.ValidationError:
         raise BadRequest(
             ErrorCode.BAD_REQUEST, "a request must be a JSON object with an 'op' field", None
         ) from None
+    except (msgspec.DecodeError, UnicodeDecodeError):
+        # Valid JSON for the typed decoder's first error, broken further on.
+        raise BadRequest(ErrorCode.BAD_REQUEST, f"invalid JSON: {detail}", None) from None
     request_id = envelope.id if isinstance(envelope.id, int | str) else None
     if isinstance(request_id, bool):
         request_id = None

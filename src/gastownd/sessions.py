@@ -181,7 +181,7 @@ class Sessions:
     async def _observe_one(self, item: Published) -> None:
         try:
             line = msgspec.json.decode(item.line)
-        except msgspec.DecodeError:
+        except (msgspec.DecodeError, UnicodeDecodeError):
             return
         payload = line.get("payload") if isinstance(line, dict) else None
         if not isinstance(payload, dict):

@@ -114,6 +114,10 @@ class SpoolIngester:
                     reason=getattr(exc, "message", str(exc)),
                 )
                 await sessions.run((), None, spool_mark=mark)
+            except Exception:
+                # A poisoned line must not crash every start: log it, skip it.
+                log.exception("spooled_request_failed", file=name, offset=offset)
+                await sessions.run((), None, spool_mark=mark)
         await anyio.to_thread.run_sync(path.unlink)
         await sessions.db(sessions.store.set_spool_offset, name, None)
         return count

@@ -5,9 +5,6 @@ followed by a disconnect, slow senders, abrupt disconnects. Every reply is a JSO
 structured error with a known code (never ``internal``, never a traceback) or ``ok`` true;
 each complete frame gets exactly one reply; the daemon answers ``ping`` after every case and
 its memory stays bounded.
-
-Known daemon bugs (``hits_known_bug``, pinned by the strict xfail tests at the end) are the
-one exception: a frame that hits one may be answered ``internal`` and log one traceback.
 """
 
 from __future__ import annotations
@@ -30,7 +27,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gastown_client import codec, protocol
-from gastownd.core.hookmap import decode_payload
 from tests.conftest import DaemonProcess
 from tests.reliability._support import make_town, rss_kib
 
@@ -49,16 +45,10 @@ REPLY_TIMEOUT_S = 15.0
 # ------------------------------------------------------------------ the daemon
 
 
-# How many frames sent to the module's daemon hit a known bug (``hits_known_bug``): each may
-# be answered ``internal`` and leave one ``request_failed`` traceback in the daemon's log.
-KNOWN_BUG = collections.Counter[str]()
-
-
 @pytest.fixture(scope="module")
 def fuzz_daemon() -> Iterator[DaemonProcess]:
     root = Path(tempfile.mkdtemp(prefix="gt-fz-", dir="/tmp"))
     make_town(root, FUZZ_CONFIG)
-    KNOWN_BUG.clear()
     proc = DaemonProcess(root).wait_ready()
     try:
         yield proc
@@ -72,46 +62,10 @@ def fuzz_daemon() -> Iterator[DaemonProcess]:
 
 
 def assert_clean_log(proc: DaemonProcess) -> None:
-    """No traceback in the daemon's log, except one per frame that hit a known bug."""
-    known = 0
+    """No traceback anywhere in the daemon's log."""
     for raw in proc.log_path.read_text(errors="replace").splitlines():
         entry = json.loads(raw)
-        assert entry.get("event") != "daemon_crashed", raw
-        if "exception" not in entry and "Traceback" not in raw:
-            continue
-        assert entry.get("event") == "request_failed", raw
-        assert is_known_bug_traceback(entry["exception"]), raw
-        known += 1
-    assert known <= KNOWN_BUG["frames"], f"{known} known-bug tracebacks, {KNOWN_BUG} frames"
-
-
-# ------------------------------------------------------------------ the known codec bugs
-
-
-def hits_known_bug(frame: bytes) -> bool:
-    """True when the daemon's own decoding, run here, raises something it does not turn into
-    ``bad_request``: ``codec.decode_request`` raising anything but ``BadRequest``, or a hook
-    payload raising anything but ``msgspec.DecodeError``. The daemon then answers
-    ``internal`` and logs a traceback. See the xfail tests at the end of this file."""
-    try:
-        request = codec.decode_request(frame)
-    except codec.BadRequest:
-        return False
-    except Exception:
-        return True
-    if isinstance(request, protocol.Hook):
-        try:
-            decode_payload(bytes(request.payload))
-        except msgspec.DecodeError:
-            return False
-        except Exception:
-            return True
-    return False
-
-
-def is_known_bug_traceback(text: str) -> bool:
-    known_site = "codec.decode_request(frame)" in text or "decode_payload(" in text
-    return known_site and ("msgspec.DecodeError" in text or "UnicodeDecodeError" in text)
+        assert "exception" not in entry and "Traceback" not in raw, raw
 
 
 # ------------------------------------------------------------------ raw wire
@@ -148,12 +102,10 @@ def check_frame(line: bytes) -> dict[str, Any]:
 class Wire:
     """Frames read off one raw connection."""
 
-    def __init__(self, sock: socket.socket, internal_budget: int = 0) -> None:
+    def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self.buffer = b""
         self.eof = False
-        # How many ``internal`` replies the known codec bug may cause here; others fail.
-        self.internal_budget = internal_budget
 
     def frames(self) -> Iterator[dict[str, Any]]:
         """Every frame until EOF (or the socket's timeout, which fails the test)."""
@@ -162,9 +114,8 @@ class Wire:
             if newline >= 0:
                 line, self.buffer = self.buffer[:newline], self.buffer[newline + 1 :]
                 frame = check_frame(line)
-                if frame.get("ok") is False and frame["error"]["code"] == "internal":
-                    assert self.internal_budget > 0, f"internal error (a daemon bug): {frame}"
-                    self.internal_budget -= 1
+                if frame.get("ok") is False:
+                    assert frame["error"]["code"] != "internal", f"a daemon bug: {frame}"
                 yield frame
                 continue
             data = self.sock.recv(1 << 16)
@@ -201,11 +152,6 @@ def expected_replies(data: bytes, *, tail_completed: bool) -> int:
     complete, tail = split_frames(data, tail_completed=tail_completed)
     owed = sum(1 for part in complete if len(part) > MAX_FRAME or part.strip())
     return owed + (1 if len(tail) > MAX_FRAME else 0)
-
-
-def known_bug_frames(data: bytes, *, tail_completed: bool) -> int:
-    complete, _tail = split_frames(data, tail_completed=tail_completed)
-    return sum(1 for part in complete if len(part) <= MAX_FRAME and hits_known_bug(part))
 
 
 def ping_ok(proc: DaemonProcess, tag: str) -> None:
@@ -404,11 +350,8 @@ cases = st.one_of(
 def run_case(proc: DaemonProcess, case: Case, number: int, seen: collections.Counter[str]) -> None:
     probe_id = f"probe-{number}"
     data = case.data
-    bug_frames = known_bug_frames(data, tail_completed=case.ending == "probe")
-    KNOWN_BUG["frames"] += bug_frames
-    seen["known_bug_frames"] += bug_frames
     with connect(proc) as sock:
-        wire = Wire(sock, internal_budget=bug_frames)
+        wire = Wire(sock)
         step = max(1, len(data) // case.chunks)
         for start in range(0, len(data), step):
             try:
@@ -552,39 +495,17 @@ def test_huge_frame_costs_an_error_not_the_connection(fuzz_daemon: DaemonProcess
     assert second == {"id": "after-huge", "ok": True, "result": {"pong": True}}
 
 
-# ------------------------------------------------------------------ known bugs
-
-ENVELOPE_BUG = (
-    "daemon bug: gastown_client.codec.decode_request catches only msgspec.ValidationError "
-    "around its lenient envelope re-decode, so a frame whose first problem (in decode order) "
-    "is a wrong type and which is also not valid JSON (truncated, trailing bytes) lets "
-    "msgspec.DecodeError escape: answered 'internal' with a 'request_failed' traceback "
-    "logged, instead of 'bad_request'"
-)
-UTF8_BUG = (
-    "daemon bug: msgspec raises UnicodeDecodeError (not msgspec.DecodeError) for invalid "
-    "UTF-8 inside a JSON string, and gastown_client.codec.decode_request does not catch it: "
-    "answered 'internal' with a 'request_failed' traceback logged, instead of 'bad_request'"
-)
-
-
-HOOK_UTF8_BUG = (
-    "daemon bug: gastownd/ops/hooks.py catches only msgspec.DecodeError around "
-    "decode_payload(), but invalid UTF-8 in a string of the hook payload raises "
-    "UnicodeDecodeError: answered 'internal' with a traceback logged, instead of 'bad_request'"
-    " (and the same frame in the spool crashes the daemon: see test_poison_input.py)"
-)
+# ------------------------------------------------------------------ found by fuzzing
+# Each of these once answered ``internal`` with a traceback; now ``bad_request``.
 
 
 def send_one(proc: DaemonProcess, frame: bytes) -> dict[str, Any]:
-    KNOWN_BUG["frames"] += 1
     with connect(proc) as sock:
         sock.sendall(frame + b"\n")
-        [reply] = Wire(sock, internal_budget=1).replies(1)
+        [reply] = Wire(sock).replies(1)
     return reply
 
 
-@pytest.mark.xfail(strict=True, reason=ENVELOPE_BUG)
 @pytest.mark.parametrize(
     "frame",
     [
@@ -602,7 +523,6 @@ def test_type_error_before_json_syntax_error_is_bad_request(
     assert reply["error"]["code"] == "bad_request", reply
 
 
-@pytest.mark.xfail(strict=True, reason=UTF8_BUG)
 @pytest.mark.parametrize(
     "frame",
     [
@@ -617,13 +537,11 @@ def test_invalid_utf8_in_a_string_is_bad_request(fuzz_daemon: DaemonProcess, fra
     assert reply["error"]["code"] == "bad_request", reply
 
 
-@pytest.mark.xfail(strict=True, reason=HOOK_UTF8_BUG)
 def test_invalid_utf8_in_a_hook_payload_is_bad_request(fuzz_daemon: DaemonProcess) -> None:
     frame = (
         b'{"op":"hook","id":9,"payload":{"hook_event_name":"SessionStart",'
         b'"session_id":"s\xff1","source":"startup"},"env":{},"cwd":"/t"}'
     )
-    assert hits_known_bug(frame)
     reply = send_one(fuzz_daemon, frame)
     assert reply["id"] == 9 and reply["ok"] is False
     assert reply["error"]["code"] == "bad_request", reply

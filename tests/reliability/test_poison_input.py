@@ -24,23 +24,6 @@ from tests.reliability._support import read_log
 GOOD = b'{"ts":"2026-11-25T00:00:00Z","source":"gt","type":"nudge","actor":"ok","payload":{},"visibility":"feed"}\n'  # noqa: E501
 BAD_UTF8 = b'{"ts":"2026-11-25T00:00:00Z","source":"gt","type":"nudge","actor":"bad\xff","payload":{},"visibility":"feed"}\n'  # noqa: E501
 
-LOG_UTF8_BUG = (
-    "daemon bug: gastownd/core/events.py parse_line()/decode_lines() catch only "
-    "msgspec.DecodeError, but a line with invalid UTF-8 inside ts/type/actor/"
-    "payload.session_id raises UnicodeDecodeError: at start-up the daemon exits 70 "
-    "(daemon_crashed, in EventLog._open_sync -> _read_index), and when another writer "
-    "appends such a line while it runs, the watcher's catch_up() raises and the daemon "
-    "crashes; it then cannot start again until the line is removed by hand"
-)
-SPOOL_BUG = (
-    "daemon bug: gastownd/spool.py _ingest_file() catches only codec.BadRequest and "
-    "DaemonError, so a spooled hook frame that makes hooks.hook() raise UnicodeDecodeError "
-    "(invalid UTF-8 in Claude's stdin, spliced in untouched by gastown-hook) or "
-    "codec.decode_request() raise msgspec.DecodeError (a type error before a syntax error) "
-    "crashes the daemon right after READY (exit 70), on every start, because the spool file "
-    "is left in place (crash loop under systemd)"
-)
-
 
 def append_like_gt(town: Path, data: bytes) -> None:
     with open(town / ".events.jsonl.lock", "a") as lock:
@@ -59,7 +42,6 @@ def stop(proc: DaemonProcess) -> None:
         proc.kill()
 
 
-@pytest.mark.xfail(strict=True, reason=LOG_UTF8_BUG)
 def test_log_line_with_invalid_utf8_is_skipped_at_startup(town: Path) -> None:
     (town / ".events.jsonl").write_bytes(GOOD + BAD_UTF8 + GOOD)
     proc = DaemonProcess(town)
@@ -75,7 +57,6 @@ def test_log_line_with_invalid_utf8_is_skipped_at_startup(town: Path) -> None:
         stop(proc)
 
 
-@pytest.mark.xfail(strict=True, reason=LOG_UTF8_BUG)
 def test_log_line_with_invalid_utf8_appended_while_running_is_skipped(town: Path) -> None:
     proc = DaemonProcess(town).wait_ready()
     try:
@@ -121,7 +102,6 @@ def run_hook_with_daemon_down(town: Path, stdin: bytes) -> Path:
     return spool
 
 
-@pytest.mark.xfail(strict=True, reason=SPOOL_BUG)
 @pytest.mark.parametrize(
     "stdin",
     [

@@ -169,3 +169,17 @@ def test_unknown_error_codes_still_decode() -> None:
 def test_push_frames_omit_absent_fields() -> None:
     push = protocol.Push(push="event", subscription=1, cursor="1:2", event=msgspec.Raw(b"{}"))
     assert codec.encode(push) == b'{"push":"event","subscription":1,"cursor":"1:2","event":{}}'
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        b'{"op":"ping","id":1.5',  # a type error first, then broken JSON
+        b'{"op":"query","limit":"x"}}',
+        b'{"op":"ping","id":"\xff"}',  # invalid UTF-8 inside a string
+    ],
+)
+def test_mixed_and_utf8_errors_are_bad_requests_not_crashes(frame: bytes) -> None:
+    with pytest.raises(codec.BadRequest) as info:
+        codec.decode_request(frame)
+    assert info.value.code == ErrorCode.BAD_REQUEST

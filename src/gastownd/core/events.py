@@ -95,7 +95,7 @@ def parse_line(line: bytes) -> ParsedLine | None:
     """The indexed fields of one complete line (no newline), or None if malformed."""
     try:
         return _line_decoder.decode(line)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, UnicodeDecodeError):
         return None
 
 
@@ -110,7 +110,7 @@ def decode_lines(lines: list[bytes]) -> list[ParsedLine | None]:
         chunk = lines[start : start + BATCH]
         try:
             decoded = _batch_decoder.decode(b"[" + b",".join(chunk) + b"]")
-        except msgspec.DecodeError:
+        except (msgspec.DecodeError, UnicodeDecodeError):
             decoded = None
         # A malformed line can still join into valid JSON (two objects on one
         # line): the count tells.

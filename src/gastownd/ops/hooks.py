@@ -32,7 +32,7 @@ async def hook(
     assert sessions is not None
     try:
         payload = decode_payload(bytes(request.payload))
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         log.info("hook_rejected", reason=str(exc), spooled=request.spooled_at is not None)
         raise BadRequestError(f"hook payload: {exc}") from None
     now = request.at if request.at is not None else daemon.clock()
