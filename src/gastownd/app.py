@@ -132,6 +132,7 @@ class App:
             config.server,
             lambda req, conn: ops.dispatch(daemon, req, conn),
             expected_uid=os.geteuid(),
+            instant=ops.INSTANT_OPS,
         )
         daemon.server = server
 

@@ -11,7 +11,6 @@ code, anything else ``internal`` plus one logged traceback.
 from __future__ import annotations
 
 import itertools
-import math
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -47,7 +46,7 @@ class Connection:
     def __init__(self, stream: anyio.abc.SocketStream) -> None:
         self.id = next(self._ids)
         self.stream = stream
-        self._send_lock = anyio.Lock()
+        self._send_lock = anyio.Lock(fast_acquire=True)
         self.closed = False
         # Called when the peer stops sending (subscriptions end here).
         self.on_close: list[Callable[[], None]] = []
@@ -75,9 +74,17 @@ class Connection:
 
 
 class Server:
-    def __init__(self, config: ServerConfig, handler: Handler, expected_uid: int) -> None:
+    def __init__(
+        self,
+        config: ServerConfig,
+        handler: Handler,
+        expected_uid: int,
+        instant: tuple[type[Request], ...] = (),
+    ) -> None:
         self.config = config
         self.handler = handler
+        # Requests that never wait long: answered without a task of their own.
+        self.instant = instant
         self.expected_uid = expected_uid
         self.connections: set[Connection] = set()
         self.requests = 0
@@ -169,7 +176,7 @@ class Server:
 
     async def _read_requests(self, conn: Connection, inflight: anyio.abc.TaskGroup) -> None:
         reader = codec.FrameReader(self.config.max_frame_bytes)
-        limiter = anyio.Semaphore(self.config.max_inflight_per_connection)
+        limiter = anyio.Semaphore(self.config.max_inflight_per_connection, fast_acquire=True)
         scope = anyio.CancelScope()
         self._reader_scopes.add(scope)
         if self._stopping:
@@ -199,11 +206,20 @@ class Server:
                     frame_deadline = None
                     if not frame.strip():
                         continue
-                    await limiter.acquire()
                     self.requests += 1
+                    try:
+                        request = codec.decode_request(frame)
+                    except codec.BadRequest as exc:
+                        await conn.send(codec.error_reply(exc.request_id, exc.code, exc.message))
+                        continue
+                    if isinstance(request, self.instant):
+                        # Quick ops are answered in line: no task to start.
+                        await self._answer(conn, request)
+                        continue
+                    await limiter.acquire()
                     # Tasks start in spawn order, so each handler's synchronous
                     # prefix (where an emit is queued) keeps the request order.
-                    inflight.start_soon(self._run_request, conn, frame, limiter)
+                    inflight.start_soon(self._run_request, conn, request, limiter)
         finally:
             self._reader_scopes.discard(scope)
 
@@ -211,13 +227,10 @@ class Server:
         self, conn: Connection, pending: int, frame_deadline: float | None
     ) -> bytes | None:
         """Next bytes, or None at EOF or when a partial frame is past its deadline."""
-        with anyio.move_on_after(
-            math.inf if frame_deadline is None else frame_deadline - anyio.current_time()
-        ):
-            try:
-                return await conn.stream.receive(65536)
-            except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError):
-                return None
+        if frame_deadline is None:  # the common case: no cancel scope to set up
+            return await self._receive_now(conn)
+        with anyio.move_on_after(frame_deadline - anyio.current_time()):
+            return await self._receive_now(conn)
         await conn.send(
             codec.error_reply(
                 None,
@@ -229,31 +242,47 @@ class Server:
         log.info("connection_timed_out", pending_bytes=pending)
         return None
 
-    async def _run_request(self, conn: Connection, frame: bytes, limiter: anyio.Semaphore) -> None:
-        request_id: int | str | None = None
-        released = False
+    async def _receive_now(self, conn: Connection) -> bytes | None:
         try:
-            try:
-                request = codec.decode_request(frame)
-                request_id = request.id
-                result = await self.handler(request, conn)
-                if isinstance(result, FollowUp):
-                    await conn.send(OkReply(id=request_id, result=result.result))
-                    limiter.release()
-                    released = True
-                    await result.task()
-                    return
-                reply: Any = OkReply(id=request_id, result=result)
-            except codec.BadRequest as exc:
-                reply = codec.error_reply(exc.request_id, exc.code, exc.message)
-            except DaemonError as exc:
-                reply = codec.error_reply(request_id, exc.code, exc.message)
-            except Exception:
-                log.exception("request_failed", request_id=request_id)
-                reply = codec.error_reply(
-                    request_id, ErrorCode.INTERNAL, "internal error; see the daemon's log"
-                )
-            await conn.send(reply)
-        finally:
+            return await conn.stream.receive(65536)
+        except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError):
+            return None
+
+    async def _run_request(
+        self, conn: Connection, request: Request, limiter: anyio.Semaphore
+    ) -> None:
+        released = False
+
+        def release_once() -> None:
+            nonlocal released
             if not released:
+                released = True
                 limiter.release()
+
+        try:
+            await self._answer(conn, request, release_once)
+        finally:
+            release_once()
+
+    async def _answer(
+        self, conn: Connection, request: Request, release: Callable[[], None] | None = None
+    ) -> None:
+        """Run one request and send its reply; a FollowUp's task runs after the reply."""
+        request_id = request.id
+        try:
+            result = await self.handler(request, conn)
+            if isinstance(result, FollowUp):
+                await conn.send(OkReply(id=request_id, result=result.result))
+                if release is not None:
+                    release()  # a subscription's pump is not a request in flight
+                await result.task()
+                return
+            reply: Any = OkReply(id=request_id, result=result)
+        except DaemonError as exc:
+            reply = codec.error_reply(request_id, exc.code, exc.message)
+        except Exception:
+            log.exception("request_failed", request_id=request_id, op=type(request).__name__)
+            reply = codec.error_reply(
+                request_id, ErrorCode.INTERNAL, "internal error; see the daemon's log"
+            )
+        await conn.send(reply)

@@ -30,6 +30,9 @@ from gastownd.daemon import Daemon
 from gastownd.ops import events, hooks, meta, seance, wisps
 from gastownd.server import Connection
 
+# Answered in line by the server: these never wait on disk or on other requests.
+INSTANT_OPS: tuple[type[Request], ...] = (Hello, Ping, Status, Query, Unsubscribe)
+
 
 async def dispatch(daemon: Daemon, request: Request, conn: Connection) -> Any:
     match request:
