@@ -13,6 +13,8 @@ $(BIN)/python:
 
 $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@# Bytecode up front: some environments set PYTHONDONTWRITEBYTECODE.
+	$(BIN)/python -m compileall -q src >/dev/null
 	@touch $(STAMP)
 
 run: $(STAMP)

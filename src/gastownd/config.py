@@ -57,7 +57,7 @@ class EventLogConfig(_Section):
     # The value of "source" in lines gastownd writes.
     source: str = "gt"
     # watchfiles' step: how long to wait for more changes before reporting.
-    watch_step: str = "20ms"
+    watch_step: str = "10ms"
     subscriber_queue: int = 10_000
     append_queue: int = 65_536
 

@@ -22,11 +22,13 @@ event loop, while ``_io`` is held, so queries always see a consistent index.
 from __future__ import annotations
 
 import bisect
+import ctypes
 import errno
 import fcntl
 import gzip
 import itertools
 import os
+import sys
 import time
 import zlib
 from collections import defaultdict, deque
@@ -46,7 +48,7 @@ from gastownd.config import EventLogConfig, parse_duration
 from gastownd.core.events import format_ts
 from gastownd.core.index import MALFORMED, EventIndex, IndexHeader
 from gastownd.core.query import EventFilter
-from gastownd.core.retention import RetentionPolicy, plan_prune
+from gastownd.core.retention import PrunePlan, RetentionPolicy, plan_prune
 from gastownd.errors import BadRequestError, ShuttingDownError, StorageError
 from gastownd.subscriptions import Published
 
@@ -199,6 +201,8 @@ class EventLog:
             else:
                 self.index = self._read_index(self._fd, info.st_size, self.seqmap.seqs())
             self.cold_start_s = 0.0 if snapshot is not None else time.monotonic() - started
+            if snapshot is None:
+                _release_freed_memory()
             self._remember_tail()
             self._write_seqmap(self._checkpointed(self.seqmap))
 
@@ -769,11 +773,8 @@ class EventLog:
             index = self.index
             count = len(index)
             snapshot_end = index.end
-            types = [None if t == MALFORMED else index.type_names[t] for t in index.types]
-            plan = await anyio.to_thread.run_sync(
-                plan_prune, types, index.ts[:count], now_s, policy
-            )
-            removed_bytes = sum(index.length(p) for p in _complement(plan.keep, count))
+            # Planning reads the index up to ``count``: appends only add past it.
+            plan, removed_bytes = await anyio.to_thread.run_sync(_plan, index, count, now_s, policy)
             result = PruneResult(
                 dry_run=dry_run,
                 pruned=dict(sorted(plan.removed.items())),
@@ -788,7 +789,7 @@ class EventLog:
                 result.duration_ms = round((time.monotonic() - started) * 1000, 3)
                 return result
             temp_path = self.path.with_name(f"{self.path.name}.gastownd-prune-{os.getpid()}")
-            temp_fd = await anyio.to_thread.run_sync(
+            temp_fd, kept_index = await anyio.to_thread.run_sync(
                 self._copy_kept, self._fd, index, plan.keep, temp_path
             )
             try:
@@ -799,10 +800,10 @@ class EventLog:
                         self._swap_in, temp_fd, temp_path, snapshot_end, plan.keep, index, count
                     )
                     self._apply(observation)
-                    tail = list(range(count, len(self.index)))
-                    removed_positions = list(_complement(plan.keep, count))
                     old_index = self.index
-                    self.index = old_index.select(plan.keep + tail)
+                    # Only what was appended during the prune is indexed here, on the loop.
+                    kept_index.extend_from(old_index, range(count, len(old_index)))
+                    self.index = kept_index
                     self._fd = temp_fd
                     info = os.fstat(temp_fd)
                     self._inode = (info.st_dev, info.st_ino)
@@ -814,7 +815,7 @@ class EventLog:
             archived = 0
             if archive_dir is not None:
                 archived = await anyio.to_thread.run_sync(
-                    _archive, old_fd, old_index, removed_positions, archive_dir
+                    _archive, old_fd, old_index, list(_complement(plan.keep, count)), archive_dir
                 )
             os.close(old_fd)
         self.last_prune_at = now_s
@@ -832,7 +833,8 @@ class EventLog:
 
     def _copy_kept(
         self, source_fd: int, index: EventIndex, keep: list[int], temp_path: Path
-    ) -> int:
+    ) -> tuple[int, EventIndex]:
+        """Copy the kept lines to ``temp_path`` and index them there (worker thread)."""
         temp_fd = os.open(
             temp_path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND | os.O_CLOEXEC, 0o644
         )
@@ -841,11 +843,12 @@ class EventLog:
             for start, length in _byte_ranges(index, keep):
                 _copy_range(source_fd, temp_fd, start, length)
             os.fsync(temp_fd)
+            kept = index.select(keep)
         except BaseException:
             os.close(temp_fd)
             temp_path.unlink(missing_ok=True)
             raise
-        return temp_fd
+        return temp_fd, kept
 
     def _swap_in(
         self,
@@ -888,6 +891,27 @@ class EventLog:
             _fsync_dir(self.path.parent)
             self.seqmap = seqmap
             return observation, self._fd
+
+
+def _plan(
+    index: EventIndex, count: int, now_s: float, policy: RetentionPolicy
+) -> tuple[PrunePlan, int]:
+    """What a prune removes from the first ``count`` lines, and the bytes it frees."""
+    names = index.type_names
+    types = [None if t == MALFORMED else names[t] for t in index.types[:count]]
+    plan = plan_prune(types, index.ts[:count], now_s, policy)
+    freed = sum(index.length(p) for p in _complement(plan.keep, count))
+    return plan, freed
+
+
+def _release_freed_memory() -> None:
+    """Give back to the OS what parsing a large log freed (glibc keeps it otherwise)."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass  # not glibc: nothing to trim
 
 
 def _count_from(start: int) -> Iterator[int]:

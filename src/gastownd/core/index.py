@@ -380,23 +380,27 @@ class EventIndex:
 
     # ----------------------------------------------------------- rebuilding
 
-    def select(self, keep: list[int], base_offset: int = 0) -> EventIndex:
-        """A new index of the kept positions (in order), laid out contiguously.
+    def select(self, keep: Iterable[int]) -> EventIndex:
+        """A new index of the kept positions (in order), laid out contiguously from 0.
 
         Strings are re-interned; seqs and checksums are carried over unchanged.
         """
-        fresh = EventIndex(base_offset)
-        offset = base_offset
-        for position in keep:
-            length = self.length(position)
-            entry = self.entry(position)
+        fresh = EventIndex()
+        fresh.extend_from(self, keep)
+        return fresh
+
+    def extend_from(self, other: EventIndex, positions: Iterable[int]) -> None:
+        """Append ``other``'s lines at ``positions``, as if they followed this index's end."""
+        offset = self.end
+        for position in positions:
+            length = other.length(position)
+            entry = other.entry(position)
             if entry.type is None:
                 ids = (MALFORMED, 0, NO_SESSION)
             else:
-                ids = fresh._intern(entry.type, entry.actor, entry.session)
-            fresh._append(offset, length, entry.seq, *ids, entry.ts, self.checksums[position])
+                ids = self._intern(entry.type, entry.actor, entry.session)
+            self._append(offset, length, entry.seq, *ids, entry.ts, other.checksums[position])
             offset += length
-        return fresh
 
 
 def _split_postings(blob: bytes, counts: list[int]) -> dict[int, array[int]]:
