@@ -22,6 +22,7 @@ event loop, while ``_io`` is held, so queries always see a consistent index.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import ctypes
 import errno
 import fcntl
@@ -908,10 +909,8 @@ def _release_freed_memory() -> None:
     """Give back to the OS what parsing a large log freed (glibc keeps it otherwise)."""
     if not sys.platform.startswith("linux"):
         return
-    try:
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to trim
         ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass  # not glibc: nothing to trim
 
 
 def _count_from(start: int) -> Iterator[int]:
