@@ -162,6 +162,16 @@ class Emitter(threading.Thread):
         return [latency for due, latency in self.samples if start <= due <= end]
 
 
+def prune_phases(log_text: str) -> str:
+    """The daemon's own account of where the prune's time went (its eventlog_pruned line)."""
+    for line in reversed(log_text.splitlines()):
+        if '"eventlog_pruned"' in line:
+            entry = json.loads(line)
+            return ", ".join(f"{key} {entry[key]} ms" for key in ("plan_ms", "copy_ms", "swap_ms")
+                             if key in entry)
+    return "no eventlog_pruned line"
+
+
 def run(ctx: Context, names: list[str]) -> list[Row]:
     sizes = ctx.sizes
     log = ctx.big_log()
@@ -195,6 +205,7 @@ def run(ctx: Context, names: list[str]) -> list[Row]:
                 lines_after = client.status().eventlog.lines
         finally:
             daemon.stop()
+        phases = prune_phases(daemon.log_path.read_text(errors="replace"))
     finally:
         remove_town(town)
 
@@ -226,7 +237,8 @@ def run(ctx: Context, names: list[str]) -> list[Row]:
             goal="— (report)",
             met=None if agree else False,
             note=f"removed {result.pruned_total:,}, kept {result.kept:,} "
-            f"(daemon says {result.duration_ms / 1000:.2f} s; {lines_after:,} lines after)"
+            f"(daemon says {result.duration_ms / 1000:.2f} s: {phases}; "
+            f"{lines_after:,} lines after)"
             + ("" if agree else f"; the baseline removed {removed:,}: they disagree!"),
             data={
                 "duration_s": duration,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -39,6 +40,8 @@ from gastownd.systemd import (
 from gastownd.watcher import watch_eventlog
 
 log = structlog.get_logger("gastownd.app")
+
+GIL_SWITCH_INTERVAL_S = 0.0005
 
 
 def resolve_paths(town: Path, config_path: Path | None) -> DaemonPaths:
@@ -104,6 +107,9 @@ class App:
             lock.release()
 
     async def _run_locked(self, task_status: anyio.abc.TaskStatus[Daemon]) -> None:
+        # Worker threads run long Python loops (prune planning, index copies):
+        # a short switch interval keeps the event loop's wait for the GIL short.
+        sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
         daemon = self.daemon
         config = daemon.config
         paths = daemon.paths

@@ -33,10 +33,11 @@ import sys
 import time
 import zlib
 from collections import defaultdict, deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import anyio
 import anyio.lowlevel
@@ -47,17 +48,21 @@ import structlog
 from gastown_client.protocol import EventLogInfo, PruneResult
 from gastownd.config import EventLogConfig, parse_duration
 from gastownd.core.events import format_ts
-from gastownd.core.index import MALFORMED, EventIndex, IndexHeader
+from gastownd.core.index import MALFORMED, EventIndex, IndexHeader, TypeNames
 from gastownd.core.query import EventFilter
-from gastownd.core.retention import PrunePlan, RetentionPolicy, plan_prune
+from gastownd.core.retention import STEP, RetentionPolicy, drive, plan_prune_steps
 from gastownd.errors import BadRequestError, ShuttingDownError, StorageError
 from gastownd.subscriptions import Published
 
 log = structlog.get_logger("gastownd.eventlog")
 
+T = TypeVar("T")
+
 READ_CHUNK = 16 << 20
 TAIL_SIGNATURE = 64
 MAX_BATCH_BYTES = 8 << 20
+# Longest stretch of prune work on the event loop between two turns (see _cooperate).
+SLICE_S = 0.0005
 # Loop turns a batch may wait for more appends before its write (see _gather).
 GATHER_TURNS = 2
 
@@ -101,14 +106,9 @@ class SeqMap(msgspec.Struct, kw_only=True):
             seq += 1
 
 
-def runs_of(seqs: list[int]) -> list[tuple[int, int]]:
-    runs: list[tuple[int, int]] = []
-    for seq in seqs:
-        if runs and runs[-1][0] + runs[-1][1] == seq:
-            runs[-1] = (runs[-1][0], runs[-1][1] + 1)
-        else:
-            runs.append((seq, 1))
-    return runs
+def runs_of(seqs: Sequence[int]) -> list[tuple[int, int]]:
+    """Consecutive seqs as (first, count) runs."""
+    return drive(_runs_steps(seqs))
 
 
 @dataclass
@@ -510,7 +510,7 @@ class EventLog:
             self.seqmap = SeqMap(
                 epoch=self.seqmap.epoch,
                 inode=self._inode[1],
-                runs=runs_of(list(self.index.seqs)),
+                runs=runs_of(self.index.seqs),
                 base=self.index.next_seq(),
                 pruned_through=max(self.seqmap.pruned_through, observation.pruned_through),
             )
@@ -765,17 +765,23 @@ class EventLog:
     ) -> PruneResult:
         """Remove expired lines: copy the kept ones to a new file, then swap it in.
 
-        The bulk copy runs without the writers' lock; the lock is held only to
-        copy what was appended meanwhile and rename, so appends (ours and
-        gt's) keep flowing and none is lost.
+        Planning and the new index are computed on the event loop in small
+        steps, so requests keep flowing (a worker thread would hold the GIL for
+        seconds on a large log); the bulk copy runs in a thread without the
+        writers' lock, which is held only to copy what was appended meanwhile
+        and rename. Appends, ours and gt's, keep flowing and none is lost.
         """
         started = time.monotonic()
         async with self._prune_lock:
             index = self.index
             count = len(index)
             snapshot_end = index.end
-            # Planning reads the index up to ``count``: appends only add past it.
-            plan, removed_bytes = await anyio.to_thread.run_sync(_plan, index, count, now_s, policy)
+            # Appends only add positions past ``count``: the steps read a stable prefix.
+            plan = await _cooperate(
+                plan_prune_steps(TypeNames(index, count), index.ts, now_s, policy)
+            )
+            ranges = await _cooperate(_ranges_steps(index, plan.keep))
+            removed_bytes = snapshot_end - sum(length for _, length in ranges)
             result = PruneResult(
                 dry_run=dry_run,
                 pruned=dict(sorted(plan.removed.items())),
@@ -789,26 +795,34 @@ class EventLog:
                     self.last_prune_removed = 0
                 result.duration_ms = round((time.monotonic() - started) * 1000, 3)
                 return result
-            temp_path = self.path.with_name(f"{self.path.name}.gastownd-prune-{os.getpid()}")
-            temp_fd, kept_index = await anyio.to_thread.run_sync(
-                self._copy_kept, self._fd, index, plan.keep, temp_path
+            kept_index = await _cooperate(index.select_steps(plan.keep))
+            runs = await _cooperate(_runs_steps(kept_index.seqs))
+            seqs = _PruneSeqs(
+                runs=runs,
+                removed_max=index.seqs[_last_removed(plan.keep, count)],
+                tail_base=index.seqs[count] if len(index) > count else index.next_seq(),
             )
+            planned = time.monotonic()
+            temp_path = self.path.with_name(f"{self.path.name}.gastownd-prune-{os.getpid()}")
+            temp_fd = await anyio.to_thread.run_sync(self._copy_kept, self._fd, ranges, temp_path)
+            copied = time.monotonic()
             try:
                 async with self._io:
                     if self.index is not index:
                         raise StorageError("the log was replaced during the prune; retry")
                     observation, old_fd = await anyio.to_thread.run_sync(
-                        self._swap_in, temp_fd, temp_path, snapshot_end, plan.keep, index, count
+                        self._swap_in, temp_fd, temp_path, snapshot_end, seqs
                     )
                     self._apply(observation)
                     old_index = self.index
-                    # Only what was appended during the prune is indexed here, on the loop.
+                    # Only what was appended during the prune is indexed here.
                     kept_index.extend_from(old_index, range(count, len(old_index)))
                     self.index = kept_index
                     self._fd = temp_fd
                     info = os.fstat(temp_fd)
                     self._inode = (info.st_dev, info.st_ino)
                     self._remember_tail()
+                    swapped = time.monotonic()
             except BaseException:
                 os.close(temp_fd)
                 temp_path.unlink(missing_ok=True)
@@ -829,36 +843,30 @@ class EventLog:
             kept=len(self.index),
             bytes_freed=removed_bytes,
             duration_ms=result.duration_ms,
+            plan_ms=round((planned - started) * 1000),
+            copy_ms=round((copied - planned) * 1000),
+            swap_ms=round((swapped - copied) * 1000),
         )
         return result
 
-    def _copy_kept(
-        self, source_fd: int, index: EventIndex, keep: list[int], temp_path: Path
-    ) -> tuple[int, EventIndex]:
-        """Copy the kept lines to ``temp_path`` and index them there (worker thread)."""
+    def _copy_kept(self, source_fd: int, ranges: list[tuple[int, int]], temp_path: Path) -> int:
+        """Copy the kept byte ranges to a new file next to the log (worker thread)."""
         temp_fd = os.open(
             temp_path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND | os.O_CLOEXEC, 0o644
         )
         try:
             os.fchmod(temp_fd, os.fstat(source_fd).st_mode & 0o7777)
-            for start, length in _byte_ranges(index, keep):
+            for start, length in ranges:
                 _copy_range(source_fd, temp_fd, start, length)
             os.fsync(temp_fd)
-            kept = index.select(keep)
         except BaseException:
             os.close(temp_fd)
             temp_path.unlink(missing_ok=True)
             raise
-        return temp_fd, kept
+        return temp_fd
 
     def _swap_in(
-        self,
-        temp_fd: int,
-        temp_path: Path,
-        snapshot_end: int,
-        keep: list[int],
-        index: EventIndex,
-        count: int,
+        self, temp_fd: int, temp_path: Path, snapshot_end: int, seqs: _PruneSeqs
     ) -> tuple[_Observation, int]:
         with self._flocked():
             observation = self._observe_locked()
@@ -866,24 +874,19 @@ class EventLog:
                 if observation.new_fd is not None:
                     os.close(observation.new_fd)
                 raise StorageError("the log was replaced during the prune; retry")
-            end = snapshot_end
             current = os.fstat(self._fd).st_size
-            if current > end:
-                _copy_range(self._fd, temp_fd, end, current - end)
+            if current > snapshot_end:
+                _copy_range(self._fd, temp_fd, snapshot_end, current - snapshot_end)
             os.fsync(temp_fd)
-            # Lines from position ``count`` on were appended during the prune;
-            # their seqs are consecutive, continuing after the kept runs.
-            kept_seqs = [index.seqs[p] for p in keep]
-            removed_max = max((index.seqs[p] for p in _complement(keep, count)), default=-1)
-            tail_base = index.seqs[count] if len(index) > count else index.next_seq()
             new_size = os.fstat(temp_fd).st_size
             take = min(TAIL_SIGNATURE, new_size)
+            # Lines appended during the prune keep their consecutive seqs after the runs.
             seqmap = SeqMap(
                 epoch=self.seqmap.epoch,
                 inode=os.fstat(temp_fd).st_ino,
-                runs=runs_of(kept_seqs),
-                base=tail_base,
-                pruned_through=max(self.seqmap.pruned_through, removed_max),
+                runs=seqs.runs,
+                base=seqs.tail_base,
+                pruned_through=max(self.seqmap.pruned_through, seqs.removed_max),
                 end=new_size,
                 tail=os.pread(temp_fd, take, new_size - take) if take else b"",
             )
@@ -894,15 +897,73 @@ class EventLog:
             return observation, self._fd
 
 
-def _plan(
-    index: EventIndex, count: int, now_s: float, policy: RetentionPolicy
-) -> tuple[PrunePlan, int]:
-    """What a prune removes from the first ``count`` lines, and the bytes it frees."""
-    names = index.type_names
-    types = [None if t == MALFORMED else names[t] for t in index.types[:count]]
-    plan = plan_prune(types, index.ts[:count], now_s, policy)
-    freed = sum(index.length(p) for p in _complement(plan.keep, count))
-    return plan, freed
+@dataclass(frozen=True)
+class _PruneSeqs:
+    runs: list[tuple[int, int]]
+    removed_max: int
+    tail_base: int
+
+
+async def _cooperate(steps: Generator[None, None, T]) -> T:
+    """Run a stepped computation on the event loop in slices of ``SLICE_S``.
+
+    Between slices the loop polls its sockets and runs whatever is ready, so
+    a request waits at most a slice per loop turn it needs.
+    """
+    deadline = time.monotonic() + SLICE_S
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
+        if time.monotonic() >= deadline:
+            await anyio.lowlevel.checkpoint()
+            deadline = time.monotonic() + SLICE_S
+
+
+def _ranges_steps(
+    index: EventIndex, positions: list[int]
+) -> Generator[None, None, list[tuple[int, int]]]:
+    """The kept lines as (offset, length) byte ranges, consecutive lines merged."""
+    ranges: list[tuple[int, int]] = []
+    start = end = -1
+    offsets = index.offsets
+    for done, position in enumerate(positions):
+        if done % STEP == 0:
+            yield
+        offset = offsets[position]
+        length = index.length(position)
+        if offset == end:
+            end += length
+            continue
+        if start >= 0:
+            ranges.append((start, end - start))
+        start, end = offset, offset + length
+    if start >= 0:
+        ranges.append((start, end - start))
+    return ranges
+
+
+def _runs_steps(seqs: Sequence[int]) -> Generator[None, None, list[tuple[int, int]]]:
+    runs: list[tuple[int, int]] = []
+    for done, seq in enumerate(seqs):
+        if done % STEP == 0:
+            yield
+        if runs and runs[-1][0] + runs[-1][1] == seq:
+            runs[-1] = (runs[-1][0], runs[-1][1] + 1)
+        else:
+            runs.append((seq, 1))
+    return runs
+
+
+def _last_removed(keep: list[int], count: int) -> int:
+    """The highest position below ``count`` that ``keep`` (sorted) leaves out."""
+    position = count - 1
+    kept = len(keep) - 1
+    while kept >= 0 and keep[kept] == position:
+        kept -= 1
+        position -= 1
+    return position
 
 
 def _release_freed_memory() -> None:
@@ -927,23 +988,6 @@ def _complement(keep: list[int], count: int) -> Iterator[int]:
             next_kept = next(kept, None)
         else:
             yield position
-
-
-def _byte_ranges(index: EventIndex, positions: list[int]) -> Iterator[tuple[int, int]]:
-    """Coalesce consecutive positions into (offset, length) byte ranges."""
-    start = -1
-    end = -1
-    for position in positions:
-        offset = index.offsets[position]
-        length = index.length(position)
-        if offset == end:
-            end += length
-            continue
-        if start >= 0:
-            yield start, end - start
-        start, end = offset, offset + length
-    if start >= 0:
-        yield start, end - start
 
 
 def _copy_range(source: int, target: int, offset: int, length: int) -> None:

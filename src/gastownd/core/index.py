@@ -14,13 +14,15 @@ import bisect
 import heapq
 import zlib
 from array import array
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import overload
 
 import msgspec
 
 from gastownd.core.events import ParsedLine, decode_lines, parse_ts, session_of
 from gastownd.core.query import EventFilter
+from gastownd.core.retention import STEP, drive
 
 MALFORMED = -1
 NO_SESSION = -1
@@ -38,6 +40,28 @@ class Entry:
     actor: str
     session: str | None
     ts: int
+
+
+class TypeNames(Sequence[str | None]):
+    """The first ``count`` lines' types as names (None: malformed), without a copy."""
+
+    def __init__(self, index: EventIndex, count: int) -> None:
+        self._ids = index.types
+        self._names = index.type_names
+        self._count = count
+
+    def __len__(self) -> int:
+        return self._count
+
+    @overload
+    def __getitem__(self, position: int) -> str | None: ...
+    @overload
+    def __getitem__(self, position: slice) -> Sequence[str | None]: ...
+    def __getitem__(self, position: int | slice) -> str | Sequence[str | None] | None:
+        if isinstance(position, slice):
+            return [self[i] for i in range(*position.indices(self._count))]
+        type_id = self._ids[position]
+        return None if type_id == MALFORMED else self._names[type_id]
 
 
 class IndexHeader(msgspec.Struct, kw_only=True):
@@ -385,14 +409,25 @@ class EventIndex:
 
         Strings are re-interned; seqs and checksums are carried over unchanged.
         """
+        return drive(self.select_steps(keep))
+
+    def select_steps(self, keep: Iterable[int]) -> Generator[None, None, EventIndex]:
+        """``select`` in steps: yields every ``STEP`` lines, returns the new index."""
         fresh = EventIndex()
-        fresh.extend_from(self, keep)
+        yield from fresh.extend_steps(self, keep)
         return fresh
 
     def extend_from(self, other: EventIndex, positions: Iterable[int]) -> None:
         """Append ``other``'s lines at ``positions``, as if they followed this index's end."""
+        drive(self.extend_steps(other, positions))
+
+    def extend_steps(
+        self, other: EventIndex, positions: Iterable[int]
+    ) -> Generator[None, None, None]:
         offset = self.end
-        for position in positions:
+        for done, position in enumerate(positions):
+            if done % STEP == 0:
+                yield
             length = other.length(position)
             entry = other.entry(position)
             if entry.type is None:

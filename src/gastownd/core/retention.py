@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import fnmatch
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Generator, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 DAY_S = 86_400
 
@@ -65,15 +66,32 @@ class PrunePlan:
         return sum(self.removed.values())
 
 
+# Positions handled between two yields of ``plan_prune_steps``.
+STEP = 512
+
+
 def plan_prune(
     types: Sequence[str | None], ts: Sequence[int], now_s: float, policy: RetentionPolicy
 ) -> PrunePlan:
     """Which positions to keep: ``types[i]`` None marks a malformed line (kept)."""
+    return drive(plan_prune_steps(types, ts, now_s, policy))
+
+
+def plan_prune_steps(
+    types: Sequence[str | None], ts: Sequence[int], now_s: float, policy: RetentionPolicy
+) -> Generator[None, None, PrunePlan]:
+    """``plan_prune`` in steps: yields every ``STEP`` positions, returns the plan.
+
+    The caller decides what happens between steps (an event loop lets other
+    work run), so a large plan never holds the interpreter for long.
+    """
     ttl_cache: dict[str, float] = {}
     newest_kept: Counter[str] = Counter()
     expired = [False] * len(types)
     # Walk newest first so min_retain_count protects the newest lines of each type.
     for position in range(len(types) - 1, -1, -1):
+        if position % STEP == 0:
+            yield
         event_type = types[position]
         if event_type is None:
             continue
@@ -88,6 +106,8 @@ def plan_prune(
     removed: Counter[str] = Counter()
     keep: list[int] = []
     for position, is_expired in enumerate(expired):
+        if position % STEP == 0:
+            yield
         if is_expired:
             event_type = types[position]
             assert event_type is not None
@@ -95,6 +115,18 @@ def plan_prune(
         else:
             keep.append(position)
     return PrunePlan(keep=keep, removed=removed)
+
+
+T = TypeVar("T")
+
+
+def drive(steps: Generator[None, None, T]) -> T:
+    """Run a stepped computation to its end, without pausing."""
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
 
 
 def policy_from_krc(data: Mapping[str, object], fallback: RetentionPolicy) -> RetentionPolicy:
