@@ -48,7 +48,7 @@ import structlog
 from gastown_client.protocol import EventLogInfo, PruneResult
 from gastownd.config import EventLogConfig, parse_duration
 from gastownd.core.events import format_ts
-from gastownd.core.index import MALFORMED, EventIndex, IndexHeader, TypeNames
+from gastownd.core.index import MALFORMED, EventIndex, IndexHeader
 from gastownd.core.query import EventFilter
 from gastownd.core.retention import STEP, RetentionPolicy, drive, plan_prune_steps
 from gastownd.errors import BadRequestError, ShuttingDownError, StorageError
@@ -778,7 +778,9 @@ class EventLog:
             snapshot_end = index.end
             # Appends only add positions past ``count``: the steps read a stable prefix.
             plan = await _cooperate(
-                plan_prune_steps(TypeNames(index, count), index.ts, now_s, policy)
+                plan_prune_steps(
+                    index.types, index.type_names, index.ts, count, now_s, policy, index.by_type
+                )
             )
             ranges = await _cooperate(_ranges_steps(index, plan.keep))
             removed_bytes = snapshot_end - sum(length for _, length in ranges)
@@ -856,8 +858,7 @@ class EventLog:
         )
         try:
             os.fchmod(temp_fd, os.fstat(source_fd).st_mode & 0o7777)
-            for start, length in ranges:
-                _copy_range(source_fd, temp_fd, start, length)
+            _copy_ranges(source_fd, temp_fd, ranges)
             os.fsync(temp_fd)
         except BaseException:
             os.close(temp_fd)
@@ -988,6 +989,39 @@ def _complement(keep: list[int], count: int) -> Iterator[int]:
             next_kept = next(kept, None)
         else:
             yield position
+
+
+COPY_WINDOW = 4 << 20
+
+
+def _copy_ranges(source: int, target: int, ranges: list[tuple[int, int]]) -> None:
+    """Copy many byte ranges with few syscalls: read a window, write its kept slices."""
+    index = 0
+    while index < len(ranges):
+        window_start = ranges[index][0]
+        group_end = index
+        while (
+            group_end < len(ranges)
+            and ranges[group_end][0] + ranges[group_end][1] - window_start <= COPY_WINDOW
+        ):
+            group_end += 1
+        if group_end == index:  # one range larger than the window
+            _copy_range(source, target, *ranges[index])
+            index += 1
+            continue
+        last_start, last_length = ranges[group_end - 1]
+        window = os.pread(source, last_start + last_length - window_start, window_start)
+        if len(window) != last_start + last_length - window_start:
+            raise StorageError("the event log shrank during a copy")
+        view = memoryview(window)
+        data = b"".join(
+            view[start - window_start : start - window_start + length]
+            for start, length in ranges[index:group_end]
+        )
+        written = 0
+        while written < len(data):
+            written += os.write(target, data[written:])
+        index = group_end
 
 
 def _copy_range(source: int, target: int, offset: int, length: int) -> None:

@@ -29,6 +29,7 @@ CORE_ALLOWED = {
     "uuid",
     "heapq",
     "shlex",
+    "operator",
 }
 CORE_FORBIDDEN = {
     "anyio",

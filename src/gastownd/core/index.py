@@ -12,17 +12,18 @@ from __future__ import annotations
 
 import bisect
 import heapq
+import itertools
+import operator
 import zlib
 from array import array
 from collections.abc import Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import overload
 
 import msgspec
 
 from gastownd.core.events import ParsedLine, decode_lines, parse_ts, session_of
 from gastownd.core.query import EventFilter
-from gastownd.core.retention import STEP, drive
+from gastownd.core.retention import PLAN_CHUNK, drive
 
 MALFORMED = -1
 NO_SESSION = -1
@@ -40,28 +41,6 @@ class Entry:
     actor: str
     session: str | None
     ts: int
-
-
-class TypeNames(Sequence[str | None]):
-    """The first ``count`` lines' types as names (None: malformed), without a copy."""
-
-    def __init__(self, index: EventIndex, count: int) -> None:
-        self._ids = index.types
-        self._names = index.type_names
-        self._count = count
-
-    def __len__(self) -> int:
-        return self._count
-
-    @overload
-    def __getitem__(self, position: int) -> str | None: ...
-    @overload
-    def __getitem__(self, position: slice) -> Sequence[str | None]: ...
-    def __getitem__(self, position: int | slice) -> str | Sequence[str | None] | None:
-        if isinstance(position, slice):
-            return [self[i] for i in range(*position.indices(self._count))]
-        type_id = self._ids[position]
-        return None if type_id == MALFORMED else self._names[type_id]
 
 
 class IndexHeader(msgspec.Struct, kw_only=True):
@@ -404,30 +383,63 @@ class EventIndex:
 
     # ----------------------------------------------------------- rebuilding
 
-    def select(self, keep: Iterable[int]) -> EventIndex:
+    def select(self, keep: Sequence[int]) -> EventIndex:
         """A new index of the kept positions (in order), laid out contiguously from 0.
 
         Strings are re-interned; seqs and checksums are carried over unchanged.
         """
         return drive(self.select_steps(keep))
 
-    def select_steps(self, keep: Iterable[int]) -> Generator[None, None, EventIndex]:
-        """``select`` in steps: yields every ``STEP`` lines, returns the new index."""
+    def select_steps(self, keep: Sequence[int]) -> Generator[None, None, EventIndex]:
+        """``select`` in steps: yields every ``PLAN_CHUNK`` lines, returns the new index.
+
+        The new index shares this one's string tables (same ids), so columns
+        are copied whole, chunk by chunk, rather than line by line.
+        """
         fresh = EventIndex()
-        yield from fresh.extend_steps(self, keep)
+        fresh.type_names, fresh._type_ids = list(self.type_names), dict(self._type_ids)
+        fresh.actor_names, fresh._actor_ids = list(self.actor_names), dict(self._actor_ids)
+        fresh.session_names = list(self.session_names)
+        fresh._session_ids = dict(self._session_ids)
+        fresh.by_type = {i: array("l") for i in range(len(fresh.type_names))}
+        fresh.by_session = {i: array("l") for i in range(len(fresh.session_names))}
+        offsets, count, end = self.offsets, len(self.offsets), self.end
+        for start in range(0, len(keep), PLAN_CHUNK):
+            chunk = keep[start : start + PLAN_CHUNK]
+            starts = [offsets[p] for p in chunk]
+            ends = [offsets[p + 1] if p + 1 < count else end for p in chunk]
+            lengths = list(map(operator.sub, ends, starts))
+            fresh._extend_columns(self, chunk, lengths)
+            yield
         return fresh
+
+    def _extend_columns(self, other: EventIndex, chunk: Sequence[int], lengths: list[int]) -> None:
+        """Append ``other``'s lines at ``chunk`` (same string ids), contiguously at ``end``."""
+        first = len(self.offsets)
+        self.offsets.extend(itertools.accumulate(lengths[:-1], initial=self.end))
+        self.end += sum(lengths)
+        for name in ("seqs", "ts", "types", "actors", "sessions", "checksums"):
+            column = getattr(other, name)
+            getattr(self, name).extend([column[p] for p in chunk])
+        running = self.max_ts[-1] if self.max_ts else -(1 << 62)
+        self.max_ts.extend(itertools.accumulate(self.ts[first:], max, initial=running))
+        del self.max_ts[first]  # the initial value is not a line
+        types, sessions = self.types, self.sessions
+        by_type, by_session = self.by_type, self.by_session
+        for position in range(first, len(types)):
+            type_id = types[position]
+            if type_id == MALFORMED:
+                self.malformed += 1
+                continue
+            by_type[type_id].append(position)
+            session_id = sessions[position]
+            if session_id != NO_SESSION:
+                by_session[session_id].append(position)
 
     def extend_from(self, other: EventIndex, positions: Iterable[int]) -> None:
         """Append ``other``'s lines at ``positions``, as if they followed this index's end."""
-        drive(self.extend_steps(other, positions))
-
-    def extend_steps(
-        self, other: EventIndex, positions: Iterable[int]
-    ) -> Generator[None, None, None]:
         offset = self.end
-        for done, position in enumerate(positions):
-            if done % STEP == 0:
-                yield
+        for position in positions:
             length = other.length(position)
             entry = other.entry(position)
             if entry.type is None:

@@ -7,6 +7,7 @@ keeps the newest N lines of each type whatever their age.
 
 from __future__ import annotations
 
+import bisect
 import fnmatch
 from collections import Counter
 from collections.abc import Generator, Mapping, Sequence
@@ -68,52 +69,60 @@ class PrunePlan:
 
 # Positions handled between two yields of ``plan_prune_steps``.
 STEP = 512
+# Lines a comprehension of the plan handles at once (a few milliseconds).
+PLAN_CHUNK = 8192
 
 
 def plan_prune(
     types: Sequence[str | None], ts: Sequence[int], now_s: float, policy: RetentionPolicy
 ) -> PrunePlan:
     """Which positions to keep: ``types[i]`` None marks a malformed line (kept)."""
-    return drive(plan_prune_steps(types, ts, now_s, policy))
+    names = sorted({t for t in types if t is not None})
+    ids = {name: i for i, name in enumerate(names)}
+    type_ids = [-1 if t is None else ids[t] for t in types]
+    postings: dict[int, list[int]] = {i: [] for i in range(len(names))}
+    for position, type_id in enumerate(type_ids):
+        if type_id >= 0:
+            postings[type_id].append(position)
+    return drive(plan_prune_steps(type_ids, names, ts, len(types), now_s, policy, postings))
 
 
 def plan_prune_steps(
-    types: Sequence[str | None], ts: Sequence[int], now_s: float, policy: RetentionPolicy
+    type_ids: Sequence[int],
+    names: Sequence[str],
+    ts: Sequence[int],
+    count: int,
+    now_s: float,
+    policy: RetentionPolicy,
+    postings: Mapping[int, Sequence[int]],
 ) -> Generator[None, None, PrunePlan]:
-    """``plan_prune`` in steps: yields every ``STEP`` positions, returns the plan.
+    """The plan for the first ``count`` lines, in steps (yields every ``PLAN_CHUNK`` lines).
 
-    The caller decides what happens between steps (an event loop lets other
-    work run), so a large plan never holds the interpreter for long.
+    ``type_ids[i]`` indexes ``names`` (negative: malformed, always kept);
+    ``postings[t]`` lists the positions of type ``t`` in order, so the
+    ``min_retain_count`` newest of each type are found without a scan.
     """
-    ttl_cache: dict[str, float] = {}
-    newest_kept: Counter[str] = Counter()
-    expired = [False] * len(types)
-    # Walk newest first so min_retain_count protects the newest lines of each type.
-    for position in range(len(types) - 1, -1, -1):
-        if position % STEP == 0:
-            yield
-        event_type = types[position]
-        if event_type is None:
-            continue
-        ttl = ttl_cache.get(event_type)
-        if ttl is None:
-            ttl = ttl_cache[event_type] = policy.ttl_for(event_type)
-        if newest_kept[event_type] < policy.min_retain_count:
-            newest_kept[event_type] += 1
-            continue
-        if ts[position] < now_s - ttl:
-            expired[position] = True
-    removed: Counter[str] = Counter()
+    cutoff = [now_s - policy.ttl_for(name) for name in names]
+    protected: set[int] = set()
+    if policy.min_retain_count:
+        for positions in postings.values():
+            end = bisect.bisect_left(positions, count)
+            protected.update(positions[max(0, end - policy.min_retain_count) : end])
     keep: list[int] = []
-    for position, is_expired in enumerate(expired):
-        if position % STEP == 0:
-            yield
-        if is_expired:
-            event_type = types[position]
-            assert event_type is not None
-            removed[event_type] += 1
+    removed_ids: Counter[int] = Counter()
+    for start in range(0, count, PLAN_CHUNK):
+        span = range(start, min(count, start + PLAN_CHUNK))
+        expired = [
+            p for p in span if (t := type_ids[p]) >= 0 and ts[p] < cutoff[t] and p not in protected
+        ]
+        if expired:
+            removed_ids.update(map(type_ids.__getitem__, expired))
+            gone = set(expired)
+            keep.extend(p for p in span if p not in gone)
         else:
-            keep.append(position)
+            keep.extend(span)
+        yield
+    removed = Counter({names[t]: n for t, n in removed_ids.items()})
     return PrunePlan(keep=keep, removed=removed)
 
 
