@@ -62,7 +62,8 @@ READ_CHUNK = 16 << 20
 TAIL_SIGNATURE = 64
 MAX_BATCH_BYTES = 8 << 20
 # Longest stretch of prune work on the event loop between two turns (see _cooperate).
-SLICE_S = 0.0005
+SLICE_S = 0.001
+PAUSE_S = 0.002
 # Loop turns a batch may wait for more appends before its write (see _gather).
 GATHER_TURNS = 2
 
@@ -918,7 +919,9 @@ async def _cooperate(steps: Generator[None, None, T]) -> T:
         except StopIteration as done:
             return done.value  # type: ignore[no-any-return]
         if time.monotonic() >= deadline:
-            await anyio.lowlevel.checkpoint()
+            # A real pause, not just a turn: worker threads (an append's write and
+            # fdatasync) then get the GIL at once instead of queueing behind us.
+            await anyio.sleep(PAUSE_S)
             deadline = time.monotonic() + SLICE_S
 
 
@@ -1022,6 +1025,7 @@ def _copy_ranges(source: int, target: int, ranges: list[tuple[int, int]]) -> Non
         while written < len(data):
             written += os.write(target, data[written:])
         index = group_end
+        time.sleep(PAUSE_S)  # let the event loop have the GIL between windows
 
 
 def _copy_range(source: int, target: int, offset: int, length: int) -> None:

@@ -70,7 +70,7 @@ class PrunePlan:
 # Positions handled between two yields of ``plan_prune_steps``.
 STEP = 512
 # Lines a comprehension of the plan handles at once (a few milliseconds).
-PLAN_CHUNK = 8192
+PLAN_CHUNK = 2048
 
 
 def plan_prune(
