@@ -578,6 +578,12 @@ class EventLog:
 
     async def catch_up(self) -> None:
         """Index what other processes appended (called by the watcher)."""
+        try:
+            info = os.stat(self.path)
+            if (info.st_dev, info.st_ino) == self._inode and info.st_size == self.index.end:
+                return  # nothing new: no need to take gt's lock
+        except FileNotFoundError:
+            pass
         async with self._io:
             observation = await anyio.to_thread.run_sync(self._observe_with_lock)
             self._apply(observation)

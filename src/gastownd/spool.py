@@ -50,7 +50,10 @@ class SpoolIngester:
                     self.folder,
                     recursive=False,
                     stop_event=stop,
-                    rust_timeout=1000,
+                    # Also wake every 2 s with no change: a file written before the
+                    # watch was in place (just after start) is then still found.
+                    rust_timeout=2000,
+                    yield_on_timeout=True,
                     step=50,
                     debounce=200,
                 ):

@@ -39,7 +39,10 @@ async def watch_eventlog(eventlog: EventLog, step_ms: int, stop: anyio.Event) ->
                 debounce=max(step_ms * 5, 50),
                 ignore_permission_denied=True,
                 stop_event=stop,
-                rust_timeout=1000,
+                # Wake every 2 s with no change too: lines appended before the watch
+                # was in place, or lost to an inotify overflow, are then found.
+                rust_timeout=2000,
+                yield_on_timeout=True,
             ):
                 await eventlog.catch_up()
         except (OSError, RuntimeError) as exc:
