@@ -493,3 +493,41 @@ def test_index_snapshot_speeds_restart_and_stays_correct(town: Path) -> None:
         assert "index_snapshot_stale" in proc.log()
     finally:
         assert proc.terminate() == 0
+
+
+def test_write_durability_acknowledges_and_still_syncs(town: Path) -> None:
+    (town / "settings" / "gastownd.toml").write_text(
+        '[retention]\nenabled = false\n[eventlog]\ndurability = "write"\nsync_interval = "20ms"\n'
+    )
+    proc = DaemonProcess(town).wait_ready()
+    try:
+        with proc.client() as client:
+            for i in range(20):
+                client.emit("fast", "tester", {"i": i})
+            assert client.status().eventlog.durability == "write"
+        assert [line["payload"]["i"] for line in log_lines(town)] == list(range(20))
+    finally:
+        assert proc.terminate() == 0
+
+
+def test_ctl_events_follow_prints_backlog_then_live_lines(daemon_proc: DaemonProcess,
+                                                          town: Path) -> None:
+    with daemon_proc.client() as client:
+        client.emit("mail", "mayor", {"subject": "old"})
+    follower = subprocess.Popen(
+        [sys.executable, "-m", "gastown_client.cli", "--town-root", str(town), "events",
+         "--follow", "--json", "--type", "mail"],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert follower.stdout is not None
+        assert json.loads(follower.stdout.readline())["payload"] == {"subject": "old"}
+        with daemon_proc.client() as client:
+            client.emit("nudge", "mayor")  # filtered out
+            client.emit("mail", "mayor", {"subject": "new"})
+        assert json.loads(follower.stdout.readline())["payload"] == {"subject": "new"}
+        gt_append(town, {**gt_line(1, "mail")})
+        assert json.loads(follower.stdout.readline())["type"] == "mail"
+    finally:
+        follower.terminate()
+        follower.wait(10)
