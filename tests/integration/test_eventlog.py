@@ -510,14 +510,26 @@ def test_write_durability_acknowledges_and_still_syncs(town: Path) -> None:
         assert proc.terminate() == 0
 
 
-def test_ctl_events_follow_prints_backlog_then_live_lines(daemon_proc: DaemonProcess,
-                                                          town: Path) -> None:
+def test_ctl_events_follow_prints_backlog_then_live_lines(
+    daemon_proc: DaemonProcess, town: Path
+) -> None:
     with daemon_proc.client() as client:
         client.emit("mail", "mayor", {"subject": "old"})
     follower = subprocess.Popen(
-        [sys.executable, "-m", "gastown_client.cli", "--town-root", str(town), "events",
-         "--follow", "--json", "--type", "mail"],
-        stdout=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "gastown_client.cli",
+            "--town-root",
+            str(town),
+            "events",
+            "--follow",
+            "--json",
+            "--type",
+            "mail",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         assert follower.stdout is not None

@@ -406,10 +406,17 @@ def test_death_logged_while_the_daemon_was_down_ends_the_wisp_at_start(town: Pat
         client.session_start(sid(90), NUX, tmux_session="gt-nux")
         client.session_start(sid(91), JOE)
     assert proc.terminate() == 0
-    gt_append(town, {"ts": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 1)),
-                     "source": "gt", "type": "session_death", "actor": "gastown/witness",
-                     "payload": {"session": "gt-nux", "agent": NUX, "reason": "crashed"},
-                     "visibility": "feed"})
+    gt_append(
+        town,
+        {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 1)),
+            "source": "gt",
+            "type": "session_death",
+            "actor": "gastown/witness",
+            "payload": {"session": "gt-nux", "agent": NUX, "reason": "crashed"},
+            "visibility": "feed",
+        },
+    )
     proc = DaemonProcess(town).wait_ready()
     try:
         with proc.client() as client:
