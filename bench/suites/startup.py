@@ -52,14 +52,18 @@ def run(ctx: Context, names: list[str]) -> list[Row]:
     python_times = [time_process([PYTHON, "-c", "pass"]) for _ in range(sizes.startup_reps)]
 
     big_times: list[float] = []
+    warm_times: list[float] = []
     if "startup" in names:
         log = ctx.big_log()
-        for _ in range(sizes.big_startup_reps - 1):
+        for _ in range(max(1, sizes.big_startup_reps - 1)):
             town = make_town(log=log)
             try:
                 daemon = start_daemon(town)
                 big_times.append(daemon.ready_after_s)
-                daemon.stop()
+                daemon.stop()  # a clean stop saves the index snapshot
+                again = start_daemon(town)
+                warm_times.append(again.ready_after_s)
+                again.stop()
             finally:
                 remove_town(town)
     big = ctx.big_daemon()
@@ -106,6 +110,21 @@ def run(ctx: Context, names: list[str]) -> list[Row]:
                     "index_s_per_line": per_line,
                     "lines": lines,
                 },
+            )
+        )
+        rows.append(
+            Row(
+                name="startup",
+                what=f"restart to first `ping`, {ctx.lines_label}-line log, index snapshot saved",
+                baseline=f"the first (cold) start: {fmt_time(b50)}",
+                median=fmt_time(median(warm_times)),
+                p99=fmt_time(pct(warm_times, 99)),
+                ratio=fmt_ratio(median(warm_times) / b50),
+                goal="≤ 2 s (the issue's start-up goal, for a restart)",
+                met=median(warm_times) <= 2.0,
+                note="a clean stop (and a slow cold start) saves .gastownd/index.snapshot; "
+                "a restart reads it and indexes only lines appended since",
+                data={"times_s": warm_times, "cold_times_s": big_times},
             )
         )
     if "memory" in names:
