@@ -15,17 +15,11 @@ from gastown_client.protocol import (
     PingResult,
     StatusResult,
 )
+from gastownd.core.events import format_ts
 from gastownd.daemon import Daemon
 from gastownd.errors import UnsupportedProtocolError
 
 CAPABILITIES = ["events", "subscribe", "prune"]
-
-
-def iso_z(moment: object) -> str:
-    from datetime import datetime
-
-    assert isinstance(moment, datetime)
-    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 async def hello(daemon: Daemon, request: Hello) -> HelloResult:
@@ -41,7 +35,7 @@ async def hello(daemon: Daemon, request: Hello) -> HelloResult:
         min_protocol=MIN_PROTOCOL_VERSION,
         capabilities=CAPABILITIES,
         pid=os.getpid(),
-        started_at=iso_z(daemon.started_at),
+        started_at=format_ts(daemon.started_at.timestamp()),
     )
 
 
@@ -59,7 +53,7 @@ async def status(daemon: Daemon) -> StatusResult:
         daemon_version=__version__,
         protocol=PROTOCOL_VERSION,
         pid=os.getpid(),
-        started_at=iso_z(daemon.started_at),
+        started_at=format_ts(daemon.started_at.timestamp()),
         uptime_s=round(daemon.uptime_s(), 3),
         town_root=str(paths.town),
         paths=PathsInfo(
