@@ -9,7 +9,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -88,10 +88,18 @@ async def daemon(town: Path) -> AsyncIterator[InProcess]:
 class DaemonProcess:
     """``python -m gastownd run`` as a child process."""
 
-    def __init__(self, town: Path, *extra: str, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        town: Path,
+        *extra: str,
+        env: dict[str, str] | None = None,
+        log_path: Path | None = None,
+        preexec_fn: Callable[[], None] | None = None,
+    ) -> None:
         self.town = town
         self.socket = paths.socket_path(town, env or os.environ)
-        self.log_path = town / "daemon.log"
+        # Outside the town when the town's filesystem is meant to fill up.
+        self.log_path = log_path or town / "daemon.log"
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - kept for the process's life
         self.proc = subprocess.Popen(
             [
@@ -108,7 +116,12 @@ class DaemonProcess:
             stdout=self._log,
             stderr=self._log,
             env=env,
+            preexec_fn=preexec_fn,
         )
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
 
     def wait_ready(self, timeout_s: float = 15.0) -> DaemonProcess:
         deadline = time.monotonic() + timeout_s

@@ -5,16 +5,11 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from gastown_client import paths
-from gastown_client.client import Client
 from tests.conftest import TEST_CONFIG
 
 
@@ -39,58 +34,6 @@ def daemon_argv(town: Path) -> list[str]:
         "--log-format",
         "json",
     ]
-
-
-class Spawned:
-    """``python -m gastownd run`` with its log wherever we say and an optional ``preexec_fn``."""
-
-    def __init__(
-        self,
-        town: Path,
-        log_path: Path,
-        *,
-        preexec_fn: Callable[[], None] | None = None,
-    ) -> None:
-        self.town = town
-        self.socket = paths.socket_path(town)
-        self.log_path = log_path
-        with open(log_path, "ab") as log:
-            self.proc = subprocess.Popen(
-                daemon_argv(town), stdout=log, stderr=log, preexec_fn=preexec_fn
-            )
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def wait_ready(self, timeout_s: float = 15.0) -> Spawned:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"daemon exited {self.proc.returncode}: {self.log()}")
-            try:
-                with Client(self.socket, connect_timeout_s=0.5) as client:
-                    client.ping()
-                return self
-            except Exception:
-                time.sleep(0.02)
-        raise AssertionError(f"daemon not ready in {timeout_s}s: {self.log()}")
-
-    def client(self, **kwargs: Any) -> Client:
-        return Client(self.socket, **kwargs)
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")[-6000:]
-
-    def terminate(self, timeout_s: float = 10.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout_s)
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(10)
 
 
 def refused_start(town: Path, timeout_s: float = 30.0) -> subprocess.CompletedProcess[str]:

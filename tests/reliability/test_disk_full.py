@@ -22,7 +22,8 @@ import pytest
 
 from gastown_client.client import Client
 from gastown_client.errors import RequestRejected
-from tests.reliability._support import Spawned, is_root, make_town, read_log
+from tests.conftest import DaemonProcess
+from tests.reliability._support import is_root, make_town, read_log
 
 FS_SIZE = "256k"
 # Room left for the log once the filler is written (the SQLite store takes ~140 KiB).
@@ -82,7 +83,7 @@ def free_bytes(path: Path) -> int:
 
 def test_full_tmpfs_gives_io_error_leaves_no_torn_line_and_recovers(small_fs: Path) -> None:
     town = make_town(small_fs / "town")
-    proc = Spawned(town, small_fs.parent / "daemon.log").wait_ready()
+    proc = DaemonProcess(town, log_path=small_fs.parent / "daemon.log").wait_ready()
     try:
         filler = small_fs / "filler"
         with open(filler, "wb") as out:
@@ -157,7 +158,9 @@ def test_file_size_limit_gives_io_error_leaves_no_torn_line_and_recovers() -> No
 
     base = Path(tempfile.mkdtemp(prefix="gt-fs-", dir="/tmp"))
     town = make_town(base / "town")
-    proc = Spawned(town, base / "daemon.log", preexec_fn=limit_file_size).wait_ready()
+    proc = DaemonProcess(
+        town, log_path=base / "daemon.log", preexec_fn=limit_file_size
+    ).wait_ready()
     try:
         acked: list[str] = []
         with proc.client() as client:
