@@ -60,8 +60,12 @@ ifeq ($(UNAME),Darwin)
 		[ -e "$$p" ] && launchctl bootout "gui/$$(id -u)" "$$p"; rm -f "$$p"; done
 else
 	-systemctl --user disable --now gastownd.socket gastownd.service 2>/dev/null
+	-for u in "$(or $(XDG_CONFIG_HOME),$(HOME)/.config)"/systemd/user/gastownd@*.socket; do \
+		[ -e "$$u" ] && systemctl --user disable --now "$$(basename "$$u")"; done
 	rm -f "$(or $(XDG_CONFIG_HOME),$(HOME)/.config)"/systemd/user/gastownd.socket \
-	      "$(or $(XDG_CONFIG_HOME),$(HOME)/.config)"/systemd/user/gastownd.service
+	      "$(or $(XDG_CONFIG_HOME),$(HOME)/.config)"/systemd/user/gastownd.service \
+	      "$(or $(XDG_CONFIG_HOME),$(HOME)/.config)"/systemd/user/gastownd@.socket \
+	      "$(or $(XDG_CONFIG_HOME),$(HOME)/.config)"/systemd/user/gastownd@.service
 	-systemctl --user daemon-reload 2>/dev/null
 endif
 	for c in $(COMMANDS); do rm -f "$(BIN_DIR)/$$c"; done

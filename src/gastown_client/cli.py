@@ -467,6 +467,13 @@ def cmd_seance(args: argparse.Namespace) -> int:
     if args.print_command:
         print(f"cd {shlex.quote(cwd)} && {shlex.join(command)}")
         return EXIT_OK
+    if not os.path.isdir(cwd):
+        print(
+            f"gastownctl: the session's directory {cwd} no longer exists; "
+            f"its digest: gastownctl digest {row.session_id}",
+            file=sys.stderr,
+        )
+        return EXIT_REJECTED
     claude = shutil.which("claude")
     if claude is None:
         print(

@@ -35,7 +35,8 @@ def find_town_root(
     """Resolve the town root the way ``gt`` does.
 
     Order: ``explicit``, ``GT_TOWN_ROOT`` (or ``GT_ROOT``), the outermost
-    ancestor of ``cwd`` holding ``mayor/town.json``, else ``~/gt``. The
+    ancestor of ``cwd`` holding ``mayor/town.json`` (else one holding a
+    ``mayor/`` directory), else ``~/gt``. The
     default town is created when ``create`` is true (the daemon does that,
     clients never do).
     """

@@ -69,7 +69,7 @@ class EventLogConfig(_Section):
 
 
 class RetentionConfig(_Section):
-    """Used when ``<town>/.krc.yaml`` does not exist; Gas Town's defaults."""
+    """Retention. ``<town>/.krc.yaml``, when it exists, overrides these per key."""
 
     enabled: bool = True
     default_ttl: str = "7d"

@@ -484,7 +484,7 @@ class EventLog:
             "eventlog_reloaded",
             reason="replaced" if new_fd is not None else "rewritten",
             lines=len(index),
-            new_lines=len(seqs) - (fresh_from or len(seqs)),
+            new_lines=len(seqs) - (len(seqs) if fresh_from is None else fresh_from),
             removed=len(removed),
         )
         return _Observation(

@@ -61,6 +61,8 @@ class Sessions:
         self.clock = clock
         self.book = WispBook()
         self._lock = anyio.Lock()
+        # Lines the log refused (disk full) wait in the outbox; retried on each op.
+        self._outbox_stuck = False
         self._db = anyio.CapacityLimiter(1)
         self._observed_send, self._observed_recv = anyio.create_memory_object_stream[Published](
             OBSERVED_QUEUE
@@ -80,7 +82,8 @@ class Sessions:
         pending = await self.db(self.store.pending_lines)
         if pending:
             log.info("outbox_replayed", lines=len(pending))
-            await self._emit(pending, replay=True)
+            self._outbox_stuck = True
+            await self._flush_outbox()
         log.info("wisps_restored", open=len(wisps), actors=len(heads))
         # gt may have logged deaths and handoffs while we were down.
         for item in self.eventlog.unwatched_lines(ENDING_TYPES):
@@ -114,10 +117,27 @@ class Sessions:
                 raise DaemonError(str(exc), code=ErrorCode.BAD_REQUEST) from None
             records = attributions(book) if attributions is not None else ()
             if effects or records or spool_mark is not None:
-                outbox = await self.db(self.store.apply, effects, records, spool_mark)
-                await self._emit(list(zip(outbox, _lines(effects), strict=True)))
+                await self.db(self.store.apply, effects, records, spool_mark)
+            # Committed: the book follows the store even if the log append below fails.
             self.book = _open_only(book)
+            if any(isinstance(e, EmitLine) for e in effects) or self._outbox_stuck:
+                await self._flush_outbox()
             return book, effects
+
+    async def _flush_outbox(self) -> None:
+        """Append every pending line, oldest first; a failure leaves them for next time.
+
+        The op that caused a line is already durable in the store, so its
+        reply does not depend on the log: the line follows as soon as the log
+        takes it again (at the next op or the next start).
+        """
+        pending = await self.db(self.store.pending_lines)
+        try:
+            await self._emit(pending, replay=self._outbox_stuck)
+            self._outbox_stuck = False
+        except DaemonError as exc:
+            self._outbox_stuck = True
+            log.warning("outbox_pending", lines=len(pending), error=exc.message)
 
     async def _load(self, names: Sequence[str]) -> None:
         missing = [n for n in names if n and n not in self.book.wisps]
@@ -132,21 +152,22 @@ class Sessions:
 
     async def _emit(self, lines: list[tuple[int, EmitLine]], *, replay: bool = False) -> None:
         done: list[int] = []
-        for outbox_id, line in lines:
-            if replay and self._already_logged(line):
+        try:
+            for outbox_id, line in lines:
+                if not (replay and self._already_logged(line)):
+                    encoded = encode_line(
+                        ts=format_ts(line.at),
+                        source=self.source,
+                        type=line.type,
+                        actor=line.actor,
+                        payload=line.payload,
+                        visibility="feed",
+                    )
+                    await self.eventlog.append(encoded)
                 done.append(outbox_id)
-                continue
-            encoded = encode_line(
-                ts=format_ts(line.at),
-                source=self.source,
-                type=line.type,
-                actor=line.actor,
-                payload=line.payload,
-                visibility="feed",
-            )
-            await self.eventlog.append(encoded)
-            done.append(outbox_id)
-        await self.db(self.store.lines_done, done)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self.db(self.store.lines_done, done)
 
     def _already_logged(self, line: EmitLine) -> bool:
         session = line.payload.get("session_id")

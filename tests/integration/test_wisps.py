@@ -425,3 +425,46 @@ def test_death_logged_while_the_daemon_was_down_ends_the_wisp_at_start(town: Pat
             assert client.wisp(sid(91)).state == "open"
     finally:
         assert proc.terminate() == 0
+
+
+async def test_a_refused_log_line_waits_in_the_outbox_and_follows_later(
+    daemon: InProcess, town: Path
+) -> None:
+    from gastownd.errors import StorageError
+
+    eventlog = daemon.daemon.eventlog
+    assert eventlog is not None
+    real_append = eventlog.append
+
+    async def disk_full(line: bytes) -> int:
+        raise StorageError("could not write the event log (disk full)")
+
+    async with daemon.client() as client:
+        await client.session_start(sid(95), JOE)
+        eventlog.append = disk_full  # type: ignore[method-assign]
+        digest = await client.session_end(sid(95), "logout")  # durable in the store
+        assert (await client.wisp(sid(95))).state == "squashed"
+        assert [e["type"] for e in log_lines(town)] == ["session_start"]
+        eventlog.append = real_append  # type: ignore[method-assign]
+        await client.session_start(sid(96), NUX)  # the next op flushes the outbox
+    ends = events_of_type(town, "session_end")
+    assert [e["payload"]["digest_id"] for e in ends] == [digest.digest_id]
+    assert [e["type"] for e in log_lines(town)] == ["session_start", "session_end", "session_start"]
+
+
+def test_listing_summary_says_what_the_session_did(daemon_proc: DaemonProcess) -> None:
+    with daemon_proc.client() as client:
+        client.session_start(sid(97), JOE)
+        client.session_step(sid(97), "issue_closed", ref="gt-7")
+        client.session_step(sid(97), "commit", ref="abc", payload={"subject": "s"})
+        client.session_end(sid(97))
+        [row] = client.sessions().sessions
+    assert row.summary == "closed gt-7; 1 commit"
+
+
+def test_seance_with_a_vanished_directory_explains(daemon_proc: DaemonProcess, town: Path) -> None:
+    with daemon_proc.client() as client:
+        client.session_start(sid(98), JOE, cwd="/nonexistent/dir")
+    result = run_ctl(town, "seance", sid(98))
+    assert result.returncode == 1
+    assert "no longer exists" in result.stderr and "Traceback" not in result.stderr

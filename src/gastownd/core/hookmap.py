@@ -18,7 +18,6 @@ from typing import Any
 
 import msgspec
 
-SHELL_SEPARATORS = re.compile(r"&&|\|\||[;|\n]")
 COMMIT_LINE = re.compile(r"\[[^\]\s]+(?: \([^)]*\))* ([0-9a-f]{7,40})\] (.+)")
 CREATED_ISSUE = re.compile(r"Created issue:?\s+([A-Za-z0-9][\w.-]*)")
 # bd options that take a value, so the value is not mistaken for an issue id.
@@ -188,20 +187,40 @@ def _response_text(response: Any) -> str:
 
 
 def _commands(command: str) -> list[list[str]]:
-    """Simple commands of a shell line, as words, without leading VAR=value words."""
-    found = []
-    for part in SHELL_SEPARATORS.split(command):
-        try:
-            words = shlex.split(part, comments=True)
-        except ValueError:
-            words = part.split()
-        while words and "=" in words[0] and not words[0].startswith("-"):
-            words = words[1:]
-        if words and words[0] in ("sudo", "env", "command", "exec"):
-            words = words[1:]
-        if words:
-            found.append(words)
+    """Simple commands of a shell line, as words, without leading VAR=value words.
+
+    Quotes are honoured before splitting at ``;``, ``&&``, ``||``, ``|`` and
+    newlines, so a quoted ``;`` stays inside its word.
+    """
+    lexer = shlex.shlex(command, posix=True, punctuation_chars=";&|")
+    lexer.whitespace_split = True
+    lexer.commenters = "#"
+    lexer.whitespace = " \t\r"
+    found: list[list[str]] = []
+    words: list[str] = []
+    try:
+        tokens = list(lexer)
+    except ValueError:  # an unterminated quote: fall back to plain words
+        tokens = command.split()
+    for token in [*tokens, ";"]:
+        if token and set(token) <= set(";&|\n"):
+            found += _simple(words)
+            words = []
+        elif "\n" in token:
+            head, _, tail = token.partition("\n")
+            found += _simple([*words, head] if head else words)
+            words = [tail] if tail else []
+        else:
+            words.append(token)
     return found
+
+
+def _simple(words: list[str]) -> list[list[str]]:
+    while words and "=" in words[0] and not words[0].startswith("-"):
+        words = words[1:]
+    if words and words[0] in ("sudo", "env", "command", "exec"):
+        words = words[1:]
+    return [words] if words else []
 
 
 def _git_subcommand(args: list[str]) -> str | None:

@@ -409,7 +409,8 @@ def ended_by_line(
 
     else:
         return []
-    found = [w for w in wisps if w.state == WispState.OPEN and w.started_at <= at and hit(w)]
+    # Lines carry whole seconds: a death in the second the session started ends it.
+    found = [w for w in wisps if w.state == WispState.OPEN and int(w.started_at) <= at and hit(w)]
     return [(w.session_id, reason) for w in sorted(found, key=_start_order)]
 
 

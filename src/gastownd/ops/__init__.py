@@ -31,7 +31,8 @@ from gastownd.ops import events, hooks, meta, seance, wisps
 from gastownd.server import Connection
 
 # Answered in line by the server: these never wait on disk or on other requests.
-INSTANT_OPS: tuple[type[Request], ...] = (Hello, Ping, Status, Query, Unsubscribe)
+# (query is not among them: a large result is read in a thread, under the log's lock.)
+INSTANT_OPS: tuple[type[Request], ...] = (Hello, Ping, Status, Unsubscribe)
 
 
 async def dispatch(daemon: Daemon, request: Request, conn: Connection) -> Any:

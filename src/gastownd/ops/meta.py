@@ -19,7 +19,7 @@ from gastownd.core.events import format_ts
 from gastownd.daemon import Daemon
 from gastownd.errors import UnsupportedProtocolError
 
-CAPABILITIES = ["events", "subscribe", "prune"]
+CAPABILITIES = ["events", "subscribe", "prune", "sessions", "attribution", "hooks"]
 
 
 async def hello(daemon: Daemon, request: Hello) -> HelloResult:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import msgspec
+
 from gastown_client.protocol import ResolveSession, SessionRow, Sessions, SessionsResult
+from gastownd.core.digest import Digest
 from gastownd.core.events import format_ts
 from gastownd.core.query import compile_filter
 from gastownd.core.wisp import Wisp
@@ -89,17 +92,23 @@ async def _row_of_wisp(daemon: Daemon, wisp: Wisp) -> SessionRow:
         cwd=wisp.cwd,
         end_reason=wisp.end_reason,
         digest_id=digest.digest_id if digest else None,
-        summary=_first_line_of_body(digest.summary) if digest else None,
+        summary=synopsis(digest) if digest else None,
         segments=wisp.segment,
     )
 
 
-def _first_line_of_body(summary: str) -> str:
-    for line in summary.splitlines():
-        text = line.strip().lstrip("#").strip()
-        if text and not text.startswith("Digest:"):
-            return text[:200]
-    return ""
+def synopsis(digest: Digest) -> str:
+    """One line about what a session did, for the listing."""
+    parts = []
+    if digest.issues_closed:
+        parts.append("closed " + ", ".join(digest.issues_closed[:5]))
+    if digest.commits:
+        parts.append(f"{len(digest.commits)} commit{'s' if len(digest.commits) > 1 else ''}")
+    if digest.handoffs and digest.handoffs[-1].subject:
+        parts.append(f"handoff: {digest.handoffs[-1].subject}")
+    if not parts:
+        parts.append(f"{digest.step_count} step{'' if digest.step_count == 1 else 's'}")
+    return "; ".join(parts)[:200]
 
 
 async def _logged_only(daemon: Daemon, needles: list[str], limit: int) -> list[SessionRow]:
@@ -139,11 +148,8 @@ async def _rows(daemon: Daemon, session_ids: list[str]) -> list[SessionRow]:
         if not starts:
             continue
         first = index.entry(starts[0])
-        import msgspec
-
-        payload = msgspec.json.decode(daemon.eventlog.read_lines([starts[-1]])[0]).get(
-            "payload", {}
-        )
+        # Topic and cwd from the same line as the actor and start: gt may reuse an id.
+        payload = msgspec.json.decode(daemon.eventlog.read_lines([starts[0]])[0]).get("payload", {})
         rows.append(
             SessionRow(
                 session_id=session_id,
