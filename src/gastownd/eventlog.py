@@ -33,7 +33,7 @@ import sys
 import time
 import zlib
 from collections import defaultdict, deque
-from collections.abc import Callable, Generator, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,10 +48,22 @@ import structlog
 from gastown_client.protocol import EventLogInfo, PruneResult
 from gastownd.config import EventLogConfig, parse_duration
 from gastownd.core.events import format_ts
-from gastownd.core.index import MALFORMED, EventIndex, IndexHeader
+from gastownd.core.index import MALFORMED, EventIndex
 from gastownd.core.query import EventFilter
-from gastownd.core.retention import STEP, RetentionPolicy, drive, plan_prune_steps
+from gastownd.core.retention import STEP, RetentionPolicy, plan_prune_steps
 from gastownd.errors import BadRequestError, ShuttingDownError, StorageError
+from gastownd.logstate import (
+    SNAPSHOT_VERSION,
+    SeqMap,
+    SnapshotMeta,
+    fsync_dir,
+    load_seqmaps,
+    read_snapshot,
+    runs_of,
+    runs_steps,
+    write_seqmap,
+    write_snapshot,
+)
 from gastownd.subscriptions import Published
 
 log = structlog.get_logger("gastownd.eventlog")
@@ -66,50 +78,6 @@ SLICE_S = 0.001
 PAUSE_S = 0.002
 # Loop turns a batch may wait for more appends before its write (see _gather).
 GATHER_TURNS = 2
-
-
-SNAPSHOT_VERSION = 1
-
-
-class _SnapshotMeta(msgspec.Struct, kw_only=True):
-    version: int
-    inode: int
-    epoch: int
-    tail: bytes
-    header: IndexHeader
-    blob_sizes: list[int]
-
-
-_snapshot_meta_decoder = msgspec.json.Decoder(_SnapshotMeta)
-
-
-class SeqMap(msgspec.Struct, kw_only=True):
-    """How seqs map onto the lines of one file (one inode)."""
-
-    epoch: int
-    inode: int
-    # (first seq, count) runs for the first lines of the file, in order.
-    runs: list[tuple[int, int]] = msgspec.field(default_factory=list)
-    # Seq of the first line after the runs; later lines count up from it.
-    base: int = 0
-    # Highest seq ever removed from the log: older cursors must resync.
-    pruned_through: int = -1
-    # A checkpoint: the file had at least ``end`` bytes ending with ``tail``.
-    end: int = 0
-    tail: bytes = b""
-
-    def seqs(self) -> Iterator[int]:
-        for first, count in self.runs:
-            yield from range(first, first + count)
-        seq = self.base
-        while True:
-            yield seq
-            seq += 1
-
-
-def runs_of(seqs: Sequence[int]) -> list[tuple[int, int]]:
-    """Consecutive seqs as (first, count) runs."""
-    return drive(_runs_steps(seqs))
 
 
 @dataclass
@@ -206,17 +174,17 @@ class EventLog:
             if snapshot is None:
                 _release_freed_memory()
             self._remember_tail()
-            self._write_seqmap(self._checkpointed(self.seqmap))
+            write_seqmap(self.state_dir, self._checkpointed(self.seqmap))
 
     def _open_log(self) -> int:
         created = not self.path.exists()
         fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
         if created:
-            _fsync_dir(self.path.parent)  # the new name itself must survive a crash
+            fsync_dir(self.path.parent)  # the new name itself must survive a crash
         return fd
 
     def _resolve_seqmap(self, inode: int, size: int) -> SeqMap:
-        maps = self._load_seqmaps()
+        maps = load_seqmaps(self.state_dir)
         current = maps.get(inode)
         if current is not None and self._checkpoint_holds(current, size):
             return current
@@ -238,34 +206,6 @@ class EventLog:
             return True
         found = os.pread(self._fd, len(seqmap.tail), seqmap.end - len(seqmap.tail))
         return found == seqmap.tail
-
-    def _load_seqmaps(self) -> dict[int, SeqMap]:
-        maps: dict[int, SeqMap] = {}
-        for path in self.state_dir.glob("seqmap-*.json"):
-            try:
-                seqmap = msgspec.json.decode(path.read_bytes(), type=SeqMap)
-            except (OSError, msgspec.DecodeError):
-                log.warning("seqmap_unreadable", path=str(path))
-                continue
-            maps[seqmap.inode] = seqmap
-        return maps
-
-    def _write_seqmap(self, seqmap: SeqMap) -> None:
-        """Atomically replace the seqmap of ``seqmap.inode``; keep only it and one more."""
-        target = self.state_dir / f"seqmap-{seqmap.inode}.json"
-        temp = target.with_suffix(".tmp")
-        with open(temp, "wb") as handle:
-            handle.write(msgspec.json.encode(seqmap))
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, target)
-        _fsync_dir(self.state_dir)
-        others = sorted(
-            (p for p in self.state_dir.glob("seqmap-*.json") if p != target),
-            key=lambda p: p.stat().st_mtime,
-        )
-        for stale in others[:-1]:
-            stale.unlink(missing_ok=True)
 
     def _checkpointed(self, seqmap: SeqMap) -> SeqMap:
         return msgspec.structs.replace(seqmap, end=self.index.end, tail=self._tail)
@@ -296,15 +236,10 @@ class EventLog:
 
     def _load_snapshot(self, inode: int, size: int) -> EventIndex | None:
         """The index saved at the last clean stop, if it still describes this file's start."""
-        try:
-            with open(self._snapshot_path, "rb") as handle:
-                meta = _snapshot_meta_decoder.decode(handle.readline())
-                blobs = [handle.read(n) for n in meta.blob_sizes]
-        except FileNotFoundError:
+        saved = read_snapshot(self._snapshot_path)
+        if saved is None:
             return None
-        except (OSError, msgspec.DecodeError) as exc:
-            log.warning("index_snapshot_unreadable", error=str(exc))
-            return None
+        meta, blobs = saved
         header = meta.header
         fits = (
             meta.version == SNAPSHOT_VERSION
@@ -330,7 +265,7 @@ class EventLog:
         async with self._snapshot_lock:
             async with self._io:  # a consistent index; the write itself needs no lock
                 header, blobs = self.index.export()
-                meta = _SnapshotMeta(
+                meta = SnapshotMeta(
                     version=SNAPSHOT_VERSION,
                     inode=self._inode[1],
                     epoch=self.seqmap.epoch,
@@ -338,17 +273,7 @@ class EventLog:
                     header=header,
                     blob_sizes=[len(b) for b in blobs],
                 )
-            await anyio.to_thread.run_sync(self._write_snapshot, meta, blobs)
-
-    def _write_snapshot(self, meta: _SnapshotMeta, blobs: list[bytes]) -> None:
-        temp = self._snapshot_path.with_suffix(".tmp")
-        with open(temp, "wb") as handle:
-            handle.write(msgspec.json.encode(meta) + b"\n")
-            for blob in blobs:
-                handle.write(blob)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, self._snapshot_path)
+            await anyio.to_thread.run_sync(write_snapshot, self._snapshot_path, meta, blobs)
 
     # ============================================================ the lock
 
@@ -515,7 +440,7 @@ class EventLog:
                 base=self.index.next_seq(),
                 pruned_through=max(self.seqmap.pruned_through, observation.pruned_through),
             )
-            self._write_seqmap(self._checkpointed(self.seqmap))
+            write_seqmap(self.state_dir, self._checkpointed(self.seqmap))
         elif observation.appended:
             self._index_bytes(observation.appended, external=True)
 
@@ -716,7 +641,7 @@ class EventLog:
             return
         try:
             os.fdatasync(self._fd)
-            self._write_seqmap(self._checkpointed(self.seqmap))
+            write_seqmap(self.state_dir, self._checkpointed(self.seqmap))
         except OSError as exc:
             log.error("eventlog_close_failed", error=exc.strerror)
         os.close(self._fd)
@@ -805,7 +730,7 @@ class EventLog:
                 result.duration_ms = round((time.monotonic() - started) * 1000, 3)
                 return result
             kept_index = await _cooperate(index.select_steps(plan.keep))
-            runs = await _cooperate(_runs_steps(kept_index.seqs))
+            runs = await _cooperate(runs_steps(kept_index.seqs))
             seqs = _PruneSeqs(
                 runs=runs,
                 removed_max=index.seqs[_last_removed(plan.keep, count)],
@@ -898,9 +823,9 @@ class EventLog:
                 end=new_size,
                 tail=os.pread(temp_fd, take, new_size - take) if take else b"",
             )
-            self._write_seqmap(seqmap)
+            write_seqmap(self.state_dir, seqmap)
             os.replace(temp_path, self.path)
-            _fsync_dir(self.path.parent)
+            fsync_dir(self.path.parent)
             self.seqmap = seqmap
             return observation, self._fd
 
@@ -952,18 +877,6 @@ def _ranges_steps(
     if start >= 0:
         ranges.append((start, end - start))
     return ranges
-
-
-def _runs_steps(seqs: Sequence[int]) -> Generator[None, None, list[tuple[int, int]]]:
-    runs: list[tuple[int, int]] = []
-    for done, seq in enumerate(seqs):
-        if done % STEP == 0:
-            yield
-        if runs and runs[-1][0] + runs[-1][1] == seq:
-            runs[-1] = (runs[-1][0], runs[-1][1] + 1)
-        else:
-            runs.append((seq, 1))
-    return runs
 
 
 def _last_removed(keep: list[int], count: int) -> int:
@@ -1045,14 +958,6 @@ def _copy_range(source: int, target: int, offset: int, length: int) -> None:
             view = view[written:]
         offset += len(chunk)
         length -= len(chunk)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _archive(fd: int, index: EventIndex, positions: list[int], folder: Path) -> int:

@@ -1,0 +1,142 @@
+"""The event log's bookkeeping files in ``<town>/.gastownd/``: seqmaps and the index snapshot.
+
+A seqmap (``seqmap-<inode>.json``) records how seqs map onto the lines of
+one file after a rewrite, plus a checkpoint (size and tail bytes) that tells
+whether the file is still the one it describes. The index snapshot
+(``index.snapshot``: a JSON header line, then the raw index columns) lets a
+restart skip re-parsing the lines it already indexed. Both are written
+atomically (temp file, fsync, rename, directory fsync) and are only ever a
+shortcut: a missing or stale one costs time, never data.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Generator, Iterator, Sequence
+from pathlib import Path
+
+import msgspec
+import structlog
+
+from gastownd.core.index import IndexHeader
+from gastownd.core.retention import STEP, drive
+
+log = structlog.get_logger("gastownd.logstate")
+
+SNAPSHOT_VERSION = 1
+
+
+class SeqMap(msgspec.Struct, kw_only=True):
+    """How seqs map onto the lines of one file (one inode)."""
+
+    epoch: int
+    inode: int
+    # (first seq, count) runs for the first lines of the file, in order.
+    runs: list[tuple[int, int]] = msgspec.field(default_factory=list)
+    # Seq of the first line after the runs; later lines count up from it.
+    base: int = 0
+    # Highest seq ever removed from the log: older cursors must resync.
+    pruned_through: int = -1
+    # A checkpoint: the file had at least ``end`` bytes ending with ``tail``.
+    end: int = 0
+    tail: bytes = b""
+
+    def seqs(self) -> Iterator[int]:
+        for first, count in self.runs:
+            yield from range(first, first + count)
+        seq = self.base
+        while True:
+            yield seq
+            seq += 1
+
+
+def runs_of(seqs: Sequence[int]) -> list[tuple[int, int]]:
+    """Consecutive seqs as (first, count) runs."""
+    return drive(runs_steps(seqs))
+
+
+def runs_steps(seqs: Sequence[int]) -> Generator[None, None, list[tuple[int, int]]]:
+    """``runs_of`` in steps (yields every ``STEP`` seqs)."""
+    runs: list[tuple[int, int]] = []
+    for done, seq in enumerate(seqs):
+        if done % STEP == 0:
+            yield
+        if runs and runs[-1][0] + runs[-1][1] == seq:
+            runs[-1] = (runs[-1][0], runs[-1][1] + 1)
+        else:
+            runs.append((seq, 1))
+    return runs
+
+
+def load_seqmaps(state_dir: Path) -> dict[int, SeqMap]:
+    maps: dict[int, SeqMap] = {}
+    for path in state_dir.glob("seqmap-*.json"):
+        try:
+            seqmap = msgspec.json.decode(path.read_bytes(), type=SeqMap)
+        except (OSError, msgspec.DecodeError):
+            log.warning("seqmap_unreadable", path=str(path))
+            continue
+        maps[seqmap.inode] = seqmap
+    return maps
+
+
+def write_seqmap(state_dir: Path, seqmap: SeqMap) -> None:
+    """Atomically replace the seqmap of ``seqmap.inode``; keep only it and one more."""
+    target = state_dir / f"seqmap-{seqmap.inode}.json"
+    _write_atomically(target, [msgspec.json.encode(seqmap)])
+    others = sorted(
+        (p for p in state_dir.glob("seqmap-*.json") if p != target),
+        key=lambda p: p.stat().st_mtime,
+    )
+    for stale in others[:-1]:
+        stale.unlink(missing_ok=True)
+
+
+class SnapshotMeta(msgspec.Struct, kw_only=True):
+    version: int
+    inode: int
+    epoch: int
+    tail: bytes
+    header: IndexHeader
+    blob_sizes: list[int]
+
+
+_snapshot_meta_decoder = msgspec.json.Decoder(SnapshotMeta)
+
+
+def read_snapshot(path: Path) -> tuple[SnapshotMeta, list[bytes]] | None:
+    """The saved header and column bytes, or None (missing or unreadable)."""
+    try:
+        with open(path, "rb") as handle:
+            meta = _snapshot_meta_decoder.decode(handle.readline())
+            blobs = [handle.read(n) for n in meta.blob_sizes]
+    except FileNotFoundError:
+        return None
+    except (OSError, msgspec.DecodeError) as exc:
+        log.warning("index_snapshot_unreadable", error=str(exc))
+        return None
+    return meta, blobs
+
+
+def write_snapshot(path: Path, meta: SnapshotMeta, blobs: list[bytes]) -> None:
+    _write_atomically(path, [msgspec.json.encode(meta) + b"\n", *blobs])
+
+
+def _write_atomically(path: Path, parts: list[bytes]) -> None:
+    temp = path.with_suffix(".tmp")
+    with open(temp, "wb") as handle:
+        for part in parts:
+            handle.write(part)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temp, path)
+    fsync_dir(path.parent)
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename or a new name in ``path`` survive a crash."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
