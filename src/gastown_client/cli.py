@@ -545,7 +545,9 @@ def cmd_install_hooks(args: argparse.Namespace) -> int:
     from gastown_client.hookinstall import run_install
 
     settings = Path(args.settings).expanduser() if args.settings else None
-    return run_install(settings, dry_run=args.dry_run, uninstall=args.uninstall, out=sys.stdout)
+    return run_install(
+        settings, dry_run=args.dry_run, uninstall=args.uninstall, out=sys.stdout, err=sys.stderr
+    )
 
 
 _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {

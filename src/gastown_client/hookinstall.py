@@ -237,8 +237,18 @@ def _write_atomically(path: Path, text: str, mode: int) -> None:
         raise
 
 
-def run_install(settings_path: Path | None, *, dry_run: bool, uninstall: bool, out: TextIO) -> int:
-    """Merge (or with ``uninstall`` remove) our hooks; 0 ok, 1 invalid settings file."""
+def run_install(
+    settings_path: Path | None,
+    *,
+    dry_run: bool,
+    uninstall: bool,
+    out: TextIO,
+    err: TextIO | None = None,
+) -> int:
+    """Merge (or with ``uninstall`` remove) our hooks; 0 ok, 1 invalid settings file.
+
+    Reports go to ``out``, the invalid-file error to ``err`` (default ``out``).
+    """
     shown = Path(settings_path).expanduser() if settings_path else default_settings_path()
     # Write through a symlink (dotfile managers), never over it.
     path = Path(os.path.realpath(shown))
@@ -252,7 +262,7 @@ def run_install(settings_path: Path | None, *, dry_run: bool, uninstall: bool, o
         before = parse_settings(before_text)
         after = remove_hooks(before) if uninstall else merge_hooks(before)
     except (InvalidSettings, UnicodeDecodeError) as exc:
-        print(f"{shown}: invalid settings file, left unchanged: {exc}", file=out)
+        print(f"{shown}: invalid settings file, left unchanged: {exc}", file=err or out)
         return 1
     if after == before:
         message = "not installed, nothing to remove" if uninstall else "already installed"

@@ -328,3 +328,15 @@ def test_a_frame_trickled_byte_by_byte_still_times_out(town: Path) -> None:
             assert time.monotonic() - started < 2
     finally:
         assert proc.terminate() == 0
+
+
+def test_ctl_install_hooks_reports_an_invalid_file_on_stderr(tmp_path: Path, town: Path) -> None:
+    settings = tmp_path / "settings.json"
+    settings.write_text("{not json")
+    result = run_ctl(town, "install-hooks", "--settings", str(settings))
+    assert result.returncode == 1
+    assert "invalid settings file" in result.stderr and result.stdout == ""
+    assert settings.read_text() == "{not json"
+    fine = tmp_path / "fresh.json"
+    assert run_ctl(town, "install-hooks", "--settings", str(fine)).returncode == 0
+    assert "SessionStart" in fine.read_text()
