@@ -122,5 +122,5 @@ class SpoolIngester:
                 log.exception("spooled_request_failed", file=name, offset=offset)
                 await sessions.run((), None, spool_mark=mark)
         await anyio.to_thread.run_sync(path.unlink)
-        await sessions.db(sessions.store.set_spool_offset, name, None)
+        await sessions.db(sessions.store.forget_spool_file, name)
         return count

@@ -103,14 +103,9 @@ class NewAttribution:
 
 
 @dataclass(frozen=True)
-class AttributionRow:
-    issue: str
-    session_id: str
-    segment: int | None
-    action: str
-    at: float
-    actor: str
-    rule: str
+class AttributionRow(NewAttribution):
+    """A stored attribution, with the digest of its segment once it exists."""
+
     digest_id: str | None
 
 
@@ -185,21 +180,6 @@ class Store:
             )
             found.update(r[0] for r in rows)
         return found
-
-    def latest_open_wisp(self, *, actor: str | None = None, tmux: str | None = None) -> Wisp | None:
-        if actor is not None:
-            row = self._db.execute(
-                "SELECT body FROM wisps WHERE state = 'open' AND actor = ? "
-                "ORDER BY started_at DESC LIMIT 1",
-                (actor,),
-            ).fetchone()
-        else:
-            row = self._db.execute(
-                "SELECT body FROM wisps WHERE state = 'open' AND tmux_session = ? "
-                "ORDER BY started_at DESC LIMIT 1",
-                (tmux,),
-            ).fetchone()
-        return _wisp_decoder.decode(row[0]) if row else None
 
     def wisps_listing(
         self, *, actor_like: Sequence[str], state: str | None, limit: int
@@ -372,14 +352,10 @@ class Store:
         ).fetchone()
         return int(row[0]) if row else 0
 
-    def set_spool_offset(self, name: str, offset: int | None) -> None:
+    def forget_spool_file(self, name: str) -> None:
+        """A spool file was fully applied and removed: drop its progress row."""
         with self._transaction():
-            if offset is None:
-                self._db.execute("DELETE FROM spool_progress WHERE name = ?", (name,))
-            else:
-                self._db.execute(
-                    "INSERT OR REPLACE INTO spool_progress VALUES (?, ?)", (name, offset)
-                )
+            self._db.execute("DELETE FROM spool_progress WHERE name = ?", (name,))
 
 
 class _Transaction:

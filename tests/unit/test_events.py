@@ -109,9 +109,3 @@ def test_parse_line_tolerates_old_lines_and_rejects_garbage() -> None:
     assert with_session is not None and events.session_of(with_session) == "abc"
     numeric = events.parse_line(b'{"ts":"t","type":"x","payload":{"session_id":5}}')
     assert numeric is not None and events.session_of(numeric) is None
-
-
-def test_complete_length() -> None:
-    assert events.complete_length(b"a\nb\nc") == 4
-    assert events.complete_length(b"abc") == 0
-    assert events.complete_length(b"a\n") == 2

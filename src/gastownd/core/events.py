@@ -170,8 +170,3 @@ def parse_ts(text: str) -> int | None:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     return int(moment.timestamp())
-
-
-def complete_length(data: bytes | bytearray) -> int:
-    """Length of the prefix of ``data`` made of whole lines (each ending in ``\\n``)."""
-    return data.rfind(b"\n") + 1

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import msgspec
 
-from gastownd.core.events import ParsedLine, decode_lines, parse_ts, session_of
+from gastownd.core.events import decode_lines, parse_ts, session_of
 from gastownd.core.query import EventFilter
 from gastownd.core.retention import PLAN_CHUNK, drive
 
@@ -80,10 +80,6 @@ class EventIndex:
 
     def __len__(self) -> int:
         return len(self.offsets)
-
-    @property
-    def good_lines(self) -> int:
-        return len(self.offsets) - self.malformed
 
     def next_seq(self) -> int:
         return self.seqs[-1] + 1 if self.seqs else 0
@@ -148,17 +144,6 @@ class EventIndex:
             position += 1
         self.end = offset
         return consumed
-
-    def add(self, line: bytes, offset: int, seq: int) -> int:
-        """Index one line (without its newline); returns its type id (-1: malformed)."""
-        self.add_lines(line + b"\n", offset, iter((seq,)))
-        return self.types[-1]
-
-    def _append_parsed(
-        self, parsed: ParsedLine, ts: int, offset: int, length: int, seq: int, checksum: int
-    ) -> int:
-        type_id, actor_id, session_id = self._intern(parsed.type, parsed.actor, session_of(parsed))
-        return self._append(offset, length, seq, type_id, actor_id, session_id, ts, checksum)
 
     def _intern(self, type_: str, actor: str, session: str | None) -> tuple[int, int, int]:
         type_id = self._type_ids.get(type_)

@@ -23,7 +23,7 @@ from gastown_client.protocol import (
     WispGet,
     WispView,
 )
-from gastownd.core.digest import Digest, verify_chain
+from gastownd.core.digest import Digest, digest_hash, verify_chain
 from gastownd.core.events import format_ts
 from gastownd.core.wisp import Outcome, SaveDigest, Wisp, WispBook
 from gastownd.daemon import Daemon
@@ -180,16 +180,10 @@ async def cv(daemon: Daemon, request: Cv) -> CvResult:
             result.broken_at = chain[broken].digest_id
             result.broken_reason = (
                 "content does not match its hash"
-                if chain[broken].hash != _rehash(chain[broken])
+                if chain[broken].hash != digest_hash(chain[broken])
                 else "prev_hash does not match the previous digest"
             )
     return result
-
-
-def _rehash(digest: Digest) -> str:
-    from gastownd.core.digest import digest_hash
-
-    return digest_hash(digest)
 
 
 async def attribute(daemon: Daemon, request: Attribute) -> AttributeResult:
