@@ -230,15 +230,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_emit(args: argparse.Namespace) -> int:
-    payload: dict[str, Any] = {}
-    if args.payload:
-        try:
-            decoded = msgspec.json.decode(args.payload)
-        except msgspec.DecodeError as exc:
-            raise UsageError(f"--payload is not valid JSON: {exc}") from None
-        if not isinstance(decoded, dict):
-            raise UsageError("--payload must be a JSON object")
-        payload.update(decoded)
+    payload: dict[str, Any] = _json_object(args.payload or None, "--payload") or {}
     for field in args.fields:
         key, sep, value = field.partition("=")
         if not sep or not key:
