@@ -88,19 +88,11 @@ async def subscribe(daemon: Daemon, request: Subscribe, conn: Connection) -> Fol
         start = 0
     elif request.cursor is not None:
         epoch, seq = eventlog.parse_cursor(request.cursor)
-        if (
-            epoch != eventlog.seqmap.epoch
-            or seq < eventlog.seqmap.pruned_through
-            or seq >= index.next_seq()
-        ):
-            resync = True
-            start = (
-                0
-                if epoch != eventlog.seqmap.epoch or seq >= index.next_seq()
-                else (index.position_after(seq))
-            )
-        else:
-            start = index.position_after(seq)
+        # A cursor of another epoch (or from the future) says nothing about this
+        # log: start over. One older than a pruned line missed something: resync.
+        foreign = epoch != eventlog.seqmap.epoch or seq >= index.next_seq()
+        resync = foreign or seq < eventlog.seqmap.pruned_through
+        start = 0 if foreign else index.position_after(seq)
     # From here to the FollowUp nothing awaits: the backlog and the live
     # queue split the log at exactly this point, with no gap and no overlap.
     backlog = (
