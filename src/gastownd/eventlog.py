@@ -73,6 +73,8 @@ T = TypeVar("T")
 READ_CHUNK = 16 << 20
 TAIL_SIGNATURE = 64
 MAX_BATCH_BYTES = 8 << 20
+# Queries of up to this many lines are read on the event loop (page-cache reads).
+INLINE_READ_LINES = 256
 # Longest stretch of prune work on the event loop between two turns (see _cooperate).
 SLICE_S = 0.001
 PAUSE_S = 0.002
@@ -670,10 +672,10 @@ class EventLog:
         return [os.pread(fd, index.length(p) - 1, index.offsets[p]) for p in positions]
 
     async def query(self, flt: EventFilter, limit: int, oldest_first: bool) -> list[bytes]:
-        positions = self.index.search(flt, limit, oldest_first=oldest_first)
-        if len(positions) <= 256:
-            return self.read_lines(positions)
-        async with self._io:
+        if limit <= INLINE_READ_LINES:
+            # Search and read with no await between: the index cannot change under us.
+            return self.read_lines(self.index.search(flt, limit, oldest_first=oldest_first))
+        async with self._io:  # a big read goes to a thread: keep the file and index still
             positions = self.index.search(flt, limit, oldest_first=oldest_first)
             return await anyio.to_thread.run_sync(self.read_lines, positions)
 
