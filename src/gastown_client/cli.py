@@ -122,7 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = commands.add_parser("attribute", help="record which session touched an issue")
     sub.add_argument("issue")
     sub.add_argument("--session", help="default: resolved from the environment")
-    sub.add_argument("--action", choices=["closed", "created", "updated"], default="closed")
+    sub.add_argument(
+        "--action", choices=["closed", "created", "updated", "reopened"], default="closed"
+    )
     sub.add_argument("--json", action="store_true")
     sub = commands.add_parser("attribution", help="every session that touched an issue")
     sub.add_argument("issue")

@@ -194,7 +194,7 @@ class Attribute(Request, tag="attribute"):
 
     issue: str
     session: str | None = None
-    action: Literal["closed", "created", "updated"] = "closed"
+    action: Literal["closed", "created", "updated", "reopened"] = "closed"
     actor: str | None = None
     env: dict[str, str] = msgspec.field(default_factory=dict)
     cwd: str | None = None

@@ -8,12 +8,14 @@ import msgspec
 import pytest
 
 from gastownd.core.hookmap import (
+    STEP_OF_ACTION,
     PlannedAttribution,
     PlannedStep,
     decode_payload,
     plan_hook,
     predecessor_context,
 )
+from tests.attribution_forms import FORMS, Form
 
 ENV = {"GT_ROLE": "gastown/polecats/nux", "GT_SESSION": "gt-nux"}
 
@@ -127,3 +129,17 @@ def test_predecessor_context_is_short_and_names_the_seance_command() -> None:
     )
     assert len(text.encode()) <= 1024
     assert "gastownctl seance 6f1c2d3e" in text or text.endswith("...")
+
+
+@pytest.mark.parametrize("form", FORMS, ids=lambda form: form.name)
+def test_every_form_agents_use_is_attributed_and_no_decoy_is(form: Form) -> None:
+    result = plan(
+        "PostToolUse",
+        tool_name=form.tool_name,
+        tool_input=form.tool_input,
+        tool_response=form.tool_response,
+    )
+    found = {(a.issue, a.action) for a in result.attributions}
+    assert found == form.expected
+    steps = {(s.ref, s.kind) for s in result.steps if s.kind.startswith("issue_")}
+    assert steps == {(issue, STEP_OF_ACTION[action]) for issue, action in form.expected}
