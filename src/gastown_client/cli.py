@@ -225,6 +225,14 @@ def cmd_status(args: argparse.Namespace) -> int:
     ]
     if log.quarantined:
         rows.append(("  quarantined", f"{log.quarantined} torn tail(s) cut and saved"))
+    known = status.sessions
+    rows.append(
+        (
+            "sessions",
+            f"{known.known} known: {known.open} open, {known.ended} ended, "
+            f"{known.logged} only from gt's lines",
+        )
+    )
     width = max(len(label) for label, _ in rows)
     for label, value in rows:
         print(f"{label:<{width}}  {value}")
@@ -435,7 +443,8 @@ def cmd_sessions(args: argparse.Namespace) -> int:
     for row in result.sessions:
         about = row.topic or row.summary or ""
         print(
-            f"{row.started_at}  {row.session_id[:8]}  {row.state:<9} {row.actor:<28} "
+            f"{row.last_started_at or row.started_at}  {row.session_id[:8]}  {row.state:<9} "
+            f"{row.actor:<28} "
             f"{row.end_reason or '':<11} {_short(about, 50)}".rstrip()
         )
     return EXIT_OK

@@ -281,6 +281,15 @@ class EventLogInfo(msgspec.Struct, kw_only=True):
     durability: str = "sync"
 
 
+class SessionsInfo(msgspec.Struct, kw_only=True):
+    """Sessions the town has seen, by state (``logged``: known only from log lines)."""
+
+    known: int = 0
+    open: int = 0
+    ended: int = 0
+    logged: int = 0
+
+
 class StatusResult(msgspec.Struct, kw_only=True):
     daemon_version: str
     protocol: int
@@ -292,6 +301,7 @@ class StatusResult(msgspec.Struct, kw_only=True):
     connections: int
     requests: int
     eventlog: EventLogInfo = msgspec.field(default_factory=EventLogInfo)
+    sessions: SessionsInfo = msgspec.field(default_factory=SessionsInfo)
 
 
 class EmitResult(msgspec.Struct, kw_only=True):
@@ -412,6 +422,10 @@ class CvResult(msgspec.Struct, kw_only=True):
 
 
 class SessionRow(msgspec.Struct, kw_only=True):
+    """One session the town has seen. ``started_at``: its first start;
+    ``last_started_at``: its latest (resume, compaction, a new segment);
+    ``state``: its wisp's state, or ``logged`` when only log lines told of it."""
+
     session_id: str
     actor: str
     started_at: str
@@ -423,6 +437,10 @@ class SessionRow(msgspec.Struct, kw_only=True):
     digest_id: str | None = None
     summary: str | None = None
     segments: int = 1
+    last_started_at: str | None = None
+    starts: int = 1
+    ended_at: str | None = None
+    actor_pid: str | None = None
 
 
 class SessionsResult(msgspec.Struct, kw_only=True):

@@ -245,19 +245,25 @@ def _option(args: list[str], *names: str) -> str | None:
 def predecessor_context(
     *,
     actor: str,
-    ended_at: str,
-    end_reason: str,
-    issues_closed: list[str],
-    commits: list[str],
-    handoff_subject: str | None,
     session_id: str,
+    started_at: str,
+    ended_at: str | None,
+    end_reason: str | None,
+    topic: str | None = None,
+    issues_closed: list[str] | None = None,
+    commits: list[str] | None = None,
+    handoff_subject: str | None = None,
     limit: int = 1024,
 ) -> str:
     """The short note a new session gets about its predecessor (at most ``limit`` bytes)."""
-    lines = [
-        f"[gastownd] Your predecessor as {actor} (session {session_id}) "
-        f"ended {ended_at} ({end_reason}).",
-    ]
+    head = f"[gastownd] Your predecessor as {actor} (session {session_id}) "
+    if ended_at is not None:
+        head += f"ended {ended_at} ({end_reason or 'ended'})."
+    else:
+        head += f"started {started_at}; no end was recorded."
+    lines = [head]
+    if topic:
+        lines.append(f"Topic: {topic}")
     if issues_closed:
         lines.append("Issues closed: " + ", ".join(issues_closed[:10]))
     if commits:
