@@ -465,8 +465,8 @@ class Store:
     def _save_digest(self, digest: Digest) -> None:
         length = self.chain_length(digest.actor)
         self._db.execute(
-            "INSERT INTO digests (digest_id, session_id, segment, actor, chain_pos, ended_at, body) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO digests (digest_id, session_id, segment, actor, chain_pos, ended_at, "
+            "body) VALUES (?, ?, ?, ?, ?, ?, ?)",
             (
                 digest.digest_id,
                 digest.session_id,
