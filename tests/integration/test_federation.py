@@ -255,7 +255,10 @@ def test_garbage_and_forged_records_are_counted_and_skipped(
         work(node, "g")
     wait_converged(town_nodes)
     town = json.loads((town_nodes[0].town / "mayor" / "town.json").read_text())["name"]
-    line = b'{"ts":"2026-11-29T00:00:00Z","source":"gt","type":"mail","actor":"x","visibility":"feed"}'
+    line = (
+        b'{"ts":"2026-11-29T00:00:00Z","source":"gt","type":"mail","actor":"x",'
+        b'"visibility":"feed"}'
+    )
 
     def event(node: str, seq: int, town_name: str = town) -> bytes:
         return json.dumps(
@@ -280,7 +283,7 @@ def test_garbage_and_forged_records_are_counted_and_skipped(
         (
             f"gastown.{town}.evil.digest",
             json.dumps(
-                {"kind": "digest", "town": town, "node": "evil", "id": "evil.digest.dg-0", "digest": {}}
+                {"kind": "digest", "town": town, "node": "evil", "id": "evil.digest.x", "digest": {}}
             ).encode(),
         ),
     ]
