@@ -256,8 +256,7 @@ def test_garbage_and_forged_records_are_counted_and_skipped(
     wait_converged(town_nodes)
     town = json.loads((town_nodes[0].town / "mayor" / "town.json").read_text())["name"]
     line = (
-        b'{"ts":"2026-11-29T00:00:00Z","source":"gt","type":"mail","actor":"x",'
-        b'"visibility":"feed"}'
+        b'{"ts":"2026-11-29T00:00:00Z","source":"gt","type":"mail","actor":"x","visibility":"feed"}'
     )
 
     def event(node: str, seq: int, town_name: str = town) -> bytes:
@@ -279,11 +278,12 @@ def test_garbage_and_forged_records_are_counted_and_skipped(
         (f"gastown.{town}.evil.event", event("b", 1)),  # claims to be b on evil's subject
         (f"gastown.{town}.evil.event", event("a", 2)),  # claims to be a (this node, for a)
         (f"gastown.{town}.evil.event", event("evil", 3, "othertown")),  # another town
-        (f"gastown.{town}.evil.event", event("evil", 4)[:-1] + b' ' * (2 << 20) + b"}"),  # huge
+        (f"gastown.{town}.evil.event", event("evil", 4)[:-1] + b" " * (2 << 20) + b"}"),  # huge
         (
             f"gastown.{town}.evil.digest",
             json.dumps(
-                {"kind": "digest", "town": town, "node": "evil", "id": "evil.digest.x", "digest": {}}
+                {"kind": "digest", "town": town, "node": "evil", "id": "evil.digest.x"}
+                | {"digest": {}}
             ).encode(),
         ),
     ]
