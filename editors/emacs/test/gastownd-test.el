@@ -266,6 +266,9 @@
                          "subject=hello-feed to=gastown/crew/joe\\'")
                  line))
         (should (equal line (car (last (gastownd-test--lines buffer))))))
+      ;; Killing the buffer stops the feed (and closes its connection).
+      (kill-buffer buffer)
+      (should-not gastownd--the-feed)
       (gastownd-test--no-errors))))
 
 (ert-deftest gastownd-test-feed-filters-types-and-all-nodes ()

@@ -88,6 +88,9 @@ return {
       local line = h.matching(buf, "subject=hello-feed")[1]
       h.truthy(line:match("^%d%d:%d%d:%d%d  mail%s+  mayor%s+  subject=hello%-feed to=gastown/crew/joe$"), line)
       h.eq(line, h.lines(buf)[vim.api.nvim_buf_line_count(buf)], "the newest event is at the bottom")
+      -- Wiping the buffer stops the feed (and closes its connection).
+      vim.cmd("bwipeout! " .. buf)
+      h.eq(nil, feed.state(), "the feed after :bwipeout")
       no_errors()
     end,
   },
