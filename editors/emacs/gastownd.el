@@ -514,7 +514,7 @@ NODE, or the event's own node, names the machine it came from."
 
 (cl-defstruct (gastownd--feed (:constructor gastownd--feed-create))
   "A running feed: its buffer, filter, last cursor shown and connection."
-  buffer root types all-nodes cursor process (generation 0) delay down
+  buffer root types all-nodes cursor fresh process (generation 0) delay down
   ever-up retry-timer reply-timer)
 
 (defvar gastownd--the-feed nil
@@ -666,7 +666,9 @@ Say so once per outage, and retry with a doubling delay."
 (defun gastownd--feed-subscribed (feed result)
   "FEED's subscription was answered with RESULT."
   (gastownd--feed-cancel-reply-timer feed)
-  (if (alist-get 'resync result)
+  ;; A resync on the head cursor the query just gave has nothing to re-read:
+  ;; reading again would only ask the same question (and loop).
+  (if (and (alist-get 'resync result) (not (gastownd--feed-fresh feed)))
       (progn
         (gastownd--feed-say
          feed (concat "resync: the daemon could not resume after the last "
@@ -690,7 +692,8 @@ Say so once per outage, and retry with a doubling delay."
       (let ((event (alist-get 'event frame)))
         (when (consp event)
           (when (alist-get 'cursor frame)
-            (setf (gastownd--feed-cursor feed) (alist-get 'cursor frame)))
+            (setf (gastownd--feed-cursor feed) (alist-get 'cursor frame)
+                  (gastownd--feed-fresh feed) nil))
           (gastownd--feed-append
            feed (list (gastownd--event-line event (alist-get 'node frame)))))))
      ((member push '("overflow" "end"))
@@ -703,7 +706,8 @@ Say so once per outage, and retry with a doubling delay."
       (gastownd--feed-append
        feed (mapcar #'gastownd--event-line
                     (reverse (alist-get 'events result))))
-      (setf (gastownd--feed-cursor feed) (alist-get 'cursor result))
+      (setf (gastownd--feed-cursor feed) (alist-get 'cursor result)
+            (gastownd--feed-fresh feed) t)
       (gastownd--feed-send feed (list :op "subscribe" :id 2
                                       :cursor (gastownd--feed-cursor feed))))
      ((eql id 2)

@@ -40,6 +40,7 @@ LIVE = [
     "daemon-stopped-one-message",
     "feed-resumes-after-restart",
     "feed-resyncs-when-the-log-was-replaced",
+    "feed-after-a-full-prune",
     "mode-line-counts-open-sessions",
 ]
 

@@ -36,6 +36,7 @@ LIVE = [
     "daemon_stopped_one_message",
     "feed_resumes_after_restart",
     "feed_resyncs_when_the_log_was_replaced",
+    "feed_after_a_full_prune",
     "statusline_counts_open_sessions",
 ]
 

@@ -12,7 +12,8 @@ on the sidecar, one ``O_APPEND`` write), and the daemon itself, which pytest own
     townctl.py --town T hook SESSION start     SessionStart through gastown-hook
     townctl.py --town T hook SESSION close ID  PostToolUse of a Bash ``bd close ID``
     townctl.py --town T hook SESSION end       SessionEnd
-    townctl.py --town T append MARK N          N gt-style lines (payload mark=MARK-i)
+    townctl.py --town T append MARK N [--old]  N gt-style lines (payload mark=MARK-i)
+    townctl.py --town T prune                  gastownctl prune
     townctl.py --town T replace-log MARK N     a new log file (new inode) of N lines
 """
 
@@ -55,15 +56,21 @@ def control(town: Path, command: str, timeout_s: float = 60.0) -> None:
         raise SystemExit(f"townctl {command}: {answer or 'no answer'}")
 
 
-def emit(town: Path, event_type: str, actor: str, fields: list[str]) -> None:
+def gastownctl(town: Path, *args: str) -> None:
     console = Path(sys.executable).parent / "gastownctl"
     command = [str(console)] if console.exists() else [sys.executable, "-m", "gastown_client.cli"]
-    args = ["--town-root", str(town), "emit", event_type, "--actor", actor]
+    done = subprocess.run(
+        [*command, "--town-root", str(town), *args], capture_output=True, text=True, timeout=30
+    )
+    if done.returncode != 0:
+        raise SystemExit(f"gastownctl {args[0]} failed ({done.returncode}): {done.stderr}")
+
+
+def emit(town: Path, event_type: str, actor: str, fields: list[str]) -> None:
+    args = ["emit", event_type, "--actor", actor]
     for field in fields:
         args += ["-p", field]
-    done = subprocess.run([*command, *args], capture_output=True, text=True, timeout=30)
-    if done.returncode != 0:
-        raise SystemExit(f"gastownctl emit failed ({done.returncode}): {done.stderr}")
+    gastownctl(town, *args)
 
 
 def hook_payload(session: str, action: str, issue: str | None) -> dict[str, Any]:
@@ -109,9 +116,10 @@ def run_hook(town: Path, session: str, action: str, issue: str | None) -> None:
         raise SystemExit(f"gastown-hook: exit {done.returncode} {done.stdout!r} {done.stderr!r}")
 
 
-def marked_line(mark: str, number: int) -> dict[str, Any]:
+def marked_line(mark: str, number: int, old: bool = False) -> dict[str, Any]:
+    """A gt-style line; ``old`` ones (2020) are past every retention TTL."""
     return {
-        "ts": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "ts": "2020-01-01T00:00:00Z" if old else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "source": "gt",
         "type": "nudge",
         "actor": "gastown/witness",
@@ -120,9 +128,14 @@ def marked_line(mark: str, number: int) -> dict[str, Any]:
     }
 
 
-def append(town: Path, mark: str, count: int) -> None:
+def append(town: Path, mark: str, count: int, old: bool = False) -> None:
     for number in range(1, count + 1):
-        gt_append(town, marked_line(mark, number))
+        gt_append(town, marked_line(mark, number, old))
+
+
+def prune(town: Path) -> None:
+    """``gastownctl prune``: the daemon applies its retention policy now."""
+    gastownctl(town, "prune")
 
 
 def replace_log(town: Path, mark: str, count: int) -> None:
@@ -156,6 +169,9 @@ def main(argv: list[str] | None = None) -> int:
         sub = commands.add_parser(name)
         sub.add_argument("mark")
         sub.add_argument("count", type=int)
+        if name == "append":
+            sub.add_argument("--old", action="store_true", help="dated 2020: past every TTL")
+    commands.add_parser("prune")
     args = parser.parse_args(argv)
     town: Path = args.town
     if args.command in ("start", "stop"):
@@ -165,7 +181,9 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "hook":
         run_hook(town, args.session, args.action, args.issue)
     elif args.command == "append":
-        append(town, args.mark, args.count)
+        append(town, args.mark, args.count, args.old)
+    elif args.command == "prune":
+        prune(town)
     else:
         replace_log(town, args.mark, args.count)
     return 0

@@ -412,6 +412,23 @@
       (gastownd-test--once-each buffer '("mark=A" "resync:" "mark=R-1" "mark=R-2" "mark=C"))
       (gastownd-test--no-errors))))
 
+(ert-deftest gastownd-test-feed-after-a-full-prune ()
+  ;; Every line pruned, then new ones: the feed opens, subscribes once and shows
+  ;; each event once, even where the daemon answers its own head cursor with a
+  ;; resync.
+  (gastownd-test--with-fast-settings
+    (gastownd-test--ctl "append" "OLD" "2" "--old")
+    (gastownd-test--ctl "prune")
+    (gastownd-test--ctl "emit" "nudge" "mayor" "mark=N1")
+    (let ((buffer (gastownd-test--open-feed)))
+      (gastownd-test--ctl "emit" "nudge" "mayor" "mark=N2")
+      (gastownd-test--wait "N2" (lambda () (gastownd-test--has buffer "mark=N2")))
+      (gastownd-test--sleep 0.3)
+      (gastownd-test--once-each buffer '("mark=N1" "mark=N2"))
+      (should (= 0 (gastownd-test--count buffer "resync")))
+      (should-not (gastownd-test--has buffer "mark=OLD"))
+      (gastownd-test--no-errors))))
+
 (ert-deftest gastownd-test-mode-line-counts-open-sessions ()
   (gastownd-test--with-fast-settings
     (let ((gastownd-mode-line-interval 0.05))

@@ -307,6 +307,27 @@ return {
     end,
   },
   {
+    "feed_after_a_full_prune",
+    function()
+      -- Every line pruned, then new ones: the feed opens, subscribes once and shows each
+      -- event once, even where the daemon answers its own head cursor with a resync.
+      setup()
+      h.ctl("append", "OLD", "2", "--old")
+      h.ctl("prune")
+      h.ctl("emit", "nudge", "mayor", "mark=N1")
+      local buf = open_feed()
+      h.ctl("emit", "nudge", "mayor", "mark=N2")
+      h.wait_for("N2", function()
+        return h.has(buf, "mark=N2")
+      end)
+      vim.wait(300)
+      ascending(once_each(buf, { "mark=N1", "mark=N2" }), "feed lines")
+      h.eq(0, h.count(buf, "resync"), "resync lines")
+      h.eq(false, h.has(buf, "mark=OLD"), "pruned lines shown")
+      no_errors()
+    end,
+  },
+  {
     "statusline_counts_open_sessions",
     function()
       setup()

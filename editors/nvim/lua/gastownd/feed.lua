@@ -17,8 +17,8 @@ local M = {}
 M.NAME = "gastownd://feed"
 local QUERY_ID, SUBSCRIBE_ID = 1, 2
 
--- The running feed: { buf, root, types, all_nodes, cursor, conn, generation, delay, down,
--- ever_up, retry_timer, reply_timer }. One feed at a time, as there is one feed buffer.
+-- The running feed: { buf, root, types, all_nodes, cursor, fresh (the cursor is the head a
+-- query just gave), conn, generation, delay, down, ever_up, retry_timer, reply_timer }. One feed at a time, as there is one feed buffer.
 local feed = nil
 
 function M.state()
@@ -160,6 +160,7 @@ local function on_frame(state, frame)
     if type(frame.event) == "table" then
       if frame.cursor then
         state.cursor = frame.cursor
+        state.fresh = false
       end
       append({ format.event_line(frame.event, frame.node) })
     end
@@ -187,12 +188,15 @@ local function on_frame(state, frame)
     end
     append(lines)
     state.cursor = result.cursor
+    state.fresh = true
     subscribe(state)
   elseif frame.id == SUBSCRIBE_ID then
     stop_timer(state.reply_timer)
     state.reply_timer = nil
     local result = frame.result or {}
-    if result.resync then
+    -- A resync on the head cursor the query just gave has nothing to re-read: reading
+    -- again would only ask the same question (and loop).
+    if result.resync and not state.fresh then
       append({
         format.marker(
           "resync: the daemon could not resume after the last event shown (the log was replaced or pruned); reading the latest events again"
