@@ -830,7 +830,7 @@ with `gastownctl seance', \\[revert-buffer] refreshes the list."
                 (list "Session" 8 nil)
                 (list "State" 9 t)
                 (list "Actor" 28 t)
-                (list "End" 11 t)
+                (list "End" 17 t)
                 (list "Topic" 0 nil)))
   (setq tabulated-list-padding 1)
   (setq-local revert-buffer-function #'gastownd--sessions-refresh)

@@ -86,3 +86,34 @@ def test_offline(town: Path, tmp_path: Path) -> None:
 def test_live(case: str, live_town: DaemonControl, tmp_path: Path) -> None:
     done = run_nvim([case], editor_env(live_town.town, tmp_path / "home"), tmp_path)
     assert_passed(done, [case])
+
+
+def test_help(tmp_path: Path) -> None:
+    """``:help gastownd`` finds the doc once its tags are made (as plugin managers do)."""
+    assert NVIM is not None
+    copy = tmp_path / "gastownd"
+    shutil.copytree(PLUGIN, copy)
+    done = subprocess.run(
+        [
+            NVIM,
+            "--headless",
+            "--clean",
+            "--cmd",
+            f"set rtp^={copy}",
+            "-c",
+            f"helptags {copy / 'doc'}",
+            "-c",
+            "help :GastownWho",
+            "-c",
+            "lua io.stdout:write(vim.fn.expand('%:t'), ' ', vim.fn.getline('.'))",
+            "-c",
+            "qa!",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("gastownd.txt "), done.stdout
+    assert "*:GastownWho*" in done.stdout, done.stdout
+    assert not done.stderr.strip(), done.stderr

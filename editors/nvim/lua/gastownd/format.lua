@@ -114,7 +114,7 @@ local function session_columns(time, id, state, actor, ended, about)
     pad(id, 8),
     pad(state, 9),
     pad(actor, 28),
-    pad(ended, 11),
+    pad(ended, 17),
     about,
   }, "  "))
 end
