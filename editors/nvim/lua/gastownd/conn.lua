@@ -5,7 +5,7 @@
 local config = require("gastownd.config")
 local town = require("gastownd.town")
 
-local uv = vim.loop
+local uv = vim.uv or vim.loop
 local M = {}
 
 M.PROTOCOL = 1

@@ -6,12 +6,13 @@
 -- was appended in between, so nothing is shown twice and nothing is missed. A reply with
 -- `resync: true` means the daemon could not resume there (the log was replaced or pruned): the
 -- feed says so and reads the latest events again instead of assuming continuity.
+local buffers = require("gastownd.buffers")
 local config = require("gastownd.config")
 local conn = require("gastownd.conn")
 local format = require("gastownd.format")
 local town = require("gastownd.town")
 
-local uv = vim.loop
+local uv = vim.uv or vim.loop
 local M = {}
 
 M.NAME = "gastownd://feed"
@@ -23,15 +24,6 @@ local feed = nil
 
 function M.state()
   return feed
-end
-
-local function find_buffer(name)
-  for _, buf in ipairs(vim.api.nvim_list_bufs()) do
-    if vim.api.nvim_buf_get_name(buf) == name then
-      return buf
-    end
-  end
-  return nil
 end
 
 local function stop_timer(timer)
@@ -261,24 +253,20 @@ function M.stop()
   stop_timer(state.retry_timer)
 end
 
-local function make_buffer()
-  local buf = vim.api.nvim_create_buf(true, true)
-  vim.api.nvim_buf_set_name(buf, M.NAME)
-  vim.bo[buf].buftype = "nofile"
-  vim.bo[buf].bufhidden = "hide"
-  vim.bo[buf].swapfile = false
-  vim.bo[buf].modifiable = false
-  vim.bo[buf].filetype = "gastownd-feed"
-  vim.api.nvim_create_autocmd({ "BufDelete", "BufWipeout" }, {
-    buffer = buf,
-    once = true,
-    callback = function()
-      if feed and feed.buf == buf then
-        M.stop()
-      end
-    end,
-  })
-  vim.keymap.set("n", "q", "<cmd>close<cr>", { buffer = buf, nowait = true, desc = "close the feed window" })
+local function feed_buffer(root)
+  local existing = buffers.find(M.NAME)
+  local buf = buffers.scratch(M.NAME, "gastownd-feed", root)
+  if buf ~= existing then
+    vim.api.nvim_create_autocmd({ "BufDelete", "BufWipeout" }, {
+      buffer = buf,
+      once = true,
+      callback = function()
+        if feed and feed.buf == buf then
+          M.stop()
+        end
+      end,
+    })
+  end
   return buf
 end
 
@@ -288,12 +276,7 @@ function M.open(opts)
   local types = opts.types or {}
   local all_nodes = opts.all_nodes and true or false
   local root = town.root_for(0)
-  local buf = find_buffer(M.NAME)
-  if buf and not vim.api.nvim_buf_is_loaded(buf) then
-    vim.api.nvim_buf_delete(buf, { force = true })
-    buf = nil
-  end
-  buf = buf or make_buffer()
+  local buf = feed_buffer(root)
   vim.api.nvim_set_current_buf(buf)
 
   local same = feed
@@ -306,9 +289,7 @@ function M.open(opts)
   end
   M.stop()
   vim.api.nvim_buf_set_var(buf, "gastownd_town", root or "")
-  vim.bo[buf].modifiable = true
-  vim.api.nvim_buf_set_lines(buf, 0, -1, false, {})
-  vim.bo[buf].modifiable = false
+  buffers.set_lines(buf, {})
   feed = {
     buf = buf,
     root = root,

@@ -1,5 +1,6 @@
 -- :GastownSessions, the sessions list in `gastownd://sessions`; <CR> opens a digest in
 -- `gastownd://digest/<id>`, `s` runs `gastownctl seance <id>` in a terminal split.
+local buffers = require("gastownd.buffers")
 local config = require("gastownd.config")
 local conn = require("gastownd.conn")
 local format = require("gastownd.format")
@@ -11,43 +12,6 @@ M.NAME = "gastownd://sessions"
 M.DIGEST_PREFIX = "gastownd://digest/"
 
 local rows_of = {} -- buffer -> the rows shown, in order (line 2 is rows[1])
-
-local function find_buffer(name)
-  for _, buf in ipairs(vim.api.nvim_list_bufs()) do
-    if vim.api.nvim_buf_get_name(buf) == name then
-      return buf
-    end
-  end
-  return nil
-end
-
-local function scratch(name, filetype, root)
-  local buf = find_buffer(name)
-  if buf and not vim.api.nvim_buf_is_loaded(buf) then
-    vim.api.nvim_buf_delete(buf, { force = true })
-    buf = nil
-  end
-  if not buf then
-    buf = vim.api.nvim_create_buf(true, true)
-    vim.api.nvim_buf_set_name(buf, name)
-    vim.bo[buf].buftype = "nofile"
-    vim.bo[buf].bufhidden = "hide"
-    vim.bo[buf].swapfile = false
-    vim.bo[buf].filetype = filetype
-    vim.keymap.set("n", "q", "<cmd>close<cr>", { buffer = buf, nowait = true, desc = "close the window" })
-  end
-  vim.api.nvim_buf_set_var(buf, "gastownd_town", root or "")
-  return buf
-end
-
-local function set_lines(buf, lines)
-  if not vim.api.nvim_buf_is_valid(buf) then
-    return
-  end
-  vim.bo[buf].modifiable = true
-  vim.api.nvim_buf_set_lines(buf, 0, -1, false, lines)
-  vim.bo[buf].modifiable = false
-end
 
 local function row_under_cursor(buf)
   local rows = rows_of[buf] or {}
@@ -71,7 +35,7 @@ function M.refresh(buf)
     end
     if err then
       rows_of[buf] = {}
-      set_lines(buf, { "-- " .. conn.describe("sessions", err) })
+      buffers.set_lines(buf, { "-- " .. conn.describe("sessions", err) })
       config.notify(conn.describe("sessions", err))
       return
     end
@@ -84,7 +48,7 @@ function M.refresh(buf)
       lines[#lines + 1] = "-- no sessions yet"
     end
     rows_of[buf] = rows
-    set_lines(buf, lines)
+    buffers.set_lines(buf, lines)
   end)
 end
 
@@ -106,8 +70,8 @@ function M.open_digest(buf)
       config.notify(conn.describe(op, err))
       return
     end
-    local target = scratch(M.DIGEST_PREFIX .. id, "markdown", root)
-    set_lines(target, open and format.wisp_lines(result) or format.digest_lines(result))
+    local target = buffers.scratch(M.DIGEST_PREFIX .. id, "markdown", root)
+    buffers.set_lines(target, open and format.wisp_lines(result) or format.digest_lines(result))
     vim.api.nvim_set_current_buf(target)
   end)
 end
@@ -125,7 +89,11 @@ function M.seance(buf)
   end
   vim.list_extend(command, { "seance", row.session_id })
   vim.cmd("botright new")
-  vim.fn.termopen(command)
+  if vim.fn.has("nvim-0.11") == 1 then
+    vim.fn.jobstart(command, { term = true })
+  else
+    vim.fn.termopen(command)
+  end
   vim.cmd("startinsert")
 end
 
@@ -133,7 +101,7 @@ end
 function M.open(opts)
   opts = opts or {}
   local root = town.root_for(0)
-  local buf = scratch(M.NAME, "gastownd-sessions", root)
+  local buf = buffers.scratch(M.NAME, "gastownd-sessions", root)
   vim.api.nvim_buf_set_var(buf, "gastownd_all_nodes", opts.all_nodes and true or false)
   local function map(lhs, fn, desc)
     vim.keymap.set("n", lhs, function()
@@ -145,7 +113,7 @@ function M.open(opts)
   map("r", M.refresh, "refresh the sessions")
   vim.api.nvim_set_current_buf(buf)
   if vim.api.nvim_buf_line_count(buf) <= 1 then
-    set_lines(buf, { "-- loading sessions…" })
+    buffers.set_lines(buf, { "-- loading sessions…" })
   end
   M.refresh(buf)
   return buf

@@ -6,7 +6,7 @@ local config = require("gastownd.config")
 local conn = require("gastownd.conn")
 local town = require("gastownd.town")
 
-local uv = vim.loop
+local uv = vim.uv or vim.loop
 local M = {}
 
 local OPEN_LIMIT = 1000
@@ -35,8 +35,22 @@ local function refresh(root, entry)
   end)
 end
 
+-- The town of a buffer, looked up at most once per interval: the status line is drawn often.
+local roots = {} -- buffer -> { root, at }
+
+local function root_of(buf, now)
+  local known = roots[buf]
+  if known and now - known.at < config.options.statusline_interval_ms then
+    return known.root
+  end
+  local root = town.root_for(buf)
+  roots[buf] = { root = root, at = now }
+  return root
+end
+
 function M.get()
-  local ok, root = pcall(town.root_for, 0)
+  local now = uv.now()
+  local ok, root = pcall(root_of, vim.api.nvim_get_current_buf(), now)
   if not ok then
     return ""
   end
@@ -46,7 +60,7 @@ function M.get()
     entry = { text = "", at = nil, busy = false }
     cache[key] = entry
   end
-  if not entry.busy and (entry.at == nil or uv.now() - entry.at >= config.options.statusline_interval_ms) then
+  if not entry.busy and (entry.at == nil or now - entry.at >= config.options.statusline_interval_ms) then
     refresh(root, entry)
   end
   return entry.text
@@ -54,6 +68,7 @@ end
 
 function M.reset()
   cache = {}
+  roots = {}
 end
 
 return M

@@ -5,7 +5,7 @@
 -- place, the Python client, and the editors never copy them.
 local config = require("gastownd.config")
 
-local uv = vim.loop
+local uv = vim.uv or vim.loop
 local M = {}
 
 local sockets = {} -- town root ("" for gastownctl's default) -> socket path
@@ -96,7 +96,7 @@ function M.socket(root, callback)
     vim.list_extend(args, { "--town-root", root })
   end
   args[#args + 1] = "sockname"
-  local shown = table.concat(vim.tbl_flatten({ command, "sockname" }), " ")
+  local shown = table.concat(command, " ") .. " sockname"
 
   local stdout, stderr = uv.new_pipe(false), uv.new_pipe(false)
   local out, err = {}, {}
