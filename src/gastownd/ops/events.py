@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import bisect
-
 import msgspec
 
 from gastown_client.protocol import (
@@ -26,11 +24,9 @@ from gastownd.core.query import EventFilter as CompiledFilter
 from gastownd.core.query import FilterError, compile_filter
 from gastownd.daemon import Daemon
 from gastownd.errors import BadRequestError, NotFoundError, TooLargeError
-from gastownd.eventlog import EventLog
+from gastownd.eventlog import Backlog, BacklogGap, EventLog
 from gastownd.server import Connection, FollowUp
 from gastownd.subscriptions import Subscriber, Subscriptions
-
-BACKLOG_CHUNK = 256
 
 
 def _parts(daemon: Daemon) -> tuple[EventLog, Subscriptions]:
@@ -74,7 +70,7 @@ async def query(daemon: Daemon, request: Query) -> QueryResult:
     eventlog, _ = _parts(daemon)
     flt = _compile(request)
     cursor = eventlog.head_cursor()
-    lines = await eventlog.query(flt, request.limit, request.oldest_first)
+    lines = await eventlog.query(flt, request.limit, request.oldest_first, archive=request.archive)
     return QueryResult(events=[msgspec.Raw(line) for line in lines], cursor=cursor)
 
 
@@ -83,28 +79,27 @@ async def subscribe(daemon: Daemon, request: Subscribe, conn: Connection) -> Fol
     flt = _compile(request)
     index = eventlog.index
     resync = False
-    start = len(index)
+    head = index.next_seq() - 1
+    after, from_archive = head, False
     if request.cursor == "start":
-        start = 0
+        after = index.seqs[0] - 1 if len(index) else head
     elif request.cursor is not None:
         epoch, seq = eventlog.parse_cursor(request.cursor)
         # A cursor of another epoch (or from the future) says nothing about this
-        # log: start over. One older than a pruned line missed something: resync.
-        foreign = epoch != eventlog.seqmap.epoch or seq >= index.next_seq()
-        resync = foreign or seq < eventlog.seqmap.pruned_through
-        start = 0 if foreign else index.position_after(seq)
+        # log: start over. One older than a line that is in neither the log nor
+        # the archive missed something: resync. Otherwise the archive fills in
+        # whatever retention moved out of the log after it.
+        foreign = epoch != eventlog.seqmap.epoch or seq > head
+        resync = foreign or seq < eventlog.seqmap.lost_through()
+        if foreign:
+            after = index.seqs[0] - 1 if len(index) else head
+        else:
+            after, from_archive = seq, True
     # From here to the FollowUp nothing awaits: the backlog and the live
     # queue split the log at exactly this point, with no gap and no overlap.
-    backlog = (
-        [
-            index.seqs[p]
-            for p in index.search(flt, len(index) + 1, oldest_first=True, after_position=start)
-        ]
-        if start < len(index)
-        else []
-    )
+    backlog = eventlog.backlog(flt, after, head, from_archive=from_archive)
     subscriber = subscriptions.add(flt)
-    subscriber.live_after = index.next_seq() - 1
+    subscriber.live_after = head
     conn.subscriptions.add(subscriber.id)
 
     def end_subscription() -> None:
@@ -121,30 +116,36 @@ async def _pump(
     eventlog: EventLog,
     subscriptions: Subscriptions,
     subscriber: Subscriber,
-    backlog: list[int],
+    backlog: Backlog,
     conn: Connection,
 ) -> None:
     sub_id = subscriber.id
     try:
-        for start in range(0, len(backlog), BACKLOG_CHUNK):
-            if subscriber.closed or subscriber.overflowed or conn.closed:
+        while not (subscriber.closed or subscriber.overflowed or conn.closed):
+            try:
+                chunk = await backlog.next()
+            except BacklogGap as exc:
+                await conn.send(
+                    Push(
+                        push="overflow",
+                        subscription=sub_id,
+                        message=f"{exc} during the replay; disconnected (resume with the last "
+                        "cursor you received)",
+                    )
+                )
+                await conn.abort()
+                return
+            if chunk is None:
                 break
-            seqs = eventlog.index.seqs
-            positions = []
-            for seq in backlog[start : start + BACKLOG_CHUNK]:
-                position = bisect.bisect_left(seqs, seq)
-                if position < len(seqs) and seqs[position] == seq:
-                    positions.append(position)
-            lines = eventlog.read_lines(positions)
             await conn.send_many(
                 [
                     Push(
                         push="event",
                         subscription=sub_id,
-                        cursor=eventlog.cursor(eventlog.index.seqs[p]),
+                        cursor=eventlog.cursor(seq),
                         event=msgspec.Raw(line),
                     )
-                    for p, line in zip(positions, lines, strict=True)
+                    for seq, line in chunk
                 ]
             )
         while not conn.closed:

@@ -65,4 +65,5 @@ async def status(daemon: Daemon) -> StatusResult:
         connections=len(server.connections) if server else 0,
         requests=server.requests if server else 0,
         eventlog=eventlog,
+        hooks_trimmed=daemon.hooks_trimmed,
     )
