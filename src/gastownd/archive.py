@@ -29,7 +29,7 @@ import os
 import signal
 import zlib
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -168,26 +168,28 @@ class Archive:
         source_fd: int,
         index: EventIndex,
         positions: Sequence[int],
+        days: Iterable[str],
         epoch: int,
         commit_path: Path,
     ) -> BatchReport:
         """Append the lines at ``positions`` (ascending) of ``index``'s file to their days.
 
-        Durable when it returns; undone by ``rollback`` (or by ``recover``
-        after a crash) unless ``commit_path`` is renamed away first.
+        ``days`` names every UTC day the lines fall on (``days_of``). Durable
+        when it returns; undone by ``rollback`` (or by ``recover`` after a
+        crash) unless ``commit_path`` is renamed away first.
         """
         self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-        by_day = days_of(index, positions)
+        touched = sorted(days)
         journal = Journal(
             commit_path=str(commit_path),
-            days={day: (_size(self._gz(day)), _size(self._idx(day))) for day in by_day},
+            days={day: (_size(self._gz(day)), _size(self._idx(day))) for day in touched},
         )
         write_atomically(self.folder / JOURNAL, [_encoder.encode(journal)])
         writer = _BatchWriter(self, index, epoch)
         for window in _windows(index, positions):
             writer.add_window(source_fd, window)
         writer.finish()
-        return BatchReport(lines=len(positions), raw_bytes=writer.raw_bytes, days=sorted(by_day))
+        return BatchReport(lines=len(positions), raw_bytes=writer.raw_bytes, days=touched)
 
     def commit(self) -> None:
         self._remove_journal()

@@ -846,6 +846,7 @@ class EventLog:
                         source_fd,
                         index,
                         removed,
+                        days,
                         kept_index,
                         count,
                         snapshot_end,
@@ -902,6 +903,7 @@ class EventLog:
         source_fd: int,
         index: EventIndex,
         removed: list[int],
+        days: dict[str, int],
         kept_index: EventIndex,
         count: int,
         snapshot_end: int,
@@ -919,7 +921,13 @@ class EventLog:
         try:
             if archive:
                 report = await anyio.to_thread.run_sync(
-                    self.archive.write, source_fd, index, removed, self.seqmap.epoch, temp_path
+                    self.archive.write,
+                    source_fd,
+                    index,
+                    removed,
+                    days,
+                    self.seqmap.epoch,
+                    temp_path,
                 )
                 archived_lines = report.lines
                 crash_here_for_tests("archive_written")

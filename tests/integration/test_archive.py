@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import itertools
 import json
 import os
 import time
@@ -14,6 +15,8 @@ import pytest
 
 from gastown_client.client import Client
 from gastown_client.errors import RequestRejected
+from gastownd.archive import Archive, days_of
+from gastownd.core.index import EventIndex
 from gastownd.core.retention import RetentionPolicy
 from tests.conftest import DaemonProcess, run_ctl
 
@@ -331,3 +334,52 @@ def test_query_with_archive_on_an_empty_town_finds_nothing_and_checks_filters(to
                 client.query(archive=True, since="soon")
     finally:
         assert proc.terminate() == 0
+
+
+# ------------------------------------------------------------ the archive's own files
+
+
+def test_a_batch_is_undone_while_its_new_log_exists_and_stands_once_renamed(tmp_path: Path) -> None:
+    lines = sixty_days(120)
+    log = tmp_path / "events.jsonl"
+    log.write_bytes(b"".join(line + b"\n" for line in lines))
+    index = EventIndex()
+    index.add_lines(log.read_bytes(), 0, itertools.count())
+    archive = Archive(tmp_path / "archive")
+
+    def files() -> dict[str, bytes]:
+        return {p.name: p.read_bytes() for p in sorted(archive.folder.glob("events-*"))}
+
+    def batch(positions: range, commit: Path) -> None:
+        fd = os.open(log, os.O_RDONLY)
+        try:
+            archive.write(fd, index, positions, days_of(index, positions), 7, commit)
+        finally:
+            os.close(fd)
+
+    batch(range(0, 10), tmp_path / "gone")  # committed: its new log was renamed away
+    archive.recover()
+    before = files()
+    pending = tmp_path / "new-log"
+    pending.write_bytes(b"")
+    batch(range(10, 60), pending)
+    assert files() != before
+    archive.rollback()  # the swap failed
+    assert files() == before
+    batch(range(10, 60), pending)
+    archive.recover()  # a crash before the rename
+    assert files() == before and not (archive.folder / "pending.json").exists()
+    batch(range(10, 60), pending)
+    pending.unlink()  # the rename happened, then a crash
+    archive.recover()
+    members = archive.catalogue()
+    found = [line for m in members for _, line in archive.read(m)]
+    assert sorted(found) == sorted(lines[:60])
+    assert sorted(seq for m in members for seq in m.seqs()) == list(range(60))
+    assert {m.epoch for m in members} == {7}
+
+    def day(i: int) -> str:
+        return str(json.loads(lines[i])["ts"][:10])
+
+    assert archive.expire(day(30)) == {7: max(i for i in range(60) if day(i) < day(30))}
+    assert archive.days()[0] == day(30)

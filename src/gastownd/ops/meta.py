@@ -19,7 +19,7 @@ from gastownd.core.events import format_ts
 from gastownd.daemon import Daemon
 from gastownd.errors import UnsupportedProtocolError
 
-CAPABILITIES = ["events", "subscribe", "prune", "sessions", "attribution", "hooks"]
+CAPABILITIES = ["events", "subscribe", "prune", "sessions", "attribution", "hooks", "archive"]
 
 
 async def hello(daemon: Daemon, request: Hello) -> HelloResult:
