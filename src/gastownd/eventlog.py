@@ -181,6 +181,7 @@ class EventLog:
                 self.index = self._read_index(self._fd, info.st_size, seqs, snapshot)
             else:
                 self.index = self._read_index(self._fd, info.st_size, self.seqmap.seqs())
+            self.index.seq_floor = next(self.seqmap.seqs())
             self.cold_start_s = 0.0 if snapshot is not None else time.monotonic() - started
             if snapshot is None:
                 _release_freed_memory()
@@ -415,6 +416,7 @@ class EventLog:
         kept = set(seqs)
         removed = [old.seqs[p] for p in range(len(old)) if old.seqs[p] not in kept]
         index = EventIndex()
+        index.seq_floor = next_fresh
         index.add_lines(data, 0, iter(seqs))
         log.warning(
             "eventlog_reloaded",
@@ -821,6 +823,7 @@ class EventLog:
             days = await anyio.to_thread.run_sync(days_of, index, removed)
             self._announce(len(removed), removed_bytes, days, archive)
             kept_index = await _cooperate(index.select_steps(plan.keep))
+            kept_index.seq_floor = index.next_seq()  # if the prune empties the log
             runs = await _cooperate(runs_steps(kept_index.seqs))
             seqs = _PruneSeqs(
                 runs=runs,

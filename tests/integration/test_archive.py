@@ -383,3 +383,29 @@ def test_a_batch_is_undone_while_its_new_log_exists_and_stands_once_renamed(tmp_
 
     assert archive.expire(day(30)) == {7: max(i for i in range(60) if day(i) < day(30))}
     assert archive.days()[0] == day(30)
+
+
+def test_after_a_prune_that_empties_the_log_seqs_go_on_and_survive_a_restart(town: Path) -> None:
+    # Older than 30 days and no mass_death (90 days): every line expires.
+    lines = [x for x in sixty_days(60)[:30] if b"mass_death" not in x]
+    last = len(lines) - 1
+    make_town(town, lines)
+    proc = DaemonProcess(town).wait_ready()
+    try:
+        with proc.client() as client:
+            epoch = epoch_of(client)
+            assert client.prune().kept == 0
+            assert client.query(limit=1).cursor == f"{epoch}:{last}"
+            assert client.emit("done", "tester").cursor == f"{epoch}:{last + 1}"
+            subscription = client.subscribe(cursor=f"{epoch}:{last - 2}")
+            assert not subscription.resync
+            seqs = [int(c.split(":")[1]) for c, _ in itertools.islice(subscription, 3)]
+            assert seqs == [last - 1, last, last + 1]
+    finally:
+        assert proc.terminate() == 0
+    proc = DaemonProcess(town).wait_ready()
+    try:
+        with proc.client() as client:
+            assert client.emit("done", "tester").cursor == f"{epoch}:{last + 2}"
+    finally:
+        assert proc.terminate() == 0

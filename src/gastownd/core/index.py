@@ -68,6 +68,9 @@ class EventIndex:
         self.sessions = array("i")
         self.checksums = array("L")
         self.end = base_offset
+        # The seq the first line will get while the index is empty (after a
+        # prune removed every line, seqs go on from where they were).
+        self.seq_floor = 0
         self.malformed = 0
         self.type_names: list[str] = []
         self._type_ids: dict[str, int] = {}
@@ -82,7 +85,7 @@ class EventIndex:
         return len(self.offsets)
 
     def next_seq(self) -> int:
-        return self.seqs[-1] + 1 if self.seqs else 0
+        return self.seqs[-1] + 1 if self.seqs else self.seq_floor
 
     # -------------------------------------------------------------- adding
 
