@@ -125,7 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = commands.add_parser("attribute", help="record which session touched an issue")
     sub.add_argument("issue")
     sub.add_argument("--session", help="default: resolved from the environment")
-    sub.add_argument("--action", choices=["closed", "created", "updated"], default="closed")
+    sub.add_argument(
+        "--action", choices=["closed", "created", "updated", "reopened"], default="closed"
+    )
     sub.add_argument("--json", action="store_true")
     sub = commands.add_parser("attribution", help="every session that touched an issue")
     sub.add_argument("issue")
@@ -236,6 +238,14 @@ def cmd_status(args: argparse.Namespace) -> int:
     )
     if log.quarantined:
         rows.append(("  quarantined", f"{log.quarantined} torn tail(s) cut and saved"))
+    known = status.sessions
+    rows.append(
+        (
+            "sessions",
+            f"{known.known} known: {known.open} open, {known.ended} ended, "
+            f"{known.logged} only from gt's lines",
+        )
+    )
     if status.hooks_trimmed:
         rows.append(("hooks trimmed", f"{status.hooks_trimmed} calls cut to fit the frame limit"))
     width = max(len(label) for label, _ in rows)
@@ -450,7 +460,8 @@ def cmd_sessions(args: argparse.Namespace) -> int:
     for row in result.sessions:
         about = row.topic or row.summary or ""
         print(
-            f"{row.started_at}  {row.session_id[:8]}  {row.state:<9} {row.actor:<28} "
+            f"{row.last_started_at or row.started_at}  {row.session_id[:8]}  {row.state:<9} "
+            f"{row.actor:<28} "
             f"{row.end_reason or '':<11} {_short(about, 50)}".rstrip()
         )
     return EXIT_OK

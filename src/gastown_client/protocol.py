@@ -197,7 +197,7 @@ class Attribute(Request, tag="attribute"):
 
     issue: str
     session: str | None = None
-    action: Literal["closed", "created", "updated"] = "closed"
+    action: Literal["closed", "created", "updated", "reopened"] = "closed"
     actor: str | None = None
     env: dict[str, str] = msgspec.field(default_factory=dict)
     cwd: str | None = None
@@ -296,6 +296,15 @@ class EventLogInfo(msgspec.Struct, kw_only=True):
     archive: ArchiveInfo = msgspec.field(default_factory=ArchiveInfo)
 
 
+class SessionsInfo(msgspec.Struct, kw_only=True):
+    """Sessions the town has seen, by state (``logged``: known only from log lines)."""
+
+    known: int = 0
+    open: int = 0
+    ended: int = 0
+    logged: int = 0
+
+
 class StatusResult(msgspec.Struct, kw_only=True):
     daemon_version: str
     protocol: int
@@ -307,6 +316,7 @@ class StatusResult(msgspec.Struct, kw_only=True):
     connections: int
     requests: int
     eventlog: EventLogInfo = msgspec.field(default_factory=EventLogInfo)
+    sessions: SessionsInfo = msgspec.field(default_factory=SessionsInfo)
     # Hook calls whose payload the hook trimmed to fit the frame limit.
     hooks_trimmed: int = 0
 
@@ -429,6 +439,10 @@ class CvResult(msgspec.Struct, kw_only=True):
 
 
 class SessionRow(msgspec.Struct, kw_only=True):
+    """One session the town has seen. ``started_at``: its first start;
+    ``last_started_at``: its latest (resume, compaction, a new segment);
+    ``state``: its wisp's state, or ``logged`` when only log lines told of it."""
+
     session_id: str
     actor: str
     started_at: str
@@ -440,6 +454,10 @@ class SessionRow(msgspec.Struct, kw_only=True):
     digest_id: str | None = None
     summary: str | None = None
     segments: int = 1
+    last_started_at: str | None = None
+    starts: int = 1
+    ended_at: str | None = None
+    actor_pid: str | None = None
 
 
 class SessionsResult(msgspec.Struct, kw_only=True):

@@ -153,8 +153,9 @@ class App:
             services.start_soon(eventlog.run_writer)
             services.start_soon(eventlog.run_syncer)
             # The outbox replay appends to the log, so the writer must be running.
-            await sessions.open()
+            # Lines indexed during open must reach the recorder: attach it first.
             daemon.sessions = sessions
+            await sessions.open()
             ingester = SpoolIngester(daemon, town_paths.spool_dir(paths.town))
             await anyio.to_thread.run_sync(ingester.prepare)
             watch_stop = anyio.Event()
@@ -170,7 +171,7 @@ class App:
                     watch_stop,
                 )
                 front.start_soon(pruner.run_periodic, daemon)
-                front.start_soon(sessions.run_observer)
+                front.start_soon(sessions.run_recorder)
                 front.start_soon(ingester.run, watch_stop)
                 front.start_soon(
                     sessions.run_reaper,

@@ -56,6 +56,9 @@ def load_policy(daemon: Daemon) -> RetentionPolicy:
 
 async def prune_now(daemon: Daemon, *, dry_run: bool) -> PruneResult:
     assert daemon.eventlog is not None
+    if daemon.sessions is not None and not dry_run:
+        # What a line told about a session must be recorded before the line can go.
+        await daemon.sessions.record_lines()
     retention = daemon.config.retention
     max_age = retention.archive_max_age
     try:

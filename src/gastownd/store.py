@@ -1,18 +1,21 @@
-"""The only SQLite user: wisps, steps, digests, chain heads, attributions, outbox.
+"""The only SQLite user: session records, wisps, steps, digests, chain heads,
+attributions, outbox.
 
 Synchronous by design: the shell calls it through ``anyio.to_thread`` with one
 ``CapacityLimiter(1)``, so the single connection is used strictly serially.
 Every public write is one transaction; with WAL and ``synchronous=FULL`` a
 committed transaction survives a crash or power loss.
 
-Schema changes: bump ``SCHEMA_VERSION`` and add a step to ``MIGRATIONS``;
-``PRAGMA user_version`` records where a database stands.
+Schema changes: bump ``SCHEMA_VERSION`` and add a step to ``MIGRATIONS`` (SQL,
+plus an optional Python backfill in ``BACKFILLS``), run in one transaction;
+``PRAGMA user_version`` records where a database stands. Every released schema
+has a database in ``tests/data/`` that must still open.
 """
 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,9 +23,19 @@ from typing import Any
 import msgspec
 
 from gastownd.core.digest import Digest
-from gastownd.core.wisp import AppendStep, Effect, EmitLine, SaveDigest, SaveWisp, Step, Wisp
+from gastownd.core.session_record import LOGGED, LineEnd, StartSeen, identity_key
+from gastownd.core.wisp import (
+    AppendStep,
+    CountStart,
+    Effect,
+    EmitLine,
+    SaveDigest,
+    SaveWisp,
+    Step,
+    Wisp,
+)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 MIGRATIONS: dict[int, str] = {
     1: """
@@ -82,7 +95,35 @@ MIGRATIONS: dict[int, str] = {
         offset INTEGER NOT NULL
     );
     """,
+    # One permanent record per session the town has seen (hook, op or log line).
+    2: """
+    CREATE TABLE sessions (
+        session_id TEXT PRIMARY KEY,
+        actor TEXT NOT NULL,
+        actor_key TEXT NOT NULL,
+        role TEXT,
+        topic TEXT,
+        cwd TEXT,
+        actor_pid TEXT,
+        first_start_at REAL NOT NULL,
+        last_start_at REAL NOT NULL,
+        last_activity_at REAL NOT NULL,
+        starts INTEGER NOT NULL,
+        segments INTEGER NOT NULL,
+        state TEXT NOT NULL,
+        ended_at REAL,
+        end_reason TEXT
+    );
+    CREATE INDEX sessions_recent ON sessions(last_start_at);
+    CREATE INDEX sessions_unended ON sessions(actor_key, last_start_at) WHERE ended_at IS NULL;
+    CREATE TABLE meta (
+        key TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    );
+    """,
 }
+# Meta key: the last event-log line whose session facts are recorded ("EPOCH:SEQ").
+LINES_RECORDED = "lines_recorded"
 
 _wisp_encoder = msgspec.json.Encoder()
 _wisp_decoder = msgspec.json.Decoder(Wisp)
@@ -109,6 +150,41 @@ class AttributionRow(NewAttribution):
     digest_id: str | None
 
 
+@dataclass(frozen=True)
+class SessionRecord:
+    """One row of ``sessions``: what the town knows of a session, kept forever."""
+
+    session_id: str
+    actor: str
+    role: str | None
+    topic: str | None
+    cwd: str | None
+    actor_pid: str | None
+    first_start_at: float
+    last_start_at: float
+    last_activity_at: float
+    starts: int
+    segments: int
+    state: str
+    ended_at: float | None
+    end_reason: str | None
+
+
+_RECORD_COLUMNS = (
+    "session_id, actor, role, topic, cwd, actor_pid, first_start_at, last_start_at, "
+    "last_activity_at, starts, segments, state, ended_at, end_reason"
+)
+
+
+@dataclass(frozen=True)
+class LineFacts:
+    """Session facts read from event-log lines, in log order, up to ``checkpoint``."""
+
+    facts: Sequence[StartSeen | LineEnd]
+    checkpoint: str
+    rescan: bool = False
+
+
 class Store:
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -127,11 +203,18 @@ class Store:
             raise RuntimeError(
                 f"{self.path} has schema {version}, newer than this gastownd ({SCHEMA_VERSION})"
             )
-        for target in range(version + 1, SCHEMA_VERSION + 1):
-            # One script, one transaction: a crash leaves the old version intact.
-            self._db.executescript(
-                f"BEGIN IMMEDIATE;{MIGRATIONS[target]}PRAGMA user_version = {target};COMMIT;"
-            )
+        if version == SCHEMA_VERSION:
+            return
+        # Every step in one transaction: a crash leaves the old version intact.
+        with self._transaction():
+            for target in range(version + 1, SCHEMA_VERSION + 1):
+                for statement in MIGRATIONS[target].split(";"):
+                    if statement.strip():
+                        self._db.execute(statement)
+                backfill = BACKFILLS.get(target)
+                if backfill is not None:
+                    backfill(self)
+            self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     def _transaction(self) -> _Transaction:
         return _Transaction(self._db)
@@ -161,30 +244,27 @@ class Store:
     def heads(self) -> dict[str, str]:
         return dict(self._db.execute("SELECT actor, hash FROM heads").fetchall())
 
+    # ------------------------------------------------------------- sessions
+
     def sessions_with_prefix(self, prefix: str, limit: int = 4) -> list[str]:
         rows = self._db.execute(
-            "SELECT session_id FROM wisps WHERE session_id >= ? AND session_id < ? "
+            "SELECT session_id FROM sessions WHERE session_id >= ? AND session_id < ? "
             "ORDER BY session_id LIMIT ?",
             (prefix, prefix + "\U0010ffff", limit),
         ).fetchall()
         return [r[0] for r in rows]
 
-    def known_sessions(self, session_ids: Iterable[str]) -> set[str]:
-        ids = list(session_ids)
-        found: set[str] = set()
-        for start in range(0, len(ids), 500):
-            chunk = ids[start : start + 500]
-            marks = ",".join("?" * len(chunk))
-            rows = self._db.execute(
-                f"SELECT session_id FROM wisps WHERE session_id IN ({marks})", chunk
-            )
-            found.update(r[0] for r in rows)
-        return found
+    def session_record(self, session_id: str) -> SessionRecord | None:
+        row = self._db.execute(
+            f"SELECT {_RECORD_COLUMNS} FROM sessions WHERE session_id = ?", (session_id,)
+        ).fetchone()
+        return SessionRecord(*row) if row else None
 
-    def wisps_listing(
+    def session_listing(
         self, *, actor_like: Sequence[str], state: str | None, limit: int
-    ) -> list[Wisp]:
-        """Wisps newest start first; ``actor_like``: case-insensitive substrings, all must match."""
+    ) -> list[SessionRecord]:
+        """Records, latest start first; ``actor_like``: case-insensitive substrings, all
+        must match."""
         where = ["1=1"]
         args: list[Any] = []
         for needle in actor_like:
@@ -194,10 +274,28 @@ class Store:
             where.append("state = ?")
             args.append(state)
         rows = self._db.execute(
-            f"SELECT body FROM wisps WHERE {' AND '.join(where)} ORDER BY started_at DESC LIMIT ?",
+            f"SELECT {_RECORD_COLUMNS} FROM sessions WHERE {' AND '.join(where)} "
+            "ORDER BY last_start_at DESC, session_id LIMIT ?",
             (*args, limit),
         ).fetchall()
-        return [_wisp_decoder.decode(body) for (body,) in rows]
+        return [SessionRecord(*row) for row in rows]
+
+    def latest_session_of(self, actor: str, *, excluding: str) -> SessionRecord | None:
+        """The actor's most recently started session other than ``excluding``."""
+        row = self._db.execute(
+            f"SELECT {_RECORD_COLUMNS} FROM sessions WHERE actor_key = ? AND session_id != ? "
+            "ORDER BY last_start_at DESC LIMIT 1",
+            (identity_key(actor), excluding),
+        ).fetchone()
+        return SessionRecord(*row) if row else None
+
+    def session_counts(self) -> dict[str, int]:
+        """How many recorded sessions are in each state (``logged``: known only from lines)."""
+        return dict(self._db.execute("SELECT state, count(*) FROM sessions GROUP BY state"))
+
+    def meta(self, key: str) -> str | None:
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return str(row[0]) if row else None
 
     # ------------------------------------------------------------- digests
 
@@ -241,13 +339,17 @@ class Store:
         effects: Sequence[Effect],
         attributions: Sequence[NewAttribution] = (),
         spool_mark: tuple[str, int] | None = None,
+        lines: LineFacts | None = None,
     ) -> list[int]:
-        """Persist one op in one transaction: its effects, the attributions it records
-        and, for a spooled request, how far its spool file has been applied.
+        """Persist one op in one transaction: its effects, the attributions it records,
+        for a spooled request how far its spool file has been applied, and for
+        event-log lines the session facts they carry and how far they are read.
 
         Returns the outbox ids of the event-log lines it causes.
         """
         with self._transaction():
+            if lines is not None:
+                self._record_lines(lines)
             for record in attributions:
                 self._db.execute(
                     "INSERT INTO attributions (issue, session_id, segment, action, at, actor, "
@@ -271,6 +373,7 @@ class Store:
         for effect in effects:
             match effect:
                 case SaveWisp(wisp=wisp):
+                    self._record_wisp(wisp)
                     header = msgspec.structs.replace(wisp, steps=())
                     self._db.execute(
                         "INSERT OR REPLACE INTO wisps VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -292,6 +395,12 @@ class Store:
                     )
                 case SaveDigest(digest=digest):
                     self._save_digest(digest)
+                case CountStart(session_id=sid, at=at):
+                    self._db.execute(
+                        "UPDATE sessions SET starts = starts + 1, "
+                        "last_start_at = max(last_start_at, ?) WHERE session_id = ?",
+                        (at, sid),
+                    )
                 case EmitLine():
                     cursor = self._db.execute(
                         "INSERT INTO outbox (body) VALUES (?)", (_wisp_encoder.encode(effect),)
@@ -299,6 +408,96 @@ class Store:
                     assert cursor.lastrowid is not None
                     outbox.append(cursor.lastrowid)
         return outbox
+
+    def _record_wisp(self, wisp: Wisp) -> None:
+        """The session record follows its wisp (state, end, metadata)."""
+        self._db.execute(
+            "INSERT INTO sessions (session_id, actor, actor_key, role, topic, cwd, actor_pid, "
+            "first_start_at, last_start_at, last_activity_at, starts, segments, state, "
+            "ended_at, end_reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?, ?) "
+            "ON CONFLICT (session_id) DO UPDATE SET "
+            "topic = coalesce(excluded.topic, topic), cwd = coalesce(excluded.cwd, cwd), "
+            "actor_pid = coalesce(excluded.actor_pid, actor_pid), "
+            "first_start_at = min(first_start_at, excluded.first_start_at), "
+            "last_start_at = max(last_start_at, excluded.last_start_at), "
+            "last_activity_at = max(last_activity_at, excluded.last_activity_at), "
+            "segments = excluded.segments, state = excluded.state, "
+            "ended_at = excluded.ended_at, end_reason = excluded.end_reason",
+            (
+                wisp.session_id,
+                wisp.actor,
+                identity_key(wisp.actor),
+                wisp.actor,
+                wisp.topic,
+                wisp.cwd,
+                f"{wisp.actor}-{wisp.pid}" if wisp.pid is not None else None,
+                wisp.started_at,
+                wisp.started_at,
+                wisp.last_activity_at,
+                wisp.segment,
+                str(wisp.state),
+                wisp.ended_at,
+                wisp.end_reason,
+            ),
+        )
+
+    def _record_lines(self, lines: LineFacts) -> None:
+        """Session facts from event-log lines, in log order, and the new checkpoint."""
+        for fact in lines.facts:
+            if isinstance(fact, StartSeen):
+                self._record_start(fact, rescan=lines.rescan)
+            else:
+                self._record_end(fact)
+        self._db.execute(
+            "INSERT OR REPLACE INTO meta VALUES (?, ?)", (LINES_RECORDED, lines.checkpoint)
+        )
+
+    def _record_start(self, start: StartSeen, *, rescan: bool) -> None:
+        # A rescan (the log was replaced while the daemon was down) reads lines it
+        # may have recorded before: only a start later than the last one counts.
+        counted = "1" if not rescan else "(excluded.last_start_at > last_start_at)"
+        self._db.execute(
+            "INSERT INTO sessions (session_id, actor, actor_key, role, topic, cwd, actor_pid, "
+            "first_start_at, last_start_at, last_activity_at, starts, segments, state) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, 1, ?) "
+            "ON CONFLICT (session_id) DO UPDATE SET "
+            f"starts = starts + {counted}, "
+            "role = coalesce(role, excluded.role), "
+            "topic = coalesce(excluded.topic, topic), cwd = coalesce(excluded.cwd, cwd), "
+            "actor_pid = coalesce(excluded.actor_pid, actor_pid), "
+            "first_start_at = min(first_start_at, excluded.first_start_at), "
+            "last_start_at = max(last_start_at, excluded.last_start_at), "
+            "last_activity_at = max(last_activity_at, excluded.last_activity_at), "
+            # A logged session started again after its recorded end was resumed.
+            "ended_at = CASE WHEN state = 'logged' AND ended_at < excluded.last_start_at "
+            "THEN NULL ELSE ended_at END, "
+            "end_reason = CASE WHEN state = 'logged' AND ended_at < excluded.last_start_at "
+            "THEN NULL ELSE end_reason END",
+            (
+                start.session_id,
+                start.actor,
+                identity_key(start.actor),
+                start.role,
+                start.topic,
+                start.cwd,
+                start.actor_pid,
+                start.at,
+                start.at,
+                start.at,
+                LOGGED,
+            ),
+        )
+
+    def _record_end(self, end: LineEnd) -> None:
+        """End the open records, known only from lines, of the identities ``end`` names."""
+        marks = ",".join("?" * len(end.identities))
+        self._db.execute(
+            "UPDATE sessions SET ended_at = ?, end_reason = ?, "
+            "last_activity_at = max(last_activity_at, ?) "
+            f"WHERE ended_at IS NULL AND state = ? AND actor_key IN ({marks}) "
+            "AND last_start_at <= ?",
+            (end.at, end.reason, end.at, LOGGED, *sorted(end.identities), end.at),
+        )
 
     def _save_digest(self, digest: Digest) -> None:
         length = self.chain_length(digest.actor)
@@ -356,6 +555,29 @@ class Store:
         """A spool file was fully applied and removed: drop its progress row."""
         with self._transaction():
             self._db.execute("DELETE FROM spool_progress WHERE name = ?", (name,))
+
+
+def _backfill_session_records(store: Store) -> None:
+    """Schema 2: a record for every session that already has a wisp."""
+    db = store._db
+    first_starts: dict[str, float] = {}
+    for (body,) in db.execute("SELECT body FROM digests"):
+        digest = _digest_decoder.decode(body)
+        known = first_starts.get(digest.session_id, digest.started_at)
+        first_starts[digest.session_id] = min(known, digest.started_at)
+    for (body,) in db.execute("SELECT body FROM wisps").fetchall():
+        wisp = _wisp_decoder.decode(body)
+        first = min(wisp.started_at, first_starts.get(wisp.session_id, wisp.started_at))
+        store._record_wisp(msgspec.structs.replace(wisp, started_at=first))
+        # Each reopened segment was a start; the first start is counted from the
+        # session_start line the wisp emitted, when the recorder reads it.
+        db.execute(
+            "UPDATE sessions SET starts = ?, last_start_at = ? WHERE session_id = ?",
+            (wisp.segment - 1, wisp.started_at, wisp.session_id),
+        )
+
+
+BACKFILLS: dict[int, Callable[[Store], None]] = {2: _backfill_session_records}
 
 
 class _Transaction:

@@ -149,7 +149,8 @@ def test_full_tmpfs_gives_io_error_leaves_no_torn_line_and_recovers(small_fs: Pa
 
 def test_file_size_limit_gives_io_error_leaves_no_torn_line_and_recovers() -> None:
     """RLIMIT_FSIZE: the write that crosses the limit is short, the retry gets EFBIG."""
-    limit = 96 * 1024
+    # Above what a fresh database and its WAL take (about 100 KiB), so the log hits it first.
+    limit = 192 * 1024
     _soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
 
     def limit_file_size() -> None:

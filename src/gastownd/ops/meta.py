@@ -13,6 +13,7 @@ from gastown_client.protocol import (
     HelloResult,
     PathsInfo,
     PingResult,
+    SessionsInfo,
     StatusResult,
 )
 from gastownd.core.events import format_ts
@@ -49,6 +50,15 @@ async def status(daemon: Daemon) -> StatusResult:
     eventlog = daemon.eventlog.info() if daemon.eventlog is not None else EventLogInfo()
     if daemon.subscriptions is not None:
         eventlog.subscribers = daemon.subscriptions.count()
+    sessions = SessionsInfo()
+    if daemon.sessions is not None:
+        counts = await daemon.sessions.db(daemon.sessions.store.session_counts)
+        sessions = SessionsInfo(
+            known=sum(counts.values()),
+            open=counts.get("open", 0),
+            ended=counts.get("squashed", 0) + counts.get("abandoned", 0),
+            logged=counts.get("logged", 0),
+        )
     return StatusResult(
         daemon_version=__version__,
         protocol=PROTOCOL_VERSION,
@@ -65,5 +75,6 @@ async def status(daemon: Daemon) -> StatusResult:
         connections=len(server.connections) if server else 0,
         requests=server.requests if server else 0,
         eventlog=eventlog,
+        sessions=sessions,
         hooks_trimmed=daemon.hooks_trimmed,
     )

@@ -25,6 +25,7 @@ from gastown_client.protocol import (
 )
 from gastownd.core.digest import Digest, digest_hash, verify_chain
 from gastownd.core.events import format_ts
+from gastownd.core.hookmap import STEP_OF_ACTION
 from gastownd.core.wisp import Outcome, SaveDigest, Wisp, WispBook
 from gastownd.daemon import Daemon
 from gastownd.errors import BadRequestError, NotFoundError
@@ -200,9 +201,7 @@ async def attribute(daemon: Daemon, request: Attribute) -> AttributeResult:
         )
     )
     now = daemon.clock()
-    kind = {"closed": "issue_closed", "created": "issue_created"}.get(
-        request.action, "issue_updated"
-    )
+    kind = STEP_OF_ACTION[request.action]
     transition = None
     if known is not None:
         # A late change to a squashed session reopens it as its next segment.
