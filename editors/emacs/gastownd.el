@@ -455,6 +455,11 @@ Strings as they are, other values as JSON."
       (format "%s@%s" (or actor "") node)
     (or actor "")))
 
+(defun gastownd--remote-node (record)
+  "The node of RECORD (a session, digest or attribution), if another one.
+Nil when RECORD comes from the node that answered."
+  (and (eq (alist-get 'remote record) t) (alist-get 'node record)))
+
 (defun gastownd--columns (&rest columns)
   "COLUMNS joined by two spaces, without trailing blanks."
   (string-trim-right (string-join columns "  ")))
@@ -485,7 +490,7 @@ NODE, or the event's own node, names the machine it came from."
      (gastownd--pad (or (alist-get 'action record) "?") 7)
      (gastownd--local-time (alist-get 'at record) gastownd-date-format)
      (gastownd--short-id (alist-get 'session_id record))
-     (gastownd--who (alist-get 'actor record) (alist-get 'node record))
+     (gastownd--who (alist-get 'actor record) (gastownd--remote-node record))
      (if digest (concat "digest " digest) "(session open)"))))
 
 (defun gastownd--attribution-lines (issue records)
@@ -843,7 +848,7 @@ with `gastownctl seance', \\[revert-buffer] refreshes the list."
                                       gastownd-date-format)
                 (gastownd--short-id (alist-get 'session_id row))
                 (or (alist-get 'state row) "?")
-                (gastownd--who (alist-get 'actor row) (alist-get 'node row))
+                (gastownd--who (alist-get 'actor row) (gastownd--remote-node row))
                 (or (alist-get 'end_reason row) "")
                 (gastownd--short (or (alist-get 'topic row)
                                      (alist-get 'summary row)
@@ -900,7 +905,7 @@ ALL-NODES (interactively, a prefix argument) lists every node's."
   (concat "# " (or (alist-get 'title digest)
                    (format "Digest: %s" (alist-get 'session_id digest)))
           "\n\ndigest " (or (alist-get 'digest_id digest) "?")
-          (if (alist-get 'node digest)
+          (if (gastownd--remote-node digest)
               (concat ", node " (alist-get 'node digest))
             "")
           "\n\n" (string-trim-right (or (alist-get 'summary digest) ""))

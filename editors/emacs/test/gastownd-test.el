@@ -154,7 +154,8 @@
                 '((session_id . "7f3c2a10-5b8e-4d2f-9a61-0c4e8b2d9f11")
                   (started_at . "2026-11-25T01:50:47Z") (state . "squashed")
                   (actor . "gastown/polecats/nux") (end_reason . "done")
-                  (topic . "fix gt-42") (node . "laptop")))))
+                  (topic . "fix gt-42") (node . "laptop")
+                  (remote . t)))))
     (should (equal (cdr (append (cadr entry) nil))
                    '("7f3c2a10" "squashed" "gastown/polecats/nux@laptop" "done" "fix gt-42"))))
   (let ((lines (gastownd--attribution-lines

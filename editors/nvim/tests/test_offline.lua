@@ -61,6 +61,7 @@ return {
         end_reason = "done",
         topic = "fix gt-42",
         node = "laptop",
+        remote = true,
       })
       h.truthy(row:match("^%d+%-%d+%-%d+ %d+:%d+  7f3c2a10  squashed   gastown/polecats/nux@laptop%s+done%s+fix gt%-42$"), row)
       h.truthy(format.session_header():match("^Started%s+Session%s+State%s+Actor%s+End%s+Topic$"), "header")
