@@ -148,7 +148,7 @@ class FederationConfig(_Section):
     stream_max_age: str = ""
     # How long the stream remembers message ids to drop republished records.
     duplicate_window: str = "2h"
-    # Records per publish round and per fetch.
+    # Session records, digests and attributions read per publish round.
     batch: int = 256
     # How often the connection is checked (a dead peer is noticed within two of these).
     ping_interval: str = "10s"

@@ -7,9 +7,10 @@ publishes what this node learns and applies what other nodes publish
 - the **publisher** reads durable local state (event lines after the cursor it
   has published, session records after a ``rev``, digests and attributions
   after a row id), publishes a batch with ``publish_async`` (each record with
-  its stable ``Nats-Msg-Id``), and advances its marks in the store only once
-  the stream acknowledged every record. A crash, a ``kill -9`` or an outage
-  repeats at most one batch, which the stream's duplicate window drops and
+  its stable ``Nats-Msg-Id``), and advances its marks once the stream
+  acknowledged every record; the marks reach the store when the backlog is
+  done or once a second. A crash, a ``kill -9`` or an outage repeats at most
+  that second's records, which the stream's duplicate window drops and
   receivers apply idempotently anyway. Memory stays bounded by a batch.
 - the **consumer** pulls from a durable consumer of its own
   (``gastownd_<node>``) on the town's stream, checks every record, applies
@@ -46,6 +47,8 @@ from gastownd.config import FederationConfig, parse_duration
 from gastownd.core.events import format_ts
 from gastownd.core.query import compile_filter
 from gastownd.core.records import (
+    EVENT_RUN_BYTES,
+    MAX_EVENT_LINES,
     NAME_PATTERN,
     AnyMessage,
     AttributionMessage,
@@ -77,6 +80,12 @@ log = structlog.get_logger("gastownd.federation")
 FETCH_WAIT_S = 1.0
 PUBLISH_TIMEOUT_S = 10.0
 IDLE_WAKE_S = 1.0
+MARK_INTERVAL_S = 1.0
+ROUND_S = 0.01
+# Lines read per publish round, and messages (up to MAX_EVENT_LINES lines each) per
+# fetch: each fetch is applied in one store transaction, which local work may wait for.
+EVENT_LINES_PER_ROUND = 16 * MAX_EVENT_LINES
+FETCH_MESSAGES = 32
 BACKOFF_S = (0.2, 0.5, 1.0, 2.0, 5.0)
 _EVERY_LINE = compile_filter()
 
@@ -126,13 +135,21 @@ class Federation:
         # Highest arrival number of a remote line applied: the live edge for subscribers.
         self.last_arrival = 0
         self._wake = anyio.Event()
+        # Set when the store may hold new records to send (sessions, digests, attributions):
+        # an emit only adds a line, and reading the store for it would cost a thread hop.
+        self._store_changed = True
         self._logged_rejections: set[str] = set()
         self._marks: dict[str, str] = {}
 
     # ------------------------------------------------------------ wiring
 
     def wake(self) -> None:
-        """Something local changed (a line, a record): publish soon."""
+        """A line was added to the local log: publish soon."""
+        self._wake.set()
+
+    def store_changed(self) -> None:
+        """A session record, digest or attribution may have been stored: publish soon."""
+        self._store_changed = True
         self._wake.set()
 
     async def run(
@@ -259,26 +276,50 @@ class Federation:
 
     async def _publish_loop(self, js: Any) -> None:
         attempt = 0
-        while True:
-            batch, marks = await self._next_batch()
-            if not batch:
-                with anyio.move_on_after(IDLE_WAKE_S):
-                    await self._wake.wait()
-                self._wake = anyio.Event()
-                continue
-            try:
-                await self._publish(js, batch)
-            except Exception as exc:
-                self._error("federation_publish_failed", exc, records=len(batch))
-                await anyio.sleep(BACKOFF_S[min(attempt, len(BACKOFF_S) - 1)])
-                attempt += 1
-                continue
-            attempt = 0
-            sessions = self.daemon.sessions
-            assert sessions is not None
-            await sessions.db(sessions.store.remote.set_marks, marks)
-            self._marks.update(marks)
-            self.published += len(batch)
+        unsaved: dict[str, str] = {}
+        saved_at = round_started = time.monotonic()
+        try:
+            while True:
+                # At most one round per ROUND_S: under a stream of appends, each round
+                # then carries a run of lines instead of one; a lone line goes at once.
+                await anyio.sleep(max(0.0, round_started + ROUND_S - time.monotonic()))
+                round_started = time.monotonic()
+                batch, marks = await self._next_batch()
+                if not batch:
+                    if unsaved:
+                        await self._save_marks(unsaved)
+                        saved_at = time.monotonic()
+                    with anyio.move_on_after(IDLE_WAKE_S):
+                        await self._wake.wait()
+                    self._wake = anyio.Event()
+                    continue
+                try:
+                    await self._publish(js, batch)
+                except Exception as exc:
+                    self._error("federation_publish_failed", exc, records=len(batch))
+                    self._store_changed = True  # the batch is read again
+                    await anyio.sleep(BACKOFF_S[min(attempt, len(BACKOFF_S) - 1)])
+                    attempt += 1
+                    continue
+                attempt = 0
+                self._marks.update(marks)
+                unsaved.update(marks)
+                self.published += len(batch)
+                # Marks are saved when the backlog is done, else once a second: a crash
+                # repeats at most that much, which the stream and receivers drop.
+                if time.monotonic() - saved_at >= MARK_INTERVAL_S:
+                    await self._save_marks(unsaved)
+                    saved_at = time.monotonic()
+        finally:
+            if unsaved:
+                with anyio.CancelScope(shield=True):
+                    await self._save_marks(unsaved)
+
+    async def _save_marks(self, marks: dict[str, str]) -> None:
+        sessions = self.daemon.sessions
+        assert sessions is not None
+        await sessions.db(sessions.store.remote.set_marks, dict(marks))
+        marks.clear()
 
     async def _publish(self, js: Any, batch: Sequence[_Outgoing]) -> None:
         futures = []
@@ -287,10 +328,7 @@ class Federation:
                 for item in batch:
                     futures.append(
                         await js.publish_async(
-                            item.subject,
-                            item.data,
-                            stream=self.stream,
-                            headers={"Nats-Msg-Id": item.msg_id},
+                            item.subject, item.data, headers={"Nats-Msg-Id": item.msg_id}
                         )
                     )
                 await js.publish_async_completed()
@@ -307,6 +345,10 @@ class Federation:
         assert sessions is not None
         limit = self.config.batch
         batch, marks = await self._event_batch()
+        if not self._store_changed:
+            return batch, marks
+        # Cleared before reading: a commit during the reads sets it again.
+        self._store_changed = False
         remote = sessions.store.remote
         rev = int(self._marks.get(MARK_SESSIONS, "0"))
         for row in await sessions.db(remote.sessions_after, rev, limit):
@@ -354,6 +396,8 @@ class Federation:
             )
             batch.append(self._outgoing("attribution", attribution))
             marks[MARK_ATTRIBUTIONS] = str(row[0])
+        if any(m in marks for m in (MARK_SESSIONS, MARK_DIGESTS, MARK_ATTRIBUTIONS)):
+            self._store_changed = True  # there may be more than a batch
         return batch, marks
 
     async def _event_batch(self) -> tuple[list[_Outgoing], dict[str, str]]:
@@ -366,8 +410,14 @@ class Federation:
         head = eventlog.index.next_seq() - 1
         if after >= head:
             return [], {}
+        backlog = eventlog.backlog(_EVERY_LINE, after, head, from_archive=True)
+        chunk: list[tuple[int, bytes]] = []
         try:
-            chunk = await eventlog.backlog(_EVERY_LINE, after, head, from_archive=True).next()
+            while len(chunk) < EVENT_LINES_PER_ROUND:
+                more = await backlog.next()
+                if not more:
+                    break
+                chunk += more
         except BacklogGap as exc:
             # Only with the archive turned off: those lines are gone, go on after them.
             index = eventlog.index
@@ -386,11 +436,11 @@ class Federation:
                     node=self.node,
                     id="",
                     epoch=epoch,
-                    seq=seq,
-                    line=msgspec.Raw(line),
+                    seqs=[seq for seq, _ in run],
+                    lines=[msgspec.Raw(line) for _, line in run],
                 ),
             )
-            for seq, line in chunk
+            for run in _runs(chunk)
         ]
         return batch, {MARK_EVENTS: f"{epoch}:{chunk[-1][0]}"}
 
@@ -425,15 +475,16 @@ class Federation:
             stream=self.stream,
             config=ConsumerConfig(
                 deliver_policy=DeliverPolicy.ALL,
-                ack_policy=AckPolicy.EXPLICIT,
+                # Acking a batch's last message acks the whole batch, after its commit.
+                ack_policy=AckPolicy.ALL,
                 ack_wait=30,
-                max_ack_pending=max(1000, 4 * self.config.batch),
+                max_ack_pending=1000,
             ),
         )
         attempt = 0
         while True:
             try:
-                messages = await sub.fetch(self.config.batch, timeout=FETCH_WAIT_S)
+                messages = await sub.fetch(FETCH_MESSAGES, timeout=FETCH_WAIT_S)
             except nats.errors.TimeoutError:
                 continue
             except Exception as exc:  # failover, no responders: back off, never spin
@@ -443,8 +494,8 @@ class Federation:
                 continue
             attempt = 0
             await self._apply(messages)
-            for message in messages:
-                await message.ack()  # after the commit: a crash before it redelivers
+            if messages:
+                await messages[-1].ack()  # after the commit: a crash before it redelivers
 
     async def _apply(self, messages: Sequence[Any]) -> None:
         records: list[AnyMessage] = []
@@ -530,6 +581,20 @@ class Federation:
             last_error=self.last_error,
             last_error_at=format_ts(self.last_error_at) if self.last_error_at else None,
         )
+
+
+def _runs(lines: Sequence[tuple[int, bytes]]) -> list[list[tuple[int, bytes]]]:
+    """``lines`` cut into event records: at most ``MAX_EVENT_LINES`` lines, and about
+    ``EVENT_RUN_BYTES`` (a longer line travels alone)."""
+    runs: list[list[tuple[int, bytes]]] = []
+    size = 0
+    for item in lines:
+        if not runs or len(runs[-1]) >= MAX_EVENT_LINES or size + len(item[1]) > EVENT_RUN_BYTES:
+            runs.append([])
+            size = 0
+        runs[-1].append(item)
+        size += len(item[1])
+    return runs
 
 
 __all__ = ["Federation", "RemoteEvent", "identity"]

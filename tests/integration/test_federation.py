@@ -265,10 +265,10 @@ def test_garbage_and_forged_records_are_counted_and_skipped(
                 "kind": "event",
                 "town": town_name,
                 "node": node,
-                "id": f"{node}.event.1:{seq}",
+                "id": f"{node}.event.1:{seq}-{seq}",
                 "epoch": 1,
-                "seq": seq,
-                "line": json.loads(line),
+                "seqs": [seq],
+                "lines": [json.loads(line)],
             }
         ).encode()
 

@@ -33,8 +33,28 @@ def line(type_: str, ts: str = "2026-11-29T00:00:00Z", actor: str = "mayor") -> 
 
 def event(seq: int, type_: str = "mail", node: str = "b", **kw: str) -> EventMessage:
     return EventMessage(
-        town="t", node=node, id=f"{node}.event.1:{seq}", epoch=1, seq=seq, line=line(type_, **kw)
+        town="t",
+        node=node,
+        id=f"{node}.event.1:{seq}-{seq}",
+        epoch=1,
+        seqs=[seq],
+        lines=[line(type_, **kw)],
     )
+
+
+def test_a_run_of_lines_is_applied_line_by_line(store: Store) -> None:
+    run = EventMessage(
+        town="t", node="b", id="b.event.1:1-3", epoch=1, seqs=[1, 2, 3], lines=[line("mail")] * 3
+    )
+    overlapping = EventMessage(
+        town="t", node="b", id="b.event.1:2-4", epoch=1, seqs=[2, 3, 4], lines=[line("mail")] * 3
+    )
+    first = store.remote.apply([run], now=1.0)
+    assert first.counts == {"event": 3}
+    again = store.remote.apply([overlapping], now=2.0)
+    assert again.counts == {"event": 1}
+    assert [e.arrival for e in again.events] > [e.arrival for e in first.events][-1:]
+    assert store.remote.nodes()[0].events == 4
 
 
 def session(rev: int, state: str = "logged") -> SessionMessage:

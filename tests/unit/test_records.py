@@ -40,7 +40,9 @@ def digest() -> Any:
 
 def messages(node: str = "b", town: str = "t1") -> list[AnyMessage]:
     found: list[AnyMessage] = [
-        EventMessage(town=town, node=node, id="", epoch=7, seq=42, line=msgspec.Raw(LINE)),
+        EventMessage(
+            town=town, node=node, id="", epoch=7, seqs=[42, 44], lines=[msgspec.Raw(LINE)] * 2
+        ),
         SessionMessage(
             town=town,
             node=node,
@@ -83,7 +85,7 @@ def test_names_of_the_stream_and_subjects() -> None:
 def test_ids_are_node_kind_and_local_id() -> None:
     ids = [m.id for m in messages()]
     assert ids == [
-        "b.event.7:42",
+        "b.event.7:42-44",
         "b.session.s-1.3",
         f"b.digest.{digest().digest_id}",
         "b.attribution.9",
@@ -117,10 +119,14 @@ def test_refusals() -> None:
     assert reason("gastown.t1.b.session", good) == "kind_mismatch"
     other_town = encode_message(messages(town="t2")[0])
     assert reason("gastown.t1.b.event", other_town) == "other_town"
-    wrong_id = msgspec.structs.replace(event, id="b.event.1:1")
+    wrong_id = msgspec.structs.replace(event, id="b.event.1:1-1")
     assert reason("gastown.t1.b.event", encode_message(wrong_id)) == "bad_id"
-    bad_line = msgspec.structs.replace(event, line=msgspec.Raw(b'{"not":"a line"}'))
+    bad_line = msgspec.structs.replace(event, lines=[msgspec.Raw(LINE), msgspec.Raw(b'{"x":1}')])
     assert reason("gastown.t1.b.event", encode_message(bad_line)) == "bad_line"
+    for seqs in ([44, 42], [42], [42, 42]):
+        uneven = msgspec.structs.replace(event, seqs=seqs)
+        uneven.id = message_id("b", "event", local_id_of(uneven))
+        assert reason("gastown.t1.b.event", encode_message(uneven)) == "bad_event"
     tampered = msgspec.structs.replace(dig, digest=msgspec.structs.replace(dig.digest, actor="x"))
     assert reason("gastown.t1.b.digest", encode_message(tampered)) == "bad_digest"
     resealed = msgspec.structs.replace(
