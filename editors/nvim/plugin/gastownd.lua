@@ -19,4 +19,4 @@ end, { bang = true, desc = "gastownd: sessions (! all nodes)" })
 
 vim.api.nvim_create_user_command("GastownWho", function(cmd)
   require("gastownd").who(cmd.args)
-end, { nargs = "?", desc = "gastownd: which sessions touched ISSUE (default: the id under the cursor)" })
+end, { nargs = "?", desc = "gastownd: which sessions touched ISSUE (default: the id here)" })

@@ -60,7 +60,8 @@ function M.get()
     entry = { text = "", at = nil, busy = false }
     cache[key] = entry
   end
-  if not entry.busy and (entry.at == nil or now - entry.at >= config.options.statusline_interval_ms) then
+  local stale = entry.at == nil or now - entry.at >= config.options.statusline_interval_ms
+  if stale and not entry.busy then
     refresh(root, entry)
   end
   return entry.text
