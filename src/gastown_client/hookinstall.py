@@ -36,6 +36,10 @@ import gastown_client.hook
 
 MARKERS = ("gastown_client/hook.py", "gastown-hook")
 HOOK_TIMEOUT_S = 5
+# Bash calls, and the beads MCP server's changing tools under any server key
+# (``mcp__beads__close``, ``mcp__plugin_beads_beads__update``, ...). Claude Code
+# reads a matcher with regex characters as an unanchored regex: anchor it.
+POST_TOOL_MATCHER = "^(Bash|mcp__.+__(close|update|reopen|create))$"
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,7 +54,7 @@ HOOKS: tuple[HookSpec, ...] = (
     HookSpec("SessionStart", None, detached=False),
     HookSpec("SessionEnd", None, detached=True),
     HookSpec("PreCompact", None, detached=True),
-    HookSpec("PostToolUse", "Bash", detached=True),
+    HookSpec("PostToolUse", POST_TOOL_MATCHER, detached=True),
     HookSpec("Stop", None, detached=True),
     HookSpec("UserPromptSubmit", None, detached=True),
 )

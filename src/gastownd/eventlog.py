@@ -167,11 +167,12 @@ class EventLog:
             self.unwatched_from = info.st_size if fresh else self.seqmap.end
             started = time.monotonic()
             snapshot = self._load_snapshot(info.st_ino, info.st_size)
-            if snapshot is not None:
-                seqs = itertools.islice(self.seqmap.seqs(), len(snapshot), None)
-                self.index = self._read_index(self._fd, info.st_size, seqs, snapshot)
-            else:
-                self.index = self._read_index(self._fd, info.st_size, self.seqmap.seqs())
+            seqs = itertools.islice(
+                self.seqmap.seqs(), len(snapshot) if snapshot is not None else 0, None
+            )
+            self.index = self._read_index(self._fd, info.st_size, seqs, snapshot)
+            # What follows the file's last line, even when its last lines were pruned.
+            self.index.seq_floor = next(seqs)
             self.cold_start_s = 0.0 if snapshot is not None else time.monotonic() - started
             if snapshot is None:
                 _release_freed_memory()
@@ -407,6 +408,7 @@ class EventLog:
         removed = [old.seqs[p] for p in range(len(old)) if old.seqs[p] not in kept]
         index = EventIndex()
         index.add_lines(data, 0, iter(seqs))
+        index.seq_floor = next_fresh
         log.warning(
             "eventlog_reloaded",
             reason="replaced" if new_fd is not None else "rewritten",
@@ -752,6 +754,7 @@ class EventLog:
                     self._apply(observation)
                     old_index = self.index
                     # Only what was appended during the prune is indexed here.
+                    kept_index.seq_floor = seqs.tail_base
                     kept_index.extend_from(old_index, range(count, len(old_index)))
                     self.index = kept_index
                     self._fd = temp_fd

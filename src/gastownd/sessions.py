@@ -12,6 +12,7 @@ in the store.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
@@ -23,6 +24,8 @@ import structlog
 from gastown_client.protocol import ErrorCode
 from gastownd.core.events import encode_line, format_ts
 from gastownd.core.query import compile_filter
+from gastownd.core.records import AnyMessage, DigestMessage
+from gastownd.core.session_record import RECORDED_TYPES, LineEnd, StartSeen, line_end, start_seen
 from gastownd.core.wisp import (
     Effect,
     EmitLine,
@@ -35,16 +38,17 @@ from gastownd.core.wisp import (
 )
 from gastownd.errors import DaemonError, NotFoundError
 from gastownd.eventlog import EventLog
-from gastownd.store import NewAttribution, Store
+from gastownd.store import LINES_RECORDED, LineFacts, NewAttribution, Store
+from gastownd.store.remote import Applied
 from gastownd.subscriptions import Published
 
 log = structlog.get_logger("gastownd.sessions")
 
 T = TypeVar("T")
 
-# Event-log lines that can end a wisp (see core.wisp.ended_by_line).
-ENDING_TYPES = frozenset({"session_death", "handoff", "session_end"})
-OBSERVED_QUEUE = 4096
+# Recorded lines committed per transaction.
+RECORD_CHUNK = 1024
+_RECORDED_FILTER = compile_filter(types=sorted(RECORDED_TYPES))
 
 
 class ConflictError(DaemonError):
@@ -64,9 +68,12 @@ class Sessions:
         # Lines the log refused (disk full) wait in the outbox; retried on each op.
         self._outbox_stuck = False
         self._db = anyio.CapacityLimiter(1)
-        self._observed_send, self._observed_recv = anyio.create_memory_object_stream[Published](
-            OBSERVED_QUEUE
-        )
+        self._record_lock = anyio.Lock()
+        self._lines_waiting = anyio.Event()
+        # (epoch, seq) of the last line recorded; None before the first.
+        self._recorded: tuple[int, int] | None = None
+        # Called after each commit that may change what federation publishes.
+        self.on_commit: Callable[[], None] | None = None
 
     async def db(self, func: Callable[..., T], *args: Any) -> T:
         """Run a store call in the store's single worker thread."""
@@ -85,9 +92,13 @@ class Sessions:
             self._outbox_stuck = True
             await self._flush_outbox()
         log.info("wisps_restored", open=len(wisps), actors=len(heads))
-        # gt may have logged deaths and handoffs while we were down.
-        for item in self.eventlog.unwatched_lines(ENDING_TYPES):
-            await self._observe_one(item)
+        checkpoint = await self.db(self.store.meta, LINES_RECORDED)
+        if checkpoint is not None:
+            epoch, _, seq = checkpoint.partition(":")
+            self._recorded = (int(epoch), int(seq))
+        # Lines gt wrote while we were down (all of them on a first start) are
+        # recorded by the recorder as soon as it runs; a prune waits for it.
+        self._lines_waiting.set()
 
     # ------------------------------------------------------------------- ops
 
@@ -98,11 +109,13 @@ class Sessions:
         *,
         attributions: Callable[[WispBook], Sequence[NewAttribution]] | None = None,
         spool_mark: tuple[str, int] | None = None,
+        lines: LineFacts | None = None,
     ) -> tuple[WispBook, tuple[Effect, ...]]:
         """Apply one op: load, transition, persist, emit. Returns the book after it.
 
         ``attributions`` is called with the book after the transition; what it
-        returns is stored in the same transaction, as is ``spool_mark``.
+        returns is stored in the same transaction, as are ``spool_mark`` and
+        ``lines``.
         """
         async with self._lock:
             await self._load(names)
@@ -116,13 +129,30 @@ class Sessions:
             except ValueError as exc:
                 raise DaemonError(str(exc), code=ErrorCode.BAD_REQUEST) from None
             records = attributions(book) if attributions is not None else ()
-            if effects or records or spool_mark is not None:
-                await self.db(self.store.apply, effects, records, spool_mark)
+            if effects or records or spool_mark is not None or lines is not None:
+                await self.db(self.store.apply, effects, records, spool_mark, lines)
+                if self.on_commit is not None:
+                    self.on_commit()
             # Committed: the book follows the store even if the log append below fails.
             self.book = _open_only(book)
             if any(isinstance(e, EmitLine) for e in effects) or self._outbox_stuck:
                 await self._flush_outbox()
             return book, effects
+
+    async def apply_remote(self, records: Sequence[AnyMessage], now: float) -> Applied:
+        """Apply other nodes' records; a newer remote digest becomes its actor's chain head.
+
+        Digests take the wisp lock (a local squash reads the heads), the rest only
+        the store's worker.
+        """
+        if not any(isinstance(r, DigestMessage) for r in records):
+            return await self.db(self.store.remote.apply, records, now)
+        async with self._lock:
+            applied = await self.db(self.store.remote.apply, records, now)
+            if applied.heads:
+                heads = {**self.book.heads, **applied.heads}
+                self.book = WispBook(wisps=self.book.wisps, heads=heads)
+            return applied
 
     async def _flush_outbox(self) -> None:
         """Append every pending line, oldest first; a failure leaves them for next time.
@@ -185,46 +215,87 @@ class Sessions:
     # ------------------------------------------------------ lines and reaping
 
     def observe(self, items: Sequence[Published]) -> None:
-        """Called with every indexed line; queues the ones that may end a wisp."""
-        for item in items:
-            if item.type in ENDING_TYPES:
-                try:
-                    self._observed_send.send_nowait(item)
-                except anyio.WouldBlock:
-                    log.error("observed_line_dropped", type=item.type, seq=item.seq)
+        """Called with every indexed line; wakes the recorder for the lines it reads."""
+        if any(item.type in RECORDED_TYPES for item in items):
+            self._lines_waiting.set()
 
-    async def run_observer(self) -> None:
-        """End wisps on ``session_death`` / ``handoff`` lines, in log order."""
-        async with self._observed_recv:
-            async for item in self._observed_recv:
-                await self._observe_one(item)
+    async def run_recorder(self) -> None:
+        """Record session lines as they are indexed, in log order."""
+        while True:
+            await self._lines_waiting.wait()
+            self._lines_waiting = anyio.Event()
+            await self.record_lines()
 
-    async def _observe_one(self, item: Published) -> None:
-        try:
-            line = msgspec.json.decode(item.line)
-        except (msgspec.DecodeError, UnicodeDecodeError):
-            return
-        payload = line.get("payload") if isinstance(line, dict) else None
-        if not isinstance(payload, dict):
-            payload = None
-        try:
-            _, effects = await self.run((), self._observing(item, payload))
-        except DaemonError as exc:
-            log.warning("observed_line_failed", type=item.type, error=exc.message)
-            return
-        ended = [e.digest.session_id for e in effects if isinstance(e, SaveDigest)]
-        if ended:
-            log.info("wisps_ended_by_line", type=item.type, sessions=ended)
+    async def record_lines(self) -> int:
+        """Record every session line past the checkpoint; returns how many were read."""
+        async with self._record_lock:
+            started = time.monotonic()
+            total = await self._record_pending()
+            if total > RECORD_CHUNK:
+                log.info(
+                    "session_lines_recorded",
+                    lines=total,
+                    duration_ms=round((time.monotonic() - started) * 1000),
+                )
+            return total
 
-    def _observing(
-        self, item: Published, payload: dict[str, Any] | None
-    ) -> Callable[[WispBook], Outcome]:
+    async def _record_pending(self) -> int:
+        epoch = self.eventlog.seqmap.epoch
+        rescan_through = -1
+        if self._recorded is not None and self._recorded[0] != epoch:
+            # The log was replaced while we were down: its seqs start over.
+            rescan_through = self.eventlog.index.next_seq() - 1
+            self._recorded = None
+            log.warning("session_lines_rescanned", epoch=epoch)
+        total = 0
+        while True:
+            index = self.eventlog.index
+            after = -1 if self._recorded is None else self._recorded[1]
+            # Search and read with no await between: the index cannot change meanwhile.
+            positions = index.search(
+                _RECORDED_FILTER,
+                RECORD_CHUNK,
+                oldest_first=True,
+                after_position=index.position_after(after),
+            )
+            if not positions:
+                return total
+            entries = [index.entry(p) for p in positions]
+            items = [
+                Published(e.seq, e.type or "", e.actor, e.session, e.ts, line)
+                for e, line in zip(entries, self.eventlog.read_lines(positions), strict=True)
+            ]
+            last = entries[-1].seq
+            facts = LineFacts(
+                facts=_facts_of(items),
+                checkpoint=f"{epoch}:{last}",
+                rescan=entries[0].seq <= rescan_through,
+            )
+            _, effects = await self.run((), self._ending(items), lines=facts)
+            self._recorded = (epoch, last)
+            total += len(items)
+            ended = [e.digest.session_id for e in effects if isinstance(e, SaveDigest)]
+            if ended:
+                log.info("wisps_ended_by_line", sessions=ended)
+
+    def _ending(self, items: list[Published]) -> Callable[[WispBook], Outcome]:
+        """The wisps these lines end (deaths, handoffs), applied in log order."""
         now = self.clock()
 
         def observe(book: WispBook) -> Outcome:
-            return book.observe_line(
-                type=item.type, actor=item.actor, payload=payload, at=float(item.ts), now=now
-            )
+            effects: list[Effect] = []
+            for item in items:
+                if item.type == "session_start":
+                    continue
+                book, more = book.observe_line(
+                    type=item.type,
+                    actor=item.actor,
+                    payload=_payload(item.line),
+                    at=float(item.ts),
+                    now=now,
+                )
+                effects += more
+            return book, tuple(effects)
 
         return observe
 
@@ -261,8 +332,27 @@ class Sessions:
         return max(found, key=lambda w: w.started_at) if found else None
 
 
-def _lines(effects: Sequence[Effect]) -> list[EmitLine]:
-    return [e for e in effects if isinstance(e, EmitLine)]
+def _payload(line: bytes) -> dict[str, Any] | None:
+    try:
+        decoded = msgspec.json.decode(line)
+    except (msgspec.DecodeError, UnicodeDecodeError):
+        return None
+    payload = decoded.get("payload") if isinstance(decoded, dict) else None
+    return payload if isinstance(payload, dict) else None
+
+
+def _facts_of(items: list[Published]) -> list[StartSeen | LineEnd]:
+    facts: list[StartSeen | LineEnd] = []
+    for item in items:
+        payload = _payload(item.line)
+        fact = (
+            start_seen(item.actor, payload, item.ts)
+            if item.type == "session_start"
+            else line_end(item.type, item.actor, payload, item.ts)
+        )
+        if fact is not None:
+            facts.append(fact)
+    return facts
 
 
 def _open_only(book: WispBook) -> WispBook:

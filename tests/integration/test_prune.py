@@ -200,3 +200,51 @@ def test_appends_racing_a_prune_are_never_lost(town: Path) -> None:
         gt_append(town, json.loads(line("late", timedelta(0))))
     finally:
         assert proc.terminate() == 0
+
+
+def test_seqs_of_pruned_newest_lines_are_never_reused(town: Path) -> None:
+    """A prune can remove the newest lines (a short TTL type after long ones): the next
+    line still gets a seq above every line ever seen, now and after a restart."""
+    configure(town)
+    write_log(
+        town,
+        [
+            line("mail", timedelta(days=2), i=0),  # kept (30d)
+            line("patrol_started", timedelta(days=2), i=1),  # expired (1d)
+            line("patrol_started", timedelta(days=2), i=2),  # expired: the newest lines
+        ],
+    )
+    proc = DaemonProcess(town).wait_ready()
+    try:
+        with proc.client() as client:
+            head = client.query(limit=1).cursor
+            assert client.prune().pruned_total == 2
+            after = client.emit("nudge", "gastown/witness").cursor
+            assert int(after.split(":")[1]) > int(head.split(":")[1])
+            subscription = client.subscribe(cursor=head)
+            cursor, _event = next(iter(subscription))
+            assert cursor == after
+    finally:
+        assert proc.terminate() == 0, proc.log()
+    proc = DaemonProcess(town).wait_ready()
+    try:
+        with proc.client() as client:
+            assert client.query(limit=1).cursor == after
+            later = client.emit("nudge", "gastown/witness").cursor
+            assert int(later.split(":")[1]) == int(after.split(":")[1]) + 1
+    finally:
+        assert proc.terminate() == 0, proc.log()
+
+
+def test_a_prune_that_empties_the_log_keeps_counting_seqs(town: Path) -> None:
+    configure(town)
+    write_log(town, [line("nudge", timedelta(days=9), i=n) for n in range(3)])
+    proc = DaemonProcess(town).wait_ready()
+    try:
+        with proc.client() as client:
+            head = client.query(limit=1).cursor
+            assert client.prune().kept == 0
+            after = client.emit("nudge", "gastown/witness").cursor
+            assert int(after.split(":")[1]) == int(head.split(":")[1]) + 1
+    finally:
+        assert proc.terminate() == 0, proc.log()

@@ -25,7 +25,7 @@ from gastown_client.errors import RequestRejected
 from tests.conftest import DaemonProcess
 from tests.reliability._support import is_root, make_town, read_log
 
-FS_SIZE = "256k"
+FS_SIZE = "1m"  # room for the store (about 200 KiB with its WAL) and a filler
 # Room left for the log once the filler is written (the SQLite store takes ~140 KiB).
 ROOM = 40 * 1024
 BLOB = 3000  # bytes of payload per emit
@@ -149,7 +149,8 @@ def test_full_tmpfs_gives_io_error_leaves_no_torn_line_and_recovers(small_fs: Pa
 
 def test_file_size_limit_gives_io_error_leaves_no_torn_line_and_recovers() -> None:
     """RLIMIT_FSIZE: the write that crosses the limit is short, the retry gets EFBIG."""
-    limit = 96 * 1024
+    # Above what a fresh database and its WAL take (about 100 KiB), so the log hits it first.
+    limit = 192 * 1024
     _soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
 
     def limit_file_size() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -15,7 +16,7 @@ from typing import Any
 import pytest
 
 from gastown_client import hookinstall
-from gastown_client.hookinstall import HOOKS, run_install
+from gastown_client.hookinstall import HOOKS, POST_TOOL_MATCHER, run_install
 
 EVENTS = {spec.event for spec in HOOKS}
 
@@ -78,7 +79,7 @@ def test_fresh_install_creates_the_file(settings: Path) -> None:
     assert stat.S_IMODE(settings.stat().st_mode) == 0o600
     hooks = document["hooks"]
     [post] = hooks["PostToolUse"]
-    assert post["matcher"] == "Bash"
+    assert post["matcher"] == POST_TOOL_MATCHER
     assert "matcher" not in hooks["Stop"][0]
     for event, groups in hooks.items():
         [group] = groups
@@ -91,6 +92,37 @@ def test_fresh_install_creates_the_file(settings: Path) -> None:
         assert argv[3].endswith("gastown_client/hook.py") and os.path.isfile(argv[3])
         # SessionStart may print context for Claude: it is the one that waits.
         assert (argv[4:] == ["--async"]) == (event != "SessionStart")
+
+
+@pytest.mark.parametrize(
+    ("tool", "matched"),
+    [
+        ("Bash", True),
+        ("mcp__beads__close", True),
+        ("mcp__beads__create", True),
+        ("mcp__plugin_beads_beads__update", True),
+        ("mcp__bd__reopen", True),
+        ("BashOutput", False),
+        ("Edit", False),
+        ("mcp__beads__show", False),
+        ("mcp__beads__close_all", False),
+    ],
+)
+def test_post_tool_matcher_selects_bash_and_beads_changes(tool: str, matched: bool) -> None:
+    # Claude Code evaluates a matcher with regex characters as a JavaScript regex;
+    # this pattern reads the same under Python's re.
+    assert bool(re.search(POST_TOOL_MATCHER, tool)) == matched
+
+
+def test_an_older_bash_only_install_is_upgraded_in_place(settings: Path) -> None:
+    assert run(settings)[0] == 0
+    document = json.loads(settings.read_text())
+    document["hooks"]["PostToolUse"][0]["matcher"] = "Bash"
+    write(settings, document)
+    assert run(settings)[0] == 0
+    [post] = json.loads(settings.read_text())["hooks"]["PostToolUse"]
+    assert post["matcher"] == POST_TOOL_MATCHER
+    assert run(settings)[1].endswith("already installed\n")
 
 
 def test_second_run_changes_nothing(settings: Path) -> None:

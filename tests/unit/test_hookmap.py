@@ -8,12 +8,14 @@ import msgspec
 import pytest
 
 from gastownd.core.hookmap import (
+    STEP_OF_ACTION,
     PlannedAttribution,
     PlannedStep,
     decode_payload,
     plan_hook,
     predecessor_context,
 )
+from tests.attribution_forms import FORMS, Form
 
 ENV = {"GT_ROLE": "gastown/polecats/nux", "GT_SESSION": "gt-nux"}
 
@@ -118,6 +120,7 @@ def test_env_prefixes_and_sudo_are_skipped() -> None:
 def test_predecessor_context_is_short_and_names_the_seance_command() -> None:
     text = predecessor_context(
         actor="gastown/crew/joe",
+        started_at="2026-11-24T00:00:00Z",
         ended_at="2026-11-25T00:00:00Z",
         end_reason="logout",
         issues_closed=[f"gt-{i}" for i in range(50)],
@@ -127,3 +130,30 @@ def test_predecessor_context_is_short_and_names_the_seance_command() -> None:
     )
     assert len(text.encode()) <= 1024
     assert "gastownctl seance 6f1c2d3e" in text or text.endswith("...")
+
+
+def test_predecessor_known_only_from_the_log_is_named_with_its_start() -> None:
+    text = predecessor_context(
+        actor="gastown/crew/joe",
+        session_id="6f1c2d3e-4a5b",
+        started_at="2026-11-24T00:00:00Z",
+        ended_at=None,
+        end_reason=None,
+        topic="patrol",
+    )
+    assert "started 2026-11-24T00:00:00Z; no end was recorded" in text
+    assert "Topic: patrol" in text and "gastownctl seance 6f1c2d3e" in text
+
+
+@pytest.mark.parametrize("form", FORMS, ids=lambda form: form.name)
+def test_every_form_agents_use_is_attributed_and_no_decoy_is(form: Form) -> None:
+    result = plan(
+        "PostToolUse",
+        tool_name=form.tool_name,
+        tool_input=form.tool_input,
+        tool_response=form.tool_response,
+    )
+    found = {(a.issue, a.action) for a in result.attributions}
+    assert found == form.expected
+    steps = {(s.ref, s.kind) for s in result.steps if s.kind.startswith("issue_")}
+    assert steps == {(issue, STEP_OF_ACTION[action]) for issue, action in form.expected}

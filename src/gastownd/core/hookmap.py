@@ -2,47 +2,44 @@
 
 ``plan_hook`` turns Claude's hook payload plus the environment the hook saw
 into a ``HookPlan``: which session and actor, how the session starts or ends,
-and which steps and attributions it adds. Bash tool calls are read for
-``git commit``, ``bd close``/``update --status closed``/``create``, ``gt done``
-and ``gt handoff``; everything else is ignored cheaply. Prompt text is never
-decoded, let alone kept.
+and which steps and attributions it adds. Bash tool calls are read as shell
+scripts (:mod:`gastownd.core.shell`) for ``git commit``, the ``bd`` verbs that
+change issues and ``gt done``/``gt handoff``; beads MCP tool calls for the
+issues they change (:mod:`gastownd.core.beads`). Everything else is ignored
+cheaply. Prompt text is never decoded, let alone kept.
 """
 
 from __future__ import annotations
 
 import re
-import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
 
-COMMIT_LINE = re.compile(r"\[[^\]\s]+(?: \([^)]*\))* ([0-9a-f]{7,40})\] (.+)")
-CREATED_ISSUE = re.compile(r"Created issue:?\s+([A-Za-z0-9][\w.-]*)")
-# bd options that take a value, so the value is not mistaken for an issue id.
-BD_VALUE_OPTIONS = frozenset(
-    {
-        "--reason",
-        "-r",
-        "--session",
-        "--actor",
-        "--db",
-        "--status",
-        "-s",
-        "--message",
-        "-m",
-        "--title",
-        "-t",
-        "--priority",
-        "-p",
-        "--type",
-        "--assignee",
-        "-a",
-        "--description",
-        "-d",
-    }
+from gastownd.core.beads import (
+    MCP_TOOL,
+    BdCall,
+    Change,
+    bd_call,
+    bd_changes,
+    created_ids,
+    is_create,
+    mcp_changes,
+    mcp_failed,
+    response_text,
 )
+from gastownd.core.shell import basename, simple_commands
+
+COMMIT_LINE = re.compile(r"\[[^\]\s]+(?: \([^)]*\))* ([0-9a-f]{7,40})\] (.+)")
+# The step a Beads change adds to the session's wisp.
+STEP_OF_ACTION: dict[str, str] = {
+    "closed": "issue_closed",
+    "created": "issue_created",
+    "updated": "issue_updated",
+    "reopened": "issue_reopened",
+}
 
 
 class HookPayload(msgspec.Struct, kw_only=True):
@@ -78,7 +75,7 @@ class PlannedStep:
 @dataclass(frozen=True)
 class PlannedAttribution:
     issue: str
-    action: str  # closed | created | updated
+    action: str  # closed | created | updated | reopened
 
 
 @dataclass
@@ -133,10 +130,15 @@ def plan_hook(
         case "UserPromptSubmit":
             plan.steps.append(PlannedStep("prompt"))
         case "PostToolUse":
-            if payload.tool_name != "Bash":
-                plan.ignored = f"tool {payload.tool_name!r} is not watched"
-            else:
+            tool = payload.tool_name or ""
+            if tool == "Bash":
                 _plan_bash(plan, payload.tool_input, payload.tool_response)
+            elif MCP_TOOL.fullmatch(tool):
+                _plan_mcp(plan, tool, payload.tool_input, payload.tool_response)
+            else:
+                plan.ignored = f"tool {payload.tool_name!r} is not watched"
+        case "PostToolUseFailure":
+            plan.ignored = "the tool call failed"
         case _:
             plan.ignored = f"hook event {payload.hook_event_name!r} is not mapped"
     return plan
@@ -150,77 +152,62 @@ def _plan_bash(plan: HookPlan, tool_input: Any, tool_response: Any) -> None:
     if _failed(tool_response):
         plan.ignored = "bash command failed"
         return
-    output = _response_text(tool_response)
-    for words in _commands(command):
-        tool, rest = words[0].rsplit("/", 1)[-1], words[1:]
+    output = response_text(tool_response)
+    creates: list[BdCall] = []
+    for words in simple_commands(command):
+        tool, rest = basename(words[0].text), [w.text for w in words[1:]]
         if tool == "git" and _git_subcommand(rest) == "commit":
             _plan_commit(plan, output)
-        elif tool == "bd" and rest:
-            _plan_bd(plan, rest[0], rest[1:], output)
+        elif tool == "bd":
+            call = bd_call(words[1:])
+            if call is None:
+                continue
+            if is_create(call):
+                creates.append(call)
+            else:
+                _add_changes(plan, bd_changes(call))
         elif tool == "gt" and rest and rest[0] in ("done", "handoff"):
             subject = _option(rest[1:], "-s", "--subject", "-m", "--message")
             plan.steps.append(PlannedStep(rest[0], None, {"subject": subject} if subject else None))
+    if creates:
+        _add_changes(plan, [Change(issue, "created") for issue in created_ids(output, creates)])
     if not plan.steps and not plan.commit_needs_lookup:
         plan.ignored = "bash command not watched"
 
 
+def _plan_mcp(plan: HookPlan, tool: str, tool_input: Any, tool_response: Any) -> None:
+    if mcp_failed(tool_response):
+        plan.ignored = "MCP tool call failed"
+        return
+    changes = mcp_changes(tool, tool_input, tool_response)
+    if not changes:
+        plan.ignored = f"tool {tool!r} changed no Beads issue"
+        return
+    _add_changes(plan, changes)
+
+
+def _add_changes(plan: HookPlan, changes: list[Change]) -> None:
+    for change in changes:
+        plan.steps.append(PlannedStep(STEP_OF_ACTION[change.action], change.issue))
+        plan.attributions.append(PlannedAttribution(change.issue, change.action))
+
+
 def _mentions_watched_tool(command: str) -> bool:
-    return any(word in command for word in ("git", "bd ", "gt "))
+    return any(word in command for word in ("git", "bd", "gt"))
 
 
 def _failed(response: Any) -> bool:
+    if isinstance(response, str):
+        return response.lstrip().startswith(("Error", "Exit code"))
     if not isinstance(response, dict):
         return False
-    if response.get("is_error") is True or response.get("interrupted") is True:
+    if any(response.get(k) is True for k in ("is_error", "isError", "interrupted")):
         return True
-    code = response.get("exit_code", response.get("exitCode", 0))
-    return isinstance(code, int) and not isinstance(code, bool) and code != 0
-
-
-def _response_text(response: Any) -> str:
-    if isinstance(response, str):
-        return response
-    if isinstance(response, dict):
-        parts = [response.get(k) for k in ("stdout", "output", "stderr")]
-        return "\n".join(p for p in parts if isinstance(p, str))
-    return ""
-
-
-def _commands(command: str) -> list[list[str]]:
-    """Simple commands of a shell line, as words, without leading VAR=value words.
-
-    Quotes are honoured before splitting at ``;``, ``&&``, ``||``, ``|`` and
-    newlines, so a quoted ``;`` stays inside its word.
-    """
-    lexer = shlex.shlex(command, posix=True, punctuation_chars=";&|")
-    lexer.whitespace_split = True
-    lexer.commenters = "#"
-    lexer.whitespace = " \t\r"
-    found: list[list[str]] = []
-    words: list[str] = []
-    try:
-        tokens = list(lexer)
-    except ValueError:  # an unterminated quote: fall back to plain words
-        tokens = command.split()
-    for token in [*tokens, ";"]:
-        if token and set(token) <= set(";&|\n"):
-            found += _simple(words)
-            words = []
-        elif "\n" in token:
-            head, _, tail = token.partition("\n")
-            found += _simple([*words, head] if head else words)
-            words = [tail] if tail else []
-        else:
-            words.append(token)
-    return found
-
-
-def _simple(words: list[str]) -> list[list[str]]:
-    while words and "=" in words[0] and not words[0].startswith("-"):
-        words = words[1:]
-    if words and words[0] in ("sudo", "env", "command", "exec"):
-        words = words[1:]
-    return [words] if words else []
+    for key in ("exit_code", "exitCode", "returncode", "return_code"):
+        code = response.get(key)
+        if isinstance(code, int) and not isinstance(code, bool) and code != 0:
+            return True
+    return False
 
 
 def _git_subcommand(args: list[str]) -> str | None:
@@ -245,39 +232,6 @@ def _plan_commit(plan: HookPlan, output: str) -> None:
         plan.commit_needs_lookup = True
 
 
-def _plan_bd(plan: HookPlan, verb: str, args: list[str], output: str) -> None:
-    if verb == "close":
-        for issue in _positionals(args):
-            plan.steps.append(PlannedStep("issue_closed", issue))
-            plan.attributions.append(PlannedAttribution(issue, "closed"))
-    elif verb == "update":
-        status = _option(args, "--status", "-s")
-        if status == "closed":
-            for issue in _positionals(args):
-                plan.steps.append(PlannedStep("issue_closed", issue))
-                plan.attributions.append(PlannedAttribution(issue, "closed"))
-    elif verb == "create":
-        match = CREATED_ISSUE.search(output)
-        if match:
-            issue = match.group(1).rstrip(".:,")
-            plan.steps.append(PlannedStep("issue_created", issue))
-            plan.attributions.append(PlannedAttribution(issue, "created"))
-
-
-def _positionals(args: list[str]) -> list[str]:
-    found = []
-    skip = False
-    for arg in args:
-        if skip:
-            skip = False
-            continue
-        if arg.startswith("-"):
-            skip = arg in BD_VALUE_OPTIONS
-            continue
-        found.append(arg)
-    return found
-
-
 def _option(args: list[str], *names: str) -> str | None:
     for position, arg in enumerate(args):
         for name in names:
@@ -291,19 +245,25 @@ def _option(args: list[str], *names: str) -> str | None:
 def predecessor_context(
     *,
     actor: str,
-    ended_at: str,
-    end_reason: str,
-    issues_closed: list[str],
-    commits: list[str],
-    handoff_subject: str | None,
     session_id: str,
+    started_at: str,
+    ended_at: str | None,
+    end_reason: str | None,
+    topic: str | None = None,
+    issues_closed: list[str] | None = None,
+    commits: list[str] | None = None,
+    handoff_subject: str | None = None,
     limit: int = 1024,
 ) -> str:
     """The short note a new session gets about its predecessor (at most ``limit`` bytes)."""
-    lines = [
-        f"[gastownd] Your predecessor as {actor} (session {session_id}) "
-        f"ended {ended_at} ({end_reason}).",
-    ]
+    head = f"[gastownd] Your predecessor as {actor} (session {session_id}) "
+    if ended_at is not None:
+        head += f"ended {ended_at} ({end_reason or 'ended'})."
+    else:
+        head += f"started {started_at}; no end was recorded."
+    lines = [head]
+    if topic:
+        lines.append(f"Topic: {topic}")
     if issues_closed:
         lines.append("Issues closed: " + ", ".join(issues_closed[:10]))
     if commits:

@@ -44,6 +44,7 @@ class Entry:
 
 
 class IndexHeader(msgspec.Struct, kw_only=True):
+    seq_floor: int = 0
     count: int
     end: int
     malformed: int
@@ -69,6 +70,8 @@ class EventIndex:
         self.checksums = array("L")
         self.end = base_offset
         self.malformed = 0
+        # The lowest seq a new line may take: removed lines' seqs are never reused.
+        self.seq_floor = 0
         self.type_names: list[str] = []
         self._type_ids: dict[str, int] = {}
         self.actor_names: list[str] = []
@@ -82,7 +85,8 @@ class EventIndex:
         return len(self.offsets)
 
     def next_seq(self) -> int:
-        return self.seqs[-1] + 1 if self.seqs else 0
+        """The seq the next appended line gets: never one a removed line had."""
+        return max(self.seqs[-1] + 1, self.seq_floor) if self.seqs else self.seq_floor
 
     # -------------------------------------------------------------- adding
 
@@ -334,6 +338,7 @@ class EventIndex:
         blobs.append(b"".join(p.tobytes() for p in type_postings))
         blobs.append(b"".join(p.tobytes() for p in session_postings))
         header = IndexHeader(
+            seq_floor=self.seq_floor,
             type_counts=[len(p) for p in type_postings],
             session_counts=[len(p) for p in session_postings],
             count=len(self.offsets),
@@ -357,6 +362,7 @@ class EventIndex:
                 raise ValueError(f"snapshot column {name} does not fit this build")
             column.frombytes(blob)
         index.end, index.malformed = header.end, header.malformed
+        index.seq_floor = header.seq_floor
         index.type_names, index.actor_names = header.type_names, header.actor_names
         index.session_names = header.session_names
         index._type_ids = {name: i for i, name in enumerate(index.type_names)}

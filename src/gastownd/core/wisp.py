@@ -481,7 +481,17 @@ class SaveDigest(msgspec.Struct, frozen=True, kw_only=True):
     digest: Digest
 
 
-Effect: TypeAlias = EmitLine | SaveWisp | AppendStep | SaveDigest
+class CountStart(msgspec.Struct, frozen=True, kw_only=True):
+    """One more start of a session that already had a wisp (resume, compaction, reopen).
+
+    A session's first start is counted from the ``session_start`` line it emits.
+    """
+
+    session_id: str
+    at: float
+
+
+Effect: TypeAlias = EmitLine | SaveWisp | AppendStep | SaveDigest | CountStart
 Outcome: TypeAlias = tuple["WispBook", tuple[Effect, ...]]
 
 
@@ -559,7 +569,12 @@ class WispBook(msgspec.Struct, frozen=True, kw_only=True):
             tmux_session=tmux_session,
             pid=pid,
         )
-        return self._opened(existing, wisp, StartSource(source), float(now), supersede=True)
+        book, effects = self._opened(
+            existing, wisp, StartSource(source), float(now), supersede=True
+        )
+        if existing is not None and wisp is not existing:
+            effects = (*effects, CountStart(session_id=session_id, at=float(now)))
+        return book, effects
 
     def _opened(
         self, existing: Wisp | None, wisp: Wisp, source: StartSource, now: float, *, supersede: bool

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import bisect
+from collections.abc import Sequence
 
 import msgspec
 
@@ -27,8 +27,11 @@ from gastownd.core.query import FilterError, compile_filter
 from gastownd.daemon import Daemon
 from gastownd.errors import BadRequestError, NotFoundError, TooLargeError
 from gastownd.eventlog import EventLog
+from gastownd.ops import townwide
+from gastownd.ops.delivery import local_backlog, pump
 from gastownd.server import Connection, FollowUp
-from gastownd.subscriptions import Subscriber, Subscriptions
+from gastownd.store.remote import RemoteEvent
+from gastownd.subscriptions import Published, Subscriptions
 
 BACKLOG_CHUNK = 256
 
@@ -73,6 +76,9 @@ def _compile(request: EventFilter) -> CompiledFilter:
 async def query(daemon: Daemon, request: Query) -> QueryResult:
     eventlog, _ = _parts(daemon)
     flt = _compile(request)
+    scope = townwide.scope_of(daemon, request)
+    if scope is not None:
+        return await townwide.query(daemon, request, flt, scope)
     cursor = eventlog.head_cursor()
     lines = await eventlog.query(flt, request.limit, request.oldest_first)
     return QueryResult(events=[msgspec.Raw(line) for line in lines], cursor=cursor)
@@ -81,6 +87,9 @@ async def query(daemon: Daemon, request: Query) -> QueryResult:
 async def subscribe(daemon: Daemon, request: Subscribe, conn: Connection) -> FollowUp:
     eventlog, subscriptions = _parts(daemon)
     flt = _compile(request)
+    scope = townwide.scope_of(daemon, request)
+    if scope is not None:
+        return await townwide.subscribe(daemon, request, conn, flt, scope)
     index = eventlog.index
     resync = False
     start = len(index)
@@ -114,73 +123,24 @@ async def subscribe(daemon: Daemon, request: Subscribe, conn: Connection) -> Fol
     result = SubscribeResult(
         subscription=subscriber.id, cursor=eventlog.head_cursor(), resync=resync
     )
-    return FollowUp(result, lambda: _pump(eventlog, subscriptions, subscriber, backlog, conn))
 
-
-async def _pump(
-    eventlog: EventLog,
-    subscriptions: Subscriptions,
-    subscriber: Subscriber,
-    backlog: list[int],
-    conn: Connection,
-) -> None:
-    sub_id = subscriber.id
-    try:
-        for start in range(0, len(backlog), BACKLOG_CHUNK):
-            if subscriber.closed or subscriber.overflowed or conn.closed:
-                break
-            seqs = eventlog.index.seqs
-            positions = []
-            for seq in backlog[start : start + BACKLOG_CHUNK]:
-                position = bisect.bisect_left(seqs, seq)
-                if position < len(seqs) and seqs[position] == seq:
-                    positions.append(position)
-            lines = eventlog.read_lines(positions)
-            await conn.send_many(
-                [
-                    Push(
-                        push="event",
-                        subscription=sub_id,
-                        cursor=eventlog.cursor(eventlog.index.seqs[p]),
-                        event=msgspec.Raw(line),
-                    )
-                    for p, line in zip(positions, lines, strict=True)
-                ]
+    def render(items: Sequence[Published | RemoteEvent]) -> list[Push]:
+        return [
+            Push(
+                push="event",
+                subscription=subscriber.id,
+                cursor=eventlog.cursor(item.seq),
+                event=msgspec.Raw(item.line),
             )
-        while not conn.closed:
-            if subscriber.overflowed:
-                await conn.send(
-                    Push(
-                        push="overflow",
-                        subscription=sub_id,
-                        message=f"subscriber fell more than {subscriber.capacity} lines behind; "
-                        "disconnected (resume with the last cursor you received)",
-                    )
-                )
-                await conn.abort()
-                return
-            if subscriber.queue:
-                items = list(subscriber.queue)
-                subscriber.queue.clear()
-                await conn.send_many(
-                    [
-                        Push(
-                            push="event",
-                            subscription=sub_id,
-                            cursor=eventlog.cursor(item.seq),
-                            event=msgspec.Raw(item.line),
-                        )
-                        for item in items
-                    ]
-                )
-                continue
-            if subscriber.closed:
-                await conn.send(Push(push="end", subscription=sub_id, message="subscription ended"))
-                return
-            await subscriber.wait()
-    finally:
-        subscriptions.remove(sub_id)
-        conn.subscriptions.discard(sub_id)
+            for item in items
+            if isinstance(item, Published)
+        ]
+
+    async def send_backlog() -> None:
+        for items in local_backlog(eventlog, backlog, subscriber, conn):
+            await conn.send_many(render(items))
+
+    return FollowUp(result, lambda: pump(subscriptions, subscriber, conn, send_backlog, render))
 
 
 async def unsubscribe(daemon: Daemon, request: Unsubscribe, conn: Connection) -> UnsubscribeResult:

@@ -132,18 +132,32 @@ async def _last_commit(cwd: str) -> tuple[str, str] | None:
 
 
 async def _context_for(daemon: Daemon, plan: HookPlan, session_id: str) -> str | None:
+    """The note about the actor's previous session: its digest when it has one."""
     sessions = daemon.sessions
     assert sessions is not None
-    for digest in await sessions.db(sessions.store.chain, plan.actor, 3):
-        if digest.session_id == session_id:
-            continue
+    store = sessions.store
+    record = await sessions.db(lambda: store.latest_session_of(plan.actor, excluding=session_id))
+    if record is None:
+        return None
+    row = await sessions.db(store.latest_digest_of_session, record.session_id)
+    digest = row.digest if row is not None else None
+    if digest is not None and record.state != "open":
         return predecessor_context(
             actor=plan.actor,
+            session_id=digest.session_id,
+            started_at=format_ts(digest.started_at),
             ended_at=format_ts(digest.ended_at),
             end_reason=digest.end_reason,
+            topic=digest.topic,
             issues_closed=list(digest.issues_closed),
             commits=[f"{c.sha[:8]} {c.subject}" for c in digest.commits],
             handoff_subject=digest.handoffs[-1].subject if digest.handoffs else None,
-            session_id=digest.session_id,
         )
-    return None
+    return predecessor_context(
+        actor=plan.actor,
+        session_id=record.session_id,
+        started_at=format_ts(record.last_start_at),
+        ended_at=format_ts(record.ended_at) if record.ended_at is not None else None,
+        end_reason=record.end_reason,
+        topic=record.topic,
+    )

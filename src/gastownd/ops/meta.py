@@ -9,10 +9,12 @@ from gastown_client.protocol import (
     MIN_PROTOCOL_VERSION,
     PROTOCOL_VERSION,
     EventLogInfo,
+    FederationInfo,
     Hello,
     HelloResult,
     PathsInfo,
     PingResult,
+    SessionsInfo,
     StatusResult,
 )
 from gastownd.core.events import format_ts
@@ -49,6 +51,21 @@ async def status(daemon: Daemon) -> StatusResult:
     eventlog = daemon.eventlog.info() if daemon.eventlog is not None else EventLogInfo()
     if daemon.subscriptions is not None:
         eventlog.subscribers = daemon.subscriptions.count()
+    sessions = SessionsInfo()
+    if daemon.sessions is not None:
+        counts, remote = await daemon.sessions.db(daemon.sessions.store.session_counts)
+        sessions = SessionsInfo(
+            known=sum(counts.values()) + remote,
+            open=counts.get("open", 0),
+            ended=counts.get("squashed", 0) + counts.get("abandoned", 0),
+            logged=counts.get("logged", 0),
+            remote=remote,
+        )
+    federation = (
+        await daemon.federation.info()
+        if daemon.federation is not None
+        else FederationInfo(node=daemon.node, town=daemon.town_name)
+    )
     return StatusResult(
         daemon_version=__version__,
         protocol=PROTOCOL_VERSION,
@@ -65,4 +82,6 @@ async def status(daemon: Daemon) -> StatusResult:
         connections=len(server.connections) if server else 0,
         requests=server.requests if server else 0,
         eventlog=eventlog,
+        sessions=sessions,
+        federation=federation,
     )

@@ -1,0 +1,94 @@
+"""The permanent record of a session, from whatever told the town about it.
+
+Every session the town has seen keeps one record, forever: the log's
+retention never shrinks it. Sources, merged into the same record:
+
+- ``session_start`` lines in the event log (``gt prime``'s, other tools', and
+  the daemon's own for hook-fed sessions): each is a :class:`StartSeen`;
+- the wisp engine (hook calls and session ops): the wisp's state, times and
+  metadata, and each start that reopened or continued a wisp;
+- ``session_death`` and ``handoff`` lines: a :class:`LineEnd` ends the records
+  of sessions known only from the log (wisps end through
+  :func:`gastownd.core.wisp.ended_by_line`).
+
+This module reads lines into those values; the store applies them. Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Final
+
+LOGGED: Final = "logged"
+RECORDED_TYPES: Final = frozenset({"session_start", "session_death", "handoff", "session_end"})
+
+
+@dataclass(frozen=True, slots=True)
+class StartSeen:
+    """A ``session_start`` line: one start of a session."""
+
+    session_id: str
+    actor: str
+    at: float
+    role: str | None = None
+    topic: str | None = None
+    cwd: str | None = None
+    actor_pid: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LineEnd:
+    """A line that ends the sessions of an identity started at or before ``at``."""
+
+    identities: frozenset[str]
+    at: float
+    reason: str
+
+
+def identity_key(actor: str) -> str:
+    """How identities compare: case-insensitive, without surrounding slashes."""
+    return actor.strip("/").casefold()
+
+
+def start_seen(actor: str, payload: dict[str, Any] | None, at: float) -> StartSeen | None:
+    """The start a ``session_start`` line records, or None without a session id."""
+    body = payload or {}
+    session_id = body.get("session_id")
+    if not isinstance(session_id, str) or not session_id.strip():
+        return None
+    return StartSeen(
+        session_id=session_id,
+        actor=actor or _text(body.get("role")) or "unknown",
+        at=float(at),
+        role=_text(body.get("role")),
+        topic=_text(body.get("topic")),
+        cwd=_text(body.get("cwd")),
+        actor_pid=_text(body.get("actor_pid")),
+    )
+
+
+def line_end(type: str, actor: str, payload: dict[str, Any] | None, at: float) -> LineEnd | None:
+    """Which identities' sessions a line ends (the rules of ``ended_by_line``).
+
+    ``session_death`` (and a ``session_end`` written by another tool, without
+    ``digest_id``) ends the sessions of the payload's ``agent`` and the line's
+    actor; ``handoff`` with ``to_session: true`` those of the line's actor.
+    """
+    body = payload or {}
+    if type == "session_death" or (type == "session_end" and "digest_id" not in body):
+        reason = _text(body.get("reason")) or type
+        names = [actor, _text(body.get("agent")) or ""]
+    elif type == "handoff" and body.get("to_session") is True:
+        reason, names = "handoff", [actor]
+    else:
+        return None
+    identities = frozenset(
+        key for key in map(identity_key, names) if key and key not in ("unknown", "gt", "daemon")
+    )
+    if not identities:
+        return None
+    return LineEnd(identities=identities, at=float(at), reason=reason)
+
+
+def _text(value: object) -> str | None:
+    return value if isinstance(value, str) and value else None
