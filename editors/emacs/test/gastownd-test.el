@@ -154,9 +154,12 @@
                 '((session_id . "7f3c2a10-5b8e-4d2f-9a61-0c4e8b2d9f11")
                   (started_at . "2026-11-25T01:50:47Z") (state . "squashed")
                   (actor . "gastown/polecats/nux") (end_reason . "done")
-                  (topic . "fix gt-42") (node . "laptop")))))
+                  (topic . "fix gt-42") (node . "laptop") (remote . t))
+                t)))
     (should (equal (cdr (append (cadr entry) nil))
                    '("7f3c2a10" "squashed" "gastown/polecats/nux@laptop" "done" "fix gt-42"))))
+  (should (equal (aref (cadr (gastownd--session-entry '((actor . "max") (node . "vm")))) 3)
+                 "max"))
   (let ((lines (gastownd--attribution-lines
                 "gt-42"
                 '(((session_id . "7f3c2a10-5b8e") (action . "closed")
@@ -356,7 +359,7 @@
       (should (equal (car lines) "gt-w7x: 1 change"))
       (should (string-match-p
                (concat "\\`closed   [0-9-]+ [0-9:]+  " (substring gastownd-test-session 0 8)
-                       "  " (regexp-quote gastownd-test-actor) "  (session open)\\'")
+                       "  " (regexp-quote gastownd-test-actor) "\\(@[^ ]+\\)?  (session open)\\'")
                (nth 1 lines))))
     (should (get-buffer-window "*gastownd-who*"))
     (kill-buffer "*gastownd-who*")

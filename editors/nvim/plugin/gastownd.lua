@@ -13,9 +13,9 @@ vim.api.nvim_create_user_command("GastownFeed", function(cmd)
   require("gastownd").feed({ types = cmd.fargs, all_nodes = cmd.bang })
 end, { nargs = "*", bang = true, desc = "gastownd: live event feed [TYPE...] (! all nodes)" })
 
-vim.api.nvim_create_user_command("GastownSessions", function(cmd)
-  require("gastownd").sessions({ all_nodes = cmd.bang })
-end, { bang = true, desc = "gastownd: sessions (! all nodes)" })
+vim.api.nvim_create_user_command("GastownSessions", function()
+  require("gastownd").sessions()
+end, { desc = "gastownd: the sessions, every node's" })
 
 vim.api.nvim_create_user_command("GastownWho", function(cmd)
   require("gastownd").who(cmd.args)

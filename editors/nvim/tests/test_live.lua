@@ -200,7 +200,9 @@ return {
       local lines = h.lines(vim.api.nvim_win_get_buf(who.window))
       h.eq("gt-w7x: 1 change", lines[1], "title")
       h.truthy(
-        lines[2]:match("^closed   %d+%-%d+%-%d+ %d+:%d+  " .. SESSION:sub(1, 8) .. "  " .. vim.pesc(ACTOR) .. "  %(session open%)$"),
+        lines[2]:match(
+          "^closed   %d+%-%d+%-%d+ %d+:%d+  " .. SESSION:sub(1, 8) .. "  " .. vim.pesc(ACTOR) .. "%S*  %(session open%)$"
+        ),
         lines[2]
       )
       -- Moving the cursor closes it. (A script never reaches the main loop's check that

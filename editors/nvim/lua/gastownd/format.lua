@@ -123,13 +123,14 @@ function M.session_header()
   return session_columns("Started", "Session", "State", "Actor", "End", "Topic")
 end
 
--- One sessions row: time, short id, state, actor, end reason, topic (or summary).
-function M.session_row(row)
+-- One sessions row: time, short id, state, actor, end reason, topic (or summary). With
+-- `show_node`, the actor is followed by the node the session ran on (actor@node).
+function M.session_row(row, show_node)
   return session_columns(
     M.local_time(row.started_at, config.options.date_format),
     (row.session_id or "?"):sub(1, 8),
     row.state or "?",
-    who(row.actor, row.node),
+    who(row.actor, show_node and row.node or nil),
     row.end_reason or "",
     M.short(row.topic or row.summary or "", 60)
   )

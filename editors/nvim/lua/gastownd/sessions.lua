@@ -24,11 +24,8 @@ end
 
 function M.refresh(buf)
   local root = town.root_for(buf)
-  local ok, all_nodes = pcall(vim.api.nvim_buf_get_var, buf, "gastownd_all_nodes")
+  -- The daemon lists every node's sessions of a federated town.
   local fields = { limit = config.options.sessions_limit }
-  if ok and all_nodes then
-    fields.all_nodes = true
-  end
   conn.request(root, "sessions", fields, function(result, err)
     if not vim.api.nvim_buf_is_valid(buf) then
       return
@@ -40,9 +37,14 @@ function M.refresh(buf)
       return
     end
     local rows = result.sessions or {}
+    -- As gastownctl: the nodes are shown when some session ran on another node.
+    local show_nodes = false
+    for _, row in ipairs(rows) do
+      show_nodes = show_nodes or row.remote == true
+    end
     local lines = { format.session_header() }
     for _, row in ipairs(rows) do
-      lines[#lines + 1] = format.session_row(row)
+      lines[#lines + 1] = format.session_row(row, show_nodes)
     end
     if #rows == 0 then
       lines[#lines + 1] = "-- no sessions yet"
@@ -97,12 +99,9 @@ function M.seance(buf)
   vim.cmd("startinsert")
 end
 
--- opts: { all_nodes = bool }
-function M.open(opts)
-  opts = opts or {}
+function M.open()
   local root = town.root_for(0)
   local buf = buffers.scratch(M.NAME, "gastownd-sessions", root)
-  vim.api.nvim_buf_set_var(buf, "gastownd_all_nodes", opts.all_nodes and true or false)
   local function map(lhs, fn, desc)
     vim.keymap.set("n", lhs, function()
       fn(buf)
