@@ -167,8 +167,8 @@ def prune_phases(log_text: str) -> str:
     for line in reversed(log_text.splitlines()):
         if '"eventlog_pruned"' in line:
             entry = json.loads(line)
-            return ", ".join(f"{key} {entry[key]} ms" for key in ("plan_ms", "copy_ms", "swap_ms")
-                             if key in entry)
+            keys = ("plan_ms", "copy_ms", "archive_swap_ms", "swap_ms")
+            return ", ".join(f"{key} {entry[key]} ms" for key in keys if key in entry)
     return "no eventlog_pruned line"
 
 

@@ -455,6 +455,11 @@ Strings as they are, other values as JSON."
       (format "%s@%s" (or actor "") node)
     (or actor "")))
 
+(defun gastownd--remote-node (record)
+  "The node of RECORD (a session, digest or attribution), if another one.
+Nil when RECORD comes from the node that answered."
+  (and (eq (alist-get 'remote record) t) (alist-get 'node record)))
+
 (defun gastownd--columns (&rest columns)
   "COLUMNS joined by two spaces, without trailing blanks."
   (string-trim-right (string-join columns "  ")))
@@ -485,7 +490,7 @@ NODE, or the event's own node, names the machine it came from."
      (gastownd--pad (or (alist-get 'action record) "?") 7)
      (gastownd--local-time (alist-get 'at record) gastownd-date-format)
      (gastownd--short-id (alist-get 'session_id record))
-     (gastownd--who (alist-get 'actor record) (alist-get 'node record))
+     (gastownd--who (alist-get 'actor record) (gastownd--remote-node record))
      (if digest (concat "digest " digest) "(session open)"))))
 
 (defun gastownd--attribution-lines (issue records)
@@ -833,16 +838,15 @@ with `gastownctl seance', \\[revert-buffer] refreshes the list."
   (setq-local revert-buffer-function #'gastownd--sessions-refresh)
   (tabulated-list-init-header))
 
-(defun gastownd--session-entry (row &optional show-node)
+(defun gastownd--session-entry (row)
   "A `tabulated-list-entries' entry for ROW, a session.
-With SHOW-NODE, the actor is followed by the node the session ran on."
+A session that ran on another node shows it: actor@node."
   (list row
         (vector (gastownd--local-time (alist-get 'started_at row)
                                       gastownd-date-format)
                 (gastownd--short-id (alist-get 'session_id row))
                 (or (alist-get 'state row) "?")
-                (gastownd--who (alist-get 'actor row)
-                               (and show-node (alist-get 'node row)))
+                (gastownd--who (alist-get 'actor row) (gastownd--remote-node row))
                 (or (alist-get 'end_reason row) "")
                 (gastownd--short (or (alist-get 'topic row)
                                      (alist-get 'summary row)
@@ -851,12 +855,9 @@ With SHOW-NODE, the actor is followed by the node the session ran on."
 (defun gastownd--sessions-show (result err)
   "Show RESULT, the answer to `sessions', or ERR in the current buffer."
   (if (not err)
-      (let* ((rows (alist-get 'sessions result))
-             ;; As gastownctl: nodes are shown when a session ran on another.
-             (show-nodes (cl-some (lambda (row) (alist-get 'remote row)) rows)))
+      (progn
         (setq tabulated-list-entries
-              (mapcar (lambda (row) (gastownd--session-entry row show-nodes))
-                      rows))
+              (mapcar #'gastownd--session-entry (alist-get 'sessions result)))
         (tabulated-list-print t))
     (setq tabulated-list-entries nil)
     (tabulated-list-print)
@@ -899,7 +900,7 @@ In a federated town, every node's."
   (concat "# " (or (alist-get 'title digest)
                    (format "Digest: %s" (alist-get 'session_id digest)))
           "\n\ndigest " (or (alist-get 'digest_id digest) "?")
-          (if (alist-get 'node digest)
+          (if (gastownd--remote-node digest)
               (concat ", node " (alist-get 'node digest))
             "")
           "\n\n" (string-trim-right (or (alist-get 'summary digest) ""))

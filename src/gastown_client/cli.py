@@ -68,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--until", help="a timestamp")
     sub.add_argument("-n", dest="limit", type=int, default=20, help="how many (default 20)")
     sub.add_argument("--oldest-first", action="store_true")
+    sub.add_argument(
+        "--archive", action="store_true", help="also search the lines retention archived"
+    )
     sub.add_argument("--follow", "-f", action="store_true", help="then print new events live")
     sub.add_argument("--json", action="store_true", help="one stored JSON line per event")
     nodes = sub.add_mutually_exclusive_group()
@@ -232,6 +235,16 @@ def cmd_status(args: argparse.Namespace) -> int:
             else "never",
         ),
     ]
+    archive = log.archive
+    rows.append(
+        (
+            "  archive",
+            f"{_human_bytes(archive.bytes)}, {archive.days} days "
+            f"({archive.first_day} to {archive.last_day})"
+            if archive.days
+            else "empty",
+        )
+    )
     if log.quarantined:
         rows.append(("  quarantined", f"{log.quarantined} torn tail(s) cut and saved"))
     known = status.sessions
@@ -243,6 +256,8 @@ def cmd_status(args: argparse.Namespace) -> int:
             + (f", {known.remote} on other nodes" if known.remote else ""),
         )
     )
+    if status.hooks_trimmed:
+        rows.append(("hooks trimmed", f"{status.hooks_trimmed} calls cut to fit the frame limit"))
     rows += _federation_rows(status.federation)
     width = max(len(label) for label, _ in rows)
     for label, value in rows:
@@ -313,7 +328,9 @@ def cmd_events(args: argparse.Namespace) -> int:
     }
     show: Callable[[bytes], None] = _show_json if args.json else _show_human
     with _client(args) as client:
-        result = client.query(limit=args.limit, oldest_first=args.oldest_first, **filters)
+        result = client.query(
+            limit=args.limit, oldest_first=args.oldest_first, archive=args.archive, **filters
+        )
         events = result.events
         if args.follow and not args.oldest_first:
             # Followed output reads top to bottom in time, like tail -f.

@@ -16,6 +16,13 @@ line; empty input becomes ``null``) into one ``hook`` request
 reply's ``context`` if there is one, exit 0. The daemon parses and validates
 the payload; whatever Claude sent, the hook itself never fails.
 
+A payload that would make the frame longer than the daemon's limit (a
+``bd close X && cat big.log``) is not dropped: ``gastown_client.hooktrim``,
+loaded only then, cuts the long strings of its ``tool_response`` (head and
+tail kept, the cut marked) until it fits, and the request says how many
+bytes were cut (``trimmed``). The hook cannot read the daemon's
+configuration cheaply, so it assumes the default limit, ``MAX_FRAME``.
+
 Delivery rules:
 
 - The request never reached the daemon (no socket, refused, backlog full,
@@ -43,7 +50,7 @@ import time
 # ``Mapping`` are strings.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Callable, Mapping
 
 # The Gas Town and Claude variables forwarded in ``env`` (when set and non-empty).
 ENV_KEYS: tuple[bytes, ...] = (
@@ -60,7 +67,12 @@ ENV_KEYS: tuple[bytes, ...] = (
 )
 # Read at most this much of stdin; a longer payload is forwarded cut short,
 # which the daemon rejects as invalid JSON and logs.
-MAX_STDIN = 8 << 20
+MAX_STDIN = 32 << 20
+# The daemon's default ``server.max_frame_bytes``: longer frames are trimmed to it.
+MAX_FRAME = 1 << 20
+# Room a trimmed frame leaves for what follows the payload: ``trimmed`` and, in
+# the spool, ``spooled_at``.
+TRIM_RESERVE = 64
 MAX_REPLY = 1 << 16
 CONNECT_TIMEOUT_S = 0.1
 # Measured from the hook's start: the whole run stays well under 300 ms.
@@ -250,6 +262,7 @@ def build_frame(
     pid: int,
     ppid: int,
     at: float,
+    trimmed: int = 0,
 ) -> bytes:
     """One ``hook`` request line; ``payload`` is spliced in as it is."""
     fields = [
@@ -263,9 +276,27 @@ def build_frame(
             b",".join(fields),
             b'},"cwd":',
             b"null" if cwd is None else json_string(cwd),
-            b',"pid":%d,"ppid":%d,"at":%s}\n' % (pid, ppid, repr(at).encode("ascii")),
+            b',"pid":%d,"ppid":%d,"at":%s' % (pid, ppid, repr(at).encode("ascii")),
+            b',"trimmed":%d}\n' % trimmed if trimmed else b"}\n",
         )
     )
+
+
+def fitted(frame: bytes, payload: bytes, rebuild: "Callable[[bytes, int], bytes]") -> bytes:
+    """``frame``, or when it is over ``MAX_FRAME`` one rebuilt with its payload trimmed."""
+    if len(frame) - 1 <= MAX_FRAME:
+        return frame
+    try:
+        from gastown_client import hooktrim
+    except ImportError:  # run as a script (-I -S): the package is not on sys.path
+        here = abspath(__file__.encode(sys.getfilesystemencoding(), "surrogateescape"))
+        sys.path.append(
+            dirname(dirname(here)).decode(sys.getfilesystemencoding(), "surrogateescape")
+        )
+        from gastown_client import hooktrim
+    budget = MAX_FRAME - (len(frame) - 1 - len(payload)) - TRIM_RESERVE
+    trimmed, cut = hooktrim.trim(payload, budget)
+    return rebuild(trimmed, cut) if cut else frame
 
 
 def spooled(frame: bytes, spooled_at: float) -> bytes:
@@ -412,17 +443,25 @@ def main(argv: list[str] | None = None) -> int:
         except OSError:
             cwd = None
         payload = read_stdin()  # before forking: stdin belongs to this call
-        frame = build_frame(
-            payload, env=environ, cwd=cwd, pid=posix.getpid(), ppid=posix.getppid(), at=time.time()
-        )
+        pid, ppid, at = posix.getpid(), posix.getppid(), time.time()
+
+        def rebuild(payload: bytes, trimmed: int) -> bytes:
+            return build_frame(
+                payload, env=environ, cwd=cwd, pid=pid, ppid=ppid, at=at, trimmed=trimmed
+            )
+
+        frame = rebuild(payload, 0)
         town = town_root(environ, cwd)
         sock = socket_path(town, environ)
         if detached and _detach():
             try:
+                # Trimming a big payload takes a while: the detached child does it.
+                frame = fitted(frame, payload, rebuild)
                 deadline = time.monotonic() + ASYNC_REPLY_DEADLINE_S
                 _send_or_spool(frame, town, sock, deadline, speak=False)
             finally:
                 posix._exit(0)
+        frame = fitted(frame, payload, rebuild)
         _send_or_spool(frame, town, sock, started + REPLY_DEADLINE_S, speak=not detached)
     except BaseException:  # fail open: a hook must never fail the agent
         pass

@@ -96,8 +96,11 @@ class EventFilter(Request):
 
 
 class Query(EventFilter, tag="query"):
+    """``archive``: also search the lines retention moved to the archive."""
+
     limit: int = 20
     oldest_first: bool = False
+    archive: bool = False
 
     def __post_init__(self) -> None:
         if not 0 < self.limit <= 100_000:
@@ -226,6 +229,8 @@ class Hook(Request, tag="hook"):
     ppid: int | None = None
     at: float | None = None
     spooled_at: float | None = None
+    # Bytes the hook cut from long strings of ``payload`` to fit the frame limit.
+    trimmed: int = 0
 
 
 RequestUnion = (
@@ -275,6 +280,15 @@ class PathsInfo(msgspec.Struct, kw_only=True):
     config: str | None
 
 
+class ArchiveInfo(msgspec.Struct, kw_only=True):
+    """The archive of pruned lines: its size on disk and the UTC days it holds."""
+
+    bytes: int = 0
+    days: int = 0
+    first_day: str | None = None
+    last_day: str | None = None
+
+
 class EventLogInfo(msgspec.Struct, kw_only=True):
     lines: int = 0
     malformed: int = 0
@@ -286,6 +300,7 @@ class EventLogInfo(msgspec.Struct, kw_only=True):
     last_prune_removed: int = 0
     quarantined: int = 0
     durability: str = "sync"
+    archive: ArchiveInfo = msgspec.field(default_factory=ArchiveInfo)
 
 
 class SessionsInfo(msgspec.Struct, kw_only=True):
@@ -341,6 +356,8 @@ class StatusResult(msgspec.Struct, kw_only=True):
     eventlog: EventLogInfo = msgspec.field(default_factory=EventLogInfo)
     sessions: SessionsInfo = msgspec.field(default_factory=SessionsInfo)
     federation: FederationInfo = msgspec.field(default_factory=FederationInfo)
+    # Hook calls whose payload the hook trimmed to fit the frame limit.
+    hooks_trimmed: int = 0
 
 
 class EmitResult(msgspec.Struct, kw_only=True):
@@ -437,8 +454,9 @@ class DigestView(msgspec.Struct, kw_only=True):
     summary: str
     prev_hash: str
     hash: str
-    # The node the session ran on.
+    # The node the session ran on; ``remote``: another node than the one answering.
     node: str | None = None
+    remote: bool = False
 
 
 class SessionStartResult(msgspec.Struct, kw_only=True):
@@ -516,7 +534,9 @@ class AttributionRecord(msgspec.Struct, kw_only=True):
     actor: str
     digest_id: str | None = None
     rule: str = ""
+    # The node the session ran on; ``remote``: another node than the one answering.
     node: str | None = None
+    remote: bool = False
 
 
 class AttributionResult(msgspec.Struct, kw_only=True):

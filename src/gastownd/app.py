@@ -168,6 +168,9 @@ class App:
             await anyio.to_thread.run_sync(ingester.prepare)
             watch_stop = anyio.Event()
             async with anyio.create_task_group() as front:
+                if self.install_signal_handlers:
+                    # Before the first answer: whoever saw us serve may signal us at once.
+                    await front.start(self._handle_signals)
                 await front.start(server.serve, listener)
                 front.start_soon(
                     watch_eventlog,
@@ -186,8 +189,6 @@ class App:
                     parse_duration(config.wisps.idle_timeout),
                     parse_duration(config.wisps.reap_interval),
                 )
-                if self.install_signal_handlers:
-                    await front.start(self._handle_signals)
                 interval = notifier.watchdog_interval_s()
                 if interval is not None:
                     front.start_soon(watchdog_loop, notifier, interval)

@@ -81,12 +81,17 @@ class RetentionConfig(_Section):
     prune_interval: str = "1h"
     # The newest N lines of each type are kept whatever their age.
     min_retain_count: int = 0
-    # Append pruned lines to <town>/.gastownd/archive/events-YYYY-MM-DD.jsonl.gz.
-    archive: bool = False
+    # Move pruned lines to <town>/.gastownd/archive/events-YYYY-MM-DD.jsonl.gz (and .idx)
+    # instead of deleting them.
+    archive: bool = True
+    # Archived days older than this are deleted (unset: kept forever).
+    archive_max_age: str | None = None
 
     def __post_init__(self) -> None:
         parse_duration(self.default_ttl)
         parse_duration(self.prune_interval)
+        if self.archive_max_age is not None:
+            parse_duration(self.archive_max_age)
         for pattern, ttl in self.ttls.items():
             try:
                 parse_duration(ttl)

@@ -43,6 +43,8 @@ class Daemon:
     eventlog: EventLog | None = None
     subscriptions: Subscriptions | None = None
     sessions: Sessions | None = None
+    # Hook calls that arrived trimmed to fit the frame limit (counted for ``status``).
+    hooks_trimmed: int = 0
     # Wall clock in epoch seconds; tests inject their own.
     clock: Callable[[], float] = time.time
     # This node's and this town's names (federation; always known, federated or not).

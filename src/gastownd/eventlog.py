@@ -26,14 +26,13 @@ import contextlib
 import ctypes
 import errno
 import fcntl
-import gzip
 import itertools
 import os
 import sys
 import time
 import zlib
 from collections import defaultdict, deque
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Generator, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,8 +44,10 @@ import anyio.to_thread
 import msgspec
 import structlog
 
-from gastown_client.protocol import EventLogInfo, PruneResult
+from gastown_client.protocol import ArchiveInfo, EventLogInfo, PruneResult
+from gastownd.archive import Archive, crash_here_for_tests, days_of
 from gastownd.config import EventLogConfig, parse_duration
+from gastownd.core import archive as archived
 from gastownd.core.events import format_ts
 from gastownd.core.index import MALFORMED, EventIndex
 from gastownd.core.query import EventFilter
@@ -136,6 +137,11 @@ class EventLog:
         self.unwatched_from = 0
         self.cold_start_s = 0.0
         self.last_prune_removed = 0
+        self.archive = Archive(state_dir / "archive")
+        # Held while lines move from the log to the archive, and by readers of both.
+        self._archive_lock = anyio.Lock()
+        # Counts the batches moved to the archive: a replay reopens it when this changes.
+        self.archive_generation = 0
 
     # ================================================================ start
 
@@ -153,6 +159,9 @@ class EventLog:
     def _open_sync(self) -> None:
         self.state_dir.mkdir(mode=0o700, exist_ok=True)
         self._lock_fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        # Before the stale prune files go: the journal tells by them whether a batch committed.
+        self.archive.recover()
+        self.archive.refresh_summary()
         for stale in self.path.parent.glob(f"{self.path.name}.gastownd-prune-*"):
             stale.unlink(missing_ok=True)  # left by a prune that crashed before its rename
             log.warning("stale_prune_file_removed", path=str(stale))
@@ -200,7 +209,7 @@ class EventLog:
                 epoch=epoch,
                 reason="log replaced or rewritten while the daemon was not running",
             )
-        return SeqMap(epoch=epoch, inode=inode)
+        return SeqMap(epoch=epoch, inode=inode, unarchived_through=-1)
 
     def _checkpoint_holds(self, seqmap: SeqMap, size: int) -> bool:
         if size < seqmap.end:
@@ -443,6 +452,8 @@ class EventLog:
                 runs=runs_of(self.index.seqs),
                 base=self.index.next_seq(),
                 pruned_through=max(self.seqmap.pruned_through, observation.pruned_through),
+                # Lines others removed never reached the archive.
+                unarchived_through=max(self.seqmap.lost_through(), observation.pruned_through),
             )
             write_seqmap(self.state_dir, self._checkpointed(self.seqmap))
         elif observation.appended:
@@ -673,7 +684,11 @@ class EventLog:
         fd = self._fd
         return [os.pread(fd, index.length(p) - 1, index.offsets[p]) for p in positions]
 
-    async def query(self, flt: EventFilter, limit: int, oldest_first: bool) -> list[bytes]:
+    async def query(
+        self, flt: EventFilter, limit: int, oldest_first: bool, *, archive: bool = False
+    ) -> list[bytes]:
+        if archive:
+            return await self._query_with_archive(flt, limit, oldest_first)
         if limit <= INLINE_READ_LINES:
             # Search and read with no await between: the index cannot change under us.
             return self.read_lines(self.index.search(flt, limit, oldest_first=oldest_first))
@@ -681,7 +696,63 @@ class EventLog:
             positions = self.index.search(flt, limit, oldest_first=oldest_first)
             return await anyio.to_thread.run_sync(self.read_lines, positions)
 
+    async def _query_with_archive(
+        self, flt: EventFilter, limit: int, oldest_first: bool
+    ) -> list[bytes]:
+        """The live log and the archive as one history, ordered by (epoch, seq)."""
+        async with self._archive_lock:  # no line moves between the two reads
+            async with self._io:
+                index = self.index
+                epoch = self.seqmap.epoch
+                positions = index.search(flt, limit, oldest_first=oldest_first)
+                lines = await anyio.to_thread.run_sync(self.read_lines, positions)
+            live = [
+                ((epoch, index.seqs[p]), line) for p, line in zip(positions, lines, strict=True)
+            ]
+            seqs = index.seqs
+
+            def still_live(key: tuple[int, int]) -> bool:
+                # A line archived by a batch whose swap a crash prevented is in both.
+                return key[0] == epoch and _holds(seqs, key[1])
+
+            old = await anyio.to_thread.run_sync(
+                self._search_archive, flt, limit, oldest_first, still_live
+            )
+        merged = sorted(live + old, key=lambda item: item[0], reverse=not oldest_first)
+        return [line for _, line in merged[:limit]]
+
+    def _search_archive(
+        self,
+        flt: EventFilter,
+        limit: int,
+        oldest_first: bool,
+        skip: Callable[[tuple[int, int]], bool],
+    ) -> list[tuple[tuple[int, int], bytes]]:
+        members = self.archive.catalogue(
+            archived.day_name(flt.since) if flt.since is not None else None,
+            archived.day_name(flt.until) if flt.until is not None else None,
+        )
+        return archived.search(
+            members, self._read_member, flt, limit, oldest_first=oldest_first, skip=skip
+        )
+
+    def _read_member(self, member: archived.Member) -> list[tuple[int, bytes]]:
+        try:
+            return self.archive.read(member)
+        except (OSError, ValueError, zlib.error) as exc:
+            log.warning(
+                "archive_member_unreadable", day=member.day, offset=member.offset, error=str(exc)
+            )
+            return []
+
+    def backlog(
+        self, flt: EventFilter, after_seq: int, upto_seq: int, *, from_archive: bool
+    ) -> Backlog:
+        """What a subscriber resuming after ``after_seq`` missed, up to ``upto_seq``."""
+        return Backlog(self, flt, after_seq, upto_seq, from_archive=from_archive)
+
     def info(self) -> EventLogInfo:
+        summary = self.archive.summary
         return EventLogInfo(
             lines=len(self.index),
             malformed=self.index.malformed,
@@ -692,20 +763,34 @@ class EventLog:
             last_prune_removed=self.last_prune_removed,
             quarantined=self.quarantined,
             durability=self.config.durability,
+            archive=ArchiveInfo(
+                bytes=summary.bytes,
+                days=summary.days,
+                first_day=summary.first_day,
+                last_day=summary.last_day,
+            ),
         )
 
     # ================================================================ prune
 
     async def prune(
-        self, policy: RetentionPolicy, now_s: float, *, dry_run: bool, archive_dir: Path | None
+        self,
+        policy: RetentionPolicy,
+        now_s: float,
+        *,
+        dry_run: bool,
+        archive: bool,
+        archive_max_age_s: float | None = None,
     ) -> PruneResult:
-        """Remove expired lines: copy the kept ones to a new file, then swap it in.
+        """Remove expired lines: archive them, copy the kept ones to a new file, swap it in.
 
         Planning and the new index are computed on the event loop in small
         steps, so requests keep flowing (a worker thread would hold the GIL for
-        seconds on a large log); the bulk copy runs in a thread without the
-        writers' lock, which is held only to copy what was appended meanwhile
-        and rename. Appends, ours and gt's, keep flowing and none is lost.
+        seconds on a large log); the bulk copy and the archive run in threads
+        without the writers' lock, which is held only to copy what was
+        appended meanwhile and rename. The archive is durable before the
+        rename, which commits it (see ``gastownd.archive``). Appends, ours
+        and gt's, keep flowing and none is lost.
         """
         started = time.monotonic()
         async with self._prune_lock:
@@ -731,62 +816,173 @@ class EventLog:
                 if not dry_run:
                     self.last_prune_at = now_s
                     self.last_prune_removed = 0
+                    await self._expire_archive(now_s, archive_max_age_s)
                 result.duration_ms = round((time.monotonic() - started) * 1000, 3)
                 return result
+            removed = await _cooperate(_complement_steps(plan.keep, count))
+            days = await anyio.to_thread.run_sync(days_of, index, removed)
+            self._announce(len(removed), removed_bytes, days, archive)
             kept_index = await _cooperate(index.select_steps(plan.keep))
             runs = await _cooperate(runs_steps(kept_index.seqs))
             seqs = _PruneSeqs(
                 runs=runs,
                 removed_max=index.seqs[_last_removed(plan.keep, count)],
                 tail_base=index.seqs[count] if len(index) > count else index.next_seq(),
+                archived=archive,
             )
             planned = time.monotonic()
-            temp_path = self.path.with_name(f"{self.path.name}.gastownd-prune-{os.getpid()}")
-            temp_fd = await anyio.to_thread.run_sync(self._copy_kept, self._fd, ranges, temp_path)
-            copied = time.monotonic()
+            # A batch whose rollback failed earlier must be settled before its file is reused.
+            await anyio.to_thread.run_sync(self.archive.recover)
+            if self.index is not index:
+                raise StorageError("the log was replaced during the prune; retry")
+            # Our own descriptor: a reload may close the log's while a thread reads it.
+            source_fd = os.dup(self._fd)
             try:
-                async with self._io:
-                    if self.index is not index:
-                        raise StorageError("the log was replaced during the prune; retry")
-                    observation, old_fd = await anyio.to_thread.run_sync(
-                        self._swap_in, temp_fd, temp_path, snapshot_end, seqs
-                    )
-                    self._apply(observation)
-                    old_index = self.index
-                    # Only what was appended during the prune is indexed here.
-                    kept_index.seq_floor = seqs.tail_base
-                    kept_index.extend_from(old_index, range(count, len(old_index)))
-                    self.index = kept_index
-                    self._fd = temp_fd
-                    info = os.fstat(temp_fd)
-                    self._inode = (info.st_dev, info.st_ino)
-                    self._remember_tail()
-                    swapped = time.monotonic()
-            except BaseException:
-                os.close(temp_fd)
-                temp_path.unlink(missing_ok=True)
-                raise
-            archived = 0
-            if archive_dir is not None:
-                archived = await anyio.to_thread.run_sync(
-                    _archive, old_fd, old_index, list(_complement(plan.keep, count)), archive_dir
+                temp_path = self.path.with_name(f"{self.path.name}.gastownd-prune-{os.getpid()}")
+                temp_fd = await anyio.to_thread.run_sync(
+                    self._copy_kept, source_fd, ranges, temp_path
                 )
+                copied = time.monotonic()
+                async with self._archive_lock:
+                    old_fd, archived_lines = await self._archive_and_swap(
+                        source_fd,
+                        index,
+                        removed,
+                        days,
+                        kept_index,
+                        count,
+                        snapshot_end,
+                        seqs,
+                        temp_fd,
+                        temp_path,
+                        archive=archive,
+                    )
+                    swapped = time.monotonic()
+                    if archive:
+                        with anyio.CancelScope(shield=True):
+                            crash_here_for_tests("swapped")
+                            await anyio.to_thread.run_sync(self.archive.commit)
+                            self.archive_generation += 1
+            finally:
+                os.close(source_fd)
             os.close(old_fd)
+            await self._expire_archive(now_s, archive_max_age_s)
         self.last_prune_at = now_s
         self.last_prune_removed = plan.removed_total
-        result.archived = archived
+        result.archived = archived_lines
         result.duration_ms = round((time.monotonic() - started) * 1000, 3)
         log.info(
             "eventlog_pruned",
             removed=plan.removed_total,
+            archived=archived_lines,
             kept=len(self.index),
             bytes_freed=removed_bytes,
             duration_ms=result.duration_ms,
             plan_ms=round((planned - started) * 1000),
             copy_ms=round((copied - planned) * 1000),
-            swap_ms=round((swapped - copied) * 1000),
+            archive_swap_ms=round((swapped - copied) * 1000),
         )
         return result
+
+    def _announce(self, lines: int, size: int, days: dict[str, int], archive: bool) -> None:
+        """Say what a prune is about to move (or, with the archive off, delete) before it does."""
+        fields = {
+            "lines": lines,
+            "bytes": size,
+            "days": len(days),
+            "first_day": next(iter(days), None),
+            "last_day": next(reversed(days), None),
+        }
+        if archive:
+            log.info("eventlog_archiving", to=str(self.archive.folder), **fields)
+        else:
+            log.warning(
+                "eventlog_pruning_unarchived", reason="retention.archive is false", **fields
+            )
+
+    async def _archive_and_swap(
+        self,
+        source_fd: int,
+        index: EventIndex,
+        removed: list[int],
+        days: dict[str, int],
+        kept_index: EventIndex,
+        count: int,
+        snapshot_end: int,
+        seqs: _PruneSeqs,
+        temp_fd: int,
+        temp_path: Path,
+        *,
+        archive: bool,
+    ) -> tuple[int, int]:
+        """Write the archive batch, then swap the new file in; undo both on failure.
+
+        Returns the old file's descriptor and the number of lines archived.
+        """
+        archived_lines = 0
+        try:
+            if archive:
+                report = await anyio.to_thread.run_sync(
+                    self.archive.write,
+                    source_fd,
+                    index,
+                    removed,
+                    days,
+                    self.seqmap.epoch,
+                    temp_path,
+                )
+                archived_lines = report.lines
+                crash_here_for_tests("archive_written")
+            async with self._io:
+                if self.index is not index:
+                    raise StorageError("the log was replaced during the prune; retry")
+                observation, old_fd = await anyio.to_thread.run_sync(
+                    self._swap_in, temp_fd, temp_path, snapshot_end, seqs
+                )
+                self._apply(observation)
+                old_index = self.index
+                # Only what was appended during the prune is indexed here.
+                kept_index.seq_floor = seqs.tail_base
+                kept_index.extend_from(old_index, range(count, len(old_index)))
+                self.index = kept_index
+                self._fd = temp_fd
+                info = os.fstat(temp_fd)
+                self._inode = (info.st_dev, info.st_ino)
+                self._remember_tail()
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(self._abandon, temp_fd, temp_path, archive)
+            raise
+        return old_fd, archived_lines
+
+    def _abandon(self, temp_fd: int, temp_path: Path, archive: bool) -> None:
+        """A prune that did not swap: undo its archive batch, then drop its new file."""
+        os.close(temp_fd)
+        if archive:
+            try:
+                self.archive.rollback()
+            except OSError as exc:
+                # The new file stays: by it the next recovery knows to undo the batch.
+                log.error("archive_rollback_failed", error=exc.strerror)
+                return
+        temp_path.unlink(missing_ok=True)
+
+    async def _expire_archive(self, now_s: float, max_age_s: float | None) -> None:
+        """Delete archived days older than ``archive_max_age``; later cursors into them resync."""
+        if max_age_s is None:
+            await anyio.to_thread.run_sync(self.archive.refresh_summary)
+            return
+        before_day = archived.day_name(int(now_s - max_age_s))
+        async with self._archive_lock:
+            removed = await anyio.to_thread.run_sync(self.archive.expire, before_day)
+            await anyio.to_thread.run_sync(self.archive.refresh_summary)
+            lost = removed.get(self.seqmap.epoch, -1)
+            if lost > self.seqmap.lost_through():
+                async with self._io:
+                    self.seqmap = msgspec.structs.replace(self.seqmap, unarchived_through=lost)
+                    checkpoint = self._checkpointed(self.seqmap)
+                    await anyio.to_thread.run_sync(write_seqmap, self.state_dir, checkpoint)
+                self.archive_generation += 1
 
     def _copy_kept(self, source_fd: int, ranges: list[tuple[int, int]], temp_path: Path) -> int:
         """Copy the kept byte ranges to a new file next to the log (worker thread)."""
@@ -818,6 +1014,7 @@ class EventLog:
             os.fsync(temp_fd)
             new_size = os.fstat(temp_fd).st_size
             take = min(TAIL_SIGNATURE, new_size)
+            lost = self.seqmap.lost_through()
             # Lines appended during the prune keep their consecutive seqs after the runs.
             seqmap = SeqMap(
                 epoch=self.seqmap.epoch,
@@ -825,12 +1022,17 @@ class EventLog:
                 runs=seqs.runs,
                 base=seqs.tail_base,
                 pruned_through=max(self.seqmap.pruned_through, seqs.removed_max),
+                unarchived_through=lost if seqs.archived else max(lost, seqs.removed_max),
                 end=new_size,
                 tail=os.pread(temp_fd, take, new_size - take) if take else b"",
             )
             write_seqmap(self.state_dir, seqmap)
+            # The commit point: from here on, the new file is the log.
             os.replace(temp_path, self.path)
-            fsync_dir(self.path.parent)
+            try:
+                fsync_dir(self.path.parent)
+            except OSError as exc:
+                log.error("eventlog_dir_sync_failed", error=exc.strerror)
             self.seqmap = seqmap
             return observation, self._fd
 
@@ -840,6 +1042,137 @@ class _PruneSeqs:
     runs: list[tuple[int, int]]
     removed_max: int
     tail_base: int
+    archived: bool
+
+
+class BacklogGap(Exception):
+    """Lines after the replay's position left the log without reaching the archive."""
+
+
+BACKLOG_CHUNK = 256
+
+
+class Backlog:
+    """The lines a resuming subscriber missed, in seq order, in chunks.
+
+    Archived and live lines are merged by seq, so a cursor older than the
+    live log replays the archive and then the log without a gap or a
+    duplicate. The live part is searched anew for every chunk, from the last
+    seq sent; if a prune moves lines into the archive meanwhile, the archive
+    is reopened from there. ``from_archive`` False (a fresh start, or a
+    cursor of another epoch) replays the live log only, and a prune during
+    the replay then ends it with ``BacklogGap`` (the subscriber resumes
+    with its last cursor, which the archive covers).
+    """
+
+    def __init__(
+        self,
+        eventlog: EventLog,
+        flt: EventFilter,
+        after_seq: int,
+        upto_seq: int,
+        *,
+        from_archive: bool,
+    ) -> None:
+        self.eventlog = eventlog
+        self.filter = flt
+        self.last = after_seq
+        self.upto = upto_seq
+        self.from_archive = from_archive
+        self._lost_at_start = eventlog.seqmap.lost_through()
+        self._pruned_at_start = eventlog.seqmap.pruned_through
+        self._generation = eventlog.archive_generation
+        self._stream: Iterator[list[tuple[int, bytes]]] | None = None
+        self._buffer: deque[tuple[int, bytes]] = deque()
+        # Archived lines may follow the cursor: open the archive on the first chunk.
+        self._stream_wanted = from_archive and eventlog.seqmap.pruned_through > after_seq
+
+    async def next(self) -> list[tuple[int, bytes]] | None:
+        """The next chunk (seq, line), or None when the backlog is done."""
+        eventlog = self.eventlog
+        while True:
+            seqmap = eventlog.seqmap
+            lost = seqmap.lost_through()
+            if lost > self._lost_at_start and lost > self.last:
+                raise BacklogGap("lines after the cursor were removed without being archived")
+            if eventlog.archive_generation != self._generation:
+                self._generation = eventlog.archive_generation
+                if not self.from_archive and seqmap.pruned_through > max(
+                    self.last, self._pruned_at_start
+                ):
+                    raise BacklogGap("lines of the replay were pruned while it ran")
+                self._stream_wanted = self.from_archive
+                self._stream = None
+                self._buffer.clear()
+                log.debug("replay_reopened_archive", after_seq=self.last)
+            if self._stream_wanted and self._stream is None:
+                self._stream = await self._open_stream()
+            if not self._buffer and self._stream is not None:
+                chunk = await anyio.to_thread.run_sync(next, self._stream, None)
+                if chunk is None:
+                    self._stream = None
+                    self._stream_wanted = False
+                else:
+                    self._buffer.extend(chunk)
+                continue  # the checks again: a prune may have run meanwhile
+            chunk, done = self._merge_chunk()
+            if chunk:
+                return chunk
+            if done:
+                return None
+
+    async def _open_stream(self) -> Iterator[list[tuple[int, bytes]]]:
+        eventlog = self.eventlog
+        async with eventlog._archive_lock:  # a whole catalogue, never a batch half written
+            self._generation = eventlog.archive_generation
+            members = await anyio.to_thread.run_sync(eventlog.archive.catalogue)
+        return archived.replay(
+            members,
+            eventlog._read_member,
+            self.filter,
+            epoch=eventlog.seqmap.epoch,
+            after_seq=self.last,
+            upto_seq=self.upto,
+            chunk=BACKLOG_CHUNK,
+        )
+
+    def _merge_chunk(self) -> tuple[list[tuple[int, bytes]], bool]:
+        """Merge buffered archived lines with the next live ones (no await: a stable index)."""
+        eventlog = self.eventlog
+        index = eventlog.index
+        start = index.position_after(self.last)
+        found = index.search(self.filter, BACKLOG_CHUNK, oldest_first=True, after_position=start)
+        live = [p for p in found if index.seqs[p] <= self.upto]
+        more_live = len(found) == BACKLOG_CHUNK and len(live) == len(found)
+        buffer = self._buffer
+        archive_pending = self._stream is not None
+        picked: list[tuple[int, bytes | int]] = []
+        taken = 0
+        done = False
+        while len(picked) < BACKLOG_CHUNK:
+            live_seq = index.seqs[live[taken]] if taken < len(live) else None
+            if live_seq is None and more_live:
+                break  # search again from the last seq sent
+            if not buffer and archive_pending:
+                break  # refill from the archive first
+            if buffer and buffer[0][0] <= self.last:
+                buffer.popleft()
+                continue
+            archived_seq = buffer[0][0] if buffer else None
+            if live_seq is None and archived_seq is None:
+                done = True
+                break
+            if live_seq is not None and (archived_seq is None or live_seq <= archived_seq):
+                if archived_seq == live_seq:
+                    buffer.popleft()  # archived by a batch whose swap never happened
+                picked.append((live_seq, live[taken]))
+                taken += 1
+            else:
+                picked.append(buffer.popleft())
+            self.last = picked[-1][0]
+        positions = [p for _, p in picked if isinstance(p, int)]
+        lines = iter(eventlog.read_lines(positions))
+        return [(seq, next(lines) if isinstance(p, int) else p) for seq, p in picked], done
 
 
 async def _cooperate(steps: Generator[None, None, T]) -> T:
@@ -908,14 +1241,22 @@ def _count_from(start: int) -> Iterator[int]:
         start += 1
 
 
-def _complement(keep: list[int], count: int) -> Iterator[int]:
-    kept = iter(keep)
-    next_kept = next(kept, None)
-    for position in range(count):
-        if position == next_kept:
-            next_kept = next(kept, None)
-        else:
-            yield position
+def _complement_steps(keep: list[int], count: int) -> Generator[None, None, list[int]]:
+    """The positions below ``count`` that ``keep`` (sorted) leaves out, in steps."""
+    removed: list[int] = []
+    previous = -1
+    for done, kept in enumerate(itertools.chain(keep, (count,))):
+        if done % STEP == 0:
+            yield
+        if kept > previous + 1:
+            removed.extend(range(previous + 1, min(kept, count)))
+        previous = kept
+    return removed
+
+
+def _holds(seqs: Sequence[int], seq: int) -> bool:
+    position = bisect.bisect_left(seqs, seq)
+    return position < len(seqs) and seqs[position] == seq
 
 
 COPY_WINDOW = 4 << 20
@@ -963,20 +1304,3 @@ def _copy_range(source: int, target: int, offset: int, length: int) -> None:
             view = view[written:]
         offset += len(chunk)
         length -= len(chunk)
-
-
-def _archive(fd: int, index: EventIndex, positions: list[int], folder: Path) -> int:
-    """Append pruned lines to gzip files per UTC day of their ``ts``."""
-    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-    by_day: dict[str, list[bytes]] = defaultdict(list)
-    for position in positions:
-        line = os.pread(fd, index.length(position), index.offsets[position])
-        day = time.strftime("%Y-%m-%d", time.gmtime(index.ts[position]))
-        by_day[day].append(line)
-    for day, lines in by_day.items():
-        with open(folder / f"events-{day}.jsonl.gz", "ab") as raw:
-            with gzip.GzipFile(fileobj=raw, mode="ab") as handle:
-                handle.write(b"".join(lines))
-            raw.flush()
-            os.fsync(raw.fileno())
-    return sum(len(lines) for lines in by_day.values())

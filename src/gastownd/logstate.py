@@ -35,11 +35,19 @@ class SeqMap(msgspec.Struct, kw_only=True):
     runs: list[tuple[int, int]] = msgspec.field(default_factory=list)
     # Seq of the first line after the runs; later lines count up from it.
     base: int = 0
-    # Highest seq ever removed from the log: older cursors must resync.
+    # Highest seq ever removed from the log.
     pruned_through: int = -1
+    # Highest seq removed from the log and not kept in the archive: a cursor
+    # before it must resync. None (a seqmap from before the archive kept seqs):
+    # ``pruned_through``.
+    unarchived_through: int | None = None
     # A checkpoint: the file had at least ``end`` bytes ending with ``tail``.
     end: int = 0
     tail: bytes = b""
+
+    def lost_through(self) -> int:
+        """Highest seq that neither the log nor the archive holds any more."""
+        return self.pruned_through if self.unarchived_through is None else self.unarchived_through
 
     def seqs(self) -> Iterator[int]:
         for first, count in self.runs:
@@ -83,7 +91,7 @@ def load_seqmaps(state_dir: Path) -> dict[int, SeqMap]:
 def write_seqmap(state_dir: Path, seqmap: SeqMap) -> None:
     """Atomically replace the seqmap of ``seqmap.inode``; keep only it and one more."""
     target = state_dir / f"seqmap-{seqmap.inode}.json"
-    _write_atomically(target, [msgspec.json.encode(seqmap)])
+    write_atomically(target, [msgspec.json.encode(seqmap)])
     others = sorted(
         (p for p in state_dir.glob("seqmap-*.json") if p != target),
         key=lambda p: p.stat().st_mtime,
@@ -119,10 +127,10 @@ def read_snapshot(path: Path) -> tuple[SnapshotMeta, list[bytes]] | None:
 
 
 def write_snapshot(path: Path, meta: SnapshotMeta, blobs: list[bytes]) -> None:
-    _write_atomically(path, [msgspec.json.encode(meta) + b"\n", *blobs])
+    write_atomically(path, [msgspec.json.encode(meta) + b"\n", *blobs])
 
 
-def _write_atomically(path: Path, parts: list[bytes]) -> None:
+def write_atomically(path: Path, parts: list[bytes]) -> None:
     temp = path.with_suffix(".tmp")
     with open(temp, "wb") as handle:
         for part in parts:

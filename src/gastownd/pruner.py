@@ -60,10 +60,15 @@ async def prune_now(daemon: Daemon, *, dry_run: bool) -> PruneResult:
         # What a line told about a session must be recorded before the line can go.
         await daemon.sessions.record_lines()
         await prune_remote(daemon, load_policy(daemon))
-    archive = daemon.paths.private_dir / "archive" if daemon.config.retention.archive else None
+    retention = daemon.config.retention
+    max_age = retention.archive_max_age
     try:
         return await daemon.eventlog.prune(
-            load_policy(daemon), daemon.clock(), dry_run=dry_run, archive_dir=archive
+            load_policy(daemon),
+            daemon.clock(),
+            dry_run=dry_run,
+            archive=retention.archive,
+            archive_max_age_s=parse_duration(max_age) if max_age is not None else None,
         )
     except OSError as exc:
         raise StorageError(f"prune failed: {exc.strerror or exc}; the log is unchanged") from None

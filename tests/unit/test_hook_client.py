@@ -120,6 +120,41 @@ def test_empty_stdin_becomes_null(payload: bytes) -> None:
     assert bytes(decode(frame_for(payload)).payload) == b"null"
 
 
+def test_an_oversized_frame_is_trimmed_to_the_limit_and_says_so() -> None:
+    big = dict(POST_TOOL_USE, tool_input={"command": "bd close gt-7 && cat big.log"})
+    big["tool_response"] = {"stdout": "line of output\n" * 200_000, "stderr": "", "exitCode": 0}
+    payload = json.dumps(big).encode()
+    frame = frame_for(payload)
+    assert len(frame) > hook.MAX_FRAME
+
+    def rebuild(trimmed: bytes, cut: int) -> bytes:
+        return frame_for(trimmed, trimmed=cut)
+
+    fitted = hook.fitted(frame, payload, rebuild)
+    assert len(fitted) - 1 <= hook.MAX_FRAME
+    reader = codec.FrameReader()  # the daemon's default limit
+    reader.feed(fitted)
+    request = decode(reader.next_frame() + b"\n")  # type: ignore[operator]
+    assert request.trimmed == len(payload) - len(bytes(request.payload)) + _marks(request)
+    decoded = msgspec.json.decode(bytes(request.payload))
+    assert decoded["tool_input"] == big["tool_input"]
+    assert decoded["tool_response"]["exitCode"] == 0
+
+
+def _marks(request: Hook) -> int:
+    """Bytes the cut markers added back."""
+    raw = bytes(request.payload)
+    start = raw.find(b"[... ")
+    return raw.find(b"...]", start) + 4 - start
+
+
+def test_a_frame_within_the_limit_is_not_touched_and_has_no_trimmed_field() -> None:
+    payload = json.dumps(POST_TOOL_USE).encode()
+    frame = frame_for(payload)
+    assert hook.fitted(frame, payload, lambda p, c: b"rebuilt") is frame
+    assert b'"trimmed"' not in frame and decode(frame).trimmed == 0
+
+
 @pytest.mark.parametrize("payload", [b"not json", b'{"a":', b"\x00\xff\xfe", b'{"a":1}{"b":2}'])
 def test_garbage_stays_one_line_and_the_daemon_rejects_it(payload: bytes) -> None:
     frame = frame_for(payload)

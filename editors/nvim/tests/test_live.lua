@@ -201,7 +201,7 @@ return {
       h.eq("gt-w7x: 1 change", lines[1], "title")
       h.truthy(
         lines[2]:match(
-          "^closed   %d+%-%d+%-%d+ %d+:%d+  " .. SESSION:sub(1, 8) .. "  " .. vim.pesc(ACTOR) .. "%S*  %(session open%)$"
+          "^closed   %d+%-%d+%-%d+ %d+:%d+  " .. SESSION:sub(1, 8) .. "  " .. vim.pesc(ACTOR) .. "  %(session open%)$"
         ),
         lines[2]
       )

@@ -63,9 +63,10 @@ return {
         node = "laptop",
         remote = true,
       }
-      local row = format.session_row(session, true)
+      local row = format.session_row(session)
       h.truthy(row:match("^%d+%-%d+%-%d+ %d+:%d+  7f3c2a10  squashed   gastown/polecats/nux@laptop%s+done%s+fix gt%-42$"), row)
-      h.truthy(format.session_row(session, false):find("  gastown/polecats/nux  ", 1, true), "no node")
+      session.remote = false
+      h.truthy(format.session_row(session):find("  gastown/polecats/nux  ", 1, true), "a local one")
       h.truthy(format.session_header():match("^Started%s+Session%s+State%s+Actor%s+End%s+Topic$"), "header")
 
       local lines = format.attribution_lines("gt-42", {

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import bisect
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 from gastown_client.protocol import Push
-from gastownd.eventlog import EventLog
+from gastownd.eventlog import Backlog, BacklogGap, EventLog
 from gastownd.server import Connection
 from gastownd.store.remote import RemoteEvent
 from gastownd.subscriptions import Published, Subscriber, Subscriptions
@@ -14,24 +13,56 @@ from gastownd.subscriptions import Published, Subscriber, Subscriptions
 BACKLOG_CHUNK = 256
 
 
-def local_backlog(
-    eventlog: EventLog, backlog: list[int], subscriber: Subscriber, conn: Connection
-) -> Iterator[list[Published]]:
-    """The backlog's lines still in the log, by chunks, read when each chunk is due."""
-    for start in range(0, len(backlog), BACKLOG_CHUNK):
-        if subscriber.closed or subscriber.overflowed or conn.closed:
+def resume_point(eventlog: EventLog, cursor: str | None) -> tuple[int, bool, bool]:
+    """Where a subscription to this node's log starts: ``(after seq, replay the archive
+    too, resync)``. ``None``: from now on; ``"start"``: the oldest line of the log."""
+    index = eventlog.index
+    head = index.next_seq() - 1
+    oldest = index.seqs[0] - 1 if len(index) else head
+    if cursor is None:
+        return head, False, False
+    if cursor == "start":
+        return oldest, False, False
+    epoch, seq = eventlog.parse_cursor(cursor)
+    # A cursor of another epoch (or from the future) says nothing about this log:
+    # start over. One older than a line that is in neither the log nor the archive
+    # missed something: resync. Otherwise the archive fills in whatever retention
+    # moved out of the log after it.
+    foreign = epoch != eventlog.seqmap.epoch or seq > head
+    resync = foreign or seq < eventlog.seqmap.lost_through()
+    if foreign:
+        return oldest, False, resync
+    return seq, True, resync
+
+
+class ReplayAborted(Exception):
+    """The backlog could not be replayed whole; the subscriber was told and cut off."""
+
+
+async def send_local_backlog(
+    backlog: Backlog,
+    subscriber: Subscriber,
+    conn: Connection,
+    render: Callable[[Sequence[Published | RemoteEvent]], list[Push]],
+) -> None:
+    """This node's lines the subscriber missed (archive, then log), chunk by chunk."""
+    while not (subscriber.closed or subscriber.overflowed or conn.closed):
+        try:
+            chunk = await backlog.next()
+        except BacklogGap as exc:
+            await conn.send(
+                Push(
+                    push="overflow",
+                    subscription=subscriber.id,
+                    message=f"{exc} during the replay; disconnected (resume with the last "
+                    "cursor you received)",
+                )
+            )
+            await conn.abort()
+            raise ReplayAborted from None
+        if chunk is None:
             return
-        seqs = eventlog.index.seqs
-        positions = []
-        for seq in backlog[start : start + BACKLOG_CHUNK]:
-            position = bisect.bisect_left(seqs, seq)
-            if position < len(seqs) and seqs[position] == seq:
-                positions.append(position)
-        index = eventlog.index
-        yield [
-            Published(index.seqs[p], "", "", None, 0, line)
-            for p, line in zip(positions, eventlog.read_lines(positions), strict=True)
-        ]
+        await conn.send_many(render([Published(seq, "", "", None, 0, line) for seq, line in chunk]))
 
 
 async def pump(
@@ -44,7 +75,10 @@ async def pump(
     """Send the backlog, then live lines as they are published, until the end."""
     sub_id = subscriber.id
     try:
-        await send_backlog()
+        try:
+            await send_backlog()
+        except ReplayAborted:
+            return
         while not conn.closed:
             if subscriber.overflowed:
                 await conn.send(

@@ -28,12 +28,10 @@ from gastownd.daemon import Daemon
 from gastownd.errors import BadRequestError, NotFoundError, TooLargeError
 from gastownd.eventlog import EventLog
 from gastownd.ops import townwide
-from gastownd.ops.delivery import local_backlog, pump
+from gastownd.ops.delivery import pump, resume_point, send_local_backlog
 from gastownd.server import Connection, FollowUp
 from gastownd.store.remote import RemoteEvent
 from gastownd.subscriptions import Published, Subscriptions
-
-BACKLOG_CHUNK = 256
 
 
 def _parts(daemon: Daemon) -> tuple[EventLog, Subscriptions]:
@@ -80,7 +78,7 @@ async def query(daemon: Daemon, request: Query) -> QueryResult:
     if scope is not None:
         return await townwide.query(daemon, request, flt, scope)
     cursor = eventlog.head_cursor()
-    lines = await eventlog.query(flt, request.limit, request.oldest_first)
+    lines = await eventlog.query(flt, request.limit, request.oldest_first, archive=request.archive)
     return QueryResult(events=[msgspec.Raw(line) for line in lines], cursor=cursor)
 
 
@@ -90,30 +88,13 @@ async def subscribe(daemon: Daemon, request: Subscribe, conn: Connection) -> Fol
     scope = townwide.scope_of(daemon, request)
     if scope is not None:
         return await townwide.subscribe(daemon, request, conn, flt, scope)
-    index = eventlog.index
-    resync = False
-    start = len(index)
-    if request.cursor == "start":
-        start = 0
-    elif request.cursor is not None:
-        epoch, seq = eventlog.parse_cursor(request.cursor)
-        # A cursor of another epoch (or from the future) says nothing about this
-        # log: start over. One older than a pruned line missed something: resync.
-        foreign = epoch != eventlog.seqmap.epoch or seq >= index.next_seq()
-        resync = foreign or seq < eventlog.seqmap.pruned_through
-        start = 0 if foreign else index.position_after(seq)
+    head = eventlog.index.next_seq() - 1
+    after, from_archive, resync = resume_point(eventlog, request.cursor)
     # From here to the FollowUp nothing awaits: the backlog and the live
     # queue split the log at exactly this point, with no gap and no overlap.
-    backlog = (
-        [
-            index.seqs[p]
-            for p in index.search(flt, len(index) + 1, oldest_first=True, after_position=start)
-        ]
-        if start < len(index)
-        else []
-    )
+    backlog = eventlog.backlog(flt, after, head, from_archive=from_archive)
     subscriber = subscriptions.add(flt)
-    subscriber.live_after = index.next_seq() - 1
+    subscriber.live_after = head
     conn.subscriptions.add(subscriber.id)
 
     def end_subscription() -> None:
@@ -137,8 +118,7 @@ async def subscribe(daemon: Daemon, request: Subscribe, conn: Connection) -> Fol
         ]
 
     async def send_backlog() -> None:
-        for items in local_backlog(eventlog, backlog, subscriber, conn):
-            await conn.send_many(render(items))
+        await send_local_backlog(backlog, subscriber, conn, render)
 
     return FollowUp(result, lambda: pump(subscriptions, subscriber, conn, send_backlog, render))
 

@@ -21,7 +21,7 @@ from gastownd.core.events import format_ts
 from gastownd.daemon import Daemon
 from gastownd.errors import UnsupportedProtocolError
 
-CAPABILITIES = ["events", "subscribe", "prune", "sessions", "attribution", "hooks"]
+CAPABILITIES = ["events", "subscribe", "prune", "sessions", "attribution", "hooks", "archive"]
 
 
 async def hello(daemon: Daemon, request: Hello) -> HelloResult:
@@ -84,4 +84,5 @@ async def status(daemon: Daemon) -> StatusResult:
         eventlog=eventlog,
         sessions=sessions,
         federation=federation,
+        hooks_trimmed=daemon.hooks_trimmed,
     )

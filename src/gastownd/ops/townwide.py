@@ -30,7 +30,7 @@ from gastownd.core.query import EventFilter as CompiledFilter
 from gastownd.daemon import Daemon
 from gastownd.errors import BadRequestError
 from gastownd.eventlog import EventLog
-from gastownd.ops.delivery import BACKLOG_CHUNK, local_backlog, pump
+from gastownd.ops.delivery import BACKLOG_CHUNK, pump, resume_point, send_local_backlog
 from gastownd.server import Connection, FollowUp
 from gastownd.store.remote import EventQuery, RemoteEvent
 from gastownd.subscriptions import NodeScope, Published
@@ -78,7 +78,10 @@ async def query(
     head = f"{eventlog.head_cursor()}+{await _last_arrival(daemon)}"
     found: list[tuple[int, int, bytes]] = []
     if scope.local:
-        for line in await eventlog.query(flt, request.limit, request.oldest_first):
+        lines = await eventlog.query(
+            flt, request.limit, request.oldest_first, archive=request.archive
+        )
+        for line in lines:
             parsed = parse_line(line)
             ts = parse_ts(parsed.ts) if parsed is not None else None
             found.append((ts or 0, 0, with_node(line, daemon.node)))
@@ -132,18 +135,11 @@ async def subscribe(
     if after_arrival < 0 or (not scope.all_nodes and scope.node == daemon.node):
         after_arrival = through  # remote lines from now on (or none at all)
     # From here to the FollowUp nothing awaits (see ops.events.subscribe).
-    index = eventlog.index
-    start, local_seq, local_resync = _local_start(eventlog, local_cursor)
-    backlog = (
-        [
-            index.seqs[p]
-            for p in index.search(flt, len(index) + 1, oldest_first=True, after_position=start)
-        ]
-        if scope.local and start < len(index)
-        else []
-    )
+    head = eventlog.index.next_seq() - 1
+    after, from_archive, local_resync = resume_point(eventlog, local_cursor)
+    backlog = eventlog.backlog(flt, after, head, from_archive=from_archive)
     subscriber = subscriptions.add(flt, scope)
-    subscriber.live_after = index.next_seq() - 1
+    subscriber.live_after = head
     subscriber.remote_live_after = max(through, after_arrival)
     conn.subscriptions.add(subscriber.id)
 
@@ -151,7 +147,7 @@ async def subscribe(
         subscriptions.remove(subscriber.id)
 
     conn.on_close.append(end_subscription)
-    position = _Position(local_seq, after_arrival)
+    position = _Position(after, after_arrival)
     result = SubscribeResult(
         subscription=subscriber.id,
         cursor=f"{eventlog.head_cursor()}+{max(through, after_arrival)}",
@@ -179,8 +175,8 @@ async def subscribe(
         return pushes
 
     async def send_backlog() -> None:
-        for items in local_backlog(eventlog, backlog, subscriber, conn):
-            await conn.send_many(render(items))
+        if scope.local:
+            await send_local_backlog(backlog, subscriber, conn, render)
         query = _remote_query(flt, scope)
         while not (subscriber.closed or subscriber.overflowed or conn.closed):
             chunk = await daemon.sessions.db(  # type: ignore[union-attr]
@@ -192,21 +188,6 @@ async def subscribe(
         position.arrival = max(position.arrival, through)
 
     return FollowUp(result, lambda: pump(subscriptions, subscriber, conn, send_backlog, render))
-
-
-def _local_start(eventlog: EventLog, cursor: str | None) -> tuple[int, int, bool]:
-    """The first local position to send, the seq before it, and whether to resync."""
-    index = eventlog.index
-    if cursor is None:
-        return len(index), index.next_seq() - 1, False
-    if cursor == "start":
-        return 0, -1, False
-    epoch, seq = eventlog.parse_cursor(cursor)
-    foreign = epoch != eventlog.seqmap.epoch or seq >= index.next_seq()
-    resync = foreign or seq < eventlog.seqmap.pruned_through
-    if foreign:
-        return 0, -1, resync
-    return index.position_after(seq), seq, resync
 
 
 class _Position:

@@ -67,14 +67,14 @@ def wisp_view(wisp: Wisp, *, with_steps: bool = True) -> WispView:
     )
 
 
-def digest_view(digest: Digest, node: str) -> DigestView:
+def digest_view(digest: Digest, node: str, *, remote: bool = False) -> DigestView:
     data = msgspec.to_builtins(digest)
     for key in ("started_at", "ended_at"):
         data[key] = format_ts(data[key])
     for handoff in data.get("handoffs", []):
         handoff["at"] = format_ts(handoff["at"])
     data.setdefault("prev_hash", "")
-    data["node"] = node
+    data["node"], data["remote"] = node, remote
     return msgspec.convert(data, DigestView)
 
 
@@ -165,7 +165,7 @@ async def digest(daemon: Daemon, request: DigestGet) -> DigestView:
         if found is None:
             raise NotFoundError(f"session {session_id} has no digest yet (still open?)")
     assert found is not None
-    return digest_view(found.digest, daemon.node_name(found.node))
+    return digest_view(found.digest, daemon.node_name(found.node), remote=found.node != "")
 
 
 async def cv(daemon: Daemon, request: Cv) -> CvResult:
@@ -177,7 +177,9 @@ async def cv(daemon: Daemon, request: Cv) -> CvResult:
     rows = await sessions.db(sessions.store.chain, request.actor, request.limit)
     result = CvResult(
         actor=request.actor,
-        digests=[digest_view(r.digest, daemon.node_name(r.node)) for r in rows],
+        digests=[
+            digest_view(r.digest, daemon.node_name(r.node), remote=r.node != "") for r in rows
+        ],
         total=total,
     )
     if request.verify:
@@ -282,6 +284,7 @@ async def attribution(daemon: Daemon, request: Attribution) -> AttributionResult
                 digest_id=r.digest_id,
                 rule=r.rule,
                 node=daemon.node_name(r.node),
+                remote=r.node != "",
             )
             for r in rows
         ],

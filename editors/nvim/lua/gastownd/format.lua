@@ -123,14 +123,14 @@ function M.session_header()
   return session_columns("Started", "Session", "State", "Actor", "End", "Topic")
 end
 
--- One sessions row: time, short id, state, actor, end reason, topic (or summary). With
--- `show_node`, the actor is followed by the node the session ran on (actor@node).
-function M.session_row(row, show_node)
+-- One sessions row: time, short id, state, actor, end reason, topic (or summary). A session
+-- that ran on another node shows it: actor@node.
+function M.session_row(row)
   return session_columns(
     M.local_time(row.started_at, config.options.date_format),
     (row.session_id or "?"):sub(1, 8),
     row.state or "?",
-    who(row.actor, show_node and row.node or nil),
+    who(row.actor, row.remote and row.node),
     row.end_reason or "",
     M.short(row.topic or row.summary or "", 60)
   )
@@ -147,7 +147,7 @@ function M.attribution_lines(issue, records)
       pad(record.action or "?", 7),
       M.local_time(record.at, config.options.date_format),
       (record.session_id or "?"):sub(1, 8),
-      who(record.actor, record.node),
+      who(record.actor, record.remote and record.node),
       record.digest_id and ("digest " .. record.digest_id) or "(session open)",
     }, "  "))
   end
@@ -158,7 +158,7 @@ end
 function M.digest_lines(digest)
   local lines = { "# " .. (digest.title or ("Digest: " .. (digest.session_id or "?"))), "" }
   local about = { "digest " .. (digest.digest_id or "?") }
-  if digest.node then
+  if digest.remote and digest.node then
     about[#about + 1] = "node " .. digest.node
   end
   lines[#lines + 1] = table.concat(about, ", ")

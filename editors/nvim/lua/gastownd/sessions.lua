@@ -37,14 +37,9 @@ function M.refresh(buf)
       return
     end
     local rows = result.sessions or {}
-    -- As gastownctl: the nodes are shown when some session ran on another node.
-    local show_nodes = false
-    for _, row in ipairs(rows) do
-      show_nodes = show_nodes or row.remote == true
-    end
     local lines = { format.session_header() }
     for _, row in ipairs(rows) do
-      lines[#lines + 1] = format.session_row(row, show_nodes)
+      lines[#lines + 1] = format.session_row(row)
     end
     if #rows == 0 then
       lines[#lines + 1] = "-- no sessions yet"
