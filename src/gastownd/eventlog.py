@@ -781,6 +781,7 @@ class EventLog:
         dry_run: bool,
         archive: bool,
         archive_max_age_s: float | None = None,
+        keep_after_seq: int | None = None,
     ) -> PruneResult:
         """Remove expired lines: archive them, copy the kept ones to a new file, swap it in.
 
@@ -790,7 +791,8 @@ class EventLog:
         without the writers' lock, which is held only to copy what was
         appended meanwhile and rename. The archive is durable before the
         rename, which commits it (see ``gastownd.archive``). Appends, ours
-        and gt's, keep flowing and none is lost.
+        and gt's, keep flowing and none is lost. Lines after ``keep_after_seq``
+        are kept whatever their age: others have not read them yet.
         """
         started = time.monotonic()
         async with self._prune_lock:
@@ -798,9 +800,17 @@ class EventLog:
             count = len(index)
             snapshot_end = index.end
             # Appends only add positions past ``count``: the steps read a stable prefix.
+            protect_from = None if keep_after_seq is None else index.position_after(keep_after_seq)
             plan = await _cooperate(
                 plan_prune_steps(
-                    index.types, index.type_names, index.ts, count, now_s, policy, index.by_type
+                    index.types,
+                    index.type_names,
+                    index.ts,
+                    count,
+                    now_s,
+                    policy,
+                    index.by_type,
+                    protect_from,
                 )
             )
             ranges = await _cooperate(_ranges_steps(index, plan.keep))

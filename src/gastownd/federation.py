@@ -44,7 +44,7 @@ import structlog
 from gastown_client.protocol import FederationInfo, NodeInfo
 from gastownd.config import FederationConfig, parse_duration
 from gastownd.core.events import format_ts
-from gastownd.core.index import MALFORMED
+from gastownd.core.query import compile_filter
 from gastownd.core.records import (
     NAME_PATTERN,
     AnyMessage,
@@ -63,6 +63,7 @@ from gastownd.core.records import (
     town_subjects,
 )
 from gastownd.daemon import Daemon
+from gastownd.eventlog import BacklogGap
 from gastownd.store.remote import (
     MARK_ATTRIBUTIONS,
     MARK_DIGESTS,
@@ -77,6 +78,7 @@ FETCH_WAIT_S = 1.0
 PUBLISH_TIMEOUT_S = 10.0
 IDLE_WAKE_S = 1.0
 BACKOFF_S = (0.2, 0.5, 1.0, 2.0, 5.0)
+_EVERY_LINE = compile_filter()
 
 
 def identity(config: FederationConfig, town: Path) -> tuple[str, str]:
@@ -304,7 +306,7 @@ class Federation:
         sessions = self.daemon.sessions
         assert sessions is not None
         limit = self.config.batch
-        batch, marks = self._event_batch(limit)
+        batch, marks = await self._event_batch()
         remote = sessions.store.remote
         rev = int(self._marks.get(MARK_SESSIONS, "0"))
         for row in await sessions.db(remote.sessions_after, rev, limit):
@@ -354,18 +356,28 @@ class Federation:
             marks[MARK_ATTRIBUTIONS] = str(row[0])
         return batch, marks
 
-    def _event_batch(self, limit: int) -> tuple[list[_Outgoing], dict[str, str]]:
-        """Lines of the local log after the published cursor (read with no await)."""
+    async def _event_batch(self) -> tuple[list[_Outgoing], dict[str, str]]:
+        """Lines of the local log after the published cursor, from the archive first when
+        retention moved them there before they were published."""
         eventlog = self.daemon.eventlog
         assert eventlog is not None
         epoch = eventlog.seqmap.epoch
         after = self._published_seq(epoch)
-        index = eventlog.index
-        start = index.position_after(after)
-        end = min(len(index), start + limit)
-        if start >= end:
+        head = eventlog.index.next_seq() - 1
+        if after >= head:
             return [], {}
-        positions = [p for p in range(start, end) if index.types[p] != MALFORMED]
+        try:
+            chunk = await eventlog.backlog(_EVERY_LINE, after, head, from_archive=True).next()
+        except BacklogGap as exc:
+            # Only with the archive turned off: those lines are gone, go on after them.
+            index = eventlog.index
+            skip_to = index.seqs[0] - 1 if len(index) else head
+            log.error(
+                "federation_lines_lost", after_seq=after, resume_after=skip_to, error=str(exc)
+            )
+            return [], {MARK_EVENTS: f"{epoch}:{skip_to}"}
+        if not chunk:
+            return [], {}
         batch = [
             self._outgoing(
                 "event",
@@ -374,13 +386,13 @@ class Federation:
                     node=self.node,
                     id="",
                     epoch=epoch,
-                    seq=index.seqs[position],
+                    seq=seq,
                     line=msgspec.Raw(line),
                 ),
             )
-            for position, line in zip(positions, eventlog.read_lines(positions), strict=True)
+            for seq, line in chunk
         ]
-        return batch, {MARK_EVENTS: f"{epoch}:{index.seqs[end - 1]}"}
+        return batch, {MARK_EVENTS: f"{epoch}:{chunk[-1][0]}"}
 
     def _published_seq(self, epoch: int) -> int:
         """The last local seq published in this epoch (-1: none)."""
@@ -391,7 +403,8 @@ class Federation:
         return int(seq) if int(mark_epoch) == epoch else -1
 
     def keep_after_seq(self) -> int:
-        """Lines after this seq are not published yet: retention must keep them."""
+        """Lines after this seq are not published yet: without the archive (where the
+        publisher also reads), retention must keep them."""
         eventlog = self.daemon.eventlog
         assert eventlog is not None
         return self._published_seq(eventlog.seqmap.epoch)

@@ -69,9 +69,22 @@ async def prune_now(daemon: Daemon, *, dry_run: bool) -> PruneResult:
             dry_run=dry_run,
             archive=retention.archive,
             archive_max_age_s=parse_duration(max_age) if max_age is not None else None,
+            keep_after_seq=_read_by_everyone(daemon),
         )
     except OSError as exc:
         raise StorageError(f"prune failed: {exc.strerror or exc}; the log is unchanged") from None
+
+
+def _read_by_everyone(daemon: Daemon) -> int | None:
+    """The last seq that every reader of the log has read: retention keeps the lines after
+    it, so no line goes before what it says is recorded (and, without the archive, where
+    federation would read it too, sent)."""
+    marks = []
+    if daemon.sessions is not None:
+        marks.append(daemon.sessions.recorded_seq())
+    if daemon.federation is not None and not daemon.config.retention.archive:
+        marks.append(daemon.federation.keep_after_seq())
+    return min(marks) if marks else None
 
 
 async def prune_remote(daemon: Daemon, policy: RetentionPolicy) -> int:

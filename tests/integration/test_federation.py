@@ -331,3 +331,40 @@ def test_cli_all_nodes_seance_and_status(town_nodes: list[Node]) -> None:
     assert printed.returncode == 0 and f"--resume {remote_session}" in printed.stdout
     status = run_ctl(a.town, "status")
     assert "federation     node a" in status.stdout, status.stdout
+
+
+def test_lines_archived_before_they_were_published_still_reach_the_town(
+    nats: NatsCluster, town_nodes: list[Node]
+) -> None:
+    a, b = town_nodes[0], town_nodes[1]
+    nats.stop()
+    old = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 10 * 86400))
+    for n in range(30):
+        gt_append(
+            a.town,
+            {
+                "ts": old,
+                "source": "gt",
+                "type": "nudge",
+                "actor": "gastown/witness",
+                "payload": {"tag": f"old-{n}"},
+                "visibility": "feed",
+            },
+        )
+    with a.client() as client:
+        # The recorder reads them first; then retention moves them to the archive.
+        deadline = time.monotonic() + 10
+        while client.prune().pruned_total < 30 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert client.query(types=["nudge"], limit=100).events == []
+        assert len(client.query(types=["nudge"], archive=True, limit=100).events) == 30
+    nats.start()
+    deadline = time.monotonic() + 60
+    while True:
+        with b.client() as client:
+            got = client.query(node="a", types=["nudge"], limit=100).events
+        if len(got) == 30 or time.monotonic() > deadline:
+            break
+        time.sleep(0.3)
+    tags = sorted(json.loads(bytes(e))["payload"]["tag"] for e in got)
+    assert tags == sorted(f"old-{n}" for n in range(30))
