@@ -142,6 +142,8 @@ class FederationConfig(_Section):
     tls_key: str | None = None
     # The name on the server's certificate, when the URLs name an IP address.
     tls_hostname: str | None = None
+    # The JetStream domain of the hub, when this node reaches it through a leaf node.
+    jetstream_domain: str | None = None
     # Applied when the daemon creates the town's stream (it never deletes or changes one).
     stream_replicas: int = 1
     # "" keeps records forever; else e.g. "90d" (the stream then drops older records).

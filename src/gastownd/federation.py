@@ -129,6 +129,8 @@ class Federation:
         self.connected = False
         self.published = 0
         self.applied = 0
+        # Records larger than the server's max_payload: they never leave this node.
+        self.too_large = 0
         self.rejected: Counter[str] = Counter()
         self.last_error: str | None = None
         self.last_error_at: float | None = None
@@ -182,7 +184,7 @@ class Federation:
         nc = await nats.connect(**self._connect_options())
         self.connected = nc.is_connected
         try:
-            js = nc.jetstream()
+            js = nc.jetstream(domain=self.config.jetstream_domain)
             await self._ensure_stream(js)
             async with anyio.create_task_group() as tasks:
                 tasks.start_soon(self._publish_loop, js)
@@ -322,16 +324,29 @@ class Federation:
         marks.clear()
 
     async def _publish(self, js: Any, batch: Sequence[_Outgoing]) -> None:
+        import nats.errors
+
         futures = []
         try:
             with anyio.fail_after(PUBLISH_TIMEOUT_S):
                 for item in batch:
-                    futures.append(
-                        await js.publish_async(
+                    try:
+                        future = await js.publish_async(
                             item.subject, item.data, headers={"Nats-Msg-Id": item.msg_id}
                         )
-                    )
-                await js.publish_async_completed()
+                    except nats.errors.MaxPayloadError:
+                        # Retrying cannot help: the record stays local (docs: max_payload).
+                        self.too_large += 1
+                        log.error(
+                            "federation_record_too_large",
+                            id=item.msg_id,
+                            bytes=len(item.data),
+                            max_payload=js._nc.max_payload,
+                        )
+                        continue
+                    futures.append(future)
+                if futures:
+                    await js.publish_async_completed()
             for future in futures:
                 future.result()  # raises the stream's refusal, if any
         finally:
@@ -565,6 +580,7 @@ class Federation:
             connected=self.connected,
             backlog=dict(sorted(backlog.items())),
             published=self.published,
+            too_large=self.too_large,
             applied=self.applied,
             rejected=dict(sorted(self.rejected.items())),
             nodes=[
