@@ -367,28 +367,9 @@ class Federation:
         remote = sessions.store.remote
         rev = int(self._marks.get(MARK_SESSIONS, "0"))
         for row in await sessions.db(remote.sessions_after, rev, limit):
-            record = SessionMessage(
-                town=self.town,
-                node=self.node,
-                id="",
-                session_id=row[0],
-                rev=row[1],
-                actor=row[2],
-                role=row[3],
-                topic=row[4],
-                cwd=row[5],
-                actor_pid=row[6],
-                first_start_at=row[7],
-                last_start_at=row[8],
-                last_activity_at=row[9],
-                starts=row[10],
-                segments=row[11],
-                state=row[12],
-                ended_at=row[13],
-                end_reason=row[14],
-            )
+            record = SessionMessage(town=self.town, node=self.node, id="", **row)
             batch.append(self._outgoing("session", record))
-            marks[MARK_SESSIONS] = str(row[1])
+            marks[MARK_SESSIONS] = str(row["rev"])
         after_digest = int(self._marks.get(MARK_DIGESTS, "0"))
         for rowid, digest in await sessions.db(remote.digests_after, after_digest, limit):
             message = DigestMessage(town=self.town, node=self.node, id="", digest=digest)
@@ -396,21 +377,9 @@ class Federation:
             marks[MARK_DIGESTS] = str(rowid)
         row_id = int(self._marks.get(MARK_ATTRIBUTIONS, "0"))
         for row in await sessions.db(remote.attributions_after, row_id, limit):
-            attribution = AttributionMessage(
-                town=self.town,
-                node=self.node,
-                id="",
-                local_id=row[0],
-                issue=row[1],
-                session_id=row[2],
-                segment=row[3],
-                action=row[4],
-                at=row[5],
-                actor=row[6],
-                rule=row[7],
-            )
+            attribution = AttributionMessage(town=self.town, node=self.node, id="", **row)
             batch.append(self._outgoing("attribution", attribution))
-            marks[MARK_ATTRIBUTIONS] = str(row[0])
+            marks[MARK_ATTRIBUTIONS] = str(row["local_id"])
         if any(m in marks for m in (MARK_SESSIONS, MARK_DIGESTS, MARK_ATTRIBUTIONS)):
             self._store_changed = True  # there may be more than a batch
         return batch, marks

@@ -39,6 +39,7 @@ from gastownd.core.records import (
     SessionMessage,
 )
 from gastownd.core.session_record import identity_key
+from gastownd.store.schema import insert_digest
 
 MARK_EVENTS = "fed_events"
 MARK_SESSIONS = "fed_sessions"
@@ -46,7 +47,6 @@ MARK_DIGESTS = "fed_digests"
 MARK_ATTRIBUTIONS = "fed_attributions"
 MARK_PRUNED = "fed_remote_pruned_through"
 
-_digest_encoder = msgspec.json.Encoder()
 _digest_decoder = msgspec.json.Decoder(Digest)
 
 
@@ -215,20 +215,7 @@ class RemoteStore:
             "SELECT length, ended_at FROM heads WHERE actor = ?", (digest.actor,)
         ).fetchone()
         length, head_ended_at = (int(row[0]), float(row[1])) if row else (0, -1.0)
-        self._db.execute(
-            "INSERT INTO digests (digest_id, session_id, segment, actor, chain_pos, ended_at, "
-            "body, node) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                digest.digest_id,
-                digest.session_id,
-                digest.segment,
-                digest.actor,
-                length,
-                digest.ended_at,
-                _digest_encoder.encode(digest),
-                message.node,
-            ),
-        )
+        insert_digest(self._db, digest, length, message.node)
         newer = digest.ended_at > head_ended_at
         self._db.execute(
             "INSERT INTO heads (actor, hash, length, ended_at) VALUES (?, ?, ?, ?) "
@@ -339,14 +326,14 @@ class RemoteStore:
         with self._transaction():
             self._db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", marks.items())
 
-    def sessions_after(self, rev: int, limit: int) -> list[tuple[Any, ...]]:
+    def sessions_after(self, rev: int, limit: int) -> list[dict[str, Any]]:
         """This node's session records changed after ``rev``, oldest change first."""
-        return self._db.execute(
+        return self._rows(
             "SELECT session_id, rev, actor, role, topic, cwd, actor_pid, first_start_at, "
             "last_start_at, last_activity_at, starts, segments, state, ended_at, end_reason "
             "FROM sessions WHERE node = '' AND rev > ? ORDER BY rev LIMIT ?",
             (rev, limit),
-        ).fetchall()
+        )
 
     def digests_after(self, rowid: int, limit: int) -> list[tuple[int, Digest]]:
         rows = self._db.execute(
@@ -355,12 +342,17 @@ class RemoteStore:
         ).fetchall()
         return [(int(r), _digest_decoder.decode(body)) for r, body in rows]
 
-    def attributions_after(self, row_id: int, limit: int) -> list[tuple[Any, ...]]:
-        return self._db.execute(
-            "SELECT id, issue, session_id, segment, action, at, actor, rule FROM attributions "
-            "WHERE node = '' AND id > ? ORDER BY id LIMIT ?",
+    def attributions_after(self, row_id: int, limit: int) -> list[dict[str, Any]]:
+        return self._rows(
+            "SELECT id AS local_id, issue, session_id, segment, action, at, actor, rule "
+            "FROM attributions WHERE node = '' AND id > ? ORDER BY id LIMIT ?",
             (row_id, limit),
-        ).fetchall()
+        )
+
+    def _rows(self, sql: str, args: tuple[Any, ...]) -> list[dict[str, Any]]:
+        cursor = self._db.execute(sql, args)
+        names = [column[0] for column in cursor.description]
+        return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
 
     def backlog(self, marks: dict[str, int]) -> dict[str, int]:
         """How many local records of each stored kind wait to be published."""
