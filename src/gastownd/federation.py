@@ -86,7 +86,7 @@ ROUND_S = 0.01
 # fetch: each fetch is applied in one store transaction, which local work may wait for.
 EVENT_LINES_PER_ROUND = 16 * MAX_EVENT_LINES
 FETCH_MESSAGES = 32
-BACKOFF_S = (0.2, 0.5, 1.0, 2.0, 5.0)
+BACKOFF_S = (0.2, 0.5, 1.0, 2.0)
 _EVERY_LINE = compile_filter()
 
 
@@ -137,6 +137,7 @@ class Federation:
         # Highest arrival number of a remote line applied: the live edge for subscribers.
         self.last_arrival = 0
         self._wake = anyio.Event()
+        self._reconnected = anyio.Event()
         # Set when the store may hold new records to send (sessions, digests, attributions):
         # an emit only adds a line, and reading the store for it would cost a thread hop.
         self._store_changed = True
@@ -175,7 +176,7 @@ class Federation:
                 attempt = 0
             except Exception as exc:  # the network's fault, or the server's: retry
                 self._error("federation_failed", exc)
-                await anyio.sleep(BACKOFF_S[min(attempt, len(BACKOFF_S) - 1)])
+                await self._back_off(attempt)
                 attempt += 1
 
     async def _session(self) -> None:
@@ -204,6 +205,8 @@ class Federation:
         async def reconnected() -> None:
             self.connected = True
             log.info("federation_reconnected")
+            self._reconnected.set()  # ends every back-off: the server is there again
+            self._reconnected = anyio.Event()
             self.wake()
 
         async def error(exc: Exception) -> None:
@@ -279,12 +282,9 @@ class Federation:
     async def _publish_loop(self, js: Any) -> None:
         attempt = 0
         unsaved: dict[str, str] = {}
-        saved_at = round_started = time.monotonic()
+        saved_at = time.monotonic()
         try:
             while True:
-                # At most one round per ROUND_S: under a stream of appends, each round
-                # then carries a run of lines instead of one; a lone line goes at once.
-                await anyio.sleep(max(0.0, round_started + ROUND_S - time.monotonic()))
                 round_started = time.monotonic()
                 batch, marks = await self._next_batch()
                 if not batch:
@@ -300,7 +300,7 @@ class Federation:
                 except Exception as exc:
                     self._error("federation_publish_failed", exc, records=len(batch))
                     self._store_changed = True  # the batch is read again
-                    await anyio.sleep(BACKOFF_S[min(attempt, len(BACKOFF_S) - 1)])
+                    await self._back_off(attempt)
                     attempt += 1
                     continue
                 attempt = 0
@@ -312,6 +312,10 @@ class Federation:
                 if time.monotonic() - saved_at >= MARK_INTERVAL_S:
                     await self._save_marks(unsaved)
                     saved_at = time.monotonic()
+                # At most one busy round per ROUND_S: under a stream of appends the next
+                # round carries a run of lines instead of one; after a quiet spell a line
+                # goes at once.
+                await anyio.sleep(max(0.0, round_started + ROUND_S - time.monotonic()))
         finally:
             if unsaved:
                 with anyio.CancelScope(shield=True):
@@ -443,6 +447,11 @@ class Federation:
         assert eventlog is not None
         return self._published_seq(eventlog.seqmap.epoch)
 
+    async def _back_off(self, attempt: int) -> None:
+        """Wait before retrying after an error: longer each time, cut short by a reconnect."""
+        with anyio.move_on_after(BACKOFF_S[min(attempt, len(BACKOFF_S) - 1)]):
+            await self._reconnected.wait()
+
     def _outgoing(self, kind: Kind, message: AnyMessage) -> _Outgoing:
         message.id = message_id(self.node, kind, local_id_of(message))
         return _Outgoing(subject(self.town, self.node, kind), message.id, encode_message(message))
@@ -473,7 +482,7 @@ class Federation:
                 continue
             except Exception as exc:  # failover, no responders: back off, never spin
                 self._error("federation_fetch_failed", exc)
-                await anyio.sleep(BACKOFF_S[min(attempt, len(BACKOFF_S) - 1)])
+                await self._back_off(attempt)
                 attempt += 1
                 continue
             attempt = 0
