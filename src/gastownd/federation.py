@@ -32,10 +32,11 @@ import socket
 import ssl
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 import anyio.abc
@@ -77,7 +78,11 @@ from gastownd.store.remote import (
 
 log = structlog.get_logger("gastownd.federation")
 
+T = TypeVar("T")
+
 FETCH_WAIT_S = 1.0
+# JetStream API requests (stream and consumer checks): short, they are retried.
+JS_API_TIMEOUT_S = 2.0
 PUBLISH_TIMEOUT_S = 10.0
 IDLE_WAKE_S = 1.0
 MARK_INTERVAL_S = 1.0
@@ -185,8 +190,8 @@ class Federation:
         nc = await nats.connect(**self._connect_options())
         self.connected = nc.is_connected
         try:
-            js = nc.jetstream(domain=self.config.jetstream_domain)
-            await self._ensure_stream(js)
+            js = nc.jetstream(domain=self.config.jetstream_domain, timeout=JS_API_TIMEOUT_S)
+            await self._retrying("federation_stream_check_failed", self._ensure_stream, js)
             async with anyio.create_task_group() as tasks:
                 tasks.start_soon(self._publish_loop, js)
                 tasks.start_soon(self._consume_loop, js)
@@ -447,6 +452,17 @@ class Federation:
         assert eventlog is not None
         return self._published_seq(eventlog.seqmap.epoch)
 
+    async def _retrying(self, event: str, call: Callable[..., Awaitable[T]], *args: Any) -> T:
+        """``call`` until it succeeds (the server may be recovering), backing off between."""
+        attempt = 0
+        while True:
+            try:
+                return await call(*args)
+            except Exception as exc:
+                self._error(event, exc)
+                await self._back_off(attempt)
+                attempt += 1
+
     async def _back_off(self, attempt: int) -> None:
         """Wait before retrying after an error: longer each time, cut short by a reconnect."""
         with anyio.move_on_after(BACKOFF_S[min(attempt, len(BACKOFF_S) - 1)]):
@@ -462,16 +478,21 @@ class Federation:
         import nats.errors
         from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-        sub = await js.pull_subscribe(
-            town_subjects(self.town),
-            durable=f"gastownd_{self.node}",
-            stream=self.stream,
-            config=ConsumerConfig(
-                deliver_policy=DeliverPolicy.ALL,
-                # Acking a batch's last message acks the whole batch, after its commit.
-                ack_policy=AckPolicy.ALL,
-                ack_wait=30,
-                max_ack_pending=1000,
+        config = ConsumerConfig(
+            deliver_policy=DeliverPolicy.ALL,
+            # Acking a batch's last message acks the whole batch, after its commit.
+            ack_policy=AckPolicy.ALL,
+            ack_wait=30,
+            max_ack_pending=1000,
+        )
+        sub = await self._retrying(
+            "federation_consumer_failed",
+            partial(
+                js.pull_subscribe,
+                town_subjects(self.town),
+                durable=f"gastownd_{self.node}",
+                stream=self.stream,
+                config=config,
             ),
         )
         attempt = 0
@@ -529,6 +550,8 @@ class Federation:
     # ------------------------------------------------------------ status
 
     def _error(self, event: str, exc: BaseException, **context: object) -> None:
+        while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+            exc = exc.exceptions[0]  # the task that failed, not the group that carried it
         text = f"{type(exc).__name__}: {exc}".strip().rstrip(":")
         if text != self.last_error:
             log.warning(event, error=text, **context)
