@@ -182,8 +182,12 @@ def run(ctx: Context, names: list[str]) -> list[Row]:
         try:
             time.sleep(0.5)
             with daemon.client(timeout_s=300) as client:
-                # Waits for the start-up prune (it holds the prune lock) to finish.
-                client.prune(dry_run=True)
+                # The start-up prune must be over before .krc.yaml changes the policy.
+                deadline = time.monotonic() + 300
+                while client.status().eventlog.last_prune_at is None:
+                    if time.monotonic() > deadline:
+                        raise RuntimeError("the start-up prune did not finish in 300 s")
+                    time.sleep(0.05)
                 lines_before = client.status().eventlog.lines
                 if lines_before != sizes.lines:
                     raise RuntimeError(

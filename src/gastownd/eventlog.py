@@ -927,6 +927,7 @@ class EventLog:
                     source_fd,
                     index,
                     removed,
+                    (count, snapshot_end),
                     days,
                     self.seqmap.epoch,
                     temp_path,
