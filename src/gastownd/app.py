@@ -138,7 +138,7 @@ class App:
             config.server,
             lambda req, conn: ops.dispatch(daemon, req, conn),
             expected_uid=os.geteuid(),
-            instant=ops.INSTANT_OPS,
+            inline=lambda req, conn, reply: ops.dispatch_inline(daemon, req, conn, reply),
         )
         daemon.server = server
 

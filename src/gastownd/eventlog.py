@@ -34,7 +34,7 @@ import zlib
 from collections import defaultdict, deque
 from collections.abc import Callable, Generator, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
@@ -86,7 +86,9 @@ GATHER_TURNS = 2
 @dataclass
 class _Append:
     line: bytes
-    done: anyio.Event = field(default_factory=anyio.Event)
+    # Told the seq, or the error, once the batch is durable (``submit``); else ``done`` is set.
+    callback: Callable[[int | StorageError], None] | None = None
+    done: anyio.Event | None = None
     seq: int = -1
     error: StorageError | None = None
 
@@ -536,15 +538,29 @@ class EventLog:
 
     async def append(self, line: bytes) -> int:
         """Append one whole line (newline included); returns its seq once durable."""
-        request = _Append(line)
+        request = _Append(line, done=anyio.Event())
         try:
             await self._send.send(request)
         except (anyio.ClosedResourceError, anyio.BrokenResourceError):
             raise ShuttingDownError("the daemon is shutting down; retry shortly") from None
+        assert request.done is not None
         await request.done.wait()
         if request.error is not None:
             raise request.error
         return request.seq
+
+    def submit(self, line: bytes, callback: Callable[[int | StorageError], None]) -> bool:
+        """Queue one whole line; ``callback`` gets its seq (or the error) once it is durable.
+
+        False, and nothing queued, when the queue is full (``append`` waits then).
+        """
+        try:
+            self._send.send_nowait(_Append(line, callback=callback))
+        except anyio.WouldBlock:
+            return False
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+            raise ShuttingDownError("the daemon is shutting down; retry shortly") from None
+        return True
 
     async def run_writer(self) -> None:
         """The single writer task: group-commits queued appends."""
@@ -598,7 +614,10 @@ class EventLog:
                         item.seq = self.index.seqs[position]
         for item in batch:
             item.error = error
-            item.done.set()
+            if item.callback is not None:
+                item.callback(item.seq if error is None else error)
+            elif item.done is not None:
+                item.done.set()
 
     def _write_locked(self, data: bytes, sync: bool) -> tuple[_Observation, StorageError | None]:
         with self._flocked():

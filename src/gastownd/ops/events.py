@@ -23,9 +23,9 @@ from gastownd.core.events import MAX_LINE_BYTES, encode_line, format_ts
 from gastownd.core.query import EventFilter as CompiledFilter
 from gastownd.core.query import FilterError, compile_filter
 from gastownd.daemon import Daemon
-from gastownd.errors import BadRequestError, NotFoundError, TooLargeError
+from gastownd.errors import BadRequestError, DaemonError, NotFoundError, TooLargeError
 from gastownd.eventlog import Backlog, BacklogGap, EventLog
-from gastownd.server import Connection, FollowUp
+from gastownd.server import Connection, FollowUp, Reply
 from gastownd.subscriptions import Subscriber, Subscriptions
 
 
@@ -34,8 +34,7 @@ def _parts(daemon: Daemon) -> tuple[EventLog, Subscriptions]:
     return daemon.eventlog, daemon.subscriptions
 
 
-async def emit(daemon: Daemon, request: Emit) -> EmitResult:
-    eventlog, _ = _parts(daemon)
+def _line(daemon: Daemon, request: Emit) -> bytes:
     line = encode_line(
         ts=format_ts(daemon.clock()),
         source=daemon.config.eventlog.source,
@@ -49,6 +48,27 @@ async def emit(daemon: Daemon, request: Emit) -> EmitResult:
             f"the encoded line is {len(line) - 1} bytes; Gas Town's readers break past "
             f"{MAX_LINE_BYTES} - at $.payload"
         )
+    return line
+
+
+def submit_emit(daemon: Daemon, request: Emit, reply: Reply) -> bool:
+    """Queue the line for the writer; ``reply`` once it is durable. False: the queue is full."""
+    eventlog, _ = _parts(daemon)
+    line = _line(daemon, request)
+
+    def written(outcome: int | DaemonError) -> None:
+        if isinstance(outcome, DaemonError):
+            reply(outcome)
+        else:
+            reply(EmitResult(cursor=eventlog.cursor(outcome), event=msgspec.Raw(line[:-1])))
+
+    return eventlog.submit(line, written)
+
+
+async def emit(daemon: Daemon, request: Emit) -> EmitResult:
+    """An emit the writer's full queue made wait."""
+    eventlog, _ = _parts(daemon)
+    line = _line(daemon, request)
     seq = await eventlog.append(line)
     return EmitResult(cursor=eventlog.cursor(seq), event=msgspec.Raw(line[:-1]))
 
@@ -184,7 +204,7 @@ async def _pump(
         conn.subscriptions.discard(sub_id)
 
 
-async def unsubscribe(daemon: Daemon, request: Unsubscribe, conn: Connection) -> UnsubscribeResult:
+def unsubscribe(daemon: Daemon, request: Unsubscribe, conn: Connection) -> UnsubscribeResult:
     _, subscriptions = _parts(daemon)
     if request.subscription not in conn.subscriptions:
         raise NotFoundError(f"no subscription {request.subscription} on this connection")
