@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint bench stress clean install uninstall
+.PHONY: run test test-editors lint bench stress clean install uninstall
 
 $(BIN)/python:
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need Python 3.11+ on PATH (or set PYTHON=...)"; exit 2; }
@@ -20,8 +20,14 @@ $(STAMP): $(BIN)/python pyproject.toml
 run: $(STAMP)
 	$(BIN)/gastownd run
 
+# Runs the editor tests too (tests/editors/), or reports them skipped when nvim or emacs is
+# not on PATH.
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# The Neovim plugin and the Emacs package, headless, against a real daemon.
+test-editors: $(STAMP)
+	$(BIN)/python -m pytest -q tests/editors
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests

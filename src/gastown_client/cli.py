@@ -20,6 +20,7 @@ import msgspec
 from gastown_client import __version__, paths
 from gastown_client.client import Client
 from gastown_client.errors import ClientError, DaemonUnavailable, RequestRejected
+from gastown_client.protocol import FederationInfo
 
 EXIT_OK, EXIT_REJECTED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
 
@@ -72,6 +73,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub.add_argument("--follow", "-f", action="store_true", help="then print new events live")
     sub.add_argument("--json", action="store_true", help="one stored JSON line per event")
+    nodes = sub.add_mutually_exclusive_group()
+    nodes.add_argument(
+        "--all-nodes", action="store_true", help='every node of a federated town (adds "node")'
+    )
+    nodes.add_argument("--node", help='one node\'s events (adds "node")')
 
     sub = commands.add_parser("prune", help="apply retention now")
     sub.add_argument("--dry-run", action="store_true")
@@ -118,6 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("-n", dest="limit", type=int, default=20)
     sub.add_argument("--state", choices=["open", "squashed", "abandoned", "logged"])
     sub.add_argument("--json", action="store_true")
+    nodes = sub.add_mutually_exclusive_group()
+    nodes.add_argument("--node", help="only the sessions that ran on this node")
+    nodes.add_argument("--local", action="store_true", help="only this node's sessions")
     sub = commands.add_parser("seance", help="resume a predecessor session (claude --resume)")
     sub.add_argument("session", metavar="ID_OR_PREFIX")
     sub.add_argument("-p", dest="prompt", help="ask this and print the answer")
@@ -243,15 +252,47 @@ def cmd_status(args: argparse.Namespace) -> int:
         (
             "sessions",
             f"{known.known} known: {known.open} open, {known.ended} ended, "
-            f"{known.logged} only from gt's lines",
+            f"{known.logged} only from gt's lines"
+            + (f", {known.remote} on other nodes" if known.remote else ""),
         )
     )
     if status.hooks_trimmed:
         rows.append(("hooks trimmed", f"{status.hooks_trimmed} calls cut to fit the frame limit"))
+    rows += _federation_rows(status.federation)
     width = max(len(label) for label, _ in rows)
     for label, value in rows:
         print(f"{label:<{width}}  {value}")
     return EXIT_OK
+
+
+def _federation_rows(fed: FederationInfo) -> list[tuple[str, str]]:
+    if not fed.enabled:
+        return [("federation", f"off (this node: {fed.node}, town: {fed.town})")]
+    state = "connected" if fed.connected else "NOT connected"
+    rows = [
+        ("federation", f"node {fed.node}, town {fed.town}, {state} to {', '.join(fed.servers)}"),
+        ("  stream", fed.stream),
+        (
+            "  backlog",
+            ", ".join(f"{n} {kind}" for kind, n in fed.backlog.items()) + " to publish",
+        ),
+        ("  traffic", f"{fed.published} records published, {fed.applied} applied since start"),
+    ]
+    if fed.rejected:
+        rejected = ", ".join(f"{reason} {n}" for reason, n in fed.rejected.items())
+        rows.append(("  rejected", rejected))
+    for node in fed.nodes:
+        rows.append(
+            (
+                f"  node {node.node}",
+                f"last record {node.last_record_at}: {node.events} events, "
+                f"{node.sessions} session updates, {node.digests} digests, "
+                f"{node.attributions} attributions",
+            )
+        )
+    if fed.last_error:
+        rows.append(("  last error", f"{fed.last_error_at}  {fed.last_error}"))
+    return rows
 
 
 def cmd_emit(args: argparse.Namespace) -> int:
@@ -282,6 +323,8 @@ def cmd_events(args: argparse.Namespace) -> int:
         "session": args.session,
         "since": _since(args.since) if args.since else None,
         "until": _timestamp(args.until) if args.until else None,
+        "all_nodes": args.all_nodes,
+        "node": args.node,
     }
     show: Callable[[bytes], None] = _show_json if args.json else _show_human
     with _client(args) as client:
@@ -430,8 +473,9 @@ def cmd_cv(args: argparse.Namespace) -> int:
         _print_json(result)
     else:
         print(f"{result.actor}: {result.total} digests")
+        show_nodes = len({d.node for d in result.digests}) > 1
         for digest in result.digests:
-            extras = []
+            extras = [f"on {digest.node}"] if show_nodes and digest.node else []
             if digest.issues_closed:
                 extras.append(f"closed {', '.join(digest.issues_closed)}")
             if digest.commits:
@@ -442,9 +486,19 @@ def cmd_cv(args: argparse.Namespace) -> int:
                 f"{'; '.join(extras)}".rstrip()
             )
     if args.verify:
+        for fork in result.forks:
+            print(
+                f"fork: {len(fork.digest_ids)} digests follow "
+                f"{fork.prev_hash[:12] or '(the start)'}: "
+                + ", ".join(f"{d} ({n})" for d, n in zip(fork.digest_ids, fork.nodes, strict=True)),
+                file=sys.stderr if args.json else sys.stdout,
+            )
         if result.verified:
             if not args.json:
-                print("chain verified")
+                print(
+                    "chain verified"
+                    + (" (with forks: one identity on several machines)" if result.forks else "")
+                )
         else:
             print(f"chain BROKEN at {result.broken_at}: {result.broken_reason}", file=sys.stderr)
             return EXIT_REJECTED
@@ -453,14 +507,23 @@ def cmd_cv(args: argparse.Namespace) -> int:
 
 def cmd_sessions(args: argparse.Namespace) -> int:
     with _client(args) as client:
-        result = client.sessions(role=args.role, rig=args.rig, limit=args.limit, state=args.state)
+        result = client.sessions(
+            role=args.role,
+            rig=args.rig,
+            limit=args.limit,
+            state=args.state,
+            node=args.node,
+            local=args.local,
+        )
     if args.json:
         _print_json(result.sessions)
         return EXIT_OK
+    show_nodes = any(row.remote for row in result.sessions)
     for row in result.sessions:
         about = row.topic or row.summary or ""
+        node = f"{row.node or '':<12} " if show_nodes else ""
         print(
-            f"{row.last_started_at or row.started_at}  {row.session_id[:8]}  {row.state:<9} "
+            f"{row.last_started_at or row.started_at}  {row.session_id[:8]}  {node}{row.state:<9} "
             f"{row.actor:<28} "
             f"{row.end_reason or '':<11} {_short(about, 50)}".rstrip()
         )
@@ -483,6 +546,17 @@ def cmd_seance(args: argparse.Namespace) -> int:
     command = ["claude", "--fork-session", "--resume", row.session_id]
     if args.prompt:
         command += ["-p", args.prompt]
+    if row.remote:
+        # The transcript lives on the machine that ran the session: never run claude here.
+        where = f"cd {shlex.quote(row.cwd)} && " if row.cwd else ""
+        if not args.print_command:
+            print(
+                f"gastownctl: session {row.session_id} ran on node {row.node}; "
+                "its transcript is there. Run this on that machine:",
+                file=sys.stderr,
+            )
+        print(f"{where}{shlex.join(command)}")
+        return EXIT_OK if args.print_command else EXIT_REJECTED
     cwd = row.cwd or os.getcwd()
     if args.print_command:
         print(f"cd {shlex.quote(cwd)} && {shlex.join(command)}")
@@ -555,6 +629,7 @@ def cmd_attribution(args: argparse.Namespace) -> int:
         print(
             f"{record.at}  {record.action:<8} {record.session_id}  {record.actor}"
             + (f"  digest {record.digest_id}" if record.digest_id else "")
+            + (f"  on {record.node}" if record.node else "")
         )
     return EXIT_OK
 
@@ -619,9 +694,10 @@ def _show_human(line: bytes) -> None:
     event = msgspec.json.decode(line)
     payload = event.get("payload") or {}
     details = " ".join(f"{k}={_short(v)}" for k, v in payload.items())
+    node = f"{event['node']:<12} " if isinstance(event.get("node"), str) else ""
     print(
-        f"{event.get('ts', '?')}  {event.get('type', '?'):<16} {event.get('actor', ''):<28} "
-        f"{details}".rstrip()
+        f"{event.get('ts', '?')}  {node}{event.get('type', '?'):<16} "
+        f"{event.get('actor', ''):<28} {details}".rstrip()
     )
 
 

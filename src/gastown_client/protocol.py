@@ -89,6 +89,10 @@ class EventFilter(Request):
     session: str | None = None
     since: str | None = None
     until: str | None = None
+    # Federation: the whole town's lines (``all_nodes``) or one node's (``node``); each
+    # event then carries a top-level ``"node"`` key. Without either: this node's log.
+    all_nodes: bool = False
+    node: str | None = None
 
 
 class Query(EventFilter, tag="query"):
@@ -184,6 +188,9 @@ class Sessions(Request, tag="sessions"):
     rig: str | None = None
     state: Literal["open", "squashed", "abandoned", "logged"] | None = None
     limit: int = 20
+    # Every node's sessions by default; one node's, or this node's only.
+    node: str | None = None
+    local: bool = False
 
 
 class ResolveSession(Request, tag="resolve_session"):
@@ -297,12 +304,43 @@ class EventLogInfo(msgspec.Struct, kw_only=True):
 
 
 class SessionsInfo(msgspec.Struct, kw_only=True):
-    """Sessions the town has seen, by state (``logged``: known only from log lines)."""
+    """Sessions the town has seen: this node's by state (``logged``: known only from log
+    lines), and other nodes' (``remote``)."""
 
     known: int = 0
     open: int = 0
     ended: int = 0
     logged: int = 0
+    remote: int = 0
+
+
+class NodeInfo(msgspec.Struct, kw_only=True):
+    """Another node, as this one knows it from its records."""
+
+    node: str
+    last_record_at: str | None = None
+    events: int = 0
+    sessions: int = 0
+    digests: int = 0
+    attributions: int = 0
+
+
+class FederationInfo(msgspec.Struct, kw_only=True):
+    enabled: bool = False
+    node: str = ""
+    town: str = ""
+    stream: str = ""
+    servers: list[str] = msgspec.field(default_factory=list)
+    connected: bool = False
+    # Local records not yet acknowledged by the stream, by kind.
+    backlog: dict[str, int] = msgspec.field(default_factory=dict)
+    published: int = 0
+    applied: int = 0
+    # Remote records skipped, by reason (malformed, claims_this_node, other_town, ...).
+    rejected: dict[str, int] = msgspec.field(default_factory=dict)
+    nodes: list[NodeInfo] = msgspec.field(default_factory=list)
+    last_error: str | None = None
+    last_error_at: str | None = None
 
 
 class StatusResult(msgspec.Struct, kw_only=True):
@@ -317,6 +355,7 @@ class StatusResult(msgspec.Struct, kw_only=True):
     requests: int
     eventlog: EventLogInfo = msgspec.field(default_factory=EventLogInfo)
     sessions: SessionsInfo = msgspec.field(default_factory=SessionsInfo)
+    federation: FederationInfo = msgspec.field(default_factory=FederationInfo)
     # Hook calls whose payload the hook trimmed to fit the frame limit.
     hooks_trimmed: int = 0
 
@@ -415,6 +454,9 @@ class DigestView(msgspec.Struct, kw_only=True):
     summary: str
     prev_hash: str
     hash: str
+    # The node the session ran on; ``remote``: another node than the one answering.
+    node: str | None = None
+    remote: bool = False
 
 
 class SessionStartResult(msgspec.Struct, kw_only=True):
@@ -429,6 +471,15 @@ class SessionStepResult(msgspec.Struct, kw_only=True):
     step_count: int
 
 
+class ForkView(msgspec.Struct, kw_only=True):
+    """Several digests on one predecessor (``prev_hash`` ``""``: several first digests),
+    e.g. the same identity active on two machines at once."""
+
+    prev_hash: str
+    digest_ids: list[str]
+    nodes: list[str]
+
+
 class CvResult(msgspec.Struct, kw_only=True):
     actor: str
     digests: list[DigestView]
@@ -436,6 +487,7 @@ class CvResult(msgspec.Struct, kw_only=True):
     verified: bool | None = None
     broken_at: str | None = None
     broken_reason: str | None = None
+    forks: list[ForkView] = msgspec.field(default_factory=list)
 
 
 class SessionRow(msgspec.Struct, kw_only=True):
@@ -458,6 +510,9 @@ class SessionRow(msgspec.Struct, kw_only=True):
     starts: int = 1
     ended_at: str | None = None
     actor_pid: str | None = None
+    # The node the session ran on; ``remote``: another node than the one answering.
+    node: str | None = None
+    remote: bool = False
 
 
 class SessionsResult(msgspec.Struct, kw_only=True):
@@ -479,6 +534,9 @@ class AttributionRecord(msgspec.Struct, kw_only=True):
     actor: str
     digest_id: str | None = None
     rule: str = ""
+    # The node the session ran on; ``remote``: another node than the one answering.
+    node: str | None = None
+    remote: bool = False
 
 
 class AttributionResult(msgspec.Struct, kw_only=True):
@@ -523,6 +581,8 @@ class Push(msgspec.Struct, kw_only=True, omit_defaults=True):
     cursor: str | None = None
     event: msgspec.Raw | None = None
     message: str | None = None
+    # On a subscription to other nodes' lines: the node the event comes from.
+    node: str | None = None
 
 
 class Frame(msgspec.Struct, kw_only=True):
@@ -538,3 +598,4 @@ class Frame(msgspec.Struct, kw_only=True):
     cursor: str | None = None
     event: msgspec.Raw = msgspec.field(default_factory=msgspec.Raw)
     message: str | None = None
+    node: str | None = None

@@ -24,6 +24,7 @@ from gastownd.config import Config, load_config, parse_duration
 from gastownd.daemon import Daemon, DaemonPaths
 from gastownd.errors import StartupError
 from gastownd.eventlog import EventLog
+from gastownd.federation import Federation, identity
 from gastownd.instance import InstanceLock, clear_stale_socket, ensure_private_dir
 from gastownd.server import Server
 from gastownd.sessions import Sessions
@@ -65,7 +66,8 @@ def build_daemon(
     paths = resolve_paths(town, config_path)
     if config is None:
         config = load_config(paths.config)
-    return Daemon(config=config, paths=paths)
+    node, town_name = identity(config.federation, town)
+    return Daemon(config=config, paths=paths, node=node, town_name=town_name)
 
 
 class App:
@@ -125,6 +127,8 @@ class App:
             subscriptions.publish(items)
             if daemon.sessions is not None:
                 daemon.sessions.observe(items)
+            if daemon.federation is not None:
+                daemon.federation.wake()
 
         eventlog = EventLog(
             paths.events, paths.events_lock, paths.private_dir, config.eventlog, publish
@@ -156,6 +160,10 @@ class App:
             # Lines indexed during open must reach the recorder: attach it first.
             daemon.sessions = sessions
             await sessions.open()
+            if config.federation.enabled:
+                federation = Federation(daemon, config.federation)
+                daemon.federation = federation
+                sessions.on_commit = federation.wake
             ingester = SpoolIngester(daemon, town_paths.spool_dir(paths.town))
             await anyio.to_thread.run_sync(ingester.prepare)
             watch_stop = anyio.Event()
@@ -173,6 +181,9 @@ class App:
                 front.start_soon(pruner.run_periodic, daemon)
                 front.start_soon(sessions.run_recorder)
                 front.start_soon(ingester.run, watch_stop)
+                if daemon.federation is not None:
+                    # Never waits for the network: it connects in the background.
+                    await front.start(daemon.federation.run)
                 front.start_soon(
                     sessions.run_reaper,
                     parse_duration(config.wisps.idle_timeout),

@@ -16,6 +16,7 @@ import msgspec
 
 from gastownd.errors import StartupError
 
+_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
@@ -123,6 +124,61 @@ class HooksConfig(_Section):
         parse_duration(self.spool_grace)
 
 
+class FederationConfig(_Section):
+    """Federation over NATS JetStream (docs/federation.md). Off while ``servers`` is empty."""
+
+    servers: list[str] = msgspec.field(default_factory=list)
+    # This machine's name in the town: default the short host name.
+    node: str = ""
+    # The town's name: default "name" in mayor/town.json, else the town directory's name.
+    town: str = ""
+    # Authentication: a .creds file (JWT + nkey), or a user and password.
+    creds: str | None = None
+    user: str | None = None
+    password: str | None = None
+    # TLS: the CA to trust, and a client certificate for servers that verify clients.
+    tls_ca: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    # The name on the server's certificate, when the URLs name an IP address.
+    tls_hostname: str | None = None
+    # Applied when the daemon creates the town's stream (it never deletes or changes one).
+    stream_replicas: int = 1
+    # "" keeps records forever; else e.g. "90d" (the stream then drops older records).
+    stream_max_age: str = ""
+    # How long the stream remembers message ids to drop republished records.
+    duplicate_window: str = "2h"
+    # Records per publish round and per fetch.
+    batch: int = 256
+    # How often the connection is checked (a dead peer is noticed within two of these).
+    ping_interval: str = "10s"
+
+    def __post_init__(self) -> None:
+        for name in ("node", "town"):
+            value = getattr(self, name)
+            if value and not _NAME.fullmatch(value):
+                raise ValueError(f"{name} {value!r} must match [A-Za-z0-9_-]{{1,64}}")
+        if not 1 <= self.stream_replicas <= 5:
+            raise ValueError("stream_replicas must be between 1 and 5")
+        if not 1 <= self.batch <= 4096:
+            raise ValueError("batch must be between 1 and 4096")
+        if self.stream_max_age:
+            parse_duration(self.stream_max_age)
+        parse_duration(self.duplicate_window)
+        parse_duration(self.ping_interval)
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together")
+        if (self.user is None) != (self.password is None):
+            raise ValueError("user and password go together")
+        for url in self.servers:
+            if "://" not in url:
+                raise ValueError(f"server {url!r} must be a URL such as nats://host:4222")
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.servers)
+
+
 class Config(_Section):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["auto", "json", "console"] = "auto"
@@ -131,6 +187,7 @@ class Config(_Section):
     retention: RetentionConfig = msgspec.field(default_factory=RetentionConfig)
     wisps: WispsConfig = msgspec.field(default_factory=WispsConfig)
     hooks: HooksConfig = msgspec.field(default_factory=HooksConfig)
+    federation: FederationConfig = msgspec.field(default_factory=FederationConfig)
 
 
 def load_config(path: Path | None) -> Config:

@@ -16,6 +16,7 @@ from gastownd.config import Config
 
 if TYPE_CHECKING:
     from gastownd.eventlog import EventLog
+    from gastownd.federation import Federation
     from gastownd.server import Server
     from gastownd.sessions import Sessions
     from gastownd.subscriptions import Subscriptions
@@ -46,6 +47,14 @@ class Daemon:
     hooks_trimmed: int = 0
     # Wall clock in epoch seconds; tests inject their own.
     clock: Callable[[], float] = time.time
+    # This node's and this town's names (federation; always known, federated or not).
+    node: str = "local"
+    town_name: str = "town"
+    federation: Federation | None = None
 
     def uptime_s(self) -> float:
         return time.monotonic() - self.started_monotonic
+
+    def node_name(self, stored: str) -> str:
+        """The name of a node as stored ('' is this node)."""
+        return stored or self.node

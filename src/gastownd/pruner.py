@@ -59,6 +59,7 @@ async def prune_now(daemon: Daemon, *, dry_run: bool) -> PruneResult:
     if daemon.sessions is not None and not dry_run:
         # What a line told about a session must be recorded before the line can go.
         await daemon.sessions.record_lines()
+        await prune_remote(daemon, load_policy(daemon))
     retention = daemon.config.retention
     max_age = retention.archive_max_age
     try:
@@ -71,6 +72,25 @@ async def prune_now(daemon: Daemon, *, dry_run: bool) -> PruneResult:
         )
     except OSError as exc:
         raise StorageError(f"prune failed: {exc.strerror or exc}; the log is unchanged") from None
+
+
+async def prune_remote(daemon: Daemon, policy: RetentionPolicy) -> int:
+    """Other nodes' lines expire with the same TTLs as this node's (their origin archives
+    its own); deleted a batch per transaction."""
+    sessions = daemon.sessions
+    assert sessions is not None
+    remote = sessions.store.remote
+    now = daemon.clock()
+    expired = [(t, now - policy.ttl_for(t)) for t in await sessions.db(remote.remote_types)]
+    removed = 0
+    while expired:
+        done = await sessions.db(remote.prune_events, expired)
+        if not done:
+            break
+        removed += done
+    if removed:
+        log.info("remote_events_pruned", removed=removed)
+    return removed
 
 
 async def run_periodic(daemon: Daemon) -> None:

@@ -24,6 +24,7 @@ import structlog
 from gastown_client.protocol import ErrorCode
 from gastownd.core.events import encode_line, format_ts
 from gastownd.core.query import compile_filter
+from gastownd.core.records import AnyMessage, DigestMessage
 from gastownd.core.session_record import RECORDED_TYPES, LineEnd, StartSeen, line_end, start_seen
 from gastownd.core.wisp import (
     Effect,
@@ -38,6 +39,7 @@ from gastownd.core.wisp import (
 from gastownd.errors import DaemonError, NotFoundError
 from gastownd.eventlog import EventLog
 from gastownd.store import LINES_RECORDED, LineFacts, NewAttribution, Store
+from gastownd.store.remote import Applied
 from gastownd.subscriptions import Published
 
 log = structlog.get_logger("gastownd.sessions")
@@ -70,6 +72,8 @@ class Sessions:
         self._lines_waiting = anyio.Event()
         # (epoch, seq) of the last line recorded; None before the first.
         self._recorded: tuple[int, int] | None = None
+        # Called after each commit that may change what federation publishes.
+        self.on_commit: Callable[[], None] | None = None
 
     async def db(self, func: Callable[..., T], *args: Any) -> T:
         """Run a store call in the store's single worker thread."""
@@ -127,11 +131,28 @@ class Sessions:
             records = attributions(book) if attributions is not None else ()
             if effects or records or spool_mark is not None or lines is not None:
                 await self.db(self.store.apply, effects, records, spool_mark, lines)
+                if self.on_commit is not None:
+                    self.on_commit()
             # Committed: the book follows the store even if the log append below fails.
             self.book = _open_only(book)
             if any(isinstance(e, EmitLine) for e in effects) or self._outbox_stuck:
                 await self._flush_outbox()
             return book, effects
+
+    async def apply_remote(self, records: Sequence[AnyMessage], now: float) -> Applied:
+        """Apply other nodes' records; a newer remote digest becomes its actor's chain head.
+
+        Digests take the wisp lock (a local squash reads the heads), the rest only
+        the store's worker.
+        """
+        if not any(isinstance(r, DigestMessage) for r in records):
+            return await self.db(self.store.remote.apply, records, now)
+        async with self._lock:
+            applied = await self.db(self.store.remote.apply, records, now)
+            if applied.heads:
+                heads = {**self.book.heads, **applied.heads}
+                self.book = WispBook(wisps=self.book.wisps, heads=heads)
+            return applied
 
     async def _flush_outbox(self) -> None:
         """Append every pending line, oldest first; a failure leaves them for next time.

@@ -3,19 +3,25 @@
 Publishing never waits: a subscriber whose queue is full is marked
 overflowed and dropped (it gets an ``overflow`` frame and its connection is
 closed), so a slow reader never slows writers or other subscribers.
+
+With federation, a subscriber may also take other nodes' lines
+(:class:`NodeScope`): they come from the store's ``remote_events`` in arrival
+order, each queue holding both kinds in the order they were published.
 """
 
 from __future__ import annotations
 
 import itertools
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import anyio
 import structlog
 
 from gastownd.core.query import EventFilter
+from gastownd.store.remote import RemoteEvent
 
 log = structlog.get_logger("gastownd.subscriptions")
 
@@ -30,22 +36,56 @@ class Published:
     line: bytes  # without the newline
 
 
+@dataclass(frozen=True, slots=True)
+class NodeScope:
+    """Whose lines a subscription takes: every node's, or one node's."""
+
+    local_node: str
+    all_nodes: bool = False
+    node: str | None = None
+
+    @property
+    def local(self) -> bool:
+        return self.all_nodes or self.node in (None, self.local_node)
+
+    def takes(self, node: str) -> bool:
+        return self.all_nodes or self.node == node
+
+
 class Subscriber:
-    def __init__(self, sub_id: int, flt: EventFilter, capacity: int) -> None:
+    def __init__(
+        self, sub_id: int, flt: EventFilter, capacity: int, scope: NodeScope | None = None
+    ) -> None:
         self.id = sub_id
         self.filter = flt
         self.capacity = capacity
-        self.queue: deque[Published] = deque()
+        # None: this node's lines only (the subscription of a client unaware of nodes).
+        self.scope = scope
+        self.queue: deque[Published | RemoteEvent] = deque()
         self.overflowed = False
         self.closed = False
         self._wakeup = anyio.Event()
-        # Lines at or below this seq were (or will be) sent from the backlog.
+        # Lines at or below this seq (remote: this arrival) were or will be sent from
+        # the backlog.
         self.live_after = -1
+        self.remote_live_after = -1
 
     def offer(self, item: Published) -> bool:
         """Queue ``item`` if it matches; False once the subscriber has overflowed."""
         if self.closed or item.seq <= self.live_after:
             return True
+        if self.scope is not None and not self.scope.local:
+            return True
+        return self._queue(item)
+
+    def offer_remote(self, item: RemoteEvent) -> bool:
+        if self.closed or self.scope is None or item.arrival <= self.remote_live_after:
+            return True
+        if not self.scope.takes(item.node):
+            return True
+        return self._queue(item)
+
+    def _queue(self, item: Published | RemoteEvent) -> bool:
         if not self.filter.matches(item.type, item.actor, item.session, item.ts):
             return True
         if len(self.queue) >= self.capacity:
@@ -75,8 +115,8 @@ class Subscriptions:
     def count(self) -> int:
         return len(self._subscribers)
 
-    def add(self, flt: EventFilter) -> Subscriber:
-        subscriber = Subscriber(next(self._ids), flt, self.capacity)
+    def add(self, flt: EventFilter, scope: NodeScope | None = None) -> Subscriber:
+        subscriber = Subscriber(next(self._ids), flt, self.capacity, scope)
         self._subscribers[subscriber.id] = subscriber
         return subscriber
 
@@ -87,11 +127,18 @@ class Subscriptions:
         return subscriber
 
     def publish(self, items: Sequence[Published]) -> None:
+        self._fan_out(items, Subscriber.offer)
+
+    def publish_remote(self, items: Sequence[RemoteEvent]) -> None:
+        """Other nodes' lines, just applied to the store (in arrival order)."""
+        self._fan_out(items, Subscriber.offer_remote)
+
+    def _fan_out(self, items: Sequence[Any], offer: Callable[[Subscriber, Any], bool]) -> None:
         if not items or not self._subscribers:
             return
         for subscriber in list(self._subscribers.values()):
             for item in items:
-                if not subscriber.offer(item):
+                if not offer(subscriber, item):
                     log.warning(
                         "subscriber_overflowed",
                         subscription=subscriber.id,

@@ -25,7 +25,7 @@ from gastown_client.errors import RequestRejected
 from tests.conftest import DaemonProcess
 from tests.reliability._support import is_root, make_town, read_log
 
-FS_SIZE = "256k"
+FS_SIZE = "1m"  # room for the store (about 200 KiB with its WAL) and a filler
 # Room left for the log once the filler is written (the SQLite store takes ~140 KiB).
 ROOM = 40 * 1024
 BLOB = 3000  # bytes of payload per emit

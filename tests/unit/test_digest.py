@@ -13,6 +13,7 @@ from gastownd.core.digest import (
     Commit,
     Digest,
     Handoff,
+    audit_chain,
     canonical_bytes,
     digest_hash,
     digest_id_for,
@@ -201,10 +202,33 @@ def test_a_resealed_edit_breaks_the_next_link(index: int) -> None:
     assert verify_chain(chain) == index + 1
 
 
-def test_dropped_or_reordered_digests_break_the_chain() -> None:
+def test_a_dropped_digest_breaks_the_chain() -> None:
     chain = _chain(4)
     assert verify_chain([chain[0], chain[2], chain[3]]) == 1
-    assert verify_chain([chain[1], chain[0]]) == 0
+    audit = audit_chain([chain[0], chain[2], chain[3]])
+    assert audit.broken_reason == "prev_hash matches no digest of the actor"
+
+
+def test_links_do_not_depend_on_order() -> None:
+    # Machines' clocks may disagree: a successor can sort before its predecessor.
+    chain = _chain(3)
+    assert verify_chain([chain[1], chain[0], chain[2]]) is None
+
+
+def test_two_digests_on_one_predecessor_are_a_fork_not_a_break() -> None:
+    chain = _chain(2)
+    # The same identity on another machine also linked a digest to chain[0].
+    other = _digest(chain[0].hash, sid="elsewhere", end=T0 + 20)
+    audit = audit_chain([*chain, other])
+    assert audit.broken_at is None
+    assert audit.forks == {chain[0].hash: [1, 2]}
+
+
+def test_two_first_digests_are_a_fork_too() -> None:
+    first = _digest("", sid="a", end=T0 + 1)
+    second = _digest("", sid="b", end=T0 + 2)
+    audit = audit_chain([first, second])
+    assert (audit.broken_at, audit.forks) == (None, {"": [0, 1]})
 
 
 def test_a_digest_of_another_actor_breaks_the_chain() -> None:

@@ -12,8 +12,9 @@ added later must have a default, or every existing hash breaks.
 from __future__ import annotations
 
 import hashlib
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final, Protocol
 
@@ -183,24 +184,49 @@ def make_digest(wisp: Wisp, *, prev_hash: str = "") -> Digest:
     return seal(digest)
 
 
-def verify_chain(digests: Sequence[Digest], *, anchor: str = "") -> int | None:
-    """Index of the first broken link in one actor's digests (oldest first), else None.
+@dataclass(frozen=True, slots=True)
+class ChainAudit:
+    """What :func:`audit_chain` found in one actor's digests."""
 
-    A link is broken when a digest's content does not match its ``hash``, when its
-    ``prev_hash`` is not the previous digest's ``hash`` (``anchor`` for the first,
-    ``""`` when the list starts at the actor's first digest), or when it belongs to
-    another actor than the first.
+    # Index (in the given order) of the first digest that breaks the chain, and why.
+    broken_at: int | None = None
+    broken_reason: str | None = None
+    # Predecessor hash -> the digests (indexes) that all link to it, when more than one do.
+    forks: dict[str, list[int]] = field(default_factory=dict)
+
+
+def audit_chain(digests: Sequence[Digest], *, anchor: str = "") -> ChainAudit:
+    """Check one actor's digests (from every node, oldest first).
+
+    A link is broken when a digest's content does not match its ``hash``, when
+    its ``prev_hash`` is neither ``""`` (the actor's first digest), ``anchor``
+    nor the hash of another digest in the list, or when it belongs to another
+    actor than the first. A **fork** is not a broken link: several digests on
+    one predecessor, which happens when one identity is active on two machines
+    at once (each links to the newest digest it knew). Links are checked
+    against the whole list, so clocks that disagree across machines cannot
+    break them.
     """
-    expected_prev = anchor
+    known = {d.hash for d in digests} | {anchor, ""}
+    followers: dict[str, list[int]] = defaultdict(list)
+    broken_at = broken_reason = None
     for index, digest in enumerate(digests):
-        if (
-            digest.actor != digests[0].actor
-            or digest.prev_hash != expected_prev
-            or digest.hash != digest_hash(digest)
-        ):
-            return index
-        expected_prev = digest.hash
-    return None
+        followers[digest.prev_hash].append(index)
+        if broken_at is not None:
+            continue
+        if digest.actor != digests[0].actor:
+            broken_at, broken_reason = index, "belongs to another actor"
+        elif digest.hash != digest_hash(digest):
+            broken_at, broken_reason = index, "content does not match its hash"
+        elif digest.prev_hash not in known:
+            broken_at, broken_reason = index, "prev_hash matches no digest of the actor"
+    forks = {prev: indexes for prev, indexes in followers.items() if len(indexes) > 1}
+    return ChainAudit(broken_at=broken_at, broken_reason=broken_reason, forks=forks)
+
+
+def verify_chain(digests: Sequence[Digest], *, anchor: str = "") -> int | None:
+    """Index of the first broken link (see :func:`audit_chain`), else None."""
+    return audit_chain(digests, anchor=anchor).broken_at
 
 
 # ---------------------------------------------------------------- extraction

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import msgspec
 
 from gastown_client.protocol import (
@@ -24,9 +26,12 @@ from gastownd.core.query import EventFilter as CompiledFilter
 from gastownd.core.query import FilterError, compile_filter
 from gastownd.daemon import Daemon
 from gastownd.errors import BadRequestError, DaemonError, NotFoundError, TooLargeError
-from gastownd.eventlog import Backlog, BacklogGap, EventLog
+from gastownd.eventlog import EventLog
+from gastownd.ops import townwide
+from gastownd.ops.delivery import pump, resume_point, send_local_backlog
 from gastownd.server import Connection, FollowUp, Reply
-from gastownd.subscriptions import Subscriber, Subscriptions
+from gastownd.store.remote import RemoteEvent
+from gastownd.subscriptions import Published, Subscriptions
 
 
 def _parts(daemon: Daemon) -> tuple[EventLog, Subscriptions]:
@@ -89,6 +94,9 @@ def _compile(request: EventFilter) -> CompiledFilter:
 async def query(daemon: Daemon, request: Query) -> QueryResult:
     eventlog, _ = _parts(daemon)
     flt = _compile(request)
+    scope = townwide.scope_of(daemon, request)
+    if scope is not None:
+        return await townwide.query(daemon, request, flt, scope)
     cursor = eventlog.head_cursor()
     lines = await eventlog.query(flt, request.limit, request.oldest_first, archive=request.archive)
     return QueryResult(events=[msgspec.Raw(line) for line in lines], cursor=cursor)
@@ -97,24 +105,11 @@ async def query(daemon: Daemon, request: Query) -> QueryResult:
 async def subscribe(daemon: Daemon, request: Subscribe, conn: Connection) -> FollowUp:
     eventlog, subscriptions = _parts(daemon)
     flt = _compile(request)
-    index = eventlog.index
-    resync = False
-    head = index.next_seq() - 1
-    after, from_archive = head, False
-    if request.cursor == "start":
-        after = index.seqs[0] - 1 if len(index) else head
-    elif request.cursor is not None:
-        epoch, seq = eventlog.parse_cursor(request.cursor)
-        # A cursor of another epoch (or from the future) says nothing about this
-        # log: start over. One older than a line that is in neither the log nor
-        # the archive missed something: resync. Otherwise the archive fills in
-        # whatever retention moved out of the log after it.
-        foreign = epoch != eventlog.seqmap.epoch or seq > head
-        resync = foreign or seq < eventlog.seqmap.lost_through()
-        if foreign:
-            after = index.seqs[0] - 1 if len(index) else head
-        else:
-            after, from_archive = seq, True
+    scope = townwide.scope_of(daemon, request)
+    if scope is not None:
+        return await townwide.subscribe(daemon, request, conn, flt, scope)
+    head = eventlog.index.next_seq() - 1
+    after, from_archive, resync = resume_point(eventlog, request.cursor)
     # From here to the FollowUp nothing awaits: the backlog and the live
     # queue split the log at exactly this point, with no gap and no overlap.
     backlog = eventlog.backlog(flt, after, head, from_archive=from_archive)
@@ -129,79 +124,23 @@ async def subscribe(daemon: Daemon, request: Subscribe, conn: Connection) -> Fol
     result = SubscribeResult(
         subscription=subscriber.id, cursor=eventlog.head_cursor(), resync=resync
     )
-    return FollowUp(result, lambda: _pump(eventlog, subscriptions, subscriber, backlog, conn))
 
-
-async def _pump(
-    eventlog: EventLog,
-    subscriptions: Subscriptions,
-    subscriber: Subscriber,
-    backlog: Backlog,
-    conn: Connection,
-) -> None:
-    sub_id = subscriber.id
-    try:
-        while not (subscriber.closed or subscriber.overflowed or conn.closed):
-            try:
-                chunk = await backlog.next()
-            except BacklogGap as exc:
-                await conn.send(
-                    Push(
-                        push="overflow",
-                        subscription=sub_id,
-                        message=f"{exc} during the replay; disconnected (resume with the last "
-                        "cursor you received)",
-                    )
-                )
-                await conn.abort()
-                return
-            if chunk is None:
-                break
-            await conn.send_many(
-                [
-                    Push(
-                        push="event",
-                        subscription=sub_id,
-                        cursor=eventlog.cursor(seq),
-                        event=msgspec.Raw(line),
-                    )
-                    for seq, line in chunk
-                ]
+    def render(items: Sequence[Published | RemoteEvent]) -> list[Push]:
+        return [
+            Push(
+                push="event",
+                subscription=subscriber.id,
+                cursor=eventlog.cursor(item.seq),
+                event=msgspec.Raw(item.line),
             )
-        while not conn.closed:
-            if subscriber.overflowed:
-                await conn.send(
-                    Push(
-                        push="overflow",
-                        subscription=sub_id,
-                        message=f"subscriber fell more than {subscriber.capacity} lines behind; "
-                        "disconnected (resume with the last cursor you received)",
-                    )
-                )
-                await conn.abort()
-                return
-            if subscriber.queue:
-                items = list(subscriber.queue)
-                subscriber.queue.clear()
-                await conn.send_many(
-                    [
-                        Push(
-                            push="event",
-                            subscription=sub_id,
-                            cursor=eventlog.cursor(item.seq),
-                            event=msgspec.Raw(item.line),
-                        )
-                        for item in items
-                    ]
-                )
-                continue
-            if subscriber.closed:
-                await conn.send(Push(push="end", subscription=sub_id, message="subscription ended"))
-                return
-            await subscriber.wait()
-    finally:
-        subscriptions.remove(sub_id)
-        conn.subscriptions.discard(sub_id)
+            for item in items
+            if isinstance(item, Published)
+        ]
+
+    async def send_backlog() -> None:
+        await send_local_backlog(backlog, subscriber, conn, render)
+
+    return FollowUp(result, lambda: pump(subscriptions, subscriber, conn, send_backlog, render))
 
 
 def unsubscribe(daemon: Daemon, request: Unsubscribe, conn: Connection) -> UnsubscribeResult:

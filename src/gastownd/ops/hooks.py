@@ -139,7 +139,8 @@ async def _context_for(daemon: Daemon, plan: HookPlan, session_id: str) -> str |
     record = await sessions.db(lambda: store.latest_session_of(plan.actor, excluding=session_id))
     if record is None:
         return None
-    digest = await sessions.db(store.latest_digest_of_session, record.session_id)
+    row = await sessions.db(store.latest_digest_of_session, record.session_id)
+    digest = row.digest if row is not None else None
     if digest is not None and record.state != "open":
         return predecessor_context(
             actor=plan.actor,

@@ -9,6 +9,7 @@ from gastown_client.protocol import (
     MIN_PROTOCOL_VERSION,
     PROTOCOL_VERSION,
     EventLogInfo,
+    FederationInfo,
     Hello,
     HelloResult,
     PathsInfo,
@@ -52,13 +53,19 @@ async def status(daemon: Daemon) -> StatusResult:
         eventlog.subscribers = daemon.subscriptions.count()
     sessions = SessionsInfo()
     if daemon.sessions is not None:
-        counts = await daemon.sessions.db(daemon.sessions.store.session_counts)
+        counts, remote = await daemon.sessions.db(daemon.sessions.store.session_counts)
         sessions = SessionsInfo(
-            known=sum(counts.values()),
+            known=sum(counts.values()) + remote,
             open=counts.get("open", 0),
             ended=counts.get("squashed", 0) + counts.get("abandoned", 0),
             logged=counts.get("logged", 0),
+            remote=remote,
         )
+    federation = (
+        await daemon.federation.info()
+        if daemon.federation is not None
+        else FederationInfo(node=daemon.node, town=daemon.town_name)
+    )
     return StatusResult(
         daemon_version=__version__,
         protocol=PROTOCOL_VERSION,
@@ -76,5 +83,6 @@ async def status(daemon: Daemon) -> StatusResult:
         requests=server.requests if server else 0,
         eventlog=eventlog,
         sessions=sessions,
+        federation=federation,
         hooks_trimmed=daemon.hooks_trimmed,
     )

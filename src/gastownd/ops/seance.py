@@ -62,8 +62,11 @@ async def sessions(daemon: Daemon, request: Sessions) -> SessionsResult:
         raise BadRequestError("limit must be between 1 and 10000")
     needles = [n for n in (request.role, request.rig) if n]
     store = daemon.sessions.store
+    node = "" if request.local or request.node == daemon.node else request.node
     records = await daemon.sessions.db(
-        lambda: store.session_listing(actor_like=needles, state=request.state, limit=request.limit)
+        lambda: store.session_listing(
+            actor_like=needles, state=request.state, limit=request.limit, node=node
+        )
     )
     return SessionsResult(sessions=[await _row(daemon, r) for r in records])
 
@@ -84,13 +87,15 @@ async def _row(daemon: Daemon, record: SessionRecord) -> SessionRow:
         topic=record.topic,
         cwd=record.cwd,
         end_reason=record.end_reason,
-        digest_id=digest.digest_id if digest else None,
-        summary=synopsis(digest) if digest else None,
+        digest_id=digest.digest.digest_id if digest else None,
+        summary=synopsis(digest.digest) if digest else None,
         segments=record.segments,
         last_started_at=format_ts(record.last_start_at),
         starts=max(1, record.starts),
         ended_at=format_ts(record.ended_at) if record.ended_at is not None else None,
         actor_pid=record.actor_pid,
+        node=daemon.node_name(record.node),
+        remote=record.node != "",
     )
 
 

@@ -14,6 +14,7 @@ from gastown_client.protocol import (
     CvResult,
     DigestGet,
     DigestView,
+    ForkView,
     SessionEnd,
     SessionStart,
     SessionStartResult,
@@ -23,7 +24,7 @@ from gastown_client.protocol import (
     WispGet,
     WispView,
 )
-from gastownd.core.digest import Digest, digest_hash, verify_chain
+from gastownd.core.digest import Digest, audit_chain
 from gastownd.core.events import format_ts
 from gastownd.core.hookmap import STEP_OF_ACTION
 from gastownd.core.wisp import Outcome, SaveDigest, Wisp, WispBook
@@ -66,13 +67,14 @@ def wisp_view(wisp: Wisp, *, with_steps: bool = True) -> WispView:
     )
 
 
-def digest_view(digest: Digest) -> DigestView:
+def digest_view(digest: Digest, node: str, *, remote: bool = False) -> DigestView:
     data = msgspec.to_builtins(digest)
     for key in ("started_at", "ended_at"):
         data[key] = format_ts(data[key])
     for handoff in data.get("handoffs", []):
         handoff["at"] = format_ts(handoff["at"])
     data.setdefault("prev_hash", "")
+    data["node"], data["remote"] = node, remote
     return msgspec.convert(data, DigestView)
 
 
@@ -133,7 +135,7 @@ async def session_end(daemon: Daemon, request: SessionEnd) -> DigestView:
         [session_id], lambda book: book.end(session_id, request.reason, now=now)
     )
     [digest] = [e.digest for e in effects if isinstance(e, SaveDigest)]
-    return digest_view(digest)
+    return digest_view(digest, daemon.node)
 
 
 async def wisp(daemon: Daemon, request: WispGet) -> WispView:
@@ -163,27 +165,38 @@ async def digest(daemon: Daemon, request: DigestGet) -> DigestView:
         if found is None:
             raise NotFoundError(f"session {session_id} has no digest yet (still open?)")
     assert found is not None
-    return digest_view(found)
+    return digest_view(found.digest, daemon.node_name(found.node), remote=found.node != "")
 
 
 async def cv(daemon: Daemon, request: Cv) -> CvResult:
+    """The actor's digests from every node, newest end first; ``verify`` audits the chain."""
     sessions = _sessions(daemon)
     if request.limit < 1:
         raise BadRequestError("limit must be at least 1")
     total = await sessions.db(sessions.store.chain_length, request.actor)
-    digests = await sessions.db(sessions.store.chain, request.actor, request.limit)
-    result = CvResult(actor=request.actor, digests=[digest_view(d) for d in digests], total=total)
+    rows = await sessions.db(sessions.store.chain, request.actor, request.limit)
+    result = CvResult(
+        actor=request.actor,
+        digests=[
+            digest_view(r.digest, daemon.node_name(r.node), remote=r.node != "") for r in rows
+        ],
+        total=total,
+    )
     if request.verify:
         chain = list(reversed(await sessions.db(sessions.store.chain, request.actor, None)))
-        broken = verify_chain(chain)
-        result.verified = broken is None
-        if broken is not None:
-            result.broken_at = chain[broken].digest_id
-            result.broken_reason = (
-                "content does not match its hash"
-                if chain[broken].hash != digest_hash(chain[broken])
-                else "prev_hash does not match the previous digest"
+        audit = audit_chain([r.digest for r in chain])
+        result.verified = audit.broken_at is None
+        if audit.broken_at is not None:
+            result.broken_at = chain[audit.broken_at].digest.digest_id
+            result.broken_reason = audit.broken_reason
+        result.forks = [
+            ForkView(
+                prev_hash=prev,
+                digest_ids=[chain[i].digest.digest_id for i in indexes],
+                nodes=[daemon.node_name(chain[i].node) for i in indexes],
             )
+            for prev, indexes in audit.forks.items()
+        ]
     return result
 
 
@@ -270,6 +283,8 @@ async def attribution(daemon: Daemon, request: Attribution) -> AttributionResult
                 actor=r.actor,
                 digest_id=r.digest_id,
                 rule=r.rule,
+                node=daemon.node_name(r.node),
+                remote=r.node != "",
             )
             for r in rows
         ],

@@ -34,94 +34,9 @@ from gastownd.core.wisp import (
     Step,
     Wisp,
 )
+from gastownd.store.remote import RemoteStore
+from gastownd.store.schema import MIGRATIONS, SCHEMA_VERSION
 
-SCHEMA_VERSION = 2
-
-MIGRATIONS: dict[int, str] = {
-    1: """
-    CREATE TABLE wisps (
-        session_id TEXT PRIMARY KEY,
-        segment INTEGER NOT NULL,
-        state TEXT NOT NULL,
-        actor TEXT NOT NULL,
-        tmux_session TEXT,
-        started_at REAL NOT NULL,
-        last_activity_at REAL NOT NULL,
-        body BLOB NOT NULL
-    );
-    CREATE INDEX wisps_state ON wisps(state, last_activity_at);
-    CREATE INDEX wisps_actor ON wisps(actor, started_at);
-    CREATE INDEX wisps_started ON wisps(started_at);
-    CREATE TABLE steps (
-        session_id TEXT NOT NULL,
-        segment INTEGER NOT NULL,
-        seq INTEGER NOT NULL,
-        body BLOB NOT NULL,
-        PRIMARY KEY (session_id, segment, seq)
-    );
-    CREATE TABLE digests (
-        digest_id TEXT PRIMARY KEY,
-        session_id TEXT NOT NULL,
-        segment INTEGER NOT NULL,
-        actor TEXT NOT NULL,
-        chain_pos INTEGER NOT NULL,
-        ended_at REAL NOT NULL,
-        body BLOB NOT NULL
-    );
-    CREATE UNIQUE INDEX digests_chain ON digests(actor, chain_pos);
-    CREATE INDEX digests_session ON digests(session_id, segment);
-    CREATE TABLE heads (
-        actor TEXT PRIMARY KEY,
-        hash TEXT NOT NULL,
-        length INTEGER NOT NULL
-    );
-    CREATE TABLE attributions (
-        id INTEGER PRIMARY KEY,
-        issue TEXT NOT NULL,
-        session_id TEXT NOT NULL,
-        segment INTEGER,
-        action TEXT NOT NULL,
-        at REAL NOT NULL,
-        actor TEXT NOT NULL,
-        rule TEXT NOT NULL
-    );
-    CREATE INDEX attributions_issue ON attributions(issue, at);
-    CREATE TABLE outbox (
-        id INTEGER PRIMARY KEY,
-        body BLOB NOT NULL
-    );
-    CREATE TABLE spool_progress (
-        name TEXT PRIMARY KEY,
-        offset INTEGER NOT NULL
-    );
-    """,
-    # One permanent record per session the town has seen (hook, op or log line).
-    2: """
-    CREATE TABLE sessions (
-        session_id TEXT PRIMARY KEY,
-        actor TEXT NOT NULL,
-        actor_key TEXT NOT NULL,
-        role TEXT,
-        topic TEXT,
-        cwd TEXT,
-        actor_pid TEXT,
-        first_start_at REAL NOT NULL,
-        last_start_at REAL NOT NULL,
-        last_activity_at REAL NOT NULL,
-        starts INTEGER NOT NULL,
-        segments INTEGER NOT NULL,
-        state TEXT NOT NULL,
-        ended_at REAL,
-        end_reason TEXT
-    );
-    CREATE INDEX sessions_recent ON sessions(last_start_at);
-    CREATE INDEX sessions_unended ON sessions(actor_key, last_start_at) WHERE ended_at IS NULL;
-    CREATE TABLE meta (
-        key TEXT PRIMARY KEY,
-        value TEXT NOT NULL
-    );
-    """,
-}
 # Meta key: the last event-log line whose session facts are recorded ("EPOCH:SEQ").
 LINES_RECORDED = "lines_recorded"
 
@@ -145,9 +60,19 @@ class NewAttribution:
 
 @dataclass(frozen=True)
 class AttributionRow(NewAttribution):
-    """A stored attribution, with the digest of its segment once it exists."""
+    """A stored attribution, with the digest of its segment once it exists, and the
+    node it was made on ('' for this one)."""
 
     digest_id: str | None
+    node: str = ""
+
+
+@dataclass(frozen=True)
+class DigestRow:
+    """A stored digest and the node it was made on ('' for this one)."""
+
+    digest: Digest
+    node: str = ""
 
 
 @dataclass(frozen=True)
@@ -168,12 +93,16 @@ class SessionRecord:
     state: str
     ended_at: float | None
     end_reason: str | None
+    # The node the session ran on ('' for this one), and its change counter there.
+    node: str = ""
+    rev: int = 0
 
 
 _RECORD_COLUMNS = (
     "session_id, actor, role, topic, cwd, actor_pid, first_start_at, last_start_at, "
-    "last_activity_at, starts, segments, state, ended_at, end_reason"
+    "last_activity_at, starts, segments, state, ended_at, end_reason, node, rev"
 )
+_DIGEST_COLUMNS = "body, node"
 
 
 @dataclass(frozen=True)
@@ -193,6 +122,7 @@ class Store:
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA foreign_keys=ON")
         self._migrate()
+        self.remote = RemoteStore(self._db, self._transaction)
 
     def close(self) -> None:
         self._db.close()
@@ -248,20 +178,28 @@ class Store:
 
     def sessions_with_prefix(self, prefix: str, limit: int = 4) -> list[str]:
         rows = self._db.execute(
-            "SELECT session_id FROM sessions WHERE session_id >= ? AND session_id < ? "
+            "SELECT DISTINCT session_id FROM sessions WHERE session_id >= ? AND session_id < ? "
             "ORDER BY session_id LIMIT ?",
             (prefix, prefix + "\U0010ffff", limit),
         ).fetchall()
         return [r[0] for r in rows]
 
     def session_record(self, session_id: str) -> SessionRecord | None:
+        """The session's record: this node's when it ran here, else another node's."""
         row = self._db.execute(
-            f"SELECT {_RECORD_COLUMNS} FROM sessions WHERE session_id = ?", (session_id,)
+            f"SELECT {_RECORD_COLUMNS} FROM sessions WHERE session_id = ? "
+            "ORDER BY node != '', last_start_at DESC LIMIT 1",
+            (session_id,),
         ).fetchone()
         return SessionRecord(*row) if row else None
 
     def session_listing(
-        self, *, actor_like: Sequence[str], state: str | None, limit: int
+        self,
+        *,
+        actor_like: Sequence[str],
+        state: str | None,
+        limit: int,
+        node: str | None = None,
     ) -> list[SessionRecord]:
         """Records, latest start first; ``actor_like``: case-insensitive substrings, all
         must match."""
@@ -273,6 +211,9 @@ class Store:
         if state is not None:
             where.append("state = ?")
             args.append(state)
+        if node is not None:
+            where.append("node = ?")
+            args.append(node)
         rows = self._db.execute(
             f"SELECT {_RECORD_COLUMNS} FROM sessions WHERE {' AND '.join(where)} "
             "ORDER BY last_start_at DESC, session_id LIMIT ?",
@@ -289,9 +230,14 @@ class Store:
         ).fetchone()
         return SessionRecord(*row) if row else None
 
-    def session_counts(self) -> dict[str, int]:
-        """How many recorded sessions are in each state (``logged``: known only from lines)."""
-        return dict(self._db.execute("SELECT state, count(*) FROM sessions GROUP BY state"))
+    def session_counts(self) -> tuple[dict[str, int], int]:
+        """This node's recorded sessions by state (``logged``: known only from lines), and
+        how many other nodes' sessions are known."""
+        local = dict(
+            self._db.execute("SELECT state, count(*) FROM sessions WHERE node = '' GROUP BY state")
+        )
+        [(remote,)] = self._db.execute("SELECT count(*) FROM sessions WHERE node != ''")
+        return local, int(remote)
 
     def meta(self, key: str) -> str | None:
         row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
@@ -299,11 +245,11 @@ class Store:
 
     # ------------------------------------------------------------- digests
 
-    def digest(self, digest_id: str) -> Digest | None:
+    def digest(self, digest_id: str) -> DigestRow | None:
         row = self._db.execute(
-            "SELECT body FROM digests WHERE digest_id = ?", (digest_id,)
+            f"SELECT {_DIGEST_COLUMNS} FROM digests WHERE digest_id = ?", (digest_id,)
         ).fetchone()
-        return _digest_decoder.decode(row[0]) if row else None
+        return _digest_row(row) if row else None
 
     def digests_with_prefix(self, prefix: str, limit: int = 4) -> list[str]:
         rows = self._db.execute(
@@ -313,20 +259,22 @@ class Store:
         ).fetchall()
         return [r[0] for r in rows]
 
-    def latest_digest_of_session(self, session_id: str) -> Digest | None:
+    def latest_digest_of_session(self, session_id: str) -> DigestRow | None:
         row = self._db.execute(
-            "SELECT body FROM digests WHERE session_id = ? ORDER BY segment DESC LIMIT 1",
+            f"SELECT {_DIGEST_COLUMNS} FROM digests WHERE session_id = ? "
+            "ORDER BY node != '', segment DESC LIMIT 1",
             (session_id,),
         ).fetchone()
-        return _digest_decoder.decode(row[0]) if row else None
+        return _digest_row(row) if row else None
 
-    def chain(self, actor: str, limit: int | None = None) -> list[Digest]:
-        """The actor's digests, newest first (all of them when ``limit`` is None)."""
+    def chain(self, actor: str, limit: int | None = None) -> list[DigestRow]:
+        """The actor's digests from every node, newest end first (all when ``limit`` is None)."""
         rows = self._db.execute(
-            "SELECT body FROM digests WHERE actor = ? ORDER BY chain_pos DESC LIMIT ?",
+            f"SELECT {_DIGEST_COLUMNS} FROM digests WHERE actor = ? "
+            "ORDER BY ended_at DESC, chain_pos DESC LIMIT ?",
             (actor, -1 if limit is None else limit),
         ).fetchall()
-        return [_digest_decoder.decode(body) for (body,) in rows]
+        return [_digest_row(row) for row in rows]
 
     def chain_length(self, actor: str) -> int:
         row = self._db.execute("SELECT length FROM heads WHERE actor = ?", (actor,)).fetchone()
@@ -398,8 +346,9 @@ class Store:
                 case CountStart(session_id=sid, at=at):
                     self._db.execute(
                         "UPDATE sessions SET starts = starts + 1, "
-                        "last_start_at = max(last_start_at, ?) WHERE session_id = ?",
-                        (at, sid),
+                        "last_start_at = max(last_start_at, ?), rev = ? "
+                        "WHERE session_id = ? AND node = ''",
+                        (at, self._next_rev(), sid),
                     )
                 case EmitLine():
                     cursor = self._db.execute(
@@ -409,13 +358,20 @@ class Store:
                     outbox.append(cursor.lastrowid)
         return outbox
 
+    def _next_rev(self) -> int:
+        """The next change number of this node's session records (what federation sends)."""
+        [(rev,)] = self._db.execute(
+            "SELECT coalesce(max(rev), 0) + 1 FROM sessions WHERE node = ''"
+        )
+        return int(rev)
+
     def _record_wisp(self, wisp: Wisp) -> None:
         """The session record follows its wisp (state, end, metadata)."""
         self._db.execute(
             "INSERT INTO sessions (session_id, actor, actor_key, role, topic, cwd, actor_pid, "
             "first_start_at, last_start_at, last_activity_at, starts, segments, state, "
-            "ended_at, end_reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?, ?) "
-            "ON CONFLICT (session_id) DO UPDATE SET "
+            "ended_at, end_reason, rev) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (session_id, node) DO UPDATE SET rev = excluded.rev, "
             "topic = coalesce(excluded.topic, topic), cwd = coalesce(excluded.cwd, cwd), "
             "actor_pid = coalesce(excluded.actor_pid, actor_pid), "
             "first_start_at = min(first_start_at, excluded.first_start_at), "
@@ -438,6 +394,7 @@ class Store:
                 str(wisp.state),
                 wisp.ended_at,
                 wisp.end_reason,
+                self._next_rev(),
             ),
         )
 
@@ -458,9 +415,9 @@ class Store:
         counted = "1" if not rescan else "(excluded.last_start_at > last_start_at)"
         self._db.execute(
             "INSERT INTO sessions (session_id, actor, actor_key, role, topic, cwd, actor_pid, "
-            "first_start_at, last_start_at, last_activity_at, starts, segments, state) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, 1, ?) "
-            "ON CONFLICT (session_id) DO UPDATE SET "
+            "first_start_at, last_start_at, last_activity_at, starts, segments, state, rev) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, 1, ?, ?) "
+            "ON CONFLICT (session_id, node) DO UPDATE SET rev = excluded.rev, "
             f"starts = starts + {counted}, "
             "role = coalesce(role, excluded.role), "
             "topic = coalesce(excluded.topic, topic), cwd = coalesce(excluded.cwd, cwd), "
@@ -485,24 +442,31 @@ class Store:
                 start.at,
                 start.at,
                 LOGGED,
+                self._next_rev(),
             ),
         )
 
     def _record_end(self, end: LineEnd) -> None:
         """End the open records, known only from lines, of the identities ``end`` names."""
         marks = ",".join("?" * len(end.identities))
-        self._db.execute(
-            "UPDATE sessions SET ended_at = ?, end_reason = ?, "
-            "last_activity_at = max(last_activity_at, ?) "
-            f"WHERE ended_at IS NULL AND state = ? AND actor_key IN ({marks}) "
-            "AND last_start_at <= ?",
-            (end.at, end.reason, end.at, LOGGED, *sorted(end.identities), end.at),
-        )
+        ended = self._db.execute(
+            "SELECT session_id FROM sessions WHERE ended_at IS NULL AND state = ? "
+            f"AND node = '' AND actor_key IN ({marks}) AND last_start_at <= ?",
+            (LOGGED, *sorted(end.identities), end.at),
+        ).fetchall()
+        for (session_id,) in ended:
+            self._db.execute(
+                "UPDATE sessions SET ended_at = ?, end_reason = ?, rev = ?, "
+                "last_activity_at = max(last_activity_at, ?) "
+                "WHERE session_id = ? AND node = ''",
+                (end.at, end.reason, self._next_rev(), end.at, session_id),
+            )
 
     def _save_digest(self, digest: Digest) -> None:
         length = self.chain_length(digest.actor)
         self._db.execute(
-            "INSERT INTO digests VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO digests (digest_id, session_id, segment, actor, chain_pos, ended_at, "
+            "body) VALUES (?, ?, ?, ?, ?, ?, ?)",
             (
                 digest.digest_id,
                 digest.session_id,
@@ -518,7 +482,8 @@ class Store:
             (digest.session_id, digest.segment),
         )
         self._db.execute(
-            "INSERT OR REPLACE INTO heads VALUES (?, ?, ?)", (digest.actor, digest.hash, length + 1)
+            "INSERT OR REPLACE INTO heads (actor, hash, length, ended_at) VALUES (?, ?, ?, ?)",
+            (digest.actor, digest.hash, length + 1, digest.ended_at),
         )
 
     def pending_lines(self) -> list[tuple[int, EmitLine]]:
@@ -536,8 +501,8 @@ class Store:
     def attributions(self, issue: str) -> list[AttributionRow]:
         rows = self._db.execute(
             "SELECT a.issue, a.session_id, a.segment, a.action, a.at, a.actor, a.rule, "
-            "d.digest_id FROM attributions a LEFT JOIN digests d "
-            "ON d.session_id = a.session_id AND d.segment = a.segment "
+            "d.digest_id, a.node FROM attributions a LEFT JOIN digests d "
+            "ON d.session_id = a.session_id AND d.segment = a.segment AND d.node = a.node "
             "WHERE a.issue = ? ORDER BY a.at, a.id",
             (issue,),
         ).fetchall()
@@ -577,7 +542,20 @@ def _backfill_session_records(store: Store) -> None:
         )
 
 
-BACKFILLS: dict[int, Callable[[Store], None]] = {2: _backfill_session_records}
+def _backfill_v2(store: Store) -> None:
+    _backfill_session_records(store)
+    # Chain heads learn when their digest ended (the newest decides the head).
+    store._db.execute(
+        "UPDATE heads SET ended_at = coalesce((SELECT d.ended_at FROM digests d "
+        "WHERE d.actor = heads.actor ORDER BY d.chain_pos DESC LIMIT 1), 0)"
+    )
+
+
+def _digest_row(row: tuple[bytes, str]) -> DigestRow:
+    return DigestRow(_digest_decoder.decode(row[0]), row[1])
+
+
+BACKFILLS: dict[int, Callable[[Store], None]] = {2: _backfill_v2}
 
 
 class _Transaction:

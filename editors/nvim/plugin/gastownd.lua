@@ -1,0 +1,22 @@
+-- gastownd: commands; the code loads on first use (lua/gastownd/).
+if vim.g.loaded_gastownd then
+  return
+end
+vim.g.loaded_gastownd = true
+
+if vim.fn.has("nvim-0.7") ~= 1 then
+  vim.api.nvim_echo({ { "gastownd needs Neovim 0.7 or newer", "WarningMsg" } }, true, {})
+  return
+end
+
+vim.api.nvim_create_user_command("GastownFeed", function(cmd)
+  require("gastownd").feed({ types = cmd.fargs, all_nodes = cmd.bang })
+end, { nargs = "*", bang = true, desc = "gastownd: live event feed [TYPE...] (! all nodes)" })
+
+vim.api.nvim_create_user_command("GastownSessions", function(cmd)
+  require("gastownd").sessions({ all_nodes = cmd.bang })
+end, { bang = true, desc = "gastownd: sessions (! all nodes)" })
+
+vim.api.nvim_create_user_command("GastownWho", function(cmd)
+  require("gastownd").who(cmd.args)
+end, { nargs = "?", desc = "gastownd: which sessions touched ISSUE (default: the id under the cursor)" })

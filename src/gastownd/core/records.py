@@ -1,0 +1,193 @@
+"""Federation records: what one node tells the others, and how a receiver checks it.
+
+Every record travels alone, as one JetStream message on the subject
+``gastown.<town>.<node>.<kind>`` of the town's stream ``GASTOWN_<town>``,
+with a stable id (``<node>.<kind>.<local id>``) as its ``Nats-Msg-Id``: a
+republish after a crash or a reconnect is the same message, deduplicated by
+the stream and applied idempotently by receivers. Kinds:
+
+- ``event``: one line of the sender's event log (gt's lines included), with
+  its cursor (``epoch``, ``seq``); local id ``<epoch>:<seq>``;
+- ``session``: the sender's permanent record of one session (hook-fed or only
+  logged), as of change ``rev``; local id ``<session_id>.<rev>``; a receiver
+  keeps the highest ``rev``;
+- ``digest``: an immutable digest; local id its ``digest_id``;
+- ``attribution``: one attribution; local id its row id on the sender.
+
+Remote input is untrusted: :func:`decode_message` checks the size, the shape
+(msgspec), that the record is for this town, that its node is the subject's
+and not this node, its id, and what it carries (an event line must be a Gas
+Town line; a digest must hash to its ``hash``). Anything else raises
+:class:`Rejected` with a short reason, counted by the caller. Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Final, Literal
+
+import msgspec
+
+from gastownd.core.digest import Digest, digest_hash, digest_id_for
+from gastownd.core.events import MAX_LINE_BYTES, parse_line, parse_ts
+
+# Node and town names are NATS subject tokens: no dots, spaces or wildcards.
+NAME_PATTERN: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")
+MAX_RECORD_BYTES: Final = MAX_LINE_BYTES + (64 << 10)
+SUBJECT_ROOT: Final = "gastown"
+Kind = Literal["event", "session", "digest", "attribution"]
+KINDS: Final[tuple[Kind, ...]] = ("event", "session", "digest", "attribution")
+
+
+class Rejected(Exception):
+    """A remote record that must not be applied; ``reason`` is a short, stable label."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+class Message(msgspec.Struct, tag_field="kind", kw_only=True):
+    """Base of every federation record; never sent itself."""
+
+    town: str
+    node: str
+    id: str
+
+
+class EventMessage(Message, tag="event", kw_only=True):
+    epoch: int
+    seq: int
+    line: msgspec.Raw
+
+
+class SessionMessage(Message, tag="session", kw_only=True):
+    session_id: str
+    rev: int
+    actor: str
+    role: str | None = None
+    topic: str | None = None
+    cwd: str | None = None
+    actor_pid: str | None = None
+    first_start_at: float
+    last_start_at: float
+    last_activity_at: float
+    starts: int
+    segments: int
+    state: str
+    ended_at: float | None = None
+    end_reason: str | None = None
+
+
+class DigestMessage(Message, tag="digest", kw_only=True):
+    digest: Digest
+
+
+class AttributionMessage(Message, tag="attribution", kw_only=True):
+    local_id: int
+    issue: str
+    session_id: str
+    segment: int | None = None
+    action: str
+    at: float
+    actor: str
+    rule: str
+
+
+AnyMessage = EventMessage | SessionMessage | DigestMessage | AttributionMessage
+
+_encoder: Final = msgspec.json.Encoder()
+_decoder: Final = msgspec.json.Decoder(AnyMessage)
+
+
+def stream_name(town: str) -> str:
+    return f"GASTOWN_{town}"
+
+
+def town_subjects(town: str) -> str:
+    return f"{SUBJECT_ROOT}.{town}.>"
+
+
+def subject(town: str, node: str, kind: Kind) -> str:
+    return f"{SUBJECT_ROOT}.{town}.{node}.{kind}"
+
+
+def message_id(node: str, kind: Kind, local_id: str) -> str:
+    return f"{node}.{kind}.{local_id}"
+
+
+def local_id_of(message: AnyMessage) -> str:
+    match message:
+        case EventMessage():
+            return f"{message.epoch}:{message.seq}"
+        case SessionMessage():
+            return f"{message.session_id}.{message.rev}"
+        case DigestMessage():
+            return message.digest.digest_id
+        case AttributionMessage():
+            return str(message.local_id)
+    raise AssertionError(message)
+
+
+def kind_of(message: AnyMessage) -> Kind:
+    tag = type(message).__struct_config__.tag
+    for kind in KINDS:
+        if kind == tag:
+            return kind
+    raise AssertionError(tag)
+
+
+def encode_message(message: AnyMessage) -> bytes:
+    return _encoder.encode(message)
+
+
+def decode_message(subject_name: str, data: bytes, *, town: str, local_node: str) -> AnyMessage:
+    """The record carried by a message on ``subject_name``, checked; else :class:`Rejected`."""
+    if len(data) > MAX_RECORD_BYTES:
+        raise Rejected("too_large", f"{len(data)} bytes")
+    parts = subject_name.split(".")
+    if len(parts) != 4 or parts[0] != SUBJECT_ROOT or parts[3] not in KINDS:
+        raise Rejected("bad_subject", subject_name)
+    if parts[1] != town:
+        raise Rejected("other_town", parts[1])
+    sender = parts[2]
+    try:
+        message: AnyMessage = _decoder.decode(data)
+    except msgspec.DecodeError as exc:
+        raise Rejected("malformed", str(exc)) from None
+    if message.town != town:
+        raise Rejected("other_town", message.town)
+    if message.node == local_node:
+        raise Rejected("claims_this_node", f"on {subject_name}")
+    if message.node != sender or not NAME_PATTERN.fullmatch(sender):
+        raise Rejected("node_mismatch", f"{message.node!r} on {subject_name}")
+    kind = kind_of(message)
+    if kind != parts[3]:
+        raise Rejected("kind_mismatch", f"{kind} on {subject_name}")
+    if message.id != message_id(sender, kind, local_id_of(message)):
+        raise Rejected("bad_id", message.id)
+    _check_content(message)
+    return message
+
+
+def _check_content(message: AnyMessage) -> None:
+    match message:
+        case EventMessage(line=line):
+            raw = bytes(line)
+            parsed = parse_line(raw)
+            if len(raw) > MAX_LINE_BYTES or parsed is None or parse_ts(parsed.ts) is None:
+                raise Rejected("bad_line", f"seq {message.seq}")
+            if message.epoch < 0 or message.seq < 0:
+                raise Rejected("bad_id", message.id)
+        case SessionMessage():
+            if not message.session_id.strip() or not message.actor.strip() or message.rev < 0:
+                raise Rejected("bad_session", message.session_id)
+        case DigestMessage(digest=digest):
+            if digest.hash != digest_hash(digest):
+                raise Rejected("bad_digest", f"{digest.digest_id}: content does not match hash")
+            if digest.digest_id != digest_id_for(digest.session_id, digest.segment):
+                raise Rejected("bad_digest", f"{digest.digest_id}: id does not match session")
+        case AttributionMessage():
+            if not message.issue.strip() or not message.session_id.strip():
+                raise Rejected("bad_attribution", str(message.local_id))

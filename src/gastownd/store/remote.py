@@ -1,0 +1,408 @@
+"""Federation in the store: other nodes' records, and what this node has sent.
+
+Shares ``Store``'s connection (and its single-thread discipline). Remote
+records are applied idempotently, so a record delivered twice (a redelivery,
+a republish after the stream's duplicate window) changes nothing:
+
+- event lines go to ``remote_events``, unique per ``(node, epoch, seq)``,
+  numbered by ``arrival`` (never reused), which orders a subscriber's feed;
+- session records are upserted per ``(session_id, node)``, the highest
+  ``rev`` winning;
+- digests are immutable (``digest_id``); one that ended after the actor's
+  current head becomes the head, so the next local digest links to it;
+- attributions are unique per ``(node, origin_id)``.
+
+What this node has published is tracked by high-water marks in ``meta``
+(the event cursor, the session ``rev``, the digest ``rowid``, the attribution
+``id``), so federation turned on later sends the whole history, and nothing
+grows while it is off.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+
+from gastownd.core.digest import Digest
+from gastownd.core.events import parse_line, parse_ts, session_of
+from gastownd.core.records import (
+    AnyMessage,
+    AttributionMessage,
+    DigestMessage,
+    EventMessage,
+    SessionMessage,
+)
+from gastownd.core.session_record import identity_key
+
+MARK_EVENTS = "fed_events"
+MARK_SESSIONS = "fed_sessions"
+MARK_DIGESTS = "fed_digests"
+MARK_ATTRIBUTIONS = "fed_attributions"
+MARK_PRUNED = "fed_remote_pruned_through"
+
+_digest_encoder = msgspec.json.Encoder()
+_digest_decoder = msgspec.json.Decoder(Digest)
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteEvent:
+    """A remote event line as stored: ``arrival`` orders the feed of remote lines."""
+
+    arrival: int
+    node: str
+    ts: int
+    type: str
+    actor: str
+    session: str | None
+    line: bytes
+
+
+@dataclass
+class Applied:
+    """What one batch of remote records changed."""
+
+    events: list[RemoteEvent] = field(default_factory=list)
+    # actor -> hash, for actors whose chain head is now another node's digest.
+    heads: dict[str, str] = field(default_factory=dict)
+    duplicates: int = 0
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class NodeRow:
+    node: str
+    last_record_at: float
+    events: int
+    sessions: int
+    digests: int
+    attributions: int
+
+
+@dataclass(frozen=True, slots=True)
+class EventQuery:
+    """Filters of a remote event query (the same as ``core.query.EventFilter``)."""
+
+    types: Sequence[str] = ()
+    actor: str | None = None
+    session: str | None = None
+    since: int | None = None
+    until: int | None = None
+    node: str | None = None
+
+
+class RemoteStore:
+    def __init__(
+        self, db: sqlite3.Connection, transaction: Callable[[], AbstractContextManager[None]]
+    ) -> None:
+        self._db = db
+        self._transaction = transaction
+
+    # ------------------------------------------------------------ applying
+
+    def apply(self, messages: Sequence[AnyMessage], now: float) -> Applied:
+        """Apply checked remote records in one transaction."""
+        applied = Applied()
+        with self._transaction():
+            for message in messages:
+                kind = type(message).__struct_config__.tag
+                assert isinstance(kind, str)
+                fresh = self._apply_one(message, applied)
+                if not fresh:
+                    applied.duplicates += 1
+                    continue
+                applied.counts[kind] = applied.counts.get(kind, 0) + 1
+                column = {"event": "events", "session": "sessions"}.get(kind, f"{kind}s")
+                self._db.execute(
+                    f"INSERT INTO nodes (node, last_record_at, {column}) VALUES (?, ?, 1) "
+                    "ON CONFLICT (node) DO UPDATE SET last_record_at = excluded.last_record_at, "
+                    f"{column} = {column} + 1",
+                    (message.node, now),
+                )
+        return applied
+
+    def _apply_one(self, message: AnyMessage, applied: Applied) -> bool:
+        match message:
+            case EventMessage():
+                return self._apply_event(message, applied)
+            case SessionMessage():
+                return self._apply_session(message)
+            case DigestMessage():
+                return self._apply_digest(message, applied)
+            case AttributionMessage():
+                return self._apply_attribution(message)
+        raise AssertionError(message)
+
+    def _apply_event(self, message: EventMessage, applied: Applied) -> bool:
+        line = bytes(message.line)
+        parsed = parse_line(line)
+        assert parsed is not None  # checked by decode_message
+        ts = parse_ts(parsed.ts) or 0
+        cursor = self._db.execute(
+            "INSERT OR IGNORE INTO remote_events (node, epoch, seq, ts, type, actor, session, "
+            "line) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                message.node,
+                message.epoch,
+                message.seq,
+                ts,
+                parsed.type,
+                parsed.actor,
+                session_of(parsed),
+                line,
+            ),
+        )
+        if cursor.rowcount == 0:
+            return False
+        assert cursor.lastrowid is not None
+        applied.events.append(
+            RemoteEvent(
+                cursor.lastrowid,
+                message.node,
+                ts,
+                parsed.type,
+                parsed.actor,
+                session_of(parsed),
+                line,
+            )
+        )
+        return True
+
+    def _apply_session(self, m: SessionMessage) -> bool:
+        cursor = self._db.execute(
+            "INSERT INTO sessions (session_id, node, actor, actor_key, role, topic, cwd, "
+            "actor_pid, first_start_at, last_start_at, last_activity_at, starts, segments, "
+            "state, ended_at, end_reason, rev) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (session_id, node) DO UPDATE SET actor = excluded.actor, "
+            "actor_key = excluded.actor_key, role = excluded.role, topic = excluded.topic, "
+            "cwd = excluded.cwd, actor_pid = excluded.actor_pid, "
+            "first_start_at = excluded.first_start_at, last_start_at = excluded.last_start_at, "
+            "last_activity_at = excluded.last_activity_at, starts = excluded.starts, "
+            "segments = excluded.segments, state = excluded.state, "
+            "ended_at = excluded.ended_at, end_reason = excluded.end_reason, rev = excluded.rev "
+            "WHERE excluded.rev > sessions.rev",
+            (
+                m.session_id,
+                m.node,
+                m.actor,
+                identity_key(m.actor),
+                m.role,
+                m.topic,
+                m.cwd,
+                m.actor_pid,
+                m.first_start_at,
+                m.last_start_at,
+                m.last_activity_at,
+                m.starts,
+                m.segments,
+                m.state,
+                m.ended_at,
+                m.end_reason,
+                m.rev,
+            ),
+        )
+        return cursor.rowcount > 0
+
+    def _apply_digest(self, message: DigestMessage, applied: Applied) -> bool:
+        digest = message.digest
+        if self._db.execute(
+            "SELECT 1 FROM digests WHERE digest_id = ?", (digest.digest_id,)
+        ).fetchone():
+            return False
+        row = self._db.execute(
+            "SELECT length, ended_at FROM heads WHERE actor = ?", (digest.actor,)
+        ).fetchone()
+        length, head_ended_at = (int(row[0]), float(row[1])) if row else (0, -1.0)
+        self._db.execute(
+            "INSERT INTO digests (digest_id, session_id, segment, actor, chain_pos, ended_at, "
+            "body, node) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                digest.digest_id,
+                digest.session_id,
+                digest.segment,
+                digest.actor,
+                length,
+                digest.ended_at,
+                _digest_encoder.encode(digest),
+                message.node,
+            ),
+        )
+        newer = digest.ended_at > head_ended_at
+        self._db.execute(
+            "INSERT INTO heads (actor, hash, length, ended_at) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (actor) DO UPDATE SET length = excluded.length, "
+            "hash = CASE WHEN ? THEN excluded.hash ELSE hash END, "
+            "ended_at = CASE WHEN ? THEN excluded.ended_at ELSE ended_at END",
+            (digest.actor, digest.hash, length + 1, digest.ended_at, newer, newer),
+        )
+        if newer:
+            applied.heads[digest.actor] = digest.hash
+        return True
+
+    def _apply_attribution(self, m: AttributionMessage) -> bool:
+        cursor = self._db.execute(
+            "INSERT OR IGNORE INTO attributions (issue, session_id, segment, action, at, actor, "
+            "rule, node, origin_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (m.issue, m.session_id, m.segment, m.action, m.at, m.actor, m.rule, m.node, m.local_id),
+        )
+        return cursor.rowcount > 0
+
+    # ------------------------------------------------------------ reading
+
+    def last_arrival(self) -> int:
+        [(arrival,)] = self._db.execute("SELECT coalesce(max(arrival), 0) FROM remote_events")
+        seq_row = self._db.execute(
+            "SELECT seq FROM sqlite_sequence WHERE name = 'remote_events'"
+        ).fetchone()
+        # AUTOINCREMENT's counter survives deletions: the true high-water mark.
+        return max(int(arrival), int(seq_row[0]) if seq_row else 0)
+
+    def pruned_through(self) -> int:
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (MARK_PRUNED,)).fetchone()
+        return int(row[0]) if row else 0
+
+    def query_events(self, flt: EventQuery, limit: int, *, oldest_first: bool) -> list[RemoteEvent]:
+        """Matching remote lines by time, newest first unless asked; one index walk per type."""
+        order = "ASC" if oldest_first else "DESC"
+        found: list[RemoteEvent] = []
+        types: list[str | None] = [*flt.types] if flt.types else [None]
+        for type_ in types:
+            where, args = _where(flt, type_)
+            rows = self._db.execute(
+                f"SELECT {_EVENT_COLUMNS} FROM remote_events WHERE {where} "
+                f"ORDER BY ts {order}, arrival {order} LIMIT ?",
+                (*args, limit),
+            ).fetchall()
+            found += [RemoteEvent(*row) for row in rows]
+        found.sort(key=lambda e: (e.ts, e.arrival), reverse=not oldest_first)
+        return found[:limit]
+
+    def events_between(
+        self, flt: EventQuery, after: int, through: int, limit: int
+    ) -> list[RemoteEvent]:
+        """Matching remote lines with ``after < arrival <= through``, in arrival order."""
+        where, args = _where(flt, None)
+        rows = self._db.execute(
+            f"SELECT {_EVENT_COLUMNS} FROM remote_events WHERE arrival > ? AND arrival <= ? "
+            f"AND {where} ORDER BY arrival LIMIT ?",
+            (after, through, *args, limit),
+        ).fetchall()
+        return [RemoteEvent(*row) for row in rows]
+
+    def nodes(self) -> list[NodeRow]:
+        rows = self._db.execute(
+            "SELECT node, last_record_at, events, sessions, digests, attributions FROM nodes "
+            "ORDER BY node"
+        ).fetchall()
+        return [NodeRow(*row) for row in rows]
+
+    # ------------------------------------------------------------ pruning
+
+    def prune_events(self, expired: Sequence[tuple[str, float]], batch: int = 5000) -> int:
+        """Delete up to ``batch`` remote lines older than their type's cutoff, in one
+        transaction; the caller repeats until it returns 0, so local work waits at most
+        one batch."""
+        with self._transaction():
+            arrivals: list[int] = []
+            for type_, cutoff in expired:
+                rows = self._db.execute(
+                    "SELECT arrival FROM remote_events WHERE type = ? AND ts < ? LIMIT ?",
+                    (type_, cutoff, batch - len(arrivals)),
+                ).fetchall()
+                arrivals += [r[0] for r in rows]
+                if len(arrivals) >= batch:
+                    break
+            if not arrivals:
+                return 0
+            self._db.executemany(
+                "DELETE FROM remote_events WHERE arrival = ?", [(a,) for a in arrivals]
+            )
+            self._db.execute(
+                "INSERT INTO meta VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET "
+                "value = max(CAST(value AS INTEGER), excluded.value)",
+                (MARK_PRUNED, max(arrivals)),
+            )
+        return len(arrivals)
+
+    def remote_types(self) -> list[str]:
+        return [r[0] for r in self._db.execute("SELECT DISTINCT type FROM remote_events")]
+
+    # ------------------------------------------------------------ publishing
+
+    def mark(self, key: str) -> str | None:
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return str(row[0]) if row else None
+
+    def set_marks(self, marks: dict[str, str]) -> None:
+        with self._transaction():
+            self._db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", marks.items())
+
+    def sessions_after(self, rev: int, limit: int) -> list[tuple[Any, ...]]:
+        """This node's session records changed after ``rev``, oldest change first."""
+        return self._db.execute(
+            "SELECT session_id, rev, actor, role, topic, cwd, actor_pid, first_start_at, "
+            "last_start_at, last_activity_at, starts, segments, state, ended_at, end_reason "
+            "FROM sessions WHERE node = '' AND rev > ? ORDER BY rev LIMIT ?",
+            (rev, limit),
+        ).fetchall()
+
+    def digests_after(self, rowid: int, limit: int) -> list[tuple[int, Digest]]:
+        rows = self._db.execute(
+            "SELECT rowid, body FROM digests WHERE node = '' AND rowid > ? ORDER BY rowid LIMIT ?",
+            (rowid, limit),
+        ).fetchall()
+        return [(int(r), _digest_decoder.decode(body)) for r, body in rows]
+
+    def attributions_after(self, row_id: int, limit: int) -> list[tuple[Any, ...]]:
+        return self._db.execute(
+            "SELECT id, issue, session_id, segment, action, at, actor, rule FROM attributions "
+            "WHERE node = '' AND id > ? ORDER BY id LIMIT ?",
+            (row_id, limit),
+        ).fetchall()
+
+    def backlog(self, marks: dict[str, int]) -> dict[str, int]:
+        """How many local records of each stored kind wait to be published."""
+        counts = {}
+        for kind, sql in (
+            ("sessions", "SELECT count(*) FROM sessions WHERE node = '' AND rev > ?"),
+            ("digests", "SELECT count(*) FROM digests WHERE node = '' AND rowid > ?"),
+            ("attributions", "SELECT count(*) FROM attributions WHERE node = '' AND id > ?"),
+        ):
+            [(count,)] = self._db.execute(sql, (marks.get(kind, 0),))
+            counts[kind] = int(count)
+        return counts
+
+
+_EVENT_COLUMNS = "arrival, node, ts, type, actor, session, line"
+
+
+def _where(flt: EventQuery, type_: str | None) -> tuple[str, list[Any]]:
+    clauses = ["1=1"]
+    args: list[Any] = []
+    if type_ is not None:
+        clauses.append("type = ?")
+        args.append(type_)
+    elif flt.types:
+        clauses.append(f"type IN ({','.join('?' * len(flt.types))})")
+        args += list(flt.types)
+    if flt.session is not None:
+        clauses.append("session = ?")
+        args.append(flt.session)
+    if flt.node is not None:
+        clauses.append("node = ?")
+        args.append(flt.node)
+    if flt.actor is not None:
+        clauses.append("instr(actor, ?) > 0")
+        args.append(flt.actor)
+    if flt.since is not None:
+        clauses.append("ts >= ?")
+        args.append(flt.since)
+    if flt.until is not None:
+        clauses.append("ts <= ?")
+        args.append(flt.until)
+    return " AND ".join(clauses), args
