@@ -155,7 +155,7 @@ class App:
             listener = await anyio.create_unix_listener(paths.socket, mode=0o600)
         async with anyio.create_task_group() as services:
             services.start_soon(eventlog.run_writer)
-            services.start_soon(eventlog.run_syncer)
+            services.start_soon(eventlog.run_checkpoints)
             # The outbox replay appends to the log, so the writer must be running.
             # Lines indexed during open must reach the recorder: attach it first.
             daemon.sessions = sessions
@@ -204,9 +204,6 @@ class App:
                 )
                 notifier.ready(f"serving {paths.town} ({len(eventlog.index)} events indexed)")
                 task_status.started(daemon)
-                if eventlog.cold_start_s > 1.0:
-                    # A slow cold index: save it now, not only at a clean stop.
-                    services.start_soon(eventlog.save_snapshot)
                 await self._stop.wait()
                 log.info("daemon_stopping")
                 notifier.stopping()

@@ -16,6 +16,7 @@ import itertools
 import operator
 import zlib
 from array import array
+from collections import defaultdict, deque
 from collections.abc import Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -326,27 +327,91 @@ class EventIndex:
             ]
             yield from heapq.merge(*lists, reverse=True)
 
+    # ---------------------------------------------------------- rewrites
+
+    def rematch(self, data: bytes) -> tuple[EventIndex, int, list[int]]:
+        """Index ``data``, a whole file rewritten behind our back, keeping known seqs.
+
+        Lines are matched to this index by checksum and length, in order, so a
+        line seen before keeps its seq (no duplicate delivery); matching stops
+        at the first unknown line, after which every line is new. Returns the
+        new index, the position of its first new line, and the seqs that
+        disappeared.
+        """
+        candidates: dict[tuple[int, int], deque[int]] = defaultdict(deque)
+        for position in range(len(self)):
+            candidates[(self.checksums[position], self.length(position))].append(position)
+        seqs: list[int] = []
+        next_fresh = self.next_seq()
+        matching = True
+        cursor = 0
+        fresh_from: int | None = None
+        start = 0
+        while start < len(data):
+            newline = data.find(b"\n", start)
+            if newline < 0:
+                break
+            line = data[start:newline]
+            found = None
+            if matching:
+                waiting = candidates.get((zlib.crc32(line), len(line) + 1))
+                while waiting and waiting[0] < cursor:
+                    waiting.popleft()
+                if waiting:
+                    found = waiting.popleft()
+            if found is not None:
+                seqs.append(self.seqs[found])
+                cursor = found + 1
+            else:
+                matching = False
+                if fresh_from is None:
+                    fresh_from = len(seqs)
+                seqs.append(next_fresh)
+                next_fresh += 1
+            start = newline + 1
+        kept = set(seqs)
+        removed = [seq for seq in self.seqs if seq not in kept]
+        index = EventIndex()
+        index.add_lines(data, 0, iter(seqs))
+        index.seq_floor = next_fresh
+        return index, len(seqs) if fresh_from is None else fresh_from, removed
+
     # ------------------------------------------------------------ snapshots
 
     COLUMNS = ("offsets", "seqs", "ts", "max_ts", "types", "actors", "sessions", "checksums")
 
-    def export(self) -> tuple[IndexHeader, list[bytes]]:
-        """The index as a header and raw column bytes (for a snapshot file)."""
-        blobs = [getattr(self, name).tobytes() for name in self.COLUMNS]
-        type_postings = [self.by_type[i] for i in range(len(self.type_names))]
-        session_postings = [self.by_session[i] for i in range(len(self.session_names))]
+    def export(
+        self, count: int | None = None, end: int | None = None
+    ) -> tuple[IndexHeader, list[bytes]]:
+        """The first ``count`` lines (all by default), ending at byte ``end``, as a header
+        and raw column bytes (for a snapshot file).
+
+        Safe in a worker thread while the event loop appends: every step
+        copies under the GIL, and the first ``count`` lines never change.
+        """
+        count = len(self.offsets) if count is None else count
+        end = self.end if end is None else end
+        blobs = [getattr(self, name)[:count].tobytes() for name in self.COLUMNS]
+        type_names, actor_names = self.type_names[:], self.actor_names[:]
+        session_names = self.session_names[:]
+        empty: array[int] = array("l")
+        type_postings = [_below(self.by_type.get(i, empty), count) for i in range(len(type_names))]
+        session_postings = [
+            _below(self.by_session.get(i, empty), count) for i in range(len(session_names))
+        ]
         blobs.append(b"".join(p.tobytes() for p in type_postings))
         blobs.append(b"".join(p.tobytes() for p in session_postings))
+        type_counts = [len(p) for p in type_postings]
         header = IndexHeader(
             seq_floor=self.seq_floor,
-            type_counts=[len(p) for p in type_postings],
+            type_counts=type_counts,
             session_counts=[len(p) for p in session_postings],
-            count=len(self.offsets),
-            end=self.end,
-            malformed=self.malformed,
-            type_names=self.type_names,
-            actor_names=self.actor_names,
-            session_names=self.session_names,
+            count=count,
+            end=end,
+            malformed=count - sum(type_counts),
+            type_names=type_names,
+            actor_names=actor_names,
+            session_names=session_names,
             itemsizes=[getattr(self, name).itemsize for name in self.COLUMNS],
         )
         return header, blobs
@@ -439,6 +504,11 @@ class EventIndex:
                 ids = self._intern(entry.type, entry.actor, entry.session)
             self._append(offset, length, entry.seq, *ids, entry.ts, other.checksums[position])
             offset += length
+
+
+def _below(postings: array[int], count: int) -> array[int]:
+    """The positions of a posting list below ``count``."""
+    return postings[: bisect.bisect_left(postings, count)]
 
 
 def _split_postings(blob: bytes, counts: list[int]) -> dict[int, array[int]]:
