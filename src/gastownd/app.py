@@ -8,6 +8,7 @@ subscriptions, let in-flight requests finish, flush the log, exit.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import sys
@@ -201,6 +202,7 @@ class App:
                     socket=str(paths.socket),
                     pid=os.getpid(),
                     socket_activated=adopted is not None,
+                    loop=type(asyncio.get_running_loop()).__module__.split(".")[0],
                 )
                 notifier.ready(f"serving {paths.town} ({len(eventlog.index)} events indexed)")
                 task_status.started(daemon)

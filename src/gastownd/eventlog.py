@@ -35,7 +35,7 @@ from gastown_client.protocol import ArchiveInfo, EventLogInfo
 from gastownd.archive import Archive
 from gastownd.config import EventLogConfig, parse_duration
 from gastownd.core.events import format_ts
-from gastownd.core.index import MALFORMED, EventIndex
+from gastownd.core.index import MALFORMED, EventIndex, Known
 from gastownd.core.query import EventFilter
 from gastownd.errors import BadRequestError, ShuttingDownError, StorageError
 from gastownd.logstate import (
@@ -162,11 +162,17 @@ class EventLog:
 
     # ================================================================ appends
 
-    def submit(self, line: bytes, done: Callable[[int | StorageError], None]) -> bool:
+    def submit(
+        self,
+        line: bytes,
+        done: Callable[[int | StorageError], None],
+        known: Known | None = None,
+    ) -> bool:
         """Queue one whole line; ``done`` gets its seq (or the error) once it is durable.
 
-        False, and nothing queued, when ``append_queue`` lines are already
-        waiting (``append`` waits for room then).
+        ``known``: the line's fields, which spares decoding it again to index
+        it. False, and nothing queued, when ``append_queue`` lines are
+        already waiting (``append`` waits for room then).
         """
         writer = self.writer
         if writer.closed:
@@ -174,7 +180,7 @@ class EventLog:
         if self._queued >= self.config.append_queue:
             return False
         self._queued += 1
-        writer.put(Append(line, done))
+        writer.put(Append(line, done, known))
         return True
 
     async def append(self, line: bytes) -> int:
@@ -200,7 +206,10 @@ class EventLog:
         self.apply_observation(batch.observation)
         items = batch.items
         if batch.error is None:
-            positions = self._index_bytes(batch.data, external=False)
+            if all(item.known is not None for item in items):
+                positions = self._index_known(items)
+            else:
+                positions = self._index_bytes(batch.data, external=False)
             self.appended += len(items)
             seqs = self.index.seqs
             for item, position in zip(items, positions, strict=True):
@@ -282,6 +291,26 @@ class EventLog:
         if external:
             self.external += len(positions)
         self._publish_positions(positions, data, offset)
+        return positions
+
+    def _index_known(self, items: list[Append]) -> list[int]:
+        """Index and publish lines whose fields are known (ours), at ``index.end``."""
+        index = self.index
+        offset = index.end
+        seq = index.next_seq()
+        positions = []
+        published = []
+        for item in items:
+            known = item.known
+            assert known is not None
+            line = item.line
+            positions.append(index.add_known(line, offset, seq, known))
+            published.append(
+                Published(seq, known.type, known.actor, known.session, known.ts, line[:-1])
+            )
+            offset += len(line)
+            seq += 1
+        self._publish(published)
         return positions
 
     def _publish_positions(self, positions: list[int], data: bytes, data_offset: int) -> None:

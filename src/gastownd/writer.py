@@ -39,7 +39,7 @@ import anyio.from_thread
 import anyio.to_thread
 import structlog
 
-from gastownd.core.index import EventIndex
+from gastownd.core.index import EventIndex, Known
 from gastownd.errors import StorageError
 from gastownd.logstate import fsync_dir
 
@@ -320,7 +320,7 @@ class Append:
 
     line: bytes
     done: Callable[[int | StorageError], None]
-    seq: int = -1
+    known: Known | None = None  # its fields, when the appender has them
 
 
 @dataclass(eq=False)

@@ -39,16 +39,32 @@ _payload_encoder = msgspec.json.Encoder(order="sorted")
 _line_encoder = msgspec.json.Encoder()
 
 
+_GO_FIRST_BYTES = b"<>&\xe2"  # U+2028 and U+2029 start with 0xE2 in UTF-8
+
+
 def go_escape(data: bytes) -> bytes:
     """Apply Go's HTML-safe escaping; these bytes only ever occur inside JSON strings."""
+    if len(data.translate(None, _GO_FIRST_BYTES)) == len(data):
+        return data  # the usual case: nothing to escape, one pass
     for raw, escaped in _GO_ESCAPES:
         if raw in data:
             data = data.replace(raw, escaped)
     return data
 
 
+_last_formatted: tuple[int, str] = (-1, "")
+
+
 def format_ts(epoch_s: float) -> str:
-    return datetime.fromtimestamp(int(epoch_s), UTC).strftime(TS_FORMAT)
+    """Gas Town's timestamp of a moment; the last second formatted is kept (emits come
+    many to a second)."""
+    global _last_formatted
+    second = int(epoch_s)
+    if _last_formatted[0] == second:
+        return _last_formatted[1]
+    text = datetime.fromtimestamp(second, UTC).strftime(TS_FORMAT)
+    _last_formatted = (second, text)
+    return text
 
 
 def encode_line(

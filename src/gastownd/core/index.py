@@ -19,6 +19,7 @@ from array import array
 from collections import defaultdict, deque
 from collections.abc import Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import msgspec
 
@@ -28,6 +29,15 @@ from gastownd.core.retention import PLAN_CHUNK, drive
 
 MALFORMED = -1
 NO_SESSION = -1
+
+
+class Known(NamedTuple):
+    """What the index keeps of a line its writer already knows (our own emits)."""
+
+    type: str
+    actor: str
+    session: str | None
+    ts: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,6 +159,17 @@ class EventIndex:
             position += 1
         self.end = offset
         return consumed
+
+    def add_known(self, line: bytes, offset: int, seq: int, known: Known) -> int:
+        """Index one well-formed line (newline included) whose fields are known.
+
+        The same entry ``add_lines`` would make of it, without decoding it again.
+        Returns its position.
+        """
+        position = len(self.offsets)
+        ids = self._intern(known.type, known.actor, known.session)
+        self._append(offset, len(line), seq, *ids, known.ts, zlib.crc32(line[:-1]))
+        return position
 
     def _intern(self, type_: str, actor: str, session: str | None) -> tuple[int, int, int]:
         type_id = self._type_ids.get(type_)

@@ -22,6 +22,7 @@ from gastown_client.protocol import (
 )
 from gastownd import pruner
 from gastownd.core.events import MAX_LINE_BYTES, encode_line, format_ts
+from gastownd.core.index import Known
 from gastownd.core.query import EventFilter as CompiledFilter
 from gastownd.core.query import FilterError, compile_filter
 from gastownd.daemon import Daemon
@@ -39,9 +40,9 @@ def _parts(daemon: Daemon) -> tuple[EventLog, Subscriptions]:
     return daemon.eventlog, daemon.subscriptions
 
 
-def _line(daemon: Daemon, request: Emit) -> bytes:
+def _line(daemon: Daemon, request: Emit, now: float) -> bytes:
     line = encode_line(
-        ts=format_ts(daemon.clock()),
+        ts=format_ts(now),
         source=daemon.config.eventlog.source,
         type=request.type,
         actor=request.actor,
@@ -59,7 +60,15 @@ def _line(daemon: Daemon, request: Emit) -> bytes:
 def submit_emit(daemon: Daemon, request: Emit, reply: Reply) -> bool:
     """Queue the line for the writer; ``reply`` once it is durable. False: the queue is full."""
     eventlog, _ = _parts(daemon)
-    line = _line(daemon, request)
+    now = daemon.clock()
+    line = _line(daemon, request, now)
+    session = request.payload.get("session_id")
+    known = Known(
+        request.type,
+        request.actor,
+        session if isinstance(session, str) and session else None,
+        int(now),
+    )
 
     def written(outcome: int | DaemonError) -> None:
         if isinstance(outcome, DaemonError):
@@ -67,13 +76,13 @@ def submit_emit(daemon: Daemon, request: Emit, reply: Reply) -> bool:
         else:
             reply(EmitResult(cursor=eventlog.cursor(outcome), event=msgspec.Raw(line[:-1])))
 
-    return eventlog.submit(line, written)
+    return eventlog.submit(line, written, known)
 
 
 async def emit(daemon: Daemon, request: Emit) -> EmitResult:
     """An emit the writer's full queue made wait."""
     eventlog, _ = _parts(daemon)
-    line = _line(daemon, request)
+    line = _line(daemon, request, daemon.clock())
     seq = await eventlog.append(line)
     return EmitResult(cursor=eventlog.cursor(seq), event=msgspec.Raw(line[:-1]))
 
