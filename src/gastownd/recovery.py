@@ -25,6 +25,7 @@ import structlog
 
 from gastownd.archive import Archive
 from gastownd.core.index import EventIndex
+from gastownd.indexer import index_range
 from gastownd.logstate import (
     SNAPSHOT_VERSION,
     SeqMap,
@@ -36,7 +37,6 @@ from gastownd.writer import LogFile
 
 log = structlog.get_logger("gastownd.recovery")
 
-READ_CHUNK = 16 << 20
 SNAPSHOT_NAME = "index.snapshot"
 
 
@@ -141,19 +141,14 @@ def _load_snapshot(file: LogFile, path: Path, epoch: int, size: int) -> EventInd
 def read_index(
     fd: int, size: int, seqs: Iterator[int], index: EventIndex | None = None
 ) -> EventIndex:
-    """Index the file from ``index.end`` (0 for a new index) to ``size``."""
-    index = index if index is not None else EventIndex()
-    offset = index.end
-    carry = b""
-    while offset < size:
-        chunk = os.pread(fd, min(READ_CHUNK, size - offset), offset)
-        if not chunk:
-            break
-        data = carry + chunk
-        start = offset - len(carry)
-        used = index.add_lines(data, start, seqs)
-        carry = data[used:]
-        offset += len(chunk)
+    """Index the file from ``index.end`` (0 for a new index) to ``size``.
+
+    A long stretch is indexed in worker processes (see ``indexer``).
+    """
+    if index is None:
+        return index_range(fd, 0, size, seqs)
+    if size > index.end:
+        index.append_index(index_range(fd, index.end, size, seqs))
     return index
 
 
