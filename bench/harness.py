@@ -29,6 +29,20 @@ PYTHON = sys.executable
 NO_RETENTION = "[retention]\nenabled = false\n"
 
 
+def loops() -> list[str]:
+    """The event loops to measure: asyncio's own, and uvloop when it is installed."""
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return ["asyncio"]
+    return ["asyncio", "uvloop"]
+
+
+def with_loop(loop: str, config: str = NO_RETENTION) -> str:
+    """``config`` with ``[server] event_loop`` set."""
+    return f'[server]\nevent_loop = "{loop}"\n\n' + config
+
+
 # ----------------------------------------------------------------- statistics
 
 
@@ -246,6 +260,13 @@ class Daemon:
             code = self.proc.wait(10)
         self._log.close()
         return code
+
+    def kill(self) -> None:
+        """SIGKILL: no clean stop, nothing saved."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(10)
+        self._log.close()
 
     def __enter__(self) -> Daemon:
         return self

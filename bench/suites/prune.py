@@ -262,8 +262,8 @@ def run(ctx: Context, names: list[str]) -> list[Row]:
             median=fmt_time(median(during)),
             p99=fmt_time(d99),
             ratio=fmt_ratio(d99 / i99) + " (p99)",
-            goal="p99 ≤ 50 ms",
-            met=d99 <= 0.050 and emitter.errors == 0,
+            goal="p99 ≤ 20 ms",
+            met=d99 <= 0.020 and emitter.errors == 0,
             note=f"{len(during)} emits due during the prune, "
             f"worst {fmt_time(max(during, default=0))}"
             + (f"; {emitter.errors} emits failed" if emitter.errors else ""),

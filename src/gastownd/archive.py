@@ -59,6 +59,7 @@ OPEN_DAYS = 32
 COMPRESS_LEVEL = 3
 READ_WINDOW = 4 << 20
 WINDOW_LINES = 4096
+SYNC_EVERY_BYTES = 8 << 20
 DAY_S = 86_400
 
 TEST_CRASH_ENV = "GASTOWND_TEST_CRASH_AT"
@@ -357,6 +358,7 @@ class _BatchWriter:
         self.sizes: dict[str, int] = {}
         self.created = False
         self.raw_bytes = 0
+        self.unsynced = 0
         self._day_names: dict[int, str] = {}
 
     def add_window(
@@ -401,6 +403,12 @@ class _BatchWriter:
         while written < len(member):
             written += os.write(fd, member[written:])
         self.sizes[day] = offset + len(member)
+        self.unsynced += len(member)
+        if self.unsynced >= SYNC_EVERY_BYTES:
+            # Synced as it goes: never a long sync that the log's own syncs queue behind.
+            for open_fd in self.open.values():
+                os.fdatasync(open_fd)
+            self.unsynced = 0
         self.raw_bytes += len(raw)
         runs: list[tuple[int, int]] = []
         for seq in buffer.seqs:

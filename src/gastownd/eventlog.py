@@ -59,8 +59,8 @@ log = structlog.get_logger("gastownd.eventlog")
 # An index checkpoint (snapshot) is written when this many lines were indexed
 # since the last one, or when the log changed and this long has passed: a
 # restart after kill -9 then indexes only what came since.
-CHECKPOINT_LINES = 100_000
-CHECKPOINT_INTERVAL_S = 300.0
+CHECKPOINT_LINES = 50_000
+CHECKPOINT_INTERVAL_S = 60.0
 CHECKPOINT_POLL_S = 1.0
 
 

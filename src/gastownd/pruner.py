@@ -49,6 +49,10 @@ T = TypeVar("T")
 SLICE_S = 0.001
 PAUSE_S = 0.002
 COPY_WINDOW = 4 << 20
+# Written data is synced every this many bytes: a big prune's copy never piles
+# up in the page cache for one long sync, during which every emit's
+# fdatasync would wait on the disk behind it.
+SYNC_EVERY_BYTES = 8 << 20
 
 log = structlog.get_logger("gastownd.pruner")
 
@@ -466,6 +470,7 @@ def _complement_steps(keep: list[int], count: int) -> Generator[None, None, list
 def _copy_ranges(source: int, target: int, ranges: list[tuple[int, int]]) -> None:
     """Copy many byte ranges with few syscalls: read a window, write its kept slices."""
     index = 0
+    unsynced = 0
     while index < len(ranges):
         window_start = ranges[index][0]
         group_end = index
@@ -490,5 +495,9 @@ def _copy_ranges(source: int, target: int, ranges: list[tuple[int, int]]) -> Non
         written = 0
         while written < len(data):
             written += os.write(target, data[written:])
+        unsynced += len(data)
+        if unsynced >= SYNC_EVERY_BYTES:
+            os.fdatasync(target)
+            unsynced = 0
         index = group_end
         time.sleep(PAUSE_S)  # let the event loop have the GIL between windows
