@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test test-editors lint bench stress clean install uninstall
+.PHONY: run test test-editors lint bench stress federation-demo clean install uninstall
 
 $(BIN)/python:
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need Python 3.11+ on PATH (or set PYTHON=...)"; exit 2; }
@@ -36,6 +36,10 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench
+
+# A local nats-server and two daemons (laptop, tower) of one town, until Ctrl-C.
+federation-demo: $(STAMP)
+	$(BIN)/python scripts/federation_demo.py
 
 stress: $(STAMP)
 	$(BIN)/python -m pytest -q tests/reliability --stress

@@ -29,6 +29,7 @@ SUITES: dict[str, str] = {
     "fanout": "fanout",
     "prune": "prune",
     "hooks": "hooks",
+    "federation": "federation",
 }
 # Suites that use the shared daemon on the big log.
 USES_BIG = {"startup", "memory", "query"}

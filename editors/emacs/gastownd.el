@@ -812,9 +812,6 @@ argument asks for both."
 (defconst gastownd-sessions-buffer-name "*gastownd-sessions*"
   "The name of the sessions buffer.")
 
-(defvar-local gastownd--sessions-all-nodes nil
-  "Whether this sessions buffer lists the sessions of every node.")
-
 (defvar gastownd-sessions-mode-map
   (let ((map (make-sparse-keymap)))
     (set-keymap-parent map tabulated-list-mode-map)
@@ -842,7 +839,8 @@ with `gastownctl seance', \\[revert-buffer] refreshes the list."
   (tabulated-list-init-header))
 
 (defun gastownd--session-entry (row)
-  "A `tabulated-list-entries' entry for ROW, a session."
+  "A `tabulated-list-entries' entry for ROW, a session.
+A session that ran on another node shows it: actor@node."
   (list row
         (vector (gastownd--local-time (alist-get 'started_at row)
                                       gastownd-date-format)
@@ -868,29 +866,26 @@ with `gastownctl seance', \\[revert-buffer] refreshes the list."
     (gastownd--notify "%s" (gastownd--describe "sessions" err))))
 
 (defun gastownd--sessions-refresh (&rest _)
-  "Fetch the sessions again, asynchronously."
+  "Fetch the sessions again, asynchronously (every node's, when federated)."
   (let ((buffer (current-buffer)))
     (gastownd--request
-     (gastownd--town-root) "sessions"
-     (append (list :limit gastownd-sessions-limit)
-             (when gastownd--sessions-all-nodes (list :all_nodes t)))
+     (gastownd--town-root) "sessions" (list :limit gastownd-sessions-limit)
      (lambda (result err)
        (when (buffer-live-p buffer)
          (with-current-buffer buffer
            (gastownd--sessions-show result err)))))))
 
 ;;;###autoload
-(defun gastownd-sessions (&optional all-nodes)
+(defun gastownd-sessions ()
   "List the town's sessions in the buffer *gastownd-sessions*.
-ALL-NODES (interactively, a prefix argument) lists every node's."
-  (interactive "P")
+In a federated town, every node's."
+  (interactive)
   (let ((root (gastownd--town-root))
         (buffer (get-buffer-create gastownd-sessions-buffer-name)))
     (with-current-buffer buffer
       (unless (derived-mode-p 'gastownd-sessions-mode)
         (gastownd-sessions-mode))
       (setq gastownd--buffer-town (or root 'default))
-      (setq gastownd--sessions-all-nodes (and all-nodes t))
       (gastownd--sessions-refresh))
     (pop-to-buffer-same-window buffer)
     buffer))
@@ -1061,7 +1056,8 @@ with no id at point, it is asked for."
     (gastownd--request
      (with-current-buffer (window-buffer (selected-window))
        (gastownd--town-root))
-     "sessions" (list :state "open" :limit gastownd--open-limit)
+     ;; :local: this daemon's own wisps, not other nodes' in a federated town.
+     "sessions" (list :state "open" :limit gastownd--open-limit :local t)
      (lambda (result err)
        (setq gastownd--mode-line-busy nil)
        (let ((text (gastownd--mode-line-text result err)))

@@ -281,6 +281,8 @@ def _federation_rows(fed: FederationInfo) -> list[tuple[str, str]]:
     if fed.rejected:
         rejected = ", ".join(f"{reason} {n}" for reason, n in fed.rejected.items())
         rows.append(("  rejected", rejected))
+    if fed.too_large:
+        rows.append(("  too large", f"{fed.too_large} records over the server's max_payload"))
     for node in fed.nodes:
         rows.append(
             (

@@ -342,6 +342,8 @@ class FederationInfo(msgspec.Struct, kw_only=True):
     backlog: dict[str, int] = msgspec.field(default_factory=dict)
     published: int = 0
     applied: int = 0
+    # Local records larger than the server's max_payload, which never left this node.
+    too_large: int = 0
     # Remote records skipped, by reason (malformed, claims_this_node, other_town, ...).
     rejected: dict[str, int] = msgspec.field(default_factory=dict)
     nodes: list[NodeInfo] = msgspec.field(default_factory=list)

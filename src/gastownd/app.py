@@ -164,7 +164,7 @@ class App:
             if config.federation.enabled:
                 federation = Federation(daemon, config.federation)
                 daemon.federation = federation
-                sessions.on_commit = federation.wake
+                sessions.on_commit = federation.store_changed
             ingester = SpoolIngester(daemon, town_paths.spool_dir(paths.town))
             await anyio.to_thread.run_sync(ingester.prepare)
             watch_stop = anyio.Event()

@@ -144,13 +144,15 @@ class FederationConfig(_Section):
     tls_key: str | None = None
     # The name on the server's certificate, when the URLs name an IP address.
     tls_hostname: str | None = None
+    # The JetStream domain of the hub, when this node reaches it through a leaf node.
+    jetstream_domain: str | None = None
     # Applied when the daemon creates the town's stream (it never deletes or changes one).
     stream_replicas: int = 1
     # "" keeps records forever; else e.g. "90d" (the stream then drops older records).
     stream_max_age: str = ""
     # How long the stream remembers message ids to drop republished records.
     duplicate_window: str = "2h"
-    # Records per publish round and per fetch.
+    # Session records, digests and attributions read per publish round.
     batch: int = 256
     # How often the connection is checked (a dead peer is noticed within two of these).
     ping_interval: str = "10s"

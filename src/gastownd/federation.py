@@ -7,9 +7,10 @@ publishes what this node learns and applies what other nodes publish
 - the **publisher** reads durable local state (event lines after the cursor it
   has published, session records after a ``rev``, digests and attributions
   after a row id), publishes a batch with ``publish_async`` (each record with
-  its stable ``Nats-Msg-Id``), and advances its marks in the store only once
-  the stream acknowledged every record. A crash, a ``kill -9`` or an outage
-  repeats at most one batch, which the stream's duplicate window drops and
+  its stable ``Nats-Msg-Id``), and advances its marks once the stream
+  acknowledged every record; the marks reach the store when the backlog is
+  done or once a second. A crash, a ``kill -9`` or an outage repeats at most
+  that second's records, which the stream's duplicate window drops and
   receivers apply idempotently anyway. Memory stays bounded by a batch.
 - the **consumer** pulls from a durable consumer of its own
   (``gastownd_<node>``) on the town's stream, checks every record, applies
@@ -44,8 +45,10 @@ import structlog
 from gastown_client.protocol import FederationInfo, NodeInfo
 from gastownd.config import FederationConfig, parse_duration
 from gastownd.core.events import format_ts
-from gastownd.core.index import MALFORMED
+from gastownd.core.query import compile_filter
 from gastownd.core.records import (
+    EVENT_RUN_BYTES,
+    MAX_EVENT_LINES,
     NAME_PATTERN,
     AnyMessage,
     AttributionMessage,
@@ -63,6 +66,7 @@ from gastownd.core.records import (
     town_subjects,
 )
 from gastownd.daemon import Daemon
+from gastownd.eventlog import BacklogGap
 from gastownd.store.remote import (
     MARK_ATTRIBUTIONS,
     MARK_DIGESTS,
@@ -76,7 +80,14 @@ log = structlog.get_logger("gastownd.federation")
 FETCH_WAIT_S = 1.0
 PUBLISH_TIMEOUT_S = 10.0
 IDLE_WAKE_S = 1.0
+MARK_INTERVAL_S = 1.0
+ROUND_S = 0.01
+# Lines read per publish round, and messages (up to MAX_EVENT_LINES lines each) per
+# fetch: each fetch is applied in one store transaction, which local work may wait for.
+EVENT_LINES_PER_ROUND = 16 * MAX_EVENT_LINES
+FETCH_MESSAGES = 32
 BACKOFF_S = (0.2, 0.5, 1.0, 2.0, 5.0)
+_EVERY_LINE = compile_filter()
 
 
 def identity(config: FederationConfig, town: Path) -> tuple[str, str]:
@@ -118,19 +129,29 @@ class Federation:
         self.connected = False
         self.published = 0
         self.applied = 0
+        # Records larger than the server's max_payload: they never leave this node.
+        self.too_large = 0
         self.rejected: Counter[str] = Counter()
         self.last_error: str | None = None
         self.last_error_at: float | None = None
         # Highest arrival number of a remote line applied: the live edge for subscribers.
         self.last_arrival = 0
         self._wake = anyio.Event()
+        # Set when the store may hold new records to send (sessions, digests, attributions):
+        # an emit only adds a line, and reading the store for it would cost a thread hop.
+        self._store_changed = True
         self._logged_rejections: set[str] = set()
         self._marks: dict[str, str] = {}
 
     # ------------------------------------------------------------ wiring
 
     def wake(self) -> None:
-        """Something local changed (a line, a record): publish soon."""
+        """A line was added to the local log: publish soon."""
+        self._wake.set()
+
+    def store_changed(self) -> None:
+        """A session record, digest or attribution may have been stored: publish soon."""
+        self._store_changed = True
         self._wake.set()
 
     async def run(
@@ -163,7 +184,7 @@ class Federation:
         nc = await nats.connect(**self._connect_options())
         self.connected = nc.is_connected
         try:
-            js = nc.jetstream()
+            js = nc.jetstream(domain=self.config.jetstream_domain)
             await self._ensure_stream(js)
             async with anyio.create_task_group() as tasks:
                 tasks.start_soon(self._publish_loop, js)
@@ -257,41 +278,75 @@ class Federation:
 
     async def _publish_loop(self, js: Any) -> None:
         attempt = 0
-        while True:
-            batch, marks = await self._next_batch()
-            if not batch:
-                with anyio.move_on_after(IDLE_WAKE_S):
-                    await self._wake.wait()
-                self._wake = anyio.Event()
-                continue
-            try:
-                await self._publish(js, batch)
-            except Exception as exc:
-                self._error("federation_publish_failed", exc, records=len(batch))
-                await anyio.sleep(BACKOFF_S[min(attempt, len(BACKOFF_S) - 1)])
-                attempt += 1
-                continue
-            attempt = 0
-            sessions = self.daemon.sessions
-            assert sessions is not None
-            await sessions.db(sessions.store.remote.set_marks, marks)
-            self._marks.update(marks)
-            self.published += len(batch)
+        unsaved: dict[str, str] = {}
+        saved_at = round_started = time.monotonic()
+        try:
+            while True:
+                # At most one round per ROUND_S: under a stream of appends, each round
+                # then carries a run of lines instead of one; a lone line goes at once.
+                await anyio.sleep(max(0.0, round_started + ROUND_S - time.monotonic()))
+                round_started = time.monotonic()
+                batch, marks = await self._next_batch()
+                if not batch:
+                    if unsaved:
+                        await self._save_marks(unsaved)
+                        saved_at = time.monotonic()
+                    with anyio.move_on_after(IDLE_WAKE_S):
+                        await self._wake.wait()
+                    self._wake = anyio.Event()
+                    continue
+                try:
+                    await self._publish(js, batch)
+                except Exception as exc:
+                    self._error("federation_publish_failed", exc, records=len(batch))
+                    self._store_changed = True  # the batch is read again
+                    await anyio.sleep(BACKOFF_S[min(attempt, len(BACKOFF_S) - 1)])
+                    attempt += 1
+                    continue
+                attempt = 0
+                self._marks.update(marks)
+                unsaved.update(marks)
+                self.published += len(batch)
+                # Marks are saved when the backlog is done, else once a second: a crash
+                # repeats at most that much, which the stream and receivers drop.
+                if time.monotonic() - saved_at >= MARK_INTERVAL_S:
+                    await self._save_marks(unsaved)
+                    saved_at = time.monotonic()
+        finally:
+            if unsaved:
+                with anyio.CancelScope(shield=True):
+                    await self._save_marks(unsaved)
+
+    async def _save_marks(self, marks: dict[str, str]) -> None:
+        sessions = self.daemon.sessions
+        assert sessions is not None
+        await sessions.db(sessions.store.remote.set_marks, dict(marks))
+        marks.clear()
 
     async def _publish(self, js: Any, batch: Sequence[_Outgoing]) -> None:
+        import nats.errors
+
         futures = []
         try:
             with anyio.fail_after(PUBLISH_TIMEOUT_S):
                 for item in batch:
-                    futures.append(
-                        await js.publish_async(
-                            item.subject,
-                            item.data,
-                            stream=self.stream,
-                            headers={"Nats-Msg-Id": item.msg_id},
+                    try:
+                        future = await js.publish_async(
+                            item.subject, item.data, headers={"Nats-Msg-Id": item.msg_id}
                         )
-                    )
-                await js.publish_async_completed()
+                    except nats.errors.MaxPayloadError:
+                        # Retrying cannot help: the record stays local (docs: max_payload).
+                        self.too_large += 1
+                        log.error(
+                            "federation_record_too_large",
+                            id=item.msg_id,
+                            bytes=len(item.data),
+                            max_payload=js._nc.max_payload,
+                        )
+                        continue
+                    futures.append(future)
+                if futures:
+                    await js.publish_async_completed()
             for future in futures:
                 future.result()  # raises the stream's refusal, if any
         finally:
@@ -304,32 +359,17 @@ class Federation:
         sessions = self.daemon.sessions
         assert sessions is not None
         limit = self.config.batch
-        batch, marks = self._event_batch(limit)
+        batch, marks = await self._event_batch()
+        if not self._store_changed:
+            return batch, marks
+        # Cleared before reading: a commit during the reads sets it again.
+        self._store_changed = False
         remote = sessions.store.remote
         rev = int(self._marks.get(MARK_SESSIONS, "0"))
         for row in await sessions.db(remote.sessions_after, rev, limit):
-            record = SessionMessage(
-                town=self.town,
-                node=self.node,
-                id="",
-                session_id=row[0],
-                rev=row[1],
-                actor=row[2],
-                role=row[3],
-                topic=row[4],
-                cwd=row[5],
-                actor_pid=row[6],
-                first_start_at=row[7],
-                last_start_at=row[8],
-                last_activity_at=row[9],
-                starts=row[10],
-                segments=row[11],
-                state=row[12],
-                ended_at=row[13],
-                end_reason=row[14],
-            )
+            record = SessionMessage(town=self.town, node=self.node, id="", **row)
             batch.append(self._outgoing("session", record))
-            marks[MARK_SESSIONS] = str(row[1])
+            marks[MARK_SESSIONS] = str(row["rev"])
         after_digest = int(self._marks.get(MARK_DIGESTS, "0"))
         for rowid, digest in await sessions.db(remote.digests_after, after_digest, limit):
             message = DigestMessage(town=self.town, node=self.node, id="", digest=digest)
@@ -337,35 +377,41 @@ class Federation:
             marks[MARK_DIGESTS] = str(rowid)
         row_id = int(self._marks.get(MARK_ATTRIBUTIONS, "0"))
         for row in await sessions.db(remote.attributions_after, row_id, limit):
-            attribution = AttributionMessage(
-                town=self.town,
-                node=self.node,
-                id="",
-                local_id=row[0],
-                issue=row[1],
-                session_id=row[2],
-                segment=row[3],
-                action=row[4],
-                at=row[5],
-                actor=row[6],
-                rule=row[7],
-            )
+            attribution = AttributionMessage(town=self.town, node=self.node, id="", **row)
             batch.append(self._outgoing("attribution", attribution))
-            marks[MARK_ATTRIBUTIONS] = str(row[0])
+            marks[MARK_ATTRIBUTIONS] = str(row["local_id"])
+        if any(m in marks for m in (MARK_SESSIONS, MARK_DIGESTS, MARK_ATTRIBUTIONS)):
+            self._store_changed = True  # there may be more than a batch
         return batch, marks
 
-    def _event_batch(self, limit: int) -> tuple[list[_Outgoing], dict[str, str]]:
-        """Lines of the local log after the published cursor (read with no await)."""
+    async def _event_batch(self) -> tuple[list[_Outgoing], dict[str, str]]:
+        """Lines of the local log after the published cursor, from the archive first when
+        retention moved them there before they were published."""
         eventlog = self.daemon.eventlog
         assert eventlog is not None
         epoch = eventlog.seqmap.epoch
         after = self._published_seq(epoch)
-        index = eventlog.index
-        start = index.position_after(after)
-        end = min(len(index), start + limit)
-        if start >= end:
+        head = eventlog.index.next_seq() - 1
+        if after >= head:
             return [], {}
-        positions = [p for p in range(start, end) if index.types[p] != MALFORMED]
+        backlog = eventlog.backlog(_EVERY_LINE, after, head, from_archive=True)
+        chunk: list[tuple[int, bytes]] = []
+        try:
+            while len(chunk) < EVENT_LINES_PER_ROUND:
+                more = await backlog.next()
+                if not more:
+                    break
+                chunk += more
+        except BacklogGap as exc:
+            # Only with the archive turned off: those lines are gone, go on after them.
+            index = eventlog.index
+            skip_to = index.seqs[0] - 1 if len(index) else head
+            log.error(
+                "federation_lines_lost", after_seq=after, resume_after=skip_to, error=str(exc)
+            )
+            return [], {MARK_EVENTS: f"{epoch}:{skip_to}"}
+        if not chunk:
+            return [], {}
         batch = [
             self._outgoing(
                 "event",
@@ -374,13 +420,13 @@ class Federation:
                     node=self.node,
                     id="",
                     epoch=epoch,
-                    seq=index.seqs[position],
-                    line=msgspec.Raw(line),
+                    seqs=[seq for seq, _ in run],
+                    lines=[msgspec.Raw(line) for _, line in run],
                 ),
             )
-            for position, line in zip(positions, eventlog.read_lines(positions), strict=True)
+            for run in _runs(chunk)
         ]
-        return batch, {MARK_EVENTS: f"{epoch}:{index.seqs[end - 1]}"}
+        return batch, {MARK_EVENTS: f"{epoch}:{chunk[-1][0]}"}
 
     def _published_seq(self, epoch: int) -> int:
         """The last local seq published in this epoch (-1: none)."""
@@ -391,7 +437,8 @@ class Federation:
         return int(seq) if int(mark_epoch) == epoch else -1
 
     def keep_after_seq(self) -> int:
-        """Lines after this seq are not published yet: retention must keep them."""
+        """Lines after this seq are not published yet: without the archive (where the
+        publisher also reads), retention must keep them."""
         eventlog = self.daemon.eventlog
         assert eventlog is not None
         return self._published_seq(eventlog.seqmap.epoch)
@@ -412,15 +459,16 @@ class Federation:
             stream=self.stream,
             config=ConsumerConfig(
                 deliver_policy=DeliverPolicy.ALL,
-                ack_policy=AckPolicy.EXPLICIT,
+                # Acking a batch's last message acks the whole batch, after its commit.
+                ack_policy=AckPolicy.ALL,
                 ack_wait=30,
-                max_ack_pending=max(1000, 4 * self.config.batch),
+                max_ack_pending=1000,
             ),
         )
         attempt = 0
         while True:
             try:
-                messages = await sub.fetch(self.config.batch, timeout=FETCH_WAIT_S)
+                messages = await sub.fetch(FETCH_MESSAGES, timeout=FETCH_WAIT_S)
             except nats.errors.TimeoutError:
                 continue
             except Exception as exc:  # failover, no responders: back off, never spin
@@ -430,8 +478,8 @@ class Federation:
                 continue
             attempt = 0
             await self._apply(messages)
-            for message in messages:
-                await message.ack()  # after the commit: a crash before it redelivers
+            if messages:
+                await messages[-1].ack()  # after the commit: a crash before it redelivers
 
     async def _apply(self, messages: Sequence[Any]) -> None:
         records: list[AnyMessage] = []
@@ -501,6 +549,7 @@ class Federation:
             connected=self.connected,
             backlog=dict(sorted(backlog.items())),
             published=self.published,
+            too_large=self.too_large,
             applied=self.applied,
             rejected=dict(sorted(self.rejected.items())),
             nodes=[
@@ -517,6 +566,20 @@ class Federation:
             last_error=self.last_error,
             last_error_at=format_ts(self.last_error_at) if self.last_error_at else None,
         )
+
+
+def _runs(lines: Sequence[tuple[int, bytes]]) -> list[list[tuple[int, bytes]]]:
+    """``lines`` cut into event records: at most ``MAX_EVENT_LINES`` lines, and about
+    ``EVENT_RUN_BYTES`` (a longer line travels alone)."""
+    runs: list[list[tuple[int, bytes]]] = []
+    size = 0
+    for item in lines:
+        if not runs or len(runs[-1]) >= MAX_EVENT_LINES or size + len(item[1]) > EVENT_RUN_BYTES:
+            runs.append([])
+            size = 0
+        runs[-1].append(item)
+        size += len(item[1])
+    return runs
 
 
 __all__ = ["Federation", "RemoteEvent", "identity"]

@@ -113,9 +113,22 @@ async def prune_now(daemon: Daemon, *, dry_run: bool) -> PruneResult:
             dry_run=dry_run,
             archive=retention.archive,
             archive_max_age_s=parse_duration(max_age) if max_age is not None else None,
+            keep_after_seq=_read_by_everyone(daemon),
         )
     except OSError as exc:
         raise StorageError(f"prune failed: {exc.strerror or exc}; the log is unchanged") from None
+
+
+def _read_by_everyone(daemon: Daemon) -> int | None:
+    """The last seq that every reader of the log has read: retention keeps the lines after
+    it, so no line goes before what it says is recorded (and, without the archive, where
+    federation would read it too, sent)."""
+    marks = []
+    if daemon.sessions is not None:
+        marks.append(daemon.sessions.recorded_seq())
+    if daemon.federation is not None and not daemon.config.retention.archive:
+        marks.append(daemon.federation.keep_after_seq())
+    return min(marks) if marks else None
 
 
 async def prune_remote(daemon: Daemon, policy: RetentionPolicy) -> int:
@@ -176,17 +189,30 @@ async def prune(
     dry_run: bool,
     archive: bool,
     archive_max_age_s: float | None = None,
+    keep_after_seq: int | None = None,
 ) -> PruneResult:
-    """Remove expired lines: archive them, copy the kept ones to a new file, swap it in."""
+    """Remove expired lines: archive them, copy the kept ones to a new file, swap it in.
+
+    Lines after ``keep_after_seq`` are kept whatever their age: others have
+    not read them yet.
+    """
     started = time.monotonic()
     async with eventlog.prune_lock:
         index = eventlog.index
         count = len(index)
         end = index.end
+        protect_from = None if keep_after_seq is None else index.position_after(keep_after_seq)
         # Appends only add positions past ``count``: the steps read a stable prefix.
         decided = await _cooperate(
             plan_prune_steps(
-                index.types, index.type_names, index.ts, count, now_s, policy, index.by_type
+                index.types,
+                index.type_names,
+                index.ts,
+                count,
+                now_s,
+                policy,
+                index.by_type,
+                protect_from,
             )
         )
         ranges = await _cooperate(_ranges_steps(index, decided.keep))

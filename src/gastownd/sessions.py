@@ -72,6 +72,8 @@ class Sessions:
         self._lines_waiting = anyio.Event()
         # (epoch, seq) of the last line recorded; None before the first.
         self._recorded: tuple[int, int] | None = None
+        # (epoch, seq) of the last line read by the recorder, session line or not.
+        self._read_through: tuple[int, int] | None = None
         # Called after each commit that may change what federation publishes.
         self.on_commit: Callable[[], None] | None = None
 
@@ -214,6 +216,12 @@ class Sessions:
 
     # ------------------------------------------------------ lines and reaping
 
+    def recorded_seq(self) -> int:
+        """The last line of this epoch the recorder has read and recorded (-1: none)."""
+        epoch = self.eventlog.seqmap.epoch
+        marks = [m[1] for m in (self._recorded, self._read_through) if m and m[0] == epoch]
+        return max(marks, default=-1)
+
     def observe(self, items: Sequence[Published]) -> None:
         """Called with every indexed line; wakes the recorder for the lines it reads."""
         if any(item.type in RECORDED_TYPES for item in items):
@@ -259,6 +267,8 @@ class Sessions:
                 after_position=index.position_after(after),
             )
             if not positions:
+                # Every line of the index has been read, recorded or not a session line.
+                self._read_through = (epoch, index.next_seq() - 1)
                 return total
             entries = [index.entry(p) for p in positions]
             items = [

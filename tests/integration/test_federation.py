@@ -59,7 +59,7 @@ def start_nodes(base: Path, town: str, urls: list[str], names: tuple[str, ...]) 
         (root / "settings").mkdir()
         servers = ", ".join(f'"{u}"' for u in urls)
         (root / "settings" / "gastownd.toml").write_text(
-            "[retention]\nenabled = false\n\n"
+            "[retention]\nenabled = false\n\n[hooks]\ninject_context = true\n\n"
             f'[federation]\nservers = [{servers}]\nnode = "{name}"\nstream_replicas = 3\n'
         )
         nodes.append(Node(name, root, DaemonProcess(root).wait_ready(), []))
@@ -265,10 +265,10 @@ def test_garbage_and_forged_records_are_counted_and_skipped(
                 "kind": "event",
                 "town": town_name,
                 "node": node,
-                "id": f"{node}.event.1:{seq}",
+                "id": f"{node}.event.1:{seq}-{seq}",
                 "epoch": 1,
-                "seq": seq,
-                "line": json.loads(line),
+                "seqs": [seq],
+                "lines": [json.loads(line)],
             }
         ).encode()
 
@@ -331,3 +331,66 @@ def test_cli_all_nodes_seance_and_status(town_nodes: list[Node]) -> None:
     assert printed.returncode == 0 and f"--resume {remote_session}" in printed.stdout
     status = run_ctl(a.town, "status")
     assert "federation     node a" in status.stdout, status.stdout
+
+
+def test_lines_archived_before_they_were_published_still_reach_the_town(
+    nats: NatsCluster, town_nodes: list[Node]
+) -> None:
+    a, b = town_nodes[0], town_nodes[1]
+    nats.stop()
+    old = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 10 * 86400))
+    for n in range(30):
+        gt_append(
+            a.town,
+            {
+                "ts": old,
+                "source": "gt",
+                "type": "nudge",
+                "actor": "gastown/witness",
+                "payload": {"tag": f"old-{n}"},
+                "visibility": "feed",
+            },
+        )
+    with a.client() as client:
+        # The recorder reads them first; then retention moves them to the archive.
+        deadline = time.monotonic() + 10
+        while client.prune().pruned_total < 30 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert client.query(types=["nudge"], limit=100).events == []
+        assert len(client.query(types=["nudge"], archive=True, limit=100).events) == 30
+    nats.start()
+    deadline = time.monotonic() + 60
+    while True:
+        with b.client() as client:
+            got = client.query(node="a", types=["nudge"], limit=100).events
+        if len(got) == 30 or time.monotonic() > deadline:
+            break
+        time.sleep(0.3)
+    tags = sorted(json.loads(bytes(e))["payload"]["tag"] for e in got)
+    assert tags == sorted(f"old-{n}" for n in range(30))
+
+
+def test_one_identity_on_two_machines_forks_its_chain_and_the_note_names_the_newest(
+    nats: NatsCluster, town_nodes: list[Node]
+) -> None:
+    a, b = town_nodes[0], town_nodes[1]
+    work(a, "base")
+    wait_converged(town_nodes)
+    nats.stop()  # both machines squash a session of the same identity, unaware of each other
+    work(a, "fork")
+    time.sleep(1.1)
+    work(b, "fork")
+    nats.start()
+    wait_converged(town_nodes)
+    with a.client() as client:
+        cv = client.cv(ACTOR, limit=100, verify=True)
+    assert cv.verified and cv.total == 3
+    [fork] = cv.forks
+    assert sorted(fork.nodes) == ["a", "b"]
+    newest = cv.digests[0]  # b's: it ended last
+    assert newest.node == "b" and newest.remote
+    session = str(uuid.uuid4())
+    env = {"GT_ROLE": ACTOR, "GT_SESSION": "gt-nux-new"}
+    shown = run_hook(a.town, payload("SessionStart", session, source="startup"), env_extra=env)
+    note = shown.stdout.decode()
+    assert f"(session {newest.session_id})" in note, note

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from gastownd.core.retention import DAY_S, RetentionPolicy, plan_prune, policy_from_krc
+from gastownd.core.retention import (
+    DAY_S,
+    RetentionPolicy,
+    drive,
+    plan_prune,
+    plan_prune_steps,
+    policy_from_krc,
+)
 
 
 @pytest.mark.parametrize(
@@ -73,3 +80,21 @@ def test_krc_durations_are_nanoseconds_and_override_per_type() -> None:
 def test_invalid_krc_is_rejected(data: dict[str, object]) -> None:
     with pytest.raises(ValueError):  # noqa: PT011 - the messages are checked elsewhere
         policy_from_krc(data, RetentionPolicy())
+
+
+@pytest.mark.parametrize("protect_from", [0, 1, 2500, 4999, 5000, 7000])
+def test_lines_from_protect_from_on_are_kept_whatever_their_age(protect_from: int) -> None:
+    count = 5000  # more than one planning chunk
+    steps = plan_prune_steps(
+        [0] * count,
+        ["nudge"],
+        [0] * count,
+        count,
+        10 * DAY_S,
+        RetentionPolicy(),
+        {0: []},
+        protect_from,
+    )
+    plan = drive(steps)
+    assert plan.keep == list(range(min(protect_from, count), count))
+    assert plan.removed_total == min(protect_from, count)

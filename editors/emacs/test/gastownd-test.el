@@ -158,6 +158,8 @@
                   (remote . t)))))
     (should (equal (cdr (append (cadr entry) nil))
                    '("7f3c2a10" "squashed" "gastown/polecats/nux@laptop" "done" "fix gt-42"))))
+  (should (equal (aref (cadr (gastownd--session-entry '((actor . "max") (node . "vm")))) 3)
+                 "max"))
   (let ((lines (gastownd--attribution-lines
                 "gt-42"
                 '(((session_id . "7f3c2a10-5b8e") (action . "closed")
@@ -342,10 +344,16 @@
   (gastownd-test--with-fast-settings
     (gastownd-test--ctl "hook" gastownd-test-session "start")
     (gastownd-test--ctl "hook" gastownd-test-session "close" "gt-w7x")
-    (with-temp-buffer
-      (insert "the fix for gt-w7x landed")
-      (search-backward "w7x")
-      (call-interactively #'gastownd-who))
+    ;; A buffer inside the town: its directory, not GT_TOWN_ROOT, names the town.
+    (let ((dir (expand-file-name "gastown/crew/max/" (getenv "GASTOWND_TEST_TOWN")))
+          (process-environment (cons "GT_TOWN_ROOT=/nonexistent/town" process-environment)))
+      (make-directory dir t)
+      (with-temp-buffer
+        (setq default-directory dir)
+        (insert "the fix for gt-w7x landed")
+        (search-backward "w7x")
+        (call-interactively #'gastownd-who))
+      (gastownd-test--wait "the who buffer" (lambda () (get-buffer "*gastownd-who*"))))
     (gastownd-test--wait "the who buffer" (lambda () (get-buffer "*gastownd-who*")))
     (let ((lines (gastownd-test--lines (get-buffer "*gastownd-who*"))))
       (should (equal (car lines) "gt-w7x: 1 change"))

@@ -185,7 +185,10 @@ return {
       setup()
       h.ctl("hook", SESSION, "start")
       h.ctl("hook", SESSION, "close", "gt-w7x")
-      vim.cmd("enew")
+      -- A file inside the town: its directory, not GT_TOWN_ROOT, names the town.
+      vim.env.GT_TOWN_ROOT = "/nonexistent/town"
+      vim.fn.mkdir(h.town .. "/gastown/crew/max", "p")
+      vim.cmd("edit " .. vim.fn.fnameescape(h.town .. "/gastown/crew/max/notes.md"))
       vim.api.nvim_buf_set_lines(0, 0, -1, false, { "the fix for gt-w7x landed" })
       vim.fn.cursor(1, vim.fn.stridx("the fix for gt-w7x landed", "w7x") + 1)
       vim.cmd("GastownWho")
@@ -197,7 +200,9 @@ return {
       local lines = h.lines(vim.api.nvim_win_get_buf(who.window))
       h.eq("gt-w7x: 1 change", lines[1], "title")
       h.truthy(
-        lines[2]:match("^closed   %d+%-%d+%-%d+ %d+:%d+  " .. SESSION:sub(1, 8) .. "  " .. vim.pesc(ACTOR) .. "  %(session open%)$"),
+        lines[2]:match(
+          "^closed   %d+%-%d+%-%d+ %d+:%d+  " .. SESSION:sub(1, 8) .. "  " .. vim.pesc(ACTOR) .. "  %(session open%)$"
+        ),
         lines[2]
       )
       -- Moving the cursor closes it. (A script never reaches the main loop's check that

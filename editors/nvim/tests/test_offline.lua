@@ -53,7 +53,7 @@ return {
       h.truthy(format.event_line({ type = "x" }):match("^%?  x"), "an event without ts or actor")
       h.eq("ab…", format.short("abcdef", 3), "shortened")
 
-      local row = format.session_row({
+      local session = {
         session_id = "7f3c2a10-5b8e-4d2f-9a61-0c4e8b2d9f11",
         started_at = "2026-11-25T01:50:47Z",
         state = "squashed",
@@ -62,8 +62,11 @@ return {
         topic = "fix gt-42",
         node = "laptop",
         remote = true,
-      })
+      }
+      local row = format.session_row(session)
       h.truthy(row:match("^%d+%-%d+%-%d+ %d+:%d+  7f3c2a10  squashed   gastown/polecats/nux@laptop%s+done%s+fix gt%-42$"), row)
+      session.remote = false
+      h.truthy(format.session_row(session):find("  gastown/polecats/nux  ", 1, true), "a local one")
       h.truthy(format.session_header():match("^Started%s+Session%s+State%s+Actor%s+End%s+Topic$"), "header")
 
       local lines = format.attribution_lines("gt-42", {

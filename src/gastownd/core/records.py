@@ -6,8 +6,12 @@ with a stable id (``<node>.<kind>.<local id>``) as its ``Nats-Msg-Id``: a
 republish after a crash or a reconnect is the same message, deduplicated by
 the stream and applied idempotently by receivers. Kinds:
 
-- ``event``: one line of the sender's event log (gt's lines included), with
-  its cursor (``epoch``, ``seq``); local id ``<epoch>:<seq>``;
+- ``event``: a run of lines of the sender's event log (gt's lines included),
+  each with its cursor (``epoch``, its ``seq``); local id
+  ``<epoch>:<first seq>-<last seq>``. A run starts after the last line the
+  stream acknowledged and holds up to :data:`MAX_EVENT_LINES` lines, so a
+  republish of a full run is the same message; a receiver applies each line
+  once, by ``(node, epoch, seq)``, whatever run it came in;
 - ``session``: the sender's permanent record of one session (hook-fed or only
   logged), as of change ``rev``; local id ``<session_id>.<rev>``; a receiver
   keeps the highest ``rev``;
@@ -23,6 +27,7 @@ Town line; a digest must hash to its ``hash``). Anything else raises
 
 from __future__ import annotations
 
+import itertools
 import re
 from typing import Final, Literal
 
@@ -34,6 +39,10 @@ from gastownd.core.events import MAX_LINE_BYTES, parse_line, parse_ts
 # Node and town names are NATS subject tokens: no dots, spaces or wildcards.
 NAME_PATTERN: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")
 MAX_RECORD_BYTES: Final = MAX_LINE_BYTES + (64 << 10)
+# Lines of one event record, and the bytes a run aims to stay under (a longer line
+# travels alone). One message per line would cost more than the line itself.
+MAX_EVENT_LINES: Final = 256
+EVENT_RUN_BYTES: Final = 256 << 10
 SUBJECT_ROOT: Final = "gastown"
 Kind = Literal["event", "session", "digest", "attribution"]
 KINDS: Final[tuple[Kind, ...]] = ("event", "session", "digest", "attribution")
@@ -58,8 +67,9 @@ class Message(msgspec.Struct, tag_field="kind", kw_only=True):
 
 class EventMessage(Message, tag="event", kw_only=True):
     epoch: int
-    seq: int
-    line: msgspec.Raw
+    # Strictly increasing seqs, one per line.
+    seqs: list[int]
+    lines: list[msgspec.Raw]
 
 
 class SessionMessage(Message, tag="session", kw_only=True):
@@ -119,8 +129,8 @@ def message_id(node: str, kind: Kind, local_id: str) -> str:
 
 def local_id_of(message: AnyMessage) -> str:
     match message:
-        case EventMessage():
-            return f"{message.epoch}:{message.seq}"
+        case EventMessage(seqs=seqs):
+            return f"{message.epoch}:{seqs[0]}-{seqs[-1]}" if seqs else f"{message.epoch}:-"
         case SessionMessage():
             return f"{message.session_id}.{message.rev}"
         case DigestMessage():
@@ -173,13 +183,16 @@ def decode_message(subject_name: str, data: bytes, *, town: str, local_node: str
 
 def _check_content(message: AnyMessage) -> None:
     match message:
-        case EventMessage(line=line):
-            raw = bytes(line)
-            parsed = parse_line(raw)
-            if len(raw) > MAX_LINE_BYTES or parsed is None or parse_ts(parsed.ts) is None:
-                raise Rejected("bad_line", f"seq {message.seq}")
-            if message.epoch < 0 or message.seq < 0:
-                raise Rejected("bad_id", message.id)
+        case EventMessage(seqs=seqs, lines=lines):
+            if not seqs or len(seqs) != len(lines) or len(seqs) > MAX_EVENT_LINES:
+                raise Rejected("bad_event", f"{len(seqs)} seqs for {len(lines)} lines")
+            if message.epoch < 0 or seqs[0] < 0 or any(a >= b for a, b in itertools.pairwise(seqs)):
+                raise Rejected("bad_event", "seqs must increase")
+            for seq, line in zip(seqs, lines, strict=True):
+                raw = bytes(line)
+                parsed = parse_line(raw)
+                if len(raw) > MAX_LINE_BYTES or parsed is None or parse_ts(parsed.ts) is None:
+                    raise Rejected("bad_line", f"seq {seq}")
         case SessionMessage():
             if not message.session_id.strip() or not message.actor.strip() or message.rev < 0:
                 raise Rejected("bad_session", message.session_id)

@@ -95,12 +95,15 @@ def plan_prune_steps(
     now_s: float,
     policy: RetentionPolicy,
     postings: Mapping[int, Sequence[int]],
+    protect_from: int | None = None,
 ) -> Generator[None, None, PrunePlan]:
     """The plan for the first ``count`` lines, in steps (yields every ``PLAN_CHUNK`` lines).
 
     ``type_ids[i]`` indexes ``names`` (negative: malformed, always kept);
     ``postings[t]`` lists the positions of type ``t`` in order, so the
     ``min_retain_count`` newest of each type are found without a scan.
+    Lines at ``protect_from`` and after are kept whatever their age (lines that
+    are not yet recorded or published elsewhere).
     """
     cutoff = [now_s - policy.ttl_for(name) for name in names]
     protected: set[int] = set()
@@ -110,8 +113,13 @@ def plan_prune_steps(
             protected.update(positions[max(0, end - policy.min_retain_count) : end])
     keep: list[int] = []
     removed_ids: Counter[int] = Counter()
+    expiring = count if protect_from is None else max(0, min(count, protect_from))
     for start in range(0, count, PLAN_CHUNK):
-        span = range(start, min(count, start + PLAN_CHUNK))
+        if start >= expiring:
+            keep.extend(range(start, min(count, start + PLAN_CHUNK)))
+            yield
+            continue
+        span = range(start, min(expiring, start + PLAN_CHUNK))
         expired = [
             p for p in span if (t := type_ids[p]) >= 0 and ts[p] < cutoff[t] and p not in protected
         ]
@@ -121,6 +129,7 @@ def plan_prune_steps(
             keep.extend(p for p in span if p not in gone)
         else:
             keep.extend(span)
+        keep.extend(range(span.stop, min(count, start + PLAN_CHUNK)))
         yield
     removed = Counter({names[t]: n for t, n in removed_ids.items()})
     return PrunePlan(keep=keep, removed=removed)

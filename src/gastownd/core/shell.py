@@ -136,18 +136,7 @@ class _Reader:
                 literal &= self._double_quoted(parts)
             elif char == "$" and text.startswith("$'", self.pos):
                 parts.append(self._ansi_c())
-            elif (
-                char == "$"
-                and text.startswith("$(", self.pos)
-                and not text.startswith("$((", self.pos)
-            ):
-                self.nested.append(self._balanced(self.pos + 2))
-                literal = False
-            elif char == "`":
-                end = text.find("`", self.pos + 1)
-                end = len(text) if end < 0 else end
-                self.nested.append(text[self.pos + 1 : end])
-                self.pos = end + 1
+            elif self._substitution(char):
                 literal = False
             elif char == "$" and self.pos + 1 < len(text) and text[self.pos + 1] not in " \t\n":
                 literal = False
@@ -173,14 +162,7 @@ class _Reader:
                 elif following != "\n":
                     parts.append("\\" + following)
                 self.pos += 2
-            elif char == "$" and text.startswith("$(", self.pos):
-                self.nested.append(self._balanced(self.pos + 2))
-                literal = False
-            elif char == "`":
-                end = text.find("`", self.pos + 1)
-                end = len(text) if end < 0 else end
-                self.nested.append(text[self.pos + 1 : end])
-                self.pos = end + 1
+            elif self._substitution(char):
                 literal = False
             else:
                 if char == "$":
@@ -189,6 +171,21 @@ class _Reader:
                 self.pos += 1
         self.pos += 1
         return literal
+
+    def _substitution(self, char: str) -> bool:
+        """Read a ``$( … )`` or a backquoted command at ``pos`` (its script is kept for
+        reading as commands); False when there is none."""
+        text = self.text
+        if char == "$" and text.startswith("$(", self.pos) and not text.startswith("$((", self.pos):
+            self.nested.append(self._balanced(self.pos + 2))
+            return True
+        if char == "`":
+            end = text.find("`", self.pos + 1)
+            end = len(text) if end < 0 else end
+            self.nested.append(text[self.pos + 1 : end])
+            self.pos = end + 1
+            return True
+        return False
 
     def _ansi_c(self) -> str:
         text = self.text

@@ -35,7 +35,7 @@ from gastownd.core.wisp import (
     Wisp,
 )
 from gastownd.store.remote import RemoteStore
-from gastownd.store.schema import MIGRATIONS, SCHEMA_VERSION
+from gastownd.store.schema import MIGRATIONS, SCHEMA_VERSION, insert_digest
 
 # Meta key: the last event-log line whose session facts are recorded ("EPOCH:SEQ").
 LINES_RECORDED = "lines_recorded"
@@ -464,19 +464,7 @@ class Store:
 
     def _save_digest(self, digest: Digest) -> None:
         length = self.chain_length(digest.actor)
-        self._db.execute(
-            "INSERT INTO digests (digest_id, session_id, segment, actor, chain_pos, ended_at, "
-            "body) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (
-                digest.digest_id,
-                digest.session_id,
-                digest.segment,
-                digest.actor,
-                length,
-                digest.ended_at,
-                _wisp_encoder.encode(digest),
-            ),
-        )
+        insert_digest(self._db, digest, length, "")
         self._db.execute(
             "DELETE FROM steps WHERE session_id = ? AND segment = ?",
             (digest.session_id, digest.segment),

@@ -21,6 +21,7 @@ grows while it is off.
 from __future__ import annotations
 
 import sqlite3
+from collections import Counter
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -38,6 +39,7 @@ from gastownd.core.records import (
     SessionMessage,
 )
 from gastownd.core.session_record import identity_key
+from gastownd.store.schema import insert_digest
 
 MARK_EVENTS = "fed_events"
 MARK_SESSIONS = "fed_sessions"
@@ -45,7 +47,6 @@ MARK_DIGESTS = "fed_digests"
 MARK_ATTRIBUTIONS = "fed_attributions"
 MARK_PRUNED = "fed_remote_pruned_through"
 
-_digest_encoder = msgspec.json.Encoder()
 _digest_decoder = msgspec.json.Decoder(Digest)
 
 
@@ -107,70 +108,66 @@ class RemoteStore:
     def apply(self, messages: Sequence[AnyMessage], now: float) -> Applied:
         """Apply checked remote records in one transaction."""
         applied = Applied()
+        per_node: dict[str, Counter[str]] = {}
         with self._transaction():
             for message in messages:
                 kind = type(message).__struct_config__.tag
                 assert isinstance(kind, str)
-                fresh = self._apply_one(message, applied)
-                if not fresh:
+                added = self._apply_one(message, applied)
+                if not added:
                     applied.duplicates += 1
                     continue
-                applied.counts[kind] = applied.counts.get(kind, 0) + 1
-                column = {"event": "events", "session": "sessions"}.get(kind, f"{kind}s")
+                applied.counts[kind] = applied.counts.get(kind, 0) + added
+                per_node.setdefault(message.node, Counter())[_NODE_COLUMNS[kind]] += added
+            for node, counts in per_node.items():
                 self._db.execute(
-                    f"INSERT INTO nodes (node, last_record_at, {column}) VALUES (?, ?, 1) "
-                    "ON CONFLICT (node) DO UPDATE SET last_record_at = excluded.last_record_at, "
-                    f"{column} = {column} + 1",
-                    (message.node, now),
+                    "INSERT INTO nodes (node, last_record_at, events, sessions, digests, "
+                    "attributions) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (node) DO UPDATE SET "
+                    "last_record_at = excluded.last_record_at, "
+                    "events = events + excluded.events, sessions = sessions + excluded.sessions, "
+                    "digests = digests + excluded.digests, "
+                    "attributions = attributions + excluded.attributions",
+                    (node, now, *(counts[c] for c in _NODE_COLUMNS.values())),
                 )
         return applied
 
-    def _apply_one(self, message: AnyMessage, applied: Applied) -> bool:
+    def _apply_one(self, message: AnyMessage, applied: Applied) -> int:
+        """How many records (event lines) ``message`` added."""
         match message:
             case EventMessage():
                 return self._apply_event(message, applied)
             case SessionMessage():
-                return self._apply_session(message)
+                return int(self._apply_session(message))
             case DigestMessage():
-                return self._apply_digest(message, applied)
+                return int(self._apply_digest(message, applied))
             case AttributionMessage():
-                return self._apply_attribution(message)
+                return int(self._apply_attribution(message))
         raise AssertionError(message)
 
-    def _apply_event(self, message: EventMessage, applied: Applied) -> bool:
-        line = bytes(message.line)
-        parsed = parse_line(line)
-        assert parsed is not None  # checked by decode_message
-        ts = parse_ts(parsed.ts) or 0
-        cursor = self._db.execute(
-            "INSERT OR IGNORE INTO remote_events (node, epoch, seq, ts, type, actor, session, "
-            "line) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                message.node,
-                message.epoch,
-                message.seq,
-                ts,
-                parsed.type,
-                parsed.actor,
-                session_of(parsed),
-                line,
-            ),
-        )
-        if cursor.rowcount == 0:
-            return False
-        assert cursor.lastrowid is not None
-        applied.events.append(
-            RemoteEvent(
-                cursor.lastrowid,
-                message.node,
-                ts,
-                parsed.type,
-                parsed.actor,
-                session_of(parsed),
-                line,
+    def _apply_event(self, message: EventMessage, applied: Applied) -> int:
+        """Each line of the run once; returns how many were new."""
+        fresh = 0
+        for seq, raw in zip(message.seqs, message.lines, strict=True):
+            line = bytes(raw)
+            parsed = parse_line(line)
+            assert parsed is not None  # checked by decode_message
+            ts = parse_ts(parsed.ts) or 0
+            session = session_of(parsed)
+            cursor = self._db.execute(
+                "INSERT OR IGNORE INTO remote_events (node, epoch, seq, ts, type, actor, "
+                "session, line) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (message.node, message.epoch, seq, ts, parsed.type, parsed.actor, session, line),
             )
-        )
-        return True
+            if cursor.rowcount == 0:
+                continue
+            assert cursor.lastrowid is not None
+            applied.events.append(
+                RemoteEvent(
+                    cursor.lastrowid, message.node, ts, parsed.type, parsed.actor, session, line
+                )
+            )
+            fresh += 1
+        return fresh
 
     def _apply_session(self, m: SessionMessage) -> bool:
         cursor = self._db.execute(
@@ -218,20 +215,7 @@ class RemoteStore:
             "SELECT length, ended_at FROM heads WHERE actor = ?", (digest.actor,)
         ).fetchone()
         length, head_ended_at = (int(row[0]), float(row[1])) if row else (0, -1.0)
-        self._db.execute(
-            "INSERT INTO digests (digest_id, session_id, segment, actor, chain_pos, ended_at, "
-            "body, node) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                digest.digest_id,
-                digest.session_id,
-                digest.segment,
-                digest.actor,
-                length,
-                digest.ended_at,
-                _digest_encoder.encode(digest),
-                message.node,
-            ),
-        )
+        insert_digest(self._db, digest, length, message.node)
         newer = digest.ended_at > head_ended_at
         self._db.execute(
             "INSERT INTO heads (actor, hash, length, ended_at) VALUES (?, ?, ?, ?) "
@@ -342,14 +326,14 @@ class RemoteStore:
         with self._transaction():
             self._db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", marks.items())
 
-    def sessions_after(self, rev: int, limit: int) -> list[tuple[Any, ...]]:
+    def sessions_after(self, rev: int, limit: int) -> list[dict[str, Any]]:
         """This node's session records changed after ``rev``, oldest change first."""
-        return self._db.execute(
+        return self._rows(
             "SELECT session_id, rev, actor, role, topic, cwd, actor_pid, first_start_at, "
             "last_start_at, last_activity_at, starts, segments, state, ended_at, end_reason "
             "FROM sessions WHERE node = '' AND rev > ? ORDER BY rev LIMIT ?",
             (rev, limit),
-        ).fetchall()
+        )
 
     def digests_after(self, rowid: int, limit: int) -> list[tuple[int, Digest]]:
         rows = self._db.execute(
@@ -358,12 +342,17 @@ class RemoteStore:
         ).fetchall()
         return [(int(r), _digest_decoder.decode(body)) for r, body in rows]
 
-    def attributions_after(self, row_id: int, limit: int) -> list[tuple[Any, ...]]:
-        return self._db.execute(
-            "SELECT id, issue, session_id, segment, action, at, actor, rule FROM attributions "
-            "WHERE node = '' AND id > ? ORDER BY id LIMIT ?",
+    def attributions_after(self, row_id: int, limit: int) -> list[dict[str, Any]]:
+        return self._rows(
+            "SELECT id AS local_id, issue, session_id, segment, action, at, actor, rule "
+            "FROM attributions WHERE node = '' AND id > ? ORDER BY id LIMIT ?",
             (row_id, limit),
-        ).fetchall()
+        )
+
+    def _rows(self, sql: str, args: tuple[Any, ...]) -> list[dict[str, Any]]:
+        cursor = self._db.execute(sql, args)
+        names = [column[0] for column in cursor.description]
+        return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
 
     def backlog(self, marks: dict[str, int]) -> dict[str, int]:
         """How many local records of each stored kind wait to be published."""
@@ -379,6 +368,13 @@ class RemoteStore:
 
 
 _EVENT_COLUMNS = "arrival, node, ts, type, actor, session, line"
+# Record kind -> its counter in ``nodes`` (in the table's column order).
+_NODE_COLUMNS = {
+    "event": "events",
+    "session": "sessions",
+    "digest": "digests",
+    "attribution": "attributions",
+}
 
 
 def _where(flt: EventQuery, type_: str | None) -> tuple[str, list[Any]]:

@@ -13,6 +13,14 @@ cursor), and what is known of each other node (``nodes``).
 
 from __future__ import annotations
 
+import sqlite3
+
+import msgspec
+
+from gastownd.core.digest import Digest
+
+_encoder = msgspec.json.Encoder()
+
 SCHEMA_VERSION = 2
 
 MIGRATIONS: dict[int, str] = {
@@ -134,3 +142,21 @@ MIGRATIONS: dict[int, str] = {
     );
     """,
 }
+
+
+def insert_digest(db: sqlite3.Connection, digest: Digest, chain_pos: int, node: str) -> None:
+    """One digest row: this node's ('') or another's; its body is the digest as JSON."""
+    db.execute(
+        "INSERT INTO digests (digest_id, session_id, segment, actor, chain_pos, ended_at, body, "
+        "node) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            digest.digest_id,
+            digest.session_id,
+            digest.segment,
+            digest.actor,
+            chain_pos,
+            digest.ended_at,
+            _encoder.encode(digest),
+            node,
+        ),
+    )

@@ -37,7 +37,7 @@ function M.scratch(name, filetype, root)
     vim.bo[buf].swapfile = false
     vim.bo[buf].modifiable = false
     vim.bo[buf].filetype = filetype
-    vim.keymap.set("n", "q", M.close_window, { buffer = buf, nowait = true, desc = "close the window" })
+    vim.keymap.set("n", "q", M.close_window, { buffer = buf, nowait = true, desc = "close" })
   end
   vim.api.nvim_buf_set_var(buf, "gastownd_town", root or "")
   return buf

@@ -177,7 +177,11 @@ function M.request(root, op, fields, callback, opts)
     vim.schedule(function()
       finish(nil, {
         code = "timeout",
-        message = string.format("the daemon did not answer `%s` within %.1f s", op, timeout_ms / 1000),
+        message = string.format(
+          "the daemon did not answer `%s` within %.1f s",
+          op,
+          timeout_ms / 1000
+        ),
       })
     end)
   end)

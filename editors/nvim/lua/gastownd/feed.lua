@@ -19,7 +19,8 @@ M.NAME = "gastownd://feed"
 local QUERY_ID, SUBSCRIBE_ID = 1, 2
 
 -- The running feed: { buf, root, types, all_nodes, cursor, fresh (the cursor is the head a
--- query just gave), conn, generation, delay, down, ever_up, retry_timer, reply_timer }. One feed at a time, as there is one feed buffer.
+-- query just gave), conn, generation, delay, down, ever_up, retry_timer, reply_timer }.
+-- One feed at a time, as there is one feed buffer.
 local feed = nil
 
 function M.state()
@@ -191,7 +192,8 @@ local function on_frame(state, frame)
     if result.resync and not state.fresh then
       append({
         format.marker(
-          "resync: the daemon could not resume after the last event shown (the log was replaced or pruned); reading the latest events again"
+          "resync: the daemon could not resume after the last event shown "
+            .. "(the log was replaced or pruned); reading the latest events again"
         ),
       })
       state.cursor = nil
@@ -237,7 +239,8 @@ connect = function(state)
       subscribe(state)
     else
       expect_reply(state)
-      state.conn:send(filters(state, { op = "query", id = QUERY_ID, limit = config.options.feed_lines }))
+      local query = { op = "query", id = QUERY_ID, limit = config.options.feed_lines }
+      state.conn:send(filters(state, query))
     end
   end)
 end

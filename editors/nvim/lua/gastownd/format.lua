@@ -123,7 +123,8 @@ function M.session_header()
   return session_columns("Started", "Session", "State", "Actor", "End", "Topic")
 end
 
--- One sessions row: time, short id, state, actor, end reason, topic (or summary).
+-- One sessions row: time, short id, state, actor, end reason, topic (or summary). A session
+-- that ran on another node shows it: actor@node.
 function M.session_row(row)
   return session_columns(
     M.local_time(row.started_at, config.options.date_format),

@@ -15,9 +15,8 @@ function M.feed(opts)
   return require("gastownd.feed").open(opts)
 end
 
--- opts: { all_nodes = bool }
-function M.sessions(opts)
-  return require("gastownd.sessions").open(opts)
+function M.sessions()
+  return require("gastownd.sessions").open()
 end
 
 -- issue: an issue id; nil for the Beads id under the cursor.

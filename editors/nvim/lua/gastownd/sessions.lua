@@ -24,11 +24,8 @@ end
 
 function M.refresh(buf)
   local root = town.root_for(buf)
-  local ok, all_nodes = pcall(vim.api.nvim_buf_get_var, buf, "gastownd_all_nodes")
+  -- The daemon lists every node's sessions of a federated town.
   local fields = { limit = config.options.sessions_limit }
-  if ok and all_nodes then
-    fields.all_nodes = true
-  end
   conn.request(root, "sessions", fields, function(result, err)
     if not vim.api.nvim_buf_is_valid(buf) then
       return
@@ -97,12 +94,9 @@ function M.seance(buf)
   vim.cmd("startinsert")
 end
 
--- opts: { all_nodes = bool }
-function M.open(opts)
-  opts = opts or {}
+function M.open()
   local root = town.root_for(0)
   local buf = buffers.scratch(M.NAME, "gastownd-sessions", root)
-  vim.api.nvim_buf_set_var(buf, "gastownd_all_nodes", opts.all_nodes and true or false)
   local function map(lhs, fn, desc)
     vim.keymap.set("n", lhs, function()
       fn(buf)

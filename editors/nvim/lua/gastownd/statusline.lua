@@ -14,7 +14,9 @@ local cache = {} -- town root ("" for the default) -> { text, at, busy }
 
 local function refresh(root, entry)
   entry.busy = true
-  conn.request(root, "sessions", { state = "open", limit = OPEN_LIMIT }, function(result, err)
+  -- `local`: this daemon's own wisps, not the other nodes' of a federated town.
+  local fields = { state = "open", limit = OPEN_LIMIT, ["local"] = true }
+  conn.request(root, "sessions", fields, function(result, err)
     entry.busy = false
     entry.at = uv.now()
     local text
@@ -60,7 +62,8 @@ function M.get()
     entry = { text = "", at = nil, busy = false }
     cache[key] = entry
   end
-  if not entry.busy and (entry.at == nil or now - entry.at >= config.options.statusline_interval_ms) then
+  local stale = entry.at == nil or now - entry.at >= config.options.statusline_interval_ms
+  if stale and not entry.busy then
     refresh(root, entry)
   end
   return entry.text

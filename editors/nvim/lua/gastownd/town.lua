@@ -151,7 +151,8 @@ function M.socket(root, callback)
     settle()
   end)
   if not handle then
-    finish(nil, string.format("cannot run `%s` (%s); set `gastownctl` in setup()", shown, spawn_error))
+    local message = "cannot run `%s` (%s); set `gastownctl` in setup()"
+    finish(nil, string.format(message, shown, spawn_error))
     return
   end
   local function reader(chunks)

