@@ -261,6 +261,20 @@ class Daemon:
         self._log.close()
         return code
 
+    def wait_idle(
+        self, window_s: float = 0.5, share: float = 0.05, timeout_s: float = 180
+    ) -> float:
+        """Wait until the daemon's CPU use over ``window_s`` is below ``share``
+        (after a start on a big log, it records sessions from every line);
+        returns the seconds waited."""
+        started = time.monotonic()
+        while time.monotonic() - started < timeout_s:
+            before = self.cpu_s()
+            time.sleep(window_s)
+            if self.cpu_s() - before < share * window_s:
+                break
+        return time.monotonic() - started
+
     def kill(self) -> None:
         """SIGKILL: no clean stop, nothing saved."""
         if self.proc.poll() is None:

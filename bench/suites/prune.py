@@ -167,7 +167,7 @@ def prune_phases(log_text: str) -> str:
     for line in reversed(log_text.splitlines()):
         if '"eventlog_pruned"' in line:
             entry = json.loads(line)
-            keys = ("plan_ms", "copy_ms", "archive_swap_ms", "swap_ms")
+            keys = ("plan_ms", "copy_ms", "archive_ms", "swap_ms")
             return ", ".join(f"{key} {entry[key]} ms" for key in keys if key in entry)
     return "no eventlog_pruned line"
 
@@ -189,6 +189,7 @@ def run(ctx: Context, names: list[str]) -> list[Row]:
                         raise RuntimeError("the start-up prune did not finish in 300 s")
                     time.sleep(0.05)
                 lines_before = client.status().eventlog.lines
+                daemon.wait_idle()
                 if lines_before != sizes.lines:
                     raise RuntimeError(
                         f"the start-up prune left {lines_before:,} of {sizes.lines:,} lines: "

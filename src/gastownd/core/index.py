@@ -520,7 +520,11 @@ class EventIndex:
         fresh.session_names = list(self.session_names)
         fresh._session_ids = dict(self._session_ids)
         fresh.by_type = {i: array(POSTING) for i in range(len(fresh.type_names))}
-        fresh.by_session = {i: array(POSTING) for i in range(len(fresh.session_names))}
+        fresh.by_session = {}
+        for start in range(0, len(fresh.session_names), PLAN_CHUNK):  # can be many
+            stop = min(len(fresh.session_names), start + PLAN_CHUNK)
+            fresh.by_session.update((i, array(POSTING)) for i in range(start, stop))
+            yield
         offsets, count, end = self.offsets, len(self.offsets), self.end
         for start in range(0, len(keep), PLAN_CHUNK):
             chunk = keep[start : start + PLAN_CHUNK]
