@@ -32,10 +32,11 @@ import socket
 import ssl
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 import anyio.abc
@@ -77,7 +78,11 @@ from gastownd.store.remote import (
 
 log = structlog.get_logger("gastownd.federation")
 
+T = TypeVar("T")
+
 FETCH_WAIT_S = 1.0
+# JetStream API requests (stream and consumer checks): short, they are retried.
+JS_API_TIMEOUT_S = 2.0
 PUBLISH_TIMEOUT_S = 10.0
 IDLE_WAKE_S = 1.0
 MARK_INTERVAL_S = 1.0
@@ -86,7 +91,7 @@ ROUND_S = 0.01
 # fetch: each fetch is applied in one store transaction, which local work may wait for.
 EVENT_LINES_PER_ROUND = 16 * MAX_EVENT_LINES
 FETCH_MESSAGES = 32
-BACKOFF_S = (0.2, 0.5, 1.0, 2.0, 5.0)
+BACKOFF_S = (0.2, 0.5, 1.0, 2.0)
 _EVERY_LINE = compile_filter()
 
 
@@ -137,6 +142,7 @@ class Federation:
         # Highest arrival number of a remote line applied: the live edge for subscribers.
         self.last_arrival = 0
         self._wake = anyio.Event()
+        self._reconnected = anyio.Event()
         # Set when the store may hold new records to send (sessions, digests, attributions):
         # an emit only adds a line, and reading the store for it would cost a thread hop.
         self._store_changed = True
@@ -175,7 +181,7 @@ class Federation:
                 attempt = 0
             except Exception as exc:  # the network's fault, or the server's: retry
                 self._error("federation_failed", exc)
-                await anyio.sleep(BACKOFF_S[min(attempt, len(BACKOFF_S) - 1)])
+                await self._back_off(attempt)
                 attempt += 1
 
     async def _session(self) -> None:
@@ -184,8 +190,8 @@ class Federation:
         nc = await nats.connect(**self._connect_options())
         self.connected = nc.is_connected
         try:
-            js = nc.jetstream(domain=self.config.jetstream_domain)
-            await self._ensure_stream(js)
+            js = nc.jetstream(domain=self.config.jetstream_domain, timeout=JS_API_TIMEOUT_S)
+            await self._retrying("federation_stream_check_failed", self._ensure_stream, js)
             async with anyio.create_task_group() as tasks:
                 tasks.start_soon(self._publish_loop, js)
                 tasks.start_soon(self._consume_loop, js)
@@ -204,6 +210,8 @@ class Federation:
         async def reconnected() -> None:
             self.connected = True
             log.info("federation_reconnected")
+            self._reconnected.set()  # ends every back-off: the server is there again
+            self._reconnected = anyio.Event()
             self.wake()
 
         async def error(exc: Exception) -> None:
@@ -279,12 +287,9 @@ class Federation:
     async def _publish_loop(self, js: Any) -> None:
         attempt = 0
         unsaved: dict[str, str] = {}
-        saved_at = round_started = time.monotonic()
+        saved_at = time.monotonic()
         try:
             while True:
-                # At most one round per ROUND_S: under a stream of appends, each round
-                # then carries a run of lines instead of one; a lone line goes at once.
-                await anyio.sleep(max(0.0, round_started + ROUND_S - time.monotonic()))
                 round_started = time.monotonic()
                 batch, marks = await self._next_batch()
                 if not batch:
@@ -300,7 +305,7 @@ class Federation:
                 except Exception as exc:
                     self._error("federation_publish_failed", exc, records=len(batch))
                     self._store_changed = True  # the batch is read again
-                    await anyio.sleep(BACKOFF_S[min(attempt, len(BACKOFF_S) - 1)])
+                    await self._back_off(attempt)
                     attempt += 1
                     continue
                 attempt = 0
@@ -312,6 +317,10 @@ class Federation:
                 if time.monotonic() - saved_at >= MARK_INTERVAL_S:
                     await self._save_marks(unsaved)
                     saved_at = time.monotonic()
+                # At most one busy round per ROUND_S: under a stream of appends the next
+                # round carries a run of lines instead of one; after a quiet spell a line
+                # goes at once.
+                await anyio.sleep(max(0.0, round_started + ROUND_S - time.monotonic()))
         finally:
             if unsaved:
                 with anyio.CancelScope(shield=True):
@@ -443,6 +452,22 @@ class Federation:
         assert eventlog is not None
         return self._published_seq(eventlog.seqmap.epoch)
 
+    async def _retrying(self, event: str, call: Callable[..., Awaitable[T]], *args: Any) -> T:
+        """``call`` until it succeeds (the server may be recovering), backing off between."""
+        attempt = 0
+        while True:
+            try:
+                return await call(*args)
+            except Exception as exc:
+                self._error(event, exc)
+                await self._back_off(attempt)
+                attempt += 1
+
+    async def _back_off(self, attempt: int) -> None:
+        """Wait before retrying after an error: longer each time, cut short by a reconnect."""
+        with anyio.move_on_after(BACKOFF_S[min(attempt, len(BACKOFF_S) - 1)]):
+            await self._reconnected.wait()
+
     def _outgoing(self, kind: Kind, message: AnyMessage) -> _Outgoing:
         message.id = message_id(self.node, kind, local_id_of(message))
         return _Outgoing(subject(self.town, self.node, kind), message.id, encode_message(message))
@@ -453,16 +478,21 @@ class Federation:
         import nats.errors
         from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-        sub = await js.pull_subscribe(
-            town_subjects(self.town),
-            durable=f"gastownd_{self.node}",
-            stream=self.stream,
-            config=ConsumerConfig(
-                deliver_policy=DeliverPolicy.ALL,
-                # Acking a batch's last message acks the whole batch, after its commit.
-                ack_policy=AckPolicy.ALL,
-                ack_wait=30,
-                max_ack_pending=1000,
+        config = ConsumerConfig(
+            deliver_policy=DeliverPolicy.ALL,
+            # Acking a batch's last message acks the whole batch, after its commit.
+            ack_policy=AckPolicy.ALL,
+            ack_wait=30,
+            max_ack_pending=1000,
+        )
+        sub = await self._retrying(
+            "federation_consumer_failed",
+            partial(
+                js.pull_subscribe,
+                town_subjects(self.town),
+                durable=f"gastownd_{self.node}",
+                stream=self.stream,
+                config=config,
             ),
         )
         attempt = 0
@@ -473,7 +503,7 @@ class Federation:
                 continue
             except Exception as exc:  # failover, no responders: back off, never spin
                 self._error("federation_fetch_failed", exc)
-                await anyio.sleep(BACKOFF_S[min(attempt, len(BACKOFF_S) - 1)])
+                await self._back_off(attempt)
                 attempt += 1
                 continue
             attempt = 0
@@ -520,6 +550,8 @@ class Federation:
     # ------------------------------------------------------------ status
 
     def _error(self, event: str, exc: BaseException, **context: object) -> None:
+        while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+            exc = exc.exceptions[0]  # the task that failed, not the group that carried it
         text = f"{type(exc).__name__}: {exc}".strip().rstrip(":")
         if text != self.last_error:
             log.warning(event, error=text, **context)
