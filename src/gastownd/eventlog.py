@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -93,7 +94,8 @@ class EventLog:
         self.archive = Archive(state_dir / "archive")
         self._snapshot_lock = anyio.Lock()
         self._queued = 0  # appends given to the writer and not yet durable
-        self._room = anyio.Event()
+        self._waiting: deque[Append] = deque()  # appends beyond ``append_queue``, in order
+        self._line_done: anyio.Event | None = None
         self.appended = 0
         self.external = 0
         self.last_prune_at: float | None = None
@@ -146,6 +148,9 @@ class EventLog:
 
     async def close(self) -> None:
         """Finish queued appends, sync, save the index, checkpoint, release the files."""
+        if self._waiting:  # they go to the writer as its batches finish
+            self._line_done = anyio.Event()
+            await self._line_done.wait()
         await self.writer.close()
         try:
             await self.save_snapshot()
@@ -167,26 +172,27 @@ class EventLog:
         line: bytes,
         done: Callable[[int | StorageError], None],
         known: Known | None = None,
-    ) -> bool:
+    ) -> None:
         """Queue one whole line; ``done`` gets its seq (or the error) once it is durable.
 
         ``known``: the line's fields, which spares decoding it again to index
-        it. False, and nothing queued, when ``append_queue`` lines are
-        already waiting (``append`` waits for room then).
+        it. Beyond ``append_queue`` lines in the writer's queue, lines wait
+        here, in order, and go to the writer as batches finish: never
+        refused, never reordered. (What waits is bounded by the clients:
+        each connection has at most ``max_inflight_per_connection``
+        requests in flight.)
         """
-        writer = self.writer
-        if writer.closed:
+        if self.writer.closed:
             raise ShuttingDownError("the daemon is shutting down; retry shortly")
-        if self._queued >= self.config.append_queue:
-            return False
+        item = Append(line, done, known)
+        if self._waiting or self._queued >= self.config.append_queue:
+            self._waiting.append(item)
+            return
         self._queued += 1
-        writer.put(Append(line, done, known))
-        return True
+        self.writer.put(item)
 
     async def append(self, line: bytes) -> int:
         """Append one whole line (newline included); returns its seq once durable."""
-        while self._queued >= self.config.append_queue:
-            await self._room.wait()
         written = anyio.Event()
         outcome: list[int | StorageError] = []
 
@@ -194,8 +200,7 @@ class EventLog:
             outcome.append(result)
             written.set()
 
-        if not self.submit(line, done):  # pragma: no cover - room was checked just above
-            raise ShuttingDownError("the event log's queue is full")
+        self.submit(line, done)
         await written.wait()
         if isinstance(outcome[0], StorageError):
             raise outcome[0]
@@ -218,9 +223,12 @@ class EventLog:
             for item in items:
                 item.done(batch.error)
         self._queued -= len(items)
-        if self._queued < self.config.append_queue:
-            self._room.set()
-            self._room = anyio.Event()
+        waiting, writer = self._waiting, self.writer
+        while waiting and self._queued < self.config.append_queue:
+            self._queued += 1
+            writer.put(waiting.popleft())
+        if not waiting and self._line_done is not None:
+            self._line_done.set()
 
     # ================================================================ others' changes
 

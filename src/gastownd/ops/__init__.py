@@ -35,8 +35,7 @@ def dispatch_inline(daemon: Daemon, request: Request, conn: Connection, reply: R
     """Answer without a task what needs none; False: run ``dispatch`` in a task.
 
     These never wait on disk or on other requests, except ``emit``, whose
-    reply comes when the log's writer has made its line durable (or which
-    declines when the writer's queue is full, so that the task waits).
+    reply comes when the log's writer has made its line durable.
     """
     match request:
         case Hello():
@@ -46,7 +45,7 @@ def dispatch_inline(daemon: Daemon, request: Request, conn: Connection, reply: R
         case Unsubscribe():
             reply(events.unsubscribe(daemon, request, conn))
         case Emit():
-            return events.submit_emit(daemon, request, reply)
+            events.submit_emit(daemon, request, reply)
         case _:
             return False
     return True

@@ -57,8 +57,8 @@ def _line(daemon: Daemon, request: Emit, now: float) -> bytes:
     return line
 
 
-def submit_emit(daemon: Daemon, request: Emit, reply: Reply) -> bool:
-    """Queue the line for the writer; ``reply`` once it is durable. False: the queue is full."""
+def submit_emit(daemon: Daemon, request: Emit, reply: Reply) -> None:
+    """Queue the line for the writer; ``reply`` once it is durable."""
     eventlog, _ = _parts(daemon)
     now = daemon.clock()
     line = _line(daemon, request, now)
@@ -76,11 +76,11 @@ def submit_emit(daemon: Daemon, request: Emit, reply: Reply) -> bool:
         else:
             reply(EmitResult(cursor=eventlog.cursor(outcome), event=msgspec.Raw(line[:-1])))
 
-    return eventlog.submit(line, written, known)
+    eventlog.submit(line, written, known)
 
 
 async def emit(daemon: Daemon, request: Emit) -> EmitResult:
-    """An emit the writer's full queue made wait."""
+    """``submit_emit`` for a caller that awaits (the server answers emits in line)."""
     eventlog, _ = _parts(daemon)
     line = _line(daemon, request, daemon.clock())
     seq = await eventlog.append(line)
