@@ -35,6 +35,8 @@ lint: $(STAMP)
 	$(BIN)/mypy
 
 bench: $(STAMP)
+	@# Sources changed since the install would otherwise be compiled at every start.
+	$(BIN)/python -m compileall -q src >/dev/null
 	$(BIN)/python -m bench
 
 # A local nats-server and two daemons (laptop, tower) of one town, until Ctrl-C.
@@ -58,7 +60,8 @@ install:
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need Python 3.11+ on PATH"; exit 2; }
 	$(PYTHON) -m venv "$(DATA_DIR)/venv"
 	"$(DATA_DIR)/venv/bin/python" -m pip install --quiet --upgrade pip
-	"$(DATA_DIR)/venv/bin/python" -m pip install --quiet .
+	@# With uvloop (the "fast" extra) when the platform has it.
+	"$(DATA_DIR)/venv/bin/python" -m pip install --quiet '.[fast]' || "$(DATA_DIR)/venv/bin/python" -m pip install --quiet .
 	mkdir -p "$(BIN_DIR)"
 	for c in $(COMMANDS); do ln -sf "$(DATA_DIR)/venv/bin/$$c" "$(BIN_DIR)/$$c"; done
 	"$(DATA_DIR)/venv/bin/gastownd" install-service $(if $(TOWN),--town-root "$(TOWN)")

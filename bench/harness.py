@@ -29,6 +29,20 @@ PYTHON = sys.executable
 NO_RETENTION = "[retention]\nenabled = false\n"
 
 
+def loops() -> list[str]:
+    """The event loops to measure: asyncio's own, and uvloop when it is installed."""
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return ["asyncio"]
+    return ["asyncio", "uvloop"]
+
+
+def with_loop(loop: str, config: str = NO_RETENTION) -> str:
+    """``config`` with ``[server] event_loop`` set."""
+    return f'[server]\nevent_loop = "{loop}"\n\n' + config
+
+
 # ----------------------------------------------------------------- statistics
 
 
@@ -246,6 +260,27 @@ class Daemon:
             code = self.proc.wait(10)
         self._log.close()
         return code
+
+    def wait_idle(
+        self, window_s: float = 0.5, share: float = 0.05, timeout_s: float = 180
+    ) -> float:
+        """Wait until the daemon's CPU use over ``window_s`` is below ``share``
+        (after a start on a big log, it records sessions from every line);
+        returns the seconds waited."""
+        started = time.monotonic()
+        while time.monotonic() - started < timeout_s:
+            before = self.cpu_s()
+            time.sleep(window_s)
+            if self.cpu_s() - before < share * window_s:
+                break
+        return time.monotonic() - started
+
+    def kill(self) -> None:
+        """SIGKILL: no clean stop, nothing saved."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(10)
+        self._log.close()
 
     def __enter__(self) -> Daemon:
         return self

@@ -1,9 +1,19 @@
-"""Start-up time and resident memory, on an empty town and on the big log."""
+"""Start-up time and resident memory, on an empty town and on the big log.
+
+Cold start (no snapshot), restart after a clean stop, and restart after
+``kill -9`` with lines appended since the last clean stop (the daemon had
+written periodic index checkpoints meanwhile). The cold start is compared
+with decoding the file's lines with msgspec, in this process, in the same
+run: what any reader of the log must pay.
+"""
 
 from __future__ import annotations
 
+import fcntl
+import os
 import subprocess
 import time
+from pathlib import Path
 
 from bench.context import Context
 from bench.harness import (
@@ -21,6 +31,73 @@ from bench.harness import (
 from bench.harness import percentile as pct
 
 SETTLE_S = 1.0
+# Lines appended (gt-style) between the cold start and the kill -9.
+APPENDED_FULL = 200_000
+APPENDED_QUICK = 20_000
+
+
+def decode_file(path: Path) -> float:
+    """Seconds to decode every line of ``path`` into the fields the index keeps."""
+    from gastownd.core.events import decode_lines
+
+    started = time.perf_counter()
+    carry = b""
+    with open(path, "rb") as handle:
+        while chunk := handle.read(16 << 20):
+            data = carry + chunk
+            cut = data.rfind(b"\n") + 1
+            decode_lines(data[: cut - 1].split(b"\n"))
+            carry = data[cut:]
+    return time.perf_counter() - started
+
+
+def gt_append_many(town: Path, lines: list[bytes], batch: int = 500) -> None:
+    """Append like gt does (flock the sidecar, O_APPEND), a batch of lines per write."""
+    with open(town / ".events.jsonl.lock", "a") as lock:
+        fd = os.open(town / ".events.jsonl", os.O_WRONLY | os.O_APPEND)
+        try:
+            for start in range(0, len(lines), batch):
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                try:
+                    os.write(fd, b"".join(lines[start : start + batch]))
+                finally:
+                    fcntl.flock(lock, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
+
+
+def restart_after_kill(log: Path, appended: int) -> tuple[float, float, int]:
+    """Cold start, append ``appended`` lines, kill -9, start again: (cold, restart) seconds."""
+    from bench.suites.common import NUDGE_ACTOR, NUDGE_PAYLOAD, gt_line
+
+    town = make_town(log=log)
+    try:
+        daemon = start_daemon(town)
+        cold = daemon.ready_after_s
+        snapshot = town / ".gastownd" / "index.snapshot"
+        deadline = time.monotonic() + 120
+        while not snapshot.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)  # the first checkpoint, after the cold start
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        line = gt_line("nudge", NUDGE_ACTOR, NUDGE_PAYLOAD, stamp)
+        gt_append_many(town, [line] * appended)
+        with daemon.client() as client:
+            target = client.status().eventlog.lines
+        total = (town / ".events.jsonl").read_bytes().count(b"\n")
+        deadline = time.monotonic() + 120
+        while target < total and time.monotonic() < deadline:
+            time.sleep(0.1)
+            with daemon.client() as client:
+                target = client.status().eventlog.lines
+        daemon.kill()
+        again = start_daemon(town)
+        restarted = again.ready_after_s
+        again.stop()
+        return cold, restarted, total
+    finally:
+        remove_town(town)
+
+
 _SELF_RSS = (
     "for line in open('/proc/self/status'):\n"
     "    if line.startswith('VmRSS:'): print(line.split()[1])"
@@ -53,8 +130,13 @@ def run(ctx: Context, names: list[str]) -> list[Row]:
 
     big_times: list[float] = []
     warm_times: list[float] = []
+    killed: tuple[float, float, int] | None = None
+    decode_s = float("nan")
     if "startup" in names:
         log = ctx.big_log()
+        decode_s = min(decode_file(log) for _ in range(2))
+        appended = APPENDED_QUICK if ctx.quick else APPENDED_FULL
+        killed = restart_after_kill(log, appended)
         for _ in range(max(1, sizes.big_startup_reps - 1)):
             town = make_town(log=log)
             try:
@@ -86,30 +168,48 @@ def run(ctx: Context, names: list[str]) -> list[Row]:
                 median=fmt_time(e50),
                 p99=fmt_time(pct(empty_times, 99)),
                 ratio=fmt_ratio(e50 / p50),
-                goal="≤ 250 ms",
-                met=e50 <= 0.250,
+                goal="≤ 10× baseline",
+                met=e50 <= 10 * p50,
                 data={"times_s": empty_times, "baseline_times_s": python_times},
             )
         )
         rows.append(
             Row(
                 name="startup",
-                what=f"start-up to first `ping`, {ctx.lines_label}-line log",
-                baseline=f"`python -c pass`: {fmt_time(p50)}",
+                what=f"start-up to first `ping`, {ctx.lines_label}-line log, no snapshot",
+                baseline=f"decoding every line of the file with msgspec: {fmt_time(decode_s)}",
                 median=fmt_time(b50),
                 p99=fmt_time(pct(big_times, 99)),
-                ratio=fmt_ratio(b50 / p50),
-                goal="≤ 2 s",
-                met=b50 <= 2.0,
+                ratio=fmt_ratio(b50 / decode_s),
+                goal="≤ 1.5 s and ≤ 3× baseline",
+                met=b50 <= 1.5 and b50 <= 3 * decode_s,
                 note=f"indexing costs about {per_line * 1e6:.1f} µs a line "
                 f"({fmt_time(b50 - e50)} more than the empty town for {lines:,} lines; "
                 f"{len(big_times)} runs)",
                 data={
                     "times_s": big_times,
-                    "baseline_times_s": python_times,
+                    "decode_s": decode_s,
                     "index_s_per_line": per_line,
                     "lines": lines,
                 },
+            )
+        )
+        assert killed is not None
+        cold, restarted, total = killed
+        rows.append(
+            Row(
+                name="startup",
+                what=f"restart after `kill -9`, {ctx.lines_label}-line log, "
+                f"{total - lines:,} lines appended since the cold start",
+                baseline=f"that cold start: {fmt_time(cold)}",
+                median=fmt_time(restarted),
+                p99="—",
+                ratio=fmt_ratio(restarted / cold),
+                goal="≤ 1 s",
+                met=restarted <= 1.0,
+                note="no clean stop: the restart reads the last periodic index checkpoint "
+                "and indexes the lines after it",
+                data={"restart_s": restarted, "cold_s": cold, "lines": total},
             )
         )
         rows.append(
@@ -120,8 +220,8 @@ def run(ctx: Context, names: list[str]) -> list[Row]:
                 median=fmt_time(median(warm_times)),
                 p99=fmt_time(pct(warm_times, 99)),
                 ratio=fmt_ratio(median(warm_times) / b50),
-                goal="≤ 2 s (the issue's start-up goal, for a restart)",
-                met=median(warm_times) <= 2.0,
+                goal="≤ 1 s",
+                met=median(warm_times) <= 1.0,
                 note="a clean stop (and a slow cold start) saves .gastownd/index.snapshot; "
                 "a restart reads it and indexes only lines appended since",
                 data={"times_s": warm_times, "cold_times_s": big_times},
@@ -151,8 +251,8 @@ def run(ctx: Context, names: list[str]) -> list[Row]:
                 median=fmt_mb(big_rss),
                 p99=fmt_mb(big_rss),
                 ratio=fmt_ratio(big_rss / bare_rss),
-                goal="≤ 200 MB",
-                met=big_rss <= 200 * 1024,
+                goal="≤ 150 MB",
+                met=big_rss <= 150 * 1024,
                 note=f"about {per_line_bytes:.0f} bytes a line over the empty daemon",
                 data={
                     "rss_kb": big_rss,

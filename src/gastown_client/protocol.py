@@ -70,10 +70,16 @@ class Emit(Request, tag="emit"):
     visibility: Visibility = "feed"
 
     def __post_init__(self) -> None:
-        if not EVENT_TYPE_PATTERN.fullmatch(self.type):
-            raise ValueError("type must match [A-Za-z0-9_.:-]{1,128}")
+        if self.type not in _CHECKED_TYPES:
+            if not EVENT_TYPE_PATTERN.fullmatch(self.type):
+                raise ValueError("type must match [A-Za-z0-9_.:-]{1,128}")
+            if len(_CHECKED_TYPES) < 4096:  # types repeat: remember the good ones
+                _CHECKED_TYPES.add(self.type)
         if not self.actor.strip():
             raise ValueError("actor must not be empty")
+
+
+_CHECKED_TYPES: set[str] = set()
 
 
 class EventFilter(Request):

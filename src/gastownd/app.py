@@ -8,6 +8,7 @@ subscriptions, let in-flight requests finish, flush the log, exit.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import sys
@@ -142,7 +143,7 @@ class App:
             config.server,
             lambda req, conn: ops.dispatch(daemon, req, conn),
             expected_uid=os.geteuid(),
-            instant=ops.INSTANT_OPS,
+            inline=lambda req, conn, reply: ops.dispatch_inline(daemon, req, conn, reply),
         )
         daemon.server = server
 
@@ -155,7 +156,7 @@ class App:
             listener = await anyio.create_unix_listener(paths.socket, mode=0o600)
         async with anyio.create_task_group() as services:
             services.start_soon(eventlog.run_writer)
-            services.start_soon(eventlog.run_syncer)
+            services.start_soon(eventlog.run_checkpoints)
             # The outbox replay appends to the log, so the writer must be running.
             # Lines indexed during open must reach the recorder: attach it first.
             daemon.sessions = sessions
@@ -201,12 +202,10 @@ class App:
                     socket=str(paths.socket),
                     pid=os.getpid(),
                     socket_activated=adopted is not None,
+                    loop=type(asyncio.get_running_loop()).__module__.split(".")[0],
                 )
                 notifier.ready(f"serving {paths.town} ({len(eventlog.index)} events indexed)")
                 task_status.started(daemon)
-                if eventlog.cold_start_s > 1.0:
-                    # A slow cold index: save it now, not only at a clean stop.
-                    services.start_soon(eventlog.save_snapshot)
                 await self._stop.wait()
                 log.info("daemon_stopping")
                 notifier.stopping()

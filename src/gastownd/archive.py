@@ -50,12 +50,17 @@ JOURNAL = "pending.json"
 GZ_SUFFIX = ".jsonl.gz"
 IDX_SUFFIX = ".idx"
 PREFIX = "events-"
-# Raw bytes per gzip member: a reader holds at most one member in memory.
+# Raw bytes per gzip member (a member is closed once past it, so it holds at most
+# twice that): a reader holds one member in memory at a time.
 MEMBER_RAW_BYTES = 4 << 20
 # Day files held open at once while a batch is written (each is fsynced when closed).
 OPEN_DAYS = 32
-COMPRESS_LEVEL = 6
+# zlib level 3: about 2.5 times as fast as gzip's default 6, files about 17 % larger.
+COMPRESS_LEVEL = 3
 READ_WINDOW = 4 << 20
+WINDOW_LINES = 4096
+SYNC_EVERY_BYTES = 1 << 20
+DAY_S = 86_400
 
 TEST_CRASH_ENV = "GASTOWND_TEST_CRASH_AT"
 
@@ -168,12 +173,15 @@ class Archive:
         source_fd: int,
         index: EventIndex,
         positions: Sequence[int],
+        bounds: tuple[int, int],
         days: Iterable[str],
         epoch: int,
         commit_path: Path,
     ) -> BatchReport:
         """Append the lines at ``positions`` (ascending) of ``index``'s file to their days.
 
+        ``bounds`` is (count, end): the positions are below ``count``, whose
+        last line ends at byte ``end`` (lines appended meanwhile are not read).
         ``days`` names every UTC day the lines fall on (``days_of``). Durable
         when it returns; undone by ``rollback`` (or by ``recover`` after a
         crash) unless ``commit_path`` is renamed away first.
@@ -186,8 +194,8 @@ class Archive:
         )
         write_atomically(self.folder / JOURNAL, [_encoder.encode(journal)])
         writer = _BatchWriter(self, index, epoch)
-        for window in _windows(index, positions):
-            writer.add_window(source_fd, window)
+        for window in _windows(index, positions, *bounds):
+            writer.add_window(source_fd, *window)
         writer.finish()
         return BatchReport(lines=len(positions), raw_bytes=writer.raw_bytes, days=touched)
 
@@ -302,21 +310,29 @@ def _size(path: Path) -> int:
         return -1
 
 
-def _windows(index: EventIndex, positions: Sequence[int]) -> Iterator[list[int]]:
-    """``positions`` in groups whose lines span at most ``READ_WINDOW`` bytes of the file."""
+Window = tuple[Sequence[int], list[int], list[int]]
+
+
+def _windows(index: EventIndex, positions: Sequence[int], count: int, end: int) -> Iterator[Window]:
+    """``positions`` in groups (with their lines' starts and ends) read with one ``pread`` each.
+
+    A group spans at most ``READ_WINDOW`` bytes of the file, or is one line.
+    """
     offsets = index.offsets
-    group: list[int] = []
-    start = 0
-    for position in positions:
-        offset = offsets[position]
-        if group and offset + index.length(position) - start > READ_WINDOW:
-            yield group
-            group = []
-        if not group:
-            start = offset
-        group.append(position)
-    if group:
-        yield group
+    for first in range(0, len(positions), WINDOW_LINES):
+        chunk = positions[first : first + WINDOW_LINES]
+        starts = [offsets[p] for p in chunk]
+        ends = [offsets[p + 1] if p + 1 < count else end for p in chunk]
+        yield from _narrowed(chunk, starts, ends)
+
+
+def _narrowed(chunk: Sequence[int], starts: list[int], ends: list[int]) -> Iterator[Window]:
+    if len(chunk) == 1 or ends[-1] - starts[0] <= READ_WINDOW:
+        yield chunk, starts, ends
+        return
+    half = len(chunk) // 2
+    yield from _narrowed(chunk[:half], starts[:half], ends[:half])
+    yield from _narrowed(chunk[half:], starts[half:], ends[half:])
 
 
 @dataclass
@@ -342,29 +358,37 @@ class _BatchWriter:
         self.sizes: dict[str, int] = {}
         self.created = False
         self.raw_bytes = 0
+        self.unsynced = 0
+        self._day_names: dict[int, str] = {}
 
-    def add_window(self, fd: int, positions: list[int]) -> None:
-        index = self.index
-        first = positions[0]
-        start = index.offsets[first]
-        end = index.offsets[positions[-1]] + index.length(positions[-1])
-        data = os.pread(fd, end - start, start)
-        if len(data) != end - start:
+    def add_window(
+        self, fd: int, positions: Sequence[int], starts: list[int], ends: list[int]
+    ) -> None:
+        base = starts[0]
+        data = os.pread(fd, ends[-1] - base, base)
+        if len(data) != ends[-1] - base:
             raise OSError(0, "the event log shrank while it was archived")
-        for position in positions:
-            offset = index.offsets[position] - start
-            line = data[offset : offset + index.length(position)]
-            ts = index.ts[position]
-            day = day_name(ts)
+        lines = [data[s - base : e - base] for s, e in zip(starts, ends, strict=True)]
+        index = self.index
+        ts, seqs, types, names = index.ts, index.seqs, index.types, index.type_names
+        ordinals = [ts[p] // DAY_S for p in positions]
+        # Runs of lines of one day (a log is nearly in time order: few runs).
+        cuts = [i for i in range(1, len(ordinals)) if ordinals[i] != ordinals[i - 1]]
+        for low, high in zip([0, *cuts], [*cuts, len(ordinals)], strict=True):
+            day = self._day_names.get(ordinals[low])
+            if day is None:
+                day = self._day_names[ordinals[low]] = day_name(ordinals[low] * DAY_S)
+            run = positions[low:high]
             buffer = self.buffers.get(day)
             if buffer is None:
                 buffer = self.buffers[day] = _DayBuffer()
-            buffer.lines.append(line)
-            buffer.seqs.append(index.seqs[position])
-            buffer.types.add(index.type_names[index.types[position]])
-            buffer.size += len(line)
-            buffer.min_ts = min(buffer.min_ts, ts)
-            buffer.max_ts = max(buffer.max_ts, ts)
+            buffer.lines.extend(lines[low:high])
+            buffer.seqs.extend([seqs[p] for p in run])
+            buffer.types.update({names[types[p]] for p in run})
+            stamps = [ts[p] for p in run]
+            buffer.min_ts = min(buffer.min_ts, *stamps)
+            buffer.max_ts = max(buffer.max_ts, *stamps)
+            buffer.size += ends[high - 1] - starts[low]
             if buffer.size >= MEMBER_RAW_BYTES:
                 self._flush(day)
 
@@ -379,6 +403,12 @@ class _BatchWriter:
         while written < len(member):
             written += os.write(fd, member[written:])
         self.sizes[day] = offset + len(member)
+        self.unsynced += len(member)
+        if self.unsynced >= SYNC_EVERY_BYTES:
+            # Synced as it goes: never a long sync that the log's own syncs queue behind.
+            for open_fd in self.open.values():
+                os.fdatasync(open_fd)
+            self.unsynced = 0
         self.raw_bytes += len(raw)
         runs: list[tuple[int, int]] = []
         for seq in buffer.seqs:

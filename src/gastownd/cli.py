@@ -70,6 +70,18 @@ def install(args: argparse.Namespace) -> int:
     return 0
 
 
+def loop_options(choice: str) -> dict[str, bool]:
+    """anyio's asyncio backend options: uvloop when asked for, or (``auto``) installed."""
+    if choice == "asyncio":
+        return {}
+    if choice == "auto":
+        try:
+            import uvloop  # noqa: F401 - the ``fast`` extra
+        except ImportError:
+            return {}
+    return {"use_uvloop": True}
+
+
 def run(args: argparse.Namespace) -> int:
     configure_logging("info", args.log_format or "auto")
     log = structlog.get_logger("gastownd")
@@ -91,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
 
     app.on_reload.append(relog)
     try:
-        anyio.run(app.run)
+        anyio.run(app.run, backend_options=loop_options(config.server.event_loop))
     except StartupError as exc:
         print(f"gastownd: {exc}", file=sys.stderr)
         return 1

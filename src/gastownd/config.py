@@ -41,6 +41,8 @@ class ServerConfig(_Section):
     # In-flight requests per connection (pipelining depth).
     max_inflight_per_connection: int = 64
     shutdown_timeout: str = "4s"
+    # "auto": uvloop when it is installed (the ``fast`` extra), else asyncio's loop.
+    event_loop: Literal["auto", "asyncio", "uvloop"] = "auto"
 
     def __post_init__(self) -> None:
         if self.max_frame_bytes < 1024:

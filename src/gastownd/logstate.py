@@ -23,7 +23,8 @@ from gastownd.core.retention import STEP, drive
 
 log = structlog.get_logger("gastownd.logstate")
 
-SNAPSHOT_VERSION = 1
+# 2: 32-bit checksums and posting lists.
+SNAPSHOT_VERSION = 2
 
 
 class SeqMap(msgspec.Struct, kw_only=True):

@@ -1,16 +1,58 @@
-"""Retention in the shell: where the policy comes from, and the periodic prune."""
+"""Retention in the shell: where the policy comes from, the periodic prune, and the prune.
+
+A prune removes the expired lines: it archives them, copies the kept ones to
+a new file and swaps it in. Planning and the new index are computed on the
+event loop in small steps, so requests keep flowing (a worker thread would
+hold the GIL for seconds on a large log); the bulk copy and the archive run
+in threads without the writers' lock, which the writer's thread holds only
+to copy what was appended meanwhile and rename. The archive is durable
+before the rename, which commits it (see ``gastownd.archive``). Appends,
+ours and gt's, keep flowing and none is lost.
+"""
 
 from __future__ import annotations
 
+import itertools
+import os
+import time
+from collections.abc import Generator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
 import anyio
+import anyio.to_thread
 import msgspec
 import structlog
 
 from gastown_client.protocol import PruneResult
+from gastownd.archive import crash_here_for_tests, days_of
 from gastownd.config import RetentionConfig, parse_duration
-from gastownd.core.retention import GAS_TOWN_TTLS_S, RetentionPolicy, policy_from_krc
+from gastownd.core import archive as archived
+from gastownd.core.index import EventIndex
+from gastownd.core.retention import (
+    GAS_TOWN_TTLS_S,
+    STEP,
+    RetentionPolicy,
+    plan_prune_steps,
+    policy_from_krc,
+)
 from gastownd.daemon import Daemon
 from gastownd.errors import StorageError
+from gastownd.eventlog import EventLog
+from gastownd.logstate import SeqMap, runs_steps, write_seqmap
+from gastownd.writer import LogFile, Observation, copy_range
+
+T = TypeVar("T")
+
+# Longest stretch of prune work on the event loop between two turns (see _cooperate).
+SLICE_S = 0.001
+PAUSE_S = 0.002
+COPY_WINDOW = 1 << 20
+# Written data is synced every this many bytes: a big prune's copy never piles
+# up in the page cache for one long sync, during which every emit's
+# fdatasync would wait on the disk behind it.
+SYNC_EVERY_BYTES = 1 << 20
 
 log = structlog.get_logger("gastownd.pruner")
 
@@ -55,6 +97,7 @@ def load_policy(daemon: Daemon) -> RetentionPolicy:
 
 
 async def prune_now(daemon: Daemon, *, dry_run: bool) -> PruneResult:
+    """The ``prune`` op and the periodic prune: the policy of now, applied."""
     assert daemon.eventlog is not None
     if daemon.sessions is not None and not dry_run:
         # What a line told about a session must be recorded before the line can go.
@@ -63,7 +106,8 @@ async def prune_now(daemon: Daemon, *, dry_run: bool) -> PruneResult:
     retention = daemon.config.retention
     max_age = retention.archive_max_age
     try:
-        return await daemon.eventlog.prune(
+        return await prune(
+            daemon.eventlog,
             load_policy(daemon),
             daemon.clock(),
             dry_run=dry_run,
@@ -115,3 +159,380 @@ async def run_periodic(daemon: Daemon) -> None:
             except StorageError as exc:
                 log.warning("prune_skipped", reason=exc.message)
         await anyio.sleep(load_policy(daemon).prune_interval_s)
+
+
+# ---------------------------------------------------------------- the prune
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """Everything a prune decided before it touches a file."""
+
+    index: EventIndex  # the index it planned from
+    count: int  # the lines it looked at (later ones were appended during the prune)
+    end: int  # where line ``count - 1`` ends
+    removed: list[int]  # positions below ``count``, ascending
+    days: dict[str, int]
+    ranges: list[tuple[int, int]]  # the kept bytes
+    kept: EventIndex  # the index of the kept lines, laid out as in the new file
+    runs: list[tuple[int, int]]
+    removed_max: int
+    tail_base: int  # the seq after the planned lines
+    archive: bool
+
+
+async def prune(
+    eventlog: EventLog,
+    policy: RetentionPolicy,
+    now_s: float,
+    *,
+    dry_run: bool,
+    archive: bool,
+    archive_max_age_s: float | None = None,
+    keep_after_seq: int | None = None,
+) -> PruneResult:
+    """Remove expired lines: archive them, copy the kept ones to a new file, swap it in.
+
+    Lines after ``keep_after_seq`` are kept whatever their age: others have
+    not read them yet.
+    """
+    started = time.monotonic()
+    async with eventlog.prune_lock:
+        index = eventlog.index
+        count = len(index)
+        end = index.end
+        protect_from = None if keep_after_seq is None else index.position_after(keep_after_seq)
+        # Appends only add positions past ``count``: the steps read a stable prefix.
+        decided = await _cooperate(
+            plan_prune_steps(
+                index.types,
+                index.type_names,
+                index.ts,
+                count,
+                now_s,
+                policy,
+                index.by_type,
+                protect_from,
+            )
+        )
+        ranges = await _cooperate(_ranges_steps(index, decided.keep))
+        removed_bytes = end - sum(length for _, length in ranges)
+        result = PruneResult(
+            dry_run=dry_run,
+            pruned=dict(sorted(decided.removed.items())),
+            pruned_total=decided.removed_total,
+            kept=len(decided.keep),
+            bytes_freed=removed_bytes,
+        )
+        if dry_run or decided.removed_total == 0:
+            if not dry_run:
+                eventlog.last_prune_at = now_s
+                eventlog.last_prune_removed = 0
+                await _expire_archive(eventlog, now_s, archive_max_age_s)
+            result.duration_ms = round((time.monotonic() - started) * 1000, 3)
+            return result
+        removed = await _cooperate(_complement_steps(decided.keep, count))
+        days = await anyio.to_thread.run_sync(days_of, index, removed)
+        _announce(eventlog, len(removed), removed_bytes, days, archive)
+        kept = await _cooperate(index.select_steps(decided.keep))
+        plan = _Plan(
+            index=index,
+            count=count,
+            end=end,
+            removed=removed,
+            days=days,
+            ranges=ranges,
+            kept=kept,
+            runs=await _cooperate(runs_steps(kept.seqs)),
+            removed_max=index.seqs[_last_removed(decided.keep, count)],
+            tail_base=index.seqs[count] if len(index) > count else index.next_seq(),
+            archive=archive,
+        )
+        planned = time.monotonic()
+        # A batch whose rollback failed earlier must be settled before its file is reused.
+        await anyio.to_thread.run_sync(eventlog.archive.recover)
+        if eventlog.index is not index:
+            raise StorageError("the log was replaced during the prune; retry")
+        # Our own descriptor: a rewrite may close the log's while a thread reads it.
+        source_fd = os.dup(eventlog.fd)
+        try:
+            temp_path = eventlog.path.with_name(
+                f"{eventlog.path.name}.gastownd-prune-{os.getpid()}"
+            )
+            temp_fd = await anyio.to_thread.run_sync(_copy_kept, source_fd, ranges, temp_path)
+            copied = time.monotonic()
+            async with eventlog.archive_lock:
+                archived_lines, swap_s = await _archive_and_swap(
+                    eventlog, plan, source_fd, temp_fd, temp_path
+                )
+                swapped = time.monotonic()
+                if archive:
+                    with anyio.CancelScope(shield=True):
+                        crash_here_for_tests("swapped")
+                        await anyio.to_thread.run_sync(eventlog.archive.commit)
+                        eventlog.archive_generation += 1
+        finally:
+            # The last descriptor of the replaced file: closing it frees its blocks, which
+            # takes a while for a big file; not on the event loop.
+            await anyio.to_thread.run_sync(os.close, source_fd)
+        await _expire_archive(eventlog, now_s, archive_max_age_s)
+    eventlog.last_prune_at = now_s
+    eventlog.last_prune_removed = decided.removed_total
+    result.archived = archived_lines
+    result.duration_ms = round((time.monotonic() - started) * 1000, 3)
+    log.info(
+        "eventlog_pruned",
+        removed=decided.removed_total,
+        archived=archived_lines,
+        kept=len(eventlog.index),
+        bytes_freed=removed_bytes,
+        duration_ms=result.duration_ms,
+        plan_ms=round((planned - started) * 1000),
+        copy_ms=round((copied - planned) * 1000),
+        archive_ms=round((swapped - copied - swap_s) * 1000),
+        swap_ms=round(swap_s * 1000),
+    )
+    return result
+
+
+def _announce(
+    eventlog: EventLog, lines: int, size: int, days: dict[str, int], archive: bool
+) -> None:
+    """Say what a prune is about to move (or, with the archive off, delete) before it does."""
+    fields = {
+        "lines": lines,
+        "bytes": size,
+        "days": len(days),
+        "first_day": next(iter(days), None),
+        "last_day": next(reversed(days), None),
+    }
+    if archive:
+        log.info("eventlog_archiving", to=str(eventlog.archive.folder), **fields)
+    else:
+        log.warning("eventlog_pruning_unarchived", reason="retention.archive is false", **fields)
+
+
+async def _archive_and_swap(
+    eventlog: EventLog, plan: _Plan, source_fd: int, temp_fd: int, temp_path: Path
+) -> tuple[int, float]:
+    """Write the archive batch, then swap the new file in; undo both on failure.
+
+    Returns the number of lines archived, and how long appends waited for the swap.
+    """
+    archived_lines = 0
+    try:
+        if plan.archive:
+            report = await anyio.to_thread.run_sync(
+                eventlog.archive.write,
+                source_fd,
+                plan.index,
+                plan.removed,
+                (plan.count, plan.end),
+                plan.days,
+                eventlog.seqmap.epoch,
+                temp_path,
+            )
+            archived_lines = report.lines
+            crash_here_for_tests("archive_written")
+        if eventlog.index is not plan.index:
+            raise StorageError("the log was replaced during the prune; retry")
+        seqmap_before = eventlog.seqmap
+
+        swap_s = 0.0
+
+        def swap(file: LogFile) -> tuple[Observation, int, SeqMap]:
+            """In the writer's thread, under the lock."""
+            nonlocal swap_s
+            began = time.monotonic()
+            observation = file.observe(_refuse_rewrites)
+            made: list[SeqMap] = []
+
+            def record(inode: int, size: int, tail: bytes) -> None:
+                lost = seqmap_before.lost_through()
+                # Lines appended during the prune keep their consecutive seqs after the runs.
+                seqmap = SeqMap(
+                    epoch=seqmap_before.epoch,
+                    inode=inode,
+                    runs=plan.runs,
+                    base=plan.tail_base,
+                    pruned_through=max(seqmap_before.pruned_through, plan.removed_max),
+                    unarchived_through=lost if plan.archive else max(lost, plan.removed_max),
+                    end=size,
+                    tail=tail,
+                )
+                write_seqmap(eventlog.state_dir, seqmap)
+                made.append(seqmap)
+
+            old_fd = file.replace(temp_fd, temp_path, plan.end, record)
+            swap_s = time.monotonic() - began
+            return observation, old_fd, made[0]
+
+        def switch(outcome: tuple[Observation, int, SeqMap]) -> int:
+            """On the event loop, in file order with the batches around the swap."""
+            observation, old_fd, seqmap = outcome
+            eventlog.apply_observation(observation)
+            old_index = eventlog.index
+            kept = plan.kept
+            kept.seq_floor = plan.tail_base
+            # Only what was appended during the prune is indexed here.
+            kept.extend_from(old_index, range(plan.count, len(old_index)))
+            eventlog.switch_to(kept, temp_fd, seqmap)
+            return old_fd
+
+        old_fd = await eventlog.writer.call(swap, switch)
+        await anyio.to_thread.run_sync(os.close, old_fd)
+    except BaseException:
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(_abandon, eventlog, temp_fd, temp_path, plan.archive)
+        raise
+    return archived_lines, swap_s
+
+
+def _refuse_rewrites() -> EventIndex:
+    raise StorageError("the log was replaced during the prune; retry")
+
+
+def _abandon(eventlog: EventLog, temp_fd: int, temp_path: Path, archive: bool) -> None:
+    """A prune that did not swap: undo its archive batch, then drop its new file."""
+    os.close(temp_fd)
+    if archive:
+        try:
+            eventlog.archive.rollback()
+        except OSError as exc:
+            # The new file stays: by it the next recovery knows to undo the batch.
+            log.error("archive_rollback_failed", error=exc.strerror)
+            return
+    temp_path.unlink(missing_ok=True)
+
+
+async def _expire_archive(eventlog: EventLog, now_s: float, max_age_s: float | None) -> None:
+    """Delete archived days older than ``archive_max_age``; later cursors into them resync."""
+    archive = eventlog.archive
+    if max_age_s is None:
+        await anyio.to_thread.run_sync(archive.refresh_summary)
+        return
+    before_day = archived.day_name(int(now_s - max_age_s))
+    async with eventlog.archive_lock:
+        removed = await anyio.to_thread.run_sync(archive.expire, before_day)
+        await anyio.to_thread.run_sync(archive.refresh_summary)
+        lost = removed.get(eventlog.seqmap.epoch, -1)
+        if lost > eventlog.seqmap.lost_through():
+            await eventlog.forget_through(lost)
+            eventlog.archive_generation += 1
+
+
+def _copy_kept(source_fd: int, ranges: list[tuple[int, int]], temp_path: Path) -> int:
+    """Copy the kept byte ranges to a new file next to the log (worker thread)."""
+    temp_fd = os.open(
+        temp_path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND | os.O_CLOEXEC, 0o644
+    )
+    try:
+        os.fchmod(temp_fd, os.fstat(source_fd).st_mode & 0o7777)
+        _copy_ranges(source_fd, temp_fd, ranges)
+        os.fsync(temp_fd)
+    except BaseException:
+        os.close(temp_fd)
+        temp_path.unlink(missing_ok=True)
+        raise
+    return temp_fd
+
+
+async def _cooperate(steps: Generator[None, None, T]) -> T:
+    """Run a stepped computation on the event loop in slices of ``SLICE_S``.
+
+    Between slices the loop polls its sockets and runs whatever is ready, so
+    a request waits at most a slice per loop turn it needs.
+    """
+    deadline = time.monotonic() + SLICE_S
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
+        if time.monotonic() >= deadline:
+            # A real pause, not just a turn: worker threads (an append's write and
+            # fdatasync) then get the GIL at once instead of queueing behind us.
+            await anyio.sleep(PAUSE_S)
+            deadline = time.monotonic() + SLICE_S
+
+
+def _ranges_steps(
+    index: EventIndex, positions: list[int]
+) -> Generator[None, None, list[tuple[int, int]]]:
+    """The kept lines as (offset, length) byte ranges, consecutive lines merged."""
+    ranges: list[tuple[int, int]] = []
+    start = end = -1
+    offsets = index.offsets
+    for done, position in enumerate(positions):
+        if done % STEP == 0:
+            yield
+        offset = offsets[position]
+        length = index.length(position)
+        if offset == end:
+            end += length
+            continue
+        if start >= 0:
+            ranges.append((start, end - start))
+        start, end = offset, offset + length
+    if start >= 0:
+        ranges.append((start, end - start))
+    return ranges
+
+
+def _last_removed(keep: list[int], count: int) -> int:
+    """The highest position below ``count`` that ``keep`` (sorted) leaves out."""
+    position = count - 1
+    kept = len(keep) - 1
+    while kept >= 0 and keep[kept] == position:
+        kept -= 1
+        position -= 1
+    return position
+
+
+def _complement_steps(keep: list[int], count: int) -> Generator[None, None, list[int]]:
+    """The positions below ``count`` that ``keep`` (sorted) leaves out, in steps."""
+    removed: list[int] = []
+    previous = -1
+    for done, kept in enumerate(itertools.chain(keep, (count,))):
+        if done % STEP == 0:
+            yield
+        if kept > previous + 1:
+            removed.extend(range(previous + 1, min(kept, count)))
+        previous = kept
+    return removed
+
+
+def _copy_ranges(source: int, target: int, ranges: list[tuple[int, int]]) -> None:
+    """Copy many byte ranges with few syscalls: read a window, write its kept slices."""
+    index = 0
+    unsynced = 0
+    while index < len(ranges):
+        window_start = ranges[index][0]
+        group_end = index
+        while (
+            group_end < len(ranges)
+            and ranges[group_end][0] + ranges[group_end][1] - window_start <= COPY_WINDOW
+        ):
+            group_end += 1
+        if group_end == index:  # one range larger than the window
+            copy_range(source, target, *ranges[index])
+            index += 1
+            continue
+        last_start, last_length = ranges[group_end - 1]
+        window = os.pread(source, last_start + last_length - window_start, window_start)
+        if len(window) != last_start + last_length - window_start:
+            raise StorageError("the event log shrank during a copy")
+        view = memoryview(window)
+        data = b"".join(
+            view[start - window_start : start - window_start + length]
+            for start, length in ranges[index:group_end]
+        )
+        written = 0
+        while written < len(data):
+            written += os.write(target, data[written:])
+        unsynced += len(data)
+        if unsynced >= SYNC_EVERY_BYTES:
+            os.fdatasync(target)
+            unsynced = 0
+        index = group_end
+        time.sleep(PAUSE_S)  # let the event loop have the GIL between windows

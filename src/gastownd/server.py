@@ -1,18 +1,30 @@
 """The socket server: connections, framing, limits, dispatch, replies.
 
-The only module that touches client connections. Each connection reads
-frames, runs each request as a task of the connection's own task group
-(pipelining, bounded by ``max_inflight_per_connection``) and writes replies
-under a send lock, tagged with the request's ``id``. This is also the one
+The only module that touches client connections. Each connection is an
+asyncio protocol: the event loop hands it the bytes it reads, it cuts them
+into frames and decodes each request. A request the ``inline`` hook takes
+(``ping``, ``hello``, ``unsubscribe``, and ``emit``, which the log's writer
+completes later) costs no task; any other runs as a task of the server's own
+task group (pipelining, bounded by ``max_inflight_per_connection``). Replies
+are tagged with the request's ``id`` and queued per connection; everything
+queued in one turn of the loop goes out in one write. This is also the one
 place that turns exceptions into error replies: ``DaemonError`` gives its
 code, anything else ``internal`` plus one logged traceback.
+
+Why protocols rather than anyio streams: a stream costs every request a few
+loop turns (a read that pauses and resumes the transport, a task, a send),
+which is most of what a ``ping`` or an ``emit`` costs. Tasks remain owned by
+the task group that ``serve`` runs.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import itertools
+import socket
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, cast
 
 import anyio
 import anyio.abc
@@ -28,6 +40,13 @@ from gastownd.instance import peer_uid
 log = structlog.get_logger("gastownd.server")
 
 Handler = Callable[[Request, "Connection"], Awaitable[Any]]
+# How long a closed connection waits for its peer to close too (see ``_close``).
+LINGER_S = 1.0
+# Called with a result (or a ``DaemonError``) once; ``Reply`` sends it.
+Reply = Callable[[Any], None]
+# May answer a request without a task: True when it took the request (and
+# will call ``reply`` exactly once, now or later), False to run it as a task.
+Inline = Callable[[Request, "Connection", Reply], bool]
 
 
 class FollowUp:
@@ -38,39 +57,327 @@ class FollowUp:
         self.task = task
 
 
-class Connection:
+class Connection(asyncio.Protocol):
     """One client connection, as the handlers see it."""
 
     _ids = itertools.count(1)
 
-    def __init__(self, stream: anyio.abc.SocketStream) -> None:
+    def __init__(self, server: Server) -> None:
         self.id = next(self._ids)
-        self.stream = stream
-        self._send_lock = anyio.Lock(fast_acquire=True)
+        self.server = server
         self.closed = False
         # Called when the peer stops sending (subscriptions end here).
         self.on_close: list[Callable[[], None]] = []
         self.subscriptions: set[int] = set()
+        self._transport: asyncio.Transport | None = None
+        self._reader = codec.FrameReader(server.config.max_frame_bytes)
+        self._context = contextvars.copy_context()
+        self._context.run(structlog.contextvars.bind_contextvars, conn=self.id)
+        self._in_context = False
+        self._outgoing: list[bytes] = []
+        self._inflight = 0  # requests taken and not yet answered
+        self._pumps = 0  # subscription pumps still running
+        self._processing = False
+        self._eof = False  # the peer sent EOF: finish what it sent before
+        self._input_ended = False  # no more requests will be read
+        self._frame_timer: asyncio.TimerHandle | None = None
+        self._closing = False
+        self._linger: asyncio.TimerHandle | None = None
+        self._writable = anyio.Event()
+        self._writable.set()
+
+    # ------------------------------------------------------------ asyncio
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # A stream transport (uvloop's does not subclass asyncio.Transport).
+        self._transport = cast(asyncio.Transport, transport)
+        self._run(self._admit)
+
+    def data_received(self, data: bytes) -> None:
+        if self._input_ended:
+            return  # still read, so that closing never finds unread bytes (a reset)
+        self._reader.feed(data)
+        self._run(self._process)
+
+    def eof_received(self) -> bool:
+        self._eof = True
+        if self._closing:
+            self._transport_close()
+            return True
+        self._run(self._process)
+        return True  # keep the transport open: requests in flight still answer
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self._linger is not None:
+            self._linger.cancel()
+        self._writable.set()
+        self._run(self._end_input)
+        self.server._forget(self)
+        log.debug("connection_closed")
+
+    def pause_writing(self) -> None:
+        self._writable = anyio.Event()
+
+    def resume_writing(self) -> None:
+        self._writable.set()
+
+    # ------------------------------------------------------------ for handlers
 
     async def send(self, message: Any) -> None:
         """Send one frame; a gone peer marks the connection closed instead of raising."""
         await self.send_many([message])
 
     async def send_many(self, messages: list[Any]) -> None:
-        """Send frames in one write; a gone peer marks the connection closed."""
+        """Send frames in one write, waiting while the peer does not read."""
         if self.closed or not messages:
             return
-        data = b"".join(codec.encode_frame(m) for m in messages)
-        async with self._send_lock:
-            try:
-                await self.stream.send(data)
-            except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
-                self.closed = True
+        self._flush()
+        self._write(b"".join(codec.encode_frame(m) for m in messages))
+        await self._writable.wait()
 
     async def abort(self) -> None:
-        """Close from our side (slow subscriber, shutdown)."""
+        """Close from our side (slow subscriber, shutdown), after what was sent."""
+        self._close()
+
+    # ------------------------------------------------------------ reading
+
+    def _run(self, work: Callable[[], None]) -> None:
+        """Run ``work`` with this connection's log context (entered once at a time)."""
+        if self._in_context:
+            work()
+            return
+        self._in_context = True
+        try:
+            self._context.run(work)
+        finally:
+            self._in_context = False
+
+    def _admit(self) -> None:
+        server = self.server
+        raw = self._transport.get_extra_info("socket") if self._transport else None
+        try:
+            uid = peer_uid(raw) if raw is not None else None
+        except OSError:
+            uid = None
+        refusal: tuple[str, str] | None = None
+        if uid is not None and uid != server.expected_uid:
+            log.warning("connection_refused", reason="foreign_uid", peer_uid=uid)
+            refusal = (
+                ErrorCode.FORBIDDEN,
+                f"uid {uid} may not use this daemon (owned by uid {server.expected_uid})",
+            )
+        elif len(server.connections) >= server.config.max_connections:
+            log.warning("connection_refused", reason="too_many_connections")
+            refusal = (
+                ErrorCode.BUSY,
+                f"too many connections (max {server.config.max_connections}); retry later",
+            )
+        elif server.stopping:
+            refusal = (ErrorCode.SHUTTING_DOWN, "daemon is stopping")
+        if refusal is not None:
+            self._input_ended = True
+            self._write(codec.encode_frame(codec.error_reply(None, *refusal)))
+            self._close()
+            return
+        server.connections.add(self)
+        log.debug("connection_opened")
+
+    def _process(self) -> None:
+        """Handle the whole frames received, as far as the in-flight limit allows."""
+        if self._processing or self._input_ended:
+            return
+        self._processing = True
+        reader = self._reader
+        server = self.server
+        limit = server.config.max_inflight_per_connection
+        try:
+            while not self._input_ended and self._inflight < limit:
+                try:
+                    frame = reader.next_frame()
+                except codec.FrameTooLarge as exc:
+                    self._queue(codec.error_reply(None, ErrorCode.TOO_LARGE, str(exc)))
+                    continue
+                if frame is None:
+                    if self._eof:
+                        self._end_input()
+                    break
+                if not frame.strip():
+                    continue
+                server.requests += 1
+                try:
+                    request = codec.decode_request(frame)
+                except codec.BadRequest as exc:
+                    self._queue(codec.error_reply(exc.request_id, exc.code, exc.message))
+                    continue
+                self._inflight += 1
+                if server.inline is None or not self._inline(request):
+                    server.start_request(self, request)
+        finally:
+            self._processing = False
+        transport = self._transport
+        if transport is not None and not self._input_ended and not self._eof:
+            # At the limit, stop reading: the kernel's buffer fills and the client
+            # waits, instead of our memory growing.
+            if self._inflight >= limit:
+                transport.pause_reading()
+            else:
+                transport.resume_reading()
+        self._watch_partial_frame()
+
+    def _inline(self, request: Request) -> bool:
+        request_id = request.id
+        answered = False
+
+        def reply(result: Any) -> None:
+            nonlocal answered
+            if not answered:
+                answered = True
+                self._run(lambda: self._finish(request_id, result))
+
+        inline = self.server.inline
+        assert inline is not None
+        try:
+            return inline(request, self, reply)
+        except DaemonError as exc:
+            reply(exc)
+        except Exception:
+            log.exception("request_failed", request_id=request_id, op=type(request).__name__)
+            reply(_INTERNAL)
+        return True
+
+    def _finish(self, request_id: int | str | None, result: Any) -> None:
+        """A request's outcome: queue its reply, free its slot."""
+        if isinstance(result, DaemonError):
+            self._queue(codec.error_reply(request_id, result.code, result.message))
+        elif result is _INTERNAL:
+            self._queue(
+                codec.error_reply(
+                    request_id, ErrorCode.INTERNAL, "internal error; see the daemon's log"
+                )
+            )
+        else:
+            self._queue(OkReply(id=request_id, result=result))
+        self._inflight -= 1
+        self._resume()
+
+    def _resume(self) -> None:
+        if self._processing:
+            return  # the loop in _process goes on by itself
+        if self._input_ended:
+            self._close_when_idle()
+        else:
+            self._process()
+
+    def _end_input(self) -> None:
+        """No more requests from this connection: end its subscriptions, close when idle."""
+        if self._input_ended:
+            return
+        self._input_ended = True
+        self._cancel_frame_timer()
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.resume_reading()  # and drop what comes
+        callbacks, self.on_close = self.on_close, []
+        for callback in callbacks:
+            callback()
+        self._close_when_idle()
+
+    def _close_when_idle(self) -> None:
+        if self._inflight == 0 and self._pumps == 0:
+            self._close()
+
+    # ------------------------------------------------------------ writing
+
+    def _queue(self, message: Any) -> None:
+        """Queue one frame; the end of this loop turn writes everything queued at once."""
+        if self.closed:
+            return
+        if not self._outgoing:
+            self.server.schedule_flush(self)
+        self._outgoing.append(codec.encode_frame(message))
+
+    def _flush(self) -> None:
+        if self._outgoing:
+            data = b"".join(self._outgoing)
+            self._outgoing.clear()
+            self._write(data)
+
+    def _write(self, data: bytes) -> None:
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            self.closed = True
+            return
+        transport.write(data)
+
+    def _close(self) -> None:
+        """Send what is queued, then close without a reset.
+
+        Closing a socket with unread input makes the kernel reset it, and a
+        reset can destroy replies the client has not read yet. So: shut our
+        side down (EOF after the queued bytes), go on reading and dropping
+        what comes, and close once the peer closes too, or after
+        ``LINGER_S``.
+        """
+        self._flush()
+        self._cancel_frame_timer()
         self.closed = True
-        await self.stream.aclose()
+        transport = self._transport
+        if self._closing or transport is None or transport.is_closing():
+            return
+        self._closing = True
+        self._input_ended = True
+        if self._eof or not transport.can_write_eof():
+            transport.close()  # what is queued goes out first
+            return
+        transport.write_eof()
+        transport.resume_reading()
+        loop = asyncio.get_running_loop()
+        self._linger = loop.call_later(LINGER_S, self._transport_close)
+
+    def _transport_close(self) -> None:
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.close()
+
+    # ------------------------------------------------------------ partial frames
+
+    def _watch_partial_frame(self) -> None:
+        """A frame must arrive whole within ``partial_frame_timeout`` of its first byte."""
+        if not self._reader.pending or self._input_ended:
+            self._cancel_frame_timer()
+        elif self._frame_timer is None:
+            loop = asyncio.get_running_loop()
+            self._frame_timer = loop.call_later(
+                self.server.partial_timeout_s, self._run, self._frame_timed_out
+            )
+
+    def _cancel_frame_timer(self) -> None:
+        if self._frame_timer is not None:
+            self._frame_timer.cancel()
+            self._frame_timer = None
+
+    def _frame_timed_out(self) -> None:
+        self._frame_timer = None
+        pending = self._reader.pending
+        if not pending or self.closed:
+            return
+        self._queue(
+            codec.error_reply(
+                None,
+                ErrorCode.TIMEOUT,
+                f"incomplete frame ({pending} bytes) stalled for "
+                f"{self.server.partial_timeout_s:g}s; closing",
+            )
+        )
+        log.info("connection_timed_out", pending_bytes=pending)
+        self._end_input()
+        self._close()
+
+
+class _Internal:
+    """The outcome of a request that failed with an unexpected exception."""
+
+
+_INTERNAL = _Internal()
 
 
 class Server:
@@ -79,20 +386,21 @@ class Server:
         config: ServerConfig,
         handler: Handler,
         expected_uid: int,
-        instant: tuple[type[Request], ...] = (),
+        inline: Inline | None = None,
     ) -> None:
         self.config = config
         self.handler = handler
-        # Requests that never wait long: answered without a task of their own.
-        self.instant = instant
+        self.inline = inline
         self.expected_uid = expected_uid
         self.connections: set[Connection] = set()
         self.requests = 0
-        self._partial_timeout_s = parse_duration(config.partial_frame_timeout)
-        self._accept_scope = anyio.CancelScope()
-        self._reader_scopes: set[anyio.CancelScope] = set()
-        self._stopping = False
+        self.stopping = False
+        self.partial_timeout_s = parse_duration(config.partial_frame_timeout)
+        self._tasks: anyio.abc.TaskGroup | None = None
+        self._stop = anyio.Event()
         self._drained = anyio.Event()
+        self._to_flush: list[Connection] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def serve(
         self,
@@ -101,188 +409,84 @@ class Server:
         task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
         """Accept until ``stop()``, then wait for every connection to drain."""
-        async with listener, anyio.create_task_group() as connections:
-            task_status.started()
-            with self._accept_scope:
-                while True:
-                    stream = await listener.accept()
-                    connections.start_soon(self._run_connection, stream)
+        sock: socket.socket = listener.extra(SocketAttribute.raw_socket)
+        self._loop = asyncio.get_running_loop()
+        async with anyio.create_task_group() as tasks:
+            self._tasks = tasks
+            server = await self._loop.create_unix_server(
+                lambda: Connection(self), sock=sock, backlog=socket.SOMAXCONN
+            )
+            try:
+                task_status.started()
+                await self._stop.wait()
+                server.close()  # no new connections
+                await self.wait_drained()
+            finally:
+                server.close()
+                for conn in list(self.connections):
+                    if conn._transport is not None:
+                        conn._transport.abort()
+                with anyio.CancelScope(shield=True):
+                    await listener.aclose()
 
     def stop(self) -> None:
         """Stop accepting and stop reading new requests; in-flight ones finish."""
-        self._stopping = True
-        self._accept_scope.cancel()
-        for scope in list(self._reader_scopes):
-            scope.cancel()
+        self.stopping = True
+        self._stop.set()
+        for conn in list(self.connections):
+            conn._run(conn._end_input)
+        if not self.connections:
+            self._drained.set()
 
     async def wait_drained(self) -> None:
         """After ``stop()``: return once every connection has finished."""
         if self.connections:
             await self._drained.wait()
 
-    async def _run_connection(self, stream: anyio.abc.SocketStream) -> None:
-        conn = Connection(stream)
-        log_ctx = structlog.contextvars.bound_contextvars(conn=conn.id)
-        with log_ctx:
-            try:
-                if not await self._admit(conn):
-                    return
-                self.connections.add(conn)
-                log.debug("connection_opened")
-                async with anyio.create_task_group() as inflight:
-                    try:
-                        await self._read_requests(conn, inflight)
-                    finally:
-                        for callback in conn.on_close:
-                            callback()
-            finally:
-                self.connections.discard(conn)
-                if self._stopping and not self.connections:
-                    self._drained.set()
-                with anyio.CancelScope(shield=True):
-                    await stream.aclose()
-                log.debug("connection_closed")
+    def _forget(self, conn: Connection) -> None:
+        self.connections.discard(conn)
+        if self.stopping and not self.connections:
+            self._drained.set()
 
-    async def _admit(self, conn: Connection) -> bool:
-        raw = conn.stream.extra(SocketAttribute.raw_socket)
-        try:
-            uid = peer_uid(raw)
-        except OSError:
-            uid = None
-        if uid is not None and uid != self.expected_uid:
-            log.warning("connection_refused", reason="foreign_uid", peer_uid=uid)
-            await conn.send(
-                codec.error_reply(
-                    None,
-                    ErrorCode.FORBIDDEN,
-                    f"uid {uid} may not use this daemon (owned by uid {self.expected_uid})",
-                )
-            )
-            return False
-        if len(self.connections) >= self.config.max_connections:
-            log.warning("connection_refused", reason="too_many_connections")
-            await conn.send(
-                codec.error_reply(
-                    None,
-                    ErrorCode.BUSY,
-                    f"too many connections (max {self.config.max_connections}); retry later",
-                )
-            )
-            return False
-        if self._stopping:
-            await conn.send(codec.error_reply(None, ErrorCode.SHUTTING_DOWN, "daemon is stopping"))
-            return False
-        return True
+    def schedule_flush(self, conn: Connection) -> None:
+        """Write ``conn``'s queued replies at the end of this loop turn, in one write."""
+        if not self._to_flush:
+            assert self._loop is not None
+            self._loop.call_soon(self._flush_all)
+        self._to_flush.append(conn)
 
-    async def _read_requests(self, conn: Connection, inflight: anyio.abc.TaskGroup) -> None:
-        reader = codec.FrameReader(self.config.max_frame_bytes)
-        limiter = anyio.Semaphore(self.config.max_inflight_per_connection, fast_acquire=True)
-        scope = anyio.CancelScope()
-        self._reader_scopes.add(scope)
-        if self._stopping:
-            scope.cancel()
-        # A frame must arrive whole within partial_frame_timeout of its first byte:
-        # trickling one byte at a time does not keep a connection alive.
-        frame_deadline: float | None = None
-        try:
-            with scope:
-                while not conn.closed:
-                    try:
-                        frame = reader.next_frame()
-                    except codec.FrameTooLarge as exc:
-                        await conn.send(codec.error_reply(None, ErrorCode.TOO_LARGE, str(exc)))
-                        frame_deadline = None
-                        continue
-                    if frame is None:
-                        if not reader.pending:
-                            frame_deadline = None
-                        elif frame_deadline is None:
-                            frame_deadline = anyio.current_time() + self._partial_timeout_s
-                        data = await self._receive(conn, reader.pending, frame_deadline)
-                        if data is None:
-                            return
-                        reader.feed(data)
-                        continue
-                    frame_deadline = None
-                    if not frame.strip():
-                        continue
-                    self.requests += 1
-                    try:
-                        request = codec.decode_request(frame)
-                    except codec.BadRequest as exc:
-                        await conn.send(codec.error_reply(exc.request_id, exc.code, exc.message))
-                        continue
-                    if isinstance(request, self.instant):
-                        # Quick ops are answered in line: no task to start.
-                        await self._answer(conn, request)
-                        continue
-                    await limiter.acquire()
-                    # Tasks start in spawn order, so each handler's synchronous
-                    # prefix (where an emit is queued) keeps the request order.
-                    inflight.start_soon(self._run_request, conn, request, limiter)
-        finally:
-            self._reader_scopes.discard(scope)
+    def _flush_all(self) -> None:
+        connections, self._to_flush = self._to_flush, []
+        for conn in connections:
+            conn._flush()
 
-    async def _receive(
-        self, conn: Connection, pending: int, frame_deadline: float | None
-    ) -> bytes | None:
-        """Next bytes, or None at EOF or when a partial frame is past its deadline."""
-        if frame_deadline is None:  # the common case: no cancel scope to set up
-            return await self._receive_now(conn)
-        with anyio.move_on_after(frame_deadline - anyio.current_time()):
-            return await self._receive_now(conn)
-        await conn.send(
-            codec.error_reply(
-                None,
-                ErrorCode.TIMEOUT,
-                f"incomplete frame ({pending} bytes) stalled for "
-                f"{self._partial_timeout_s:g}s; closing",
-            )
-        )
-        log.info("connection_timed_out", pending_bytes=pending)
-        return None
+    def start_request(self, conn: Connection, request: Request) -> None:
+        assert self._tasks is not None
+        # Tasks start in spawn order, so each handler's synchronous prefix
+        # (where an emit is queued) keeps the request order.
+        self._tasks.start_soon(self._run_request, conn, request)
 
-    async def _receive_now(self, conn: Connection) -> bytes | None:
-        try:
-            return await conn.stream.receive(65536)
-        except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError):
-            return None
-
-    async def _run_request(
-        self, conn: Connection, request: Request, limiter: anyio.Semaphore
-    ) -> None:
-        released = False
-
-        def release_once() -> None:
-            nonlocal released
-            if not released:
-                released = True
-                limiter.release()
-
-        try:
-            await self._answer(conn, request, release_once)
-        finally:
-            release_once()
-
-    async def _answer(
-        self, conn: Connection, request: Request, release: Callable[[], None] | None = None
-    ) -> None:
-        """Run one request and send its reply; a FollowUp's task runs after the reply."""
+    async def _run_request(self, conn: Connection, request: Request) -> None:
+        """Run one request and queue its reply; a FollowUp's task runs after the reply."""
         request_id = request.id
+        outcome: Any
         try:
-            result = await self.handler(request, conn)
-            if isinstance(result, FollowUp):
-                await conn.send(OkReply(id=request_id, result=result.result))
-                if release is not None:
-                    release()  # a subscription's pump is not a request in flight
-                await result.task()
-                return
-            reply: Any = OkReply(id=request_id, result=result)
+            outcome = await self.handler(request, conn)
         except DaemonError as exc:
-            reply = codec.error_reply(request_id, exc.code, exc.message)
+            outcome = exc
         except Exception:
             log.exception("request_failed", request_id=request_id, op=type(request).__name__)
-            reply = codec.error_reply(
-                request_id, ErrorCode.INTERNAL, "internal error; see the daemon's log"
-            )
-        await conn.send(reply)
+            outcome = _INTERNAL
+        if not isinstance(outcome, FollowUp):
+            conn._run(lambda: conn._finish(request_id, outcome))
+            return
+        result = outcome
+        # A subscription's pump keeps the connection open, not a request slot.
+        conn._pumps += 1
+        conn._run(lambda: conn._finish(request_id, result.result))
+        conn._flush()
+        try:
+            await result.task()
+        finally:
+            conn._pumps -= 1
+            conn._run(conn._resume)

@@ -353,7 +353,9 @@ def test_a_batch_is_undone_while_its_new_log_exists_and_stands_once_renamed(tmp_
     def batch(positions: range, commit: Path) -> None:
         fd = os.open(log, os.O_RDONLY)
         try:
-            archive.write(fd, index, positions, days_of(index, positions), 7, commit)
+            archive.write(
+                fd, index, positions, (len(index), index.end), days_of(index, positions), 7, commit
+            )
         finally:
             os.close(fd)
 

@@ -86,3 +86,25 @@ def test_hook_path_loads_no_heavy_module() -> None:
         [sys.executable, "-I", "-c", code], capture_output=True, text=True, check=True, env=None
     )
     assert result.stdout.strip() == "[]"
+
+
+def test_core_modules_import_no_circle() -> None:
+    """Type-only imports count too: a circle makes the modules hard to tell apart."""
+    core = SRC / "gastownd" / "core"
+    graph = {
+        path.stem: {
+            module.rsplit(".", 1)[-1]
+            for module in imported_modules(path)
+            if module.startswith("gastownd.core.")
+        }
+        for path in core.glob("*.py")
+    }
+
+    def reaches(start: str, target: str, seen: set[str]) -> bool:
+        for nxt in graph.get(start, set()):
+            if nxt == target or (nxt not in seen and reaches(nxt, target, seen | {nxt})):
+                return True
+        return False
+
+    circular = sorted(name for name in graph if reaches(name, name, {name}))
+    assert circular == [], circular

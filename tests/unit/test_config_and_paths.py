@@ -111,3 +111,20 @@ def test_configured_ttls_override_gas_town_defaults_type_by_type(tmp_path: Path)
     assert policy.ttl_for("mail") == 2 * 86400
     assert policy.ttl_for("x_y") == 3600
     assert policy.ttl_for("sling") == 14 * 86400
+
+
+def test_the_event_loop_is_uvloop_when_asked_or_installed(tmp_path: Path) -> None:
+    from gastownd.cli import loop_options
+
+    assert loop_options("asyncio") == {}
+    assert loop_options("uvloop") == {"use_uvloop": True}
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        assert loop_options("auto") == {}
+    else:
+        assert loop_options("auto") == {"use_uvloop": True}
+    config = tmp_path / "c.toml"
+    config.write_text('[server]\nevent_loop = "trio"\n')
+    with pytest.raises(StartupError, match="event_loop"):
+        load_config(config)

@@ -5,7 +5,11 @@ from __future__ import annotations
 import itertools
 import json
 
-from gastownd.core.index import EventIndex
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gastownd.core.events import encode_line, format_ts
+from gastownd.core.index import EventIndex, Known
 from gastownd.core.query import compile_filter
 
 
@@ -86,3 +90,43 @@ def test_select_keeps_seqs_and_relays_offsets() -> None:
     assert kept.malformed == 1
     assert kept.search(compile_filter(), 10) == [2, 0]
     assert kept.entry(2).actor == "gastown/polecats/nux"
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    events=st.lists(
+        st.tuples(
+            st.sampled_from(["nudge", "sling", "session_start", "a.b:c-d"]),
+            st.text(min_size=1, max_size=12).filter(str.strip),
+            st.dictionaries(
+                st.sampled_from(["session_id", "bead", "x"]),
+                st.one_of(st.text(max_size=8), st.integers(), st.none()),
+                max_size=3,
+            ),
+            st.integers(0, 2_000_000_000),
+        ),
+        min_size=1,
+        max_size=20,
+    )
+)
+def test_a_known_line_is_indexed_as_its_decoding_would_be(
+    events: list[tuple[str, str, dict[str, object], int]],
+) -> None:
+    decoded, known = EventIndex(), EventIndex()
+    data = b""
+    for type_, actor, payload, ts in events:
+        line = encode_line(
+            ts=format_ts(ts),
+            source="gt",
+            type=type_,
+            actor=actor,
+            payload=payload,
+            visibility="feed",
+        )
+        session = payload.get("session_id")
+        fields = Known(type_, actor, session if isinstance(session, str) and session else None, ts)
+        known.add_known(line, len(data), len(known), fields)
+        data += line
+    decoded.add_lines(data, 0, iter(range(len(events))))
+    assert known.export()[1] == decoded.export()[1]
+    assert known.export()[0] == decoded.export()[0]

@@ -16,12 +16,60 @@ from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final, Protocol
 
 import msgspec
 
-if TYPE_CHECKING:
-    from gastownd.core.wisp import Step, Wisp
+
+class Step(Protocol):
+    """What a digest reads of a step (``core.wisp.Step`` is one).
+
+    Digests are built from wisps, and the wisp engine builds digests: the two
+    protocols keep this module from importing ``core.wisp`` back.
+    """
+
+    @property
+    def kind(self) -> str: ...
+    @property
+    def at(self) -> float: ...
+    @property
+    def ref(self) -> str | None: ...
+    @property
+    def payload(self) -> dict[str, Any] | None: ...
+
+
+class Wisp(Protocol):
+    """What a digest reads of an ended wisp (``core.wisp.Wisp`` is one)."""
+
+    @property
+    def session_id(self) -> str: ...
+    @property
+    def actor(self) -> str: ...
+    @property
+    def role(self) -> str: ...
+    @property
+    def rig(self) -> str | None: ...
+    @property
+    def cwd(self) -> str | None: ...
+    @property
+    def topic(self) -> str | None: ...
+    @property
+    def parent_session(self) -> str | None: ...
+    @property
+    def tmux_session(self) -> str | None: ...
+    @property
+    def started_at(self) -> float: ...
+    @property
+    def ended_at(self) -> float | None: ...
+    @property
+    def segment(self) -> int: ...
+    @property
+    def state(self) -> str: ...
+    @property
+    def end_reason(self) -> str | None: ...
+    @property
+    def steps(self) -> Sequence[Step]: ...
+
 
 DIGEST_ID_PREFIX: Final = "dg-"
 MAX_SUMMARY_STEPS: Final = 200

@@ -28,19 +28,35 @@ from gastown_client.protocol import (
 )
 from gastownd.daemon import Daemon
 from gastownd.ops import events, hooks, meta, seance, wisps
-from gastownd.server import Connection
+from gastownd.server import Connection, Reply
 
-# Answered in line by the server: these never wait on disk or on other requests.
-# (query is not among them: a large result is read in a thread, under the log's lock.)
-INSTANT_OPS: tuple[type[Request], ...] = (Hello, Ping, Status, Unsubscribe)
+
+def dispatch_inline(daemon: Daemon, request: Request, conn: Connection, reply: Reply) -> bool:
+    """Answer without a task what needs none; False: run ``dispatch`` in a task.
+
+    These never wait on disk or on other requests, except ``emit``, whose
+    reply comes when the log's writer has made its line durable.
+    """
+    match request:
+        case Hello():
+            reply(meta.hello(daemon, request))
+        case Ping():
+            reply(meta.ping(daemon))
+        case Unsubscribe():
+            reply(events.unsubscribe(daemon, request, conn))
+        case Emit():
+            events.submit_emit(daemon, request, reply)
+        case _:
+            return False
+    return True
 
 
 async def dispatch(daemon: Daemon, request: Request, conn: Connection) -> Any:
     match request:
         case Hello():
-            return await meta.hello(daemon, request)
+            return meta.hello(daemon, request)
         case Ping():
-            return await meta.ping(daemon)
+            return meta.ping(daemon)
         case Status():
             return await meta.status(daemon)
         case Emit():
@@ -50,7 +66,7 @@ async def dispatch(daemon: Daemon, request: Request, conn: Connection) -> Any:
         case Subscribe():
             return await events.subscribe(daemon, request, conn)
         case Unsubscribe():
-            return await events.unsubscribe(daemon, request, conn)
+            return events.unsubscribe(daemon, request, conn)
         case Prune():
             return await events.prune(daemon, request)
         case SessionStart():

@@ -22,14 +22,15 @@ from gastown_client.protocol import (
 )
 from gastownd import pruner
 from gastownd.core.events import MAX_LINE_BYTES, encode_line, format_ts
+from gastownd.core.index import Known
 from gastownd.core.query import EventFilter as CompiledFilter
 from gastownd.core.query import FilterError, compile_filter
 from gastownd.daemon import Daemon
-from gastownd.errors import BadRequestError, NotFoundError, TooLargeError
+from gastownd.errors import BadRequestError, DaemonError, NotFoundError, TooLargeError
 from gastownd.eventlog import EventLog
 from gastownd.ops import townwide
 from gastownd.ops.delivery import pump, resume_point, send_local_backlog
-from gastownd.server import Connection, FollowUp
+from gastownd.server import Connection, FollowUp, Reply
 from gastownd.store.remote import RemoteEvent
 from gastownd.subscriptions import Published, Subscriptions
 
@@ -39,10 +40,9 @@ def _parts(daemon: Daemon) -> tuple[EventLog, Subscriptions]:
     return daemon.eventlog, daemon.subscriptions
 
 
-async def emit(daemon: Daemon, request: Emit) -> EmitResult:
-    eventlog, _ = _parts(daemon)
+def _line(daemon: Daemon, request: Emit, now: float) -> bytes:
     line = encode_line(
-        ts=format_ts(daemon.clock()),
+        ts=format_ts(now),
         source=daemon.config.eventlog.source,
         type=request.type,
         actor=request.actor,
@@ -54,6 +54,35 @@ async def emit(daemon: Daemon, request: Emit) -> EmitResult:
             f"the encoded line is {len(line) - 1} bytes; Gas Town's readers break past "
             f"{MAX_LINE_BYTES} - at $.payload"
         )
+    return line
+
+
+def submit_emit(daemon: Daemon, request: Emit, reply: Reply) -> None:
+    """Queue the line for the writer; ``reply`` once it is durable."""
+    eventlog, _ = _parts(daemon)
+    now = daemon.clock()
+    line = _line(daemon, request, now)
+    session = request.payload.get("session_id")
+    known = Known(
+        request.type,
+        request.actor,
+        session if isinstance(session, str) and session else None,
+        int(now),
+    )
+
+    def written(outcome: int | DaemonError) -> None:
+        if isinstance(outcome, DaemonError):
+            reply(outcome)
+        else:
+            reply(EmitResult(cursor=eventlog.cursor(outcome), event=msgspec.Raw(line[:-1])))
+
+    eventlog.submit(line, written, known)
+
+
+async def emit(daemon: Daemon, request: Emit) -> EmitResult:
+    """``submit_emit`` for a caller that awaits (the server answers emits in line)."""
+    eventlog, _ = _parts(daemon)
+    line = _line(daemon, request, daemon.clock())
     seq = await eventlog.append(line)
     return EmitResult(cursor=eventlog.cursor(seq), event=msgspec.Raw(line[:-1]))
 
@@ -123,7 +152,7 @@ async def subscribe(daemon: Daemon, request: Subscribe, conn: Connection) -> Fol
     return FollowUp(result, lambda: pump(subscriptions, subscriber, conn, send_backlog, render))
 
 
-async def unsubscribe(daemon: Daemon, request: Unsubscribe, conn: Connection) -> UnsubscribeResult:
+def unsubscribe(daemon: Daemon, request: Unsubscribe, conn: Connection) -> UnsubscribeResult:
     _, subscriptions = _parts(daemon)
     if request.subscription not in conn.subscriptions:
         raise NotFoundError(f"no subscription {request.subscription} on this connection")

@@ -24,7 +24,7 @@ from gastownd.errors import UnsupportedProtocolError
 CAPABILITIES = ["events", "subscribe", "prune", "sessions", "attribution", "hooks", "archive"]
 
 
-async def hello(daemon: Daemon, request: Hello) -> HelloResult:
+def hello(daemon: Daemon, request: Hello) -> HelloResult:
     if not MIN_PROTOCOL_VERSION <= request.protocol <= PROTOCOL_VERSION:
         raise UnsupportedProtocolError(
             f"client speaks protocol {request.protocol}; this daemon ({__version__}) speaks "
@@ -41,7 +41,7 @@ async def hello(daemon: Daemon, request: Hello) -> HelloResult:
     )
 
 
-async def ping(daemon: Daemon) -> PingResult:
+def ping(daemon: Daemon) -> PingResult:
     return PingResult()
 
 

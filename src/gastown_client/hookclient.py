@@ -1,0 +1,470 @@
+"""The Claude Code hook client proper (``hook.py`` is how it is started).
+
+Claude Code runs a hook on every agent turn, so this module is written to
+cost less than a bare ``python3 -c pass``. ``install-hooks`` calls the
+launcher ``hook.py`` as a script (``<python> -I -S .../gastown_client/hook.py``),
+which imports this module from its own directory, so that its bytecode comes
+from the cache instead of being compiled at every run: no ``site``, no
+package, and at import only ``sys``, ``time`` and ``posix`` (built in and
+already loaded at startup) plus ``_socket`` (``socket`` drags in ``enum`` and
+``selectors``, ``json`` drags in ``re``, ``os`` costs ~1.6 ms under ``-S``).
+The ``gastown-hook`` console script and ``python -m gastown_client.hook``
+run the same code.
+
+What it does: read Claude's JSON from stdin, splice it *untouched* (raw
+newlines become spaces, which keeps valid JSON valid and the frame on one
+line; empty input becomes ``null``) into one ``hook`` request
+(``gastown_client.protocol.Hook``), send it under a deadline, print the
+reply's ``context`` if there is one, exit 0. The daemon parses and validates
+the payload; whatever Claude sent, the hook itself never fails.
+
+A payload that would make the frame longer than the daemon's limit (a
+``bd close X && cat big.log``) is not dropped: ``gastown_client.hooktrim``,
+loaded only then, cuts the long strings of its ``tool_response`` (head and
+tail kept, the cut marked) until it fits, and the request says how many
+bytes were cut (``trimmed``). The hook cannot read the daemon's
+configuration cheaply, so it assumes the default limit, ``MAX_FRAME``.
+
+Delivery rules:
+
+- The request never reached the daemon (no socket, refused, backlog full,
+  the send failed or was cut short, the daemon closed without a reply, or it
+  answered ``busy``/``shutting_down`` before reading): the frame, with
+  ``spooled_at``, is appended as one ``write`` to
+  ``<town>/.gastownd/spool/hook-<uid>.jsonl``; the daemon ingests spooled
+  lines in order, exactly once.
+- The request was sent but no reply came before the deadline: nothing is
+  spooled. The daemon holds the request and may already have applied it, so
+  from the hook's side delivery is at-most-once; spooling here would risk a
+  double count on every slow turn.
+
+Path rules mirror ``gastown_client.paths`` (which this file cannot import:
+``pathlib`` loads ``re``); ``tests/unit/test_hook_client.py`` pins them equal.
+"""
+
+import _socket
+import posix
+import sys
+import time
+
+# No ``from __future__ import annotations`` and no ``typing``: each costs an
+# import. Mypy honours a local ``TYPE_CHECKING``; the annotations naming
+# ``Mapping`` are strings.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
+
+# The Gas Town and Claude variables forwarded in ``env`` (when set and non-empty).
+ENV_KEYS: tuple[bytes, ...] = (
+    b"GT_ROLE",
+    b"BD_ACTOR",
+    b"GT_RIG",
+    b"GT_SESSION",
+    b"GT_TOWN_ROOT",
+    b"GT_CREW",
+    b"GT_POLECAT",
+    b"CLAUDE_CODE_SESSION_ID",
+    b"GT_SESSION_ID",
+    b"CLAUDE_SESSION_ID",
+)
+# Read at most this much of stdin; a longer payload is forwarded cut short,
+# which the daemon rejects as invalid JSON and logs.
+MAX_STDIN = 32 << 20
+# The daemon's default ``server.max_frame_bytes``: longer frames are trimmed to it.
+MAX_FRAME = 1 << 20
+# Room a trimmed frame leaves for what follows the payload: ``trimmed`` and, in
+# the spool, ``spooled_at``.
+TRIM_RESERVE = 64
+MAX_REPLY = 1 << 16
+CONNECT_TIMEOUT_S = 0.1
+# Measured from the hook's start: the whole run stays well under 300 ms.
+REPLY_DEADLINE_S = 0.2
+# ``--async`` runs detached; nobody waits, so it may listen a little longer.
+ASYNC_REPLY_DEADLINE_S = 1.0
+# Replies that mean "not read, try later": the request goes to the spool.
+RETRY_CODES = (b'"code":"busy"', b'"code":"shutting_down"')
+
+PRIVATE_DIR_NAME = b".gastownd"
+SOCKET_NAME = b"gastownd.sock"
+TOWN_MARKER = b"mayor/town.json"
+# sun_path holds 108 bytes on Linux and 104 on the BSDs and macOS, NUL included.
+SUN_PATH_MAX = 108 if sys.platform.startswith("linux") else 104
+
+_JSON_SPECIAL = bytes(range(0x20)) + b'"\\'
+
+
+# ---------------------------------------------------------------- paths
+#
+# ``os`` costs ~1.6 ms to import under ``-S`` (``stat``, ``posixpath``,
+# ``_collections_abc``) while ``posix`` is built in and already loaded, so
+# the few ``os.path`` rules needed are written out here, on bytes, following
+# ``posixpath`` (net of their own compile time: ~0.65 ms saved per call).
+# The unit tests hold them equal to ``os.path`` and ``paths``.
+
+
+def join(head: bytes, *tails: bytes) -> bytes:
+    path = head
+    for tail in tails:
+        if tail.startswith(b"/") or not path:
+            path = tail
+        elif path.endswith(b"/"):
+            path += tail
+        else:
+            path += b"/" + tail
+    return path
+
+
+def dirname(path: bytes) -> bytes:
+    head = path[: path.rfind(b"/") + 1]
+    if head and head != b"/" * len(head):
+        head = head.rstrip(b"/")
+    return head
+
+
+def normpath(path: bytes) -> bytes:
+    if not path:
+        return b"."
+    initial = 0
+    if path.startswith(b"/"):
+        # POSIX leaves the meaning of exactly two leading slashes open: keep them.
+        initial = 2 if path.startswith(b"//") and not path.startswith(b"///") else 1
+    parts: list[bytes] = []
+    for part in path.split(b"/"):
+        if part in (b"", b"."):
+            continue
+        if part != b".." or (not initial and not parts) or (parts and parts[-1] == b".."):
+            parts.append(part)
+        elif parts:
+            parts.pop()
+    return b"/" * initial + b"/".join(parts) or b"."
+
+
+def abspath(path: bytes) -> bytes:
+    return normpath(path if path.startswith(b"/") else join(posix.getcwdb(), path))
+
+
+def expanduser(path: bytes, environ: "Mapping[bytes, bytes]") -> bytes:
+    if not path.startswith(b"~"):
+        return path
+    end = path.find(b"/", 1)
+    end = len(path) if end < 0 else end
+    home = environ.get(b"HOME") if end == 1 else None
+    if home is None:
+        import pwd  # built in; only for ``~user`` or an unset HOME
+
+        try:
+            name = path[1:end].decode(sys.getfilesystemencoding(), "surrogateescape")
+            entry = pwd.getpwuid(posix.getuid()) if end == 1 else pwd.getpwnam(name)
+        except KeyError:
+            return path
+        home = entry.pw_dir.encode(sys.getfilesystemencoding(), "surrogateescape")
+    return home.rstrip(b"/") + path[end:] or b"/"
+
+
+def _is_a(path: bytes, kind: int) -> bool:
+    try:
+        return posix.stat(path).st_mode & 0o170000 == kind
+    except (OSError, ValueError):
+        return False
+
+
+def isfile(path: bytes) -> bool:
+    return _is_a(path, 0o100000)
+
+
+def isdir(path: bytes) -> bool:
+    return _is_a(path, 0o040000)
+
+
+def town_root(
+    environ: "Mapping[bytes, bytes]", cwd: bytes | None, home: bytes | None = None
+) -> bytes:
+    """``GT_TOWN_ROOT`` (or ``GT_ROOT``), else the outermost ancestor of
+    ``cwd`` holding ``mayor/town.json``, else the outermost one holding a
+    ``mayor/`` directory (as ``gt``), else ``~/gt``; always absolute."""
+    chosen = environ.get(b"GT_TOWN_ROOT") or environ.get(b"GT_ROOT")
+    if chosen:
+        return abspath(expanduser(chosen, environ))
+    with_marker = with_mayor = None
+    if cwd is not None:
+        candidate = cwd
+        while True:
+            if isfile(join(candidate, TOWN_MARKER)):
+                with_marker = candidate
+            elif isdir(join(candidate, b"mayor")):
+                with_mayor = candidate
+            parent = dirname(candidate)
+            if parent == candidate:
+                break
+            candidate = parent
+    found = with_marker or with_mayor
+    if found is None:
+        found = join(home if home is not None else expanduser(b"~", environ), b"gt")
+    return abspath(found)
+
+
+def socket_path(town: bytes, environ: "Mapping[bytes, bytes]") -> bytes:
+    """``GASTOWND_SOCKET``, else ``<town>/.gastownd/gastownd.sock`` when it
+    fits in ``sun_path``, else ``/tmp/gastownd-<uid>/<sha256(realpath)[:16]>.sock``."""
+    override = environ.get(b"GASTOWND_SOCKET")
+    if override:
+        return abspath(expanduser(override, environ))
+    preferred = join(town, PRIVATE_DIR_NAME, SOCKET_NAME)
+    if len(preferred) < SUN_PATH_MAX:
+        return preferred
+    import hashlib  # rare: only for towns too deep for sun_path
+    import os.path
+
+    digest = hashlib.sha256(os.path.realpath(town)).hexdigest()[:16]
+    return b"/tmp/gastownd-%d/%s.sock" % (posix.getuid(), digest.encode())
+
+
+def spool_path(town: bytes) -> bytes:
+    return join(town, PRIVATE_DIR_NAME, b"spool", b"hook-%d.jsonl" % posix.getuid())
+
+
+# ---------------------------------------------------------------- the frame
+
+
+def json_string(value: bytes) -> bytes:
+    """``value`` as a JSON string literal. Invalid UTF-8 becomes U+FFFD."""
+    try:
+        value.decode("utf-8")
+    except UnicodeDecodeError:
+        value = value.decode("utf-8", "replace").encode("utf-8")
+    if len(value.translate(None, _JSON_SPECIAL)) == len(value):
+        return b'"' + value + b'"'
+    out = bytearray(b'"')
+    # Bytes of a multi-byte UTF-8 sequence are all >= 0x80: escaping per byte is safe.
+    for byte in value:
+        if byte == 0x22:
+            out += b'\\"'
+        elif byte == 0x5C:
+            out += b"\\\\"
+        elif byte < 0x20:
+            out += b"\\u%04x" % byte
+        else:
+            out.append(byte)
+    out += b'"'
+    return bytes(out)
+
+
+def normalize_payload(raw: bytes) -> bytes:
+    """Claude's bytes, kept on one line: raw CR/LF (never inside a valid JSON
+    string) become spaces; nothing at all becomes ``null``."""
+    one_line = raw.replace(b"\n", b" ").replace(b"\r", b" ")
+    return one_line if one_line.strip() else b"null"
+
+
+def build_frame(
+    payload: bytes,
+    *,
+    env: "Mapping[bytes, bytes]",
+    cwd: bytes | None,
+    pid: int,
+    ppid: int,
+    at: float,
+    trimmed: int = 0,
+) -> bytes:
+    """One ``hook`` request line; ``payload`` is spliced in as it is."""
+    fields = [
+        b'"' + key + b'":' + json_string(value) for key in ENV_KEYS if (value := env.get(key))
+    ]
+    return b"".join(
+        (
+            b'{"op":"hook","id":1,"payload":',
+            normalize_payload(payload),
+            b',"env":{',
+            b",".join(fields),
+            b'},"cwd":',
+            b"null" if cwd is None else json_string(cwd),
+            b',"pid":%d,"ppid":%d,"at":%s' % (pid, ppid, repr(at).encode("ascii")),
+            b',"trimmed":%d}\n' % trimmed if trimmed else b"}\n",
+        )
+    )
+
+
+def fitted(frame: bytes, payload: bytes, rebuild: "Callable[[bytes, int], bytes]") -> bytes:
+    """``frame``, or when it is over ``MAX_FRAME`` one rebuilt with its payload trimmed."""
+    if len(frame) - 1 <= MAX_FRAME:
+        return frame
+    try:
+        from gastown_client import hooktrim
+    except ImportError:  # run as a script (-I -S): the package is not on sys.path
+        here = abspath(__file__.encode(sys.getfilesystemencoding(), "surrogateescape"))
+        sys.path.append(
+            dirname(dirname(here)).decode(sys.getfilesystemencoding(), "surrogateescape")
+        )
+        from gastown_client import hooktrim
+    budget = MAX_FRAME - (len(frame) - 1 - len(payload)) - TRIM_RESERVE
+    trimmed, cut = hooktrim.trim(payload, budget)
+    return rebuild(trimmed, cut) if cut else frame
+
+
+def spooled(frame: bytes, spooled_at: float) -> bytes:
+    """``frame`` with ``"spooled_at"`` spliced in before its closing brace."""
+    body = frame.rstrip(b"\n")
+    return body[:-1] + b',"spooled_at":%s}\n' % repr(spooled_at).encode("ascii")
+
+
+# ---------------------------------------------------------------- I/O
+
+
+def read_stdin(fd: int = 0, cap: int = MAX_STDIN) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        while size < cap:
+            chunk = posix.read(fd, min(65536, cap - size))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    except OSError:
+        pass  # closed or odd stdin: forward what was read
+    return b"".join(chunks)
+
+
+def deliver(frame: bytes, path: bytes, deadline: float) -> bytes | None:
+    """Send ``frame``; return the reply line, ``b""`` when none came by
+    ``deadline`` (monotonic), or None when the daemon did not take the
+    request (the caller spools it)."""
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
+    try:
+        try:
+            sock.settimeout(max(0.001, min(CONNECT_TIMEOUT_S, deadline - time.monotonic())))
+            sock.connect(path)
+            sock.settimeout(max(0.001, deadline - time.monotonic()))
+            sock.sendall(frame)
+        except OSError:  # includes TimeoutError: not (fully) sent
+            return None
+        reply = b""
+        try:
+            while b"\n" not in reply and len(reply) < MAX_REPLY:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return b""
+                sock.settimeout(remaining)
+                chunk = sock.recv(MAX_REPLY)
+                if not chunk:
+                    break
+                reply += chunk
+        except TimeoutError:
+            return b""
+        except OSError:
+            pass  # reset: judged like a close below
+        line = reply.split(b"\n", 1)[0]
+        if not line:
+            return None  # closed without a word: the daemon never read it
+        if b'"ok":false' in line and any(code in line for code in RETRY_CODES):
+            return None
+        return line
+    finally:
+        sock.close()
+
+
+def context_of(reply: bytes) -> str | None:
+    """The ``context`` of an ok ``HookResult`` reply, if any."""
+    if b'"context":"' not in reply:
+        return None
+    import json  # rare: only when the daemon injects context
+
+    message = json.loads(reply)
+    if not isinstance(message, dict) or message.get("ok") is not True:
+        return None
+    result = message.get("result")
+    context = result.get("context") if isinstance(result, dict) else None
+    return context if isinstance(context, str) and context else None
+
+
+def spool(frame: bytes, town: bytes, now: float) -> None:
+    """Append ``frame`` to this uid's spool file in one ``write``.
+
+    Creates ``.gastownd`` and ``spool`` (0700) when missing, never the town.
+    """
+    private = join(town, PRIVATE_DIR_NAME)
+    for directory in (private, join(private, b"spool")):
+        try:  # noqa: SIM105 - contextlib would cost an import
+            posix.mkdir(directory, 0o700)
+        except FileExistsError:
+            pass
+    flags = posix.O_WRONLY | posix.O_APPEND | posix.O_CREAT | posix.O_CLOEXEC | posix.O_NOFOLLOW
+    fd = posix.open(spool_path(town), flags, 0o600)
+    try:
+        posix.write(fd, spooled(frame, now))
+    finally:
+        posix.close(fd)
+
+
+def _write_out(text: str) -> None:
+    data = text.encode("utf-8", "replace")
+    if not data.endswith(b"\n"):
+        data += b"\n"
+    while data:
+        data = data[posix.write(1, data) :]
+
+
+def _send_or_spool(frame: bytes, town: bytes, sock: bytes, deadline: float, speak: bool) -> None:
+    reply = deliver(frame, sock, deadline)
+    if reply is None:
+        spool(frame, town, time.time())
+    elif reply and speak:
+        context = context_of(reply)
+        if context:
+            _write_out(context)
+
+
+def _detach() -> bool:
+    """Fork for ``--async``: True in the child, which carries on detached;
+    the parent exits at once. False when forking failed (run in place)."""
+    try:
+        pid = posix.fork()
+    except OSError:
+        return False
+    if pid > 0:
+        posix._exit(0)
+    posix.setsid()
+    # Claude waits for EOF on the hook's stdout/stderr: let go of them.
+    null = posix.open(b"/dev/null", posix.O_RDWR)
+    for fd in (0, 1, 2):
+        posix.dup2(null, fd)
+    if null > 2:
+        posix.close(null)
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one hook call; always returns 0."""
+    try:
+        started = time.monotonic()
+        args = sys.argv[1:] if argv is None else argv
+        detached = "--async" in args
+        environ = posix.environ
+        try:
+            cwd: bytes | None = posix.getcwdb()
+        except OSError:
+            cwd = None
+        payload = read_stdin()  # before forking: stdin belongs to this call
+        pid, ppid, at = posix.getpid(), posix.getppid(), time.time()
+
+        def rebuild(payload: bytes, trimmed: int) -> bytes:
+            return build_frame(
+                payload, env=environ, cwd=cwd, pid=pid, ppid=ppid, at=at, trimmed=trimmed
+            )
+
+        frame = rebuild(payload, 0)
+        town = town_root(environ, cwd)
+        sock = socket_path(town, environ)
+        if detached and _detach():
+            try:
+                # Trimming a big payload takes a while: the detached child does it.
+                frame = fitted(frame, payload, rebuild)
+                deadline = time.monotonic() + ASYNC_REPLY_DEADLINE_S
+                _send_or_spool(frame, town, sock, deadline, speak=False)
+            finally:
+                posix._exit(0)
+        frame = fitted(frame, payload, rebuild)
+        _send_or_spool(frame, town, sock, started + REPLY_DEADLINE_S, speak=not detached)
+    except BaseException:  # fail open: a hook must never fail the agent
+        pass
+    return 0
