@@ -86,7 +86,9 @@ JS_API_TIMEOUT_S = 2.0
 PUBLISH_TIMEOUT_S = 10.0
 IDLE_WAKE_S = 1.0
 MARK_INTERVAL_S = 1.0
-ROUND_S = 0.01
+ROUND_S = 0.025
+# A round with this many lines (or more than one record) counts as busy.
+BUSY_LINES = 8
 # Lines read per publish round, and messages (up to MAX_EVENT_LINES lines each) per
 # fetch: each fetch is applied in one store transaction, which local work may wait for.
 EVENT_LINES_PER_ROUND = 16 * MAX_EVENT_LINES
@@ -122,6 +124,7 @@ class _Outgoing:
     subject: str
     msg_id: str
     data: bytes
+    lines: int = 1
 
 
 class Federation:
@@ -143,6 +146,8 @@ class Federation:
         self.last_arrival = 0
         self._wake = anyio.Event()
         self._reconnected = anyio.Event()
+        # The last publish round was a busy one (see _publish_loop): pace rounds and fetches.
+        self._busy = False
         # Set when the store may hold new records to send (sessions, digests, attributions):
         # an emit only adds a line, and reading the store for it would cost a thread hop.
         self._store_changed = True
@@ -317,14 +322,19 @@ class Federation:
                 if time.monotonic() - saved_at >= MARK_INTERVAL_S:
                     await self._save_marks(unsaved)
                     saved_at = time.monotonic()
-                # At most one busy round per ROUND_S: under a stream of appends the next
-                # round carries a run of lines instead of one; after a quiet spell a line
-                # goes at once.
-                await anyio.sleep(max(0.0, round_started + ROUND_S - time.monotonic()))
+                # Under a stream of appends, at most one round per ROUND_S, so the next
+                # carries a run of lines instead of a few; a light trickle goes at once.
+                self._busy = len(batch) > 1 or self._lines_in(batch) >= BUSY_LINES
+                if self._busy:
+                    await anyio.sleep(max(0.0, round_started + ROUND_S - time.monotonic()))
         finally:
             if unsaved:
                 with anyio.CancelScope(shield=True):
                     await self._save_marks(unsaved)
+
+    @staticmethod
+    def _lines_in(batch: Sequence[_Outgoing]) -> int:
+        return sum(item.lines for item in batch)
 
     async def _save_marks(self, marks: dict[str, str]) -> None:
         sessions = self.daemon.sessions
@@ -470,7 +480,10 @@ class Federation:
 
     def _outgoing(self, kind: Kind, message: AnyMessage) -> _Outgoing:
         message.id = message_id(self.node, kind, local_id_of(message))
-        return _Outgoing(subject(self.town, self.node, kind), message.id, encode_message(message))
+        lines = len(message.seqs) if isinstance(message, EventMessage) else 1
+        return _Outgoing(
+            subject(self.town, self.node, kind), message.id, encode_message(message), lines
+        )
 
     # ------------------------------------------------------------ consuming
 
@@ -507,11 +520,17 @@ class Federation:
                 attempt += 1
                 continue
             attempt = 0
-            await self._apply(messages)
+            started = time.monotonic()
+            applied = await self._apply(messages)
             if messages:
                 await messages[-1].ack()  # after the commit: a crash before it redelivers
+            if not applied and self._busy:
+                # Only our own records came back, and we are busy publishing: take them in
+                # batches rather than one fetch per publish round.
+                await anyio.sleep(max(0.0, started + ROUND_S - time.monotonic()))
 
-    async def _apply(self, messages: Sequence[Any]) -> None:
+    async def _apply(self, messages: Sequence[Any]) -> int:
+        """Check and apply other nodes' records; how many messages were theirs."""
         records: list[AnyMessage] = []
         for message in messages:
             if message.subject.split(".")[2:3] == [self.node]:
@@ -525,7 +544,7 @@ class Federation:
             except Rejected as rejected:
                 self._reject(rejected, message.subject)
         if not records:
-            return
+            return 0
         sessions = self.daemon.sessions
         assert sessions is not None
         applied = await sessions.apply_remote(records, self.daemon.clock())
@@ -534,6 +553,7 @@ class Federation:
             self.last_arrival = max(self.last_arrival, applied.events[-1].arrival)
             if self.daemon.subscriptions is not None:
                 self.daemon.subscriptions.publish_remote(applied.events)
+        return len(records)
 
     def _reject(self, rejected: Rejected, subject_name: str) -> None:
         self.rejected[rejected.reason] += 1
