@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import anyio
@@ -46,8 +47,8 @@ log = structlog.get_logger("gastownd.sessions")
 
 T = TypeVar("T")
 
-# Recorded lines committed per transaction.
-RECORD_CHUNK = 1024
+# Recorded lines read and committed at a time (the loop's share is the index and the reads).
+RECORD_CHUNK = 256
 # Up to this many session lines waiting at start are recorded before READY (about 0.5 s).
 RECORD_BEFORE_READY = 10_000
 _RECORDED_FILTER = compile_filter(types=sorted(RECORDED_TYPES))
@@ -292,9 +293,12 @@ class Sessions:
                 self._read_through = (epoch, index.next_seq() - 1)
                 return total
             entries = [index.entry(p) for p in positions]
+            lines = self.eventlog.read_lines(positions)
+            # Decoding payloads is the costly part: in a worker thread, off the loop.
+            payloads = await anyio.to_thread.run_sync(_payloads, lines)
             items = [
-                Published(e.seq, e.type or "", e.actor, e.session, e.ts, line)
-                for e, line in zip(entries, self.eventlog.read_lines(positions), strict=True)
+                _SessionLine(e.seq, e.type or "", e.actor, e.ts, payload)
+                for e, payload in zip(entries, payloads, strict=True)
             ]
             last = entries[-1].seq
             facts = LineFacts(
@@ -309,7 +313,7 @@ class Sessions:
             if ended:
                 log.info("wisps_ended_by_line", sessions=ended)
 
-    def _ending(self, items: list[Published]) -> Callable[[WispBook], Outcome]:
+    def _ending(self, items: list[_SessionLine]) -> Callable[[WispBook], Outcome]:
         """The wisps these lines end (deaths, handoffs), applied in log order."""
         now = self.clock()
 
@@ -321,7 +325,7 @@ class Sessions:
                 book, more = book.observe_line(
                     type=item.type,
                     actor=item.actor,
-                    payload=_payload(item.line),
+                    payload=item.payload,
                     at=float(item.ts),
                     now=now,
                 )
@@ -372,14 +376,28 @@ def _payload(line: bytes) -> dict[str, Any] | None:
     return payload if isinstance(payload, dict) else None
 
 
-def _facts_of(items: list[Published]) -> list[StartSeen | LineEnd]:
+@dataclass(frozen=True, slots=True)
+class _SessionLine:
+    """A session line as the recorder reads it: indexed fields and the decoded payload."""
+
+    seq: int
+    type: str
+    actor: str
+    ts: int
+    payload: dict[str, Any] | None
+
+
+def _payloads(lines: list[bytes]) -> list[dict[str, Any] | None]:
+    return [_payload(line) for line in lines]
+
+
+def _facts_of(items: list[_SessionLine]) -> list[StartSeen | LineEnd]:
     facts: list[StartSeen | LineEnd] = []
     for item in items:
-        payload = _payload(item.line)
         fact = (
-            start_seen(item.actor, payload, item.ts)
+            start_seen(item.actor, item.payload, item.ts)
             if item.type == "session_start"
-            else line_end(item.type, item.actor, payload, item.ts)
+            else line_end(item.type, item.actor, item.payload, item.ts)
         )
         if fact is not None:
             facts.append(fact)
