@@ -48,6 +48,8 @@ T = TypeVar("T")
 
 # Recorded lines committed per transaction.
 RECORD_CHUNK = 1024
+# Up to this many session lines waiting at start are recorded before READY (about 0.5 s).
+RECORD_BEFORE_READY = 10_000
 _RECORDED_FILTER = compile_filter(types=sorted(RECORDED_TYPES))
 
 
@@ -98,9 +100,15 @@ class Sessions:
         if checkpoint is not None:
             epoch, _, seq = checkpoint.partition(":")
             self._recorded = (int(epoch), int(seq))
-        # Lines gt wrote while we were down (all of them on a first start) are
-        # recorded by the recorder as soon as it runs; a prune waits for it.
-        self._lines_waiting.set()
+        # Lines gt wrote while we were down are recorded before the daemon serves, so a
+        # death logged meanwhile has ended its wisp by the first request. A large backlog
+        # (a first start on a long log) goes to the recorder after READY; a prune waits.
+        waiting = self._pending_lines()
+        if waiting <= RECORD_BEFORE_READY:
+            await self.record_lines()
+        else:
+            log.info("session_lines_recorded_in_background", lines=waiting)
+            self._lines_waiting.set()
 
     # ------------------------------------------------------------------- ops
 
@@ -233,6 +241,19 @@ class Sessions:
             await self._lines_waiting.wait()
             self._lines_waiting = anyio.Event()
             await self.record_lines()
+
+    def _pending_lines(self) -> int:
+        """How many session lines the recorder has not read yet (from the index's postings)."""
+        index = self.eventlog.index
+        recorded = self._recorded
+        if recorded is not None and recorded[0] != self.eventlog.seqmap.epoch:
+            recorded = None
+        after = index.position_after(-1 if recorded is None else recorded[1])
+        return len(
+            index.search(
+                _RECORDED_FILTER, RECORD_BEFORE_READY + 1, oldest_first=True, after_position=after
+            )
+        )
 
     async def record_lines(self) -> int:
         """Record every session line past the checkpoint; returns how many were read."""
