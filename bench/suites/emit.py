@@ -2,12 +2,18 @@
 
 Run once per event loop (asyncio's own, and uvloop when it is installed).
 The one-client latency is compared with the floor: one append and one
-``fdatasync`` on a file kept open, measured right before each window.
+``fdatasync`` on a file kept open, measured right before each window. The
+throughput windows also take turns with ``bench.refserver``, the least a
+Python server does for a durable emit (same loop, one writer thread, no
+index): its rate goes in the note, so the gap left is told apart from the
+daemon's own work.
 """
 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import tempfile
 import time
 from functools import partial
@@ -24,6 +30,7 @@ from bench.harness import (
     median,
     remove_town,
     start_daemon,
+    wait_for_socket,
     with_loop,
 )
 from bench.harness import percentile as pct
@@ -78,29 +85,45 @@ def _run_loop(ctx: Context, loop: str) -> list[Row]:
     rounds = ctx.sizes.rounds
     ours: dict[int, Pooled] = {}
     theirs: dict[int, Pooled] = {}
+    refs: dict[int, Pooled] = {}
     folder = Path(tempfile.mkdtemp(prefix="gtb-gt-", dir="/tmp"))
     events, lock = folder / ".events.jsonl", folder / ".events.jsonl.lock"
     line = gt_line(
         "nudge", NUDGE_ACTOR, NUDGE_PAYLOAD, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     )
     try:
+        reference, ref_log = folder / "ref.sock", folder / "ref.jsonl"
+        refserver = subprocess.Popen(
+            [sys.executable, "-m", "bench.refserver", str(reference), str(ref_log), loop]
+        )
         daemon = start_daemon(town)
         try:
+            wait_for_socket(reference)
             for level in LEVELS:
                 baseline = (
                     partial(bare_fsync, folder / "floor.jsonl", line)
                     if level == 1
                     else partial(gt_writers, events, lock, line, level, window)
                 )
-                ours[level], theirs[level] = alternate(
-                    rounds,
-                    partial(closed_loop, daemon.socket, _emit(), level, window),
-                    baseline,
-                )
+                if level == 1:
+                    ours[level], theirs[level] = alternate(
+                        rounds,
+                        partial(closed_loop, daemon.socket, _emit(), level, window),
+                        baseline,
+                    )
+                    continue
+                runs: tuple[list[LoadResult], ...] = ([], [], [])
+                for _ in range(rounds):
+                    runs[0].append(closed_loop(daemon.socket, _emit(), level, window))
+                    runs[1].append(closed_loop(reference, _emit(), level, window))
+                    runs[2].append(baseline())
+                ours[level], refs[level], theirs[level] = (Pooled.of(r) for r in runs)
             with daemon.client() as client:
                 status = client.status()
         finally:
             daemon.stop()
+            refserver.kill()
+            refserver.wait()
     finally:
         remove_town(town)
         for path in folder.iterdir():
@@ -126,7 +149,7 @@ def _run_loop(ctx: Context, loop: str) -> list[Row]:
         )
     )
     for level in (8, 64):
-        result, base = ours[level], theirs[level]
+        result, base, ref = ours[level], theirs[level], refs[level]
         speedup = result.rate / base.rate
         factor = GOALS[level]
         rows.append(
@@ -144,8 +167,12 @@ def _run_loop(ctx: Context, loop: str) -> list[Row]:
                 note=(f"{result.errors} error replies; " if result.errors else "")
                 + f"median of {len(result.rates)} windows of {window:g} s, alternating with "
                 f"the baseline; ack p50 {fmt_time(median(result.latencies_s))} vs "
-                f"{fmt_time(median(base.latencies_s))}",
-                data=_data(result, base),
+                f"{fmt_time(median(base.latencies_s))}; reference server (bench.refserver, "
+                f"same windows): {fmt_rate(ref.rate, 'ev/s')} = "
+                f"{fmt_ratio(ref.rate / base.rate)} baseline, the daemon "
+                f"{fmt_ratio(result.rate / ref.rate)} of it",
+                data=_data(result, base)
+                | {"reference_rate": ref.rate, "reference_rates": ref.rates},
             )
         )
     rows[-1].data["daemon_status_eventlog"] = {
