@@ -81,6 +81,9 @@ log = structlog.get_logger("gastownd.federation")
 T = TypeVar("T")
 
 FETCH_WAIT_S = 1.0
+# A delivered record not acknowledged in this time (lost in flight, or its batch failed) is
+# delivered again.
+ACK_WAIT_S = 10.0
 # JetStream API requests (stream and consumer checks): short, they are retried.
 JS_API_TIMEOUT_S = 2.0
 PUBLISH_TIMEOUT_S = 10.0
@@ -493,9 +496,11 @@ class Federation:
 
         config = ConsumerConfig(
             deliver_policy=DeliverPolicy.ALL,
-            # Acking a batch's last message acks the whole batch, after its commit.
-            ack_policy=AckPolicy.ALL,
-            ack_wait=30,
+            # Every message acknowledged by itself: with "ack all", acking a later message
+            # would also ack an earlier one lost in flight (a server failing over), which
+            # then is never delivered again.
+            ack_policy=AckPolicy.EXPLICIT,
+            ack_wait=ACK_WAIT_S,
             max_ack_pending=1000,
         )
         sub = await self._retrying(
@@ -522,8 +527,8 @@ class Federation:
             attempt = 0
             started = time.monotonic()
             applied = await self._apply(messages)
-            if messages:
-                await messages[-1].ack()  # after the commit: a crash before it redelivers
+            for message in messages:
+                await message.ack()  # after the commit: a crash before it redelivers
             if not applied and self._busy:
                 # Only our own records came back, and we are busy publishing: take them in
                 # batches rather than one fetch per publish round.
