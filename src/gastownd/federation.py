@@ -177,7 +177,7 @@ class Federation:
         remote = sessions.store.remote
         self.last_arrival = await sessions.db(remote.last_arrival)
         for key in (MARK_EVENTS, MARK_SESSIONS, MARK_DIGESTS, MARK_ATTRIBUTIONS):
-            value = await sessions.db(remote.mark, key)
+            value = await sessions.db(sessions.store.meta, key)
             if value is not None:
                 self._marks[key] = value
         task_status.started()
@@ -387,17 +387,17 @@ class Federation:
         # Cleared before reading: a commit during the reads sets it again.
         self._store_changed = False
         remote = sessions.store.remote
-        rev = int(self._marks.get(MARK_SESSIONS, "0"))
+        rev = self._row_mark(MARK_SESSIONS)
         for row in await sessions.db(remote.sessions_after, rev, limit):
             record = SessionMessage(town=self.town, node=self.node, id="", **row)
             batch.append(self._outgoing("session", record))
             marks[MARK_SESSIONS] = str(row["rev"])
-        after_digest = int(self._marks.get(MARK_DIGESTS, "0"))
+        after_digest = self._row_mark(MARK_DIGESTS)
         for rowid, digest in await sessions.db(remote.digests_after, after_digest, limit):
             message = DigestMessage(town=self.town, node=self.node, id="", digest=digest)
             batch.append(self._outgoing("digest", message))
             marks[MARK_DIGESTS] = str(rowid)
-        row_id = int(self._marks.get(MARK_ATTRIBUTIONS, "0"))
+        row_id = self._row_mark(MARK_ATTRIBUTIONS)
         for row in await sessions.db(remote.attributions_after, row_id, limit):
             attribution = AttributionMessage(town=self.town, node=self.node, id="", **row)
             batch.append(self._outgoing("attribution", attribution))
@@ -449,6 +449,10 @@ class Federation:
             for run in _runs(chunk)
         ]
         return batch, {MARK_EVENTS: f"{epoch}:{chunk[-1][0]}"}
+
+    def _row_mark(self, key: str) -> int:
+        """The last published session ``rev``, digest ``rowid`` or attribution id (0: none)."""
+        return int(self._marks.get(key, "0"))
 
     def _published_seq(self, epoch: int) -> int:
         """The last local seq published in this epoch (-1: none)."""
@@ -588,9 +592,9 @@ class Federation:
         assert sessions is not None and eventlog is not None
         remote = sessions.store.remote
         marks = {
-            "sessions": int(self._marks.get(MARK_SESSIONS, "0")),
-            "digests": int(self._marks.get(MARK_DIGESTS, "0")),
-            "attributions": int(self._marks.get(MARK_ATTRIBUTIONS, "0")),
+            "sessions": self._row_mark(MARK_SESSIONS),
+            "digests": self._row_mark(MARK_DIGESTS),
+            "attributions": self._row_mark(MARK_ATTRIBUTIONS),
         }
         backlog = await sessions.db(remote.backlog, marks)
         index = eventlog.index

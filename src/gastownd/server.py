@@ -211,7 +211,7 @@ class Connection(asyncio.Protocol):
                     self._queue(codec.error_reply(exc.request_id, exc.code, exc.message))
                     continue
                 self._inflight += 1
-                if server.inline is None or not self._inline(request):
+                if not self._inline(request):
                     server.start_request(self, request)
         finally:
             self._processing = False
@@ -235,10 +235,8 @@ class Connection(asyncio.Protocol):
                 answered = True
                 self._run(lambda: self._finish(request_id, result))
 
-        inline = self.server.inline
-        assert inline is not None
         try:
-            return inline(request, self, reply)
+            return self.server.inline(request, self, reply)
         except DaemonError as exc:
             reply(exc)
         except Exception:
@@ -386,7 +384,7 @@ class Server:
         config: ServerConfig,
         handler: Handler,
         expected_uid: int,
-        inline: Inline | None = None,
+        inline: Inline,
     ) -> None:
         self.config = config
         self.handler = handler

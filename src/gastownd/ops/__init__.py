@@ -52,21 +52,14 @@ def dispatch_inline(daemon: Daemon, request: Request, conn: Connection, reply: R
 
 
 async def dispatch(daemon: Daemon, request: Request, conn: Connection) -> Any:
+    """Every request ``dispatch_inline`` does not take, in a task of its own."""
     match request:
-        case Hello():
-            return meta.hello(daemon, request)
-        case Ping():
-            return meta.ping(daemon)
         case Status():
             return await meta.status(daemon)
-        case Emit():
-            return await events.emit(daemon, request)
         case Query():
             return await events.query(daemon, request)
         case Subscribe():
             return await events.subscribe(daemon, request, conn)
-        case Unsubscribe():
-            return events.unsubscribe(daemon, request, conn)
         case Prune():
             return await events.prune(daemon, request)
         case SessionStart():

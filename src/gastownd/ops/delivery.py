@@ -5,10 +5,11 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Sequence
 
 from gastown_client.protocol import Push
+from gastownd.core.query import EventFilter
 from gastownd.eventlog import Backlog, BacklogGap, EventLog
 from gastownd.server import Connection
 from gastownd.store.remote import RemoteEvent
-from gastownd.subscriptions import Published, Subscriber, Subscriptions
+from gastownd.subscriptions import NodeScope, Published, Subscriber, Subscriptions
 
 BACKLOG_CHUNK = 256
 
@@ -33,6 +34,26 @@ def resume_point(eventlog: EventLog, cursor: str | None) -> tuple[int, bool, boo
     if foreign:
         return oldest, False, resync
     return seq, True, resync
+
+
+def attach(
+    subscriptions: Subscriptions,
+    conn: Connection,
+    flt: EventFilter,
+    scope: NodeScope | None,
+    live_after: int,
+) -> Subscriber:
+    """A subscriber of ``conn``'s, given local lines after seq ``live_after`` as they come;
+    it ends with the connection."""
+    subscriber = subscriptions.add(flt, scope)
+    subscriber.live_after = live_after
+    conn.subscriptions.add(subscriber.id)
+
+    def end_subscription() -> None:
+        subscriptions.remove(subscriber.id)
+
+    conn.on_close.append(end_subscription)
+    return subscriber
 
 
 class ReplayAborted(Exception):

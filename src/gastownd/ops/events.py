@@ -29,7 +29,7 @@ from gastownd.daemon import Daemon
 from gastownd.errors import BadRequestError, DaemonError, NotFoundError, TooLargeError
 from gastownd.eventlog import EventLog
 from gastownd.ops import townwide
-from gastownd.ops.delivery import pump, resume_point, send_local_backlog
+from gastownd.ops.delivery import attach, pump, resume_point, send_local_backlog
 from gastownd.server import Connection, FollowUp, Reply
 from gastownd.store.remote import RemoteEvent
 from gastownd.subscriptions import Published, Subscriptions
@@ -79,14 +79,6 @@ def submit_emit(daemon: Daemon, request: Emit, reply: Reply) -> None:
     eventlog.submit(line, written, known)
 
 
-async def emit(daemon: Daemon, request: Emit) -> EmitResult:
-    """``submit_emit`` for a caller that awaits (the server answers emits in line)."""
-    eventlog, _ = _parts(daemon)
-    line = _line(daemon, request, daemon.clock())
-    seq = await eventlog.append(line)
-    return EmitResult(cursor=eventlog.cursor(seq), event=msgspec.Raw(line[:-1]))
-
-
 def _compile(request: EventFilter) -> CompiledFilter:
     try:
         return compile_filter(
@@ -122,14 +114,7 @@ async def subscribe(daemon: Daemon, request: Subscribe, conn: Connection) -> Fol
     # From here to the FollowUp nothing awaits: the backlog and the live
     # queue split the log at exactly this point, with no gap and no overlap.
     backlog = eventlog.backlog(flt, after, head, from_archive=from_archive)
-    subscriber = subscriptions.add(flt)
-    subscriber.live_after = head
-    conn.subscriptions.add(subscriber.id)
-
-    def end_subscription() -> None:
-        subscriptions.remove(subscriber.id)
-
-    conn.on_close.append(end_subscription)
+    subscriber = attach(subscriptions, conn, flt, None, head)
     result = SubscribeResult(
         subscription=subscriber.id, cursor=eventlog.head_cursor(), resync=resync
     )

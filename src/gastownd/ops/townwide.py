@@ -30,7 +30,13 @@ from gastownd.core.query import EventFilter as CompiledFilter
 from gastownd.daemon import Daemon
 from gastownd.errors import BadRequestError
 from gastownd.eventlog import EventLog
-from gastownd.ops.delivery import BACKLOG_CHUNK, pump, resume_point, send_local_backlog
+from gastownd.ops.delivery import (
+    BACKLOG_CHUNK,
+    attach,
+    pump,
+    resume_point,
+    send_local_backlog,
+)
 from gastownd.server import Connection, FollowUp
 from gastownd.store.remote import EventQuery, RemoteEvent
 from gastownd.subscriptions import NodeScope, Published
@@ -138,15 +144,8 @@ async def subscribe(
     head = eventlog.index.next_seq() - 1
     after, from_archive, local_resync = resume_point(eventlog, local_cursor)
     backlog = eventlog.backlog(flt, after, head, from_archive=from_archive)
-    subscriber = subscriptions.add(flt, scope)
-    subscriber.live_after = head
+    subscriber = attach(subscriptions, conn, flt, scope, head)
     subscriber.remote_live_after = max(through, after_arrival)
-    conn.subscriptions.add(subscriber.id)
-
-    def end_subscription() -> None:
-        subscriptions.remove(subscriber.id)
-
-    conn.on_close.append(end_subscription)
     position = _Position(after, after_arrival)
     result = SubscribeResult(
         subscription=subscriber.id,

@@ -35,7 +35,7 @@ from gastownd.core.wisp import (
     Wisp,
 )
 from gastownd.store.remote import RemoteStore
-from gastownd.store.schema import MIGRATIONS, SCHEMA_VERSION, insert_digest
+from gastownd.store.schema import MIGRATIONS, SCHEMA_VERSION, insert_digest, read_meta
 
 # Meta key: the last event-log line whose session facts are recorded ("EPOCH:SEQ").
 LINES_RECORDED = "lines_recorded"
@@ -240,8 +240,7 @@ class Store:
         return local, int(remote)
 
     def meta(self, key: str) -> str | None:
-        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-        return str(row[0]) if row else None
+        return read_meta(self._db, key)
 
     # ------------------------------------------------------------- digests
 

@@ -39,7 +39,7 @@ from gastownd.core.records import (
     SessionMessage,
 )
 from gastownd.core.session_record import identity_key
-from gastownd.store.schema import insert_digest
+from gastownd.store.schema import insert_digest, read_meta
 
 MARK_EVENTS = "fed_events"
 MARK_SESSIONS = "fed_sessions"
@@ -247,8 +247,7 @@ class RemoteStore:
         return max(int(arrival), int(seq_row[0]) if seq_row else 0)
 
     def pruned_through(self) -> int:
-        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (MARK_PRUNED,)).fetchone()
-        return int(row[0]) if row else 0
+        return int(read_meta(self._db, MARK_PRUNED) or 0)
 
     def query_events(self, flt: EventQuery, limit: int, *, oldest_first: bool) -> list[RemoteEvent]:
         """Matching remote lines by time, newest first unless asked; one index walk per type."""
@@ -317,10 +316,6 @@ class RemoteStore:
         return [r[0] for r in self._db.execute("SELECT DISTINCT type FROM remote_events")]
 
     # ------------------------------------------------------------ publishing
-
-    def mark(self, key: str) -> str | None:
-        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-        return str(row[0]) if row else None
 
     def set_marks(self, marks: dict[str, str]) -> None:
         with self._transaction():

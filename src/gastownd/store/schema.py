@@ -160,3 +160,9 @@ def insert_digest(db: sqlite3.Connection, digest: Digest, chain_pos: int, node: 
             node,
         ),
     )
+
+
+def read_meta(db: sqlite3.Connection, key: str) -> str | None:
+    """A value of the ``meta`` table (checkpoints and marks), or None when unset."""
+    row = db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+    return str(row[0]) if row else None
