@@ -316,8 +316,7 @@ once, when the connection fails or ends, unless it was closed with
 (defun gastownd--fail (process err)
   "PROCESS ended with ERR: tell its owner, once."
   (unless (process-get process 'gastownd-dropped)
-    (process-put process 'gastownd-dropped t)
-    (when (process-live-p process) (delete-process process))
+    (gastownd--close process)
     (let ((on-close (process-get process 'gastownd-on-close)))
       (gastownd--safely (funcall on-close err)))))
 
@@ -713,8 +712,7 @@ Say so once per outage, and retry with a doubling delay."
                     (reverse (alist-get 'events result))))
       (setf (gastownd--feed-cursor feed) (alist-get 'cursor result)
             (gastownd--feed-fresh feed) t)
-      (gastownd--feed-send feed (list :op "subscribe" :id 2
-                                      :cursor (gastownd--feed-cursor feed))))
+      (gastownd--feed-subscribe feed))
      ((eql id 2)
       (gastownd--feed-subscribed feed result)))))
 
@@ -740,11 +738,15 @@ With a cursor, resume the subscription from there instead."
                   (lambda (close-error)
                     (when (current) (gastownd--feed-lost feed close-error)))))
            (gastownd--send (gastownd--feed-process feed) (gastownd--hello))
-           (gastownd--feed-send
-            feed (if (gastownd--feed-cursor feed)
-                     (list :op "subscribe" :id 2
-                           :cursor (gastownd--feed-cursor feed))
-                   (list :op "query" :id 1 :limit gastownd-feed-lines))))))))))
+           (if (gastownd--feed-cursor feed)
+               (gastownd--feed-subscribe feed)
+             (gastownd--feed-send
+              feed (list :op "query" :id 1 :limit gastownd-feed-lines))))))))))
+
+(defun gastownd--feed-subscribe (feed)
+  "Subscribe FEED from its cursor."
+  (gastownd--feed-send
+   feed (list :op "subscribe" :id 2 :cursor (gastownd--feed-cursor feed))))
 
 (defun gastownd-feed-stop ()
   "Stop the feed: close its connection and timers.  Its buffer stays."

@@ -354,7 +354,6 @@
         (search-backward "w7x")
         (call-interactively #'gastownd-who))
       (gastownd-test--wait "the who buffer" (lambda () (get-buffer "*gastownd-who*"))))
-    (gastownd-test--wait "the who buffer" (lambda () (get-buffer "*gastownd-who*")))
     (let ((lines (gastownd-test--lines (get-buffer "*gastownd-who*"))))
       (should (equal (car lines) "gt-w7x: 1 change"))
       (should (string-match-p

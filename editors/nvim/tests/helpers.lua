@@ -34,14 +34,7 @@ function M.lines(buf)
   return vim.api.nvim_buf_get_lines(buf, 0, -1, false)
 end
 
-function M.find_buffer(name)
-  for _, buf in ipairs(vim.api.nvim_list_bufs()) do
-    if vim.api.nvim_buf_get_name(buf) == name then
-      return buf
-    end
-  end
-  return nil
-end
+M.find_buffer = require("gastownd.buffers").find
 
 -- Lines of `buf` containing `text` (plain).
 function M.matching(buf, text)
@@ -60,6 +53,23 @@ end
 
 function M.has(buf, text)
   return M.count(buf, text) > 0
+end
+
+-- Wait until a line of `buf` contains `text`.
+function M.wait_for_text(what, buf, text, timeout_ms)
+  M.wait_for(what, function()
+    return M.has(buf, text)
+  end, timeout_ms)
+end
+
+-- Wait for a message, give a second one time to arrive, expect exactly one; its text.
+function M.one_message()
+  M.wait_for("a message", function()
+    return #M.messages > 0
+  end)
+  vim.wait(200)
+  M.eq(1, #M.messages, "one message")
+  return M.messages[1].message
 end
 
 -- Act on the town through tests/editors/townctl.py (the real gastownctl, hook and daemon).

@@ -165,15 +165,8 @@ return {
       gastownd.setup({ gastownctl = { "/nonexistent/gastownctl" } })
       h.clear_messages()
       vim.cmd("GastownWho gt-1")
-      h.wait_for("a message", function()
-        return #h.messages > 0
-      end)
-      vim.wait(200)
-      h.eq(1, #h.messages, "one message")
-      h.truthy(
-        h.messages[1].message:match("^gastownd: cannot run `/nonexistent/gastownctl sockname` %(ENOENT"),
-        h.messages[1].message
-      )
+      local message = h.one_message()
+      h.truthy(message:match("^gastownd: cannot run `/nonexistent/gastownctl sockname` %(ENOENT"), message)
       gastownd.setup({})
     end,
   },

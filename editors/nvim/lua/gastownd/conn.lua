@@ -198,17 +198,12 @@ function M.request(root, op, fields, callback, opts)
         if frame.push then
           return
         end
-        if frame.ok == false and frame.id ~= 1 and frame.id ~= 0 then
-          -- A connection-level error (busy, forbidden): it answers whatever is pending.
-          return finish(nil, frame.error)
+        if frame.id == 1 and frame.ok then
+          return finish(frame.result or {}, nil)
         end
-        if frame.id == 0 and frame.ok == false then
-          return finish(nil, frame.error)
-        end
-        if frame.id == 1 then
-          if frame.ok then
-            return finish(frame.result or {}, nil)
-          end
+        if frame.id == 1 or frame.ok == false then
+          -- Ours refused, the hello refused, or a connection-level error (busy,
+          -- forbidden), which answers whatever is pending.
           return finish(nil, frame.error)
         end
       end,

@@ -291,7 +291,6 @@ function M.open(opts)
     return buf
   end
   M.stop()
-  vim.api.nvim_buf_set_var(buf, "gastownd_town", root or "")
   buffers.set_lines(buf, {})
   feed = {
     buf = buf,
