@@ -288,14 +288,10 @@ def fitted(frame: bytes, payload: bytes, rebuild: "Callable[[bytes, int], bytes]
     """``frame``, or when it is over ``MAX_FRAME`` one rebuilt with its payload trimmed."""
     if len(frame) - 1 <= MAX_FRAME:
         return frame
-    try:
+    if __package__:
         from gastown_client import hooktrim
-    except ImportError:  # run as a script (-I -S): the package is not on sys.path
-        here = abspath(__file__.encode(sys.getfilesystemencoding(), "surrogateescape"))
-        sys.path.append(
-            dirname(dirname(here)).decode(sys.getfilesystemencoding(), "surrogateescape")
-        )
-        from gastown_client import hooktrim
+    else:  # imported by hook.py run as a script, which put this directory on sys.path
+        import hooktrim  # type: ignore[import-not-found,no-redef]
     budget = MAX_FRAME - (len(frame) - 1 - len(payload)) - TRIM_RESERVE
     trimmed, cut = hooktrim.trim(payload, budget)
     return rebuild(trimmed, cut) if cut else frame

@@ -248,12 +248,6 @@ class Connection(asyncio.Protocol):
         """A request's outcome: queue its reply, free its slot."""
         if isinstance(result, DaemonError):
             self._queue(codec.error_reply(request_id, result.code, result.message))
-        elif result is _INTERNAL:
-            self._queue(
-                codec.error_reply(
-                    request_id, ErrorCode.INTERNAL, "internal error; see the daemon's log"
-                )
-            )
         else:
             self._queue(OkReply(id=request_id, result=result))
         self._inflight -= 1
@@ -371,11 +365,8 @@ class Connection(asyncio.Protocol):
         self._close()
 
 
-class _Internal:
-    """The outcome of a request that failed with an unexpected exception."""
-
-
-_INTERNAL = _Internal()
+# The outcome of a request that failed with an unexpected exception.
+_INTERNAL = DaemonError("internal error; see the daemon's log")
 
 
 class Server:

@@ -107,8 +107,6 @@ class SpoolIngester:
                     raise codec.BadRequest(
                         ErrorCode.BAD_REQUEST, "only hook requests are spooled", None
                     )
-                if request.trimmed:
-                    self.daemon.hooks_trimmed += 1
                 await hooks.hook(self.daemon, request, spool_mark=mark)
                 count += 1
             except (codec.BadRequest, DaemonError) as exc:

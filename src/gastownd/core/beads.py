@@ -20,6 +20,7 @@ Pure: no I/O.
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -27,7 +28,7 @@ from typing import Any, Final, Literal
 
 import msgspec
 
-from gastownd.core.shell import Word
+from gastownd.core.shell import Word, option
 
 Action = Literal["closed", "created", "updated", "reopened"]
 
@@ -136,7 +137,7 @@ def bd_changes(call: BdCall) -> list[Change]:
             return [Change(issue, "closed") for issue in ids]
         case "reopen":
             return [Change(issue, "reopened") for issue in ids]
-        case "update" if _option(call.args, "--status", "-s") == "closed":
+        case "update" if option(_texts(call.args), "--status", "-s") == "closed":
             # Only a close counts: the reference lists ``update --status closed`` among
             # the changes to attribute, not every field edit.
             return [Change(issue, "closed") for issue in ids]
@@ -159,18 +160,18 @@ def created_ids(output: str, calls: Sequence[BdCall]) -> list[str]:
     found: dict[str, None] = dict.fromkeys(m.group(1) for m in CREATED_LINE.finditer(output))
     json_creates = [c for c in calls if c.verb in ("create", "new") and _has_flag(c, "--json")]
     quick = [c for c in calls if c.verb in ("q", "quick")]
-    if json_creates or any(_has_flag(c, "--json") for c in quick):
-        wanted = len(json_creates) + sum(1 for c in quick if _has_flag(c, "--json"))
-        for issue in list(_json_ids(output))[:wanted]:
-            found.setdefault(issue)
-    plain_quick = [c for c in quick if not _has_flag(c, "--json")]
+    json_quick = [c for c in quick if _has_flag(c, "--json")]
+    # Only as many JSON documents are decoded as there are JSON creates.
+    for issue in itertools.islice(_json_ids(output), len(json_creates) + len(json_quick)):
+        found.setdefault(issue)
+    plain_quick = len(quick) - len(json_quick)
     if plain_quick:
         bare = [line.strip() for line in output.splitlines() if ISSUE_ID.fullmatch(line.strip())]
-        for issue in bare[: len(plain_quick)]:
+        for issue in bare[:plain_quick]:
             found.setdefault(issue)
     if not found:
         for call in calls:
-            explicit = _option(call.args, "--id")
+            explicit = option(_texts(call.args), "--id")
             if explicit and ISSUE_ID.fullmatch(explicit):
                 found.setdefault(explicit)
     return list(found)
@@ -188,7 +189,7 @@ def mcp_changes(tool_name: str, tool_input: Any, tool_response: Any) -> list[Cha
             return None  # not a Beads create
         text = response_text(tool_response)
         created = [m.group(1) for m in CREATED_LINE.finditer(text)][:1]
-        created = created or list(_json_ids(text))[:1]
+        created = created or list(itertools.islice(_json_ids(text), 1))
         if not created and isinstance(args.get("id"), str) and ISSUE_ID.fullmatch(args["id"]):
             created = [args["id"]]
         return [Change(issue, "created") for issue in created]
@@ -254,15 +255,8 @@ def _ids(args: Sequence[Word]) -> list[str]:
     return list(found)
 
 
-def _option(args: Sequence[Word], *names: str) -> str | None:
-    for position, word in enumerate(args):
-        text = word.text
-        for name in names:
-            if text == name and position + 1 < len(args):
-                return args[position + 1].text
-            if name.startswith("--") and text.startswith(name + "="):
-                return text.split("=", 1)[1]
-    return None
+def _texts(words: Sequence[Word]) -> list[str]:
+    return [word.text for word in words]
 
 
 def _has_flag(call: BdCall, flag: str) -> bool:

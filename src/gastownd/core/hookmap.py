@@ -30,7 +30,7 @@ from gastownd.core.beads import (
     mcp_failed,
     response_text,
 )
-from gastownd.core.shell import basename, simple_commands
+from gastownd.core.shell import basename, option, simple_commands
 
 COMMIT_LINE = re.compile(r"\[[^\]\s]+(?: \([^)]*\))* ([0-9a-f]{7,40})\] (.+)")
 # The step a Beads change adds to the session's wisp.
@@ -167,7 +167,7 @@ def _plan_bash(plan: HookPlan, tool_input: Any, tool_response: Any) -> None:
             else:
                 _add_changes(plan, bd_changes(call))
         elif tool == "gt" and rest and rest[0] in ("done", "handoff"):
-            subject = _option(rest[1:], "-s", "--subject", "-m", "--message")
+            subject = option(rest[1:], "-s", "--subject", "-m", "--message")
             plan.steps.append(PlannedStep(rest[0], None, {"subject": subject} if subject else None))
     if creates:
         _add_changes(plan, [Change(issue, "created") for issue in created_ids(output, creates)])
@@ -230,16 +230,6 @@ def _plan_commit(plan: HookPlan, output: str) -> None:
         plan.steps.append(PlannedStep("commit", match.group(1), {"subject": match.group(2)}))
     else:
         plan.commit_needs_lookup = True
-
-
-def _option(args: list[str], *names: str) -> str | None:
-    for position, arg in enumerate(args):
-        for name in names:
-            if arg == name and position + 1 < len(args):
-                return args[position + 1]
-            if name.startswith("--") and arg.startswith(name + "="):
-                return arg.split("=", 1)[1]
-    return None
 
 
 def predecessor_context(

@@ -18,6 +18,7 @@ Reading never fails: an unterminated quote ends the script.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -117,11 +118,12 @@ class _Reader:
         start = self.pos
         while self.pos < len(text):
             char = text[self.pos]
+            # Every operator starts with one of "&|;()", and each of them is one.
             if char in " \t\r\n" or (
-                _operator_at(text, self.pos) and not (char == "(" and parts and parts[-1] == "=")
+                char in "&|;()" and not (char == "(" and parts and parts[-1] == "=")
             ):
                 break
-            if self.pos > start and _REDIRECT.match(text, self.pos) and text[self.pos] in "<>":
+            if char in "<>" and self.pos > start:  # a redirection starts here
                 break
             if char == "\\":
                 if self.pos + 1 < len(text) and text[self.pos + 1] != "\n":
@@ -268,6 +270,17 @@ def simple_commands(script: str, *, depth: int = 0) -> list[list[Word]]:
     for inner in reader.nested:
         found += simple_commands(inner, depth=depth + 1)
     return found
+
+
+def option(args: Sequence[str], *names: str) -> str | None:
+    """The value ``args`` give the first of ``names`` found: ``-m x`` or ``--message=x``."""
+    for position, arg in enumerate(args):
+        for name in names:
+            if arg == name and position + 1 < len(args):
+                return args[position + 1]
+            if name.startswith("--") and arg.startswith(name + "="):
+                return arg.split("=", 1)[1]
+    return None
 
 
 def basename(path: str) -> str:

@@ -83,7 +83,5 @@ async def dispatch(daemon: Daemon, request: Request, conn: Connection) -> Any:
         case Attribution():
             return await wisps.attribution(daemon, request)
         case Hook():
-            if request.trimmed:
-                daemon.hooks_trimmed += 1
             return await hooks.hook(daemon, request)
     raise AssertionError(f"no handler for {type(request).__name__}")

@@ -7,6 +7,7 @@ import msgspec
 import structlog
 
 from gastown_client.protocol import Hook, HookResult
+from gastownd.core.digest import Digest
 from gastownd.core.events import format_ts
 from gastownd.core.hookmap import (
     HookPlan,
@@ -18,7 +19,7 @@ from gastownd.core.hookmap import (
 from gastownd.core.wisp import Effect, Outcome, WispBook, WispState
 from gastownd.daemon import Daemon
 from gastownd.errors import BadRequestError
-from gastownd.store import NewAttribution
+from gastownd.store import NewAttribution, SessionRecord
 
 log = structlog.get_logger("gastownd.hooks")
 
@@ -30,6 +31,8 @@ async def hook(
 ) -> HookResult:
     sessions = daemon.sessions
     assert sessions is not None
+    if request.trimmed:
+        daemon.hooks_trimmed += 1
     try:
         payload = decode_payload(bytes(request.payload))
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:
@@ -136,12 +139,19 @@ async def _context_for(daemon: Daemon, plan: HookPlan, session_id: str) -> str |
     sessions = daemon.sessions
     assert sessions is not None
     store = sessions.store
-    record = await sessions.db(lambda: store.latest_session_of(plan.actor, excluding=session_id))
+
+    def lookup() -> tuple[SessionRecord | None, Digest | None]:
+        # One trip to the store's thread: this runs on SessionStart's deadline.
+        record = store.latest_session_of(plan.actor, excluding=session_id)
+        if record is None or record.state == "open":
+            return record, None
+        row = store.latest_digest_of_session(record.session_id)
+        return record, (row.digest if row is not None else None)
+
+    record, digest = await sessions.db(lookup)
     if record is None:
         return None
-    row = await sessions.db(store.latest_digest_of_session, record.session_id)
-    digest = row.digest if row is not None else None
-    if digest is not None and record.state != "open":
+    if digest is not None:
         return predecessor_context(
             actor=plan.actor,
             session_id=digest.session_id,
