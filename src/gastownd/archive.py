@@ -42,7 +42,7 @@ from gastownd.core.archive import (
     legacy_member,
 )
 from gastownd.core.index import EventIndex
-from gastownd.logstate import fsync_dir, write_atomically
+from gastownd.logstate import fsync_dir, runs_of, write_all, write_atomically
 
 log = structlog.get_logger("gastownd.archive")
 
@@ -399,9 +399,7 @@ class _BatchWriter:
         member = compressor.compress(raw) + compressor.flush()
         fd = self._fd(day)
         offset = self.sizes[day]
-        written = 0
-        while written < len(member):
-            written += os.write(fd, member[written:])
+        write_all(fd, member)
         self.sizes[day] = offset + len(member)
         self.unsynced += len(member)
         if self.unsynced >= SYNC_EVERY_BYTES:
@@ -410,12 +408,7 @@ class _BatchWriter:
                 os.fdatasync(open_fd)
             self.unsynced = 0
         self.raw_bytes += len(raw)
-        runs: list[tuple[int, int]] = []
-        for seq in buffer.seqs:
-            if runs and runs[-1][0] + runs[-1][1] == seq:
-                runs[-1] = (runs[-1][0], runs[-1][1] + 1)
-            else:
-                runs.append((seq, 1))
+        runs = runs_of(buffer.seqs)
         self.records.setdefault(day, []).append(
             Member(
                 day=day,
@@ -462,9 +455,7 @@ class _BatchWriter:
             fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
             try:
                 data = b"".join(_encoder.encode(m) + b"\n" for m in members)
-                written = 0
-                while written < len(data):
-                    written += os.write(fd, data[written:])
+                write_all(fd, data)
                 os.fsync(fd)
             finally:
                 os.close(fd)

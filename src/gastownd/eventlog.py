@@ -21,10 +21,11 @@ resync instead of silently pointing at other lines.
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import anyio
@@ -43,6 +44,7 @@ from gastownd.logstate import (
     SNAPSHOT_VERSION,
     SeqMap,
     SnapshotMeta,
+    read_tail,
     runs_of,
     write_seqmap,
     write_snapshot,
@@ -294,7 +296,7 @@ class EventLog:
         index = self.index
         first = len(index)
         offset = index.end
-        index.add_lines(data, offset, _count_from(index.next_seq()))
+        index.add_lines(data, offset, itertools.count(index.next_seq()))
         positions = list(range(first, len(index)))
         if external:
             self.external += len(positions)
@@ -404,7 +406,7 @@ class EventLog:
         async with self._snapshot_lock:
             index = self.index
             count = len(index)
-            end = index.offsets[count - 1] + index.length(count - 1) if count else index.end
+            end = index.end
             inode, epoch = self.inode, self.seqmap.epoch
             fd = os.dup(self.fd)
             try:
@@ -444,8 +446,7 @@ class EventLog:
 def _write_snapshot(
     path: Path, index: EventIndex, count: int, end: int, fd: int, inode: int, epoch: int
 ) -> None:
-    take = min(64, end)
-    tail = os.pread(fd, take, end - take) if take else b""
+    tail = read_tail(fd, end)
     header, blobs = index.export(count, end)
     meta = SnapshotMeta(
         version=SNAPSHOT_VERSION,
@@ -456,9 +457,3 @@ def _write_snapshot(
         blob_sizes=[len(b) for b in blobs],
     )
     write_snapshot(path, meta, blobs)
-
-
-def _count_from(start: int) -> Iterator[int]:
-    while True:
-        yield start
-        start += 1

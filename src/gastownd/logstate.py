@@ -6,7 +6,8 @@ whether the file is still the one it describes. The index snapshot
 (``index.snapshot``: a JSON header line, then the raw index columns) lets a
 restart skip re-parsing the lines it already indexed. Both are written
 atomically (temp file, fsync, rename, directory fsync) and are only ever a
-shortcut: a missing or stale one costs time, never data.
+shortcut: a missing or stale one costs time, never data. Also the file helpers
+every writer of the log and its archive shares (``write_all``, the tail checks).
 """
 
 from __future__ import annotations
@@ -22,6 +23,10 @@ from gastownd.core.index import IndexHeader
 from gastownd.core.retention import STEP, drive
 
 log = structlog.get_logger("gastownd.logstate")
+
+# How many of the log's last bytes a checkpoint keeps: a file whose bytes before the
+# checkpoint's end differ is another file (rewritten or replaced), whatever its size.
+TAIL_SIGNATURE = 64
 
 # 2: 32-bit checksums and posting lists.
 SNAPSHOT_VERSION = 2
@@ -140,6 +145,24 @@ def write_atomically(path: Path, parts: list[bytes]) -> None:
         os.fsync(handle.fileno())
     os.replace(temp, path)
     fsync_dir(path.parent)
+
+
+def read_tail(fd: int, end: int) -> bytes:
+    """The last ``TAIL_SIGNATURE`` bytes of the file before ``end``."""
+    take = min(TAIL_SIGNATURE, end)
+    return os.pread(fd, take, end - take) if take else b""
+
+
+def tail_matches(fd: int, end: int, tail: bytes) -> bool:
+    """The file's bytes before ``end`` end with ``tail`` (an empty tail always does)."""
+    return not tail or os.pread(fd, len(tail), end - len(tail)) == tail
+
+
+def write_all(fd: int, data: bytes) -> None:
+    """All of ``data``: one ``os.write`` may write less."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 def fsync_dir(path: Path) -> None:

@@ -40,7 +40,7 @@ from gastownd.core.retention import (
 from gastownd.daemon import Daemon
 from gastownd.errors import StorageError
 from gastownd.eventlog import EventLog
-from gastownd.logstate import SeqMap, runs_steps, write_seqmap
+from gastownd.logstate import SeqMap, runs_steps, write_all, write_seqmap
 from gastownd.writer import LogFile, Observation, copy_range
 
 T = TypeVar("T")
@@ -99,16 +99,17 @@ def load_policy(daemon: Daemon) -> RetentionPolicy:
 async def prune_now(daemon: Daemon, *, dry_run: bool) -> PruneResult:
     """The ``prune`` op and the periodic prune: the policy of now, applied."""
     assert daemon.eventlog is not None
+    policy = load_policy(daemon)
     if daemon.sessions is not None and not dry_run:
         # What a line told about a session must be recorded before the line can go.
         await daemon.sessions.record_lines()
-        await prune_remote(daemon, load_policy(daemon))
+        await prune_remote(daemon, policy)
     retention = daemon.config.retention
     max_age = retention.archive_max_age
     try:
         return await prune(
             daemon.eventlog,
-            load_policy(daemon),
+            policy,
             daemon.clock(),
             dry_run=dry_run,
             archive=retention.archive,
@@ -244,7 +245,7 @@ async def prune(
             ranges=ranges,
             kept=kept,
             runs=await _cooperate(runs_steps(kept.seqs)),
-            removed_max=index.seqs[_last_removed(decided.keep, count)],
+            removed_max=index.seqs[removed[-1]],
             tail_base=index.seqs[count] if len(index) > count else index.next_seq(),
             archive=archive,
         )
@@ -479,16 +480,6 @@ def _ranges_steps(
     return ranges
 
 
-def _last_removed(keep: list[int], count: int) -> int:
-    """The highest position below ``count`` that ``keep`` (sorted) leaves out."""
-    position = count - 1
-    kept = len(keep) - 1
-    while kept >= 0 and keep[kept] == position:
-        kept -= 1
-        position -= 1
-    return position
-
-
 def _complement_steps(keep: list[int], count: int) -> Generator[None, None, list[int]]:
     """The positions below ``count`` that ``keep`` (sorted) leaves out, in steps."""
     removed: list[int] = []
@@ -527,9 +518,7 @@ def _copy_ranges(source: int, target: int, ranges: list[tuple[int, int]]) -> Non
             view[start - window_start : start - window_start + length]
             for start, length in ranges[index:group_end]
         )
-        written = 0
-        while written < len(data):
-            written += os.write(target, data[written:])
+        write_all(target, data)
         unsynced += len(data)
         if unsynced >= SYNC_EVERY_BYTES:
             os.fdatasync(target)

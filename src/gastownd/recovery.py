@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import itertools
-import os
 import sys
 import time
 from collections.abc import Iterator
@@ -31,6 +30,7 @@ from gastownd.logstate import (
     SeqMap,
     load_seqmaps,
     read_snapshot,
+    tail_matches,
     write_seqmap,
 )
 from gastownd.writer import LogFile
@@ -65,8 +65,8 @@ def recover(path: Path, lock_path: Path, state_dir: Path, archive: Archive) -> R
         seqmap = _resolve_seqmap(file, state_dir, size)
         started = time.monotonic()
         snapshot = _load_snapshot(file, state_dir / SNAPSHOT_NAME, seqmap.epoch, size)
-        seqs = itertools.islice(seqmap.seqs(), len(snapshot) if snapshot is not None else 0, None)
         snapshot_lines = len(snapshot) if snapshot is not None else 0
+        seqs = itertools.islice(seqmap.seqs(), snapshot_lines, None)
         index = read_index(file.fd, size, seqs, snapshot)
         # What follows the file's last line, even when its last lines were pruned.
         index.seq_floor = next(seqs)
@@ -104,11 +104,7 @@ def _resolve_seqmap(file: LogFile, state_dir: Path, size: int) -> SeqMap:
 
 def _checkpoint_holds(fd: int, seqmap: SeqMap, size: int) -> bool:
     """The file is the one the seqmap describes, perhaps with lines appended since."""
-    if size < seqmap.end:
-        return False
-    if not seqmap.tail:
-        return True
-    return os.pread(fd, len(seqmap.tail), seqmap.end - len(seqmap.tail)) == seqmap.tail
+    return size >= seqmap.end and tail_matches(fd, seqmap.end, seqmap.tail)
 
 
 def _load_snapshot(file: LogFile, path: Path, epoch: int, size: int) -> EventIndex | None:
@@ -123,10 +119,7 @@ def _load_snapshot(file: LogFile, path: Path, epoch: int, size: int) -> EventInd
         and meta.inode == file.inode[1]
         and meta.epoch == epoch
         and header.end <= size
-        and (
-            not meta.tail
-            or os.pread(file.fd, len(meta.tail), header.end - len(meta.tail)) == meta.tail
-        )
+        and tail_matches(file.fd, header.end, meta.tail)
     )
     if not fits:
         log.info("index_snapshot_stale")

@@ -41,11 +41,10 @@ import structlog
 
 from gastownd.core.index import EventIndex, Known
 from gastownd.errors import StorageError
-from gastownd.logstate import fsync_dir
+from gastownd.logstate import TAIL_SIGNATURE, fsync_dir, read_tail, tail_matches, write_all
 
 log = structlog.get_logger("gastownd.writer")
 
-TAIL_SIGNATURE = 64
 MAX_BATCH_BYTES = 8 << 20
 # How often an idle writer thread looks whether its task was cancelled.
 IDLE_CHECK_S = 0.25
@@ -70,8 +69,7 @@ class Rewrite:
 class Observation:
     """What others did to the file since we last looked (found under the lock)."""
 
-    appended: bytes = b""  # complete lines appended by others, at ``at``
-    at: int = 0
+    appended: bytes = b""  # complete lines appended by others
     rewrite: Rewrite | None = None
 
 
@@ -114,9 +112,8 @@ class LogFile:
 
     def remember(self, end: int) -> None:
         """The file is known up to ``end``: keep its size and its last bytes."""
-        take = min(TAIL_SIGNATURE, end)
         self.end = end
-        self.tail = os.pread(self.fd, take, end - take) if take else b""
+        self.tail = read_tail(self.fd, end)
 
     @contextmanager
     def flocked(self) -> Iterator[None]:
@@ -180,16 +177,14 @@ class LogFile:
         replaced = info is None or (info.st_dev, info.st_ino) != self.inode
         if not replaced:
             assert info is not None
-            rewritten = info.st_size < end or (
-                self.tail and os.pread(self.fd, len(self.tail), end - len(self.tail)) != self.tail
-            )
+            rewritten = info.st_size < end or not tail_matches(self.fd, end, self.tail)
             if not rewritten:
                 size = self.repair_tail(self.fd, end)
                 if size == end:
                     return Observation()
                 data = os.pread(self.fd, size - end, end)
                 self.remember(size)
-                return Observation(appended=data, at=end)
+                return Observation(appended=data)
             return Observation(rewrite=self._reread(self.fd, None, current_index()))
         known = current_index()
         new_fd = self._open_log()
@@ -229,9 +224,7 @@ class LogFile:
         fd = self.fd
         before = self.end
         try:
-            written = 0
-            while written < len(data):
-                written += os.write(fd, data[written:])
+            write_all(fd, data)
             if sync:
                 os.fdatasync(fd)
             else:
@@ -275,8 +268,7 @@ class LogFile:
             copy_range(self.fd, temp_fd, copied_up_to, current - copied_up_to)
         os.fsync(temp_fd)
         info = os.fstat(temp_fd)
-        take = min(TAIL_SIGNATURE, info.st_size)
-        tail = os.pread(temp_fd, take, info.st_size - take) if take else b""
+        tail = read_tail(temp_fd, info.st_size)
         before_rename(info.st_ino, info.st_size, tail)
         # The commit point: from here on, the new file is the log.
         os.replace(temp_path, self.path)
@@ -303,10 +295,7 @@ def copy_range(source: int, target: int, offset: int, length: int) -> None:
         chunk = os.pread(source, min(length, 4 << 20), offset)
         if not chunk:
             raise StorageError("the event log shrank during a copy")
-        view = memoryview(chunk)
-        while view:
-            written = os.write(target, view)
-            view = view[written:]
+        write_all(target, chunk)
         offset += len(chunk)
         length -= len(chunk)
 
@@ -344,7 +333,6 @@ class Batch:
     items: list[Append]
     data: bytes
     error: StorageError | None
-    at: int  # where ``data`` was written
 
 
 class Writer:
@@ -419,7 +407,6 @@ class Writer:
     # ------------------------------------------------------------ the thread
 
     def _main(self) -> None:
-        file = self.file
         idle_s = self.sync_interval_s if not self.sync else IDLE_CHECK_S
         while True:
             try:
@@ -431,13 +418,7 @@ class Writer:
             if isinstance(job, Append):
                 self._write(job)
             elif isinstance(job, _Call):
-                try:
-                    with file.flocked():
-                        result = job.work(file)
-                except BaseException as exc:  # handed to the caller, who raises it
-                    self._deliver(job.deliver, None, exc)
-                else:
-                    self._deliver(job.deliver, result, None)
+                self._run_call(job)
             else:
                 self._sync_if_dirty()
                 self._deliver(job.deliver, None, None)
@@ -446,14 +427,14 @@ class Writer:
     def _write(self, first: Append) -> None:
         items = [first]
         size = len(first.line)
-        pending: list[_Call | _Close] = []
+        pending: _Call | _Close | None = None
         while size < MAX_BATCH_BYTES:
             try:
                 job = self._queue.get_nowait()
             except queue.Empty:
                 break
             if not isinstance(job, Append):
-                pending.append(job)  # runs right after this batch, in order
+                pending = job  # runs right after this batch
                 break
             items.append(job)
             size += len(job.line)
@@ -461,25 +442,26 @@ class Writer:
         file = self.file
         with file.flocked():
             observation = file.observe(self.settled_index)
-            at = file.end
             error = file.append(data, self.sync)
-        batch = Batch(observation=observation, items=items, data=data, error=error, at=at)
+        batch = Batch(observation=observation, items=items, data=data, error=error)
         assert self._loop is not None
         self._loop.call_soon_threadsafe(self.on_batch, batch)
-        for job in pending:
-            self._queue_front(job)
+        if pending is not None:
+            self._queue_front(pending)
+
+    def _run_call(self, job: _Call) -> None:
+        try:
+            with self.file.flocked():
+                result = job.work(self.file)
+        except BaseException as exc:  # handed to the caller, who raises it
+            self._deliver(job.deliver, None, exc)
+        else:
+            self._deliver(job.deliver, result, None)
 
     def _queue_front(self, job: _Call | _Close) -> None:
         """Run a job taken out of turn at once (it was next after the batch)."""
-        file = self.file
         if isinstance(job, _Call):
-            try:
-                with file.flocked():
-                    result = job.work(file)
-            except BaseException as exc:
-                self._deliver(job.deliver, None, exc)
-            else:
-                self._deliver(job.deliver, result, None)
+            self._run_call(job)
         else:
             # A close behind a batch: write whatever else is queued, then stop.
             self._queue.put(job)

@@ -192,13 +192,7 @@ class EventIndex:
             for position in [i for i, found in enumerate(ids) if found == -2]:
                 value = values[position]
                 assert value is not None
-                found = table.get(value)
-                if found is None:
-                    found = table[value] = len(names)
-                    names.append(value)
-                    if postings is not None:
-                        postings[found] = array(POSTING)
-                ids[position] = found
+                ids[position] = _interned(value, table, names, postings)
         return ids
 
     def add_known(self, line: bytes, offset: int, seq: int, known: Known) -> int:
@@ -213,22 +207,13 @@ class EventIndex:
         return position
 
     def _intern(self, type_: str, actor: str, session: str | None) -> tuple[int, int, int]:
-        type_id = self._type_ids.get(type_)
-        if type_id is None:
-            type_id = self._type_ids[type_] = len(self.type_names)
-            self.type_names.append(type_)
-            self.by_type[type_id] = array(POSTING)
-        actor_id = self._actor_ids.get(actor)
-        if actor_id is None:
-            actor_id = self._actor_ids[actor] = len(self.actor_names)
-            self.actor_names.append(actor)
-        session_id = NO_SESSION
-        if session is not None:
-            session_id = self._session_ids.get(session, NO_SESSION)
-            if session_id == NO_SESSION:
-                session_id = self._session_ids[session] = len(self.session_names)
-                self.session_names.append(session)
-                self.by_session[session_id] = array(POSTING)
+        type_id = _interned(type_, self._type_ids, self.type_names, self.by_type)
+        actor_id = _interned(actor, self._actor_ids, self.actor_names, None)
+        session_id = (
+            NO_SESSION
+            if session is None
+            else _interned(session, self._session_ids, self.session_names, self.by_session)
+        )
         return type_id, actor_id, session_id
 
     def _append(
@@ -617,6 +602,19 @@ class EventIndex:
             offset += length
 
 
+def _interned(
+    name: str, table: dict[str, int], names: list[str], postings: dict[int, array[int]] | None
+) -> int:
+    """The id of ``name``, a new one (with an empty posting list) when it has none yet."""
+    found = table.get(name)
+    if found is None:
+        found = table[name] = len(names)
+        names.append(name)
+        if postings is not None:
+            postings[found] = array(POSTING)
+    return found
+
+
 def _remapped(
     ids: Sequence[int],
     names: list[str],
@@ -626,15 +624,7 @@ def _remapped(
     absent: int,
 ) -> list[int]:
     """``ids`` into another index's names (``absent`` stays), interning new names."""
-    mapping = []
-    for name in names:
-        found = table.get(name)
-        if found is None:
-            found = table[name] = len(own_names)
-            own_names.append(name)
-            if postings is not None:
-                postings[found] = array(POSTING)
-        mapping.append(found)
+    mapping = [_interned(name, table, own_names, postings) for name in names]
     return [mapping[i] if i != absent else absent for i in ids]
 
 
