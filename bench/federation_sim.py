@@ -11,9 +11,6 @@ from this table; the machine runs the server, the daemons and the writers.
 from __future__ import annotations
 
 import argparse
-import fcntl
-import json
-import os
 import threading
 import time
 import uuid
@@ -21,33 +18,22 @@ from pathlib import Path
 
 from tests.nats_cluster import cluster
 
-from bench.harness import NO_RETENTION, Daemon, make_town, remove_town, start_daemon
+from bench.harness import Daemon
+from bench.suites.common import gt_line
+from bench.suites.external import gt_append
+from bench.suites.federation import fed_nodes
 
 
-def write_lines(town: Path, node: str, rate: float, seconds: float, stop: threading.Event) -> int:
-    """gt's way: flock the sidecar, one O_APPEND write per line."""
+def write_lines(town: Path, node: str, rate: float, seconds: float) -> int:
+    """gt's way: flock the sidecar, one O_APPEND write per line, ``rate`` lines a second."""
     written = 0
     started = time.monotonic()
-    lock = open(town / ".events.jsonl.lock", "a")  # noqa: SIM115 - closed below
-    try:
-        while not stop.is_set() and time.monotonic() - started < seconds:
-            stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-            line = json.dumps(
-                {"ts": stamp, "source": "gt", "type": "nudge", "actor": "gastown/witness",
-                 "payload": {"node": node, "n": written, "target": "gastown/polecats/nux"},
-                 "visibility": "feed"}, separators=(",", ":"),
-            ).encode() + b"\n"  # fmt: skip
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            fd = os.open(town / ".events.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-            try:
-                os.write(fd, line)
-            finally:
-                os.close(fd)
-                fcntl.flock(lock, fcntl.LOCK_UN)
-            written += 1
-            time.sleep(max(0.0, started + written / rate - time.monotonic()))
-    finally:
-        lock.close()
+    while time.monotonic() - started < seconds:
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        payload = {"node": node, "n": written, "target": "gastown/polecats/nux"}
+        gt_append(town, gt_line("nudge", "gastown/witness", payload, stamp))
+        written += 1
+        time.sleep(max(0.0, started + written / rate - time.monotonic()))
     return written
 
 
@@ -59,63 +45,46 @@ def applied_from_others(daemon: Daemon) -> int:
 def simulate(nodes: int, rate: float, seconds: float) -> dict[str, float]:
     hub = cluster(1).start()
     town = f"sim{uuid.uuid4().hex[:6]}"
-    towns = []
-    daemons: list[Daemon] = []
     try:
-        for n in range(nodes):
-            listed = f'"{hub.urls[0]}"'
-            towns.append(
-                make_town(
-                    NO_RETENTION + f'\n[federation]\nservers = [{listed}]\nnode = "n{n}"\n'
-                    f'town = "{town}"\n'
-                )
-            )
-            daemons.append(start_daemon(towns[-1]))
-        for daemon in daemons:
-            with daemon.client() as client:
-                deadline = time.monotonic() + 30
-                while not client.status().federation.connected:
-                    if time.monotonic() > deadline:
-                        raise RuntimeError("federation did not connect")
-                    time.sleep(0.05)
-        stop = threading.Event()
-        counts = [0] * nodes
-
-        def writer(n: int) -> None:
-            counts[n] = write_lines(towns[n], f"n{n}", rate, seconds, stop)
-
-        threads = [threading.Thread(target=writer, args=(n,)) for n in range(nodes)]
-        started = time.monotonic()
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        written_s = time.monotonic() - started
-        during = sum(applied_from_others(d) for d in daemons)
-        total = sum(counts)
-        expected = [total - counts[n] for n in range(nodes)]
-        deadline = time.monotonic() + 600
-        while True:
-            got = [applied_from_others(d) for d in daemons]
-            if all(g >= e for g, e in zip(got, expected, strict=True)):
-                break
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"not converged: {got} of {expected}")
-            time.sleep(0.05)
-        converged_s = time.monotonic() - started - written_s
-        return {
-            "nodes": nodes,
-            "offered": total / written_s,
-            "applied_per_s": during / written_s,
-            "applied_total": float(sum(expected)),
-            "converged_s": converged_s,
-        }
+        with fed_nodes(hub.urls, town, [f"n{n}" for n in range(nodes)]) as (towns, daemons):
+            return _run(towns, daemons, rate, seconds)
     finally:
-        for daemon in daemons:
-            daemon.stop()
-        for town_dir in towns:
-            remove_town(town_dir)
         hub.cleanup()
+
+
+def _run(towns: list[Path], daemons: list[Daemon], rate: float, seconds: float) -> dict[str, float]:
+    nodes = len(towns)
+    counts = [0] * nodes
+
+    def writer(n: int) -> None:
+        counts[n] = write_lines(towns[n], f"n{n}", rate, seconds)
+
+    threads = [threading.Thread(target=writer, args=(n,)) for n in range(nodes)]
+    started = time.monotonic()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    written_s = time.monotonic() - started
+    during = sum(applied_from_others(d) for d in daemons)
+    total = sum(counts)
+    expected = [total - counts[n] for n in range(nodes)]
+    deadline = time.monotonic() + 600
+    while True:
+        got = [applied_from_others(d) for d in daemons]
+        if all(g >= e for g, e in zip(got, expected, strict=True)):
+            break
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"not converged: {got} of {expected}")
+        time.sleep(0.05)
+    converged_s = time.monotonic() - started - written_s
+    return {
+        "nodes": nodes,
+        "offered": total / written_s,
+        "applied_per_s": during / written_s,
+        "applied_total": float(sum(expected)),
+        "converged_s": converged_s,
+    }
 
 
 def main() -> None:

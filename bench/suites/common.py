@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import fcntl
+import os
 import subprocess
 import sys
 import tempfile
@@ -16,7 +18,7 @@ import msgspec
 
 from bench.harness import PYTHON, median, ns_to_s, run_workers, split, wait_for_socket
 from gastown_client import codec
-from gastown_client.protocol import Request
+from gastown_client.protocol import Emit, Request
 
 ID_MARK = -987654321
 # Worker processes get this long to start and connect before the window opens.
@@ -32,6 +34,10 @@ NUDGE_PAYLOAD: dict[str, Any] = {
 }
 
 
+def nudge_emit() -> Emit:
+    return Emit(type="nudge", actor=NUDGE_ACTOR, payload=dict(NUDGE_PAYLOAD))
+
+
 def template(request: Request) -> tuple[bytes, bytes]:
     """``request`` encoded as a frame, split around its id (workers number requests)."""
     request.id = ID_MARK
@@ -39,6 +45,21 @@ def template(request: Request) -> tuple[bytes, bytes]:
     prefix, mark, suffix = frame.partition(str(ID_MARK).encode())
     assert mark, frame
     return prefix, suffix
+
+
+def gt_append_many(town: Path, lines: list[bytes], batch: int = 500) -> None:
+    """Append like gt does (flock the sidecar, O_APPEND), a batch of lines per write."""
+    with open(town / ".events.jsonl.lock", "a") as lock:
+        fd = os.open(town / ".events.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            for start in range(0, len(lines), batch):
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                try:
+                    os.write(fd, b"".join(lines[start : start + batch]))
+                finally:
+                    fcntl.flock(lock, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
 
 
 def gt_line(event_type: str, actor: str, payload: dict[str, Any], ts: str) -> bytes:

@@ -43,16 +43,12 @@ from bench.suites.common import (
     closed_loop,
     gt_line,
     gt_writers,
+    nudge_emit,
 )
-from gastown_client.protocol import Emit
 
 LEVELS = (1, 8, 64)
 GOALS = {8: 3.0, 64: 8.0}
 FSYNC_SAMPLES = 300
-
-
-def _emit() -> Emit:
-    return Emit(type="nudge", actor=NUDGE_ACTOR, payload=dict(NUDGE_PAYLOAD))
 
 
 def bare_fsync(path: Path, line: bytes, samples: int = FSYNC_SAMPLES) -> LoadResult:
@@ -108,14 +104,14 @@ def _run_loop(ctx: Context, loop: str) -> list[Row]:
                 if level == 1:
                     ours[level], theirs[level] = alternate(
                         rounds,
-                        partial(closed_loop, daemon.socket, _emit(), level, window),
+                        partial(closed_loop, daemon.socket, nudge_emit(), level, window),
                         baseline,
                     )
                     continue
                 runs: tuple[list[LoadResult], ...] = ([], [], [])
                 for _ in range(rounds):
-                    runs[0].append(closed_loop(daemon.socket, _emit(), level, window))
-                    runs[1].append(closed_loop(reference, _emit(), level, window))
+                    runs[0].append(closed_loop(daemon.socket, nudge_emit(), level, window))
+                    runs[1].append(closed_loop(reference, nudge_emit(), level, window))
                     runs[2].append(baseline())
                 ours[level], refs[level], theirs[level] = (Pooled.of(r) for r in runs)
             with daemon.client() as client:

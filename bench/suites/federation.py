@@ -15,6 +15,8 @@ import sqlite3
 import threading
 import time
 import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 
@@ -36,8 +38,15 @@ from bench.harness import (
     start_daemon,
 )
 from bench.harness import percentile as pct
-from bench.suites.common import NUDGE_ACTOR, NUDGE_PAYLOAD, alternate, closed_loop, gt_line
-from gastown_client.protocol import Emit
+from bench.suites.common import (
+    NUDGE_ACTOR,
+    NUDGE_PAYLOAD,
+    alternate,
+    closed_loop,
+    gt_append_many,
+    gt_line,
+    nudge_emit,
+)
 from gastownd.core.events import decode_lines, parse_ts, session_of
 from gastownd.core.records import MAX_EVENT_LINES, EventMessage, encode_message, message_id
 from gastownd.store import Store
@@ -61,6 +70,27 @@ def wait_connected(daemon: Daemon, timeout_s: float = 30.0) -> None:
             time.sleep(0.05)
 
 
+@contextmanager
+def fed_nodes(
+    servers: list[str], town: str, nodes: Sequence[str]
+) -> Iterator[tuple[list[Path], list[Daemon]]]:
+    """A federated daemon per node of ``town``, connected; stopped and removed after."""
+    towns: list[Path] = []
+    daemons: list[Daemon] = []
+    try:
+        for node in nodes:
+            towns.append(fed_town(servers, node, town))
+            daemons.append(start_daemon(towns[-1]))
+        for daemon in daemons:
+            wait_connected(daemon)
+        yield towns, daemons
+    finally:
+        for daemon in daemons:
+            daemon.stop()
+        for path in towns:
+            remove_town(path)
+
+
 def run(ctx: Context, names: list[str]) -> list[Row]:
     if nats_server_binary() is None:
         return [Row(name="federation", what="federation", note="nats-server is not installed")]
@@ -81,11 +111,7 @@ def run(ctx: Context, names: list[str]) -> list[Row]:
 def _lag(ctx: Context, hub: NatsCluster) -> Row:
     count = 60 if ctx.quick else 300
     town = f"lag{uuid.uuid4().hex[:6]}"
-    towns = [fed_town(hub.urls, node, town) for node in ("a", "b")]
-    daemons = [start_daemon(t) for t in towns]
-    try:
-        for daemon in daemons:
-            wait_connected(daemon)
+    with fed_nodes(hub.urls, town, "ab") as (_, daemons):
         acked: dict[str, float] = {}
         seen: dict[str, float] = {}
         ready = threading.Event()
@@ -110,11 +136,6 @@ def _lag(ctx: Context, hub: NatsCluster) -> Row:
                 time.sleep(0.01)
         watcher.join(60)
         lags = [seen[tag] - acked[tag] for tag in acked if tag in seen]
-    finally:
-        for daemon in daemons:
-            daemon.stop()
-        for t in towns:
-            remove_town(t)
     raw = asyncio.run(_raw_lag(hub.urls, count))
     return Row(
         name="federation",
@@ -160,20 +181,11 @@ async def _raw_lag(urls: list[str], count: int) -> list[float]:
 def _catch_up(ctx: Context, hub: NatsCluster) -> Row:
     count = 3_000 if ctx.quick else 20_000
     town = f"cu{uuid.uuid4().hex[:6]}"
-    towns = [fed_town(hub.urls, node, town) for node in ("a", "b")]
-    daemons = [start_daemon(t) for t in towns]
     stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     lines = [gt_line("nudge", NUDGE_ACTOR, {**NUDGE_PAYLOAD, "n": n}, stamp) for n in range(count)]
-    try:
-        for daemon in daemons:
-            wait_connected(daemon)
+    with fed_nodes(hub.urls, town, "ab") as (towns, daemons):
         hub.stop()
-        fd = os.open(towns[0] / ".events.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            for start in range(0, count, 1000):
-                os.write(fd, b"".join(lines[start : start + 1000]))
-        finally:
-            os.close(fd)
+        gt_append_many(towns[0], lines, batch=1000)
         with daemons[0].client() as client:
             deadline = time.monotonic() + 60
             while client.status().federation.backlog.get("events", 0) < count:
@@ -196,11 +208,6 @@ def _catch_up(ctx: Context, hub: NatsCluster) -> Row:
         elapsed = time.perf_counter() - connected
         reconnect_s = connected - started
         got = nodes.get("a", 0)
-    finally:
-        for daemon in daemons:
-            daemon.stop()
-        for t in towns:
-            remove_town(t)
     records = [
         encode_message(
             EventMessage(
@@ -260,26 +267,23 @@ async def _raw_catch_up(urls: list[str], records: list[bytes]) -> float:
 # ----------------------------------------------------------------- local emits
 
 
-def _emit() -> Emit:
-    return Emit(type="nudge", actor=NUDGE_ACTOR, payload=dict(NUDGE_PAYLOAD))
-
-
 def _emits(ctx: Context, hub: NatsCluster) -> list[Row]:
     window, rounds = ctx.sizes.window_s, ctx.sizes.rounds
     town = f"em{uuid.uuid4().hex[:6]}"
-    off_town = make_town()
-    up_town = fed_town(hub.urls, "a", town)
-    down_town = fed_town(["nats://127.0.0.1:9"], "a", town)  # nothing listens there
-    daemons = {name: start_daemon(t) for name, t in (("off", off_town), ("up", up_town))}
-    daemons["down"] = start_daemon(down_town)
+    towns = {
+        "off": make_town(),
+        "up": fed_town(hub.urls, "a", town),
+        "down": fed_town(["nats://127.0.0.1:9"], "a", town),  # nothing listens there
+    }
+    daemons = {case: start_daemon(t) for case, t in towns.items()}
     rows: list[Row] = []
     try:
         wait_connected(daemons["up"])
         for case, label in (("up", "NATS up"), ("down", "NATS down")):
             ours, base = alternate(
                 rounds,
-                partial(closed_loop, daemons[case].socket, _emit(), CLIENTS, window),
-                partial(closed_loop, daemons["off"].socket, _emit(), CLIENTS, window),
+                partial(closed_loop, daemons[case].socket, nudge_emit(), CLIENTS, window),
+                partial(closed_loop, daemons["off"].socket, nudge_emit(), CLIENTS, window),
             )
             ratio = ours.rate / base.rate
             rows.append(
@@ -299,7 +303,7 @@ def _emits(ctx: Context, hub: NatsCluster) -> list[Row]:
     finally:
         for daemon in daemons.values():
             daemon.stop()
-        for t in (off_town, up_town, down_town):
+        for t in towns.values():
             remove_town(t)
     return rows
 

@@ -9,8 +9,6 @@ run: what any reader of the log must pay.
 
 from __future__ import annotations
 
-import fcntl
-import os
 import subprocess
 import time
 from pathlib import Path
@@ -29,6 +27,7 @@ from bench.harness import (
     time_process,
 )
 from bench.harness import percentile as pct
+from bench.suites.common import NUDGE_ACTOR, NUDGE_PAYLOAD, gt_append_many, gt_line
 
 SETTLE_S = 1.0
 # Lines appended (gt-style) between the cold start and the kill -9.
@@ -51,25 +50,8 @@ def decode_file(path: Path) -> float:
     return time.perf_counter() - started
 
 
-def gt_append_many(town: Path, lines: list[bytes], batch: int = 500) -> None:
-    """Append like gt does (flock the sidecar, O_APPEND), a batch of lines per write."""
-    with open(town / ".events.jsonl.lock", "a") as lock:
-        fd = os.open(town / ".events.jsonl", os.O_WRONLY | os.O_APPEND)
-        try:
-            for start in range(0, len(lines), batch):
-                fcntl.flock(lock, fcntl.LOCK_EX)
-                try:
-                    os.write(fd, b"".join(lines[start : start + batch]))
-                finally:
-                    fcntl.flock(lock, fcntl.LOCK_UN)
-        finally:
-            os.close(fd)
-
-
 def restart_after_kill(log: Path, appended: int) -> tuple[float, float, int]:
     """Cold start, append ``appended`` lines, kill -9, start again: (cold, restart) seconds."""
-    from bench.suites.common import NUDGE_ACTOR, NUDGE_PAYLOAD, gt_line
-
     town = make_town(log=log)
     try:
         daemon = start_daemon(town)
@@ -81,14 +63,11 @@ def restart_after_kill(log: Path, appended: int) -> tuple[float, float, int]:
         stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         line = gt_line("nudge", NUDGE_ACTOR, NUDGE_PAYLOAD, stamp)
         gt_append_many(town, [line] * appended)
-        with daemon.client() as client:
-            target = client.status().eventlog.lines
         total = (town / ".events.jsonl").read_bytes().count(b"\n")
         deadline = time.monotonic() + 120
-        while target < total and time.monotonic() < deadline:
-            time.sleep(0.1)
-            with daemon.client() as client:
-                target = client.status().eventlog.lines
+        with daemon.client() as client:
+            while client.status().eventlog.lines < total and time.monotonic() < deadline:
+                time.sleep(0.1)
         daemon.kill()
         again = start_daemon(town)
         restarted = again.ready_after_s

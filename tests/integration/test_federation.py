@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import threading
 import time
 import uuid
@@ -50,32 +51,47 @@ class Node:
         self.proc = DaemonProcess(self.town).wait_ready()
 
 
+def start_node(root: Path, town: str, name: str, settings: str) -> Node:
+    """The daemon of node ``name`` of ``town``, in ``root``, configured by ``settings``."""
+    (root / "mayor").mkdir(parents=True)
+    (root / "mayor" / "town.json").write_text(json.dumps({"name": town}))
+    (root / "settings").mkdir()
+    (root / "settings" / "gastownd.toml").write_text(settings)
+    return Node(name, root, DaemonProcess(root).wait_ready(), [])
+
+
 def start_nodes(base: Path, town: str, urls: list[str], names: tuple[str, ...]) -> list[Node]:
-    nodes = []
-    for name in names:
-        root = base / name
-        (root / "mayor").mkdir(parents=True)
-        (root / "mayor" / "town.json").write_text(json.dumps({"name": town}))
-        (root / "settings").mkdir()
-        servers = ", ".join(f'"{u}"' for u in urls)
-        (root / "settings" / "gastownd.toml").write_text(
+    servers = ", ".join(f'"{u}"' for u in urls)
+    return [
+        start_node(
+            base / name,
+            town,
+            name,
             "[retention]\nenabled = false\n\n[hooks]\ninject_context = true\n\n"
-            f'[federation]\nservers = [{servers}]\nnode = "{name}"\nstream_replicas = 3\n'
+            f'[federation]\nservers = [{servers}]\nnode = "{name}"\nstream_replicas = 3\n',
         )
-        nodes.append(Node(name, root, DaemonProcess(root).wait_ready(), []))
-    return nodes
+        for name in names
+    ]
+
+
+def node_base(prefix: str) -> Path:
+    """A folder for nodes' towns, short enough for their sockets' paths (not pytest's)."""
+    return Path(f"/tmp/{prefix}-{uuid.uuid4().hex[:8]}")
 
 
 @pytest.fixture
 def town_nodes(nats: NatsCluster) -> Iterator[list[Node]]:
     """Three daemons in a town of their own (its own stream): nodes a, b and c."""
-    base = Path(f"/tmp/gtfed-{uuid.uuid4().hex[:8]}")
-    nodes = start_nodes(base, f"t{uuid.uuid4().hex[:6]}", nats.urls, ("a", "b", "c"))
-    yield nodes
-    nats.start()
-    for node in nodes:
-        if node.proc.proc.poll() is None:
-            assert node.proc.terminate() == 0, node.proc.log()
+    base = node_base("gtfed")
+    try:
+        nodes = start_nodes(base, f"t{uuid.uuid4().hex[:6]}", nats.urls, ("a", "b", "c"))
+        yield nodes
+        nats.start()
+        for node in nodes:
+            if node.proc.proc.poll() is None:
+                assert node.proc.terminate() == 0, node.proc.log()
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
 
 
 def work(node: Node, tag: str, lines: int = 10) -> None:

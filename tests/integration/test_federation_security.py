@@ -4,7 +4,7 @@ exactly the least-privilege permissions of docs/federation.md."""
 from __future__ import annotations
 
 import asyncio
-import json
+import shutil
 import ssl
 import uuid
 from collections.abc import Iterator
@@ -13,8 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import DaemonProcess
-from tests.integration.test_federation import Node, wait_converged, work
+from tests.integration.test_federation import node_base, start_node, wait_converged, work
 from tests.nats_cluster import NatsCluster, cluster, nats_server_binary
 
 pytestmark = pytest.mark.skipif(
@@ -80,21 +79,18 @@ def test_nodes_federate_with_least_privilege_over_mutual_tls(
 
     asyncio.run(create_stream())  # an operator's job: the nodes may not create streams
     nodes = []
-    base = Path(f"/tmp/gtsec-{uuid.uuid4().hex[:8]}")
-    for name in ("a", "b"):
-        root = base / name
-        (root / "mayor").mkdir(parents=True)
-        (root / "mayor" / "town.json").write_text(json.dumps({"name": town}))
-        (root / "settings").mkdir()
-        creds = operator.creds(tmp_path / f"{name}.creds", name, node_permissions(town, name))
-        (root / "settings" / "gastownd.toml").write_text(
-            "[retention]\nenabled = false\n\n[federation]\n"
-            f'servers = ["{url.replace("nats://", "tls://")}"]\nnode = "{name}"\n'
-            f'creds = "{creds}"\ntls_ca = "{certs["ca.pem"]}"\ntls_cert = "{certs["client.pem"]}"\n'
-            f'tls_key = "{certs["client.key"]}"\ntls_hostname = "{SERVER_NAME}"\n'
-        )
-        nodes.append(Node(name, root, DaemonProcess(root).wait_ready(), []))
+    base = node_base("gtsec")
     try:
+        for name in ("a", "b"):
+            creds = operator.creds(tmp_path / f"{name}.creds", name, node_permissions(town, name))
+            settings = (
+                "[retention]\nenabled = false\n\n[federation]\n"
+                f'servers = ["{url.replace("nats://", "tls://")}"]\nnode = "{name}"\n'
+                f'creds = "{creds}"\ntls_ca = "{certs["ca.pem"]}"\n'
+                f'tls_cert = "{certs["client.pem"]}"\ntls_key = "{certs["client.key"]}"\n'
+                f'tls_hostname = "{SERVER_NAME}"\n'
+            )
+            nodes.append(start_node(base / name, town, name, settings))
         for node in nodes:
             work(node, "sec")
         wait_converged(nodes)
@@ -118,5 +114,8 @@ def test_nodes_federate_with_least_privilege_over_mutual_tls(
         errors = asyncio.run(trespass())
         assert any("permissions violation" in e for e in errors), errors
     finally:
-        for node in nodes:
-            assert node.proc.terminate() == 0, node.proc.log()
+        try:
+            for node in nodes:
+                assert node.proc.terminate() == 0, node.proc.log()
+        finally:
+            shutil.rmtree(base, ignore_errors=True)
