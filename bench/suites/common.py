@@ -9,7 +9,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -189,13 +189,18 @@ def _merge(results: list[dict[str, Any]], window_s: float) -> LoadResult:
     )
 
 
-@contextmanager
-def broker() -> Iterator[Path]:
+def broker() -> AbstractContextManager[Path]:
     """The baseline asyncio broker (``bench.broker``) on a fresh socket."""
-    folder = Path(tempfile.mkdtemp(prefix="gtb-broker-", dir="/tmp"))
-    path = folder / "broker.sock"
+    return baseline_server("bench.broker")
+
+
+@contextmanager
+def baseline_server(module: str, *args: str) -> Iterator[Path]:
+    """``python -m <module> <socket> <args>``, a baseline server, on a fresh socket."""
+    folder = Path(tempfile.mkdtemp(prefix="gtb-baseline-", dir="/tmp"))
+    path = folder / "server.sock"
     proc = subprocess.Popen(
-        [PYTHON, "-m", "bench.broker", str(path)], cwd=Path(__file__).resolve().parents[2]
+        [PYTHON, "-m", module, str(path), *args], cwd=Path(__file__).resolve().parents[2]
     )
     try:
         wait_for_socket(path)

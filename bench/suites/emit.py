@@ -12,8 +12,7 @@ daemon's own work.
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
+import shutil
 import tempfile
 import time
 from functools import partial
@@ -30,7 +29,6 @@ from bench.harness import (
     median,
     remove_town,
     start_daemon,
-    wait_for_socket,
     with_loop,
 )
 from bench.harness import percentile as pct
@@ -40,6 +38,7 @@ from bench.suites.common import (
     LoadResult,
     Pooled,
     alternate,
+    baseline_server,
     closed_loop,
     gt_line,
     gt_writers,
@@ -88,43 +87,28 @@ def _run_loop(ctx: Context, loop: str) -> list[Row]:
         "nudge", NUDGE_ACTOR, NUDGE_PAYLOAD, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     )
     try:
-        reference, ref_log = folder / "ref.sock", folder / "ref.jsonl"
-        refserver = subprocess.Popen(
-            [sys.executable, "-m", "bench.refserver", str(reference), str(ref_log), loop]
-        )
-        daemon = start_daemon(town)
-        try:
-            wait_for_socket(reference)
-            for level in LEVELS:
-                baseline = (
-                    partial(bare_fsync, folder / "floor.jsonl", line)
-                    if level == 1
-                    else partial(gt_writers, events, lock, line, level, window)
+        with baseline_server("bench.refserver", str(folder / "ref.jsonl"), loop) as reference:
+            daemon = start_daemon(town)
+            try:
+                ours[1], theirs[1] = alternate(
+                    rounds,
+                    partial(closed_loop, daemon.socket, nudge_emit(), 1, window),
+                    partial(bare_fsync, folder / "floor.jsonl", line),
                 )
-                if level == 1:
-                    ours[level], theirs[level] = alternate(
-                        rounds,
-                        partial(closed_loop, daemon.socket, nudge_emit(), level, window),
-                        baseline,
-                    )
-                    continue
-                runs: tuple[list[LoadResult], ...] = ([], [], [])
-                for _ in range(rounds):
-                    runs[0].append(closed_loop(daemon.socket, nudge_emit(), level, window))
-                    runs[1].append(closed_loop(reference, nudge_emit(), level, window))
-                    runs[2].append(baseline())
-                ours[level], refs[level], theirs[level] = (Pooled.of(r) for r in runs)
-            with daemon.client() as client:
-                status = client.status()
-        finally:
-            daemon.stop()
-            refserver.kill()
-            refserver.wait()
+                for level in LEVELS[1:]:
+                    runs: tuple[list[LoadResult], ...] = ([], [], [])
+                    for _ in range(rounds):
+                        runs[0].append(closed_loop(daemon.socket, nudge_emit(), level, window))
+                        runs[1].append(closed_loop(reference, nudge_emit(), level, window))
+                        runs[2].append(gt_writers(events, lock, line, level, window))
+                    ours[level], refs[level], theirs[level] = (Pooled.of(r) for r in runs)
+                with daemon.client() as client:
+                    status = client.status()
+            finally:
+                daemon.stop()
     finally:
         remove_town(town)
-        for path in folder.iterdir():
-            path.unlink()
-        folder.rmdir()
+        shutil.rmtree(folder)
 
     rows: list[Row] = []
     single, floor = ours[1], theirs[1]
