@@ -140,11 +140,12 @@ def _common_length(lengths: list[int], excess: int) -> int | None:
     def saving(keep: int) -> int:
         return sum(length - keep - MARK_MAX for length in lengths if length > keep + MARK_MAX)
 
-    if not lengths or saving(MIN_KEEP) <= 0:
+    most = saving(MIN_KEEP)  # 0 without lengths
+    if most <= 0:
         return None
+    if most < excess:
+        return MIN_KEEP
     low, high = MIN_KEEP, max(lengths)
-    if saving(low) < excess:
-        return low
     while low < high:
         middle = (low + high + 1) // 2
         if saving(middle) >= excess:
