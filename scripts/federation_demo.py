@@ -56,7 +56,8 @@ def main() -> int:
             "     gastownctl --town-root /tmp/gastown-demo/tower events --all-nodes\n"
             "Ctrl-C stops everything."
         )
-        signal.sigwait({signal.SIGINT, signal.SIGTERM})
+        while True:
+            signal.pause()
     except KeyboardInterrupt:
         pass
     finally:
@@ -69,6 +70,14 @@ def main() -> int:
     return 0
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 if __name__ == "__main__":
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    # Handlers, not blocked signals: the daemons and nats-server inherit the signal mask,
+    # and with SIGTERM blocked they could not be stopped. SIGINT too: a shell starts a
+    # background job with it ignored, and Python then installs no handler of its own.
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
     raise SystemExit(main())
