@@ -20,7 +20,7 @@ import msgspec
 from gastown_client import __version__, paths
 from gastown_client.client import Client
 from gastown_client.errors import ClientError, DaemonUnavailable, RequestRejected
-from gastown_client.protocol import FederationInfo
+from gastown_client.protocol import FederationInfo, StatusResult
 
 EXIT_OK, EXIT_REJECTED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
 
@@ -218,7 +218,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         ("up since", f"{status.started_at} ({_human_duration(status.uptime_s)})"),
         ("town", status.town_root),
         ("socket", status.paths.socket),
-        ("config", status.paths.config or "(defaults)"),
+        ("config", _config_row(status)),
         ("connections", f"{status.connections} open, {status.requests} requests served"),
         ("event log", f"{status.paths.events}"),
         ("  lines", f"{log.lines} ({log.malformed} malformed), {_human_bytes(log.bytes)}"),
@@ -716,6 +716,13 @@ def _human_bytes(size: int) -> str:
             return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
         value /= 1024
     return f"{size} B"
+
+
+def _config_row(status: StatusResult) -> str:
+    row = status.paths.config or "(defaults)"
+    if status.config_restart_pending:
+        row += f" (restart to apply: {', '.join(status.config_restart_pending)})"
+    return row
 
 
 def _human_duration(seconds: float) -> str:

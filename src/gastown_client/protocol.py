@@ -366,6 +366,8 @@ class StatusResult(msgspec.Struct, kw_only=True):
     federation: FederationInfo = msgspec.field(default_factory=FederationInfo)
     # Hook calls whose payload the hook trimmed to fit the frame limit.
     hooks_trimmed: int = 0
+    # Config keys a SIGHUP read but that apply only at the next start.
+    config_restart_pending: list[str] = msgspec.field(default_factory=list)
 
 
 class EmitResult(msgspec.Struct, kw_only=True):

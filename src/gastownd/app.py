@@ -11,8 +11,10 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import sqlite3
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import anyio
@@ -21,12 +23,17 @@ import structlog
 
 from gastown_client import paths as town_paths
 from gastownd import ops, pruner
-from gastownd.config import Config, load_config, parse_duration
+from gastownd.config import Config, parse_duration, plan_reload, read_config_file
 from gastownd.daemon import Daemon, DaemonPaths
-from gastownd.errors import StartupError
+from gastownd.errors import ConfigError, StartupError
 from gastownd.eventlog import EventLog
 from gastownd.federation import Federation, identity
-from gastownd.instance import InstanceLock, clear_stale_socket, ensure_private_dir
+from gastownd.instance import (
+    InstanceLock,
+    check_socket_path,
+    clear_stale_socket,
+    ensure_private_dir,
+)
 from gastownd.server import Server
 from gastownd.sessions import Sessions
 from gastownd.spool import SpoolIngester
@@ -47,9 +54,7 @@ GIL_SWITCH_INTERVAL_S = 0.0005
 
 
 def resolve_paths(town: Path, config_path: Path | None) -> DaemonPaths:
-    if config_path is None:
-        default = town_paths.default_config_path(town)
-        config_path = default if default.exists() else None
+    config_file = town_paths.default_config_path(town) if config_path is None else config_path
     return DaemonPaths(
         town=town,
         private_dir=town_paths.private_dir(town),
@@ -57,7 +62,9 @@ def resolve_paths(town: Path, config_path: Path | None) -> DaemonPaths:
         lock=town_paths.lock_path(town),
         events=town_paths.events_path(town),
         events_lock=town_paths.events_lock_path(town),
-        config=config_path,
+        config=config_file if config_file.exists() else None,
+        config_file=config_file,
+        config_required=config_path is not None,
     )
 
 
@@ -66,7 +73,10 @@ def build_daemon(
 ) -> Daemon:
     paths = resolve_paths(town, config_path)
     if config is None:
-        config = load_config(paths.config)
+        assert paths.config_file is not None
+        loaded = read_config_file(paths.config_file, required=paths.config_required)
+        paths.config = paths.config_file if loaded is not None else None
+        config = loaded or Config()
     node, town_name = identity(config.federation, town)
     return Daemon(config=config, paths=paths, node=node, town_name=town_name)
 
@@ -121,6 +131,9 @@ class App:
             adopted = activated_listen_socket() if self.supervised else None
         except ActivationError as exc:
             raise StartupError(f"socket activation failed: {exc}") from None
+        if adopted is None:
+            # Before the minutes a big log's recovery may take, not after.
+            check_socket_path(paths.socket)
         notifier.status("recovering and indexing the event log")
         subscriptions = Subscriptions(config.eventlog.subscriber_queue)
 
@@ -134,10 +147,13 @@ class App:
         eventlog = EventLog(
             paths.events, paths.events_lock, paths.private_dir, config.eventlog, publish
         )
-        await eventlog.open()
+        with _refusing("cannot open the event log", paths.events):
+            await eventlog.open()
         daemon.eventlog = eventlog
         daemon.subscriptions = subscriptions
-        store = await anyio.to_thread.run_sync(Store, paths.private_dir / "gastownd.db")
+        store_path = paths.private_dir / "gastownd.db"
+        with _refusing("cannot open the session store", store_path):
+            store = await anyio.to_thread.run_sync(Store, store_path)
         sessions = Sessions(store, eventlog, config.eventlog.source, lambda: daemon.clock())
         server = Server(
             config.server,
@@ -153,71 +169,76 @@ class App:
             listener = await anyio.abc.SocketListener.from_socket(adopted)
         else:
             clear_stale_socket(paths.socket)
-            listener = await anyio.create_unix_listener(paths.socket, mode=0o600)
-        async with anyio.create_task_group() as services:
-            services.start_soon(eventlog.run_writer)
-            services.start_soon(eventlog.run_checkpoints)
-            # The outbox replay appends to the log, so the writer must be running.
-            # Lines indexed during open must reach the recorder: attach it first.
-            daemon.sessions = sessions
-            await sessions.open()
-            if config.federation.enabled:
-                federation = Federation(daemon, config.federation)
-                daemon.federation = federation
-                sessions.on_commit = federation.store_changed
-            ingester = SpoolIngester(daemon, town_paths.spool_dir(paths.town))
-            await anyio.to_thread.run_sync(ingester.prepare)
-            watch_stop = anyio.Event()
-            async with anyio.create_task_group() as front:
-                if self.install_signal_handlers:
-                    # Before the first answer: whoever saw us serve may signal us at once.
-                    await front.start(self._handle_signals)
-                await front.start(server.serve, listener)
-                front.start_soon(
-                    watch_eventlog,
-                    eventlog,
-                    int(parse_duration(config.eventlog.watch_step) * 1000),
-                    watch_stop,
-                )
-                front.start_soon(pruner.run_periodic, daemon)
-                front.start_soon(sessions.run_recorder)
-                front.start_soon(ingester.run, watch_stop)
-                if daemon.federation is not None:
-                    # Never waits for the network: it connects in the background.
-                    await front.start(daemon.federation.run)
-                front.start_soon(
-                    sessions.run_reaper,
-                    parse_duration(config.wisps.idle_timeout),
-                    parse_duration(config.wisps.reap_interval),
-                )
-                interval = notifier.watchdog_interval_s()
-                if interval is not None:
-                    front.start_soon(watchdog_loop, notifier, interval)
-                hang = maybe_hang_for_tests() if self.supervised else None
-                if hang is not None:
-                    front.start_soon(hang)
-                log.info(
-                    "daemon_ready",
-                    town=str(paths.town),
-                    socket=str(paths.socket),
-                    pid=os.getpid(),
-                    socket_activated=adopted is not None,
-                    loop=type(asyncio.get_running_loop()).__module__.split(".")[0],
-                )
-                notifier.ready(f"serving {paths.town} ({len(eventlog.index)} events indexed)")
-                task_status.started(daemon)
-                await self._stop.wait()
-                log.info("daemon_stopping")
-                notifier.stopping()
-                watch_stop.set()
-                await self._drain(server, subscriptions)
-                front.cancel_scope.cancel()
-            with anyio.CancelScope(shield=True):
-                await eventlog.close()
-                await anyio.to_thread.run_sync(store.close)
-            services.cancel_scope.cancel()
-        if adopted is None:
-            _unlink_socket(paths.socket)
+            with _refusing("cannot listen on the socket", paths.socket):
+                listener = await anyio.create_unix_listener(paths.socket, mode=0o600)
+        try:
+            async with anyio.create_task_group() as services:
+                services.start_soon(eventlog.run_writer)
+                services.start_soon(eventlog.run_checkpoints)
+                # The outbox replay appends to the log, so the writer must be running.
+                # Lines indexed during open must reach the recorder: attach it first.
+                daemon.sessions = sessions
+                await sessions.open()
+                if config.federation.enabled:
+                    federation = Federation(daemon, config.federation)
+                    daemon.federation = federation
+                    sessions.on_commit = federation.store_changed
+                ingester = SpoolIngester(daemon, town_paths.spool_dir(paths.town))
+                with _refusing("cannot create the spool directory", ingester.folder):
+                    await anyio.to_thread.run_sync(ingester.prepare)
+                watch_stop = anyio.Event()
+                async with anyio.create_task_group() as front:
+                    if self.install_signal_handlers:
+                        # Before the first answer: whoever saw us serve may signal us at once.
+                        await front.start(self._handle_signals)
+                    await front.start(server.serve, listener)
+                    front.start_soon(
+                        watch_eventlog,
+                        eventlog,
+                        int(parse_duration(config.eventlog.watch_step) * 1000),
+                        watch_stop,
+                    )
+                    front.start_soon(pruner.run_periodic, daemon)
+                    front.start_soon(sessions.run_recorder)
+                    front.start_soon(ingester.run, watch_stop)
+                    if daemon.federation is not None:
+                        # Never waits for the network: it connects in the background.
+                        await front.start(daemon.federation.run)
+                    front.start_soon(
+                        sessions.run_reaper,
+                        parse_duration(config.wisps.idle_timeout),
+                        parse_duration(config.wisps.reap_interval),
+                    )
+                    interval = notifier.watchdog_interval_s()
+                    if interval is not None:
+                        front.start_soon(watchdog_loop, notifier, interval)
+                    hang = maybe_hang_for_tests() if self.supervised else None
+                    if hang is not None:
+                        front.start_soon(hang)
+                    log.info(
+                        "daemon_ready",
+                        town=str(paths.town),
+                        socket=str(paths.socket),
+                        pid=os.getpid(),
+                        socket_activated=adopted is not None,
+                        loop=type(asyncio.get_running_loop()).__module__.split(".")[0],
+                    )
+                    notifier.ready(f"serving {paths.town} ({len(eventlog.index)} events indexed)")
+                    task_status.started(daemon)
+                    await self._stop.wait()
+                    log.info("daemon_stopping")
+                    notifier.stopping()
+                    watch_stop.set()
+                    await self._drain(server, subscriptions)
+                    front.cancel_scope.cancel()
+                with anyio.CancelScope(shield=True):
+                    await eventlog.close()
+                    await anyio.to_thread.run_sync(store.close)
+                services.cancel_scope.cancel()
+        finally:
+            # Also when start-up failed past this point: a socket nobody serves is a trap.
+            if adopted is None:
+                _unlink_socket(paths.socket)
         notifier.close()
         log.info("daemon_stopped")
 
@@ -246,19 +267,61 @@ class App:
                 return
 
     def _reload(self) -> None:
+        """SIGHUP: read the settings file again (even one created since start) and apply it.
+
+        A file that cannot be used changes nothing: it is logged, and the daemon keeps
+        serving with the configuration it has. Keys read only at start keep their
+        running value until a restart, and the log, ``status`` and the supervisor say which.
+        """
         daemon = self.daemon
+        paths = daemon.paths
         self.notifier.reloading()
+        assert paths.config_file is not None
         try:
-            config = load_config(daemon.paths.config)
-        except StartupError as exc:
-            log.error("config_reload_failed", error=str(exc))
-            self.notifier.ready("reload failed; running with the previous configuration")
+            loaded = read_config_file(paths.config_file, required=paths.config_required)
+        except ConfigError as exc:
+            log.error(
+                "config_reload_failed",
+                path=str(paths.config_file),
+                error=exc.message,
+                kept="previous configuration",
+            )
+            self.notifier.ready(f"reload refused, serving with the previous configuration: {exc}")
             return
-        daemon.config = config
+        plan = plan_reload(daemon.config, loaded or Config())
+        daemon.config = plan.config
+        daemon.restart_pending = plan.waiting
+        paths.config = paths.config_file if loaded is not None else None
         for callback in self.on_reload:
-            callback(config)
-        log.info("config_reloaded", path=str(daemon.paths.config))
-        self.notifier.ready(f"serving {daemon.paths.town}")
+            callback(plan.config)
+        log.info(
+            "config_reloaded",
+            path=str(paths.config) if paths.config is not None else None,
+            applied=plan.applied,
+            restart_required=plan.waiting,
+        )
+        self.notifier.ready(_serving(paths.town, plan.waiting))
+
+
+def _serving(town: Path, waiting: list[str]) -> str:
+    if not waiting:
+        return f"serving {town}"
+    return f"serving {town}; restart to apply {', '.join(waiting)}"
+
+
+@contextmanager
+def _refusing(what: str, path: Path) -> Iterator[None]:
+    """Turn what the OS or SQLite says at start-up into a one-line refusal naming the path."""
+    try:
+        yield
+    except OSError as exc:
+        where = exc.filename if exc.filename else path
+        reason = exc.strerror or str(exc)
+        if isinstance(exc, FileExistsError):
+            reason = "something that is not a directory is in the way"
+        raise StartupError(f"{where}: {what}: {reason}", errno_code=exc.errno) from None
+    except sqlite3.Error as exc:
+        raise StartupError(f"{path}: {what}: {exc}") from None
 
 
 def _ensure_socket_dir(folder: Path) -> None:

@@ -13,8 +13,9 @@ from gastown_client import __version__
 from gastown_client import paths as town_paths
 from gastownd.app import App, build_daemon
 from gastownd.config import Config
-from gastownd.errors import StartupError
+from gastownd.errors import EXIT_SOFTWARE, StartupError
 from gastownd.logsetup import configure_logging
+from gastownd.systemd import Notifier
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -83,14 +84,21 @@ def loop_options(choice: str) -> dict[str, bool]:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Exit 0 after a clean stop; a refusal (docs/operations.md) is one line on stderr."""
     configure_logging("info", args.log_format or "auto")
     log = structlog.get_logger("gastownd")
     try:
         town = town_paths.find_town_root(args.town_root, create=True)
         daemon = build_daemon(town, args.config)
     except StartupError as exc:
-        print(f"gastownd: {exc}", file=sys.stderr)
-        return 1
+        return refuse(exc, supervised=not args.no_supervisor)
+    except OSError as exc:
+        # Creating the default town (~/gt) failed.
+        where = exc.filename or args.town_root
+        return refuse(
+            StartupError(f"{where}: cannot create the town: {exc.strerror or exc}"),
+            supervised=not args.no_supervisor,
+        )
     config = daemon.config
     level = args.log_level or config.log_level
     configure_logging(level, args.log_format or config.log_format)
@@ -104,12 +112,34 @@ def run(args: argparse.Namespace) -> int:
     app.on_reload.append(relog)
     try:
         anyio.run(app.run, backend_options=loop_options(config.server.event_loop))
-    except StartupError as exc:
-        print(f"gastownd: {exc}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         return 0
-    except Exception:
+    except Exception as exc:
+        refusal = startup_error(exc)
+        if refusal is not None:
+            return refuse(refusal, supervised=not args.no_supervisor)
         log.exception("daemon_crashed")
-        return 70
+        return EXIT_SOFTWARE
     return 0
+
+
+def startup_error(exc: BaseException) -> StartupError | None:
+    """The refusal ``exc`` is, or holds alone (raised inside a task group), else None."""
+    if isinstance(exc, StartupError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        refusals, others = exc.split(StartupError)
+        if others is None and refusals is not None:
+            return startup_error(refusals.exceptions[0])
+    return None
+
+
+def refuse(exc: StartupError, *, supervised: bool) -> int:
+    """One line on stderr (and the same to systemd), and the refusal's exit status."""
+    message = " ".join(exc.message.splitlines())
+    print(f"gastownd: {message}", file=sys.stderr)
+    if supervised:
+        notifier = Notifier.from_environ()
+        notifier.failed(message, exc.errno_code)
+        notifier.close()
+    return exc.exit_code

@@ -1,36 +1,190 @@
-"""Configuration: TOML decoded by msgspec into typed Structs.
+"""Configuration: TOML decoded by msgspec into typed Structs, every key bounded.
 
-An unknown key or a wrong type stops start-up with a message naming the key.
-Durations are written as strings with a unit: ``"250ms"``, ``"30s"``,
-``"15m"``, ``"1h"``, ``"7d"``.
+Durations are written as strings with a unit: ``"250ms"``, ``"30s"``, ``"15m"``,
+``"1h"``, ``"7d"``. Every key is declared once in ``KEYS`` with its range and with
+whether SIGHUP applies it: the sections' checks, what a reload applies and what waits
+for a restart, and the table in docs/configuration.md (a test holds them equal) all
+come from that one table. A file the daemon cannot use raises ``ConfigError``, whose
+message names the file, the key and the range.
 """
 
 from __future__ import annotations
 
+import math
 import re
 import tomllib
+import typing
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import msgspec
 
-from gastownd.errors import StartupError
+from gastownd.errors import ConfigError
 
 _NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)\s*$")
+# At most 15 digits (and 9 decimals): anything longer is no duration a person means.
+_DURATION = re.compile(r"\s*([0-9]{1,15}(?:\.[0-9]{1,9})?)\s*(ms|s|m|h|d|w)\s*", re.ASCII)
 _UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+# Printable ASCII without spaces: what goes into every line's "source".
+_TOKEN = re.compile(r"[!-~]{1,64}", re.ASCII)
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# A settings file is a few hundred bytes; anything near this is not one.
+MAX_CONFIG_BYTES = 1 << 20
 
 
 def parse_duration(text: str) -> float:
     """Seconds in ``text`` (``"90s"``, ``"7d"``); raises ValueError."""
-    match = _DURATION.match(text)
+    match = _DURATION.fullmatch(text)
     if match is None:
-        raise ValueError(f"invalid duration {text!r} (use e.g. 500ms, 30s, 15m, 1h, 7d)")
+        raise ValueError(f"invalid duration {text[:40]!r} (use e.g. 500ms, 30s, 15m, 1h, 7d)")
     return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
 
 
+Kind = Literal["duration", "integer", "choice", "flag", "text", "list", "table"]
+
+
+@dataclass(frozen=True)
+class Key:
+    """One configuration key: where it lives, what it accepts, when a change applies.
+
+    ``low`` and ``high`` bound a duration (written as durations), an integer, the length
+    of a text, or the number of entries of a list or table (whose entries are then
+    checked by ``entry``). ``reload``: SIGHUP applies a change; otherwise the change
+    waits for a restart.
+    """
+
+    name: str
+    kind: Kind
+    reload: bool
+    low: str | int | None = None
+    high: str | int | None = None
+    # A duration or text that may be left empty ("") or unset: "forever", "default".
+    optional: bool = False
+    pattern: re.Pattern[str] | None = None
+    entry: Key | None = None
+
+    @property
+    def section(self) -> str:
+        return self.name.rpartition(".")[0]
+
+    @property
+    def field(self) -> str:
+        return self.name.rpartition(".")[2]
+
+    def range_text(self) -> str:
+        """The range as docs/configuration.md gives it."""
+        if self.kind == "flag":
+            return "true or false"
+        if self.kind == "choice":
+            return ", ".join(self.choices())
+        if self.kind in ("duration", "integer"):
+            text = f"{self.low} to {self.high}"
+        elif self.kind == "text":
+            what = "no control characters"
+            if self.pattern is _TOKEN:
+                what = "printable ASCII, no spaces"
+            elif self.pattern is _NAME:
+                what = "letters, digits, _ and -"
+            text = f"{self.low} to {self.high} characters, {what}"
+        else:
+            assert self.entry is not None
+            text = f"{self.low} to {self.high} entries, each {self.entry.range_text()}"
+        return f"{text}; optional" if self.optional else text
+
+    def choices(self) -> tuple[str, ...]:
+        """The values a ``choice`` key accepts, from its ``Literal`` annotation."""
+        section = next(cls for cls, name in _SECTIONS.items() if name == self.section)
+        return typing.get_args(typing.get_type_hints(section)[self.field])
+
+    def check(self, value: Any) -> None:
+        """Raise ValueError naming the key when ``value`` is outside the range."""
+        if self.kind in ("choice", "flag") or (self.optional and value in (None, "")):
+            return
+        if self.kind == "duration":
+            try:
+                seconds = parse_duration(value)
+            except ValueError as exc:
+                raise ValueError(f"{self.name}: {exc}") from None
+            low, high = parse_duration(str(self.low)), parse_duration(str(self.high))
+            if not (math.isfinite(seconds) and low <= seconds <= high):
+                raise ValueError(self._out_of_range(value))
+        elif self.kind == "integer":
+            assert isinstance(self.low, int) and isinstance(self.high, int)
+            if not self.low <= value <= self.high:
+                shown = value if abs(value) < 10**30 else f"a {len(str(abs(value)))}-digit number"
+                raise ValueError(self._out_of_range(shown))
+        elif self.kind == "text":
+            assert isinstance(self.low, int) and isinstance(self.high, int)
+            bad = (
+                not self.low <= len(value) <= self.high
+                or (self.pattern is not None and not self.pattern.fullmatch(value))
+                or (self.pattern is None and _CONTROL.search(value) is not None)
+            )
+            if bad:
+                raise ValueError(self._out_of_range(value))
+        else:
+            self._check_entries(value)
+
+    def _check_entries(self, value: Sequence[str] | dict[str, str]) -> None:
+        assert isinstance(self.low, int) and isinstance(self.high, int) and self.entry
+        if not self.low <= len(value) <= self.high:
+            raise ValueError(f"{self.name} has {len(value)} entries ({self.range_text()})")
+        if isinstance(value, dict):
+            for pattern, item in value.items():
+                if not 1 <= len(pattern) <= 128 or _CONTROL.search(pattern):
+                    shown = f"{pattern[:40]!r}"
+                    raise ValueError(f"{self.name}: the type {shown} is not 1 to 128 characters")
+                replace(self.entry, name=f"{self.name}[{pattern[:40]!r}]").check(item)
+        else:
+            for item in value:
+                self.entry.check(item)
+
+    def _out_of_range(self, value: object) -> str:
+        shown = repr(value)
+        shown = shown if len(shown) <= 60 else shown[:57] + "..."
+        return f"{self.name} = {shown} is out of range ({self.range_text()})"
+
+    def get(self, config: Config) -> Any:
+        section = getattr(config, self.section) if self.section else config
+        return getattr(section, self.field)
+
+    def put(self, config: Config, value: Any) -> Config:
+        """``config`` with this key set to ``value``."""
+        if not self.section:
+            return msgspec.structs.replace(config, **{self.field: value})
+        section = msgspec.structs.replace(getattr(config, self.section), **{self.field: value})
+        return msgspec.structs.replace(config, **{self.section: section})
+
+
+def _duration(name: str, low: str, high: str, reload: bool, *, optional: bool = False) -> Key:
+    return Key(name, "duration", reload, low, high, optional=optional)
+
+
+def _integer(name: str, low: int, high: int, reload: bool) -> Key:
+    return Key(name, "integer", reload, low, high)
+
+
+def _text(
+    name: str,
+    reload: bool,
+    *,
+    high: int = 4096,
+    pattern: re.Pattern[str] | None = None,
+    optional: bool = False,
+) -> Key:
+    return Key(name, "text", reload, 1, high, optional=optional, pattern=pattern)
+
+
 class _Section(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    pass
+    def __post_init__(self) -> None:
+        for key in _keys_of(type(self)):
+            key.check(getattr(self, key.field))
+        self.check_together()
+
+    def check_together(self) -> None:
+        """Rules that tie keys together (each key's own range is in ``KEYS``)."""
 
 
 class ServerConfig(_Section):
@@ -44,14 +198,6 @@ class ServerConfig(_Section):
     # "auto": uvloop when it is installed (the ``fast`` extra), else asyncio's loop.
     event_loop: Literal["auto", "asyncio", "uvloop"] = "auto"
 
-    def __post_init__(self) -> None:
-        if self.max_frame_bytes < 1024:
-            raise ValueError("max_frame_bytes must be at least 1024")
-        if self.max_connections < 1 or self.max_inflight_per_connection < 1:
-            raise ValueError("max_connections and max_inflight_per_connection must be >= 1")
-        parse_duration(self.partial_frame_timeout)
-        parse_duration(self.shutdown_timeout)
-
 
 class EventLogConfig(_Section):
     # "sync": acknowledge after fdatasync. "write": after write(), sync every sync_interval.
@@ -63,12 +209,6 @@ class EventLogConfig(_Section):
     watch_step: str = "10ms"
     subscriber_queue: int = 10_000
     append_queue: int = 65_536
-
-    def __post_init__(self) -> None:
-        parse_duration(self.sync_interval)
-        parse_duration(self.watch_step)
-        if self.subscriber_queue < 1 or self.append_queue < 1:
-            raise ValueError("queue sizes must be >= 1")
 
 
 class RetentionConfig(_Section):
@@ -89,29 +229,12 @@ class RetentionConfig(_Section):
     # Archived days older than this are deleted (unset: kept forever).
     archive_max_age: str | None = None
 
-    def __post_init__(self) -> None:
-        parse_duration(self.default_ttl)
-        parse_duration(self.prune_interval)
-        if self.archive_max_age is not None:
-            parse_duration(self.archive_max_age)
-        for pattern, ttl in self.ttls.items():
-            try:
-                parse_duration(ttl)
-            except ValueError as exc:
-                raise ValueError(f"ttls[{pattern!r}]: {exc}") from None
-        if self.min_retain_count < 0:
-            raise ValueError("min_retain_count must be >= 0")
-
 
 class WispsConfig(_Section):
     # An open wisp with no activity for this long is reaped (squashed as abandoned).
     idle_timeout: str = "24h"
     # How often the reaper looks for idle wisps.
     reap_interval: str = "1m"
-
-    def __post_init__(self) -> None:
-        parse_duration(self.idle_timeout)
-        parse_duration(self.reap_interval)
 
 
 class HooksConfig(_Section):
@@ -121,9 +244,6 @@ class HooksConfig(_Section):
     # Spooled hook requests are read this long after their file was set aside,
     # so a hook still writing to it has finished.
     spool_grace: str = "500ms"
-
-    def __post_init__(self) -> None:
-        parse_duration(self.spool_grace)
 
 
 class FederationConfig(_Section):
@@ -157,26 +277,18 @@ class FederationConfig(_Section):
     # How often the connection is checked (a dead peer is noticed within two of these).
     ping_interval: str = "10s"
 
-    def __post_init__(self) -> None:
-        for name in ("node", "town"):
-            value = getattr(self, name)
-            if value and not _NAME.fullmatch(value):
-                raise ValueError(f"{name} {value!r} must match [A-Za-z0-9_-]{{1,64}}")
-        if not 1 <= self.stream_replicas <= 5:
-            raise ValueError("stream_replicas must be between 1 and 5")
-        if not 1 <= self.batch <= 4096:
-            raise ValueError("batch must be between 1 and 4096")
-        if self.stream_max_age:
-            parse_duration(self.stream_max_age)
-        parse_duration(self.duplicate_window)
-        parse_duration(self.ping_interval)
+    def check_together(self) -> None:
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("tls_cert and tls_key go together")
         if (self.user is None) != (self.password is None):
             raise ValueError("user and password go together")
         for url in self.servers:
             if "://" not in url:
-                raise ValueError(f"server {url!r} must be a URL such as nats://host:4222")
+                raise ValueError(f"server {url[:60]!r} must be a URL such as nats://host:4222")
+        if self.stream_max_age and parse_duration(self.duplicate_window) > parse_duration(
+            self.stream_max_age
+        ):
+            raise ValueError("duplicate_window must not be longer than stream_max_age")
 
     @property
     def enabled(self) -> bool:
@@ -194,21 +306,152 @@ class Config(_Section):
     federation: FederationConfig = msgspec.field(default_factory=FederationConfig)
 
 
+_TTL = _duration("retention.ttls.*", "1s", "36500d", True)
+_SERVER_URL = _text("federation.servers[]", False, high=1024)
+
+# Every key, once: its range and whether SIGHUP applies it. A key read only when the
+# part that uses it starts (the server, the writer, the watcher, the reaper, federation)
+# waits for a restart; a reload keeps its running value and says so.
+KEYS: tuple[Key, ...] = (
+    Key("log_level", "choice", True),
+    Key("log_format", "choice", True),
+    _integer("server.max_frame_bytes", 1024, 64 << 20, False),
+    _integer("server.max_connections", 1, 16_384, False),
+    _duration("server.partial_frame_timeout", "100ms", "1h", False),
+    _integer("server.max_inflight_per_connection", 1, 4096, False),
+    _duration("server.shutdown_timeout", "100ms", "10m", True),
+    Key("server.event_loop", "choice", False),
+    Key("eventlog.durability", "choice", False),
+    _duration("eventlog.sync_interval", "1ms", "1m", False),
+    _text("eventlog.source", False, high=64, pattern=_TOKEN),
+    _duration("eventlog.watch_step", "1ms", "5s", False),
+    _integer("eventlog.subscriber_queue", 1, 1_000_000, False),
+    _integer("eventlog.append_queue", 1, 1 << 20, False),
+    Key("retention.enabled", "flag", True),
+    _duration("retention.default_ttl", "1s", "36500d", True),
+    Key("retention.ttls", "table", True, 0, 1024, entry=_TTL),
+    _duration("retention.prune_interval", "1s", "36500d", True),
+    _integer("retention.min_retain_count", 0, 1_000_000_000, True),
+    Key("retention.archive", "flag", True),
+    _duration("retention.archive_max_age", "1d", "36500d", True, optional=True),
+    _duration("wisps.idle_timeout", "1s", "365d", False),
+    _duration("wisps.reap_interval", "1s", "1d", False),
+    Key("hooks.inject_context", "flag", True),
+    _duration("hooks.spool_grace", "10ms", "1m", True),
+    Key("federation.servers", "list", False, 0, 64, entry=_SERVER_URL),
+    _text("federation.node", False, high=64, pattern=_NAME, optional=True),
+    _text("federation.town", False, high=64, pattern=_NAME, optional=True),
+    _text("federation.creds", False, optional=True),
+    _text("federation.user", False, optional=True),
+    _text("federation.password", False, optional=True),
+    _text("federation.tls_ca", False, optional=True),
+    _text("federation.tls_cert", False, optional=True),
+    _text("federation.tls_key", False, optional=True),
+    _text("federation.tls_hostname", False, high=253, optional=True),
+    _text("federation.jetstream_domain", False, high=64, pattern=_NAME, optional=True),
+    _integer("federation.stream_replicas", 1, 5, False),
+    _duration("federation.stream_max_age", "1h", "36500d", False, optional=True),
+    _duration("federation.duplicate_window", "1s", "7d", False),
+    _integer("federation.batch", 1, 4096, False),
+    _duration("federation.ping_interval", "1s", "10m", False),
+)
+
+_SECTIONS: dict[type[_Section], str] = {
+    Config: "",
+    ServerConfig: "server",
+    EventLogConfig: "eventlog",
+    RetentionConfig: "retention",
+    WispsConfig: "wisps",
+    HooksConfig: "hooks",
+    FederationConfig: "federation",
+}
+
+
+def _keys_of(section: type[_Section]) -> tuple[Key, ...]:
+    name = _SECTIONS[section]
+    return tuple(key for key in KEYS if key.section == name)
+
+
+@dataclass(frozen=True)
+class Reload:
+    """What SIGHUP makes of a newly read file."""
+
+    # The configuration in effect: the file's, with restart-only keys at their running values.
+    config: Config
+    # Keys whose new value applies now.
+    applied: list[str]
+    # Keys whose new value waits for a restart (the file differs from what runs).
+    waiting: list[str]
+
+
+def plan_reload(running: Config, loaded: Config) -> Reload:
+    effective = loaded
+    applied: list[str] = []
+    waiting: list[str] = []
+    for key in KEYS:
+        before = key.get(running)
+        if key.get(loaded) == before:
+            continue
+        if key.reload:
+            applied.append(key.name)
+        else:
+            waiting.append(key.name)
+            effective = key.put(effective, before)
+    return Reload(effective, applied, waiting)
+
+
 def load_config(path: Path | None) -> Config:
-    """Read ``path`` (None or missing default file: all defaults)."""
+    """Read ``path`` (None: all defaults); raises ConfigError."""
     if path is None:
         return Config()
+    config = read_config_file(path, required=True)
+    assert config is not None
+    return config
+
+
+def read_config_file(path: Path, *, required: bool) -> Config | None:
+    """The configuration in ``path``, or None when it is absent and not ``required``.
+
+    Raises ConfigError, whose message starts with the path, for anything else: a file
+    that cannot be read, is too big, is not UTF-8 or not TOML, or holds a key outside
+    its range. Never anything else, so start-up and SIGHUP refuse it the same way.
+    """
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise StartupError(f"config file {path} does not exist") from None
+        with path.open("rb") as file:
+            raw = file.read(MAX_CONFIG_BYTES + 1)
+    except (FileNotFoundError, NotADirectoryError):
+        # NotADirectoryError: a town (or settings/) that is a file, refused elsewhere.
+        if not required:
+            return None
+        raise ConfigError(f"{path}: the config file does not exist") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: the config file is a directory") from None
     except OSError as exc:
-        raise StartupError(f"cannot read config file {path}: {exc.strerror}") from None
+        raise ConfigError(f"{path}: cannot read the config file: {exc.strerror}") from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path}: the config file is larger than {MAX_CONFIG_BYTES} bytes")
+    try:
+        # A byte-order mark, as some editors write, is not an error.
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{path}: the config file is not UTF-8 (byte 0x{raw[exc.start]:02x} at offset "
+            f"{exc.start})"
+        ) from None
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise StartupError(f"config file {path} is not valid TOML: {exc}") from None
+        raise ConfigError(f"{path}: not valid TOML: {_one_line(str(exc))}") from None
+    except ValueError:
+        # tomllib lets int() refuse a number of thousands of digits.
+        raise ConfigError(f"{path}: not valid TOML: a number has too many digits") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: not valid TOML: nested too deeply") from None
     try:
         return msgspec.convert(data, Config)
     except msgspec.ValidationError as exc:
-        raise StartupError(f"config file {path}: {exc}") from None
+        raise ConfigError(f"{path}: {_one_line(str(exc))}") from None
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split("\n"))

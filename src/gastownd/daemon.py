@@ -30,7 +30,12 @@ class DaemonPaths:
     lock: Path
     events: Path
     events_lock: Path
+    # The settings file in use; None while it is absent (all defaults).
     config: Path | None
+    # The file read at start and at every SIGHUP: --config, else <town>/settings/gastownd.toml.
+    config_file: Path | None = None
+    # --config must exist; the default file may appear or vanish while the daemon runs.
+    config_required: bool = False
 
 
 @dataclass
@@ -51,6 +56,8 @@ class Daemon:
     node: str = "local"
     town_name: str = "town"
     federation: Federation | None = None
+    # Keys the settings file changed that apply only at the next start (see SIGHUP).
+    restart_pending: list[str] = field(default_factory=list)
 
     def uptime_s(self) -> float:
         return time.monotonic() - self.started_monotonic

@@ -6,6 +6,8 @@ else escaping a handler is a bug, answered as ``internal``.
 
 from __future__ import annotations
 
+import errno
+
 from gastown_client.protocol import ErrorCode
 
 
@@ -49,5 +51,35 @@ class UnsupportedProtocolError(DaemonError):
     code = ErrorCode.UNSUPPORTED_PROTOCOL
 
 
+# Exit statuses of ``gastownd run`` (docs/operations.md), after sysexits(3) where one fits.
+EXIT_ENVIRONMENT = 1
+EXIT_USAGE = 2
+# A bug: an exception nothing expected. Never used for a problem the user can fix.
+EXIT_SOFTWARE = 70
+# EX_CONFIG: the unit's RestartPreventExitStatus= names it, so a bad file is no crash loop.
+EXIT_CONFIG = 78
+
+
 class StartupError(Exception):
-    """The daemon refuses to start; the message says why and what to do."""
+    """The daemon refuses to start; the message names the path and says why and what to do.
+
+    This base class is for the environment (directories, files, the socket, another
+    daemon): it may be gone at the next try, so a supervisor may restart.
+    """
+
+    exit_code = EXIT_ENVIRONMENT
+    # For sd_notify's ERRNO=, which systemd shows as the service's error.
+    errno_code = errno.EIO
+
+    def __init__(self, message: str, *, errno_code: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if errno_code:
+            self.errno_code = errno_code
+
+
+class ConfigError(StartupError):
+    """The configuration cannot be used: refused at start, and at SIGHUP (the old one stays)."""
+
+    exit_code = EXIT_CONFIG
+    errno_code = errno.EINVAL

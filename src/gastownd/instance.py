@@ -14,8 +14,10 @@ import socket
 import stat
 import struct
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
+from gastown_client.paths import SUN_PATH_MAX
 from gastownd.errors import StartupError
 
 
@@ -97,6 +99,24 @@ def clear_stale_socket(path: Path) -> None:
     if not stat.S_ISSOCK(info.st_mode):
         raise StartupError(f"refusing to replace {path}: it exists and is not a socket")
     os.unlink(path)
+
+
+def check_socket_path(path: Path, environ: Mapping[str, str] = os.environ) -> None:
+    """Refuse, before anything is bound, a socket path the system cannot bind."""
+    hint = "; set GASTOWND_SOCKET to one that fits" if "GASTOWND_SOCKET" in environ else ""
+    size = len(os.fsencode(path))
+    if size >= SUN_PATH_MAX:
+        raise StartupError(
+            f"{path}: the socket path is {size} bytes, longer than the {SUN_PATH_MAX - 1} "
+            f"this system allows{hint}"
+        )
+    folder = path.parent
+    if not folder.is_dir():
+        state = "does not exist" if not folder.exists() else "is not a directory"
+        hint = "; create it or change GASTOWND_SOCKET" if hint else ""
+        raise StartupError(
+            f"{path}: the socket's directory {folder} {state}{hint}", errno_code=errno.ENOENT
+        )
 
 
 def peer_uid(sock: socket.socket) -> int | None:

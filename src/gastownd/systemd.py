@@ -211,6 +211,10 @@ class Notifier:
         # systemd ignores RELOADING=1 without the CLOCK_MONOTONIC timestamp of the request.
         return self._send(f"RELOADING=1\nMONOTONIC_USEC={time.monotonic_ns() // 1000}")
 
+    def failed(self, status: str, errno_code: int) -> bool:
+        """Start-up refused: what ``systemctl status`` shows instead of a bare exit status."""
+        return self._send(f"STATUS=refused to start: {_one_line(status)}\nERRNO={errno_code}")
+
     def stopping(self) -> bool:
         return self._send("STOPPING=1")
 

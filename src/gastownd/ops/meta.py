@@ -85,4 +85,5 @@ async def status(daemon: Daemon) -> StatusResult:
         sessions=sessions,
         federation=federation,
         hooks_trimmed=daemon.hooks_trimmed,
+        config_restart_pending=list(daemon.restart_pending),
     )
