@@ -98,6 +98,14 @@ class App:
         self.notifier = Notifier.from_environ() if supervised else Notifier(None)
         self._stop = anyio.Event()
         self.on_reload: list[Callable[[Config], None]] = []
+        self._reload_requested = False
+        if install_signal_handlers:
+            # SIGHUP's default action is to terminate, and the signal receiver only runs
+            # after recovery and indexing (seconds on a big log): until then, note it.
+            signal.signal(signal.SIGHUP, self._note_early_reload)
+
+    def _note_early_reload(self, signum: int, frame: object) -> None:
+        self._reload_requested = True
 
     def stop(self) -> None:
         self._stop.set()
@@ -258,6 +266,8 @@ class App:
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
             # Handlers are installed before READY, so an early SIGHUP never kills us.
             task_status.started()
+            if self._reload_requested:
+                self._reload()
             async for signum in signals:
                 if signum == signal.SIGHUP:
                     self._reload()

@@ -28,7 +28,7 @@ from gastownd import cli
 from gastownd.app import App, build_daemon
 from gastownd.config import KEYS, Key, load_config
 from gastownd.errors import EXIT_CONFIG, ConfigError
-from tests.conftest import DaemonProcess
+from tests.conftest import SAMPLE_LOG, DaemonProcess
 from tests.reliability._support import daemon_argv, make_town
 from tests.unit.test_config_and_paths import HOSTILE, toml_for
 
@@ -252,3 +252,27 @@ def test_any_reload_keeps_the_running_config_or_applies_only_what_can_apply(
         else:
             assert app.daemon.restart_pending == logs[0]["restart_required"]
             assert (key.name in app.daemon.restart_pending) == (value != key.get(before))
+
+
+def test_a_sighup_during_start_up_is_kept_for_when_the_daemon_serves(town: Path) -> None:
+    """Recovery and indexing take seconds on a big log; a SIGHUP then must not kill."""
+    sample = SAMPLE_LOG.read_bytes()
+    with paths.events_path(town).open("wb") as log:
+        for _ in range(200):
+            log.write(sample)
+    proc = DaemonProcess(town)
+    try:
+        deadline = time.monotonic() + 10
+        lock = paths.lock_path(town)
+        # The lock holds the pid once the daemon has begun recovery.
+        while not (lock.exists() and lock.read_text().strip() == str(proc.pid)):
+            assert time.monotonic() < deadline and proc.proc.poll() is None, proc.log()
+            time.sleep(0.005)
+        settings_path(town).write_text('log_level = "debug"\n[retention]\nenabled = false\n')
+        proc.proc.send_signal(signal.SIGHUP)
+        proc.wait_ready(timeout_s=30)
+        log_lines = proc.log_path.read_text().splitlines()
+        events = [json.loads(line)["event"] for line in log_lines]
+        assert events.index("config_reloaded") < events.index("daemon_ready"), events
+    finally:
+        assert proc.terminate() == 0, proc.log()
