@@ -10,8 +10,11 @@ message names the file, the key and the range.
 
 from __future__ import annotations
 
+import errno
 import math
+import os
 import re
+import stat
 import tomllib
 import typing
 from collections.abc import Sequence
@@ -417,8 +420,7 @@ def read_config_file(path: Path, *, required: bool) -> Config | None:
     its range. Never anything else, so start-up and SIGHUP refuse it the same way.
     """
     try:
-        with path.open("rb") as file:
-            raw = file.read(MAX_CONFIG_BYTES + 1)
+        raw = _read_regular_file(path, MAX_CONFIG_BYTES + 1)
     except (FileNotFoundError, NotADirectoryError):
         # NotADirectoryError: a town (or settings/) that is a file, refused elsewhere.
         if not required:
@@ -451,6 +453,22 @@ def read_config_file(path: Path, *, required: bool) -> Config | None:
         return msgspec.convert(data, Config)
     except msgspec.ValidationError as exc:
         raise ConfigError(f"{path}: {_one_line(str(exc))}") from None
+
+
+def _read_regular_file(path: Path, limit: int) -> bytes:
+    """At most ``limit`` bytes of ``path`` (a file, or a device such as /dev/null).
+
+    Opened without blocking and checked before the read: a FIFO in place of the file
+    would otherwise hang start-up, or the running daemon at SIGHUP.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as file:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
+        if stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode):
+            raise OSError(errno.EINVAL, "it is a FIFO or a socket, not a file", str(path))
+        return file.read(limit)
 
 
 def _one_line(text: str) -> str:

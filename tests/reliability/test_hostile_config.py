@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import signal
 import subprocess
 import tempfile
@@ -165,11 +166,16 @@ def test_hostile_files_at_sighup_are_refused_and_the_daemon_keeps_serving(town: 
                 status = client.status()
             assert status.paths.config == str(settings_path(town))
             assert status.config_restart_pending == []
-        # Nor is a settings file replaced by a directory the end of it.
+        # Nor is a FIFO (reading it would block the event loop) or a directory in its place.
+        settings_path(town).unlink()
+        os.mkfifo(settings_path(town))
+        proc.proc.send_signal(signal.SIGHUP)
+        entry = wait_for_entries(proc, "config_reload_failed", len(hostile) + 1)[-1]
+        assert entry["error"].endswith("it is a FIFO or a socket, not a file")
         settings_path(town).unlink()
         settings_path(town).mkdir()
         proc.proc.send_signal(signal.SIGHUP)
-        entry = wait_for_entries(proc, "config_reload_failed", len(hostile) + 1)[-1]
+        entry = wait_for_entries(proc, "config_reload_failed", len(hostile) + 2)[-1]
         assert entry["error"].endswith("the config file is a directory")
         with proc.client() as client:
             assert client.ping().pong

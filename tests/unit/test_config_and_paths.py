@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import re
 import tempfile
 from pathlib import Path
@@ -103,6 +104,17 @@ def test_a_byte_order_mark_is_accepted(tmp_path: Path) -> None:
     path = tmp_path / "g.toml"
     path.write_bytes(b'\xef\xbb\xbflog_level = "debug"\n')
     assert load_config(path).log_level == "debug"
+
+
+def test_a_fifo_in_place_of_the_file_is_refused_without_waiting(tmp_path: Path) -> None:
+    fifo = tmp_path / "g.toml"
+    os.mkfifo(fifo)
+    with pytest.raises(ConfigError, match="it is a FIFO or a socket, not a file"):
+        load_config(fifo)
+
+
+def test_dev_null_is_an_empty_config() -> None:
+    assert load_config(Path("/dev/null")) == Config()
 
 
 def test_a_config_path_that_is_a_directory_is_refused(tmp_path: Path) -> None:
