@@ -138,7 +138,10 @@ class Key:
             for pattern, item in value.items():
                 if not 1 <= len(pattern) <= 128 or _CONTROL.search(pattern):
                     shown = f"{pattern[:40]!r}"
-                    raise ValueError(f"{self.name}: the type {shown} is not 1 to 128 characters")
+                    raise ValueError(
+                        f"{self.name}: the type {shown} is not 1 to 128 characters "
+                        "without control characters"
+                    )
                 replace(self.entry, name=f"{self.name}[{pattern[:40]!r}]").check(item)
         else:
             for item in value:
