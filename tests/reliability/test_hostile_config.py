@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from structlog.testing import capture_logs
@@ -28,7 +29,7 @@ from gastown_client import paths
 from gastownd import cli
 from gastownd.app import App, build_daemon
 from gastownd.config import KEYS, Key, load_config
-from gastownd.errors import EXIT_CONFIG, ConfigError
+from gastownd.errors import EXIT_CONFIG, ConfigError, StartupError
 from tests.conftest import SAMPLE_LOG, DaemonProcess
 from tests.reliability._support import daemon_argv, make_town
 from tests.unit.test_config_and_paths import HOSTILE, toml_for
@@ -117,7 +118,12 @@ def test_any_refused_value_stops_the_gastownd_command_with_78(
         else:
             assume(False)  # a value inside the range would start a daemon
         capsys.readouterr()
-        status = cli.main(["run", "--town-root", folder, "--log-format", "json"])
+        # The command configures structlog for the process: leave it as it was.
+        logging_before = structlog.get_config()
+        try:
+            status = cli.main(["run", "--town-root", folder, "--log-format", "json"])
+        finally:
+            structlog.configure(**logging_before)
         stderr = capsys.readouterr().err
         assert status == EXIT_CONFIG
         assert one_refusal_line(stderr).startswith(f"gastownd: {settings_path(town)}: ")
@@ -282,3 +288,12 @@ def test_a_sighup_during_start_up_is_kept_for_when_the_daemon_serves(town: Path)
         assert events.index("config_reloaded") < events.index("daemon_ready"), events
     finally:
         assert proc.terminate() == 0, proc.log()
+
+
+def test_a_bug_inside_a_task_group_is_still_a_crash_not_a_refusal() -> None:
+    """Refusals raised in a task group come wrapped; a bug next to one is still exit 70."""
+    refusal = StartupError("/x: cannot create the spool directory: no")
+    assert cli.startup_error(ExceptionGroup("tg", [refusal])) is refusal
+    assert cli.startup_error(ExceptionGroup("tg", [ExceptionGroup("inner", [refusal])])) is refusal
+    assert cli.startup_error(ExceptionGroup("tg", [refusal, KeyError("bug")])) is None
+    assert cli.startup_error(KeyError("bug")) is None
