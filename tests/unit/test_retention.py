@@ -75,7 +75,15 @@ def test_krc_durations_are_nanoseconds_and_override_per_type() -> None:
 
 
 @pytest.mark.parametrize(
-    "data", [{"default_ttl": "7d"}, {"ttls": []}, {"min_retain_count": -1}, {"ttls": {"a": -5}}]
+    "data",
+    [
+        {"default_ttl": "7d"},
+        {"ttls": []},
+        {"min_retain_count": -1},
+        {"ttls": {"a": -5}},
+        {"prune_interval": 1},
+        {"prune_interval": 999_999_999},
+    ],
 )
 def test_invalid_krc_is_rejected(data: dict[str, object]) -> None:
     with pytest.raises(ValueError):  # noqa: PT011 - the messages are checked elsewhere

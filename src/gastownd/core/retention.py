@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 DAY_S = 86_400
+MIN_PRUNE_INTERVAL_S = 1
 
 GAS_TOWN_TTLS_S: dict[str, int] = {
     "patrol_*": 1 * DAY_S,
@@ -168,6 +169,11 @@ def policy_from_krc(data: Mapping[str, object], fallback: RetentionPolicy) -> Re
     interval = fallback.prune_interval_s
     if "prune_interval" in data:
         interval = seconds(data["prune_interval"], "prune_interval") or interval
+        # As retention.prune_interval's range (config.KEYS): 1 ns would prune without pause.
+        if interval < MIN_PRUNE_INTERVAL_S:
+            raise ValueError(
+                f"prune_interval must be 0 (unset) or at least {MIN_PRUNE_INTERVAL_S} s"
+            )
     min_retain = fallback.min_retain_count
     if "min_retain_count" in data:
         value = data["min_retain_count"]
