@@ -54,7 +54,7 @@ def refusal(result: subprocess.CompletedProcess[str], status: int, path: Path | 
     assert len(plain) == 1, result.stderr
     line = plain[0]
     assert result.stderr.rstrip("\n").endswith(line)
-    assert line.startswith(f"gastownd: {path}: "), line
+    assert line.startswith(f"gastownd: {path}: ") or line.startswith(f"gastownd: {path}/"), line
     return line
 
 
@@ -103,6 +103,28 @@ def test_event_log_or_its_lock_that_is_a_directory_is_refused(town: Path, name: 
     line = refusal(start(town), EXIT_ENVIRONMENT, town / name)
     assert line.endswith("cannot open the event log: Is a directory")
     assert (town / name / "keep").read_text() == "k\n"
+    assert_no_socket(town)
+
+
+@pytest.mark.parametrize("name", ["archive", "quarantine"])
+def test_a_file_where_recovery_needs_a_directory_is_refused(town: Path, name: str) -> None:
+    paths.private_dir(town).mkdir(mode=0o700)
+    (paths.private_dir(town) / name).write_text("x\n")
+    # A torn tail: recovery must set it aside in quarantine/.
+    paths.events_path(town).write_text('{"ts":"2026-01-01T00:00:00Z","source":"gt","type":"x"')
+    # The path named is the file in the way, or one inside where a directory was expected.
+    line = refusal(start(town), EXIT_ENVIRONMENT, paths.private_dir(town) / name)
+    assert "cannot open the event log" in line
+    assert (paths.private_dir(town) / name).read_text() == "x\n"
+
+
+def test_instance_lock_that_is_a_directory_is_refused(town: Path) -> None:
+    lock = paths.lock_path(town)
+    lock.mkdir(parents=True)
+    paths.private_dir(town).chmod(0o700)
+    line = refusal(start(town), EXIT_ENVIRONMENT, lock)
+    assert line.endswith("cannot open the instance lock: Is a directory")
+    assert lock.is_dir()
     assert_no_socket(town)
 
 
