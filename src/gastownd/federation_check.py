@@ -94,7 +94,17 @@ def main(
                 town_source=_town_source(config, town),
             )
             local = _local_daemon(town)
-            findings += anyio.run(_hub_findings, config, node, town_name, local)
+            try:
+                findings += anyio.run(_hub_findings, config, node, town_name, local)
+            except Exception as exc:  # a server that vanished mid-check, or a reply we misread
+                findings.append(
+                    Finding(
+                        "hub",
+                        "fail",
+                        f"the check stopped: {type(exc).__name__}: {exc}"[:300],
+                        "run it again; if it persists, report it with --json output",
+                    )
+                )
     code = exit_code(findings)
     if as_json:
         document = {"ok": code == 0, "node": node, "town": town_name, "checks": findings}
@@ -197,7 +207,9 @@ class _Connection:
             return Reply(error_code=-1, error=f"not JSON: {msg.data[:80]!r}"), None
         error = body.get("error") if isinstance(body, dict) else None
         if isinstance(error, dict):
-            return Reply(error_code=int(error.get("err_code", -1)), error=str(error)), body
+            code = error.get("err_code")
+            reply = Reply(error_code=code if isinstance(code, int) else -1, error=str(error)[:200])
+            return reply, body
         return Reply(), body
 
     async def publish(self, subject_name: str) -> Reply:
@@ -217,21 +229,22 @@ async def _server_facts(url: str, options: dict[str, Any]) -> ServerFacts:
     try:
         with anyio.fail_after(CONNECT_TIMEOUT_S + 1):
             await connection.open([url], options)
-        info = dict(connection.nc._server_info)
+        info = connection.nc._server_info
+        facts = ServerFacts(
+            url=url,
+            name=str(info.get("server_name", ""))[:100],
+            version=str(info.get("version", ""))[:40],
+            max_payload=int(info.get("max_payload", 0)),
+            jetstream=bool(info.get("jetstream", False)),
+            cluster=str(info.get("cluster", ""))[:100],
+            connect_urls=tuple(str(u)[:200] for u in info.get("connect_urls") or ()),
+        )
     except Exception as exc:
         causes = [e for e in connection.errors if e] or [f"{type(exc).__name__}: {exc}"]
         return ServerFacts(url=url, error=causes[-1].removeprefix("nats: "))
     finally:
         await connection.close()
-    return ServerFacts(
-        url=url,
-        name=str(info.get("server_name", "")),
-        version=str(info.get("version", "")),
-        max_payload=int(info.get("max_payload", 0)),
-        jetstream=bool(info.get("jetstream", False)),
-        cluster=str(info.get("cluster", "")),
-        connect_urls=tuple(str(u) for u in info.get("connect_urls") or ()),
-    )
+    return facts
 
 
 async def _hub_findings(
@@ -384,13 +397,14 @@ async def _lease(
         return LeaseFacts(unreadable=f"{type(exc).__name__}: {exc}".rstrip(": "))
     try:
         value = msgspec.json.decode(entry.value or b"")
+        # Another machine wrote it: bounded before it reaches a message.
         return LeaseFacts(
             entry=LeaseEntry(
-                instance=str(value["instance"]),
-                host=str(value["host"]),
+                instance=str(value["instance"])[:100],
+                host=str(value["host"])[:100],
                 pid=int(value["pid"]),
-                since=str(value["since"]),
+                since=str(value["since"])[:40],
             )
         )
-    except (msgspec.DecodeError, KeyError, TypeError, ValueError) as exc:
-        return LeaseFacts(unreadable=f"its entry for {node!r} is not a lease: {exc}")
+    except (msgspec.DecodeError, KeyError, TypeError, ValueError, OverflowError) as exc:
+        return LeaseFacts(unreadable=f"its entry for {node!r} is not a lease: {exc}"[:300])
