@@ -40,7 +40,8 @@ def doc_blocks() -> dict[str, str]:
         name: textwrap.dedent(indent + body)
         for name, indent, body in _BLOCK.findall(DOC.read_text(encoding="utf-8"))
     }
-    assert {"hub-conf", "gastownd-toml", "check", "start", "check-after"} <= set(blocks)
+    steps = {"hub-conf", "gastownd-toml", "check", "start", "check-after", "raise-replicas"}
+    assert steps <= set(blocks)
     return blocks
 
 
@@ -169,3 +170,33 @@ def test_the_setup_of_the_docs_works_on_a_three_server_hub(hub: NatsCluster) -> 
                 assert daemon.terminate() == 0, daemon.log()
         finally:
             shutil.rmtree(base, ignore_errors=True)
+
+
+def test_the_script_of_the_docs_raises_an_r1_stream_to_three_replicas(hub: NatsCluster) -> None:
+    import nats
+
+    stream = f"GASTOWN_r{uuid.uuid4().hex[:6]}"
+
+    async def replicas(create: bool) -> int:
+        nc = await nats.connect(servers=hub.urls)
+        try:
+            js = nc.jetstream()
+            if create:
+                await js.add_stream(name=stream, subjects=[f"gastown.{stream[8:]}.>"])
+                await js.publish(f"gastown.{stream[8:]}.a.event", b"kept")
+            info = await js.stream_info(stream)
+            assert info.state.messages == 1
+            return int(info.config.num_replicas or 1)
+        finally:
+            await nc.close()
+
+    assert asyncio.run(replicas(create=True)) == 1
+    script = doc_blocks()["raise-replicas"]
+    script = re.sub(r"(?m)^SERVERS = .*$", f"SERVERS = {json.dumps(hub.urls)}", script)
+    script = script.replace('STREAM = "GASTOWN_gastown"', f'STREAM = "{stream}"')
+    assert stream in script and "hub-1:4222" not in script
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert asyncio.run(replicas(create=False)) == 3

@@ -226,9 +226,10 @@ def stream_finding(
             level,
             f"{stream.replicas} replica(s) on a {servers}-server hub: losing "
             f"{'its server' if stream.replicas == 1 else 'a server'} stops the town",
-            f"raise its replicas to {wanted} (JetStream moves the data while it runs): "
-            f"nats stream edit {name} --replicas {wanted}, or update it from any JetStream "
-            f"client as an administrator; and set stream_replicas = {wanted} in [federation]",
+            f"as an administrator, raise its replicas to {wanted} while it runs: "
+            f"nats stream edit {name} --replicas {wanted}, or the script of {DOCS} "
+            f'("A stream made with 1 replica"); and set stream_replicas = {wanted} in '
+            "[federation]",
         )
     extra = (
         ""
