@@ -77,9 +77,10 @@ def hub() -> Iterator[Hub]:
     folder = Path(tempfile.mkdtemp(prefix="gtchk-pki-", dir="/tmp"))
     certs = make_ca(folder)
     operator = Operator()
-    # Node "mute" has everything but its own subjects.
+    # Node "mute" has everything but its own subjects and acknowledging what it reads.
     mute = node_permissions(TOWN, "mute")
     mute["pub"]["allow"].remove(f"gastown.{TOWN}.mute.>")
+    mute["pub"]["allow"].remove(f"$JS.ACK.GASTOWN_{TOWN}.gastownd_mute.>")
     creds = {
         "admin": operator.creds(folder / "admin.creds", "admin"),  # may do anything
         "good": operator.creds(
@@ -225,13 +226,17 @@ def test_a_duplicate_node_fails_with_its_fix(hub: Hub, town: Path) -> None:
     assert found[f"stream GASTOWN_{name}"].level == "ok", text
 
 
-def test_a_node_that_cannot_publish_its_subjects_fails_with_its_fix(hub: Hub, town: Path) -> None:
+def test_a_node_that_may_not_publish_its_subjects_or_ack_fails_with_the_fixes(
+    hub: Hub, town: Path
+) -> None:
     configure(town, hub, "mute", TOWN, stream_replicas=3)
     code, found, text = check(town)
     publish = found["permissions: publish"]
     assert code == 1 and publish.level == "fail", text
     assert f'allow publish "gastown.{TOWN}.mute.>"' in (publish.fix or "")
-    assert found["permissions: consume"].level == "ok", text
+    consume = found["permissions: consume"]
+    assert consume.level == "fail" and consume.message.startswith("may not acknowledge"), text
+    assert f'"$JS.ACK.GASTOWN_{TOWN}.gastownd_mute.>"' in (consume.fix or "")
     assert found["permissions: others"].level == "ok", text
 
 
