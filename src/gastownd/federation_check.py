@@ -76,7 +76,7 @@ def main(
         findings = [Finding("config", "fail", str(exc), f"fix {path}")]
     else:
         node, town_name = identity(config, town)
-        findings = [Finding("config", "ok", f"{path}")]
+        findings = [Finding("config", "ok", f"{path}" if path.exists() else f"none ({path})")]
         if not config.enabled:
             findings.append(
                 Finding(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import shlex
 import shutil
@@ -98,7 +99,8 @@ def run_block(block: str, town: Path) -> list[subprocess.CompletedProcess[str]]:
                 text=True,
                 timeout=60,
                 cwd=town,
-                env={"PATH": "/usr/bin:/bin", "HOME": str(town.parent)},
+                # The town is found from the working directory, as on the doc's machines.
+                env={k: v for k, v in os.environ.items() if k not in ("GT_TOWN_ROOT", "GT_ROOT")},
             )
         )
     return results
