@@ -147,7 +147,7 @@ def configure(
         "tls_hostname": SERVER_NAME,
         **extra,
     }
-    lines = [f"{key} = {json.dumps(value)}" for key, value in settings.items()]
+    lines = [f"{key} = {json.dumps(value)}" for key, value in settings.items() if value is not None]
     (town / "settings" / "gastownd.toml").write_text(
         "[retention]\nenabled = false\n\n[federation]\n" + "\n".join(lines) + "\n"
     )
@@ -200,6 +200,11 @@ def test_an_unreachable_server_and_a_wrong_domain_fail(hub: Hub, town: Path) -> 
     assert all(found[f"server {u}"].level == "ok" for u in hub.urls), text
     jetstream = found["jetstream"]
     assert jetstream.level == "fail" and "jetstream_domain" in (jetstream.fix or ""), text
+    # The servers verify clients: without a client certificate none can be reached.
+    configure(town, hub, "n1", "dom", tls_cert=None, tls_key=None)
+    code, found, text = check(town)
+    assert code == 1 and all(found[f"server {u}"].level == "fail" for u in hub.urls), text
+    assert "tls_*" in (found[f"server {hub.urls[0]}"].fix or ""), text
 
 
 def test_a_duplicate_node_fails_with_its_fix(hub: Hub, town: Path) -> None:
