@@ -40,6 +40,7 @@ from gastownd.core.federation_checks import (
     StreamFacts,
     clock_finding,
     cluster_size,
+    coverage_finding,
     exit_code,
     identity_findings,
     jetstream_finding,
@@ -266,6 +267,8 @@ async def _hub_findings(
     if not reachable:
         return findings
     size = cluster_size(servers)
+    coverage = coverage_finding(servers, size)
+    findings += [coverage] if coverage else []
     connection = _Connection()
     try:
         await connection.open(reachable, options)

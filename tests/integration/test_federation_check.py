@@ -189,6 +189,7 @@ def test_an_r1_stream_on_a_three_server_hub_fails_with_its_fix(hub: Hub, town: P
     configure(town, hub, "n1", name, urls=hub.urls[:1], stream_replicas=3)
     code, found, text = check(town)
     assert code == 1 and "on a 3-server hub" in found[f"stream GASTOWN_{name}"].message, text
+    assert found["servers"].level == "warn" and "1 of the hub's 3" in found["servers"].message
 
 
 def test_an_unreachable_server_and_a_wrong_domain_fail(hub: Hub, town: Path) -> None:

@@ -168,6 +168,20 @@ def cluster_size(servers: Sequence[ServerFacts]) -> int:
     return max(len(reached), len(announced), 1 if reached else 0)
 
 
+def coverage_finding(servers: Sequence[ServerFacts], size: int) -> Finding | None:
+    """A warning when the hub has servers the configuration does not name: a daemon that
+    starts while the named ones are down cannot learn of the others."""
+    if len(servers) >= size:
+        return None
+    return Finding(
+        "servers",
+        "warn",
+        f"{len(servers)} of the hub's {size} servers configured: if they are down when the "
+        "daemon starts, it cannot reach the others",
+        "list every hub server in servers = [...]",
+    )
+
+
 def jetstream_finding(stream: StreamFacts, domain: str | None) -> Finding:
     where = f"domain {domain!r}" if domain else "this account"
     reply = stream.reply
