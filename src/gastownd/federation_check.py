@@ -28,8 +28,10 @@ import msgspec
 from gastown_client import paths as town_paths
 from gastownd.config import FederationConfig, load_config
 from gastownd.core.federation_checks import (
+    CONSUMER_NOT_FOUND,
     PROBE_NODE,
     PROBE_STREAM,
+    STREAM_NOT_FOUND,
     Finding,
     LeaseEntry,
     LeaseFacts,
@@ -341,8 +343,12 @@ async def _jetstream_findings(
             tasks.start_soon(run, key, call)
     consumer_info: Reply = results["consumer_info"][0]
     fetch: Reply | None = None
-    if not (consumer_info.answered and consumer_info.error_code == 0):
-        # No consumer yet: a fetch has nobody to answer it and takes nothing.
+    if consumer_info.answered and consumer_info.error_code in (
+        CONSUMER_NOT_FOUND,
+        STREAM_NOT_FOUND,
+    ):
+        # No consumer: a fetch has nobody to answer it and takes nothing (with a consumer,
+        # it could take one of the daemon's records).
         fetch, _ = await connection.request(
             f"{api}.CONSUMER.MSG.NEXT.{stream}.{durable}", b'{"batch":1,"no_wait":true}'
         )

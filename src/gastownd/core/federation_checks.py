@@ -31,6 +31,8 @@ SAFE_REPLICAS = 3
 # JetStream after the server checked the publish permission, so nothing is stored.
 PROBE_STREAM = "gastownd-federation-check"
 PROBE_NODE = "gastownd-check-probe"
+# JetStream API error codes.
+STREAM_NOT_FOUND, CONSUMER_NOT_FOUND = 10059, 10014
 DOCS = "docs/federation.md"
 _RFC3339 = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)")
 
@@ -207,7 +209,7 @@ def stream_finding(
     if not stream.reply.answered:
         return Finding(check, "warn", "not checked: JetStream did not answer")
     if not stream.exists:
-        if stream.reply.error_code != 10059:  # stream not found
+        if stream.reply.error_code != STREAM_NOT_FOUND:
             return Finding(check, "fail", f"stream info refused: {stream.reply.error}")
         if configured_replicas < wanted:
             return Finding(
@@ -266,7 +268,7 @@ class PermissionFacts:
     other_publish: Reply
     consumer_info: Reply
     consumer_create: Reply
-    fetch: Reply | None  # None: not probed (the consumer exists: a fetch would take a record)
+    fetch: Reply | None  # None: not probed (a consumer may exist: a fetch could take a record)
     ack: Reply
     inbox_denied: bool = False
 
@@ -329,7 +331,7 @@ def permission_findings(facts: PermissionFacts, *, town: str, node: str) -> list
             )
         )
     else:
-        probed = "" if facts.fetch is not None else " (fetch not probed: the consumer exists)"
+        probed = "" if facts.fetch is not None else " (fetch not probed: it could take a record)"
         findings.append(
             Finding("permissions: consume", "ok", f"may read the town through {durable}{probed}")
         )
