@@ -667,8 +667,8 @@ def cmd_federation(args: argparse.Namespace) -> int:
         from gastownd import federation_check
     except ImportError as exc:
         print(
-            f"gastownctl: federation check needs gastownd and nats-py ({exc.name} is missing): "
-            "pip install gastownd",
+            f"gastownctl: federation check needs gastownd and nats-py ({exc.name or exc} is "
+            "missing): pip install gastownd",
             file=sys.stderr,
         )
         return EXIT_REJECTED
