@@ -224,8 +224,11 @@ class _Connection:
         return Reply(denied=self.denied("publish", subject_name))
 
     async def _settle(self) -> None:
-        # The server sends a permissions violation before the PONG answering this flush.
+        # The server answers a refused publish before the PONG of a PING sent after it. nats-py
+        # writes a flush's PING at once but a publish through its flusher task, so the first
+        # PING may overtake the publish; by its PONG the flusher has run: the second follows it.
         with anyio.move_on_after(REQUEST_TIMEOUT_S):
+            await self.nc.flush(timeout=REQUEST_TIMEOUT_S)
             await self.nc.flush(timeout=REQUEST_TIMEOUT_S)
 
 
