@@ -252,8 +252,9 @@ def test_a_node_that_may_not_publish_its_subjects_or_ack_fails_with_the_fixes(
 
 
 def test_a_correct_least_privilege_setup_passes(hub: Hub, town: Path) -> None:
-    async def create(js: Any) -> None:
+    async def create(js: Any) -> None:  # an operator's job: least-privilege nodes may not
         await js.add_stream(name=f"GASTOWN_{TOWN}", subjects=[f"gastown.{TOWN}.>"], num_replicas=3)
+        await js.create_key_value(bucket=f"GASTOWN_{TOWN}_nodes", ttl=30, history=1, replicas=3)
 
     admin(hub, create)
     configure(town, hub, "good", TOWN, stream_replicas=3)
@@ -268,10 +269,7 @@ def test_a_correct_least_privilege_setup_passes(hub: Hub, town: Path) -> None:
             lease = {"instance": "x1", "host": socket.gethostname(), "pid": daemon.pid}
 
             async def hold(js: Any) -> None:
-                from nats.js.api import KeyValueConfig
-
-                bucket = KeyValueConfig(bucket=f"GASTOWN_{TOWN}_nodes", ttl=60)
-                kv = await js.create_key_value(bucket)
+                kv = await js.key_value(f"GASTOWN_{TOWN}_nodes")
                 await kv.put("good", json.dumps({**lease, "since": "-"}).encode())
 
             admin(hub, hold)

@@ -347,7 +347,9 @@ def lease_finding(lease: LeaseFacts, *, town: str, node: str, local: LocalDaemon
             "warn",
             f"no lease held: bucket {bucket} does not exist (no daemon of this version holds "
             "its name yet), so a duplicate node cannot be seen",
-            f'make sure no other machine uses node = "{node}"; start the daemon to take the name',
+            f'make sure no other machine uses node = "{node}"; start the daemon to take the '
+            f"name (with least-privilege accounts an administrator creates {bucket} first: "
+            f"{DOCS}, Node identity)",
         )
     if lease.unreadable:
         return Finding(
