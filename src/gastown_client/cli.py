@@ -145,7 +145,18 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--settings", help="settings.json (default: ~/.claude/settings.json)")
     sub.add_argument("--dry-run", action="store_true", help="print the diff, write nothing")
     sub.add_argument("--uninstall", action="store_true", help="remove gastownd's entries")
+    _add_federation_parser(commands)
     return parser
+
+
+def _add_federation_parser(commands: Any) -> None:
+    federation = commands.add_parser("federation", help="federation tools (NATS JetStream)")
+    federation_commands = federation.add_subparsers(dest="federation_command", required=True)
+    sub = federation_commands.add_parser(
+        "check", help="check this node's federation setup: run before and after setup"
+    )
+    sub.add_argument("--config", help="TOML config (default: <town>/settings/gastownd.toml)")
+    sub.add_argument("--json", action="store_true")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -647,6 +658,23 @@ def cmd_install_hooks(args: argparse.Namespace) -> int:
     )
 
 
+def cmd_federation(args: argparse.Namespace) -> int:
+    """Runs in gastownd (it reads the daemon's configuration and speaks NATS): imported
+    only here, so that gastown_client stays usable without either."""
+    try:
+        import nats  # noqa: F401
+
+        from gastownd import federation_check
+    except ImportError as exc:
+        print(
+            f"gastownctl: federation check needs gastownd and nats-py ({exc.name or exc} is "
+            "missing): pip install gastownd",
+            file=sys.stderr,
+        )
+        return EXIT_REJECTED
+    return federation_check.main(args.town_root, args.config, as_json=args.json)
+
+
 _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "status": cmd_status,
     "ping": cmd_ping,
@@ -663,6 +691,7 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "attribute": cmd_attribute,
     "attribution": cmd_attribution,
     "install-hooks": cmd_install_hooks,
+    "federation": cmd_federation,
 }
 
 

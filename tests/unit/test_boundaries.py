@@ -67,10 +67,25 @@ def test_core_is_pure() -> None:
                 assert module == "gastown_client.protocol", module
 
 
+def module_level_imports(path: Path) -> set[str]:
+    found: set[str] = set()
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found.add(node.module)
+    return found
+
+
 def test_client_never_imports_the_daemon_or_structlog() -> None:
     for path in (SRC / "gastown_client").glob("*.py"):
         for module in imported_modules(path):
             top = module.split(".")[0]
+            if top == "gastownd" and path.name == "cli.py":
+                # `gastownctl federation check` runs the daemon's code when it is installed,
+                # imported in that command only (it says what to install otherwise).
+                assert module not in module_level_imports(path), module
+                continue
             assert top not in ("gastownd", "structlog"), f"{path.name} imports {module}"
             if top in ("anyio", "asyncio"):
                 assert path.name == "aclient.py", f"{path.name} imports {module}"
@@ -86,6 +101,14 @@ def test_hook_path_loads_no_heavy_module() -> None:
         [sys.executable, "-I", "-c", code], capture_output=True, text=True, check=True, env=None
     )
     assert result.stdout.strip() == "[]"
+
+
+def test_the_cli_loads_neither_the_daemon_nor_nats() -> None:
+    code = (
+        "import sys, gastown_client.cli\nprint(sorted({'gastownd', 'nats'} & set(sys.modules)))\n"
+    )
+    result = subprocess.run([sys.executable, "-I", "-c", code], capture_output=True, text=True)
+    assert result.stdout.strip() == "[]", result.stderr
 
 
 def test_core_modules_import_no_circle() -> None:
