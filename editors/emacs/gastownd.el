@@ -89,6 +89,40 @@ The delay doubles after each failed attempt, up to `gastownd-reconnect-max'."
   "Local time format of session and attribution rows."
   :type 'string)
 
+(defcustom gastownd-day-time-format "%m-%d %H:%M"
+  "Local time format of feed rows from another day than today."
+  :type 'string)
+
+(defface gastownd-time '((t :inherit font-lock-comment-face))
+  "Times in gastownd buffers.")
+
+(defface gastownd-type '((t :inherit font-lock-type-face))
+  "Event types, and the actions of the who buffer.")
+
+(defface gastownd-actor '((t :inherit font-lock-variable-name-face))
+  "Actors.")
+
+(defface gastownd-node '((t :inherit font-lock-constant-face))
+  "The node of another machine's event or session (actor@node).")
+
+(defface gastownd-id '((t :inherit font-lock-constant-face))
+  "Short session ids.")
+
+(defface gastownd-status '((t :inherit font-lock-warning-face))
+  "The feed's own `--' lines: the daemon went away, came back, a resync.")
+
+(defface gastownd-state-open '((t :inherit font-lock-string-face))
+  "The state of an open session.")
+
+(defface gastownd-state-squashed '((t :inherit font-lock-keyword-face))
+  "The state of a session ended and squashed into a digest.")
+
+(defface gastownd-state-abandoned '((t :inherit font-lock-warning-face))
+  "The state of an abandoned session.")
+
+(defface gastownd-state-logged '((t :inherit font-lock-comment-face))
+  "The state of a session known only from the log's lines.")
+
 (defconst gastownd-protocol 1
   "The version of the gastownd protocol this package speaks.")
 
@@ -239,13 +273,30 @@ Or with nil and an error plist, when gastownctl fails."
 
 ;;;; Connections
 
+(defun gastownd--plain (value)
+  "VALUE, decoded JSON, as the package reads it: null and false are nil.
+Arrays become lists.  A `payload' is the user's data, shown as JSON: it
+stays as decoded (arrays as vectors, null as :null, false as :false), so
+that `gastownd--short' prints it as the CLI does."
+  (cond ((memq value '(:null :false)) nil)
+        ((vectorp value) (mapcar #'gastownd--plain value))
+        ((consp value)
+         (mapcar (lambda (pair)
+                   (cons (car pair)
+                         (if (eq (car pair) 'payload)
+                             (cdr pair)
+                           (gastownd--plain (cdr pair)))))
+                 value))
+        (t value)))
+
 (defun gastownd--decode (line)
-  "LINE as an alist, or nil if it is not a JSON object."
+  "LINE as an alist, or nil if it is not a JSON object.
+See `gastownd--plain' for how its values are read."
   (condition-case nil
       (let ((value (json-parse-string line :object-type 'alist
-                                      :array-type 'list
-                                      :null-object nil :false-object nil)))
-        (and (consp value) value))
+                                      :array-type 'array
+                                      :null-object :null :false-object :false)))
+        (and (consp value) (gastownd--plain value)))
     (error nil)))
 
 (defun gastownd--error-plist (object)
@@ -420,28 +471,51 @@ TS itself when it does not parse."
                                  (parse-iso8601-time-string ts))))
       (format "%s" (or ts "?"))))
 
+(defun gastownd--json (value)
+  "VALUE, a decoded payload value, as compact JSON (as `gastownctl' prints it)."
+  (condition-case nil
+      (json-serialize value :null-object :null :false-object :false)
+    (error (format "%S" value))))
+
 (defun gastownd--short (value &optional limit)
   "VALUE on one line of at most LIMIT characters (default 60).
 Strings as they are, other values as JSON."
   (let* ((limit (or limit 60))
-         (text (if (stringp value)
-                   value
-                 (condition-case nil
-                     (json-serialize value)
-                   (error (format "%S" value)))))
+         (text (if (stringp value) value (gastownd--json value)))
          (text (replace-regexp-in-string "\r?\n" "⏎" text)))
     (if (> (length text) limit)
         (concat (substring text 0 (1- limit)) "…")
       text)))
 
-(defun gastownd--summary (payload)
-  "PAYLOAD (an alist) as key=value pairs, keys sorted."
-  (mapconcat (lambda (pair)
-               (format "%s=%s" (car pair) (gastownd--short (cdr pair))))
-             (sort (copy-sequence (and (consp payload) payload))
-                   (lambda (a b)
-                     (string< (symbol-name (car a)) (symbol-name (car b)))))
-             " "))
+(defun gastownd--summary (payload &optional actor)
+  "PAYLOAD (an alist) as key=value pairs, keys sorted.
+Without what the line already says (ACTOR is the line's actor): a `role'
+equal to the actor, an `actor_pid' of ACTOR-PID (shown as pid=PID), and
+session ids cut to 8 characters."
+  (mapconcat
+   #'identity
+   (delq nil
+         (mapcar
+          (lambda (pair)
+            (let ((key (symbol-name (car pair)))
+                  (value (cdr pair)))
+              (cond
+               ((and (equal key "role") actor (equal value actor))
+                (setq value 'skip))
+               ((and (equal key "actor_pid") actor (stringp value)
+                     (string-match (concat "\\`" (regexp-quote actor)
+                                           "-\\([0-9]+\\)\\'")
+                                   value))
+                (setq key "pid" value (match-string 1 value)))
+               ((and (equal key "session_id") (stringp value)
+                     (string-match-p "\\`[0-9a-f]+-[0-9a-f]+-" value))
+                (setq value (gastownd--short-id value))))
+              (unless (eq value 'skip)
+                (format "%s=%s" key (gastownd--short value)))))
+          (sort (copy-sequence (and (consp payload) payload))
+                (lambda (a b)
+                  (string< (symbol-name (car a)) (symbol-name (car b)))))))
+   " "))
 
 (defun gastownd--pad (text width)
   "TEXT padded with spaces to WIDTH columns."
@@ -463,42 +537,98 @@ Nil when RECORD comes from the node that answered."
   "COLUMNS joined by two spaces, without trailing blanks."
   (string-trim-right (string-join columns "  ")))
 
-(defun gastownd--event-line (event &optional node)
-  "EVENT (an alist) as `HH:MM:SS  type  actor  summary'.
-NODE, or the event's own node, names the machine it came from."
-  (gastownd--columns
-   (gastownd--local-time (alist-get 'ts event) gastownd-time-format)
-   (gastownd--pad (or (alist-get 'type event) "?") 14)
-   (gastownd--pad (gastownd--who (alist-get 'actor event)
-                                 (or node (alist-get 'node event)))
-                  24)
-   (gastownd--summary (alist-get 'payload event))))
+(defun gastownd--face (text face)
+  "TEXT with FACE (as `font-lock-face', which font-lock leaves alone)."
+  (propertize (format "%s" (or text "")) 'font-lock-face face))
+
+(defun gastownd--feed-time (ts)
+  "TS for a feed line: `gastownd-time-format' today, else with the date."
+  (let ((time (and (stringp ts) (ignore-errors (parse-iso8601-time-string ts)))))
+    (cond ((null time) (format "%s" (or ts "?")))
+          ((equal (format-time-string "%F" time) (format-time-string "%F"))
+           (format-time-string gastownd-time-format time))
+          (t (format-time-string gastownd-day-time-format time)))))
+
+(defun gastownd--time-width ()
+  "The width of the feed's time column."
+  (max (length (format-time-string gastownd-time-format 0))
+       (length (format-time-string gastownd-day-time-format 0))))
+
+(defun gastownd--event-line (event &optional node local-node)
+  "EVENT (an alist) as `time  type  actor  summary'.
+NODE, or the event's own node, names the machine it came from, shown as
+actor@node unless it is LOCAL-NODE (the answering daemon's own)."
+  (let* ((node (or node (alist-get 'node event)))
+         (node (unless (equal node local-node) node))
+         (actor (alist-get 'actor event))
+         (who (concat (gastownd--face actor 'gastownd-actor)
+                      (if (and node (not (string-empty-p node)))
+                          (gastownd--face (concat "@" node) 'gastownd-node)
+                        ""))))
+    (propertize
+     (gastownd--columns
+      (gastownd--pad (gastownd--face (gastownd--feed-time (alist-get 'ts event))
+                                     'gastownd-time)
+                     (gastownd--time-width))
+      (gastownd--pad (gastownd--face (or (alist-get 'type event) "?")
+                                     'gastownd-type)
+                     14)
+      (gastownd--pad who 24)
+      (gastownd--summary (alist-get 'payload event) actor))
+     'gastownd-event event)))
 
 (defun gastownd--marker (text)
   "A line of the feed's own (a reconnection, a resync) saying TEXT."
-  (format "-- %s  %s" (format-time-string gastownd-time-format) text))
+  (gastownd--face (format "-- %s  %s" (format-time-string gastownd-time-format)
+                          text)
+                  'gastownd-status))
 
 (defun gastownd--short-id (id)
   "The first 8 characters of the session ID."
   (truncate-string-to-width (or id "?") 8))
 
-(defun gastownd--attribution-line (record)
-  "One line of the who buffer for RECORD."
-  (let ((digest (alist-get 'digest_id record)))
-    (gastownd--columns
-     (gastownd--pad (or (alist-get 'action record) "?") 7)
-     (gastownd--local-time (alist-get 'at record) gastownd-date-format)
-     (gastownd--short-id (alist-get 'session_id record))
-     (gastownd--who (alist-get 'actor record) (gastownd--remote-node record))
-     (if digest (concat "digest " digest) "(session open)"))))
+(defun gastownd--widest (records key least)
+  "The widest `string-width' of KEY over RECORDS, at least LEAST."
+  (apply #'max least (mapcar (lambda (record)
+                               (string-width (or (funcall key record) "")))
+                             records)))
 
 (defun gastownd--attribution-lines (issue records)
-  "The lines of the who buffer: ISSUE, then one line per record of RECORDS."
+  "The lines of the who buffer: ISSUE, then one line per record of RECORDS.
+The columns are aligned; each line holds its record (`gastownd-record')."
   (if (null records)
       (list (format "no session is recorded as touching %s" issue))
-    (cons (format "%s: %d change%s" issue (length records)
-                  (if (= (length records) 1) "" "s"))
-          (mapcar #'gastownd--attribution-line records))))
+    (let ((action-width (gastownd--widest
+                         records (lambda (r) (alist-get 'action r)) 7))
+          (actor-width (gastownd--widest
+                        records
+                        (lambda (r) (gastownd--who (alist-get 'actor r)
+                                                   (gastownd--remote-node r)))
+                        1)))
+      (cons (format "%s: %d change%s" issue (length records)
+                    (if (= (length records) 1) "" "s"))
+            (mapcar
+             (lambda (record)
+               (let ((digest (alist-get 'digest_id record)))
+                 (propertize
+                  (gastownd--columns
+                   (gastownd--pad (gastownd--face (or (alist-get 'action record) "?")
+                                                  'gastownd-type)
+                                  action-width)
+                   (gastownd--face (gastownd--local-time (alist-get 'at record)
+                                                         gastownd-date-format)
+                                   'gastownd-time)
+                   (gastownd--face (gastownd--short-id
+                                    (alist-get 'session_id record))
+                                   'gastownd-id)
+                   (gastownd--pad (gastownd--face
+                                   (gastownd--who (alist-get 'actor record)
+                                                  (gastownd--remote-node record))
+                                   'gastownd-actor)
+                                  actor-width)
+                   (if digest (concat "digest " digest) "(session open)"))
+                  'gastownd-record record)))
+             records)))))
 
 (defun gastownd--issue-at-point ()
   "The Beads id at point (gt-a1b2, spotter-dov.3, hq-cv-4k3kg), or nil."
@@ -514,12 +644,60 @@ NODE, or the event's own node, names the machine it came from."
         (when (string-match-p "\\`[a-z][a-z0-9]*-[a-z0-9][a-z0-9.-]*\\'" word)
           word)))))
 
+;;;; Event types
+
+(defconst gastownd-known-types
+  '("boot" "done" "escalation_acked" "escalation_closed" "escalation_sent"
+    "halt" "handoff" "hook" "mail" "mass_death" "merge_failed"
+    "merge_skipped" "merge_started" "merged" "nudge" "patrol_complete"
+    "patrol_started" "polecat_checked" "polecat_nudged"
+    "scheduler_close_retry" "scheduler_dispatch" "scheduler_dispatch_failed"
+    "scheduler_enqueue" "session_death" "session_end" "session_start" "sling"
+    "spawn" "unhook")
+  "Gas Town's and gastownd's event types (the set is open: see below).")
+
+(defvar gastownd--seen-types nil
+  "Event types shown in a feed so far; they are known from then on.")
+
+(defun gastownd--saw-type (type)
+  "Remember TYPE, the type of an event shown."
+  (when (and (stringp type) (not (member type gastownd--seen-types)))
+    (push type gastownd--seen-types)))
+
+(defun gastownd--known-types ()
+  "The known event types, sorted: `gastownd-known-types' and those seen.
+The set of types is open (`gt activity emit' takes any), so a type is
+known once a feed has shown one of its events."
+  (sort (delete-dups (append gastownd-known-types gastownd--seen-types nil))
+        #'string<))
+
+(defun gastownd--parse-types (types)
+  "The event types named by TYPES, a list of strings, or an error string.
+Each string may hold several types separated by commas or spaces:
+\"sling done\", \"sling,done\" and \"sling, done\" are the same."
+  (let ((known (gastownd--known-types))
+        found unknown)
+    (dolist (name (split-string (string-join types " ") "[ ,]+" t))
+      (cond ((not (member name known)) (push name unknown))
+            ((not (member name found)) (push name found))))
+    (if unknown
+        (format "unknown event type%s %s (known: %s)"
+                (if (cdr unknown) "s" "")
+                (string-join (nreverse unknown) ", ")
+                (string-join known ", "))
+      (nreverse found))))
+
+(defun gastownd--read-types ()
+  "Ask for event types, with completion; separated by commas."
+  (completing-read-multiple "Event types (blank for all): "
+                            (gastownd--known-types)))
+
 ;;;; The feed
 
 (cl-defstruct (gastownd--feed (:constructor gastownd--feed-create))
   "A running feed: its buffer, filter, last cursor shown and connection."
   buffer root types all-nodes cursor fresh process (generation 0) delay down
-  ever-up retry-timer reply-timer)
+  ever-up retry-timer reply-timer local-node local-node-known placeholder)
 
 (defvar gastownd--the-feed nil
   "The running feed (there is one feed buffer).")
@@ -527,18 +705,53 @@ NODE, or the event's own node, names the machine it came from."
 (defconst gastownd-feed-buffer-name "*gastownd-feed*"
   "The name of the feed buffer.")
 
+(defconst gastownd-feed-waiting "-- waiting for the daemon…"
+  "The feed's line until the daemon answers.")
+
+(defconst gastownd-feed-empty "-- no events yet: new ones appear here"
+  "The feed's line when the log has no event to show.")
+
 (defvar gastownd-feed-mode-map
   (let ((map (make-sparse-keymap)))
     (set-keymap-parent map special-mode-map)
+    (define-key map (kbd "RET") #'gastownd-feed-enter)
     map)
   "Keymap of `gastownd-feed-mode'.")
 
 (define-derived-mode gastownd-feed-mode special-mode "gastownd-feed"
   "The live event feed of a town: one line per event, newest at the bottom.
-\\<gastownd-feed-mode-map>\\[revert-buffer] reads the latest events again."
+\\<gastownd-feed-mode-map>\\[gastownd-feed-enter] on an issue id shows
+who touched it; elsewhere on a line, it opens the line's session.
+\\[revert-buffer] reads the latest events again.
+
+\\{gastownd-feed-mode-map}"
   (setq-local revert-buffer-function #'gastownd--feed-revert)
   (setq-local truncate-lines t)
   (add-hook 'kill-buffer-hook #'gastownd--feed-killed nil t))
+
+(defun gastownd--feed-mode-name (types all-nodes)
+  "The feed's mode name, which shows its filter: TYPES and ALL-NODES."
+  (concat "gastownd-feed"
+          (when (or types all-nodes)
+            (format "[%s]"
+                    (string-join (append types
+                                         (when all-nodes '("all-nodes")))
+                                 " ")))))
+
+(defun gastownd-feed-enter ()
+  "On an issue id, show who touched it; elsewhere, the line's session."
+  (interactive)
+  (let* ((issue (gastownd--issue-at-point))
+         (event (get-text-property (line-beginning-position) 'gastownd-event))
+         (payload (alist-get 'payload event))
+         (id (and (consp payload) (alist-get 'session_id payload))))
+    (cond (issue (gastownd-who issue))
+          ((and (stringp id) (not (string-empty-p id)))
+           (gastownd--show-session (gastownd--town-root) id
+                                   (and (equal (alist-get 'type event)
+                                               "session_end")
+                                        "ended")))
+          (t (gastownd--notify "no session or issue id on this line")))))
 
 (defun gastownd--trim-lines (limit)
   "Delete the first lines of the current buffer beyond the last LIMIT."
@@ -560,6 +773,10 @@ Windows at the end of the buffer stay at its end."
                            (lambda (window) (= (window-point window) end))
                            (get-buffer-window-list buffer nil t)))
                (at-end (= (point) end)))
+          (when (gastownd--feed-placeholder feed)
+            ;; The "waiting" line goes once there is something to show.
+            (setf (gastownd--feed-placeholder feed) nil)
+            (erase-buffer))
           (save-excursion
             (goto-char (point-max))
             (dolist (line lines) (insert line "\n"))
@@ -656,7 +873,7 @@ Say so once per outage, and retry with a doubling delay."
 
 (defun gastownd--feed-refused (feed id err)
   "The daemon answered request ID of FEED with ERR."
-  (cond ((or (not (memql id '(0 1 2)))
+  (cond ((or (not (memql id '(0 1 2 3)))
              (equal (plist-get err :code) "shutting_down"))
          ;; A connection-level error, or a daemon on its way out.
          (gastownd--feed-lost feed err))
@@ -698,18 +915,36 @@ Say so once per outage, and retry with a doubling delay."
           (when (alist-get 'cursor frame)
             (setf (gastownd--feed-cursor feed) (alist-get 'cursor frame)
                   (gastownd--feed-fresh feed) nil))
+          (gastownd--saw-type (alist-get 'type event))
           (gastownd--feed-append
-           feed (list (gastownd--event-line event (alist-get 'node frame)))))))
+           feed (list (gastownd--event-line event (alist-get 'node frame)
+                                            (gastownd--feed-local-node feed)))))))
      ((member push '("overflow" "end"))
       (gastownd--feed-lost
        feed (list :code push :message (or (alist-get 'message frame) push))))
      ((not (alist-get 'ok frame))
       (gastownd--feed-refused feed id
                               (gastownd--error-plist (alist-get 'error frame))))
+     ((eql id 3)
+      ;; This daemon's node: its own events need no @node (a town without
+      ;; federation has one node, and every line would say so).
+      (setf (gastownd--feed-local-node feed)
+            (alist-get 'node (alist-get 'federation result))
+            (gastownd--feed-local-node-known feed) t)
+      (gastownd--feed-read feed))
      ((eql id 1)
-      (gastownd--feed-append
-       feed (mapcar #'gastownd--event-line
-                    (reverse (alist-get 'events result))))
+      (let ((events (alist-get 'events result)))
+        (when (and (null events) (gastownd--feed-placeholder feed))
+          (with-current-buffer (gastownd--feed-buffer feed)
+            (let ((inhibit-read-only t))
+              (erase-buffer)
+              (insert gastownd-feed-empty "\n"))))
+        (gastownd--feed-append
+         feed (mapcar (lambda (event)
+                        (gastownd--saw-type (alist-get 'type event))
+                        (gastownd--event-line
+                         event nil (gastownd--feed-local-node feed)))
+                      (reverse events))))
       (setf (gastownd--feed-cursor feed) (alist-get 'cursor result)
             (gastownd--feed-fresh feed) t)
       (gastownd--feed-subscribe feed))
@@ -738,10 +973,21 @@ With a cursor, resume the subscription from there instead."
                   (lambda (close-error)
                     (when (current) (gastownd--feed-lost feed close-error)))))
            (gastownd--send (gastownd--feed-process feed) (gastownd--hello))
-           (if (gastownd--feed-cursor feed)
-               (gastownd--feed-subscribe feed)
-             (gastownd--feed-send
-              feed (list :op "query" :id 1 :limit gastownd-feed-lines))))))))))
+           (if (and (gastownd--feed-all-nodes feed)
+                    (not (gastownd--feed-local-node-known feed)))
+               ;; Events come tagged with their node: learn this daemon's first.
+               (progn
+                 (gastownd--feed-expect-reply feed)
+                 (gastownd--send (gastownd--feed-process feed)
+                                 (list :op "status" :id 3)))
+             (gastownd--feed-read feed)))))))))
+
+(defun gastownd--feed-read (feed)
+  "Read FEED's latest events (then subscribe), or resume from its cursor."
+  (if (gastownd--feed-cursor feed)
+      (gastownd--feed-subscribe feed)
+    (gastownd--feed-send
+     feed (list :op "query" :id 1 :limit gastownd-feed-lines))))
 
 (defun gastownd--feed-subscribe (feed)
   "Subscribe FEED from its cursor."
@@ -769,11 +1015,15 @@ With a cursor, resume the subscription from there instead."
 TYPES and ALL-NODES are its filters."
   (gastownd-feed-stop)
   (with-current-buffer buffer
-    (let ((inhibit-read-only t)) (erase-buffer))
+    (let ((inhibit-read-only t))
+      (erase-buffer)
+      (insert gastownd-feed-waiting "\n"))
+    (setq mode-name (gastownd--feed-mode-name types all-nodes))
+    (force-mode-line-update)
     (setq gastownd--buffer-town (or root 'default)))
   (setq gastownd--the-feed
         (gastownd--feed-create :buffer buffer :root root :types types
-                               :all-nodes all-nodes
+                               :all-nodes all-nodes :placeholder t
                                :delay gastownd-reconnect-min))
   (gastownd--feed-connect gastownd--the-feed))
 
@@ -787,79 +1037,188 @@ TYPES and ALL-NODES are its filters."
 ;;;###autoload
 (defun gastownd-feed (&optional types all-nodes)
   "Show the town's live event feed in the buffer *gastownd-feed*.
-TYPES limits it to these event types (a list of strings).  ALL-NODES asks
-for the whole town's feed, every machine's.  Interactively, a prefix
-argument asks for both."
+TYPES limits it to these event types: a list of strings, each of which may
+hold several separated by commas or spaces (\"sling,done\").  An unknown
+type is refused with the list of the known ones.  ALL-NODES asks for the
+whole town's feed, every machine's.  Interactively, a prefix argument asks
+for both, with completion of the types."
   (interactive
    (when current-prefix-arg
-     (list (split-string (read-string "Event types (blank for all): ")
-                         "[ ,]+" t)
+     (list (gastownd--read-types)
            (y-or-n-p "Events of all nodes? "))))
-  (let ((root (gastownd--town-root))
-        (buffer (get-buffer-create gastownd-feed-buffer-name))
-        (feed gastownd--the-feed)
-        (all-nodes (and all-nodes t)))
-    (with-current-buffer buffer
-      (unless (derived-mode-p 'gastownd-feed-mode) (gastownd-feed-mode)))
-    (unless (and feed (eq (gastownd--feed-buffer feed) buffer)
-                 (equal (gastownd--feed-root feed) root)
-                 (equal (gastownd--feed-types feed) types)
-                 (eq (gastownd--feed-all-nodes feed) all-nodes))
-      (gastownd--feed-start buffer root types all-nodes))
-    (pop-to-buffer-same-window buffer)
-    buffer))
+  (let ((parsed (gastownd--parse-types types)))
+    (if (stringp parsed)
+        (progn (gastownd--notify "%s" parsed) nil)
+      (let ((root (gastownd--town-root))
+            (buffer (get-buffer-create gastownd-feed-buffer-name))
+            (feed gastownd--the-feed)
+            (all-nodes (and all-nodes t)))
+        (with-current-buffer buffer
+          (unless (derived-mode-p 'gastownd-feed-mode) (gastownd-feed-mode)))
+        (unless (and feed (eq (gastownd--feed-buffer feed) buffer)
+                     (equal (gastownd--feed-root feed) root)
+                     (equal (gastownd--feed-types feed) parsed)
+                     (eq (gastownd--feed-all-nodes feed) all-nodes))
+          (gastownd--feed-start buffer root parsed all-nodes))
+        (pop-to-buffer-same-window buffer)
+        buffer))))
 
 ;;;; Sessions
 
 (defconst gastownd-sessions-buffer-name "*gastownd-sessions*"
   "The name of the sessions buffer.")
 
+(defconst gastownd-digest-buffer-name "*gastownd-digest*"
+  "The name of the one buffer that shows a session's digest.")
+
+(defconst gastownd--log-limit 500
+  "Lines shown of a session known only from the log.")
+
+(defvar gastownd--session-ids nil
+  "Session ids seen in the answers to `sessions', for completion.")
+
+(defvar-local gastownd--sessions-rows nil
+  "The rows of the sessions buffer, by session id (a hash table).")
+
+(defvar-local gastownd--sessions-state nil
+  "The state the sessions buffer shows, or nil for all.")
+
+(defvar-local gastownd--sessions-actor nil
+  "The actor substring the sessions buffer shows, or nil for all.")
+
+(defvar-local gastownd--sessions-hide-logged nil
+  "Non-nil when the sessions buffer hides the `logged' sessions.")
+
+(defvar-local gastownd--sessions-watch nil
+  "The connection that refreshes the sessions buffer on session pushes.")
+
 (defvar gastownd-sessions-mode-map
   (let ((map (make-sparse-keymap)))
     (set-keymap-parent map tabulated-list-mode-map)
     (define-key map (kbd "RET") #'gastownd-sessions-digest)
     (define-key map (kbd "s") #'gastownd-sessions-seance)
+    (define-key map (kbd "S") #'gastownd-sessions-cycle-state)
+    (define-key map (kbd "a") #'gastownd-sessions-filter-actor)
+    (define-key map (kbd "L") #'gastownd-sessions-toggle-logged)
+    (define-key map (kbd "w") #'gastownd-sessions-copy-id)
     map)
   "Keymap of `gastownd-sessions-mode'.")
 
 (define-derived-mode gastownd-sessions-mode tabulated-list-mode
   "gastownd-sessions"
-  "The sessions of a town, newest first.
-\\<gastownd-sessions-mode-map>\\[gastownd-sessions-digest] shows the \
-digest of the session at point, \\[gastownd-sessions-seance] resumes it
-with `gastownctl seance', \\[revert-buffer] refreshes the list."
+  "The sessions of a town, the most recently started first.
+\\<gastownd-sessions-mode-map>\\[gastownd-sessions-digest] opens the session
+at point: its digest, its wisp while it is open, or what the log knows of it;
+\\[gastownd-sessions-seance] resumes it with `gastownctl seance';
+\\[revert-buffer] refreshes.
+\\[gastownd-sessions-cycle-state] filters by state,
+\\[gastownd-sessions-filter-actor] by actor,
+\\[gastownd-sessions-toggle-logged] hides the logged ones.
+The list refreshes itself when a session starts or ends.
+
+\\{gastownd-sessions-mode-map}"
   (setq tabulated-list-format
-        (vector (list "Started"
+        (vector (list "Last start"
                       (length (format-time-string gastownd-date-format 0)) t)
                 (list "Session" 8 nil)
                 (list "State" 9 t)
                 (list "Actor" 28 t)
+                (list "Ended"
+                      (length (format-time-string gastownd-date-format 0)) t)
+                (list "Took" 7 nil)
                 (list "End" 17 t)
                 (list "Topic" 0 nil)))
   (setq tabulated-list-padding 1)
+  (setq-local truncate-lines t)
   (setq-local revert-buffer-function #'gastownd--sessions-refresh)
+  (add-hook 'kill-buffer-hook #'gastownd--sessions-unwatch nil t)
   (tabulated-list-init-header))
 
+(defun gastownd--duration (seconds)
+  "SECONDS as 42s, 3m 5s, 2h 10m or 3d 4h."
+  (let* ((seconds (floor seconds))
+         (days (/ seconds 86400)) (hours (/ (% seconds 86400) 3600))
+         (minutes (/ (% seconds 3600) 60)) (secs (% seconds 60)))
+    (cond ((> days 0) (format "%dd %dh" days hours))
+          ((> hours 0) (format "%dh %dm" hours minutes))
+          ((> minutes 0) (format "%dm %ds" minutes secs))
+          (t (format "%ds" secs)))))
+
+(defun gastownd--took (start end)
+  "The time from START to END (timestamps), or \"\"."
+  (let ((from (and (stringp start) (ignore-errors (parse-iso8601-time-string start))))
+        (to (and (stringp end) (ignore-errors (parse-iso8601-time-string end)))))
+    (if (and from to)
+        (gastownd--duration (max 0 (float-time (time-subtract to from))))
+      "")))
+
+(defun gastownd--state-face (state)
+  "The face of the session STATE."
+  (pcase state
+    ("open" 'gastownd-state-open)
+    ("squashed" 'gastownd-state-squashed)
+    ("abandoned" 'gastownd-state-abandoned)
+    (_ 'gastownd-state-logged)))
+
 (defun gastownd--session-entry (row)
-  "A `tabulated-list-entries' entry for ROW, a session.
-A session that ran on another node shows it: actor@node."
-  (list row
-        (vector (gastownd--local-time (alist-get 'started_at row)
-                                      gastownd-date-format)
-                (gastownd--short-id (alist-get 'session_id row))
-                (or (alist-get 'state row) "?")
-                (gastownd--who (alist-get 'actor row) (gastownd--remote-node row))
-                (or (alist-get 'end_reason row) "")
-                (gastownd--short (or (alist-get 'topic row)
-                                     (alist-get 'summary row)
-                                     "")))))
+  "A `tabulated-list-entries' entry for ROW, a session, by its id.
+The list is sorted by the last start, which is what it shows.  A session
+that ran on another node shows it: actor@node."
+  (let ((started (or (alist-get 'last_started_at row)
+                     (alist-get 'started_at row)))
+        (ended (alist-get 'ended_at row)))
+    (list (alist-get 'session_id row)
+          (vector (gastownd--face (gastownd--local-time started
+                                                        gastownd-date-format)
+                                  'gastownd-time)
+                  (gastownd--face (gastownd--short-id (alist-get 'session_id row))
+                                  'gastownd-id)
+                  (gastownd--face (or (alist-get 'state row) "?")
+                                  (gastownd--state-face (alist-get 'state row)))
+                  (gastownd--face (gastownd--who (alist-get 'actor row)
+                                                 (gastownd--remote-node row))
+                                  'gastownd-actor)
+                  (if ended
+                      (gastownd--face (gastownd--local-time ended
+                                                            gastownd-date-format)
+                                      'gastownd-time)
+                    "")
+                  (gastownd--took started ended)
+                  (or (alist-get 'end_reason row) "")
+                  (gastownd--short (or (alist-get 'topic row)
+                                       (alist-get 'summary row)
+                                       ""))))))
+
+(defun gastownd--sessions-mode-name ()
+  "The sessions buffer's mode name, which shows its filters."
+  (let ((filters (delq nil (list (and gastownd--sessions-state
+                                      (concat "state=" gastownd--sessions-state))
+                                 (and gastownd--sessions-actor
+                                      (concat "actor=" gastownd--sessions-actor))
+                                 (and gastownd--sessions-hide-logged
+                                      "logged hidden")))))
+    (concat "gastownd-sessions"
+            (when filters (format "[%s]" (string-join filters " "))))))
 
 (defun gastownd--sessions-show (result err)
-  "Show RESULT, the answer to `sessions', or ERR in the current buffer."
+  "Show RESULT, the answer to `sessions', or ERR in the current buffer.
+Point stays on its session (the entries are keyed by session id)."
+  (setq mode-name (gastownd--sessions-mode-name))
+  (force-mode-line-update)
   (if (not err)
-      (progn
-        (setq tabulated-list-entries
-              (mapcar #'gastownd--session-entry (alist-get 'sessions result)))
+      (let* ((all (alist-get 'sessions result))
+             (rows (if gastownd--sessions-hide-logged
+                       (cl-remove-if (lambda (row)
+                                       (equal (alist-get 'state row) "logged"))
+                                     all)
+                     all)))
+        (setq gastownd--sessions-rows (make-hash-table :test #'equal))
+        (dolist (row all)
+          (cl-pushnew (alist-get 'session_id row) gastownd--session-ids
+                      :test #'equal))
+        (dolist (row rows)
+          (puthash (alist-get 'session_id row) row gastownd--sessions-rows))
+        (setq tabulated-list-entries (mapcar #'gastownd--session-entry rows))
         (tabulated-list-print t))
     (setq tabulated-list-entries nil)
     (tabulated-list-print)
@@ -871,11 +1230,96 @@ A session that ran on another node shows it: actor@node."
   "Fetch the sessions again, asynchronously (every node's, when federated)."
   (let ((buffer (current-buffer)))
     (gastownd--request
-     (gastownd--town-root) "sessions" (list :limit gastownd-sessions-limit)
+     (gastownd--town-root) "sessions"
+     (append (list :limit gastownd-sessions-limit)
+             (when gastownd--sessions-state (list :state gastownd--sessions-state))
+             ;; `role' filters on a substring of the actor.
+             (when gastownd--sessions-actor (list :role gastownd--sessions-actor)))
      (lambda (result err)
        (when (buffer-live-p buffer)
          (with-current-buffer buffer
            (gastownd--sessions-show result err)))))))
+
+(defun gastownd-sessions-cycle-state ()
+  "Show the sessions of the next state: all, open, squashed, abandoned, logged."
+  (interactive)
+  (setq gastownd--sessions-state
+        (cadr (member gastownd--sessions-state
+                      '(nil "open" "squashed" "abandoned" "logged" nil))))
+  (gastownd--sessions-refresh))
+
+(defun gastownd-sessions-filter-actor (actor)
+  "Show only the sessions whose actor contains ACTOR (blank: all)."
+  (interactive (list (read-string "Actor (blank for all): "
+                                  gastownd--sessions-actor)))
+  (setq gastownd--sessions-actor (unless (string-empty-p actor) actor))
+  (gastownd--sessions-refresh))
+
+(defun gastownd-sessions-toggle-logged ()
+  "Hide or show the sessions known only from the log."
+  (interactive)
+  (setq gastownd--sessions-hide-logged (not gastownd--sessions-hide-logged))
+  (gastownd--sessions-refresh))
+
+(defun gastownd-sessions-copy-id ()
+  "Copy the full id of the session at point to the kill ring."
+  (interactive)
+  (let ((row (gastownd--session-at-point)))
+    (when row
+      (kill-new (alist-get 'session_id row))
+      (message "%s" (alist-get 'session_id row)))))
+
+(defun gastownd--sessions-unwatch ()
+  "Stop refreshing this sessions buffer on pushes."
+  (when (processp gastownd--sessions-watch)
+    (gastownd--close gastownd--sessions-watch))
+  (setq gastownd--sessions-watch nil))
+
+(defun gastownd--sessions-watch (buffer root)
+  "Refresh BUFFER when a session of ROOT starts or ends, while it lives.
+A subscription of its own to session_start and session_end; it reconnects
+a second after it drops."
+  (with-current-buffer buffer
+    (unless gastownd--sessions-watch
+      (setq gastownd--sessions-watch 'connecting)
+      (let ((pending nil))
+        (gastownd--socket
+         root
+         (lambda (path err)
+           (when (buffer-live-p buffer)
+             (with-current-buffer buffer
+               (if err
+                   (setq gastownd--sessions-watch nil)
+                 (let ((process
+                        (gastownd--open
+                         path
+                         (lambda (frame)
+                           (when (and (equal (alist-get 'push frame) "event")
+                                      (not pending) (buffer-live-p buffer))
+                             (setq pending t)
+                             (run-at-time
+                              0.1 nil
+                              (lambda ()
+                                (setq pending nil)
+                                (when (buffer-live-p buffer)
+                                  (with-current-buffer buffer
+                                    (gastownd--sessions-refresh)))))))
+                         (lambda (_err)
+                           (when (buffer-live-p buffer)
+                             (with-current-buffer buffer
+                               (setq gastownd--sessions-watch nil))
+                             (run-at-time
+                              1 nil
+                              (lambda ()
+                                (when (buffer-live-p buffer)
+                                  (gastownd--sessions-watch buffer root)))))))))
+                   (setq gastownd--sessions-watch process)
+                   (when process
+                     (gastownd--send process (gastownd--hello))
+                     (gastownd--send
+                      process
+                      (list :op "subscribe" :id 1 :all_nodes t
+                            :types ["session_start" "session_end"])))))))))))))
 
 ;;;###autoload
 (defun gastownd-sessions ()
@@ -888,13 +1332,15 @@ In a federated town, every node's."
       (unless (derived-mode-p 'gastownd-sessions-mode)
         (gastownd-sessions-mode))
       (setq gastownd--buffer-town (or root 'default))
-      (gastownd--sessions-refresh))
+      (gastownd--sessions-refresh)
+      (gastownd--sessions-watch buffer root))
     (pop-to-buffer-same-window buffer)
     buffer))
 
 (defun gastownd--session-at-point ()
   "The session row at point, or nil after saying there is none."
-  (or (tabulated-list-get-id)
+  (or (and gastownd--sessions-rows
+           (gethash (tabulated-list-get-id) gastownd--sessions-rows))
       (progn (gastownd--notify "no session on this line") nil)))
 
 (defun gastownd--digest-text (digest)
@@ -932,40 +1378,133 @@ In a federated town, every node's."
                            for number from 1
                            collect (gastownd--step-line number step))))))
 
-(defun gastownd--show-text (name text root)
-  "Show TEXT, read-only, in the buffer NAME, for the town ROOT."
+(defun gastownd--log-text (id row events)
+  "What the log knows of session ID: its sessions ROW and its EVENTS."
+  (concat
+   (format "# Logged session %s\n\n" id)
+   "known only from gt's lines in the log: no wisp, no digest\n\n"
+   (mapconcat (lambda (fact)
+                (if (cdr fact) (format "**%s**: %s\n" (car fact) (cdr fact)) ""))
+              (list (cons "Actor" (alist-get 'actor row))
+                    (cons "First start" (alist-get 'started_at row))
+                    (cons "Last start" (alist-get 'last_started_at row))
+                    (cons "Starts" (alist-get 'starts row))
+                    (cons "Ended" (alist-get 'ended_at row))
+                    (cons "End" (alist-get 'end_reason row))
+                    (cons "Topic" (alist-get 'topic row)))
+              "")
+   (format "\n## %d line%s\n\n" (length events) (if (= 1 (length events)) "" "s"))
+   (mapconcat (lambda (event) (concat (gastownd--event-line event) "\n"))
+              events "")))
+
+(defvar-local gastownd--refresh-function nil
+  "What \\[revert-buffer] does in a digest or who buffer.")
+
+(defvar gastownd-view-mode-map
+  (let ((map (make-sparse-keymap)))
+    (set-keymap-parent map special-mode-map)
+    (define-key map (kbd "RET") #'gastownd-view-enter)
+    map)
+  "Keymap of `gastownd-view-mode'.")
+
+(define-derived-mode gastownd-view-mode special-mode "gastownd"
+  "A digest, a wisp, a session's log lines, or who touched an issue.
+\\<gastownd-view-mode-map>\\[revert-buffer] asks the daemon again;
+\\[gastownd-view-enter] on a who line opens its session, on an issue id
+shows who touched it.
+
+\\{gastownd-view-mode-map}"
+  (setq-local truncate-lines t)
+  (setq-local revert-buffer-function
+              (lambda (&rest _)
+                (if gastownd--refresh-function
+                    (funcall gastownd--refresh-function)
+                  (gastownd--notify "nothing to refresh here")))))
+
+(defun gastownd-view-enter ()
+  "On a who line, open its session; on an issue id, show who touched it."
+  (interactive)
+  (let ((record (get-text-property (line-beginning-position) 'gastownd-record))
+        (event (get-text-property (line-beginning-position) 'gastownd-event))
+        (issue (gastownd--issue-at-point)))
+    (cond (record
+           (gastownd--show-session (gastownd--town-root)
+                                   (alist-get 'session_id record)
+                                   (if (alist-get 'digest_id record) "ended" "open")))
+          (issue (gastownd-who issue))
+          ((and event (consp (alist-get 'payload event))
+                (alist-get 'session_id (alist-get 'payload event)))
+           (gastownd--show-session (gastownd--town-root)
+                                   (alist-get 'session_id (alist-get 'payload event))
+                                   nil))
+          (t (gastownd--notify "nothing to open on this line")))))
+
+(defun gastownd--show-text (name text root &optional refresh)
+  "Show TEXT, read-only, in the buffer NAME, for the town ROOT.
+REFRESH, a function, is what \\[revert-buffer] does there."
   (let ((buffer (get-buffer-create name)))
     (with-current-buffer buffer
+      (unless (derived-mode-p 'gastownd-view-mode) (gastownd-view-mode))
       (let ((inhibit-read-only t))
         (erase-buffer)
         (insert text)
         (goto-char (point-min)))
-      (special-mode)
+      (setq gastownd--refresh-function refresh)
       (setq gastownd--buffer-town (or root 'default)))
     buffer))
 
+(defun gastownd--show-session (root id hint &optional row)
+  "Show session ID of ROOT in the digest buffer.
+HINT is its state if known (\"open\", \"logged\", else ended), ROW its
+sessions row.  An ended session shows its digest, an open one its wisp, and
+one with neither what the log knows of it (its lines, by a query)."
+  (let ((refresh (lambda () (gastownd--show-session root id hint row))))
+    (cl-labels
+        ((show (text)
+           (pop-to-buffer-same-window
+            (gastownd--show-text gastownd-digest-buffer-name text root refresh)))
+         (log ()
+           (gastownd--request
+            root "query" (list :session id :limit gastownd--log-limit
+                               :oldest_first t)
+            (lambda (result err)
+              (if err
+                  (gastownd--notify "%s" (gastownd--describe "query" err))
+                (show (gastownd--log-text id row (alist-get 'events result)))))))
+         (ask (op fields render fallback)
+           (gastownd--request
+            root op fields
+            (lambda (result err)
+              (cond ((and err fallback (equal (plist-get err :code) "not_found"))
+                     (funcall fallback))
+                    (err (gastownd--notify "%s" (gastownd--describe op err)))
+                    (t (show (funcall render result)))))))
+         (wisp (fallback)
+           (ask "wisp" (list :session id) #'gastownd--wisp-text fallback))
+         (digest (fallback)
+           (ask "digest" (list :ref id) #'gastownd--digest-text fallback)))
+      (pcase hint
+        ("logged" (log))
+        ("open" (wisp (lambda () (digest #'log))))
+        (_ (digest (lambda () (wisp #'log))))))))
+
 (defun gastownd-sessions-digest ()
-  "Show the digest of the session at point.
-For an open session, which has no digest yet, show its wisp so far."
+  "Open the session at point in the digest buffer.
+Its digest; for an open session, its wisp so far; for a session known only
+from the log, its lines there."
   (interactive)
-  (let ((row (gastownd--session-at-point))
-        (root (gastownd--town-root)))
+  (let ((row (gastownd--session-at-point)))
     (when row
-      (let* ((id (alist-get 'session_id row))
-             (open (equal (alist-get 'state row) "open"))
-             (op (if open "wisp" "digest")))
-        (gastownd--request
-         root op (if open (list :session id) (list :ref id))
-         (lambda (result err)
-           (if err
-               (gastownd--notify "%s" (gastownd--describe op err))
-             (pop-to-buffer-same-window
-              (gastownd--show-text
-               (format "*gastownd-digest %s*" id)
-               (if open
-                   (gastownd--wisp-text result)
-                 (gastownd--digest-text result))
-               root)))))))))
+      (gastownd--show-session (gastownd--town-root) (alist-get 'session_id row)
+                              (alist-get 'state row) row))))
+
+;;;###autoload
+(defun gastownd-digest (id)
+  "Open session ID (or a unique prefix) in the digest buffer.
+Interactively, with completion of the session ids seen so far."
+  (interactive
+   (list (completing-read "Session: " gastownd--session-ids nil nil)))
+  (gastownd--show-session (gastownd--town-root) id nil))
 
 (defun gastownd-sessions-seance ()
   "Resume the session at point with `gastownctl seance', in a terminal."
@@ -1009,21 +1548,25 @@ with no id at point, it is asked for."
              (read-string (format-prompt "Issue" at) nil nil at)))))
   (if (or (null issue) (string-empty-p issue))
       (gastownd--notify "no issue id at point (like gt-a1b2)")
-    (gastownd--request
-     (gastownd--town-root) "attribution" (list :issue issue)
-     (lambda (result err)
-       (if err
-           (gastownd--notify "%s" (gastownd--describe "attribution" err))
-         (display-buffer
-          (gastownd--show-text
-           gastownd-who-buffer-name
-           (concat (string-join
-                    (gastownd--attribution-lines
-                     (or (alist-get 'issue result) issue)
-                     (alist-get 'records result))
-                    "\n")
-                   "\n")
-           nil)))))))
+    (let ((root (gastownd--town-root)))
+      (gastownd--request
+       root "attribution" (list :issue issue)
+       (lambda (result err)
+         (if err
+             (gastownd--notify "%s" (gastownd--describe "attribution" err))
+           (display-buffer
+            (gastownd--show-text
+             gastownd-who-buffer-name
+             (concat (string-join
+                      (gastownd--attribution-lines
+                       (or (alist-get 'issue result) issue)
+                       (alist-get 'records result))
+                      "\n")
+                     "\n")
+             root
+             (lambda ()
+               (let ((default-directory (or root default-directory)))
+                 (gastownd-who issue)))))))))))
 
 ;;;; Mode line
 

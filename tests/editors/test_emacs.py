@@ -42,6 +42,15 @@ LIVE = [
     "feed-resyncs-when-the-log-was-replaced",
     "feed-after-a-full-prune",
     "mode-line-counts-open-sessions",
+    # Issue 20.
+    "sessions-sorted-by-the-start-they-show",
+    "payloads-shown-as-the-cli-shows-them",
+    "who-rows-align-and-g-refreshes",
+    "logged-session-shows-its-lines",
+    "refresh-keeps-point-on-its-session",
+    "all-nodes-feed-without-federation-tags-no-line",
+    "feed-types-checked-completed-and-comma-separated",
+    "feed-waits-then-ret-opens-the-session-and-keys-are-listed",
 ]
 
 
