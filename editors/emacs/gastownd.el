@@ -1097,7 +1097,7 @@ for both, with completion of the types."
     (set-keymap-parent map tabulated-list-mode-map)
     (define-key map (kbd "RET") #'gastownd-sessions-digest)
     (define-key map (kbd "s") #'gastownd-sessions-seance)
-    (define-key map (kbd "S") #'gastownd-sessions-cycle-state)
+    (define-key map (kbd "f") #'gastownd-sessions-cycle-state)
     (define-key map (kbd "a") #'gastownd-sessions-filter-actor)
     (define-key map (kbd "L") #'gastownd-sessions-toggle-logged)
     (define-key map (kbd "w") #'gastownd-sessions-copy-id)

@@ -607,7 +607,9 @@
         (gastownd-test--sleep 0.3)
         (should (equal (tabulated-list-get-id) gastownd-test-session))
         ;; Filters, shown in the mode line.
-        (call-interactively (key-binding (kbd "S")))
+        ;; S sorts by the column at point (tabulated-list), f filters by state.
+        (should (eq (key-binding (kbd "S")) 'tabulated-list-sort))
+        (call-interactively (key-binding (kbd "f")))
         (gastownd-test--sleep 0.3)
         (should (equal mode-name "gastownd-sessions[state=open]")))
       (gastownd-test--no-errors))))
@@ -651,6 +653,8 @@
         (goto-char (point-min))
         (search-forward "session_start")
         (should (eq (get-text-property (match-beginning 0) 'font-lock-face) 'gastownd-type))
+        (should (eq (face-attribute 'gastownd-type :inherit) 'font-lock-type-face))
+        (should (eq (face-attribute 'gastownd-time :inherit) 'font-lock-comment-face))
         (call-interactively (key-binding (kbd "RET"))))
       (gastownd-test--wait "the session's wisp"
                            (lambda () (gastownd-test--digest-has gastownd-test-session)))

@@ -187,7 +187,13 @@ return {
       vim.wait(300)
       h.truthy(vim.api.nvim_get_current_line():find(SESSION:sub(1, 8), 1, true), vim.api.nvim_get_current_line())
       -- Filters: hide logged, state, in the buffer's name.
-      vim.cmd("normal S")
+      vim.cmd("normal o")
+      h.wait_for("ordered by actor", function()
+        return vim.api.nvim_buf_get_name(buf):find("order=actor", 1, true) ~= nil
+      end)
+      h.truthy(vim.api.nvim_get_current_line():find(SESSION:sub(1, 8), 1, true), "still on its session")
+      h.truthy(h.lines(buf)[2]:find("  gastown/polecats/nux", 1, true), "gastown/… before mayor: " .. h.lines(buf)[2])
+      vim.cmd("normal f")
       h.wait_for("the open ones", function()
         return vim.api.nvim_buf_get_name(buf):find("state=open", 1, true) ~= nil
       end)
@@ -242,6 +248,18 @@ return {
       h.ctl("hook", SESSION, "start")
       h.wait_for_text("the start", buf, "session_start")
       h.eq(0, h.count(buf, "no events yet"), "placeholder gone")
+      -- Colour: groups linked to standard ones, on the line's cells.
+      local function linked(group)
+        return vim.fn.synIDattr(vim.fn.synIDtrans(vim.fn.hlID(group)), "name")
+      end
+      h.eq("Type", linked("GastowndType"), "GastowndType")
+      h.eq("Comment", linked("GastowndTime"), "GastowndTime")
+      local ns = require("gastownd.highlight").NS
+      local groups = {}
+      for _, mark in ipairs(vim.api.nvim_buf_get_extmarks(buf, ns, 0, -1, { details = true })) do
+        groups[mark[4].hl_group] = true
+      end
+      h.truthy(groups.GastowndType and groups.GastowndTime and groups.GastowndActor, vim.inspect(groups))
       vim.fn.search("session_start")
       enter()
       h.wait_for("the session's wisp", function()

@@ -49,6 +49,9 @@ local function view_name(view)
   if view.hide_logged then
     filters[#filters + 1] = "logged=hidden"
   end
+  if (view.order or 1) > 1 then
+    filters[#filters + 1] = "order=" .. M.ORDERS[view.order][1]:gsub(" ", "_")
+  end
   return #filters > 0 and (M.NAME .. "?" .. table.concat(filters, "&")) or M.NAME
 end
 
@@ -92,7 +95,7 @@ function M.refresh(buf)
     for _, row in ipairs(all) do
       known_ids[row.session_id] = true
     end
-    local rows = visible(view, all)
+    local rows = M.ordered(view, visible(view, all))
     local cursors = cursors_by_session(buf, view.rows)
     local lines, highlights = format.session_table(rows)
     if #rows == 0 then
@@ -259,6 +262,48 @@ function M.yank_id(buf)
   end
 end
 
+-- Sort orders of the list (the daemon's is the last start, newest first).
+M.ORDERS = {
+  { "last start" },
+  { "actor", function(row) return row.actor or "" end },
+  { "state", function(row) return row.state or "" end },
+  { "end", function(row)
+    -- Newest end first; the open and logged ones without an end last.
+    return row.ended_at and row.ended_at ~= vim.NIL and ("0" .. row.ended_at) or "1"
+  end, true },
+}
+
+function M.ordered(view, rows)
+  local order = M.ORDERS[view.order or 1]
+  if not order[2] then
+    return rows
+  end
+  local keyed = {}
+  for i, row in ipairs(rows) do
+    keyed[i] = { order[2](row), i, row }
+  end
+  table.sort(keyed, function(a, b)
+    if a[1] ~= b[1] then
+      if order[3] and a[1]:sub(1, 1) == "0" and b[1]:sub(1, 1) == "0" then
+        return a[1] > b[1]
+      end
+      return a[1] < b[1]
+    end
+    return a[2] < b[2] -- stable: the daemon's order within a key
+  end)
+  local sorted = {}
+  for i, item in ipairs(keyed) do
+    sorted[i] = item[3]
+  end
+  return sorted
+end
+
+function M.cycle_order(buf)
+  local view = M.view(buf)
+  view.order = (view.order or 1) % #M.ORDERS + 1
+  M.refresh(buf)
+end
+
 local STATE_CYCLE = { nil, "open", "squashed", "abandoned", "logged" }
 
 function M.cycle_state(buf)
@@ -367,7 +412,8 @@ function M.open()
   map("<CR>", M.open_digest, "open the session: digest, wisp, or its lines in the log")
   map("s", M.seance, "gastownctl seance in a terminal split")
   map("r", M.refresh, "refresh")
-  map("S", M.cycle_state, "filter by state: all, open, squashed, abandoned, logged")
+  map("f", M.cycle_state, "filter by state: all, open, squashed, abandoned, logged")
+  map("o", M.cycle_order, "order by: last start, actor, state, end")
   map("a", function(b)
     vim.ui.input({ prompt = "Actor (blank for all): ", default = M.view(b).actor or "" }, function(text)
       if text ~= nil then
