@@ -1465,8 +1465,9 @@ one with neither what the log knows of it (its lines, by a query)."
             (gastownd--show-text gastownd-digest-buffer-name text root refresh)))
          (log ()
            (gastownd--request
+            ;; :archive: an old session's lines may have been pruned.
             root "query" (list :session id :limit gastownd--log-limit
-                               :oldest_first t)
+                               :oldest_first t :archive t)
             (lambda (result err)
               (if err
                   (gastownd--notify "%s" (gastownd--describe "query" err))

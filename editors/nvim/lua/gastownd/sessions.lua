@@ -138,7 +138,8 @@ end
 
 -- What the log knows of a session with no wisp and no digest: its lines (query by id).
 local function show_log(root, id, opts)
-  local fields = { session = id, limit = M.LOG_LIMIT, oldest_first = true }
+  -- `archive`: the lines of an old session may have been pruned from the live log.
+  local fields = { session = id, limit = M.LOG_LIMIT, oldest_first = true, archive = true }
   conn.request(root, "query", fields, function(result, err)
     if err then
       config.notify(conn.describe("query", err))
