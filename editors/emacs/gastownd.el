@@ -1492,12 +1492,16 @@ one with neither what the log knows of it (its lines, by a query)."
 (defun gastownd-sessions-digest ()
   "Open the session at point in the digest buffer.
 Its digest; for an open session, its wisp so far; for a session known only
-from the log, its lines there."
+from the log, its lines there.  On an issue id, show who touched it."
   (interactive)
-  (let ((row (gastownd--session-at-point)))
-    (when row
-      (gastownd--show-session (gastownd--town-root) (alist-get 'session_id row)
-                              (alist-get 'state row) row))))
+  (let ((issue (gastownd--issue-at-point)))
+    (if issue
+        (gastownd-who issue)
+      (let ((row (gastownd--session-at-point)))
+        (when row
+          (gastownd--show-session (gastownd--town-root)
+                                  (alist-get 'session_id row)
+                                  (alist-get 'state row) row))))))
 
 ;;;###autoload
 (defun gastownd-digest (id)

@@ -344,6 +344,14 @@
           (should (member (concat "**Actor**: " gastownd-test-actor) lines))
           (should (cl-some (lambda (line) (string-search "gt-d1g" line)) lines))
           (should (cl-some (lambda (line) (string-search "prompt_input_exit" line)) lines))))
+      ;; RET on an issue id there: who touched it.
+      (with-current-buffer "*gastownd-digest*"
+        (goto-char (point-min))
+        (search-forward "gt-d1g")
+        (call-interactively (key-binding (kbd "RET"))))
+      (gastownd-test--wait "the who buffer"
+                           (lambda () (gastownd-test--has (get-buffer "*gastownd-who*")
+                                                          "gt-d1g: 1 change")))
       ;; An open session has no digest yet: its wisp.
       (with-current-buffer buffer
         (goto-char (point-min))

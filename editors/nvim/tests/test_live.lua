@@ -142,6 +142,16 @@ return {
       h.contains(digest, "gt-d1g", "digest")
       h.contains(digest, "prompt_input_exit", "digest")
       h.eq("markdown", vim.bo.filetype, "filetype")
+      -- <CR> on an issue id there: who touched it.
+      vim.fn.cursor(1, 1)
+      vim.fn.search("gt-d1g")
+      vim.cmd("execute \"normal \\<CR>\"")
+      local who = require("gastownd.who")
+      h.wait_for("the who float", function()
+        return who.window and vim.api.nvim_win_is_valid(who.window)
+      end)
+      h.eq("gt-d1g: 1 change", h.lines(vim.api.nvim_win_get_buf(who.window))[1], "who from the digest")
+      who.close()
 
       -- An open session has no digest yet: its wisp.
       vim.api.nvim_set_current_buf(buf)

@@ -128,6 +128,9 @@ local function show_lines(root, id, lines, highlights, opts)
   buffers.map(buf, "r", function()
     M.show_session(root, id, opts)
   end, "refresh")
+  buffers.map(buf, "<CR>", function()
+    M.enter_issue()
+  end, "who touched the issue id under the cursor")
   if opts.in_window and vim.api.nvim_win_is_valid(opts.in_window) then
     vim.api.nvim_win_set_buf(opts.in_window, buf)
   else
@@ -224,8 +227,24 @@ function M.show_session(root, id, opts)
   end
 end
 
--- The session under the cursor: its digest, its wisp so far, or what the log knows of it.
+-- <CR> on an issue id anywhere in the plugin's buffers: who touched it. Returns whether there
+-- was one.
+function M.enter_issue()
+  local col = vim.api.nvim_win_get_cursor(0)[2]
+  local issue = format.issue_at(vim.api.nvim_get_current_line(), col)
+  if issue then
+    require("gastownd.who").show(issue)
+    return true
+  end
+  return false
+end
+
+-- The session under the cursor: its digest, its wisp so far, or what the log knows of it; on
+-- an issue id (in its topic), who touched that issue.
 function M.open_digest(buf)
+  if M.enter_issue() then
+    return
+  end
   local row = row_under_cursor(buf)
   if not row then
     return
