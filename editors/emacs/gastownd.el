@@ -18,9 +18,14 @@
 ;; is asynchronous and every request has a timeout.
 ;;
 ;;   M-x gastownd-feed       the live event feed in *gastownd-feed*
-;;   M-x gastownd-sessions   the sessions; RET: digest, s: seance
+;;   M-x gastownd-sessions   the sessions; RET: the session, s: seance,
+;;                           f, a, L: filters, g: refresh
+;;   M-x gastownd-digest     a session by id, in *gastownd-digest*
 ;;   M-x gastownd-who        who closed, created or updated the issue at point
 ;;   M-x gastownd-mode-line-mode   "gastownd: 2 open" or "gastownd: down"
+;;
+;; In every buffer of the package, ? lists the keys, and RET on an issue
+;; id shows who touched it.
 ;;
 ;; The socket path comes from `gastownctl sockname' (see
 ;; `gastownd-gastownctl-command'), run once per town.  The town is the one
