@@ -1190,9 +1190,62 @@ that ran on another node shows it: actor@node."
                     "")
                   (gastownd--took started ended)
                   (or (alist-get 'end_reason row) "")
-                  (gastownd--short (or (alist-get 'topic row)
-                                       (alist-get 'summary row)
-                                       ""))))))
+                  (gastownd--short (gastownd--about row))))))
+
+(defun gastownd--about (row)
+  "What the sessions ROW is about: its topic, or its digest's summary line.
+For an open session, what it has changed so far comes first."
+  (let ((about (or (alist-get 'topic row) (alist-get 'summary row) ""))
+        (changed (alist-get 'changed row)))
+    (if (and changed (not (string-empty-p changed)))
+        (concat changed (if (string-empty-p about) "" (concat " · " about)))
+      about)))
+
+(defun gastownd--changes (wisp)
+  "An open session's changes so far, from its WISP: \"2 steps: closed gt-1\"."
+  (let ((count (or (alist-get 'step_count wisp) (length (alist-get 'steps wisp))))
+        parts)
+    (dolist (step (alist-get 'steps wisp))
+      (let ((verb (cdr (assoc (alist-get 'kind step)
+                              '(("issue_closed" . "closed")
+                                ("issue_created" . "created")
+                                ("issue_reopened" . "reopened")
+                                ("commit" . "commit")))))
+            (ref (alist-get 'ref step)))
+        (when (and verb (stringp ref))
+          (cl-pushnew (concat verb " " ref) parts :test #'equal))))
+    (if (= count 0)
+        ""
+      (concat (format "%d step%s" count (if (= count 1) "" "s"))
+              (when parts (concat ": " (string-join (nreverse parts) ", ")))))))
+
+(defconst gastownd--open-changes 20
+  "Open sessions whose changes the sessions buffer asks for (one wisp each).")
+
+(defun gastownd--sessions-annotate (buffer rows)
+  "Ask for the wisps of the open ROWS of BUFFER, and show their changes."
+  (let ((asked 0))
+    (dolist (row rows)
+      (when (and (equal (alist-get 'state row) "open")
+                 (< asked gastownd--open-changes))
+        (cl-incf asked)
+        (gastownd--request
+         (with-current-buffer buffer (gastownd--town-root))
+         "wisp" (list :session (alist-get 'session_id row))
+         (lambda (wisp _err)
+           (when (and wisp (buffer-live-p buffer))
+             (with-current-buffer buffer
+               (let ((shown (gethash (alist-get 'session_id row)
+                                     gastownd--sessions-rows)))
+                 (when (eq shown row)
+                   (setcdr (last row) (list (cons 'changed (gastownd--changes wisp))))
+                   (setq tabulated-list-entries
+                         (mapcar (lambda (entry)
+                                   (if (equal (car entry) (alist-get 'session_id row))
+                                       (gastownd--session-entry row)
+                                     entry))
+                                 tabulated-list-entries))
+                   (tabulated-list-print t)))))))))))
 
 (defun gastownd--sessions-mode-name ()
   "The sessions buffer's mode name, which shows its filters."
@@ -1224,7 +1277,8 @@ Point stays on its session (the entries are keyed by session id)."
         (dolist (row rows)
           (puthash (alist-get 'session_id row) row gastownd--sessions-rows))
         (setq tabulated-list-entries (mapcar #'gastownd--session-entry rows))
-        (tabulated-list-print t))
+        (tabulated-list-print t)
+        (gastownd--sessions-annotate (current-buffer) rows))
     (setq tabulated-list-entries nil)
     (tabulated-list-print)
     (let ((inhibit-read-only t))

@@ -599,9 +599,15 @@
 (ert-deftest gastownd-test-refresh-keeps-point-on-its-session ()
   (gastownd-test--with-fast-settings
     (gastownd-test--ctl "hook" gastownd-test-session "start")
-    (gastownd-test--ctl "hook" gastownd-test-other "start")
+    (gastownd-test--ctl "hook" gastownd-test-session "close" "gt-c9x")
+    ;; (Another actor: a hook start of the same actor would supersede the first.)
+    (gastownd-test--ctl "ctl" "session" "start" "--session" gastownd-test-other
+                        "--actor" "gastown/crew/max")
     (let ((buffer (gastownd-test--open-sessions (substring gastownd-test-session 0 8)))
           (short (substring gastownd-test-session 0 8)))
+      ;; An open session's row says what it has changed so far.
+      (gastownd-test--wait "its changes"
+                           (lambda () (gastownd-test--has buffer "1 step: closed gt-c9x")))
       (with-current-buffer buffer
         (goto-char (point-min))
         (search-forward short))

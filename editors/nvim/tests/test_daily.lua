@@ -176,8 +176,12 @@ return {
     function()
       setup()
       h.ctl("hook", SESSION, "start")
-      h.ctl("hook", OTHER, "start")
+      h.ctl("hook", SESSION, "close", "gt-c9x")
+      -- (Another actor: a hook start of the same actor would supersede the first.)
+      h.ctl("ctl", "session", "start", "--session", OTHER, "--actor", "gastown/crew/max")
       local buf = open_sessions(SESSION:sub(1, 8))
+      -- An open session's row says what it has changed so far.
+      h.wait_for_text("its changes", buf, "1 step: closed gt-c9x")
       vim.fn.search(SESSION:sub(1, 8))
       -- A new session goes on top; `r`, and the auto-refresh on its session_start push.
       h.ctl("ctl", "session", "start", "--session", THIRD, "--actor", "mayor")
@@ -192,7 +196,8 @@ return {
         return vim.api.nvim_buf_get_name(buf):find("order=actor", 1, true) ~= nil
       end)
       h.truthy(vim.api.nvim_get_current_line():find(SESSION:sub(1, 8), 1, true), "still on its session")
-      h.truthy(h.lines(buf)[2]:find("  gastown/polecats/nux", 1, true), "gastown/… before mayor: " .. h.lines(buf)[2])
+      h.truthy(h.lines(buf)[2]:find("  gastown/crew/max", 1, true), "gastown/crew/max first: " .. h.lines(buf)[2])
+      h.truthy(h.lines(buf)[4]:find("  mayor", 1, true), "mayor last: " .. h.lines(buf)[4])
       vim.cmd("normal f")
       h.wait_for("the open ones", function()
         return vim.api.nvim_buf_get_name(buf):find("state=open", 1, true) ~= nil

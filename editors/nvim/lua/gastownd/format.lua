@@ -277,8 +277,42 @@ function M.session_cells(row)
     { ended and M.local_time(ended, config.options.date_format) or "", group = "GastowndTime" },
     { took },
     { nonempty(row.end_reason) or "" },
-    { M.short(nonempty(row.topic) or nonempty(row.summary) or "", 60) },
+    { M.short(M.about(row), 60) },
   }
+end
+
+-- What a sessions row is about: its topic, or the digest's summary line; for an open session,
+-- what it has changed so far (`row.changed`, from its wisp) before its topic.
+function M.about(row)
+  local about = nonempty(row.topic) or nonempty(row.summary) or ""
+  if row.changed and row.changed ~= "" then
+    return row.changed .. (about ~= "" and (" · " .. about) or "")
+  end
+  return about
+end
+
+-- An open session's changes so far, from its wisp: "2 steps: closed gt-1, created gt-2".
+function M.changes(wisp)
+  local count = wisp.step_count or #(wisp.steps or {})
+  if count == 0 then
+    return ""
+  end
+  local seen, parts = {}, {}
+  for _, step in ipairs(wisp.steps or {}) do
+    local verb = ({
+      issue_closed = "closed",
+      issue_created = "created",
+      issue_reopened = "reopened",
+      commit = "commit",
+    })[step.kind]
+    local ref = nonempty(step.ref)
+    if verb and ref and not seen[verb .. ref] then
+      seen[verb .. ref] = true
+      parts[#parts + 1] = verb .. " " .. ref
+    end
+  end
+  local text = string.format("%d step%s", count, count == 1 and "" or "s")
+  return #parts > 0 and (text .. ": " .. table.concat(parts, ", ")) or text
 end
 
 -- The header and one line per row, the columns as wide as their widest cell.

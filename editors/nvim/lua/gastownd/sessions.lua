@@ -75,12 +75,51 @@ local function cursors_by_session(buf, rows)
   return at
 end
 
+-- Show `rows` in `buf`; the cursor of every window stays on its session.
+local function render(buf, view, rows, total)
+  local cursors = cursors_by_session(buf, view.rows)
+  local lines, highlights = format.session_table(rows)
+  if #rows == 0 then
+    lines[#lines + 1] = "-- no sessions" .. (total > 0 and " (logged ones hidden: L shows them)" or " yet")
+  end
+  view.rows = rows
+  buffers.set_lines(buf, lines, highlights)
+  buffers.rename(buf, view_name(view))
+  for win, id in pairs(cursors) do
+    for i, row in ipairs(rows) do
+      if row.session_id == id and vim.api.nvim_win_is_valid(win) then
+        vim.api.nvim_win_set_cursor(win, { i + 1, 0 })
+        break
+      end
+    end
+  end
+end
+
+-- What an open session has changed so far (its row says nothing yet): its wisp's steps, for
+-- the first OPEN_CHANGES open rows, one request each; the list is drawn again as they come.
+M.OPEN_CHANGES = 20
+
+local function annotate_open(buf, view, root, rows, total)
+  local asked = 0
+  for _, row in ipairs(rows) do
+    if row.state == "open" and asked < M.OPEN_CHANGES then
+      asked = asked + 1
+      conn.request(root, "wisp", { session = row.session_id }, function(wisp)
+        if wisp and vim.api.nvim_buf_is_valid(buf) and view.rows == rows then
+          row.changed = format.changes(wisp)
+          render(buf, view, rows, total)
+        end
+      end)
+    end
+  end
+end
+
 function M.refresh(buf)
   local root = town.root_for(buf)
   local view = M.view(buf)
-  -- The daemon lists every node's sessions of a federated town.
+  -- The daemon lists every node's sessions of a federated town; `role` filters on a
+  -- substring of the actor.
   local fields = { limit = config.options.sessions_limit, state = view.state, role = view.actor }
-  -- (`role` filters on a substring of the actor.)
   conn.request(root, "sessions", fields, function(result, err)
     if not vim.api.nvim_buf_is_valid(buf) then
       return
@@ -96,23 +135,8 @@ function M.refresh(buf)
       known_ids[row.session_id] = true
     end
     local rows = M.ordered(view, visible(view, all))
-    local cursors = cursors_by_session(buf, view.rows)
-    local lines, highlights = format.session_table(rows)
-    if #rows == 0 then
-      lines[#lines + 1] = "-- no sessions" .. (#all > 0 and " (logged ones hidden: L shows them)" or " yet")
-    end
-    view.rows = rows
-    buffers.set_lines(buf, lines, highlights)
-    buffers.rename(buf, view_name(view))
-    -- The cursor stays on its session, wherever the refresh moved it.
-    for win, id in pairs(cursors) do
-      for i, row in ipairs(rows) do
-        if row.session_id == id and vim.api.nvim_win_is_valid(win) then
-          vim.api.nvim_win_set_cursor(win, { i + 1, 0 })
-          break
-        end
-      end
-    end
+    render(buf, view, rows, #all)
+    annotate_open(buf, view, root, rows, #all)
   end)
 end
 
