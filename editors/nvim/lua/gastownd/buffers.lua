@@ -13,6 +13,16 @@ function M.find(name)
   return nil
 end
 
+-- The first loaded buffer whose name starts with `prefix`.
+function M.find_prefix(prefix)
+  for _, buf in ipairs(vim.api.nvim_list_bufs()) do
+    if vim.api.nvim_buf_is_loaded(buf) and vim.api.nvim_buf_get_name(buf):sub(1, #prefix) == prefix then
+      return buf
+    end
+  end
+  return nil
+end
+
 -- Close the current window; in the last window, show the alternate buffer instead (`:close`
 -- refuses to close the last window).
 function M.close_window()

@@ -344,7 +344,8 @@ end
 local function feed_buffer(root)
   local buf = feed and feed.buf
   if not (buf and vim.api.nvim_buf_is_valid(buf)) then
-    buf = buffers.find(M.NAME)
+    -- A stopped feed's buffer, whatever filter its name shows.
+    buf = buffers.find(M.NAME) or buffers.find_prefix(M.NAME .. "?")
   end
   if not buf then
     buf = buffers.scratch(M.NAME, "gastownd-feed", root)

@@ -438,14 +438,8 @@ end
 
 function M.open()
   local root = town.root_for(0)
-  local buf = buffers.find(M.NAME)
-  if not buf then
-    for b, _ in pairs(views) do
-      if vim.api.nvim_buf_is_valid(b) then
-        buf = b
-      end
-    end
-  end
+  -- The one sessions buffer, whatever filter its name shows.
+  local buf = buffers.find(M.NAME) or buffers.find_prefix(M.NAME .. "?")
   buf = buf or buffers.scratch(M.NAME, "gastownd-sessions", root)
   vim.api.nvim_buf_set_var(buf, "gastownd_town", root or "")
   local function map(lhs, fn, desc)
