@@ -20,6 +20,8 @@ pytestmark = pytest.mark.skipif(
 )
 PACKAGE = EDITORS / "emacs"
 SOURCE = PACKAGE / "gastownd.el"
+# The package is split by feature (issue 19): gastownd.el requires the others.
+SOURCES = sorted(PACKAGE.glob("gastownd*.el"))
 TESTS = PACKAGE / "test" / "gastownd-test.el"
 # Debian's elpa-package-lint installs here (package.el layout).
 DEBIAN_ELPA = Path("/usr/share/emacs/site-lisp/elpa")
@@ -42,6 +44,15 @@ LIVE = [
     "feed-resyncs-when-the-log-was-replaced",
     "feed-after-a-full-prune",
     "mode-line-counts-open-sessions",
+    # Issue 20.
+    "sessions-sorted-by-the-start-they-show",
+    "payloads-shown-as-the-cli-shows-them",
+    "who-rows-align-and-g-refreshes",
+    "logged-session-shows-its-lines",
+    "refresh-keeps-point-on-its-session",
+    "all-nodes-feed-without-federation-tags-no-line",
+    "feed-types-checked-completed-and-comma-separated",
+    "feed-waits-then-ret-opens-the-session-and-keys-are-listed",
 ]
 
 
@@ -83,32 +94,46 @@ def test_emacs_version() -> None:
 
 
 def test_byte_compiles_without_warnings(tmp_path: Path) -> None:
-    copy = tmp_path / SOURCE.name
-    shutil.copy(SOURCE, copy)
+    assert len(SOURCES) > 1, SOURCES
+    for source in SOURCES:
+        shutil.copy(source, tmp_path / source.name)
     done = run_emacs(
+        "-L",
+        str(tmp_path),
         "--eval",
         "(setq byte-compile-error-on-warn t)",
         "-f",
         "batch-byte-compile",
-        str(copy),
+        *(str(tmp_path / source.name) for source in SOURCES),
     )
     assert done.returncode == 0, done.stderr
-    assert (tmp_path / "gastownd.elc").exists()
+    for source in SOURCES:
+        assert (tmp_path / source.name).with_suffix(".elc").exists(), source.name
     assert "Warning" not in done.stderr and "Error" not in done.stderr, done.stderr
 
 
 def test_the_compiled_package_loads(tmp_path: Path) -> None:
-    shutil.copy(SOURCE, tmp_path / SOURCE.name)
-    compiled = run_emacs("-f", "batch-byte-compile", str(tmp_path / SOURCE.name))
+    for source in SOURCES:
+        shutil.copy(source, tmp_path / source.name)
+    compiled = run_emacs(
+        "-L",
+        str(tmp_path),
+        "-f",
+        "batch-byte-compile",
+        *(str(tmp_path / source.name) for source in SOURCES),
+    )
     assert compiled.returncode == 0, compiled.stderr
     done = run_emacs(
         "-L",
         str(tmp_path),
         "--eval",
-        "(progn (require 'gastownd) (princ (symbol-file 'gastownd-feed)))",
+        "(progn (require 'gastownd)"
+        " (dolist (f '(gastownd-feed gastownd-sessions gastownd-who gastownd-digest"
+        ' gastownd-mode-line-mode)) (princ (format "%s\\n" (symbol-file f)))))',
     )
     assert done.returncode == 0, done.stderr
-    assert done.stdout.endswith("gastownd.elc"), done.stdout
+    files = done.stdout.split()
+    assert len(files) == 5 and all(file.endswith(".elc") for file in files), done.stdout
 
 
 @pytest.mark.skipif(
@@ -116,18 +141,21 @@ def test_the_compiled_package_loads(tmp_path: Path) -> None:
     reason="package-lint is not installed (Debian: apt-get install elpa-package-lint)",
 )
 def test_package_lint() -> None:
+    """Every file, as part of the package whose main file is gastownd.el."""
     program = f"""
       (progn
         (setq package-directory-list (list "{DEBIAN_ELPA}"))
         (package-initialize)
         (require 'package-lint)
-        (with-temp-buffer
-          (insert-file-contents "{SOURCE}" t)
-          (emacs-lisp-mode)
-          (dolist (finding (package-lint-buffer))
-            (princ (format "%s: %s\\n" (nth 2 finding) (nth 3 finding))))))
+        (setq package-lint-main-file "{SOURCE}")
+        (dolist (file '({" ".join(f'"{source}"' for source in SOURCES)}))
+          (with-temp-buffer
+            (insert-file-contents file t)
+            (emacs-lisp-mode)
+            (dolist (finding (package-lint-buffer))
+              (princ (format "%s: %s\\n" (nth 2 finding) (nth 3 finding)))))))
     """
-    done = run_emacs("--eval", program)
+    done = run_emacs("-L", str(PACKAGE), "--eval", program)
     assert done.returncode == 0, done.stderr
     findings = set(done.stdout.splitlines())
     assert findings <= ALLOWED_LINT, findings - ALLOWED_LINT

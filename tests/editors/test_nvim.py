@@ -38,6 +38,15 @@ LIVE = [
     "feed_resyncs_when_the_log_was_replaced",
     "feed_after_a_full_prune",
     "statusline_counts_open_sessions",
+    # Issue 20: test_daily.lua.
+    "sessions_sorted_by_the_start_they_show",
+    "payloads_shown_as_the_cli_shows_them",
+    "who_float_closes_with_q_and_its_rows_align",
+    "logged_session_shows_its_lines",
+    "refresh_keeps_the_cursor_on_its_session",
+    "all_nodes_feed_without_federation_tags_no_line",
+    "feed_types_checked_completed_and_comma_separated",
+    "feed_waits_then_enter_opens_the_session_and_question_mark_lists_keys",
 ]
 
 
@@ -117,3 +126,32 @@ def test_help(tmp_path: Path) -> None:
     assert done.stdout.startswith("gastownd.txt "), done.stdout
     assert "*:GastownWho*" in done.stdout, done.stdout
     assert not done.stderr.strip(), done.stderr
+
+
+def test_helptags_leave_the_checkout_clean(tmp_path: Path) -> None:
+    """``:helptags ALL``, as the docs say, writes ``doc/tags``: git ignores it (issue 20)."""
+    assert NVIM is not None
+    tags = PLUGIN / "doc" / "tags"
+    existed = tags.exists()
+    try:
+        done = subprocess.run(
+            # What `:helptags ALL` does for the plugin (without touching the system's doc/).
+            [NVIM, "--headless", "--clean", "-c", f"helptags {PLUGIN / 'doc'}", "-c", "qa!"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+        assert tags.exists()
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "--", str(PLUGIN)],
+            cwd=PLUGIN,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert status.returncode == 0, status.stderr
+        assert "tags" not in status.stdout, status.stdout
+    finally:
+        if not existed:
+            tags.unlink(missing_ok=True)

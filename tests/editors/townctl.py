@@ -9,6 +9,9 @@ on the sidecar, one ``O_APPEND`` write), and the daemon itself, which pytest own
     townctl.py --town T start                  start the daemon, return once it answers
     townctl.py --town T stop                   SIGTERM it, return once it has exited 0
     townctl.py --town T emit TYPE ACTOR [K=V]  gastownctl emit (returns after the ack)
+    townctl.py --town T emit-json TYPE ACTOR J gastownctl emit --payload J (a JSON object)
+    townctl.py --town T ctl ARG...             gastownctl ARG... (any subcommand)
+    townctl.py --town T sample                 the real town's log (tests/data), as gt appends it
     townctl.py --town T hook SESSION start     SessionStart through gastown-hook
     townctl.py --town T hook SESSION close ID  PostToolUse of a Bash ``bd close ID``
     townctl.py --town T hook SESSION end       SessionEnd
@@ -20,6 +23,7 @@ on the sidecar, one ``O_APPEND`` write), and the daemon itself, which pytest own
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import os
 import socket
@@ -71,6 +75,26 @@ def emit(town: Path, event_type: str, actor: str, fields: list[str]) -> None:
     for field in fields:
         args += ["-p", field]
     gastownctl(town, *args)
+
+
+SAMPLE_LOG = ROOT / "tests" / "data" / "sample-town.events.jsonl"
+
+
+def emit_json(town: Path, event_type: str, actor: str, payload: str) -> None:
+    gastownctl(town, "emit", event_type, "--actor", actor, "--payload", payload)
+
+
+def sample(town: Path) -> None:
+    """The sample town's 611 lines in one gt-style append (flock on the sidecar, one write)."""
+    data = SAMPLE_LOG.read_bytes()
+    with open(town / ".events.jsonl.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        fd = os.open(town / ".events.jsonl", os.O_APPEND | os.O_CREAT | os.O_WRONLY, 0o644)
+        try:
+            os.write(fd, data)
+        finally:
+            os.close(fd)
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def hook_payload(session: str, action: str, issue: str | None) -> dict[str, Any]:
@@ -161,6 +185,13 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_argument("type")
     sub.add_argument("actor")
     sub.add_argument("fields", nargs="*")
+    sub = commands.add_parser("emit-json")
+    sub.add_argument("type")
+    sub.add_argument("actor")
+    sub.add_argument("payload")
+    commands.add_parser("sample")
+    sub = commands.add_parser("ctl")
+    sub.add_argument("args", nargs=argparse.REMAINDER)
     sub = commands.add_parser("hook")
     sub.add_argument("session")
     sub.add_argument("action", choices=["start", "close", "end"])
@@ -178,6 +209,12 @@ def main(argv: list[str] | None = None) -> int:
         control(town, args.command)
     elif args.command == "emit":
         emit(town, args.type, args.actor, args.fields)
+    elif args.command == "emit-json":
+        emit_json(town, args.type, args.actor, args.payload)
+    elif args.command == "ctl":
+        gastownctl(town, *args.args)
+    elif args.command == "sample":
+        sample(town)
     elif args.command == "hook":
         run_hook(town, args.session, args.action, args.issue)
     elif args.command == "append":

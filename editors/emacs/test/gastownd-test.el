@@ -142,33 +142,55 @@
                          "\"payload\":{\"target\":\"gastown/polecats/nux\",\"bead\":\"gt-42\","
                          "\"n\":3,\"note\":\"two\\nlines\"}}")))
          (line (gastownd--event-line event)))
+    ;; Not from today: the date is shown.
     (should (string-match-p
-             (concat "\\`[0-9][0-9]:[0-9][0-9]:[0-9][0-9]  sling +  mayor +  "
+             (concat "\\`11-25 [0-9][0-9]:[0-9][0-9]  sling +  mayor +  "
                      "bead=gt-42 n=3 note=two⏎lines target=gastown/polecats/nux\\'")
              line))
+    (should (string-match-p "\\`[0-9][0-9]:[0-9][0-9]:[0-9][0-9]     sling"
+                            (gastownd--event-line
+                             (cons (cons 'ts (format-time-string "%FT%TZ" nil t)) event))))
+    (should-not (string-search "@" (gastownd--event-line event "laptop" "laptop")))
     (should (string-search "mayor@laptop" (gastownd--event-line event "laptop")))
     (should (string-search "mayor@tower" (gastownd--event-line (cons '(node . "tower") event))))
-    (should (string-match-p "\\`\\?  x" (gastownd--event-line '((type . "x"))))))
+    (should (string-match-p "\\`\\? +x" (gastownd--event-line '((type . "x"))))))
+  ;; No repeated fields: role = actor, actor_pid = actor-pid, the full session id.
+  (should (equal (gastownd--summary '((role . "gastown/witness")
+                                      (actor_pid . "gastown/witness-21180")
+                                      (session_id . "2d777fd1-4c9a-4a15-b500-2b073cc60086")
+                                      (topic . "patrol"))
+                                    "gastown/witness")
+                 "pid=21180 session_id=2d777fd1 topic=patrol"))
   (should (equal (gastownd--short "abcdef" 3) "ab…"))
   (let ((entry (gastownd--session-entry
                 '((session_id . "7f3c2a10-5b8e-4d2f-9a61-0c4e8b2d9f11")
-                  (started_at . "2026-11-25T01:50:47Z") (state . "squashed")
+                  (started_at . "2026-01-20T01:50:47Z")
+                  (last_started_at . "2026-11-25T01:50:47Z")
+                  (ended_at . "2026-11-25T03:00:00Z") (state . "squashed")
                   (actor . "gastown/polecats/nux") (end_reason . "done")
                   (topic . "fix gt-42") (node . "laptop")
                   (remote . t)))))
-    (should (equal (cdr (append (cadr entry) nil))
-                   '("7f3c2a10" "squashed" "gastown/polecats/nux@laptop" "done" "fix gt-42"))))
+    (should (equal (aref (cadr entry) 0) (format-time-string "%Y-%m-%d %H:%M" 1795571447)))
+    (should (equal (mapcar #'substring-no-properties
+                           (append (cl-subseq (cadr entry) 1 4) (cl-subseq (cadr entry) 5) nil))
+                   '("7f3c2a10" "squashed" "gastown/polecats/nux@laptop"
+                     "1h 9m" "done" "fix gt-42")))
+    (should (eq (get-text-property 0 'font-lock-face (aref (cadr entry) 2))
+                'gastownd-state-squashed)))
   (should (equal (aref (cadr (gastownd--session-entry '((actor . "max") (node . "vm")))) 3)
                  "max"))
   (let ((lines (gastownd--attribution-lines
                 "gt-42"
-                '(((session_id . "7f3c2a10-5b8e") (action . "closed")
+                '(((session_id . "7f3c2a10-5b8e") (action . "reopened")
                    (at . "2026-11-25T01:50:47Z") (actor . "nux") (digest_id . "dg-1"))
                   ((session_id . "8d1e6c2a-4f0b") (action . "created")
-                   (at . "2026-11-25T01:50:47Z") (actor . "max"))))))
+                   (at . "2026-11-25T01:50:47Z") (actor . "gastown/crew/max"))))))
     (should (equal (car lines) "gt-42: 2 changes"))
-    (should (string-match-p "\\`closed   .*  7f3c2a10  nux  digest dg-1\\'" (nth 1 lines)))
-    (should (string-match-p "\\`created  .*  8d1e6c2a  max  (session open)\\'" (nth 2 lines))))
+    ;; Aligned: the widest action and actor set the columns.
+    (should (string-match-p "\\`reopened  .*  7f3c2a10  nux               digest dg-1\\'"
+                            (nth 1 lines)))
+    (should (string-match-p "\\`created   .*  8d1e6c2a  gastown/crew/max  (session open)\\'"
+                            (nth 2 lines))))
   (should (equal (gastownd--attribution-lines "gt-1" nil)
                  '("no session is recorded as touching gt-1"))))
 
@@ -265,7 +287,7 @@
         (princ (format "# emit to feed line: %.0f ms\n" (* 1000 (- (float-time) emitted)))))
       (let ((line (gastownd-test--line buffer "subject=hello-feed")))
         (should (string-match-p
-                 (concat "\\`[0-9][0-9]:[0-9][0-9]:[0-9][0-9]  mail +  mayor +  "
+                 (concat "\\`[0-9][0-9]:[0-9][0-9]:[0-9][0-9] +mail +  mayor +  "
                          "subject=hello-feed to=gastown/crew/joe\\'")
                  line))
         (should (equal line (car (last (gastownd-test--lines buffer))))))
@@ -304,7 +326,7 @@
       (gastownd-test--wait "the hook's session in the list"
                            (lambda () (gastownd-test--has buffer short)))
       (should (string-match-p
-               (concat short " +squashed +" (regexp-quote gastownd-test-actor) " +prompt_input_exit")
+               (concat short " +squashed +" (regexp-quote gastownd-test-actor) " .* +prompt_input_exit")
                (gastownd-test--line buffer short)))
       (should (string-search " open " (gastownd-test--line
                                        buffer (substring gastownd-test-open-session 0 8))))
@@ -313,21 +335,31 @@
         (goto-char (point-min))
         (search-forward short)
         (call-interactively (key-binding (kbd "RET"))))
-      (let ((name (format "*gastownd-digest %s*" gastownd-test-session)))
-        (gastownd-test--wait "the digest buffer" (lambda () (get-buffer name)))
+      (let ((name "*gastownd-digest*"))
+        (gastownd-test--wait "the digest buffer"
+                             (lambda () (gastownd-test--has (get-buffer name) "# Digest")))
         (let ((lines (gastownd-test--lines (get-buffer name))))
           (should (equal (car lines) (concat "# Digest: " gastownd-test-session)))
           (should (member "## Session Summary" lines))
           (should (member (concat "**Actor**: " gastownd-test-actor) lines))
           (should (cl-some (lambda (line) (string-search "gt-d1g" line)) lines))
           (should (cl-some (lambda (line) (string-search "prompt_input_exit" line)) lines))))
+      ;; RET on an issue id there: who touched it.
+      (with-current-buffer "*gastownd-digest*"
+        (goto-char (point-min))
+        (search-forward "gt-d1g")
+        (call-interactively (key-binding (kbd "RET"))))
+      (gastownd-test--wait "the who buffer"
+                           (lambda () (gastownd-test--has (get-buffer "*gastownd-who*")
+                                                          "gt-d1g: 1 change")))
       ;; An open session has no digest yet: its wisp.
       (with-current-buffer buffer
         (goto-char (point-min))
         (search-forward (substring gastownd-test-open-session 0 8))
         (call-interactively (key-binding (kbd "RET"))))
-      (let ((name (format "*gastownd-digest %s*" gastownd-test-open-session)))
-        (gastownd-test--wait "the open session's buffer" (lambda () (get-buffer name)))
+      (let ((name "*gastownd-digest*"))
+        (gastownd-test--wait "the open session's buffer"
+                             (lambda () (gastownd-test--has (get-buffer name) "no digest yet")))
         (should (gastownd-test--has (get-buffer name) "no digest yet")))
       ;; s runs gastownctl seance in a terminal (here Claude Code is not installed).
       (let ((term-buffer (with-current-buffer buffer
@@ -453,6 +485,202 @@
       (gastownd-mode-line-mode -1)
       (should-not (memq 'gastownd--mode-line-string global-mode-string))
       (should-not gastownd-test--messages))))
+
+;;;; Issue 20: what a daily user sees and does (each failed before its fix)
+
+(defconst gastownd-test-other "0be11a2b-3c4d-4e5f-9a0b-1c2d3e4f5a6b")
+(defconst gastownd-test-third "c0ffee00-1111-4222-8333-444455556666")
+
+(defun gastownd-test--open-sessions (text)
+  "Open the sessions buffer and wait until it shows TEXT."
+  (let ((buffer (gastownd-sessions)))
+    (gastownd-test--wait "the sessions" (lambda () (gastownd-test--has buffer text)))
+    buffer))
+
+(defun gastownd-test--digest-has (text)
+  "Whether the digest buffer shows TEXT."
+  (gastownd-test--has (get-buffer gastownd-digest-buffer-name) text))
+
+(ert-deftest gastownd-test-sessions-sorted-by-the-start-they-show ()
+  (gastownd-test--with-fast-settings
+    (gastownd-test--ctl "sample")
+    (let* ((buffer (gastownd-test--open-sessions "a830aa9f"))
+           (starts (with-current-buffer buffer
+                     (mapcar (lambda (entry) (substring-no-properties (aref (cadr entry) 0)))
+                             tabulated-list-entries))))
+      (should (equal (car (aref tabulated-list-format 0)) "Last start"))
+      (should (> (length starts) 50))
+      (cl-loop for (newer older) on starts while older
+               do (should (equal (list newer older (not (string< newer older)))
+                                 (list newer older t))))
+      (gastownd-test--no-errors))))
+
+(ert-deftest gastownd-test-payloads-shown-as-the-cli-shows-them ()
+  (gastownd-test--with-fast-settings
+    (let ((buffer (gastownd-test--open-feed)))
+      (gastownd-test--ctl
+       "emit-json" "mail" "mayor"
+       "{\"list\":[1,2],\"none\":null,\"objs\":[{\"a\":1}],\"ok\":false,\"obj\":{\"to\":\"a/b\"},\"empty\":{},\"nil\":[]}")
+      (gastownd-test--wait "the mail" (lambda () (gastownd-test--has buffer "list=")))
+      (should (string-search
+               "empty={} list=[1,2] nil=[] none=null obj={\"to\":\"a/b\"} objs=[{\"a\":1}] ok=false"
+               (gastownd-test--line buffer "list=")))
+      (gastownd-test--no-errors))))
+
+(ert-deftest gastownd-test-who-rows-align-and-g-refreshes ()
+  (gastownd-test--with-fast-settings
+    (gastownd-test--ctl "ctl" "session" "start" "--session" gastownd-test-session
+                        "--actor" "gastown/polecats/nux")
+    (gastownd-test--ctl "ctl" "session" "start" "--session" gastownd-test-other "--actor" "mayor")
+    (gastownd-test--ctl "ctl" "attribute" "gt-w7x" "--session" gastownd-test-session
+                        "--action" "reopened")
+    (gastownd-test--ctl "ctl" "attribute" "gt-w7x" "--session" gastownd-test-other
+                        "--action" "closed")
+    (gastownd-who "gt-w7x")
+    (gastownd-test--wait "the who buffer" (lambda () (get-buffer gastownd-who-buffer-name)))
+    (let* ((who (get-buffer gastownd-who-buffer-name))
+           (lines (gastownd-test--lines who)))
+      (should (equal (car lines) "gt-w7x: 2 changes"))
+      (should (= (string-search "  20" (nth 1 lines)) (string-search "  20" (nth 2 lines))))
+      (should (= (string-search "(session open)" (nth 1 lines))
+                 (string-search "(session open)" (nth 2 lines))))
+      ;; g asks again (it used to say the buffer has no file).
+      (gastownd-test--ctl "ctl" "attribute" "gt-w7x" "--session" gastownd-test-other
+                          "--action" "updated")
+      (with-current-buffer who
+        (call-interactively (key-binding (kbd "g"))))
+      (gastownd-test--wait "the refreshed who"
+                           (lambda () (gastownd-test--has who "gt-w7x: 3 changes")))
+      ;; RET on a row opens its session (open: its wisp).
+      (with-current-buffer who
+        (goto-char (point-min))
+        (forward-line 1)
+        (call-interactively (key-binding (kbd "RET"))))
+      (gastownd-test--wait "the session"
+                           (lambda () (gastownd-test--digest-has "# Open session")))
+      ;; g in the digest buffer asks again too.
+      (with-current-buffer gastownd-digest-buffer-name
+        (let ((inhibit-read-only t)) (erase-buffer))
+        (call-interactively (key-binding (kbd "g"))))
+      (gastownd-test--wait "the refreshed digest"
+                           (lambda () (gastownd-test--digest-has "# Open session")))
+      (gastownd-test--no-errors))))
+
+(ert-deftest gastownd-test-logged-session-shows-its-lines ()
+  (gastownd-test--with-fast-settings
+    (gastownd-test--ctl "sample")
+    (let* ((buffer (gastownd-test--open-sessions "logged"))
+           (line (gastownd-test--line buffer " logged "))
+           (short (progn (string-match "\\([0-9a-f]\\{8\\}\\) +logged" line)
+                         (match-string 1 line))))
+      (with-current-buffer buffer
+        (goto-char (point-min))
+        (search-forward short)
+        (setq gastownd-test--messages nil)
+        (call-interactively (key-binding (kbd "RET"))))
+      (gastownd-test--wait "the log's lines"
+                           (lambda () (gastownd-test--digest-has (concat "# Logged session " short))))
+      (should (gastownd-test--digest-has "known only from gt's lines"))
+      (should (gastownd-test--digest-has "session_start"))
+      (should (gastownd-test--digest-has (concat "session_id=" short)))
+      (should-not gastownd-test--messages)
+      ;; One digest buffer, reused.
+      (with-current-buffer buffer
+        (goto-char (point-max))
+        (forward-line -1)
+        (call-interactively (key-binding (kbd "RET"))))
+      (gastownd-test--wait "another session"
+                           (lambda () (not (gastownd-test--digest-has
+                                            (concat "# Logged session " short)))))
+      (should (= 1 (cl-count-if (lambda (b) (string-prefix-p "*gastownd-digest" (buffer-name b)))
+                                (buffer-list))))
+      (gastownd-test--no-errors))))
+
+(ert-deftest gastownd-test-refresh-keeps-point-on-its-session ()
+  (gastownd-test--with-fast-settings
+    (gastownd-test--ctl "hook" gastownd-test-session "start")
+    (gastownd-test--ctl "hook" gastownd-test-session "close" "gt-c9x")
+    ;; (Another actor: a hook start of the same actor would supersede the first.)
+    (gastownd-test--ctl "ctl" "session" "start" "--session" gastownd-test-other
+                        "--actor" "gastown/crew/max")
+    (let ((buffer (gastownd-test--open-sessions (substring gastownd-test-session 0 8)))
+          (short (substring gastownd-test-session 0 8)))
+      ;; An open session's row says what it has changed so far.
+      (gastownd-test--wait "its changes"
+                           (lambda () (gastownd-test--has buffer "1 step: closed gt-c9x")))
+      (with-current-buffer buffer
+        (goto-char (point-min))
+        (search-forward short))
+      ;; A new session goes on top: the auto-refresh on its push, then g.
+      (gastownd-test--ctl "ctl" "session" "start" "--session" gastownd-test-third "--actor" "mayor")
+      (gastownd-test--wait "the auto-refresh"
+                           (lambda () (gastownd-test--has buffer (substring gastownd-test-third 0 8))))
+      (with-current-buffer buffer
+        (should (equal (tabulated-list-get-id) gastownd-test-session))
+        (revert-buffer)
+        (gastownd-test--sleep 0.3)
+        (should (equal (tabulated-list-get-id) gastownd-test-session))
+        ;; Filters, shown in the mode line.
+        ;; S sorts by the column at point (tabulated-list), f filters by state.
+        (should (eq (key-binding (kbd "S")) 'tabulated-list-sort))
+        (call-interactively (key-binding (kbd "f")))
+        (gastownd-test--sleep 0.3)
+        (should (equal mode-name "gastownd-sessions[state=open]")))
+      (gastownd-test--no-errors))))
+
+(ert-deftest gastownd-test-all-nodes-feed-without-federation-tags-no-line ()
+  (gastownd-test--with-fast-settings
+    (let ((buffer (gastownd-test--open-feed nil t)))
+      (gastownd-test--ctl "emit" "mail" "mayor" "subject=whose")
+      (gastownd-test--wait "the mail" (lambda () (gastownd-test--has buffer "subject=whose")))
+      (should-not (string-search "mayor@" (gastownd-test--line buffer "subject=whose")))
+      (with-current-buffer buffer
+        (should (equal mode-name "gastownd-feed[all-nodes]")))
+      (gastownd-test--no-errors))))
+
+(ert-deftest gastownd-test-feed-types-checked-completed-and-comma-separated ()
+  (gastownd-test--with-fast-settings
+    (should-not (gastownd-feed '("slingg")))
+    (should-not gastownd--the-feed)
+    (should (string-match-p "\\`gastownd: unknown event type slingg (known: .*sling.*)\\'"
+                            (car (gastownd-test--messages))))
+    (should (member "sling" (all-completions "sl" (gastownd--known-types))))
+    (gastownd-test--open-feed '("sling,done"))
+    (should (equal (gastownd--feed-types gastownd--the-feed) '("sling" "done")))
+    (with-current-buffer (gastownd--feed-buffer gastownd--the-feed)
+      (should (equal mode-name "gastownd-feed[sling done]")))
+    ;; Session ids complete too (those seen).
+    (gastownd-test--ctl "hook" gastownd-test-session "start")
+    (gastownd-test--open-sessions (substring gastownd-test-session 0 8))
+    (should (equal (all-completions "5e" gastownd--session-ids) (list gastownd-test-session)))
+    (gastownd-test--no-errors)))
+
+(ert-deftest gastownd-test-feed-waits-then-ret-opens-the-session-and-keys-are-listed ()
+  (gastownd-test--with-fast-settings
+    (let ((buffer (gastownd-feed)))
+      (should (equal (gastownd-test--lines buffer) (list gastownd-feed-waiting)))
+      (gastownd-test--wait "the empty feed" (lambda () (gastownd-test--has buffer "no events yet")))
+      (gastownd-test--ctl "hook" gastownd-test-session "start")
+      (gastownd-test--wait "the start" (lambda () (gastownd-test--has buffer "session_start")))
+      (should-not (gastownd-test--has buffer "no events yet"))
+      (with-current-buffer buffer
+        (goto-char (point-min))
+        (search-forward "session_start")
+        (should (eq (get-text-property (match-beginning 0) 'font-lock-face) 'gastownd-type))
+        (should (eq (face-attribute 'gastownd-type :inherit) 'font-lock-type-face))
+        (should (eq (face-attribute 'gastownd-time :inherit) 'font-lock-comment-face))
+        (call-interactively (key-binding (kbd "RET"))))
+      (gastownd-test--wait "the session's wisp"
+                           (lambda () (gastownd-test--digest-has gastownd-test-session)))
+      ;; ? lists the keys, in every buffer of the package.
+      (dolist (mode '(gastownd-feed-mode gastownd-sessions-mode gastownd-view-mode))
+        (with-temp-buffer
+          (funcall mode)
+          (should (eq (key-binding (kbd "?")) 'describe-mode))
+          (describe-mode)
+          (with-current-buffer "*Help*"
+            (should (string-search "RET" (buffer-string))))))
+      (gastownd-test--no-errors))))
 
 (provide 'gastownd-test)
 ;;; gastownd-test.el ends here

@@ -43,19 +43,33 @@ return {
         payload = { target = "gastown/polecats/nux", bead = "gt-42", n = 3, note = "two\nlines" },
       }
       local line = format.event_line(event)
+      -- Not from today: the date is shown.
       h.truthy(
-        line:match("^%d%d:%d%d:%d%d  sling%s+  mayor%s+  bead=gt%-42 n=3 note=two⏎lines target=gastown/polecats/nux$"),
+        line:match("^11%-25 %d%d:%d%d  sling%s+  mayor%s+  bead=gt%-42 n=3 note=two⏎lines target=gastown/polecats/nux$"),
         "event line: " .. line
       )
+      event.ts = os.date("!%Y-%m-%dT%H:%M:%SZ")
+      h.truthy(format.event_line(event):match("^%d%d:%d%d:%d%d     sling"), "today's: " .. format.event_line(event))
       h.truthy(format.event_line(event, "laptop"):find("mayor@laptop", 1, true), "node from the push")
+      h.eq(nil, format.event_line(event, "laptop", "laptop"):find("@", 1, true), "this node's: no tag")
       event.node = "tower"
       h.truthy(format.event_line(event):find("mayor@tower", 1, true), "node from the event")
-      h.truthy(format.event_line({ type = "x" }):match("^%?  x"), "an event without ts or actor")
+      h.truthy(format.event_line({ type = "x" }):match("^%?%s+x"), "an event without ts or actor")
       h.eq("ab…", format.short("abcdef", 3), "shortened")
+      -- No repeated fields: role = actor, actor_pid = actor-pid, the full session id.
+      local start = format.summary({
+        role = "gastown/witness",
+        actor_pid = "gastown/witness-21180",
+        session_id = "2d777fd1-4c9a-4a15-b500-2b073cc60086",
+        topic = "patrol",
+      }, "gastown/witness")
+      h.eq("pid=21180 session_id=2d777fd1 topic=patrol", start, "session_start summary")
 
       local session = {
         session_id = "7f3c2a10-5b8e-4d2f-9a61-0c4e8b2d9f11",
-        started_at = "2026-11-25T01:50:47Z",
+        started_at = "2026-01-20T01:50:47Z",
+        last_started_at = "2026-11-25T01:50:47Z",
+        ended_at = "2026-11-25T03:00:00Z",
         state = "squashed",
         actor = "gastown/polecats/nux",
         end_reason = "done",
@@ -64,18 +78,20 @@ return {
         remote = true,
       }
       local row = format.session_row(session)
-      h.truthy(row:match("^%d+%-%d+%-%d+ %d+:%d+  7f3c2a10  squashed   gastown/polecats/nux@laptop%s+done%s+fix gt%-42$"), row)
+      local last = vim.pesc(os.date("%Y-%m-%d %H:%M", 1795571447))
+      h.truthy(row:match("^" .. last .. "  7f3c2a10  squashed  gastown/polecats/nux@laptop  .-  1h 9m  done  fix gt%-42$"), row)
       session.remote = false
       h.truthy(format.session_row(session):find("  gastown/polecats/nux  ", 1, true), "a local one")
-      h.truthy(format.session_header():match("^Started%s+Session%s+State%s+Actor%s+End%s+Topic$"), "header")
+      h.truthy(format.session_header():match("^Last start%s+Session%s+State%s+Actor%s+Ended%s+Took%s+End%s+Topic$"), "header")
 
       local lines = format.attribution_lines("gt-42", {
-        { session_id = "7f3c2a10-5b8e", action = "closed", at = "2026-11-25T01:50:47Z", actor = "nux", digest_id = "dg-1" },
-        { session_id = "8d1e6c2a-4f0b", action = "created", at = "2026-11-25T01:50:47Z", actor = "max" },
+        { session_id = "7f3c2a10-5b8e", action = "reopened", at = "2026-11-25T01:50:47Z", actor = "nux", digest_id = "dg-1" },
+        { session_id = "8d1e6c2a-4f0b", action = "created", at = "2026-11-25T01:50:47Z", actor = "gastown/crew/max" },
       })
       h.eq("gt-42: 2 changes", lines[1], "title")
-      h.truthy(lines[2]:match("^closed   .*  7f3c2a10  nux  digest dg%-1$"), lines[2])
-      h.truthy(lines[3]:match("^created  .*  8d1e6c2a  max  %(session open%)$"), lines[3])
+      h.truthy(lines[2]:match("^reopened  .*  7f3c2a10  nux               digest dg%-1$"), lines[2])
+      h.truthy(lines[3]:match("^created   .*  8d1e6c2a  gastown/crew/max  %(session open%)$"), lines[3])
+      h.eq(#lines[2]:match("^(.*)digest"), #lines[3]:match("^(.*)%(session"), "aligned")
       h.eq({ "no session is recorded as touching gt-1" }, format.attribution_lines("gt-1", {}), "none")
     end,
   },

@@ -21,6 +21,8 @@ M.defaults = {
   statusline_interval_ms = 5000,
   -- Local time of feed rows (os.date format).
   time_format = "%H:%M:%S",
+  -- Local time of feed rows from another day than today.
+  day_time_format = "%m-%d %H:%M",
   -- Local time of session and attribution rows.
   date_format = "%Y-%m-%d %H:%M",
 }

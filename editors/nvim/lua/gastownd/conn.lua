@@ -15,6 +15,36 @@ M.CLIENT = "gastownd.nvim"
 local MAX_PARTIAL = 64 * 1024 * 1024
 local JSON_OPTS = { luanil = { object = true, array = true } }
 
+-- Frames are read with JSON null as nil, which is what the plugin's own code wants; but a
+-- payload is the user's data, shown as JSON: its nulls stay (vim.NIL), as the CLI shows them.
+-- `raw` is the same frame decoded without luanil; its payloads are grafted onto `plain`.
+local function graft_payloads(plain, raw)
+  if type(plain) ~= "table" or type(raw) ~= "table" then
+    return
+  end
+  for key, value in pairs(raw) do
+    if key == "payload" then
+      plain[key] = value ~= vim.NIL and value or nil
+    elseif type(value) == "table" then
+      graft_payloads(plain[key], value)
+    end
+  end
+end
+
+function M.decode(line)
+  local ok, frame = pcall(vim.json.decode, line, JSON_OPTS)
+  if not ok or type(frame) ~= "table" then
+    return nil
+  end
+  if line:find('"payload"', 1, true) then
+    local raw_ok, raw = pcall(vim.json.decode, line)
+    if raw_ok then
+      graft_payloads(frame, raw)
+    end
+  end
+  return frame
+end
+
 local Conn = {}
 Conn.__index = Conn
 
@@ -90,8 +120,8 @@ function Conn:_receive(chunk)
       if self.dropped then
         return
       end
-      local ok, frame = pcall(vim.json.decode, line, JSON_OPTS)
-      if ok and type(frame) == "table" then
+      local frame = M.decode(line)
+      if frame then
         self.handlers.on_frame(frame)
       end
     end

@@ -10,13 +10,17 @@ local buffers = require("gastownd.buffers")
 local config = require("gastownd.config")
 local conn = require("gastownd.conn")
 local format = require("gastownd.format")
+local highlight = require("gastownd.highlight")
 local town = require("gastownd.town")
+local types_of = require("gastownd.types")
 
 local uv = vim.uv or vim.loop
 local M = {}
 
 M.NAME = "gastownd://feed"
-local QUERY_ID, SUBSCRIBE_ID = 1, 2
+local QUERY_ID, SUBSCRIBE_ID, STATUS_ID = 1, 2, 3
+M.WAITING = "-- waiting for the daemon…"
+M.EMPTY = "-- no events yet: new ones appear here"
 
 -- The running feed: { buf, root, types, all_nodes, cursor, fresh (the cursor is the head a
 -- query just gave), conn, generation, delay, down, ever_up, retry_timer, reply_timer }.
@@ -36,34 +40,62 @@ local function stop_timer(timer)
   end
 end
 
-local function append(lines)
+-- Append lines (each { text, highlights, event }) to the feed; windows at its end follow it.
+-- state.events[i] is the event of line i (false for the feed's own lines), for <CR>.
+local function append(items)
   local buf = feed and feed.buf
-  if not buf or not vim.api.nvim_buf_is_valid(buf) or #lines == 0 then
+  if not buf or not vim.api.nvim_buf_is_valid(buf) or #items == 0 then
     return
   end
   local count = vim.api.nvim_buf_line_count(buf)
-  local empty = count == 1 and vim.api.nvim_buf_get_lines(buf, 0, 1, false)[1] == ""
   local following = {}
   for _, win in ipairs(vim.fn.win_findbuf(buf)) do
     if vim.api.nvim_win_get_cursor(win)[1] >= count then
       following[#following + 1] = win
     end
   end
+  local lines, highlights = {}, {}
+  for i, item in ipairs(items) do
+    lines[i], highlights[i] = item[1], item[2]
+  end
   vim.bo[buf].modifiable = true
-  if empty then
-    vim.api.nvim_buf_set_lines(buf, 0, 1, false, lines)
+  local first
+  if feed.placeholder then
+    -- The "waiting" line goes once there is something to show.
+    feed.placeholder = false
+    feed.events = {}
+    vim.api.nvim_buf_set_lines(buf, 0, -1, false, lines)
+    first = 0
   else
+    first = vim.api.nvim_buf_line_count(buf)
     vim.api.nvim_buf_set_lines(buf, -1, -1, false, lines)
   end
+  for _, item in ipairs(items) do
+    feed.events[#feed.events + 1] = item[3] or false
+  end
+  highlight.apply(buf, first, lines, highlights)
   local excess = vim.api.nvim_buf_line_count(buf) - config.options.feed_lines
   if excess > 0 then
     vim.api.nvim_buf_set_lines(buf, 0, excess, false, {})
+    for _ = 1, excess do
+      table.remove(feed.events, 1)
+    end
   end
   vim.bo[buf].modifiable = false
   local last = vim.api.nvim_buf_line_count(buf)
   for _, win in ipairs(following) do
     vim.api.nvim_win_set_cursor(win, { last, 0 })
   end
+end
+
+local function say(text)
+  append({ { format.marker(text), nil, false } })
+end
+
+local function event_item(state, event, node)
+  types_of.saw(event.type)
+  local line, highlights = format.event_row(event, node, state.local_node)
+  return { line, highlights, event }
 end
 
 local function disconnect(state)
@@ -103,13 +135,13 @@ local function lost(state, err)
   err = err or {}
   if err.code == "overflow" then
     -- The daemon dropped us for falling behind; the last cursor shown loses nothing.
-    append({ format.marker("fell behind the daemon; catching up from the last event shown") })
+    say("fell behind the daemon; catching up from the last event shown")
     return retry(state, 0)
   end
   if not state.down then
     state.down = true
     if state.ever_up then
-      append({ format.marker(reason(err) .. "; reconnecting") })
+      say(reason(err) .. "; reconnecting")
       config.notify("the daemon went away; the feed will resume when it is back")
     else
       config.notify(reason(err) .. "; the feed will start when it is up")
@@ -148,6 +180,17 @@ local function subscribe(state)
   state.conn:send(filters(state, { op = "subscribe", id = SUBSCRIBE_ID, cursor = state.cursor }))
 end
 
+-- Read the latest events (then subscribe from their cursor), or resume from the cursor.
+local function send_read(state)
+  if state.cursor then
+    subscribe(state)
+  else
+    expect_reply(state)
+    local query = { op = "query", id = QUERY_ID, limit = config.options.feed_lines }
+    state.conn:send(filters(state, query))
+  end
+end
+
 local function on_frame(state, frame)
   if frame.push == "event" then
     if type(frame.event) == "table" then
@@ -155,31 +198,41 @@ local function on_frame(state, frame)
         state.cursor = frame.cursor
         state.fresh = false
       end
-      append({ format.event_line(frame.event, frame.node) })
+      append({ event_item(state, frame.event, frame.node) })
     end
   elseif frame.push == "overflow" or frame.push == "end" then
     lost(state, { code = frame.push, message = frame.message or ("subscription " .. frame.push) })
   elseif frame.ok == false then
     local err = frame.error or {}
-    if frame.id == QUERY_ID or frame.id == SUBSCRIBE_ID or frame.id == 0 then
+    if frame.id == QUERY_ID or frame.id == SUBSCRIBE_ID or frame.id == 0 or frame.id == STATUS_ID then
       if err.code == "shutting_down" then
         return lost(state, err)
       end
       -- The daemon refused the feed itself (a bad type name, say): retrying cannot help.
-      append({ format.marker(conn.describe(frame.id == QUERY_ID and "query" or "subscribe", err)) })
+      say(conn.describe(frame.id == QUERY_ID and "query" or "subscribe", err))
       config.notify(conn.describe("feed", err), vim.log.levels.ERROR)
       M.stop()
     else
       lost(state, err) -- a connection-level error (busy, timeout): the daemon hangs up
     end
+  elseif frame.id == STATUS_ID then
+    -- This daemon's node: its own events need no @node (a town without federation has one
+    -- node, and every line would say so).
+    local federation = (frame.result or {}).federation or {}
+    state.local_node = federation.node or state.local_node
+    state.local_node_known = true
+    send_read(state)
   elseif frame.id == QUERY_ID then
     local result = frame.result or {}
     local events = result.events or {}
-    local lines = {}
+    local items = {}
     for i = #events, 1, -1 do
-      lines[#lines + 1] = format.event_line(events[i])
+      items[#items + 1] = event_item(state, events[i])
     end
-    append(lines)
+    if #items == 0 and state.placeholder then
+      buffers.set_lines(state.buf, { M.EMPTY })
+    end
+    append(items)
     state.cursor = result.cursor
     state.fresh = true
     subscribe(state)
@@ -190,18 +243,16 @@ local function on_frame(state, frame)
     -- A resync on the head cursor the query just gave has nothing to re-read: reading
     -- again would only ask the same question (and loop).
     if result.resync and not state.fresh then
-      append({
-        format.marker(
-          "resync: the daemon could not resume after the last event shown "
-            .. "(the log was replaced or pruned); reading the latest events again"
-        ),
-      })
+      say(
+        "resync: the daemon could not resume after the last event shown "
+          .. "(the log was replaced or pruned); reading the latest events again"
+      )
       state.cursor = nil
       disconnect(state)
       return connect(state)
     end
     if state.down and state.ever_up then
-      append({ format.marker("reconnected") })
+      say("reconnected")
     end
     state.down = false
     state.ever_up = true
@@ -235,12 +286,12 @@ connect = function(state)
       end,
     })
     state.conn:send(conn.hello())
-    if state.cursor then
-      subscribe(state)
-    else
+    if state.all_nodes and not state.local_node_known then
+      -- Events come tagged with their node: learn which one is this daemon's first.
       expect_reply(state)
-      local query = { op = "query", id = QUERY_ID, limit = config.options.feed_lines }
-      state.conn:send(filters(state, query))
+      state.conn:send({ op = "status", id = STATUS_ID })
+    else
+      send_read(state)
     end
   end)
 end
@@ -256,10 +307,48 @@ function M.stop()
   stop_timer(state.retry_timer)
 end
 
+-- The feed's name says its filter: gastownd://feed, gastownd://feed?types=sling,done&all_nodes
+function M.name(types, all_nodes)
+  local filters = {}
+  if #types > 0 then
+    filters[#filters + 1] = "types=" .. table.concat(types, ",")
+  end
+  if all_nodes then
+    filters[#filters + 1] = "all_nodes"
+  end
+  return #filters > 0 and (M.NAME .. "?" .. table.concat(filters, "&")) or M.NAME
+end
+
+local function event_under_cursor(buf)
+  local line = vim.api.nvim_win_get_cursor(0)[1]
+  return feed and feed.buf == buf and feed.events[line] or nil
+end
+
+-- <CR>: on an issue id, who touched it; on a line of a session, that session.
+function M.enter(buf)
+  local col = vim.api.nvim_win_get_cursor(0)[2]
+  local issue = format.issue_at(vim.api.nvim_get_current_line(), col)
+  if issue then
+    return require("gastownd.who").show(issue)
+  end
+  local event = event_under_cursor(buf)
+  local payload = event and type(event.payload) == "table" and event.payload or {}
+  local id = payload.session_id
+  if type(id) == "string" and id ~= "" then
+    local hint = event.type == "session_end" and "ended" or nil
+    return require("gastownd.sessions").show_session(town.root_for(buf), id, { hint = hint })
+  end
+  config.notify("no session or issue id on this line")
+end
+
 local function feed_buffer(root)
-  local existing = buffers.find(M.NAME)
-  local buf = buffers.scratch(M.NAME, "gastownd-feed", root)
-  if buf ~= existing then
+  local buf = feed and feed.buf
+  if not (buf and vim.api.nvim_buf_is_valid(buf)) then
+    -- A stopped feed's buffer, whatever filter its name shows.
+    buf = buffers.find(M.NAME) or buffers.find_prefix(M.NAME .. "?")
+  end
+  if not buf then
+    buf = buffers.scratch(M.NAME, "gastownd-feed", root)
     vim.api.nvim_create_autocmd({ "BufDelete", "BufWipeout" }, {
       buffer = buf,
       once = true,
@@ -269,7 +358,14 @@ local function feed_buffer(root)
         end
       end,
     })
+    buffers.map(buf, "<CR>", function()
+      M.enter(buf)
+    end, "open the line's session, or who touched the issue under the cursor")
+    buffers.map(buf, "r", function()
+      M.reread(buf)
+    end, "read the latest events again")
   end
+  vim.api.nvim_buf_set_var(buf, "gastownd_town", root or "")
   return buf
 end
 
@@ -280,7 +376,7 @@ function M.open(opts)
   local all_nodes = opts.all_nodes and true or false
   local root = town.root_for(0)
   local buf = feed_buffer(root)
-  vim.api.nvim_set_current_buf(buf)
+  buffers.show(buf)
 
   local same = feed
     and feed.buf == buf
@@ -291,7 +387,8 @@ function M.open(opts)
     return buf
   end
   M.stop()
-  buffers.set_lines(buf, {})
+  buffers.rename(buf, M.name(types, all_nodes))
+  buffers.set_lines(buf, { M.WAITING })
   feed = {
     buf = buf,
     root = root,
@@ -302,9 +399,23 @@ function M.open(opts)
     delay = config.options.reconnect_min_ms,
     down = false,
     ever_up = false,
+    placeholder = true,
+    events = { false },
   }
   connect(feed)
   return buf
+end
+
+-- Start again from the latest events, with the same filter.
+function M.reread(buf)
+  local state = feed
+  if not state or state.buf ~= buf then
+    return
+  end
+  M.stop()
+  vim.api.nvim_buf_call(buf, function()
+    M.open({ types = state.types, all_nodes = state.all_nodes })
+  end)
 end
 
 return M

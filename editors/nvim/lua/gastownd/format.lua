@@ -55,15 +55,57 @@ local function pad(text, width)
   end
   return text .. string.rep(" ", width - shown)
 end
+M.pad = pad
 
 local function rtrim(text)
   return (text:gsub("%s+$", ""))
 end
 
+-- A line made of cells { text, width = n, group = "Gastownd…" }, joined by two spaces, the
+-- last one unpadded: the text, and its highlights as { group, start byte, end byte }.
+function M.row(cells)
+  local parts, highlights, at = {}, {}, 0
+  for i, cell in ipairs(cells) do
+    local text = tostring(cell[1] or "")
+    if i < #cells and cell.width then
+      text = pad(text, cell.width)
+    end
+    if cell.group and cell[1] and cell[1] ~= "" then
+      highlights[#highlights + 1] = { cell.group, at, at + #tostring(cell[1]) }
+    end
+    parts[#parts + 1] = text
+    at = at + #text + 2
+  end
+  return rtrim(table.concat(parts, "  ")), highlights
+end
+
+-- The widest display width of `key(item)` over `items`, at least `least`.
+function M.widest(items, key, least)
+  local width = least or 1
+  for _, item in ipairs(items) do
+    width = math.max(width, vim.fn.strdisplaywidth(tostring(key(item) or "")))
+  end
+  return width
+end
+
+-- A value as JSON, as `gastownctl events` prints it (msgspec): compact, `/` unescaped, null
+-- as null. (vim.json.encode escapes every `/` as `\/`; a `\/` pair is always that escape,
+-- as a backslash of the text itself is encoded `\\`.)
+function M.json(value)
+  if value == vim.NIL then
+    return "null"
+  end
+  local ok, text = pcall(vim.json.encode, value)
+  if not ok then
+    return tostring(value)
+  end
+  return (text:gsub("\\/", "/"))
+end
+
 -- A value shortened for one row: strings as they are, the rest as JSON.
 function M.short(value, limit)
   limit = limit or 60
-  local text = type(value) == "string" and value or vim.json.encode(value)
+  local text = type(value) == "string" and value or M.json(value)
   text = text:gsub("\r?\n", "⏎")
   if vim.fn.strchars(text) > limit then
     text = vim.fn.strcharpart(text, 0, limit - 1) .. "…"
@@ -71,8 +113,16 @@ function M.short(value, limit)
   return text
 end
 
--- The payload as `key=value` pairs, keys sorted (as `gastownctl events` prints them).
-function M.summary(payload)
+-- A session id as shown: its first 8 characters (a unique prefix in practice; the daemon
+-- takes prefixes wherever it takes an id).
+function M.short_id(id)
+  return tostring(id or "?"):sub(1, 8)
+end
+
+-- The payload as `key=value` pairs, keys sorted (as `gastownctl events` prints them), without
+-- what the line already says: a `role` equal to the actor, an `actor_pid` of `<actor>-<pid>`
+-- (shown as pid=), and session ids cut to 8 characters.
+function M.summary(payload, actor)
   if type(payload) ~= "table" then
     return ""
   end
@@ -80,7 +130,20 @@ function M.summary(payload)
   table.sort(keys)
   local parts = {}
   for _, key in ipairs(keys) do
-    parts[#parts + 1] = key .. "=" .. M.short(payload[key])
+    local value = payload[key]
+    if key == "role" and actor and value == actor then
+      value = nil
+    elseif key == "actor_pid" and actor and type(value) == "string" then
+      local pid = value:match("^" .. vim.pesc(actor) .. "%-(%d+)$")
+      if pid then
+        key, value = "pid", pid
+      end
+    elseif key == "session_id" and type(value) == "string" and value:match("^%x+%-%x+%-") then
+      value = M.short_id(value)
+    end
+    if value ~= nil then
+      parts[#parts + 1] = key .. "=" .. M.short(value)
+    end
   end
   return table.concat(parts, " ")
 end
@@ -92,15 +155,60 @@ local function who(actor, node)
   end
   return actor
 end
+M.who = who
 
--- `HH:MM:SS  type  actor  summary`; the node is shown (actor@node) when the event has one.
-function M.event_line(event, node)
-  return rtrim(table.concat({
-    M.local_time(event.ts, config.options.time_format),
-    pad(event.type or "?", 14),
-    pad(who(event.actor, node or event.node), 24),
-    M.summary(event.payload),
-  }, "  "))
+-- The time of a feed line: `time_format` for today's events, `day_time_format` (with the
+-- date) for the others, so that January's lines do not pass for today's.
+function M.feed_time(ts, now)
+  local epoch = M.epoch(ts)
+  if not epoch then
+    return tostring(ts or "?")
+  end
+  local today = os.date("%Y-%m-%d", now or os.time())
+  if os.date("%Y-%m-%d", epoch) == today then
+    return os.date(config.options.time_format, epoch)
+  end
+  return os.date(config.options.day_time_format, epoch)
+end
+
+local function time_width()
+  return math.max(#os.date(config.options.time_format, 0), #os.date(config.options.day_time_format, 0))
+end
+
+-- `time  type  actor  summary`; the node is shown (actor@node) when the event has one that is
+-- not `local_node` (the node of the daemon answering: its own events need no tag).
+function M.event_row(event, node, local_node)
+  node = node or event.node
+  if node == local_node then
+    node = nil
+  end
+  local actor = event.actor ~= vim.NIL and event.actor or nil
+  local cells = {
+    { M.feed_time(event.ts), width = time_width(), group = "GastowndTime" },
+    { event.type or "?", width = 14, group = "GastowndType" },
+    { who(actor, nil), group = "GastowndActor" },
+    { M.summary(event.payload, actor) },
+  }
+  if node and node ~= "" then
+    -- actor@node: the node in its own colour, right after the actor.
+    cells[3] = { who(actor, node), group = "GastowndActor", width = 24 }
+  else
+    cells[3].width = 24
+  end
+  local line, highlights = M.row(cells)
+  if node and node ~= "" then
+    local actor_hl = highlights[3]
+    if actor_hl then
+      local split = actor_hl[2] + #(actor or "")
+      highlights[#highlights + 1] = { "GastowndNode", split, actor_hl[3] }
+      actor_hl[3] = split
+    end
+  end
+  return line, highlights
+end
+
+function M.event_line(event, node, local_node)
+  return (M.event_row(event, node, local_node))
 end
 
 -- A line of the plugin's own in a feed: a reconnection, a resync.
@@ -108,50 +216,167 @@ function M.marker(text)
   return "-- " .. os.date(config.options.time_format) .. "  " .. text
 end
 
-local function session_columns(time, id, state, actor, ended, about)
-  return rtrim(table.concat({
-    pad(time, #os.date(config.options.date_format, 0)),
-    pad(id, 8),
-    pad(state, 9),
-    pad(actor, 28),
-    pad(ended, 17),
-    about,
-  }, "  "))
+-- A duration in seconds, as `gastownctl sessions` would say it: 42s, 3m 5s, 2h 10m, 3d 4h.
+function M.duration(seconds)
+  if type(seconds) ~= "number" or seconds < 0 then
+    return ""
+  end
+  seconds = math.floor(seconds)
+  local days, hours = math.floor(seconds / 86400), math.floor(seconds % 86400 / 3600)
+  local minutes, secs = math.floor(seconds % 3600 / 60), seconds % 60
+  if days > 0 then
+    return string.format("%dd %dh", days, hours)
+  elseif hours > 0 then
+    return string.format("%dh %dm", hours, minutes)
+  elseif minutes > 0 then
+    return string.format("%dm %ds", minutes, secs)
+  end
+  return string.format("%ds", secs)
+end
+
+M.SESSION_STATES = { "open", "squashed", "abandoned", "logged" }
+
+local function state_group(state)
+  return "GastowndState" .. tostring(state or "?"):gsub("^%l", string.upper)
+end
+
+local function nonempty(value)
+  if value == nil or value == vim.NIL then
+    return nil
+  end
+  return value
+end
+
+-- The columns of the sessions list, for these rows: the last start (the list is sorted by
+-- it), short id, state, actor (actor@node for another machine's), end time, duration, end
+-- reason and topic (or the digest's summary line).
+function M.session_cells(row)
+  if row == nil then
+    return {
+      { "Last start" },
+      { "Session" },
+      { "State" },
+      { "Actor" },
+      { "Ended" },
+      { "Took" },
+      { "End" },
+      { "Topic" },
+    }
+  end
+  local started = nonempty(row.last_started_at) or row.started_at
+  local ended = nonempty(row.ended_at)
+  local took = ""
+  if ended and M.epoch(ended) and M.epoch(started) then
+    took = M.duration(M.epoch(ended) - M.epoch(started))
+  end
+  return {
+    { M.local_time(started, config.options.date_format), group = "GastowndTime" },
+    { M.short_id(row.session_id), group = "GastowndId" },
+    { row.state or "?", group = state_group(row.state) },
+    { who(row.actor, row.remote and row.node), group = "GastowndActor" },
+    { ended and M.local_time(ended, config.options.date_format) or "", group = "GastowndTime" },
+    { took },
+    { nonempty(row.end_reason) or "" },
+    { M.short(M.about(row), 60) },
+  }
+end
+
+-- What a sessions row is about: its topic, or the digest's summary line; for an open session,
+-- what it has changed so far (`row.changed`, from its wisp) before its topic.
+function M.about(row)
+  local about = nonempty(row.topic) or nonempty(row.summary) or ""
+  if row.changed and row.changed ~= "" then
+    return row.changed .. (about ~= "" and (" · " .. about) or "")
+  end
+  return about
+end
+
+-- An open session's changes so far, from its wisp: "2 steps: closed gt-1, created gt-2".
+function M.changes(wisp)
+  local count = wisp.step_count or #(wisp.steps or {})
+  if count == 0 then
+    return ""
+  end
+  local seen, parts = {}, {}
+  for _, step in ipairs(wisp.steps or {}) do
+    local verb = ({
+      issue_closed = "closed",
+      issue_created = "created",
+      issue_reopened = "reopened",
+      commit = "commit",
+    })[step.kind]
+    local ref = nonempty(step.ref)
+    if verb and ref and not seen[verb .. ref] then
+      seen[verb .. ref] = true
+      parts[#parts + 1] = verb .. " " .. ref
+    end
+  end
+  local text = string.format("%d step%s", count, count == 1 and "" or "s")
+  return #parts > 0 and (text .. ": " .. table.concat(parts, ", ")) or text
+end
+
+-- The header and one line per row, the columns as wide as their widest cell.
+function M.session_table(rows)
+  local all = { M.session_cells(nil) }
+  for _, row in ipairs(rows) do
+    all[#all + 1] = M.session_cells(row)
+  end
+  local widths = {}
+  for _, cells in ipairs(all) do
+    for i, cell in ipairs(cells) do
+      widths[i] = math.max(widths[i] or 0, vim.fn.strdisplaywidth(tostring(cell[1])))
+    end
+  end
+  local lines, highlights = {}, {}
+  for n, cells in ipairs(all) do
+    for i, cell in ipairs(cells) do
+      cell.width = widths[i]
+    end
+    local line, spans = M.row(cells)
+    if n == 1 then
+      spans = { { "GastowndHeader", 0, #line } }
+    end
+    lines[n], highlights[n] = line, spans
+  end
+  return lines, highlights
 end
 
 function M.session_header()
-  return session_columns("Started", "Session", "State", "Actor", "End", "Topic")
+  return (M.session_table({}))[1]
 end
 
--- One sessions row: time, short id, state, actor, end reason, topic (or summary). A session
--- that ran on another node shows it: actor@node.
 function M.session_row(row)
-  return session_columns(
-    M.local_time(row.started_at, config.options.date_format),
-    (row.session_id or "?"):sub(1, 8),
-    row.state or "?",
-    who(row.actor, row.remote and row.node),
-    row.end_reason or "",
-    M.short(row.topic or row.summary or "", 60)
-  )
+  return (M.session_table({ row }))[2]
 end
 
--- The lines of the "who" window: one per session that touched the issue.
-function M.attribution_lines(issue, records)
+-- The lines of the "who" window: one per session that touched the issue, in aligned columns.
+function M.attribution_table(issue, records)
   if #records == 0 then
-    return { string.format("no session is recorded as touching %s", issue) }
+    return { string.format("no session is recorded as touching %s", issue) }, { {} }
   end
   local lines = { string.format("%s: %d change%s", issue, #records, #records == 1 and "" or "s") }
+  local highlights = { { { "GastowndHeader", 0, #lines[1] } } }
+  local action_width = M.widest(records, function(r)
+    return r.action or "?"
+  end, 7)
+  local actor_width = M.widest(records, function(r)
+    return who(r.actor, r.remote and r.node)
+  end)
   for _, record in ipairs(records) do
-    lines[#lines + 1] = rtrim(table.concat({
-      pad(record.action or "?", 7),
-      M.local_time(record.at, config.options.date_format),
-      (record.session_id or "?"):sub(1, 8),
-      who(record.actor, record.remote and record.node),
-      record.digest_id and ("digest " .. record.digest_id) or "(session open)",
-    }, "  "))
+    local line, spans = M.row({
+      { record.action or "?", width = action_width, group = "GastowndType" },
+      { M.local_time(record.at, config.options.date_format), group = "GastowndTime" },
+      { M.short_id(record.session_id), group = "GastowndId" },
+      { who(record.actor, record.remote and record.node), width = actor_width, group = "GastowndActor" },
+      { nonempty(record.digest_id) and ("digest " .. record.digest_id) or "(session open)" },
+    })
+    lines[#lines + 1], highlights[#highlights + 1] = line, spans
   end
-  return lines
+  return lines, highlights
+end
+
+function M.attribution_lines(issue, records)
+  return (M.attribution_table(issue, records))
 end
 
 -- A digest as lines: its title, then its summary (markdown).

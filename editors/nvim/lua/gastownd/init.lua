@@ -10,9 +10,23 @@ function M.setup(opts)
   require("gastownd.statusline").reset()
 end
 
--- opts: { types = { "sling", ... }, all_nodes = bool }
+-- opts: { types = { "sling", ... } (or "sling,done" words), all_nodes = bool }. An unknown
+-- type is an error naming the known ones (see gastownd.types).
 function M.feed(opts)
+  opts = vim.deepcopy(opts or {})
+  local types, err = require("gastownd.types").parse(opts.types)
+  if not types then
+    require("gastownd.config").notify(err, vim.log.levels.ERROR)
+    return nil
+  end
+  opts.types = types
   return require("gastownd.feed").open(opts)
+end
+
+-- A session by id or unique prefix: its digest, its wisp while open, or its lines in the log.
+function M.digest(id)
+  local root = require("gastownd.town").root_for(0)
+  return require("gastownd.sessions").show_session(root, id, {})
 end
 
 function M.sessions()

@@ -2,6 +2,7 @@
 local config = require("gastownd.config")
 local conn = require("gastownd.conn")
 local format = require("gastownd.format")
+local highlight = require("gastownd.highlight")
 local town = require("gastownd.town")
 
 local M = {}
@@ -9,17 +10,22 @@ local M = {}
 M.window = nil -- the open float, if any
 
 function M.close()
-  if M.window and vim.api.nvim_win_is_valid(M.window) then
-    vim.api.nvim_win_close(M.window, true)
-  end
+  local window = M.window
   M.window = nil
+  if window and vim.api.nvim_win_is_valid(window) then
+    vim.api.nvim_win_close(window, true)
+  end
 end
 
--- A float under the cursor of the current window; it closes when the cursor moves on.
-function M.float(lines)
+-- A float under the cursor, focused: `q`, <Esc> and `?` close it, and so does leaving it.
+-- opts.on_enter(line number): what <CR> does; opts.highlights: spans per line.
+function M.float(lines, opts)
+  opts = opts or {}
   M.close()
+  highlight.define()
   local buf = vim.api.nvim_create_buf(false, true)
   vim.api.nvim_buf_set_lines(buf, 0, -1, false, lines)
+  highlight.apply(buf, 0, lines, opts.highlights)
   vim.bo[buf].modifiable = false
   vim.bo[buf].bufhidden = "wipe"
   vim.bo[buf].filetype = "gastownd-who"
@@ -28,7 +34,7 @@ function M.float(lines)
     width = math.max(width, vim.fn.strdisplaywidth(line))
   end
   width = math.min(width, math.max(vim.o.columns - 4, 1))
-  M.window = vim.api.nvim_open_win(buf, false, {
+  local window = vim.api.nvim_open_win(buf, true, {
     relative = "cursor",
     row = 1,
     col = 0,
@@ -37,16 +43,28 @@ function M.float(lines)
     style = "minimal",
     border = "rounded",
   })
-  vim.keymap.set("n", "q", M.close, { buffer = buf, nowait = true, desc = "close" })
-  local origin = vim.api.nvim_get_current_buf()
-  vim.api.nvim_create_autocmd({ "CursorMoved", "CursorMovedI", "InsertEnter", "BufLeave" }, {
-    buffer = origin,
+  M.window = window
+  vim.wo[window].wrap = false
+  for _, lhs in ipairs({ "q", "<Esc>", "?" }) do
+    vim.keymap.set("n", lhs, M.close, { buffer = buf, nowait = true, desc = "close" })
+  end
+  if opts.on_enter then
+    vim.keymap.set("n", "<CR>", function()
+      local line = vim.api.nvim_win_get_cursor(0)[1]
+      M.close()
+      opts.on_enter(line)
+    end, { buffer = buf, nowait = true, desc = "open the session's digest" })
+  end
+  vim.api.nvim_create_autocmd({ "WinLeave", "BufLeave" }, {
+    buffer = buf,
     once = true,
     callback = function()
-      M.close()
+      if M.window == window then
+        vim.schedule(M.close)
+      end
     end,
   })
-  return M.window
+  return window
 end
 
 -- issue: an id, or nil/"" for the Beads id under the cursor.
@@ -59,12 +77,25 @@ function M.show(issue)
       return
     end
   end
-  conn.request(town.root_for(0), "attribution", { issue = issue }, function(result, err)
+  local root = town.root_for(0)
+  conn.request(root, "attribution", { issue = issue }, function(result, err)
     if err then
       config.notify(conn.describe("attribution", err))
       return
     end
-    M.float(format.attribution_lines(result.issue or issue, result.records or {}))
+    local records = result.records or {}
+    local lines, highlights = format.attribution_table(result.issue or issue, records)
+    M.float(lines, {
+      highlights = highlights,
+      on_enter = function(line)
+        local record = records[line - 1]
+        if record then
+          require("gastownd.sessions").show_session(root, record.session_id, {
+            hint = record.digest_id and "ended" or "open",
+          })
+        end
+      end,
+    })
   end)
 end
 
