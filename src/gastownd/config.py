@@ -15,6 +15,7 @@ from typing import Literal
 import msgspec
 
 from gastownd.errors import StartupError
+from gastownd.metrics.address import check_listen
 
 _NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)\s*$")
@@ -183,6 +184,19 @@ class FederationConfig(_Section):
         return bool(self.servers)
 
 
+class MetricsConfig(_Section):
+    """The HTTP metrics endpoint (docs/operations.md#metrics). Off while ``listen`` is unset."""
+
+    # "127.0.0.1:9464", "[::1]:9464" or "unix:/path/metrics.sock".
+    listen: str | None = None
+    # Allow an address other machines can reach (there is no authentication).
+    allow_remote: bool = False
+
+    def __post_init__(self) -> None:
+        if self.listen is not None:
+            check_listen(self.listen, self.allow_remote)
+
+
 class Config(_Section):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["auto", "json", "console"] = "auto"
@@ -192,6 +206,7 @@ class Config(_Section):
     wisps: WispsConfig = msgspec.field(default_factory=WispsConfig)
     hooks: HooksConfig = msgspec.field(default_factory=HooksConfig)
     federation: FederationConfig = msgspec.field(default_factory=FederationConfig)
+    metrics: MetricsConfig = msgspec.field(default_factory=MetricsConfig)
 
 
 def load_config(path: Path | None) -> Config:
