@@ -33,6 +33,8 @@ from gastownd.metrics.buckets import BucketsView
 # Beyond this many nodes, the rest share the label node="other".
 MAX_NODE_LABELS = 64
 OPENMETRICS = openmetrics.CONTENT_TYPE_LATEST
+# Reported even at zero, so that a rate or an alert has a series from the start.
+SESSION_STATES = ("open", "squashed", "abandoned", "logged")
 
 
 @dataclass(frozen=True)
@@ -94,7 +96,7 @@ async def gather(daemon: Daemon) -> Snapshot:
         snapshot.attributions = dict(sessions.attributions_recorded)
         snapshot.digests = sessions.digests_saved
         counts, remote = await sessions.db(sessions.store.session_counts)
-        snapshot.sessions = {**counts, "remote": remote}
+        snapshot.sessions = {**dict.fromkeys(SESSION_STATES, 0), **counts, "remote": remote}
     if daemon.federation is not None:
         snapshot.federation_lag = daemon.federation.lag_seconds.view()
         snapshot.federation = await daemon.federation.info()

@@ -166,7 +166,7 @@ class MetricsEndpoint:
             snapshot = anyio.from_thread.run(gather, self.daemon)
         except anyio.RunFinishedError:
             return _plain(start_response, "503 Service Unavailable", b"stopping\n", method)
-        body, content_type = render(snapshot, environ.get("HTTP_ACCEPT"))
+        body, content_type = render(snapshot, environ.get("HTTP_ACCEPT", ""))
         start_response(
             "200 OK", [("Content-Type", content_type), ("Content-Length", str(len(body)))]
         )
