@@ -47,13 +47,18 @@ def parse_listen(text: str) -> ListenAddress:
         path = text[len("unix:") :]
         if not path.startswith("/") or "\0" in path:
             raise ValueError(f"listen {text!r}: a Unix socket needs an absolute path")
-        if len(path.encode("utf-8", "surrogateescape")) > 100:
+        try:
+            encoded = path.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError(f"listen {text!r}: the path is not valid UTF-8") from None
+        if len(encoded) > 100:
             raise ValueError(f"listen {text!r}: the socket path is longer than 100 bytes")
         return UnixAddress(path)
     host, sep, port_text = text.rpartition(":")
     if not sep or not host:
         raise ValueError(f"listen {text!r}: expected HOST:PORT, [IPV6]:PORT or unix:PATH")
-    if not port_text.isascii() or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+    valid_digits = 0 < len(port_text) <= 5 and port_text.isascii() and port_text.isdigit()
+    if not valid_digits or not 0 <= int(port_text) <= 65535:
         raise ValueError(f"listen {text!r}: the port must be a number from 0 to 65535")
     ipv6 = host.startswith("[") and host.endswith("]")
     if ipv6:
