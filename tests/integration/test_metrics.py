@@ -6,6 +6,7 @@ it); the tests that need them are skipped, with the reason, where they are missi
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import json
 import shutil
@@ -15,6 +16,7 @@ import subprocess
 import tempfile
 import urllib.parse
 import urllib.request
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,7 +27,7 @@ from prometheus_client.openmetrics.parser import text_string_to_metric_families
 from gastown_client import paths
 from tests.conftest import TEST_CONFIG, DaemonProcess, run_ctl
 from tests.integration.test_hooks import payload, run_hook, wait_until
-from tests.nats_cluster import free_port
+from tests.nats_cluster import cluster, free_port, nats_server_binary
 
 CONTRIB = Path(__file__).resolve().parents[2] / "contrib" / "prometheus"
 RULES = CONTRIB / "gastownd.rules.yml"
@@ -350,6 +352,20 @@ def test_a_real_prometheus_scrapes_what_was_done(town: Path) -> None:
         assert target["health"] == "up" and target["lastError"] == "", target
         rules = [r for g in prometheus.api("/api/v1/rules")["groups"] for r in g["rules"]]
         assert len(rules) == 7 and all(r["health"] in ("ok", "unknown") for r in rules), rules
+        # The calls spooled before the start make GastowndHooksSpooling fire.
+        wait_until(
+            lambda: (
+                prometheus.query('ALERTS{alertname="GastowndHooksSpooling"}')
+                == {
+                    (
+                        ("alertname", "GastowndHooksSpooling"),
+                        ("alertstate", "firing"),
+                        ("severity", "warning"),
+                    ): 1
+                }
+            ),
+            timeout_s=30,
+        )
 
         # The daemon stops: the scrapes fail, and GastowndDown becomes pending.
         assert proc.terminate() == 0, proc.log()
@@ -380,3 +396,110 @@ def _version() -> str:
     from gastown_client import __version__
 
     return __version__
+
+
+@needs_prometheus
+@needs_promtool
+@pytest.mark.skipif(nats_server_binary() is None, reason="nats-server not installed")
+def test_a_real_prometheus_sees_a_federation_pair() -> None:
+    hub = cluster(1).start()
+    base = Path(tempfile.mkdtemp(prefix="gtm-", dir="/tmp"))
+    town = f"m{uuid.uuid4().hex[:6]}"
+    nodes: dict[str, tuple[DaemonProcess, int]] = {}
+    prometheus: Prometheus | None = None
+    try:
+        for name in ("a", "b"):
+            root = base / name
+            (root / "mayor").mkdir(parents=True)
+            (root / "mayor" / "town.json").write_text(json.dumps({"name": town}))
+            (root / "settings").mkdir()
+            port = free_port()
+            (root / "settings" / "gastownd.toml").write_text(
+                TEST_CONFIG
+                + f'[federation]\nservers = ["{hub.urls[0]}"]\nnode = "{name}"\n'
+                + f'[metrics]\nlisten = "127.0.0.1:{port}"\n'
+            )
+            nodes[name] = (DaemonProcess(root).wait_ready(), port)
+        prometheus = Prometheus([f"127.0.0.1:{port}" for _, port in nodes.values()])
+        instance = {name: f"127.0.0.1:{port}" for name, (_, port) in nodes.items()}
+
+        def on(name: str, promql: str) -> float | None:
+            return prometheus.value(promql.replace("$", f'instance="{instance[name]}"'))
+
+        wait_until(
+            lambda: (
+                on("a", "gastownd_federation_connected{$}") == 1
+                and on("b", "gastownd_federation_connected{$}") == 1
+            ),
+            timeout_s=30,
+        )
+        emits = 12
+        with nodes["a"][0].client() as client:
+            for number in range(emits):
+                client.emit("sling", "gastown/crew/joe", {"n": number})
+        wait_until(
+            lambda: (
+                on("b", 'gastownd_federation_applied_total{$, kind="events", node="a"}') == emits
+            ),
+            timeout_s=30,
+        )
+        assert on("b", "gastownd_federation_lag_seconds_count{$}") >= 1  # type: ignore[operator]
+        wait_until(
+            lambda: (
+                on("a", 'gastownd_federation_backlog{$, kind="events"}') == 0
+                and on("a", "gastownd_federation_published_total{$}") >= 1
+            ),  # type: ignore[operator]
+            timeout_s=30,
+        )
+
+        # A record that fails the checks: counted on both nodes, and the alert fires.
+        async def forge() -> None:
+            import nats as nats_client
+
+            nc = await nats_client.connect(hub.urls)
+            try:
+                await nc.publish(f"gastown.{town}.evil.event", b'{"kind":"event"}')
+                await nc.flush()
+            finally:
+                await nc.close()
+
+        asyncio.run(forge())
+        for name in ("a", "b"):
+            wait_until(
+                lambda name=name: (
+                    on(name, 'gastownd_federation_rejected_total{$, reason="malformed"}') == 1
+                ),
+                timeout_s=30,
+            )
+        firing = 'ALERTS{alertname="GastowndFederationRejectedRecords", alertstate="firing"}'
+        wait_until(lambda: prometheus.value(f"count({firing})") == 2, timeout_s=30)
+
+        # NATS goes away: both nodes say so, and a's new lines wait in its backlog.
+        hub.stop()
+        wait_until(
+            lambda: (
+                on("a", "gastownd_federation_connected{$}") == 0
+                and on("b", "gastownd_federation_connected{$}") == 0
+            ),
+            timeout_s=30,
+        )
+        with nodes["a"][0].client() as client:
+            for number in range(5):
+                client.emit("sling", "gastown/crew/joe", {"offline": number})
+        wait_until(
+            lambda: on("a", 'gastownd_federation_backlog{$, kind="events"}') == 5, timeout_s=30
+        )
+    except BaseException:
+        if prometheus is not None:
+            print(prometheus.log())
+        for proc, _ in nodes.values():
+            print(proc.log())
+        raise
+    finally:
+        if prometheus is not None:
+            prometheus.close()
+        for proc, _ in nodes.values():
+            if proc.proc.poll() is None:
+                assert proc.terminate() == 0, proc.log()
+        hub.cleanup()
+        shutil.rmtree(base, ignore_errors=True)

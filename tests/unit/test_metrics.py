@@ -230,3 +230,22 @@ def test_a_full_snapshot_renders_every_family_with_bounded_labels() -> None:
     # The classic text format, for whoever asks for it.
     classic, content_type = render(snapshot, "text/plain")
     assert content_type.startswith("text/plain") and b"gastownd_emits_total 4.0" in classic
+
+
+def test_every_rejection_reason_is_reported_from_zero() -> None:
+    """A reason missing from REJECT_REASONS would appear at 1, which ``increase`` misses."""
+    import re
+    from pathlib import Path
+
+    import gastownd
+    from gastownd.metrics.collector import REJECT_REASONS
+
+    source = Path(gastownd.__file__).parent
+    raised = {
+        reason
+        for path in source.rglob("*.py")
+        for reason in re.findall(r'Rejected\(\s*"([a-z_]+)"', path.read_text())
+    }
+    assert raised and raised <= set(REJECT_REASONS)
+    text, _ = render(Snapshot(version="1", started_at=0, federation=FederationInfo(enabled=True)))
+    assert _samples(text)[("gastownd_federation_rejected_total", (("reason", "malformed"),))] == 0

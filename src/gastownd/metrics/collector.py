@@ -35,6 +35,22 @@ MAX_NODE_LABELS = 64
 OPENMETRICS = openmetrics.CONTENT_TYPE_LATEST
 # Reported even at zero, so that a rate or an alert has a series from the start.
 SESSION_STATES = ("open", "squashed", "abandoned", "logged")
+# ``core.records.Rejected`` reasons: a counter first seen at 1 would show no increase.
+REJECT_REASONS = (
+    "bad_attribution",
+    "bad_digest",
+    "bad_event",
+    "bad_id",
+    "bad_line",
+    "bad_session",
+    "bad_subject",
+    "claims_this_node",
+    "kind_mismatch",
+    "malformed",
+    "node_mismatch",
+    "other_town",
+    "too_large",
+)
 
 
 @dataclass(frozen=True)
@@ -312,7 +328,7 @@ def _federation_families(info: FederationInfo, lag: BucketsView | None) -> Itera
             "Remote records refused, by reason.",
             labels=["reason"],
         ),
-        info.rejected,
+        {**dict.fromkeys(REJECT_REASONS, 0), **info.rejected},
     )
     applied = CounterMetricFamily(
         "gastownd_federation_applied_total",
