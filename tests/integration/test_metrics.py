@@ -122,6 +122,24 @@ def test_metrics_op_and_gastownctl_metrics(
     assert "gastownd_emits_total 1.0" in classic.stdout
 
 
+def test_a_scraper_that_stalls_never_stalls_emits(
+    metrics_proc: tuple[DaemonProcess, int],
+) -> None:
+    proc, port = metrics_proc
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as stalled:
+        stalled.sendall(b"GET /metr")  # and never the rest: the endpoint's thread waits on it
+        with proc.client() as client:
+            for number in range(50):
+                client.emit("sling", "gastown/crew/joe", {"n": number})
+            assert client.status().eventlog.appended == 50
+        # Still held (the endpoint drops it after 5 s): the emits did not wait for it.
+        stalled.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            stalled.recv(1)
+    status, _, text = http_get(port, "/metrics")
+    assert status == 200 and "gastownd_emits_total 50.0" in text
+
+
 def test_the_port_is_released_when_the_daemon_stops(
     metrics_proc: tuple[DaemonProcess, int],
 ) -> None:

@@ -12,6 +12,7 @@ starting or stopping, without touching the loop.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import socket
 import socketserver
@@ -119,7 +120,15 @@ class MetricsEndpoint:
         try:
             server = bind(self.address, self._app)
         except OSError as exc:
-            raise StartupError(f"[metrics] listen {self.address}: {exc.strerror or exc}") from None
+            hint = (
+                " (a sandbox such as the systemd unit's RestrictAddressFamilies=AF_UNIX "
+                "forbids it: allow AF_INET/AF_INET6 in a drop-in, or listen on unix:PATH)"
+                if exc.errno == errno.EAFNOSUPPORT
+                else ""
+            )
+            raise StartupError(
+                f"[metrics] listen {self.address}: {exc.strerror or exc}{hint}"
+            ) from None
         if isinstance(self.address, TcpAddress):
             port = server.server_address[1]
             self.bound = str(TcpAddress(self.address.host, int(port), self.address.ipv6))
