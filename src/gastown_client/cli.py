@@ -17,10 +17,10 @@ from typing import Any
 
 import msgspec
 
-from gastown_client import __version__, paths
+from gastown_client import __version__, paths, protocol
 from gastown_client.client import Client
 from gastown_client.errors import ClientError, DaemonUnavailable, RequestRejected
-from gastown_client.protocol import FederationInfo, Metrics, MetricsResult
+from gastown_client.protocol import FederationInfo
 
 EXIT_OK, EXIT_REJECTED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
 
@@ -306,7 +306,7 @@ def _federation_rows(fed: FederationInfo) -> list[tuple[str, str]]:
 
 def cmd_metrics(args: argparse.Namespace) -> int:
     with _client(args) as client:
-        result = client.call(Metrics(format=args.format), MetricsResult)
+        result = client.call(protocol.Metrics(format=args.format), protocol.MetricsResult)
     sys.stdout.write(result.text)
     return EXIT_OK
 

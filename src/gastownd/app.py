@@ -27,7 +27,6 @@ from gastownd.errors import StartupError
 from gastownd.eventlog import EventLog
 from gastownd.federation import Federation, identity
 from gastownd.instance import InstanceLock, clear_stale_socket, ensure_private_dir
-from gastownd.metrics.address import check_listen
 from gastownd.metrics.http import MetricsEndpoint
 from gastownd.server import Server
 from gastownd.sessions import Sessions
@@ -148,14 +147,6 @@ class App:
             inline=lambda req, conn, reply: ops.dispatch_inline(daemon, req, conn, reply),
         )
         daemon.server = server
-        metrics_config = config.metrics
-        endpoint = (
-            MetricsEndpoint(
-                daemon, check_listen(metrics_config.listen, metrics_config.allow_remote)
-            )
-            if metrics_config.listen is not None
-            else None
-        )
 
         listener: anyio.abc.SocketListener
         if adopted is not None:
@@ -183,8 +174,6 @@ class App:
                     # Before the first answer: whoever saw us serve may signal us at once.
                     await front.start(self._handle_signals)
                 await front.start(server.serve, listener)
-                if endpoint is not None:
-                    await front.start(endpoint.serve)
                 front.start_soon(
                     watch_eventlog,
                     eventlog,
@@ -208,6 +197,9 @@ class App:
                 hang = maybe_hang_for_tests() if self.supervised else None
                 if hang is not None:
                     front.start_soon(hang)
+                if config.metrics.listen is not None:
+                    # /metrics and /healthz: bound once everything else runs (up means ready).
+                    await front.start(MetricsEndpoint(daemon).serve)
                 log.info(
                     "daemon_ready",
                     town=str(paths.town),
@@ -218,12 +210,8 @@ class App:
                 )
                 notifier.ready(f"serving {paths.town} ({len(eventlog.index)} events indexed)")
                 task_status.started(daemon)
-                if endpoint is not None:
-                    endpoint.state = "ready"
                 await self._stop.wait()
                 log.info("daemon_stopping")
-                if endpoint is not None:
-                    endpoint.state = "stopping"
                 notifier.stopping()
                 watch_stop.set()
                 await self._drain(server, subscriptions)

@@ -5,8 +5,9 @@ clients that stall) runs in an anyio worker thread owned by the daemon's
 task group: cancelling that group shuts it down. A scrape hops to the event
 loop only to copy the counters (``collector.gather``); rendering the text
 happens in the thread, so the loop never waits on a scraper's socket.
-``/healthz`` answers 200 once the daemon is ready and 503 while it is
-starting or stopping, without touching the loop.
+The endpoint is bound once the rest of the daemon runs, just before it
+reports ready, so "it answers" already means ready; ``/healthz`` answers
+200, or 503 once the daemon is stopping, without touching the loop.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import socketserver
 import stat
 from collections.abc import Callable, Iterable
 from functools import partial
-from typing import Any, Literal
+from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
 import anyio
@@ -30,7 +31,7 @@ import structlog
 
 from gastownd.daemon import Daemon
 from gastownd.errors import StartupError
-from gastownd.metrics.address import ListenAddress, TcpAddress, UnixAddress
+from gastownd.metrics.address import ListenAddress, TcpAddress, UnixAddress, check_listen
 from gastownd.metrics.collector import gather, render
 
 log = structlog.get_logger("gastownd.metrics")
@@ -40,7 +41,6 @@ CLIENT_TIMEOUT_S = 5.0
 # How often the server thread looks whether it was asked to stop.
 POLL_S = 0.2
 
-State = Literal["starting", "ready", "stopping"]
 StartResponse = Callable[[str, list[tuple[str, str]]], Any]
 
 
@@ -105,13 +105,20 @@ def _remove_stale_socket(path: str) -> None:
 
 
 class MetricsEndpoint:
-    """The HTTP endpoint of one daemon; ``state`` is what ``/healthz`` reports."""
+    """The HTTP endpoint of one daemon, at its ``[metrics] listen`` address."""
 
-    def __init__(self, daemon: Daemon, address: ListenAddress) -> None:
+    def __init__(self, daemon: Daemon) -> None:
+        listen = daemon.config.metrics.listen
+        assert listen is not None, "[metrics] listen is not set"
         self.daemon = daemon
-        self.address = address
-        self.state: State = "starting"
-        self.bound: str = str(address)
+        # Checked when the config was loaded: this cannot refuse it any more.
+        self.address: ListenAddress = check_listen(listen, daemon.config.metrics.allow_remote)
+        self.bound: str = str(self.address)
+
+    @property
+    def state(self) -> str:
+        server = self.daemon.server
+        return "stopping" if server is None or server.stopping else "ready"
 
     async def serve(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
