@@ -21,10 +21,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
 
 from gastown_client import paths
+from gastown_client.aclient import AsyncClient
+from gastown_client.protocol import Metrics, MetricsResult
+from gastownd.app import App, build_daemon
 from tests.conftest import TEST_CONFIG, DaemonProcess, run_ctl
 from tests.integration.test_hooks import payload, run_hook, wait_until
 from tests.nats_cluster import cluster, free_port, nats_server_binary
@@ -103,6 +107,25 @@ def test_http_endpoint_serves_openmetrics_and_health(
     assert "gastownd_emits_total 3.0" in text
     assert http_get(port, "/healthz")[:3:2] == (200, "ready\n")
     assert http_get(port, "/nope")[0] == 404
+
+
+async def test_in_process_on_asyncio_the_endpoint_and_the_op_agree(town: Path) -> None:
+    """The daemon on this test's asyncio loop: the HTTP thread hops to it for each scrape."""
+    port = free_port()
+    with_metrics(town, f"127.0.0.1:{port}")
+    state = build_daemon(town, paths.default_config_path(town))
+    app = App(state, install_signal_handlers=False)
+    async with anyio.create_task_group() as tg:
+        await tg.start(app.run)
+        async with AsyncClient(state.paths.socket) as client:
+            for number in range(4):
+                await client.emit("sling", "gastown/crew/joe", {"n": number})
+            result = await client.call(Metrics(), MetricsResult)
+        status, _, text = await anyio.to_thread.run_sync(http_get, port, "/metrics")
+        app.stop()
+    assert result.content_type.startswith("application/openmetrics-text")
+    assert samples(result.text)[("gastownd_emits_total", ())] == 4
+    assert status == 200 and "gastownd_emits_total 4.0" in text
 
 
 def test_metrics_op_and_gastownctl_metrics(
