@@ -30,6 +30,7 @@ SUITES: dict[str, str] = {
     "prune": "prune",
     "hooks": "hooks",
     "federation": "federation",
+    "metrics": "metrics",
 }
 # Suites that use the shared daemon on the big log.
 USES_BIG = {"startup", "memory", "query"}

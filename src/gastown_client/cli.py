@@ -17,7 +17,7 @@ from typing import Any
 
 import msgspec
 
-from gastown_client import __version__, paths
+from gastown_client import __version__, paths, protocol
 from gastown_client.client import Client
 from gastown_client.errors import ClientError, DaemonUnavailable, RequestRejected
 from gastown_client.protocol import FederationInfo, StatusResult
@@ -44,6 +44,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = commands.add_parser("ping", help="check that the daemon answers")
     sub.add_argument("--json", action="store_true")
     commands.add_parser("sockname", help="print the socket path a client would use")
+    sub = commands.add_parser("metrics", help="the daemon's metrics (OpenMetrics text)")
+    sub.add_argument(
+        "--format",
+        choices=("openmetrics", "prometheus"),
+        default="openmetrics",
+        help="OpenMetrics (default) or Prometheus' classic text format",
+    )
 
     sub = commands.add_parser("emit", help="append an event to the town's log (durably)")
     sub.add_argument("type")
@@ -306,6 +313,13 @@ def _federation_rows(fed: FederationInfo) -> list[tuple[str, str]]:
     if fed.last_error:
         rows.append(("  last error", f"{fed.last_error_at}  {fed.last_error}"))
     return rows
+
+
+def cmd_metrics(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        result = client.call(protocol.Metrics(format=args.format), protocol.MetricsResult)
+    sys.stdout.write(result.text)
+    return EXIT_OK
 
 
 def cmd_emit(args: argparse.Namespace) -> int:
@@ -679,6 +693,7 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "status": cmd_status,
     "ping": cmd_ping,
     "sockname": cmd_sockname,
+    "metrics": cmd_metrics,
     "emit": cmd_emit,
     "events": cmd_events,
     "prune": cmd_prune,

@@ -239,6 +239,12 @@ class Hook(Request, tag="hook"):
     trimmed: int = 0
 
 
+class Metrics(Request, tag="metrics"):
+    """The daemon's metrics as text: OpenMetrics, or Prometheus' classic text format."""
+
+    format: Literal["openmetrics", "prometheus"] = "openmetrics"
+
+
 RequestUnion = (
     Hello
     | Ping
@@ -259,6 +265,7 @@ RequestUnion = (
     | Attribute
     | Attribution
     | Hook
+    | Metrics
 )
 OPS: frozenset[str] = frozenset(cls.__struct_config__.tag for cls in typing.get_args(RequestUnion))
 
@@ -558,6 +565,11 @@ class HookResult(msgspec.Struct, kw_only=True, omit_defaults=True):
     handled: str
     # Text the hook prints for Claude (predecessor context), if any.
     context: str | None = None
+
+
+class MetricsResult(msgspec.Struct, kw_only=True):
+    content_type: str
+    text: str
 
 
 # ---------------------------------------------------------------- frames

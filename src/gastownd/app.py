@@ -34,6 +34,7 @@ from gastownd.instance import (
     clear_stale_socket,
     ensure_private_dir,
 )
+from gastownd.metrics.http import MetricsEndpoint
 from gastownd.server import Server
 from gastownd.sessions import Sessions
 from gastownd.spool import SpoolIngester
@@ -223,6 +224,9 @@ class App:
                     hang = maybe_hang_for_tests() if self.supervised else None
                     if hang is not None:
                         front.start_soon(hang)
+                    if config.metrics.listen:
+                        # /metrics and /healthz: bound once everything else runs (up means ready).
+                        await front.start(MetricsEndpoint(daemon).serve)
                     log.info(
                         "daemon_ready",
                         town=str(paths.town),

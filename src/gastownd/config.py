@@ -25,6 +25,7 @@ from typing import Any, Literal
 import msgspec
 
 from gastownd.errors import ConfigError
+from gastownd.metrics.address import check_listen
 
 _NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 # At most 15 digits (and 9 decimals): anything longer is no duration a person means.
@@ -301,6 +302,19 @@ class FederationConfig(_Section):
         return bool(self.servers)
 
 
+class MetricsConfig(_Section):
+    """The HTTP metrics endpoint (docs/operations.md#metrics). Off while ``listen`` is unset."""
+
+    # "127.0.0.1:9464", "[::1]:9464" or "unix:/path/metrics.sock".
+    listen: str | None = None
+    # Allow an address other machines can reach (there is no authentication).
+    allow_remote: bool = False
+
+    def check_together(self) -> None:
+        if self.listen:  # "" is unset, like every optional text key
+            check_listen(self.listen, self.allow_remote)
+
+
 class Config(_Section):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["auto", "json", "console"] = "auto"
@@ -310,6 +324,7 @@ class Config(_Section):
     wisps: WispsConfig = msgspec.field(default_factory=WispsConfig)
     hooks: HooksConfig = msgspec.field(default_factory=HooksConfig)
     federation: FederationConfig = msgspec.field(default_factory=FederationConfig)
+    metrics: MetricsConfig = msgspec.field(default_factory=MetricsConfig)
 
 
 _TTL = _duration("retention.ttls.*", "1s", "36500d", True)
@@ -360,6 +375,8 @@ KEYS: tuple[Key, ...] = (
     _duration("federation.duplicate_window", "1s", "7d", False),
     _integer("federation.batch", 1, 4096, False),
     _duration("federation.ping_interval", "1s", "10m", False),
+    _text("metrics.listen", False, high=200, optional=True),
+    Key("metrics.allow_remote", "flag", False),
 )
 
 _SECTIONS: dict[type[_Section], str] = {
@@ -370,6 +387,7 @@ _SECTIONS: dict[type[_Section], str] = {
     WispsConfig: "wisps",
     HooksConfig: "hooks",
     FederationConfig: "federation",
+    MetricsConfig: "metrics",
 }
 
 

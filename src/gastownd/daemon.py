@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from gastownd.config import Config
+from gastownd.metrics.buckets import Counters
 
 if TYPE_CHECKING:
     from gastownd.eventlog import EventLog
@@ -50,6 +51,8 @@ class Daemon:
     sessions: Sessions | None = None
     # Hook calls that arrived trimmed to fit the frame limit (counted for ``status``).
     hooks_trimmed: int = 0
+    # What handlers count for the metrics (hook calls by event, spooled hook calls).
+    counters: Counters = field(default_factory=Counters)
     # Wall clock in epoch seconds; tests inject their own.
     clock: Callable[[], float] = time.time
     # This node's and this town's names (federation; always known, federated or not).

@@ -49,6 +49,7 @@ from gastownd.logstate import (
     write_seqmap,
     write_snapshot,
 )
+from gastownd.metrics.buckets import PRUNE_SECONDS, Buckets
 from gastownd.reads import Backlog, BacklogGap, read_lines
 from gastownd.reads import query as query_log
 from gastownd.recovery import SNAPSHOT_NAME, recover
@@ -102,6 +103,7 @@ class EventLog:
         self.external = 0
         self.last_prune_at: float | None = None
         self.last_prune_removed = 0
+        self.prune_seconds = Buckets(PRUNE_SECONDS)  # observed by the pruner
         self.cold_start_s = 0.0
         # What the last index snapshot covered: (inode, lines).
         self._snapshot_at = (0, 0)

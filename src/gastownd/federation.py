@@ -68,6 +68,7 @@ from gastownd.core.records import (
 )
 from gastownd.daemon import Daemon
 from gastownd.eventlog import BacklogGap
+from gastownd.metrics.buckets import LAG_SECONDS, Buckets, stream_stored_at
 from gastownd.store.remote import (
     MARK_ATTRIBUTIONS,
     MARK_DIGESTS,
@@ -143,6 +144,8 @@ class Federation:
         # Records larger than the server's max_payload: they never leave this node.
         self.too_large = 0
         self.rejected: Counter[str] = Counter()
+        # Stored in the town's stream (the origin's publish acknowledged) -> applied here.
+        self.lag_seconds = Buckets(LAG_SECONDS)
         self.last_error: str | None = None
         self.last_error_at: float | None = None
         # Highest arrival number of a remote line applied: the live edge for subscribers.
@@ -541,6 +544,7 @@ class Federation:
     async def _apply(self, messages: Sequence[Any]) -> int:
         """Check and apply other nodes' records; how many messages were theirs."""
         records: list[AnyMessage] = []
+        stored_at: list[float | None] = []
         for message in messages:
             if message.subject.split(".")[2:3] == [self.node]:
                 continue  # our own records, echoed by the town's stream
@@ -550,6 +554,7 @@ class Federation:
                         message.subject, message.data, town=self.town, local_node=self.node
                     )
                 )
+                stored_at.append(stream_stored_at(message))
             except Rejected as rejected:
                 self._reject(rejected, message.subject)
         if not records:
@@ -558,6 +563,10 @@ class Federation:
         assert sessions is not None
         applied = await sessions.apply_remote(records, self.daemon.clock())
         self.applied += sum(applied.counts.values())
+        applied_at = time.time()
+        for at in stored_at:
+            if at is not None:
+                self.lag_seconds.observe(applied_at - at)
         if applied.events:
             self.last_arrival = max(self.last_arrival, applied.events[-1].arrival)
             if self.daemon.subscriptions is not None:

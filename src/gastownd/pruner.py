@@ -231,6 +231,8 @@ async def prune(
                 eventlog.last_prune_removed = 0
                 await _expire_archive(eventlog, now_s, archive_max_age_s)
             result.duration_ms = round((time.monotonic() - started) * 1000, 3)
+            if not dry_run:
+                eventlog.prune_seconds.observe(time.monotonic() - started)
             return result
         removed = await _cooperate(_complement_steps(decided.keep, count))
         days = await anyio.to_thread.run_sync(days_of, index, removed)
@@ -281,6 +283,7 @@ async def prune(
     eventlog.last_prune_removed = decided.removed_total
     result.archived = archived_lines
     result.duration_ms = round((time.monotonic() - started) * 1000, 3)
+    eventlog.prune_seconds.observe(time.monotonic() - started)
     log.info(
         "eventlog_pruned",
         removed=decided.removed_total,

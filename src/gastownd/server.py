@@ -23,6 +23,7 @@ import asyncio
 import contextvars
 import itertools
 import socket
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
@@ -36,6 +37,7 @@ from gastown_client.protocol import ErrorCode, OkReply, Request
 from gastownd.config import ServerConfig, parse_duration
 from gastownd.errors import DaemonError
 from gastownd.instance import peer_uid
+from gastownd.metrics.buckets import RequestMeter
 
 log = structlog.get_logger("gastownd.server")
 
@@ -163,18 +165,21 @@ class Connection(asyncio.Protocol):
         refusal: tuple[str, str] | None = None
         if uid is not None and uid != server.expected_uid:
             log.warning("connection_refused", reason="foreign_uid", peer_uid=uid)
+            server.meter.refused["foreign_uid"] += 1
             refusal = (
                 ErrorCode.FORBIDDEN,
                 f"uid {uid} may not use this daemon (owned by uid {server.expected_uid})",
             )
         elif len(server.connections) >= server.config.max_connections:
             log.warning("connection_refused", reason="too_many_connections")
+            server.meter.refused["too_many_connections"] += 1
             refusal = (
                 ErrorCode.BUSY,
                 f"too many connections (max {server.config.max_connections}); retry later",
             )
         elif server.stopping:
             refusal = (ErrorCode.SHUTTING_DOWN, "daemon is stopping")
+            server.meter.refused["shutting_down"] += 1
         if refusal is not None:
             self._input_ended = True
             self._write(codec.encode_frame(codec.error_reply(None, *refusal)))
@@ -196,6 +201,7 @@ class Connection(asyncio.Protocol):
                 try:
                     frame = reader.next_frame()
                 except codec.FrameTooLarge as exc:
+                    server.meter.refused["frame_too_large"] += 1
                     self._queue(codec.error_reply(None, ErrorCode.TOO_LARGE, str(exc)))
                     continue
                 if frame is None:
@@ -208,6 +214,7 @@ class Connection(asyncio.Protocol):
                 try:
                     request = codec.decode_request(frame)
                 except codec.BadRequest as exc:
+                    server.meter.refused[exc.code] += 1
                     self._queue(codec.error_reply(exc.request_id, exc.code, exc.message))
                     continue
                 self._inflight += 1
@@ -228,11 +235,13 @@ class Connection(asyncio.Protocol):
     def _inline(self, request: Request) -> bool:
         request_id = request.id
         answered = False
+        started = time.perf_counter()
 
         def reply(result: Any) -> None:
             nonlocal answered
             if not answered:
                 answered = True
+                self.server.meter.finished(type(request), started, result)
                 self._run(lambda: self._finish(request_id, result))
 
         try:
@@ -361,6 +370,7 @@ class Connection(asyncio.Protocol):
             )
         )
         log.info("connection_timed_out", pending_bytes=pending)
+        self.server.meter.refused["partial_frame_timeout"] += 1
         self._end_input()
         self._close()
 
@@ -383,6 +393,7 @@ class Server:
         self.expected_uid = expected_uid
         self.connections: set[Connection] = set()
         self.requests = 0
+        self.meter = RequestMeter()
         self.stopping = False
         self.partial_timeout_s = parse_duration(config.partial_frame_timeout)
         self._tasks: anyio.abc.TaskGroup | None = None
@@ -458,6 +469,7 @@ class Server:
     async def _run_request(self, conn: Connection, request: Request) -> None:
         """Run one request and queue its reply; a FollowUp's task runs after the reply."""
         request_id = request.id
+        started = time.perf_counter()
         outcome: Any
         try:
             outcome = await self.handler(request, conn)
@@ -466,6 +478,7 @@ class Server:
         except Exception:
             log.exception("request_failed", request_id=request_id, op=type(request).__name__)
             outcome = _INTERNAL
+        self.meter.finished(type(request), started, outcome)
         if not isinstance(outcome, FollowUp):
             conn._run(lambda: conn._finish(request_id, outcome))
             return

@@ -13,6 +13,7 @@ in the store.
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -79,6 +80,9 @@ class Sessions:
         self._read_through: tuple[int, int] | None = None
         # Called after each commit that may change what federation publishes.
         self.on_commit: Callable[[], None] | None = None
+        # Counted for the metrics: digests saved, attributions recorded by action.
+        self.digests_saved = 0
+        self.attributions_recorded: Counter[str] = Counter()
 
     async def db(self, func: Callable[..., T], *args: Any) -> T:
         """Run a store call in the store's single worker thread."""
@@ -142,6 +146,8 @@ class Sessions:
             records = attributions(book) if attributions is not None else ()
             if effects or records or spool_mark is not None or lines is not None:
                 await self.db(self.store.apply, effects, records, spool_mark, lines)
+                self.digests_saved += sum(isinstance(e, SaveDigest) for e in effects)
+                self.attributions_recorded.update(r.action for r in records)
                 if self.on_commit is not None:
                     self.on_commit()
             # Committed: the book follows the store even if the log append below fails.

@@ -42,6 +42,7 @@ import structlog
 from gastownd.core.index import EventIndex, Known
 from gastownd.errors import StorageError
 from gastownd.logstate import TAIL_SIGNATURE, fsync_dir, read_tail, tail_matches, write_all
+from gastownd.metrics.buckets import BATCH_LINES, FSYNC_SECONDS, Buckets
 
 log = structlog.get_logger("gastownd.writer")
 
@@ -91,6 +92,7 @@ class LogFile:
         self.tail = b""
         self.quarantined = 0
         self.dirty = False  # written and not yet synced (durability "write")
+        self.fsync_seconds = Buckets(FSYNC_SECONDS)  # observed in the writer's thread only
 
     def open_lock(self) -> None:
         self.lock_fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
@@ -226,7 +228,9 @@ class LogFile:
         try:
             write_all(fd, data)
             if sync:
+                synced_from = time.perf_counter()
                 os.fdatasync(fd)
+                self.fsync_seconds.observe(time.perf_counter() - synced_from)
             else:
                 self.dirty = True
         except OSError as exc:
@@ -248,7 +252,9 @@ class LogFile:
     def sync(self) -> None:
         if self.dirty:
             self.dirty = False
+            synced_from = time.perf_counter()
             os.fdatasync(self.fd)
+            self.fsync_seconds.observe(time.perf_counter() - synced_from)
 
     def replace(
         self,
@@ -355,6 +361,7 @@ class Writer:
         self._queue: queue.SimpleQueue[Append | _Call | _Close] = queue.SimpleQueue()
         self._loop: asyncio.AbstractEventLoop | None = None
         self.closed = False
+        self.batch_lines = Buckets(BATCH_LINES)  # observed in the writer's thread only
 
     # ------------------------------------------------------------ event loop side
 
@@ -439,6 +446,7 @@ class Writer:
             items.append(job)
             size += len(job.line)
         data = b"".join(item.line for item in items)
+        self.batch_lines.observe(len(items))
         file = self.file
         with file.flocked():
             observation = file.observe(self.settled_index)

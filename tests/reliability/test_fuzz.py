@@ -186,6 +186,7 @@ def seed_requests() -> list[protocol.Request]:
         protocol.ResolveSession(session="fz-1"),
         protocol.Attribute(issue="gt-1", session="fz-1", action="closed"),
         protocol.Attribution(issue="gt-1"),
+        protocol.Metrics(),
         protocol.Hook(
             payload=msgspec.Raw(msgspec.json.encode(hook_payload)),
             env={"GT_ROLE": "gastown/crew/fzhook"},

@@ -12,6 +12,7 @@ from gastown_client.protocol import (
     Emit,
     Hello,
     Hook,
+    Metrics,
     Ping,
     Prune,
     Query,
@@ -28,6 +29,7 @@ from gastown_client.protocol import (
 )
 from gastownd.daemon import Daemon
 from gastownd.ops import events, hooks, meta, seance, wisps
+from gastownd.ops import metrics as metrics_op
 from gastownd.server import Connection, Reply
 
 
@@ -84,4 +86,6 @@ async def dispatch(daemon: Daemon, request: Request, conn: Connection) -> Any:
             return await wisps.attribution(daemon, request)
         case Hook():
             return await hooks.hook(daemon, request)
+        case Metrics():
+            return await metrics_op.metrics(daemon, request)
     raise AssertionError(f"no handler for {type(request).__name__}")

@@ -19,6 +19,7 @@ from gastownd.core.hookmap import (
 from gastownd.core.wisp import Effect, Outcome, WispBook, WispState
 from gastownd.daemon import Daemon
 from gastownd.errors import BadRequestError
+from gastownd.metrics.buckets import hook_event_label
 from gastownd.store import NewAttribution, SessionRecord
 
 log = structlog.get_logger("gastownd.hooks")
@@ -33,11 +34,15 @@ async def hook(
     assert sessions is not None
     if request.trimmed:
         daemon.hooks_trimmed += 1
+    if request.spooled_at is not None:
+        daemon.counters.hooks_spooled += 1
     try:
         payload = decode_payload(bytes(request.payload))
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+        daemon.counters.hook_calls["invalid"] += 1
         log.info("hook_rejected", reason=str(exc), spooled=request.spooled_at is not None)
         raise BadRequestError(f"hook payload: {exc}") from None
+    daemon.counters.hook_calls[hook_event_label(payload.hook_event_name)] += 1
     now = request.at if request.at is not None else daemon.clock()
     plan = plan_hook(payload, request.env, request.cwd, request.ppid)
     if plan.ignored is not None:
