@@ -156,6 +156,10 @@ class FederationConfig(_Section):
     batch: int = 256
     # How often the connection is checked (a dead peer is noticed within two of these).
     ping_interval: str = "10s"
+    # Remote lines and records dated further ahead of this machine's clock are refused.
+    max_clock_skew: str = "5m"
+    # How long this daemon's hold on its node name outlives it (renewed every third of it).
+    node_lease: str = "30s"
 
     def __post_init__(self) -> None:
         for name in ("node", "town"):
@@ -170,6 +174,9 @@ class FederationConfig(_Section):
             parse_duration(self.stream_max_age)
         parse_duration(self.duplicate_window)
         parse_duration(self.ping_interval)
+        parse_duration(self.max_clock_skew)
+        if parse_duration(self.node_lease) < 1:
+            raise ValueError("node_lease must be at least 1s")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("tls_cert and tls_key go together")
         if (self.user is None) != (self.password is None):

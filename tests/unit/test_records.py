@@ -181,7 +181,9 @@ def test_numbers_no_store_column_can_hold_are_out_of_range(
 
 
 def test_nan_is_not_json() -> None:
-    assert reason("gastown.t1.b.session", poisoned("session", "last_start_at", "NaN")) == "malformed"
+    assert (
+        reason("gastown.t1.b.session", poisoned("session", "last_start_at", "NaN")) == "malformed"
+    )
     assert reason("gastown.t1.b.session", poisoned("session", "starts", '"7"')) == "malformed"
 
 
@@ -194,8 +196,7 @@ def test_the_largest_numbers_a_store_holds_are_accepted() -> None:
 def test_lines_and_records_from_the_future_are_refused() -> None:
     event, session, dig, attribution = messages()
     future = (
-        b'{"ts":"9999-12-31T23:59:59Z","source":"gt","type":"mail","actor":"x",'
-        b'"visibility":"feed"}'
+        b'{"ts":"9999-12-31T23:59:59Z","source":"gt","type":"mail","actor":"x","visibility":"feed"}'
     )
     mixed = msgspec.structs.replace(event, lines=[msgspec.Raw(future), msgspec.Raw(LINE)])
     now = 1_800_000_000.0  # 2027-01-15: LINE (2026-11-29) is before it

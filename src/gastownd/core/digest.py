@@ -22,6 +22,7 @@ import msgspec
 
 from gastownd.core.bounds import Count, Instant
 
+
 class Step(Protocol):
     """What a digest reads of a step (``core.wisp.Step`` is one).
 

@@ -123,7 +123,7 @@ class RemoteStore:
             return self._apply_batch(messages, now)
         except sqlite3.OperationalError:
             raise
-        except Exception:  # noqa: BLE001 - some record's fault: find which, below
+        except Exception:  # some record's fault: find which, below
             pass
         applied = Applied()
         for index, message in enumerate(messages):
@@ -131,7 +131,7 @@ class RemoteStore:
                 one = self._apply_batch([message], now)
             except sqlite3.OperationalError:
                 raise
-            except Exception as exc:  # noqa: BLE001 - this record's fault: it is rejected
+            except Exception as exc:  # this record's fault: it is rejected
                 applied.failed.append((index, f"{type(exc).__name__}: {exc}"))
                 continue
             applied.events += one.events
@@ -254,7 +254,9 @@ class RemoteStore:
             "SELECT 1 FROM digests WHERE digest_id = ?", (digest.digest_id,)
         ).fetchone():
             return False
-        row = self._db.execute("SELECT length FROM heads WHERE actor = ?", (digest.actor,)).fetchone()
+        row = self._db.execute(
+            "SELECT length FROM heads WHERE actor = ?", (digest.actor,)
+        ).fetchone()
         length = int(row[0]) if row else 0
         followed = self._db.execute(
             "SELECT 1 FROM digests WHERE actor = ? "
