@@ -205,6 +205,8 @@ class Federation:
         self.clock_offset_s: float | None = None
         self.max_skew_s = parse_duration(config.max_clock_skew)
         self._nc: Any = None
+        # Set once the counts kept across restarts are loaded (status waits for them).
+        self._loaded = anyio.Event()
         # Cancelled when the connection is lost: a publish round waiting on it ends.
         self._publish_scope: anyio.CancelScope | None = None
         # Highest arrival number of a remote line applied: the live edge for subscribers.
@@ -242,6 +244,7 @@ class Federation:
             if value is not None:
                 self._marks[key] = value
         self.rejected.update(await sessions.db(remote.rejected_counts))
+        self._loaded.set()
         task_status.started()
         log.info(
             "federation_starting",
@@ -353,6 +356,7 @@ class Federation:
                     await self._back_off(attempt)
                     continue
             self._ok("federation_node_claim_failed")
+            self.clock_offset_s = claim.clock_offset_s
             if self.node_conflict is not None:
                 log.info("federation_node_claimed", node=self.node, instance=self.instance)
             self.node_conflict = None
@@ -361,7 +365,7 @@ class Federation:
             while True:
                 await anyio.sleep(claim.lease_s / 3)
                 try:
-                    offset = await claim.renew()
+                    await claim.renew()
                 except NodeNameHeld as held:
                     self._conflict(held.holder)
                     raise NodeNameLost(str(held)) from None
@@ -369,8 +373,7 @@ class Federation:
                     self._error("federation_node_renew_failed", exc)
                     continue
                 self._ok("federation_node_renew_failed")
-                if offset is not None:
-                    self.clock_offset_s = round(offset, 3)
+                self.clock_offset_s = claim.clock_offset_s
         finally:
             if claim.held:
                 with anyio.CancelScope(shield=True), anyio.move_on_after(1):
@@ -855,6 +858,8 @@ class Federation:
         return next(reversed(self._failing.values()), None)
 
     async def info(self) -> FederationInfo:
+        with anyio.move_on_after(2):  # the socket serves before federation starts
+            await self._loaded.wait()
         sessions = self.daemon.sessions
         eventlog = self.daemon.eventlog
         assert sessions is not None and eventlog is not None

@@ -113,6 +113,8 @@ class NodeClaim:
         self._kv: Any = None
         # The revision of the entry this daemon last wrote (None: not held).
         self._revision: int | None = None
+        # The server's clock minus this node's, as last measured.
+        self.clock_offset_s: float | None = None
 
     @property
     def held(self) -> bool:
@@ -144,7 +146,9 @@ class NodeClaim:
 
         kv = await self._open()
         try:
+            sent = self._clock()
             self._revision = await kv.create(self._node, self.holder.encode())
+            self.clock_offset_s = await self._server_offset(self._revision, sent)
             return
         except nats.js.errors.KeyWrongLastSequenceError:
             pass
@@ -160,8 +164,8 @@ class NodeClaim:
         self._revision = entry.revision
         await self.renew()
 
-    async def renew(self) -> float | None:
-        """Rewrite the entry; the server's clock minus this node's, when it could tell.
+    async def renew(self) -> None:
+        """Rewrite the entry (and measure the server's clock again).
 
         Raises :class:`NodeNameHeld` when the entry expired and another daemon took it.
         """
@@ -169,25 +173,27 @@ class NodeClaim:
 
         kv = await self._open()
         if self._revision is None:
-            await self.claim()
-            return None
+            return await self.claim()
         sent = self._clock()
         try:
-            revision = await kv.update(self._node, self.holder.encode(), last=self._revision)
+            self._revision = await kv.update(self._node, self.holder.encode(), last=self._revision)
         except nats.js.errors.KeyWrongLastSequenceError:
             # Gone for a lease (an outage): claim it again, unless someone else did.
             self._revision = None
-            await self.claim()
-            return None
+            return await self.claim()
+        self.clock_offset_s = await self._server_offset(self._revision, sent)
+
+    async def _server_offset(self, revision: int, sent: float) -> float | None:
+        """The server's clock minus this node's: the entry at ``revision`` was stamped by
+        the server between ``sent`` and now (this node's clock), so within half of that."""
         acknowledged = self._clock()
-        self._revision = revision
         try:
             stored = await self._js.get_msg(f"KV_{self._bucket}", seq=revision, direct=False)
-        except Exception:  # the offset is a nicety; the lease is renewed
-            return None
+        except Exception:  # the offset is a nicety; the lease is held
+            return self.clock_offset_s
         if stored.time is None:
-            return None
-        return float(stored.time.timestamp()) - (sent + acknowledged) / 2
+            return self.clock_offset_s
+        return round(float(stored.time.timestamp()) - (sent + acknowledged) / 2, 3)
 
     async def release(self) -> None:
         """Let the name go now (a clean stop), rather than at the end of the lease."""

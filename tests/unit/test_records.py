@@ -211,5 +211,5 @@ def test_lines_and_records_from_the_future_are_refused() -> None:
     late = msgspec.structs.replace(session, last_activity_at=now + 1)
     assert refuse_future(late, now) == (None, 1)
     assert refuse_future(session, now) == (session, 0)
-    assert refuse_future(dig, 1_780_000_099.0) == (None, 1)  # ended at ..._100
+    assert refuse_future(dig, 1_780_000_099.0) == (dig, 0)  # ended at ..._100: a chain link
     assert refuse_future(attribution, 4.0) == (None, 1)

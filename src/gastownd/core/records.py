@@ -197,7 +197,9 @@ def refuse_future(message: AnyMessage, not_after: float) -> tuple[AnyMessage | N
     left. A line from the future would sit on top of every view until its date came.
 
     Lines of a run are refused one by one (the rest of the run still counts); a session
-    record, digest or attribution dated in the future is refused whole.
+    record or attribution dated in the future is refused whole. Digests always pass:
+    they are immutable links of a chain, ordered by arrival (never by their dates), and
+    a node whose clock is behind must still see them to link after them.
     """
     match message:
         case EventMessage(seqs=seqs, lines=lines):
@@ -218,8 +220,8 @@ def refuse_future(message: AnyMessage, not_after: float) -> tuple[AnyMessage | N
         case SessionMessage():
             times = [message.first_start_at, message.last_start_at, message.last_activity_at]
             latest = max([*times, message.ended_at or 0.0])
-        case DigestMessage(digest=digest):
-            latest = max(digest.started_at, digest.ended_at)
+        case DigestMessage():
+            return message, 0
         case AttributionMessage():
             latest = message.at
     return (None, 1) if latest > not_after else (message, 0)
