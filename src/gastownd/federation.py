@@ -107,6 +107,8 @@ JS_API_TIMEOUT_S = 2.0
 # a stream that lost its leader answers again once the cluster elected another.
 PUBLISH_TIMEOUT_S = 3.0
 IDLE_WAKE_S = 1.0
+# Between attempts on a server that failed to connect.
+RECONNECT_WAIT_S = 0.5
 MARK_INTERVAL_S = 1.0
 ROUND_S = 0.025
 # A round with this many lines (or more than one record) counts as busy.
@@ -207,6 +209,8 @@ class Federation:
         self._nc: Any = None
         # Set once the counts kept across restarts are loaded (status waits for them).
         self._loaded = anyio.Event()
+        # The server the watchdog left for not answering: tried last when reconnecting.
+        self._unresponsive: tuple[str | None, int | None] | None = None
         # Cancelled when the connection is lost: a publish round waiting on it ends.
         self._publish_scope: anyio.CancelScope | None = None
         # Highest arrival number of a remote line applied: the live edge for subscribers.
@@ -302,6 +306,8 @@ class Federation:
                     continue  # it reconnects already
                 self._lost_connection()
                 self._error("federation_server_unresponsive", exc, server=_server_url(nc))
+                url = nc.connected_url
+                self._unresponsive = (url.hostname, url.port) if url is not None else None
                 await nc.force_reconnect()
             except Exception:  # closed or reconnecting: nats-py reports it
                 continue
@@ -408,6 +414,7 @@ class Federation:
 
         async def reconnected() -> None:
             self.connected = True
+            self._unresponsive = None
             self._ok("federation_connection_error", "federation_server_unresponsive")
             log.info("federation_reconnected", server=_server_url(self._nc))
             self._reconnected.set()  # ends every back-off: the server is there again
@@ -417,12 +424,22 @@ class Federation:
         async def error(exc: Exception) -> None:
             self._error("federation_connection_error", exc)
 
+        def next_server(servers: list[Any], info: dict[str, Any]) -> tuple[Any, float]:
+            # The servers that failed least first, a frozen one last: it takes a whole
+            # connect timeout to fail (nats-py's own choice is random).
+            chosen = min(
+                servers,
+                key=lambda s: ((s.uri.hostname, s.uri.port) == self._unresponsive, s.reconnects),
+            )
+            return chosen, RECONNECT_WAIT_S if chosen.reconnects else 0.0
+
         options: dict[str, Any] = {
             "servers": list(config.servers),
             "name": f"gastownd-{self.node}",
             "allow_reconnect": True,
             "max_reconnect_attempts": -1,
-            "reconnect_time_wait": 0.5,
+            "reconnect_time_wait": RECONNECT_WAIT_S,
+            "reconnect_to_server_handler": next_server,
             "connect_timeout": 2,
             "ping_interval": parse_duration(config.ping_interval),
             "max_outstanding_pings": 2,
