@@ -132,19 +132,22 @@ class NodeNameLost(Exception):
     """The lease on this node's name ran out and another daemon took the name."""
 
 
-class _RateLimited:
+class RateLimited:
     """Which keys may be logged now: the first time, then once per ``every_s``; how
     many times each key came up in between."""
 
-    def __init__(self, every_s: float = LOG_EVERY_S) -> None:
+    def __init__(
+        self, every_s: float = LOG_EVERY_S, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self._every_s = every_s
+        self._clock = clock
         self._last: dict[str, tuple[float, int]] = {}
 
     def admit(self, key: str, count: int = 1) -> int | None:
         """How many times ``key`` came up since it was last logged (this one included),
         when it may be logged now; else None."""
-        now = time.monotonic()
-        logged_at, skipped = self._last.get(key, (-self._every_s, 0))
+        now = self._clock()
+        logged_at, skipped = self._last.get(key, (now - self._every_s, 0))
         if now - logged_at < self._every_s:
             self._last[key] = (logged_at, skipped + count)
             return None
@@ -201,7 +204,7 @@ class Federation:
         # Failing parts (by log event) -> their error, while they fail.
         self._failing: dict[str, str] = {}
         self._errors: deque[FederationError] = deque(maxlen=ERROR_HISTORY)
-        self._logged = _RateLimited()
+        self._logged = RateLimited()
         self.instance = secrets.token_hex(8)
         self.node_conflict: Holder | None = None
         self.clock_offset_s: float | None = None
@@ -368,6 +371,7 @@ class Federation:
             self.node_conflict = None
             if not started:
                 task_status.started()
+            renewed_at = time.monotonic()
             while True:
                 await anyio.sleep(claim.lease_s / 3)
                 try:
@@ -377,7 +381,11 @@ class Federation:
                     raise NodeNameLost(str(held)) from None
                 except Exception as exc:
                     self._error("federation_node_renew_failed", exc)
+                    if time.monotonic() - renewed_at > claim.lease_s:
+                        # Another daemon may hold the name by now: stop until it is ours.
+                        raise NodeNameLost("the lease ran out before it could be renewed") from exc
                     continue
+                renewed_at = time.monotonic()
                 self._ok("federation_node_renew_failed")
                 self.clock_offset_s = claim.clock_offset_s
         finally:
