@@ -88,6 +88,7 @@ from gastownd.store.remote import (
     MARK_ATTRIBUTIONS,
     MARK_DIGESTS,
     MARK_EVENTS,
+    MARK_INSTANCE,
     MARK_SESSIONS,
     REJECTED_COUNTS,
     RemoteEvent,
@@ -210,6 +211,7 @@ class Federation:
         self.clock_offset_s: float | None = None
         self.max_skew_s = parse_duration(config.max_clock_skew)
         self._nc: Any = None
+        self._previous_instance: str | None = None
         # Set once the counts kept across restarts are loaded (status waits for them).
         self._loaded = anyio.Event()
         # The server the watchdog left for not answering: tried last when reconnecting.
@@ -251,6 +253,7 @@ class Federation:
             if value is not None:
                 self._marks[key] = value
         self.rejected.update(await sessions.db(remote.rejected_counts))
+        self._previous_instance = await sessions.db(sessions.store.meta, MARK_INSTANCE)
         self._loaded.set()
         task_status.started()
         log.info(
@@ -335,6 +338,7 @@ class Federation:
             lease_s=parse_duration(self.config.node_lease),
             replicas=self.config.stream_replicas,
             clock=self.daemon.clock,
+            previous_instance=self._previous_instance,
         )
         started = False
         attempt = 0
@@ -366,6 +370,11 @@ class Federation:
                     continue
             self._ok("federation_node_claim_failed")
             self.clock_offset_s = claim.clock_offset_s
+            if self._previous_instance != self.instance:
+                sessions = self.daemon.sessions
+                assert sessions is not None
+                await sessions.db(sessions.store.remote.set_marks, {MARK_INSTANCE: self.instance})
+                self._previous_instance = self.instance
             if self.node_conflict is not None:
                 log.info("federation_node_claimed", node=self.node, instance=self.instance)
             self.node_conflict = None

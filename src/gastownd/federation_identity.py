@@ -12,7 +12,9 @@ check`` reads too):
 - the bucket's TTL (``max_age``) is the lease: the holder rewrites its entry
   every third of it, each time conditional on the revision it last wrote, so
   an entry outlives a dead holder by at most one lease; a clean stop deletes it;
-- a claim creates the key only if it has no live value.
+- a claim creates the key only if it has no live value, or if the value names this
+  run or the run this store last federated under (a restart after a crash: the same
+  store, so nothing is lost or applied twice).
 
 A claim refused by a live entry of another instance raises :class:`NodeNameHeld`.
 
@@ -96,8 +98,12 @@ class NodeClaim:
         lease_s: float,
         replicas: int,
         clock: Callable[[], float],
+        previous_instance: str | None = None,
     ) -> None:
         self._js = js
+        # The daemon run this store last federated under: its entry is ours to take over
+        # at once (a restart after a crash need not wait out its own lease).
+        self._previous = previous_instance
         self._node = node
         self._bucket = bucket_name(town)
         self._replicas = replicas
@@ -157,10 +163,11 @@ class NodeClaim:
         except nats.js.errors.KeyNotFoundError:
             return await self.claim()  # it expired in between
         holder = Holder.decode(entry.value)
-        if holder.instance != self.holder.instance:
+        if holder.instance not in (self.holder.instance, self._previous):
             self._revision = None
             raise NodeNameHeld(self._node, holder)
-        # Our own entry (written before a reconnect): go on from its revision.
+        # Our own entry (written before a reconnect), or this store's previous run's (which
+        # died): go on from its revision.
         self._revision = entry.revision
         await self.renew()
 

@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 
 from gastown_client.protocol import FederationInfo
-from tests.conftest import DaemonProcess
+from tests.conftest import DaemonProcess, run_ctl
 from tests.integration.test_eventlog import gt_append
 from tests.integration.test_federation import Node, node_base, wait_converged, work
 from tests.nats_cluster import NatsCluster, cluster, nats_server_binary
@@ -246,6 +246,10 @@ def test_poison_records_are_rejected_and_terminated_and_the_batch_goes_on(town: 
     a.proc.terminate()
     a.restart()
     assert status(a).rejected == status(b).rejected  # kept across the restart
+    fed = wait_for(lambda: (s := status(a)).connected and s)
+    shown = run_ctl(a.town, "status").stdout
+    assert f"connected to {fed.server}" in shown and "rejected" in shown, shown
+    assert not [u for u in town.nats.urls if u != fed.server and u in shown], shown
 
 
 # ---------------------------------------------------------------- node names
@@ -272,22 +276,49 @@ def test_a_second_daemon_under_a_held_name_touches_nothing(town: Town) -> None:
     assert status(a).node_conflict is None
 
 
-def test_after_kill_9_the_name_is_taken_again_after_the_lease(town: Town) -> None:
+def test_after_kill_9_another_daemon_takes_the_name_after_the_lease(town: Town) -> None:
     lease_s = 6.0
     a, b = town.add("a", lease=f"{lease_s:g}s"), town.add("b", lease=f"{lease_s:g}s")
-    work(a, "before")
+    twin = town.add("a", folder="a-twin", lease=f"{lease_s:g}s")
+    holder = status(a).instance
+    assert wait_for(lambda: status(twin).node_conflict).instance == holder
+    work(b, "before")
     wait_converged([a, b])
-    old = status(a).instance
     a.proc.kill()  # its entry stays until the lease runs out
     killed_at = time.monotonic()
-    a.restart()
-    conflict = wait_for(lambda: status(a).node_conflict, timeout_s=lease_s)
-    assert conflict.instance == old  # the dead run still holds the name
-    work(b, "while-waiting")
-    wait_for(lambda: status(a).node_conflict is None, timeout_s=3 * lease_s)
-    # At most a lease after its last renewal, and a third of one to try again.
-    assert time.monotonic() - killed_at < lease_s + lease_s / 3 + 2
+    wait_for(lambda: status(twin).node_conflict is None, timeout_s=3 * lease_s)
+    # At most a lease after the last renewal, and a third of one to try again.
+    taken = time.monotonic() - killed_at
+    assert taken < lease_s + lease_s / 3 + 2, taken
+    twin.issues.clear()
     work(b, "after")
+    work(twin, "after")
+    # From the takeover on, exactly once both ways (what a's store received stays there).
+
+    def tags(node: Node, origin: str) -> list[str]:
+        with node.client() as client:
+            events = client.query(node=origin, types=["mail"], limit=100).events
+        return sorted(json.loads(bytes(e))["payload"]["tag"] for e in events)
+
+    want_b = [f"b-after-mail-{n}" for n in range(3)]
+    want_a = [f"a-after-mail-{n}" for n in range(3)]
+    wait_for(lambda: set(want_b) <= set(tags(twin, "b")) and tags(b, "a") == want_a)
+    time.sleep(1)  # anything applied twice would show by now
+    assert [t for t in tags(twin, "b") if "after" in t] == want_b
+    assert tags(b, "a") == want_a
+
+
+def test_a_daemon_restarted_after_kill_9_takes_its_name_back_at_once(town: Town) -> None:
+    a, b = town.add("a", lease="30s"), town.add("b", lease="30s")
+    work(a, "before")
+    wait_converged([a, b])
+    a.proc.kill()
+    work(b, "while-down")
+    a.restart()  # the same store: its previous run's entry is its own to take over
+    restarted_at = time.monotonic()
+    wait_for(lambda: status(a).backlog.get("events", 1) == 0 and status(a).applied > 0)
+    assert time.monotonic() - restarted_at < 10  # not the 30 s lease
+    assert status(a).node_conflict is None
     work(a, "after")
     wait_converged([a, b])  # exactly once, both ways
 
