@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import msgspec
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gastownd.core.records import (
     AttributionMessage,
     DigestMessage,
     EventMessage,
+    Rejected,
     SessionMessage,
+    decode_message,
 )
 from gastownd.core.wisp import squash, start
 from gastownd.store import Store
@@ -177,3 +182,51 @@ def test_prune_removes_by_type_and_arrivals_are_never_reused(store: Store) -> No
     assert store.remote.last_arrival() == 7
     [fresh] = store.remote.apply([event(8)], now=2.0).events
     assert fresh.arrival == 8
+
+
+_numbers = st.one_of(
+    st.integers(min_value=-(2**70), max_value=2**70).map(str),
+    st.floats(allow_nan=False, allow_infinity=False).map(repr),
+    st.sampled_from(["1e999", "-1e999", "NaN", "Infinity", "9223372036854775807", "0", "-0.0"]),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    rev=_numbers, starts=_numbers, last_activity=_numbers, ended=_numbers, at=_numbers, seq=_numbers
+)
+def test_any_number_is_refused_at_decode_or_stored(
+    rev: str, starts: str, last_activity: str, ended: str, at: str, seq: str
+) -> None:
+    """Whatever numbers a sender writes, a record either fails decode (Rejected) or the
+    store takes it: never an error in between."""
+    session_text = (
+        '{"kind":"session","town":"t","node":"b","id":"b.session.s-1.@rev@","session_id":"s-1",'
+        '"rev":@rev@,"actor":"joe","first_start_at":1.0,"last_start_at":2.0,'
+        '"last_activity_at":@la@,"starts":@starts@,"segments":1,"state":"logged","ended_at":@end@}'
+    )
+    attribution_text = (
+        '{"kind":"attribution","town":"t","node":"b","id":"b.attribution.@seq@","local_id":@seq@,'
+        '"issue":"gt-1","session_id":"s-1","action":"closed","at":@at@,"actor":"joe","rule":"hook"}'
+    )
+    records = [
+        (
+            "gastown.t.b.session",
+            session_text.replace("@rev@", rev)
+            .replace("@la@", last_activity)
+            .replace("@starts@", starts)
+            .replace("@end@", ended),
+        ),
+        ("gastown.t.b.attribution", attribution_text.replace("@seq@", seq).replace("@at@", at)),
+    ]
+    with tempfile.TemporaryDirectory() as folder:
+        opened = Store(Path(folder) / "gastownd.db")
+        try:
+            for subject_name, text in records:
+                try:
+                    message = decode_message(subject_name, text.encode(), town="t", local_node="a")
+                except Rejected:
+                    continue
+                assert opened.remote.apply([message], now=1.0).failed == []
+        finally:
+            opened.close()
