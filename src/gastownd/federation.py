@@ -201,6 +201,8 @@ class Federation:
         # Records larger than the server's max_payload: they never leave this node.
         self.too_large = 0
         self.rejected: Counter[str] = Counter()
+        # The total of ``rejected`` as last stored.
+        self._rejected_saved = 0
         self.last_error_at: float | None = None
         # Failing parts (by log event) -> their error, while they fail.
         self._failing: dict[str, str] = {}
@@ -253,6 +255,7 @@ class Federation:
             if value is not None:
                 self._marks[key] = value
         self.rejected.update(await sessions.db(remote.rejected_counts))
+        self._rejected_saved = sum(self.rejected.values())
         self._previous_instance = await sessions.db(sessions.store.meta, MARK_INSTANCE)
         self._loaded.set()
         task_status.started()
@@ -794,7 +797,6 @@ class Federation:
         refused: list[Any] = []  # rejected: terminated, never delivered again
         records: list[AnyMessage] = []
         carriers: list[Any] = []
-        rejected_before = sum(self.rejected.values())
         not_after = self.daemon.clock() + self.max_skew_s
         for message in messages:
             sender = _sender(message.subject)
@@ -822,6 +824,8 @@ class Federation:
                 continue
             records.append(kept)
             carriers.append(message)
+        # Refused ones first: should the store fail below, they are not counted twice.
+        await self._terminate(refused)
         if records:
             sessions = self.daemon.sessions
             assert sessions is not None
@@ -829,27 +833,38 @@ class Federation:
             failed = {index for index, _ in applied.failed}
             for index, why in applied.failed:
                 self._reject("store_refused", records[index].node, why)
-                refused.append(carriers[index])
+            await self._terminate([carriers[i] for i in sorted(failed)])
             done += [m for i, m in enumerate(carriers) if i not in failed]
             self.applied += sum(applied.counts.values())
             if applied.events:
                 self.last_arrival = max(self.last_arrival, applied.events[-1].arrival)
                 if self.daemon.subscriptions is not None:
                     self.daemon.subscriptions.publish_remote(applied.events)
-        if sum(self.rejected.values()) != rejected_before:
-            await self._save_rejected()
+        await self._save_rejected()  # lines of a run refused, the rest applied
         # After the commit: a crash before this redelivers, and applying is idempotent.
         for message in done:
             await message.ack()
-        for message in refused:
-            await message.term()
         return len(records)
 
+    async def _terminate(self, messages: Sequence[Any]) -> None:
+        """Count rejections for good (the store), then tell the stream never to deliver
+        these messages again."""
+        if not messages:
+            return
+        await self._save_rejected()
+        for message in messages:
+            await message.term()
+
     async def _save_rejected(self) -> None:
+        """Store the rejection counts, when they changed since they were last stored."""
+        total = sum(self.rejected.values())
+        if total == self._rejected_saved:
+            return
         sessions = self.daemon.sessions
         assert sessions is not None
         counts = json.dumps(dict(sorted(self.rejected.items())))
         await sessions.db(sessions.store.remote.set_marks, {REJECTED_COUNTS: counts})
+        self._rejected_saved = total
 
     def _reject(self, reason: str, sender: str, detail: str, count: int = 1) -> None:
         self.rejected[reason] += count
