@@ -286,9 +286,13 @@ def cmd_status(args: argparse.Namespace) -> int:
 def _federation_rows(fed: FederationInfo) -> list[tuple[str, str]]:
     if not fed.enabled:
         return [("federation", f"off (this node: {fed.node}, town: {fed.town})")]
-    state = "connected" if fed.connected else "NOT connected"
+    if fed.connected and fed.server:
+        name = f" ({fed.server_name})" if fed.server_name else ""
+        state = f"connected to {fed.server}{name}"
+    else:
+        state = f"NOT connected (servers: {', '.join(fed.servers)})"
     rows = [
-        ("federation", f"node {fed.node}, town {fed.town}, {state} to {', '.join(fed.servers)}"),
+        ("federation", f"node {fed.node}, town {fed.town}, {state}"),
         ("  stream", fed.stream),
         (
             "  backlog",
@@ -296,6 +300,17 @@ def _federation_rows(fed: FederationInfo) -> list[tuple[str, str]]:
         ),
         ("  traffic", f"{fed.published} records published, {fed.applied} applied since start"),
     ]
+    if fed.node_conflict is not None:
+        held = fed.node_conflict
+        rows.append(
+            (
+                "  NODE CONFLICT",
+                f"{held.node!r} is held by {held.host} (instance {held.instance}, since "
+                f"{held.since}): set a unique [federation] node",
+            )
+        )
+    if fed.clock_offset_s is not None:
+        rows.append(("  clock", f"server clock {fed.clock_offset_s:+.3f}s from this node's"))
     if fed.rejected:
         rejected = ", ".join(f"{reason} {n}" for reason, n in fed.rejected.items())
         rows.append(("  rejected", rejected))

@@ -338,6 +338,21 @@ class NodeInfo(msgspec.Struct, kw_only=True):
     attributions: int = 0
 
 
+class NodeConflict(msgspec.Struct, kw_only=True):
+    """Another live daemon holds this node's name: this one neither publishes nor consumes."""
+
+    node: str
+    instance: str
+    host: str
+    since: str
+
+
+class FederationError(msgspec.Struct, kw_only=True):
+    at: str
+    event: str
+    error: str
+
+
 class FederationInfo(msgspec.Struct, kw_only=True):
     enabled: bool = False
     node: str = ""
@@ -354,8 +369,19 @@ class FederationInfo(msgspec.Struct, kw_only=True):
     # Remote records skipped, by reason (malformed, claims_this_node, other_town, ...).
     rejected: dict[str, int] = msgspec.field(default_factory=dict)
     nodes: list[NodeInfo] = msgspec.field(default_factory=list)
+    # A failure not yet recovered from (None once it is); when the last one happened.
     last_error: str | None = None
     last_error_at: str | None = None
+    # The server this node is connected to (no credentials), and its name.
+    server: str | None = None
+    server_name: str | None = None
+    # This daemon run's id, under which it holds its node name in the town.
+    instance: str = ""
+    node_conflict: NodeConflict | None = None
+    # The NATS server's clock minus this node's, in seconds (None: not measured yet).
+    clock_offset_s: float | None = None
+    # The most recent failures, oldest first.
+    errors: list[FederationError] = msgspec.field(default_factory=list)
 
 
 class StatusResult(msgspec.Struct, kw_only=True):

@@ -283,6 +283,10 @@ class FederationConfig(_Section):
     batch: int = 256
     # How often the connection is checked (a dead peer is noticed within two of these).
     ping_interval: str = "10s"
+    # Remote lines and records dated further ahead of this machine's clock are refused.
+    max_clock_skew: str = "5m"
+    # How long this daemon's hold on its node name outlives it (renewed every third of it).
+    node_lease: str = "30s"
 
     def check_together(self) -> None:
         if (self.tls_cert is None) != (self.tls_key is None):
@@ -375,6 +379,8 @@ KEYS: tuple[Key, ...] = (
     _duration("federation.duplicate_window", "1s", "7d", False),
     _integer("federation.batch", 1, 4096, False),
     _duration("federation.ping_interval", "1s", "10m", False),
+    _duration("federation.max_clock_skew", "1s", "7d", False),
+    _duration("federation.node_lease", "1s", "1h", False),
     _text("metrics.listen", False, high=200, optional=True),
     Key("metrics.allow_remote", "flag", False),
 )

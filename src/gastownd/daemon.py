@@ -5,6 +5,7 @@ Built once by ``app.py``; handlers receive it and never build their own.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,6 +22,22 @@ if TYPE_CHECKING:
     from gastownd.server import Server
     from gastownd.sessions import Sessions
     from gastownd.subscriptions import Subscriptions
+
+
+# TEST-ONLY: this daemon's wall clock runs this many seconds off (a machine whose clock
+# is wrong; federation's clock tests).
+TEST_CLOCK_OFFSET_ENV = "GASTOWND_TEST_CLOCK_OFFSET_S"
+
+
+def wall_clock() -> Callable[[], float]:
+    """``time.time``, shifted by ``GASTOWND_TEST_CLOCK_OFFSET_S`` when that is set."""
+    try:
+        offset = float(os.environ.get(TEST_CLOCK_OFFSET_ENV) or 0)
+    except ValueError:
+        offset = 0.0
+    if not offset:
+        return time.time
+    return lambda: time.time() + offset
 
 
 @dataclass
@@ -54,7 +71,7 @@ class Daemon:
     # What handlers count for the metrics (hook calls by event, spooled hook calls).
     counters: Counters = field(default_factory=Counters)
     # Wall clock in epoch seconds; tests inject their own.
-    clock: Callable[[], float] = time.time
+    clock: Callable[[], float] = field(default_factory=wall_clock)
     # This node's and this town's names (federation; always known, federated or not).
     node: str = "local"
     town_name: str = "town"

@@ -15,11 +15,24 @@ publishes what this node learns and applies what other nodes publish
 - the **consumer** pulls from a durable consumer of its own
   (``gastownd_<node>``) on the town's stream, checks every record, applies
   a batch in one store transaction, acknowledges only after that commit, and
-  pushes new remote lines to subscribers.
+  pushes new remote lines to subscribers. A record that cannot be applied
+  (refused at decode, dated too far ahead, refused by the store) is a
+  rejection: counted by reason (kept across restarts), logged, and terminated
+  so the stream never redelivers it; the rest of its batch is applied.
+- before either runs, the daemon holds its node name in the town
+  (:mod:`gastownd.federation_identity`): a second daemon under a held name
+  neither publishes nor consumes, and says so in ``status``.
 
 Local work never waits on the network: with NATS slow, down or misconfigured,
 the only effect is a growing backlog, shown in ``status`` and the log; the
 publisher catches up from the store when the stream is back.
+
+A watchdog flushes the connection every half ``ping_interval``: a server that
+stops answering (frozen, not closed) shows ``connected: false`` and is left for
+another within 1.5 × ``ping_interval``, and the publish round waiting on it is
+cut short. Every failure is logged as JSON with its cause (repeats of one
+error at most once a minute, with their count), ``last_error`` is cleared once
+the failing part works again.
 
 nats-py keeps a few asyncio tasks of its own (reader, flusher, pinger) for its
 connection; the connection is closed, shielded, when this task ends.
@@ -28,10 +41,11 @@ connection; the connection is closed, shielded, when this task ends.
 from __future__ import annotations
 
 import json
+import secrets
 import socket
 import ssl
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -43,7 +57,7 @@ import anyio.abc
 import msgspec
 import structlog
 
-from gastown_client.protocol import FederationInfo, NodeInfo
+from gastown_client.protocol import FederationError, FederationInfo, NodeConflict, NodeInfo
 from gastownd.config import FederationConfig, parse_duration
 from gastownd.core.events import format_ts
 from gastownd.core.query import compile_filter
@@ -62,18 +76,22 @@ from gastownd.core.records import (
     encode_message,
     local_id_of,
     message_id,
+    refuse_future,
     stream_name,
     subject,
     town_subjects,
 )
 from gastownd.daemon import Daemon
 from gastownd.eventlog import BacklogGap
+from gastownd.federation_identity import Holder, NodeClaim, NodeNameHeld
 from gastownd.metrics.buckets import LAG_SECONDS, Buckets, stream_stored_at
 from gastownd.store.remote import (
     MARK_ATTRIBUTIONS,
     MARK_DIGESTS,
     MARK_EVENTS,
+    MARK_INSTANCE,
     MARK_SESSIONS,
+    REJECTED_COUNTS,
     RemoteEvent,
 )
 
@@ -87,8 +105,12 @@ FETCH_WAIT_S = 1.0
 ACK_WAIT_S = 10.0
 # JetStream API requests (stream and consumer checks): short, they are retried.
 JS_API_TIMEOUT_S = 2.0
-PUBLISH_TIMEOUT_S = 10.0
+# A publish round not acknowledged in this time is sent again (the same message ids):
+# a stream that lost its leader answers again once the cluster elected another.
+PUBLISH_TIMEOUT_S = 3.0
 IDLE_WAKE_S = 1.0
+# Between attempts on a server that failed to connect.
+RECONNECT_WAIT_S = 0.5
 MARK_INTERVAL_S = 1.0
 ROUND_S = 0.025
 # A round with this many lines (or more than one record) counts as busy.
@@ -98,7 +120,43 @@ BUSY_LINES = 8
 EVENT_LINES_PER_ROUND = 16 * MAX_EVENT_LINES
 FETCH_MESSAGES = 32
 BACKOFF_S = (0.2, 0.5, 1.0, 2.0)
+# One error (or one rejection reason from one sender) is logged at most this often.
+LOG_EVERY_S = 60.0
+# Failures kept for status.
+ERROR_HISTORY = 10
+# Failed attempts to claim the node name (the bucket unreachable, not held) before this
+# node federates unclaimed, warning, while it keeps trying.
+CLAIM_ATTEMPTS = 3
 _EVERY_LINE = compile_filter()
+
+
+class NodeNameLost(Exception):
+    """The lease on this node's name ran out and another daemon took the name."""
+
+
+class RateLimited:
+    """Which keys may be logged now: the first time, then once per ``every_s``; how
+    many times each key came up in between."""
+
+    def __init__(
+        self, every_s: float = LOG_EVERY_S, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._every_s = every_s
+        self._clock = clock
+        self._last: dict[str, tuple[float, int]] = {}
+
+    def admit(self, key: str, count: int = 1) -> int | None:
+        """How many times ``key`` came up since it was last logged (this one included),
+        when it may be logged now; else None."""
+        now = self._clock()
+        logged_at, skipped = self._last.get(key, (now - self._every_s, 0))
+        if now - logged_at < self._every_s:
+            self._last[key] = (logged_at, skipped + count)
+            return None
+        if len(self._last) > 10_000:  # many distinct senders: forget the oldest
+            self._last.clear()
+        self._last[key] = (now, 0)
+        return skipped + count
 
 
 def identity(config: FederationConfig, town: Path) -> tuple[str, str]:
@@ -146,8 +204,25 @@ class Federation:
         self.rejected: Counter[str] = Counter()
         # Stored in the town's stream (the origin's publish acknowledged) -> applied here.
         self.lag_seconds = Buckets(LAG_SECONDS)
-        self.last_error: str | None = None
+        # The total of ``rejected`` as last stored.
+        self._rejected_saved = 0
         self.last_error_at: float | None = None
+        # Failing parts (by log event) -> their error, while they fail.
+        self._failing: dict[str, str] = {}
+        self._errors: deque[FederationError] = deque(maxlen=ERROR_HISTORY)
+        self._logged = RateLimited()
+        self.instance = secrets.token_hex(8)
+        self.node_conflict: Holder | None = None
+        self.clock_offset_s: float | None = None
+        self.max_skew_s = parse_duration(config.max_clock_skew)
+        self._nc: Any = None
+        self._previous_instance: str | None = None
+        # Set once the counts kept across restarts are loaded (status waits for them).
+        self._loaded = anyio.Event()
+        # The server the watchdog left for not answering: tried last when reconnecting.
+        self._unresponsive: tuple[str | None, int | None] | None = None
+        # Cancelled when the connection is lost: a publish round waiting on it ends.
+        self._publish_scope: anyio.CancelScope | None = None
         # Highest arrival number of a remote line applied: the live edge for subscribers.
         self.last_arrival = 0
         self._wake = anyio.Event()
@@ -157,7 +232,6 @@ class Federation:
         # Set when the store may hold new records to send (sessions, digests, attributions):
         # an emit only adds a line, and reading the store for it would cost a thread hop.
         self._store_changed = True
-        self._logged_rejections: set[str] = set()
         self._marks: dict[str, str] = {}
 
     # ------------------------------------------------------------ wiring
@@ -183,8 +257,18 @@ class Federation:
             value = await sessions.db(sessions.store.meta, key)
             if value is not None:
                 self._marks[key] = value
+        self.rejected.update(await sessions.db(remote.rejected_counts))
+        self._rejected_saved = sum(self.rejected.values())
+        self._previous_instance = await sessions.db(sessions.store.meta, MARK_INSTANCE)
+        self._loaded.set()
         task_status.started()
-        log.info("federation_starting", node=self.node, town=self.town, servers=self.config.servers)
+        log.info(
+            "federation_starting",
+            node=self.node,
+            town=self.town,
+            servers=self.config.servers,
+            instance=self.instance,
+        )
         attempt = 0
         while True:
             try:
@@ -199,28 +283,163 @@ class Federation:
         import nats
 
         nc = await nats.connect(**self._connect_options())
+        self._nc = nc
         self.connected = nc.is_connected
+        self._ok("federation_failed", "federation_connection_error")
         try:
             js = nc.jetstream(domain=self.config.jetstream_domain, timeout=JS_API_TIMEOUT_S)
             await self._retrying("federation_stream_check_failed", self._ensure_stream, js)
             async with anyio.create_task_group() as tasks:
+                tasks.start_soon(self._watch_connection, nc)
+                # Nothing is published or consumed before the node's name is held.
+                await tasks.start(self._hold_name, js)
                 tasks.start_soon(self._publish_loop, js)
                 tasks.start_soon(self._consume_loop, js)
         finally:
             self.connected = False
+            self._nc = None
             with anyio.CancelScope(shield=True), anyio.move_on_after(2):
                 await nc.close()
+
+    async def _watch_connection(self, nc: Any) -> None:
+        """Flush every half ``ping_interval``: a server that does not answer within one is
+        frozen or gone, whatever TCP says; leave it for another one."""
+        import nats.errors
+
+        interval = parse_duration(self.config.ping_interval)
+        while True:
+            await anyio.sleep(interval / 2)
+            if not nc.is_connected:
+                continue
+            try:
+                await nc.flush(timeout=interval)
+            except (nats.errors.TimeoutError, TimeoutError) as exc:
+                if not nc.is_connected:
+                    continue  # it reconnects already
+                self._lost_connection()
+                self._error("federation_server_unresponsive", exc, server=_server_url(nc))
+                url = nc.connected_url
+                self._unresponsive = (url.hostname, url.port) if url is not None else None
+                await nc.force_reconnect()
+            except Exception:  # closed or reconnecting: nats-py reports it
+                continue
+
+    def _lost_connection(self) -> None:
+        self.connected = False
+        if self._publish_scope is not None:
+            self._publish_scope.cancel()
+
+    # ------------------------------------------------------------ node name
+
+    async def _hold_name(
+        self, js: Any, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Claim this node's name, then keep it while the session lasts; started once
+        held (or, when the town's bucket cannot be reached, after a few attempts)."""
+        claim = NodeClaim(
+            js,
+            town=self.town,
+            node=self.node,
+            instance=self.instance,
+            lease_s=parse_duration(self.config.node_lease),
+            replicas=self.config.stream_replicas,
+            clock=self.daemon.clock,
+            previous_instance=self._previous_instance,
+        )
+        started = False
+        attempt = 0
+        try:
+            while not claim.held:
+                try:
+                    await claim.claim()
+                except NodeNameHeld as held:
+                    if started:
+                        raise NodeNameLost(str(held)) from None
+                    self._conflict(held.holder)
+                    await anyio.sleep(claim.lease_s / 3)
+                    continue
+                except Exception as exc:
+                    self._error("federation_node_claim_failed", exc)
+                    attempt += 1
+                    if attempt == CLAIM_ATTEMPTS and not started:
+                        log.warning(
+                            "federation_node_unclaimed",
+                            node=self.node,
+                            bucket=f"GASTOWN_{self.town}_nodes",
+                            fix="let this node create and update its key in the town's "
+                            "node bucket (docs/federation.md); until then nothing stops "
+                            "another daemon from using the same node name",
+                        )
+                        task_status.started()
+                        started = True
+                    await self._back_off(attempt)
+                    continue
+            self._ok("federation_node_claim_failed")
+            self.clock_offset_s = claim.clock_offset_s
+            if self._previous_instance != self.instance:
+                sessions = self.daemon.sessions
+                assert sessions is not None
+                await sessions.db(sessions.store.remote.set_marks, {MARK_INSTANCE: self.instance})
+                self._previous_instance = self.instance
+            if self.node_conflict is not None:
+                log.info("federation_node_claimed", node=self.node, instance=self.instance)
+            self.node_conflict = None
+            if not started:
+                task_status.started()
+            renewed_at = time.monotonic()
+            while True:
+                await anyio.sleep(claim.lease_s / 3)
+                try:
+                    await claim.renew()
+                except NodeNameHeld as held:
+                    self._conflict(held.holder)
+                    raise NodeNameLost(str(held)) from None
+                except Exception as exc:
+                    self._error("federation_node_renew_failed", exc)
+                    if time.monotonic() - renewed_at > claim.lease_s:
+                        # Another daemon may hold the name by now: stop until it is ours.
+                        raise NodeNameLost("the lease ran out before it could be renewed") from exc
+                    continue
+                renewed_at = time.monotonic()
+                self._ok("federation_node_renew_failed")
+                self.clock_offset_s = claim.clock_offset_s
+        finally:
+            if claim.held:
+                with anyio.CancelScope(shield=True), anyio.move_on_after(1):
+                    try:
+                        await claim.release()
+                    except Exception as exc:  # the lease runs out anyway
+                        log.info("federation_node_release_failed", error=_describe(exc))
+
+    def _conflict(self, holder: Holder) -> None:
+        self.node_conflict = holder
+        repeats = self._logged.admit(f"conflict:{holder.instance}")
+        if repeats is not None:
+            log.error(
+                "federation_node_conflict",
+                node=self.node,
+                held_by_instance=holder.instance,
+                held_by_host=holder.host,
+                held_by_pid=holder.pid,
+                since=holder.since,
+                repeats=repeats,
+                fix=f"another daemon runs as node {self.node!r}: set a name unique in the "
+                "town as [federation] node in settings/gastownd.toml and restart; this "
+                "daemon neither publishes nor consumes until the name is free",
+            )
 
     def _connect_options(self) -> dict[str, Any]:
         config = self.config
 
         async def disconnected() -> None:
-            self.connected = False
+            self._lost_connection()
             log.warning("federation_disconnected")
 
         async def reconnected() -> None:
             self.connected = True
-            log.info("federation_reconnected")
+            self._unresponsive = None
+            self._ok("federation_connection_error", "federation_server_unresponsive")
+            log.info("federation_reconnected", server=_server_url(self._nc))
             self._reconnected.set()  # ends every back-off: the server is there again
             self._reconnected = anyio.Event()
             self.wake()
@@ -228,12 +447,22 @@ class Federation:
         async def error(exc: Exception) -> None:
             self._error("federation_connection_error", exc)
 
+        def next_server(servers: list[Any], info: dict[str, Any]) -> tuple[Any, float]:
+            # The servers that failed least first, a frozen one last: it takes a whole
+            # connect timeout to fail (nats-py's own choice is random).
+            chosen = min(
+                servers,
+                key=lambda s: ((s.uri.hostname, s.uri.port) == self._unresponsive, s.reconnects),
+            )
+            return chosen, RECONNECT_WAIT_S if chosen.reconnects else 0.0
+
         options: dict[str, Any] = {
             "servers": list(config.servers),
             "name": f"gastownd-{self.node}",
             "allow_reconnect": True,
             "max_reconnect_attempts": -1,
-            "reconnect_time_wait": 0.5,
+            "reconnect_time_wait": RECONNECT_WAIT_S,
+            "reconnect_to_server_handler": next_server,
             "connect_timeout": 2,
             "ping_interval": parse_duration(config.ping_interval),
             "max_outstanding_pings": 2,
@@ -320,6 +549,7 @@ class Federation:
                     attempt += 1
                     continue
                 attempt = 0
+                self._ok("federation_publish_failed")
                 self._marks.update(marks)
                 unsaved.update(marks)
                 self.published += len(batch)
@@ -349,11 +579,18 @@ class Federation:
         marks.clear()
 
     async def _publish(self, js: Any, batch: Sequence[_Outgoing]) -> None:
+        """Publish ``batch``; return once the stream acknowledged every record, else raise.
+
+        Cut short when the connection is lost (see ``_lost_connection``): the round is
+        sent again, with the same message ids, on the next server.
+        """
         import nats.errors
 
-        futures = []
+        futures: list[Any] = []
+        scope = anyio.CancelScope(deadline=anyio.current_time() + PUBLISH_TIMEOUT_S)
+        self._publish_scope = scope
         try:
-            with anyio.fail_after(PUBLISH_TIMEOUT_S):
+            with scope:
                 for item in batch:
                     try:
                         future = await js.publish_async(
@@ -372,12 +609,19 @@ class Federation:
                     futures.append(future)
                 if futures:
                     await js.publish_async_completed()
+            if scope.cancelled_caught:
+                if anyio.current_time() >= scope.deadline:
+                    raise TimeoutError(f"not acknowledged in {PUBLISH_TIMEOUT_S:g}s")
+                raise ConnectionError("connection lost during the publish round")
             for future in futures:
                 future.result()  # raises the stream's refusal, if any
         finally:
+            self._publish_scope = None
             for future in futures:
                 if not future.done():
                     future.cancel()  # frees nats-py's in-flight slot
+                elif not future.cancelled():
+                    future.exception()  # retrieved: asyncio would print it at exit
 
     async def _next_batch(self) -> tuple[list[_Outgoing], dict[str, str]]:
         """The next records to publish and the marks to store once they are acknowledged."""
@@ -524,7 +768,9 @@ class Federation:
         while True:
             try:
                 messages = await sub.fetch(FETCH_MESSAGES, timeout=FETCH_WAIT_S)
-            except nats.errors.TimeoutError:
+            except (nats.errors.TimeoutError, TimeoutError):
+                # Nothing to fetch (nats-py raises either type): the server answered.
+                self._ok("federation_fetch_failed")
                 continue
             except Exception as exc:  # failover, no responders: back off, never spin
                 self._error("federation_fetch_failed", exc)
@@ -532,70 +778,145 @@ class Federation:
                 attempt += 1
                 continue
             attempt = 0
+            self._ok("federation_fetch_failed")
             started = time.monotonic()
-            applied = await self._apply(messages)
-            for message in messages:
-                await message.ack()  # after the commit: a crash before it redelivers
+            try:
+                applied = await self._apply(messages)
+            except Exception as exc:  # the store's trouble: unacknowledged, they come again
+                self._error("federation_apply_failed", exc, records=len(messages))
+                await self._back_off(attempt)
+                attempt += 1
+                continue
+            self._ok("federation_apply_failed")
             if not applied and self._busy:
                 # Only our own records came back, and we are busy publishing: take them in
                 # batches rather than one fetch per publish round.
                 await anyio.sleep(max(0.0, started + ROUND_S - time.monotonic()))
 
     async def _apply(self, messages: Sequence[Any]) -> int:
-        """Check and apply other nodes' records; how many messages were theirs."""
+        """Check and apply other nodes' records, acknowledge them and terminate the
+        rejected ones; how many messages were theirs."""
+        done: list[Any] = []  # applied, or our own: acknowledged
+        refused: list[Any] = []  # rejected: terminated, never delivered again
         records: list[AnyMessage] = []
-        stored_at: list[float | None] = []
+        carriers: list[Any] = []
+        not_after = self.daemon.clock() + self.max_skew_s
         for message in messages:
-            if message.subject.split(".")[2:3] == [self.node]:
-                continue  # our own records, echoed by the town's stream
+            sender = _sender(message.subject)
+            if sender == self.node:
+                done.append(message)  # our own records, echoed by the town's stream
+                continue
             try:
-                records.append(
-                    decode_message(
-                        message.subject, message.data, town=self.town, local_node=self.node
-                    )
+                record = decode_message(
+                    message.subject, message.data, town=self.town, local_node=self.node
                 )
-                stored_at.append(stream_stored_at(message))
             except Rejected as rejected:
-                self._reject(rejected, message.subject)
-        if not records:
-            return 0
-        sessions = self.daemon.sessions
-        assert sessions is not None
-        applied = await sessions.apply_remote(records, self.daemon.clock())
-        self.applied += sum(applied.counts.values())
-        applied_at = time.time()
-        for at in stored_at:
-            if at is not None:
-                self.lag_seconds.observe(applied_at - at)
-        if applied.events:
-            self.last_arrival = max(self.last_arrival, applied.events[-1].arrival)
-            if self.daemon.subscriptions is not None:
-                self.daemon.subscriptions.publish_remote(applied.events)
+                self._reject(rejected.reason, sender, rejected.detail)
+                refused.append(message)
+                continue
+            kept, future = refuse_future(record, not_after)
+            if future:
+                self._reject(
+                    "future_time",
+                    sender,
+                    f"{future} dated after {format_ts(not_after)} ({local_id_of(record)})",
+                    count=future,
+                )
+            if kept is None:
+                refused.append(message)
+                continue
+            records.append(kept)
+            carriers.append(message)
+        # Refused ones first: should the store fail below, they are not counted twice.
+        await self._terminate(refused)
+        if records:
+            sessions = self.daemon.sessions
+            assert sessions is not None
+            applied = await sessions.apply_remote(records, self.daemon.clock())
+            failed = {index for index, _ in applied.failed}
+            for index, why in applied.failed:
+                self._reject("store_refused", records[index].node, why)
+            await self._terminate([carriers[i] for i in sorted(failed)])
+            done += [m for i, m in enumerate(carriers) if i not in failed]
+            self.applied += sum(applied.counts.values())
+            applied_at = time.time()
+            for index, message in enumerate(carriers):
+                at = stream_stored_at(message)
+                if at is not None and index not in failed:
+                    self.lag_seconds.observe(applied_at - at)
+            if applied.events:
+                self.last_arrival = max(self.last_arrival, applied.events[-1].arrival)
+                if self.daemon.subscriptions is not None:
+                    self.daemon.subscriptions.publish_remote(applied.events)
+        await self._save_rejected()  # lines of a run refused, the rest applied
+        # After the commit: a crash before this redelivers, and applying is idempotent.
+        for message in done:
+            await message.ack()
         return len(records)
 
-    def _reject(self, rejected: Rejected, subject_name: str) -> None:
-        self.rejected[rejected.reason] += 1
-        key = f"{rejected.reason}:{subject_name.split('.')[2:3]}"
-        if key not in self._logged_rejections:  # once per reason and sender
-            self._logged_rejections.add(key)
+    async def _terminate(self, messages: Sequence[Any]) -> None:
+        """Count rejections for good (the store), then tell the stream never to deliver
+        these messages again."""
+        if not messages:
+            return
+        await self._save_rejected()
+        for message in messages:
+            await message.term()
+
+    async def _save_rejected(self) -> None:
+        """Store the rejection counts, when they changed since they were last stored."""
+        total = sum(self.rejected.values())
+        if total == self._rejected_saved:
+            return
+        sessions = self.daemon.sessions
+        assert sessions is not None
+        counts = json.dumps(dict(sorted(self.rejected.items())))
+        await sessions.db(sessions.store.remote.set_marks, {REJECTED_COUNTS: counts})
+        self._rejected_saved = total
+
+    def _reject(self, reason: str, sender: str, detail: str, count: int = 1) -> None:
+        self.rejected[reason] += count
+        repeats = self._logged.admit(f"rejected:{reason}:{sender}", count)
+        if repeats is not None:  # once per reason and sender, then once a minute
             log.warning(
                 "federation_record_rejected",
-                reason=rejected.reason,
-                detail=rejected.detail[:200],
-                subject=subject_name[:200],
+                reason=reason,
+                sender=sender[:64],
+                detail=detail[:200],
+                count=repeats,
             )
 
     # ------------------------------------------------------------ status
 
     def _error(self, event: str, exc: BaseException, **context: object) -> None:
-        while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
-            exc = exc.exceptions[0]  # the task that failed, not the group that carried it
-        text = f"{type(exc).__name__}: {exc}".strip().rstrip(":")
-        if text != self.last_error:
-            log.warning(event, error=text, **context)
-        self.last_error, self.last_error_at = text, time.time()
+        """A failure of one part (``event``): always in status, logged with its cause;
+        the same error again at most once a minute, with how often it happened."""
+        text = _describe(exc)
+        now = time.time()
+        self._failing[event] = text
+        self.last_error_at = now
+        self._errors.append(FederationError(at=format_ts(now), event=event, error=text))
+        repeats = self._logged.admit(f"error:{event}:{text}")
+        if repeats is not None:
+            cause = _cause(exc)
+            if cause is not None:
+                context["cause"] = cause
+            log.warning(event, error=text, repeats=repeats, **context)
+
+    def _ok(self, *events: str) -> None:
+        """These parts work again: their errors leave ``last_error`` (not the history)."""
+        for event in events:
+            if self._failing.pop(event, None) is not None:
+                log.info("federation_recovered", failed=event)
+
+    @property
+    def last_error(self) -> str | None:
+        """The latest error of a part that still fails."""
+        return next(reversed(self._failing.values()), None)
 
     async def info(self) -> FederationInfo:
+        with anyio.move_on_after(2):  # the socket serves before federation starts
+            await self._loaded.wait()
         sessions = self.daemon.sessions
         eventlog = self.daemon.eventlog
         assert sessions is not None and eventlog is not None
@@ -635,7 +956,58 @@ class Federation:
             ],
             last_error=self.last_error,
             last_error_at=format_ts(self.last_error_at) if self.last_error_at else None,
+            server=_server_url(self._nc) if self.connected else None,
+            server_name=_server_name(self._nc) if self.connected else None,
+            instance=self.instance,
+            node_conflict=(
+                NodeConflict(
+                    node=self.node,
+                    instance=self.node_conflict.instance,
+                    host=self.node_conflict.host,
+                    since=self.node_conflict.since,
+                )
+                if self.node_conflict is not None
+                else None
+            ),
+            clock_offset_s=self.clock_offset_s,
+            errors=list(self._errors),
         )
+
+
+def _sender(subject_name: str) -> str:
+    parts = subject_name.split(".")
+    return parts[2] if len(parts) > 2 else ""
+
+
+def _describe(exc: BaseException) -> str:
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]  # the task that failed, not the group that carried it
+    return f"{type(exc).__name__}: {exc}".strip().rstrip(":")
+
+
+def _cause(exc: BaseException) -> str | None:
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    cause = exc.__cause__ or exc.__context__
+    return _describe(cause) if cause is not None else None
+
+
+def _server_url(nc: Any) -> str | None:
+    """The URL of the server ``nc`` is connected to, without credentials."""
+    url = getattr(nc, "connected_url", None) if nc is not None else None
+    if url is None or url.hostname is None:
+        return None
+    return (
+        f"{url.scheme}://{url.hostname}:{url.port}"
+        if url.port
+        else f"{url.scheme}://{url.hostname}"
+    )
+
+
+def _server_name(nc: Any) -> str | None:
+    info = getattr(nc, "_server_info", None) if nc is not None else None
+    name = info.get("server_name") if isinstance(info, dict) else None
+    return str(name) if name else None
 
 
 def _runs(lines: Sequence[tuple[int, bytes]]) -> list[list[tuple[int, bytes]]]:

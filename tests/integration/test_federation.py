@@ -221,6 +221,14 @@ def test_nats_entirely_down_while_nodes_work_then_back(
         assert not status.connected and status.backlog["events"] > 0
     nats.start()
     wait_converged(town_nodes)
+    for node in town_nodes:
+        log = node.proc.log_path.read_text(errors="replace")
+        assert "never retrieved" not in log  # every failed publish's future was read
+        assert '"event": "federation_publish_failed"' in log or "federation_publish_failed" in log
+        with node.client() as client:
+            status = client.status().federation
+        assert status.last_error is None and status.last_error_at  # recovered, and when
+        assert status.errors and all(e.at and e.event and e.error for e in status.errors)
 
 
 def test_one_nats_server_killed_mid_stream(nats: NatsCluster, town_nodes: list[Node]) -> None:

@@ -24,6 +24,19 @@ nkeys = pytest.importorskip("nkeys", reason="nkeys mints the test credentials")
 from tests.nats_auth import SERVER_NAME, Operator, make_ca, node_permissions  # noqa: E402
 
 
+def with_node_name(permissions: dict[str, Any], town: str, node: str) -> dict[str, Any]:
+    """What a node also needs to hold its name in the town's node bucket (created by an
+    operator, like the stream): docs/federation.md, "Node identity"."""
+    bucket = f"GASTOWN_{town}_nodes"
+    allowed = permissions["pub"]["allow"] + [
+        f"$KV.{bucket}.{node}",
+        f"$JS.API.STREAM.INFO.KV_{bucket}",
+        f"$JS.API.STREAM.MSG.GET.KV_{bucket}",
+        f"$JS.API.DIRECT.GET.KV_{bucket}.$KV.{bucket}.{node}",
+    ]
+    return {**permissions, "pub": {"allow": allowed}}
+
+
 @pytest.fixture
 def secured(tmp_path: Path) -> Iterator[tuple[NatsCluster, Operator, dict[str, Path]]]:
     certs = make_ca(tmp_path / "pki")
@@ -73,7 +86,9 @@ def test_nodes_federate_with_least_privilege_over_mutual_tls(
     async def create_stream() -> None:
         nc = await as_user(url, admin, certs, [], "admin")
         try:
-            await nc.jetstream().add_stream(name=f"GASTOWN_{town}", subjects=[f"gastown.{town}.>"])
+            js = nc.jetstream()
+            await js.add_stream(name=f"GASTOWN_{town}", subjects=[f"gastown.{town}.>"])
+            await js.create_key_value(bucket=f"GASTOWN_{town}_nodes", ttl=30, history=1)
         finally:
             await nc.close()
 
@@ -82,7 +97,11 @@ def test_nodes_federate_with_least_privilege_over_mutual_tls(
     base = node_base("gtsec")
     try:
         for name in ("a", "b"):
-            creds = operator.creds(tmp_path / f"{name}.creds", name, node_permissions(town, name))
+            creds = operator.creds(
+                tmp_path / f"{name}.creds",
+                name,
+                with_node_name(node_permissions(town, name), town, name),
+            )
             settings = (
                 "[retention]\nenabled = false\n\n[federation]\n"
                 f'servers = ["{url.replace("nats://", "tls://")}"]\nnode = "{name}"\n'
@@ -98,6 +117,9 @@ def test_nodes_federate_with_least_privilege_over_mutual_tls(
             with node.client() as client:
                 status = client.status().federation
                 assert status.connected and not status.rejected, status
+                # It holds its name, and reads the server's clock, with exactly these rights.
+                assert status.clock_offset_s is not None and status.node_conflict is None
+            assert "federation_node_claim_failed" not in node.proc.log_path.read_text()
 
         async def trespass() -> list[str]:
             errors: list[str] = []

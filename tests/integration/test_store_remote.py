@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import msgspec
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gastownd.core.records import (
     AttributionMessage,
     DigestMessage,
     EventMessage,
+    Rejected,
     SessionMessage,
+    decode_message,
 )
 from gastownd.core.wisp import squash, start
 from gastownd.store import Store
@@ -99,7 +104,7 @@ def test_a_session_record_keeps_its_highest_rev(store: Store) -> None:
     assert store.session_record("s-1").state == "open"  # type: ignore[union-attr]
 
 
-def test_a_newer_remote_digest_becomes_the_chain_head(store: Store) -> None:
+def test_a_late_predecessor_never_becomes_the_chain_head(store: Store) -> None:
     wisp = start(None, session_id="s-9", actor="gastown/crew/joe", now=1_780_000_000.0)
     _, older = squash(wisp, "done", now=1_780_000_010.0)
     wisp = start(None, session_id="s-10", actor="gastown/crew/joe", now=1_780_000_020.0)
@@ -111,10 +116,36 @@ def test_a_newer_remote_digest_becomes_the_chain_head(store: Store) -> None:
     applied = store.remote.apply(
         [DigestMessage(town="t", node="c", id=f"c.digest.{older.digest_id}", digest=older)], 2.0
     )
-    assert applied.heads == {}  # it ended earlier than the head
+    assert applied.heads == {}  # the head links to it: it is older, whenever it arrives
     assert store.heads() == {"gastown/crew/joe": newer.hash}
-    assert [r.node for r in store.chain("gastown/crew/joe")] == ["b", "c"]
+    assert [r.node for r in store.chain("gastown/crew/joe")] == ["c", "b"]  # by arrival
     assert store.chain_length("gastown/crew/joe") == 2
+
+
+def test_the_head_is_the_digest_seen_last_whatever_the_clocks_say(store: Store) -> None:
+    actor = "gastown/crew/joe"
+    wisp = start(None, session_id="s-1", actor=actor, now=1_780_007_000.0)
+    _, first = squash(wisp, "done", now=1_780_007_200.0)  # n1, clock right
+    wisp = start(None, session_id="s-2", actor=actor, now=1_780_000_100.0)
+    # n3, its clock 2 h behind: it ended "before" the digest it links to.
+    _, second = squash(wisp, "done", now=1_780_000_200.0, prev_hash=first.hash)
+    for node, made in (("n1", first), ("n3", second)):
+        applied = store.remote.apply(
+            [DigestMessage(town="t", node=node, id=f"{node}.digest.{made.digest_id}", digest=made)],
+            1.0,
+        )
+        assert applied.heads == {actor: made.hash}
+    assert store.heads() == {actor: second.hash}
+
+
+def test_a_record_the_store_refuses_costs_only_itself(store: Store) -> None:
+    # Built here, past decode's checks: what a check missed must not stop the batch.
+    poison = session(2**63)
+    applied = store.remote.apply([event(1), poison, event(2)], now=1.0)
+    assert [index for index, _ in applied.failed] == [1]
+    assert "OverflowError" in applied.failed[0][1]
+    assert applied.counts == {"event": 2}
+    assert store.remote.nodes()[0].events == 2
 
 
 def test_queries_by_type_time_node_and_arrival(store: Store) -> None:
@@ -151,3 +182,51 @@ def test_prune_removes_by_type_and_arrivals_are_never_reused(store: Store) -> No
     assert store.remote.last_arrival() == 7
     [fresh] = store.remote.apply([event(8)], now=2.0).events
     assert fresh.arrival == 8
+
+
+_numbers = st.one_of(
+    st.integers(min_value=-(2**70), max_value=2**70).map(str),
+    st.floats(allow_nan=False, allow_infinity=False).map(repr),
+    st.sampled_from(["1e999", "-1e999", "NaN", "Infinity", "9223372036854775807", "0", "-0.0"]),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    rev=_numbers, starts=_numbers, last_activity=_numbers, ended=_numbers, at=_numbers, seq=_numbers
+)
+def test_any_number_is_refused_at_decode_or_stored(
+    rev: str, starts: str, last_activity: str, ended: str, at: str, seq: str
+) -> None:
+    """Whatever numbers a sender writes, a record either fails decode (Rejected) or the
+    store takes it: never an error in between."""
+    session_text = (
+        '{"kind":"session","town":"t","node":"b","id":"b.session.s-1.@rev@","session_id":"s-1",'
+        '"rev":@rev@,"actor":"joe","first_start_at":1.0,"last_start_at":2.0,'
+        '"last_activity_at":@la@,"starts":@starts@,"segments":1,"state":"logged","ended_at":@end@}'
+    )
+    attribution_text = (
+        '{"kind":"attribution","town":"t","node":"b","id":"b.attribution.@seq@","local_id":@seq@,'
+        '"issue":"gt-1","session_id":"s-1","action":"closed","at":@at@,"actor":"joe","rule":"hook"}'
+    )
+    records = [
+        (
+            "gastown.t.b.session",
+            session_text.replace("@rev@", rev)
+            .replace("@la@", last_activity)
+            .replace("@starts@", starts)
+            .replace("@end@", ended),
+        ),
+        ("gastown.t.b.attribution", attribution_text.replace("@seq@", seq).replace("@at@", at)),
+    ]
+    with tempfile.TemporaryDirectory() as folder:
+        opened = Store(Path(folder) / "gastownd.db")
+        try:
+            for subject_name, text in records:
+                try:
+                    message = decode_message(subject_name, text.encode(), town="t", local_node="a")
+                except Rejected:
+                    continue
+                assert opened.remote.apply([message], now=1.0).failed == []
+        finally:
+            opened.close()

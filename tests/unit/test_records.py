@@ -21,6 +21,7 @@ from gastownd.core.records import (
     kind_of,
     local_id_of,
     message_id,
+    refuse_future,
     stream_name,
     subject,
     town_subjects,
@@ -136,3 +137,79 @@ def test_refusals() -> None:
     assert reason("gastown.t1.b.digest", encode_message(resealed)) == "bad_digest"
     blank = msgspec.structs.replace(session, actor=" ")
     assert reason("gastown.t1.b.session", encode_message(blank)) == "bad_session"
+
+
+def poisoned(kind: str, field: str, value: str) -> bytes:
+    """A valid record of ``kind`` with one number replaced by ``value`` (JSON text)."""
+    message = next(m for m in messages() if kind_of(m) == kind)
+    data = msgspec.json.decode(encode_message(message))
+    target = data["digest"] if kind == "digest" else data
+    if field == "seqs":
+        target[field] = [int(value), 44]
+        data["id"] = f"b.event.7:{value}-44"
+    else:
+        target[field] = "@@"
+    text = msgspec.json.encode(data).decode().replace('"@@"', value)
+    if kind == "session" and field == "rev":
+        text = text.replace('"id":"b.session.s-1.3"', f'"id":"b.session.s-1.{value}"')
+    return text.encode()
+
+
+@pytest.mark.parametrize(
+    ("kind", "field", "value"),
+    [
+        ("session", "rev", str(2**63)),
+        ("session", "rev", "-1"),
+        ("session", "starts", str(2**64)),
+        ("session", "last_start_at", "1e999"),
+        ("session", "last_activity_at", "-1.5"),
+        ("session", "ended_at", "1e300"),
+        ("event", "seqs", "-3"),
+        ("event", "seqs", str(2**63)),
+        ("event", "epoch", str(2**63)),
+        ("digest", "segment", str(2**63)),
+        ("digest", "ended_at", "1e999"),
+        ("digest", "duration_s", "-1.0"),
+        ("attribution", "local_id", str(2**63)),
+        ("attribution", "at", "1e999"),
+    ],
+)
+def test_numbers_no_store_column_can_hold_are_out_of_range(
+    kind: str, field: str, value: str
+) -> None:
+    assert reason(f"gastown.t1.b.{kind}", poisoned(kind, field, value)) == "out_of_range"
+
+
+def test_nan_is_not_json() -> None:
+    assert (
+        reason("gastown.t1.b.session", poisoned("session", "last_start_at", "NaN")) == "malformed"
+    )
+    assert reason("gastown.t1.b.session", poisoned("session", "starts", '"7"')) == "malformed"
+
+
+def test_the_largest_numbers_a_store_holds_are_accepted() -> None:
+    data = poisoned("session", "rev", str(2**63 - 1))
+    decoded = decode_message("gastown.t1.b.session", data, town="t1", local_node="a")
+    assert isinstance(decoded, SessionMessage) and decoded.rev == 2**63 - 1
+
+
+def test_lines_and_records_from_the_future_are_refused() -> None:
+    event, session, dig, attribution = messages()
+    future = (
+        b'{"ts":"9999-12-31T23:59:59Z","source":"gt","type":"mail","actor":"x","visibility":"feed"}'
+    )
+    mixed = msgspec.structs.replace(event, lines=[msgspec.Raw(future), msgspec.Raw(LINE)])
+    now = 1_800_000_000.0  # 2027-01-15: LINE (2026-11-29) is before it
+    kept, refused = refuse_future(mixed, now)
+    assert refused == 1 and isinstance(kept, EventMessage)
+    assert (kept.seqs, kept.id) == ([44], event.id)
+    assert refuse_future(event, now) == (event, 0)
+    assert refuse_future(msgspec.structs.replace(event, lines=[msgspec.Raw(future)] * 2), now) == (
+        None,
+        2,
+    )
+    late = msgspec.structs.replace(session, last_activity_at=now + 1)
+    assert refuse_future(late, now) == (None, 1)
+    assert refuse_future(session, now) == (session, 0)
+    assert refuse_future(dig, 1_780_000_099.0) == (dig, 0)  # ended at ..._100: a chain link
+    assert refuse_future(attribution, 4.0) == (None, 1)

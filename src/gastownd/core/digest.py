@@ -20,6 +20,8 @@ from typing import Any, Final, Protocol
 
 import msgspec
 
+from gastownd.core.bounds import Count, Instant
+
 
 class Step(Protocol):
     """What a digest reads of a step (``core.wisp.Step`` is one).
@@ -87,7 +89,7 @@ class Commit(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
 
 
 class Handoff(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
-    at: float
+    at: Instant
     to: str | None = None
     subject: str = ""
 
@@ -97,17 +99,17 @@ class Digest(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
 
     digest_id: str
     session_id: str
-    segment: int
+    segment: Count
     actor: str
     role: str
     rig: str | None = None
     state: str
     end_reason: str
-    started_at: float
-    ended_at: float
-    duration_s: float
-    step_count: int
-    counts: dict[str, int] = {}
+    started_at: Instant
+    ended_at: Instant
+    duration_s: Instant
+    step_count: Count
+    counts: dict[str, Count] = {}
     issues_closed: tuple[str, ...] = ()
     issues_created: tuple[str, ...] = ()
     commits: tuple[Commit, ...] = ()

@@ -19,10 +19,12 @@ the stream and applied idempotently by receivers. Kinds:
 - ``attribution``: one attribution; local id its row id on the sender.
 
 Remote input is untrusted: :func:`decode_message` checks the size, the shape
-(msgspec), that the record is for this town, that its node is the subject's
-and not this node, its id, and what it carries (an event line must be a Gas
-Town line; a digest must hash to its ``hash``). Anything else raises
-:class:`Rejected` with a short reason, counted by the caller. Pure: no I/O.
+(msgspec), that every number fits a store column (:mod:`gastownd.core.bounds`),
+that the record is for this town, that its node is the subject's and not this
+node, its id, and what it carries (an event line must be a Gas Town line; a
+digest must hash to its ``hash``). Anything else raises :class:`Rejected` with
+a short reason, counted by the caller. :func:`refuse_future` then drops what is
+dated ahead of the receiver's clock. Pure: no I/O, time is passed in.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from typing import Final, Literal
 
 import msgspec
 
+from gastownd.core.bounds import Count, Instant
 from gastownd.core.digest import Digest, digest_hash, digest_id_for
 from gastownd.core.events import MAX_LINE_BYTES, parse_line, parse_ts
 
@@ -66,27 +69,27 @@ class Message(msgspec.Struct, tag_field="kind", kw_only=True):
 
 
 class EventMessage(Message, tag="event", kw_only=True):
-    epoch: int
+    epoch: Count
     # Strictly increasing seqs, one per line.
-    seqs: list[int]
+    seqs: list[Count]
     lines: list[msgspec.Raw]
 
 
 class SessionMessage(Message, tag="session", kw_only=True):
     session_id: str
-    rev: int
+    rev: Count
     actor: str
     role: str | None = None
     topic: str | None = None
     cwd: str | None = None
     actor_pid: str | None = None
-    first_start_at: float
-    last_start_at: float
-    last_activity_at: float
-    starts: int
-    segments: int
+    first_start_at: Instant
+    last_start_at: Instant
+    last_activity_at: Instant
+    starts: Count
+    segments: Count
     state: str
-    ended_at: float | None = None
+    ended_at: Instant | None = None
     end_reason: str | None = None
 
 
@@ -95,12 +98,12 @@ class DigestMessage(Message, tag="digest", kw_only=True):
 
 
 class AttributionMessage(Message, tag="attribution", kw_only=True):
-    local_id: int
+    local_id: Count
     issue: str
     session_id: str
-    segment: int | None = None
+    segment: Count | None = None
     action: str
-    at: float
+    at: Instant
     actor: str
     rule: str
 
@@ -108,6 +111,9 @@ class AttributionMessage(Message, tag="attribution", kw_only=True):
 AnyMessage = EventMessage | SessionMessage | DigestMessage | AttributionMessage
 
 _encoder: Final = msgspec.json.Encoder()
+# How msgspec words a value outside its field's bounds (``core.bounds``), or a number
+# beyond a float (1e999).
+_OUT_OF_RANGE: Final = re.compile(r"Expected `\w+` [<>]=|[Nn]umber out of range")
 _decoder: Final = msgspec.json.Decoder(AnyMessage)
 
 
@@ -164,6 +170,10 @@ def decode_message(subject_name: str, data: bytes, *, town: str, local_node: str
     sender = parts[2]
     try:
         message: AnyMessage = _decoder.decode(data)
+    except msgspec.ValidationError as exc:
+        # Valid JSON, but a number no store column can hold, or the wrong shape.
+        reason = "out_of_range" if _OUT_OF_RANGE.search(str(exc)) else "malformed"
+        raise Rejected(reason, str(exc)) from None
     except msgspec.DecodeError as exc:
         raise Rejected("malformed", str(exc)) from None
     if message.town != town:
@@ -179,6 +189,49 @@ def decode_message(subject_name: str, data: bytes, *, town: str, local_node: str
         raise Rejected("bad_id", message.id)
     _check_content(message)
     return message
+
+
+def refuse_future(message: AnyMessage, not_after: float) -> tuple[AnyMessage | None, int]:
+    """``message`` without what is dated after ``not_after`` (the receiver's clock plus
+    the skew it allows), and how many lines or records that was; None when nothing is
+    left. A line from the future would sit on top of every view until its date came.
+
+    Lines of a run are refused one by one (the rest of the run still counts); a session
+    record or attribution dated in the future is refused whole. Digests always pass:
+    they are immutable links of a chain, ordered by arrival (never by their dates), and
+    a node whose clock is behind must still see them to link after them.
+    """
+    match message:
+        case EventMessage(seqs=seqs, lines=lines):
+            kept = [
+                (seq, line)
+                for seq, line in zip(seqs, lines, strict=True)
+                if _line_ts(line) <= not_after
+            ]
+            if len(kept) == len(seqs):
+                return message, 0
+            if not kept:
+                return None, len(seqs)
+            # The id still names the run as sent: a redelivery is the same message.
+            trimmed = msgspec.structs.replace(
+                message, seqs=[seq for seq, _ in kept], lines=[line for _, line in kept]
+            )
+            return trimmed, len(seqs) - len(kept)
+        case SessionMessage():
+            times = [message.first_start_at, message.last_start_at, message.last_activity_at]
+            latest = max([*times, message.ended_at or 0.0])
+        case DigestMessage():
+            return message, 0
+        case AttributionMessage():
+            latest = message.at
+    return (None, 1) if latest > not_after else (message, 0)
+
+
+def _line_ts(line: msgspec.Raw) -> int:
+    parsed = parse_line(bytes(line))
+    ts = parse_ts(parsed.ts) if parsed is not None else None
+    assert ts is not None  # checked by decode_message
+    return ts
 
 
 def _check_content(message: AnyMessage) -> None:

@@ -267,10 +267,11 @@ class Store:
         return _digest_row(row) if row else None
 
     def chain(self, actor: str, limit: int | None = None) -> list[DigestRow]:
-        """The actor's digests from every node, newest end first (all when ``limit`` is None)."""
+        """The actor's digests from every node, the newest this node has seen first (all
+        when ``limit`` is None): ``chain_pos`` counts arrivals, which clocks cannot skew."""
         rows = self._db.execute(
             f"SELECT {_DIGEST_COLUMNS} FROM digests WHERE actor = ? "
-            "ORDER BY ended_at DESC, chain_pos DESC LIMIT ?",
+            "ORDER BY chain_pos DESC LIMIT ?",
             (actor, -1 if limit is None else limit),
         ).fetchall()
         return [_digest_row(row) for row in rows]

@@ -8,8 +8,9 @@ a republish after the stream's duplicate window) changes nothing:
   numbered by ``arrival`` (never reused), which orders a subscriber's feed;
 - session records are upserted per ``(session_id, node)``, the highest
   ``rev`` winning;
-- digests are immutable (``digest_id``); one that ended after the actor's
-  current head becomes the head, so the next local digest links to it;
+- digests are immutable (``digest_id``); the one that arrived last becomes
+  the actor's chain head (what this node has seen, not what clocks say), so
+  the next local digest links to it;
 - attributions are unique per ``(node, origin_id)``.
 
 What this node has published is tracked by high-water marks in ``meta``
@@ -46,6 +47,10 @@ MARK_SESSIONS = "fed_sessions"
 MARK_DIGESTS = "fed_digests"
 MARK_ATTRIBUTIONS = "fed_attributions"
 MARK_PRUNED = "fed_remote_pruned_through"
+# The daemon run that last held this node's name with this store (federation_identity).
+MARK_INSTANCE = "fed_instance"
+# Remote records rejected so far, by reason (JSON): status shows them across restarts.
+REJECTED_COUNTS = "fed_rejected"
 
 _digest_decoder = msgspec.json.Decoder(Digest)
 
@@ -72,6 +77,8 @@ class Applied:
     heads: dict[str, str] = field(default_factory=dict)
     duplicates: int = 0
     counts: dict[str, int] = field(default_factory=dict)
+    # Records the store refused: (index in the batch, why). The rest were applied.
+    failed: list[tuple[int, str]] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,7 +113,37 @@ class RemoteStore:
     # ------------------------------------------------------------ applying
 
     def apply(self, messages: Sequence[AnyMessage], now: float) -> Applied:
-        """Apply checked remote records in one transaction."""
+        """Apply checked remote records in one transaction.
+
+        A record the store still refuses (a value no column takes) costs only
+        itself: the batch is applied again record by record, and the ones that
+        fail are listed in ``Applied.failed`` for the caller to reject. The
+        store's own trouble (``sqlite3.OperationalError``: a full disk, an I/O
+        error) is no record's fault, and raises.
+        """
+        try:
+            return self._apply_batch(messages, now)
+        except sqlite3.OperationalError:
+            raise
+        except Exception:  # some record's fault: find which, below
+            pass
+        applied = Applied()
+        for index, message in enumerate(messages):
+            try:
+                one = self._apply_batch([message], now)
+            except sqlite3.OperationalError:
+                raise
+            except Exception as exc:  # this record's fault: it is rejected
+                applied.failed.append((index, f"{type(exc).__name__}: {exc}"))
+                continue
+            applied.events += one.events
+            applied.heads.update(one.heads)
+            applied.duplicates += one.duplicates
+            for kind, count in one.counts.items():
+                applied.counts[kind] = applied.counts.get(kind, 0) + count
+        return applied
+
+    def _apply_batch(self, messages: Sequence[AnyMessage], now: float) -> Applied:
         applied = Applied()
         per_node: dict[str, Counter[str]] = {}
         with self._transaction():
@@ -206,25 +243,38 @@ class RemoteStore:
         return cursor.rowcount > 0
 
     def _apply_digest(self, message: DigestMessage, applied: Applied) -> bool:
+        """Store a digest; it becomes its actor's chain head unless one here already follows it.
+
+        The head is the newest digest this node has *seen* (causal order: arrival), not
+        the one that claims the latest ``ended_at``: clocks of machines disagree, and a
+        node whose clock is behind would otherwise never be linked after, which makes
+        false forks and skipped links. The stream delivers a digest after its
+        predecessor; one redelivered late, that a digest here already links to, is old.
+        """
         digest = message.digest
         if self._db.execute(
             "SELECT 1 FROM digests WHERE digest_id = ?", (digest.digest_id,)
         ).fetchone():
             return False
         row = self._db.execute(
-            "SELECT length, ended_at FROM heads WHERE actor = ?", (digest.actor,)
+            "SELECT length FROM heads WHERE actor = ?", (digest.actor,)
         ).fetchone()
-        length, head_ended_at = (int(row[0]), float(row[1])) if row else (0, -1.0)
+        length = int(row[0]) if row else 0
+        followed = self._db.execute(
+            "SELECT 1 FROM digests WHERE actor = ? "
+            "AND json_extract(CAST(body AS TEXT), '$.prev_hash') = ? LIMIT 1",
+            (digest.actor, digest.hash),
+        ).fetchone()
         insert_digest(self._db, digest, length, message.node)
-        newer = digest.ended_at > head_ended_at
+        newest = followed is None
         self._db.execute(
             "INSERT INTO heads (actor, hash, length, ended_at) VALUES (?, ?, ?, ?) "
             "ON CONFLICT (actor) DO UPDATE SET length = excluded.length, "
             "hash = CASE WHEN ? THEN excluded.hash ELSE hash END, "
             "ended_at = CASE WHEN ? THEN excluded.ended_at ELSE ended_at END",
-            (digest.actor, digest.hash, length + 1, digest.ended_at, newer, newer),
+            (digest.actor, digest.hash, length + 1, digest.ended_at, newest, newest),
         )
-        if newer:
+        if newest:
             applied.heads[digest.actor] = digest.hash
         return True
 
@@ -316,6 +366,15 @@ class RemoteStore:
         return [r[0] for r in self._db.execute("SELECT DISTINCT type FROM remote_events")]
 
     # ------------------------------------------------------------ publishing
+
+    def rejected_counts(self) -> dict[str, int]:
+        try:
+            counts = msgspec.json.decode(read_meta(self._db, REJECTED_COUNTS) or "{}")
+        except msgspec.DecodeError:
+            return {}
+        if not isinstance(counts, dict):
+            return {}
+        return {str(k): v for k, v in counts.items() if isinstance(v, int)}
 
     def set_marks(self, marks: dict[str, str]) -> None:
         with self._transaction():
