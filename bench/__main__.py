@@ -29,6 +29,7 @@ SUITES: dict[str, str] = {
     "fanout": "fanout",
     "prune": "prune",
     "hooks": "hooks",
+    "claude": "claude",
     "federation": "federation",
 }
 # Suites that use the shared daemon on the big log.
