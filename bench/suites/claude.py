@@ -13,12 +13,13 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from bench.context import Context
-from bench.harness import Row, fmt_ratio, fmt_time, make_town, median, remove_town, start_daemon
-from bench.harness import percentile as pct
 from tests.claude.harness import ClaudeCode
 from tests.claude.install import VERSION, Unavailable, claude_binary
 from tests.claude.model import Reply, ScriptedModel, bash, text
+
+from bench.context import Context
+from bench.harness import Row, fmt_ratio, fmt_time, make_town, median, remove_town, start_daemon
+from bench.harness import percentile as pct
 
 TOOL_CALLS = 20
 WHAT = f"Claude Code {VERSION}, scripted session of {TOOL_CALLS} Bash tool calls, hooks installed"

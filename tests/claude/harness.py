@@ -122,7 +122,13 @@ class ClaudeCode:
 
     def env(self, **extra: str) -> dict[str, str]:
         git = shutil.which("git")
-        path = [str(FAKES), os.path.dirname(git) if git else "", "/usr/local/bin", "/usr/bin", "/bin"]
+        path = [
+            str(FAKES),
+            os.path.dirname(git) if git else "",
+            "/usr/local/bin",
+            "/usr/bin",
+            "/bin",
+        ]
         rig, _, name = self.actor.partition("/polecats/")
         env = {
             "PATH": os.pathsep.join(p for p in path if p),
@@ -146,9 +152,7 @@ class ClaudeCode:
         env.update(extra)
         return env
 
-    def run(
-        self, prompt: str, *args: str, timeout_s: float = 60.0, **extra_env: str
-    ) -> Run:
+    def run(self, prompt: str, *args: str, timeout_s: float = 60.0, **extra_env: str) -> Run:
         argv = [
             str(self.binary),
             "-p",

@@ -5,9 +5,10 @@ test machine cannot have, the model.
 ``/v1/messages/count_tokens`` on a free loopback port. Each reply of the conversation comes
 from the test's script, in order: a tool call (``tool``), text (``text``), or an HTTP error
 (``error``: 429, 500, 529 overloaded); a subagent's requests (they carry the
-``x-claude-code-agent-id`` header) take theirs from a script of their own. Requests that are not a turn of the conversation (the
-client's side calls: titles, quota probes, ...) get a short text and consume nothing. Every
-request is recorded, so a test can assert what the model was shown.
+``x-claude-code-agent-id`` header) take theirs from a script of their own. Requests that are
+not a turn of the conversation (they offer no tools: the client's side calls) get a short
+text and consume nothing. Every request is recorded, so a test can assert what the model was
+shown.
 
 It also answers proxy ``CONNECT`` requests with 403 and records the host: with
 ``HTTPS_PROXY`` pointing here, any attempt of the client to reach the network is seen.
@@ -135,9 +136,7 @@ class ScriptedModel:
             self._calls += 1
             reply = script.pop(0)
             blocks = tuple(
-                {**b, "id": b["id"] or f"toolu_{self._calls:04d}"}
-                if b["type"] == "tool_use"
-                else b
+                {**b, "id": b["id"] or f"toolu_{self._calls:04d}"} if b["type"] == "tool_use" else b
                 for b in reply.blocks
             )
             return Reply(blocks, reply.status, reply.error_type)
@@ -179,7 +178,9 @@ def sse(reply: Reply, message_id: str) -> Iterator[bytes]:
             "content_block_start",
             {"type": "content_block_start", "index": index, "content_block": start},
         )
-        yield event("content_block_delta", {"type": "content_block_delta", "index": index, "delta": delta})
+        yield event(
+            "content_block_delta", {"type": "content_block_delta", "index": index, "delta": delta}
+        )
         yield event("content_block_stop", {"type": "content_block_stop", "index": index})
     yield event(
         "message_delta",
@@ -196,23 +197,23 @@ class _Handler(BaseHTTPRequestHandler):
     scripted: ScriptedModel
     protocol_version = "HTTP/1.1"
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib's name
+    def log_message(self, format: str, *args: Any) -> None:
         pass
 
-    def do_CONNECT(self) -> None:  # noqa: N802 - stdlib's naming
+    def do_CONNECT(self) -> None:
         with self.scripted._lock:
             self.scripted.connects.append(self.path)
         self._json(403, {"error": "no network in tests"})
 
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         with self.scripted._lock:
             self.scripted.connects.append(f"GET {self.path}")
         self._json(404, {"type": "error", "error": {"type": "not_found_error", "message": "no"}})
 
-    def do_HEAD(self) -> None:  # noqa: N802
+    def do_HEAD(self) -> None:
         self._json(200, {})
 
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:
         length = int(self.headers.get("content-length") or 0)
         raw = self.rfile.read(length)
         try:
@@ -228,7 +229,9 @@ class _Handler(BaseHTTPRequestHandler):
         if not path.endswith("/v1/messages"):
             with self.scripted._lock:
                 self.scripted.connects.append(f"POST {self.path}")
-            self._json(404, {"type": "error", "error": {"type": "not_found_error", "message": "no"}})
+            self._json(
+                404, {"type": "error", "error": {"type": "not_found_error", "message": "no"}}
+            )
             return
         reply = self.scripted._next(path, dict(self.headers), body) or text("ok")
         if reply.status != 200:

@@ -53,7 +53,9 @@ def new_id(title: str) -> str:
 
 
 def git(repo: Path, *args: str) -> str:
-    done = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, check=True)
+    done = subprocess.run(
+        ["git", "-C", str(repo), *args], capture_output=True, text=True, check=True
+    )
     return done.stdout.strip()
 
 
@@ -80,12 +82,19 @@ def log_lines(town: Path, kind: str, session: str) -> list[dict[str, Any]]:
 
 
 def shown_errors(model: ScriptedModel) -> list[str]:
-    return [sign for request in model.requests for sign in HOOK_ERROR_SIGNS if sign in request.text_shown()]
+    return [
+        sign
+        for request in model.requests
+        for sign in HOOK_ERROR_SIGNS
+        if sign in request.text_shown()
+    ]
 
 
 @pytest.fixture
 def daemon_with_context(town: Path) -> Iterator[DaemonProcess]:
-    (town / "settings" / "gastownd.toml").write_text(TEST_CONFIG + "[hooks]\ninject_context = true\n")
+    (town / "settings" / "gastownd.toml").write_text(
+        TEST_CONFIG + "[hooks]\ninject_context = true\n"
+    )
     proc = DaemonProcess(town).wait_ready()
     yield proc
     assert proc.terminate() == 0, proc.log()
@@ -134,7 +143,14 @@ SENT_FIELDS = {
         "background_tasks",
         "session_crons",
     },
-    "SessionEnd": {"session_id", "transcript_path", "cwd", "hook_event_name", "prompt_id", "reason"},
+    "SessionEnd": {
+        "session_id",
+        "transcript_path",
+        "cwd",
+        "hook_event_name",
+        "prompt_id",
+        "reason",
+    },
 }
 
 
@@ -302,7 +318,10 @@ def test_resume_continue_compact_and_clear(
     assert len(log_lines(town, "session_start", session)) == 1
     assert len(log_lines(town, "session_start", successor)) == 1
     # The resumed session's model saw the first session's conversation.
-    assert "Close gt-201." in model.turns[-1].text_shown() or "Closed gt-201" in model.turns[-1].text_shown()
+    assert (
+        "Close gt-201." in model.turns[-1].text_shown()
+        or "Closed gt-201" in model.turns[-1].text_shown()
+    )
 
 
 def test_the_predecessor_note_reaches_the_model(
