@@ -9,7 +9,9 @@ The command written calls the hook by absolute paths: this environment's
 interpreter (never a pyenv-style shim, which costs ~150 ms a call) with
 ``-I -S`` and the installed ``hook.py`` as a self-contained script. Hooks
 whose answer nobody reads get ``--async``; ``SessionStart`` stays synchronous
-because its stdout may carry the predecessor's context.
+because its stdout may carry the predecessor's context. ``PostToolUse``, the
+one hook that runs on every tool call, is also marked ``"async": true``, so
+Claude Code does not wait even for the process to start.
 
 Our entries are recognised by their command (it names ``gastown_client/hook.py``
 or ``gastown-hook``), so a reinstall from a moved checkout replaces them in
@@ -47,6 +49,11 @@ class HookSpec:
     event: str
     matcher: str | None
     detached: bool
+    # Claude Code's own ``"async": true``: it starts the hook and goes on without waiting.
+    # Only where the call sits between a tool and the model's next turn: a hook that runs
+    # as the client exits (``SessionEnd``, the last ``Stop``) must be waited for, or the
+    # client may end before the hook has detached.
+    background: bool = False
 
 
 # Order is the order they are added to a settings file that has none.
@@ -54,7 +61,7 @@ HOOKS: tuple[HookSpec, ...] = (
     HookSpec("SessionStart", None, detached=False),
     HookSpec("SessionEnd", None, detached=True),
     HookSpec("PreCompact", None, detached=True),
-    HookSpec("PostToolUse", POST_TOOL_MATCHER, detached=True),
+    HookSpec("PostToolUse", POST_TOOL_MATCHER, detached=True, background=True),
     HookSpec("Stop", None, detached=True),
     HookSpec("UserPromptSubmit", None, detached=True),
 )
@@ -110,13 +117,14 @@ def desired_group(spec: HookSpec) -> dict[str, Any]:
     group: dict[str, Any] = {}
     if spec.matcher is not None:
         group["matcher"] = spec.matcher
-    group["hooks"] = [
-        {
-            "type": "command",
-            "command": hook_command(detached=spec.detached),
-            "timeout": HOOK_TIMEOUT_S,
-        }
-    ]
+    hook: dict[str, Any] = {
+        "type": "command",
+        "command": hook_command(detached=spec.detached),
+        "timeout": HOOK_TIMEOUT_S,
+    }
+    if spec.background:
+        hook["async"] = True
+    group["hooks"] = [hook]
     return group
 
 

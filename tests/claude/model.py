@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -63,6 +64,10 @@ class Request:
     headers: dict[str, str]
     body: dict[str, Any]
     turn: bool  # a turn of the scripted conversation (consumed a reply)
+    # time.monotonic() when the request arrived and when its reply was sent: the gap from
+    # one turn's reply to the next turn's request is the client's own time (tools, hooks).
+    arrived: float = 0.0
+    answered: float = 0.0
 
     @property
     def subagent(self) -> bool:
@@ -123,10 +128,9 @@ class ScriptedModel:
             self._server.shutdown()
             self._server.server_close()
 
-    def _next(self, path: str, headers: dict[str, str], body: dict[str, Any]) -> Reply | None:
+    def _next(self, request: Request) -> Reply | None:
         """The reply for a request to ``/v1/messages``; None for a side call."""
         with self._lock:
-            request = Request(path, headers, body, is_turn(body))
             self.requests.append(request)
             if not request.turn:
                 return None
@@ -233,7 +237,14 @@ class _Handler(BaseHTTPRequestHandler):
                 404, {"type": "error", "error": {"type": "not_found_error", "message": "no"}}
             )
             return
-        reply = self.scripted._next(path, dict(self.headers), body) or text("ok")
+        request = Request(path, dict(self.headers), body, is_turn(body), time.monotonic())
+        reply = self.scripted._next(request) or text("ok")
+        try:
+            self._answer(reply, body)
+        finally:
+            request.answered = time.monotonic()
+
+    def _answer(self, reply: Reply, body: dict[str, Any]) -> None:
         if reply.status != 200:
             self._json(
                 reply.status,
