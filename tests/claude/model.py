@@ -35,6 +35,8 @@ class Reply:
     blocks: tuple[dict[str, Any], ...] = ()
     status: int = 200
     error_type: str = ""
+    # The prompt size the reply claims: near the context window, the client compacts.
+    input_tokens: int = 10
 
     @property
     def stop_reason(self) -> str:
@@ -51,6 +53,11 @@ def tool(name: str, tool_input: dict[str, Any], *, call_id: str | None = None) -
 
 def bash(command: str, *, call_id: str | None = None) -> Reply:
     return tool("Bash", {"command": command, "description": "run it"}, call_id=call_id)
+
+
+def filling(reply: Reply, input_tokens: int = 190_000) -> Reply:
+    """``reply``, claiming a conversation that nearly fills the context window."""
+    return Reply(reply.blocks, reply.status, reply.error_type, input_tokens)
 
 
 def error(status: int) -> Reply:
@@ -120,7 +127,9 @@ class ScriptedModel:
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        ).start()
         return self
 
     def stop(self) -> None:
@@ -143,7 +152,7 @@ class ScriptedModel:
                 {**b, "id": b["id"] or f"toolu_{self._calls:04d}"} if b["type"] == "tool_use" else b
                 for b in reply.blocks
             )
-            return Reply(blocks, reply.status, reply.error_type)
+            return Reply(blocks, reply.status, reply.error_type, reply.input_tokens)
 
 
 def is_turn(body: dict[str, Any]) -> bool:
@@ -167,7 +176,7 @@ def sse(reply: Reply, message_id: str) -> Iterator[bytes]:
                 "content": [],
                 "stop_reason": None,
                 "stop_sequence": None,
-                "usage": {"input_tokens": 10, "output_tokens": 1},
+                "usage": {"input_tokens": reply.input_tokens, "output_tokens": 1},
             },
         },
     )
@@ -264,7 +273,7 @@ class _Handler(BaseHTTPRequestHandler):
                     "content": list(reply.blocks),
                     "stop_reason": reply.stop_reason,
                     "stop_sequence": None,
-                    "usage": {"input_tokens": 10, "output_tokens": 5},
+                    "usage": {"input_tokens": reply.input_tokens, "output_tokens": 5},
                 },
             )
             return

@@ -23,7 +23,7 @@ from gastown_client.client import Client
 from gastown_client.errors import ClientError
 from gastown_client.protocol import DigestView
 from tests.claude.harness import ACTOR, TMUX, ClaudeCode
-from tests.claude.model import ScriptedModel, bash, error, text, tool
+from tests.claude.model import ScriptedModel, bash, error, filling, text, tool
 from tests.conftest import TEST_CONFIG, DaemonProcess
 from tests.reliability._support import read_log
 
@@ -322,6 +322,30 @@ def test_resume_continue_compact_and_clear(
         "Close gt-201." in model.turns[-1].text_shown()
         or "Closed gt-201" in model.turns[-1].text_shown()
     )
+
+
+def test_an_automatic_compaction_mid_session(
+    claude: ClaudeCode, model: ScriptedModel, daemon_proc: DaemonProcess, town: Path
+) -> None:
+    # The first reply claims a conversation near the (shrunk) context window: before its next
+    # request the client summarises (the second reply), then goes on with the work.
+    model.load(
+        filling(bash("bd close gt-211")),
+        text("<analysis>Closing issues.</analysis><summary>Closed gt-211.</summary>"),
+        bash("bd close gt-212"),
+        text("Done."),
+    )
+    run = claude.run("Close gt-211 and gt-212.", CLAUDE_CODE_AUTO_COMPACT_WINDOW="200000")
+    assert run.returncode == 0 and run.result["result"] == "Done.", run.stderr
+    assert "Closed gt-211." in model.turns[2].text_shown()
+    with daemon_proc.client() as client:
+        digest = ended(client, run.session_id)
+        wisp = client.wisp(run.session_id)
+    assert wisp.segment == 1
+    assert digest.counts == {"prompt": 1, "issue_closed": 2, "compaction": 1, "turn": 1}
+    assert "[compaction]** " in digest.summary and " auto\n" in digest.summary
+    assert list(digest.issues_closed) == ["gt-211", "gt-212"]
+    assert len(log_lines(town, "session_start", run.session_id)) == 1
 
 
 def test_the_predecessor_note_reaches_the_model(
