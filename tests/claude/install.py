@@ -20,7 +20,8 @@ PACKAGE = "@anthropic-ai/claude-code"
 # The version the hooks are tested against (docs/hooks.md). Bump it deliberately: Claude
 # Code changes its hook payloads often, and these tests are how a change is noticed.
 VERSION = "2.1.332"
-INSTALL_TIMEOUT_S = 600
+# A machine without the registry fails within this, not after npm's default retries.
+INSTALL_TIMEOUT_S = 300
 
 
 class Unavailable(Exception):
@@ -91,6 +92,8 @@ def claude_binary() -> Path:
                     "--no-fund",
                     "--no-save",
                     "--loglevel=error",
+                    "--fetch-retries=1",
+                    "--fetch-timeout=60000",
                     f"{PACKAGE}@{VERSION}",
                 ],
                 capture_output=True,
