@@ -14,6 +14,9 @@ from tests.claude.harness import ClaudeCode
 from tests.claude.install import Unavailable, claude_binary
 from tests.claude.model import ScriptedModel
 
+# A sliver of a real model's latency (see ScriptedModel.latency_s).
+TURN_LATENCY_S = 0.05
+
 
 @pytest.fixture(scope="session")
 def claude_bin() -> Path:
@@ -25,7 +28,7 @@ def claude_bin() -> Path:
 
 @pytest.fixture
 def model() -> Iterator[ScriptedModel]:
-    scripted = ScriptedModel().start()
+    scripted = ScriptedModel(latency_s=TURN_LATENCY_S).start()
     yield scripted
     scripted.stop()
 

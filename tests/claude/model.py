@@ -99,6 +99,10 @@ class ScriptedModel:
     subagent_script: list[Reply] = field(default_factory=list)
     requests: list[Request] = field(default_factory=list)
     connects: list[str] = field(default_factory=list)
+    # How long a turn's reply takes. A real model takes seconds; tests keep a little of that
+    # so that a detached hook of one tool call lands before the client's next hooks, as it
+    # does with a real model. The bench uses 0 (the hooks' cost against an instant model).
+    latency_s: float = 0.0
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _calls: int = 0
     _server: ThreadingHTTPServer | None = None
@@ -248,6 +252,8 @@ class _Handler(BaseHTTPRequestHandler):
             return
         request = Request(path, dict(self.headers), body, is_turn(body), time.monotonic())
         reply = self.scripted._next(request) or text("ok")
+        if request.turn and self.scripted.latency_s:
+            time.sleep(self.scripted.latency_s)
         try:
             self._answer(reply, body)
         finally:
