@@ -420,18 +420,19 @@ def test_the_daemon_down_for_the_whole_session(
 def test_the_model_failing_mid_session(
     claude: ClaudeCode, model: ScriptedModel, daemon_proc: DaemonProcess, town: Path
 ) -> None:
-    # A 500 then a 200; later a 429 storm the client retries through.
+    # A 500 then a 200; later a 429 storm, then the API overloaded: the client retries.
     model.load(
         error(500),
         bash("bd close gt-401"),
         error(429),
         error(429),
+        error(529),
         bash("bd close gt-402"),
         text("Done."),
     )
-    run = claude.run("Close gt-401 and gt-402.")
+    run = claude.run("Close gt-401 and gt-402.", CLAUDE_CODE_OVERLOADED_RETRY_BASE_DELAY_MS="50")
     assert run.returncode == 0 and run.result["result"] == "Done.", run.stderr
-    assert len(model.turns) == 6
+    assert len(model.turns) == 7
     with daemon_proc.client() as client:
         digest = ended(client, run.session_id)
     assert digest.counts == {"prompt": 1, "issue_closed": 2, "turn": 1}
