@@ -9,9 +9,7 @@ The command written calls the hook by absolute paths: this environment's
 interpreter (never a pyenv-style shim, which costs ~150 ms a call) with
 ``-I -S`` and the installed ``hook.py`` as a self-contained script. Hooks
 whose answer nobody reads get ``--async``; ``SessionStart`` stays synchronous
-because its stdout may carry the predecessor's context. ``PostToolUse``, the
-one hook that runs on every tool call, is also marked ``"async": true``, so
-Claude Code does not wait even for the process to start.
+because its stdout may carry the predecessor's context.
 
 Our entries are recognised by their command (it names ``gastown_client/hook.py``
 or ``gastown-hook``), so a reinstall from a moved checkout replaces them in
@@ -49,10 +47,10 @@ class HookSpec:
     event: str
     matcher: str | None
     detached: bool
-    # Claude Code's own ``"async": true``: it starts the hook and goes on without waiting.
-    # Only where the call sits between a tool and the model's next turn: a hook that runs
-    # as the client exits (``SessionEnd``, the last ``Stop``) must be waited for, or the
-    # client may end before the hook has detached.
+    # Claude Code's own ``"async": true``: it starts the hook and goes on without waiting
+    # for the process. Only for PostToolUse, the hook of every tool call, which sits between
+    # the tool and the model's next turn: a hook that runs as the client exits (SessionEnd,
+    # the last Stop) must be waited for, or the client may kill it before it has detached.
     background: bool = False
 
 
@@ -117,14 +115,15 @@ def desired_group(spec: HookSpec) -> dict[str, Any]:
     group: dict[str, Any] = {}
     if spec.matcher is not None:
         group["matcher"] = spec.matcher
-    hook: dict[str, Any] = {
-        "type": "command",
-        "command": hook_command(detached=spec.detached),
-        "timeout": HOOK_TIMEOUT_S,
-    }
+    group["hooks"] = [
+        {
+            "type": "command",
+            "command": hook_command(detached=spec.detached),
+            "timeout": HOOK_TIMEOUT_S,
+        }
+    ]
     if spec.background:
-        hook["async"] = True
-    group["hooks"] = [hook]
+        group["hooks"][0]["async"] = True
     return group
 
 
