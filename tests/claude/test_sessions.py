@@ -32,14 +32,14 @@ T = TypeVar("T")
 HOOK_ERROR_SIGNS = ("hook error", "Traceback", "gastown_client", "hook.py")
 
 
-def wait_for(check: Callable[[], T], timeout_s: float = 10.0) -> T:
+def wait_for(check: Callable[[], T | None], timeout_s: float = 10.0) -> T:
     """``check()``'s first truthy result: the detached hooks land just after the client exits."""
     deadline = time.monotonic() + timeout_s
     while True:
         try:
             result = check()
         except ClientError:
-            result = None  # type: ignore[assignment]
+            result = None
         if result:
             return result
         if time.monotonic() > deadline:
@@ -395,14 +395,22 @@ def test_the_daemon_down_for_the_whole_session(
     model.load(*script)
     run = claude.run("Close gt-601.")
     assert run.returncode == 0 and run.result["result"] == "Done.", run.stderr
-    spooled = [
-        json.loads(line)
-        for spool in (town / ".gastownd" / "spool").glob("hook-*.jsonl")
-        for line in spool.read_text().splitlines()
-    ]
-    # Every call is spooled; none may cost more than the hook's 300 ms budget.
-    assert len(spooled) == 6
-    assert run.elapsed_s <= baseline.elapsed_s + 0.3 * len(spooled) + 0.5
+
+    def spooled() -> list[dict[str, Any]] | None:
+        calls = [
+            json.loads(line)
+            for spool in (town / ".gastownd" / "spool").glob("hook-*.jsonl")
+            for line in spool.read_text().splitlines()
+        ]
+        return calls if len(calls) == 6 else None
+
+    # Every call is spooled (the last ones by detached hooks, just after the client exits);
+    # none may cost more than the hook's 300 ms budget.
+    calls = wait_for(spooled)
+    assert sorted(c["payload"]["hook_event_name"] for c in calls) == sorted(
+        ["SessionStart", "UserPromptSubmit", "PostToolUse", "PostToolUse", "Stop", "SessionEnd"]
+    )
+    assert run.elapsed_s <= baseline.elapsed_s + 0.3 * len(calls) + 0.5
     assert shown_errors(model) == []
 
     daemon = DaemonProcess(town).wait_ready()
