@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test test-editors lint bench stress federation-demo clean install uninstall
+.PHONY: run test test-editors test-claude lint bench stress federation-demo clean install uninstall
 
 $(BIN)/python:
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need Python 3.11+ on PATH (or set PYTHON=...)"; exit 2; }
@@ -28,6 +28,11 @@ test: $(STAMP)
 # The Neovim plugin and the Emacs package, headless, against a real daemon.
 test-editors: $(STAMP)
 	$(BIN)/python -m pytest -q tests/editors
+
+# The real Claude Code (pinned, installed once per machine with npm under ~/.cache) driven
+# end to end through the installed hooks against a scripted model; skipped without npm.
+test-claude: $(STAMP)
+	$(BIN)/python -m pytest -q tests/claude
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests

@@ -29,6 +29,7 @@ SUITES: dict[str, str] = {
     "fanout": "fanout",
     "prune": "prune",
     "hooks": "hooks",
+    "claude": "claude",
     "federation": "federation",
     "metrics": "metrics",
 }

@@ -47,6 +47,11 @@ class HookSpec:
     event: str
     matcher: str | None
     detached: bool
+    # Claude Code's own ``"async": true``: it starts the hook and goes on without waiting
+    # for the process. Only for PostToolUse, the hook of every tool call, which sits between
+    # the tool and the model's next turn: a hook that runs as the client exits (SessionEnd,
+    # the last Stop) must be waited for, or the client may kill it before it has detached.
+    background: bool = False
 
 
 # Order is the order they are added to a settings file that has none.
@@ -54,7 +59,7 @@ HOOKS: tuple[HookSpec, ...] = (
     HookSpec("SessionStart", None, detached=False),
     HookSpec("SessionEnd", None, detached=True),
     HookSpec("PreCompact", None, detached=True),
-    HookSpec("PostToolUse", POST_TOOL_MATCHER, detached=True),
+    HookSpec("PostToolUse", POST_TOOL_MATCHER, detached=True, background=True),
     HookSpec("Stop", None, detached=True),
     HookSpec("UserPromptSubmit", None, detached=True),
 )
@@ -117,6 +122,8 @@ def desired_group(spec: HookSpec) -> dict[str, Any]:
             "timeout": HOOK_TIMEOUT_S,
         }
     ]
+    if spec.background:
+        group["hooks"][0]["async"] = True
     return group
 
 
