@@ -11,6 +11,12 @@ interpreter (never a pyenv-style shim, which costs ~150 ms a call) with
 whose answer nobody reads get ``--async``; ``SessionStart`` stays synchronous
 because its stdout may carry the predecessor's context.
 
+Claude Code runs the command through a shell, and it is written as
+``<command> || true``: the hook itself always exits 0, and so then does a
+command whose interpreter or script is gone (a removed venv or checkout,
+which would otherwise exit 127, or 2, which Claude Code takes for "block
+this": a ``Stop`` hook exiting 2 keeps the agent from stopping).
+
 Our entries are recognised by their command (it names ``gastown_client/hook.py``
 or ``gastown-hook``), so a reinstall from a moved checkout replaces them in
 place and ``--uninstall`` removes exactly them. Everything else in the file
@@ -101,6 +107,11 @@ def hook_command(*, detached: bool) -> str:
     return f"{command} --async" if detached else command
 
 
+def installed_command(*, detached: bool) -> str:
+    """What goes into the settings: the command, exiting 0 even if its files are gone."""
+    return f"{hook_command(detached=detached)} || true"
+
+
 def is_ours(hook: Any) -> bool:
     command = hook.get("command") if isinstance(hook, dict) else None
     return isinstance(command, str) and any(marker in command for marker in MARKERS)
@@ -113,7 +124,7 @@ def desired_group(spec: HookSpec) -> dict[str, Any]:
     group["hooks"] = [
         {
             "type": "command",
-            "command": hook_command(detached=spec.detached),
+            "command": installed_command(detached=spec.detached),
             "timeout": HOOK_TIMEOUT_S,
         }
     ]
@@ -257,17 +268,44 @@ def run_install(
     # Write through a symlink (dotfile managers), never over it.
     path = Path(os.path.realpath(shown))
     try:
+        if path.exists() and not path.is_file():
+            raise IsADirectoryError(f"not a regular file: {path}")
         original = path.read_bytes()
         mode: int | None = path.stat().st_mode & 0o7777
     except FileNotFoundError:
         original, mode = b"", None
+    except OSError as exc:
+        print(f"{shown}: cannot read the settings file: {exc}", file=err or out)
+        return 1
     try:
-        before_text = original.decode("utf-8")
-        before = parse_settings(before_text)
-        after = remove_hooks(before) if uninstall else merge_hooks(before)
-    except (InvalidSettings, UnicodeDecodeError) as exc:
+        return _apply(shown, path, original, mode, dry_run=dry_run, uninstall=uninstall, out=out)
+    except InvalidSettings as exc:
         print(f"{shown}: invalid settings file, left unchanged: {exc}", file=err or out)
         return 1
+    except OSError as exc:
+        print(f"{shown}: cannot write the settings file, left unchanged: {exc}", file=err or out)
+        return 1
+
+
+def _apply(
+    shown: Path,
+    path: Path,
+    original: bytes,
+    mode: int | None,
+    *,
+    dry_run: bool,
+    uninstall: bool,
+    out: TextIO,
+) -> int:
+    try:
+        before_text = original.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidSettings(str(exc)) from None
+    try:
+        before = parse_settings(before_text)
+    except RecursionError:
+        raise InvalidSettings("nested too deeply") from None
+    after = remove_hooks(before) if uninstall else merge_hooks(before)
     if after == before:
         message = "not installed, nothing to remove" if uninstall else "already installed"
         print(f"{shown}: {message}", file=out)
