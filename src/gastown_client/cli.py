@@ -34,7 +34,7 @@ MAX_LIMIT = 100_000
 # (1 MiB by default) refuses far less.
 MAX_PAYLOAD_BYTES = 64 << 20
 # Arguments that name files: any bytes the file system allows, not only UTF-8.
-_PATH_ARGS = frozenset({"town_root", "socket", "settings"})
+_PATH_ARGS = frozenset({"town_root", "socket", "settings", "only_under"})
 
 
 class UsageError(Exception):
@@ -177,6 +177,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--remove",
         action="store_true",
         help="remove gastownd's entries (and only them)",
+    )
+    sub.add_argument(
+        "--only-under",
+        metavar="DIR",
+        help="with --uninstall: only the entries that run files under DIR (make uninstall)",
     )
     return parser
 
@@ -718,8 +723,15 @@ def cmd_install_hooks(args: argparse.Namespace) -> int:
     from gastown_client.hookinstall import run_install
 
     settings = Path(args.settings).expanduser() if args.settings else None
+    if args.only_under and not args.uninstall:
+        raise UsageError("--only-under goes with --uninstall")
     return run_install(
-        settings, dry_run=args.dry_run, uninstall=args.uninstall, out=sys.stdout, err=sys.stderr
+        settings,
+        dry_run=args.dry_run,
+        uninstall=args.uninstall,
+        out=sys.stdout,
+        err=sys.stderr,
+        only_under=os.path.abspath(args.only_under) if args.only_under else None,
     )
 
 

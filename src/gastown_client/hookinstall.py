@@ -34,6 +34,7 @@ import shlex
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -160,19 +161,21 @@ def _groups(hooks: dict[str, Any], event: str) -> list[Any]:
     return groups
 
 
-def _strip_ours(groups: list[Any]) -> tuple[list[Any], int | None]:
+def _strip_ours(
+    groups: list[Any], ours: Callable[[Any], bool] = is_ours
+) -> tuple[list[Any], int | None]:
     """``groups`` without our hooks (groups we emptied dropped), and the
     position of the first group that held one."""
     kept: list[Any] = []
     first: int | None = None
     for group in groups:
         hooks = group.get("hooks") if isinstance(group, dict) else None
-        if not isinstance(hooks, list) or not any(is_ours(hook) for hook in hooks):
+        if not isinstance(hooks, list) or not any(ours(hook) for hook in hooks):
             kept.append(group)
             continue
         if first is None:
             first = len(kept)
-        remaining = [hook for hook in hooks if not is_ours(hook)]
+        remaining = [hook for hook in hooks if not ours(hook)]
         if remaining:
             kept.append({**group, "hooks": remaining})
     return kept, first
@@ -196,8 +199,15 @@ def merge_hooks(settings: dict[str, Any], specs: tuple[HookSpec, ...] = HOOKS) -
     return merged
 
 
-def remove_hooks(settings: dict[str, Any]) -> dict[str, Any]:
-    """``settings`` without our hooks, and without the containers that held only them."""
+def remove_hooks(settings: dict[str, Any], only_under: str | None = None) -> dict[str, Any]:
+    """``settings`` without our hooks, and without the containers that held only them.
+
+    ``only_under``: only the hooks whose command runs files under that directory
+    (an installed copy removing its own, not a checkout's)."""
+
+    def ours(hook: Any) -> bool:
+        return is_ours(hook) and (only_under is None or only_under in hook["command"])
+
     merged = copy.deepcopy(settings)
     hooks = merged.get("hooks")
     if not isinstance(hooks, dict):
@@ -206,7 +216,7 @@ def remove_hooks(settings: dict[str, Any]) -> dict[str, Any]:
         groups = hooks[event]
         if not isinstance(groups, list):
             continue
-        kept, first = _strip_ours(groups)
+        kept, first = _strip_ours(groups, ours)
         if first is None:
             continue
         if kept:
@@ -259,6 +269,7 @@ def run_install(
     uninstall: bool,
     out: TextIO,
     err: TextIO | None = None,
+    only_under: str | None = None,
 ) -> int:
     """Merge (or with ``uninstall`` remove) our hooks; 0 ok, 1 invalid settings file.
 
@@ -278,7 +289,16 @@ def run_install(
         print(f"{shown}: cannot read the settings file: {exc}", file=err or out)
         return 1
     try:
-        return _apply(shown, path, original, mode, dry_run=dry_run, uninstall=uninstall, out=out)
+        return _apply(
+            shown,
+            path,
+            original,
+            mode,
+            dry_run=dry_run,
+            uninstall=uninstall,
+            out=out,
+            only_under=only_under,
+        )
     except InvalidSettings as exc:
         print(f"{shown}: invalid settings file, left unchanged: {exc}", file=err or out)
         return 1
@@ -296,6 +316,7 @@ def _apply(
     dry_run: bool,
     uninstall: bool,
     out: TextIO,
+    only_under: str | None,
 ) -> int:
     try:
         before_text = original.decode("utf-8")
@@ -305,7 +326,7 @@ def _apply(
         before = parse_settings(before_text)
     except RecursionError:
         raise InvalidSettings("nested too deeply") from None
-    after = remove_hooks(before) if uninstall else merge_hooks(before)
+    after = remove_hooks(before, only_under) if uninstall else merge_hooks(before)
     if after == before:
         message = "not installed, nothing to remove" if uninstall else "already installed"
         print(f"{shown}: {message}", file=out)

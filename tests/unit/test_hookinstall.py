@@ -366,3 +366,17 @@ def test_install_then_remove_restores_the_file_exactly(settings: Path) -> None:
 
 
 MINE = {"type": "command", "command": "notify-send done"}
+
+
+def test_uninstall_only_under_a_directory_keeps_the_others(settings: Path) -> None:
+    checkout = "/home/u/src/.venv/bin/python -I -S /home/u/src/gastown_client/hook.py"
+    installed = "/home/u/.local/share/gastownd/venv/bin/python -I -S /x/gastown_client/hook.py"
+    groups = [{"hooks": [{"type": "command", "command": c}]} for c in (checkout, installed)]
+    settings.parent.mkdir(parents=True, exist_ok=True)
+    write(settings, {"hooks": {"Stop": groups}})
+    out = io.StringIO()
+    code = run_install(
+        settings, dry_run=False, uninstall=True, out=out, only_under="/home/u/.local/share/gastownd"
+    )
+    assert code == 0
+    assert ours(json.loads(settings.read_text())) == {"Stop": [checkout]}
