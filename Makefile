@@ -89,7 +89,7 @@ ifeq ($(UNAME),Darwin)
 	-for p in "$(HOME)"/Library/LaunchAgents/com.gastown.gastownd.*.plist; do \
 		[ -e "$$p" ] && launchctl bootout "gui/$$(id -u)" "$$p"; rm -f "$$p"; done
 else
-	-systemctl --user disable --now gastownd.socket gastownd.service 2>/dev/null
+	@systemctl --user disable --now gastownd.socket gastownd.service 2>/dev/null || true
 	@# The template's instances (gastownd@<escaped town>.socket), running or enabled: never
 	@# the template itself, which has nothing to disable.
 	-for u in $$( { systemctl --user list-units --all --plain --no-legend 'gastownd@*' 2>/dev/null \
@@ -99,7 +99,7 @@ else
 	rm -f "$(UNIT_DIR)"/gastownd.socket "$(UNIT_DIR)"/gastownd.service \
 	      "$(UNIT_DIR)"/gastownd@.socket "$(UNIT_DIR)"/gastownd@.service
 	rm -rf "$(UNIT_DIR)"/gastownd@?*.service.d
-	-systemctl --user daemon-reload 2>/dev/null
+	@systemctl --user daemon-reload 2>/dev/null || true
 endif
 	for c in $(COMMANDS); do rm -f "$(BIN_DIR)/$$c"; done
 	rm -rf "$(DATA_DIR)/venv"
