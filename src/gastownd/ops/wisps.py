@@ -290,7 +290,9 @@ async def _attribution_session(daemon: Daemon, request: Attribute) -> tuple[str,
 
 
 async def attribution(daemon: Daemon, request: Attribution) -> AttributionResult:
-    check_issue_id(request.issue)
+    # A read: any text shorter than an id may be asked about (it has no records).
+    if len(request.issue) > MAX_ISSUE_ID:
+        raise BadRequestError(f"an issue id has at most {MAX_ISSUE_ID} characters")
     sessions = _sessions(daemon)
     rows = await sessions.db(sessions.store.attributions, request.issue)
     return AttributionResult(
