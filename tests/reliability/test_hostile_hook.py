@@ -10,6 +10,7 @@ without a trace, never a daemon that stops answering.
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -161,5 +162,21 @@ def test_random_hostile_stdin_exits_0_and_the_daemon_keeps_answering(
 ) -> None:
     raw = b'{"hook_event_name":"Stop",' + b"".join(parts) * repeat
     assert timed_hook(town, raw[: 2 * hook.MAX_STDIN]) < ASSERT_BUDGET_S
+    with daemon_proc.client() as client:
+        client.ping()
+
+
+def test_a_flood_of_notes_is_logged_once_per_pass_and_counted(
+    daemon_proc: DaemonProcess, town: Path
+) -> None:
+    note = json.dumps({"lost": True, "reason": "refused: too_large: frame", "bytes": 9}).encode()
+    lines = [note] * 49 + [b"\xff not a note {{{" + b"[" * 10_000]
+    spool = town / ".gastownd" / "spool"
+    (spool / f"note-{os.getuid()}.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+    wait_until(lambda: "hook_notes_suppressed" in daemon_proc.log())
+    rows = [json.loads(row) for row in daemon_proc.log().splitlines() if '"hook_' in row]
+    assert sum(row["event"] == "hook_call_lost" for row in rows) == 20
+    assert next(row for row in rows if row["event"] == "hook_notes_suppressed")["notes"] == 30
+    assert not list(spool.glob("*note*"))
     with daemon_proc.client() as client:
         client.ping()
