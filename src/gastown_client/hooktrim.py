@@ -285,13 +285,22 @@ class Structure:
         every = list(map(add, accumulate(map(len, gaps[:-1])), count()))
         # Past ``MAX_BRACKETS`` brackets the rest is not looked at: taken as cut short.
         self.limit = every[-1] if len(every) == MAX_BRACKETS else len(data)
-        # A bracket is outside strings when an even number of quotes precede it.
-        quotes = accumulate(map(bytes.count, gaps[:-1], repeat(_QUOTE)))
-        outside = list(map(not_, map(and_, quotes, repeat(1))))
-        looked_at = self.masked[: self.limit + 1]
-        kinds = bytes(compress(looked_at.translate(None, _NOT_BRACKETS), outside))
-        self.positions = list(compress(every, outside))
+        kinds = self.masked[: self.limit + 1].translate(None, _NOT_BRACKETS)
+        if self.masked.count(_QUOTE) < len(every) and not _brackets_in_strings(self.masked):
+            self.positions = every  # few strings, none holding a bracket: all count
+        else:
+            # A bracket is outside strings when an even number of quotes precede it.
+            quotes = accumulate(map(bytes.count, gaps[:-1], repeat(_QUOTE)))
+            outside = list(map(not_, map(and_, quotes, repeat(1))))
+            kinds = bytes(compress(kinds, outside))
+            self.positions = list(compress(every, outside))
         self.depths = list(map(sub, accumulate(kinds.translate(_STEP)), count(1)))
+
+
+def _brackets_in_strings(masked: bytes) -> bool:
+    """Whether a bracket lies inside a string (work in proportion to the strings)."""
+    inside = b"".join(masked.split(_QUOTE)[1::2])
+    return len(inside.translate(None, _NOT_BRACKETS)) > 0
 
 
 def _separators(masked: bytes, low: int, high: int, found: list[tuple[int, bytes]]) -> None:

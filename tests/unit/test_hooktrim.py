@@ -245,3 +245,45 @@ def test_whatever_fit_sends_is_valid_json_within_the_limits(
         assert len(fitted) <= budget
     if "tool_input" in decoded and not (why and b"tool_input" in why):
         assert decoded["tool_input"] == {"command": "bd close gt-1"}
+
+
+def _reference_structure(data: bytes) -> tuple[list[int], list[int]]:
+    """The brackets outside strings and the depth after each, the slow obvious way."""
+    positions: list[int] = []
+    depths: list[int] = []
+    depth, inside, escaped = 0, False, False
+    for at, byte in enumerate(data):
+        if inside:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:
+                escaped = True
+            elif byte == 0x22:
+                inside = False
+        elif byte == 0x22:
+            inside = True
+        elif byte in b"[{]}":
+            depth += 1 if byte in b"[{" else -1
+            positions.append(at)
+            depths.append(depth)
+    return positions, depths
+
+
+BRACKETY = st.text(st.sampled_from(["[", "]", "{", "}", '"', "\\", ",", ":", "a", "é"]), max_size=8)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    value=st.recursive(
+        st.none() | st.integers() | BRACKETY,
+        lambda children: (
+            st.lists(children, max_size=4) | st.dictionaries(BRACKETY, children, max_size=4)
+        ),
+        max_leaves=40,
+    ),
+    nesting=st.integers(0, 50),
+)
+def test_the_structure_matches_a_plain_scan(value: Any, nesting: int) -> None:
+    data = ("[" * nesting + json.dumps(value) + "]" * nesting).encode()
+    structure = hooktrim.Structure(data)
+    assert (structure.positions, structure.depths) == _reference_structure(data)
