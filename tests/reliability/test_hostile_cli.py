@@ -29,7 +29,13 @@ SESSION = "0d0d0d0d-0000-4000-8000-00000000000d"
 def ctl(
     town: Path, *args: str | bytes, stdin: bytes = b"", cwd: Path | None = None
 ) -> subprocess.CompletedProcess[bytes]:
+    # Random argv includes install-hooks: its default settings file (under HOME) and any
+    # relative --settings path (under the cwd) must land in the throwaway town.
+    sandbox = town / "sandbox"
+    (sandbox / "cwd").mkdir(parents=True, exist_ok=True)
     env = {k: v for k, v in os.environ.items() if k not in cli.ATTRIBUTION_ENV}
+    env["HOME"] = str(sandbox)
+    cwd = cwd or sandbox / "cwd"
     return subprocess.run(
         [sys.executable, "-m", "gastown_client.cli", "--town-root", str(town), *args],
         input=stdin,
@@ -116,6 +122,8 @@ def test_a_directory_for_settings_is_a_one_line_failure(tmp_path: Path) -> None:
         [sys.executable, "-m", "gastown_client.cli", "install-hooks", "--settings", str(tmp_path)],
         capture_output=True,
         timeout=60,
+        env={**os.environ, "HOME": str(tmp_path)},
+        cwd=tmp_path,
     )
     assert "cannot read the settings file" in assert_clean(result, 1)
 
