@@ -52,6 +52,8 @@ stress: $(STAMP)
 	$(BIN)/python -m pytest -q tests/reliability --stress
 
 # Installed copy: its own venv under the user's data directory, commands on PATH.
+# SERVICE=no skips the service step (also skipped, with a message, when there is no
+# systemd user manager: containers, WSL, ssh without lingering). TOWN=DIR: another town.
 UNAME      := $(shell uname -s)
 ifeq ($(UNAME),Darwin)
 DATA_DIR   ?= $(HOME)/Library/Application Support/gastownd
@@ -59,7 +61,9 @@ else
 DATA_DIR   ?= $(or $(XDG_DATA_HOME),$(HOME)/.local/share)/gastownd
 endif
 BIN_DIR    ?= $(HOME)/.local/bin
+UNIT_DIR   := $(or $(XDG_CONFIG_HOME),$(HOME)/.config)/systemd/user
 COMMANDS   := gastownd gastownctl gastown-hook
+SERVICE    ?= yes
 
 install:
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need Python 3.11+ on PATH"; exit 2; }
@@ -69,22 +73,38 @@ install:
 	"$(DATA_DIR)/venv/bin/python" -m pip install --quiet '.[fast]' || "$(DATA_DIR)/venv/bin/python" -m pip install --quiet .
 	mkdir -p "$(BIN_DIR)"
 	for c in $(COMMANDS); do ln -sf "$(DATA_DIR)/venv/bin/$$c" "$(BIN_DIR)/$$c"; done
-	"$(DATA_DIR)/venv/bin/gastownd" install-service $(if $(TOWN),--town-root "$(TOWN)")
-	@echo "installed; make sure $(BIN_DIR) is on PATH"
+ifeq ($(SERVICE),no)
+	@echo "service step skipped (SERVICE=no): start the daemon yourself (gastownd run$(if $(TOWN), --town-root $(TOWN)))"
+else
+	@if [ "$(UNAME)" != Darwin ] && ! systemctl --user show-environment >/dev/null 2>&1; then \
+		echo "no systemd user manager here (a container, WSL, or ssh without lingering): service step skipped."; \
+		echo "  start the daemon yourself (gastownd run), or enable lingering (loginctl enable-linger) and run: gastownd install-service"; \
+	else \
+		echo '"$(DATA_DIR)/venv/bin/gastownd" install-service $(if $(TOWN),--town-root "$(TOWN)")'; \
+		"$(DATA_DIR)/venv/bin/gastownd" install-service $(if $(TOWN),--town-root "$(TOWN)"); \
+	fi
+endif
+	@echo "installed; make sure $(BIN_DIR) is on PATH; then: gastownctl install-hooks"
 
 uninstall:
+	@# First the Claude Code hooks that run files of the venv about to go (only those).
+	-[ ! -x "$(DATA_DIR)/venv/bin/gastownctl" ] || \
+		"$(DATA_DIR)/venv/bin/gastownctl" install-hooks --uninstall --only-under "$(DATA_DIR)/venv"
 ifeq ($(UNAME),Darwin)
 	-for p in "$(HOME)"/Library/LaunchAgents/com.gastown.gastownd.*.plist; do \
 		[ -e "$$p" ] && launchctl bootout "gui/$$(id -u)" "$$p"; rm -f "$$p"; done
 else
-	-systemctl --user disable --now gastownd.socket gastownd.service 2>/dev/null
-	-for u in "$(or $(XDG_CONFIG_HOME),$(HOME)/.config)"/systemd/user/gastownd@*.socket; do \
-		[ -e "$$u" ] && systemctl --user disable --now "$$(basename "$$u")"; done
-	rm -f "$(or $(XDG_CONFIG_HOME),$(HOME)/.config)"/systemd/user/gastownd.socket \
-	      "$(or $(XDG_CONFIG_HOME),$(HOME)/.config)"/systemd/user/gastownd.service \
-	      "$(or $(XDG_CONFIG_HOME),$(HOME)/.config)"/systemd/user/gastownd@.socket \
-	      "$(or $(XDG_CONFIG_HOME),$(HOME)/.config)"/systemd/user/gastownd@.service
-	-systemctl --user daemon-reload 2>/dev/null
+	@systemctl --user disable --now gastownd.socket gastownd.service 2>/dev/null || true
+	@# The template's instances (gastownd@<escaped town>.socket), running or enabled: never
+	@# the template itself, which has nothing to disable.
+	-for u in $$( { systemctl --user list-units --all --plain --no-legend 'gastownd@*' 2>/dev/null \
+			| awk '{print $$1}'; ls "$(UNIT_DIR)"/*.wants 2>/dev/null; } \
+			| grep -E '^gastownd@.+\.(socket|service)$$' | sort -u); do \
+		systemctl --user disable --now "$$u"; done
+	rm -f "$(UNIT_DIR)"/gastownd.socket "$(UNIT_DIR)"/gastownd.service \
+	      "$(UNIT_DIR)"/gastownd@.socket "$(UNIT_DIR)"/gastownd@.service
+	rm -rf "$(UNIT_DIR)"/gastownd@?*.service.d
+	@systemctl --user daemon-reload 2>/dev/null || true
 endif
 	for c in $(COMMANDS); do rm -f "$(BIN_DIR)/$$c"; done
 	rm -rf "$(DATA_DIR)/venv"

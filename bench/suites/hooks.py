@@ -45,6 +45,26 @@ def _payload(town: Path) -> bytes:
     )
 
 
+def _hostile(town: Path) -> list[bytes]:
+    """``PostToolUse`` calls the hook must cut by whole values: 100,000 levels deep,
+    3.6 MB of short strings, and more stdin than it reads (8 MiB)."""
+    head = msgspec.json.encode(
+        {
+            "session_id": str(uuid.uuid4()),
+            "cwd": str(town),
+            "hook_event_name": "PostToolUse",
+            "tool_name": "Bash",
+            "tool_input": {"command": "bd close gt-77"},
+        }
+    )[:-1]
+    responses = [
+        b"[" * 100_000 + b"]" * 100_000,
+        msgspec.json.encode(["ab"] * 600_000),
+        b'"' + b"y" * (9 << 20) + b'"',
+    ]
+    return [head + b',"tool_response":' + response + b"}" for response in responses]
+
+
 def _env(town: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("GT_", "BD_", "CLAUDE"))}
     env.update(
@@ -95,6 +115,7 @@ def run(ctx: Context, names: list[str]) -> list[Row]:
     hook: list[float] = []
     console: list[float] = []
     stopped: list[float] = []
+    hostile: list[float] = []
     town = make_town()
     try:
         env = _env(town)
@@ -110,6 +131,9 @@ def run(ctx: Context, names: list[str]) -> list[Row]:
                 hook.append(_timed(command, _payload(town), env))
                 if script.exists():
                     console.append(_timed([str(script)], _payload(town), env))
+            for _ in range(max(3, reps // 3)):
+                for call in _hostile(town):
+                    hostile.append(_timed(command, call, env))
             with daemon.client() as client:
                 handled = client.status().requests - before - 1
         finally:
@@ -121,7 +145,7 @@ def run(ctx: Context, names: list[str]) -> list[Row]:
 
     b50 = median(base)
     h50, h99 = median(hook), pct(hook, 99)
-    expected = 1 + len(hook) + len(console)
+    expected = 1 + len(hook) + len(console) + len(hostile)
     rows = [
         Row(
             name="hooks",
@@ -153,6 +177,20 @@ def run(ctx: Context, names: list[str]) -> list[Row]:
                 data={"times_s": console, "baseline_times_s": base},
             )
         )
+    rows.append(
+        Row(
+            name="hooks",
+            what="the `install-hooks` command, hostile `PostToolUse` calls cut by whole values "
+            "(100,000 levels deep, 3.6 MB of short strings, 9 MiB on stdin), daemon running",
+            baseline=f"same interpreter `-c pass`: {fmt_time(b50)}",
+            median=fmt_time(median(hostile)),
+            p99=fmt_time(pct(hostile, 99)),
+            ratio=fmt_ratio(median(hostile) / b50),
+            goal="≤ 300 ms (p99)",
+            met=pct(hostile, 99) <= 0.300,
+            data={"times_s": hostile, "baseline_times_s": base},
+        )
+    )
     s50, s99 = median(stopped), pct(stopped, 99)
     rows.append(
         Row(

@@ -1,7 +1,9 @@
 """``gastownctl``: talk to gastownd from a shell.
 
-Exit codes: 0 ok, 1 the daemon rejected the request (code and message on
-stderr), 2 usage error, 3 the daemon could not be reached.
+Exit codes: 0 ok, 1 a failure (the daemon refused or could not do it; code
+and message on stderr), 2 a usage error (bad arguments: argparse's, the
+checks here, or the daemon's ``bad_request``), 3 the daemon could not be
+reached. Never a traceback: whatever the arguments, one line on stderr.
 """
 
 from __future__ import annotations
@@ -26,10 +28,36 @@ EXIT_OK, EXIT_REJECTED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(s|m|h|d|w)$")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+# The most a listing asks for (the daemon's own bound on ``query``).
+MAX_LIMIT = 100_000
+# The most ``--payload @FILE`` or ``--payload -`` reads; the daemon's frame limit
+# (1 MiB by default) refuses far less.
+MAX_PAYLOAD_BYTES = 64 << 20
+# Arguments that name files: any bytes the file system allows, not only UTF-8.
+_PATH_ARGS = frozenset({"town_root", "socket", "settings", "only_under"})
 
 
 class UsageError(Exception):
     pass
+
+
+def _count(text: str) -> int:
+    """An ``-n`` value: an integer from 1 to ``MAX_LIMIT``."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not 1 <= value <= MAX_LIMIT:
+        raise argparse.ArgumentTypeError(f"{value} is not between 1 and {MAX_LIMIT}")
+    return value
+
+
+_LIMIT_HELP = f"how many, 1 to {MAX_LIMIT} (default 20)"
+_PAYLOAD_HELP = (
+    "payload: a JSON object, @FILE to read it from a file, or - from stdin "
+    f"(at most {MAX_PAYLOAD_BYTES >> 20} MiB read; the daemon takes frames of 1 MiB by default)"
+)
+_WHEN_HELP = "a duration back from now (30s, 30m, 2h, 7d, 1w) or a timestamp (2026-01-31T12:00:00Z)"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = commands.add_parser("emit", help="append an event to the town's log (durably)")
     sub.add_argument("type")
     sub.add_argument("--actor", required=True)
-    sub.add_argument("--payload", help="payload as a JSON object")
+    sub.add_argument("--payload", metavar="JSON|@FILE|-", help=_PAYLOAD_HELP)
     sub.add_argument(
         "-p",
         dest="fields",
@@ -71,9 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--type", dest="types", action="append", default=[], metavar="TYPE")
     sub.add_argument("--actor", help="substring of the actor")
     sub.add_argument("--session", help="payload.session_id")
-    sub.add_argument("--since", help="a duration (30m, 2h, 7d) or a timestamp")
-    sub.add_argument("--until", help="a timestamp")
-    sub.add_argument("-n", dest="limit", type=int, default=20, help="how many (default 20)")
+    sub.add_argument("--since", help=f"from: {_WHEN_HELP}")
+    sub.add_argument("--until", help=f"up to: {_WHEN_HELP}")
+    sub.add_argument("-n", dest="limit", type=_count, default=20, help=_LIMIT_HELP)
     sub.add_argument("--oldest-first", action="store_true")
     sub.add_argument(
         "--archive", action="store_true", help="also search the lines retention archived"
@@ -107,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--session", required=True)
     sub.add_argument("--kind", required=True)
     sub.add_argument("--ref")
-    sub.add_argument("--payload", help="a JSON object")
+    sub.add_argument("--payload", metavar="JSON|@FILE|-", help=_PAYLOAD_HELP)
     sub.add_argument("--json", action="store_true")
     sub = session_commands.add_parser("end", help="squash a wisp into its digest")
     sub.add_argument("--session", required=True)
@@ -122,13 +150,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--json", action="store_true")
     sub = commands.add_parser("cv", help="an actor's digests (its entity chain), newest first")
     sub.add_argument("actor")
-    sub.add_argument("-n", dest="limit", type=int, default=20)
+    sub.add_argument("-n", dest="limit", type=_count, default=20, help=_LIMIT_HELP)
     sub.add_argument("--verify", action="store_true", help="recompute the hash chain")
     sub.add_argument("--json", action="store_true")
     sub = commands.add_parser("sessions", help="sessions, newest first (the seance listing)")
     sub.add_argument("--role", help="case-insensitive substring of the actor")
     sub.add_argument("--rig", help="case-insensitive substring of the actor")
-    sub.add_argument("-n", dest="limit", type=int, default=20)
+    sub.add_argument("-n", dest="limit", type=_count, default=20, help=_LIMIT_HELP)
     sub.add_argument("--state", choices=["open", "squashed", "abandoned", "logged"])
     sub.add_argument("--json", action="store_true")
     nodes = sub.add_mutually_exclusive_group()
@@ -139,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("-p", dest="prompt", help="ask this and print the answer")
     sub.add_argument("--print-command", action="store_true", help="print, do not run")
     sub = commands.add_parser("attribute", help="record which session touched an issue")
-    sub.add_argument("issue")
+    sub.add_argument("issue", help="a Beads issue id: prefix-hash, e.g. gt-a1b2 or gt-a1b2.3")
     sub.add_argument("--session", help="default: resolved from the environment")
     sub.add_argument(
         "--action", choices=["closed", "created", "updated", "reopened"], default="closed"
@@ -151,7 +179,17 @@ def build_parser() -> argparse.ArgumentParser:
     sub = commands.add_parser("install-hooks", help="add gastown-hook to Claude Code settings")
     sub.add_argument("--settings", help="settings.json (default: ~/.claude/settings.json)")
     sub.add_argument("--dry-run", action="store_true", help="print the diff, write nothing")
-    sub.add_argument("--uninstall", action="store_true", help="remove gastownd's entries")
+    sub.add_argument(
+        "--uninstall",
+        "--remove",
+        action="store_true",
+        help="remove gastownd's entries (and only them)",
+    )
+    sub.add_argument(
+        "--only-under",
+        metavar="DIR",
+        help="with --uninstall: only the entries that run files under DIR (make uninstall)",
+    )
     _add_federation_parser(commands)
     return parser
 
@@ -171,13 +209,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     handler = _COMMANDS[args.command]
     try:
+        _check_text(args)
         return handler(args)
     except UsageError as exc:
         print(f"gastownctl: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except RequestRejected as exc:
         print(f"gastownctl: rejected ({exc.code}): {exc.message}", file=sys.stderr)
-        return EXIT_REJECTED
+        # The daemon found the request itself malformed: the arguments were.
+        return EXIT_USAGE if exc.code == "bad_request" else EXIT_REJECTED
     except DaemonUnavailable as exc:
         print(f"gastownctl: {exc}\n  start it with: gastownd run   (or: make run)", file=sys.stderr)
         return EXIT_UNREACHABLE
@@ -188,6 +228,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_OK
     except BrokenPipeError:
         return EXIT_OK
+    except OSError as exc:  # a file named on the command line, stdout, ...
+        print(f"gastownctl: {exc}", file=sys.stderr)
+        return EXIT_REJECTED
+    except Exception as exc:  # a bug: still one line, never a traceback
+        print(f"gastownctl: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_REJECTED
+
+
+def _check_text(args: argparse.Namespace) -> None:
+    """Every text argument is valid UTF-8 (bad bytes arrive as lone surrogates)."""
+    for name, value in vars(args).items():
+        values = value if isinstance(value, list) else [value]
+        for text in values:
+            if name in _PATH_ARGS or not isinstance(text, str):
+                continue
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:
+                option = "--" + name.replace("_", "-")
+                raise UsageError(f"{option}: {text!r} is not valid UTF-8") from None
 
 
 def _client(args: argparse.Namespace) -> Client:
@@ -357,14 +417,12 @@ def cmd_emit(args: argparse.Namespace) -> int:
 
 
 def cmd_events(args: argparse.Namespace) -> int:
-    if args.limit < 1:
-        raise UsageError("-n must be at least 1")
     filters: dict[str, Any] = {
         "types": args.types,
         "actor": args.actor,
         "session": args.session,
-        "since": _since(args.since) if args.since else None,
-        "until": _timestamp(args.until) if args.until else None,
+        "since": _moment(args.since, "--since") if args.since else None,
+        "until": _moment(args.until, "--until") if args.until else None,
         "all_nodes": args.all_nodes,
         "node": args.node,
     }
@@ -412,14 +470,32 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
 
 def _json_object(text: str | None, option: str) -> dict[str, Any] | None:
+    """``text`` as a JSON object: given inline, ``@FILE`` or ``-`` (stdin)."""
     if text is None:
         return None
+    if text == "-":
+        data = sys.stdin.buffer.read(MAX_PAYLOAD_BYTES + 1)
+        where = f"{option} - (stdin)"
+    elif text.startswith("@"):
+        try:
+            with open(os.fsencode(text[1:]), "rb") as handle:
+                data = handle.read(MAX_PAYLOAD_BYTES + 1)
+        except OSError as exc:
+            raise UsageError(f"{option} {text}: {exc.strerror or exc}") from None
+        where = f"{option} {text}"
+    else:
+        data = os.fsencode(text)  # bytes that were not UTF-8 come back as they were
+        where = option
+    if len(data) > MAX_PAYLOAD_BYTES:
+        raise UsageError(f"{where}: more than {MAX_PAYLOAD_BYTES >> 20} MiB")
     try:
-        decoded = msgspec.json.decode(text)
+        decoded = msgspec.json.decode(data)
     except msgspec.DecodeError as exc:
-        raise UsageError(f"{option} is not valid JSON: {exc}") from None
+        raise UsageError(f"{where} is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise UsageError(f"{where} is nested too deeply") from None
     if not isinstance(decoded, dict):
-        raise UsageError(f"{option} must be a JSON object")
+        raise UsageError(f"{where} must be a JSON object")
     return decoded
 
 
@@ -507,13 +583,18 @@ def cmd_digest(args: argparse.Namespace) -> int:
 
 
 def cmd_cv(args: argparse.Namespace) -> int:
-    if args.limit < 1:
-        raise UsageError("-n must be at least 1")
     with _client(args) as client:
         result = client.cv(args.actor, args.limit, args.verify)
     if args.json:
         _print_json(result)
-    else:
+    if not result.total:
+        print(
+            f"gastownctl: {args.actor}: no digests: an actor this town has seen no ended "
+            "session of (see: gastownctl sessions --role ...)",
+            file=sys.stderr,
+        )
+        return EXIT_REJECTED
+    if not args.json:
         print(f"{result.actor}: {result.total} digests")
         show_nodes = len({d.node for d in result.digests}) > 1
         for digest in result.digests:
@@ -682,8 +763,15 @@ def cmd_install_hooks(args: argparse.Namespace) -> int:
     from gastown_client.hookinstall import run_install
 
     settings = Path(args.settings).expanduser() if args.settings else None
+    if args.only_under and not args.uninstall:
+        raise UsageError("--only-under goes with --uninstall")
     return run_install(
-        settings, dry_run=args.dry_run, uninstall=args.uninstall, out=sys.stdout, err=sys.stderr
+        settings,
+        dry_run=args.dry_run,
+        uninstall=args.uninstall,
+        out=sys.stdout,
+        err=sys.stderr,
+        only_under=os.path.abspath(args.only_under) if args.only_under else None,
     )
 
 
@@ -728,23 +816,27 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 # ---------------------------------------------------------------- helpers
 
 
-def _since(text: str) -> str:
+def _moment(text: str, option: str) -> str:
+    """A ``--since``/``--until`` value as a UTC timestamp: a duration back from now, or a time."""
     match = _DURATION.match(text.strip())
-    if match:
-        seconds = float(match.group(1)) * _UNIT_S[match.group(2)]
-        moment = datetime.now(UTC).timestamp() - seconds
-        return datetime.fromtimestamp(int(moment), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    return _timestamp(text)
-
-
-def _timestamp(text: str) -> str:
     try:
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        if match:
+            seconds = float(match.group(1)) * _UNIT_S[match.group(2)]
+            moment = datetime.now(UTC).timestamp() - seconds
+            return datetime.fromtimestamp(int(moment), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        when = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     except ValueError:
-        raise UsageError(f"{text!r} is neither a duration (30m, 2h, 7d) nor a timestamp") from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        if match is None:
+            raise UsageError(
+                f"{option} {text!r}: expected a duration (30s, 30m, 2h, 7d, 1w) "
+                "or a timestamp (2026-01-31T12:00:00Z)"
+            ) from None
+        raise UsageError(f"{option} {text!r}: too far back") from None
+    except (OverflowError, OSError):  # 1e400d, year 0 or 10000
+        raise UsageError(f"{option} {text!r}: out of range") from None
 
 
 def _show_json(line: bytes) -> None:

@@ -23,7 +23,16 @@ A payload that would make the frame longer than the daemon's limit (a
 loaded only then, cuts the long strings of its ``tool_response`` (head and
 tail kept, the cut marked) until it fits, and the request says how many
 bytes were cut (``trimmed``). The hook cannot read the daemon's
-configuration cheaply, so it assumes the default limit, ``MAX_FRAME``.
+configuration cheaply, so it assumes the default limit, ``MAX_FRAME``. A
+payload nested deeper than ``hooktrim.MAX_DEPTH`` (a cheap bracket count
+rules that out for almost every call), longer than ``MAX_STDIN``, or whose
+bulk is not long strings has its offending top-level values cut whole
+instead, ``tool_input`` last.
+
+Nothing is lost silently: a call cut whole-value-wise, one that could not be
+sent at all, and one the daemon refused (an error reply) each leave a one-line
+note in ``<town>/.gastownd/spool/note-<uid>.jsonl``, which the daemon logs
+(``hook_call_cut``, ``hook_call_lost``; ``gastownd.spool``).
 
 Delivery rules:
 
@@ -67,9 +76,11 @@ ENV_KEYS: tuple[bytes, ...] = (
     b"GT_SESSION_ID",
     b"CLAUDE_SESSION_ID",
 )
-# Read at most this much of stdin; a longer payload is forwarded cut short,
-# which the daemon rejects as invalid JSON and logs.
-MAX_STDIN = 32 << 20
+# Read at most this much of stdin: what follows is never read, and the values
+# it would have completed are cut (a frame holds 1 MiB anyway).
+MAX_STDIN = 8 << 20
+# A payload with fewer brackets than this cannot be too deep: no need to look.
+MAX_DEPTH = 128
 # The daemon's default ``server.max_frame_bytes``: longer frames are trimmed to it.
 MAX_FRAME = 1 << 20
 # Room a trimmed frame leaves for what follows the payload: ``trimmed`` and, in
@@ -284,16 +295,32 @@ def build_frame(
     )
 
 
-def fitted(frame: bytes, payload: bytes, rebuild: "Callable[[bytes, int], bytes]") -> bytes:
-    """``frame``, or when it is over ``MAX_FRAME`` one rebuilt with its payload trimmed."""
-    if len(frame) - 1 <= MAX_FRAME:
+def fitted(
+    frame: bytes,
+    payload: bytes,
+    rebuild: "Callable[[bytes, int], bytes]",
+    complete: bool = True,
+    note: "Callable[[bytes, bool], None] | None" = None,
+) -> bytes | None:
+    """``frame``, or one rebuilt with its payload cut to be sendable, or None
+    when nothing can be sent. ``complete`` is False when stdin was longer
+    than ``MAX_STDIN``; ``note`` is told why a call lost more than long strings."""
+    if (
+        complete
+        and len(frame) - 1 <= MAX_FRAME
+        and payload.count(b"{") + payload.count(b"[") <= MAX_DEPTH
+    ):
         return frame
     if __package__:
         from gastown_client import hooktrim
     else:  # imported by hook.py run as a script, which put this directory on sys.path
         import hooktrim  # type: ignore[import-not-found,no-redef]
     budget = MAX_FRAME - (len(frame) - 1 - len(payload)) - TRIM_RESERVE
-    trimmed, cut = hooktrim.trim(payload, budget)
+    trimmed, cut, why = hooktrim.fit(payload, budget, complete=complete)
+    if why is not None and note is not None:
+        note(why, not trimmed)
+    if not trimmed:
+        return None
     return rebuild(trimmed, cut) if cut else frame
 
 
@@ -306,7 +333,7 @@ def spooled(frame: bytes, spooled_at: float) -> bytes:
 # ---------------------------------------------------------------- I/O
 
 
-def read_stdin(fd: int = 0, cap: int = MAX_STDIN) -> bytes:
+def read_stdin(fd: int = 0, cap: int = MAX_STDIN + 1) -> bytes:
     chunks: list[bytes] = []
     size = 0
     try:
@@ -378,18 +405,62 @@ def spool(frame: bytes, town: bytes, now: float) -> None:
 
     Creates ``.gastownd`` and ``spool`` (0700) when missing, never the town.
     """
-    private = join(town, PRIVATE_DIR_NAME)
-    for directory in (private, join(private, b"spool")):
+    _append(spool_path(town), spooled(frame, now))
+
+
+def _append(path: bytes, line: bytes) -> None:
+    """Append ``line`` to ``path`` in the spool dir in one ``write``, creating
+    ``.gastownd`` and ``spool`` (0700) when missing, never the town."""
+    spool_dir = dirname(path)
+    for directory in (dirname(spool_dir), spool_dir):
         try:  # noqa: SIM105 - contextlib would cost an import
             posix.mkdir(directory, 0o700)
         except FileExistsError:
             pass
     flags = posix.O_WRONLY | posix.O_APPEND | posix.O_CREAT | posix.O_CLOEXEC | posix.O_NOFOLLOW
-    fd = posix.open(spool_path(town), flags, 0o600)
+    fd = posix.open(path, flags, 0o600)
     try:
-        posix.write(fd, spooled(frame, now))
+        posix.write(fd, line)
     finally:
         posix.close(fd)
+
+
+def field(payload: bytes, key: bytes) -> bytes:
+    """The short string value of ``"key":`` in ``payload``, found without parsing (or b"")."""
+    at = payload.find(b'"' + key + b'"', 0, 1 << 16)
+    if at < 0:
+        return b""
+    opening = payload.find(b'"', at + len(key) + 2, at + len(key) + 8)
+    closing = payload.find(b'"', opening + 1, opening + 130) if opening >= 0 else -1
+    return payload[opening + 1 : closing] if closing > 0 else b""
+
+
+def note_line(reason: bytes, lost: bool, payload: bytes, size: int, at: float, pid: int) -> bytes:
+    """One line for the daemon's log: why a call was cut or lost, and whose it was."""
+    return (
+        b'{"lost":%s,"reason":%s,"hook_event":%s,"session_id":%s,"bytes":%d,"at":%s,"pid":%d}\n'
+        % (
+            b"true" if lost else b"false",
+            json_string(reason[:200]),
+            json_string(field(payload, b"hook_event_name")),
+            json_string(field(payload, b"session_id")),
+            size,
+            repr(at).encode("ascii"),
+            pid,
+        )
+    )
+
+
+def note_path(town: bytes) -> bytes:
+    return join(town, PRIVATE_DIR_NAME, b"spool", b"note-%d.jsonl" % posix.getuid())
+
+
+def leave_note(town: bytes, line: bytes) -> None:
+    """Append ``line`` to this uid's note file in the spool dir, for the daemon to log."""
+    try:  # noqa: SIM105 - contextlib would cost an import
+        _append(note_path(town), line)
+    except OSError:
+        pass  # no town, or an unwritable one: nobody could read the note
 
 
 def _write_out(text: str) -> None:
@@ -400,10 +471,20 @@ def _write_out(text: str) -> None:
         data = data[posix.write(1, data) :]
 
 
-def _send_or_spool(frame: bytes, town: bytes, sock: bytes, deadline: float, speak: bool) -> None:
+def _send_or_spool(
+    frame: bytes,
+    town: bytes,
+    sock: bytes,
+    deadline: float,
+    speak: bool,
+    note: "Callable[[bytes, bool], None]",
+) -> None:
     reply = deliver(frame, sock, deadline)
     if reply is None:
         spool(frame, town, time.time())
+    elif b'"ok":false' in reply:
+        code = field(reply, b"code")
+        note(b"refused: " + (code or b"error") + b": " + field(reply, b"message"), True)
     elif reply and speak:
         context = context_of(reply)
         if context:
@@ -441,6 +522,8 @@ def main(argv: list[str] | None = None) -> int:
         except OSError:
             cwd = None
         payload = read_stdin()  # before forking: stdin belongs to this call
+        complete = len(payload) <= MAX_STDIN
+        payload = payload[:MAX_STDIN]
         pid, ppid, at = posix.getpid(), posix.getppid(), time.time()
 
         def rebuild(payload: bytes, trimmed: int) -> bytes:
@@ -451,16 +534,24 @@ def main(argv: list[str] | None = None) -> int:
         frame = rebuild(payload, 0)
         town = town_root(environ, cwd)
         sock = socket_path(town, environ)
+
+        def note(reason: bytes, lost: bool) -> None:
+            size = len(payload) if complete else MAX_STDIN + 1
+            leave_note(town, note_line(reason, lost, payload, size, at, pid))
+
         if detached and _detach():
             try:
                 # Trimming a big payload takes a while: the detached child does it.
-                frame = fitted(frame, payload, rebuild)
+                sendable = fitted(frame, payload, rebuild, complete, note)
                 deadline = time.monotonic() + ASYNC_REPLY_DEADLINE_S
-                _send_or_spool(frame, town, sock, deadline, speak=False)
+                if sendable is not None:
+                    _send_or_spool(sendable, town, sock, deadline, False, note)
             finally:
                 posix._exit(0)
-        frame = fitted(frame, payload, rebuild)
-        _send_or_spool(frame, town, sock, started + REPLY_DEADLINE_S, speak=not detached)
+        sendable = fitted(frame, payload, rebuild, complete, note)
+        if sendable is not None:
+            deadline = started + REPLY_DEADLINE_S
+            _send_or_spool(sendable, town, sock, deadline, not detached, note)
     except BaseException:  # fail open: a hook must never fail the agent
         pass
     return 0

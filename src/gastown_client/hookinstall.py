@@ -11,6 +11,12 @@ interpreter (never a pyenv-style shim, which costs ~150 ms a call) with
 whose answer nobody reads get ``--async``; ``SessionStart`` stays synchronous
 because its stdout may carry the predecessor's context.
 
+Claude Code runs the command through a shell, and it is written as
+``<command> || true``: the hook itself always exits 0, and so then does a
+command whose interpreter or script is gone (a removed venv or checkout,
+which would otherwise exit 127, or 2, which Claude Code takes for "block
+this": a ``Stop`` hook exiting 2 keeps the agent from stopping).
+
 Our entries are recognised by their command (it names ``gastown_client/hook.py``
 or ``gastown-hook``), so a reinstall from a moved checkout replaces them in
 place and ``--uninstall`` removes exactly them. Everything else in the file
@@ -28,6 +34,7 @@ import shlex
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -106,6 +113,11 @@ def hook_command(*, detached: bool) -> str:
     return f"{command} --async" if detached else command
 
 
+def installed_command(*, detached: bool) -> str:
+    """What goes into the settings: the command, exiting 0 even if its files are gone."""
+    return f"{hook_command(detached=detached)} || true"
+
+
 def is_ours(hook: Any) -> bool:
     command = hook.get("command") if isinstance(hook, dict) else None
     return isinstance(command, str) and any(marker in command for marker in MARKERS)
@@ -118,7 +130,7 @@ def desired_group(spec: HookSpec) -> dict[str, Any]:
     group["hooks"] = [
         {
             "type": "command",
-            "command": hook_command(detached=spec.detached),
+            "command": installed_command(detached=spec.detached),
             "timeout": HOOK_TIMEOUT_S,
         }
     ]
@@ -156,19 +168,21 @@ def _groups(hooks: dict[str, Any], event: str) -> list[Any]:
     return groups
 
 
-def _strip_ours(groups: list[Any]) -> tuple[list[Any], int | None]:
+def _strip_ours(
+    groups: list[Any], ours: Callable[[Any], bool] = is_ours
+) -> tuple[list[Any], int | None]:
     """``groups`` without our hooks (groups we emptied dropped), and the
     position of the first group that held one."""
     kept: list[Any] = []
     first: int | None = None
     for group in groups:
         hooks = group.get("hooks") if isinstance(group, dict) else None
-        if not isinstance(hooks, list) or not any(is_ours(hook) for hook in hooks):
+        if not isinstance(hooks, list) or not any(ours(hook) for hook in hooks):
             kept.append(group)
             continue
         if first is None:
             first = len(kept)
-        remaining = [hook for hook in hooks if not is_ours(hook)]
+        remaining = [hook for hook in hooks if not ours(hook)]
         if remaining:
             kept.append({**group, "hooks": remaining})
     return kept, first
@@ -192,8 +206,15 @@ def merge_hooks(settings: dict[str, Any], specs: tuple[HookSpec, ...] = HOOKS) -
     return merged
 
 
-def remove_hooks(settings: dict[str, Any]) -> dict[str, Any]:
-    """``settings`` without our hooks, and without the containers that held only them."""
+def remove_hooks(settings: dict[str, Any], only_under: str | None = None) -> dict[str, Any]:
+    """``settings`` without our hooks, and without the containers that held only them.
+
+    ``only_under``: only the hooks whose command runs files under that directory
+    (an installed copy removing its own, not a checkout's)."""
+
+    def ours(hook: Any) -> bool:
+        return is_ours(hook) and (only_under is None or only_under in hook["command"])
+
     merged = copy.deepcopy(settings)
     hooks = merged.get("hooks")
     if not isinstance(hooks, dict):
@@ -202,7 +223,7 @@ def remove_hooks(settings: dict[str, Any]) -> dict[str, Any]:
         groups = hooks[event]
         if not isinstance(groups, list):
             continue
-        kept, first = _strip_ours(groups)
+        kept, first = _strip_ours(groups, ours)
         if first is None:
             continue
         if kept:
@@ -255,6 +276,7 @@ def run_install(
     uninstall: bool,
     out: TextIO,
     err: TextIO | None = None,
+    only_under: str | None = None,
 ) -> int:
     """Merge (or with ``uninstall`` remove) our hooks; 0 ok, 1 invalid settings file.
 
@@ -264,17 +286,54 @@ def run_install(
     # Write through a symlink (dotfile managers), never over it.
     path = Path(os.path.realpath(shown))
     try:
+        if path.exists() and not path.is_file():
+            raise IsADirectoryError(f"not a regular file: {path}")
         original = path.read_bytes()
         mode: int | None = path.stat().st_mode & 0o7777
     except FileNotFoundError:
         original, mode = b"", None
+    except OSError as exc:
+        print(f"{shown}: cannot read the settings file: {exc}", file=err or out)
+        return 1
     try:
-        before_text = original.decode("utf-8")
-        before = parse_settings(before_text)
-        after = remove_hooks(before) if uninstall else merge_hooks(before)
-    except (InvalidSettings, UnicodeDecodeError) as exc:
+        return _apply(
+            shown,
+            path,
+            original,
+            mode,
+            dry_run=dry_run,
+            uninstall=uninstall,
+            out=out,
+            only_under=only_under,
+        )
+    except InvalidSettings as exc:
         print(f"{shown}: invalid settings file, left unchanged: {exc}", file=err or out)
         return 1
+    except OSError as exc:
+        print(f"{shown}: cannot write the settings file, left unchanged: {exc}", file=err or out)
+        return 1
+
+
+def _apply(
+    shown: Path,
+    path: Path,
+    original: bytes,
+    mode: int | None,
+    *,
+    dry_run: bool,
+    uninstall: bool,
+    out: TextIO,
+    only_under: str | None,
+) -> int:
+    try:
+        before_text = original.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidSettings(str(exc)) from None
+    try:
+        before = parse_settings(before_text)
+    except RecursionError:
+        raise InvalidSettings("nested too deeply") from None
+    after = remove_hooks(before, only_under) if uninstall else merge_hooks(before)
     if after == before:
         message = "not installed, nothing to remove" if uninstall else "already installed"
         print(f"{shown}: {message}", file=out)

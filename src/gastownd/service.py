@@ -5,6 +5,12 @@ Rendering is pure: town, executable and log directory in, file contents out.
 ``install_service`` either describes the plan (``dry_run``) or carries it out.
 The daemon never daemonises: both supervisors run it in the foreground and
 hand it its listening socket.
+
+The sandbox allows Unix sockets only, unless the town's settings configure
+federation (``[federation] servers``): then also ``AF_INET``/``AF_INET6``, in
+the per-town service, or for a templated instance in a drop-in
+(``gastownd@<instance>.service.d/federation.conf``). A configuration error
+(exit 78, ``EX_CONFIG``) is not restarted: it would fail the same way.
 """
 
 from __future__ import annotations
@@ -27,6 +33,15 @@ from gastownd.systemd import FD_NAME
 WATCHDOG_SEC = 30
 TIMEOUT_STOP_SEC = 10
 LAUNCHD_LABEL_PREFIX = "com.gastown.gastownd"
+# Exit status of a configuration error (sysexits' EX_CONFIG): never restarted.
+EXIT_CONFIG = 78
+# launchd waits this long between two starts of a job that keeps exiting.
+LAUNCHD_THROTTLE_S = 10
+# Where launchd jobs find git and friends: it gives them only /usr/bin:/bin:/usr/sbin:/sbin.
+LAUNCHD_PATH = ("/opt/homebrew/bin", "/usr/local/bin", "/usr/bin", "/bin", "/usr/sbin", "/sbin")
+UNIX_ONLY = "AF_UNIX"
+WITH_NETWORK = "AF_UNIX AF_INET AF_INET6"
+FEDERATION_DROP_IN = "federation.conf"
 
 # A character the unit-file parser would take as a quote, escape or line break.
 _UNSAFE_IN_UNITS = frozenset("\"'\\") | frozenset(chr(c) for c in range(32)) | {"\x7f"}
@@ -44,7 +59,7 @@ RestrictRealtime=yes
 RestrictSUIDSGID=yes
 RestrictNamespaces=yes
 SystemCallArchitectures=native
-RestrictAddressFamilies=AF_UNIX"""
+RestrictAddressFamilies={address_families}"""
 
 _SERVICE = """\
 # Rendered by `gastownd install-service`; re-run it instead of editing this file.
@@ -61,6 +76,7 @@ ExecReload=kill -HUP $MAINPID
 {environment}
 Restart=on-failure
 RestartSec=1s
+RestartPreventExitStatus={exit_config}
 TimeoutStopSec={timeout_stop}
 WatchdogSec={watchdog}
 {hardening}
@@ -136,8 +152,13 @@ def render_systemd_units(
     *,
     templated: bool = False,
     environ: Mapping[str, str] = os.environ,
+    federated: bool = False,
 ) -> dict[str, str]:
     """User units for one town: file name -> content.
+
+    ``federated`` (the town's settings configure federation) lets the service
+    open TCP connections to NATS; the template never does (see
+    ``federation_drop_in``).
 
     Plain: ``gastownd.socket`` and ``gastownd.service`` with this town's
     absolute paths. ``templated``: ``gastownd@.socket`` and
@@ -168,6 +189,7 @@ def render_systemd_units(
         read_write_paths="ReadWritePaths=" + " ".join(rw_paths),
         # A private /tmp would hide a town or socket that lives in the shared one.
         private_tmp="PrivateTmp=no" if shared_tmp else "PrivateTmp=yes",
+        address_families=WITH_NETWORK if federated else UNIX_ONLY,
     )
     environment = "\n".join(
         f"Environment={_unit_arg(f'{k}={v}')}" for k, v in [("GT_TOWN_ROOT", str(town)), *extra_env]
@@ -177,6 +199,7 @@ def render_systemd_units(
         socket_unit="gastownd.socket",
         exec_start=" ".join(_exec_arg(a) for a in (str(exe), "run", "--town-root", str(town))),
         environment=environment,
+        exit_config=EXIT_CONFIG,
         timeout_stop=TIMEOUT_STOP_SEC,
         watchdog=WATCHDOG_SEC,
         hardening=hardening,
@@ -206,13 +229,16 @@ def _render_template(town: Path, exe: Path, sock: Path, default_sock: Path) -> d
         )
     # %f is the unescaped instance with its leading "/": the town path again.
     hardening = _HARDENING.format(
-        read_write_paths='ReadWritePaths="%f"', private_tmp="PrivateTmp=yes"
+        read_write_paths='ReadWritePaths="%f"',
+        private_tmp="PrivateTmp=yes",
+        address_families=UNIX_ONLY,
     )
     service = _SERVICE.format(
         town_text="%f",
         socket_unit="gastownd@%i.socket",
         exec_start=f'{_exec_arg(str(exe))} run --town-root "%f"',
         environment='Environment="GT_TOWN_ROOT=%f"',
+        exit_config=EXIT_CONFIG,
         timeout_stop=TIMEOUT_STOP_SEC,
         watchdog=WATCHDOG_SEC,
         hardening=hardening,
@@ -222,6 +248,26 @@ def _render_template(town: Path, exe: Path, sock: Path, default_sock: Path) -> d
         town_text="%f", listen=f"%f/{_unit_text(str(relative_sock))}", fd_name=FD_NAME
     )
     return {"gastownd@.socket": socket_unit, "gastownd@.service": service}
+
+
+def federation_drop_in() -> str:
+    """What a federated town's templated instance adds: TCP to NATS (lists of families merge)."""
+    return (
+        "# Rendered by `gastownd install-service`: this town's settings configure federation.\n"
+        f"[Service]\nRestrictAddressFamilies={WITH_NETWORK}\n"
+    )
+
+
+def town_is_federated(town_root: Path) -> bool:
+    """Whether the town's settings file configures federation; ``ServiceError`` if unreadable."""
+    from gastownd.config import load_config
+
+    path = paths.default_config_path(_absolute(town_root))
+    try:
+        config = load_config(path if path.exists() else None)
+    except Exception as exc:  # whatever the settings' own errors are: one line, not a traceback
+        raise ServiceError(f"cannot read the town's settings ({path}): {exc}") from None
+    return bool(config.federation.servers)
 
 
 def systemd_socket_unit(town_root: Path, *, templated: bool = False) -> str:
@@ -241,15 +287,19 @@ def render_launchd_plist(
     """A LaunchAgent for one town: started at login, restarted after a failure, socket-activated."""
     town = _absolute(town_root)
     sock = paths.socket_path(town, environ)
-    env = {"GT_TOWN_ROOT": str(town)}
+    exe = _absolute(gastownd_path)
+    search = [str(exe.parent), *(d for d in LAUNCHD_PATH if d != str(exe.parent))]
+    env = {"GT_TOWN_ROOT": str(town), "PATH": ":".join(search)}
     if sock != paths.private_dir(town) / paths.SOCKET_NAME:
         env["GASTOWND_SOCKET"] = str(sock)
     log = _absolute(log_dir)
     plist = {
         "Label": launchd_label(town),
-        "ProgramArguments": [str(_absolute(gastownd_path)), "run", "--town-root", str(town)],
+        "ProgramArguments": [str(exe), "run", "--town-root", str(town)],
         "RunAtLoad": True,
         "KeepAlive": {"SuccessfulExit": False},
+        # A job that keeps failing (a configuration error) is retried this often, no more.
+        "ThrottleInterval": LAUNCHD_THROTTLE_S,
         "StandardOutPath": str(log / "gastownd.out.log"),
         "StandardErrorPath": str(log / "gastownd.err.log"),
         "EnvironmentVariables": env,
@@ -273,16 +323,25 @@ def plan_service(
     templated: bool = False,
     environ: Mapping[str, str] = os.environ,
     uid: int | None = None,
+    federated: bool = False,
 ) -> ServicePlan:
     """What installing means on ``platform``: directories, files and commands, in order."""
     town = _absolute(town_root)
     if platform.startswith("linux"):
         unit_dir = _systemd_user_dir(home, environ)
-        units = render_systemd_units(town, gastownd_path, templated=templated, environ=environ)
+        units = render_systemd_units(
+            town, gastownd_path, templated=templated, environ=environ, federated=federated
+        )
+        files = {unit_dir / name: text.encode() for name, text in units.items()}
+        directories = {unit_dir: 0o755}
         socket_unit = systemd_socket_unit(town, templated=templated)
+        if templated and federated:
+            drop_in_dir = unit_dir / (socket_unit.removesuffix(".socket") + ".service.d")
+            directories[drop_in_dir] = 0o755
+            files[drop_in_dir / FEDERATION_DROP_IN] = federation_drop_in().encode()
         return ServicePlan(
-            directories={unit_dir: 0o755},
-            files={unit_dir / name: text.encode() for name, text in units.items()},
+            directories=directories,
+            files=files,
             commands=(
                 Command(("systemctl", "--user", "daemon-reload")),
                 Command(("systemctl", "--user", "enable", "--now", socket_unit)),
@@ -326,6 +385,11 @@ def install_service(
     With ``dry_run`` nothing is touched and each file's action carries its
     rendered content. Raises ``ServiceError`` when a step fails.
     """
+    if not town_exists(_absolute(town_root)):
+        raise ServiceError(
+            f"there is no town at {_absolute(town_root)} (no such directory); create it first "
+            "(gt install), or pass --town-root (make install TOWN=...)"
+        )
     exe = gastownd_path if gastownd_path is not None else find_gastownd()
     home = Path(environ.get("HOME") or Path.home())
     plan = plan_service(
@@ -335,6 +399,7 @@ def install_service(
         platform=platform,
         templated=templated,
         environ=environ,
+        federated=town_is_federated(town_root),
     )
     actions = describe_plan(plan, with_content=dry_run)
     if dry_run:
@@ -362,6 +427,10 @@ def describe_plan(plan: ServicePlan, *, with_content: bool) -> list[str]:
     return actions
 
 
+def town_exists(town: Path) -> bool:
+    return town.is_dir()
+
+
 def find_gastownd() -> Path:
     """The ``gastownd`` executable to put in the unit: ours first, then the one on PATH."""
     beside_python = Path(sys.executable).parent / "gastownd"
@@ -383,9 +452,17 @@ def _run(runner: Runner, command: Command) -> None:
         raise ServiceError(f"{argv[0]} not found on PATH; cannot run {shlex.join(argv)}") from None
     except subprocess.CalledProcessError as exc:
         detail = (exc.stderr or "").strip() if isinstance(exc.stderr, str) else ""
+        hint = ""
+        if "--user" in argv and ("connect to bus" in detail or "DBUS_SESSION_BUS" in detail):
+            hint = (
+                "; there is no systemd user manager here (a container, WSL, or ssh without "
+                "lingering: loginctl enable-linger). Run the daemon yourself (gastownd run), "
+                "or install without the service: make install SERVICE=no"
+            )
         raise ServiceError(
             f"{shlex.join(argv)} failed with exit status {exc.returncode}"
             + (f": {detail}" if detail else "")
+            + hint
         ) from None
 
 

@@ -6,6 +6,11 @@ when it cannot reach the daemon. The daemon sets such a file aside (rename to
 written its line, then applies its lines in order. How far a file has been
 applied is stored in the same SQLite transaction as each request's effects,
 so a crash neither loses nor repeats one. A finished file is removed.
+
+The hook also leaves notes there (``note-<uid>.jsonl``, one line per call it
+had to cut whole values of, or lost: too deep, cut short, refused): they are
+set aside the same way and logged (``hook_call_cut``, ``hook_call_lost``), at
+most ``MAX_NOTES_LOGGED`` per pass and a count for the rest.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from pathlib import Path
 
 import anyio
 import anyio.to_thread
+import msgspec
 import structlog
 import watchfiles
 
@@ -30,6 +36,12 @@ log = structlog.get_logger("gastownd.spool")
 
 PENDING_PREFIX = "hook-"
 INGESTING_PREFIX = "ingesting-"
+NOTE_PREFIX = "note-"
+READING_PREFIX = "reading-"
+# Notes logged one by one per pass; the rest are counted in one line.
+MAX_NOTES_LOGGED = 20
+# Bytes of a note file read: the hook writes ~300 bytes per note.
+MAX_NOTE_FILE = 1 << 20
 
 
 class SpoolIngester:
@@ -68,6 +80,8 @@ class SpoolIngester:
             set_aside = await anyio.to_thread.run_sync(self._set_aside)
             if set_aside:
                 await anyio.sleep(parse_duration(self.daemon.config.hooks.spool_grace))
+            notes = await anyio.to_thread.run_sync(self._take_notes)
+            _log_notes(notes)
             count = 0
             for path in sorted(self.folder.glob(f"{INGESTING_PREFIX}*")):
                 count += await self._ingest_file(path)
@@ -78,13 +92,26 @@ class SpoolIngester:
 
     def _set_aside(self) -> int:
         moved = 0
-        for path in sorted(self.folder.glob(f"{PENDING_PREFIX}*.jsonl")):
-            if path.stat().st_size == 0:
-                continue
-            stamp = f"{time.time_ns():020d}"
-            os.rename(path, path.with_name(f"{INGESTING_PREFIX}{stamp}-{path.name}"))
-            moved += 1
+        for prefix, aside in ((PENDING_PREFIX, INGESTING_PREFIX), (NOTE_PREFIX, READING_PREFIX)):
+            for path in sorted(self.folder.glob(f"{prefix}*.jsonl")):
+                if path.stat().st_size == 0:
+                    continue
+                stamp = f"{time.time_ns():020d}"
+                os.rename(path, path.with_name(f"{aside}{stamp}-{path.name}"))
+                moved += 1
         return moved
+
+    def _take_notes(self) -> list[bytes]:
+        """The lines of the notes set aside (after the grace), whose files are then removed."""
+        lines: list[bytes] = []
+        for path in sorted(self.folder.glob(f"{READING_PREFIX}*")):
+            try:
+                with path.open("rb") as file:
+                    lines += file.read(MAX_NOTE_FILE).splitlines()
+                path.unlink()
+            except OSError as exc:
+                log.warning("hook_notes_unreadable", file=path.name, error=str(exc))
+        return lines
 
     async def _ingest_file(self, path: Path) -> int:
         sessions = self.daemon.sessions
@@ -124,3 +151,33 @@ class SpoolIngester:
         await anyio.to_thread.run_sync(path.unlink)
         await sessions.db(sessions.store.forget_spool_file, name)
         return count
+
+
+class _Note(msgspec.Struct, forbid_unknown_fields=False):
+    lost: bool = True
+    reason: str = "unknown"
+    hook_event: str = ""
+    session_id: str = ""
+    bytes: int = 0
+    pid: int = 0
+
+
+_note_decoder = msgspec.json.Decoder(_Note)
+
+
+def _log_notes(lines: list[bytes]) -> None:
+    for line in lines[:MAX_NOTES_LOGGED]:
+        try:
+            note = _note_decoder.decode(line)
+        except (msgspec.DecodeError, RecursionError):
+            note = _Note(reason="unreadable note")
+        log.warning(
+            "hook_call_lost" if note.lost else "hook_call_cut",
+            reason=note.reason,
+            hook_event=note.hook_event or None,
+            session_id=note.session_id or None,
+            bytes=note.bytes,
+            pid=note.pid,
+        )
+    if len(lines) > MAX_NOTES_LOGGED:
+        log.warning("hook_notes_suppressed", notes=len(lines) - MAX_NOTES_LOGGED)

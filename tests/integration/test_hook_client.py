@@ -198,21 +198,26 @@ def test_context_is_printed(town: Path, sock_path: Path, which: str) -> None:
     assert result.stdout.decode() == context + "\n"
 
 
-def test_error_reply_prints_nothing_and_does_not_spool(town: Path, sock_path: Path) -> None:
+def test_error_reply_prints_nothing_does_not_spool_and_leaves_a_note(
+    town: Path, sock_path: Path
+) -> None:
     reply = b'{"id":1,"ok":false,"error":{"code":"bad_request","message":"\\"context\\":\\"x"}}\n'
     daemon = FakeDaemon(sock_path, reply=reply)
     try:
-        result, _ = run_hook(town, b"{}")
+        result, _ = run_hook(town, b'{"hook_event_name":"Stop","session_id":"s1"}')
     finally:
         daemon.close()
     assert (result.returncode, result.stdout, result.stderr) == (0, b"", b"")
     assert spool_lines(town) == []
+    [note] = note_lines(town)
+    assert note["lost"] is True and note["reason"].startswith("refused: bad_request: ")
+    assert (note["hook_event"], note["session_id"]) == ("Stop", "s1")
 
 
 @pytest.mark.parametrize(
     "stdin",
-    [b"", b"not json at all\n", b"\x00\xff\xfe garbage", b'{"a": "x' * 200_000],
-    ids=["empty", "text", "binary", "1MB"],
+    [b"", b"not json at all\n", b"\x00\xff\xfe garbage", b'{"a": "x' * 100],
+    ids=["empty", "text", "binary", "truncated"],
 )
 def test_odd_stdin_is_forwarded_and_the_hook_exits_0(
     town: Path, fake: FakeDaemon, stdin: bytes
@@ -222,6 +227,42 @@ def test_odd_stdin_is_forwarded_and_the_hook_exits_0(
     [frame] = fake.wait_frames(1)
     assert b'"payload":' + (stdin.strip() or b"null").replace(b"\n", b" ") in frame
     assert frame.endswith(b"}")
+
+
+def test_garbage_over_the_frame_limit_is_cut_to_fit_and_noted(town: Path, fake: FakeDaemon) -> None:
+    result, _ = run_hook(town, b'{"a": "x' * 200_000)
+    assert (result.returncode, result.stdout, result.stderr) == (0, b"", b"")
+    [frame] = fake.wait_frames(1)
+    assert len(frame) <= hook.MAX_FRAME
+    json.loads(frame)
+    [note] = note_lines(town)
+    assert note["lost"] is False and note["reason"] == "cut short"  # it never closes
+
+
+def test_stdin_past_the_cap_is_cut_short_not_dropped(town: Path, fake: FakeDaemon) -> None:
+    call = dict(STOP, hook_event_name="PostToolUse", tool_input={"command": "bd close gt-9"})
+    head = json.dumps(call).encode()[:-1] + b',"tool_response":"'
+    result, _ = run_hook(town, head + b"y" * hook.MAX_STDIN + b'"}')
+    assert (result.returncode, result.stdout, result.stderr) == (0, b"", b"")
+    [request] = (fake.wait_frames(1), fake.requests())[1]
+    payload = json.loads(bytes(request.payload))
+    assert payload["tool_input"] == call["tool_input"] and request.trimmed > 0
+    [note] = note_lines(town)
+    assert (note["lost"], note["reason"], note["hook_event"]) == (False, "cut short", "PostToolUse")
+
+
+def test_what_cannot_be_sent_is_noted_not_sent(town: Path, fake: FakeDaemon) -> None:
+    result, _ = run_hook(town, b"[" * 100_000)
+    assert (result.returncode, result.stdout, result.stderr) == (0, b"", b"")
+    [note] = note_lines(town)
+    assert note["lost"] is True and note["reason"] == "not a JSON object"
+    assert fake.wait_frames(1, timeout_s=0.3) == []
+
+
+def note_lines(town: Path) -> list[dict[str, object]]:
+    path = paths.spool_dir(town) / f"note-{os.getuid()}.jsonl"
+    lines = path.read_bytes().splitlines() if path.exists() else []
+    return [json.loads(line) for line in lines]
 
 
 # ---------------------------------------------------------------- daemon hangs

@@ -17,7 +17,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gastown_client import codec, hook, paths
+from gastown_client import codec, hook, hooktrim, paths
 from gastown_client.protocol import Hook
 
 HOOK_PY = Path(hook.__file__).resolve()
@@ -375,10 +375,12 @@ def test_spool_path_is_in_the_spool_dir() -> None:
 # ---------------------------------------------------------------- imports
 
 
-def imported_by(args: list[str], env: dict[str, str]) -> set[str]:
+def imported_by(
+    args: list[str], env: dict[str, str], stdin: bytes = b'{"hook_event_name":"Stop"}'
+) -> set[str]:
     result = subprocess.run(
         [sys.executable, "-X", "importtime", *args],
-        input=b'{"hook_event_name":"Stop"}',
+        input=stdin,
         capture_output=True,
         env=env,
         timeout=30,
@@ -398,6 +400,17 @@ def test_script_imports_only_cheap_stdlib(tmp_path: Path) -> None:
     assert "os" not in modules  # posix is built in and already loaded
     assert not modules & FORBIDDEN, sorted(modules & FORBIDDEN)
     assert not (tmp_path / "no-town").exists()
+
+
+def test_cutting_a_deep_or_huge_payload_imports_only_builtins(tmp_path: Path) -> None:
+    env = {"GT_TOWN_ROOT": str(tmp_path / "no-town"), "PATH": "/usr/bin:/bin"}
+    deep = b'{"tool_input":{},"r":' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    modules = imported_by(["-I", "-S", str(HOOK_PY)], env, deep)
+    assert "hooktrim" in modules
+    assert modules <= {"_socket", "hookclient", "hooktrim", "_bisect", "_operator", "itertools"} | {
+        name for name in modules if name in sys.builtin_module_names
+    } | imported_by(["-I", "-S", "-c", "pass"], env), sorted(modules)
+    assert hooktrim.MAX_DEPTH == hook.MAX_DEPTH
 
 
 def test_module_import_loads_nothing_heavy() -> None:

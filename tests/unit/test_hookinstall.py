@@ -85,7 +85,8 @@ def test_fresh_install_creates_the_file(settings: Path) -> None:
         [group] = groups
         [entry] = group["hooks"]
         assert entry["type"] == "command" and entry["timeout"] == hookinstall.HOOK_TIMEOUT_S
-        argv = entry["command"].split()
+        assert entry["command"].endswith(" || true")
+        argv = entry["command"].removesuffix(" || true").split()
         assert argv[0] == hookinstall.hook_interpreter() and os.path.isabs(argv[0])
         assert "/shims/" not in argv[0]
         assert argv[1:4] == ["-I", "-S", str(Path(hookinstall.hook_script()))]
@@ -272,7 +273,7 @@ def test_stale_entries_are_replaced_in_place_not_duplicated(settings: Path) -> N
     stop = json.loads(settings.read_text())["hooks"]["Stop"]
     commands = [group["hooks"][0]["command"] for group in stop]
     assert commands[0] == "say first" and commands[2] == "say last" and len(commands) == 3
-    assert commands[1] == hookinstall.hook_command(detached=True)
+    assert commands[1] == hookinstall.installed_command(detached=True)
 
 
 def test_symlinked_settings_are_written_through(settings: Path, tmp_path: Path) -> None:
@@ -307,3 +308,75 @@ def test_installed_command_runs_and_exits_0(settings: Path, tmp_path: Path) -> N
             timeout=30,
         )
         assert (result.returncode, result.stdout, result.stderr) == (0, b"", b"")
+
+
+# ---------------------------------------------------------------- hostile settings, gone files
+
+
+def test_a_directory_for_settings_is_refused_in_one_line(tmp_path: Path) -> None:
+    code, message = run(tmp_path)
+    assert code == 1 and "cannot read the settings file" in message
+    assert message.count("\n") == 1
+
+
+def test_deeply_nested_settings_are_refused_and_left_alone(settings: Path) -> None:
+    data = b'{"x":' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    settings.parent.mkdir(parents=True, exist_ok=True)
+    settings.write_bytes(data)
+    code, message = run(settings)
+    assert code == 1 and "nested too deeply" in message
+    assert settings.read_bytes() == data
+
+
+def test_an_unwritable_directory_is_refused_in_one_line(tmp_path: Path) -> None:
+    if os.geteuid() == 0:
+        pytest.skip("root writes anywhere")
+    tmp_path.chmod(0o500)
+    try:
+        code, message = run(tmp_path / "settings.json")
+    finally:
+        tmp_path.chmod(0o700)
+    assert code == 1 and "cannot write" in message
+
+
+@pytest.mark.parametrize("gone", ["interpreter", "script"])
+def test_the_installed_command_exits_0_when_its_files_are_gone(
+    settings: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, gone: str
+) -> None:
+    missing = str(tmp_path / "removed-venv" / "bin" / "python")
+    if gone == "interpreter":
+        monkeypatch.setattr(hookinstall, "hook_interpreter", lambda: missing)
+    else:
+        monkeypatch.setattr(hookinstall, "hook_script", lambda: missing)
+    assert run(settings)[0] == 0
+    for commands in ours(json.loads(settings.read_text())).values():
+        for command in commands:
+            result = subprocess.run(
+                ["/bin/sh", "-c", command], input=b"{}", capture_output=True, timeout=10
+            )
+            assert result.returncode == 0, (command, result.stderr)
+
+
+def test_install_then_remove_restores_the_file_exactly(settings: Path) -> None:
+    settings.parent.mkdir(parents=True, exist_ok=True)
+    original = write(settings, {"model": "opus", "hooks": {"Stop": [{"hooks": [MINE]}]}})
+    assert run(settings)[0] == 0
+    assert run(settings, uninstall=True)[0] == 0
+    assert json.loads(settings.read_bytes()) == json.loads(original)
+
+
+MINE = {"type": "command", "command": "notify-send done"}
+
+
+def test_uninstall_only_under_a_directory_keeps_the_others(settings: Path) -> None:
+    checkout = "/home/u/src/.venv/bin/python -I -S /home/u/src/gastown_client/hook.py"
+    installed = "/home/u/.local/share/gastownd/venv/bin/python -I -S /x/gastown_client/hook.py"
+    groups = [{"hooks": [{"type": "command", "command": c}]} for c in (checkout, installed)]
+    settings.parent.mkdir(parents=True, exist_ok=True)
+    write(settings, {"hooks": {"Stop": groups}})
+    out = io.StringIO()
+    code = run_install(
+        settings, dry_run=False, uninstall=True, out=out, only_under="/home/u/.local/share/gastownd"
+    )
+    assert code == 0
+    assert ours(json.loads(settings.read_text())) == {"Stop": [checkout]}

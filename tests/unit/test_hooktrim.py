@@ -146,3 +146,144 @@ def test_a_surrogate_pair_is_kept_whole_or_dropped_whole() -> None:
 )
 def test_what_is_not_json_is_left_alone(raw: bytes) -> None:
     assert hooktrim.trim(raw, 1000) == (raw, 0)
+
+
+# ---------------------------------------------------------------- cutting whole values
+
+
+def _depth(value: Any) -> int:
+    if isinstance(value, dict):
+        return 1 + max(map(_depth, value.values()), default=0)
+    if isinstance(value, list):
+        return 1 + max(map(_depth, value), default=0)
+    return 0
+
+
+def test_a_deep_response_is_cut_whole_and_the_rest_kept() -> None:
+    deep = b"[" * 100_000 + b"]" * 100_000
+    head = json.dumps(bash_payload("")).encode()[:-1]
+    raw = head.replace(b'"tool_response"', b'"tool_response_was"') + b',"tool_response":'
+    raw += deep + b',"tool_use_id":"t1"}'
+    fitted, cut, why = hooktrim.fit(raw, 1 << 20)
+    decoded = msgspec.json.decode(fitted)
+    assert why == b"too deep" and cut > 0
+    assert decoded["tool_input"] == bash_payload("")["tool_input"]
+    assert decoded["tool_use_id"] == "t1"
+    assert decoded["tool_response"] == (hooktrim.MARK % len(deep)).decode()
+
+
+def test_an_array_of_short_strings_is_cut_whole_to_fit() -> None:
+    raw = json.dumps(dict(bash_payload(""), tool_response=["ab"] * 600_000)).encode()
+    fitted, cut, why = hooktrim.fit(raw, 1 << 20)
+    decoded = msgspec.json.decode(fitted)
+    assert why == b"too big" and len(fitted) <= 1 << 20 and cut > 3_000_000
+    assert decoded["tool_input"] == bash_payload("")["tool_input"]
+    assert decoded["tool_response"].startswith("[... ")
+
+
+def test_a_payload_cut_short_keeps_its_whole_members() -> None:
+    raw = json.dumps(bash_payload("x" * 1000))
+    fitted, _, why = hooktrim.fit(raw.encode()[: raw.index("x" * 10) + 5], 1 << 20, complete=False)
+    decoded = msgspec.json.decode(fitted)
+    assert why == b"cut short"
+    assert decoded["tool_input"] == bash_payload("")["tool_input"]
+    assert decoded["tool_response"].startswith("[... ")
+
+
+def test_tool_input_goes_last_and_is_said_to() -> None:
+    many = {"command": "bd close gt-1", "args": ["y"] * 2000}
+    raw = json.dumps(dict(bash_payload("x" * 5000), tool_input=many)).encode()
+    fitted, _, why = hooktrim.fit(raw, 2000)
+    decoded = msgspec.json.decode(fitted)
+    assert why == b"too big, tool_input cut" and len(fitted) <= 2000
+    assert decoded["session_id"] == bash_payload("")["session_id"]
+
+
+@pytest.mark.parametrize("raw", [b"", b"[1, 2]", b"null", b'"text"', b"\xff\xfe"])
+def test_what_is_not_an_object_is_not_sent(raw: bytes) -> None:
+    assert hooktrim.fit(raw + b"[" * 200, 1 << 20) == (b"", len(raw) + 200, b"not a JSON object")
+
+
+def test_a_payload_that_fits_is_returned_as_it_is() -> None:
+    raw = json.dumps(bash_payload("ok")).encode()
+    assert hooktrim.fit(raw, len(raw)) == (raw, 0, None)
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(TRICKY, max_size=30),
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.dictionaries(st.text(TRICKY, max_size=5), children, max_size=4)
+    ),
+    max_leaves=30,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    members=st.dictionaries(st.text(TRICKY, max_size=8), JSON_VALUES, max_size=6),
+    nesting=st.integers(0, 300),
+    budget=st.integers(200, 4000),
+    cut_at=st.none() | st.integers(1, 10_000),
+)
+def test_whatever_fit_sends_is_valid_json_within_the_limits(
+    members: dict[str, Any], nesting: int, budget: int, cut_at: int | None
+) -> None:
+    members["tool_input"] = {"command": "bd close gt-1"}
+    members["deep"] = json.loads("[" * nesting + "]" * nesting) if nesting else []
+    raw = json.dumps(members, ensure_ascii=False).encode()
+    if cut_at is not None:
+        raw = raw[:cut_at]
+    fitted, _, why = hooktrim.fit(raw, budget, complete=cut_at is None)
+    if not fitted:
+        assert why is not None
+        return
+    decoded = msgspec.json.decode(fitted)
+    assert isinstance(decoded, dict) and len(fitted) <= max(budget, len(raw))
+    assert _depth(decoded) <= hooktrim.MAX_DEPTH
+    if why is not None or fitted != raw:
+        assert len(fitted) <= budget
+    if "tool_input" in decoded and not (why and b"tool_input" in why):
+        assert decoded["tool_input"] == {"command": "bd close gt-1"}
+
+
+def _reference_structure(data: bytes) -> tuple[list[int], list[int]]:
+    """The brackets outside strings and the depth after each, the slow obvious way."""
+    positions: list[int] = []
+    depths: list[int] = []
+    depth, inside, escaped = 0, False, False
+    for at, byte in enumerate(data):
+        if inside:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:
+                escaped = True
+            elif byte == 0x22:
+                inside = False
+        elif byte == 0x22:
+            inside = True
+        elif byte in b"[{]}":
+            depth += 1 if byte in b"[{" else -1
+            positions.append(at)
+            depths.append(depth)
+    return positions, depths
+
+
+BRACKETY = st.text(st.sampled_from(["[", "]", "{", "}", '"', "\\", ",", ":", "a", "é"]), max_size=8)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    value=st.recursive(
+        st.none() | st.integers() | BRACKETY,
+        lambda children: (
+            st.lists(children, max_size=4) | st.dictionaries(BRACKETY, children, max_size=4)
+        ),
+        max_leaves=40,
+    ),
+    nesting=st.integers(0, 50),
+)
+def test_the_structure_matches_a_plain_scan(value: Any, nesting: int) -> None:
+    data = ("[" * nesting + json.dumps(value) + "]" * nesting).encode()
+    structure = hooktrim.Structure(data)
+    assert (structure.positions, structure.depths) == _reference_structure(data)

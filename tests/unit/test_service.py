@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from gastown_client import paths
+from gastownd import service
 from gastownd.service import (
     ServiceError,
     install_service,
@@ -286,7 +287,13 @@ def test_plist_parses_and_has_the_required_keys(tmp_path: Path) -> None:
     assert plist["KeepAlive"] == {"SuccessfulExit": False}
     assert Path(plist["StandardOutPath"]).parent == logs
     assert Path(plist["StandardErrorPath"]).parent == logs
-    assert plist["EnvironmentVariables"] == {"GT_TOWN_ROOT": str(FAR_TOWN)}
+    env = plist["EnvironmentVariables"]
+    assert env["GT_TOWN_ROOT"] == str(FAR_TOWN)
+    # launchd gives jobs /usr/bin:/bin:/usr/sbin:/sbin: the daemon's own directory and
+    # Homebrew's come first, so that git (commit lookups) is the user's.
+    assert env["PATH"].split(":")[:3] == [str(EXE.parent), "/opt/homebrew/bin", "/usr/local/bin"]
+    assert set(env) == {"GT_TOWN_ROOT", "PATH"}
+    assert plist["ThrottleInterval"] == 10
     sockets = plist["Sockets"]["gastownd"]
     assert sockets["SockPathName"] == str(paths.socket_path(FAR_TOWN, NO_ENV))
     assert sockets["SockPathMode"] == 0o600 == 384
@@ -337,8 +344,11 @@ def test_install_on_linux_writes_the_units_and_enables_the_socket(home: Path, to
     assert all(kwargs["check"] for _, kwargs in runner.calls)
 
 
-def test_templated_install_enables_the_town_instance(home: Path) -> None:
+def test_templated_install_enables_the_town_instance(
+    home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     runner = FakeRunner()
+    monkeypatch.setattr(service, "town_exists", lambda town: town == FAR_TOWN)
 
     install_service(
         FAR_TOWN,
@@ -415,3 +425,74 @@ def test_reference_units_in_systemd_dir_match_the_renderer() -> None:
     for templated in (False, True):
         for name, text in render(town, exe, templated=templated).items():
             assert (folder / name).read_text() == text.replace("/home/USER", "%h"), name
+
+
+# --- hostile environments --------------------------------------------------------
+
+
+def test_a_configuration_error_is_never_restarted() -> None:
+    for templated in (False, True):
+        units = render_systemd_units(FAR_TOWN, EXE, templated=templated)
+        service_unit = next(text for name, text in units.items() if name.endswith(".service"))
+        assert the(service_unit, "Service", "RestartPreventExitStatus") == "78"
+
+
+def test_only_a_federated_town_may_open_tcp_connections() -> None:
+    plain = render_systemd_units(FAR_TOWN, EXE)["gastownd.service"]
+    assert the(plain, "Service", "RestrictAddressFamilies") == "AF_UNIX"
+    federated = render_systemd_units(FAR_TOWN, EXE, federated=True)["gastownd.service"]
+    assert the(federated, "Service", "RestrictAddressFamilies") == "AF_UNIX AF_INET AF_INET6"
+
+
+def test_install_renders_tcp_from_the_towns_federation_settings(home: Path, town: Path) -> None:
+    (town / "settings").mkdir()
+    (town / "settings" / "gastownd.toml").write_text(
+        '[federation]\nservers = ["nats://hub.example:4222"]\n'
+    )
+    install_service(town, dry_run=False, platform="linux", runner=FakeRunner(), gastownd_path=EXE)
+    unit = (home / ".config" / "systemd" / "user" / "gastownd.service").read_text()
+    assert the(unit, "Service", "RestrictAddressFamilies") == "AF_UNIX AF_INET AF_INET6"
+
+
+def test_a_federated_templated_instance_gets_a_drop_in(
+    home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(service, "town_exists", lambda town: True)
+    monkeypatch.setattr(service, "town_is_federated", lambda town: True)
+    install_service(
+        FAR_TOWN,
+        dry_run=False,
+        platform="linux",
+        runner=FakeRunner(),
+        gastownd_path=EXE,
+        templated=True,
+    )
+    unit_dir = home / ".config" / "systemd" / "user"
+    drop_in = unit_dir / "gastownd@srv-gastown-alpha.service.d" / "federation.conf"
+    assert the(drop_in.read_text(), "Service", "RestrictAddressFamilies") == (
+        "AF_UNIX AF_INET AF_INET6"
+    )
+    template = (unit_dir / "gastownd@.service").read_text()
+    assert the(template, "Service", "RestrictAddressFamilies") == "AF_UNIX"
+
+
+def test_a_town_that_does_not_exist_is_refused(home: Path, short_dir: Path) -> None:
+    with pytest.raises(ServiceError, match=r"there is no town at .*missing"):
+        install_service(
+            short_dir / "missing",
+            dry_run=True,
+            platform="linux",
+            runner=refuse_to_run,
+            gastownd_path=EXE,
+        )
+    assert not (short_dir / "missing").exists()
+
+
+def test_no_user_bus_says_what_to_do(home: Path, town: Path) -> None:
+    def no_bus(argv: list[str], **kwargs: Any) -> None:
+        raise subprocess.CalledProcessError(
+            1, argv, output="", stderr="Failed to connect to bus: No medium found\n"
+        )
+
+    with pytest.raises(ServiceError, match=r"no systemd user manager.*make install SERVICE=no"):
+        install_service(town, dry_run=False, platform="linux", runner=no_bus, gastownd_path=EXE)

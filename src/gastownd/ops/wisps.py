@@ -24,15 +24,33 @@ from gastown_client.protocol import (
     WispGet,
     WispView,
 )
+from gastownd.core.beads import ISSUE_ID
 from gastownd.core.digest import Digest, audit_chain
 from gastownd.core.events import format_ts
 from gastownd.core.hookmap import STEP_OF_ACTION
-from gastownd.core.wisp import Outcome, SaveDigest, Wisp, WispBook
+from gastownd.core.wisp import Outcome, SaveDigest, Wisp, WispBook, WispState
 from gastownd.daemon import Daemon
 from gastownd.errors import BadRequestError, NotFoundError
 from gastownd.ops.seance import resolve_session_id, unique
 from gastownd.sessions import Sessions
 from gastownd.store import NewAttribution
+
+# Longer than any Beads id: the most an issue id may be.
+MAX_ISSUE_ID = 128
+# The rules that name the session for sure: only they may reopen an ended one. The
+# others are inferences (``.runtime/session_id`` outlives its session), and a late
+# change found through them is recorded against the ended session without reopening it.
+REOPENING_RULES = frozenset({"explicit", "CLAUDE_CODE_SESSION_ID"})
+
+
+def check_issue_id(issue: str) -> None:
+    """A Beads issue id (``gt-a1b2``, ``spotter-dov.3``), or ``BadRequestError``."""
+    if len(issue) > MAX_ISSUE_ID or ISSUE_ID.fullmatch(issue) is None:
+        shown = issue if len(issue) <= 60 else issue[:60] + "…"
+        raise BadRequestError(
+            f"{shown!r} is not a Beads issue id (prefix-hash, e.g. gt-a1b2 or gt-a1b2.3, "
+            f"at most {MAX_ISSUE_ID} characters)"
+        )
 
 
 def _sessions(daemon: Daemon) -> Sessions:
@@ -201,6 +219,7 @@ async def cv(daemon: Daemon, request: Cv) -> CvResult:
 
 
 async def attribute(daemon: Daemon, request: Attribute) -> AttributeResult:
+    check_issue_id(request.issue)
     sessions = _sessions(daemon)
     session_id, rule = await _attribution_session(daemon, request)
     known = sessions.book.wisps.get(session_id) or await sessions.db(
@@ -216,13 +235,13 @@ async def attribute(daemon: Daemon, request: Attribute) -> AttributeResult:
     now = daemon.clock()
     kind = STEP_OF_ACTION[request.action]
     transition = None
-    if known is not None:
-        # A late change to a squashed session reopens it as its next segment.
+    if known is not None and (known.state == WispState.OPEN or rule in REOPENING_RULES):
+        # A late change to an ended session, named for sure, reopens it as its next segment.
         def transition(book: WispBook) -> Outcome:
             return book.step(session_id, kind, request.issue, None, now=now, reopen=True)
 
     def record(book: WispBook) -> list[NewAttribution]:
-        wisp = book.wisps.get(session_id)
+        wisp = book.wisps.get(session_id) or known
         return [
             NewAttribution(
                 issue=request.issue,
@@ -271,6 +290,9 @@ async def _attribution_session(daemon: Daemon, request: Attribute) -> tuple[str,
 
 
 async def attribution(daemon: Daemon, request: Attribution) -> AttributionResult:
+    # A read: any text shorter than an id may be asked about (it has no records).
+    if len(request.issue) > MAX_ISSUE_ID:
+        raise BadRequestError(f"an issue id has at most {MAX_ISSUE_ID} characters")
     sessions = _sessions(daemon)
     rows = await sessions.db(sessions.store.attributions, request.issue)
     return AttributionResult(
