@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import socket
+import sqlite3
 import subprocess
 from pathlib import Path
 
@@ -135,6 +136,19 @@ def test_session_store_that_is_a_directory_is_refused(town: Path) -> None:
     line = refusal(start(town), EXIT_ENVIRONMENT, store)
     assert "cannot open the session store" in line
     assert store.is_dir()
+    assert_no_socket(town)
+
+
+def test_session_store_of_a_newer_gastownd_is_refused_and_kept(town: Path) -> None:
+    store = paths.private_dir(town) / "gastownd.db"
+    store.parent.mkdir(parents=True)
+    paths.private_dir(town).chmod(0o700)
+    with sqlite3.connect(store) as db:
+        db.execute("PRAGMA user_version = 999")
+    line = refusal(start(town), EXIT_ENVIRONMENT, store)
+    assert "written by a newer gastownd (schema 999" in line
+    with sqlite3.connect(store) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 999
     assert_no_socket(town)
 
 

@@ -34,6 +34,7 @@ from gastownd.core.wisp import (
     Step,
     Wisp,
 )
+from gastownd.errors import StartupError
 from gastownd.store.remote import RemoteStore
 from gastownd.store.schema import MIGRATIONS, SCHEMA_VERSION, insert_digest, read_meta
 
@@ -130,8 +131,9 @@ class Store:
     def _migrate(self) -> None:
         version = int(self._db.execute("PRAGMA user_version").fetchone()[0])
         if version > SCHEMA_VERSION:
-            raise RuntimeError(
-                f"{self.path} has schema {version}, newer than this gastownd ({SCHEMA_VERSION})"
+            raise StartupError(
+                f"{self.path}: written by a newer gastownd (schema {version}, this one reads "
+                f"up to {SCHEMA_VERSION}); run that version or a later one"
             )
         if version == SCHEMA_VERSION:
             return
