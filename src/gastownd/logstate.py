@@ -28,8 +28,9 @@ log = structlog.get_logger("gastownd.logstate")
 # checkpoint's end differ is another file (rewritten or replaced), whatever its size.
 TAIL_SIGNATURE = 64
 
-# 2: 32-bit checksums and posting lists.
-SNAPSHOT_VERSION = 2
+# 2: 32-bit checksums and posting lists. 3: lines judged by the limits of
+# ``core.events`` (nesting, numbers, UTF-8), which older snapshots did not apply.
+SNAPSHOT_VERSION = 3
 
 
 class SeqMap(msgspec.Struct, kw_only=True):
@@ -126,8 +127,8 @@ def read_snapshot(path: Path) -> tuple[SnapshotMeta, list[bytes]] | None:
             blobs = [handle.read(n) for n in meta.blob_sizes]
     except FileNotFoundError:
         return None
-    except (OSError, msgspec.DecodeError) as exc:
-        log.warning("index_snapshot_unreadable", error=str(exc))
+    except (OSError, msgspec.DecodeError, RecursionError, ValueError, MemoryError) as exc:
+        log.warning("index_snapshot_unreadable", error=str(exc), action="rebuilt from the log")
         return None
     return meta, blobs
 

@@ -480,9 +480,43 @@ class EventIndex:
         index._type_ids = {name: i for i, name in enumerate(index.type_names)}
         index._actor_ids = {name: i for i, name in enumerate(index.actor_names)}
         index._session_ids = {name: i for i, name in enumerate(index.session_names)}
-        index.by_type = _split_postings(type_blob, header.type_counts)
-        index.by_session = _split_postings(session_blob, header.session_counts)
+        index.by_type = _split_postings(type_blob, header.type_counts, header.count)
+        index.by_session = _split_postings(session_blob, header.session_counts, header.count)
+        index._check(header)
         return index
+
+    def _check(self, header: IndexHeader) -> None:
+        """Raise ValueError unless a restored index could have been built from a file:
+        a damaged snapshot must cost a rebuild, never a wrong answer or a crash later."""
+        count = len(self.offsets)
+        if len(header.type_counts) != len(self.type_names) or len(header.session_counts) != len(
+            self.session_names
+        ):
+            raise ValueError("snapshot postings do not match its names")
+        if not count:
+            return
+        types, sessions, actors = self.types, self.sessions, self.actors
+        if (
+            min(types) < MALFORMED
+            or max(types) >= len(self.type_names)
+            or min(sessions) < NO_SESSION
+            or max(sessions) >= len(self.session_names)
+            or min(actors) < 0
+            or max(actors) >= max(1, len(self.actor_names))
+        ):
+            raise ValueError("snapshot ids out of range")
+        if types.count(MALFORMED) != header.malformed:
+            raise ValueError("snapshot malformed count does not fit its columns")
+        offsets, seqs = self.offsets, self.seqs
+        if (
+            offsets[0] < 0
+            or offsets[-1] >= self.end
+            or not all(map(operator.lt, offsets, itertools.islice(offsets, 1, None)))
+            or not all(map(operator.lt, seqs, itertools.islice(seqs, 1, None)))
+            or seqs[0] < 0
+            or self.seq_floor < 0
+        ):
+            raise ValueError("snapshot offsets or seqs out of order")
 
     # ----------------------------------------------------------- rebuilding
 
@@ -641,11 +675,15 @@ def _below(postings: array[int], count: int) -> array[int]:
     return postings[: bisect.bisect_left(postings, count)]
 
 
-def _split_postings(blob: bytes, counts: list[int]) -> dict[int, array[int]]:
+def _split_postings(blob: bytes, counts: list[int], lines: int) -> dict[int, array[int]]:
     whole = array(POSTING)
+    if len(blob) % whole.itemsize:
+        raise ValueError("snapshot postings are cut short")
     whole.frombytes(blob)
-    if len(whole) != sum(counts):
+    if len(whole) != sum(counts) or min(counts, default=0) < 0:
         raise ValueError("snapshot postings do not fit their counts")
+    if whole and (min(whole) < 0 or max(whole) >= lines):
+        raise ValueError("snapshot postings point past its lines")
     postings: dict[int, array[int]] = {}
     start = 0
     for key, count in enumerate(counts):
