@@ -66,7 +66,7 @@ def recover(path: Path, lock_path: Path, state_dir: Path, archive: Archive) -> R
         started = time.monotonic()
         snapshot = _load_snapshot(file, state_dir / SNAPSHOT_NAME, seqmap.epoch, size)
         snapshot_lines = len(snapshot) if snapshot is not None else 0
-        seqs = itertools.islice(seqmap.seqs(), snapshot_lines, None)
+        seqs: Iterator[int] = itertools.islice(seqmap.seqs(), snapshot_lines, None)
         try:
             index = read_index(file.fd, size, seqs, snapshot)
         except ValueError as exc:

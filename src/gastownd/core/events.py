@@ -164,13 +164,14 @@ def _decode_batch(chunk: list[bytes]) -> list[ParsedLine | None]:
             found[position] = parsed
         return found
     joined = b",".join(chunk)
+    decoded: list[ParsedLine | None] = []
     try:
-        decoded: list[ParsedLine | None] | None = _batch_decoder.decode(b"[" + joined + b"]")
+        decoded.extend(_batch_decoder.decode(b"[" + joined + b"]"))
     except _DECODE_ERRORS:
-        decoded = None
+        pass
     # A malformed line can still join into valid JSON (two objects on one
     # line): the count tells.
-    if decoded is None or len(decoded) != len(chunk):
+    if len(decoded) != len(chunk):
         decoded = [_decode_one(line) for line in chunk]
     suspects = _suspects(joined, chunk)
     for i in suspects:
