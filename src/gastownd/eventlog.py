@@ -49,6 +49,7 @@ from gastownd.logstate import (
     write_seqmap,
     write_snapshot,
 )
+from gastownd.ratelog import rate_limited
 from gastownd.reads import Backlog, BacklogGap, read_lines
 from gastownd.reads import query as query_log
 from gastownd.recovery import SNAPSHOT_NAME, recover
@@ -105,6 +106,8 @@ class EventLog:
         self.cold_start_s = 0.0
         # What the last index snapshot covered: (inode, lines).
         self._snapshot_at = (0, 0)
+        # Lines other writers append that cannot be indexed (see ``core.events``).
+        self.warnings = rate_limited("gastownd.eventlog")
 
     @property
     def writer(self) -> Writer:
@@ -296,10 +299,19 @@ class EventLog:
         index = self.index
         first = len(index)
         offset = index.end
+        malformed = index.malformed
         index.add_lines(data, offset, itertools.count(index.next_seq()))
         positions = list(range(first, len(index)))
         if external:
             self.external += len(positions)
+        if index.malformed > malformed:
+            at = next(p for p in positions if index.types[p] == MALFORMED)
+            self.warnings.warning(
+                "eventlog_malformed_lines",
+                "not_indexable",
+                lines=index.malformed - malformed,
+                first_offset=index.offsets[at],
+            )
         self._publish_positions(positions, data, offset)
         return positions
 

@@ -247,9 +247,7 @@ def check_consistent(proc: DaemonProcess, town: Path, acknowledged: list[bytes])
     assert not missing, missing[:3]
 
 
-def restart_both_ways(
-    proc: DaemonProcess, town: Path, acknowledged: list[bytes]
-) -> DaemonProcess:
+def restart_both_ways(proc: DaemonProcess, town: Path, acknowledged: list[bytes]) -> DaemonProcess:
     """A clean stop (which saves the snapshot), a start from it, then a cold start."""
     assert proc.terminate() == 0, proc.log()
     assert (town / SNAPSHOT).exists()
@@ -302,6 +300,7 @@ def test_deep_line_appended_while_running_is_skipped_and_start_up_survives(
             after = bytes(client.emit("after", "tester").event)
         check_consistent(proc, town, [before, after])
         assert len(served(proc)) == 3
+        assert '"eventlog_malformed_lines"' in proc.log()
         proc = restart_both_ways(proc, town, [before, after])
         assert_no_traceback(proc)
     finally:

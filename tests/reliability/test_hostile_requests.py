@@ -304,7 +304,7 @@ def test_subscribers_are_never_evicted_and_refusals_are_logged_once_per_interval
         # Every subscriber is still there and still gets lines.
         line = b'{"ts":"2026-11-25T00:00:00Z","source":"gt","type":"live","actor":"a"}\n'
         append_like_gt(town, line)
-        for sock, wire in subscribers:
+        for _sock, wire in subscribers:
             push = next(frame for frame in wire.frames() if "push" in frame)
             assert push["push"] == "event" and push["event"]["type"] == "live", push
         refused = log_entries(proc, "connection_refused")

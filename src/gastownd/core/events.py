@@ -164,11 +164,11 @@ def _decode_batch(chunk: list[bytes]) -> list[ParsedLine | None]:
             found[position] = parsed
         return found
     joined = b",".join(chunk)
-    decoded: list[ParsedLine | None] = []
+    decoded: list[ParsedLine | None]
     try:
-        decoded.extend(_batch_decoder.decode(b"[" + joined + b"]"))
+        decoded = list(_batch_decoder.decode(b"[" + joined + b"]"))
     except _DECODE_ERRORS:
-        pass
+        decoded = []
     # A malformed line can still join into valid JSON (two objects on one
     # line): the count tells.
     if len(decoded) != len(chunk):
