@@ -202,7 +202,7 @@ def hostile_frames(draw: st.DrawFn, max_depth: int) -> bytes:
 
 def test_hostile_requests_are_answered(request_town: Path, stress: bool) -> None:
     town = request_town
-    examples = 400 if stress else 40
+    examples = 1_000 if stress else 40
     max_depth = 100_000 if stress else 5_000
     proc = DaemonProcess(town).wait_ready()
     acknowledged = 0
