@@ -379,7 +379,7 @@ class Connection(asyncio.Protocol):
             self._frame_timer.cancel()
             self._frame_timer = None
 
-    def _evict(self, open_for: int) -> None:
+    def _evict(self, limit: int) -> None:
         """Make room at the connection limit: this idle connection is closed."""
         idle_s = time.monotonic() - self.last_active
         self._queue(
@@ -387,7 +387,7 @@ class Connection(asyncio.Protocol):
                 None,
                 ErrorCode.TIMEOUT,
                 f"closed after {idle_s:.1f}s idle to make room: the daemon is at its "
-                f"connection limit ({open_for}); reconnect when needed",
+                f"connection limit ({limit}); reconnect when needed",
             )
         )
         self._end_input()
