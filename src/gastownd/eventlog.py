@@ -40,6 +40,7 @@ from gastownd.core.events import format_ts
 from gastownd.core.index import MALFORMED, EventIndex, Known
 from gastownd.core.query import EventFilter
 from gastownd.errors import BadRequestError, ShuttingDownError, StorageError
+from gastownd.indexer import LongLine
 from gastownd.logstate import (
     SNAPSHOT_VERSION,
     SeqMap,
@@ -273,8 +274,12 @@ class EventLog:
                 self.seqmap, end=len(rewrite.data), tail=rewrite.tail
             )
             write_seqmap(self.state_dir, checkpoint)
-        elif observation.appended:
-            self._index_bytes(observation.appended, external=True)
+        else:
+            for part in observation.appended:
+                if isinstance(part, LongLine):
+                    self._index_long_line(part)
+                else:
+                    self._index_bytes(part, external=True)
 
     def switch_to(self, index: EventIndex, fd: int, seqmap: SeqMap) -> None:
         """A prune's swap (event loop): the new file, its index and its seqmap."""
@@ -314,6 +319,15 @@ class EventLog:
             )
         self._publish_positions(positions, data, offset)
         return positions
+
+    def _index_long_line(self, line: LongLine) -> None:
+        """Another writer's line too long to index: counted, never read whole."""
+        index = self.index
+        index.add_unindexable(line.offset, line.length, index.next_seq(), line.checksum)
+        self.external += 1
+        self.warnings.warning(
+            "eventlog_malformed_lines", "not_indexable", lines=1, first_offset=line.offset
+        )
 
     def _index_known(self, items: list[Append]) -> list[int]:
         """Index and publish lines whose fields are known (ours), at ``index.end``."""

@@ -364,6 +364,35 @@ def test_line_length_limit(hostile_town: Path, extra: int) -> None:
         stop(proc)
 
 
+def peak_rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no VmHWM for pid {pid}")
+
+
+def test_a_line_of_any_length_is_never_held_whole(hostile_town: Path) -> None:
+    """A 128 MiB line, at start-up and appended while running: malformed, and the daemon's
+    peak memory stays below the line's size (it used to read it whole, about 3 times)."""
+    town = hostile_town
+    huge = line_with(b'"' + b"x" * (128 << 20) + b'"')
+    good = line_with(b"1")
+    (town / ".events.jsonl").write_bytes(good + b"\n" + huge + b"\n")
+    proc = DaemonProcess(town).wait_ready(60)
+    try:
+        append_like_gt(town, huge + b"\n" + good + b"\n")
+        wait_indexed(proc, town)
+        with proc.client() as client:
+            status = client.status().eventlog
+        assert (status.lines, status.malformed) == (4, 2)
+        assert served(proc) == [good, good]
+        assert peak_rss_kib(proc.pid) < (128 << 10), peak_rss_kib(proc.pid)
+        proc = restart_both_ways(proc, town, [good])
+        assert peak_rss_kib(proc.pid) < (128 << 10), peak_rss_kib(proc.pid)
+    finally:
+        stop(proc)
+
+
 # ------------------------------------------------------------------ snapshots
 
 

@@ -29,6 +29,8 @@ from gastownd.core.retention import PLAN_CHUNK, drive
 
 MALFORMED = -1
 NO_SESSION = -1
+# The running maximum of ``ts`` before any well-formed line.
+_NO_STAMP = -(1 << 62)
 # Array typecodes: crc32 fits in 32 bits, positions in 31.
 CHECKSUM = "I"
 POSTING = "i"
@@ -160,7 +162,7 @@ class EventIndex:
             t if p is not None and t is not None else 0 for p, t in zip(good, stamps, strict=True)
         ]
         self.ts.extend(ts_col)
-        floor = -(1 << 62)
+        floor = _NO_STAMP
         running = self.max_ts[-1] if self.max_ts else floor
         maxima = itertools.accumulate(
             [t if p is not None else floor for p, t in zip(good, ts_col, strict=True)],
@@ -206,6 +208,13 @@ class EventIndex:
         self._append(offset, len(line), seq, *ids, known.ts, zlib.crc32(line[:-1]))
         return position
 
+    def add_unindexable(self, offset: int, length: int, seq: int, checksum: int) -> int:
+        """A malformed line known only by its place and checksum (one too long to read
+        whole); the same entry ``add_lines`` makes of it. Returns its position."""
+        position = len(self.offsets)
+        self._append(offset, length, seq, MALFORMED, 0, NO_SESSION, 0, checksum)
+        return position
+
     def _intern(self, type_: str, actor: str, session: str | None) -> tuple[int, int, int]:
         type_id = _interned(type_, self._type_ids, self.type_names, self.by_type)
         actor_id = _interned(actor, self._actor_ids, self.actor_names, None)
@@ -233,7 +242,9 @@ class EventIndex:
         self.offsets.append(offset)
         self.seqs.append(seq)
         self.ts.append(ts)
-        self.max_ts.append(max(ts, self.max_ts[-1]) if self.max_ts else ts)
+        # A malformed line carries the running maximum on, as in ``add_lines``.
+        stamp = ts if type_id != MALFORMED else _NO_STAMP
+        self.max_ts.append(max(stamp, self.max_ts[-1]) if self.max_ts else stamp)
         self.types.append(type_id)
         self.actors.append(actor_id)
         self.sessions.append(session_id)
@@ -562,7 +573,7 @@ class EventIndex:
         for name in ("seqs", "ts", "types", "actors", "sessions", "checksums"):
             column = getattr(other, name)
             getattr(self, name).extend([column[p] for p in chunk])
-        running = self.max_ts[-1] if self.max_ts else -(1 << 62)
+        running = self.max_ts[-1] if self.max_ts else _NO_STAMP
         self.max_ts.extend(itertools.accumulate(self.ts[first:], max, initial=running))
         del self.max_ts[first]  # the initial value is not a line
         types, sessions = self.types, self.sessions
@@ -608,7 +619,7 @@ class EventIndex:
             self.by_session,
             NO_SESSION,
         )
-        running = self.max_ts[-1] if self.max_ts else -(1 << 62)
+        running = self.max_ts[-1] if self.max_ts else _NO_STAMP
         self.offsets.extend(part.offsets)
         self.seqs.extend(part.seqs)
         self.ts.extend(part.ts)
