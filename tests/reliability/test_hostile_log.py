@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 
 from gastown_client.protocol import MAX_NESTING
 from gastownd.core.events import MAX_LINE_BYTES, parse_ts
-from tests.conftest import DaemonProcess
+from tests.conftest import DaemonProcess, run_ctl
 from tests.reliability._support import make_town
 from tests.reliability.test_poison_input import append_like_gt
 
@@ -343,6 +343,9 @@ def test_line_a_client_cannot_decode_is_never_served(hostile_town: Path, line: b
     try:
         check_consistent(proc, town, [line_with(b"2")])
         assert served(proc) == [line_with(b"2")]
+        shown = run_ctl(town, "events", "-n", "50")
+        assert shown.returncode == 0 and "Traceback" not in shown.stderr, shown.stderr
+        assert shown.stdout.count("\n") == 1 and "v=2" in shown.stdout, shown.stdout
     finally:
         stop(proc)
 
