@@ -36,7 +36,8 @@ class RateLimitedLog:
         now = time.monotonic()
         last = self._last_logged.get(key)
         if last is None or now - last >= self.interval_s:
-            self._emit(key, 1, fields, now)
+            held = self._held.pop(key, None)  # not flushed yet: no loop, or its turn to come
+            self._emit(key, 1 + (held[0] if held else 0), fields, now)
             return
         held = self._held.get(key)
         if held is None:
