@@ -71,10 +71,22 @@ def exchange(sock: socket.socket, wire: Wire, frame: bytes) -> dict[str, Any]:
 # ------------------------------------------------------------------ the reported case
 
 
+@pytest.fixture(scope="module")
+def shared_daemon() -> Iterator[DaemonProcess]:
+    """One daemon for the cases that change nothing."""
+    root = Path(tempfile.mkdtemp(prefix="gt-hr-", dir="/tmp"))
+    proc = DaemonProcess(make_town(root)).wait_ready()
+    try:
+        yield proc
+    finally:
+        stop(proc)
+        shutil.rmtree(root, ignore_errors=True)
+
+
 @pytest.mark.parametrize("depth", [protocol.MAX_NESTING + 1, 1_000, 100_000])
 @pytest.mark.parametrize("place", ["ping-field", "emit-payload", "hook-payload"])
 def test_deep_request_gets_bad_request_on_the_same_connection(
-    request_town: Path, depth: int, place: str
+    shared_daemon: DaemonProcess, depth: int, place: str
 ) -> None:
     """Before: the connection was dropped with no reply and a traceback hit the log."""
     value = deep(depth)
@@ -87,17 +99,14 @@ def test_deep_request_gets_bad_request_on_the_same_connection(
         + value
         + b'},"env":{}}',
     }[place]
-    proc = DaemonProcess(request_town).wait_ready()
-    try:
-        with connect(proc) as sock:
-            reply = exchange(sock, Wire(sock), frame)
-        assert reply["ok"] is False and reply["id"] is None, reply
-        assert reply["error"]["code"] == "bad_request" and TOO_DEEP in reply["error"]["message"]
-        assert_no_traceback(proc)
-        assert '"request_rejected"' in proc.log()
-        check_consistent(proc, request_town, [])
-    finally:
-        stop(proc)
+    proc = shared_daemon
+    with connect(proc) as sock:
+        reply = exchange(sock, Wire(sock), frame)
+    assert reply["ok"] is False and reply["id"] is None, reply
+    assert reply["error"]["code"] == "bad_request" and TOO_DEEP in reply["error"]["message"]
+    assert_no_traceback(proc)
+    assert '"request_rejected"' in proc.log()
+    check_consistent(proc, proc.town, [])
 
 
 def test_nesting_at_the_limit_is_accepted(request_town: Path) -> None:
