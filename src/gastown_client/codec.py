@@ -4,6 +4,9 @@
 most ``max_frame`` bytes of an incomplete frame; past that it reports the
 frame as too large once and skips the rest of it up to its newline, so one
 oversize request costs its sender an error, not the connection.
+
+A frame nested deeper than ``protocol.MAX_NESTING`` is refused before it is
+decoded (see ``protocol.nesting_exceeds``).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import msgspec
 
 from gastown_client.errors import RequestRejected
 from gastown_client.protocol import (
+    MAX_NESTING,
     OPS,
     ErrorBody,
     ErrorCode,
@@ -21,6 +25,7 @@ from gastown_client.protocol import (
     Frame,
     Request,
     RequestUnion,
+    nesting_exceeds,
 )
 
 DEFAULT_MAX_FRAME = 1 << 20
@@ -110,6 +115,9 @@ class BadRequest(Exception):
         self.request_id = request_id
 
 
+TOO_DEEP = f"the request nests arrays and objects deeper than {MAX_NESTING} levels"
+
+
 class _Envelope(msgspec.Struct):
     op: Any = None
     id: Any = None
@@ -122,8 +130,11 @@ def decode_request(frame: bytes) -> Request:
     """Decode one frame into its ``Request`` or raise ``BadRequest``.
 
     Which error applies is decided by re-decoding a lenient envelope, never
-    by reading msgspec's message text.
+    by reading msgspec's message text. A frame nested deeper than
+    ``MAX_NESTING`` is refused before it is decoded.
     """
+    if nesting_exceeds(frame):
+        raise BadRequest(ErrorCode.BAD_REQUEST, TOO_DEEP, None)
     try:
         return _request_decoder.decode(frame)
     except msgspec.ValidationError as exc:
@@ -132,13 +143,15 @@ def decode_request(frame: bytes) -> Request:
         raise BadRequest(ErrorCode.BAD_REQUEST, f"invalid JSON: {exc}", None) from None
     except UnicodeDecodeError as exc:
         raise BadRequest(ErrorCode.BAD_REQUEST, f"invalid UTF-8: {exc.reason}", None) from None
+    except RecursionError:  # not reached below MAX_NESTING; kept as the last guard
+        raise BadRequest(ErrorCode.BAD_REQUEST, TOO_DEEP, None) from None
     try:
         envelope = _envelope_decoder.decode(frame)
     except msgspec.ValidationError:
         raise BadRequest(
             ErrorCode.BAD_REQUEST, "a request must be a JSON object with an 'op' field", None
         ) from None
-    except (msgspec.DecodeError, UnicodeDecodeError):
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
         # Valid JSON for the typed decoder's first error, broken further on.
         raise BadRequest(ErrorCode.BAD_REQUEST, f"invalid JSON: {detail}", None) from None
     request_id = envelope.id if isinstance(envelope.id, int | str) else None

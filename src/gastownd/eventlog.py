@@ -40,6 +40,7 @@ from gastownd.core.events import format_ts
 from gastownd.core.index import MALFORMED, EventIndex, Known
 from gastownd.core.query import EventFilter
 from gastownd.errors import BadRequestError, ShuttingDownError, StorageError
+from gastownd.indexer import LongLine
 from gastownd.logstate import (
     SNAPSHOT_VERSION,
     SeqMap,
@@ -50,6 +51,7 @@ from gastownd.logstate import (
     write_snapshot,
 )
 from gastownd.metrics.buckets import PRUNE_SECONDS, Buckets
+from gastownd.ratelog import rate_limited
 from gastownd.reads import Backlog, BacklogGap, read_lines
 from gastownd.reads import query as query_log
 from gastownd.recovery import SNAPSHOT_NAME, recover
@@ -107,6 +109,8 @@ class EventLog:
         self.cold_start_s = 0.0
         # What the last index snapshot covered: (inode, lines).
         self._snapshot_at = (0, 0)
+        # Lines other writers append that cannot be indexed (see ``core.events``).
+        self.warnings = rate_limited("gastownd.eventlog")
 
     @property
     def writer(self) -> Writer:
@@ -272,8 +276,12 @@ class EventLog:
                 self.seqmap, end=len(rewrite.data), tail=rewrite.tail
             )
             write_seqmap(self.state_dir, checkpoint)
-        elif observation.appended:
-            self._index_bytes(observation.appended, external=True)
+        else:
+            for part in observation.appended:
+                if isinstance(part, LongLine):
+                    self._index_long_line(part)
+                else:
+                    self._index_bytes(part, external=True)
 
     def switch_to(self, index: EventIndex, fd: int, seqmap: SeqMap) -> None:
         """A prune's swap (event loop): the new file, its index and its seqmap."""
@@ -298,12 +306,30 @@ class EventLog:
         index = self.index
         first = len(index)
         offset = index.end
+        malformed = index.malformed
         index.add_lines(data, offset, itertools.count(index.next_seq()))
         positions = list(range(first, len(index)))
         if external:
             self.external += len(positions)
+        if index.malformed > malformed:
+            at = next(p for p in positions if index.types[p] == MALFORMED)
+            self.warnings.warning(
+                "eventlog_malformed_lines",
+                "not_indexable",
+                lines=index.malformed - malformed,
+                first_offset=index.offsets[at],
+            )
         self._publish_positions(positions, data, offset)
         return positions
+
+    def _index_long_line(self, line: LongLine) -> None:
+        """Another writer's line too long to index: counted, never read whole."""
+        index = self.index
+        index.add_unindexable(line.offset, line.length, index.next_seq(), line.checksum)
+        self.external += 1
+        self.warnings.warning(
+            "eventlog_malformed_lines", "not_indexable", lines=1, first_offset=line.offset
+        )
 
     def _index_known(self, items: list[Append]) -> list[int]:
         """Index and publish lines whose fields are known (ours), at ``index.end``."""

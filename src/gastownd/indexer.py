@@ -18,11 +18,14 @@ import itertools
 import os
 import subprocess
 import sys
+import zlib
 from array import array
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import msgspec
 
+from gastownd.core.events import MAX_LINE_BYTES
 from gastownd.core.index import EventIndex, IndexHeader
 
 PARALLEL_MIN_BYTES = 64 << 20
@@ -56,19 +59,61 @@ def index_range(
     return whole
 
 
+@dataclass(frozen=True, slots=True)
+class LongLine:
+    """A line longer than ``MAX_LINE_BYTES`` (never indexable), described, never held."""
+
+    offset: int
+    length: int  # newline included
+    checksum: int  # crc32 of the line without its newline, as the index keeps it
+
+
+def whole_lines(
+    fd: int, start: int, end: int, chunk: int = READ_CHUNK, longest: int = MAX_LINE_BYTES
+) -> Iterator[bytes | LongLine]:
+    """The whole lines of bytes ``start..end`` of ``fd``, in order: runs of lines as bytes
+    (at most about ``chunk`` plus ``longest`` at a time), and a line found longer than
+    ``longest`` while still unfinished as a ``LongLine``, read past in pieces, so that
+    memory stays bounded whatever another writer appended. A last line with no newline
+    is left out."""
+    offset = start
+    pending = b""  # the start of an unfinished line, which ends at ``offset``
+    long: LongLine | None = None  # the line being read past, so far
+    while offset < end:
+        piece = os.pread(fd, min(chunk, end - offset), offset)
+        if not piece:
+            return
+        offset += len(piece)
+        if long is not None:
+            newline = piece.find(b"\n")
+            if newline < 0:
+                long = LongLine(
+                    long.offset, long.length + len(piece), zlib.crc32(piece, long.checksum)
+                )
+                continue
+            yield LongLine(
+                long.offset, long.length + newline + 1, zlib.crc32(piece[:newline], long.checksum)
+            )
+            long = None
+            piece = piece[newline + 1 :]
+        data = pending + piece
+        cut = data.rfind(b"\n") + 1
+        if cut:
+            yield data[:cut]
+        pending = data[cut:]
+        if len(pending) > longest:
+            long = LongLine(offset - len(pending), len(pending), zlib.crc32(pending))
+            pending = b""
+
+
 def index_here(fd: int, start: int, end: int, seqs: Iterator[int]) -> EventIndex:
     """Index bytes ``start..end`` of ``fd`` in this process."""
     index = EventIndex(start)
-    offset = start
-    carry = b""
-    while offset < end:
-        chunk = os.pread(fd, min(READ_CHUNK, end - offset), offset)
-        if not chunk:
-            break
-        data = carry + chunk
-        used = index.add_lines(data, offset - len(carry), seqs)
-        carry = data[used:]
-        offset += len(chunk)
+    for part in whole_lines(fd, start, end, READ_CHUNK):
+        if isinstance(part, LongLine):
+            index.add_unindexable(part.offset, part.length, next(seqs), part.checksum)
+        else:
+            index.add_lines(part, index.end, seqs)
     return index
 
 

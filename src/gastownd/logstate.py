@@ -13,6 +13,7 @@ every writer of the log and its archive shares (``write_all``, the tail checks).
 from __future__ import annotations
 
 import os
+import zlib
 from collections.abc import Generator, Iterator, Sequence
 from pathlib import Path
 
@@ -28,8 +29,9 @@ log = structlog.get_logger("gastownd.logstate")
 # checkpoint's end differ is another file (rewritten or replaced), whatever its size.
 TAIL_SIGNATURE = 64
 
-# 2: 32-bit checksums and posting lists.
-SNAPSHOT_VERSION = 2
+# 2: 32-bit checksums and posting lists. 3: lines judged by the limits of
+# ``core.events`` (nesting, numbers, UTF-8), which older snapshots did not apply.
+SNAPSHOT_VERSION = 3
 
 
 class SeqMap(msgspec.Struct, kw_only=True):
@@ -113,6 +115,9 @@ class SnapshotMeta(msgspec.Struct, kw_only=True):
     tail: bytes
     header: IndexHeader
     blob_sizes: list[int]
+    # crc32 of the column bytes, one after the other: a damaged file is rebuilt from the
+    # log, never trusted (None: not computed, as in ``indexer`` parts).
+    blobs_crc: int | None = None
 
 
 _snapshot_meta_decoder = msgspec.json.Decoder(SnapshotMeta)
@@ -124,16 +129,28 @@ def read_snapshot(path: Path) -> tuple[SnapshotMeta, list[bytes]] | None:
         with open(path, "rb") as handle:
             meta = _snapshot_meta_decoder.decode(handle.readline())
             blobs = [handle.read(n) for n in meta.blob_sizes]
+            if handle.read(1):
+                raise ValueError("bytes after the last column")
+        if meta.blobs_crc is not None and meta.blobs_crc != blobs_checksum(blobs):
+            raise ValueError("the columns do not match their checksum")
     except FileNotFoundError:
         return None
-    except (OSError, msgspec.DecodeError) as exc:
-        log.warning("index_snapshot_unreadable", error=str(exc))
+    except (OSError, msgspec.DecodeError, RecursionError, ValueError, MemoryError) as exc:
+        log.warning("index_snapshot_unreadable", error=str(exc), action="rebuilt from the log")
         return None
     return meta, blobs
 
 
 def write_snapshot(path: Path, meta: SnapshotMeta, blobs: list[bytes]) -> None:
+    meta = msgspec.structs.replace(meta, blobs_crc=blobs_checksum(blobs))
     write_atomically(path, [msgspec.json.encode(meta) + b"\n", *blobs])
+
+
+def blobs_checksum(blobs: list[bytes]) -> int:
+    crc = 0
+    for blob in blobs:
+        crc = zlib.crc32(blob, crc)
+    return crc
 
 
 def write_atomically(path: Path, parts: list[bytes]) -> None:

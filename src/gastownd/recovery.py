@@ -66,8 +66,19 @@ def recover(path: Path, lock_path: Path, state_dir: Path, archive: Archive) -> R
         started = time.monotonic()
         snapshot = _load_snapshot(file, state_dir / SNAPSHOT_NAME, seqmap.epoch, size)
         snapshot_lines = len(snapshot) if snapshot is not None else 0
-        seqs = itertools.islice(seqmap.seqs(), snapshot_lines, None)
-        index = read_index(file.fd, size, seqs, snapshot)
+        seqs: Iterator[int] = itertools.islice(seqmap.seqs(), snapshot_lines, None)
+        try:
+            index = read_index(file.fd, size, seqs, snapshot)
+        except ValueError as exc:
+            if snapshot is None:
+                raise
+            # The snapshot fitted the file's start but not what follows it: the
+            # log alone is the truth, so index all of it.
+            log.warning("index_snapshot_unusable", error=str(exc), action="rebuilt from the log")
+            snapshot, snapshot_lines = None, 0
+            started = time.monotonic()
+            seqs = seqmap.seqs()
+            index = read_index(file.fd, size, seqs)
         # What follows the file's last line, even when its last lines were pruned.
         index.seq_floor = next(seqs)
         indexed_s = time.monotonic() - started
@@ -126,8 +137,8 @@ def _load_snapshot(file: LogFile, path: Path, epoch: int, size: int) -> EventInd
         return None
     try:
         return EventIndex.restore(header, blobs)
-    except ValueError as exc:
-        log.warning("index_snapshot_unusable", error=str(exc))
+    except (ValueError, TypeError, OverflowError, MemoryError) as exc:
+        log.warning("index_snapshot_unusable", error=str(exc), action="rebuilt from the log")
         return None
 
 

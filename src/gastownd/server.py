@@ -11,6 +11,12 @@ queued in one turn of the loop goes out in one write. This is also the one
 place that turns exceptions into error replies: ``DaemonError`` gives its
 code, anything else ``internal`` plus one logged traceback.
 
+Limits: at ``max_connections`` a new client is still served: the connection
+idle longest that has no request in flight, no subscription and no partial
+frame is closed for it (with a ``timeout`` frame); only when none is idle is
+the newcomer refused with ``busy``. Refusals and rejected frames are logged
+once per cause and interval (``ratelog``), never once each.
+
 Why protocols rather than anyio streams: a stream costs every request a few
 loop turns (a read that pauses and resumes the transport, a task, a send),
 which is most of what a ``ping`` or an ``emit`` costs. Tasks remain owned by
@@ -38,6 +44,7 @@ from gastownd.config import ServerConfig, parse_duration
 from gastownd.errors import DaemonError
 from gastownd.instance import peer_uid
 from gastownd.metrics.buckets import RequestMeter
+from gastownd.ratelog import rate_limited
 
 log = structlog.get_logger("gastownd.server")
 
@@ -87,6 +94,21 @@ class Connection(asyncio.Protocol):
         self._linger: asyncio.TimerHandle | None = None
         self._writable = anyio.Event()
         self._writable.set()
+        # When the peer last sent bytes or was answered: who is closed first at the limit.
+        self.last_active = time.monotonic()
+
+    @property
+    def idle(self) -> bool:
+        """Holding nothing a close would lose: no request, subscription or partial frame."""
+        return (
+            not self._closing
+            and not self.closed
+            and self._inflight == 0
+            and self._pumps == 0
+            and not self.subscriptions
+            and not self._reader.pending
+            and not self._outgoing
+        )
 
     # ------------------------------------------------------------ asyncio
 
@@ -98,6 +120,7 @@ class Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._input_ended:
             return  # still read, so that closing never finds unread bytes (a reset)
+        self.last_active = time.monotonic()
         self._reader.feed(data)
         self._run(self._process)
 
@@ -164,18 +187,23 @@ class Connection(asyncio.Protocol):
             uid = None
         refusal: tuple[str, str] | None = None
         if uid is not None and uid != server.expected_uid:
-            log.warning("connection_refused", reason="foreign_uid", peer_uid=uid)
+            server.warnings.warning("connection_refused", "foreign_uid", peer_uid=uid)
             server.meter.refused["foreign_uid"] += 1
             refusal = (
                 ErrorCode.FORBIDDEN,
                 f"uid {uid} may not use this daemon (owned by uid {server.expected_uid})",
             )
-        elif len(server.connections) >= server.config.max_connections:
-            log.warning("connection_refused", reason="too_many_connections")
+        elif server.at_limit() and not server.evict_idle():
+            server.warnings.warning(
+                "connection_refused",
+                "too_many_connections",
+                max_connections=server.config.max_connections,
+            )
             server.meter.refused["too_many_connections"] += 1
             refusal = (
                 ErrorCode.BUSY,
-                f"too many connections (max {server.config.max_connections}); retry later",
+                f"too many connections (max {server.config.max_connections}, none idle); "
+                "retry later",
             )
         elif server.stopping:
             refusal = (ErrorCode.SHUTTING_DOWN, "daemon is stopping")
@@ -201,6 +229,7 @@ class Connection(asyncio.Protocol):
                 try:
                     frame = reader.next_frame()
                 except codec.FrameTooLarge as exc:
+                    server.warnings.warning("request_rejected", ErrorCode.TOO_LARGE)
                     server.meter.refused["frame_too_large"] += 1
                     self._queue(codec.error_reply(None, ErrorCode.TOO_LARGE, str(exc)))
                     continue
@@ -214,6 +243,7 @@ class Connection(asyncio.Protocol):
                 try:
                     request = codec.decode_request(frame)
                 except codec.BadRequest as exc:
+                    server.warnings.warning("request_rejected", exc.code, message=exc.message[:200])
                     server.meter.refused[exc.code] += 1
                     self._queue(codec.error_reply(exc.request_id, exc.code, exc.message))
                     continue
@@ -260,6 +290,7 @@ class Connection(asyncio.Protocol):
         else:
             self._queue(OkReply(id=request_id, result=result))
         self._inflight -= 1
+        self.last_active = time.monotonic()
         self._resume()
 
     def _resume(self) -> None:
@@ -356,6 +387,20 @@ class Connection(asyncio.Protocol):
             self._frame_timer.cancel()
             self._frame_timer = None
 
+    def _evict(self, limit: int) -> None:
+        """Make room at the connection limit: this idle connection is closed."""
+        idle_s = time.monotonic() - self.last_active
+        self._queue(
+            codec.error_reply(
+                None,
+                ErrorCode.TIMEOUT,
+                f"closed after {idle_s:.1f}s idle to make room: the daemon is at its "
+                f"connection limit ({limit}); reconnect when needed",
+            )
+        )
+        self._end_input()
+        self._close()
+
     def _frame_timed_out(self) -> None:
         self._frame_timer = None
         pending = self._reader.pending
@@ -401,6 +446,8 @@ class Server:
         self._drained = anyio.Event()
         self._to_flush: list[Connection] = []
         self._loop: asyncio.AbstractEventLoop | None = None
+        # Refused connections, rejected frames and evictions: counted, logged per cause.
+        self.warnings = rate_limited("gastownd.server")
 
     async def serve(
         self,
@@ -442,6 +489,28 @@ class Server:
         """After ``stop()``: return once every connection has finished."""
         if self.connections:
             await self._drained.wait()
+
+    def at_limit(self) -> bool:
+        """``max_connections`` are open (connections being closed do not count)."""
+        limit = self.config.max_connections
+        if len(self.connections) < limit:
+            return False
+        return sum(1 for conn in self.connections if not conn._closing) >= limit
+
+    def evict_idle(self) -> bool:
+        """Close the connection idle longest, if one is idle; False when none is.
+
+        Subscribers, requests in flight and partial frames are never cut for
+        idleness: only a connection that holds nothing loses nothing.
+        """
+        idle = [conn for conn in self.connections if conn.idle]
+        if not idle:
+            return False
+        oldest = min(idle, key=lambda conn: conn.last_active)
+        self.warnings.warning("connection_evicted", "idle_at_limit", idle_conn=oldest.id)
+        self.meter.refused["evicted_idle"] += 1
+        oldest._run(lambda: oldest._evict(self.config.max_connections))
+        return True
 
     def _forget(self, conn: Connection) -> None:
         self.connections.discard(conn)

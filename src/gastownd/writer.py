@@ -30,7 +30,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,7 @@ import structlog
 
 from gastownd.core.index import EventIndex, Known
 from gastownd.errors import StorageError
+from gastownd.indexer import LongLine, whole_lines
 from gastownd.logstate import TAIL_SIGNATURE, fsync_dir, read_tail, tail_matches, write_all
 from gastownd.metrics.buckets import BATCH_LINES, FSYNC_SECONDS, Buckets
 
@@ -70,7 +71,8 @@ class Rewrite:
 class Observation:
     """What others did to the file since we last looked (found under the lock)."""
 
-    appended: bytes = b""  # complete lines appended by others
+    # Complete lines appended by others, in order (one too long to index comes described).
+    appended: list[bytes | LongLine] = field(default_factory=list)
     rewrite: Rewrite | None = None
 
 
@@ -184,9 +186,9 @@ class LogFile:
                 size = self.repair_tail(self.fd, end)
                 if size == end:
                     return Observation()
-                data = os.pread(self.fd, size - end, end)
+                appended = list(whole_lines(self.fd, end, size))
                 self.remember(size)
-                return Observation(appended=data)
+                return Observation(appended=appended)
             return Observation(rewrite=self._reread(self.fd, None, current_index()))
         known = current_index()
         new_fd = self._open_log()

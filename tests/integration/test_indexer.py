@@ -57,3 +57,66 @@ def test_parts_indexed_by_workers_make_the_same_index(tmp_path: Path, workers: i
     assert parallel.export() == serial.export()
     assert head.export() == serial.export()
     assert serial.malformed == 31
+
+
+# ------------------------------------------------------------------ lines too long to hold
+
+import tempfile  # noqa: E402
+import zlib  # noqa: E402
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from gastownd.indexer import LongLine, whole_lines  # noqa: E402
+
+_GOOD = b'{"ts":"2026-11-25T00:00:00Z","type":"t","actor":"a"}'
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    lengths=st.lists(st.integers(0, 60), max_size=12),
+    chunk=st.integers(1, 40),
+    longest=st.integers(1, 30),
+    torn=st.binary(max_size=5).map(lambda b: b.replace(b"\n", b"")),
+)
+def test_whole_lines_cover_the_file_and_describe_long_lines(
+    lengths: list[int], chunk: int, longest: int, torn: bytes
+) -> None:
+    lines = [(b"x" * n) if n % 3 else _GOOD[: max(1, n)] for n in lengths]
+    data = b"".join(line + b"\n" for line in lines) + torn
+    with tempfile.TemporaryFile() as handle:
+        handle.write(data)
+        handle.flush()
+        fd = handle.fileno()
+        parts = list(whole_lines(fd, 0, len(data), chunk, longest))
+    offset = 0
+    for part in parts:
+        if isinstance(part, LongLine):
+            assert part.offset == offset and part.length > longest
+            line = data[offset : offset + part.length]
+            assert line.endswith(b"\n") and line.count(b"\n") == 1
+            assert part.checksum == zlib.crc32(line[:-1])
+            offset += part.length
+        else:
+            assert data[offset : offset + len(part)] == part and part.endswith(b"\n")
+            offset += len(part)
+    assert offset == len(data) - len(torn)
+
+
+def test_a_long_line_is_indexed_as_add_lines_would(tmp_path: Path) -> None:
+    """The same index whether a line longer than a read (16 MiB) is read whole or read past
+    in pieces."""
+    log = tmp_path / "events.jsonl"
+    long_line = _GOOD[:-1] + b',"p":"' + b"x" * (20 << 20) + b'"}'
+    data = _GOOD + b"\n" + long_line + b"\n" + _GOOD + b"\n"
+    log.write_bytes(data)
+    fd = os.open(log, os.O_RDONLY)
+    try:
+        streamed = index_here(fd, 0, len(data), itertools.count())
+    finally:
+        os.close(fd)
+    whole = EventIndex()
+    whole.add_lines(data, 0, itertools.count())
+    for name in EventIndex.COLUMNS:
+        assert getattr(streamed, name) == getattr(whole, name), name
+    assert streamed.malformed == whole.malformed == 1 and streamed.end == whole.end

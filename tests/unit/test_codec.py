@@ -183,3 +183,51 @@ def test_mixed_and_utf8_errors_are_bad_requests_not_crashes(frame: bytes) -> Non
     with pytest.raises(codec.BadRequest) as info:
         codec.decode_request(frame)
     assert info.value.code == ErrorCode.BAD_REQUEST
+
+
+# ------------------------------------------------------------------ nesting
+
+
+def _plain_depth(data: bytes) -> int:
+    depth = deepest = 0
+    in_string = escaped = False
+    for byte in data:
+        if in_string:
+            escaped, in_string = (False, True) if escaped else (byte == 0x5C, byte != 0x22)
+        elif byte == 0x22:
+            in_string = True
+        elif byte in b"[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif byte in b"]}":
+            depth -= 1
+    return deepest
+
+
+@pytest.mark.parametrize("limit", [1, 3, 256])
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"[]",
+        b"[[[]]]",
+        b'{"a":[{"b":"[[[[[["}]}',
+        b'["\\"[[[[", [[1]]]',
+        b'["\\\\", [[[["x"]]]]]',
+        b"[" * 300 + b"]" * 300,
+        b'{"k":' * 300 + b"1" + b"}" * 300,
+        b"[" + b"[]," * 1000 + b"[]]",
+    ],
+)
+def test_nesting_exceeds_matches_a_plain_count(data: bytes, limit: int) -> None:
+    assert protocol.nesting_exceeds(data, limit) == (_plain_depth(data) > limit)
+
+
+def test_too_deep_frames_are_bad_requests_before_decoding() -> None:
+    for depth in (protocol.MAX_NESTING, 10_000, 1_000_000):
+        frame = b'{"op":"ping","id":1,"x":' + b"[" * depth + b"]" * depth + b"}"
+        with pytest.raises(codec.BadRequest) as caught:
+            codec.decode_request(frame)
+        assert caught.value.code == ErrorCode.BAD_REQUEST
+        assert "deeper than 256 levels" in caught.value.message
+    fits = b'{"op":"ping","id":1,"x":' + b"[" * 255 + b"]" * 255 + b"}"
+    assert isinstance(codec.decode_request(fits), protocol.Ping)

@@ -109,3 +109,62 @@ def test_parse_line_tolerates_old_lines_and_rejects_garbage() -> None:
     assert with_session is not None and events.session_of(with_session) == "abc"
     numeric = events.parse_line(b'{"ts":"t","type":"x","payload":{"session_id":5}}')
     assert numeric is not None and events.session_of(numeric) is None
+
+
+# ------------------------------------------------------------------ hostile lines
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from tests.reliability.test_hostile_log import NUMBERS, STRINGS, deep, indexable, line_with  # noqa: E402
+
+_leaves = st.one_of(
+    st.sampled_from(NUMBERS + STRINGS + [b"null", b"true", b'"[{"', b'"\\\\"']),
+    st.integers(-(2**70), 2**70).map(lambda n: str(n).encode()),
+    st.floats(allow_nan=False, allow_infinity=False).map(lambda f: repr(f).encode()),
+)
+
+
+def _nest(children: st.SearchStrategy[bytes]) -> st.SearchStrategy[bytes]:
+    return st.one_of(
+        st.lists(children, max_size=3).map(lambda items: b"[" + b",".join(items) + b"]"),
+        st.lists(children, max_size=3).map(
+            lambda items: b"{" + b",".join(b'"k%d":%s' % (i, v) for i, v in enumerate(items)) + b"}"
+        ),
+    )
+
+
+_values = st.recursive(_leaves, _nest, max_leaves=12)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    value=_values,
+    depth=st.sampled_from([0, 1, 250, 253, 254, 255, 256, 300, 5_000]),
+    at=st.sampled_from(["payload", "actor", "type", "key"]),
+    cut=st.one_of(st.none(), st.integers(0, 400)),
+)
+def test_parse_line_agrees_with_the_documented_limits(
+    value: bytes, depth: int, at: str, cut: int | None
+) -> None:
+    """One line, or a batch holding it among good ones: indexed exactly when the oracle
+    (a plain nesting counter and msgspec's full decode) says every reader can take it."""
+    fragment = b"[" * depth + value + b"]" * depth
+    line = line_with(fragment, at=at)
+    if cut is not None:
+        line = line[:cut]
+    verdict = indexable(line)
+    assert (events.parse_line(line) is not None) == verdict
+    good = line_with(b"1")
+    batch = events.decode_lines([good, line, good] * 3)
+    assert [p is not None for p in batch] == [True, verdict, True] * 3
+
+
+@pytest.mark.parametrize("depth", [255, 256, 257, 1_000, 100_000])
+def test_deep_lines_never_raise(depth: int) -> None:
+    line = line_with(deep(depth, b"{"))
+    fits = depth + 2 <= 256  # the line and its payload are two levels
+    assert (events.parse_line(line) is not None) == fits
+    good = line_with(b"1")
+    batch = events.decode_lines([good] * (events.BATCH - 1) + [line, good])
+    assert [p is not None for p in batch[-3:]] == [True, fits, True]

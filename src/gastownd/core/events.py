@@ -3,15 +3,27 @@
 Gas Town's Go CLI writes ``{"ts","source","type","actor","payload","visibility"}``
 in that order, ``payload`` omitted when empty, its map keys sorted, with Go's
 HTML-safe escaping of ``<``, ``>``, ``&``, U+2028 and U+2029.
+
+A line is *indexable* when every reader of the log can take it whole: at most
+``MAX_LINE_BYTES`` long, nested at most ``MAX_NESTING`` deep, valid UTF-8, a
+JSON object that msgspec decodes in full (so no ``NaN``, no number out of a
+double's range, no lone surrogate, no second value after it) with string
+``ts``, ``type`` and (if present) ``actor``, and a ``ts`` that is a
+timestamp. Anything else is malformed: kept in the file, counted, and
+skipped by every read. ``decode_lines`` is the one place that decides.
 """
 
 from __future__ import annotations
 
+import bisect
 import calendar
+import itertools
 from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
+
+from gastown_client.protocol import MAX_NESTING, nesting_exceeds
 
 MAX_LINE_BYTES = 1 << 20
 TS_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
@@ -109,32 +121,110 @@ _line_decoder = msgspec.json.Decoder(ParsedLine)
 
 def parse_line(line: bytes) -> ParsedLine | None:
     """The indexed fields of one complete line (no newline), or None if malformed."""
-    try:
-        return _line_decoder.decode(line)
-    except (msgspec.DecodeError, UnicodeDecodeError):
-        return None
+    return decode_lines([line])[0]
 
 
 _batch_decoder = msgspec.json.Decoder(list[ParsedLine])
+_any_decoder = msgspec.json.Decoder()
 BATCH = 2048
+# Digits as one byte, "E" and "+" as "e": numbers out of range found with ``in``.
+_NUMBER_SHAPES = bytes.maketrans(b"123456789E+", b"000000000ee")
+# An exponent of three digits or more, or at least 309 digits in a row: the only
+# ways to write a number msgspec cannot hold (a double's range; an integer's
+# digits), and also many harmless strings, which then pay for a full decode.
+_MAYBE_OUT_OF_RANGE = (b"e000", b"0" * 309)
+_DECODE_ERRORS = (msgspec.DecodeError, UnicodeDecodeError, RecursionError, ValueError)
 
 
 def decode_lines(lines: list[bytes]) -> list[ParsedLine | None]:
-    """``parse_line`` for many lines at once: batches decode in C, a bad batch line by line."""
+    """The indexed fields of each line (None: malformed); see the module's docstring.
+
+    Batches decode in C; a bad batch is decoded line by line. The typed
+    decoder skips fields the index does not keep without looking inside
+    them, so a line whose skipped parts could still break a full decode
+    (invalid UTF-8, a huge exponent) is decoded in full once more.
+    """
     result: list[ParsedLine | None] = []
     for start in range(0, len(lines), BATCH):
-        chunk = lines[start : start + BATCH]
-        try:
-            decoded = _batch_decoder.decode(b"[" + b",".join(chunk) + b"]")
-        except (msgspec.DecodeError, UnicodeDecodeError):
-            decoded = None
-        # A malformed line can still join into valid JSON (two objects on one
-        # line): the count tells.
-        if decoded is not None and len(decoded) == len(chunk):
-            result.extend(decoded)
-        else:
-            result.extend(parse_line(line) for line in chunk)
+        result.extend(_decode_batch(lines[start : start + BATCH]))
     return result
+
+
+def _decode_batch(chunk: list[bytes]) -> list[ParsedLine | None]:
+    refused = [
+        i
+        for i, line in enumerate(chunk)
+        if len(line) > MAX_NESTING and (len(line) > MAX_LINE_BYTES or nesting_exceeds(line))
+    ]
+    if refused:
+        taken = set(refused)
+        kept = [i for i in range(len(chunk)) if i not in taken]
+        found: list[ParsedLine | None] = [None] * len(chunk)
+        for position, parsed in zip(kept, _decode_batch([chunk[i] for i in kept]), strict=True):
+            found[position] = parsed
+        return found
+    joined = b",".join(chunk)
+    decoded: list[ParsedLine | None]
+    try:
+        decoded = list(_batch_decoder.decode(b"[" + joined + b"]"))
+    except _DECODE_ERRORS:
+        decoded = []
+    # A malformed line can still join into valid JSON (two objects on one
+    # line): the count tells.
+    if len(decoded) != len(chunk):
+        decoded = [_decode_one(line) for line in chunk]
+    suspects = _suspects(joined, chunk)
+    for i in suspects:
+        if decoded[i] is not None and not _decodes_whole(chunk[i]):
+            decoded[i] = None
+    return decoded
+
+
+def _decode_one(line: bytes) -> ParsedLine | None:
+    try:
+        return _line_decoder.decode(line)
+    except _DECODE_ERRORS:
+        return None
+
+
+def _suspects(joined: bytes, chunk: list[bytes]) -> set[int]:
+    """The lines of ``chunk`` (joined by commas) whose skipped parts may not decode."""
+    found: set[int] = set()
+    if not joined.isascii():
+        found.update(i for i, line in enumerate(chunk) if not line.isascii() and not _is_utf8(line))
+    shapes = joined.translate(_NUMBER_SHAPES)
+    hits = [
+        at for shape in _MAYBE_OUT_OF_RANGE if shape in shapes for at in _occurrences(shapes, shape)
+    ]
+    if hits:
+        starts = list(itertools.accumulate((len(line) + 1 for line in chunk[:-1]), initial=0))
+        found.update(bisect.bisect_right(starts, at) - 1 for at in hits)
+    return found
+
+
+def _occurrences(data: bytes, needle: bytes) -> list[int]:
+    found = []
+    at = data.find(needle)
+    while at >= 0:
+        found.append(at)
+        at = data.find(needle, at + len(needle))
+    return found
+
+
+def _is_utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _decodes_whole(line: bytes) -> bool:
+    try:
+        _any_decoder.decode(line)
+    except _DECODE_ERRORS:
+        return False
+    return True
 
 
 def sessions_of(parsed: list[ParsedLine | None]) -> list[str | None]:

@@ -29,6 +29,8 @@ from gastownd.core.retention import PLAN_CHUNK, drive
 
 MALFORMED = -1
 NO_SESSION = -1
+# The running maximum of ``ts`` before any well-formed line.
+_NO_STAMP = -(1 << 62)
 # Array typecodes: crc32 fits in 32 bits, positions in 31.
 CHECKSUM = "I"
 POSTING = "i"
@@ -160,7 +162,7 @@ class EventIndex:
             t if p is not None and t is not None else 0 for p, t in zip(good, stamps, strict=True)
         ]
         self.ts.extend(ts_col)
-        floor = -(1 << 62)
+        floor = _NO_STAMP
         running = self.max_ts[-1] if self.max_ts else floor
         maxima = itertools.accumulate(
             [t if p is not None else floor for p, t in zip(good, ts_col, strict=True)],
@@ -206,6 +208,13 @@ class EventIndex:
         self._append(offset, len(line), seq, *ids, known.ts, zlib.crc32(line[:-1]))
         return position
 
+    def add_unindexable(self, offset: int, length: int, seq: int, checksum: int) -> int:
+        """A malformed line known only by its place and checksum (one too long to read
+        whole); the same entry ``add_lines`` makes of it. Returns its position."""
+        position = len(self.offsets)
+        self._append(offset, length, seq, MALFORMED, 0, NO_SESSION, 0, checksum)
+        return position
+
     def _intern(self, type_: str, actor: str, session: str | None) -> tuple[int, int, int]:
         type_id = _interned(type_, self._type_ids, self.type_names, self.by_type)
         actor_id = _interned(actor, self._actor_ids, self.actor_names, None)
@@ -233,7 +242,9 @@ class EventIndex:
         self.offsets.append(offset)
         self.seqs.append(seq)
         self.ts.append(ts)
-        self.max_ts.append(max(ts, self.max_ts[-1]) if self.max_ts else ts)
+        # A malformed line carries the running maximum on, as in ``add_lines``.
+        stamp = ts if type_id != MALFORMED else _NO_STAMP
+        self.max_ts.append(max(stamp, self.max_ts[-1]) if self.max_ts else stamp)
         self.types.append(type_id)
         self.actors.append(actor_id)
         self.sessions.append(session_id)
@@ -480,9 +491,29 @@ class EventIndex:
         index._type_ids = {name: i for i, name in enumerate(index.type_names)}
         index._actor_ids = {name: i for i, name in enumerate(index.actor_names)}
         index._session_ids = {name: i for i, name in enumerate(index.session_names)}
-        index.by_type = _split_postings(type_blob, header.type_counts)
-        index.by_session = _split_postings(session_blob, header.session_counts)
+        index.by_type = _split_postings(type_blob, header.type_counts, header.count)
+        index.by_session = _split_postings(session_blob, header.session_counts, header.count)
+        index._check(header)
         return index
+
+    def _check(self, header: IndexHeader) -> None:
+        """Raise ValueError unless a restored index fits together: a damaged snapshot must
+        cost a rebuild, never a wrong answer or a crash later. Only what costs no pass over
+        the lines (the snapshot file's checksum covers its bytes)."""
+        count = len(self.offsets)
+        if len(header.type_counts) != len(self.type_names) or len(header.session_counts) != len(
+            self.session_names
+        ):
+            raise ValueError("snapshot postings do not match its names")
+        if header.malformed != count - sum(header.type_counts) or header.malformed < 0:
+            raise ValueError("snapshot malformed count does not fit its postings")
+        if not count:
+            return
+        offsets, seqs = self.offsets, self.seqs
+        if not (0 <= offsets[0] <= offsets[-1] < self.end) or not (0 <= seqs[0] <= seqs[-1]):
+            raise ValueError("snapshot offsets or seqs out of order")
+        if self.seq_floor < 0:
+            raise ValueError("snapshot seq floor is negative")
 
     # ----------------------------------------------------------- rebuilding
 
@@ -528,7 +559,7 @@ class EventIndex:
         for name in ("seqs", "ts", "types", "actors", "sessions", "checksums"):
             column = getattr(other, name)
             getattr(self, name).extend([column[p] for p in chunk])
-        running = self.max_ts[-1] if self.max_ts else -(1 << 62)
+        running = self.max_ts[-1] if self.max_ts else _NO_STAMP
         self.max_ts.extend(itertools.accumulate(self.ts[first:], max, initial=running))
         del self.max_ts[first]  # the initial value is not a line
         types, sessions = self.types, self.sessions
@@ -574,7 +605,7 @@ class EventIndex:
             self.by_session,
             NO_SESSION,
         )
-        running = self.max_ts[-1] if self.max_ts else -(1 << 62)
+        running = self.max_ts[-1] if self.max_ts else _NO_STAMP
         self.offsets.extend(part.offsets)
         self.seqs.extend(part.seqs)
         self.ts.extend(part.ts)
@@ -641,14 +672,18 @@ def _below(postings: array[int], count: int) -> array[int]:
     return postings[: bisect.bisect_left(postings, count)]
 
 
-def _split_postings(blob: bytes, counts: list[int]) -> dict[int, array[int]]:
+def _split_postings(blob: bytes, counts: list[int], lines: int) -> dict[int, array[int]]:
     whole = array(POSTING)
+    if len(blob) % whole.itemsize:
+        raise ValueError("snapshot postings are cut short")
     whole.frombytes(blob)
-    if len(whole) != sum(counts):
+    if len(whole) != sum(counts) or min(counts, default=0) < 0:
         raise ValueError("snapshot postings do not fit their counts")
     postings: dict[int, array[int]] = {}
     start = 0
     for key, count in enumerate(counts):
-        postings[key] = whole[start : start + count]
+        part = postings[key] = whole[start : start + count]
         start += count
+        if part and not 0 <= part[0] <= part[-1] < lines:  # each list is sorted
+            raise ValueError("snapshot postings point past its lines")
     return postings
