@@ -19,9 +19,9 @@ import pytest
 from gastown_client import paths
 from gastown_client.aclient import AsyncClient
 from gastown_client.client import Client
-from gastownd.app import App, build_daemon
-from gastownd.config import Config, load_config
-from gastownd.daemon import Daemon
+from gastownd.process.app import App, build_daemon
+from gastownd.process.config import Config, load_config
+from gastownd.process.daemon import Daemon
 
 SAMPLE_LOG = Path(__file__).resolve().parents[1] / "tests" / "data" / "sample-town.events.jsonl"
 # Test config: no background prune unless a test asks (the sample log is old).

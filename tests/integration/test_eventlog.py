@@ -311,7 +311,7 @@ async def test_slow_subscriber_overflows_without_slowing_writers(town: Path) -> 
         "[retention]\nenabled = false\n[eventlog]\nsubscriber_queue = 5\n"
     )
     from gastown_client import paths
-    from gastownd.app import App, build_daemon
+    from gastownd.process.app import App, build_daemon
 
     state = build_daemon(town, paths.default_config_path(town))
     app = App(state, install_signal_handlers=False)

@@ -28,7 +28,7 @@ from prometheus_client.openmetrics.parser import text_string_to_metric_families
 from gastown_client import paths
 from gastown_client.aclient import AsyncClient
 from gastown_client.protocol import Metrics, MetricsResult
-from gastownd.app import App, build_daemon
+from gastownd.process.app import App, build_daemon
 from tests.conftest import TEST_CONFIG, DaemonProcess, run_ctl
 from tests.integration.test_hooks import payload, run_hook, wait_until
 from tests.nats_cluster import cluster, free_port, nats_server_binary

@@ -430,7 +430,7 @@ def test_death_logged_while_the_daemon_was_down_ends_the_wisp_at_start(town: Pat
 async def test_a_refused_log_line_waits_in_the_outbox_and_follows_later(
     daemon: InProcess, town: Path
 ) -> None:
-    from gastownd.errors import StorageError
+    from gastownd.process.refusals import StorageError
 
     eventlog = daemon.daemon.eventlog
     assert eventlog is not None

@@ -26,10 +26,10 @@ from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
 from gastown_client import paths
-from gastownd import cli
-from gastownd.app import App, build_daemon
-from gastownd.config import KEYS, Key, load_config
-from gastownd.errors import EXIT_CONFIG, ConfigError, StartupError
+from gastownd.process import command as cli
+from gastownd.process.app import App, build_daemon
+from gastownd.process.config import KEYS, Key, load_config
+from gastownd.process.refusals import EXIT_CONFIG, ConfigError, StartupError
 from tests.conftest import SAMPLE_LOG, DaemonProcess
 from tests.reliability._support import daemon_argv, make_town
 from tests.unit.test_config_and_paths import HOSTILE, toml_for

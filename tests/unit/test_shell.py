@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gastownd.core.shell import simple_commands
+from gastownd.core.command_words import simple_commands
 
 
 def commands(script: str) -> list[list[str]]:

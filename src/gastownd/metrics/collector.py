@@ -27,8 +27,8 @@ from prometheus_client.registry import Collector
 
 from gastown_client import __version__
 from gastown_client.protocol import EventLogInfo, FederationInfo
-from gastownd.daemon import Daemon
 from gastownd.metrics.buckets import BucketsView
+from gastownd.process.daemon import Daemon
 
 # Beyond this many nodes, the rest share the label node="other".
 MAX_NODE_LABELS = 64

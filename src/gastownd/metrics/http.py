@@ -29,10 +29,10 @@ import anyio.from_thread
 import anyio.to_thread
 import structlog
 
-from gastownd.daemon import Daemon
-from gastownd.errors import StartupError
 from gastownd.metrics.address import ListenAddress, TcpAddress, UnixAddress, check_listen
 from gastownd.metrics.collector import gather, render
+from gastownd.process.daemon import Daemon
+from gastownd.process.refusals import StartupError
 
 log = structlog.get_logger("gastownd.metrics")
 

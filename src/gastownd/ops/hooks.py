@@ -17,9 +17,9 @@ from gastownd.core.hookmap import (
     predecessor_context,
 )
 from gastownd.core.wisp import Effect, Outcome, WispBook, WispState
-from gastownd.daemon import Daemon
-from gastownd.errors import BadRequestError
 from gastownd.metrics.buckets import hook_event_label
+from gastownd.process.daemon import Daemon
+from gastownd.process.refusals import BadRequestError
 from gastownd.store import NewAttribution, SessionRecord
 
 log = structlog.get_logger("gastownd.hooks")

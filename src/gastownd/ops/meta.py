@@ -18,8 +18,8 @@ from gastown_client.protocol import (
     StatusResult,
 )
 from gastownd.core.events import format_ts
-from gastownd.daemon import Daemon
-from gastownd.errors import UnsupportedProtocolError
+from gastownd.process.daemon import Daemon
+from gastownd.process.refusals import UnsupportedProtocolError
 
 CAPABILITIES = ["events", "subscribe", "prune", "sessions", "attribution", "hooks", "archive"]
 

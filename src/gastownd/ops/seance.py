@@ -9,8 +9,8 @@ from __future__ import annotations
 from gastown_client.protocol import ResolveSession, SessionRow, Sessions, SessionsResult
 from gastownd.core.digest import ENDED_STATES, Digest
 from gastownd.core.events import format_ts
-from gastownd.daemon import Daemon
-from gastownd.errors import AmbiguousError, BadRequestError, NotFoundError
+from gastownd.process.daemon import Daemon
+from gastownd.process.refusals import AmbiguousError, BadRequestError, NotFoundError
 from gastownd.store import SessionRecord
 
 FULL_ID_LENGTH = 36

@@ -26,10 +26,9 @@ from gastown_client.protocol import (
     SubscribeResult,
 )
 from gastownd.core.events import parse_line, parse_ts
-from gastownd.core.query import EventFilter as CompiledFilter
-from gastownd.daemon import Daemon
-from gastownd.errors import BadRequestError
+from gastownd.core.query import CompiledFilter
 from gastownd.eventlog import EventLog
+from gastownd.eventlog.subscriptions import NodeScope, Published
 from gastownd.ops.delivery import (
     BACKLOG_CHUNK,
     attach,
@@ -37,9 +36,10 @@ from gastownd.ops.delivery import (
     resume_point,
     send_local_backlog,
 )
-from gastownd.server import Connection, FollowUp
+from gastownd.process.daemon import Daemon
+from gastownd.process.refusals import BadRequestError
+from gastownd.server.socket_server import Connection, FollowUp
 from gastownd.store.remote import EventQuery, RemoteEvent
-from gastownd.subscriptions import NodeScope, Published
 
 
 def scope_of(daemon: Daemon, request: EventFilter) -> NodeScope | None:
@@ -140,7 +140,7 @@ async def subscribe(
     resync = request.cursor not in (None, "start") and after_arrival < pruned
     if after_arrival < 0 or (not scope.all_nodes and scope.node == daemon.node):
         after_arrival = through  # remote lines from now on (or none at all)
-    # From here to the FollowUp nothing awaits (see ops.events.subscribe).
+    # From here to the FollowUp nothing awaits (see ops.log_requests.subscribe).
     head = eventlog.index.next_seq() - 1
     after, from_archive, local_resync = resume_point(eventlog, local_cursor)
     backlog = eventlog.backlog(flt, after, head, from_archive=from_archive)

@@ -29,10 +29,10 @@ from gastownd.core.digest import Digest, audit_chain
 from gastownd.core.events import format_ts
 from gastownd.core.hookmap import STEP_OF_ACTION
 from gastownd.core.wisp import Outcome, SaveDigest, Wisp, WispBook, WispState
-from gastownd.daemon import Daemon
-from gastownd.errors import BadRequestError, NotFoundError
 from gastownd.ops.seance import resolve_session_id, unique
-from gastownd.sessions import Sessions
+from gastownd.process.daemon import Daemon
+from gastownd.process.refusals import BadRequestError, NotFoundError
+from gastownd.sessions.recorder import SessionRecorder
 from gastownd.store import NewAttribution
 
 # Longer than any Beads id: the most an issue id may be.
@@ -53,7 +53,7 @@ def check_issue_id(issue: str) -> None:
         )
 
 
-def _sessions(daemon: Daemon) -> Sessions:
+def _sessions(daemon: Daemon) -> SessionRecorder:
     assert daemon.sessions is not None
     return daemon.sessions
 

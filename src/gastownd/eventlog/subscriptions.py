@@ -20,7 +20,7 @@ from typing import Any
 import anyio
 import structlog
 
-from gastownd.core.query import EventFilter
+from gastownd.core.query import CompiledFilter
 from gastownd.store.remote import RemoteEvent
 
 log = structlog.get_logger("gastownd.subscriptions")
@@ -54,7 +54,7 @@ class NodeScope:
 
 class Subscriber:
     def __init__(
-        self, sub_id: int, flt: EventFilter, capacity: int, scope: NodeScope | None = None
+        self, sub_id: int, flt: CompiledFilter, capacity: int, scope: NodeScope | None = None
     ) -> None:
         self.id = sub_id
         self.filter = flt
@@ -115,7 +115,7 @@ class Subscriptions:
     def count(self) -> int:
         return len(self._subscribers)
 
-    def add(self, flt: EventFilter, scope: NodeScope | None = None) -> Subscriber:
+    def add(self, flt: CompiledFilter, scope: NodeScope | None = None) -> Subscriber:
         subscriber = Subscriber(next(self._ids), flt, self.capacity, scope)
         self._subscribers[subscriber.id] = subscriber
         return subscriber

@@ -6,7 +6,7 @@ event loop in small steps, so requests keep flowing (a worker thread would
 hold the GIL for seconds on a large log); the bulk copy and the archive run
 in threads without the writers' lock, which the writer's thread holds only
 to copy what was appended meanwhile and rename. The archive is durable
-before the rename, which commits it (see ``gastownd.archive``). Appends,
+before the rename, which commits it (see ``gastownd.eventlog.archive_files``). Appends,
 ours and gt's, keep flowing and none is lost.
 """
 
@@ -26,8 +26,6 @@ import msgspec
 import structlog
 
 from gastown_client.protocol import PruneResult
-from gastownd.archive import crash_here_for_tests, days_of
-from gastownd.config import RetentionConfig, parse_duration
 from gastownd.core import archive as archived
 from gastownd.core.index import EventIndex
 from gastownd.core.retention import (
@@ -37,11 +35,13 @@ from gastownd.core.retention import (
     plan_prune_steps,
     policy_from_krc,
 )
-from gastownd.daemon import Daemon
-from gastownd.errors import StorageError
-from gastownd.eventlog import EventLog
-from gastownd.logstate import SeqMap, runs_steps, write_all, write_seqmap
-from gastownd.writer import LogFile, Observation, copy_range
+from gastownd.eventlog.archive_files import crash_here_for_tests, days_of
+from gastownd.eventlog.event_log import EventLog
+from gastownd.eventlog.logstate import SeqMap, runs_steps, write_all, write_seqmap
+from gastownd.eventlog.writer import LogFile, Observation, copy_range
+from gastownd.process.config import RetentionConfig, parse_duration
+from gastownd.process.daemon import Daemon
+from gastownd.process.refusals import StorageError
 
 T = TypeVar("T")
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import anyio.to_thread
 
 from gastown_client.protocol import Metrics, MetricsResult
-from gastownd.daemon import Daemon
 from gastownd.metrics.collector import gather, render
+from gastownd.process.daemon import Daemon
 
 # What choose_encoder reads as "the classic text format".
 _CLASSIC = "text/plain"

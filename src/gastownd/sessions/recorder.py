@@ -38,11 +38,11 @@ from gastownd.core.wisp import (
     WispBook,
     WispState,
 )
-from gastownd.errors import DaemonError, NotFoundError
 from gastownd.eventlog import EventLog
+from gastownd.eventlog.subscriptions import Published
+from gastownd.process.refusals import DaemonError, NotFoundError
 from gastownd.store import LINES_RECORDED, LineFacts, NewAttribution, Store
 from gastownd.store.remote import Applied
-from gastownd.subscriptions import Published
 
 log = structlog.get_logger("gastownd.sessions")
 
@@ -59,7 +59,7 @@ class ConflictError(DaemonError):
     code = ErrorCode.CONFLICT
 
 
-class Sessions:
+class SessionRecorder:
     def __init__(
         self, store: Store, eventlog: EventLog, source: str, clock: Callable[[], float]
     ) -> None:

@@ -26,7 +26,6 @@ import anyio
 import msgspec
 
 from gastown_client import paths as town_paths
-from gastownd.config import FederationConfig, load_config
 from gastownd.core.federation_checks import (
     CONSUMER_NOT_FOUND,
     PROBE_NODE,
@@ -55,8 +54,9 @@ from gastownd.core.federation_checks import (
     stream_finding,
 )
 from gastownd.core.records import stream_name, subject, town_subjects
-from gastownd.errors import StartupError
-from gastownd.federation import identity
+from gastownd.federation.link import identity
+from gastownd.process.config import FederationConfig, load_config
+from gastownd.process.refusals import StartupError
 
 CONNECT_TIMEOUT_S = 2.0
 REQUEST_TIMEOUT_S = 1.5

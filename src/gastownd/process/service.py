@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gastown_client import paths
-from gastownd.systemd import FD_NAME
+from gastownd.process.systemd import FD_NAME
 
 WATCHDOG_SEC = 30
 TIMEOUT_STOP_SEC = 10
@@ -260,7 +260,7 @@ def federation_drop_in() -> str:
 
 def town_is_federated(town_root: Path) -> bool:
     """Whether the town's settings file configures federation; ``ServiceError`` if unreadable."""
-    from gastownd.config import load_config
+    from gastownd.process.config import load_config
 
     path = paths.default_config_path(_absolute(town_root))
     try:

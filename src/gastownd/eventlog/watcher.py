@@ -12,7 +12,7 @@ import anyio
 import structlog
 import watchfiles
 
-from gastownd.eventlog import EventLog
+from gastownd.eventlog.event_log import EventLog
 
 log = structlog.get_logger("gastownd.watcher")
 

@@ -23,10 +23,10 @@ import structlog
 
 from gastownd.core import archive as archived
 from gastownd.core.index import EventIndex
-from gastownd.core.query import EventFilter
+from gastownd.core.query import CompiledFilter
 
 if TYPE_CHECKING:
-    from gastownd.eventlog import EventLog
+    from gastownd.eventlog.event_log import EventLog
 
 log = structlog.get_logger("gastownd.reads")
 
@@ -50,7 +50,7 @@ async def read_lines_in_thread(eventlog: EventLog, positions: Sequence[int]) -> 
 
 
 async def query(
-    eventlog: EventLog, flt: EventFilter, limit: int, oldest_first: bool, *, archive: bool
+    eventlog: EventLog, flt: CompiledFilter, limit: int, oldest_first: bool, *, archive: bool
 ) -> list[bytes]:
     if archive:
         return await _query_with_archive(eventlog, flt, limit, oldest_first)
@@ -62,7 +62,7 @@ async def query(
 
 
 async def _query_with_archive(
-    eventlog: EventLog, flt: EventFilter, limit: int, oldest_first: bool
+    eventlog: EventLog, flt: CompiledFilter, limit: int, oldest_first: bool
 ) -> list[bytes]:
     """The live log and the archive as one history, ordered by (epoch, seq)."""
     async with eventlog.archive_lock:  # no line moves between the two reads
@@ -86,7 +86,7 @@ async def _query_with_archive(
 
 def _search_archive(
     eventlog: EventLog,
-    flt: EventFilter,
+    flt: CompiledFilter,
     limit: int,
     oldest_first: bool,
     skip: Callable[[tuple[int, int]], bool],
@@ -140,7 +140,7 @@ class Backlog:
     def __init__(
         self,
         eventlog: EventLog,
-        flt: EventFilter,
+        flt: CompiledFilter,
         after_seq: int,
         upto_seq: int,
         *,

@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from gastown_client.paths import SUN_PATH_MAX
-from gastownd.errors import StartupError
+from gastownd.process.refusals import StartupError
 
 
 def ensure_private_dir(path: Path) -> None:

@@ -34,14 +34,12 @@ import msgspec
 import structlog
 
 from gastown_client.protocol import ArchiveInfo, EventLogInfo
-from gastownd.archive import Archive
-from gastownd.config import EventLogConfig, parse_duration
 from gastownd.core.events import format_ts
 from gastownd.core.index import MALFORMED, EventIndex, Known
-from gastownd.core.query import EventFilter
-from gastownd.errors import BadRequestError, ShuttingDownError, StorageError
-from gastownd.indexer import LongLine
-from gastownd.logstate import (
+from gastownd.core.query import CompiledFilter
+from gastownd.eventlog.archive_files import Archive
+from gastownd.eventlog.indexer import LongLine
+from gastownd.eventlog.logstate import (
     SNAPSHOT_VERSION,
     SeqMap,
     SnapshotMeta,
@@ -50,13 +48,15 @@ from gastownd.logstate import (
     write_seqmap,
     write_snapshot,
 )
+from gastownd.eventlog.reads import Backlog, BacklogGap, read_lines
+from gastownd.eventlog.reads import query as query_log
+from gastownd.eventlog.recovery import SNAPSHOT_NAME, recover
+from gastownd.eventlog.subscriptions import Published
+from gastownd.eventlog.writer import Append, Batch, LogFile, Observation, Writer
 from gastownd.metrics.buckets import PRUNE_SECONDS, Buckets
-from gastownd.ratelog import rate_limited
-from gastownd.reads import Backlog, BacklogGap, read_lines
-from gastownd.reads import query as query_log
-from gastownd.recovery import SNAPSHOT_NAME, recover
-from gastownd.subscriptions import Published
-from gastownd.writer import Append, Batch, LogFile, Observation, Writer
+from gastownd.process.config import EventLogConfig, parse_duration
+from gastownd.process.refusals import BadRequestError, ShuttingDownError, StorageError
+from gastownd.server.ratelog import rate_limited
 
 __all__ = ["Backlog", "BacklogGap", "EventLog"]
 
@@ -392,12 +392,12 @@ class EventLog:
         return read_lines(self.index, self.fd, positions)
 
     async def query(
-        self, flt: EventFilter, limit: int, oldest_first: bool, *, archive: bool = False
+        self, flt: CompiledFilter, limit: int, oldest_first: bool, *, archive: bool = False
     ) -> list[bytes]:
         return await query_log(self, flt, limit, oldest_first, archive=archive)
 
     def backlog(
-        self, flt: EventFilter, after_seq: int, upto_seq: int, *, from_archive: bool
+        self, flt: CompiledFilter, after_seq: int, upto_seq: int, *, from_archive: bool
     ) -> Backlog:
         """What a subscriber resuming after ``after_seq`` missed, up to ``upto_seq``."""
         return Backlog(self, flt, after_seq, upto_seq, from_archive=from_archive)

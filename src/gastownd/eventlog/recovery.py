@@ -22,10 +22,10 @@ from pathlib import Path
 import msgspec
 import structlog
 
-from gastownd.archive import Archive
 from gastownd.core.index import EventIndex
-from gastownd.indexer import index_range
-from gastownd.logstate import (
+from gastownd.eventlog.archive_files import Archive
+from gastownd.eventlog.indexer import index_range
+from gastownd.eventlog.logstate import (
     SNAPSHOT_VERSION,
     SeqMap,
     load_seqmaps,
@@ -33,7 +33,7 @@ from gastownd.logstate import (
     tail_matches,
     write_seqmap,
 )
-from gastownd.writer import LogFile
+from gastownd.eventlog.writer import LogFile
 
 log = structlog.get_logger("gastownd.recovery")
 

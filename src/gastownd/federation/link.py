@@ -20,7 +20,7 @@ publishes what this node learns and applies what other nodes publish
   rejection: counted by reason (kept across restarts), logged, and terminated
   so the stream never redelivers it; the rest of its batch is applied.
 - before either runs, the daemon holds its node name in the town
-  (:mod:`gastownd.federation_identity`): a second daemon under a held name
+  (:mod:`gastownd.federation.identity`): a second daemon under a held name
   neither publishes nor consumes, and says so in ``status``.
 
 Local work never waits on the network: with NATS slow, down or misconfigured,
@@ -58,7 +58,6 @@ import msgspec
 import structlog
 
 from gastown_client.protocol import FederationError, FederationInfo, NodeConflict, NodeInfo
-from gastownd.config import FederationConfig, parse_duration
 from gastownd.core.events import format_ts
 from gastownd.core.query import compile_filter
 from gastownd.core.records import (
@@ -81,10 +80,11 @@ from gastownd.core.records import (
     subject,
     town_subjects,
 )
-from gastownd.daemon import Daemon
 from gastownd.eventlog import BacklogGap
-from gastownd.federation_identity import Holder, NodeClaim, NodeNameHeld
+from gastownd.federation.identity import Holder, NodeClaim, NodeNameHeld
 from gastownd.metrics.buckets import LAG_SECONDS, Buckets, stream_stored_at
+from gastownd.process.config import FederationConfig, parse_duration
+from gastownd.process.daemon import Daemon
 from gastownd.store.remote import (
     MARK_ATTRIBUTIONS,
     MARK_DIGESTS,

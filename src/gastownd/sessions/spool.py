@@ -27,10 +27,10 @@ import watchfiles
 
 from gastown_client import codec
 from gastown_client.protocol import ErrorCode, Hook
-from gastownd.config import parse_duration
-from gastownd.daemon import Daemon
-from gastownd.errors import DaemonError
 from gastownd.ops import hooks
+from gastownd.process.config import parse_duration
+from gastownd.process.daemon import Daemon
+from gastownd.process.refusals import DaemonError
 
 log = structlog.get_logger("gastownd.spool")
 

@@ -40,10 +40,10 @@ import anyio.to_thread
 import structlog
 
 from gastownd.core.index import EventIndex, Known
-from gastownd.errors import StorageError
-from gastownd.indexer import LongLine, whole_lines
-from gastownd.logstate import TAIL_SIGNATURE, fsync_dir, read_tail, tail_matches, write_all
+from gastownd.eventlog.indexer import LongLine, whole_lines
+from gastownd.eventlog.logstate import TAIL_SIGNATURE, fsync_dir, read_tail, tail_matches, write_all
 from gastownd.metrics.buckets import BATCH_LINES, FSYNC_SECONDS, Buckets
+from gastownd.process.refusals import StorageError
 
 log = structlog.get_logger("gastownd.writer")
 

@@ -42,7 +42,7 @@ from gastownd.core.archive import (
     legacy_member,
 )
 from gastownd.core.index import EventIndex
-from gastownd.logstate import fsync_dir, runs_of, write_all, write_atomically
+from gastownd.eventlog.logstate import fsync_dir, runs_of, write_all, write_atomically
 
 log = structlog.get_logger("gastownd.archive")
 

@@ -11,11 +11,11 @@ import structlog
 
 from gastown_client import __version__
 from gastown_client import paths as town_paths
-from gastownd.app import App, build_daemon
-from gastownd.config import Config
-from gastownd.errors import EXIT_SOFTWARE, StartupError
-from gastownd.logsetup import configure_logging
-from gastownd.systemd import Notifier
+from gastownd.process.app import App, build_daemon
+from gastownd.process.config import Config
+from gastownd.process.logsetup import configure_logging
+from gastownd.process.refusals import EXIT_SOFTWARE, StartupError
+from gastownd.process.systemd import Notifier
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def install(args: argparse.Namespace) -> int:
-    from gastownd.service import ServiceError, install_service
+    from gastownd.process.service import ServiceError, install_service
 
     town = town_paths.find_town_root(args.town_root)
     try:

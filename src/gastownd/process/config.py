@@ -24,8 +24,8 @@ from typing import Any, Literal
 
 import msgspec
 
-from gastownd.errors import ConfigError
 from gastownd.metrics.address import check_listen
+from gastownd.process.refusals import ConfigError
 
 _NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 # At most 15 digits (and 9 decimals): anything longer is no duration a person means.

@@ -2,7 +2,7 @@
 
 A cold start costs the decoding of every line. A stretch of the log longer
 than ``PARALLEL_MIN_BYTES`` is cut at line boundaries into one part per CPU
-(``MAX_WORKERS`` at most); ``python -m gastownd.indexer`` indexes each part
+(``MAX_WORKERS`` at most); ``python -m gastownd.eventlog.indexer`` indexes each part
 in a process of its own, which imports only the pure index code, reads its
 part through the log's descriptor (inherited: the file cannot change under
 it) and writes the part's index to stdout in the snapshot's format. The
@@ -133,7 +133,7 @@ def _cuts(fd: int, start: int, end: int, parts: int) -> list[int]:
 def _spawn(fd: int, start: int, end: int) -> subprocess.Popen[bytes] | None:
     try:
         return subprocess.Popen(
-            [sys.executable, "-m", "gastownd.indexer", str(fd), str(start), str(end)],
+            [sys.executable, "-m", "gastownd.eventlog.indexer", str(fd), str(start), str(end)],
             pass_fds=[fd],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,

@@ -22,32 +22,32 @@ import anyio.abc
 import structlog
 
 from gastown_client import paths as town_paths
-from gastownd import ops, pruner
-from gastownd.config import Config, parse_duration, plan_reload, read_config_file
-from gastownd.daemon import Daemon, DaemonPaths
-from gastownd.errors import ConfigError, StartupError
-from gastownd.eventlog import EventLog
-from gastownd.federation import Federation, identity
-from gastownd.instance import (
+from gastownd import ops
+from gastownd.eventlog import EventLog, pruner
+from gastownd.eventlog.subscriptions import Published, Subscriptions
+from gastownd.eventlog.watcher import watch_eventlog
+from gastownd.federation.link import Federation, identity
+from gastownd.metrics.http import MetricsEndpoint
+from gastownd.process.config import Config, parse_duration, plan_reload, read_config_file
+from gastownd.process.daemon import Daemon, DaemonPaths
+from gastownd.process.instance import (
     InstanceLock,
     check_socket_path,
     clear_stale_socket,
     ensure_private_dir,
 )
-from gastownd.metrics.http import MetricsEndpoint
-from gastownd.server import Server
-from gastownd.sessions import Sessions
-from gastownd.spool import SpoolIngester
-from gastownd.store import Store
-from gastownd.subscriptions import Published, Subscriptions
-from gastownd.systemd import (
+from gastownd.process.refusals import ConfigError, StartupError
+from gastownd.process.systemd import (
     ActivationError,
     Notifier,
     activated_listen_socket,
     maybe_hang_for_tests,
     watchdog_loop,
 )
-from gastownd.watcher import watch_eventlog
+from gastownd.server.socket_server import Server
+from gastownd.sessions.recorder import SessionRecorder
+from gastownd.sessions.spool import SpoolIngester
+from gastownd.store import Store
 
 log = structlog.get_logger("gastownd.app")
 
@@ -163,7 +163,7 @@ class App:
         store_path = paths.private_dir / "gastownd.db"
         with _refusing("cannot open the session store", store_path):
             store = await anyio.to_thread.run_sync(Store, store_path)
-        sessions = Sessions(store, eventlog, config.eventlog.source, lambda: daemon.clock())
+        sessions = SessionRecorder(store, eventlog, config.eventlog.source, lambda: daemon.clock())
         server = Server(
             config.server,
             lambda req, conn: ops.dispatch(daemon, req, conn),

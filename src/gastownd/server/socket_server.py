@@ -40,11 +40,11 @@ from anyio.abc import SocketAttribute
 
 from gastown_client import codec
 from gastown_client.protocol import ErrorCode, OkReply, Request
-from gastownd.config import ServerConfig, parse_duration
-from gastownd.errors import DaemonError
-from gastownd.instance import peer_uid
 from gastownd.metrics.buckets import RequestMeter
-from gastownd.ratelog import rate_limited
+from gastownd.process.config import ServerConfig, parse_duration
+from gastownd.process.instance import peer_uid
+from gastownd.process.refusals import DaemonError
+from gastownd.server.ratelog import rate_limited
 
 log = structlog.get_logger("gastownd.server")
 

@@ -20,19 +20,17 @@ from gastown_client.protocol import (
     Unsubscribe,
     UnsubscribeResult,
 )
-from gastownd import pruner
 from gastownd.core.events import MAX_LINE_BYTES, encode_line, format_ts
 from gastownd.core.index import Known
-from gastownd.core.query import EventFilter as CompiledFilter
-from gastownd.core.query import FilterError, compile_filter
-from gastownd.daemon import Daemon
-from gastownd.errors import BadRequestError, DaemonError, NotFoundError, TooLargeError
-from gastownd.eventlog import EventLog
+from gastownd.core.query import CompiledFilter, FilterError, compile_filter
+from gastownd.eventlog import EventLog, pruner
+from gastownd.eventlog.subscriptions import Published, Subscriptions
 from gastownd.ops import townwide
 from gastownd.ops.delivery import attach, pump, resume_point, send_local_backlog
-from gastownd.server import Connection, FollowUp, Reply
+from gastownd.process.daemon import Daemon
+from gastownd.process.refusals import BadRequestError, DaemonError, NotFoundError, TooLargeError
+from gastownd.server.socket_server import Connection, FollowUp, Reply
 from gastownd.store.remote import RemoteEvent
-from gastownd.subscriptions import Published, Subscriptions
 
 
 def _parts(daemon: Daemon) -> tuple[EventLog, Subscriptions]:

@@ -13,15 +13,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from gastownd.config import Config
 from gastownd.metrics.buckets import Counters
+from gastownd.process.config import Config
 
 if TYPE_CHECKING:
     from gastownd.eventlog import EventLog
-    from gastownd.federation import Federation
-    from gastownd.server import Server
-    from gastownd.sessions import Sessions
-    from gastownd.subscriptions import Subscriptions
+    from gastownd.eventlog.subscriptions import Subscriptions
+    from gastownd.federation.link import Federation
+    from gastownd.server.socket_server import Server
+    from gastownd.sessions.recorder import SessionRecorder
 
 
 # TEST-ONLY: this daemon's wall clock runs this many seconds off (a machine whose clock
@@ -65,7 +65,7 @@ class Daemon:
     server: Server | None = None
     eventlog: EventLog | None = None
     subscriptions: Subscriptions | None = None
-    sessions: Sessions | None = None
+    sessions: SessionRecorder | None = None
     # Hook calls that arrived trimmed to fit the frame limit (counted for ``status``).
     hooks_trimmed: int = 0
     # What handlers count for the metrics (hook calls by event, spooled hook calls).
