@@ -19,7 +19,7 @@ import pytest
 from gastown_client import paths
 from gastown_client.aclient import AsyncClient
 from gastown_client.client import Client
-from gastownd.process.app import App, build_daemon
+from gastownd.process.app import App, build_state
 from gastownd.process.config import Config, load_config
 from gastownd.process.daemon import Daemon
 
@@ -77,11 +77,11 @@ class InProcess:
 @pytest.fixture
 async def daemon(town: Path) -> AsyncIterator[InProcess]:
     """The daemon running in this event loop, stopped cleanly at the end."""
-    state = build_daemon(town, paths.default_config_path(town))
+    state = build_state(town, paths.default_config_path(town))
     app = App(state, install_signal_handlers=False)
     async with anyio.create_task_group() as tg:
-        await tg.start(app.run)
-        yield InProcess(app, state, state.paths.socket)
+        running = await tg.start(app.run)
+        yield InProcess(app, running, state.paths.socket)
         app.stop()
 
 

@@ -206,9 +206,9 @@ async def test_idle_wisps_are_reaped_with_an_injected_clock(daemon: InProcess, t
     sessions = daemon.daemon.sessions
     assert sessions is not None
     real = time.time()
-    daemon.daemon.clock = lambda: real + 3600
+    daemon.daemon.state.clock = lambda: real + 3600
     assert await sessions.reap(idle_timeout_s=24 * 3600) == []
-    daemon.daemon.clock = lambda: real + 25 * 3600
+    daemon.daemon.state.clock = lambda: real + 25 * 3600
     assert sorted(await sessions.reap(idle_timeout_s=24 * 3600)) == [sid(40), sid(41)]
     async with daemon.client() as client:
         digest = await client.digest(sid(40))

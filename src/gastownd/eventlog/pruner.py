@@ -98,9 +98,8 @@ def load_policy(daemon: Daemon) -> RetentionPolicy:
 
 async def prune_now(daemon: Daemon, *, dry_run: bool) -> PruneResult:
     """The ``prune`` op and the periodic prune: the policy of now, applied."""
-    assert daemon.eventlog is not None
     policy = load_policy(daemon)
-    if daemon.sessions is not None and not dry_run:
+    if not dry_run:
         # What a line told about a session must be recorded before the line can go.
         await daemon.sessions.record_lines()
         await prune_remote(daemon, policy)
@@ -124,19 +123,18 @@ def _read_by_everyone(daemon: Daemon) -> int | None:
     """The last seq that every reader of the log has read: retention keeps the lines after
     it, so no line goes before what it says is recorded (and, without the archive, where
     federation would read it too, sent)."""
-    marks = []
-    if daemon.sessions is not None:
-        marks.append(daemon.sessions.recorded_seq())
-    if daemon.federation is not None and not daemon.config.retention.archive:
-        marks.append(daemon.federation.keep_after_seq())
-    return min(marks) if marks else None
+    marks = [daemon.sessions.recorded_seq()]
+    if not daemon.config.retention.archive:
+        published = daemon.federation.keep_after_seq()
+        if published is not None:
+            marks.append(published)
+    return min(marks)
 
 
 async def prune_remote(daemon: Daemon, policy: RetentionPolicy) -> int:
     """Other nodes' lines expire with the same TTLs as this node's (their origin archives
     its own); deleted a batch per transaction."""
     sessions = daemon.sessions
-    assert sessions is not None
     remote = sessions.store.remote
     now = daemon.clock()
     expired = [(t, now - policy.ttl_for(t)) for t in await sessions.db(remote.remote_types)]

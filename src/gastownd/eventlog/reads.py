@@ -15,7 +15,7 @@ import os
 import zlib
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import anyio
 import anyio.to_thread
@@ -24,9 +24,8 @@ import structlog
 from gastownd.core import archive as archived
 from gastownd.core.index import EventIndex
 from gastownd.core.query import CompiledFilter
-
-if TYPE_CHECKING:
-    from gastownd.eventlog.event_log import EventLog
+from gastownd.eventlog.archive_files import Archive
+from gastownd.eventlog.logstate import SeqMap
 
 log = structlog.get_logger("gastownd.reads")
 
@@ -35,12 +34,23 @@ INLINE_READ_LINES = 256
 BACKLOG_CHUNK = 256
 
 
+class ReadableLog(Protocol):
+    """What a read needs of the event log (``EventLog`` is one): its state of the moment."""
+
+    index: EventIndex
+    fd: int
+    seqmap: SeqMap
+    archive: Archive
+    archive_lock: anyio.Lock
+    archive_generation: int
+
+
 def read_lines(index: EventIndex, fd: int, positions: Sequence[int]) -> list[bytes]:
     """The stored bytes (without newline) of indexed lines."""
     return [os.pread(fd, index.length(p) - 1, index.offsets[p]) for p in positions]
 
 
-async def read_lines_in_thread(eventlog: EventLog, positions: Sequence[int]) -> list[bytes]:
+async def read_lines_in_thread(eventlog: ReadableLog, positions: Sequence[int]) -> list[bytes]:
     """``read_lines`` in a worker thread, from the index and file of this moment."""
     index, fd = eventlog.index, os.dup(eventlog.fd)
     try:
@@ -50,7 +60,7 @@ async def read_lines_in_thread(eventlog: EventLog, positions: Sequence[int]) -> 
 
 
 async def query(
-    eventlog: EventLog, flt: CompiledFilter, limit: int, oldest_first: bool, *, archive: bool
+    eventlog: ReadableLog, flt: CompiledFilter, limit: int, oldest_first: bool, *, archive: bool
 ) -> list[bytes]:
     if archive:
         return await _query_with_archive(eventlog, flt, limit, oldest_first)
@@ -62,7 +72,7 @@ async def query(
 
 
 async def _query_with_archive(
-    eventlog: EventLog, flt: CompiledFilter, limit: int, oldest_first: bool
+    eventlog: ReadableLog, flt: CompiledFilter, limit: int, oldest_first: bool
 ) -> list[bytes]:
     """The live log and the archive as one history, ordered by (epoch, seq)."""
     async with eventlog.archive_lock:  # no line moves between the two reads
@@ -85,7 +95,7 @@ async def _query_with_archive(
 
 
 def _search_archive(
-    eventlog: EventLog,
+    eventlog: ReadableLog,
     flt: CompiledFilter,
     limit: int,
     oldest_first: bool,
@@ -105,7 +115,7 @@ def _search_archive(
     )
 
 
-def read_member(eventlog: EventLog, member: archived.Member) -> list[tuple[int, bytes]]:
+def read_member(eventlog: ReadableLog, member: archived.Member) -> list[tuple[int, bytes]]:
     try:
         return eventlog.archive.read(member)
     except (OSError, ValueError, zlib.error) as exc:
@@ -139,7 +149,7 @@ class Backlog:
 
     def __init__(
         self,
-        eventlog: EventLog,
+        eventlog: ReadableLog,
         flt: CompiledFilter,
         after_seq: int,
         upto_seq: int,

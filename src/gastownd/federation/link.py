@@ -80,11 +80,13 @@ from gastownd.core.records import (
     subject,
     town_subjects,
 )
-from gastownd.eventlog import BacklogGap
+from gastownd.eventlog import BacklogGap, EventLog
+from gastownd.eventlog.subscriptions import Subscriptions
 from gastownd.federation.identity import Holder, NodeClaim, NodeNameHeld
-from gastownd.metrics.buckets import LAG_SECONDS, Buckets, stream_stored_at
+from gastownd.metrics.buckets import LAG_SECONDS, Buckets, BucketsView, stream_stored_at
 from gastownd.process.config import FederationConfig, parse_duration
-from gastownd.process.daemon import Daemon
+from gastownd.process.state import DaemonState
+from gastownd.sessions.recorder import SessionRecorder
 from gastownd.store.remote import (
     MARK_ATTRIBUTIONS,
     MARK_DIGESTS,
@@ -190,11 +192,25 @@ class _Outgoing:
 
 
 class Federation:
-    def __init__(self, daemon: Daemon, config: FederationConfig) -> None:
-        self.daemon = daemon
+    """The link to the town's other nodes: the name claim, the publisher and the consumer."""
+
+    enabled = True
+
+    def __init__(
+        self,
+        state: DaemonState,
+        config: FederationConfig,
+        eventlog: EventLog,
+        sessions: SessionRecorder,
+        subscriptions: Subscriptions,
+    ) -> None:
+        self.state = state
+        self.eventlog = eventlog
+        self.sessions = sessions
+        self.subscriptions = subscriptions
         self.config = config
-        self.node = daemon.node
-        self.town = daemon.town_name
+        self.node = state.node
+        self.town = state.town_name
         self.stream = stream_name(self.town)
         self.connected = False
         self.published = 0
@@ -245,12 +261,18 @@ class Federation:
         self._store_changed = True
         self._wake.set()
 
+    async def live_edge(self) -> int:
+        """The highest arrival number of a remote line applied (town-wide subscriptions)."""
+        return self.last_arrival
+
+    def lag_view(self) -> BucketsView | None:
+        return self.lag_seconds.view()
+
     async def run(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
         """Connect (retrying forever), make sure the stream exists, publish and consume."""
-        sessions = self.daemon.sessions
-        assert sessions is not None
+        sessions = self.sessions
         remote = sessions.store.remote
         self.last_arrival = await sessions.db(remote.last_arrival)
         for key in (MARK_EVENTS, MARK_SESSIONS, MARK_DIGESTS, MARK_ATTRIBUTIONS):
@@ -343,7 +365,7 @@ class Federation:
             instance=self.instance,
             lease_s=parse_duration(self.config.node_lease),
             replicas=self.config.stream_replicas,
-            clock=self.daemon.clock,
+            clock=self.state.clock,
             previous_instance=self._previous_instance,
         )
         started = False
@@ -377,8 +399,7 @@ class Federation:
             self._ok("federation_node_claim_failed")
             self.clock_offset_s = claim.clock_offset_s
             if self._previous_instance != self.instance:
-                sessions = self.daemon.sessions
-                assert sessions is not None
+                sessions = self.sessions
                 await sessions.db(sessions.store.remote.set_marks, {MARK_INSTANCE: self.instance})
                 self._previous_instance = self.instance
             if self.node_conflict is not None:
@@ -573,8 +594,7 @@ class Federation:
         return sum(item.lines for item in batch)
 
     async def _save_marks(self, marks: dict[str, str]) -> None:
-        sessions = self.daemon.sessions
-        assert sessions is not None
+        sessions = self.sessions
         await sessions.db(sessions.store.remote.set_marks, dict(marks))
         marks.clear()
 
@@ -625,8 +645,7 @@ class Federation:
 
     async def _next_batch(self) -> tuple[list[_Outgoing], dict[str, str]]:
         """The next records to publish and the marks to store once they are acknowledged."""
-        sessions = self.daemon.sessions
-        assert sessions is not None
+        sessions = self.sessions
         limit = self.config.batch
         batch, marks = await self._event_batch()
         if not self._store_changed:
@@ -656,8 +675,7 @@ class Federation:
     async def _event_batch(self) -> tuple[list[_Outgoing], dict[str, str]]:
         """Lines of the local log after the published cursor, from the archive first when
         retention moved them there before they were published."""
-        eventlog = self.daemon.eventlog
-        assert eventlog is not None
+        eventlog = self.eventlog
         epoch = eventlog.seqmap.epoch
         after = self._published_seq(epoch)
         head = eventlog.index.next_seq() - 1
@@ -712,8 +730,7 @@ class Federation:
     def keep_after_seq(self) -> int:
         """Lines after this seq are not published yet: without the archive (where the
         publisher also reads), retention must keep them."""
-        eventlog = self.daemon.eventlog
-        assert eventlog is not None
+        eventlog = self.eventlog
         return self._published_seq(eventlog.seqmap.epoch)
 
     async def _retrying(self, event: str, call: Callable[..., Awaitable[T]], *args: Any) -> T:
@@ -800,7 +817,7 @@ class Federation:
         refused: list[Any] = []  # rejected: terminated, never delivered again
         records: list[AnyMessage] = []
         carriers: list[Any] = []
-        not_after = self.daemon.clock() + self.max_skew_s
+        not_after = self.state.clock() + self.max_skew_s
         for message in messages:
             sender = _sender(message.subject)
             if sender == self.node:
@@ -830,9 +847,8 @@ class Federation:
         # Refused ones first: should the store fail below, they are not counted twice.
         await self._terminate(refused)
         if records:
-            sessions = self.daemon.sessions
-            assert sessions is not None
-            applied = await sessions.apply_remote(records, self.daemon.clock())
+            sessions = self.sessions
+            applied = await sessions.apply_remote(records, self.state.clock())
             failed = {index for index, _ in applied.failed}
             for index, why in applied.failed:
                 self._reject("store_refused", records[index].node, why)
@@ -846,8 +862,7 @@ class Federation:
                     self.lag_seconds.observe(applied_at - at)
             if applied.events:
                 self.last_arrival = max(self.last_arrival, applied.events[-1].arrival)
-                if self.daemon.subscriptions is not None:
-                    self.daemon.subscriptions.publish_remote(applied.events)
+                self.subscriptions.publish_remote(applied.events)
         await self._save_rejected()  # lines of a run refused, the rest applied
         # After the commit: a crash before this redelivers, and applying is idempotent.
         for message in done:
@@ -868,8 +883,7 @@ class Federation:
         total = sum(self.rejected.values())
         if total == self._rejected_saved:
             return
-        sessions = self.daemon.sessions
-        assert sessions is not None
+        sessions = self.sessions
         counts = json.dumps(dict(sorted(self.rejected.items())))
         await sessions.db(sessions.store.remote.set_marks, {REJECTED_COUNTS: counts})
         self._rejected_saved = total
@@ -917,9 +931,8 @@ class Federation:
     async def info(self) -> FederationInfo:
         with anyio.move_on_after(2):  # the socket serves before federation starts
             await self._loaded.wait()
-        sessions = self.daemon.sessions
-        eventlog = self.daemon.eventlog
-        assert sessions is not None and eventlog is not None
+        sessions = self.sessions
+        eventlog = self.eventlog
         remote = sessions.store.remote
         marks = {
             "sessions": self._row_mark(MARK_SESSIONS),

@@ -105,6 +105,8 @@ class Counters:
     hook_calls: Counter[str] = field(default_factory=Counter)
     # Hook calls that had waited in the spool while the daemon was down.
     hooks_spooled: int = 0
+    # Hook calls that arrived trimmed to fit the frame limit (also in ``status``).
+    hooks_trimmed: int = 0
 
 
 HOOK_EVENTS = frozenset(

@@ -118,7 +118,7 @@ class MetricsEndpoint:
     @property
     def state(self) -> str:
         server = self.daemon.server
-        return "stopping" if server is None or server.stopping else "ready"
+        return "stopping" if server.stopping else "ready"
 
     async def serve(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED

@@ -31,9 +31,8 @@ async def hook(
     daemon: Daemon, request: Hook, *, spool_mark: tuple[str, int] | None = None
 ) -> HookResult:
     sessions = daemon.sessions
-    assert sessions is not None
     if request.trimmed:
-        daemon.hooks_trimmed += 1
+        daemon.counters.hooks_trimmed += 1
     if request.spooled_at is not None:
         daemon.counters.hooks_spooled += 1
     try:
@@ -142,7 +141,6 @@ async def _last_commit(cwd: str) -> tuple[str, str] | None:
 async def _context_for(daemon: Daemon, plan: HookPlan, session_id: str) -> str | None:
     """The note about the actor's previous session: its digest when it has one."""
     sessions = daemon.sessions
-    assert sessions is not None
     store = sessions.store
 
     def lookup() -> tuple[SessionRecord | None, Digest | None]:

@@ -34,7 +34,6 @@ from gastownd.store.remote import RemoteEvent
 
 
 def _parts(daemon: Daemon) -> tuple[EventLog, Subscriptions]:
-    assert daemon.eventlog is not None and daemon.subscriptions is not None
     return daemon.eventlog, daemon.subscriptions
 
 

@@ -70,16 +70,12 @@ def _remote_query(flt: CompiledFilter, scope: NodeScope) -> EventQuery:
 
 
 async def _last_arrival(daemon: Daemon) -> int:
-    if daemon.federation is not None:
-        return daemon.federation.last_arrival
-    assert daemon.sessions is not None
-    return await daemon.sessions.db(daemon.sessions.store.remote.last_arrival)
+    return await daemon.federation.live_edge()
 
 
 async def query(
     daemon: Daemon, request: Query, flt: CompiledFilter, scope: NodeScope
 ) -> QueryResult:
-    assert daemon.eventlog is not None and daemon.sessions is not None
     eventlog = daemon.eventlog
     head = f"{eventlog.head_cursor()}+{await _last_arrival(daemon)}"
     found: list[tuple[int, int, bytes]] = []
@@ -92,7 +88,7 @@ async def query(
             ts = parse_ts(parsed.ts) if parsed is not None else None
             found.append((ts or 0, 0, with_node(line, daemon.node)))
     remote = await daemon.sessions.db(
-        lambda: daemon.sessions.store.remote.query_events(  # type: ignore[union-attr]
+        lambda: daemon.sessions.store.remote.query_events(
             _remote_query(flt, scope), request.limit, oldest_first=request.oldest_first
         )
     )
@@ -124,7 +120,6 @@ async def subscribe(
     flt: CompiledFilter,
     scope: NodeScope,
 ) -> FollowUp:
-    assert daemon.eventlog is not None and daemon.subscriptions is not None
     assert daemon.sessions is not None
     eventlog, subscriptions = daemon.eventlog, daemon.subscriptions
     remote_store = daemon.sessions.store.remote
@@ -178,7 +173,7 @@ async def subscribe(
             await send_local_backlog(backlog, subscriber, conn, render)
         query = _remote_query(flt, scope)
         while not (subscriber.closed or subscriber.overflowed or conn.closed):
-            chunk = await daemon.sessions.db(  # type: ignore[union-attr]
+            chunk = await daemon.sessions.db(
                 remote_store.events_between, query, position.arrival, through, BACKLOG_CHUNK
             )
             if not chunk:

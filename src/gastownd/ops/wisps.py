@@ -54,7 +54,6 @@ def check_issue_id(issue: str) -> None:
 
 
 def _sessions(daemon: Daemon) -> SessionRecorder:
-    assert daemon.sessions is not None
     return daemon.sessions
 
 

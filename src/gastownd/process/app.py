@@ -27,9 +27,10 @@ from gastownd.eventlog import EventLog, pruner
 from gastownd.eventlog.subscriptions import Published, Subscriptions
 from gastownd.eventlog.watcher import watch_eventlog
 from gastownd.federation.link import Federation, identity
+from gastownd.federation.off import FederationOff
 from gastownd.metrics.http import MetricsEndpoint
 from gastownd.process.config import Config, parse_duration, plan_reload, read_config_file
-from gastownd.process.daemon import Daemon, DaemonPaths
+from gastownd.process.daemon import Daemon
 from gastownd.process.instance import (
     InstanceLock,
     check_socket_path,
@@ -37,6 +38,7 @@ from gastownd.process.instance import (
     ensure_private_dir,
 )
 from gastownd.process.refusals import ConfigError, StartupError
+from gastownd.process.state import DaemonPaths, DaemonState
 from gastownd.process.systemd import (
     ActivationError,
     Notifier,
@@ -69,9 +71,9 @@ def resolve_paths(town: Path, config_path: Path | None) -> DaemonPaths:
     )
 
 
-def build_daemon(
+def build_state(
     town: Path, config_path: Path | None = None, config: Config | None = None
-) -> Daemon:
+) -> DaemonState:
     paths = resolve_paths(town, config_path)
     if config is None:
         assert paths.config_file is not None
@@ -79,20 +81,21 @@ def build_daemon(
         paths.config = paths.config_file if loaded is not None else None
         config = loaded or Config()
     node, town_name = identity(config.federation, town)
-    return Daemon(config=config, paths=paths, node=node, town_name=town_name)
+    return DaemonState(config=config, paths=paths, node=node, town_name=town_name)
 
 
 class App:
-    """Owns the daemon's lifetime. ``run`` returns when it has stopped cleanly."""
+    """Owns the daemon's lifetime. ``run`` returns when it has stopped cleanly; it hands the
+    running :class:`Daemon` (every part started) to whoever started it."""
 
     def __init__(
         self,
-        daemon: Daemon,
+        state: DaemonState,
         *,
         install_signal_handlers: bool = True,
         supervised: bool = False,
     ) -> None:
-        self.daemon = daemon
+        self.state = state
         self.install_signal_handlers = install_signal_handlers
         # Under a supervisor: adopt an activated socket, speak sd_notify.
         self.supervised = supervised
@@ -114,8 +117,7 @@ class App:
     async def run(
         self, *, task_status: anyio.abc.TaskStatus[Daemon] = anyio.TASK_STATUS_IGNORED
     ) -> None:
-        daemon = self.daemon
-        paths = daemon.paths
+        paths = self.state.paths
         if not paths.town.is_dir():
             raise StartupError(f"town root {paths.town} is not a directory")
         ensure_private_dir(paths.private_dir)
@@ -132,9 +134,9 @@ class App:
         # Worker threads run long Python loops (prune planning, index copies):
         # a short switch interval keeps the event loop's wait for the GIL short.
         sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
-        daemon = self.daemon
-        config = daemon.config
-        paths = daemon.paths
+        state = self.state
+        config = state.config
+        paths = state.paths
         notifier = self.notifier
         try:
             adopted = activated_listen_socket() if self.supervised else None
@@ -145,32 +147,33 @@ class App:
             check_socket_path(paths.socket)
         notifier.status("recovering and indexing the event log")
         subscriptions = Subscriptions(config.eventlog.subscriber_queue)
+        # Who hears of appended lines besides the subscribers: the recorder, then federation,
+        # each from the moment it runs.
+        observers: list[Callable[[list[Published]], None]] = []
 
         def publish(items: list[Published]) -> None:
             subscriptions.publish(items)
-            if daemon.sessions is not None:
-                daemon.sessions.observe(items)
-            if daemon.federation is not None:
-                daemon.federation.wake()
+            for observe in observers:
+                observe(items)
 
         eventlog = EventLog(
             paths.events, paths.events_lock, paths.private_dir, config.eventlog, publish
         )
         with _refusing("cannot open the event log", paths.events):
             await eventlog.open()
-        daemon.eventlog = eventlog
-        daemon.subscriptions = subscriptions
         store_path = paths.private_dir / "gastownd.db"
         with _refusing("cannot open the session store", store_path):
             store = await anyio.to_thread.run_sync(Store, store_path)
-        sessions = SessionRecorder(store, eventlog, config.eventlog.source, lambda: daemon.clock())
+        sessions = SessionRecorder(store, eventlog, config.eventlog.source, lambda: state.clock())
+        # The server answers its first request only once ``serve`` runs, after ``daemon`` is
+        # built below.
+        daemon: Daemon
         server = Server(
             config.server,
             lambda req, conn: ops.dispatch(daemon, req, conn),
             expected_uid=os.geteuid(),
             inline=lambda req, conn, reply: ops.dispatch_inline(daemon, req, conn, reply),
         )
-        daemon.server = server
 
         listener: anyio.abc.SocketListener
         if adopted is not None:
@@ -186,12 +189,18 @@ class App:
                 services.start_soon(eventlog.run_checkpoints)
                 # The outbox replay appends to the log, so the writer must be running.
                 # Lines indexed during open must reach the recorder: attach it first.
-                daemon.sessions = sessions
+                observers.append(sessions.observe)
                 await sessions.open()
+                federation: Federation | FederationOff
                 if config.federation.enabled:
-                    federation = Federation(daemon, config.federation)
-                    daemon.federation = federation
+                    federation = Federation(
+                        state, config.federation, eventlog, sessions, subscriptions
+                    )
+                    observers.append(lambda _items: federation.wake())
                     sessions.on_commit = federation.store_changed
+                else:
+                    federation = FederationOff(state.node, state.town_name, sessions)
+                daemon = Daemon(state, server, eventlog, subscriptions, sessions, federation)
                 ingester = SpoolIngester(daemon, town_paths.spool_dir(paths.town))
                 with _refusing("cannot create the spool directory", ingester.folder):
                     await anyio.to_thread.run_sync(ingester.prepare)
@@ -210,9 +219,9 @@ class App:
                     front.start_soon(pruner.run_periodic, daemon)
                     front.start_soon(sessions.run_recorder)
                     front.start_soon(ingester.run, watch_stop)
-                    if daemon.federation is not None:
+                    if isinstance(federation, Federation):
                         # Never waits for the network: it connects in the background.
-                        await front.start(daemon.federation.run)
+                        await front.start(federation.run)
                     front.start_soon(
                         sessions.run_reaper,
                         parse_duration(config.wisps.idle_timeout),
@@ -258,7 +267,7 @@ class App:
         """Stop taking requests; wait (bounded) for the in-flight ones."""
         server.stop()
         subscriptions.close_all()
-        deadline = parse_duration(self.daemon.config.server.shutdown_timeout)
+        deadline = parse_duration(self.state.config.server.shutdown_timeout)
         with anyio.move_on_after(deadline) as scope:
             await server.wait_drained()
         if scope.cancelled_caught:
@@ -287,8 +296,8 @@ class App:
         serving with the configuration it has. Keys read only at start keep their
         running value until a restart, and the log, ``status`` and the supervisor say which.
         """
-        daemon = self.daemon
-        paths = daemon.paths
+        state = self.state
+        paths = state.paths
         self.notifier.reloading()
         assert paths.config_file is not None
         try:
@@ -302,9 +311,9 @@ class App:
             )
             self.notifier.ready(f"reload refused, serving with the previous configuration: {exc}")
             return
-        plan = plan_reload(daemon.config, loaded or Config())
-        daemon.config = plan.config
-        daemon.restart_pending = plan.waiting
+        plan = plan_reload(state.config, loaded or Config())
+        state.config = plan.config
+        state.restart_pending = plan.waiting
         paths.config = paths.config_file if loaded is not None else None
         for callback in self.on_reload:
             callback(plan.config)

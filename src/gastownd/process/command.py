@@ -11,7 +11,7 @@ import structlog
 
 from gastown_client import __version__
 from gastown_client import paths as town_paths
-from gastownd.process.app import App, build_daemon
+from gastownd.process.app import App, build_state
 from gastownd.process.config import Config
 from gastownd.process.logsetup import configure_logging
 from gastownd.process.refusals import EXIT_SOFTWARE, StartupError
@@ -89,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
     log = structlog.get_logger("gastownd")
     try:
         town = town_paths.find_town_root(args.town_root, create=True)
-        daemon = build_daemon(town, args.config)
+        state = build_state(town, args.config)
     except StartupError as exc:
         return refuse(exc, supervised=not args.no_supervisor)
     except OSError as exc:
@@ -99,10 +99,10 @@ def run(args: argparse.Namespace) -> int:
             StartupError(f"{where}: cannot create the town: {exc.strerror or exc}"),
             supervised=not args.no_supervisor,
         )
-    config = daemon.config
+    config = state.config
     level = args.log_level or config.log_level
     configure_logging(level, args.log_format or config.log_format)
-    app = App(daemon, supervised=not args.no_supervisor)
+    app = App(state, supervised=not args.no_supervisor)
 
     def relog(new_config: Config) -> None:
         configure_logging(

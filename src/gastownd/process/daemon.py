@@ -1,87 +1,70 @@
-"""What every handler may reach: configuration, paths, the running parts.
+"""The running daemon, as handlers see it: the state and every part, all started.
 
-Built once by ``app.py``; handlers receive it and never build their own.
+Built once by ``app.py`` after the parts have started; nothing in it is ever missing (federation
+that is off is :class:`FederationOff`). Handlers receive it and never build their own.
 """
 
 from __future__ import annotations
 
-import os
-import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from pathlib import Path
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from datetime import datetime
 
+from gastownd.eventlog import EventLog
+from gastownd.eventlog.subscriptions import Subscriptions
+from gastownd.federation.link import Federation
+from gastownd.federation.off import FederationOff
 from gastownd.metrics.buckets import Counters
 from gastownd.process.config import Config
-
-if TYPE_CHECKING:
-    from gastownd.eventlog import EventLog
-    from gastownd.eventlog.subscriptions import Subscriptions
-    from gastownd.federation.link import Federation
-    from gastownd.server.socket_server import Server
-    from gastownd.sessions.recorder import SessionRecorder
+from gastownd.process.state import DaemonPaths, DaemonState
+from gastownd.server.socket_server import Server
+from gastownd.sessions.recorder import SessionRecorder
 
 
-# TEST-ONLY: this daemon's wall clock runs this many seconds off (a machine whose clock
-# is wrong; federation's clock tests).
-TEST_CLOCK_OFFSET_ENV = "GASTOWND_TEST_CLOCK_OFFSET_S"
-
-
-def wall_clock() -> Callable[[], float]:
-    """``time.time``, shifted by ``GASTOWND_TEST_CLOCK_OFFSET_S`` when that is set."""
-    try:
-        offset = float(os.environ.get(TEST_CLOCK_OFFSET_ENV) or 0)
-    except ValueError:
-        offset = 0.0
-    if not offset:
-        return time.time
-    return lambda: time.time() + offset
-
-
-@dataclass
-class DaemonPaths:
-    town: Path
-    private_dir: Path
-    socket: Path
-    lock: Path
-    events: Path
-    events_lock: Path
-    # The settings file in use; None while it is absent (all defaults).
-    config: Path | None
-    # The file read at start and at every SIGHUP: --config, else <town>/settings/gastownd.toml.
-    config_file: Path | None = None
-    # --config must exist; the default file may appear or vanish while the daemon runs.
-    config_required: bool = False
-
-
-@dataclass
+@dataclass(frozen=True, slots=True)
 class Daemon:
-    config: Config
-    paths: DaemonPaths
-    started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
-    started_monotonic: float = field(default_factory=time.monotonic)
-    server: Server | None = None
-    eventlog: EventLog | None = None
-    subscriptions: Subscriptions | None = None
-    sessions: SessionRecorder | None = None
-    # Hook calls that arrived trimmed to fit the frame limit (counted for ``status``).
-    hooks_trimmed: int = 0
-    # What handlers count for the metrics (hook calls by event, spooled hook calls).
-    counters: Counters = field(default_factory=Counters)
-    # Wall clock in epoch seconds; tests inject their own.
-    clock: Callable[[], float] = field(default_factory=wall_clock)
-    # This node's and this town's names (federation; always known, federated or not).
-    node: str = "local"
-    town_name: str = "town"
-    federation: Federation | None = None
-    # Keys the settings file changed that apply only at the next start (see SIGHUP).
-    restart_pending: list[str] = field(default_factory=list)
+    state: DaemonState
+    server: Server
+    eventlog: EventLog
+    subscriptions: Subscriptions
+    sessions: SessionRecorder
+    federation: Federation | FederationOff
+
+    # What the state holds, read through: its config changes on SIGHUP, tests move its clock.
+    @property
+    def config(self) -> Config:
+        return self.state.config
+
+    @property
+    def paths(self) -> DaemonPaths:
+        return self.state.paths
+
+    @property
+    def clock(self) -> Callable[[], float]:
+        return self.state.clock
+
+    @property
+    def counters(self) -> Counters:
+        return self.state.counters
+
+    @property
+    def node(self) -> str:
+        return self.state.node
+
+    @property
+    def town_name(self) -> str:
+        return self.state.town_name
+
+    @property
+    def started_at(self) -> datetime:
+        return self.state.started_at
+
+    @property
+    def restart_pending(self) -> list[str]:
+        return self.state.restart_pending
 
     def uptime_s(self) -> float:
-        return time.monotonic() - self.started_monotonic
+        return self.state.uptime_s()
 
     def node_name(self, stored: str) -> str:
-        """The name of a node as stored ('' is this node)."""
-        return stored or self.node
+        return self.state.node_name(stored)

@@ -115,7 +115,6 @@ class SpoolIngester:
 
     async def _ingest_file(self, path: Path) -> int:
         sessions = self.daemon.sessions
-        assert sessions is not None
         name = path.name
         offset = await sessions.db(sessions.store.spool_offset, name)
         data = await anyio.to_thread.run_sync(path.read_bytes)
