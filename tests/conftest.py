@@ -85,6 +85,12 @@ async def daemon(town: Path) -> AsyncIterator[InProcess]:
         app.stop()
 
 
+def daemon_argv(town: Path, *extra: str, log_format: str | None = "json") -> list[str]:
+    """``python -m gastownd run`` for ``town``: the one place the tests spell it."""
+    formats = ["--log-format", log_format] if log_format is not None else []
+    return [sys.executable, "-m", "gastownd", "run", "--town-root", str(town), *formats, *extra]
+
+
 class DaemonProcess:
     """``python -m gastownd run`` as a child process."""
 
@@ -102,17 +108,7 @@ class DaemonProcess:
         self.log_path = log_path or town / "daemon.log"
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - kept for the process's life
         self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "gastownd",
-                "run",
-                "--town-root",
-                str(town),
-                "--log-format",
-                "json",
-                *extra,
-            ],
+            daemon_argv(town, *extra),
             stdout=self._log,
             stderr=self._log,
             env=env,

@@ -9,6 +9,7 @@ subscriptions, let in-flight requests finish, flush the log, exit.
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import os
 import signal
 import sqlite3
@@ -80,8 +81,19 @@ def build_state(
         loaded = read_config_file(paths.config_file, required=paths.config_required)
         paths.config = paths.config_file if loaded is not None else None
         config = loaded or Config()
+    if config.federation.enabled:
+        _require_nats(paths.config_file)
     node, town_name = identity(config.federation, town)
     return DaemonState(config=config, paths=paths, node=node, town_name=town_name)
+
+
+def _require_nats(settings: Path | None) -> None:
+    """Federation is configured: refuse at once, in one line, when its library is missing."""
+    if importlib.util.find_spec("nats") is None:
+        raise ConfigError(
+            f"{settings}: [federation] servers is set but nats-py is not installed: "
+            "pip install 'gastownd[federation]'"
+        )
 
 
 class App:
