@@ -20,6 +20,7 @@ from gastownd.core.wisp import Effect, Outcome, WispBook, WispState
 from gastownd.metrics.buckets import hook_event_label
 from gastownd.process.daemon import Daemon
 from gastownd.process.refusals import BadRequestError
+from gastownd.sessions.recorder import NO_CHANGE, WispOp
 from gastownd.store import NewAttribution, SessionRecord
 
 log = structlog.get_logger("gastownd.hooks")
@@ -47,7 +48,7 @@ async def hook(
     if plan.ignored is not None:
         log.debug("hook_ignored", hook_event=plan.event, reason=plan.ignored)
         if spool_mark is not None:
-            await sessions.run((), None, spool_mark=spool_mark)
+            await sessions.apply(NO_CHANGE, spool_mark=spool_mark)
         return HookResult(handled=f"ignored: {plan.ignored}")
     if plan.commit_needs_lookup and plan.cwd:
         commit = await _last_commit(plan.cwd)
@@ -81,7 +82,7 @@ async def hook(
         ]
 
     names = [session_id] + ([parent] if parent else [])
-    await sessions.run(names, transition, attributions=attributions, spool_mark=spool_mark)
+    await sessions.apply(WispOp(names, transition, attributions), spool_mark=spool_mark)
     handled = plan.event + (f" ({plan.start})" if plan.start else "")
     context = None
     if plan.start in ("startup", "clear") and daemon.config.hooks.inject_context:

@@ -55,6 +55,21 @@ RECORD_BEFORE_READY = 10_000
 _RECORDED_FILTER = compile_filter(types=sorted(RECORDED_TYPES))
 
 
+@dataclass(frozen=True)
+class WispOp:
+    """One change to the wisps, applied whole by :meth:`SessionRecorder.apply`: the sessions it
+    names (loaded from the store first), the pure transition, and the attributions it records
+    (read from the book after the transition)."""
+
+    names: Sequence[str] = ()
+    transition: Callable[[WispBook], Outcome] | None = None
+    attributions: Callable[[WispBook], Sequence[NewAttribution]] | None = None
+
+
+# Nothing changes but what goes with it in the same transaction (a spool mark).
+NO_CHANGE = WispOp()
+
+
 class ConflictError(DaemonError):
     code = ErrorCode.CONFLICT
 
@@ -117,33 +132,30 @@ class SessionRecorder:
 
     # ------------------------------------------------------------------- ops
 
-    async def run(
+    async def apply(
         self,
-        names: Sequence[str],
-        transition: Callable[[WispBook], Outcome] | None,
+        op: WispOp,
         *,
-        attributions: Callable[[WispBook], Sequence[NewAttribution]] | None = None,
         spool_mark: tuple[str, int] | None = None,
         lines: LineFacts | None = None,
     ) -> tuple[WispBook, tuple[Effect, ...]]:
         """Apply one op: load, transition, persist, emit. Returns the book after it.
 
-        ``attributions`` is called with the book after the transition; what it
-        returns is stored in the same transaction, as are ``spool_mark`` and
-        ``lines``.
+        The op's attributions, the spool mark and the lines' facts are stored in the same
+        transaction as the transition's effects.
         """
         async with self._lock:
-            await self._load(names)
+            await self._load(op.names)
             book: WispBook = self.book
             effects: tuple[Effect, ...] = ()
             try:
-                if transition is not None:
-                    book, effects = transition(self.book)
+                if op.transition is not None:
+                    book, effects = op.transition(self.book)
             except IllegalTransition as exc:
                 raise _illegal(exc) from None
             except ValueError as exc:
                 raise DaemonError(str(exc), code=ErrorCode.BAD_REQUEST) from None
-            records = attributions(book) if attributions is not None else ()
+            records = op.attributions(book) if op.attributions is not None else ()
             if effects or records or spool_mark is not None or lines is not None:
                 await self.db(self.store.apply, effects, records, spool_mark, lines)
                 self.digests_saved += sum(isinstance(e, SaveDigest) for e in effects)
@@ -312,7 +324,7 @@ class SessionRecorder:
                 checkpoint=f"{epoch}:{last}",
                 rescan=entries[0].seq <= rescan_through,
             )
-            _, effects = await self.run((), self._ending(items), lines=facts)
+            _, effects = await self.apply(WispOp(transition=self._ending(items)), lines=facts)
             self._recorded = (epoch, last)
             total += len(items)
             ended = [e.digest.session_id for e in effects if isinstance(e, SaveDigest)]
@@ -346,7 +358,7 @@ class SessionRecorder:
         def reap(book: WispBook) -> Outcome:
             return book.reap(now=now, idle_timeout_s=idle_timeout_s)
 
-        _, effects = await self.run((), reap)
+        _, effects = await self.apply(WispOp(transition=reap))
         reaped = [e.digest.session_id for e in effects if isinstance(e, SaveDigest)]
         if reaped:
             log.info("wisps_reaped", sessions=reaped)

@@ -31,6 +31,7 @@ from gastownd.ops import hooks
 from gastownd.process.config import parse_duration
 from gastownd.process.daemon import Daemon
 from gastownd.process.refusals import DaemonError
+from gastownd.sessions.recorder import NO_CHANGE
 
 log = structlog.get_logger("gastownd.spool")
 
@@ -142,11 +143,11 @@ class SpoolIngester:
                     offset=offset,
                     reason=getattr(exc, "message", str(exc)),
                 )
-                await sessions.run((), None, spool_mark=mark)
+                await sessions.apply(NO_CHANGE, spool_mark=mark)
             except Exception:
                 # A poisoned line must not crash every start: log it, skip it.
                 log.exception("spooled_request_failed", file=name, offset=offset)
-                await sessions.run((), None, spool_mark=mark)
+                await sessions.apply(NO_CHANGE, spool_mark=mark)
         await anyio.to_thread.run_sync(path.unlink)
         await sessions.db(sessions.store.forget_spool_file, name)
         return count
