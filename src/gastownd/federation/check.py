@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import socket
-import ssl
 import sys
 import time
 from collections.abc import Callable
@@ -54,7 +53,7 @@ from gastownd.core.federation_checks import (
     stream_finding,
 )
 from gastownd.core.records import stream_name, subject, town_subjects
-from gastownd.federation.link import identity
+from gastownd.federation.link import auth_options, identity
 from gastownd.process.config import FederationConfig, load_config
 from gastownd.process.refusals import StartupError
 
@@ -156,18 +155,8 @@ def connect_options(config: FederationConfig, node: str) -> dict[str, Any]:
         "max_reconnect_attempts": 1,
         "reconnect_time_wait": 0.1,
         "inbox_prefix": f"_INBOX_{node}",
+        **auth_options(config),
     }
-    if config.creds:
-        options["user_credentials"] = config.creds
-    if config.user is not None:
-        options["user"], options["password"] = config.user, config.password
-    if config.tls_ca or config.tls_cert:
-        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=config.tls_ca)
-        if config.tls_cert and config.tls_key:
-            context.load_cert_chain(config.tls_cert, config.tls_key)
-        options["tls"] = context
-        if config.tls_hostname:
-            options["tls_hostname"] = config.tls_hostname
     return options
 
 
