@@ -12,13 +12,10 @@ ours and gt's, keep flowing and none is lost.
 
 from __future__ import annotations
 
-import itertools
 import os
 import time
-from collections.abc import Generator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
 
 import anyio
 import anyio.to_thread
@@ -30,29 +27,18 @@ from gastownd.core import archive as archived
 from gastownd.core.index import EventIndex
 from gastownd.core.retention import (
     GAS_TOWN_TTLS_S,
-    STEP,
     RetentionPolicy,
     plan_prune_steps,
     policy_from_krc,
 )
 from gastownd.eventlog.archive_files import crash_here_for_tests, days_of
 from gastownd.eventlog.event_log import EventLog
-from gastownd.eventlog.logstate import SeqMap, runs_steps, write_all, write_seqmap
-from gastownd.eventlog.writer import LogFile, Observation, copy_range
+from gastownd.eventlog.logstate import SeqMap, runs_steps, write_seqmap
+from gastownd.eventlog.prune_steps import complement_steps, cooperate, copy_kept, ranges_steps
+from gastownd.eventlog.writer import LogFile, Observation
 from gastownd.process.config import RetentionConfig, parse_duration
 from gastownd.process.daemon import Daemon
 from gastownd.process.refusals import StorageError
-
-T = TypeVar("T")
-
-# Longest stretch of prune work on the event loop between two turns (see _cooperate).
-SLICE_S = 0.001
-PAUSE_S = 0.002
-COPY_WINDOW = 1 << 20
-# Written data is synced every this many bytes: a big prune's copy never piles
-# up in the page cache for one long sync, during which every emit's
-# fdatasync would wait on the disk behind it.
-SYNC_EVERY_BYTES = 1 << 20
 
 log = structlog.get_logger("gastownd.pruner")
 
@@ -202,7 +188,7 @@ async def prune(
         end = index.end
         protect_from = None if keep_after_seq is None else index.position_after(keep_after_seq)
         # Appends only add positions past ``count``: the steps read a stable prefix.
-        decided = await _cooperate(
+        decided = await cooperate(
             plan_prune_steps(
                 index.types,
                 index.type_names,
@@ -214,7 +200,7 @@ async def prune(
                 protect_from,
             )
         )
-        ranges = await _cooperate(_ranges_steps(index, decided.keep))
+        ranges = await cooperate(ranges_steps(index, decided.keep))
         removed_bytes = end - sum(length for _, length in ranges)
         result = PruneResult(
             dry_run=dry_run,
@@ -232,10 +218,10 @@ async def prune(
             if not dry_run:
                 eventlog.prune_seconds.observe(time.monotonic() - started)
             return result
-        removed = await _cooperate(_complement_steps(decided.keep, count))
+        removed = await cooperate(complement_steps(decided.keep, count))
         days = await anyio.to_thread.run_sync(days_of, index, removed)
         _announce(eventlog, len(removed), removed_bytes, days, archive)
-        kept = await _cooperate(index.select_steps(decided.keep))
+        kept = await cooperate(index.select_steps(decided.keep))
         plan = _Plan(
             index=index,
             count=count,
@@ -244,7 +230,7 @@ async def prune(
             days=days,
             ranges=ranges,
             kept=kept,
-            runs=await _cooperate(runs_steps(kept.seqs)),
+            runs=await cooperate(runs_steps(kept.seqs)),
             removed_max=index.seqs[removed[-1]],
             tail_base=index.seqs[count] if len(index) > count else index.next_seq(),
             archive=archive,
@@ -260,7 +246,7 @@ async def prune(
             temp_path = eventlog.path.with_name(
                 f"{eventlog.path.name}.gastownd-prune-{os.getpid()}"
             )
-            temp_fd = await anyio.to_thread.run_sync(_copy_kept, source_fd, ranges, temp_path)
+            temp_fd = await anyio.to_thread.run_sync(copy_kept, source_fd, ranges, temp_path)
             copied = time.monotonic()
             async with eventlog.archive_lock:
                 archived_lines, swap_s = await _archive_and_swap(
@@ -421,108 +407,3 @@ async def _expire_archive(eventlog: EventLog, now_s: float, max_age_s: float | N
         if lost > eventlog.seqmap.lost_through():
             await eventlog.forget_through(lost)
             eventlog.archive_generation += 1
-
-
-def _copy_kept(source_fd: int, ranges: list[tuple[int, int]], temp_path: Path) -> int:
-    """Copy the kept byte ranges to a new file next to the log (worker thread)."""
-    temp_fd = os.open(
-        temp_path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND | os.O_CLOEXEC, 0o644
-    )
-    try:
-        os.fchmod(temp_fd, os.fstat(source_fd).st_mode & 0o7777)
-        _copy_ranges(source_fd, temp_fd, ranges)
-        os.fsync(temp_fd)
-    except BaseException:
-        os.close(temp_fd)
-        temp_path.unlink(missing_ok=True)
-        raise
-    return temp_fd
-
-
-async def _cooperate(steps: Generator[None, None, T]) -> T:
-    """Run a stepped computation on the event loop in slices of ``SLICE_S``.
-
-    Between slices the loop polls its sockets and runs whatever is ready, so
-    a request waits at most a slice per loop turn it needs.
-    """
-    deadline = time.monotonic() + SLICE_S
-    while True:
-        try:
-            next(steps)
-        except StopIteration as done:
-            return done.value  # type: ignore[no-any-return]
-        if time.monotonic() >= deadline:
-            # A real pause, not just a turn: worker threads (an append's write and
-            # fdatasync) then get the GIL at once instead of queueing behind us.
-            await anyio.sleep(PAUSE_S)
-            deadline = time.monotonic() + SLICE_S
-
-
-def _ranges_steps(
-    index: EventIndex, positions: list[int]
-) -> Generator[None, None, list[tuple[int, int]]]:
-    """The kept lines as (offset, length) byte ranges, consecutive lines merged."""
-    ranges: list[tuple[int, int]] = []
-    start = end = -1
-    offsets = index.offsets
-    for done, position in enumerate(positions):
-        if done % STEP == 0:
-            yield
-        offset = offsets[position]
-        length = index.length(position)
-        if offset == end:
-            end += length
-            continue
-        if start >= 0:
-            ranges.append((start, end - start))
-        start, end = offset, offset + length
-    if start >= 0:
-        ranges.append((start, end - start))
-    return ranges
-
-
-def _complement_steps(keep: list[int], count: int) -> Generator[None, None, list[int]]:
-    """The positions below ``count`` that ``keep`` (sorted) leaves out, in steps."""
-    removed: list[int] = []
-    previous = -1
-    for done, kept in enumerate(itertools.chain(keep, (count,))):
-        if done % STEP == 0:
-            yield
-        if kept > previous + 1:
-            removed.extend(range(previous + 1, min(kept, count)))
-        previous = kept
-    return removed
-
-
-def _copy_ranges(source: int, target: int, ranges: list[tuple[int, int]]) -> None:
-    """Copy many byte ranges with few syscalls: read a window, write its kept slices."""
-    index = 0
-    unsynced = 0
-    while index < len(ranges):
-        window_start = ranges[index][0]
-        group_end = index
-        while (
-            group_end < len(ranges)
-            and ranges[group_end][0] + ranges[group_end][1] - window_start <= COPY_WINDOW
-        ):
-            group_end += 1
-        if group_end == index:  # one range larger than the window
-            copy_range(source, target, *ranges[index])
-            index += 1
-            continue
-        last_start, last_length = ranges[group_end - 1]
-        window = os.pread(source, last_start + last_length - window_start, window_start)
-        if len(window) != last_start + last_length - window_start:
-            raise StorageError("the event log shrank during a copy")
-        view = memoryview(window)
-        data = b"".join(
-            view[start - window_start : start - window_start + length]
-            for start, length in ranges[index:group_end]
-        )
-        write_all(target, data)
-        unsynced += len(data)
-        if unsynced >= SYNC_EVERY_BYTES:
-            os.fdatasync(target)
-            unsynced = 0
-        index = group_end
-        time.sleep(PAUSE_S)  # let the event loop have the GIL between windows

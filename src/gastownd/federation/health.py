@@ -13,6 +13,7 @@ import structlog
 
 from gastown_client.protocol import FederationError
 from gastownd.core.events import format_ts
+from gastownd.federation.identity import Holder
 
 log = structlog.get_logger("gastownd.federation")
 
@@ -96,6 +97,23 @@ class LinkHealth:
                 sender=sender[:64],
                 detail=detail[:200],
                 count=repeats,
+            )
+
+    def conflict(self, node: str, holder: Holder) -> None:
+        """Another daemon holds this node's name: logged once per holder, then once a minute."""
+        repeats = self.logged.admit(f"conflict:{holder.instance}")
+        if repeats is not None:
+            log.error(
+                "federation_node_conflict",
+                node=node,
+                held_by_instance=holder.instance,
+                held_by_host=holder.host,
+                held_by_pid=holder.pid,
+                since=holder.since,
+                repeats=repeats,
+                fix=f"another daemon runs as node {node!r}: set a name unique in the "
+                "town as [federation] node in settings/gastownd.toml and restart; this "
+                "daemon neither publishes nor consumes until the name is free",
             )
 
     def reconnected(self) -> None:

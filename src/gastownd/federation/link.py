@@ -350,20 +350,7 @@ class Federation:
 
     def _conflict(self, holder: Holder) -> None:
         self.node_conflict = holder
-        repeats = self.health.logged.admit(f"conflict:{holder.instance}")
-        if repeats is not None:
-            log.error(
-                "federation_node_conflict",
-                node=self.node,
-                held_by_instance=holder.instance,
-                held_by_host=holder.host,
-                held_by_pid=holder.pid,
-                since=holder.since,
-                repeats=repeats,
-                fix=f"another daemon runs as node {self.node!r}: set a name unique in the "
-                "town as [federation] node in settings/gastownd.toml and restart; this "
-                "daemon neither publishes nor consumes until the name is free",
-            )
+        self.health.conflict(self.node, holder)
 
     def _connect_options(self) -> dict[str, Any]:
         config = self.config
