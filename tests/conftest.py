@@ -20,7 +20,8 @@ from gastown_client import paths
 from gastown_client.aclient import AsyncClient
 from gastown_client.client import Client
 from gastownd.process.app import App, build_state
-from gastownd.process.config import Config, load_config
+from gastownd.process.config import Config
+from gastownd.process.config_file import load_config
 from gastownd.process.daemon import Daemon
 
 SAMPLE_LOG = Path(__file__).resolve().parents[1] / "tests" / "data" / "sample-town.events.jsonl"

@@ -28,7 +28,8 @@ from structlog.testing import capture_logs
 from gastown_client import paths
 from gastownd.process import command as cli
 from gastownd.process.app import App, build_state
-from gastownd.process.config import KEYS, Key, load_config
+from gastownd.process.config import KEYS, Key
+from gastownd.process.config_file import load_config
 from gastownd.process.refusals import EXIT_CONFIG, ConfigError, StartupError
 from tests.conftest import SAMPLE_LOG, DaemonProcess
 from tests.reliability._support import daemon_argv, make_town

@@ -21,11 +21,10 @@ from gastownd.process.config import (
     KEYS,
     Config,
     Key,
-    load_config,
     parse_duration,
     plan_reload,
-    read_config_file,
 )
+from gastownd.process.config_file import load_config, read_config_file
 from gastownd.process.refusals import EXIT_CONFIG, ConfigError
 
 

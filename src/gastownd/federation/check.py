@@ -54,7 +54,8 @@ from gastownd.core.federation_checks import (
 )
 from gastownd.core.records import stream_name, subject, town_subjects
 from gastownd.federation.link import auth_options, identity
-from gastownd.process.config import FederationConfig, load_config
+from gastownd.process.config import FederationConfig
+from gastownd.process.config_file import load_config
 from gastownd.process.refusals import StartupError
 
 CONNECT_TIMEOUT_S = 2.0

@@ -30,7 +30,8 @@ from gastownd.eventlog.watcher import watch_eventlog
 from gastownd.federation.link import Federation, identity
 from gastownd.federation.off import FederationOff
 from gastownd.metrics.http import MetricsEndpoint
-from gastownd.process.config import Config, parse_duration, plan_reload, read_config_file
+from gastownd.process.config import Config, parse_duration, plan_reload
+from gastownd.process.config_file import read_config_file
 from gastownd.process.daemon import Daemon
 from gastownd.process.instance import (
     InstanceLock,

@@ -10,22 +10,16 @@ message names the file, the key and the range.
 
 from __future__ import annotations
 
-import errno
 import math
-import os
 import re
-import stat
-import tomllib
 import typing
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any, Literal
 
 import msgspec
 
 from gastownd.metrics.address import check_listen
-from gastownd.process.refusals import ConfigError
 
 _NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 # At most 15 digits (and 9 decimals): anything longer is no duration a person means.
@@ -34,8 +28,6 @@ _UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 8
 # Printable ASCII without spaces: what goes into every line's "source".
 _TOKEN = re.compile(r"[!-~]{1,64}", re.ASCII)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-# A settings file is a few hundred bytes; anything near this is not one.
-MAX_CONFIG_BYTES = 1 << 20
 
 
 def parse_duration(text: str) -> float:
@@ -428,75 +420,3 @@ def plan_reload(running: Config, loaded: Config) -> Reload:
             waiting.append(key.name)
             effective = key.put(effective, before)
     return Reload(effective, applied, waiting)
-
-
-def load_config(path: Path | None) -> Config:
-    """Read ``path`` (None: all defaults); raises ConfigError."""
-    if path is None:
-        return Config()
-    config = read_config_file(path, required=True)
-    assert config is not None
-    return config
-
-
-def read_config_file(path: Path, *, required: bool) -> Config | None:
-    """The configuration in ``path``, or None when it is absent and not ``required``.
-
-    Raises ConfigError, whose message starts with the path, for anything else: a file
-    that cannot be read, is too big, is not UTF-8 or not TOML, or holds a key outside
-    its range. Never anything else, so start-up and SIGHUP refuse it the same way.
-    """
-    try:
-        raw = _read_regular_file(path, MAX_CONFIG_BYTES + 1)
-    except (FileNotFoundError, NotADirectoryError):
-        # NotADirectoryError: a town (or settings/) that is a file, refused elsewhere.
-        if not required:
-            return None
-        raise ConfigError(f"{path}: the config file does not exist") from None
-    except IsADirectoryError:
-        raise ConfigError(f"{path}: the config file is a directory") from None
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read the config file: {exc.strerror}") from None
-    if len(raw) > MAX_CONFIG_BYTES:
-        raise ConfigError(f"{path}: the config file is larger than {MAX_CONFIG_BYTES} bytes")
-    try:
-        # A byte-order mark, as some editors write, is not an error.
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise ConfigError(
-            f"{path}: the config file is not UTF-8 (byte 0x{raw[exc.start]:02x} at offset "
-            f"{exc.start})"
-        ) from None
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {_one_line(str(exc))}") from None
-    except ValueError:
-        # tomllib lets int() refuse a number of thousands of digits.
-        raise ConfigError(f"{path}: not valid TOML: a number has too many digits") from None
-    except RecursionError:
-        raise ConfigError(f"{path}: not valid TOML: nested too deeply") from None
-    try:
-        return msgspec.convert(data, Config)
-    except msgspec.ValidationError as exc:
-        raise ConfigError(f"{path}: {_one_line(str(exc))}") from None
-
-
-def _read_regular_file(path: Path, limit: int) -> bytes:
-    """At most ``limit`` bytes of ``path`` (a file, or a device such as /dev/null).
-
-    Opened without blocking and checked before the read: a FIFO in place of the file
-    would otherwise hang start-up, or the running daemon at SIGHUP.
-    """
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    with os.fdopen(fd, "rb") as file:
-        mode = os.fstat(fd).st_mode
-        if stat.S_ISDIR(mode):
-            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
-        if stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode):
-            raise OSError(errno.EINVAL, "it is a FIFO or a socket, not a file", str(path))
-        return file.read(limit)
-
-
-def _one_line(text: str) -> str:
-    return " ".join(text.split("\n"))

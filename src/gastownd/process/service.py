@@ -260,7 +260,7 @@ def federation_drop_in() -> str:
 
 def town_is_federated(town_root: Path) -> bool:
     """Whether the town's settings file configures federation; ``ServiceError`` if unreadable."""
-    from gastownd.process.config import load_config
+    from gastownd.process.config_file import load_config
 
     path = paths.default_config_path(_absolute(town_root))
     try:
