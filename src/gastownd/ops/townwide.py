@@ -120,7 +120,6 @@ async def subscribe(
     flt: CompiledFilter,
     scope: NodeScope,
 ) -> FollowUp:
-    assert daemon.sessions is not None
     eventlog, subscriptions = daemon.eventlog, daemon.subscriptions
     remote_store = daemon.sessions.store.remote
     local_cursor: str | None = None
