@@ -48,7 +48,7 @@ from gastownd.process.systemd import (
     maybe_hang_for_tests,
     watchdog_loop,
 )
-from gastownd.server.socket_server import Server
+from gastownd.server.listener import Server
 from gastownd.sessions.recorder import SessionRecorder
 from gastownd.sessions.spool import SpoolIngester
 from gastownd.store import Store

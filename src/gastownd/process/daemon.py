@@ -17,7 +17,7 @@ from gastownd.federation.off import FederationOff
 from gastownd.metrics.buckets import Counters
 from gastownd.process.config import Config
 from gastownd.process.state import DaemonPaths, DaemonState
-from gastownd.server.socket_server import Server
+from gastownd.server.listener import Server
 from gastownd.sessions.recorder import SessionRecorder
 
 

@@ -28,23 +28,22 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import itertools
-import socket
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import anyio
 import anyio.abc
 import structlog
-from anyio.abc import SocketAttribute
 
 from gastown_client import codec
 from gastown_client.protocol import ErrorCode, OkReply, Request
 from gastownd.metrics.buckets import RequestMeter
-from gastownd.process.config import ServerConfig, parse_duration
+from gastownd.process.config import ServerConfig
 from gastownd.process.instance import peer_uid
 from gastownd.process.refusals import DaemonError
-from gastownd.server.ratelog import rate_limited
+from gastownd.server.connection_state import ConnectionState, admission
+from gastownd.server.ratelog import RateLimitedLog
 
 log = structlog.get_logger("gastownd.server")
 
@@ -66,12 +65,32 @@ class FollowUp:
         self.task = task
 
 
+class ConnectionOwner(Protocol):
+    """What a connection needs of the server that accepted it (``listener.Server``)."""
+
+    config: ServerConfig
+    expected_uid: int
+    stopping: bool
+    requests: int
+    connections: set[Connection]
+    partial_timeout_s: float
+    meter: RequestMeter
+    warnings: RateLimitedLog
+    inline: Inline
+
+    def at_limit(self) -> bool: ...
+    def evict_idle(self) -> bool: ...
+    def forget(self, conn: Connection) -> None: ...
+    def schedule_flush(self, conn: Connection) -> None: ...
+    def start_request(self, conn: Connection, request: Request) -> None: ...
+
+
 class Connection(asyncio.Protocol):
     """One client connection, as the handlers see it."""
 
     _ids = itertools.count(1)
 
-    def __init__(self, server: Server) -> None:
+    def __init__(self, server: ConnectionOwner) -> None:
         self.id = next(self._ids)
         self.server = server
         self.closed = False
@@ -84,30 +103,21 @@ class Connection(asyncio.Protocol):
         self._context.run(structlog.contextvars.bind_contextvars, conn=self.id)
         self._in_context = False
         self._outgoing: list[bytes] = []
-        self._inflight = 0  # requests taken and not yet answered
-        self._pumps = 0  # subscription pumps still running
+        self.state = ConnectionState(server.config.max_inflight_per_connection, time.monotonic())
         self._processing = False
-        self._eof = False  # the peer sent EOF: finish what it sent before
-        self._input_ended = False  # no more requests will be read
         self._frame_timer: asyncio.TimerHandle | None = None
-        self._closing = False
         self._linger: asyncio.TimerHandle | None = None
         self._writable = anyio.Event()
         self._writable.set()
-        # When the peer last sent bytes or was answered: who is closed first at the limit.
-        self.last_active = time.monotonic()
 
     @property
     def idle(self) -> bool:
         """Holding nothing a close would lose: no request, subscription or partial frame."""
-        return (
-            not self._closing
-            and not self.closed
-            and self._inflight == 0
-            and self._pumps == 0
-            and not self.subscriptions
-            and not self._reader.pending
-            and not self._outgoing
+        return self.state.idle(
+            closed=self.closed,
+            subscribed=bool(self.subscriptions),
+            partial=bool(self._reader.pending),
+            queued=bool(self._outgoing),
         )
 
     # ------------------------------------------------------------ asyncio
@@ -118,15 +128,15 @@ class Connection(asyncio.Protocol):
         self._run(self._admit)
 
     def data_received(self, data: bytes) -> None:
-        if self._input_ended:
+        if self.state.input_ended:
             return  # still read, so that closing never finds unread bytes (a reset)
-        self.last_active = time.monotonic()
+        self.state.received(time.monotonic())
         self._reader.feed(data)
         self._run(self._process)
 
     def eof_received(self) -> bool:
-        self._eof = True
-        if self._closing:
+        self.state.eof = True
+        if self.state.closing:
             self._transport_close()
             return True
         self._run(self._process)
@@ -138,7 +148,7 @@ class Connection(asyncio.Protocol):
             self._linger.cancel()
         self._writable.set()
         self._run(self._end_input)
-        self.server._forget(self)
+        self.server.forget(self)
         log.debug("connection_closed")
 
     def pause_writing(self) -> None:
@@ -185,32 +195,25 @@ class Connection(asyncio.Protocol):
             uid = peer_uid(raw) if raw is not None else None
         except OSError:
             uid = None
-        refusal: tuple[str, str] | None = None
-        if uid is not None and uid != server.expected_uid:
-            server.warnings.warning("connection_refused", "foreign_uid", peer_uid=uid)
-            server.meter.refused["foreign_uid"] += 1
-            refusal = (
-                ErrorCode.FORBIDDEN,
-                f"uid {uid} may not use this daemon (owned by uid {server.expected_uid})",
-            )
-        elif server.at_limit() and not server.evict_idle():
-            server.warnings.warning(
-                "connection_refused",
-                "too_many_connections",
-                max_connections=server.config.max_connections,
-            )
-            server.meter.refused["too_many_connections"] += 1
-            refusal = (
-                ErrorCode.BUSY,
-                f"too many connections (max {server.config.max_connections}, none idle); "
-                "retry later",
-            )
-        elif server.stopping:
-            refusal = (ErrorCode.SHUTTING_DOWN, "daemon is stopping")
-            server.meter.refused["shutting_down"] += 1
+        refusal = admission(
+            uid=uid,
+            expected_uid=server.expected_uid,
+            stopping=server.stopping,
+            max_connections=server.config.max_connections,
+            full_and_none_idle=lambda: server.at_limit() and not server.evict_idle(),
+        )
         if refusal is not None:
-            self._input_ended = True
-            self._write(codec.encode_frame(codec.error_reply(None, *refusal)))
+            if refusal.reason == "foreign_uid":
+                server.warnings.warning("connection_refused", refusal.reason, peer_uid=uid)
+            elif refusal.reason == "too_many_connections":
+                server.warnings.warning(
+                    "connection_refused",
+                    refusal.reason,
+                    max_connections=server.config.max_connections,
+                )
+            server.meter.refused[refusal.reason] += 1
+            self.state.input_ended = True
+            self._write(codec.encode_frame(codec.error_reply(None, refusal.code, refusal.message)))
             self._close()
             return
         server.connections.add(self)
@@ -218,14 +221,14 @@ class Connection(asyncio.Protocol):
 
     def _process(self) -> None:
         """Handle the whole frames received, as far as the in-flight limit allows."""
-        if self._processing or self._input_ended:
+        state = self.state
+        if self._processing or state.input_ended:
             return
         self._processing = True
         reader = self._reader
         server = self.server
-        limit = server.config.max_inflight_per_connection
         try:
-            while not self._input_ended and self._inflight < limit:
+            while state.may_take():
                 try:
                     frame = reader.next_frame()
                 except codec.FrameTooLarge as exc:
@@ -234,7 +237,7 @@ class Connection(asyncio.Protocol):
                     self._queue(codec.error_reply(None, ErrorCode.TOO_LARGE, str(exc)))
                     continue
                 if frame is None:
-                    if self._eof:
+                    if state.eof:
                         self._end_input()
                     break
                 if not frame.strip():
@@ -247,19 +250,18 @@ class Connection(asyncio.Protocol):
                     server.meter.refused[exc.code] += 1
                     self._queue(codec.error_reply(exc.request_id, exc.code, exc.message))
                     continue
-                self._inflight += 1
+                state.took()
                 if not self._inline(request):
                     server.start_request(self, request)
         finally:
             self._processing = False
         transport = self._transport
-        if transport is not None and not self._input_ended and not self._eof:
-            # At the limit, stop reading: the kernel's buffer fills and the client
-            # waits, instead of our memory growing.
-            if self._inflight >= limit:
-                transport.pause_reading()
-            else:
+        reading = state.reading()
+        if transport is not None and reading is not None:
+            if reading:
                 transport.resume_reading()
+            else:
+                transport.pause_reading()
         self._watch_partial_frame()
 
     def _inline(self, request: Request) -> bool:
@@ -280,7 +282,7 @@ class Connection(asyncio.Protocol):
             reply(exc)
         except Exception:
             log.exception("request_failed", request_id=request_id, op=type(request).__name__)
-            reply(_INTERNAL)
+            reply(INTERNAL_ERROR)
         return True
 
     def _finish(self, request_id: int | str | None, result: Any) -> None:
@@ -289,23 +291,22 @@ class Connection(asyncio.Protocol):
             self._queue(codec.error_reply(request_id, result.code, result.message))
         else:
             self._queue(OkReply(id=request_id, result=result))
-        self._inflight -= 1
-        self.last_active = time.monotonic()
+        self.state.answered(time.monotonic())
         self._resume()
 
     def _resume(self) -> None:
         if self._processing:
             return  # the loop in _process goes on by itself
-        if self._input_ended:
+        if self.state.input_ended:
             self._close_when_idle()
         else:
             self._process()
 
     def _end_input(self) -> None:
         """No more requests from this connection: end its subscriptions, close when idle."""
-        if self._input_ended:
+        if self.state.input_ended:
             return
-        self._input_ended = True
+        self.state.input_ended = True
         self._cancel_frame_timer()
         if self._transport is not None and not self._transport.is_closing():
             self._transport.resume_reading()  # and drop what comes
@@ -315,7 +316,7 @@ class Connection(asyncio.Protocol):
         self._close_when_idle()
 
     def _close_when_idle(self) -> None:
-        if self._inflight == 0 and self._pumps == 0:
+        if self.state.done():
             self._close()
 
     # ------------------------------------------------------------ writing
@@ -354,11 +355,12 @@ class Connection(asyncio.Protocol):
         self._cancel_frame_timer()
         self.closed = True
         transport = self._transport
-        if self._closing or transport is None or transport.is_closing():
+        state = self.state
+        if state.closing or transport is None or transport.is_closing():
             return
-        self._closing = True
-        self._input_ended = True
-        if self._eof or not transport.can_write_eof():
+        state.closing = True
+        state.input_ended = True
+        if state.eof or not transport.can_write_eof():
             transport.close()  # what is queued goes out first
             return
         transport.write_eof()
@@ -374,7 +376,7 @@ class Connection(asyncio.Protocol):
 
     def _watch_partial_frame(self) -> None:
         """A frame must arrive whole within ``partial_frame_timeout`` of its first byte."""
-        if not self._reader.pending or self._input_ended:
+        if not self._reader.pending or self.state.input_ended:
             self._cancel_frame_timer()
         elif self._frame_timer is None:
             loop = asyncio.get_running_loop()
@@ -389,7 +391,7 @@ class Connection(asyncio.Protocol):
 
     def _evict(self, limit: int) -> None:
         """Make room at the connection limit: this idle connection is closed."""
-        idle_s = time.monotonic() - self.last_active
+        idle_s = time.monotonic() - self.state.last_active
         self._queue(
             codec.error_reply(
                 None,
@@ -421,143 +423,4 @@ class Connection(asyncio.Protocol):
 
 
 # The outcome of a request that failed with an unexpected exception.
-_INTERNAL = DaemonError("internal error; see the daemon's log")
-
-
-class Server:
-    def __init__(
-        self,
-        config: ServerConfig,
-        handler: Handler,
-        expected_uid: int,
-        inline: Inline,
-    ) -> None:
-        self.config = config
-        self.handler = handler
-        self.inline = inline
-        self.expected_uid = expected_uid
-        self.connections: set[Connection] = set()
-        self.requests = 0
-        self.meter = RequestMeter()
-        self.stopping = False
-        self.partial_timeout_s = parse_duration(config.partial_frame_timeout)
-        self._tasks: anyio.abc.TaskGroup | None = None
-        self._stop = anyio.Event()
-        self._drained = anyio.Event()
-        self._to_flush: list[Connection] = []
-        self._loop: asyncio.AbstractEventLoop | None = None
-        # Refused connections, rejected frames and evictions: counted, logged per cause.
-        self.warnings = rate_limited("gastownd.server")
-
-    async def serve(
-        self,
-        listener: anyio.abc.SocketListener,
-        *,
-        task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
-    ) -> None:
-        """Accept until ``stop()``, then wait for every connection to drain."""
-        sock: socket.socket = listener.extra(SocketAttribute.raw_socket)
-        self._loop = asyncio.get_running_loop()
-        async with anyio.create_task_group() as tasks:
-            self._tasks = tasks
-            server = await self._loop.create_unix_server(
-                lambda: Connection(self), sock=sock, backlog=socket.SOMAXCONN
-            )
-            try:
-                task_status.started()
-                await self._stop.wait()
-                server.close()  # no new connections
-                await self.wait_drained()
-            finally:
-                server.close()
-                for conn in list(self.connections):
-                    if conn._transport is not None:
-                        conn._transport.abort()
-                with anyio.CancelScope(shield=True):
-                    await listener.aclose()
-
-    def stop(self) -> None:
-        """Stop accepting and stop reading new requests; in-flight ones finish."""
-        self.stopping = True
-        self._stop.set()
-        for conn in list(self.connections):
-            conn._run(conn._end_input)
-        if not self.connections:
-            self._drained.set()
-
-    async def wait_drained(self) -> None:
-        """After ``stop()``: return once every connection has finished."""
-        if self.connections:
-            await self._drained.wait()
-
-    def at_limit(self) -> bool:
-        """``max_connections`` are open (connections being closed do not count)."""
-        limit = self.config.max_connections
-        if len(self.connections) < limit:
-            return False
-        return sum(1 for conn in self.connections if not conn._closing) >= limit
-
-    def evict_idle(self) -> bool:
-        """Close the connection idle longest, if one is idle; False when none is.
-
-        Subscribers, requests in flight and partial frames are never cut for
-        idleness: only a connection that holds nothing loses nothing.
-        """
-        idle = [conn for conn in self.connections if conn.idle]
-        if not idle:
-            return False
-        oldest = min(idle, key=lambda conn: conn.last_active)
-        self.warnings.warning("connection_evicted", "idle_at_limit", idle_conn=oldest.id)
-        self.meter.refused["evicted_idle"] += 1
-        oldest._run(lambda: oldest._evict(self.config.max_connections))
-        return True
-
-    def _forget(self, conn: Connection) -> None:
-        self.connections.discard(conn)
-        if self.stopping and not self.connections:
-            self._drained.set()
-
-    def schedule_flush(self, conn: Connection) -> None:
-        """Write ``conn``'s queued replies at the end of this loop turn, in one write."""
-        if not self._to_flush:
-            assert self._loop is not None
-            self._loop.call_soon(self._flush_all)
-        self._to_flush.append(conn)
-
-    def _flush_all(self) -> None:
-        connections, self._to_flush = self._to_flush, []
-        for conn in connections:
-            conn._flush()
-
-    def start_request(self, conn: Connection, request: Request) -> None:
-        assert self._tasks is not None
-        # Tasks start in spawn order, so each handler's synchronous prefix
-        # (where an emit is queued) keeps the request order.
-        self._tasks.start_soon(self._run_request, conn, request)
-
-    async def _run_request(self, conn: Connection, request: Request) -> None:
-        """Run one request and queue its reply; a FollowUp's task runs after the reply."""
-        request_id = request.id
-        started = time.perf_counter()
-        outcome: Any
-        try:
-            outcome = await self.handler(request, conn)
-        except DaemonError as exc:
-            outcome = exc
-        except Exception:
-            log.exception("request_failed", request_id=request_id, op=type(request).__name__)
-            outcome = _INTERNAL
-        self.meter.finished(type(request), started, outcome)
-        if not isinstance(outcome, FollowUp):
-            conn._run(lambda: conn._finish(request_id, outcome))
-            return
-        result = outcome
-        # A subscription's pump keeps the connection open, not a request slot.
-        conn._pumps += 1
-        conn._run(lambda: conn._finish(request_id, result.result))
-        conn._flush()
-        try:
-            await result.task()
-        finally:
-            conn._pumps -= 1
-            conn._run(conn._resume)
+INTERNAL_ERROR = DaemonError("internal error; see the daemon's log")
