@@ -70,7 +70,7 @@ install:
 	$(PYTHON) -m venv "$(DATA_DIR)/venv"
 	"$(DATA_DIR)/venv/bin/python" -m pip install --quiet --upgrade pip
 	@# With uvloop (the "fast" extra) when the platform has it.
-	"$(DATA_DIR)/venv/bin/python" -m pip install --quiet '.[fast]' || "$(DATA_DIR)/venv/bin/python" -m pip install --quiet .
+	"$(DATA_DIR)/venv/bin/python" -m pip install --quiet '.[fast,federation]' || "$(DATA_DIR)/venv/bin/python" -m pip install --quiet '.[federation]'
 	mkdir -p "$(BIN_DIR)"
 	for c in $(COMMANDS); do ln -sf "$(DATA_DIR)/venv/bin/$$c" "$(BIN_DIR)/$$c"; done
 ifeq ($(SERVICE),no)

@@ -19,9 +19,10 @@ import pytest
 from gastown_client import paths
 from gastown_client.aclient import AsyncClient
 from gastown_client.client import Client
-from gastownd.app import App, build_daemon
-from gastownd.config import Config, load_config
-from gastownd.daemon import Daemon
+from gastownd.process.app import App, build_state
+from gastownd.process.config import Config
+from gastownd.process.config_file import load_config
+from gastownd.process.daemon import Daemon
 
 SAMPLE_LOG = Path(__file__).resolve().parents[1] / "tests" / "data" / "sample-town.events.jsonl"
 # Test config: no background prune unless a test asks (the sample log is old).
@@ -77,12 +78,18 @@ class InProcess:
 @pytest.fixture
 async def daemon(town: Path) -> AsyncIterator[InProcess]:
     """The daemon running in this event loop, stopped cleanly at the end."""
-    state = build_daemon(town, paths.default_config_path(town))
+    state = build_state(town, paths.default_config_path(town))
     app = App(state, install_signal_handlers=False)
     async with anyio.create_task_group() as tg:
-        await tg.start(app.run)
-        yield InProcess(app, state, state.paths.socket)
+        running = await tg.start(app.run)
+        yield InProcess(app, running, state.paths.socket)
         app.stop()
+
+
+def daemon_argv(town: Path, *extra: str, log_format: str | None = "json") -> list[str]:
+    """``python -m gastownd run`` for ``town``: the one place the tests spell it."""
+    formats = ["--log-format", log_format] if log_format is not None else []
+    return [sys.executable, "-m", "gastownd", "run", "--town-root", str(town), *formats, *extra]
 
 
 class DaemonProcess:
@@ -102,17 +109,7 @@ class DaemonProcess:
         self.log_path = log_path or town / "daemon.log"
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - kept for the process's life
         self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "gastownd",
-                "run",
-                "--town-root",
-                str(town),
-                "--log-format",
-                "json",
-                *extra,
-            ],
+            daemon_argv(town, *extra),
             stdout=self._log,
             stderr=self._log,
             env=env,

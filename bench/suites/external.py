@@ -25,7 +25,7 @@ from bench.harness import (
 from bench.harness import percentile as pct
 from gastown_client import codec, paths
 from gastown_client.protocol import Subscribe
-from gastownd.config import EventLogConfig, parse_duration
+from gastownd.process.config import EventLogConfig, parse_duration
 
 OTHER_STEPS_MS = (10, 5)
 

@@ -781,7 +781,7 @@ def cmd_federation(args: argparse.Namespace) -> int:
     try:
         import nats  # noqa: F401
 
-        from gastownd import federation_check
+        from gastownd.federation import check as federation_check
     except ImportError as exc:
         print(
             f"gastownctl: federation check needs gastownd and nats-py ({exc.name or exc} is "

@@ -1,3 +1,3 @@
-from gastownd.cli import main
+from gastownd.process.command import main
 
 raise SystemExit(main())

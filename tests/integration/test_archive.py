@@ -15,9 +15,9 @@ import pytest
 
 from gastown_client.client import Client
 from gastown_client.errors import RequestRejected
-from gastownd.archive import Archive, days_of
 from gastownd.core.index import EventIndex
 from gastownd.core.retention import RetentionPolicy
+from gastownd.eventlog.archive_files import Archive, days_of
 from tests.conftest import DaemonProcess, run_ctl
 
 NOW = datetime.now(UTC).replace(microsecond=0)

@@ -311,9 +311,9 @@ async def test_slow_subscriber_overflows_without_slowing_writers(town: Path) -> 
         "[retention]\nenabled = false\n[eventlog]\nsubscriber_queue = 5\n"
     )
     from gastown_client import paths
-    from gastownd.app import App, build_daemon
+    from gastownd.process.app import App, build_state
 
-    state = build_daemon(town, paths.default_config_path(town))
+    state = build_state(town, paths.default_config_path(town))
     app = App(state, install_signal_handlers=False)
     async with anyio.create_task_group() as tg:
         await tg.start(app.run)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from gastownd.core.index import EventIndex
-from gastownd.indexer import index_here, index_range
+from gastownd.eventlog.indexer import index_here, index_range
 
 
 def write_log(path: Path, lines: int) -> None:
@@ -67,7 +67,7 @@ import zlib  # noqa: E402
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from gastownd.indexer import LongLine, whole_lines  # noqa: E402
+from gastownd.eventlog.indexer import LongLine, whole_lines  # noqa: E402
 
 _GOOD = b'{"ts":"2026-11-25T00:00:00Z","type":"t","actor":"a"}'
 

@@ -28,7 +28,7 @@ from prometheus_client.openmetrics.parser import text_string_to_metric_families
 from gastown_client import paths
 from gastown_client.aclient import AsyncClient
 from gastown_client.protocol import Metrics, MetricsResult
-from gastownd.app import App, build_daemon
+from gastownd.process.app import App, build_state
 from tests.conftest import TEST_CONFIG, DaemonProcess, run_ctl
 from tests.integration.test_hooks import payload, run_hook, wait_until
 from tests.nats_cluster import cluster, free_port, nats_server_binary
@@ -113,7 +113,7 @@ async def test_in_process_on_asyncio_the_endpoint_and_the_op_agree(town: Path) -
     """The daemon on this test's asyncio loop: the HTTP thread hops to it for each scrape."""
     port = free_port()
     with_metrics(town, f"127.0.0.1:{port}")
-    state = build_daemon(town, paths.default_config_path(town))
+    state = build_state(town, paths.default_config_path(town))
     app = App(state, install_signal_handlers=False)
     async with anyio.create_task_group() as tg:
         await tg.start(app.run)

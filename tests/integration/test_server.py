@@ -7,7 +7,6 @@ import os
 import socket
 import stat
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import pytest
 from gastown_client import paths
 from gastown_client.client import Client
 from gastown_client.errors import RequestRejected
-from tests.conftest import DaemonProcess, InProcess, run_ctl
+from tests.conftest import DaemonProcess, InProcess, daemon_argv, run_ctl
 
 
 def raw_exchange(sock_path: Path, data: bytes, replies: int = 1, timeout: float = 5) -> list[dict]:
@@ -123,7 +122,7 @@ def test_pipelined_requests_are_all_answered_with_their_ids(daemon_proc: DaemonP
 
 def test_second_instance_is_refused(daemon_proc: DaemonProcess, town: Path) -> None:
     second = subprocess.run(
-        [sys.executable, "-m", "gastownd", "run", "--town-root", str(town)],
+        daemon_argv(town, log_format=None),
         capture_output=True,
         text=True,
         timeout=30,
@@ -162,7 +161,7 @@ def test_group_or_world_writable_private_dir_is_refused(town: Path, mode: int) -
     private.mkdir()
     private.chmod(mode)
     result = subprocess.run(
-        [sys.executable, "-m", "gastownd", "run", "--town-root", str(town)],
+        daemon_argv(town, log_format=None),
         capture_output=True,
         text=True,
         timeout=30,
@@ -177,7 +176,7 @@ def test_symlinked_private_dir_is_refused(town: Path, tmp_path: Path) -> None:
     target.mkdir(mode=0o700)
     paths.private_dir(town).symlink_to(target)
     result = subprocess.run(
-        [sys.executable, "-m", "gastownd", "run", "--town-root", str(town)],
+        daemon_argv(town, log_format=None),
         capture_output=True,
         text=True,
         timeout=30,

@@ -206,9 +206,9 @@ async def test_idle_wisps_are_reaped_with_an_injected_clock(daemon: InProcess, t
     sessions = daemon.daemon.sessions
     assert sessions is not None
     real = time.time()
-    daemon.daemon.clock = lambda: real + 3600
+    daemon.daemon.state.clock = lambda: real + 3600
     assert await sessions.reap(idle_timeout_s=24 * 3600) == []
-    daemon.daemon.clock = lambda: real + 25 * 3600
+    daemon.daemon.state.clock = lambda: real + 25 * 3600
     assert sorted(await sessions.reap(idle_timeout_s=24 * 3600)) == [sid(40), sid(41)]
     async with daemon.client() as client:
         digest = await client.digest(sid(40))
@@ -430,7 +430,7 @@ def test_death_logged_while_the_daemon_was_down_ends_the_wisp_at_start(town: Pat
 async def test_a_refused_log_line_waits_in_the_outbox_and_follows_later(
     daemon: InProcess, town: Path
 ) -> None:
-    from gastownd.errors import StorageError
+    from gastownd.process.refusals import StorageError
 
     eventlog = daemon.daemon.eventlog
     assert eventlog is not None

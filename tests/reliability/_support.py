@@ -6,11 +6,10 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import TEST_CONFIG
+from tests.conftest import TEST_CONFIG, daemon_argv
 
 
 def make_town(root: Path, extra_config: str = "") -> Path:
@@ -21,19 +20,6 @@ def make_town(root: Path, extra_config: str = "") -> Path:
     (root / "settings").mkdir()
     (root / "settings" / "gastownd.toml").write_text(TEST_CONFIG + extra_config)
     return root
-
-
-def daemon_argv(town: Path) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "gastownd",
-        "run",
-        "--town-root",
-        str(town),
-        "--log-format",
-        "json",
-    ]
 
 
 def refused_start(town: Path, timeout_s: float = 30.0) -> subprocess.CompletedProcess[str]:

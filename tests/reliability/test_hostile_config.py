@@ -26,10 +26,11 @@ from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
 from gastown_client import paths
-from gastownd import cli
-from gastownd.app import App, build_daemon
-from gastownd.config import KEYS, Key, load_config
-from gastownd.errors import EXIT_CONFIG, ConfigError, StartupError
+from gastownd.process import command as cli
+from gastownd.process.app import App, build_state
+from gastownd.process.config import KEYS, Key
+from gastownd.process.config_file import load_config
+from gastownd.process.refusals import EXIT_CONFIG, ConfigError, StartupError
 from tests.conftest import SAMPLE_LOG, DaemonProcess
 from tests.reliability._support import daemon_argv, make_town
 from tests.unit.test_config_and_paths import HOSTILE, toml_for
@@ -242,13 +243,13 @@ def test_any_reload_keeps_the_running_config_or_applies_only_what_can_apply(
     never change under a running daemon."""
     with tempfile.TemporaryDirectory(prefix="gt-h-", dir="/tmp") as folder:
         town = make_town(Path(folder) / "town")
-        app = App(build_daemon(town), install_signal_handlers=False)
-        before = app.daemon.config
+        app = App(build_state(town), install_signal_handlers=False)
+        before = app.state.config
         settings_path(town).write_text(toml_for(key, value), errors="surrogatepass")
         with capture_logs() as logs:
             app._reload()
         events = [entry["event"] for entry in logs]
-        after = app.daemon.config
+        after = app.state.config
         if events == ["config_reload_failed"]:
             assert after is before
             assert logs[0]["error"].startswith(f"{settings_path(town)}: ")
@@ -262,8 +263,8 @@ def test_any_reload_keeps_the_running_config_or_applies_only_what_can_apply(
         if key.reload:
             assert taken == value or (isinstance(value, float) and math.isnan(value))
         else:
-            assert app.daemon.restart_pending == logs[0]["restart_required"]
-            assert (key.name in app.daemon.restart_pending) == (value != key.get(before))
+            assert app.state.restart_pending == logs[0]["restart_required"]
+            assert (key.name in app.state.restart_pending) == (value != key.get(before))
 
 
 def test_a_sighup_during_start_up_is_kept_for_when_the_daemon_serves(town: Path) -> None:

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from gastown_client import paths
-from gastownd.errors import EXIT_CONFIG, EXIT_ENVIRONMENT
+from gastownd.process.refusals import EXIT_CONFIG, EXIT_ENVIRONMENT
 from tests.reliability._support import daemon_argv, is_root
 
 NOBODY = 65534

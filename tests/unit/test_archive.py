@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from gastownd.core.archive import Member, could_match, day_name, day_start, legacy_member
 from gastownd.core.archive import replay as archive_replay
 from gastownd.core.archive import search as archive_search
-from gastownd.core.query import EventFilter, compile_filter
+from gastownd.core.query import CompiledFilter, compile_filter
 
 DAY = "2026-01-24"
 BASE_TS = day_start(DAY)
@@ -69,7 +69,7 @@ class Shelf:
         return self.lines[id(found)]
 
 
-NO_FILTER = EventFilter()
+NO_FILTER = CompiledFilter()
 
 
 def never(key: tuple[int, int]) -> bool:
@@ -142,8 +142,8 @@ def test_could_match_uses_the_record_alone() -> None:
     found = member(1, [1])
     assert could_match(found, NO_FILTER)
     assert not could_match(found, compile_filter(types=["mail"]))
-    assert not could_match(found, EventFilter(since=BASE_TS + 7200))
-    assert not could_match(found, EventFilter(until=BASE_TS - 1))
+    assert not could_match(found, CompiledFilter(since=BASE_TS + 7200))
+    assert not could_match(found, CompiledFilter(until=BASE_TS - 1))
     assert could_match(legacy_member(DAY, 1), compile_filter(types=["mail"]))
 
 

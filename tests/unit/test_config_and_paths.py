@@ -17,16 +17,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gastown_client import paths
-from gastownd.config import (
+from gastownd.process.config import (
     KEYS,
     Config,
     Key,
-    load_config,
     parse_duration,
     plan_reload,
-    read_config_file,
 )
-from gastownd.errors import EXIT_CONFIG, ConfigError
+from gastownd.process.config_file import load_config, read_config_file
+from gastownd.process.refusals import EXIT_CONFIG, ConfigError
 
 
 def test_defaults_without_a_file() -> None:
@@ -190,7 +189,7 @@ def test_a_bare_mayor_dir_marks_a_town_when_no_town_json_exists(tmp_path: Path) 
 
 
 def test_configured_ttls_override_gas_town_defaults_type_by_type(tmp_path: Path) -> None:
-    from gastownd.pruner import policy_from_config
+    from gastownd.eventlog.pruner import policy_from_config
 
     path = tmp_path / "g.toml"
     path.write_text('[retention]\nttls = { mail = "2d", "x_*" = "1h" }\n')
@@ -201,7 +200,7 @@ def test_configured_ttls_override_gas_town_defaults_type_by_type(tmp_path: Path)
 
 
 def test_the_event_loop_is_uvloop_when_asked_or_installed(tmp_path: Path) -> None:
-    from gastownd.cli import loop_options
+    from gastownd.process.command import loop_options
 
     assert loop_options("asyncio") == {}
     assert loop_options("uvloop") == {"use_uvloop": True}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gastownd.federation import RateLimited
+from gastownd.federation.health import RateLimited
 
 
 def test_a_repeated_key_is_logged_once_a_period_with_its_count() -> None:

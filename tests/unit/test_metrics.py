@@ -11,8 +11,6 @@ from hypothesis import strategies as st
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
 
 from gastown_client.protocol import ArchiveInfo, EventLogInfo, FederationInfo, NodeInfo
-from gastownd.config import Config, MetricsConfig
-from gastownd.errors import BadRequestError
 from gastownd.metrics.address import TcpAddress, UnixAddress, check_listen, parse_listen
 from gastownd.metrics.buckets import (
     FSYNC_SECONDS,
@@ -22,6 +20,8 @@ from gastownd.metrics.buckets import (
     stream_stored_at,
 )
 from gastownd.metrics.collector import MAX_NODE_LABELS, OPENMETRICS, OpView, Snapshot, render
+from gastownd.process.config import Config, MetricsConfig
+from gastownd.process.refusals import BadRequestError
 
 # ---------------------------------------------------------------- buckets
 

@@ -7,8 +7,8 @@ from typing import Any
 import anyio
 import pytest
 
-from gastownd import ratelog
-from gastownd.ratelog import RateLimitedLog
+from gastownd.server import ratelog
+from gastownd.server.ratelog import RateLimitedLog
 
 
 class Recorder:

@@ -17,7 +17,7 @@ import anyio
 import pytest
 
 import gastownd
-from gastownd.systemd import (
+from gastownd.process.systemd import (
     ActivationError,
     Notifier,
     adopt_listen_socket,
@@ -78,7 +78,7 @@ for target, fd in enumerate(parked, start=3):
 os.environ["LISTEN_PID"] = str(os.getpid())
 
 import json, select
-from gastownd.systemd import ActivationError, adopt_listen_socket
+from gastownd.process.systemd import ActivationError, adopt_listen_socket
 
 leftover = ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES")
 try:
@@ -391,7 +391,7 @@ async def test_watchdog_loop_withholds_pings_while_the_app_reports_a_hang(
 
 HUNG_DAEMON_SCRIPT = r"""
 import anyio
-from gastownd.systemd import Notifier, maybe_hang_for_tests, watchdog_loop
+from gastownd.process.systemd import Notifier, maybe_hang_for_tests, watchdog_loop
 
 async def main() -> None:
     notifier = Notifier.from_environ()

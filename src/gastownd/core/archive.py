@@ -1,6 +1,6 @@
 """The archive's catalogue: what each archived member holds, and searches over members.
 
-A prune moves expired lines into day files (``gastownd.archive`` writes and
+A prune moves expired lines into day files (``gastownd.eventlog.archive_files`` writes and
 reads them): per UTC day of the lines' ``ts``, gzip members of whole Gas Town
 lines, each described by one catalogue record, a ``Member``. A member's lines
 are in log order and the record keeps their epoch and seqs, so an archived
@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 import msgspec
 
 from gastownd.core.events import decode_lines, parse_ts, session_of
-from gastownd.core.query import EventFilter
+from gastownd.core.query import CompiledFilter
 
 DAY_S = 86_400
 # Lines of archives written before seqs were kept get made-up seqs, so that
@@ -86,7 +86,7 @@ def legacy_member(day: str, length: int) -> Member:
     )
 
 
-def could_match(member: Member, flt: EventFilter) -> bool:
+def could_match(member: Member, flt: CompiledFilter) -> bool:
     """False when the member's record alone rules out every line."""
     if flt.types and member.types and flt.types.isdisjoint(member.types):
         return False
@@ -95,7 +95,7 @@ def could_match(member: Member, flt: EventFilter) -> bool:
     return not (flt.until is not None and member.min_ts > flt.until)
 
 
-def matching(lines: Sequence[tuple[int, bytes]], flt: EventFilter) -> list[tuple[int, bytes]]:
+def matching(lines: Sequence[tuple[int, bytes]], flt: CompiledFilter) -> list[tuple[int, bytes]]:
     """The lines (seq, bytes) that pass the filter; malformed ones never do."""
     parsed = decode_lines([line for _, line in lines])
     found = []
@@ -111,7 +111,7 @@ def matching(lines: Sequence[tuple[int, bytes]], flt: EventFilter) -> list[tuple
 def search(
     members: Iterable[Member],
     read: Read,
-    flt: EventFilter,
+    flt: CompiledFilter,
     limit: int,
     *,
     oldest_first: bool,
@@ -157,7 +157,7 @@ def search(
 def replay(
     members: Iterable[Member],
     read: Read,
-    flt: EventFilter,
+    flt: CompiledFilter,
     *,
     epoch: int,
     after_seq: int,

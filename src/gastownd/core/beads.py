@@ -3,7 +3,7 @@
 Two ways in, both seen by the ``PostToolUse`` hook:
 
 - the ``bd`` CLI in a Bash command: :func:`bd_changes` takes one simple command
-  (words from :mod:`gastownd.core.shell`) and, for the verbs that change an
+  (words from :mod:`gastownd.core.command_words`) and, for the verbs that change an
   issue, the ids it changed. Global flags may come before the verb (value
   flags consume their value, ``--flag=value`` too); ids of ``create`` and
   ``q`` come from the command's output (``✓ Created issue: <id>``, a JSON
@@ -28,7 +28,7 @@ from typing import Any, Final, Literal
 
 import msgspec
 
-from gastownd.core.shell import Word, option
+from gastownd.core.command_words import Word, option
 
 Action = Literal["closed", "created", "updated", "reopened"]
 

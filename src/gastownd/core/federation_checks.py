@@ -2,7 +2,7 @@
 
 Pure: every function takes facts (server INFO fields, JetStream API replies, probe
 outcomes, the lease entry, times) and returns findings; the shell that gathers them is
-:mod:`gastownd.federation_check`. A finding is ``ok``, ``warn`` (the town works but
+:mod:`gastownd.federation.check`. A finding is ``ok``, ``warn`` (the town works but
 something will bite) or ``fail`` (something is broken now or will break at setup), and
 every warning or failure names its fix.
 """

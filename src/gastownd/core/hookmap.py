@@ -3,7 +3,7 @@
 ``plan_hook`` turns Claude's hook payload plus the environment the hook saw
 into a ``HookPlan``: which session and actor, how the session starts or ends,
 and which steps and attributions it adds. Bash tool calls are read as shell
-scripts (:mod:`gastownd.core.shell`) for ``git commit``, the ``bd`` verbs that
+scripts (:mod:`gastownd.core.command_words`) for ``git commit``, the ``bd`` verbs that
 change issues and ``gt done``/``gt handoff``; beads MCP tool calls for the
 issues they change (:mod:`gastownd.core.beads`). Everything else is ignored
 cheaply. Prompt text is never decoded, let alone kept.
@@ -30,7 +30,7 @@ from gastownd.core.beads import (
     mcp_failed,
     response_text,
 )
-from gastownd.core.shell import basename, option, simple_commands
+from gastownd.core.command_words import basename, option, simple_commands
 
 COMMIT_LINE = re.compile(r"\[[^\]\s]+(?: \([^)]*\))* ([0-9a-f]{7,40})\] (.+)")
 # The step a Beads change adds to the session's wisp.

@@ -24,7 +24,7 @@ from typing import NamedTuple
 import msgspec
 
 from gastownd.core.events import decode_lines, parse_stamps, sessions_of
-from gastownd.core.query import EventFilter
+from gastownd.core.query import CompiledFilter
 from gastownd.core.retention import PLAN_CHUNK, drive
 
 MALFORMED = -1
@@ -285,7 +285,7 @@ class EventIndex:
 
     def search(
         self,
-        flt: EventFilter,
+        flt: CompiledFilter,
         limit: int,
         *,
         oldest_first: bool = False,
@@ -342,7 +342,7 @@ class EventIndex:
                 break
         return found
 
-    def _candidates(self, flt: EventFilter) -> list[array[int]] | None:
+    def _candidates(self, flt: CompiledFilter) -> list[array[int]] | None:
         """Posting lists to walk (None: every line)."""
         if flt.session is not None:
             session_id = self._session_ids.get(flt.session)

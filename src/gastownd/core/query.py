@@ -12,7 +12,7 @@ class FilterError(ValueError):
 
 
 @dataclass(frozen=True, slots=True)
-class EventFilter:
+class CompiledFilter:
     types: frozenset[str] = field(default_factory=frozenset)
     actor: str | None = None
     session: str | None = None
@@ -38,12 +38,12 @@ def compile_filter(
     session: str | None = None,
     since: str | None = None,
     until: str | None = None,
-) -> EventFilter:
+) -> CompiledFilter:
     since_s = _bound("since", since)
     until_s = _bound("until", until)
     if since_s is not None and until_s is not None and since_s > until_s:
         raise FilterError("since is after until")
-    return EventFilter(
+    return CompiledFilter(
         types=frozenset(types),
         actor=actor or None,
         session=session or None,

@@ -6,5 +6,5 @@
   families by ``prometheus_client``;
 - ``http``: ``/metrics`` and ``/healthz`` on a thread of their own.
 
-The ``metrics`` op (``gastownd.ops.metrics``) serves the same text over the main socket.
+The ``metrics`` op (``gastownd.ops.metrics_report``) serves the same text over the main socket.
 """

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from gastownd.errors import DaemonError
+from gastownd.process.refusals import DaemonError
 
 # Upper bounds (Prometheus ``le``) of each histogram; +Inf is implied.
 FSYNC_SECONDS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -105,6 +105,8 @@ class Counters:
     hook_calls: Counter[str] = field(default_factory=Counter)
     # Hook calls that had waited in the spool while the daemon was down.
     hooks_spooled: int = 0
+    # Hook calls that arrived trimmed to fit the frame limit (also in ``status``).
+    hooks_trimmed: int = 0
 
 
 HOOK_EVENTS = frozenset(

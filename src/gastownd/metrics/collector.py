@@ -27,8 +27,8 @@ from prometheus_client.registry import Collector
 
 from gastown_client import __version__
 from gastown_client.protocol import EventLogInfo, FederationInfo
-from gastownd.daemon import Daemon
 from gastownd.metrics.buckets import BucketsView
+from gastownd.process.daemon import Daemon
 
 # Beyond this many nodes, the rest share the label node="other".
 MAX_NODE_LABELS = 64
@@ -88,17 +88,15 @@ async def gather(daemon: Daemon) -> Snapshot:
     """Copy the daemon's counters (event loop)."""
     snapshot = Snapshot(version=__version__, started_at=daemon.started_at.timestamp())
     server = daemon.server
-    if server is not None:
-        snapshot.connections = len(server.connections)
-        snapshot.requests = {
-            _op_name(op): OpView(stats.count, dict(stats.errors), stats.seconds.view())
-            for op, stats in list(server.meter.ops.items())
-        }
-        snapshot.refused = dict(server.meter.refused)
-    if daemon.subscriptions is not None:
-        snapshot.subscribers = daemon.subscriptions.count()
+    snapshot.connections = len(server.connections)
+    snapshot.requests = {
+        _op_name(op): OpView(stats.count, dict(stats.errors), stats.seconds.view())
+        for op, stats in list(server.meter.ops.items())
+    }
+    snapshot.refused = dict(server.meter.refused)
+    snapshot.subscribers = daemon.subscriptions.count()
     eventlog = daemon.eventlog
-    if eventlog is not None and eventlog.file is not None:
+    if eventlog.file is not None:
         snapshot.eventlog = eventlog.info()
         snapshot.fsync_seconds = eventlog.file.fsync_seconds.view()
         snapshot.batch_lines = eventlog.writer.batch_lines.view()
@@ -106,16 +104,16 @@ async def gather(daemon: Daemon) -> Snapshot:
     counters = daemon.counters
     snapshot.hook_calls = dict(counters.hook_calls)
     snapshot.hooks_spooled = counters.hooks_spooled
-    snapshot.hooks_trimmed = daemon.hooks_trimmed
+    snapshot.hooks_trimmed = counters.hooks_trimmed
     sessions = daemon.sessions
-    if sessions is not None:
-        snapshot.attributions = dict(sessions.attributions_recorded)
-        snapshot.digests = sessions.digests_saved
-        counts, remote = await sessions.db(sessions.store.session_counts)
-        snapshot.sessions = {**dict.fromkeys(SESSION_STATES, 0), **counts, "remote": remote}
-    if daemon.federation is not None:
-        snapshot.federation_lag = daemon.federation.lag_seconds.view()
-        snapshot.federation = await daemon.federation.info()
+    snapshot.attributions = dict(sessions.attributions_recorded)
+    snapshot.digests = sessions.digests_saved
+    counts, remote = await sessions.db(sessions.store.session_counts)
+    snapshot.sessions = {**dict.fromkeys(SESSION_STATES, 0), **counts, "remote": remote}
+    federation = daemon.federation
+    if federation.enabled:
+        snapshot.federation_lag = federation.lag_view()
+        snapshot.federation = await federation.info()
     return snapshot
 
 

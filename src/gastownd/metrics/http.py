@@ -29,10 +29,10 @@ import anyio.from_thread
 import anyio.to_thread
 import structlog
 
-from gastownd.daemon import Daemon
-from gastownd.errors import StartupError
 from gastownd.metrics.address import ListenAddress, TcpAddress, UnixAddress, check_listen
 from gastownd.metrics.collector import gather, render
+from gastownd.process.daemon import Daemon
+from gastownd.process.refusals import StartupError
 
 log = structlog.get_logger("gastownd.metrics")
 
@@ -118,7 +118,7 @@ class MetricsEndpoint:
     @property
     def state(self) -> str:
         server = self.daemon.server
-        return "stopping" if server is None or server.stopping else "ready"
+        return "stopping" if server.stopping else "ready"
 
     async def serve(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED

@@ -27,10 +27,11 @@ from gastown_client.protocol import (
     Unsubscribe,
     WispGet,
 )
-from gastownd.daemon import Daemon
-from gastownd.ops import events, hooks, meta, seance, wisps
-from gastownd.ops import metrics as metrics_op
-from gastownd.server import Connection, Reply
+from gastownd.ops import hooks, meta, seance, wisps
+from gastownd.ops import log_requests as events
+from gastownd.ops import metrics_report as metrics_op
+from gastownd.process.daemon import Daemon
+from gastownd.server.socket_server import Connection, Reply
 
 
 def dispatch_inline(daemon: Daemon, request: Request, conn: Connection, reply: Reply) -> bool:

@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Sequence
 
 from gastown_client.protocol import Push
-from gastownd.core.query import EventFilter
+from gastownd.core.query import CompiledFilter
 from gastownd.eventlog import Backlog, BacklogGap, EventLog
-from gastownd.server import Connection
+from gastownd.eventlog.subscriptions import NodeScope, Published, Subscriber, Subscriptions
+from gastownd.server.socket_server import Connection
 from gastownd.store.remote import RemoteEvent
-from gastownd.subscriptions import NodeScope, Published, Subscriber, Subscriptions
 
 BACKLOG_CHUNK = 256
 
@@ -39,7 +39,7 @@ def resume_point(eventlog: EventLog, cursor: str | None) -> tuple[int, bool, boo
 def attach(
     subscriptions: Subscriptions,
     conn: Connection,
-    flt: EventFilter,
+    flt: CompiledFilter,
     scope: NodeScope | None,
     live_after: int,
 ) -> Subscriber:

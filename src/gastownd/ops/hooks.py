@@ -17,9 +17,10 @@ from gastownd.core.hookmap import (
     predecessor_context,
 )
 from gastownd.core.wisp import Effect, Outcome, WispBook, WispState
-from gastownd.daemon import Daemon
-from gastownd.errors import BadRequestError
 from gastownd.metrics.buckets import hook_event_label
+from gastownd.process.daemon import Daemon
+from gastownd.process.refusals import BadRequestError
+from gastownd.sessions.recorder import NO_CHANGE, WispOp
 from gastownd.store import NewAttribution, SessionRecord
 
 log = structlog.get_logger("gastownd.hooks")
@@ -31,9 +32,8 @@ async def hook(
     daemon: Daemon, request: Hook, *, spool_mark: tuple[str, int] | None = None
 ) -> HookResult:
     sessions = daemon.sessions
-    assert sessions is not None
     if request.trimmed:
-        daemon.hooks_trimmed += 1
+        daemon.counters.hooks_trimmed += 1
     if request.spooled_at is not None:
         daemon.counters.hooks_spooled += 1
     try:
@@ -48,7 +48,7 @@ async def hook(
     if plan.ignored is not None:
         log.debug("hook_ignored", hook_event=plan.event, reason=plan.ignored)
         if spool_mark is not None:
-            await sessions.run((), None, spool_mark=spool_mark)
+            await sessions.apply(NO_CHANGE, spool_mark=spool_mark)
         return HookResult(handled=f"ignored: {plan.ignored}")
     if plan.commit_needs_lookup and plan.cwd:
         commit = await _last_commit(plan.cwd)
@@ -82,7 +82,7 @@ async def hook(
         ]
 
     names = [session_id] + ([parent] if parent else [])
-    await sessions.run(names, transition, attributions=attributions, spool_mark=spool_mark)
+    await sessions.apply(WispOp(names, transition, attributions), spool_mark=spool_mark)
     handled = plan.event + (f" ({plan.start})" if plan.start else "")
     context = None
     if plan.start in ("startup", "clear") and daemon.config.hooks.inject_context:
@@ -142,7 +142,6 @@ async def _last_commit(cwd: str) -> tuple[str, str] | None:
 async def _context_for(daemon: Daemon, plan: HookPlan, session_id: str) -> str | None:
     """The note about the actor's previous session: its digest when it has one."""
     sessions = daemon.sessions
-    assert sessions is not None
     store = sessions.store
 
     def lookup() -> tuple[SessionRecord | None, Digest | None]:

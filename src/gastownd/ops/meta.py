@@ -8,8 +8,6 @@ from gastown_client import __version__
 from gastown_client.protocol import (
     MIN_PROTOCOL_VERSION,
     PROTOCOL_VERSION,
-    EventLogInfo,
-    FederationInfo,
     Hello,
     HelloResult,
     PathsInfo,
@@ -18,8 +16,8 @@ from gastown_client.protocol import (
     StatusResult,
 )
 from gastownd.core.events import format_ts
-from gastownd.daemon import Daemon
-from gastownd.errors import UnsupportedProtocolError
+from gastownd.process.daemon import Daemon
+from gastownd.process.refusals import UnsupportedProtocolError
 
 CAPABILITIES = ["events", "subscribe", "prune", "sessions", "attribution", "hooks", "archive"]
 
@@ -48,23 +46,15 @@ def ping(daemon: Daemon) -> PingResult:
 async def status(daemon: Daemon) -> StatusResult:
     paths = daemon.paths
     server = daemon.server
-    eventlog = daemon.eventlog.info() if daemon.eventlog is not None else EventLogInfo()
-    if daemon.subscriptions is not None:
-        eventlog.subscribers = daemon.subscriptions.count()
-    sessions = SessionsInfo()
-    if daemon.sessions is not None:
-        counts, remote = await daemon.sessions.db(daemon.sessions.store.session_counts)
-        sessions = SessionsInfo(
-            known=sum(counts.values()) + remote,
-            open=counts.get("open", 0),
-            ended=counts.get("squashed", 0) + counts.get("abandoned", 0),
-            logged=counts.get("logged", 0),
-            remote=remote,
-        )
-    federation = (
-        await daemon.federation.info()
-        if daemon.federation is not None
-        else FederationInfo(node=daemon.node, town=daemon.town_name)
+    eventlog = daemon.eventlog.info()
+    eventlog.subscribers = daemon.subscriptions.count()
+    counts, remote = await daemon.sessions.db(daemon.sessions.store.session_counts)
+    sessions = SessionsInfo(
+        known=sum(counts.values()) + remote,
+        open=counts.get("open", 0),
+        ended=counts.get("squashed", 0) + counts.get("abandoned", 0),
+        logged=counts.get("logged", 0),
+        remote=remote,
     )
     return StatusResult(
         daemon_version=__version__,
@@ -79,11 +69,11 @@ async def status(daemon: Daemon) -> StatusResult:
             events=str(paths.events),
             config=str(paths.config) if paths.config else None,
         ),
-        connections=len(server.connections) if server else 0,
-        requests=server.requests if server else 0,
+        connections=len(server.connections),
+        requests=server.requests,
         eventlog=eventlog,
         sessions=sessions,
-        federation=federation,
-        hooks_trimmed=daemon.hooks_trimmed,
+        federation=await daemon.federation.info(),
+        hooks_trimmed=daemon.counters.hooks_trimmed,
         config_restart_pending=list(daemon.restart_pending),
     )

@@ -9,8 +9,8 @@ from __future__ import annotations
 from gastown_client.protocol import ResolveSession, SessionRow, Sessions, SessionsResult
 from gastownd.core.digest import ENDED_STATES, Digest
 from gastownd.core.events import format_ts
-from gastownd.daemon import Daemon
-from gastownd.errors import AmbiguousError, BadRequestError, NotFoundError
+from gastownd.process.daemon import Daemon
+from gastownd.process.refusals import AmbiguousError, BadRequestError, NotFoundError
 from gastownd.store import SessionRecord
 
 FULL_ID_LENGTH = 36
@@ -30,7 +30,6 @@ def unique(prefix: str, candidates: list[str], what: str) -> str:
 
 async def resolve_session_id(daemon: Daemon, text: str) -> str:
     """A full session id, from an id or a unique prefix (trailing ``...``/``…`` ignored)."""
-    assert daemon.sessions is not None
     wanted = text.strip()
     for suffix in ("...", "…"):
         if wanted.endswith(suffix):
@@ -47,7 +46,6 @@ async def resolve_session_id(daemon: Daemon, text: str) -> str:
 
 
 async def resolve_session(daemon: Daemon, request: ResolveSession) -> SessionRow:
-    assert daemon.sessions is not None
     session_id = await resolve_session_id(daemon, request.session)
     record = await daemon.sessions.db(daemon.sessions.store.session_record, session_id)
     if record is None:
@@ -57,7 +55,6 @@ async def resolve_session(daemon: Daemon, request: ResolveSession) -> SessionRow
 
 async def sessions(daemon: Daemon, request: Sessions) -> SessionsResult:
     """One row per session the town has seen, most recently started first."""
-    assert daemon.sessions is not None
     if not 0 < request.limit <= 10_000:
         raise BadRequestError("limit must be between 1 and 10000")
     needles = [n for n in (request.role, request.rig) if n]
@@ -72,7 +69,6 @@ async def sessions(daemon: Daemon, request: Sessions) -> SessionsResult:
 
 
 async def _row(daemon: Daemon, record: SessionRecord) -> SessionRow:
-    assert daemon.sessions is not None
     digest = None
     if record.state in ENDED_STATES:
         digest = await daemon.sessions.db(

@@ -26,10 +26,9 @@ from gastown_client.protocol import (
     SubscribeResult,
 )
 from gastownd.core.events import parse_line, parse_ts
-from gastownd.core.query import EventFilter as CompiledFilter
-from gastownd.daemon import Daemon
-from gastownd.errors import BadRequestError
+from gastownd.core.query import CompiledFilter
 from gastownd.eventlog import EventLog
+from gastownd.eventlog.subscriptions import NodeScope, Published
 from gastownd.ops.delivery import (
     BACKLOG_CHUNK,
     attach,
@@ -37,9 +36,10 @@ from gastownd.ops.delivery import (
     resume_point,
     send_local_backlog,
 )
-from gastownd.server import Connection, FollowUp
+from gastownd.process.daemon import Daemon
+from gastownd.process.refusals import BadRequestError
+from gastownd.server.socket_server import Connection, FollowUp
 from gastownd.store.remote import EventQuery, RemoteEvent
-from gastownd.subscriptions import NodeScope, Published
 
 
 def scope_of(daemon: Daemon, request: EventFilter) -> NodeScope | None:
@@ -70,16 +70,12 @@ def _remote_query(flt: CompiledFilter, scope: NodeScope) -> EventQuery:
 
 
 async def _last_arrival(daemon: Daemon) -> int:
-    if daemon.federation is not None:
-        return daemon.federation.last_arrival
-    assert daemon.sessions is not None
-    return await daemon.sessions.db(daemon.sessions.store.remote.last_arrival)
+    return await daemon.federation.live_edge()
 
 
 async def query(
     daemon: Daemon, request: Query, flt: CompiledFilter, scope: NodeScope
 ) -> QueryResult:
-    assert daemon.eventlog is not None and daemon.sessions is not None
     eventlog = daemon.eventlog
     head = f"{eventlog.head_cursor()}+{await _last_arrival(daemon)}"
     found: list[tuple[int, int, bytes]] = []
@@ -92,7 +88,7 @@ async def query(
             ts = parse_ts(parsed.ts) if parsed is not None else None
             found.append((ts or 0, 0, with_node(line, daemon.node)))
     remote = await daemon.sessions.db(
-        lambda: daemon.sessions.store.remote.query_events(  # type: ignore[union-attr]
+        lambda: daemon.sessions.store.remote.query_events(
             _remote_query(flt, scope), request.limit, oldest_first=request.oldest_first
         )
     )
@@ -124,8 +120,6 @@ async def subscribe(
     flt: CompiledFilter,
     scope: NodeScope,
 ) -> FollowUp:
-    assert daemon.eventlog is not None and daemon.subscriptions is not None
-    assert daemon.sessions is not None
     eventlog, subscriptions = daemon.eventlog, daemon.subscriptions
     remote_store = daemon.sessions.store.remote
     local_cursor: str | None = None
@@ -140,7 +134,7 @@ async def subscribe(
     resync = request.cursor not in (None, "start") and after_arrival < pruned
     if after_arrival < 0 or (not scope.all_nodes and scope.node == daemon.node):
         after_arrival = through  # remote lines from now on (or none at all)
-    # From here to the FollowUp nothing awaits (see ops.events.subscribe).
+    # From here to the FollowUp nothing awaits (see ops.log_requests.subscribe).
     head = eventlog.index.next_seq() - 1
     after, from_archive, local_resync = resume_point(eventlog, local_cursor)
     backlog = eventlog.backlog(flt, after, head, from_archive=from_archive)
@@ -178,7 +172,7 @@ async def subscribe(
             await send_local_backlog(backlog, subscriber, conn, render)
         query = _remote_query(flt, scope)
         while not (subscriber.closed or subscriber.overflowed or conn.closed):
-            chunk = await daemon.sessions.db(  # type: ignore[union-attr]
+            chunk = await daemon.sessions.db(
                 remote_store.events_between, query, position.arrival, through, BACKLOG_CHUNK
             )
             if not chunk:

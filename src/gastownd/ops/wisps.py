@@ -29,10 +29,10 @@ from gastownd.core.digest import Digest, audit_chain
 from gastownd.core.events import format_ts
 from gastownd.core.hookmap import STEP_OF_ACTION
 from gastownd.core.wisp import Outcome, SaveDigest, Wisp, WispBook, WispState
-from gastownd.daemon import Daemon
-from gastownd.errors import BadRequestError, NotFoundError
 from gastownd.ops.seance import resolve_session_id, unique
-from gastownd.sessions import Sessions
+from gastownd.process.daemon import Daemon
+from gastownd.process.refusals import BadRequestError, NotFoundError
+from gastownd.sessions.recorder import SessionRecorder, WispOp
 from gastownd.store import NewAttribution
 
 # Longer than any Beads id: the most an issue id may be.
@@ -53,8 +53,7 @@ def check_issue_id(issue: str) -> None:
         )
 
 
-def _sessions(daemon: Daemon) -> Sessions:
-    assert daemon.sessions is not None
+def _sessions(daemon: Daemon) -> SessionRecorder:
     return daemon.sessions
 
 
@@ -116,7 +115,7 @@ async def session_start(daemon: Daemon, request: SessionStart) -> SessionStartRe
             pid=request.pid,
         )
 
-    book, effects = await sessions.run(names, transition)
+    book, effects = await sessions.apply(WispOp(names, transition))
     ended = [
         e.digest.session_id
         for e in effects
@@ -133,9 +132,11 @@ async def session_step(daemon: Daemon, request: SessionStep) -> SessionStepResul
     sessions = _sessions(daemon)
     session_id = await resolve_session_id(daemon, request.session)
     now = daemon.clock()
-    book, _ = await sessions.run(
-        [session_id],
-        lambda book: book.step(session_id, request.kind, request.ref, request.payload, now=now),
+    book, _ = await sessions.apply(
+        WispOp(
+            [session_id],
+            lambda book: book.step(session_id, request.kind, request.ref, request.payload, now=now),
+        )
     )
     wisp = book.wisps[session_id]
     return SessionStepResult(
@@ -149,8 +150,8 @@ async def session_end(daemon: Daemon, request: SessionEnd) -> DigestView:
     if not request.reason.strip():
         raise BadRequestError("reason must not be empty")
     now = daemon.clock()
-    _, effects = await sessions.run(
-        [session_id], lambda book: book.end(session_id, request.reason, now=now)
+    _, effects = await sessions.apply(
+        WispOp([session_id], lambda book: book.end(session_id, request.reason, now=now))
     )
     [digest] = [e.digest for e in effects if isinstance(e, SaveDigest)]
     return digest_view(digest, daemon.node)
@@ -254,7 +255,7 @@ async def attribute(daemon: Daemon, request: Attribute) -> AttributeResult:
             )
         ]
 
-    await sessions.run([session_id], transition, attributions=record)
+    await sessions.apply(WispOp([session_id], transition, record))
     return AttributeResult(
         issue=request.issue, session_id=session_id, action=request.action, rule=rule, actor=actor
     )

@@ -34,7 +34,7 @@ from gastownd.core.wisp import (
     Step,
     Wisp,
 )
-from gastownd.errors import StartupError
+from gastownd.process.refusals import StartupError
 from gastownd.store.remote import RemoteStore
 from gastownd.store.schema import MIGRATIONS, SCHEMA_VERSION, insert_digest, read_meta
 

@@ -1,0 +1,188 @@
+"""Indexing a big log in worker processes, side by side, when there is no snapshot.
+
+A cold start costs the decoding of every line. A stretch of the log longer
+than ``PARALLEL_MIN_BYTES`` is cut at line boundaries into one part per CPU
+(``MAX_WORKERS`` at most); ``python -m gastownd.eventlog.indexer`` indexes each part
+in a process of its own, which imports only the pure index code, reads its
+part through the log's descriptor (inherited: the file cannot change under
+it) and writes the part's index to stdout in the snapshot's format. The
+daemon appends the parts in order (``EventIndex.append_index``) and gives
+them their seqs. Two gains: the parts are decoded at the same time, and the
+garbage of decoding dies with the workers, so the daemon keeps the columns
+and little else. A worker that fails is replaced by indexing its part here.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import subprocess
+import sys
+import zlib
+from array import array
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import msgspec
+
+from gastownd.core.events import MAX_LINE_BYTES
+from gastownd.core.index import EventIndex, IndexHeader
+
+PARALLEL_MIN_BYTES = 64 << 20
+MAX_WORKERS = 4
+READ_CHUNK = 16 << 20
+FIND_NEWLINE_WITHIN = 1 << 20
+
+
+def index_range(
+    fd: int,
+    start: int,
+    end: int,
+    seqs: Iterator[int],
+    *,
+    parallel_min: int = PARALLEL_MIN_BYTES,
+    workers: int | None = None,
+) -> EventIndex:
+    """The index of the whole lines in bytes ``start..end`` of ``fd``, seqs from ``seqs``."""
+    parts = workers if workers is not None else min(MAX_WORKERS, os.cpu_count() or 1)
+    if end - start < parallel_min or parts < 2:
+        return index_here(fd, start, end, seqs)
+    cuts = _cuts(fd, start, end, parts)
+    spawned = [_spawn(fd, low, high) for low, high in itertools.pairwise(cuts)]
+    whole = EventIndex(start)
+    for (low, high), worker in zip(itertools.pairwise(cuts), spawned, strict=True):
+        part = _collect(worker)
+        if part is None:
+            part = index_here(fd, low, high, itertools.count())
+        whole.append_index(part)
+    whole.seqs = array("q", itertools.islice(seqs, len(whole)))
+    return whole
+
+
+@dataclass(frozen=True, slots=True)
+class LongLine:
+    """A line longer than ``MAX_LINE_BYTES`` (never indexable), described, never held."""
+
+    offset: int
+    length: int  # newline included
+    checksum: int  # crc32 of the line without its newline, as the index keeps it
+
+
+def whole_lines(
+    fd: int, start: int, end: int, chunk: int = READ_CHUNK, longest: int = MAX_LINE_BYTES
+) -> Iterator[bytes | LongLine]:
+    """The whole lines of bytes ``start..end`` of ``fd``, in order: runs of lines as bytes
+    (at most about ``chunk`` plus ``longest`` at a time), and a line found longer than
+    ``longest`` while still unfinished as a ``LongLine``, read past in pieces, so that
+    memory stays bounded whatever another writer appended. A last line with no newline
+    is left out."""
+    offset = start
+    pending = b""  # the start of an unfinished line, which ends at ``offset``
+    long: LongLine | None = None  # the line being read past, so far
+    while offset < end:
+        piece = os.pread(fd, min(chunk, end - offset), offset)
+        if not piece:
+            return
+        offset += len(piece)
+        if long is not None:
+            newline = piece.find(b"\n")
+            if newline < 0:
+                long = LongLine(
+                    long.offset, long.length + len(piece), zlib.crc32(piece, long.checksum)
+                )
+                continue
+            yield LongLine(
+                long.offset, long.length + newline + 1, zlib.crc32(piece[:newline], long.checksum)
+            )
+            long = None
+            piece = piece[newline + 1 :]
+        data = pending + piece
+        cut = data.rfind(b"\n") + 1
+        if cut:
+            yield data[:cut]
+        pending = data[cut:]
+        if len(pending) > longest:
+            long = LongLine(offset - len(pending), len(pending), zlib.crc32(pending))
+            pending = b""
+
+
+def index_here(fd: int, start: int, end: int, seqs: Iterator[int]) -> EventIndex:
+    """Index bytes ``start..end`` of ``fd`` in this process."""
+    index = EventIndex(start)
+    for part in whole_lines(fd, start, end, READ_CHUNK):
+        if isinstance(part, LongLine):
+            index.add_unindexable(part.offset, part.length, next(seqs), part.checksum)
+        else:
+            index.add_lines(part, index.end, seqs)
+    return index
+
+
+def _cuts(fd: int, start: int, end: int, parts: int) -> list[int]:
+    """``start``, the line boundaries nearest to equal shares, ``end``."""
+    cuts = [start]
+    for share in range(1, parts):
+        target = start + (end - start) * share // parts
+        window = os.pread(fd, min(FIND_NEWLINE_WITHIN, end - target), target)
+        newline = window.find(b"\n")
+        if newline >= 0 and target + newline + 1 > cuts[-1]:
+            cuts.append(target + newline + 1)
+    cuts.append(end)
+    return cuts
+
+
+def _spawn(fd: int, start: int, end: int) -> subprocess.Popen[bytes] | None:
+    try:
+        return subprocess.Popen(
+            [sys.executable, "-m", "gastownd.eventlog.indexer", str(fd), str(start), str(end)],
+            pass_fds=[fd],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+        )
+    except OSError:
+        return None
+
+
+def _collect(worker: subprocess.Popen[bytes] | None) -> EventIndex | None:
+    """The part a worker indexed, or None if it failed."""
+    if worker is None:
+        return None
+    output, _ = worker.communicate()
+    if worker.returncode != 0:
+        return None
+    try:
+        head, _, rest = output.partition(b"\n")
+        header = _header_decoder.decode(head)
+        blobs = []
+        for size in header.sizes:
+            blobs.append(rest[:size])
+            rest = rest[size:]
+        return EventIndex.restore(header.index, blobs)
+    except (ValueError, msgspec.DecodeError):
+        return None
+
+
+class _PartHeader(msgspec.Struct):
+    index: IndexHeader
+    sizes: list[int]
+
+
+_header_decoder = msgspec.json.Decoder(_PartHeader)
+
+
+def main(argv: list[str]) -> int:
+    """The worker: index a part of the log, write it to stdout."""
+    fd, start, end = (int(arg) for arg in argv)
+    index = index_here(fd, start, end, itertools.count())
+    header, blobs = index.export()
+    out = sys.stdout.buffer
+    out.write(msgspec.json.encode(_PartHeader(index=header, sizes=[len(b) for b in blobs])))
+    out.write(b"\n")
+    for blob in blobs:
+        out.write(blob)
+    out.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,409 @@
+"""Retention in the shell: where the policy comes from, the periodic prune, and the prune.
+
+A prune removes the expired lines: it archives them, copies the kept ones to
+a new file and swaps it in. Planning and the new index are computed on the
+event loop in small steps, so requests keep flowing (a worker thread would
+hold the GIL for seconds on a large log); the bulk copy and the archive run
+in threads without the writers' lock, which the writer's thread holds only
+to copy what was appended meanwhile and rename. The archive is durable
+before the rename, which commits it (see ``gastownd.eventlog.archive_files``). Appends,
+ours and gt's, keep flowing and none is lost.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import anyio
+import anyio.to_thread
+import msgspec
+import structlog
+
+from gastown_client.protocol import PruneResult
+from gastownd.core import archive as archived
+from gastownd.core.index import EventIndex
+from gastownd.core.retention import (
+    GAS_TOWN_TTLS_S,
+    RetentionPolicy,
+    plan_prune_steps,
+    policy_from_krc,
+)
+from gastownd.eventlog.archive_files import crash_here_for_tests, days_of
+from gastownd.eventlog.event_log import EventLog
+from gastownd.eventlog.logstate import SeqMap, runs_steps, write_seqmap
+from gastownd.eventlog.prune_steps import complement_steps, cooperate, copy_kept, ranges_steps
+from gastownd.eventlog.writer import LogFile, Observation
+from gastownd.process.config import RetentionConfig, parse_duration
+from gastownd.process.daemon import Daemon
+from gastownd.process.refusals import StorageError
+
+log = structlog.get_logger("gastownd.pruner")
+
+KRC_NAME = ".krc.yaml"
+
+
+def policy_from_config(config: RetentionConfig) -> RetentionPolicy:
+    # The configured TTLs override Gas Town's defaults type by type, as .krc.yaml's do.
+    ttls: dict[str, float] = dict(GAS_TOWN_TTLS_S)
+    ttls.update({k: parse_duration(v) for k, v in config.ttls.items()})
+    return RetentionPolicy(
+        default_ttl_s=parse_duration(config.default_ttl),
+        ttls_s=ttls,
+        min_retain_count=config.min_retain_count,
+        prune_interval_s=parse_duration(config.prune_interval),
+    )
+
+
+def load_policy(daemon: Daemon) -> RetentionPolicy:
+    """``<town>/.krc.yaml`` (Gas Town's file, JSON) when present, else our config.
+
+    Read at every prune, so edits apply without a restart. A broken file is
+    logged and the configuration is used instead.
+    """
+    fallback = policy_from_config(daemon.config.retention)
+    path = daemon.paths.town / KRC_NAME
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return fallback
+    except OSError as exc:
+        log.warning("krc_unreadable", path=str(path), error=exc.strerror)
+        return fallback
+    try:
+        data = msgspec.json.decode(raw)
+        if not isinstance(data, dict):
+            raise ValueError("must be a JSON object")
+        return policy_from_krc(data, fallback)
+    except (msgspec.DecodeError, ValueError) as exc:
+        log.warning("krc_invalid", path=str(path), error=str(exc))
+        return fallback
+
+
+async def prune_now(daemon: Daemon, *, dry_run: bool) -> PruneResult:
+    """The ``prune`` op and the periodic prune: the policy of now, applied."""
+    policy = load_policy(daemon)
+    if not dry_run:
+        # What a line told about a session must be recorded before the line can go.
+        await daemon.sessions.record_lines()
+        await prune_remote(daemon, policy)
+    retention = daemon.config.retention
+    max_age = retention.archive_max_age
+    try:
+        return await prune(
+            daemon.eventlog,
+            policy,
+            daemon.clock(),
+            dry_run=dry_run,
+            archive=retention.archive,
+            archive_max_age_s=parse_duration(max_age) if max_age is not None else None,
+            keep_after_seq=_read_by_everyone(daemon),
+        )
+    except OSError as exc:
+        raise StorageError(f"prune failed: {exc.strerror or exc}; the log is unchanged") from None
+
+
+def _read_by_everyone(daemon: Daemon) -> int | None:
+    """The last seq that every reader of the log has read: retention keeps the lines after
+    it, so no line goes before what it says is recorded (and, without the archive, where
+    federation would read it too, sent)."""
+    marks = [daemon.sessions.recorded_seq()]
+    if not daemon.config.retention.archive:
+        published = daemon.federation.keep_after_seq()
+        if published is not None:
+            marks.append(published)
+    return min(marks)
+
+
+async def prune_remote(daemon: Daemon, policy: RetentionPolicy) -> int:
+    """Other nodes' lines expire with the same TTLs as this node's (their origin archives
+    its own); deleted a batch per transaction."""
+    sessions = daemon.sessions
+    remote = sessions.store.remote
+    now = daemon.clock()
+    expired = [(t, now - policy.ttl_for(t)) for t in await sessions.db(remote.remote_types)]
+    removed = 0
+    while expired:
+        done = await sessions.db(remote.prune_events, expired)
+        if not done:
+            break
+        removed += done
+    if removed:
+        log.info("remote_events_pruned", removed=removed)
+    return removed
+
+
+async def run_periodic(daemon: Daemon) -> None:
+    """Prune at start and then every ``prune_interval`` (both re-read on each round)."""
+    while True:
+        if daemon.config.retention.enabled:
+            try:
+                await prune_now(daemon, dry_run=False)
+            except StorageError as exc:
+                log.warning("prune_skipped", reason=exc.message)
+        await anyio.sleep(load_policy(daemon).prune_interval_s)
+
+
+# ---------------------------------------------------------------- the prune
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """Everything a prune decided before it touches a file."""
+
+    index: EventIndex  # the index it planned from
+    count: int  # the lines it looked at (later ones were appended during the prune)
+    end: int  # where line ``count - 1`` ends
+    removed: list[int]  # positions below ``count``, ascending
+    days: dict[str, int]
+    ranges: list[tuple[int, int]]  # the kept bytes
+    kept: EventIndex  # the index of the kept lines, laid out as in the new file
+    runs: list[tuple[int, int]]
+    removed_max: int
+    tail_base: int  # the seq after the planned lines
+    archive: bool
+
+
+async def prune(
+    eventlog: EventLog,
+    policy: RetentionPolicy,
+    now_s: float,
+    *,
+    dry_run: bool,
+    archive: bool,
+    archive_max_age_s: float | None = None,
+    keep_after_seq: int | None = None,
+) -> PruneResult:
+    """Remove expired lines: archive them, copy the kept ones to a new file, swap it in.
+
+    Lines after ``keep_after_seq`` are kept whatever their age: others have
+    not read them yet.
+    """
+    started = time.monotonic()
+    async with eventlog.prune_lock:
+        index = eventlog.index
+        count = len(index)
+        end = index.end
+        protect_from = None if keep_after_seq is None else index.position_after(keep_after_seq)
+        # Appends only add positions past ``count``: the steps read a stable prefix.
+        decided = await cooperate(
+            plan_prune_steps(
+                index.types,
+                index.type_names,
+                index.ts,
+                count,
+                now_s,
+                policy,
+                index.by_type,
+                protect_from,
+            )
+        )
+        ranges = await cooperate(ranges_steps(index, decided.keep))
+        removed_bytes = end - sum(length for _, length in ranges)
+        result = PruneResult(
+            dry_run=dry_run,
+            pruned=dict(sorted(decided.removed.items())),
+            pruned_total=decided.removed_total,
+            kept=len(decided.keep),
+            bytes_freed=removed_bytes,
+        )
+        if dry_run or decided.removed_total == 0:
+            if not dry_run:
+                eventlog.last_prune_at = now_s
+                eventlog.last_prune_removed = 0
+                await _expire_archive(eventlog, now_s, archive_max_age_s)
+            result.duration_ms = round((time.monotonic() - started) * 1000, 3)
+            if not dry_run:
+                eventlog.prune_seconds.observe(time.monotonic() - started)
+            return result
+        removed = await cooperate(complement_steps(decided.keep, count))
+        days = await anyio.to_thread.run_sync(days_of, index, removed)
+        _announce(eventlog, len(removed), removed_bytes, days, archive)
+        kept = await cooperate(index.select_steps(decided.keep))
+        plan = _Plan(
+            index=index,
+            count=count,
+            end=end,
+            removed=removed,
+            days=days,
+            ranges=ranges,
+            kept=kept,
+            runs=await cooperate(runs_steps(kept.seqs)),
+            removed_max=index.seqs[removed[-1]],
+            tail_base=index.seqs[count] if len(index) > count else index.next_seq(),
+            archive=archive,
+        )
+        planned = time.monotonic()
+        # A batch whose rollback failed earlier must be settled before its file is reused.
+        await anyio.to_thread.run_sync(eventlog.archive.recover)
+        if eventlog.index is not index:
+            raise StorageError("the log was replaced during the prune; retry")
+        # Our own descriptor: a rewrite may close the log's while a thread reads it.
+        source_fd = os.dup(eventlog.fd)
+        try:
+            temp_path = eventlog.path.with_name(
+                f"{eventlog.path.name}.gastownd-prune-{os.getpid()}"
+            )
+            temp_fd = await anyio.to_thread.run_sync(copy_kept, source_fd, ranges, temp_path)
+            copied = time.monotonic()
+            async with eventlog.archive_lock:
+                archived_lines, swap_s = await _archive_and_swap(
+                    eventlog, plan, source_fd, temp_fd, temp_path
+                )
+                swapped = time.monotonic()
+                if archive:
+                    with anyio.CancelScope(shield=True):
+                        crash_here_for_tests("swapped")
+                        await anyio.to_thread.run_sync(eventlog.archive.commit)
+                        eventlog.archive_generation += 1
+        finally:
+            # The last descriptor of the replaced file: closing it frees its blocks, which
+            # takes a while for a big file; not on the event loop.
+            await anyio.to_thread.run_sync(os.close, source_fd)
+        await _expire_archive(eventlog, now_s, archive_max_age_s)
+    eventlog.last_prune_at = now_s
+    eventlog.last_prune_removed = decided.removed_total
+    result.archived = archived_lines
+    result.duration_ms = round((time.monotonic() - started) * 1000, 3)
+    eventlog.prune_seconds.observe(time.monotonic() - started)
+    log.info(
+        "eventlog_pruned",
+        removed=decided.removed_total,
+        archived=archived_lines,
+        kept=len(eventlog.index),
+        bytes_freed=removed_bytes,
+        duration_ms=result.duration_ms,
+        plan_ms=round((planned - started) * 1000),
+        copy_ms=round((copied - planned) * 1000),
+        archive_ms=round((swapped - copied - swap_s) * 1000),
+        swap_ms=round(swap_s * 1000),
+    )
+    return result
+
+
+def _announce(
+    eventlog: EventLog, lines: int, size: int, days: dict[str, int], archive: bool
+) -> None:
+    """Say what a prune is about to move (or, with the archive off, delete) before it does."""
+    fields = {
+        "lines": lines,
+        "bytes": size,
+        "days": len(days),
+        "first_day": next(iter(days), None),
+        "last_day": next(reversed(days), None),
+    }
+    if archive:
+        log.info("eventlog_archiving", to=str(eventlog.archive.folder), **fields)
+    else:
+        log.warning("eventlog_pruning_unarchived", reason="retention.archive is false", **fields)
+
+
+async def _archive_and_swap(
+    eventlog: EventLog, plan: _Plan, source_fd: int, temp_fd: int, temp_path: Path
+) -> tuple[int, float]:
+    """Write the archive batch, then swap the new file in; undo both on failure.
+
+    Returns the number of lines archived, and how long appends waited for the swap.
+    """
+    archived_lines = 0
+    try:
+        if plan.archive:
+            report = await anyio.to_thread.run_sync(
+                eventlog.archive.write,
+                source_fd,
+                plan.index,
+                plan.removed,
+                (plan.count, plan.end),
+                plan.days,
+                eventlog.seqmap.epoch,
+                temp_path,
+            )
+            archived_lines = report.lines
+            crash_here_for_tests("archive_written")
+        if eventlog.index is not plan.index:
+            raise StorageError("the log was replaced during the prune; retry")
+        seqmap_before = eventlog.seqmap
+
+        swap_s = 0.0
+
+        def swap(file: LogFile) -> tuple[Observation, int, SeqMap]:
+            """In the writer's thread, under the lock."""
+            nonlocal swap_s
+            began = time.monotonic()
+            observation = file.observe(_refuse_rewrites)
+            made: list[SeqMap] = []
+
+            def record(inode: int, size: int, tail: bytes) -> None:
+                lost = seqmap_before.lost_through()
+                # Lines appended during the prune keep their consecutive seqs after the runs.
+                seqmap = SeqMap(
+                    epoch=seqmap_before.epoch,
+                    inode=inode,
+                    runs=plan.runs,
+                    base=plan.tail_base,
+                    pruned_through=max(seqmap_before.pruned_through, plan.removed_max),
+                    unarchived_through=lost if plan.archive else max(lost, plan.removed_max),
+                    end=size,
+                    tail=tail,
+                )
+                write_seqmap(eventlog.state_dir, seqmap)
+                made.append(seqmap)
+
+            old_fd = file.replace(temp_fd, temp_path, plan.end, record)
+            swap_s = time.monotonic() - began
+            return observation, old_fd, made[0]
+
+        def switch(outcome: tuple[Observation, int, SeqMap]) -> int:
+            """On the event loop, in file order with the batches around the swap."""
+            observation, old_fd, seqmap = outcome
+            eventlog.apply_observation(observation)
+            old_index = eventlog.index
+            kept = plan.kept
+            kept.seq_floor = plan.tail_base
+            # Only what was appended during the prune is indexed here.
+            kept.extend_from(old_index, range(plan.count, len(old_index)))
+            eventlog.switch_to(kept, temp_fd, seqmap)
+            return old_fd
+
+        old_fd = await eventlog.writer.call(swap, switch)
+        await anyio.to_thread.run_sync(os.close, old_fd)
+    except BaseException:
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(_abandon, eventlog, temp_fd, temp_path, plan.archive)
+        raise
+    return archived_lines, swap_s
+
+
+def _refuse_rewrites() -> EventIndex:
+    raise StorageError("the log was replaced during the prune; retry")
+
+
+def _abandon(eventlog: EventLog, temp_fd: int, temp_path: Path, archive: bool) -> None:
+    """A prune that did not swap: undo its archive batch, then drop its new file."""
+    os.close(temp_fd)
+    if archive:
+        try:
+            eventlog.archive.rollback()
+        except OSError as exc:
+            # The new file stays: by it the next recovery knows to undo the batch.
+            log.error("archive_rollback_failed", error=exc.strerror)
+            return
+    temp_path.unlink(missing_ok=True)
+
+
+async def _expire_archive(eventlog: EventLog, now_s: float, max_age_s: float | None) -> None:
+    """Delete archived days older than ``archive_max_age``; later cursors into them resync."""
+    archive = eventlog.archive
+    if max_age_s is None:
+        await anyio.to_thread.run_sync(archive.refresh_summary)
+        return
+    before_day = archived.day_name(int(now_s - max_age_s))
+    async with eventlog.archive_lock:
+        removed = await anyio.to_thread.run_sync(archive.expire, before_day)
+        await anyio.to_thread.run_sync(archive.refresh_summary)
+        lost = removed.get(eventlog.seqmap.epoch, -1)
+        if lost > eventlog.seqmap.lost_through():
+            await eventlog.forget_through(lost)
+            eventlog.archive_generation += 1

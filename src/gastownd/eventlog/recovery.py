@@ -1,0 +1,164 @@
+"""Start-up: the log recovered under the writers' lock, its seqs resolved, its index built.
+
+In order: an archive batch a crash interrupted is settled, the temporary
+files of crashed prunes are removed, and then, holding Gas Town's lock, the
+log is opened (created if missing) and a torn tail cut off; the seqmap of
+its inode is checked against the file (else a new epoch starts), and the
+index comes from the snapshot plus what was appended since, or from the
+whole file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import itertools
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import msgspec
+import structlog
+
+from gastownd.core.index import EventIndex
+from gastownd.eventlog.archive_files import Archive
+from gastownd.eventlog.indexer import index_range
+from gastownd.eventlog.logstate import (
+    SNAPSHOT_VERSION,
+    SeqMap,
+    load_seqmaps,
+    read_snapshot,
+    tail_matches,
+    write_seqmap,
+)
+from gastownd.eventlog.writer import LogFile
+
+log = structlog.get_logger("gastownd.recovery")
+
+SNAPSHOT_NAME = "index.snapshot"
+
+
+@dataclass
+class Recovered:
+    file: LogFile
+    index: EventIndex
+    seqmap: SeqMap
+    cold_start_s: float  # time spent indexing the whole file (0: a snapshot was used)
+    snapshot_lines: int  # lines the snapshot held
+
+
+def recover(path: Path, lock_path: Path, state_dir: Path, archive: Archive) -> Recovered:
+    """Everything before the daemon may read or write the log (blocking)."""
+    state_dir.mkdir(mode=0o700, exist_ok=True)
+    file = LogFile(path, lock_path, state_dir / "quarantine")
+    file.open_lock()
+    # Before the stale prune files go: the journal tells by them whether a batch committed.
+    archive.recover()
+    archive.refresh_summary()
+    for stale in path.parent.glob(f"{path.name}.gastownd-prune-*"):
+        stale.unlink(missing_ok=True)  # left by a prune that crashed before its rename
+        log.warning("stale_prune_file_removed", path=str(stale))
+    with file.flocked():
+        size = file.open()
+        seqmap = _resolve_seqmap(file, state_dir, size)
+        started = time.monotonic()
+        snapshot = _load_snapshot(file, state_dir / SNAPSHOT_NAME, seqmap.epoch, size)
+        snapshot_lines = len(snapshot) if snapshot is not None else 0
+        seqs: Iterator[int] = itertools.islice(seqmap.seqs(), snapshot_lines, None)
+        try:
+            index = read_index(file.fd, size, seqs, snapshot)
+        except ValueError as exc:
+            if snapshot is None:
+                raise
+            # The snapshot fitted the file's start but not what follows it: the
+            # log alone is the truth, so index all of it.
+            log.warning("index_snapshot_unusable", error=str(exc), action="rebuilt from the log")
+            snapshot, snapshot_lines = None, 0
+            started = time.monotonic()
+            seqs = seqmap.seqs()
+            index = read_index(file.fd, size, seqs)
+        # What follows the file's last line, even when its last lines were pruned.
+        index.seq_floor = next(seqs)
+        indexed_s = time.monotonic() - started
+        if snapshot is None:
+            _release_freed_memory()
+        file.remember(index.end)
+        write_seqmap(state_dir, msgspec.structs.replace(seqmap, end=file.end, tail=file.tail))
+    return Recovered(
+        file=file,
+        index=index,
+        seqmap=seqmap,
+        cold_start_s=0.0 if snapshot is not None else indexed_s,
+        snapshot_lines=snapshot_lines,
+    )
+
+
+def _resolve_seqmap(file: LogFile, state_dir: Path, size: int) -> SeqMap:
+    inode = file.inode[1]
+    maps = load_seqmaps(state_dir)
+    current = maps.get(inode)
+    if current is not None and _checkpoint_holds(file.fd, current, size):
+        return current
+    # A fresh epoch never repeats an old one, even if .gastownd was deleted:
+    # an old cursor must resync, never point at other lines.
+    epoch = max(max((m.epoch for m in maps.values()), default=0) + 1, int(time.time()))
+    if maps:
+        log.warning(
+            "eventlog_epoch_changed",
+            epoch=epoch,
+            reason="log replaced or rewritten while the daemon was not running",
+        )
+    return SeqMap(epoch=epoch, inode=inode, unarchived_through=-1)
+
+
+def _checkpoint_holds(fd: int, seqmap: SeqMap, size: int) -> bool:
+    """The file is the one the seqmap describes, perhaps with lines appended since."""
+    return size >= seqmap.end and tail_matches(fd, seqmap.end, seqmap.tail)
+
+
+def _load_snapshot(file: LogFile, path: Path, epoch: int, size: int) -> EventIndex | None:
+    """The saved index, if it still describes this file's start."""
+    saved = read_snapshot(path)
+    if saved is None:
+        return None
+    meta, blobs = saved
+    header = meta.header
+    fits = (
+        meta.version == SNAPSHOT_VERSION
+        and meta.inode == file.inode[1]
+        and meta.epoch == epoch
+        and header.end <= size
+        and tail_matches(file.fd, header.end, meta.tail)
+    )
+    if not fits:
+        log.info("index_snapshot_stale")
+        return None
+    try:
+        return EventIndex.restore(header, blobs)
+    except (ValueError, TypeError, OverflowError, MemoryError) as exc:
+        log.warning("index_snapshot_unusable", error=str(exc), action="rebuilt from the log")
+        return None
+
+
+def read_index(
+    fd: int, size: int, seqs: Iterator[int], index: EventIndex | None = None
+) -> EventIndex:
+    """Index the file from ``index.end`` (0 for a new index) to ``size``.
+
+    A long stretch is indexed in worker processes (see ``indexer``).
+    """
+    if index is None:
+        return index_range(fd, 0, size, seqs)
+    if size > index.end:
+        index.append_index(index_range(fd, index.end, size, seqs))
+    return index
+
+
+def _release_freed_memory() -> None:
+    """Give back to the OS what parsing a large log freed (glibc keeps it otherwise)."""
+    if not sys.platform.startswith("linux"):
+        return
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to trim
+        ctypes.CDLL("libc.so.6").malloc_trim(0)

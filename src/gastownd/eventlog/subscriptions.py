@@ -1,0 +1,153 @@
+"""Fan-out of indexed lines to subscribers, each behind its own bounded queue.
+
+Publishing never waits: a subscriber whose queue is full is marked
+overflowed and dropped (it gets an ``overflow`` frame and its connection is
+closed), so a slow reader never slows writers or other subscribers.
+
+With federation, a subscriber may also take other nodes' lines
+(:class:`NodeScope`): they come from the store's ``remote_events`` in arrival
+order, each queue holding both kinds in the order they were published.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+import structlog
+
+from gastownd.core.query import CompiledFilter
+from gastownd.store.remote import RemoteEvent
+
+log = structlog.get_logger("gastownd.subscriptions")
+
+
+@dataclass(frozen=True, slots=True)
+class Published:
+    seq: int
+    type: str
+    actor: str
+    session: str | None
+    ts: int
+    line: bytes  # without the newline
+
+
+@dataclass(frozen=True, slots=True)
+class NodeScope:
+    """Whose lines a subscription takes: every node's, or one node's."""
+
+    local_node: str
+    all_nodes: bool = False
+    node: str | None = None
+
+    @property
+    def local(self) -> bool:
+        return self.all_nodes or self.node in (None, self.local_node)
+
+    def takes(self, node: str) -> bool:
+        return self.all_nodes or self.node == node
+
+
+class Subscriber:
+    def __init__(
+        self, sub_id: int, flt: CompiledFilter, capacity: int, scope: NodeScope | None = None
+    ) -> None:
+        self.id = sub_id
+        self.filter = flt
+        self.capacity = capacity
+        # None: this node's lines only (the subscription of a client unaware of nodes).
+        self.scope = scope
+        self.queue: deque[Published | RemoteEvent] = deque()
+        self.overflowed = False
+        self.closed = False
+        self._wakeup = anyio.Event()
+        # Lines at or below this seq (remote: this arrival) were or will be sent from
+        # the backlog.
+        self.live_after = -1
+        self.remote_live_after = -1
+
+    def offer(self, item: Published) -> bool:
+        """Queue ``item`` if it matches; False once the subscriber has overflowed."""
+        if self.closed or item.seq <= self.live_after:
+            return True
+        if self.scope is not None and not self.scope.local:
+            return True
+        return self._queue(item)
+
+    def offer_remote(self, item: RemoteEvent) -> bool:
+        if self.closed or self.scope is None or item.arrival <= self.remote_live_after:
+            return True
+        if not self.scope.takes(item.node):
+            return True
+        return self._queue(item)
+
+    def _queue(self, item: Published | RemoteEvent) -> bool:
+        if not self.filter.matches(item.type, item.actor, item.session, item.ts):
+            return True
+        if len(self.queue) >= self.capacity:
+            self.overflowed = True
+            self._wakeup.set()
+            return False
+        self.queue.append(item)
+        self._wakeup.set()
+        return True
+
+    async def wait(self) -> None:
+        if not self.queue and not self.overflowed and not self.closed:
+            await self._wakeup.wait()
+        self._wakeup = anyio.Event()
+
+    def close(self) -> None:
+        self.closed = True
+        self._wakeup.set()
+
+
+class Subscriptions:
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._subscribers: dict[int, Subscriber] = {}
+        self._ids = itertools.count(1)
+
+    def count(self) -> int:
+        return len(self._subscribers)
+
+    def add(self, flt: CompiledFilter, scope: NodeScope | None = None) -> Subscriber:
+        subscriber = Subscriber(next(self._ids), flt, self.capacity, scope)
+        self._subscribers[subscriber.id] = subscriber
+        return subscriber
+
+    def remove(self, sub_id: int) -> Subscriber | None:
+        subscriber = self._subscribers.pop(sub_id, None)
+        if subscriber is not None:
+            subscriber.close()
+        return subscriber
+
+    def publish(self, items: Sequence[Published]) -> None:
+        self._fan_out(items, Subscriber.offer)
+
+    def publish_remote(self, items: Sequence[RemoteEvent]) -> None:
+        """Other nodes' lines, just applied to the store (in arrival order)."""
+        self._fan_out(items, Subscriber.offer_remote)
+
+    def _fan_out(self, items: Sequence[Any], offer: Callable[[Subscriber, Any], bool]) -> None:
+        if not items or not self._subscribers:
+            return
+        for subscriber in list(self._subscribers.values()):
+            for item in items:
+                if not offer(subscriber, item):
+                    log.warning(
+                        "subscriber_overflowed",
+                        subscription=subscriber.id,
+                        capacity=subscriber.capacity,
+                    )
+                    self._subscribers.pop(subscriber.id, None)
+                    break
+
+    def close_all(self) -> None:
+        for subscriber in self._subscribers.values():
+            subscriber.close()
+        self._subscribers.clear()

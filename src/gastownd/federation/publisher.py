@@ -1,0 +1,323 @@
+"""The publisher: what this node learns, sent to the town's stream.
+
+It reads durable local state (event lines after the cursor it has published, session records
+after a ``rev``, digests and attributions after a row id), publishes a batch with
+``publish_async`` (each record with its stable ``Nats-Msg-Id``), and advances its marks once
+the stream acknowledged every record; the marks reach the store when the backlog is done or
+once a second.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+import msgspec
+import structlog
+
+from gastownd.core.query import compile_filter
+from gastownd.core.records import (
+    EVENT_RUN_BYTES,
+    MAX_EVENT_LINES,
+    AnyMessage,
+    AttributionMessage,
+    DigestMessage,
+    EventMessage,
+    Kind,
+    SessionMessage,
+    encode_message,
+    local_id_of,
+    message_id,
+    subject,
+)
+from gastownd.eventlog import BacklogGap, EventLog
+from gastownd.federation.health import LinkHealth
+from gastownd.process.config import FederationConfig
+from gastownd.sessions.recorder import SessionRecorder
+from gastownd.store.remote import MARK_ATTRIBUTIONS, MARK_DIGESTS, MARK_EVENTS, MARK_SESSIONS
+
+log = structlog.get_logger("gastownd.federation")
+
+# A publish round not acknowledged in this time is sent again (the same message ids):
+# a stream that lost its leader answers again once the cluster elected another.
+PUBLISH_TIMEOUT_S = 3.0
+IDLE_WAKE_S = 1.0
+MARK_INTERVAL_S = 1.0
+ROUND_S = 0.025
+# A round with this many lines (or more than one record) counts as busy.
+BUSY_LINES = 8
+# Lines read per publish round.
+EVENT_LINES_PER_ROUND = 16 * MAX_EVENT_LINES
+_EVERY_LINE = compile_filter()
+MARKS = (MARK_EVENTS, MARK_SESSIONS, MARK_DIGESTS, MARK_ATTRIBUTIONS)
+
+
+@dataclass
+class _Outgoing:
+    subject: str
+    msg_id: str
+    data: bytes
+    lines: int = 1
+
+
+class Publisher:
+    def __init__(
+        self,
+        config: FederationConfig,
+        node: str,
+        town: str,
+        eventlog: EventLog,
+        sessions: SessionRecorder,
+        health: LinkHealth,
+    ) -> None:
+        self.config = config
+        self.node = node
+        self.town = town
+        self.eventlog = eventlog
+        self.sessions = sessions
+        self.health = health
+        self.published = 0
+        # Records larger than the server's max_payload: they never leave this node.
+        self.too_large = 0
+        self.marks: dict[str, str] = {}
+        self._wake = anyio.Event()
+        # The last publish round was a busy one (see run): pace rounds and fetches.
+        self.busy = False
+        # Set when the store may hold new records to send (sessions, digests, attributions):
+        # an emit only adds a line, and reading the store for it would cost a thread hop.
+        self._store_changed = True
+        # Cancelled when the connection is lost: a publish round waiting on it ends.
+        self._publish_scope: anyio.CancelScope | None = None
+
+    def wake(self) -> None:
+        """A line was added to the local log: publish soon."""
+        self._wake.set()
+
+    def store_changed(self) -> None:
+        """A session record, digest or attribution may have been stored: publish soon."""
+        self._store_changed = True
+        self._wake.set()
+
+    def cut_short(self) -> None:
+        """The connection is lost: the publish round waiting on it ends."""
+        if self._publish_scope is not None:
+            self._publish_scope.cancel()
+
+    async def load_marks(self) -> None:
+        sessions = self.sessions
+        for key in MARKS:
+            value = await sessions.db(sessions.store.meta, key)
+            if value is not None:
+                self.marks[key] = value
+
+    async def run(self, js: Any) -> None:
+        attempt = 0
+        unsaved: dict[str, str] = {}
+        saved_at = time.monotonic()
+        health = self.health
+        try:
+            while True:
+                round_started = time.monotonic()
+                batch, marks = await self._next_batch()
+                if not batch:
+                    if unsaved:
+                        await self._save_marks(unsaved)
+                        saved_at = time.monotonic()
+                    with anyio.move_on_after(IDLE_WAKE_S):
+                        await self._wake.wait()
+                    self._wake = anyio.Event()
+                    continue
+                try:
+                    await self._publish(js, batch)
+                except Exception as exc:
+                    health.error("federation_publish_failed", exc, records=len(batch))
+                    self._store_changed = True  # the batch is read again
+                    await health.back_off(attempt)
+                    attempt += 1
+                    continue
+                attempt = 0
+                health.ok("federation_publish_failed")
+                self.marks.update(marks)
+                unsaved.update(marks)
+                self.published += len(batch)
+                # Marks are saved when the backlog is done, else once a second: a crash
+                # repeats at most that much, which the stream and receivers drop.
+                if time.monotonic() - saved_at >= MARK_INTERVAL_S:
+                    await self._save_marks(unsaved)
+                    saved_at = time.monotonic()
+                # Under a stream of appends, at most one round per ROUND_S, so the next
+                # carries a run of lines instead of a few; a light trickle goes at once.
+                self.busy = len(batch) > 1 or _lines_in(batch) >= BUSY_LINES
+                if self.busy:
+                    await anyio.sleep(max(0.0, round_started + ROUND_S - time.monotonic()))
+        finally:
+            if unsaved:
+                with anyio.CancelScope(shield=True):
+                    await self._save_marks(unsaved)
+
+    async def _save_marks(self, marks: dict[str, str]) -> None:
+        sessions = self.sessions
+        await sessions.db(sessions.store.remote.set_marks, dict(marks))
+        marks.clear()
+
+    async def _publish(self, js: Any, batch: Sequence[_Outgoing]) -> None:
+        """Publish ``batch``; return once the stream acknowledged every record, else raise.
+
+        Cut short when the connection is lost (see ``cut_short``): the round is sent
+        again, with the same message ids, on the next server.
+        """
+        import nats.errors
+
+        futures: list[Any] = []
+        scope = anyio.CancelScope(deadline=anyio.current_time() + PUBLISH_TIMEOUT_S)
+        self._publish_scope = scope
+        try:
+            with scope:
+                for item in batch:
+                    try:
+                        future = await js.publish_async(
+                            item.subject, item.data, headers={"Nats-Msg-Id": item.msg_id}
+                        )
+                    except nats.errors.MaxPayloadError:
+                        # Retrying cannot help: the record stays local (docs: max_payload).
+                        self.too_large += 1
+                        log.error(
+                            "federation_record_too_large",
+                            id=item.msg_id,
+                            bytes=len(item.data),
+                            max_payload=js._nc.max_payload,
+                        )
+                        continue
+                    futures.append(future)
+                if futures:
+                    await js.publish_async_completed()
+            if scope.cancelled_caught:
+                if anyio.current_time() >= scope.deadline:
+                    raise TimeoutError(f"not acknowledged in {PUBLISH_TIMEOUT_S:g}s")
+                raise ConnectionError("connection lost during the publish round")
+            for future in futures:
+                future.result()  # raises the stream's refusal, if any
+        finally:
+            self._publish_scope = None
+            for future in futures:
+                if not future.done():
+                    future.cancel()  # frees nats-py's in-flight slot
+                elif not future.cancelled():
+                    future.exception()  # retrieved: asyncio would print it at exit
+
+    async def _next_batch(self) -> tuple[list[_Outgoing], dict[str, str]]:
+        """The next records to publish and the marks to store once they are acknowledged."""
+        sessions = self.sessions
+        limit = self.config.batch
+        batch, marks = await self._event_batch()
+        if not self._store_changed:
+            return batch, marks
+        # Cleared before reading: a commit during the reads sets it again.
+        self._store_changed = False
+        remote = sessions.store.remote
+        rev = self.row_mark(MARK_SESSIONS)
+        for row in await sessions.db(remote.sessions_after, rev, limit):
+            record = SessionMessage(town=self.town, node=self.node, id="", **row)
+            batch.append(self._outgoing("session", record))
+            marks[MARK_SESSIONS] = str(row["rev"])
+        after_digest = self.row_mark(MARK_DIGESTS)
+        for rowid, digest in await sessions.db(remote.digests_after, after_digest, limit):
+            message = DigestMessage(town=self.town, node=self.node, id="", digest=digest)
+            batch.append(self._outgoing("digest", message))
+            marks[MARK_DIGESTS] = str(rowid)
+        row_id = self.row_mark(MARK_ATTRIBUTIONS)
+        for row in await sessions.db(remote.attributions_after, row_id, limit):
+            attribution = AttributionMessage(town=self.town, node=self.node, id="", **row)
+            batch.append(self._outgoing("attribution", attribution))
+            marks[MARK_ATTRIBUTIONS] = str(row["local_id"])
+        if any(m in marks for m in (MARK_SESSIONS, MARK_DIGESTS, MARK_ATTRIBUTIONS)):
+            self._store_changed = True  # there may be more than a batch
+        return batch, marks
+
+    async def _event_batch(self) -> tuple[list[_Outgoing], dict[str, str]]:
+        """Lines of the local log after the published cursor, from the archive first when
+        retention moved them there before they were published."""
+        eventlog = self.eventlog
+        epoch = eventlog.seqmap.epoch
+        after = self.published_seq(epoch)
+        head = eventlog.index.next_seq() - 1
+        if after >= head:
+            return [], {}
+        backlog = eventlog.backlog(_EVERY_LINE, after, head, from_archive=True)
+        chunk: list[tuple[int, bytes]] = []
+        try:
+            while len(chunk) < EVENT_LINES_PER_ROUND:
+                more = await backlog.next()
+                if not more:
+                    break
+                chunk += more
+        except BacklogGap as exc:
+            # Only with the archive turned off: those lines are gone, go on after them.
+            index = eventlog.index
+            skip_to = index.seqs[0] - 1 if len(index) else head
+            log.error(
+                "federation_lines_lost", after_seq=after, resume_after=skip_to, error=str(exc)
+            )
+            return [], {MARK_EVENTS: f"{epoch}:{skip_to}"}
+        if not chunk:
+            return [], {}
+        batch = [
+            self._outgoing(
+                "event",
+                EventMessage(
+                    town=self.town,
+                    node=self.node,
+                    id="",
+                    epoch=epoch,
+                    seqs=[seq for seq, _ in run],
+                    lines=[msgspec.Raw(line) for _, line in run],
+                ),
+            )
+            for run in _runs(chunk)
+        ]
+        return batch, {MARK_EVENTS: f"{epoch}:{chunk[-1][0]}"}
+
+    def row_mark(self, key: str) -> int:
+        """The last published session ``rev``, digest ``rowid`` or attribution id (0: none)."""
+        return int(self.marks.get(key, "0"))
+
+    def published_seq(self, epoch: int) -> int:
+        """The last local seq published in this epoch (-1: none)."""
+        mark = self.marks.get(MARK_EVENTS)
+        if mark is None:
+            return -1
+        mark_epoch, _, seq = mark.partition(":")
+        return int(seq) if int(mark_epoch) == epoch else -1
+
+    def keep_after_seq(self) -> int:
+        """Lines after this seq are not published yet: without the archive (where the
+        publisher also reads), retention must keep them."""
+        return self.published_seq(self.eventlog.seqmap.epoch)
+
+    def _outgoing(self, kind: Kind, message: AnyMessage) -> _Outgoing:
+        message.id = message_id(self.node, kind, local_id_of(message))
+        lines = len(message.seqs) if isinstance(message, EventMessage) else 1
+        return _Outgoing(
+            subject(self.town, self.node, kind), message.id, encode_message(message), lines
+        )
+
+
+def _lines_in(batch: Sequence[_Outgoing]) -> int:
+    return sum(item.lines for item in batch)
+
+
+def _runs(lines: Sequence[tuple[int, bytes]]) -> list[list[tuple[int, bytes]]]:
+    """``lines`` cut into event records: at most ``MAX_EVENT_LINES`` lines, and about
+    ``EVENT_RUN_BYTES`` (a longer line travels alone)."""
+    runs: list[list[tuple[int, bytes]]] = []
+    size = 0
+    for item in lines:
+        if not runs or len(runs[-1]) >= MAX_EVENT_LINES or size + len(item[1]) > EVENT_RUN_BYTES:
+            runs.append([])
+            size = 0
+        runs[-1].append(item)
+        size += len(item[1])
+    return runs

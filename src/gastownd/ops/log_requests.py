@@ -1,0 +1,146 @@
+"""emit, query, subscribe, unsubscribe, prune."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import msgspec
+
+from gastown_client.protocol import (
+    Emit,
+    EmitResult,
+    EventFilter,
+    Prune,
+    PruneResult,
+    Push,
+    Query,
+    QueryResult,
+    Subscribe,
+    SubscribeResult,
+    Unsubscribe,
+    UnsubscribeResult,
+)
+from gastownd.core.events import MAX_LINE_BYTES, encode_line, format_ts
+from gastownd.core.index import Known
+from gastownd.core.query import CompiledFilter, FilterError, compile_filter
+from gastownd.eventlog import EventLog, pruner
+from gastownd.eventlog.subscriptions import Published, Subscriptions
+from gastownd.ops import townwide
+from gastownd.ops.delivery import attach, pump, resume_point, send_local_backlog
+from gastownd.process.daemon import Daemon
+from gastownd.process.refusals import BadRequestError, DaemonError, NotFoundError, TooLargeError
+from gastownd.server.socket_server import Connection, FollowUp, Reply
+from gastownd.store.remote import RemoteEvent
+
+
+def _parts(daemon: Daemon) -> tuple[EventLog, Subscriptions]:
+    return daemon.eventlog, daemon.subscriptions
+
+
+def _line(daemon: Daemon, request: Emit, now: float) -> bytes:
+    line = encode_line(
+        ts=format_ts(now),
+        source=daemon.config.eventlog.source,
+        type=request.type,
+        actor=request.actor,
+        payload=request.payload,
+        visibility=request.visibility,
+    )
+    if len(line) - 1 > MAX_LINE_BYTES:
+        raise TooLargeError(
+            f"the encoded line is {len(line) - 1} bytes; Gas Town's readers break past "
+            f"{MAX_LINE_BYTES} - at $.payload"
+        )
+    return line
+
+
+def submit_emit(daemon: Daemon, request: Emit, reply: Reply) -> None:
+    """Queue the line for the writer; ``reply`` once it is durable."""
+    eventlog, _ = _parts(daemon)
+    now = daemon.clock()
+    line = _line(daemon, request, now)
+    session = request.payload.get("session_id")
+    known = Known(
+        request.type,
+        request.actor,
+        session if isinstance(session, str) and session else None,
+        int(now),
+    )
+
+    def written(outcome: int | DaemonError) -> None:
+        if isinstance(outcome, DaemonError):
+            reply(outcome)
+        else:
+            reply(EmitResult(cursor=eventlog.cursor(outcome), event=msgspec.Raw(line[:-1])))
+
+    eventlog.submit(line, written, known)
+
+
+def _compile(request: EventFilter) -> CompiledFilter:
+    try:
+        return compile_filter(
+            types=request.types,
+            actor=request.actor,
+            session=request.session,
+            since=request.since,
+            until=request.until,
+        )
+    except FilterError as exc:
+        raise BadRequestError(str(exc)) from None
+
+
+async def query(daemon: Daemon, request: Query) -> QueryResult:
+    eventlog, _ = _parts(daemon)
+    flt = _compile(request)
+    scope = townwide.scope_of(daemon, request)
+    if scope is not None:
+        return await townwide.query(daemon, request, flt, scope)
+    cursor = eventlog.head_cursor()
+    lines = await eventlog.query(flt, request.limit, request.oldest_first, archive=request.archive)
+    return QueryResult(events=[msgspec.Raw(line) for line in lines], cursor=cursor)
+
+
+async def subscribe(daemon: Daemon, request: Subscribe, conn: Connection) -> FollowUp:
+    eventlog, subscriptions = _parts(daemon)
+    flt = _compile(request)
+    scope = townwide.scope_of(daemon, request)
+    if scope is not None:
+        return await townwide.subscribe(daemon, request, conn, flt, scope)
+    head = eventlog.index.next_seq() - 1
+    after, from_archive, resync = resume_point(eventlog, request.cursor)
+    # From here to the FollowUp nothing awaits: the backlog and the live
+    # queue split the log at exactly this point, with no gap and no overlap.
+    backlog = eventlog.backlog(flt, after, head, from_archive=from_archive)
+    subscriber = attach(subscriptions, conn, flt, None, head)
+    result = SubscribeResult(
+        subscription=subscriber.id, cursor=eventlog.head_cursor(), resync=resync
+    )
+
+    def render(items: Sequence[Published | RemoteEvent]) -> list[Push]:
+        return [
+            Push(
+                push="event",
+                subscription=subscriber.id,
+                cursor=eventlog.cursor(item.seq),
+                event=msgspec.Raw(item.line),
+            )
+            for item in items
+            if isinstance(item, Published)
+        ]
+
+    async def send_backlog() -> None:
+        await send_local_backlog(backlog, subscriber, conn, render)
+
+    return FollowUp(result, lambda: pump(subscriptions, subscriber, conn, send_backlog, render))
+
+
+def unsubscribe(daemon: Daemon, request: Unsubscribe, conn: Connection) -> UnsubscribeResult:
+    _, subscriptions = _parts(daemon)
+    if request.subscription not in conn.subscriptions:
+        raise NotFoundError(f"no subscription {request.subscription} on this connection")
+    subscriptions.remove(request.subscription)
+    return UnsubscribeResult(subscription=request.subscription)
+
+
+async def prune(daemon: Daemon, request: Prune) -> PruneResult:
+    return await pruner.prune_now(daemon, dry_run=request.dry_run)

@@ -1,0 +1,145 @@
+"""``gastownd``: run the daemon in the foreground (supervisors do the rest)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import anyio
+import structlog
+
+from gastown_client import __version__
+from gastown_client import paths as town_paths
+from gastownd.process.app import App, build_state
+from gastownd.process.config import Config
+from gastownd.process.logsetup import configure_logging
+from gastownd.process.refusals import EXIT_SOFTWARE, StartupError
+from gastownd.process.systemd import Notifier
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gastownd", description="The Gas Town daemon: event log and agent sessions."
+    )
+    parser.add_argument("--version", action="version", version=f"gastownd {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    run = commands.add_parser("run", help="run the daemon in the foreground")
+    run.add_argument("--town-root", type=Path, help="town directory (default: see docs)")
+    run.add_argument(
+        "--config",
+        type=Path,
+        help="TOML config (default: <town>/settings/gastownd.toml if present)",
+    )
+    run.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    run.add_argument("--log-format", choices=["auto", "json", "console"])
+    run.add_argument(
+        "--no-supervisor", action="store_true", help="ignore LISTEN_FDS/NOTIFY_SOCKET even when set"
+    )
+    install = commands.add_parser(
+        "install-service", help="install and enable the systemd user units (launchd on macOS)"
+    )
+    install.add_argument("--town-root", type=Path, help="town directory")
+    install.add_argument("--dry-run", action="store_true", help="print what would be done")
+    install.add_argument(
+        "--templated",
+        action="store_true",
+        help="use the gastownd@.service template (several towns)",
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "run":
+        return run(args)
+    if args.command == "install-service":
+        return install(args)
+    return 2
+
+
+def install(args: argparse.Namespace) -> int:
+    from gastownd.process.service import ServiceError, install_service
+
+    town = town_paths.find_town_root(args.town_root)
+    try:
+        for action in install_service(town, dry_run=args.dry_run, templated=args.templated):
+            print(action)
+    except ServiceError as exc:
+        print(f"gastownd: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def loop_options(choice: str) -> dict[str, bool]:
+    """anyio's asyncio backend options: uvloop when asked for, or (``auto``) installed."""
+    if choice == "asyncio":
+        return {}
+    if choice == "auto":
+        try:
+            import uvloop  # noqa: F401 - the ``fast`` extra
+        except ImportError:
+            return {}
+    return {"use_uvloop": True}
+
+
+def run(args: argparse.Namespace) -> int:
+    """Exit 0 after a clean stop; a refusal (docs/operations.md) is one line on stderr."""
+    configure_logging("info", args.log_format or "auto")
+    log = structlog.get_logger("gastownd")
+    try:
+        town = town_paths.find_town_root(args.town_root, create=True)
+        state = build_state(town, args.config)
+    except StartupError as exc:
+        return refuse(exc, supervised=not args.no_supervisor)
+    except OSError as exc:
+        # Creating the default town (~/gt) failed.
+        where = exc.filename or args.town_root
+        return refuse(
+            StartupError(f"{where}: cannot create the town: {exc.strerror or exc}"),
+            supervised=not args.no_supervisor,
+        )
+    config = state.config
+    level = args.log_level or config.log_level
+    configure_logging(level, args.log_format or config.log_format)
+    app = App(state, supervised=not args.no_supervisor)
+
+    def relog(new_config: Config) -> None:
+        configure_logging(
+            args.log_level or new_config.log_level, args.log_format or new_config.log_format
+        )
+
+    app.on_reload.append(relog)
+    try:
+        anyio.run(app.run, backend_options=loop_options(config.server.event_loop))
+    except KeyboardInterrupt:
+        return 0
+    except Exception as exc:
+        refusal = startup_error(exc)
+        if refusal is not None:
+            return refuse(refusal, supervised=not args.no_supervisor)
+        log.exception("daemon_crashed")
+        return EXIT_SOFTWARE
+    return 0
+
+
+def startup_error(exc: BaseException) -> StartupError | None:
+    """The refusal ``exc`` is, or holds alone (raised inside a task group), else None."""
+    if isinstance(exc, StartupError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        refusals, others = exc.split(StartupError)
+        if others is None and refusals is not None:
+            return startup_error(refusals.exceptions[0])
+    return None
+
+
+def refuse(exc: StartupError, *, supervised: bool) -> int:
+    """One line on stderr (and the same to systemd), and the refusal's exit status."""
+    message = " ".join(exc.message.splitlines())
+    print(f"gastownd: {message}", file=sys.stderr)
+    if supervised:
+        notifier = Notifier.from_environ()
+        notifier.failed(message, exc.errno_code)
+        notifier.close()
+    return exc.exit_code

@@ -1,0 +1,183 @@
+"""Hook requests spooled while the daemon was down: applied in order, exactly once.
+
+``gastown-hook`` appends one frame per line to ``<town>/.gastownd/spool/hook-<uid>.jsonl``
+when it cannot reach the daemon. The daemon sets such a file aside (rename to
+``ingesting-…``), waits a short grace so a hook that already opened it has
+written its line, then applies its lines in order. How far a file has been
+applied is stored in the same SQLite transaction as each request's effects,
+so a crash neither loses nor repeats one. A finished file is removed.
+
+The hook also leaves notes there (``note-<uid>.jsonl``, one line per call it
+had to cut whole values of, or lost: too deep, cut short, refused): they are
+set aside the same way and logged (``hook_call_cut``, ``hook_call_lost``), at
+most ``MAX_NOTES_LOGGED`` per pass and a count for the rest.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import anyio
+import anyio.to_thread
+import msgspec
+import structlog
+import watchfiles
+
+from gastown_client import codec
+from gastown_client.protocol import ErrorCode, Hook
+from gastownd.ops import hooks
+from gastownd.process.config import parse_duration
+from gastownd.process.daemon import Daemon
+from gastownd.process.refusals import DaemonError
+from gastownd.sessions.recorder import NO_CHANGE
+
+log = structlog.get_logger("gastownd.spool")
+
+PENDING_PREFIX = "hook-"
+INGESTING_PREFIX = "ingesting-"
+NOTE_PREFIX = "note-"
+READING_PREFIX = "reading-"
+# Notes logged one by one per pass; the rest are counted in one line.
+MAX_NOTES_LOGGED = 20
+# Bytes of a note file read: the hook writes ~300 bytes per note.
+MAX_NOTE_FILE = 1 << 20
+
+
+class SpoolIngester:
+    def __init__(self, daemon: Daemon, folder: Path) -> None:
+        self.daemon = daemon
+        self.folder = folder
+        self.applied = 0
+        self._lock = anyio.Lock()
+
+    def prepare(self) -> None:
+        self.folder.mkdir(mode=0o700, exist_ok=True)
+
+    async def run(self, stop: anyio.Event) -> None:
+        await self.ingest()
+        while not stop.is_set():
+            try:
+                async for _changes in watchfiles.awatch(
+                    self.folder,
+                    recursive=False,
+                    stop_event=stop,
+                    # Also wake every 2 s with no change: a file written before the
+                    # watch was in place (just after start) is then still found.
+                    rust_timeout=2000,
+                    yield_on_timeout=True,
+                    step=50,
+                    debounce=200,
+                ):
+                    await self.ingest()
+            except (OSError, RuntimeError) as exc:
+                log.warning("spool_watch_restarting", error=str(exc))
+                await anyio.sleep(1)
+
+    async def ingest(self) -> int:
+        """Apply every spooled request; returns how many were applied."""
+        async with self._lock:
+            set_aside = await anyio.to_thread.run_sync(self._set_aside)
+            if set_aside:
+                await anyio.sleep(parse_duration(self.daemon.config.hooks.spool_grace))
+            notes = await anyio.to_thread.run_sync(self._take_notes)
+            _log_notes(notes)
+            count = 0
+            for path in sorted(self.folder.glob(f"{INGESTING_PREFIX}*")):
+                count += await self._ingest_file(path)
+            if count:
+                log.info("spool_ingested", requests=count)
+            self.applied += count
+            return count
+
+    def _set_aside(self) -> int:
+        moved = 0
+        for prefix, aside in ((PENDING_PREFIX, INGESTING_PREFIX), (NOTE_PREFIX, READING_PREFIX)):
+            for path in sorted(self.folder.glob(f"{prefix}*.jsonl")):
+                if path.stat().st_size == 0:
+                    continue
+                stamp = f"{time.time_ns():020d}"
+                os.rename(path, path.with_name(f"{aside}{stamp}-{path.name}"))
+                moved += 1
+        return moved
+
+    def _take_notes(self) -> list[bytes]:
+        """The lines of the notes set aside (after the grace), whose files are then removed."""
+        lines: list[bytes] = []
+        for path in sorted(self.folder.glob(f"{READING_PREFIX}*")):
+            try:
+                with path.open("rb") as file:
+                    lines += file.read(MAX_NOTE_FILE).splitlines()
+                path.unlink()
+            except OSError as exc:
+                log.warning("hook_notes_unreadable", file=path.name, error=str(exc))
+        return lines
+
+    async def _ingest_file(self, path: Path) -> int:
+        sessions = self.daemon.sessions
+        name = path.name
+        offset = await sessions.db(sessions.store.spool_offset, name)
+        data = await anyio.to_thread.run_sync(path.read_bytes)
+        count = 0
+        while offset < len(data):
+            newline = data.find(b"\n", offset)
+            if newline < 0:
+                log.warning("spool_torn_line", file=name, offset=offset)
+                break
+            frame = data[offset:newline]
+            offset = newline + 1
+            mark = (name, offset)
+            try:
+                request = codec.decode_request(frame)
+                if not isinstance(request, Hook):
+                    raise codec.BadRequest(
+                        ErrorCode.BAD_REQUEST, "only hook requests are spooled", None
+                    )
+                await hooks.hook(self.daemon, request, spool_mark=mark)
+                count += 1
+            except (codec.BadRequest, DaemonError) as exc:
+                log.warning(
+                    "spooled_request_rejected",
+                    file=name,
+                    offset=offset,
+                    reason=getattr(exc, "message", str(exc)),
+                )
+                await sessions.apply(NO_CHANGE, spool_mark=mark)
+            except Exception:
+                # A poisoned line must not crash every start: log it, skip it.
+                log.exception("spooled_request_failed", file=name, offset=offset)
+                await sessions.apply(NO_CHANGE, spool_mark=mark)
+        await anyio.to_thread.run_sync(path.unlink)
+        await sessions.db(sessions.store.forget_spool_file, name)
+        return count
+
+
+class _Note(msgspec.Struct, forbid_unknown_fields=False):
+    lost: bool = True
+    reason: str = "unknown"
+    hook_event: str = ""
+    session_id: str = ""
+    bytes: int = 0
+    pid: int = 0
+
+
+_note_decoder = msgspec.json.Decoder(_Note)
+
+
+def _log_notes(lines: list[bytes]) -> None:
+    for line in lines[:MAX_NOTES_LOGGED]:
+        try:
+            note = _note_decoder.decode(line)
+        except (msgspec.DecodeError, RecursionError):
+            note = _Note(reason="unreadable note")
+        log.warning(
+            "hook_call_lost" if note.lost else "hook_call_cut",
+            reason=note.reason,
+            hook_event=note.hook_event or None,
+            session_id=note.session_id or None,
+            bytes=note.bytes,
+            pid=note.pid,
+        )
+    if len(lines) > MAX_NOTES_LOGGED:
+        log.warning("hook_notes_suppressed", notes=len(lines) - MAX_NOTES_LOGGED)
