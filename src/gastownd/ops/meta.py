@@ -13,15 +13,26 @@ from gastown_client.protocol import (
     Hello,
     HelloResult,
     PathsInfo,
+    Ping,
     PingResult,
     SessionsInfo,
+    Status,
     StatusResult,
 )
 from gastownd.core.events import format_ts
 from gastownd.daemon import Daemon
 from gastownd.errors import UnsupportedProtocolError
 
-CAPABILITIES = ["events", "subscribe", "prune", "sessions", "attribution", "hooks", "archive"]
+CAPABILITIES = [
+    "events",
+    "subscribe",
+    "prune",
+    "sessions",
+    "attribution",
+    "hooks",
+    "archive",
+    "metrics",
+]
 
 
 def hello(daemon: Daemon, request: Hello) -> HelloResult:
@@ -41,11 +52,11 @@ def hello(daemon: Daemon, request: Hello) -> HelloResult:
     )
 
 
-def ping(daemon: Daemon) -> PingResult:
+def ping(daemon: Daemon, request: Ping) -> PingResult:
     return PingResult()
 
 
-async def status(daemon: Daemon) -> StatusResult:
+async def status(daemon: Daemon, request: Status) -> StatusResult:
     paths = daemon.paths
     server = daemon.server
     eventlog = daemon.eventlog.info() if daemon.eventlog is not None else EventLogInfo()
