@@ -292,6 +292,10 @@ class Metrics(Returning["MetricsResult"], tag="metrics"):
 # The op table's one line per op: a new op is a request struct naming its result
 # (``Returning["XResult"]``), that result, a line here, and its handler in
 # gastownd/ops/__init__.py. ``OP_TABLE`` (at the end) is derived from it.
+class Version(Returning["VersionResult"], tag="version"):
+    """The daemon's version, its protocol versions, and the Python that runs it."""
+
+
 RequestUnion = (
     Hello
     | Ping
@@ -313,6 +317,7 @@ RequestUnion = (
     | Attribution
     | Hook
     | Metrics
+    | Version
 )
 OPS: frozenset[str] = frozenset(cls.__struct_config__.tag for cls in typing.get_args(RequestUnion))
 
@@ -643,6 +648,13 @@ class HookResult(msgspec.Struct, kw_only=True, omit_defaults=True):
 class MetricsResult(msgspec.Struct, kw_only=True):
     content_type: str
     text: str
+
+
+class VersionResult(msgspec.Struct, kw_only=True):
+    daemon_version: str
+    protocol: int
+    min_protocol: int
+    python: str
 
 
 # ---------------------------------------------------------------- frames

@@ -33,6 +33,7 @@ from gastown_client.protocol import (
     Status,
     Subscribe,
     Unsubscribe,
+    Version,
     WispGet,
 )
 from gastownd.daemon import Daemon
@@ -89,6 +90,7 @@ ROUTES: dict[type[Request], Route] = dict(
     [
         inline(Hello, meta.hello),
         inline(Ping, meta.ping),
+        inline(Version, meta.version),
         inline_on_connection(Unsubscribe, events.unsubscribe),
         replying(Emit, events.submit_emit),
         task(Status, meta.status),

@@ -1,8 +1,9 @@
-"""hello, ping, status."""
+"""hello, ping, status, version."""
 
 from __future__ import annotations
 
 import os
+import platform
 
 from gastown_client import __version__
 from gastown_client.protocol import (
@@ -18,6 +19,8 @@ from gastown_client.protocol import (
     SessionsInfo,
     Status,
     StatusResult,
+    Version,
+    VersionResult,
 )
 from gastownd.core.events import format_ts
 from gastownd.daemon import Daemon
@@ -54,6 +57,15 @@ def hello(daemon: Daemon, request: Hello) -> HelloResult:
 
 def ping(daemon: Daemon, request: Ping) -> PingResult:
     return PingResult()
+
+
+def version(daemon: Daemon, request: Version) -> VersionResult:
+    return VersionResult(
+        daemon_version=__version__,
+        protocol=PROTOCOL_VERSION,
+        min_protocol=MIN_PROTOCOL_VERSION,
+        python=platform.python_version(),
+    )
 
 
 async def status(daemon: Daemon, request: Status) -> StatusResult:
