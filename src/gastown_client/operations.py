@@ -73,16 +73,18 @@ class Operation(Generic[P, R]):
     def __get__(self, client: SyncCaller, owner: type) -> Callable[P, R]: ...
     @overload
     def __get__(self, client: AsyncCaller, owner: type) -> Callable[P, Awaitable[R]]: ...
-    def __get__(self, client: object, owner: type) -> Any:
+    def __get__(self, client: SyncCaller | AsyncCaller | None, owner: type) -> Any:
         if client is None:
             return self
-        call = client.call  # type: ignore[attr-defined]
+        call = client.call
         build = self.build
 
         @functools.wraps(build)
         def method(*args: P.args, **kwargs: P.kwargs) -> Any:
             return call(build(*args, **kwargs))
 
+        method.__name__ = self.name
+        method.__qualname__ = f"{owner.__name__}.{self.name}"
         # Later reads find the method on the instance, past this descriptor.
         client.__dict__[self.name] = method
         return method
