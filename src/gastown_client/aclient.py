@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any, TypeVar, overload
 
 import anyio
@@ -11,13 +11,9 @@ import anyio.abc
 import msgspec
 
 from gastown_client import codec
-from gastown_client.client import (
-    DEFAULT_CONNECT_TIMEOUT_S,
-    DEFAULT_REPLY_TIMEOUT_S,
-    resolve_socket,
-)
+from gastown_client.client import ClientBase
 from gastown_client.errors import DaemonUnavailable, RequestRejected
-from gastown_client.operations import AsyncCaller, Operations, checked_hello, hello_request
+from gastown_client.operations import AsyncCaller, checked_hello, hello_request
 from gastown_client.protocol import (
     RESULT_TYPES,
     Frame,
@@ -32,30 +28,18 @@ R = TypeVar("R")
 T = TypeVar("T")
 
 
-class AsyncClient(Operations, AsyncCaller):
+class AsyncClient(ClientBase, AsyncCaller):
     """One connection; use ``async with AsyncClient() as c: await c.ping()``.
 
     Requests on one client are answered in the order they are awaited; use
     several clients for concurrency.
     """
 
-    def __init__(
-        self,
-        socket_path: str | Path | None = None,
-        *,
-        town_root: str | Path | None = None,
-        connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S,
-        timeout_s: float | None = DEFAULT_REPLY_TIMEOUT_S,
-        max_frame: int = 64 << 20,
-    ) -> None:
-        self.socket_path = resolve_socket(socket_path, town_root)
-        self._connect_timeout_s = connect_timeout_s
-        self._timeout_s = timeout_s
-        self._reader = codec.FrameReader(max_frame)
-        self._stream: anyio.abc.SocketStream | None = None
-        self._next_id = 0
-        self._lock = anyio.Lock()
-        self.server: HelloResult | None = None
+    _stream: anyio.abc.SocketStream | None = None
+
+    @functools.cached_property
+    def _lock(self) -> anyio.Lock:
+        return anyio.Lock()
 
     async def connect(self) -> AsyncClient:
         if self._stream is None:
@@ -82,15 +66,13 @@ class AsyncClient(Operations, AsyncCaller):
     async def send(self, request: Request) -> int | str | None:
         await self.connect()
         assert self._stream is not None
-        if request.id is None:
-            self._next_id += 1
-            request.id = self._next_id
+        request_id = self._numbered(request)
         try:
             await self._stream.send(codec.encode_frame(request))
         except (OSError, anyio.BrokenResourceError, anyio.ClosedResourceError) as exc:
             await self.aclose()
             raise DaemonUnavailable(str(self.socket_path), str(exc) or "broken pipe") from None
-        return request.id
+        return request_id
 
     async def read_frame(self, timeout_s: float | None = None) -> Frame:
         if self._stream is None:

@@ -38,15 +38,9 @@ def resolve_socket(
     return paths.socket_path(paths.find_town_root(town_root))
 
 
-class Client(Operations, SyncCaller):
-    """One connection; requests are sent and answered in order.
-
-    >>> with Client() as c:
-    ...     c.ping()
-
-    The ops' methods (``ping``, ``emit``, ...) come from ``Operations``; any
-    request also goes through ``call``: ``c.call(Ping())`` returns a ``PingResult``.
-    """
+class ClientBase(Operations):
+    """What both clients hold: where the daemon is, the reply timeout, the frame
+    reader and the next request id; and the ops' methods, from ``Operations``."""
 
     def __init__(
         self,
@@ -61,9 +55,28 @@ class Client(Operations, SyncCaller):
         self._connect_timeout_s = connect_timeout_s
         self._timeout_s = timeout_s
         self._reader = codec.FrameReader(max_frame)
-        self._sock: socket.socket | None = None
         self._next_id = 0
         self.server: HelloResult | None = None
+
+    def _numbered(self, request: Request) -> int | str | None:
+        """The request's id, the next number when it has none."""
+        if request.id is None:
+            self._next_id += 1
+            request.id = self._next_id
+        return request.id
+
+
+class Client(ClientBase, SyncCaller):
+    """One connection; requests are sent and answered in order.
+
+    >>> with Client() as c:
+    ...     c.ping()
+
+    The ops' methods (``ping``, ``emit``, ...) come from ``Operations``; any
+    request also goes through ``call``: ``c.call(Ping())`` returns a ``PingResult``.
+    """
+
+    _sock: socket.socket | None = None
 
     # -- connection --------------------------------------------------------
 
@@ -102,9 +115,7 @@ class Client(Operations, SyncCaller):
 
     def send(self, request: Request) -> int | str | None:
         """Send one request without waiting (pipelining); returns its id."""
-        if request.id is None:
-            self._next_id += 1
-            request.id = self._next_id
+        request_id = self._numbered(request)
         sock = self.connect()._sock
         assert sock is not None
         try:
@@ -112,7 +123,7 @@ class Client(Operations, SyncCaller):
         except OSError as exc:
             self.close()
             raise DaemonUnavailable(str(self.socket_path), _reason(exc)) from None
-        return request.id
+        return request_id
 
     def read_frame(self) -> Frame:
         """The next frame from the daemon, reply or push."""
