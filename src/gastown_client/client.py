@@ -3,54 +3,27 @@
 from __future__ import annotations
 
 import socket
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 import msgspec
 
-from gastown_client import __version__, codec, paths
-from gastown_client.errors import DaemonUnavailable, ProtocolMismatch, RequestRejected
+from gastown_client import codec, paths
+from gastown_client.errors import DaemonUnavailable, RequestRejected
+from gastown_client.operations import Operations, SyncCaller, checked_hello, hello_request
 from gastown_client.protocol import (
-    PROTOCOL_VERSION,
-    Attribute,
-    AttributeResult,
-    Attribution,
-    AttributionResult,
-    Cv,
-    CvResult,
-    DigestGet,
-    DigestView,
-    Emit,
-    EmitResult,
+    RESULT_TYPES,
     Frame,
-    Hello,
     HelloResult,
-    Ping,
-    PingResult,
-    Prune,
-    PruneResult,
-    Query,
     QueryResult,
     Request,
-    ResolveSession,
-    SessionEnd,
-    SessionRow,
-    Sessions,
-    SessionsResult,
-    SessionStart,
-    SessionStartResult,
-    SessionStep,
-    SessionStepResult,
-    Status,
-    StatusResult,
+    Returning,
     Subscribe,
     SubscribeResult,
-    Visibility,
-    WispGet,
-    WispView,
 )
 
+R = TypeVar("R")
 T = TypeVar("T")
 
 DEFAULT_CONNECT_TIMEOUT_S = 2.0
@@ -65,12 +38,9 @@ def resolve_socket(
     return paths.socket_path(paths.find_town_root(town_root))
 
 
-class Client:
-    """One connection; requests are sent and answered in order.
-
-    >>> with Client() as c:
-    ...     c.ping()
-    """
+class ClientBase(Operations):
+    """What both clients hold: where the daemon is, the reply timeout, the frame
+    reader and the next request id; and the ops' methods, from ``Operations``."""
 
     def __init__(
         self,
@@ -85,9 +55,28 @@ class Client:
         self._connect_timeout_s = connect_timeout_s
         self._timeout_s = timeout_s
         self._reader = codec.FrameReader(max_frame)
-        self._sock: socket.socket | None = None
         self._next_id = 0
         self.server: HelloResult | None = None
+
+    def _numbered(self, request: Request) -> int | str | None:
+        """The request's id, the next number when it has none."""
+        if request.id is None:
+            self._next_id += 1
+            request.id = self._next_id
+        return request.id
+
+
+class Client(ClientBase, SyncCaller):
+    """One connection; requests are sent and answered in order.
+
+    >>> with Client() as c:
+    ...     c.ping()
+
+    The ops' methods (``ping``, ``emit``, ...) come from ``Operations``; any
+    request also goes through ``call``: ``c.call(Ping())`` returns a ``PingResult``.
+    """
+
+    _sock: socket.socket | None = None
 
     # -- connection --------------------------------------------------------
 
@@ -126,9 +115,7 @@ class Client:
 
     def send(self, request: Request) -> int | str | None:
         """Send one request without waiting (pipelining); returns its id."""
-        if request.id is None:
-            self._next_id += 1
-            request.id = self._next_id
+        request_id = self._numbered(request)
         sock = self.connect()._sock
         assert sock is not None
         try:
@@ -136,7 +123,7 @@ class Client:
         except OSError as exc:
             self.close()
             raise DaemonUnavailable(str(self.socket_path), _reason(exc)) from None
-        return request.id
+        return request_id
 
     def read_frame(self) -> Frame:
         """The next frame from the daemon, reply or push."""
@@ -157,95 +144,39 @@ class Client:
                 raise DaemonUnavailable(str(self.socket_path), "connection closed by daemon")
             self._reader.feed(data)
 
-    def call(self, request: Request, result_type: type[T]) -> T:
+    @overload
+    def call(self, request: Returning[R]) -> R: ...
+    @overload
+    def call(self, request: Request, result_type: type[T]) -> T: ...
+    def call(self, request: Request, result_type: type[Any] | None = None) -> Any:
+        """Send ``request`` and wait for its result (of the request's result type)."""
+        expected = RESULT_TYPES[type(request)] if result_type is None else result_type
         request_id = self.send(request)
         while True:
             frame = self.read_frame()
             if frame.push is None and frame.id == request_id:
-                return codec.result_of(frame, result_type)
+                return codec.result_of(frame, expected)
             if frame.push is None and frame.id is None and frame.ok is False:
                 # A connection-level error (forbidden, too_large) has no id.
-                codec.result_of(frame, result_type)
+                codec.result_of(frame, expected)
 
-    # -- operations --------------------------------------------------------
+    # -- operations that are more than a call --------------------------------
 
     def hello(self) -> HelloResult:
-        result = self.call(
-            Hello(protocol=PROTOCOL_VERSION, client=f"gastown_client/{__version__}"), HelloResult
-        )
-        if result.min_protocol > PROTOCOL_VERSION:
-            raise ProtocolMismatch(
-                f"daemon needs protocol >= {result.min_protocol}, client speaks {PROTOCOL_VERSION}"
-            )
-        self.server = result
-        return result
-
-    def ping(self) -> PingResult:
-        return self.call(Ping(), PingResult)
-
-    def status(self) -> StatusResult:
-        return self.call(Status(), StatusResult)
-
-    def emit(
-        self,
-        type: str,
-        actor: str,
-        payload: Mapping[str, Any] | None = None,
-        visibility: Visibility = "feed",
-    ) -> EmitResult:
-        return self.call(
-            Emit(type=type, actor=actor, payload=dict(payload or {}), visibility=visibility),
-            EmitResult,
-        )
-
-    def query(self, **filters: Any) -> QueryResult:
-        return self.call(Query(**filters), QueryResult)
+        self.server = checked_hello(self.call(hello_request()))
+        return self.server
 
     def query_events(self, **filters: Any) -> list[dict[str, Any]]:
         """Like ``query`` but with each event decoded to a dict."""
-        return [msgspec.json.decode(raw) for raw in self.query(**filters).events]
-
-    def prune(self, dry_run: bool = False) -> PruneResult:
-        return self.call(Prune(dry_run=dry_run), PruneResult)
-
-    # -- sessions ------------------------------------------------------------
-
-    def session_start(self, session: str, actor: str, **fields: Any) -> SessionStartResult:
-        return self.call(SessionStart(session=session, actor=actor, **fields), SessionStartResult)
-
-    def session_step(self, session: str, kind: str, **fields: Any) -> SessionStepResult:
-        return self.call(SessionStep(session=session, kind=kind, **fields), SessionStepResult)
-
-    def session_end(self, session: str, reason: str = "ended") -> DigestView:
-        return self.call(SessionEnd(session=session, reason=reason), DigestView)
-
-    def wisp(self, session: str) -> WispView:
-        return self.call(WispGet(session=session), WispView)
-
-    def digest(self, ref: str) -> DigestView:
-        return self.call(DigestGet(ref=ref), DigestView)
-
-    def cv(self, actor: str, limit: int = 20, verify: bool = False) -> CvResult:
-        return self.call(Cv(actor=actor, limit=limit, verify=verify), CvResult)
-
-    def sessions(self, **filters: Any) -> SessionsResult:
-        return self.call(Sessions(**filters), SessionsResult)
-
-    def resolve_session(self, session: str) -> SessionRow:
-        return self.call(ResolveSession(session=session), SessionRow)
-
-    def attribute(self, issue: str, **fields: Any) -> AttributeResult:
-        return self.call(Attribute(issue=issue, **fields), AttributeResult)
-
-    def attribution(self, issue: str) -> AttributionResult:
-        return self.call(Attribution(issue=issue), AttributionResult)
+        result: QueryResult = self.query(**filters)
+        return [msgspec.json.decode(raw) for raw in result.events]
 
     def subscribe(self, **filters: Any) -> Subscription:
         """Start a subscription; iterate the result for ``(cursor, event)`` pairs.
 
         The connection is then dedicated to the subscription.
         """
-        result = self.call(Subscribe(**filters), SubscribeResult)
+        result = self.call(Subscribe(**filters))
         return Subscription(self, result)
 
 

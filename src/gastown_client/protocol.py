@@ -15,7 +15,7 @@ import re
 import typing
 from array import array
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Any, Generic, Literal, NamedTuple, TypeVar
 
 import msgspec
 
@@ -80,6 +80,8 @@ class ErrorCode(StrEnum):
 
 # ---------------------------------------------------------------- requests
 
+ResultT = TypeVar("ResultT")
+
 
 class Request(msgspec.Struct, tag_field="op", kw_only=True):
     """Base of every request; never sent itself."""
@@ -87,20 +89,25 @@ class Request(msgspec.Struct, tag_field="op", kw_only=True):
     id: int | str | None = None
 
 
-class Hello(Request, tag="hello"):
+class Returning(Request, Generic[ResultT]):
+    """A request whose reply carries a ``ResultT``: ``class Ping(Returning["PingResult"])``
+    (a string: the results are declared further down). Never sent itself."""
+
+
+class Hello(Returning["HelloResult"], tag="hello"):
     protocol: int
     client: str = ""
 
 
-class Ping(Request, tag="ping"):
+class Ping(Returning["PingResult"], tag="ping"):
     pass
 
 
-class Status(Request, tag="status"):
+class Status(Returning["StatusResult"], tag="status"):
     pass
 
 
-class Emit(Request, tag="emit"):
+class Emit(Returning["EmitResult"], tag="emit"):
     type: str
     actor: str
     payload: dict[str, Any] = msgspec.field(default_factory=dict)
@@ -138,7 +145,7 @@ class EventFilter(Request):
     node: str | None = None
 
 
-class Query(EventFilter, tag="query"):
+class Query(EventFilter, Returning["QueryResult"], tag="query"):
     """``archive``: also search the lines retention moved to the archive."""
 
     limit: int = 20
@@ -150,7 +157,7 @@ class Query(EventFilter, tag="query"):
             raise ValueError("limit must be between 1 and 100000")
 
 
-class Subscribe(EventFilter, tag="subscribe"):
+class Subscribe(EventFilter, Returning["SubscribeResult"], tag="subscribe"):
     """Push every matching line after ``cursor``.
 
     ``None``: only lines appended from now on; ``"start"``: from the oldest
@@ -160,18 +167,18 @@ class Subscribe(EventFilter, tag="subscribe"):
     cursor: str | None = None
 
 
-class Unsubscribe(Request, tag="unsubscribe"):
+class Unsubscribe(Returning["UnsubscribeResult"], tag="unsubscribe"):
     subscription: int
 
 
-class Prune(Request, tag="prune"):
+class Prune(Returning["PruneResult"], tag="prune"):
     dry_run: bool = False
 
 
 StartSourceName = Literal["startup", "resume", "clear", "compact"]
 
 
-class SessionStart(Request, tag="session_start"):
+class SessionStart(Returning["SessionStartResult"], tag="session_start"):
     """Open (or continue) the wisp of a session. Idempotent for an open session."""
 
     session: str
@@ -190,7 +197,7 @@ class SessionStart(Request, tag="session_start"):
             raise ValueError("actor must not be empty")
 
 
-class SessionStep(Request, tag="session_step"):
+class SessionStep(Returning["SessionStepResult"], tag="session_step"):
     session: str
     kind: str
     ref: str | None = None
@@ -201,30 +208,30 @@ class SessionStep(Request, tag="session_step"):
             raise ValueError("kind must match [A-Za-z0-9_.:-]{1,128}")
 
 
-class SessionEnd(Request, tag="session_end"):
+class SessionEnd(Returning["DigestView"], tag="session_end"):
     session: str
     reason: str = "ended"
 
 
-class WispGet(Request, tag="wisp"):
+class WispGet(Returning["WispView"], tag="wisp"):
     """A session's current wisp with its steps; ``session`` may be a unique prefix."""
 
     session: str
 
 
-class DigestGet(Request, tag="digest"):
+class DigestGet(Returning["DigestView"], tag="digest"):
     """A digest by digest id or session id (the latest segment); prefixes allowed."""
 
     ref: str
 
 
-class Cv(Request, tag="cv"):
+class Cv(Returning["CvResult"], tag="cv"):
     actor: str
     limit: int = 20
     verify: bool = False
 
 
-class Sessions(Request, tag="sessions"):
+class Sessions(Returning["SessionsResult"], tag="sessions"):
     """The seance listing: one row per session, newest start first."""
 
     role: str | None = None
@@ -236,13 +243,13 @@ class Sessions(Request, tag="sessions"):
     local: bool = False
 
 
-class ResolveSession(Request, tag="resolve_session"):
+class ResolveSession(Returning["SessionRow"], tag="resolve_session"):
     """One session by id or unique prefix (a trailing ``...`` or ``…`` is ignored)."""
 
     session: str
 
 
-class Attribute(Request, tag="attribute"):
+class Attribute(Returning["AttributeResult"], tag="attribute"):
     """Record that a session touched an issue; resolves the session when not given."""
 
     issue: str
@@ -253,11 +260,11 @@ class Attribute(Request, tag="attribute"):
     cwd: str | None = None
 
 
-class Attribution(Request, tag="attribution"):
+class Attribution(Returning["AttributionResult"], tag="attribution"):
     issue: str
 
 
-class Hook(Request, tag="hook"):
+class Hook(Returning["HookResult"], tag="hook"):
     """A Claude Code hook call, forwarded untouched by ``gastown-hook``.
 
     ``payload`` is Claude's stdin JSON as it was; ``env`` holds the Gas Town
@@ -276,10 +283,17 @@ class Hook(Request, tag="hook"):
     trimmed: int = 0
 
 
-class Metrics(Request, tag="metrics"):
+class Metrics(Returning["MetricsResult"], tag="metrics"):
     """The daemon's metrics as text: OpenMetrics, or Prometheus' classic text format."""
 
     format: Literal["openmetrics", "prometheus"] = "openmetrics"
+
+
+# The op table's one line per op: a new op is a request struct naming its result
+# (``Returning["XResult"]``), that result, a line here, and its handler in
+# gastownd/ops/__init__.py. ``OP_TABLE`` (at the end) is derived from it.
+class Version(Returning["VersionResult"], tag="version"):
+    """The daemon's version, its protocol versions, and the Python that runs it."""
 
 
 RequestUnion = (
@@ -303,6 +317,7 @@ RequestUnion = (
     | Attribution
     | Hook
     | Metrics
+    | Version
 )
 OPS: frozenset[str] = frozenset(cls.__struct_config__.tag for cls in typing.get_args(RequestUnion))
 
@@ -635,6 +650,13 @@ class MetricsResult(msgspec.Struct, kw_only=True):
     text: str
 
 
+class VersionResult(msgspec.Struct, kw_only=True):
+    daemon_version: str
+    protocol: int
+    min_protocol: int
+    python: str
+
+
 # ---------------------------------------------------------------- frames
 
 
@@ -684,3 +706,37 @@ class Frame(msgspec.Struct, kw_only=True):
     event: msgspec.Raw = msgspec.field(default_factory=msgspec.Raw)
     message: str | None = None
     node: str | None = None
+
+
+# ---------------------------------------------------------------- the op table
+
+
+class OpSpec(NamedTuple):
+    """One op as the wire knows it: its name (the request's tag), request and result."""
+
+    name: str
+    request: type[Returning[Any]]
+    result: type[Any]
+
+
+def _result_type(request: type[Returning[Any]]) -> type[Any]:
+    """The ``ResultT`` a request class was declared with (``Returning["XResult"]``)."""
+    for base in getattr(request, "__orig_bases__", ()):
+        for arg in typing.get_args(base):
+            result = (
+                globals().get(arg.__forward_arg__) if isinstance(arg, typing.ForwardRef) else arg
+            )
+            if isinstance(result, type):
+                return result
+    raise TypeError(f"{request.__name__} does not name its result: Returning['XResult']")
+
+
+# Every op, by name, derived from ``RequestUnion``: the daemon's dispatcher, both
+# clients and docs/protocol.md are checked against this table.
+OP_TABLE: dict[str, OpSpec] = {
+    request.__struct_config__.tag: OpSpec(
+        request.__struct_config__.tag, request, _result_type(request)
+    )
+    for request in typing.get_args(RequestUnion)
+}
+RESULT_TYPES: dict[type[Request], type[Any]] = {op.request: op.result for op in OP_TABLE.values()}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import socket
 import stat
 import subprocess
@@ -12,9 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from gastown_client import paths
+from gastown_client import __version__, paths
 from gastown_client.client import Client
 from gastown_client.errors import RequestRejected
+from gastown_client.protocol import MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, Version, VersionResult
 from tests.conftest import DaemonProcess, InProcess, daemon_argv, run_ctl
 
 
@@ -50,6 +52,26 @@ async def test_hello_reports_versions_and_capabilities(daemon: InProcess) -> Non
     assert hello.protocol == 1
     assert hello.pid == os.getpid()
     assert "events" in hello.capabilities
+
+
+async def test_version_names_the_daemon_protocol_and_python(daemon: InProcess) -> None:
+    async with daemon.client() as client:
+        version = await client.call(Version())
+    assert version == VersionResult(
+        daemon_version=__version__,
+        protocol=PROTOCOL_VERSION,
+        min_protocol=MIN_PROTOCOL_VERSION,
+        python=platform.python_version(),
+    )
+
+
+def test_version_over_the_wire(daemon_proc: DaemonProcess) -> None:
+    [reply] = raw_exchange(daemon_proc.socket, b'{"op":"version","id":"v"}\n')
+    assert reply["id"] == "v" and reply["ok"] is True
+    assert reply["result"]["protocol"] == PROTOCOL_VERSION
+    assert reply["result"]["python"] == platform.python_version()
+    with Client(daemon_proc.socket) as client:
+        assert client.call(Version()).daemon_version == __version__
 
 
 def test_incompatible_client_gets_clear_error(daemon_proc: DaemonProcess) -> None:

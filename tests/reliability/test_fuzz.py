@@ -165,7 +165,25 @@ def ping_ok(proc: DaemonProcess, tag: str) -> None:
 
 
 def seed_requests() -> list[protocol.Request]:
-    """A valid request of every op, built from the protocol's own structs."""
+    """A valid request of every op, built from the protocol's own structs; an op whose
+    request needs no field is its own seed."""
+    written = _written_seeds()
+    seeded = {type(request) for request in written}
+    return written + [
+        op.request()
+        for op in protocol.OP_TABLE.values()
+        if op.request not in seeded and not _required_fields(op.request)
+    ]
+
+
+def _required_fields(request: type[protocol.Request]) -> bool:
+    return any(
+        field.default is msgspec.NODEFAULT and field.default_factory is msgspec.NODEFAULT
+        for field in msgspec.structs.fields(request)
+    )
+
+
+def _written_seeds() -> list[protocol.Request]:
     hook_payload = {"hook_event_name": "SessionStart", "session_id": "fz-hook", "source": "startup"}
     return [
         protocol.Hello(protocol=protocol.PROTOCOL_VERSION, client="fuzz/1"),

@@ -1,8 +1,16 @@
-"""``dispatch``: the single match from request type to handler."""
+"""The daemon's op table: each request type with its handler, and how it runs.
+
+``dispatch_inline`` and ``dispatch`` look the request's type up in ``ROUTES``;
+a type with no route is a bug (the codec refuses ops the protocol does not
+know), answered ``internal`` as any other. A test keeps ``ROUTES`` and the
+protocol's ``OP_TABLE`` in step, handler result types included.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from gastown_client.protocol import (
     Attribute,
@@ -25,6 +33,7 @@ from gastown_client.protocol import (
     Status,
     Subscribe,
     Unsubscribe,
+    Version,
     WispGet,
 )
 from gastownd.ops import hooks, meta, seance, wisps
@@ -33,60 +42,90 @@ from gastownd.ops import metrics_report as metrics_op
 from gastownd.process.daemon import Daemon
 from gastownd.server.socket_server import Connection, Reply
 
+RequestT = TypeVar("RequestT", bound=Request)
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """How one op is answered: ``inline`` in the connection's own callback (it must
+    not wait: it replies now, or hands ``reply`` on, as ``emit`` does to the log's
+    writer), or else ``task``, awaited in a task of its own."""
+
+    handler: Callable[..., Any]
+    inline: Callable[[Daemon, Any, Connection, Reply], None] | None = None
+    task: Callable[[Daemon, Any, Connection], Awaitable[Any]] | None = None
+
+
+def inline(
+    request: type[RequestT], handler: Callable[[Daemon, RequestT], Any]
+) -> tuple[type[Request], Route]:
+    return request, Route(handler, inline=lambda d, r, conn, reply: reply(handler(d, r)))
+
+
+def inline_on_connection(
+    request: type[RequestT], handler: Callable[[Daemon, RequestT, Connection], Any]
+) -> tuple[type[Request], Route]:
+    return request, Route(handler, inline=lambda d, r, conn, reply: reply(handler(d, r, conn)))
+
+
+def replying(
+    request: type[RequestT], handler: Callable[[Daemon, RequestT, Reply], None]
+) -> tuple[type[Request], Route]:
+    """Inline, the handler calling ``reply`` itself, now or later."""
+    return request, Route(handler, inline=lambda d, r, conn, reply: handler(d, r, reply))
+
+
+def task(
+    request: type[RequestT], handler: Callable[[Daemon, RequestT], Awaitable[Any]]
+) -> tuple[type[Request], Route]:
+    return request, Route(handler, task=lambda d, r, conn: handler(d, r))
+
+
+def task_on_connection(
+    request: type[RequestT], handler: Callable[[Daemon, RequestT, Connection], Awaitable[Any]]
+) -> tuple[type[Request], Route]:
+    return request, Route(handler, task=handler)
+
+
+ROUTES: dict[type[Request], Route] = dict(
+    [
+        inline(Hello, meta.hello),
+        inline(Ping, meta.ping),
+        inline(Version, meta.version),
+        inline_on_connection(Unsubscribe, events.unsubscribe),
+        replying(Emit, events.submit_emit),
+        task(Status, meta.status),
+        task(Query, events.query),
+        task_on_connection(Subscribe, events.subscribe),
+        task(Prune, events.prune),
+        task(SessionStart, wisps.session_start),
+        task(SessionStep, wisps.session_step),
+        task(SessionEnd, wisps.session_end),
+        task(WispGet, wisps.wisp),
+        task(DigestGet, wisps.digest),
+        task(Cv, wisps.cv),
+        task(Sessions, seance.sessions),
+        task(ResolveSession, seance.resolve_session),
+        task(Attribute, wisps.attribute),
+        task(Attribution, wisps.attribution),
+        task(Hook, hooks.hook),
+        task(Metrics, metrics_op.metrics),
+    ]
+)
+
 
 def dispatch_inline(daemon: Daemon, request: Request, conn: Connection, reply: Reply) -> bool:
-    """Answer without a task what needs none; False: run ``dispatch`` in a task.
-
-    These never wait on disk or on other requests, except ``emit``, whose
-    reply comes when the log's writer has made its line durable.
-    """
-    match request:
-        case Hello():
-            reply(meta.hello(daemon, request))
-        case Ping():
-            reply(meta.ping(daemon))
-        case Unsubscribe():
-            reply(events.unsubscribe(daemon, request, conn))
-        case Emit():
-            events.submit_emit(daemon, request, reply)
-        case _:
-            return False
+    """Answer without a task what needs none; False: run ``dispatch`` in a task."""
+    route = ROUTES.get(type(request))
+    if route is None or route.inline is None:
+        return False
+    route.inline(daemon, request, conn, reply)
     return True
 
 
 async def dispatch(daemon: Daemon, request: Request, conn: Connection) -> Any:
     """Every request ``dispatch_inline`` does not take, in a task of its own."""
-    match request:
-        case Status():
-            return await meta.status(daemon)
-        case Query():
-            return await events.query(daemon, request)
-        case Subscribe():
-            return await events.subscribe(daemon, request, conn)
-        case Prune():
-            return await events.prune(daemon, request)
-        case SessionStart():
-            return await wisps.session_start(daemon, request)
-        case SessionStep():
-            return await wisps.session_step(daemon, request)
-        case SessionEnd():
-            return await wisps.session_end(daemon, request)
-        case WispGet():
-            return await wisps.wisp(daemon, request)
-        case DigestGet():
-            return await wisps.digest(daemon, request)
-        case Cv():
-            return await wisps.cv(daemon, request)
-        case Sessions():
-            return await seance.sessions(daemon, request)
-        case ResolveSession():
-            return await seance.resolve_session(daemon, request)
-        case Attribute():
-            return await wisps.attribute(daemon, request)
-        case Attribution():
-            return await wisps.attribution(daemon, request)
-        case Hook():
-            return await hooks.hook(daemon, request)
-        case Metrics():
-            return await metrics_op.metrics(daemon, request)
-    raise AssertionError(f"no handler for {type(request).__name__}")
+    route = ROUTES.get(type(request))
+    if route is None or route.task is None:
+        raise AssertionError(f"no handler for {type(request).__name__}")
+    return await route.task(daemon, request, conn)

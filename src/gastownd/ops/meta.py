@@ -1,8 +1,9 @@
-"""hello, ping, status."""
+"""hello, ping, status, version."""
 
 from __future__ import annotations
 
 import os
+import platform
 
 from gastown_client import __version__
 from gastown_client.protocol import (
@@ -11,15 +12,28 @@ from gastown_client.protocol import (
     Hello,
     HelloResult,
     PathsInfo,
+    Ping,
     PingResult,
     SessionsInfo,
+    Status,
     StatusResult,
+    Version,
+    VersionResult,
 )
 from gastownd.core.events import format_ts
 from gastownd.process.daemon import Daemon
 from gastownd.process.refusals import UnsupportedProtocolError
 
-CAPABILITIES = ["events", "subscribe", "prune", "sessions", "attribution", "hooks", "archive"]
+CAPABILITIES = [
+    "events",
+    "subscribe",
+    "prune",
+    "sessions",
+    "attribution",
+    "hooks",
+    "archive",
+    "metrics",
+]
 
 
 def hello(daemon: Daemon, request: Hello) -> HelloResult:
@@ -39,11 +53,20 @@ def hello(daemon: Daemon, request: Hello) -> HelloResult:
     )
 
 
-def ping(daemon: Daemon) -> PingResult:
+def ping(daemon: Daemon, request: Ping) -> PingResult:
     return PingResult()
 
 
-async def status(daemon: Daemon) -> StatusResult:
+def version(daemon: Daemon, request: Version) -> VersionResult:
+    return VersionResult(
+        daemon_version=__version__,
+        protocol=PROTOCOL_VERSION,
+        min_protocol=MIN_PROTOCOL_VERSION,
+        python=platform.python_version(),
+    )
+
+
+async def status(daemon: Daemon, request: Status) -> StatusResult:
     paths = daemon.paths
     server = daemon.server
     eventlog = daemon.eventlog.info()

@@ -107,7 +107,7 @@ class ServiceError(Exception):
 
 
 @dataclass(frozen=True, slots=True)
-class Command:
+class ServiceCommand:
     argv: tuple[str, ...]
     check: bool = True
     """False for clean-up steps whose failure only means there was nothing to clean."""
@@ -118,7 +118,7 @@ class ServicePlan:
     directories: Mapping[Path, int]
     """Directory -> mode for ``mkdir -p``; existing ones are left as they are."""
     files: Mapping[Path, bytes]
-    commands: tuple[Command, ...]
+    commands: tuple[ServiceCommand, ...]
 
 
 Runner = Callable[..., object]
@@ -343,8 +343,8 @@ def plan_service(
             directories=directories,
             files=files,
             commands=(
-                Command(("systemctl", "--user", "daemon-reload")),
-                Command(("systemctl", "--user", "enable", "--now", socket_unit)),
+                ServiceCommand(("systemctl", "--user", "daemon-reload")),
+                ServiceCommand(("systemctl", "--user", "enable", "--now", socket_unit)),
             ),
         )
     if platform == "darwin":
@@ -362,9 +362,9 @@ def plan_service(
             files={plist_path: render_launchd_plist(town, gastownd_path, log_dir, environ=environ)},
             commands=(
                 # Unload an older copy so bootstrap picks up the new plist.
-                Command(("launchctl", "bootout", f"{domain}/{label}"), check=False),
-                Command(("launchctl", "enable", f"{domain}/{label}")),
-                Command(("launchctl", "bootstrap", domain, str(plist_path))),
+                ServiceCommand(("launchctl", "bootout", f"{domain}/{label}"), check=False),
+                ServiceCommand(("launchctl", "enable", f"{domain}/{label}")),
+                ServiceCommand(("launchctl", "bootstrap", domain, str(plist_path))),
             ),
         )
     raise ServiceError(f"no service manager support for platform {platform!r} (linux, darwin)")
@@ -444,7 +444,7 @@ def find_gastownd() -> Path:
     return _absolute(Path(found))
 
 
-def _run(runner: Runner, command: Command) -> None:
+def _run(runner: Runner, command: ServiceCommand) -> None:
     argv = list(command.argv)
     try:
         runner(argv, check=command.check, capture_output=True, text=True)

@@ -1,0 +1,103 @@
+"""The op table: the protocol's ops, the daemon's routes, the clients and the docs agree."""
+
+from __future__ import annotations
+
+import inspect
+import re
+import typing
+from collections.abc import Awaitable
+from pathlib import Path
+
+import pytest
+
+from gastown_client import protocol
+from gastown_client.aclient import AsyncClient
+from gastown_client.client import Client
+from gastown_client.operations import Operation, Operations
+from gastownd import ops
+from gastownd.server.socket_server import FollowUp
+
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "protocol.md"
+
+
+def test_every_op_of_the_union_is_in_the_table_with_its_result() -> None:
+    union = typing.get_args(protocol.RequestUnion)
+    assert [op.request for op in protocol.OP_TABLE.values()] == list(union)
+    assert set(protocol.OP_TABLE) == protocol.OPS
+    for name, op in protocol.OP_TABLE.items():
+        assert op.request.__struct_config__.tag == name
+        assert issubclass(op.result, protocol.msgspec.Struct), name
+        assert protocol.RESULT_TYPES[op.request] is op.result
+
+
+def test_a_request_that_names_no_result_is_refused() -> None:
+    class Nameless(protocol.Request, tag="nameless"):
+        pass
+
+    with pytest.raises(TypeError, match="does not name its result"):
+        protocol._result_type(Nameless)  # type: ignore[arg-type]
+
+
+def test_the_daemon_routes_exactly_the_protocols_ops() -> None:
+    assert set(ops.ROUTES) == {op.request for op in protocol.OP_TABLE.values()}
+    for request, route in ops.ROUTES.items():
+        assert (route.inline is None) != (route.task is None), request.__name__
+
+
+@pytest.mark.parametrize("op", protocol.OP_TABLE.values(), ids=lambda op: op.name)
+def test_each_handler_takes_its_request_and_returns_its_result(op: protocol.OpSpec) -> None:
+    handler = ops.ROUTES[op.request].handler
+    hints = typing.get_type_hints(handler)
+    parameters = list(inspect.signature(handler).parameters)
+    assert hints[parameters[1]] is op.request, handler.__name__
+    returned = hints["return"]
+    if typing.get_origin(returned) in (Awaitable, typing.Coroutine):
+        returned = typing.get_args(returned)[-1]
+    if returned is FollowUp:  # a subscription: its result, then a stream
+        assert op.request is protocol.Subscribe
+    elif returned is type(None):  # answers through ``reply``
+        assert ops.ROUTES[op.request].inline is not None
+    else:
+        assert returned is op.result, handler.__name__
+
+
+def test_both_clients_get_the_same_methods_from_one_list() -> None:
+    operations = {name for name, value in vars(Operations).items() if isinstance(value, Operation)}
+    assert operations <= set(protocol.OP_TABLE)
+    for name in operations:
+        assert isinstance(getattr(Client, name), Operation)
+        assert isinstance(getattr(AsyncClient, name), Operation)
+    for name in ("hello", "subscribe", "call", "send", "read_frame"):
+        assert callable(getattr(Client, name)) and callable(getattr(AsyncClient, name))
+
+
+def test_an_operation_keeps_its_builders_signature() -> None:
+    client = Client("/nonexistent/gastownd.sock")
+    assert list(inspect.signature(client.emit).parameters) == [
+        "type",
+        "actor",
+        "payload",
+        "visibility",
+    ]
+    assert client.emit is client.emit  # built once per client
+
+
+def _documented_ops() -> tuple[set[str], dict[str, str]]:
+    text = DOCS.read_text(encoding="utf-8")
+    ops_section = text[text.index("\n## Ops\n") : text.index("\n## Compatibility rules\n")]
+    headings = set(re.findall(r"^### (\w+)$", ops_section, re.M))
+    rows = dict(re.findall(r"^\| \[`(\w+)`\]\(#\w+\) \| [^|]+ \| ([^|]+?) \|$", ops_section, re.M))
+    return headings, rows
+
+
+def test_the_docs_describe_every_op_and_nothing_else() -> None:
+    headings, rows = _documented_ops()
+    assert headings == set(protocol.OP_TABLE)
+    assert set(rows) == set(protocol.OP_TABLE)
+
+
+def test_the_docs_say_which_ops_are_answered_in_line() -> None:
+    _, rows = _documented_ops()
+    for name, answered in rows.items():
+        route = ops.ROUTES[protocol.OP_TABLE[name].request]
+        assert answered.startswith("in line") == (route.inline is not None), name
