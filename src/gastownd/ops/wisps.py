@@ -28,7 +28,7 @@ from gastownd.core.beads import ISSUE_ID
 from gastownd.core.digest import Digest, audit_chain
 from gastownd.core.events import format_ts
 from gastownd.core.hookmap import STEP_OF_ACTION
-from gastownd.core.wisp import Outcome, SaveDigest, Wisp, WispBook, WispState
+from gastownd.core.wisp import Outcome, SaveDigest, StartArgs, Wisp, WispBook, WispState
 from gastownd.daemon import Daemon
 from gastownd.errors import BadRequestError, NotFoundError
 from gastownd.ops.seance import resolve_session_id, unique
@@ -96,25 +96,28 @@ def digest_view(digest: Digest, node: str, *, remote: bool = False) -> DigestVie
     return msgspec.convert(data, DigestView)
 
 
+# The session_start op's names for two StartArgs fields (the wire predates StartArgs).
+START_WIRE_NAMES = {"session": "session_id", "parent": "parent_session"}
+
+
+def start_args(request: SessionStart) -> StartArgs:
+    """The request's StartArgs, field for field under :data:`START_WIRE_NAMES`."""
+    fields = msgspec.structs.asdict(request)
+    del fields["id"]
+    return msgspec.convert({START_WIRE_NAMES.get(k, k): v for k, v in fields.items()}, StartArgs)
+
+
 async def session_start(daemon: Daemon, request: SessionStart) -> SessionStartResult:
     sessions = _sessions(daemon)
     now = daemon.clock()
     names = [request.session] + ([request.parent] if request.parent else [])
     existed: list[bool] = []
 
-    def transition(book: WispBook):  # type: ignore[no-untyped-def]
+    args = start_args(request)
+
+    def transition(book: WispBook) -> Outcome:
         existed.append(request.session in book.wisps)
-        return book.start(
-            session_id=request.session,
-            actor=request.actor,
-            now=now,
-            source=request.source,
-            cwd=request.cwd,
-            topic=request.topic,
-            parent_session=request.parent,
-            tmux_session=request.tmux_session,
-            pid=request.pid,
-        )
+        return book.start(args, now=now)
 
     book, effects = await sessions.run(names, transition)
     ended = [
