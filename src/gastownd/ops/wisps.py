@@ -20,7 +20,6 @@ from gastown_client.protocol import (
     SessionStartResult,
     SessionStep,
     SessionStepResult,
-    StepView,
     WispGet,
     WispView,
 )
@@ -28,6 +27,7 @@ from gastownd.core.beads import ISSUE_ID
 from gastownd.core.digest import Digest, audit_chain
 from gastownd.core.events import format_ts
 from gastownd.core.hookmap import STEP_OF_ACTION
+from gastownd.core.views import to_view
 from gastownd.core.wisp import Outcome, SaveDigest, StartArgs, Wisp, WispBook, WispState
 from gastownd.daemon import Daemon
 from gastownd.errors import BadRequestError, NotFoundError
@@ -58,42 +58,12 @@ def _sessions(daemon: Daemon) -> Sessions:
     return daemon.sessions
 
 
-def wisp_view(wisp: Wisp, *, with_steps: bool = True) -> WispView:
-    return WispView(
-        session_id=wisp.session_id,
-        actor=wisp.actor,
-        role=wisp.role,
-        rig=wisp.rig,
-        cwd=wisp.cwd,
-        topic=wisp.topic,
-        source=str(wisp.source),
-        parent_session=wisp.parent_session,
-        tmux_session=wisp.tmux_session,
-        started_at=format_ts(wisp.started_at),
-        last_activity_at=format_ts(wisp.last_activity_at),
-        ended_at=format_ts(wisp.ended_at) if wisp.ended_at is not None else None,
-        segment=wisp.segment,
-        state=str(wisp.state),
-        end_reason=wisp.end_reason,
-        step_count=len(wisp.steps),
-        steps=[
-            StepView(kind=s.kind, at=format_ts(s.at), ref=s.ref, payload=s.payload)
-            for s in wisp.steps
-        ]
-        if with_steps
-        else [],
-    )
+def wisp_view(wisp: Wisp) -> WispView:
+    return to_view(wisp, WispView, step_count=len(wisp.steps))
 
 
 def digest_view(digest: Digest, node: str, *, remote: bool = False) -> DigestView:
-    data = msgspec.to_builtins(digest)
-    for key in ("started_at", "ended_at"):
-        data[key] = format_ts(data[key])
-    for handoff in data.get("handoffs", []):
-        handoff["at"] = format_ts(handoff["at"])
-    data.setdefault("prev_hash", "")
-    data["node"], data["remote"] = node, remote
-    return msgspec.convert(data, DigestView)
+    return to_view(digest, DigestView, node=node, remote=remote)
 
 
 # The session_start op's names for two StartArgs fields (the wire predates StartArgs).
