@@ -9,13 +9,23 @@ from gastown_client.protocol import (
     CommitView,
     DigestView,
     HandoffView,
+    SessionRow,
     SessionStart,
     StepView,
     WispView,
 )
 from gastownd.core.digest import Commit, Digest, Handoff
+from gastownd.core.records import (
+    Message,
+    SessionMessage,
+    encode_message,
+    session_message,
+    session_record,
+)
+from gastownd.core.session_record import SessionRecord
 from gastownd.core.views import to_view
 from gastownd.core.wisp import StartArgs, Step, Wisp, squash, start, step
+from gastownd.ops.seance import SESSION_ROW_NAMES
 from gastownd.ops.wisps import START_WIRE_NAMES, digest_view, start_args, wisp_view
 
 T0 = 1_780_000_000.0
@@ -118,3 +128,60 @@ def test_to_view_renames_and_extras() -> None:
 
     view = to_view(Record(first_at=T0, count=3), View, renames={"first_at": "started_at"}, note="x")
     assert view == View(started_at="2026-05-28T20:26:40Z", count=3, note="x")
+
+
+RECORD = SessionRecord(
+    session_id="s-1",
+    rev=4,
+    actor="gastown/crew/joe",
+    role="gastown/crew/joe",
+    topic="fix",
+    actor_pid="gastown/crew/joe-7",
+    first_start_at=T0,
+    last_start_at=T0 + 60,
+    last_activity_at=T0 + 90,
+    starts=2,
+    segments=2,
+    state="squashed",
+    ended_at=T0 + 120,
+    end_reason="done",
+    node="b",
+)
+
+
+def test_session_row_has_the_fields_of_the_record() -> None:
+    row = {SESSION_ROW_NAMES.get(name, name) for name in fields(SessionRecord)}
+    assert row - fields(SessionRow) == {"rev", "role"}
+    assert fields(SessionRow) - row == {"digest_id", "summary", "remote"}
+
+
+def test_session_row_bytes() -> None:
+    view = to_view(
+        RECORD, SessionRow, renames=SESSION_ROW_NAMES, digest_id="dg-1", summary="s", remote=True
+    )
+    assert msgspec.json.encode(view) == (
+        b'{"session_id":"s-1","actor":"gastown/crew/joe","started_at":"2026-05-28T20:26:40Z",'
+        b'"last_activity":"2026-05-28T20:28:10Z","state":"squashed","topic":"fix","cwd":null,'
+        b'"end_reason":"done","digest_id":"dg-1","summary":"s","segments":2,'
+        b'"last_started_at":"2026-05-28T20:27:40Z","starts":2,'
+        b'"ended_at":"2026-05-28T20:28:40Z","actor_pid":"gastown/crew/joe-7","node":"b",'
+        b'"remote":true}'
+    )
+
+
+def test_session_message_is_the_record_under_a_header() -> None:
+    header = fields(Message)
+    assert fields(SessionMessage) - header == fields(SessionRecord) - {"node"}
+    assert "node" in header
+    message = session_message(RECORD, town="t1")
+    assert (message.town, message.node, message.id) == ("t1", "b", "")
+    assert session_record(message) == RECORD
+    # The field order on the stream is the record's (after the header).
+    body = list(msgspec.json.decode(encode_message(message)))
+    assert body == [
+        "kind",
+        "town",
+        "node",
+        "id",
+        *[f for f in SessionRecord.__struct_fields__ if f != "node"],
+    ]

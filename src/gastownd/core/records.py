@@ -38,6 +38,7 @@ import msgspec
 from gastownd.core.bounds import Count, Instant
 from gastownd.core.digest import Digest, digest_hash, digest_id_for
 from gastownd.core.events import MAX_LINE_BYTES, parse_line, parse_ts
+from gastownd.core.session_record import SessionRecord
 
 # Node and town names are NATS subject tokens: no dots, spaces or wildcards.
 NAME_PATTERN: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -76,6 +77,13 @@ class EventMessage(Message, tag="event", kw_only=True):
 
 
 class SessionMessage(Message, tag="session", kw_only=True):
+    """A :class:`SessionRecord` under the message header (its ``node`` is the header's).
+
+    Declared field by field because a msgspec struct cannot inherit from two structs;
+    ``tests/unit/test_record_shapes.py`` keeps the fields equal, and
+    :func:`session_message` / :func:`session_record` convert without naming any.
+    """
+
     session_id: str
     rev: Count
     actor: str
@@ -109,6 +117,21 @@ class AttributionMessage(Message, tag="attribution", kw_only=True):
 
 
 AnyMessage = EventMessage | SessionMessage | DigestMessage | AttributionMessage
+
+# Message header fields that are not the session's (its ``node`` is).
+_HEADER_ONLY: Final = frozenset(Message.__struct_fields__) - {"node"}
+
+
+def session_message(record: SessionRecord, *, town: str) -> SessionMessage:
+    """The record as sent (``id`` still empty: the sender names it)."""
+    return SessionMessage(town=town, id="", **msgspec.structs.asdict(record))
+
+
+def session_record(message: SessionMessage) -> SessionRecord:
+    """The record a session message carries, ``node`` the sender's."""
+    fields = msgspec.structs.asdict(message)
+    return SessionRecord(**{k: v for k, v in fields.items() if k not in _HEADER_ONLY})
+
 
 _encoder: Final = msgspec.json.Encoder()
 # How msgspec words a value outside its field's bounds (``core.bounds``), or a number

@@ -12,6 +12,11 @@ retention never shrinks it. Sources, merged into the same record:
   :func:`gastownd.core.wisp.ended_by_line`).
 
 This module reads lines into those values; the store applies them. Pure: no I/O.
+
+:class:`SessionRecord` is the record's one shape: the store's row (its columns
+are its fields), the body of federation's ``session`` record
+(:class:`gastownd.core.records.SessionMessage`, the same fields under a message
+header) and, through :func:`gastownd.core.views.to_view`, the wire's ``SessionRow``.
 """
 
 from __future__ import annotations
@@ -19,8 +24,39 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Final
 
+import msgspec
+
+from gastownd.core.bounds import Count, Instant
+
 LOGGED: Final = "logged"
 RECORDED_TYPES: Final = frozenset({"session_start", "session_death", "handoff", "session_end"})
+
+
+class SessionRecord(msgspec.Struct, frozen=True, kw_only=True):
+    """What the town knows of one session, kept forever.
+
+    ``state``: its wisp's state, or :data:`LOGGED` when only log lines told of it.
+    ``node``: the node it ran on ('' for this one); ``rev``: its change counter there
+    (a receiver keeps the highest). Fields in federation's order: a session record
+    on the stream lists them so.
+    """
+
+    session_id: str
+    rev: Count = 0
+    actor: str
+    role: str | None = None
+    topic: str | None = None
+    cwd: str | None = None
+    actor_pid: str | None = None
+    first_start_at: Instant
+    last_start_at: Instant
+    last_activity_at: Instant
+    starts: Count
+    segments: Count
+    state: str
+    ended_at: Instant | None = None
+    end_reason: str | None = None
+    node: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,11 +16,12 @@ from gastownd.core.hookmap import (
     plan_hook,
     predecessor_context,
 )
+from gastownd.core.session_record import SessionRecord
 from gastownd.core.wisp import Effect, Outcome, StartArgs, StartSource, WispBook, WispState
 from gastownd.daemon import Daemon
 from gastownd.errors import BadRequestError
 from gastownd.metrics.buckets import hook_event_label
-from gastownd.store import NewAttribution, SessionRecord
+from gastownd.store import NewAttribution
 
 log = structlog.get_logger("gastownd.hooks")
 

@@ -23,7 +23,13 @@ from typing import Any
 import msgspec
 
 from gastownd.core.digest import Digest
-from gastownd.core.session_record import LOGGED, LineEnd, StartSeen, identity_key
+from gastownd.core.session_record import (
+    LOGGED,
+    LineEnd,
+    SessionRecord,
+    StartSeen,
+    identity_key,
+)
 from gastownd.core.wisp import (
     AppendStep,
     CountStart,
@@ -76,33 +82,8 @@ class DigestRow:
     node: str = ""
 
 
-@dataclass(frozen=True)
-class SessionRecord:
-    """One row of ``sessions``: what the town knows of a session, kept forever."""
-
-    session_id: str
-    actor: str
-    role: str | None
-    topic: str | None
-    cwd: str | None
-    actor_pid: str | None
-    first_start_at: float
-    last_start_at: float
-    last_activity_at: float
-    starts: int
-    segments: int
-    state: str
-    ended_at: float | None
-    end_reason: str | None
-    # The node the session ran on ('' for this one), and its change counter there.
-    node: str = ""
-    rev: int = 0
-
-
-_RECORD_COLUMNS = (
-    "session_id, actor, role, topic, cwd, actor_pid, first_start_at, last_start_at, "
-    "last_activity_at, starts, segments, state, ended_at, end_reason, node, rev"
-)
+# The columns of ``sessions`` that hold a SessionRecord: its fields, by name.
+_RECORD_COLUMNS = ", ".join(SessionRecord.__struct_fields__)
 _DIGEST_COLUMNS = "body, node"
 
 
@@ -193,7 +174,7 @@ class Store:
             "ORDER BY node != '', last_start_at DESC LIMIT 1",
             (session_id,),
         ).fetchone()
-        return SessionRecord(*row) if row else None
+        return _session_record(row) if row else None
 
     def session_listing(
         self,
@@ -221,7 +202,7 @@ class Store:
             "ORDER BY last_start_at DESC, session_id LIMIT ?",
             (*args, limit),
         ).fetchall()
-        return [SessionRecord(*row) for row in rows]
+        return [_session_record(row) for row in rows]
 
     def latest_session_of(self, actor: str, *, excluding: str) -> SessionRecord | None:
         """The actor's most recently started session other than ``excluding``."""
@@ -230,7 +211,7 @@ class Store:
             "ORDER BY last_start_at DESC LIMIT 1",
             (identity_key(actor), excluding),
         ).fetchone()
-        return SessionRecord(*row) if row else None
+        return _session_record(row) if row else None
 
     def session_counts(self) -> tuple[dict[str, int], int]:
         """This node's recorded sessions by state (``logged``: known only from lines), and
@@ -539,6 +520,10 @@ def _backfill_v2(store: Store) -> None:
         "UPDATE heads SET ended_at = coalesce((SELECT d.ended_at FROM digests d "
         "WHERE d.actor = heads.actor ORDER BY d.chain_pos DESC LIMIT 1), 0)"
     )
+
+
+def _session_record(row: Sequence[Any]) -> SessionRecord:
+    return SessionRecord(**dict(zip(SessionRecord.__struct_fields__, row, strict=True)))
 
 
 def _digest_row(row: tuple[bytes, str]) -> DigestRow:
