@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import itertools
 import re
-from typing import Final, Literal
+from typing import TYPE_CHECKING, Final, Literal
 
 import msgspec
 
@@ -76,29 +76,28 @@ class EventMessage(Message, tag="event", kw_only=True):
     lines: list[msgspec.Raw]
 
 
-class SessionMessage(Message, tag="session", kw_only=True):
-    """A :class:`SessionRecord` under the message header (its ``node`` is the header's).
+if TYPE_CHECKING:
+    # What the runtime class below is, to the type checker (which knows no defstruct);
+    # mypy's frozen rule is moot, as every message is built once and never changed.
+    class SessionMessage(Message, SessionRecord, tag="session", kw_only=True):  # type: ignore[misc]
+        """A :class:`SessionRecord` under the message header (its ``node`` is the header's)."""
 
-    Declared field by field because a msgspec struct cannot inherit from two structs;
-    ``tests/unit/test_record_shapes.py`` keeps the fields equal, and
-    :func:`session_message` / :func:`session_record` convert without naming any.
-    """
-
-    session_id: str
-    rev: Count
-    actor: str
-    role: str | None = None
-    topic: str | None = None
-    cwd: str | None = None
-    actor_pid: str | None = None
-    first_start_at: Instant
-    last_start_at: Instant
-    last_activity_at: Instant
-    starts: Count
-    segments: Count
-    state: str
-    ended_at: Instant | None = None
-    end_reason: str | None = None
+else:
+    # msgspec cannot inherit from two structs with fields: the message is built from
+    # the record's fields (in their order, after the header), so they are declared once.
+    SessionMessage = msgspec.defstruct(
+        "SessionMessage",
+        [
+            (f.name, f.type) if f.required else (f.name, f.type, f.default)
+            for f in msgspec.structs.fields(SessionRecord)
+            if f.name != "node"
+        ],
+        bases=(Message,),
+        tag="session",
+        kw_only=True,
+        module=__name__,
+    )
+    SessionMessage.__doc__ = "A SessionRecord under the message header (its node is the header's)."
 
 
 class DigestMessage(Message, tag="digest", kw_only=True):

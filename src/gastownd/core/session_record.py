@@ -42,7 +42,7 @@ class SessionRecord(msgspec.Struct, frozen=True, kw_only=True):
     """
 
     session_id: str
-    rev: Count = 0
+    rev: Count
     actor: str
     role: str | None = None
     topic: str | None = None
