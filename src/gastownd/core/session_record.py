@@ -4,7 +4,8 @@ Every session the town has seen keeps one record, forever: the log's
 retention never shrinks it. Sources, merged into the same record:
 
 - ``session_start`` lines in the event log (``gt prime``'s, other tools', and
-  the daemon's own for hook-fed sessions): each is a :class:`StartSeen`;
+  the daemon's own for hook-fed sessions): each is the record of one start
+  (:func:`start_seen`), merged into the stored one;
 - the wisp engine (hook calls and session ops): the wisp's state, times and
   metadata, and each start that reopened or continued a wisp;
 - ``session_death`` and ``handoff`` lines: a :class:`LineEnd` ends the records
@@ -22,7 +23,7 @@ header) and, through :func:`gastownd.core.views.to_view`, the wire's ``SessionRo
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, TypeAlias
 
 import msgspec
 
@@ -59,17 +60,9 @@ class SessionRecord(msgspec.Struct, frozen=True, kw_only=True):
     node: str = ""
 
 
-@dataclass(frozen=True, slots=True)
-class StartSeen:
-    """A ``session_start`` line: one start of a session."""
-
-    session_id: str
-    actor: str
-    at: float
-    role: str | None = None
-    topic: str | None = None
-    cwd: str | None = None
-    actor_pid: str | None = None
+# What ``sessions.py`` calls the record one ``session_start`` line tells of (see
+# :func:`start_seen`); the same shape, so the store merges it like any record.
+StartSeen: TypeAlias = SessionRecord
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,20 +79,27 @@ def identity_key(actor: str) -> str:
     return actor.strip("/").casefold()
 
 
-def start_seen(actor: str, payload: dict[str, Any] | None, at: float) -> StartSeen | None:
-    """The start a ``session_start`` line records, or None without a session id."""
+def start_seen(actor: str, payload: dict[str, Any] | None, at: float) -> SessionRecord | None:
+    """The record of the one start a ``session_start`` line tells of (state
+    :data:`LOGGED`, ``rev`` 0: the store numbers changes), or None without a session id."""
     body = payload or {}
     session_id = body.get("session_id")
     if not isinstance(session_id, str) or not session_id.strip():
         return None
-    return StartSeen(
+    return SessionRecord(
         session_id=session_id,
+        rev=0,
         actor=actor or _text(body.get("role")) or "unknown",
-        at=float(at),
         role=_text(body.get("role")),
         topic=_text(body.get("topic")),
         cwd=_text(body.get("cwd")),
         actor_pid=_text(body.get("actor_pid")),
+        first_start_at=float(at),
+        last_start_at=float(at),
+        last_activity_at=float(at),
+        starts=1,
+        segments=1,
+        state=LOGGED,
     )
 
 

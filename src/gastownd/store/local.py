@@ -27,7 +27,6 @@ from gastownd.core.session_record import (
     LOGGED,
     LineEnd,
     SessionRecord,
-    StartSeen,
     identity_key,
 )
 from gastownd.core.wisp import (
@@ -91,7 +90,7 @@ _DIGEST_COLUMNS = "body, node"
 class LineFacts:
     """Session facts read from event-log lines, in log order, up to ``checkpoint``."""
 
-    facts: Sequence[StartSeen | LineEnd]
+    facts: Sequence[SessionRecord | LineEnd]
     checkpoint: str
     rescan: bool = False
 
@@ -384,7 +383,7 @@ class Store:
     def _record_lines(self, lines: LineFacts) -> None:
         """Session facts from event-log lines, in log order, and the new checkpoint."""
         for fact in lines.facts:
-            if isinstance(fact, StartSeen):
+            if isinstance(fact, SessionRecord):
                 self._record_start(fact, rescan=lines.rescan)
             else:
                 self._record_end(fact)
@@ -392,14 +391,15 @@ class Store:
             "INSERT OR REPLACE INTO meta VALUES (?, ?)", (LINES_RECORDED, lines.checkpoint)
         )
 
-    def _record_start(self, start: StartSeen, *, rescan: bool) -> None:
+    def _record_start(self, start: SessionRecord, *, rescan: bool) -> None:
+        """Merge the record of one start (:func:`start_seen`) into the stored one."""
         # A rescan (the log was replaced while the daemon was down) reads lines it
         # may have recorded before: only a start later than the last one counts.
         counted = "1" if not rescan else "(excluded.last_start_at > last_start_at)"
         self._db.execute(
             "INSERT INTO sessions (session_id, actor, actor_key, role, topic, cwd, actor_pid, "
             "first_start_at, last_start_at, last_activity_at, starts, segments, state, rev) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, 1, ?, ?) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
             "ON CONFLICT (session_id, node) DO UPDATE SET rev = excluded.rev, "
             f"starts = starts + {counted}, "
             "role = coalesce(role, excluded.role), "
@@ -421,10 +421,12 @@ class Store:
                 start.topic,
                 start.cwd,
                 start.actor_pid,
-                start.at,
-                start.at,
-                start.at,
-                LOGGED,
+                start.first_start_at,
+                start.last_start_at,
+                start.last_activity_at,
+                start.starts,
+                start.segments,
+                start.state,
                 self._next_rev(),
             ),
         )
