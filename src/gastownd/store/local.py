@@ -159,12 +159,7 @@ class Store:
     # ------------------------------------------------------------- sessions
 
     def sessions_with_prefix(self, prefix: str, limit: int = 4) -> list[str]:
-        rows = self._db.execute(
-            "SELECT DISTINCT session_id FROM sessions WHERE session_id >= ? AND session_id < ? "
-            "ORDER BY session_id LIMIT ?",
-            (prefix, prefix + "\U0010ffff", limit),
-        ).fetchall()
-        return [r[0] for r in rows]
+        return self._ids_with_prefix("sessions", "session_id", prefix, limit)
 
     def session_record(self, session_id: str) -> SessionRecord | None:
         """The session's record: this node's when it ran here, else another node's."""
@@ -233,9 +228,13 @@ class Store:
         return _digest_row(row) if row else None
 
     def digests_with_prefix(self, prefix: str, limit: int = 4) -> list[str]:
+        return self._ids_with_prefix("digests", "digest_id", prefix, limit)
+
+    def _ids_with_prefix(self, table: str, column: str, prefix: str, limit: int) -> list[str]:
+        """Distinct ids that start with ``prefix``, in order (a range scan of the index)."""
         rows = self._db.execute(
-            "SELECT digest_id FROM digests WHERE digest_id >= ? AND digest_id < ? "
-            "ORDER BY digest_id LIMIT ?",
+            f"SELECT DISTINCT {column} FROM {table} WHERE {column} >= ? AND {column} < ? "
+            f"ORDER BY {column} LIMIT ?",
             (prefix, prefix + "\U0010ffff", limit),
         ).fetchall()
         return [r[0] for r in rows]

@@ -423,19 +423,14 @@ def _where(flt: EventQuery, type_: str | None) -> tuple[str, list[Any]]:
     elif flt.types:
         clauses.append(f"type IN ({','.join('?' * len(flt.types))})")
         args += list(flt.types)
-    if flt.session is not None:
-        clauses.append("session = ?")
-        args.append(flt.session)
-    if flt.node is not None:
-        clauses.append("node = ?")
-        args.append(flt.node)
-    if flt.actor is not None:
-        clauses.append("instr(actor, ?) > 0")
-        args.append(flt.actor)
-    if flt.since is not None:
-        clauses.append("ts >= ?")
-        args.append(flt.since)
-    if flt.until is not None:
-        clauses.append("ts <= ?")
-        args.append(flt.until)
+    for clause, value in (
+        ("session = ?", flt.session),
+        ("node = ?", flt.node),
+        ("instr(actor, ?) > 0", flt.actor),
+        ("ts >= ?", flt.since),
+        ("ts <= ?", flt.until),
+    ):
+        if value is not None:
+            clauses.append(clause)
+            args.append(value)
     return " AND ".join(clauses), args
