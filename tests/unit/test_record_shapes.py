@@ -6,6 +6,7 @@ import msgspec
 import pytest
 
 from gastown_client.protocol import (
+    AttributionRecord,
     CommitView,
     DigestView,
     HandoffView,
@@ -16,13 +17,14 @@ from gastown_client.protocol import (
 )
 from gastownd.core.digest import Commit, Digest, Handoff
 from gastownd.core.records import (
+    AttributionMessage,
     Message,
     SessionMessage,
     encode_message,
     session_message,
     session_record,
 )
-from gastownd.core.session_record import SessionRecord
+from gastownd.core.session_record import AttributionRow, NewAttribution, SessionRecord
 from gastownd.core.views import to_view
 from gastownd.core.wisp import StartArgs, Step, Wisp, squash, start, step
 from gastownd.ops.seance import SESSION_ROW_NAMES
@@ -185,3 +187,39 @@ def test_session_message_is_the_record_under_a_header() -> None:
         "id",
         *[f for f in SessionRecord.__struct_fields__ if f != "node"],
     ]
+
+
+def test_attribution_message_is_the_attribution_under_a_header() -> None:
+    order = AttributionMessage.__struct_fields__
+    assert order == (*Message.__struct_fields__, "local_id", *NewAttribution.__struct_fields__)
+    new = NewAttribution(
+        issue="gt-1", session_id="s-1", segment=2, action="closed", at=T0, actor="joe", rule="hook"
+    )
+    message = AttributionMessage(
+        town="t1", node="b", id="", local_id=5, **msgspec.structs.asdict(new)
+    )
+    assert msgspec.json.encode(message) == (
+        b'{"kind":"attribution","town":"t1","node":"b","id":"","local_id":5,"issue":"gt-1",'
+        b'"session_id":"s-1","segment":2,"action":"closed","at":1780000000.0,"actor":"joe",'
+        b'"rule":"hook"}'
+    )
+
+
+def test_attribution_record_is_a_view_of_the_stored_row() -> None:
+    assert fields(AttributionRow) - fields(AttributionRecord) == {"issue", "segment"}
+    assert fields(AttributionRecord) - fields(AttributionRow) == {"remote"}
+    row = AttributionRow(
+        issue="gt-1",
+        session_id="s-1",
+        segment=None,
+        action="created",
+        at=T0,
+        actor="joe",
+        rule="explicit",
+        digest_id="dg-1",
+        node="b",
+    )
+    assert msgspec.json.encode(to_view(row, AttributionRecord, remote=True)) == (
+        b'{"session_id":"s-1","action":"created","at":"2026-05-28T20:26:40Z","actor":"joe",'
+        b'"digest_id":"dg-1","rule":"explicit","node":"b","remote":true}'
+    )

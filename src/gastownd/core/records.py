@@ -31,14 +31,14 @@ from __future__ import annotations
 
 import itertools
 import re
-from typing import TYPE_CHECKING, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 import msgspec
 
-from gastownd.core.bounds import Count, Instant
+from gastownd.core.bounds import Count
 from gastownd.core.digest import Digest, digest_hash, digest_id_for
 from gastownd.core.events import MAX_LINE_BYTES, parse_line, parse_ts
-from gastownd.core.session_record import SessionRecord
+from gastownd.core.session_record import NewAttribution, SessionRecord
 
 # Node and town names are NATS subject tokens: no dots, spaces or wildcards.
 NAME_PATTERN: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -76,43 +76,40 @@ class EventMessage(Message, tag="event", kw_only=True):
     lines: list[msgspec.Raw]
 
 
+def _under_header(name: str, tag: str, record: type[msgspec.Struct], *lead: tuple[str, Any]) -> Any:
+    """A message type: the header, ``lead`` fields, then ``record``'s fields in their
+    order (its ``node`` is the header's). msgspec cannot inherit from two structs with
+    fields; this keeps each record's fields declared once."""
+    fields = [
+        (f.name, f.type) if f.required else (f.name, f.type, f.default)
+        for f in msgspec.structs.fields(record)
+        if f.name not in Message.__struct_fields__
+    ]
+    return msgspec.defstruct(
+        name, [*lead, *fields], bases=(Message,), tag=tag, kw_only=True, module=__name__
+    )
+
+
 if TYPE_CHECKING:
-    # What the runtime class below is, to the type checker (which knows no defstruct);
+    # What the runtime classes below are, to the type checker (which knows no defstruct);
     # mypy's frozen rule is moot, as every message is built once and never changed.
     class SessionMessage(Message, SessionRecord, tag="session", kw_only=True):  # type: ignore[misc]
-        """A :class:`SessionRecord` under the message header (its ``node`` is the header's)."""
+        """A :class:`SessionRecord` under the message header."""
+
+    class AttributionMessage(Message, NewAttribution, tag="attribution", kw_only=True):  # type: ignore[misc]
+        """A :class:`NewAttribution` under the message header, with its row id."""
+
+        local_id: Count
 
 else:
-    # msgspec cannot inherit from two structs with fields: the message is built from
-    # the record's fields (in their order, after the header), so they are declared once.
-    SessionMessage = msgspec.defstruct(
-        "SessionMessage",
-        [
-            (f.name, f.type) if f.required else (f.name, f.type, f.default)
-            for f in msgspec.structs.fields(SessionRecord)
-            if f.name != "node"
-        ],
-        bases=(Message,),
-        tag="session",
-        kw_only=True,
-        module=__name__,
+    SessionMessage = _under_header("SessionMessage", "session", SessionRecord)
+    AttributionMessage = _under_header(
+        "AttributionMessage", "attribution", NewAttribution, ("local_id", Count)
     )
-    SessionMessage.__doc__ = "A SessionRecord under the message header (its node is the header's)."
 
 
 class DigestMessage(Message, tag="digest", kw_only=True):
     digest: Digest
-
-
-class AttributionMessage(Message, tag="attribution", kw_only=True):
-    local_id: Count
-    issue: str
-    session_id: str
-    segment: Count | None = None
-    action: str
-    at: Instant
-    actor: str
-    rule: str
 
 
 AnyMessage = EventMessage | SessionMessage | DigestMessage | AttributionMessage

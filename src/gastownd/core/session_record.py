@@ -60,6 +60,27 @@ class SessionRecord(msgspec.Struct, frozen=True, kw_only=True):
     node: str = ""
 
 
+class NewAttribution(msgspec.Struct, frozen=True, kw_only=True):
+    """One change to an issue, attributed to the session (and its segment) that made it:
+    the store's row and, under a message header, federation's ``attribution`` record."""
+
+    issue: str
+    session_id: str
+    segment: Count | None = None
+    action: str
+    at: Instant
+    actor: str
+    rule: str
+
+
+class AttributionRow(NewAttribution, frozen=True, kw_only=True):
+    """A stored attribution, with the digest of its segment once it exists, and the
+    node it was made on ('' for this one); the wire's ``AttributionRecord`` is its view."""
+
+    digest_id: str | None = None
+    node: str = ""
+
+
 # What ``sessions.py`` calls the record one ``session_start`` line tells of (see
 # :func:`start_seen`); the same shape, so the store merges it like any record.
 StartSeen: TypeAlias = SessionRecord

@@ -25,7 +25,6 @@ from gastown_client.protocol import (
 )
 from gastownd.core.beads import ISSUE_ID
 from gastownd.core.digest import Digest, audit_chain
-from gastownd.core.events import format_ts
 from gastownd.core.hookmap import STEP_OF_ACTION
 from gastownd.core.views import to_view
 from gastownd.core.wisp import Outcome, SaveDigest, StartArgs, Wisp, WispBook, WispState
@@ -271,16 +270,7 @@ async def attribution(daemon: Daemon, request: Attribution) -> AttributionResult
     return AttributionResult(
         issue=request.issue,
         records=[
-            AttributionRecord(
-                session_id=r.session_id,
-                action=r.action,
-                at=format_ts(r.at),
-                actor=r.actor,
-                digest_id=r.digest_id,
-                rule=r.rule,
-                node=daemon.node_name(r.node),
-                remote=r.node != "",
-            )
+            to_view(r, AttributionRecord, node=daemon.node_name(r.node), remote=r.node != "")
             for r in rows
         ],
     )

@@ -25,7 +25,9 @@ import msgspec
 from gastownd.core.digest import Digest
 from gastownd.core.session_record import (
     LOGGED,
+    AttributionRow,
     LineEnd,
+    NewAttribution,
     SessionRecord,
     identity_key,
 )
@@ -51,26 +53,6 @@ _wisp_decoder = msgspec.json.Decoder(Wisp)
 _step_decoder = msgspec.json.Decoder(Step)
 _digest_decoder = msgspec.json.Decoder(Digest)
 _emit_decoder = msgspec.json.Decoder(EmitLine)
-
-
-@dataclass(frozen=True)
-class NewAttribution:
-    issue: str
-    session_id: str
-    segment: int | None
-    action: str
-    at: float
-    actor: str
-    rule: str
-
-
-@dataclass(frozen=True)
-class AttributionRow(NewAttribution):
-    """A stored attribution, with the digest of its segment once it exists, and the
-    node it was made on ('' for this one)."""
-
-    digest_id: str | None
-    node: str = ""
 
 
 @dataclass(frozen=True)
@@ -478,7 +460,8 @@ class Store:
             "WHERE a.issue = ? ORDER BY a.at, a.id",
             (issue,),
         ).fetchall()
-        return [AttributionRow(*row) for row in rows]
+        names = AttributionRow.__struct_fields__
+        return [AttributionRow(**dict(zip(names, row, strict=True))) for row in rows]
 
     # ------------------------------------------------------------------ spool
 
