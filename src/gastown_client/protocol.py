@@ -485,6 +485,12 @@ class PruneResult(msgspec.Struct, kw_only=True):
     duration_ms: float = 0.0
 
 
+# The views of the daemon's records (its wisps, steps, digests, session records): the
+# daemon derives each from its record by one rule (gastownd.core.views.to_view: same
+# names, instants as timestamps); tests/unit/test_record_shapes.py keeps the fields equal.
+# Declared here, not shared, so that this module imports without the daemon.
+
+
 class StepView(msgspec.Struct, kw_only=True, omit_defaults=True):
     kind: str
     at: str

@@ -19,7 +19,7 @@ from gastownd.core.records import (
     SessionMessage,
     decode_message,
 )
-from gastownd.core.wisp import squash, start
+from gastownd.core.wisp import StartArgs, squash, start
 from gastownd.store import Store
 from gastownd.store.remote import EventQuery
 
@@ -105,9 +105,9 @@ def test_a_session_record_keeps_its_highest_rev(store: Store) -> None:
 
 
 def test_a_late_predecessor_never_becomes_the_chain_head(store: Store) -> None:
-    wisp = start(None, session_id="s-9", actor="gastown/crew/joe", now=1_780_000_000.0)
+    wisp = start(None, StartArgs(session_id="s-9", actor="gastown/crew/joe"), now=1_780_000_000.0)
     _, older = squash(wisp, "done", now=1_780_000_010.0)
-    wisp = start(None, session_id="s-10", actor="gastown/crew/joe", now=1_780_000_020.0)
+    wisp = start(None, StartArgs(session_id="s-10", actor="gastown/crew/joe"), now=1_780_000_020.0)
     _, newer = squash(wisp, "done", now=1_780_000_030.0, prev_hash=older.hash)
     applied = store.remote.apply(
         [DigestMessage(town="t", node="b", id=f"b.digest.{newer.digest_id}", digest=newer)], 1.0
@@ -124,9 +124,9 @@ def test_a_late_predecessor_never_becomes_the_chain_head(store: Store) -> None:
 
 def test_the_head_is_the_digest_seen_last_whatever_the_clocks_say(store: Store) -> None:
     actor = "gastown/crew/joe"
-    wisp = start(None, session_id="s-1", actor=actor, now=1_780_007_000.0)
+    wisp = start(None, StartArgs(session_id="s-1", actor=actor), now=1_780_007_000.0)
     _, first = squash(wisp, "done", now=1_780_007_200.0)  # n1, clock right
-    wisp = start(None, session_id="s-2", actor=actor, now=1_780_000_100.0)
+    wisp = start(None, StartArgs(session_id="s-2", actor=actor), now=1_780_000_100.0)
     # n3, its clock 2 h behind: it ended "before" the digest it links to.
     _, second = squash(wisp, "done", now=1_780_000_200.0, prev_hash=first.hash)
     for node, made in (("n1", first), ("n3", second)):

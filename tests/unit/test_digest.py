@@ -21,7 +21,7 @@ from gastownd.core.digest import (
     seal,
     verify_chain,
 )
-from gastownd.core.wisp import Wisp, abandon, squash, start, step
+from gastownd.core.wisp import StartArgs, Wisp, abandon, squash, start, step
 
 T0 = 1_750_000_000.0
 SID = "46621448-3caa-4bbb-8ccc-123456789abc"
@@ -30,7 +30,9 @@ ACTOR = "gastown/polecats/rust"
 
 def _session(*steps: tuple[str, str | None, dict[str, Any] | None]) -> Wisp:
     wisp = start(
-        None, session_id=SID, actor=ACTOR, now=T0, topic="fix login", tmux_session="gt-rust"
+        None,
+        StartArgs(session_id=SID, actor=ACTOR, topic="fix login", tmux_session="gt-rust"),
+        now=T0,
     )
     for n, (kind, ref, payload) in enumerate(steps, start=1):
         wisp = step(wisp, kind, ref, payload, now=T0 + n)
@@ -38,7 +40,7 @@ def _session(*steps: tuple[str, str | None, dict[str, Any] | None]) -> Wisp:
 
 
 def _digest(prev_hash: str = "", sid: str = SID, end: float = T0 + 3725) -> Digest:
-    wisp = start(None, session_id=sid, actor=ACTOR, now=T0)
+    wisp = start(None, StartArgs(session_id=sid, actor=ACTOR), now=T0)
     return squash(step(wisp, "note", now=T0 + 1), "logout", now=end, prev_hash=prev_hash)[1]
 
 
@@ -143,7 +145,7 @@ def test_digest_id_is_deterministic_per_session_and_segment() -> None:
 
 def test_reopened_session_gets_a_new_digest_per_segment() -> None:
     first_end, first = squash(_session(("note", None, None)), "logout", now=T0 + 10)
-    again = start(first_end, session_id=SID, actor=ACTOR, now=T0 + 20, source="resume")
+    again = start(first_end, StartArgs(session_id=SID, actor=ACTOR, source="resume"), now=T0 + 20)
     _, second = squash(again, "logout", now=T0 + 30, prev_hash=first.hash)
     assert (first.segment, second.segment) == (1, 2)
     assert first.digest_id != second.digest_id

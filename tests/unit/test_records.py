@@ -26,7 +26,7 @@ from gastownd.core.records import (
     subject,
     town_subjects,
 )
-from gastownd.core.wisp import squash, start
+from gastownd.core.wisp import StartArgs, squash, start
 
 LINE = (
     b'{"ts":"2026-11-29T00:00:00Z","source":"gt","type":"mail","actor":"mayor","visibility":"feed"}'
@@ -34,7 +34,7 @@ LINE = (
 
 
 def digest() -> Any:
-    wisp = start(None, session_id="s-1", actor="gastown/crew/joe", now=1_780_000_000.0)
+    wisp = start(None, StartArgs(session_id="s-1", actor="gastown/crew/joe"), now=1_780_000_000.0)
     _, made = squash(wisp, "done", now=1_780_000_100.0)
     return made
 

@@ -17,6 +17,7 @@ from gastownd.core.wisp import (
     Op,
     SaveDigest,
     SaveWisp,
+    StartArgs,
     StartSource,
     Wisp,
     WispBook,
@@ -43,7 +44,7 @@ def _encode(value: object) -> bytes:
 
 
 def _wisp_in(state: WispState) -> Wisp:
-    wisp = start(None, session_id=SID, actor=ACTOR, now=T0, tmux_session="gt-joe")
+    wisp = start(None, StartArgs(session_id=SID, actor=ACTOR, tmux_session="gt-joe"), now=T0)
     wisp = step(wisp, "commit", "abc1234", {"subject": "fix"}, now=T0 + 5)
     if state is WispState.SQUASHED:
         wisp, _ = squash(wisp, "logout", now=T0 + 10)
@@ -69,7 +70,7 @@ _SOURCE_OF = {
 def _apply_to_book(book: WispBook, op: Op) -> WispBook:
     now = T0 + 100
     if op in _SOURCE_OF:
-        return book.start(session_id=SID, actor=ACTOR, now=now, source=_SOURCE_OF[op])[0]
+        return book.start(StartArgs(session_id=SID, actor=ACTOR, source=_SOURCE_OF[op]), now=now)[0]
     if op is Op.STEP:
         return book.step(SID, "note", now=now)[0]
     if op is Op.SQUASH:
@@ -80,7 +81,7 @@ def _apply_to_book(book: WispBook, op: Op) -> WispBook:
 def _apply_to_wisp(wisp: Wisp, op: Op) -> Wisp:
     now = T0 + 100
     if op in _SOURCE_OF:
-        return start(wisp, session_id=SID, actor=ACTOR, now=now, source=_SOURCE_OF[op])
+        return start(wisp, StartArgs(session_id=SID, actor=ACTOR, source=_SOURCE_OF[op]), now=now)
     if op is Op.STEP:
         return step(wisp, "note", now=now)
     if op is Op.SQUASH:
@@ -157,8 +158,8 @@ def test_transition_on_absent_session_names_it_absent() -> None:
 
 
 def test_repeated_start_of_open_session_adds_nothing() -> None:
-    book, _ = WispBook().start(session_id=SID, actor=ACTOR, now=T0, cwd="/a")
-    again, effects = book.start(session_id=SID, actor=ACTOR, now=T0 + 60, cwd="/b")
+    book, _ = WispBook().start(StartArgs(session_id=SID, actor=ACTOR, cwd="/a"), now=T0)
+    again, effects = book.start(StartArgs(session_id=SID, actor=ACTOR, cwd="/b"), now=T0 + 60)
     assert again is book
     assert effects == ()
 
@@ -166,7 +167,9 @@ def test_repeated_start_of_open_session_adds_nothing() -> None:
 def test_resume_of_open_wisp_continues_it() -> None:
     wisp = _wisp_in(WispState.OPEN)
     resumed = start(
-        wisp, session_id=SID, actor=ACTOR, now=T0 + 60, source="resume", tmux_session="gt-2"
+        wisp,
+        StartArgs(session_id=SID, actor=ACTOR, source="resume", tmux_session="gt-2"),
+        now=T0 + 60,
     )
     assert resumed.segment == 1
     assert resumed.steps == wisp.steps
@@ -177,7 +180,7 @@ def test_resume_of_open_wisp_continues_it() -> None:
 
 def test_resume_of_squashed_wisp_reopens_it_as_a_new_segment_without_a_start_line() -> None:
     book, _ = _book_in(WispState.SQUASHED).start(
-        session_id=SID, actor=ACTOR, now=T0 + 60, source=StartSource.RESUME
+        StartArgs(session_id=SID, actor=ACTOR, source=StartSource.RESUME), now=T0 + 60
     )
     wisp = book.wisps[SID]
     assert (wisp.segment, wisp.state, wisp.steps, wisp.started_at) == (
@@ -191,10 +194,12 @@ def test_resume_of_squashed_wisp_reopens_it_as_a_new_segment_without_a_start_lin
 
 
 def test_compact_records_a_compaction_step() -> None:
-    book, effects = WispBook().start(session_id=SID, actor=ACTOR, now=T0, source="compact")
+    book, effects = WispBook().start(
+        StartArgs(session_id=SID, actor=ACTOR, source="compact"), now=T0
+    )
     assert [s.kind for s in book.wisps[SID].steps] == ["compaction"]
     assert [type(e) for e in effects] == [SaveWisp, AppendStep, EmitLine]
-    book, effects = book.start(session_id=SID, actor=ACTOR, now=T0 + 9, source="compact")
+    book, effects = book.start(StartArgs(session_id=SID, actor=ACTOR, source="compact"), now=T0 + 9)
     assert [s.kind for s in book.wisps[SID].steps] == ["compaction", "compaction"]
     appended = [e for e in effects if isinstance(e, AppendStep)]
     assert [(a.seq, a.step.at) for a in appended] == [(1, T0 + 9)]
@@ -202,7 +207,7 @@ def test_compact_records_a_compaction_step() -> None:
 
 def test_start_rejects_another_sessions_wisp() -> None:
     with pytest.raises(ValueError, match="is not session"):
-        start(_wisp_in(WispState.OPEN), session_id="other", actor=ACTOR, now=T0)
+        start(_wisp_in(WispState.OPEN), StartArgs(session_id="other", actor=ACTOR), now=T0)
 
 
 @pytest.mark.parametrize(
@@ -223,7 +228,7 @@ def test_start_rejects_another_sessions_wisp() -> None:
 )
 def test_role_and_rig_come_from_the_actor(actor: str, role: str, rig: str | None) -> None:
     assert parse_actor(actor) == (role, rig)
-    wisp = start(None, session_id=SID, actor=actor, now=T0)
+    wisp = start(None, StartArgs(session_id=SID, actor=actor), now=T0)
     assert (wisp.role, wisp.rig) == (role, rig)
 
 
@@ -232,7 +237,7 @@ def test_role_and_rig_come_from_the_actor(actor: str, role: str, rig: str | None
 
 def test_new_session_emits_one_gas_town_session_start_line() -> None:
     _, effects = WispBook().start(
-        session_id=SID, actor=ACTOR, now=T0, cwd="/t/joe", topic="fix", pid=48213
+        StartArgs(session_id=SID, actor=ACTOR, cwd="/t/joe", topic="fix", pid=48213), now=T0
     )
     lines = [e for e in effects if isinstance(e, EmitLine)]
     assert lines == [
@@ -252,20 +257,20 @@ def test_new_session_emits_one_gas_town_session_start_line() -> None:
 
 
 def test_session_start_line_omits_unknown_topic_and_cwd() -> None:
-    _, effects = WispBook().start(session_id=SID, actor=ACTOR, now=T0)
+    _, effects = WispBook().start(StartArgs(session_id=SID, actor=ACTOR), now=T0)
     (line,) = [e for e in effects if isinstance(e, EmitLine)]
     assert set(line.payload) == {"session_id", "role", "actor_pid"}
 
 
 def test_steps_never_reach_the_event_log() -> None:
-    book, _ = WispBook().start(session_id=SID, actor=ACTOR, now=T0)
+    book, _ = WispBook().start(StartArgs(session_id=SID, actor=ACTOR), now=T0)
     book, effects = book.step(SID, "turn", now=T0 + 1)
     assert not [e for e in effects if isinstance(e, EmitLine)]
     assert [type(e) for e in effects] == [SaveWisp, AppendStep]
 
 
 def test_end_emits_session_end_with_the_digest() -> None:
-    book, _ = WispBook().start(session_id=SID, actor=ACTOR, now=T0)
+    book, _ = WispBook().start(StartArgs(session_id=SID, actor=ACTOR), now=T0)
     book, _ = book.step(SID, "commit", "abc", now=T0 + 1)
     book, effects = book.end(SID, "logout", now=T0 + 90.4)
     assert [type(e) for e in effects] == [SaveWisp, SaveDigest, EmitLine]
@@ -290,7 +295,7 @@ def test_digests_of_one_actor_are_chained() -> None:
     digests = []
     for n in range(3):
         sid = f"s{n}"
-        book, _ = book.start(session_id=sid, actor=ACTOR, now=T0 + n * 100)
+        book, _ = book.start(StartArgs(session_id=sid, actor=ACTOR), now=T0 + n * 100)
         book, effects = book.end(sid, now=T0 + n * 100 + 50)
         digests += [e.digest for e in effects if isinstance(e, SaveDigest)]
     assert digests[0].prev_hash == ""
@@ -300,7 +305,9 @@ def test_digests_of_one_actor_are_chained() -> None:
 
 def test_step_with_reopen_resumes_an_abandoned_wisp_first() -> None:
     book = _book_in(WispState.ABANDONED)
-    book, _ = book.start(session_id="seat", actor=ACTOR, now=T0 + 400, tmux_session="gt-joe")
+    book, _ = book.start(
+        StartArgs(session_id="seat", actor=ACTOR, tmux_session="gt-joe"), now=T0 + 400
+    )
     book, effects = book.step(SID, "prompt", now=T0 + 500, reopen=True)
     wisp = book.wisps[SID]
     assert (wisp.state, wisp.segment, [s.kind for s in wisp.steps]) == (
@@ -318,13 +325,17 @@ def test_step_with_reopen_resumes_an_abandoned_wisp_first() -> None:
 
 
 def _open(sid: str, actor: str = ACTOR, tmux: str | None = "gt-joe", at: float = T0) -> Wisp:
-    return start(None, session_id=sid, actor=actor, now=at, tmux_session=tmux)
+    return start(None, StartArgs(session_id=sid, actor=actor, tmux_session=tmux), now=at)
 
 
 def test_newer_session_of_same_actor_in_same_tmux_supersedes_the_old_one() -> None:
-    book, _ = WispBook().start(session_id="old", actor=ACTOR, now=T0, tmux_session="gt-joe")
-    book, _ = book.start(session_id="other", actor=ACTOR, now=T0, tmux_session="gt-else")
-    book, effects = book.start(session_id="new", actor=ACTOR, now=T0 + 5, tmux_session="gt-joe")
+    book, _ = WispBook().start(
+        StartArgs(session_id="old", actor=ACTOR, tmux_session="gt-joe"), now=T0
+    )
+    book, _ = book.start(StartArgs(session_id="other", actor=ACTOR, tmux_session="gt-else"), now=T0)
+    book, effects = book.start(
+        StartArgs(session_id="new", actor=ACTOR, tmux_session="gt-joe"), now=T0 + 5
+    )
     assert book.state_of("old") is WispState.SQUASHED
     assert book.wisps["old"].end_reason == "superseded"
     assert book.state_of("other") is WispState.OPEN
@@ -340,9 +351,9 @@ def test_superseding_needs_actor_and_tmux_to_match() -> None:
 
 
 def test_clear_ends_its_parent() -> None:
-    book, _ = WispBook().start(session_id="p", actor=ACTOR, now=T0)
+    book, _ = WispBook().start(StartArgs(session_id="p", actor=ACTOR), now=T0)
     book, _ = book.start(
-        session_id="c", actor=ACTOR, now=T0 + 5, source="clear", parent_session="p"
+        StartArgs(session_id="c", actor=ACTOR, source="clear", parent_session="p"), now=T0 + 5
     )
     assert book.wisps["p"].end_reason == "clear"
     assert book.state_of("c") is WispState.OPEN
@@ -393,7 +404,9 @@ def test_our_own_session_end_line_ends_nothing_but_a_foreign_one_does() -> None:
 
 
 def test_observed_line_squashes_with_line_time_and_writes_at_now() -> None:
-    book, _ = WispBook().start(session_id=SID, actor=ACTOR, now=T0, tmux_session="gt-joe")
+    book, _ = WispBook().start(
+        StartArgs(session_id=SID, actor=ACTOR, tmux_session="gt-joe"), now=T0
+    )
     book, effects = book.observe_line(
         type="session_death",
         actor="gt-joe",
@@ -416,7 +429,7 @@ def test_stale_lists_idle_open_wisps_longest_idle_first() -> None:
 
 
 def test_reap_abandons_idle_wisps_at_their_last_activity() -> None:
-    book, _ = WispBook().start(session_id=SID, actor=ACTOR, now=T0)
+    book, _ = WispBook().start(StartArgs(session_id=SID, actor=ACTOR), now=T0)
     book, _ = book.step(SID, "turn", now=T0 + 40)
     assert book.reap(now=T0 + 100, idle_timeout_s=61) == (book, ())
     book, effects = book.reap(now=T0 + 100, idle_timeout_s=60)
@@ -437,9 +450,18 @@ def test_reap_abandons_idle_wisps_at_their_last_activity() -> None:
 @pytest.mark.parametrize(
     ("build", "message"),
     [
-        (lambda: start(None, session_id="", actor=ACTOR, now=T0), "session_id must not be empty"),
-        (lambda: start(None, session_id=SID, actor="", now=T0), "actor must not be empty"),
-        (lambda: start(None, session_id=SID, actor=ACTOR, now=float("nan")), "epoch seconds"),
+        (
+            lambda: start(None, StartArgs(session_id="", actor=ACTOR), now=T0),
+            "session_id must not be empty",
+        ),
+        (
+            lambda: start(None, StartArgs(session_id=SID, actor=""), now=T0),
+            "actor must not be empty",
+        ),
+        (
+            lambda: start(None, StartArgs(session_id=SID, actor=ACTOR), now=float("nan")),
+            "epoch seconds",
+        ),
         (lambda: step(_wisp_in(WispState.OPEN), "", now=T0), "step kind must not be empty"),
         (lambda: squash(_wisp_in(WispState.OPEN), "", now=T0), "end reason must not be empty"),
     ],

@@ -18,6 +18,7 @@ from gastownd.core.wisp import (
     IllegalTransition,
     SaveDigest,
     SaveWisp,
+    StartArgs,
     StartSource,
     WispBook,
     WispState,
@@ -70,22 +71,26 @@ def _apply(book: WispBook, op: Op, now: float) -> tuple[WispBook, tuple[Effect, 
     match op:
         case ("start", sid, actor, tmux, source, parent):
             return book.start(
-                session_id=sid,
-                actor=actor,
+                StartArgs(
+                    session_id=sid,
+                    actor=actor,
+                    source=source,
+                    tmux_session=tmux,
+                    parent_session=parent,
+                    cwd="/town",
+                ),
                 now=now,
-                source=source,
-                tmux_session=tmux,
-                parent_session=parent,
-                cwd="/town",
             )
         case ("clear", sid, parent):
             known = book.wisps.get(parent)
             return book.start(
-                session_id=sid,
-                actor=known.actor if known else ACTORS[0],
+                StartArgs(
+                    session_id=sid,
+                    actor=known.actor if known else ACTORS[0],
+                    source=StartSource.CLEAR,
+                    parent_session=parent,
+                ),
                 now=now,
-                source=StartSource.CLEAR,
-                parent_session=parent,
             )
         case ("step", sid, kind, ref):
             payload = (

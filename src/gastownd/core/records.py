@@ -31,13 +31,14 @@ from __future__ import annotations
 
 import itertools
 import re
-from typing import Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 import msgspec
 
-from gastownd.core.bounds import Count, Instant
+from gastownd.core.bounds import Count
 from gastownd.core.digest import Digest, digest_hash, digest_id_for
 from gastownd.core.events import MAX_LINE_BYTES, parse_line, parse_ts
+from gastownd.core.session_record import NewAttribution, SessionRecord
 
 # Node and town names are NATS subject tokens: no dots, spaces or wildcards.
 NAME_PATTERN: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -75,40 +76,58 @@ class EventMessage(Message, tag="event", kw_only=True):
     lines: list[msgspec.Raw]
 
 
-class SessionMessage(Message, tag="session", kw_only=True):
-    session_id: str
-    rev: Count
-    actor: str
-    role: str | None = None
-    topic: str | None = None
-    cwd: str | None = None
-    actor_pid: str | None = None
-    first_start_at: Instant
-    last_start_at: Instant
-    last_activity_at: Instant
-    starts: Count
-    segments: Count
-    state: str
-    ended_at: Instant | None = None
-    end_reason: str | None = None
+def _under_header(name: str, tag: str, record: type[msgspec.Struct], *lead: tuple[str, Any]) -> Any:
+    """A message type: the header, ``lead`` fields, then ``record``'s fields in their
+    order (its ``node`` is the header's). msgspec cannot inherit from two structs with
+    fields; this keeps each record's fields declared once."""
+    fields = [
+        (f.name, f.type) if f.required else (f.name, f.type, f.default)
+        for f in msgspec.structs.fields(record)
+        if f.name not in Message.__struct_fields__
+    ]
+    return msgspec.defstruct(
+        name, [*lead, *fields], bases=(Message,), tag=tag, kw_only=True, module=__name__
+    )
+
+
+if TYPE_CHECKING:
+    # What the runtime classes below are, to the type checker (which knows no defstruct);
+    # mypy's frozen rule is moot, as every message is built once and never changed.
+    class SessionMessage(Message, SessionRecord, tag="session", kw_only=True):  # type: ignore[misc]
+        """A :class:`SessionRecord` under the message header."""
+
+    class AttributionMessage(Message, NewAttribution, tag="attribution", kw_only=True):  # type: ignore[misc]
+        """A :class:`NewAttribution` under the message header, with its row id."""
+
+        local_id: Count
+
+else:
+    SessionMessage = _under_header("SessionMessage", "session", SessionRecord)
+    AttributionMessage = _under_header(
+        "AttributionMessage", "attribution", NewAttribution, ("local_id", Count)
+    )
 
 
 class DigestMessage(Message, tag="digest", kw_only=True):
     digest: Digest
 
 
-class AttributionMessage(Message, tag="attribution", kw_only=True):
-    local_id: Count
-    issue: str
-    session_id: str
-    segment: Count | None = None
-    action: str
-    at: Instant
-    actor: str
-    rule: str
-
-
 AnyMessage = EventMessage | SessionMessage | DigestMessage | AttributionMessage
+
+# Message header fields that are not the session's (its ``node`` is).
+_HEADER_ONLY: Final = frozenset(Message.__struct_fields__) - {"node"}
+
+
+def session_message(record: SessionRecord, *, town: str) -> SessionMessage:
+    """The record as sent (``id`` still empty: the sender names it)."""
+    return SessionMessage(town=town, id="", **msgspec.structs.asdict(record))
+
+
+def session_record(message: SessionMessage) -> SessionRecord:
+    """The record a session message carries, ``node`` the sender's."""
+    fields = msgspec.structs.asdict(message)
+    return SessionRecord(**{k: v for k, v in fields.items() if k not in _HEADER_ONLY})
+
 
 _encoder: Final = msgspec.json.Encoder()
 # How msgspec words a value outside its field's bounds (``core.bounds``), or a number

@@ -4,7 +4,8 @@ Every session the town has seen keeps one record, forever: the log's
 retention never shrinks it. Sources, merged into the same record:
 
 - ``session_start`` lines in the event log (``gt prime``'s, other tools', and
-  the daemon's own for hook-fed sessions): each is a :class:`StartSeen`;
+  the daemon's own for hook-fed sessions): each is the record of one start
+  (:func:`start_seen`), merged into the stored one;
 - the wisp engine (hook calls and session ops): the wisp's state, times and
   metadata, and each start that reopened or continued a wisp;
 - ``session_death`` and ``handoff`` lines: a :class:`LineEnd` ends the records
@@ -12,6 +13,11 @@ retention never shrinks it. Sources, merged into the same record:
   :func:`gastownd.core.wisp.ended_by_line`).
 
 This module reads lines into those values; the store applies them. Pure: no I/O.
+
+:class:`SessionRecord` is the record's one shape: the store's row (its columns
+are its fields), the body of federation's ``session`` record
+(:class:`gastownd.core.records.SessionMessage`, the same fields under a message
+header) and, through :func:`gastownd.core.views.to_view`, the wire's ``SessionRow``.
 """
 
 from __future__ import annotations
@@ -19,21 +25,60 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Final
 
+import msgspec
+
+from gastownd.core.bounds import Count, Instant
+
 LOGGED: Final = "logged"
 RECORDED_TYPES: Final = frozenset({"session_start", "session_death", "handoff", "session_end"})
 
 
-@dataclass(frozen=True, slots=True)
-class StartSeen:
-    """A ``session_start`` line: one start of a session."""
+class SessionRecord(msgspec.Struct, frozen=True, kw_only=True):
+    """What the town knows of one session, kept forever.
+
+    ``state``: its wisp's state, or :data:`LOGGED` when only log lines told of it.
+    ``node``: the node it ran on ('' for this one); ``rev``: its change counter there
+    (a receiver keeps the highest). Fields in federation's order: a session record
+    on the stream lists them so.
+    """
 
     session_id: str
+    rev: Count
     actor: str
-    at: float
     role: str | None = None
     topic: str | None = None
     cwd: str | None = None
     actor_pid: str | None = None
+    first_start_at: Instant
+    last_start_at: Instant
+    last_activity_at: Instant
+    starts: Count
+    segments: Count
+    state: str
+    ended_at: Instant | None = None
+    end_reason: str | None = None
+    node: str = ""
+
+
+class NewAttribution(msgspec.Struct, frozen=True, kw_only=True):
+    """One change to an issue, attributed to the session (and its segment) that made it:
+    the store's row and, under a message header, federation's ``attribution`` record."""
+
+    issue: str
+    session_id: str
+    segment: Count | None = None
+    action: str
+    at: Instant
+    actor: str
+    rule: str
+
+
+class AttributionRow(NewAttribution, frozen=True, kw_only=True):
+    """A stored attribution, with the digest of its segment once it exists, and the
+    node it was made on ('' for this one); the wire's ``AttributionRecord`` is its view."""
+
+    digest_id: str | None = None
+    node: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,20 +95,27 @@ def identity_key(actor: str) -> str:
     return actor.strip("/").casefold()
 
 
-def start_seen(actor: str, payload: dict[str, Any] | None, at: float) -> StartSeen | None:
-    """The start a ``session_start`` line records, or None without a session id."""
+def start_seen(actor: str, payload: dict[str, Any] | None, at: float) -> SessionRecord | None:
+    """The record of the one start a ``session_start`` line tells of (state
+    :data:`LOGGED`, ``rev`` 0: the store numbers changes), or None without a session id."""
     body = payload or {}
     session_id = body.get("session_id")
     if not isinstance(session_id, str) or not session_id.strip():
         return None
-    return StartSeen(
+    return SessionRecord(
         session_id=session_id,
+        rev=0,
         actor=actor or _text(body.get("role")) or "unknown",
-        at=float(at),
         role=_text(body.get("role")),
         topic=_text(body.get("topic")),
         cwd=_text(body.get("cwd")),
         actor_pid=_text(body.get("actor_pid")),
+        first_start_at=float(at),
+        last_start_at=float(at),
+        last_activity_at=float(at),
+        starts=1,
+        segments=1,
+        state=LOGGED,
     )
 
 

@@ -10,7 +10,7 @@ No I/O and no clock: every instant comes in as ``now`` (epoch seconds).
 
 Layers:
 
-- values: :class:`Step`, :class:`Wisp`;
+- values: :class:`Step`, :class:`Wisp`, :class:`StartArgs`;
 - functions on one wisp: :func:`start`, :func:`step`, :func:`squash`, :func:`abandon`;
 - rules for ends without a hook: :func:`stale`, :func:`ended_by_line`,
   :func:`superseded_by`;
@@ -23,14 +23,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from enum import StrEnum
-from typing import Any, Final, TypeAlias, TypeVar
+from typing import Any, Final, TypeAlias
 
 import msgspec
 
 from gastownd.core.digest import Digest, make_digest
 
 MAX_EPOCH_S: Final = 1e11
-_T = TypeVar("_T")
 
 
 class WispState(StrEnum):
@@ -208,19 +207,37 @@ def parse_actor(actor: str) -> tuple[str, str | None]:
 # ---------------------------------------------------------------- one wisp
 
 
-def start(
-    existing: Wisp | None,
-    *,
-    session_id: str,
-    actor: str,
-    now: float,
-    source: StartSource | str = StartSource.STARTUP,
-    cwd: str | None = None,
-    topic: str | None = None,
-    parent_session: str | None = None,
-    tmux_session: str | None = None,
-    pid: int | None = None,
-) -> Wisp:
+class StartArgs(msgspec.Struct, frozen=True, kw_only=True):
+    """What one start says about a session: the argument of every start, wherever it
+    comes from (the ``session_start`` op, a hook call, a step that reopens a wisp).
+
+    Every field but ``session_id``, ``actor`` and ``source`` is metadata: given
+    (not None), it replaces what the wisp recorded.
+    """
+
+    session_id: str
+    actor: str
+    source: StartSource = StartSource.STARTUP
+    cwd: str | None = None
+    topic: str | None = None
+    parent_session: str | None = None
+    tmux_session: str | None = None
+    pid: int | None = None
+
+
+_NOT_METADATA: Final = frozenset({"session_id", "actor", "source"})
+
+
+def _given_metadata(args: StartArgs) -> dict[str, Any]:
+    """The metadata fields ``args`` sets (not None)."""
+    return {
+        name: value
+        for name, value in msgspec.structs.asdict(args).items()
+        if name not in _NOT_METADATA and value is not None
+    }
+
+
+def start(existing: Wisp | None, args: StartArgs, *, now: float) -> Wisp:
     """Apply a ``SessionStart`` to the session's current wisp (``None`` if it has none).
 
     - no wisp: a new open wisp, segment 1 (plus a ``compaction`` step for ``compact``);
@@ -232,49 +249,31 @@ def start(
 
     The session keeps its first actor; given metadata replaces what was recorded.
     """
+    session_id = args.session_id
     if existing is not None and existing.session_id != session_id:
         raise ValueError(f"wisp {existing.session_id!r} is not session {session_id!r}")
-    source = StartSource(source)
+    source = StartSource(args.source)
     op = OP_FOR_SOURCE[source]
     transition(None if existing is None else existing.state, op, session_id)
     now = float(now)
     if existing is None:
-        role, rig = parse_actor(actor)
-        wisp = Wisp(
-            session_id=session_id,
-            actor=actor,
-            role=role,
-            rig=rig,
-            cwd=cwd,
-            topic=topic,
-            source=source,
-            parent_session=parent_session,
-            tmux_session=tmux_session,
-            pid=pid,
-            started_at=now,
-            last_activity_at=now,
-        )
+        role, rig = parse_actor(args.actor)
+        fields = msgspec.structs.asdict(args)
+        fields["source"] = source
+        wisp = Wisp(**fields, role=role, rig=rig, started_at=now, last_activity_at=now)
     elif existing.state == WispState.OPEN:
         if op is Op.START:
             return existing
         wisp = msgspec.structs.replace(
             existing,
-            cwd=_given(cwd, existing.cwd),
-            topic=_given(topic, existing.topic),
-            parent_session=_given(parent_session, existing.parent_session),
-            tmux_session=_given(tmux_session, existing.tmux_session),
-            pid=_given(pid, existing.pid),
+            **_given_metadata(args),
             last_activity_at=max(existing.last_activity_at, now),
         )
     else:
         wisp = msgspec.structs.replace(
             existing,
-            cwd=_given(cwd, existing.cwd),
-            topic=_given(topic, existing.topic),
+            **_given_metadata(args),
             source=source,
-            parent_session=_given(parent_session, existing.parent_session),
-            tmux_session=_given(tmux_session, existing.tmux_session),
-            pid=_given(pid, existing.pid),
             started_at=now,
             last_activity_at=now,
             ended_at=None,
@@ -344,10 +343,6 @@ def _append(wisp: Wisp, new: Step) -> Wisp:
         steps=(*wisp.steps, new),
         last_activity_at=max(wisp.last_activity_at, new.at),
     )
-
-
-def _given(value: _T | None, old: _T | None) -> _T | None:
-    return old if value is None else value
 
 
 # ---------------------------------------------------------------- ends without a hook
@@ -539,41 +534,18 @@ class WispBook(msgspec.Struct, frozen=True, kw_only=True):
         wisp = self.wisps.get(session_id)
         return None if wisp is None else wisp.state
 
-    def start(
-        self,
-        *,
-        session_id: str,
-        actor: str,
-        now: float,
-        source: StartSource | str = StartSource.STARTUP,
-        cwd: str | None = None,
-        topic: str | None = None,
-        parent_session: str | None = None,
-        tmux_session: str | None = None,
-        pid: int | None = None,
-    ) -> Outcome:
+    def start(self, args: StartArgs, *, now: float) -> Outcome:
         """:func:`start`, first ending the wisps it supersedes.
 
         ``session_start`` is emitted once per session: when it gets its first wisp.
         """
-        existing = self.wisps.get(session_id)
-        wisp = start(
-            existing,
-            session_id=session_id,
-            actor=actor,
-            now=now,
-            source=source,
-            cwd=cwd,
-            topic=topic,
-            parent_session=parent_session,
-            tmux_session=tmux_session,
-            pid=pid,
-        )
+        existing = self.wisps.get(args.session_id)
+        wisp = start(existing, args, now=now)
         book, effects = self._opened(
-            existing, wisp, StartSource(source), float(now), supersede=True
+            existing, wisp, StartSource(args.source), float(now), supersede=True
         )
         if existing is not None and wisp is not existing:
-            effects = (*effects, CountStart(session_id=session_id, at=float(now)))
+            effects = (*effects, CountStart(session_id=args.session_id, at=float(now)))
         return book, effects
 
     def _opened(
@@ -617,9 +589,8 @@ class WispBook(msgspec.Struct, frozen=True, kw_only=True):
         book: WispBook = self
         effects: tuple[Effect, ...] = ()
         if reopen and wisp.state != WispState.OPEN:
-            resumed = start(
-                wisp, session_id=session_id, actor=wisp.actor, now=now, source=StartSource.RESUME
-            )
+            again = StartArgs(session_id=session_id, actor=wisp.actor, source=StartSource.RESUME)
+            resumed = start(wisp, again, now=now)
             book, effects = self._opened(
                 wisp, resumed, StartSource.RESUME, float(now), supersede=False
             )

@@ -16,12 +16,13 @@ from gastownd.core.hookmap import (
     plan_hook,
     predecessor_context,
 )
-from gastownd.core.wisp import Effect, Outcome, WispBook, WispState
+from gastownd.core.session_record import SessionRecord
+from gastownd.core.wisp import Effect, Outcome, StartArgs, StartSource, WispBook, WispState
 from gastownd.metrics.buckets import hook_event_label
 from gastownd.process.daemon import Daemon
 from gastownd.process.refusals import BadRequestError
 from gastownd.sessions.recorder import NO_CHANGE, WispOp
-from gastownd.store import NewAttribution, SessionRecord
+from gastownd.store import NewAttribution
 
 log = structlog.get_logger("gastownd.hooks")
 
@@ -104,16 +105,16 @@ def _apply_plan(
         # installed mid-session, or SessionStart was lost): open it anyway.
         source = "resume"
     if source is not None:
-        book, done = book.start(
+        args = StartArgs(
             session_id=session_id,
             actor=plan.actor,
-            now=now,
-            source=source,
+            source=StartSource(source),
             cwd=plan.cwd,
             parent_session=parent,
             tmux_session=plan.tmux_session,
             pid=plan.pid,
         )
+        book, done = book.start(args, now=now)
         effects += done
     for step in plan.steps:
         book, done = book.step(session_id, step.kind, step.ref, step.payload, now=now, reopen=True)

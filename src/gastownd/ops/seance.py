@@ -8,12 +8,18 @@ from __future__ import annotations
 
 from gastown_client.protocol import ResolveSession, SessionRow, Sessions, SessionsResult
 from gastownd.core.digest import ENDED_STATES, Digest
-from gastownd.core.events import format_ts
+from gastownd.core.session_record import SessionRecord
+from gastownd.core.views import to_view
 from gastownd.process.daemon import Daemon
 from gastownd.process.refusals import AmbiguousError, BadRequestError, NotFoundError
-from gastownd.store import SessionRecord
 
 FULL_ID_LENGTH = 36
+# The listing's names for three SessionRecord fields (the wire predates the record).
+SESSION_ROW_NAMES = {
+    "first_start_at": "started_at",
+    "last_start_at": "last_started_at",
+    "last_activity_at": "last_activity",
+}
 
 
 def unique(prefix: str, candidates: list[str], what: str) -> str:
@@ -74,22 +80,13 @@ async def _row(daemon: Daemon, record: SessionRecord) -> SessionRow:
         digest = await daemon.sessions.db(
             daemon.sessions.store.latest_digest_of_session, record.session_id
         )
-    return SessionRow(
-        session_id=record.session_id,
-        actor=record.actor,
-        started_at=format_ts(record.first_start_at),
-        last_activity=format_ts(record.last_activity_at),
-        state=record.state,
-        topic=record.topic,
-        cwd=record.cwd,
-        end_reason=record.end_reason,
+    return to_view(
+        record,
+        SessionRow,
+        renames=SESSION_ROW_NAMES,
         digest_id=digest.digest.digest_id if digest else None,
         summary=synopsis(digest.digest) if digest else None,
-        segments=record.segments,
-        last_started_at=format_ts(record.last_start_at),
         starts=max(1, record.starts),
-        ended_at=format_ts(record.ended_at) if record.ended_at is not None else None,
-        actor_pid=record.actor_pid,
         node=daemon.node_name(record.node),
         remote=record.node != "",
     )

@@ -20,15 +20,14 @@ from gastown_client.protocol import (
     SessionStartResult,
     SessionStep,
     SessionStepResult,
-    StepView,
     WispGet,
     WispView,
 )
 from gastownd.core.beads import ISSUE_ID
 from gastownd.core.digest import Digest, audit_chain
-from gastownd.core.events import format_ts
 from gastownd.core.hookmap import STEP_OF_ACTION
-from gastownd.core.wisp import Outcome, SaveDigest, Wisp, WispBook, WispState
+from gastownd.core.views import to_view
+from gastownd.core.wisp import Outcome, SaveDigest, StartArgs, Wisp, WispBook, WispState
 from gastownd.ops.seance import resolve_session_id, unique
 from gastownd.process.daemon import Daemon
 from gastownd.process.refusals import BadRequestError, NotFoundError
@@ -57,42 +56,23 @@ def _sessions(daemon: Daemon) -> SessionRecorder:
     return daemon.sessions
 
 
-def wisp_view(wisp: Wisp, *, with_steps: bool = True) -> WispView:
-    return WispView(
-        session_id=wisp.session_id,
-        actor=wisp.actor,
-        role=wisp.role,
-        rig=wisp.rig,
-        cwd=wisp.cwd,
-        topic=wisp.topic,
-        source=str(wisp.source),
-        parent_session=wisp.parent_session,
-        tmux_session=wisp.tmux_session,
-        started_at=format_ts(wisp.started_at),
-        last_activity_at=format_ts(wisp.last_activity_at),
-        ended_at=format_ts(wisp.ended_at) if wisp.ended_at is not None else None,
-        segment=wisp.segment,
-        state=str(wisp.state),
-        end_reason=wisp.end_reason,
-        step_count=len(wisp.steps),
-        steps=[
-            StepView(kind=s.kind, at=format_ts(s.at), ref=s.ref, payload=s.payload)
-            for s in wisp.steps
-        ]
-        if with_steps
-        else [],
-    )
+def wisp_view(wisp: Wisp) -> WispView:
+    return to_view(wisp, WispView, step_count=len(wisp.steps))
 
 
 def digest_view(digest: Digest, node: str, *, remote: bool = False) -> DigestView:
-    data = msgspec.to_builtins(digest)
-    for key in ("started_at", "ended_at"):
-        data[key] = format_ts(data[key])
-    for handoff in data.get("handoffs", []):
-        handoff["at"] = format_ts(handoff["at"])
-    data.setdefault("prev_hash", "")
-    data["node"], data["remote"] = node, remote
-    return msgspec.convert(data, DigestView)
+    return to_view(digest, DigestView, node=node, remote=remote)
+
+
+# The session_start op's names for two StartArgs fields (the wire predates StartArgs).
+START_WIRE_NAMES = {"session": "session_id", "parent": "parent_session"}
+
+
+def start_args(request: SessionStart) -> StartArgs:
+    """The request's StartArgs, field for field under :data:`START_WIRE_NAMES`."""
+    fields = msgspec.structs.asdict(request)
+    del fields["id"]
+    return msgspec.convert({START_WIRE_NAMES.get(k, k): v for k, v in fields.items()}, StartArgs)
 
 
 async def session_start(daemon: Daemon, request: SessionStart) -> SessionStartResult:
@@ -101,19 +81,11 @@ async def session_start(daemon: Daemon, request: SessionStart) -> SessionStartRe
     names = [request.session] + ([request.parent] if request.parent else [])
     existed: list[bool] = []
 
-    def transition(book: WispBook):  # type: ignore[no-untyped-def]
+    args = start_args(request)
+
+    def transition(book: WispBook) -> Outcome:
         existed.append(request.session in book.wisps)
-        return book.start(
-            session_id=request.session,
-            actor=request.actor,
-            now=now,
-            source=request.source,
-            cwd=request.cwd,
-            topic=request.topic,
-            parent_session=request.parent,
-            tmux_session=request.tmux_session,
-            pid=request.pid,
-        )
+        return book.start(args, now=now)
 
     book, effects = await sessions.apply(WispOp(names, transition))
     ended = [
@@ -299,16 +271,7 @@ async def attribution(daemon: Daemon, request: Attribution) -> AttributionResult
     return AttributionResult(
         issue=request.issue,
         records=[
-            AttributionRecord(
-                session_id=r.session_id,
-                action=r.action,
-                at=format_ts(r.at),
-                actor=r.actor,
-                digest_id=r.digest_id,
-                rule=r.rule,
-                node=daemon.node_name(r.node),
-                remote=r.node != "",
-            )
+            to_view(r, AttributionRecord, node=daemon.node_name(r.node), remote=r.node != "")
             for r in rows
         ],
     )

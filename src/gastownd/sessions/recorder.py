@@ -27,7 +27,13 @@ from gastown_client.protocol import ErrorCode
 from gastownd.core.events import encode_line, format_ts
 from gastownd.core.query import compile_filter
 from gastownd.core.records import AnyMessage, DigestMessage
-from gastownd.core.session_record import RECORDED_TYPES, LineEnd, StartSeen, line_end, start_seen
+from gastownd.core.session_record import (
+    RECORDED_TYPES,
+    LineEnd,
+    SessionRecord,
+    line_end,
+    start_seen,
+)
 from gastownd.core.wisp import (
     Effect,
     EmitLine,
@@ -409,8 +415,8 @@ def _payloads(lines: list[bytes]) -> list[dict[str, Any] | None]:
     return [_payload(line) for line in lines]
 
 
-def _facts_of(items: list[_SessionLine]) -> list[StartSeen | LineEnd]:
-    facts: list[StartSeen | LineEnd] = []
+def _facts_of(items: list[_SessionLine]) -> list[SessionRecord | LineEnd]:
+    facts: list[SessionRecord | LineEnd] = []
     for item in items:
         fact = (
             start_seen(item.actor, item.payload, item.ts)

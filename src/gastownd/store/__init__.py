@@ -6,12 +6,10 @@ Every public write is one transaction; with WAL and ``synchronous=FULL`` a
 committed transaction survives a crash or power loss.
 """
 
+from gastownd.core.session_record import AttributionRow, NewAttribution, SessionRecord
 from gastownd.store.local import (
     LINES_RECORDED,
-    AttributionRow,
     LineFacts,
-    NewAttribution,
-    SessionRecord,
     Store,
 )
 

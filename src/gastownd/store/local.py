@@ -23,7 +23,14 @@ from typing import Any
 import msgspec
 
 from gastownd.core.digest import Digest
-from gastownd.core.session_record import LOGGED, LineEnd, StartSeen, identity_key
+from gastownd.core.session_record import (
+    LOGGED,
+    AttributionRow,
+    LineEnd,
+    NewAttribution,
+    SessionRecord,
+    identity_key,
+)
 from gastownd.core.wisp import (
     AppendStep,
     CountStart,
@@ -49,26 +56,6 @@ _emit_decoder = msgspec.json.Decoder(EmitLine)
 
 
 @dataclass(frozen=True)
-class NewAttribution:
-    issue: str
-    session_id: str
-    segment: int | None
-    action: str
-    at: float
-    actor: str
-    rule: str
-
-
-@dataclass(frozen=True)
-class AttributionRow(NewAttribution):
-    """A stored attribution, with the digest of its segment once it exists, and the
-    node it was made on ('' for this one)."""
-
-    digest_id: str | None
-    node: str = ""
-
-
-@dataclass(frozen=True)
 class DigestRow:
     """A stored digest and the node it was made on ('' for this one)."""
 
@@ -76,33 +63,8 @@ class DigestRow:
     node: str = ""
 
 
-@dataclass(frozen=True)
-class SessionRecord:
-    """One row of ``sessions``: what the town knows of a session, kept forever."""
-
-    session_id: str
-    actor: str
-    role: str | None
-    topic: str | None
-    cwd: str | None
-    actor_pid: str | None
-    first_start_at: float
-    last_start_at: float
-    last_activity_at: float
-    starts: int
-    segments: int
-    state: str
-    ended_at: float | None
-    end_reason: str | None
-    # The node the session ran on ('' for this one), and its change counter there.
-    node: str = ""
-    rev: int = 0
-
-
-_RECORD_COLUMNS = (
-    "session_id, actor, role, topic, cwd, actor_pid, first_start_at, last_start_at, "
-    "last_activity_at, starts, segments, state, ended_at, end_reason, node, rev"
-)
+# The columns of ``sessions`` that hold a SessionRecord: its fields, by name.
+_RECORD_COLUMNS = ", ".join(SessionRecord.__struct_fields__)
 _DIGEST_COLUMNS = "body, node"
 
 
@@ -110,7 +72,7 @@ _DIGEST_COLUMNS = "body, node"
 class LineFacts:
     """Session facts read from event-log lines, in log order, up to ``checkpoint``."""
 
-    facts: Sequence[StartSeen | LineEnd]
+    facts: Sequence[SessionRecord | LineEnd]
     checkpoint: str
     rescan: bool = False
 
@@ -179,12 +141,7 @@ class Store:
     # ------------------------------------------------------------- sessions
 
     def sessions_with_prefix(self, prefix: str, limit: int = 4) -> list[str]:
-        rows = self._db.execute(
-            "SELECT DISTINCT session_id FROM sessions WHERE session_id >= ? AND session_id < ? "
-            "ORDER BY session_id LIMIT ?",
-            (prefix, prefix + "\U0010ffff", limit),
-        ).fetchall()
-        return [r[0] for r in rows]
+        return self._ids_with_prefix("sessions", "session_id", prefix, limit)
 
     def session_record(self, session_id: str) -> SessionRecord | None:
         """The session's record: this node's when it ran here, else another node's."""
@@ -193,7 +150,7 @@ class Store:
             "ORDER BY node != '', last_start_at DESC LIMIT 1",
             (session_id,),
         ).fetchone()
-        return SessionRecord(*row) if row else None
+        return _session_record(row) if row else None
 
     def session_listing(
         self,
@@ -221,7 +178,7 @@ class Store:
             "ORDER BY last_start_at DESC, session_id LIMIT ?",
             (*args, limit),
         ).fetchall()
-        return [SessionRecord(*row) for row in rows]
+        return [_session_record(row) for row in rows]
 
     def latest_session_of(self, actor: str, *, excluding: str) -> SessionRecord | None:
         """The actor's most recently started session other than ``excluding``."""
@@ -230,7 +187,7 @@ class Store:
             "ORDER BY last_start_at DESC LIMIT 1",
             (identity_key(actor), excluding),
         ).fetchone()
-        return SessionRecord(*row) if row else None
+        return _session_record(row) if row else None
 
     def session_counts(self) -> tuple[dict[str, int], int]:
         """This node's recorded sessions by state (``logged``: known only from lines), and
@@ -253,9 +210,13 @@ class Store:
         return _digest_row(row) if row else None
 
     def digests_with_prefix(self, prefix: str, limit: int = 4) -> list[str]:
+        return self._ids_with_prefix("digests", "digest_id", prefix, limit)
+
+    def _ids_with_prefix(self, table: str, column: str, prefix: str, limit: int) -> list[str]:
+        """Distinct ids that start with ``prefix``, in order (a range scan of the index)."""
         rows = self._db.execute(
-            "SELECT digest_id FROM digests WHERE digest_id >= ? AND digest_id < ? "
-            "ORDER BY digest_id LIMIT ?",
+            f"SELECT DISTINCT {column} FROM {table} WHERE {column} >= ? AND {column} < ? "
+            f"ORDER BY {column} LIMIT ?",
             (prefix, prefix + "\U0010ffff", limit),
         ).fetchall()
         return [r[0] for r in rows]
@@ -403,7 +364,7 @@ class Store:
     def _record_lines(self, lines: LineFacts) -> None:
         """Session facts from event-log lines, in log order, and the new checkpoint."""
         for fact in lines.facts:
-            if isinstance(fact, StartSeen):
+            if isinstance(fact, SessionRecord):
                 self._record_start(fact, rescan=lines.rescan)
             else:
                 self._record_end(fact)
@@ -411,14 +372,15 @@ class Store:
             "INSERT OR REPLACE INTO meta VALUES (?, ?)", (LINES_RECORDED, lines.checkpoint)
         )
 
-    def _record_start(self, start: StartSeen, *, rescan: bool) -> None:
+    def _record_start(self, start: SessionRecord, *, rescan: bool) -> None:
+        """Merge the record of one start (:func:`start_seen`) into the stored one."""
         # A rescan (the log was replaced while the daemon was down) reads lines it
         # may have recorded before: only a start later than the last one counts.
         counted = "1" if not rescan else "(excluded.last_start_at > last_start_at)"
         self._db.execute(
             "INSERT INTO sessions (session_id, actor, actor_key, role, topic, cwd, actor_pid, "
             "first_start_at, last_start_at, last_activity_at, starts, segments, state, rev) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, 1, ?, ?) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
             "ON CONFLICT (session_id, node) DO UPDATE SET rev = excluded.rev, "
             f"starts = starts + {counted}, "
             "role = coalesce(role, excluded.role), "
@@ -440,10 +402,12 @@ class Store:
                 start.topic,
                 start.cwd,
                 start.actor_pid,
-                start.at,
-                start.at,
-                start.at,
-                LOGGED,
+                start.first_start_at,
+                start.last_start_at,
+                start.last_activity_at,
+                start.starts,
+                start.segments,
+                start.state,
                 self._next_rev(),
             ),
         )
@@ -496,7 +460,8 @@ class Store:
             "WHERE a.issue = ? ORDER BY a.at, a.id",
             (issue,),
         ).fetchall()
-        return [AttributionRow(*row) for row in rows]
+        names = AttributionRow.__struct_fields__
+        return [AttributionRow(**dict(zip(names, row, strict=True))) for row in rows]
 
     # ------------------------------------------------------------------ spool
 
@@ -539,6 +504,10 @@ def _backfill_v2(store: Store) -> None:
         "UPDATE heads SET ended_at = coalesce((SELECT d.ended_at FROM digests d "
         "WHERE d.actor = heads.actor ORDER BY d.chain_pos DESC LIMIT 1), 0)"
     )
+
+
+def _session_record(row: Sequence[Any]) -> SessionRecord:
+    return SessionRecord(**dict(zip(SessionRecord.__struct_fields__, row, strict=True)))
 
 
 def _digest_row(row: tuple[bytes, str]) -> DigestRow:

@@ -38,8 +38,9 @@ from gastownd.core.records import (
     DigestMessage,
     EventMessage,
     SessionMessage,
+    session_record,
 )
-from gastownd.core.session_record import identity_key
+from gastownd.core.session_record import SessionRecord, identity_key
 from gastownd.store.schema import insert_digest, read_meta
 
 MARK_EVENTS = "fed_events"
@@ -53,6 +54,18 @@ MARK_INSTANCE = "fed_instance"
 REJECTED_COUNTS = "fed_rejected"
 
 _digest_decoder = msgspec.json.Decoder(Digest)
+
+# A SessionRecord's columns are its fields; ``actor_key`` is derived from ``actor``.
+_SESSION_COLUMNS = (*SessionRecord.__struct_fields__, "actor_key")
+_SENT_SESSION_COLUMNS = ", ".join(c for c in SessionRecord.__struct_fields__ if c != "node")
+# Another node's record: the highest ``rev`` wins, whole.
+_UPSERT_SESSION = (
+    f"INSERT INTO sessions ({', '.join(_SESSION_COLUMNS)}) "
+    f"VALUES ({', '.join('?' * len(_SESSION_COLUMNS))}) "
+    "ON CONFLICT (session_id, node) DO UPDATE SET "
+    + ", ".join(f"{c} = excluded.{c}" for c in _SESSION_COLUMNS if c not in ("session_id", "node"))
+    + " WHERE excluded.rev > sessions.rev"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,40 +219,10 @@ class RemoteStore:
             fresh += 1
         return fresh
 
-    def _apply_session(self, m: SessionMessage) -> bool:
-        cursor = self._db.execute(
-            "INSERT INTO sessions (session_id, node, actor, actor_key, role, topic, cwd, "
-            "actor_pid, first_start_at, last_start_at, last_activity_at, starts, segments, "
-            "state, ended_at, end_reason, rev) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-            "ON CONFLICT (session_id, node) DO UPDATE SET actor = excluded.actor, "
-            "actor_key = excluded.actor_key, role = excluded.role, topic = excluded.topic, "
-            "cwd = excluded.cwd, actor_pid = excluded.actor_pid, "
-            "first_start_at = excluded.first_start_at, last_start_at = excluded.last_start_at, "
-            "last_activity_at = excluded.last_activity_at, starts = excluded.starts, "
-            "segments = excluded.segments, state = excluded.state, "
-            "ended_at = excluded.ended_at, end_reason = excluded.end_reason, rev = excluded.rev "
-            "WHERE excluded.rev > sessions.rev",
-            (
-                m.session_id,
-                m.node,
-                m.actor,
-                identity_key(m.actor),
-                m.role,
-                m.topic,
-                m.cwd,
-                m.actor_pid,
-                m.first_start_at,
-                m.last_start_at,
-                m.last_activity_at,
-                m.starts,
-                m.segments,
-                m.state,
-                m.ended_at,
-                m.end_reason,
-                m.rev,
-            ),
-        )
+    def _apply_session(self, message: SessionMessage) -> bool:
+        record = session_record(message)
+        values = [getattr(record, name) for name in SessionRecord.__struct_fields__]
+        cursor = self._db.execute(_UPSERT_SESSION, (*values, identity_key(record.actor)))
         return cursor.rowcount > 0
 
     def _apply_digest(self, message: DigestMessage, applied: Applied) -> bool:
@@ -381,11 +364,11 @@ class RemoteStore:
             self._db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", marks.items())
 
     def sessions_after(self, rev: int, limit: int) -> list[dict[str, Any]]:
-        """This node's session records changed after ``rev``, oldest change first."""
+        """This node's session records changed after ``rev``, oldest change first, by
+        field (without ``node``: the message header names it)."""
         return self._rows(
-            "SELECT session_id, rev, actor, role, topic, cwd, actor_pid, first_start_at, "
-            "last_start_at, last_activity_at, starts, segments, state, ended_at, end_reason "
-            "FROM sessions WHERE node = '' AND rev > ? ORDER BY rev LIMIT ?",
+            f"SELECT {_SENT_SESSION_COLUMNS} FROM sessions WHERE node = '' AND rev > ? "
+            "ORDER BY rev LIMIT ?",
             (rev, limit),
         )
 
@@ -440,19 +423,14 @@ def _where(flt: EventQuery, type_: str | None) -> tuple[str, list[Any]]:
     elif flt.types:
         clauses.append(f"type IN ({','.join('?' * len(flt.types))})")
         args += list(flt.types)
-    if flt.session is not None:
-        clauses.append("session = ?")
-        args.append(flt.session)
-    if flt.node is not None:
-        clauses.append("node = ?")
-        args.append(flt.node)
-    if flt.actor is not None:
-        clauses.append("instr(actor, ?) > 0")
-        args.append(flt.actor)
-    if flt.since is not None:
-        clauses.append("ts >= ?")
-        args.append(flt.since)
-    if flt.until is not None:
-        clauses.append("ts <= ?")
-        args.append(flt.until)
+    for clause, value in (
+        ("session = ?", flt.session),
+        ("node = ?", flt.node),
+        ("instr(actor, ?) > 0", flt.actor),
+        ("ts >= ?", flt.since),
+        ("ts <= ?", flt.until),
+    ):
+        if value is not None:
+            clauses.append(clause)
+            args.append(value)
     return " AND ".join(clauses), args
