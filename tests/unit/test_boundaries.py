@@ -225,11 +225,6 @@ def test_no_two_modules_share_a_name() -> None:
     assert shared == {}, shared
 
 
-# core/digest.py reads wisps through structural views named like core/wisp.py's structs; they
-# go with the one record shape per concept (issue 19), not with the layout.
-SHARED_CLASS_NAMES_PENDING = {"Step", "Wisp"}
-
-
 def test_no_two_public_classes_share_a_name() -> None:
     seen: dict[str, list[str]] = {}
     for path in SRC.rglob("*.py"):
@@ -237,7 +232,7 @@ def test_no_two_public_classes_share_a_name() -> None:
             if isinstance(node, ast.ClassDef) and not node.name.startswith("_"):
                 seen.setdefault(node.name, []).append(module_name(path))
     shared = {name: found for name, found in seen.items() if len(found) > 1}
-    assert set(shared) <= SHARED_CLASS_NAMES_PENDING, shared
+    assert shared == {}, shared
 
 
 PARTS = {"eventlog", "subscriptions", "sessions", "server", "federation"}

@@ -23,7 +23,7 @@ import msgspec
 from gastownd.core.bounds import Count, Instant
 
 
-class Step(Protocol):
+class DigestibleStep(Protocol):
     """What a digest reads of a step (``core.wisp.Step`` is one).
 
     Digests are built from wisps, and the wisp engine builds digests: the two
@@ -40,7 +40,7 @@ class Step(Protocol):
     def payload(self) -> dict[str, Any] | None: ...
 
 
-class Wisp(Protocol):
+class DigestibleWisp(Protocol):
     """What a digest reads of an ended wisp (``core.wisp.Wisp`` is one)."""
 
     @property
@@ -70,7 +70,7 @@ class Wisp(Protocol):
     @property
     def end_reason(self) -> str | None: ...
     @property
-    def steps(self) -> Sequence[Step]: ...
+    def steps(self) -> Sequence[DigestibleStep]: ...
 
 
 DIGEST_ID_PREFIX: Final = "dg-"
@@ -146,7 +146,7 @@ def seal(digest: Digest) -> Digest:
     return msgspec.structs.replace(digest, hash=digest_hash(digest))
 
 
-def make_digest(wisp: Wisp, *, prev_hash: str = "") -> Digest:
+def make_digest(wisp: DigestibleWisp, *, prev_hash: str = "") -> Digest:
     """Digest of a wisp that has ended (state squashed or abandoned), steps still attached."""
     if wisp.state not in ENDED_STATES or wisp.ended_at is None or wisp.end_reason is None:
         raise ValueError(f"wisp {wisp.session_id!r} has not ended (state {wisp.state})")
@@ -244,16 +244,16 @@ def _str_value(payload: dict[str, Any] | None, *keys: str) -> str | None:
     return None
 
 
-def _ref(step: Step, *keys: str) -> str | None:
+def _ref(step: DigestibleStep, *keys: str) -> str | None:
     return step.ref or _str_value(step.payload, *keys)
 
 
-def _text(step: Step) -> str:
+def _text(step: DigestibleStep) -> str:
     text = _str_value(step.payload, *_TEXT_KEYS) or ""
     return text.splitlines()[0] if text else ""
 
 
-def _issues(steps: Sequence[Step], kind: str) -> tuple[str, ...]:
+def _issues(steps: Sequence[DigestibleStep], kind: str) -> tuple[str, ...]:
     found: dict[str, None] = {}
     for s in steps:
         if s.kind == kind:
@@ -263,7 +263,7 @@ def _issues(steps: Sequence[Step], kind: str) -> tuple[str, ...]:
     return tuple(found)
 
 
-def _commits(steps: Sequence[Step]) -> tuple[Commit, ...]:
+def _commits(steps: Sequence[DigestibleStep]) -> tuple[Commit, ...]:
     found: dict[str, Commit] = {}
     for s in steps:
         if s.kind == "commit":
@@ -301,14 +301,14 @@ def _one_line(text: str) -> str:
     return flat
 
 
-def _step_line(number: int, step: Step) -> str:
+def _step_line(number: int, step: DigestibleStep) -> str:
     parts = [p for p in (step.ref or "", _text(step)) if p]
     detail = _one_line(" — ".join(parts)) if parts else ""
     line = f"{number}. **[{_one_line(step.kind)}]** {_format_ts(step.at)}"
     return f"{line} {detail}" if detail else line
 
 
-def _summary(wisp: Wisp, steps: Sequence[Step], ended_at: float) -> str:
+def _summary(wisp: DigestibleWisp, steps: Sequence[DigestibleStep], ended_at: float) -> str:
     """Markdown in the style of Beads' squash digests."""
     lines = [
         "## Session Summary",
