@@ -17,9 +17,9 @@ import pytest
 
 from gastown_client import paths
 from gastownd.process import service
-from gastownd.process.service import (
+from gastownd.process.service import install_service
+from gastownd.process.service_files import (
     ServiceError,
-    install_service,
     launchd_label,
     render_launchd_plist,
     render_systemd_units,
@@ -418,7 +418,7 @@ def test_unsupported_platform_is_refused(home: Path, town: Path) -> None:
 
 def test_reference_units_in_systemd_dir_match_the_renderer() -> None:
     """systemd/ holds what install-service renders, with %h for the home directory."""
-    from gastownd.process.service import render_systemd_units as render
+    from gastownd.process.service_files import render_systemd_units as render
 
     folder = Path(__file__).resolve().parents[2] / "systemd"
     town, exe = Path("/home/USER/gt"), Path("/home/USER/.local/bin/gastownd")

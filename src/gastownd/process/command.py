@@ -59,7 +59,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def install(args: argparse.Namespace) -> int:
-    from gastownd.process.service import ServiceError, install_service
+    from gastownd.process.service import install_service
+    from gastownd.process.service_files import ServiceError
 
     town = town_paths.find_town_root(args.town_root)
     try:
