@@ -60,6 +60,11 @@ def held_town(town: Path, big_log: Path, monkeypatch: pytest.MonkeyPatch) -> Ite
     release(town)  # never leave a worker thread waiting
 
 
+def _append_line(path: Path, line: dict[str, object]) -> None:
+    with open(path, "a") as log:
+        log.write(json.dumps(line) + "\n")
+
+
 def _release_file(town: Path) -> Path:
     return town / "release-indexing"
 
@@ -233,3 +238,49 @@ def test_kill_during_background_indexing_loses_nothing(town: Path, big_log: Path
                 ]
     finally:
         assert second.terminate() == 0, second.log()
+
+
+async def test_a_death_logged_while_down_ends_its_wisp_before_serving(
+    held_town: Path,
+) -> None:
+    """The lines gt wrote while the daemon was down are at the log's end, indexed before
+    the socket serves: the recorder reads them then, as with a snapshot."""
+    session = "00000070-3caa-4bbb-8ccc-123456789abc"
+    actor = "gastown/polecats/nux"
+    state = build_state(held_town, paths.default_config_path(held_town))
+    release(held_town)
+    app = App(state, install_signal_handlers=False)
+    async with anyio.create_task_group() as tg:
+        daemon = await tg.start(app.run)
+        async with AsyncClient(state.paths.socket) as client:
+            await _until_indexed(client)
+            await client.session_start(session, actor, tmux_session="gt-nux")
+            head = int(daemon.eventlog.head_cursor().split(":")[1])
+            with anyio.fail_after(10):
+                while daemon.sessions.recorded_seq() < head:  # noqa: ASYNC110 - its own state
+                    await anyio.sleep(0.02)
+        app.stop()
+    # While down: no snapshot any more (a lost one), and gt logs the session's death.
+    (state.paths.private_dir / recovery.SNAPSHOT_NAME).unlink()
+    death = {
+        "ts": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "source": "gt",
+        "type": "session_death",
+        "actor": "gastown/witness",
+        "payload": {"session": "gt-nux", "agent": actor, "reason": "zombie", "caller": "w"},
+        "visibility": "feed",
+    }
+    _append_line(paths.events_path(held_town), death)
+    _release_file(held_town).unlink()
+
+    app = App(build_state(held_town), install_signal_handlers=False)
+    async with anyio.create_task_group() as tg:
+        await tg.start(app.run)
+        try:
+            async with AsyncClient(state.paths.socket) as client:
+                assert (await client.status()).indexing is not None
+                assert (await client.wisp(session)).state != "open"
+                assert (await client.status()).indexing is not None
+        finally:
+            release(held_town)
+            app.stop()

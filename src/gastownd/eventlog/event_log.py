@@ -241,18 +241,16 @@ class EventLog:
         async with self.prune_lock:
             task_status.started()
             started = time.monotonic()
-            fd = os.dup(self.fd)
             try:
+                # The thread owns its descriptor: a stop abandons it, never waits for it.
                 old = await anyio.to_thread.run_sync(
-                    _index_in_background, fd, pending, abandon_on_cancel=True
+                    _index_in_background, os.dup(self.fd), pending, abandon_on_cancel=True
                 )
             except (OSError, ValueError) as exc:
                 # The file changed under us in place (another tool rewrote it): the
                 # writer's next look rematches it against what is indexed.
                 log.error("eventlog_background_index_failed", error=str(exc))
                 old = None
-            finally:
-                os.close(fd)
             if old is not None:
                 live = self.index
                 old.append_index(live)
@@ -267,6 +265,7 @@ class EventLog:
     def _whole_index(self) -> EventIndex:
         """The index for the writer's thread: a rewrite is matched against every line, so
         it waits for the background index (which the event loop merges meanwhile)."""
+        # ``run_indexing`` lives until after ``close``: this wait always ends.
         self._indexed_for_writer.wait()
         return self.index
 
@@ -280,7 +279,6 @@ class EventLog:
             self._line_done = anyio.Event()
             await self._line_done.wait()
         await self.writer.close()
-        self._indexed_for_writer.set()  # a cancelled background index never will
         try:
             if self._pending is None:  # a partial index is no snapshot
                 await self.save_snapshot()
@@ -600,11 +598,14 @@ class EventLog:
 
 
 def _index_in_background(fd: int, pending: PendingIndex) -> EventIndex:
-    hold = os.environ.get(TEST_HOLD_INDEXING_ENV)
-    if hold:
-        while not os.path.exists(hold):
-            time.sleep(0.01)
-    return index_pending(fd, pending)
+    try:
+        hold = os.environ.get(TEST_HOLD_INDEXING_ENV)
+        if hold:
+            while not os.path.exists(hold):
+                time.sleep(0.01)
+        return index_pending(fd, pending)
+    finally:
+        os.close(fd)
 
 
 def _write_snapshot(
