@@ -284,3 +284,26 @@ async def test_a_death_logged_while_down_ends_its_wisp_before_serving(
         finally:
             release(held_town)
             app.stop()
+
+
+def test_a_stop_during_background_indexing_is_clean(town: Path, big_log: Path) -> None:
+    """SIGTERM while the background index runs: a clean, prompt exit, no snapshot of a
+    partial index, and the next start indexes everything."""
+    shutil.copyfile(big_log, paths.events_path(town))
+    env = {**os.environ, event_log.TEST_HOLD_INDEXING_ENV: str(town / "never")}
+    first = DaemonProcess(town, env=env).wait_ready()
+    with first.client() as client:
+        assert client.status().indexing is not None
+        client.emit("probe", "tester", {"i": "t0"})
+    assert first.terminate(timeout_s=10) == 0, first.log()
+    assert not (paths.private_dir(town) / recovery.SNAPSHOT_NAME).exists()
+    second = DaemonProcess(town).wait_ready()
+    try:
+        with second.client() as client:
+            deadline = time.monotonic() + 30
+            while client.status().indexing is not None:
+                assert time.monotonic() < deadline, second.log()
+                time.sleep(0.05)
+            assert client.status().eventlog.lines == LINES + 1
+    finally:
+        assert second.terminate() == 0, second.log()

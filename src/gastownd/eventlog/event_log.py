@@ -21,6 +21,8 @@ resync instead of silently pointing at other lines.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import functools
 import itertools
 import os
@@ -242,10 +244,7 @@ class EventLog:
             task_status.started()
             started = time.monotonic()
             try:
-                # The thread owns its descriptor: a stop abandons it, never waits for it.
-                old = await anyio.to_thread.run_sync(
-                    _index_in_background, os.dup(self.fd), pending, abandon_on_cancel=True
-                )
+                old = await _in_daemon_thread(_index_in_background, os.dup(self.fd), pending)
             except (OSError, ValueError) as exc:
                 # The file changed under us in place (another tool rewrote it): the
                 # writer's next look rematches it against what is indexed.
@@ -595,6 +594,36 @@ class EventLog:
                 except OSError as exc:
                     log.warning("index_snapshot_not_saved", error=exc.strerror)
                 last_saved = time.monotonic()
+
+
+async def _in_daemon_thread(
+    work: Callable[[int, PendingIndex], EventIndex], fd: int, pending: PendingIndex
+) -> EventIndex:
+    """``work(fd, pending)`` in a thread of its own that a stop abandons: a daemon thread
+    (which the interpreter's exit does not wait for), owning ``fd``."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[EventIndex] = loop.create_future()
+
+    def settle(result: EventIndex | None, error: BaseException | None) -> None:
+        if future.done():  # abandoned
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            assert result is not None
+            future.set_result(result)
+
+    def run() -> None:
+        try:
+            result: EventIndex | None = work(fd, pending)
+            error: BaseException | None = None
+        except BaseException as exc:  # handed to the loop, which raises it
+            result, error = None, exc
+        with contextlib.suppress(RuntimeError):  # the loop is gone: nobody waits
+            loop.call_soon_threadsafe(settle, result, error)
+
+    threading.Thread(target=run, name="gastownd-indexer", daemon=True).start()
+    return await future
 
 
 def _index_in_background(fd: int, pending: PendingIndex) -> EventIndex:
