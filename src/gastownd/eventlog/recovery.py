@@ -114,7 +114,7 @@ def recover(
             # down are recorded before it serves (see ``SessionRecorder.open``).
             cut = _line_start_after(file.fd, max(start, size - FOREGROUND_TAIL_BYTES), size)
             pending = _leave_to_background(file.fd, start, cut, seqmap, snapshot)
-            tail_seqs = itertools.islice(seqmap.seqs(), snapshot_lines + pending.lines, None)
+            tail_seqs = seqmap.seqs_from(snapshot_lines + pending.lines)
             live = index_range(file.fd, cut, size, tail_seqs)
             live.seq_floor = next(tail_seqs)
             file.remember(size)
@@ -174,8 +174,8 @@ def _leave_to_background(
         start=start,
         end=end,
         lines=lines,
-        seqs=itertools.islice(seqmap.seqs(), first, first + lines),
-        next_seq=next(itertools.islice(seqmap.seqs(), first + lines, None)),
+        seqs=itertools.islice(seqmap.seqs_from(first), lines),
+        next_seq=next(seqmap.seqs_from(first + lines)),
     )
 
 
