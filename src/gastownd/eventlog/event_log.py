@@ -246,16 +246,16 @@ class EventLog:
             try:
                 old = await _in_daemon_thread(_index_in_background, os.dup(self.fd), pending)
             except (OSError, ValueError) as exc:
-                # The file changed under us in place (another tool rewrote it): the
-                # writer's next look rematches it against what is indexed.
+                # A read error, or the file changed in place under us. Serving on with
+                # part of the index would let a prune drop what it lacks: stop, as a
+                # failed start does; the next start indexes the file as it then is.
                 log.error("eventlog_background_index_failed", error=str(exc))
-                old = None
-            if old is not None:
-                live = self.index
-                old.append_index(live)
-                old.seq_floor = max(old.seq_floor, live.seq_floor)
-                self.index = old
-                self.cold_start_s = time.monotonic() - started
+                raise
+            live = self.index
+            old.append_index(live)
+            old.seq_floor = max(old.seq_floor, live.seq_floor)
+            self.index = old
+            self.cold_start_s = time.monotonic() - started
             self._pending = None
             self._indexed.set()
             self._indexed_for_writer.set()
