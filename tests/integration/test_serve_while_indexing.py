@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -26,6 +27,7 @@ from gastown_client.protocol import Hook, HookResult
 from gastownd.eventlog import event_log, recovery
 from gastownd.process.app import App, build_state
 from tests.conftest import DaemonProcess
+from tests.integration.test_service import notify_socket, receive_until, spawn_supervised
 
 pytestmark = pytest.mark.anyio
 
@@ -307,3 +309,29 @@ def test_a_stop_during_background_indexing_is_clean(town: Path, big_log: Path) -
             assert client.status().eventlog.lines == LINES + 1
     finally:
         assert second.terminate() == 0, second.log()
+
+
+def test_sd_notify_status_follows_the_background_index(town: Path, big_log: Path) -> None:
+    shutil.copyfile(big_log, paths.events_path(town))
+    notify, address = notify_socket(town)
+    release_path = _release_file(town)
+    proc = spawn_supervised(
+        town, {"NOTIFY_SOCKET": address, event_log.TEST_HOLD_INDEXING_ENV: str(release_path)}
+    )
+    try:
+        ready = next(m for m in receive_until(notify, "READY=1") if "READY=1" in m)
+        assert "indexing" in ready, ready
+        with Client(paths.socket_path(town)) as client:
+            assert client.ping().pong
+        release(town)
+        deadline = time.monotonic() + 30
+        statuses: list[str] = []
+        while not any("events indexed" in s for s in statuses):
+            assert time.monotonic() < deadline, statuses
+            statuses.append(notify.recv(4096).decode())
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        notify.close()
