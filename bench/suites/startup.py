@@ -2,20 +2,27 @@
 
 Cold start (no snapshot), restart after a clean stop, and restart after
 ``kill -9`` with lines appended since the last clean stop (the daemon had
-written periodic index checkpoints meanwhile). The cold start is compared
+written periodic index checkpoints meanwhile). A cold start serves at once
+and indexes in the background: it is timed to the first answered ``ping``,
+``emit`` and hook call, and to the index being complete, which is compared
 with decoding the file's lines with msgspec, in this process, in the same
 run: what any reader of the log must pay.
 """
 
 from __future__ import annotations
 
+import json
 import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
+
+import msgspec
 
 from bench.context import Context
 from bench.harness import (
     PYTHON,
+    Daemon,
     Row,
     fmt_mb,
     fmt_ratio,
@@ -28,6 +35,7 @@ from bench.harness import (
 )
 from bench.harness import percentile as pct
 from bench.suites.common import NUDGE_ACTOR, NUDGE_PAYLOAD, gt_append_many, gt_line
+from gastown_client.protocol import Hook
 
 SETTLE_S = 1.0
 # Lines appended (gt-style) between the cold start and the kill -9.
@@ -50,12 +58,55 @@ def decode_file(path: Path) -> float:
     return time.perf_counter() - started
 
 
+@dataclass
+class ColdStart:
+    """Seconds from exec to each first answer, and to the index being complete."""
+
+    ping_s: float
+    emit_s: float
+    hook_s: float
+    indexed_s: float
+
+
+def _session_start() -> Hook:
+    payload = {
+        "session_id": "00000001-3caa-4bbb-8ccc-123456789abc",
+        "transcript_path": "/tmp/bench-session.jsonl",
+        "cwd": "/tmp",
+        "hook_event_name": "SessionStart",
+        "source": "startup",
+    }
+    return Hook(
+        payload=msgspec.Raw(json.dumps(payload).encode()),
+        env={"GT_ROLE": "gastown/crew/bench", "GT_SESSION": "gt-bench"},
+        cwd="/tmp",
+    )
+
+
+def cold_start(daemon: Daemon, timeout_s: float = 120.0) -> ColdStart:
+    """Time a started daemon's first answers (its first ping is ``wait_ready``'s), then
+    wait for its background index."""
+    ping_s = daemon.ready_after_s
+    with daemon.client() as client:
+        client.emit("bench_first", "bench", {})
+        emit_s = time.monotonic() - daemon.started
+        client.call(_session_start())
+        hook_s = time.monotonic() - daemon.started
+        deadline = time.monotonic() + timeout_s
+        while getattr(client.status(), "indexing", None) is not None:
+            if time.monotonic() > deadline:
+                raise TimeoutError("the background index did not finish")
+            time.sleep(0.005)
+        indexed_s = time.monotonic() - daemon.started
+    return ColdStart(ping_s, emit_s, hook_s, indexed_s)
+
+
 def restart_after_kill(log: Path, appended: int) -> tuple[float, float, int]:
     """Cold start, append ``appended`` lines, kill -9, start again: (cold, restart) seconds."""
     town = make_town(log=log)
     try:
         daemon = start_daemon(town)
-        cold = daemon.ready_after_s
+        cold = cold_start(daemon).indexed_s
         snapshot = town / ".gastownd" / "index.snapshot"
         deadline = time.monotonic() + 120
         while not snapshot.exists() and time.monotonic() < deadline:
@@ -108,6 +159,7 @@ def run(ctx: Context, names: list[str]) -> list[Row]:
     python_times = [time_process([PYTHON, "-c", "pass"]) for _ in range(sizes.startup_reps)]
 
     big_times: list[float] = []
+    colds: list[ColdStart] = []
     warm_times: list[float] = []
     killed: tuple[float, float, int] | None = None
     decode_s = float("nan")
@@ -120,7 +172,8 @@ def run(ctx: Context, names: list[str]) -> list[Row]:
             town = make_town(log=log)
             try:
                 daemon = start_daemon(town)
-                big_times.append(daemon.ready_after_s)
+                colds.append(cold_start(daemon))
+                big_times.append(colds[-1].indexed_s)
                 daemon.stop()  # a clean stop saves the index snapshot
                 again = start_daemon(town)
                 warm_times.append(again.ready_after_s)
@@ -128,7 +181,8 @@ def run(ctx: Context, names: list[str]) -> list[Row]:
             finally:
                 remove_town(town)
     big = ctx.big_daemon()
-    big_times.append(big.ready_after_s)
+    colds.append(cold_start(big))
+    big_times.append(colds[-1].indexed_s)
     time.sleep(SETTLE_S)
     big_rss = big.rss_kb()
     bare_rss = bare_python_rss_kb()
@@ -152,10 +206,35 @@ def run(ctx: Context, names: list[str]) -> list[Row]:
                 data={"times_s": empty_times, "baseline_times_s": python_times},
             )
         )
+        first = [max(c.ping_s, c.emit_s, c.hook_s) for c in colds]
         rows.append(
             Row(
                 name="startup",
-                what=f"start-up to first `ping`, {ctx.lines_label}-line log, no snapshot",
+                what=f"exec to first answered `ping` / `emit` / hook, {ctx.lines_label}-line "
+                "log, no snapshot",
+                baseline=f"`python -c pass`: {fmt_time(p50)}",
+                median=" / ".join(
+                    fmt_time(median([getattr(c, f) for c in colds]))
+                    for f in ("ping_s", "emit_s", "hook_s")
+                ),
+                p99=fmt_time(pct(first, 99)),
+                ratio=fmt_ratio(median(first) / p50),
+                goal="≤ 300 ms",
+                met=median(first) <= 0.3,
+                note="the socket serves once the log's tail is indexed; older lines are "
+                "indexed in the background (`status.indexing`)",
+                data={
+                    "ping_s": [c.ping_s for c in colds],
+                    "emit_s": [c.emit_s for c in colds],
+                    "hook_s": [c.hook_s for c in colds],
+                    "baseline_times_s": python_times,
+                },
+            )
+        )
+        rows.append(
+            Row(
+                name="startup",
+                what=f"exec to fully indexed, {ctx.lines_label}-line log, no snapshot",
                 baseline=f"decoding every line of the file with msgspec: {fmt_time(decode_s)}",
                 median=fmt_time(b50),
                 p99=fmt_time(pct(big_times, 99)),

@@ -354,6 +354,15 @@ class ArchiveInfo(msgspec.Struct, kw_only=True):
     last_day: str | None = None
 
 
+class IndexingProgress(msgspec.Struct, kw_only=True):
+    """The older lines the daemon is still indexing after a start with no snapshot:
+    until then queries see only the lines indexed so far."""
+
+    lines: int  # lines to index in the background
+    bytes_done: int
+    bytes_total: int
+
+
 class EventLogInfo(msgspec.Struct, kw_only=True):
     lines: int = 0
     malformed: int = 0
@@ -453,6 +462,8 @@ class StatusResult(msgspec.Struct, kw_only=True):
     hooks_trimmed: int = 0
     # Config keys a SIGHUP read but that apply only at the next start.
     config_restart_pending: list[str] = msgspec.field(default_factory=list)
+    # Set while older lines are indexed in the background (None: all indexed).
+    indexing: IndexingProgress | None = None
 
 
 class EmitResult(msgspec.Struct, kw_only=True):
@@ -463,6 +474,8 @@ class EmitResult(msgspec.Struct, kw_only=True):
 class QueryResult(msgspec.Struct, kw_only=True):
     events: list[msgspec.Raw]
     cursor: str
+    # Set when the answer comes from the lines indexed so far, not from all of them.
+    indexing: IndexingProgress | None = None
 
 
 class SubscribeResult(msgspec.Struct, kw_only=True):

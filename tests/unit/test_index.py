@@ -130,3 +130,17 @@ def test_a_known_line_is_indexed_as_its_decoding_would_be(
     decoded.add_lines(data, 0, iter(range(len(events))))
     assert known.export()[1] == decoded.export()[1]
     assert known.export()[0] == decoded.export()[0]
+
+
+def test_appending_a_part_of_malformed_lines_only() -> None:
+    """A part with no good line has no actor names: its actors are not remapped (a 128 MiB
+    line alone in a worker's part crashed the parallel index)."""
+    good = make_line("2026-01-01T00:00:00Z", "mail", "mayor")
+    first = build([good])
+    part = EventIndex(first.end)
+    part.add_lines(b"not json\n{}\n", first.end, itertools.count(1))
+    first.append_index(part)
+    assert (len(first), first.malformed) == (3, 2)
+    assert first.entry(0).actor == "mayor"
+    assert [first.entry(p).type for p in (1, 2)] == [None, None]
+    assert first.search(compile_filter(), 10, oldest_first=True) == [0]

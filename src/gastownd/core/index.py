@@ -587,14 +587,16 @@ class EventIndex:
         types = _remapped(
             part.types, part.type_names, self._type_ids, self.type_names, self.by_type, MALFORMED
         )
+        # A malformed line's actor id is 0 with no name behind it (a part of malformed lines
+        # only has no actor names at all): not remapped, 0 again here.
+        part_actors = [
+            -1 if type_id == MALFORMED else actor_id
+            for actor_id, type_id in zip(part.actors, part.types, strict=True)
+        ]
         actors = [
-            0 if type_id == MALFORMED else actor_id
-            for actor_id, type_id in zip(
-                _remapped(
-                    part.actors, part.actor_names, self._actor_ids, self.actor_names, None, -1
-                ),
-                part.types,
-                strict=True,
+            0 if actor_id == -1 else actor_id
+            for actor_id in _remapped(
+                part_actors, part.actor_names, self._actor_ids, self.actor_names, None, -1
             )
         ]
         sessions = _remapped(

@@ -21,19 +21,24 @@ resync instead of silently pointing at other lines.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import functools
 import itertools
 import os
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import anyio
+import anyio.abc
 import anyio.to_thread
 import msgspec
 import structlog
 
-from gastown_client.protocol import ArchiveInfo, EventLogInfo
+from gastown_client.protocol import ArchiveInfo, EventLogInfo, IndexingProgress
 from gastownd.core.events import format_ts
 from gastownd.core.index import MALFORMED, EventIndex, Known
 from gastownd.core.query import CompiledFilter
@@ -50,7 +55,13 @@ from gastownd.eventlog.logstate import (
 )
 from gastownd.eventlog.reads import Backlog, BacklogGap, read_lines
 from gastownd.eventlog.reads import query as query_log
-from gastownd.eventlog.recovery import SNAPSHOT_NAME, recover
+from gastownd.eventlog.recovery import (
+    BACKGROUND_MIN_BYTES,
+    SNAPSHOT_NAME,
+    PendingIndex,
+    index_pending,
+    recover,
+)
 from gastownd.eventlog.subscriptions import Published
 from gastownd.eventlog.writer import Append, Batch, LogFile, Observation, Writer
 from gastownd.metrics.buckets import PRUNE_SECONDS, Buckets
@@ -68,6 +79,11 @@ log = structlog.get_logger("gastownd.eventlog")
 CHECKPOINT_LINES = 50_000
 CHECKPOINT_INTERVAL_S = 60.0
 CHECKPOINT_POLL_S = 1.0
+# How long a query waits for the background index before answering without it.
+QUERY_WAIT_S = 5.0
+
+# TEST-ONLY: background indexing waits until this file exists (see ``run_indexing``).
+TEST_HOLD_INDEXING_ENV = "GASTOWND_TEST_HOLD_INDEXING"
 
 
 class EventLog:
@@ -111,6 +127,12 @@ class EventLog:
         self._snapshot_at = (0, 0)
         # Lines other writers append that cannot be indexed (see ``core.events``).
         self.warnings = rate_limited("gastownd.eventlog")
+        # The old lines ``open`` left to ``run_indexing``; ``self.index`` holds only the
+        # lines appended since, until they are merged (see ``indexing``).
+        self._pending: PendingIndex | None = None
+        self._indexed = anyio.Event()
+        # The same, for the writer's thread (a rewrite is matched against the whole index).
+        self._indexed_for_writer = threading.Event()
 
     @property
     def writer(self) -> Writer:
@@ -123,10 +145,21 @@ class EventLog:
 
     # ================================================================ start, stop
 
-    async def open(self) -> None:
-        """Recover the file, resolve seqs and index it (see ``recovery``)."""
+    async def open(self, *, background: bool = False) -> None:
+        """Recover the file, resolve seqs and index it (see ``recovery``).
+
+        ``background``: a long stretch with no snapshot is left to ``run_indexing``,
+        so that the daemon serves at once (see ``indexing``).
+        """
         recovered = await anyio.to_thread.run_sync(
-            recover, self.path, self.lock_path, self.state_dir, self.archive
+            functools.partial(
+                recover,
+                self.path,
+                self.lock_path,
+                self.state_dir,
+                self.archive,
+                background_min=BACKGROUND_MIN_BYTES if background else None,
+            )
         )
         self.file = file = recovered.file
         self.index = recovered.index
@@ -135,13 +168,27 @@ class EventLog:
         self.inode = file.inode[1]
         self.cold_start_s = recovered.cold_start_s
         self._snapshot_at = (self.inode, recovered.snapshot_lines)
+        self._pending = recovered.pending
         self._writer = Writer(
             file,
             sync=self.config.durability == "sync",
             sync_interval_s=parse_duration(self.config.sync_interval),
             on_batch=self._on_batch,
-            current_index=lambda: self.index,
+            current_index=self._whole_index,
         )
+        if self._pending is None:
+            self._indexed.set()
+            self._indexed_for_writer.set()
+            self._log_indexed()
+        else:
+            log.info(
+                "eventlog_indexing_in_background",
+                lines=self._pending.lines,
+                bytes=self._pending.end - self._pending.start,
+                epoch=self.seqmap.epoch,
+            )
+
+    def _log_indexed(self) -> None:
         log.info(
             "eventlog_indexed",
             lines=len(self.index),
@@ -149,6 +196,77 @@ class EventLog:
             bytes=self.index.end,
             epoch=self.seqmap.epoch,
         )
+
+    # ================================================================ background index
+
+    @property
+    def indexing(self) -> IndexingProgress | None:
+        """How far the background index is (``None``: every line is indexed).
+
+        Until it is done, ``index`` holds only the lines appended since the
+        daemon started: queries wait for the rest (bounded) and say so if
+        they answer without it, subscriptions from a cursor wait for it.
+        """
+        pending = self._pending
+        if pending is None:
+            return None
+        return IndexingProgress(
+            lines=pending.lines,
+            bytes_done=pending.done,
+            bytes_total=pending.end - pending.start,
+        )
+
+    def indexed_after(self, seq: int) -> bool:
+        """Every line after ``seq`` is in ``index`` (the background may add only older ones)."""
+        pending = self._pending
+        return pending is None or seq >= pending.next_seq - 1
+
+    async def wait_indexed(self, timeout_s: float | None = None) -> bool:
+        """Wait until every line is indexed (at most ``timeout_s``); True if it is."""
+        if timeout_s is None:
+            await self._indexed.wait()
+        else:
+            with anyio.move_on_after(timeout_s):
+                await self._indexed.wait()
+        return self._indexed.is_set()
+
+    async def run_indexing(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Index the lines ``open`` left, in a worker thread (and its worker processes),
+        then put them in front of the lines appended since. Holds the prune lock all
+        along: a prune needs the whole index. Started before anything may prune."""
+        pending = self._pending
+        if pending is None:
+            task_status.started()
+            return
+        async with self.prune_lock:
+            task_status.started()
+            started = time.monotonic()
+            try:
+                old = await _in_daemon_thread(_index_in_background, os.dup(self.fd), pending)
+            except (OSError, ValueError) as exc:
+                # A read error, or the file changed in place under us. Serving on with
+                # part of the index would let a prune drop what it lacks: stop, as a
+                # failed start does; the next start indexes the file as it then is.
+                log.error("eventlog_background_index_failed", error=str(exc))
+                raise
+            live = self.index
+            old.append_index(live)
+            old.seq_floor = max(old.seq_floor, live.seq_floor)
+            self.index = old
+            self.cold_start_s = time.monotonic() - started
+            self._pending = None
+            self._indexed.set()
+            self._indexed_for_writer.set()
+            self._log_indexed()
+
+    def _whole_index(self) -> EventIndex:
+        """The index for the writer's thread: a rewrite is matched against every line, so
+        it waits for the background index (which the event loop merges meanwhile)."""
+        # ``run_indexing`` lives until after ``close``: this wait always ends.
+        self._indexed_for_writer.wait()
+        return self.index
 
     async def run_writer(self) -> None:
         """The writer's thread, until ``close``."""
@@ -161,7 +279,8 @@ class EventLog:
             await self._line_done.wait()
         await self.writer.close()
         try:
-            await self.save_snapshot()
+            if self._pending is None:  # a partial index is no snapshot
+                await self.save_snapshot()
         except OSError as exc:
             log.warning("index_snapshot_not_saved", error=exc.strerror)
         file = self.file
@@ -394,6 +513,10 @@ class EventLog:
     async def query(
         self, flt: CompiledFilter, limit: int, oldest_first: bool, *, archive: bool = False
     ) -> list[bytes]:
+        """Matching lines; while the background index runs, it waits for it up to
+        ``QUERY_WAIT_S`` and then answers from the lines indexed so far (the caller
+        reads ``indexing`` to say so)."""
+        await self.wait_indexed(QUERY_WAIT_S)
         return await query_log(self, flt, limit, oldest_first, archive=archive)
 
     def backlog(
@@ -457,6 +580,8 @@ class EventLog:
         last_saved = time.monotonic()
         while True:
             await anyio.sleep(CHECKPOINT_POLL_S)
+            if self._pending is not None:
+                continue  # the live part alone is no snapshot
             inode, count = self._snapshot_at
             changed = inode != self.inode or count != len(self.index)
             if not changed:
@@ -469,6 +594,47 @@ class EventLog:
                 except OSError as exc:
                     log.warning("index_snapshot_not_saved", error=exc.strerror)
                 last_saved = time.monotonic()
+
+
+async def _in_daemon_thread(
+    work: Callable[[int, PendingIndex], EventIndex], fd: int, pending: PendingIndex
+) -> EventIndex:
+    """``work(fd, pending)`` in a thread of its own that a stop abandons: a daemon thread
+    (which the interpreter's exit does not wait for), owning ``fd``."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[EventIndex] = loop.create_future()
+
+    def settle(result: EventIndex | None, error: BaseException | None) -> None:
+        if future.done():  # abandoned
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            assert result is not None
+            future.set_result(result)
+
+    def run() -> None:
+        try:
+            result: EventIndex | None = work(fd, pending)
+            error: BaseException | None = None
+        except BaseException as exc:  # handed to the loop, which raises it
+            result, error = None, exc
+        with contextlib.suppress(RuntimeError):  # the loop is gone: nobody waits
+            loop.call_soon_threadsafe(settle, result, error)
+
+    threading.Thread(target=run, name="gastownd-indexer", daemon=True).start()
+    return await future
+
+
+def _index_in_background(fd: int, pending: PendingIndex) -> EventIndex:
+    try:
+        hold = os.environ.get(TEST_HOLD_INDEXING_ENV)
+        if hold:
+            while not os.path.exists(hold):
+                time.sleep(0.01)
+        return index_pending(fd, pending)
+    finally:
+        os.close(fd)
 
 
 def _write_snapshot(

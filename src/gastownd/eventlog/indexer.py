@@ -20,7 +20,7 @@ import subprocess
 import sys
 import zlib
 from array import array
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import msgspec
@@ -42,11 +42,15 @@ def index_range(
     *,
     parallel_min: int = PARALLEL_MIN_BYTES,
     workers: int | None = None,
+    progress: Callable[[int], None] | None = None,
 ) -> EventIndex:
-    """The index of the whole lines in bytes ``start..end`` of ``fd``, seqs from ``seqs``."""
+    """The index of the whole lines in bytes ``start..end`` of ``fd``, seqs from ``seqs``.
+
+    ``progress`` hears the offset indexed through, now and then.
+    """
     parts = workers if workers is not None else min(MAX_WORKERS, os.cpu_count() or 1)
     if end - start < parallel_min or parts < 2:
-        return index_here(fd, start, end, seqs)
+        return index_here(fd, start, end, seqs, progress)
     cuts = _cuts(fd, start, end, parts)
     spawned = [_spawn(fd, low, high) for low, high in itertools.pairwise(cuts)]
     whole = EventIndex(start)
@@ -55,6 +59,8 @@ def index_range(
         if part is None:
             part = index_here(fd, low, high, itertools.count())
         whole.append_index(part)
+        if progress is not None:
+            progress(high)
     whole.seqs = array("q", itertools.islice(seqs, len(whole)))
     return whole
 
@@ -106,7 +112,13 @@ def whole_lines(
             pending = b""
 
 
-def index_here(fd: int, start: int, end: int, seqs: Iterator[int]) -> EventIndex:
+def index_here(
+    fd: int,
+    start: int,
+    end: int,
+    seqs: Iterator[int],
+    progress: Callable[[int], None] | None = None,
+) -> EventIndex:
     """Index bytes ``start..end`` of ``fd`` in this process."""
     index = EventIndex(start)
     for part in whole_lines(fd, start, end, READ_CHUNK):
@@ -114,6 +126,8 @@ def index_here(fd: int, start: int, end: int, seqs: Iterator[int]) -> EventIndex
             index.add_unindexable(part.offset, part.length, next(seqs), part.checksum)
         else:
             index.add_lines(part, index.end, seqs)
+        if progress is not None:
+            progress(index.end)
     return index
 
 

@@ -12,6 +12,7 @@ every writer of the log and its archive shares (``write_all``, the tail checks).
 
 from __future__ import annotations
 
+import itertools
 import os
 import zlib
 from collections.abc import Generator, Iterator, Sequence
@@ -64,6 +65,16 @@ class SeqMap(msgspec.Struct, kw_only=True):
         while True:
             yield seq
             seq += 1
+
+    def seqs_from(self, skip: int) -> Iterator[int]:
+        """``seqs()`` without its first ``skip`` seqs, skipped without counting through."""
+        for first, count in self.runs:
+            if skip >= count:
+                skip -= count
+                continue
+            yield from range(first + skip, first + count)
+            skip = 0
+        yield from itertools.count(self.base + skip)
 
 
 def runs_of(seqs: Sequence[int]) -> list[tuple[int, int]]:

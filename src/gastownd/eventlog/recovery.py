@@ -6,6 +6,12 @@ log is opened (created if missing) and a torn tail cut off; the seqmap of
 its inode is checked against the file (else a new epoch starts), and the
 index comes from the snapshot plus what was appended since, or from the
 whole file.
+
+A long stretch with no snapshot to cover it (``BACKGROUND_MIN_BYTES`` or more:
+a first start on a big log, or a lost snapshot) is not indexed here: its
+lines are only counted, which gives the seqs of what follows, and
+``Recovered.pending`` describes what ``EventLog.run_indexing`` indexes
+while the daemon serves.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import itertools
+import os
 import sys
 import time
 from collections.abc import Iterator
@@ -24,7 +31,7 @@ import structlog
 
 from gastownd.core.index import EventIndex
 from gastownd.eventlog.archive_files import Archive
-from gastownd.eventlog.indexer import index_range
+from gastownd.eventlog.indexer import FIND_NEWLINE_WITHIN, index_range
 from gastownd.eventlog.logstate import (
     SNAPSHOT_VERSION,
     SeqMap,
@@ -39,6 +46,27 @@ log = structlog.get_logger("gastownd.recovery")
 
 SNAPSHOT_NAME = "index.snapshot"
 
+# An unindexed stretch at least this long is indexed after the socket serves.
+BACKGROUND_MIN_BYTES = 8 << 20
+# The end of the log indexed before serving all the same.
+FOREGROUND_TAIL_BYTES = 512 << 10
+COUNT_CHUNK = 4 << 20
+
+
+@dataclass
+class PendingIndex:
+    """What is left to index in the background: bytes ``start..end`` of the log, whose
+    lines (``lines`` of them) take ``seqs``, appended to ``base`` (the snapshot's index, or
+    an empty one); the live index then follows it."""
+
+    base: EventIndex
+    start: int
+    end: int
+    lines: int
+    seqs: Iterator[int]
+    next_seq: int  # the seq of the first line after them
+    done: int = 0  # bytes indexed so far (set by the indexing thread)
+
 
 @dataclass
 class Recovered:
@@ -47,10 +75,24 @@ class Recovered:
     seqmap: SeqMap
     cold_start_s: float  # time spent indexing the whole file (0: a snapshot was used)
     snapshot_lines: int  # lines the snapshot held
+    # Set when a long stretch is left to index in the background: ``index`` is then
+    # the live index, which starts at the file's end.
+    pending: PendingIndex | None = None
 
 
-def recover(path: Path, lock_path: Path, state_dir: Path, archive: Archive) -> Recovered:
-    """Everything before the daemon may read or write the log (blocking)."""
+def recover(
+    path: Path,
+    lock_path: Path,
+    state_dir: Path,
+    archive: Archive,
+    *,
+    background_min: int | None = None,
+) -> Recovered:
+    """Everything before the daemon may read or write the log (blocking).
+
+    ``background_min``: a stretch to index at least this long is left to the
+    background (``None``: never).
+    """
     state_dir.mkdir(mode=0o700, exist_ok=True)
     file = LogFile(path, lock_path, state_dir / "quarantine")
     file.open_lock()
@@ -66,6 +108,25 @@ def recover(path: Path, lock_path: Path, state_dir: Path, archive: Archive) -> R
         started = time.monotonic()
         snapshot = _load_snapshot(file, state_dir / SNAPSHOT_NAME, seqmap.epoch, size)
         snapshot_lines = len(snapshot) if snapshot is not None else 0
+        start = snapshot.end if snapshot is not None else 0
+        if background_min is not None and size - start >= background_min:
+            # The last lines are indexed now: lines gt wrote while the daemon was
+            # down are recorded before it serves (see ``SessionRecorder.open``).
+            cut = _line_start_after(file.fd, max(start, size - FOREGROUND_TAIL_BYTES), size)
+            pending = _leave_to_background(file.fd, start, cut, seqmap, snapshot)
+            tail_seqs = seqmap.seqs_from(snapshot_lines + pending.lines)
+            live = index_range(file.fd, cut, size, tail_seqs)
+            live.seq_floor = next(tail_seqs)
+            file.remember(size)
+            write_seqmap(state_dir, msgspec.structs.replace(seqmap, end=file.end, tail=file.tail))
+            return Recovered(
+                file=file,
+                index=live,
+                seqmap=seqmap,
+                cold_start_s=0.0,
+                snapshot_lines=snapshot_lines,
+                pending=pending,
+            )
         seqs: Iterator[int] = itertools.islice(seqmap.seqs(), snapshot_lines, None)
         try:
             index = read_index(file.fd, size, seqs, snapshot)
@@ -93,6 +154,63 @@ def recover(path: Path, lock_path: Path, state_dir: Path, archive: Archive) -> R
         cold_start_s=0.0 if snapshot is not None else indexed_s,
         snapshot_lines=snapshot_lines,
     )
+
+
+def _leave_to_background(
+    fd: int, start: int, end: int, seqmap: SeqMap, snapshot: EventIndex | None
+) -> PendingIndex:
+    """Count the lines of ``start..end`` (every newline ends one line, indexable or not)."""
+    lines = 0
+    offset = start
+    # One buffer read into again and again: a fresh 16 MiB object per read costs as much
+    # in page faults as the count itself.
+    buffer = bytearray(COUNT_CHUNK)
+    view = memoryview(buffer)
+    while offset < end:
+        got = os.preadv(fd, [view[: min(COUNT_CHUNK, end - offset)]], offset)
+        if not got:
+            break
+        lines += buffer.count(b"\n", 0, got)
+        offset += got
+    first = len(snapshot) if snapshot is not None else 0
+    return PendingIndex(
+        base=snapshot if snapshot is not None else EventIndex(),
+        start=start,
+        end=end,
+        lines=lines,
+        seqs=itertools.islice(seqmap.seqs_from(first), lines),
+        next_seq=next(seqmap.seqs_from(first + lines)),
+    )
+
+
+def _line_start_after(fd: int, offset: int, end: int) -> int:
+    """The first line start at or after ``offset`` (``end`` if there is none)."""
+    if offset == 0:
+        return 0
+    window = os.pread(fd, min(FIND_NEWLINE_WITHIN, end - offset + 1), offset - 1)
+    newline = window.find(b"\n")
+    return offset + newline if newline >= 0 else end
+
+
+def index_pending(fd: int, pending: PendingIndex) -> EventIndex:
+    """Index what ``recover`` left to the background (blocking; a worker thread)."""
+
+    def progress(done: int) -> None:
+        pending.done = done - pending.start
+
+    part = index_range(fd, pending.start, pending.end, pending.seqs, progress=progress)
+    index = pending.base
+    if len(index) or index.end:
+        index.append_index(part)
+    else:
+        index = part
+    if index.end != pending.end or len(index) != len(pending.base) + pending.lines:
+        raise ValueError(
+            f"the background index covers {len(index)} lines to byte {index.end}, expected "
+            f"{len(pending.base) + pending.lines} to byte {pending.end}"
+        )
+    _release_freed_memory()
+    return index
 
 
 def _resolve_seqmap(file: LogFile, state_dir: Path, size: int) -> SeqMap:

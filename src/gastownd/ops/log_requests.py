@@ -95,14 +95,22 @@ async def query(daemon: Daemon, request: Query) -> QueryResult:
     scope = townwide.scope_of(daemon, request)
     if scope is not None:
         return await townwide.query(daemon, request, flt, scope)
-    cursor = eventlog.head_cursor()
+    # Waits (bounded) for a background index; says so if it answers without it.
     lines = await eventlog.query(flt, request.limit, request.oldest_first, archive=request.archive)
-    return QueryResult(events=[msgspec.Raw(line) for line in lines], cursor=cursor)
+    return QueryResult(
+        events=[msgspec.Raw(line) for line in lines],
+        cursor=eventlog.head_cursor(),
+        indexing=eventlog.indexing,
+    )
 
 
 async def subscribe(daemon: Daemon, request: Subscribe, conn: Connection) -> FollowUp:
     eventlog, subscriptions = _parts(daemon)
     flt = _compile(request)
+    if request.cursor is not None:
+        # A backlog from a cursor needs every line: wait for a background index (which
+        # is finite work) rather than miss what it has not reached.
+        await eventlog.wait_indexed()
     scope = townwide.scope_of(daemon, request)
     if scope is not None:
         return await townwide.subscribe(daemon, request, conn, flt, scope)

@@ -99,4 +99,5 @@ async def status(daemon: Daemon, request: Status) -> StatusResult:
         federation=await daemon.federation.info(),
         hooks_trimmed=daemon.counters.hooks_trimmed,
         config_restart_pending=list(daemon.restart_pending),
+        indexing=daemon.eventlog.indexing,
     )

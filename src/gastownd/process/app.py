@@ -1,9 +1,11 @@
 """The composition root: every running part, one task group, start and stop.
 
-Start: private dir checks → instance lock → event log recovery and index →
-task group (writer, watcher, pruner, server via ``tg.start``, signals) →
-ready. Stop (SIGTERM/SIGINT or ``Daemon.stop``): stop accepting, end
-subscriptions, let in-flight requests finish, flush the log, exit.
+Start: private dir checks → instance lock → event log recovery (and the
+index, unless a long stretch has no snapshot: then it is built in the
+background while the daemon serves) → task group (indexing, writer, watcher,
+pruner, server via ``tg.start``, signals) → ready. Stop (SIGTERM/SIGINT or
+``Daemon.stop``): stop accepting, end subscriptions, let in-flight requests
+finish, flush the log, exit.
 """
 
 from __future__ import annotations
@@ -14,9 +16,10 @@ import os
 import signal
 import sqlite3
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import anyio
 import anyio.abc
@@ -56,6 +59,7 @@ from gastownd.store import Store
 log = structlog.get_logger("gastownd.app")
 
 GIL_SWITCH_INTERVAL_S = 0.0005
+INDEXING_STATUS_EVERY_S = 1.0
 
 
 def resolve_paths(town: Path, config_path: Path | None) -> DaemonPaths:
@@ -173,7 +177,8 @@ class App:
             paths.events, paths.events_lock, paths.private_dir, config.eventlog, publish
         )
         with _refusing("cannot open the event log", paths.events):
-            await eventlog.open()
+            # A long stretch with no snapshot is indexed while the daemon serves.
+            await eventlog.open(background=True)
         store_path = paths.private_dir / "gastownd.db"
         with _refusing("cannot open the session store", store_path):
             store = await anyio.to_thread.run_sync(Store, store_path)
@@ -198,6 +203,8 @@ class App:
                 listener = await anyio.create_unix_listener(paths.socket, mode=0o600)
         try:
             async with anyio.create_task_group() as services:
+                # Before anything may prune: it holds the prune lock until it is done.
+                await services.start(eventlog.run_indexing)
                 services.start_soon(eventlog.run_writer)
                 services.start_soon(eventlog.run_checkpoints)
                 # The outbox replay appends to the log, so the writer must be running.
@@ -233,8 +240,12 @@ class App:
                     front.start_soon(sessions.run_recorder)
                     front.start_soon(ingester.run, watch_stop)
                     if isinstance(federation, Federation):
-                        # Never waits for the network: it connects in the background.
-                        await front.start(federation.run)
+                        # Never waits for the network: it connects in the background. Its
+                        # publisher reads the log from a cursor: it starts once all is indexed.
+                        if eventlog.indexing is None:
+                            await front.start(federation.run)
+                        else:
+                            front.start_soon(_once_indexed, eventlog, front, federation.run)
                     front.start_soon(
                         sessions.run_reaper,
                         parse_duration(config.wisps.idle_timeout),
@@ -257,7 +268,9 @@ class App:
                         socket_activated=adopted is not None,
                         loop=type(asyncio.get_running_loop()).__module__.split(".")[0],
                     )
-                    notifier.ready(f"serving {paths.town} ({len(eventlog.index)} events indexed)")
+                    notifier.ready(_serving_status(paths.town, eventlog))
+                    if eventlog.indexing is not None:
+                        front.start_soon(_report_indexing, eventlog, notifier, paths.town)
                     task_status.started(daemon)
                     await self._stop.wait()
                     log.info("daemon_stopping")
@@ -337,6 +350,30 @@ class App:
             restart_required=plan.waiting,
         )
         self.notifier.ready(_serving(paths.town, plan.waiting))
+
+
+async def _once_indexed(
+    eventlog: EventLog,
+    group: anyio.abc.TaskGroup,
+    run: Callable[..., Coroutine[Any, Any, None]],
+) -> None:
+    await eventlog.wait_indexed()
+    await group.start(run)
+
+
+def _serving_status(town: Path, eventlog: EventLog) -> str:
+    progress = eventlog.indexing
+    if progress is None:
+        return f"serving {town} ({len(eventlog.index)} events indexed)"
+    share = progress.bytes_done * 100 // max(progress.bytes_total, 1)
+    return f"serving {town}; indexing {progress.lines} older events ({share}%)"
+
+
+async def _report_indexing(eventlog: EventLog, notifier: Notifier, town: Path) -> None:
+    """``STATUS=`` follows the background index until it is done."""
+    while not await eventlog.wait_indexed(INDEXING_STATUS_EVERY_S):
+        notifier.status(_serving_status(town, eventlog))
+    notifier.status(_serving_status(town, eventlog))
 
 
 def _serving(town: Path, waiting: list[str]) -> str:

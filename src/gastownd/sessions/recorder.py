@@ -118,6 +118,8 @@ class SessionRecorder:
         self.book = WispBook(wisps={w.session_id: w for w in wisps}, heads=heads)
         pending = await self.db(self.store.pending_lines)
         if pending:
+            # The replay looks for its lines in the log: in all of it.
+            await self.eventlog.wait_indexed()
             log.info("outbox_replayed", lines=len(pending))
             self._outbox_stuck = True
             await self._flush_outbox()
@@ -129,6 +131,12 @@ class SessionRecorder:
         # Lines gt wrote while we were down are recorded before the daemon serves, so a
         # death logged meanwhile has ended its wisp by the first request. A large backlog
         # (a first start on a long log) goes to the recorder after READY; a prune waits.
+        if not self.eventlog.indexed_after(self.recorded_seq()):
+            # Lines to record are in the stretch indexed in the background: they are
+            # recorded once it is (``record_lines`` waits for it).
+            log.info("session_lines_recorded_after_indexing")
+            self._lines_waiting.set()
+            return
         waiting = self._pending_lines()
         if waiting <= RECORD_BEFORE_READY:
             await self.record_lines()
@@ -283,6 +291,9 @@ class SessionRecorder:
     async def record_lines(self) -> int:
         """Record every session line past the checkpoint; returns how many were read."""
         async with self._record_lock:
+            # In log order: never a line past old lines the background has not indexed.
+            if not self.eventlog.indexed_after(self.recorded_seq()):
+                await self.eventlog.wait_indexed()
             started = time.monotonic()
             total = await self._record_pending()
             if total > RECORD_CHUNK:
