@@ -35,9 +35,11 @@ def gt_append(town: Path, line: dict) -> None:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def gt_line(n: int, type_: str = "nudge", actor: str = "gastown/witness") -> dict:
+def gt_line(
+    n: int, type_: str = "nudge", actor: str = "gastown/witness", ts: str = "2026-11-25T00:00:00Z"
+) -> dict:
     return {
-        "ts": "2026-11-25T00:00:00Z",
+        "ts": ts,
         "source": "gt",
         "type": type_,
         "actor": actor,

@@ -175,7 +175,11 @@ def test_appends_racing_a_prune_are_never_lost(town: Path) -> None:
                 "import sys; sys.path.insert(0, '.');"
                 "from tests.integration.test_eventlog import gt_append, gt_line;"
                 "from pathlib import Path;"
-                f"[gt_append(Path({str(town)!r}), gt_line(i, 'gt_during')) for i in range(300)]",
+                # Dated now: whether they arrive before or after the prune plans, they are
+                # not expired (a fixed date expires as the calendar moves on).
+                f"ts = {NOW.strftime('%Y-%m-%dT%H:%M:%SZ')!r};"
+                f"[gt_append(Path({str(town)!r}), gt_line(i, 'gt_during', ts=ts))"
+                " for i in range(300)]",
             ],
             cwd=Path(__file__).resolve().parents[2],
         )
