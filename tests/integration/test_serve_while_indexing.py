@@ -335,3 +335,32 @@ def test_sd_notify_status_follows_the_background_index(town: Path, big_log: Path
         if proc.poll() is None:
             proc.kill()
         notify.close()
+
+
+def test_a_snapshot_followed_by_a_long_stretch_is_indexed_in_the_background(
+    town: Path, big_log: Path
+) -> None:
+    """A snapshot of the log's first part, then more than the background threshold written
+    while the daemon was down: the background index extends the snapshot (found by the
+    kill -9 stress test, where every such start failed the same way)."""
+    first_part = big_log.read_bytes()[: 2 * 1024 * 1024]
+    first_part = first_part[: first_part.rindex(b"\n") + 1]
+    paths.events_path(town).write_bytes(first_part)
+    first = DaemonProcess(town).wait_ready()
+    with first.client() as client:
+        snapshot_lines = client.status().eventlog.lines
+    assert first.terminate() == 0, first.log()
+    assert (paths.private_dir(town) / recovery.SNAPSHOT_NAME).exists()
+    with open(paths.events_path(town), "ab") as log:
+        log.write(big_log.read_bytes())
+    second = DaemonProcess(town).wait_ready()
+    try:
+        with second.client() as client:
+            deadline = time.monotonic() + 30
+            while client.status().indexing is not None:
+                assert time.monotonic() < deadline, second.log()
+                time.sleep(0.05)
+            assert client.status().eventlog.lines == snapshot_lines + LINES
+            assert second.proc.poll() is None, second.log()
+    finally:
+        assert second.terminate() == 0, second.log()

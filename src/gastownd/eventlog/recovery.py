@@ -199,15 +199,17 @@ def index_pending(fd: int, pending: PendingIndex) -> EventIndex:
         pending.done = done - pending.start
 
     part = index_range(fd, pending.start, pending.end, pending.seqs, progress=progress)
+    # Counted before appending: the base (a snapshot) is extended in place.
+    base_lines = len(pending.base)
     index = pending.base
     if len(index) or index.end:
         index.append_index(part)
     else:
         index = part
-    if index.end != pending.end or len(index) != len(pending.base) + pending.lines:
+    if index.end != pending.end or len(index) != base_lines + pending.lines:
         raise ValueError(
             f"the background index covers {len(index)} lines to byte {index.end}, expected "
-            f"{len(pending.base) + pending.lines} to byte {pending.end}"
+            f"{base_lines + pending.lines} to byte {pending.end}"
         )
     _release_freed_memory()
     return index
