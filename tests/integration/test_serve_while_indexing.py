@@ -95,6 +95,13 @@ async def _until_indexed(client: AsyncClient, timeout_s: float = 30.0) -> None:
             await anyio.sleep(0.05)
 
 
+def _wait_until_indexed(client: Client, proc: DaemonProcess, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while client.status().indexing is not None:
+        assert time.monotonic() < deadline, proc.log()
+        time.sleep(0.05)
+
+
 def _session_start(session: str) -> Hook:
     payload = {
         "session_id": session,
@@ -223,10 +230,7 @@ def test_kill_during_background_indexing_loses_nothing(town: Path, big_log: Path
     second = DaemonProcess(town).wait_ready()
     try:
         with second.client() as client:
-            deadline = time.monotonic() + 30
-            while client.status().indexing is not None:
-                assert time.monotonic() < deadline, second.log()
-                time.sleep(0.05)
+            _wait_until_indexed(client, second)
             assert client.status().eventlog.lines == LINES + 5
             probes = client.query(types=["probe"], limit=PROBES + 10, oldest_first=True)
             got = [json.loads(bytes(e))["payload"]["i"] for e in probes.events]
@@ -302,10 +306,7 @@ def test_a_stop_during_background_indexing_is_clean(town: Path, big_log: Path) -
     second = DaemonProcess(town).wait_ready()
     try:
         with second.client() as client:
-            deadline = time.monotonic() + 30
-            while client.status().indexing is not None:
-                assert time.monotonic() < deadline, second.log()
-                time.sleep(0.05)
+            _wait_until_indexed(client, second)
             assert client.status().eventlog.lines == LINES + 1
     finally:
         assert second.terminate() == 0, second.log()
@@ -356,10 +357,7 @@ def test_a_snapshot_followed_by_a_long_stretch_is_indexed_in_the_background(
     second = DaemonProcess(town).wait_ready()
     try:
         with second.client() as client:
-            deadline = time.monotonic() + 30
-            while client.status().indexing is not None:
-                assert time.monotonic() < deadline, second.log()
-                time.sleep(0.05)
+            _wait_until_indexed(client, second)
             assert client.status().eventlog.lines == snapshot_lines + LINES
             assert second.proc.poll() is None, second.log()
     finally:
