@@ -19,13 +19,10 @@ class Recorder:
         self.lines.append({"event": event, **fields})
 
 
-def test_a_burst_makes_one_line_and_the_next_interval_carries_the_count(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_a_burst_makes_one_line_and_the_next_interval_carries_the_count() -> None:
     now = [100.0]
-    monkeypatch.setattr(ratelog.time, "monotonic", lambda: now[0])
     recorder = Recorder()
-    warnings = RateLimitedLog(recorder, interval_s=10.0)
+    warnings = RateLimitedLog(recorder, interval_s=10.0, clock=lambda: now[0])
     for _ in range(1_000):
         warnings.warning("connection_refused", "too_many_connections")
     warnings.warning("connection_refused", "foreign_uid", peer_uid=65534)
@@ -48,3 +45,19 @@ async def test_held_occurrences_are_flushed_at_the_end_of_the_interval() -> None
     await anyio.sleep(0.2)
     assert [line["count"] for line in recorder.lines] == [1, 4]
     assert recorder.lines[-1]["total"] == 5
+
+
+def test_many_distinct_causes_are_forgotten_not_kept_for_ever(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(ratelog, "MAX_CAUSES", 100)
+    recorder = Recorder()
+    warnings = RateLimitedLog(recorder, clock=lambda: 0.0)
+    warnings.warning("federation_record_rejected", "from a")
+    warnings.warning("federation_record_rejected", "from a")  # held, no loop to flush it
+    for n in range(250):  # a sender under a new name each time
+        warnings.warning("federation_record_rejected", f"from {n}")
+    assert len(warnings.totals) <= 100
+    # The held count was logged when its cause was forgotten, not lost.
+    assert [line["count"] for line in recorder.lines if line["reason"] == "from a"] == [1, 1]
+    assert len(recorder.lines) == 252

@@ -1,5 +1,6 @@
 """How the link fares: failing parts and their errors (for ``status``), rejections by reason,
-logging at most once a minute per cause, and the back-off that a reconnect cuts short."""
+logged once per cause every 10 s (``server/ratelog.py``), and the back-off that a reconnect
+cuts short."""
 
 from __future__ import annotations
 
@@ -14,67 +15,39 @@ import structlog
 from gastown_client.protocol import FederationError
 from gastownd.core.events import format_ts
 from gastownd.federation.identity import Holder
+from gastownd.server.ratelog import LOG_INTERVAL_S, RateLimitedLog
 
 log = structlog.get_logger("gastownd.federation")
 
 T = TypeVar("T")
 
 BACKOFF_S = (0.2, 0.5, 1.0, 2.0)
-# One error (or one rejection reason from one sender) is logged at most this often.
-LOG_EVERY_S = 60.0
 # Failures kept for status.
 ERROR_HISTORY = 10
 
 
-class RateLimited:
-    """Which keys may be logged now: the first time, then once per ``every_s``; how
-    many times each key came up in between."""
-
-    def __init__(
-        self, every_s: float = LOG_EVERY_S, clock: Callable[[], float] = time.monotonic
-    ) -> None:
-        self._every_s = every_s
-        self._clock = clock
-        self._last: dict[str, tuple[float, int]] = {}
-
-    def admit(self, key: str, count: int = 1) -> int | None:
-        """How many times ``key`` came up since it was last logged (this one included),
-        when it may be logged now; else None."""
-        now = self._clock()
-        logged_at, skipped = self._last.get(key, (now - self._every_s, 0))
-        if now - logged_at < self._every_s:
-            self._last[key] = (logged_at, skipped + count)
-            return None
-        if len(self._last) > 10_000:  # many distinct senders: forget the oldest
-            self._last.clear()
-        self._last[key] = (now, 0)
-        return skipped + count
-
-
 class LinkHealth:
-    def __init__(self) -> None:
+    def __init__(self, log_interval_s: float = LOG_INTERVAL_S) -> None:
         self.rejected: Counter[str] = Counter()
         self.last_error_at: float | None = None
         # Failing parts (by log event) -> their error, while they fail.
         self._failing: dict[str, str] = {}
         self.errors: deque[FederationError] = deque(maxlen=ERROR_HISTORY)
-        self.logged = RateLimited()
+        self.logged = RateLimitedLog(log, log_interval_s)
         self._reconnected = anyio.Event()
 
-    def error(self, event: str, exc: BaseException, **context: object) -> None:
+    def error(self, event: str, exc: BaseException, **context: Any) -> None:
         """A failure of one part (``event``): always in status, logged with its cause;
-        the same error again at most once a minute, with how often it happened."""
+        the same error again once per interval, with how often it happened."""
         text = describe(exc)
         now = time.time()
         self._failing[event] = text
         self.last_error_at = now
         self.errors.append(FederationError(at=format_ts(now), event=event, error=text))
-        repeats = self.logged.admit(f"error:{event}:{text}")
-        if repeats is not None:
-            cause = _cause(exc)
-            if cause is not None:
-                context["cause"] = cause
-            log.warning(event, error=text, repeats=repeats, **context)
+        cause = _cause(exc)
+        if cause is not None:
+            context["cause"] = cause
+        self.logged.occurred(event, text, error=text, **context)
 
     def ok(self, *events: str) -> None:
         """These parts work again: their errors leave ``last_error`` (not the history)."""
@@ -89,32 +62,31 @@ class LinkHealth:
 
     def reject(self, reason: str, sender: str, detail: str, count: int = 1) -> None:
         self.rejected[reason] += count
-        repeats = self.logged.admit(f"rejected:{reason}:{sender}", count)
-        if repeats is not None:  # once per reason and sender, then once a minute
-            log.warning(
-                "federation_record_rejected",
-                reason=reason,
-                sender=sender[:64],
-                detail=detail[:200],
-                count=repeats,
-            )
+        self.logged.occurred(  # once per reason and sender, then once per interval
+            "federation_record_rejected",
+            f"{reason}:{sender}",
+            count=count,
+            reason=reason,
+            sender=sender[:64],
+            detail=detail[:200],
+        )
 
     def conflict(self, node: str, holder: Holder) -> None:
-        """Another daemon holds this node's name: logged once per holder, then once a minute."""
-        repeats = self.logged.admit(f"conflict:{holder.instance}")
-        if repeats is not None:
-            log.error(
-                "federation_node_conflict",
-                node=node,
-                held_by_instance=holder.instance,
-                held_by_host=holder.host,
-                held_by_pid=holder.pid,
-                since=holder.since,
-                repeats=repeats,
-                fix=f"another daemon runs as node {node!r}: set a name unique in the "
-                "town as [federation] node in settings/gastownd.toml and restart; this "
-                "daemon neither publishes nor consumes until the name is free",
-            )
+        """Another daemon holds this node's name: logged once per holder, then once per
+        interval."""
+        self.logged.occurred(
+            "federation_node_conflict",
+            holder.instance,
+            level="error",
+            node=node,
+            held_by_instance=holder.instance,
+            held_by_host=holder.host,
+            held_by_pid=holder.pid,
+            since=holder.since,
+            fix=f"another daemon runs as node {node!r}: set a name unique in the "
+            "town as [federation] node in settings/gastownd.toml and restart; this "
+            "daemon neither publishes nor consumes until the name is free",
+        )
 
     def reconnected(self) -> None:
         """The server is there again: every back-off ends."""

@@ -25,8 +25,8 @@ A watchdog flushes the connection every half ``ping_interval``: a server that
 stops answering (frozen, not closed) shows ``connected: false`` and is left for
 another within 1.5 × ``ping_interval``, and the publish round waiting on it is
 cut short. Every failure is logged as JSON with its cause (repeats of one
-error at most once a minute, with their count), ``last_error`` is cleared once
-the failing part works again.
+error once per 10 s, with their ``count`` and ``total``), ``last_error`` is
+cleared once the failing part works again.
 
 nats-py keeps a few asyncio tasks of its own (reader, flusher, pinger) for its
 connection; the connection is closed, shielded, when this task ends.
