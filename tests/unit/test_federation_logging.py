@@ -48,9 +48,11 @@ async def test_errors_rejections_and_conflicts_log_count_and_total_the_held_ones
 ):
     health = LinkHealth(log_interval_s=0.05)
     holder = Holder(instance="i-1", host="h", pid=7, since="2026-12-04T18:00:00Z")
+    failure = TimeoutError("no reply")
+    failure.__cause__ = ConnectionRefusedError("refused")  # logged as its ``cause``
     with capture_logs() as logs:
         for _ in range(3):
-            health.error("federation_fetch_failed", TimeoutError("no reply"), records=2)
+            health.error("federation_fetch_failed", failure, records=2)
         health.reject("out_of_range", "node-b", "ts out of range", count=6)
         health.reject("out_of_range", "node-b", "ts out of range")
         health.reject("malformed", "node-b", "not JSON")
@@ -71,6 +73,7 @@ async def test_errors_rejections_and_conflicts_log_count_and_total_the_held_ones
     ]
     fetch = [e for e in logs if e["event"] == "federation_fetch_failed"]
     assert all(e["error"] == "TimeoutError: no reply" and e["records"] == 2 for e in fetch)
+    assert all(e["cause"] == "ConnectionRefusedError: refused" for e in fetch)
     rejected = [e for e in logs if e["event"] == "federation_record_rejected"]
     assert [(e["reason"], e["sender"]) for e in rejected] == [
         ("out_of_range", "node-b"),

@@ -45,16 +45,17 @@ class RateLimitedLog:
         self._last_logged: dict[_Key, float] = {}
         self._held: dict[_Key, tuple[int, Level, dict[str, Any]]] = {}
 
-    def warning(self, event: str, reason: str, **fields: Any) -> None:
+    def warning(self, event: str, reason: str, /, **fields: Any) -> None:
         """One occurrence of ``reason``, logged as such; ``fields`` describe it (the latest
         held are logged)."""
         self.occurred(event, reason, reason=reason, **fields)
 
     def occurred(
-        self, event: str, cause: str, *, level: Level = "warning", count: int = 1, **fields: Any
+        self, event: str, cause: str, /, *, level: Level = "warning", count: int = 1, **fields: Any
     ) -> None:
         """``count`` occurrences of ``cause`` (the key the lines are limited by, not logged
-        itself); ``fields`` are logged with ``count`` and ``total``."""
+        itself); ``fields`` (any names but ``level``, ``count``, ``total`` and ``interval_s``)
+        are logged with ``count`` and ``total``."""
         key = (event, cause)
         if key not in self._last_logged and len(self._last_logged) >= MAX_CAUSES:
             self._forget_all()
