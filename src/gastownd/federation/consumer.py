@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
@@ -43,36 +44,24 @@ ACK_WAIT_S = 10.0
 FETCH_MESSAGES = 32
 
 
+@dataclass(eq=False, kw_only=True)
 class Consumer:
-    def __init__(
-        self,
-        *,
-        node: str,
-        town: str,
-        stream: str,
-        max_skew_s: float,
-        clock: Callable[[], float],
-        sessions: SessionRecorder,
-        subscriptions: Subscriptions,
-        health: LinkHealth,
-        publishing_busy: Callable[[], bool],
-    ) -> None:
-        self.node = node
-        self.town = town
-        self.stream = stream
-        self.max_skew_s = max_skew_s
-        self.clock = clock
-        self.sessions = sessions
-        self.subscriptions = subscriptions
-        self.health = health
-        self.publishing_busy = publishing_busy
-        self.applied = 0
-        # Stored in the town's stream (the origin's publish acknowledged) -> applied here.
-        self.lag_seconds = Buckets(LAG_SECONDS)
-        # Highest arrival number of a remote line applied: the live edge for subscribers.
-        self.last_arrival = 0
-        # The total of the rejections as last stored.
-        self._rejected_saved = 0
+    node: str
+    town: str
+    stream: str
+    max_skew_s: float
+    clock: Callable[[], float]
+    sessions: SessionRecorder
+    subscriptions: Subscriptions
+    health: LinkHealth
+    publishing_busy: Callable[[], bool]
+    applied: int = field(default=0, init=False)
+    # Stored in the town's stream (the origin's publish acknowledged) -> applied here.
+    lag_seconds: Buckets = field(default_factory=lambda: Buckets(LAG_SECONDS), init=False)
+    # Highest arrival number of a remote line applied: the live edge for subscribers.
+    last_arrival: int = field(default=0, init=False)
+    # The total of the rejections as last stored.
+    _rejected_saved: int = field(default=0, init=False)
 
     async def load(self) -> None:
         """What is kept across restarts: the live edge and the rejection counts."""

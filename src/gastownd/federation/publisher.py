@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
@@ -63,34 +63,26 @@ class _Outgoing:
     lines: int = 1
 
 
+@dataclass(eq=False)
 class Publisher:
-    def __init__(
-        self,
-        config: FederationConfig,
-        node: str,
-        town: str,
-        eventlog: EventLog,
-        sessions: SessionRecorder,
-        health: LinkHealth,
-    ) -> None:
-        self.config = config
-        self.node = node
-        self.town = town
-        self.eventlog = eventlog
-        self.sessions = sessions
-        self.health = health
-        self.published = 0
-        # Records larger than the server's max_payload: they never leave this node.
-        self.too_large = 0
-        self.marks: dict[str, str] = {}
-        self._wake = anyio.Event()
-        # The last publish round was a busy one (see run): pace rounds and fetches.
-        self.busy = False
-        # Set when the store may hold new records to send (sessions, digests, attributions):
-        # an emit only adds a line, and reading the store for it would cost a thread hop.
-        self._store_changed = True
-        # Cancelled when the connection is lost: a publish round waiting on it ends.
-        self._publish_scope: anyio.CancelScope | None = None
+    config: FederationConfig
+    node: str
+    town: str
+    eventlog: EventLog
+    sessions: SessionRecorder
+    health: LinkHealth
+    published: int = field(default=0, init=False)
+    # Records larger than the server's max_payload: they never leave this node.
+    too_large: int = field(default=0, init=False)
+    marks: dict[str, str] = field(default_factory=dict, init=False)
+    _wake: anyio.Event = field(default_factory=anyio.Event, init=False)
+    # The last publish round was a busy one (see run): pace rounds and fetches.
+    busy: bool = field(default=False, init=False)
+    # Set when the store may hold new records to send (sessions, digests, attributions):
+    # an emit only adds a line, and reading the store for it would cost a thread hop.
+    _store_changed: bool = field(default=True, init=False)
+    # Cancelled when the connection is lost: a publish round waiting on it ends.
+    _publish_scope: anyio.CancelScope | None = field(default=None, init=False)
 
     def wake(self) -> None:
         """A line was added to the local log: publish soon."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
@@ -46,26 +46,19 @@ _RECORDED_FILTER = compile_filter(types=sorted(RECORDED_TYPES))
 ApplyLines = Callable[[Callable[[WispBook], Outcome], LineFacts], Awaitable[tuple[Effect, ...]]]
 
 
+@dataclass(eq=False)
 class LineRecorder:
-    def __init__(
-        self,
-        store: Store,
-        db: StoreCall,
-        eventlog: EventLog,
-        apply: ApplyLines,
-        clock: Callable[[], float],
-    ) -> None:
-        self.store = store
-        self.db = db
-        self.eventlog = eventlog
-        self.apply = apply
-        self.clock = clock
-        self._record_lock = anyio.Lock()
-        self._lines_waiting = anyio.Event()
-        # (epoch, seq) of the last line recorded; None before the first.
-        self._recorded: tuple[int, int] | None = None
-        # (epoch, seq) of the last line read by the recorder, session line or not.
-        self._read_through: tuple[int, int] | None = None
+    store: Store
+    db: StoreCall
+    eventlog: EventLog
+    apply: ApplyLines
+    clock: Callable[[], float]
+    _record_lock: anyio.Lock = field(default_factory=anyio.Lock, init=False)
+    _lines_waiting: anyio.Event = field(default_factory=anyio.Event, init=False)
+    # (epoch, seq) of the last line recorded; None before the first.
+    _recorded: tuple[int, int] | None = field(default=None, init=False)
+    # (epoch, seq) of the last line read by the recorder, session line or not.
+    _read_through: tuple[int, int] | None = field(default=None, init=False)
 
     async def open(self) -> None:
         """Load the checkpoint and record the lines written while the daemon was down.

@@ -10,6 +10,7 @@ stay in the outbox and are retried after the next op.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 import anyio
@@ -33,14 +34,14 @@ class StoreCall(Protocol):
     def __call__(self, func: Callable[..., T], *args: Any) -> Awaitable[T]: ...
 
 
+@dataclass(eq=False)
 class Outbox:
-    def __init__(self, store: Store, db: StoreCall, eventlog: EventLog, source: str) -> None:
-        self.store = store
-        self.db = db
-        self.eventlog = eventlog
-        self.source = source
-        # Lines are waiting that the log refused, or that a crash left: flushed on each op.
-        self.stuck = False
+    store: Store
+    db: StoreCall
+    eventlog: EventLog
+    source: str
+    # Lines are waiting that the log refused, or that a crash left: flushed on each op.
+    stuck: bool = False
 
     async def replay(self) -> None:
         """At start: append the lines a crash left behind, unless the log has them already."""
