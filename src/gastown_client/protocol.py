@@ -627,6 +627,9 @@ class SessionRow(msgspec.Struct, kw_only=True):
     # The node the session ran on; ``remote``: another node than the one answering.
     node: str | None = None
     remote: bool = False
+    # Steps over all its segments (its digests', and its open segment's when it runs on the
+    # node answering); None: known only from log lines, or a daemon older than the field.
+    step_count: int | None = None
 
 
 class SessionsResult(msgspec.Struct, kw_only=True):

@@ -13,7 +13,7 @@ from typing import Any
 from gastown_client.client import Client
 from tests.conftest import SAMPLE_LOG, DaemonProcess, run_ctl
 from tests.integration.test_eventlog import gt_append
-from tests.integration.test_hooks import payload, run_hook, wait_until
+from tests.integration.test_hooks import bash, payload, run_hook, wait_until
 
 # session_start lines expire after a second; everything else is kept.
 CONFIG = """\
@@ -182,3 +182,29 @@ def test_a_schema_1_database_opens_and_its_wisps_become_session_records(town: Pa
             assert client.cv("gastown/crew/joe", verify=True).verified
     finally:
         assert proc.terminate() == 0, proc.log()
+
+
+def test_a_session_row_counts_the_steps_of_every_segment(
+    daemon_proc: DaemonProcess, town: Path
+) -> None:
+    hooked, logged = HOOK_SESSIONS[0][0], LIVE_GT_SESSIONS[0]
+    calls = [
+        payload("SessionStart", hooked, source="startup"),
+        bash("bd close gt-1", session=hooked),
+        payload("Stop", hooked),
+        payload("SessionEnd", hooked, reason="logout"),  # segment 1: 2 steps
+        payload("SessionStart", hooked, source="resume"),
+        payload("Stop", hooked),  # segment 2, open: 1 step so far
+    ]
+    for call in calls:
+        assert run_hook(town, call).returncode == 0
+    gt_append(town, start_line(*logged, now_ts(), 41))
+    with daemon_proc.client() as client:
+        rows = wait_until(lambda: (found := listed(client)).get(logged[0]) and found)
+        assert client.digest(hooked).step_count == 2
+    assert (rows[hooked].state, rows[hooked].segments, rows[hooked].step_count) == ("open", 2, 3)
+    assert rows[logged[0]].state == "logged" and rows[logged[0]].step_count is None
+    run_hook(town, payload("SessionEnd", hooked, reason="logout"))
+    with daemon_proc.client() as client:
+        row = client.resolve_session(hooked)
+    assert (row.state, row.step_count) == ("squashed", 3)

@@ -154,12 +154,18 @@ RECORD = SessionRecord(
 def test_session_row_has_the_fields_of_the_record() -> None:
     row = {SESSION_ROW_NAMES.get(name, name) for name in fields(SessionRecord)}
     assert row - fields(SessionRow) == {"rev", "role"}
-    assert fields(SessionRow) - row == {"digest_id", "summary", "remote"}
+    assert fields(SessionRow) - row == {"digest_id", "summary", "remote", "step_count"}
 
 
 def test_session_row_bytes() -> None:
     view = to_view(
-        RECORD, SessionRow, renames=SESSION_ROW_NAMES, digest_id="dg-1", summary="s", remote=True
+        RECORD,
+        SessionRow,
+        renames=SESSION_ROW_NAMES,
+        digest_id="dg-1",
+        summary="s",
+        remote=True,
+        step_count=7,
     )
     assert msgspec.json.encode(view) == (
         b'{"session_id":"s-1","actor":"gastown/crew/joe","started_at":"2026-05-28T20:26:40Z",'
@@ -167,7 +173,7 @@ def test_session_row_bytes() -> None:
         b'"end_reason":"done","digest_id":"dg-1","summary":"s","segments":2,'
         b'"last_started_at":"2026-05-28T20:27:40Z","starts":2,'
         b'"ended_at":"2026-05-28T20:28:40Z","actor_pid":"gastown/crew/joe-7","node":"b",'
-        b'"remote":true}'
+        b'"remote":true,"step_count":7}'
     )
 
 

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from gastown_client.protocol import ResolveSession, SessionRow, Sessions, SessionsResult
 from gastownd.core.digest import ENDED_STATES, Digest
-from gastownd.core.session_record import SessionRecord
+from gastownd.core.session_record import LOGGED, SessionRecord
 from gastownd.core.views import to_view
 from gastownd.process.daemon import Daemon
 from gastownd.process.refusals import AmbiguousError, BadRequestError, NotFoundError
+from gastownd.store.lookups import DigestRow
 
 FULL_ID_LENGTH = 36
 # The listing's names for three SessionRecord fields (the wire predates the record).
@@ -75,11 +76,18 @@ async def sessions(daemon: Daemon, request: Sessions) -> SessionsResult:
 
 
 async def _row(daemon: Daemon, record: SessionRecord) -> SessionRow:
-    digest = None
-    if record.state in ENDED_STATES:
-        digest = await daemon.sessions.db(
-            daemon.sessions.store.latest_digest_of_session, record.session_id
-        )
+    store = daemon.sessions.store
+
+    def lookup() -> tuple[DigestRow | None, int | None]:
+        # One trip to the store's thread per row.
+        digest = None
+        if record.state in ENDED_STATES:
+            digest = store.latest_digest_of_session(record.session_id)
+        if record.state == LOGGED:  # no wisp: its steps are not known
+            return digest, None
+        return digest, store.session_step_count(record.session_id, record.node)
+
+    digest, step_count = await daemon.sessions.db(lookup)
     return to_view(
         record,
         SessionRow,
@@ -89,6 +97,7 @@ async def _row(daemon: Daemon, record: SessionRecord) -> SessionRow:
         starts=max(1, record.starts),
         node=daemon.node_name(record.node),
         remote=record.node != "",
+        step_count=step_count,
     )
 
 

@@ -52,6 +52,21 @@ class StoreLookups:
         ).fetchone()
         return _session_record(row) if row else None
 
+    def session_step_count(self, session_id: str, node: str) -> int:
+        """Steps over the session's segments on ``node``: its digests' counts, and on this
+        node the open segment's steps (a segment's steps are deleted with its digest)."""
+        [(digested,)] = self._db.execute(
+            "SELECT coalesce(sum(json_extract(CAST(body AS TEXT), '$.step_count')), 0) "
+            "FROM digests WHERE session_id = ? AND node = ?",
+            (session_id, node),
+        ).fetchall()
+        if node:
+            return int(digested)
+        [(running,)] = self._db.execute(
+            "SELECT count(*) FROM steps WHERE session_id = ?", (session_id,)
+        ).fetchall()
+        return int(digested) + int(running)
+
     def session_listing(
         self,
         *,
