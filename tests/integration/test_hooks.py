@@ -10,9 +10,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
 from gastown_client import hook
+from gastown_client.protocol import Hook
 from tests.conftest import DaemonProcess
 from tests.integration.test_eventlog import gt_append, log_lines
 
@@ -183,6 +185,39 @@ def test_resume_continues_and_unknown_events_are_ignored(
         wisp = client.wisp(SESSION)
     assert wisp.state == "open" and wisp.segment == 1 and wisp.steps == []
     assert "hook_rejected" in daemon_proc.log()
+
+
+def test_a_step_delivered_after_the_end_it_preceded_opens_no_segment(
+    daemon_proc: DaemonProcess, town: Path
+) -> None:
+    run_hook(town, payload("SessionStart", source="startup"))
+    run_hook(town, bash("bd close gt-301"))
+    tool_ran_at = time.time()  # an async PostToolUse from here is delivered after SessionEnd
+    run_hook(town, payload("SessionEnd", reason="logout"))
+    late = bash("bd close gt-302 && git commit -am late", "[main 9f8e7d6c] late")
+    with daemon_proc.client() as client:
+        result = client.call(
+            Hook(
+                payload=msgspec.Raw(json.dumps(late).encode()),
+                env={"GT_ROLE": ACTOR, "GT_SESSION": "gt-nux"},
+                cwd="/tmp",
+                at=tool_ran_at,
+            )
+        )
+        wisp = client.wisp(SESSION)
+        digest = client.digest(SESSION)
+        closed = client.attribution("gt-302")
+        [row] = client.sessions(limit=10).sessions
+    assert result.handled == "PostToolUse"
+    assert (wisp.state, wisp.segment) == ("squashed", 1)  # not reopened as segment 2
+    assert (digest.segment, digest.issues_closed) == (1, ["gt-301"])  # the digest is final
+    # What the late call changed is attributed to the ended segment, its digest linked.
+    assert [(r.session_id, r.action, r.digest_id) for r in closed.records] == [
+        (SESSION, "closed", digest.digest_id)
+    ]
+    assert (row.session_id, row.state, row.segments) == (SESSION, "squashed", 1)
+    assert [line["type"] for line in log_lines(town)] == ["session_start", "session_end"]
+    assert "hook_steps_after_end" in daemon_proc.log()
 
 
 def test_a_session_whose_end_never_comes_is_ended_by_its_death(

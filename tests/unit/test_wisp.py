@@ -321,6 +321,18 @@ def test_step_with_reopen_resumes_an_abandoned_wisp_first() -> None:
     assert book.state_of("seat") is WispState.OPEN  # a late step takes no seat back
 
 
+@pytest.mark.parametrize("state", [WispState.SQUASHED, WispState.ABANDONED])
+@pytest.mark.parametrize("late_by", [-4.0, 0.0])
+def test_a_step_dated_before_the_end_and_delivered_after_it_opens_no_segment(
+    state: WispState, late_by: float
+) -> None:
+    book = _book_in(state)  # ended at T0 + 10
+    assert book.step(SID, "issue_closed", "gt-1", now=T0 + 10 + late_by, reopen=True) == (book, ())
+    book, effects = book.step(SID, "issue_closed", "gt-1", now=T0 + 10.5, reopen=True)
+    assert (book.wisps[SID].state, book.wisps[SID].segment) == (WispState.OPEN, 2)
+    assert [(e.segment, e.seq) for e in effects if isinstance(e, AppendStep)] == [(2, 0)]
+
+
 # ---------------------------------------------------------------- ends without a hook
 
 

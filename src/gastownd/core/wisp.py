@@ -337,6 +337,11 @@ def _end(
     return msgspec.structs.replace(ended, steps=()), digest
 
 
+def ended_before(wisp: Wisp, at: float) -> bool:
+    """Whether the wisp had ended by ``at``: a step dated then belongs to its last segment."""
+    return wisp.state != WispState.OPEN and wisp.ended_at is not None and at <= wisp.ended_at
+
+
 def _append(wisp: Wisp, new: Step) -> Wisp:
     return msgspec.structs.replace(
         wisp,
@@ -578,14 +583,20 @@ class WispBook(msgspec.Struct, frozen=True, kw_only=True):
         now: float,
         reopen: bool = False,
     ) -> Outcome:
-        """:func:`step`; with ``reopen`` an ended wisp is first resumed as a new segment.
+        """:func:`step`; with ``reopen`` an ended wisp is first resumed as a new segment,
+        unless the step is dated no later than its end.
 
         A step is no evidence that the session took its tmux seat back, so that
-        reopening supersedes no other wisp.
+        reopening supersedes no other wisp. A step dated at or before the end (an async
+        ``PostToolUse`` delivered after ``SessionEnd``) belongs to the ended segment: its
+        digest is final (hashed into the chain, published), so the step changes nothing,
+        and what the call attributes is recorded against that segment.
         """
         wisp = self.wisps.get(session_id)
         if wisp is None:
             raise IllegalTransition(Op.STEP, None, session_id)
+        if reopen and ended_before(wisp, now):
+            return self, ()
         book: WispBook = self
         effects: tuple[Effect, ...] = ()
         if reopen and wisp.state != WispState.OPEN:

@@ -83,7 +83,15 @@ async def hook(
         ]
 
     names = [session_id] + ([parent] if parent else [])
-    await sessions.apply(WispOp(names, transition, attributions), spool_mark=spool_mark)
+    book, _ = await sessions.apply(WispOp(names, transition, attributions), spool_mark=spool_mark)
+    if plan.steps and plan.end_reason is None and book.state_of(session_id) != WispState.OPEN:
+        # Dated before the session's end, delivered after it (an async hook): see WispBook.step.
+        log.info(
+            "hook_steps_after_end",
+            session_id=session_id,
+            steps=[s.kind for s in plan.steps],
+            attributions=len(plan.attributions),
+        )
     handled = plan.event + (f" ({plan.start})" if plan.start else "")
     context = None
     if plan.start in ("startup", "clear") and daemon.config.hooks.inject_context:
