@@ -32,6 +32,7 @@ SUITES: dict[str, str] = {
     "claude": "claude",
     "federation": "federation",
     "metrics": "metrics",
+    "sessions": "sessions",
 }
 # Suites that use the shared daemon on the big log.
 USES_BIG = {"startup", "memory", "query"}

@@ -15,6 +15,8 @@ from gastownd.process.refusals import AmbiguousError, BadRequestError, NotFoundE
 from gastownd.store.lookups import DigestRow
 
 FULL_ID_LENGTH = 36
+# Session rows looked up in one trip to the store's thread.
+ROWS_PER_TRIP = 64
 # The listing's names for three SessionRecord fields (the wire predates the record).
 SESSION_ROW_NAMES = {
     "first_start_at": "started_at",
@@ -57,7 +59,8 @@ async def resolve_session(daemon: Daemon, request: ResolveSession) -> SessionRow
     record = await daemon.sessions.db(daemon.sessions.store.session_record, session_id)
     if record is None:
         raise NotFoundError(f"session {session_id} is unknown")
-    return await _row(daemon, record)
+    [row] = await _rows(daemon, [record])
+    return row
 
 
 async def sessions(daemon: Daemon, request: Sessions) -> SessionsResult:
@@ -72,33 +75,46 @@ async def sessions(daemon: Daemon, request: Sessions) -> SessionsResult:
             actor_like=needles, state=request.state, limit=request.limit, node=node
         )
     )
-    return SessionsResult(sessions=[await _row(daemon, r) for r in records])
+    return SessionsResult(sessions=await _rows(daemon, records))
 
 
-async def _row(daemon: Daemon, record: SessionRecord) -> SessionRow:
+async def _rows(daemon: Daemon, records: list[SessionRecord]) -> list[SessionRow]:
+    """The records as rows, with their latest digest and step count: a trip to the store's
+    thread per ``ROWS_PER_TRIP`` rows (other store work waits at most that long)."""
     store = daemon.sessions.store
 
-    def lookup() -> tuple[DigestRow | None, int | None]:
-        # One trip to the store's thread per row.
-        digest = None
-        if record.state in ENDED_STATES:
-            digest = store.latest_digest_of_session(record.session_id)
-        if record.state == LOGGED:  # no wisp: its steps are not known
-            return digest, None
-        return digest, store.session_step_count(record.session_id, record.node)
+    def lookup(chunk: list[SessionRecord]) -> list[tuple[DigestRow | None, int | None]]:
+        found: list[tuple[DigestRow | None, int | None]] = []
+        for record in chunk:
+            digest = None
+            if record.state in ENDED_STATES:
+                digest = store.latest_digest_of_session(record.session_id)
+            steps = None  # a session known only from log lines: its steps are not known
+            if record.state != LOGGED:
+                steps = store.session_step_count(record.session_id, record.node)
+            found.append((digest, steps))
+        return found
 
-    digest, step_count = await daemon.sessions.db(lookup)
-    return to_view(
-        record,
-        SessionRow,
-        renames=SESSION_ROW_NAMES,
-        digest_id=digest.digest.digest_id if digest else None,
-        summary=synopsis(digest.digest) if digest else None,
-        starts=max(1, record.starts),
-        node=daemon.node_name(record.node),
-        remote=record.node != "",
-        step_count=step_count,
-    )
+    rows = []
+    for start in range(0, len(records), ROWS_PER_TRIP):
+        chunk = records[start : start + ROWS_PER_TRIP]
+        for record, (digest, steps) in zip(
+            chunk, await daemon.sessions.db(lookup, chunk), strict=True
+        ):
+            rows.append(
+                to_view(
+                    record,
+                    SessionRow,
+                    renames=SESSION_ROW_NAMES,
+                    digest_id=digest.digest.digest_id if digest else None,
+                    summary=synopsis(digest.digest) if digest else None,
+                    starts=max(1, record.starts),
+                    node=daemon.node_name(record.node),
+                    remote=record.node != "",
+                    step_count=steps,
+                )
+            )
+    return rows
 
 
 def synopsis(digest: Digest) -> str:
