@@ -328,6 +328,8 @@ def test_a_step_dated_before_the_end_and_delivered_after_it_opens_no_segment(
 ) -> None:
     book = _book_in(state)  # ended at T0 + 10
     assert book.step(SID, "issue_closed", "gt-1", now=T0 + 10 + late_by, reopen=True) == (book, ())
+    with pytest.raises(ValueError, match="epoch seconds"):
+        book.step(SID, "issue_closed", "gt-1", now=-1.0, reopen=True)
     book, effects = book.step(SID, "issue_closed", "gt-1", now=T0 + 10.5, reopen=True)
     assert (book.wisps[SID].state, book.wisps[SID].segment) == (WispState.OPEN, 2)
     assert [(e.segment, e.seq) for e in effects if isinstance(e, AppendStep)] == [(2, 0)]

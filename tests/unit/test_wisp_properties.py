@@ -242,3 +242,22 @@ def test_a_tampered_digest_is_caught(program: list[tuple[int, Op]], data: st.Dat
     if index + 1 < len(chain):
         resealed = seal(forged)
         assert verify_chain([*chain[:index], resealed, *chain[index + 1 :]]) == index + 1
+
+
+@settings(max_examples=200, deadline=None)
+@given(_programs, st.sampled_from(KINDS), st.floats(min_value=0, max_value=T0))
+def test_a_step_dated_by_its_wisps_end_changes_nothing_and_a_later_one_reopens(
+    program: list[tuple[int, Op]], kind: str, early_s: float
+) -> None:
+    book = _run(program).book
+    for sid, wisp in book.wisps.items():
+        if wisp.state == WispState.OPEN or wisp.ended_at is None:
+            continue
+        # Delivered after the end, dated at or before it (an async hook): no new segment.
+        assert book.step(sid, kind, now=wisp.ended_at - early_s, reopen=True) == (book, ())
+        later, effects = book.step(sid, kind, now=wisp.ended_at + 1, reopen=True)
+        assert (later.wisps[sid].state, later.wisps[sid].segment) == (
+            WispState.OPEN,
+            wisp.segment + 1,
+        )
+        assert [e.segment for e in effects if isinstance(e, AppendStep)] == [wisp.segment + 1]

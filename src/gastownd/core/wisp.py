@@ -596,6 +596,7 @@ class WispBook(msgspec.Struct, frozen=True, kw_only=True):
         if wisp is None:
             raise IllegalTransition(Op.STEP, None, session_id)
         if reopen and ended_before(wisp, now):
+            _check_instant("at", now)  # a step dated out of range is refused, not dropped
             return self, ()
         book: WispBook = self
         effects: tuple[Effect, ...] = ()
