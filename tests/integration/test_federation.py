@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from gastown_client.client import Client
+from gastown_client.protocol import SessionRow
 from tests.conftest import DaemonProcess, run_ctl
 from tests.integration.test_eventlog import gt_append
 from tests.integration.test_hooks import payload, run_hook
@@ -136,6 +137,12 @@ def with_node(line: bytes, node: str) -> bytes:
     return line.rstrip()[:-1] + b',"node":' + json.dumps(node).encode() + b"}"
 
 
+def row_facts(row: SessionRow) -> tuple[Any, ...]:
+    """What every node says alike of a session: an ended one's steps are all in its digests,
+    which travel; an open segment's steps stay on its node."""
+    return (row.session_id, row.state, row.starts, None if row.state == "open" else row.step_count)
+
+
 def differences(nodes: list[Node]) -> list[str]:
     """What some node is missing of another's records (or holds twice); [] when converged."""
     problems: list[str] = []
@@ -145,7 +152,7 @@ def differences(nodes: list[Node]) -> list[str]:
             sessions = client.sessions(local=True, limit=10_000).sessions
             local[node.name] = {
                 "events": [bytes(e) for e in client.query(limit=100_000, oldest_first=True).events],
-                "sessions": {(s.session_id, s.state, s.starts) for s in sessions},
+                "sessions": {row_facts(s) for s in sessions},
                 "digests": {s.digest_id for s in sessions if s.digest_id},
             }
     for viewer in nodes:
@@ -163,7 +170,7 @@ def differences(nodes: list[Node]) -> list[str]:
                         f"{len(got)} distinct; {origin.name} has {sum(want.values())}"
                     )
                 rows = client.sessions(node=origin.name, limit=10_000).sessions
-                theirs = {(s.session_id, s.state, s.starts) for s in rows}
+                theirs = {row_facts(s) for s in rows}
                 if theirs != mine["sessions"]:
                     problems.append(f"{viewer.name} sessions of {origin.name} differ")
                 for digest_id in mine["digests"]:
