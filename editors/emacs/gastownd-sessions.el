@@ -86,6 +86,7 @@ The list refreshes itself when a session starts or ends.
                 (list "Ended"
                       (length (format-time-string gastownd-date-format 0)) t)
                 (list "Took" 7 nil)
+                (list "Steps" 5 nil)
                 (list "End" 17 t)
                 (list "Topic" 0 nil)))
   (setq tabulated-list-padding 1)
@@ -144,8 +145,15 @@ that ran on another node shows it: actor@node."
                                       'gastownd-time)
                     "")
                   (gastownd--took started ended)
+                  (gastownd--step-count row)
                   (or (alist-get 'end_reason row) "")
                   (gastownd--short (gastownd--about row))))))
+
+(defun gastownd--step-count (row)
+  "The steps of the sessions ROW as text: \"\" for a session known only from
+the log, or from a daemon too old to count them."
+  (let ((count (alist-get 'step_count row)))
+    (if (natnump count) (number-to-string count) "")))
 
 (defun gastownd--about (row)
   "What the sessions ROW is about: its topic, or its digest's summary line.

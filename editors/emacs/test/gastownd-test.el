@@ -169,16 +169,18 @@
                   (ended_at . "2026-11-25T03:00:00Z") (state . "squashed")
                   (actor . "gastown/polecats/nux") (end_reason . "done")
                   (topic . "fix gt-42") (node . "laptop")
-                  (remote . t)))))
+                  (remote . t) (step_count . 3)))))
     (should (equal (aref (cadr entry) 0) (format-time-string "%Y-%m-%d %H:%M" 1795571447)))
     (should (equal (mapcar #'substring-no-properties
                            (append (cl-subseq (cadr entry) 1 4) (cl-subseq (cadr entry) 5) nil))
                    '("7f3c2a10" "squashed" "gastown/polecats/nux@laptop"
-                     "1h 9m" "done" "fix gt-42")))
+                     "1h 9m" "3" "done" "fix gt-42")))
     (should (eq (get-text-property 0 'font-lock-face (aref (cadr entry) 2))
                 'gastownd-state-squashed)))
   (should (equal (aref (cadr (gastownd--session-entry '((actor . "max") (node . "vm")))) 3)
                  "max"))
+  ;; A session known only from the log has no step count: an empty cell, not "nil".
+  (should (equal (aref (cadr (gastownd--session-entry '((actor . "max")))) 6) ""))
   (let ((lines (gastownd--attribution-lines
                 "gt-42"
                 '(((session_id . "7f3c2a10-5b8e") (action . "reopened")

@@ -76,13 +76,16 @@ return {
         topic = "fix gt-42",
         node = "laptop",
         remote = true,
+        step_count = 3,
       }
       local row = format.session_row(session)
       local last = vim.pesc(os.date("%Y-%m-%d %H:%M", 1795571447))
-      h.truthy(row:match("^" .. last .. "  7f3c2a10  squashed  gastown/polecats/nux@laptop  .-  1h 9m  done  fix gt%-42$"), row)
+      h.truthy(row:match("^" .. last .. "  7f3c2a10  squashed  gastown/polecats/nux@laptop  .-  1h 9m  3      done  fix gt%-42$"), row)
       session.remote = false
       h.truthy(format.session_row(session):find("  gastown/polecats/nux  ", 1, true), "a local one")
-      h.truthy(format.session_header():match("^Last start%s+Session%s+State%s+Actor%s+Ended%s+Took%s+End%s+Topic$"), "header")
+      h.truthy(format.session_header():match("^Last start%s+Session%s+State%s+Actor%s+Ended%s+Took%s+Steps%s+End%s+Topic$"), "header")
+      session.step_count = vim.NIL
+      h.truthy(format.session_row(session):match("  1h 9m         done  "), "no count: an empty cell")
 
       local lines = format.attribution_lines("gt-42", {
         { session_id = "7f3c2a10-5b8e", action = "reopened", at = "2026-11-25T01:50:47Z", actor = "nux", digest_id = "dg-1" },

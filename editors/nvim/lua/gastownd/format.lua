@@ -248,8 +248,8 @@ local function nonempty(value)
 end
 
 -- The columns of the sessions list, for these rows: the last start (the list is sorted by
--- it), short id, state, actor (actor@node for another machine's), end time, duration, end
--- reason and topic (or the digest's summary line).
+-- it), short id, state, actor (actor@node for another machine's), end time, duration, steps,
+-- end reason and topic (or the digest's summary line).
 function M.session_cells(row)
   if row == nil then
     return {
@@ -259,6 +259,7 @@ function M.session_cells(row)
       { "Actor" },
       { "Ended" },
       { "Took" },
+      { "Steps" },
       { "End" },
       { "Topic" },
     }
@@ -276,6 +277,8 @@ function M.session_cells(row)
     { who(row.actor, row.remote and row.node), group = "GastowndActor" },
     { ended and M.local_time(ended, config.options.date_format) or "", group = "GastowndTime" },
     { took },
+    -- nil for a session known only from the log (or a daemon too old to count steps).
+    { type(row.step_count) == "number" and tostring(row.step_count) or "" },
     { nonempty(row.end_reason) or "" },
     { M.short(M.about(row), 60) },
   }
