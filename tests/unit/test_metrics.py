@@ -19,8 +19,8 @@ from gastownd.metrics.buckets import (
     hook_event_label,
     stream_stored_at,
 )
-from gastownd.metrics.collector import OpView, Snapshot, render
-from gastownd.metrics.exposition import MAX_NODE_LABELS, OPENMETRICS
+from gastownd.metrics.collector import OpView, Snapshot
+from gastownd.metrics.exposition import MAX_NODE_LABELS, OPENMETRICS, render
 from gastownd.process.config import Config, MetricsConfig
 from gastownd.process.refusals import BadRequestError
 

@@ -2,8 +2,8 @@
 
 ``gather`` runs on the event loop, where the parts change, so one scrape
 sees one instant; the only waits are the two store reads ``status`` makes
-too (session counts, federation backlog). ``render`` turns a snapshot into
-text off the loop (the HTTP thread, a worker thread), by ``exposition``.
+too (session counts, federation backlog). ``exposition.render`` turns a
+snapshot into text off the loop (the HTTP thread, a worker thread).
 """
 
 from __future__ import annotations
@@ -86,12 +86,3 @@ async def gather(daemon: Daemon) -> Snapshot:
 def _op_name(op: type) -> str:
     tag = op.__struct_config__.tag  # type: ignore[attr-defined]
     return tag if isinstance(tag, str) else op.__name__.lower()
-
-
-def render(snapshot: Snapshot, accept: str | None = None) -> tuple[bytes, str]:
-    """The text and its content type: OpenMetrics unless ``accept`` asks for another format."""
-    # Imported by the first scrape's thread, not at every start (prometheus_client is slow to
-    # import, and only scrapes need it).
-    from gastownd.metrics.exposition import render as render_text
-
-    return render_text(snapshot, accept)

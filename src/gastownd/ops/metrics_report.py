@@ -5,7 +5,7 @@ from __future__ import annotations
 import anyio.to_thread
 
 from gastown_client.protocol import Metrics, MetricsResult
-from gastownd.metrics.collector import gather, render
+from gastownd.metrics.collector import gather
 from gastownd.process.daemon import Daemon
 
 # What choose_encoder reads as "the classic text format".
@@ -13,6 +13,8 @@ _CLASSIC = "text/plain"
 
 
 async def metrics(daemon: Daemon, request: Metrics) -> MetricsResult:
+    from gastownd.metrics.exposition import render  # prometheus_client: at the first scrape
+
     snapshot = await gather(daemon)
     accept = None if request.format == "openmetrics" else _CLASSIC
     text, content_type = await anyio.to_thread.run_sync(render, snapshot, accept)
