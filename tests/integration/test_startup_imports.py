@@ -32,6 +32,7 @@ DEFERRED = [
     "gastownd.metrics.exposition",  # prometheus_client: at the first scrape
     "prometheus_client",
     "wsgiref",
+    "shutil",  # argparse's help formatter would import it (process/command.py)
 ]
 
 
