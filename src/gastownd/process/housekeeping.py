@@ -28,7 +28,7 @@ from gastownd.process.daemon import Daemon
 if TYPE_CHECKING:
     from gastownd.sessions.spool import SpoolIngester
 
-START_AFTER_S = 0.5
+START_AFTER_S = 1.0
 TEST_MODULES_ENV = "GASTOWND_TEST_MODULES_FILE"
 
 
