@@ -15,7 +15,6 @@ on, the metrics endpoint when it listens, the housekeeping's parts after.
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import os
 import signal
 import sqlite3
@@ -100,6 +99,8 @@ def build_state(
 
 def _require_nats(settings: Path | None) -> None:
     """Federation is configured: refuse at once, in one line, when its library is missing."""
+    import importlib.util  # only with federation on: the console script has not imported it
+
     if importlib.util.find_spec("nats") is None:
         raise ConfigError(
             f"{settings}: [federation] servers is set but nats-py is not installed: "
