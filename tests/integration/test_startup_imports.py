@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -95,3 +97,17 @@ def test_with_no_client_the_housekeeping_starts_anyway(town: Path) -> None:
         assert (info.lines, info.last_prune_removed, info.archive.days) == (0, 1, 1)
     finally:
         assert proc.terminate() == 0
+
+
+def test_an_index_worker_imports_none_of_the_daemon() -> None:
+    """A cold start's index workers run ``python -m gastownd.eventlog.indexer``: importing the
+    event log package for it must not bring the event loop, logging or the store."""
+    listing = subprocess.run(
+        [sys.executable, "-c", "import sys, gastownd.eventlog.indexer; print(*sys.modules)"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.split()
+    loaded = [name for name in ("asyncio", "anyio", "structlog", "sqlite3") if name in listing]
+    assert loaded == [], f"an index worker imports {loaded}"
+    assert "gastownd.eventlog.event_log" not in listing
