@@ -2,8 +2,8 @@
 
 The watcher (lines other writers append), the periodic prune, the spool
 ingester and the wisp reaper. Started before serving, their imports
-(watchfiles, the pruner, the archive's day files) and their first rounds ran
-between the first accepted connection and its answer: a client waiting on a
+(watchfiles, the pruner and its steps) and their first rounds ran between the
+first accepted connection and its answer: a client waiting on a
 cold start (under socket activation, the first hook call of the day) waited
 for them. Nothing they do is owed to that client: lines others appended
 before the watch are found by its first round, spooled hook calls by the
