@@ -19,7 +19,8 @@ from gastownd.metrics.buckets import (
     hook_event_label,
     stream_stored_at,
 )
-from gastownd.metrics.collector import MAX_NODE_LABELS, OPENMETRICS, OpView, Snapshot, render
+from gastownd.metrics.collector import OpView, Snapshot
+from gastownd.metrics.exposition import MAX_NODE_LABELS, OPENMETRICS, render
 from gastownd.process.config import Config, MetricsConfig
 from gastownd.process.refusals import BadRequestError
 
@@ -238,7 +239,7 @@ def test_every_rejection_reason_is_reported_from_zero() -> None:
     from pathlib import Path
 
     import gastownd
-    from gastownd.metrics.collector import REJECT_REASONS
+    from gastownd.metrics.exposition import REJECT_REASONS
 
     source = Path(gastownd.__file__).parent
     raised = {

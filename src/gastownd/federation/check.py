@@ -53,7 +53,8 @@ from gastownd.core.federation_checks import (
     stream_finding,
 )
 from gastownd.core.records import stream_name, subject, town_subjects
-from gastownd.federation.link import auth_options, identity
+from gastownd.federation import node_and_town
+from gastownd.federation.link import auth_options
 from gastownd.process.config import FederationConfig
 from gastownd.process.config_file import load_config
 from gastownd.process.refusals import StartupError
@@ -78,7 +79,7 @@ def main(
     except StartupError as exc:
         findings = [Finding("config", "fail", str(exc), f"fix {path}")]
     else:
-        node, town_name = identity(config, town)
+        node, town_name = node_and_town(config, town)
         findings = [Finding("config", "ok", f"{path}" if path.exists() else f"none ({path})")]
         if not config.enabled:
             findings.append(

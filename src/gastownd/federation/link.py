@@ -34,12 +34,9 @@ connection; the connection is closed, shielded, when this task ends.
 
 from __future__ import annotations
 
-import json
 import secrets
-import socket
 import ssl
 import time
-from pathlib import Path
 from typing import Any
 
 import anyio
@@ -47,7 +44,7 @@ import anyio.abc
 import structlog
 
 from gastown_client.protocol import FederationInfo
-from gastownd.core.records import NAME_PATTERN, stream_name, town_subjects
+from gastownd.core.records import stream_name, town_subjects
 from gastownd.eventlog import EventLog
 from gastownd.eventlog.subscriptions import Subscriptions
 from gastownd.federation.consumer import Consumer
@@ -74,28 +71,6 @@ CLAIM_ATTEMPTS = 3
 
 class NodeNameLost(Exception):
     """The lease on this node's name ran out and another daemon took the name."""
-
-
-def identity(config: FederationConfig, town: Path) -> tuple[str, str]:
-    """This node's and this town's names: configured, else the host's and mayor/town.json's."""
-    node = config.node or _token(socket.gethostname().split(".")[0]) or "node"
-    return node, config.town or _town_name(town)
-
-
-def _town_name(town: Path) -> str:
-    try:
-        data = json.loads((town / "mayor" / "town.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        data = None
-    name = data.get("name") if isinstance(data, dict) else None
-    return _token(name if isinstance(name, str) else "") or _token(town.name) or "town"
-
-
-def _token(text: str) -> str:
-    """``text`` as a subject token: other characters become ``-``."""
-    cleaned = "".join(ch if ch.isascii() and (ch.isalnum() or ch in "_-") else "-" for ch in text)
-    cleaned = cleaned.strip("-")[:64]
-    return cleaned if NAME_PATTERN.fullmatch(cleaned) else ""
 
 
 class Federation:
@@ -452,4 +427,4 @@ def auth_options(config: FederationConfig) -> dict[str, Any]:
     return options
 
 
-__all__ = ["Federation", "identity"]
+__all__ = ["Federation"]

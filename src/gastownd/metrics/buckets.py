@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 from bisect import bisect_left
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -85,12 +85,17 @@ class RequestMeter:
     def __init__(self) -> None:
         self.ops: dict[type, OpStats] = {}
         self.refused: Counter[str] = Counter()
+        # Called once, at the first answer: the daemon starts what no answer needs then.
+        self.on_first_answer: Callable[[], None] | None = None
 
     def finished(self, op: type, started: float, outcome: object) -> None:
         """A request of class ``op``, begun at ``started`` (perf_counter), was answered."""
         stats = self.ops.get(op)
         if stats is None:
             stats = self.ops[op] = OpStats()
+            if self.on_first_answer is not None:
+                notify, self.on_first_answer = self.on_first_answer, None
+                notify()
         stats.count += 1
         stats.seconds.observe(time.perf_counter() - started)
         if isinstance(outcome, DaemonError):

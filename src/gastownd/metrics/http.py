@@ -30,7 +30,8 @@ import anyio.to_thread
 import structlog
 
 from gastownd.metrics.address import ListenAddress, TcpAddress, UnixAddress, check_listen
-from gastownd.metrics.collector import gather, render
+from gastownd.metrics.collector import gather
+from gastownd.metrics.exposition import render
 from gastownd.process.daemon import Daemon
 from gastownd.process.refusals import StartupError
 

@@ -23,7 +23,7 @@ from gastown_client.protocol import (
 from gastownd.core.events import MAX_LINE_BYTES, encode_line, format_ts
 from gastownd.core.index import Known
 from gastownd.core.query import CompiledFilter, FilterError, compile_filter
-from gastownd.eventlog import EventLog, pruner
+from gastownd.eventlog import EventLog
 from gastownd.eventlog.subscriptions import Published, Subscriptions
 from gastownd.ops import townwide
 from gastownd.ops.delivery import attach, pump, resume_point, send_local_backlog
@@ -151,4 +151,6 @@ def unsubscribe(daemon: Daemon, request: Unsubscribe, conn: Connection) -> Unsub
 
 
 async def prune(daemon: Daemon, request: Prune) -> PruneResult:
+    from gastownd.eventlog import pruner  # not at start: no first answer needs it
+
     return await pruner.prune_now(daemon, dry_run=request.dry_run)

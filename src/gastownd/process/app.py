@@ -2,16 +2,19 @@
 
 Start: private dir checks → instance lock → event log recovery (and the
 index, unless a long stretch has no snapshot: then it is built in the
-background while the daemon serves) → task group (indexing, writer, watcher,
-pruner, server via ``tg.start``, signals) → ready. Stop (SIGTERM/SIGINT or
-``Daemon.stop``): stop accepting, end subscriptions, let in-flight requests
-finish, flush the log, exit.
+background while the daemon serves) → task group (indexing, writer, server
+via ``tg.start``, signals) → ready → after the first answer, the housekeeping
+(watcher, pruner, spool ingester, reaper: ``housekeeping.py``). Stop
+(SIGTERM/SIGINT or ``Daemon.stop``): stop accepting, end subscriptions, let
+in-flight requests finish, flush the log, exit.
+
+Only what the first answer needs is imported before it: federation when it is
+on, the metrics endpoint when it listens, the housekeeping's parts after.
 """
 
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import os
 import signal
 import sqlite3
@@ -19,7 +22,7 @@ import sys
 from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.abc
@@ -27,15 +30,14 @@ import structlog
 
 from gastown_client import paths as town_paths
 from gastownd import ops
-from gastownd.eventlog import EventLog, pruner
+from gastownd.eventlog import EventLog
 from gastownd.eventlog.subscriptions import Published, Subscriptions
-from gastownd.eventlog.watcher import watch_eventlog
-from gastownd.federation.link import Federation, identity
+from gastownd.federation import node_and_town
 from gastownd.federation.off import FederationOff
-from gastownd.metrics.http import MetricsEndpoint
 from gastownd.process.config import Config, parse_duration, plan_reload
 from gastownd.process.config_file import read_config_file
 from gastownd.process.daemon import Daemon
+from gastownd.process.housekeeping import run_housekeeping
 from gastownd.process.instance import (
     InstanceLock,
     check_socket_path,
@@ -55,6 +57,9 @@ from gastownd.server.listener import Server
 from gastownd.sessions.recorder import SessionRecorder
 from gastownd.sessions.spool import SpoolIngester
 from gastownd.store import Store
+
+if TYPE_CHECKING:
+    from gastownd.federation.link import Federation
 
 log = structlog.get_logger("gastownd.app")
 
@@ -88,12 +93,14 @@ def build_state(
         config = loaded or Config()
     if config.federation.enabled:
         _require_nats(paths.config_file)
-    node, town_name = identity(config.federation, town)
+    node, town_name = node_and_town(config.federation, town)
     return DaemonState(config=config, paths=paths, node=node, town_name=town_name)
 
 
 def _require_nats(settings: Path | None) -> None:
     """Federation is configured: refuse at once, in one line, when its library is missing."""
+    import importlib.util  # only with federation on: the console script has not imported it
+
     if importlib.util.find_spec("nats") is None:
         raise ConfigError(
             f"{settings}: [federation] servers is set but nats-py is not installed: "
@@ -212,8 +219,12 @@ class App:
                 observers.append(sessions.observe)
                 await sessions.open()
                 federation: Federation | FederationOff
+                link: Federation | None = None
                 if config.federation.enabled:
-                    federation = Federation(
+                    # Only when on: a daemon without federation never imports it.
+                    from gastownd.federation.link import Federation
+
+                    federation = link = Federation(
                         state, config.federation, eventlog, sessions, subscriptions
                     )
                     observers.append(lambda _items: federation.wake())
@@ -225,32 +236,22 @@ class App:
                 with _refusing("cannot create the spool directory", ingester.folder):
                     await anyio.to_thread.run_sync(ingester.prepare)
                 watch_stop = anyio.Event()
+                answered = anyio.Event()
+                server.meter.on_first_answer = answered.set
                 async with anyio.create_task_group() as front:
                     if self.install_signal_handlers:
                         # Before the first answer: whoever saw us serve may signal us at once.
                         await front.start(self._handle_signals)
                     await front.start(server.serve, listener)
-                    front.start_soon(
-                        watch_eventlog,
-                        eventlog,
-                        int(parse_duration(config.eventlog.watch_step) * 1000),
-                        watch_stop,
-                    )
-                    front.start_soon(pruner.run_periodic, daemon)
                     front.start_soon(sessions.run_recorder)
-                    front.start_soon(ingester.run, watch_stop)
-                    if isinstance(federation, Federation):
+                    front.start_soon(run_housekeeping, daemon, ingester, answered, watch_stop)
+                    if link is not None:
                         # Never waits for the network: it connects in the background. Its
                         # publisher reads the log from a cursor: it starts once all is indexed.
                         if eventlog.indexing is None:
-                            await front.start(federation.run)
+                            await front.start(link.run)
                         else:
-                            front.start_soon(_once_indexed, eventlog, front, federation.run)
-                    front.start_soon(
-                        sessions.run_reaper,
-                        parse_duration(config.wisps.idle_timeout),
-                        parse_duration(config.wisps.reap_interval),
-                    )
+                            front.start_soon(_once_indexed, eventlog, front, link.run)
                     interval = notifier.watchdog_interval_s()
                     if interval is not None:
                         front.start_soon(watchdog_loop, notifier, interval)
@@ -258,6 +259,9 @@ class App:
                     if hang is not None:
                         front.start_soon(hang)
                     if config.metrics.listen:
+                        # Only when it listens: the endpoint brings the stdlib's HTTP server.
+                        from gastownd.metrics.http import MetricsEndpoint
+
                         # /metrics and /healthz: bound once everything else runs (up means ready).
                         await front.start(MetricsEndpoint(daemon).serve)
                     log.info(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -18,13 +19,41 @@ from gastownd.process.refusals import EXIT_SOFTWARE, StartupError
 from gastownd.process.systemd import Notifier
 
 
+class HelpFormatter(argparse.HelpFormatter):
+    """argparse's, with the terminal's width read without ``shutil``: argparse builds a
+    formatter for every ``add_argument``, and importing ``shutil`` (which brings bz2 and lzma)
+    would cost every start a few milliseconds for a help text it does not print."""
+
+    def __init__(self, prog: str) -> None:
+        super().__init__(prog, width=terminal_columns() - 2)
+
+
+def terminal_columns(fallback: int = 80) -> int:
+    """``shutil.get_terminal_size().columns``: ``$COLUMNS``, else stdout's terminal."""
+    try:
+        return int(os.environ["COLUMNS"])
+    except (KeyError, ValueError):
+        pass
+    stdout = sys.__stdout__
+    if stdout is None:
+        return fallback
+    try:
+        return os.get_terminal_size(stdout.fileno()).columns or fallback
+    except (ValueError, OSError):
+        return fallback
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="gastownd", description="The Gas Town daemon: event log and agent sessions."
+        prog="gastownd",
+        description="The Gas Town daemon: event log and agent sessions.",
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"gastownd {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    run = commands.add_parser("run", help="run the daemon in the foreground")
+    run = commands.add_parser(
+        "run", help="run the daemon in the foreground", formatter_class=HelpFormatter
+    )
     run.add_argument("--town-root", type=Path, help="town directory (default: see docs)")
     run.add_argument(
         "--config",
@@ -37,7 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-supervisor", action="store_true", help="ignore LISTEN_FDS/NOTIFY_SOCKET even when set"
     )
     install = commands.add_parser(
-        "install-service", help="install and enable the systemd user units (launchd on macOS)"
+        "install-service",
+        help="install and enable the systemd user units (launchd on macOS)",
+        formatter_class=HelpFormatter,
     )
     install.add_argument("--town-root", type=Path, help="town directory")
     install.add_argument("--dry-run", action="store_true", help="print what would be done")

@@ -9,16 +9,20 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from gastownd.eventlog import EventLog
 from gastownd.eventlog.subscriptions import Subscriptions
-from gastownd.federation.link import Federation
 from gastownd.federation.off import FederationOff
 from gastownd.metrics.buckets import Counters
 from gastownd.process.config import Config
 from gastownd.process.state import DaemonPaths, DaemonState
 from gastownd.server.listener import Server
 from gastownd.sessions.recorder import SessionRecorder
+
+if TYPE_CHECKING:
+    # Only imported when federation is on (app.py): its modules cost start-up time.
+    from gastownd.federation.link import Federation
 
 
 @dataclass(frozen=True, slots=True)

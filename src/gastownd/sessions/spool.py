@@ -23,7 +23,6 @@ import anyio
 import anyio.to_thread
 import msgspec
 import structlog
-import watchfiles
 
 from gastown_client import codec
 from gastown_client.protocol import ErrorCode, Hook
@@ -56,6 +55,8 @@ class SpoolIngester:
         self.folder.mkdir(mode=0o700, exist_ok=True)
 
     async def run(self, stop: anyio.Event) -> None:
+        import watchfiles  # not at start: it runs after the first answer (process/housekeeping.py)
+
         await self.ingest()
         while not stop.is_set():
             try:
