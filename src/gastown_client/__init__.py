@@ -6,10 +6,10 @@ names are resolved lazily so that the hook entry point stays fast.
 
 from __future__ import annotations
 
+from gastown_client.version import __version__
+
 # Not ``from typing import ...``: importing typing costs the hook ~14 ms.
 TYPE_CHECKING = False
-
-__version__ = "0.1.0"
 
 _LAZY = {
     "Client": "gastown_client.client",
