@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import inspect
 import re
+import textwrap
+import types
 import typing
 from collections.abc import Awaitable
 from pathlib import Path
@@ -42,6 +44,75 @@ def test_the_daemon_routes_exactly_the_protocols_ops() -> None:
     assert set(ops.ROUTES) == {op.request for op in protocol.OP_TABLE.values()}
     for request, route in ops.ROUTES.items():
         assert (route.inline is None) != (route.task is None), request.__name__
+
+
+def test_a_plain_handler_is_answered_in_line_and_a_coroutine_in_a_task() -> None:
+    for request, route in ops.ROUTES.items():
+        assert (route.task is not None) == inspect.iscoroutinefunction(route.handler), request
+
+
+def handler_module(source: str) -> types.ModuleType:
+    """A module of handlers, as the daemon's are written (postponed annotations)."""
+    module = types.ModuleType("fake_handlers")
+    header = (
+        "from __future__ import annotations\n"
+        "from gastown_client.protocol import Ping, PingResult, Version, VersionResult\n"
+        "from gastownd.process.daemon import Daemon\n"
+        "from gastownd.server.socket_server import Connection, Reply\n"
+    )
+    exec(compile(header + textwrap.dedent(source), "fake_handlers", "exec"), vars(module))
+    return module
+
+
+# The op table the fake handler modules are matched against.
+TWO_OPS = {name: protocol.OP_TABLE[name] for name in ("ping", "version")}
+
+
+def test_handlers_are_found_by_their_signature(monkeypatch: pytest.MonkeyPatch) -> None:
+    module = handler_module(
+        """
+        def ping(daemon: Daemon, request: Ping, reply: Reply) -> None: ...
+        async def any_name(daemon: Daemon, request: Version, conn: Connection) -> VersionResult: ...
+        def helper(request: Version) -> None: ...  # no daemon: not a handler
+        def scoped(daemon: Daemon, request: Version, flt: int) -> None: ...  # takes more
+        def _private(daemon: Daemon, request: Version) -> None: ...
+        """
+    )
+    monkeypatch.setattr(ops, "OP_TABLE", TWO_OPS)
+    routes = ops.find_routes((module,))
+    assert routes[protocol.Ping].handler is module.ping and routes[protocol.Ping].inline
+    assert routes[protocol.Version].handler is module.any_name
+    assert routes[protocol.Version].task is module.any_name
+
+
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [
+        ("def ping(daemon: Daemon, request: Ping) -> None: ...", "'version' .* none"),
+        (
+            """
+            def ping(daemon: Daemon, request: Ping) -> None: ...
+            def version(daemon: Daemon, request: Version) -> None: ...
+            def version_again(daemon: Daemon, request: Version, conn: Connection) -> None: ...
+            """,
+            "'version' needs exactly one handler, found: .*version.*version_again",
+        ),
+        (
+            """
+            def ping(daemon: Daemon, request: Ping) -> None: ...
+            async def version(daemon: Daemon, request: Version, reply: Reply) -> None: ...
+            """,
+            "a coroutine cannot take ``reply``",
+        ),
+    ],
+)
+def test_an_op_without_exactly_one_handler_is_refused_at_import(
+    monkeypatch: pytest.MonkeyPatch, source: str, message: str
+) -> None:
+    module = handler_module(source)
+    monkeypatch.setattr(ops, "OP_TABLE", TWO_OPS)
+    with pytest.raises(ops.HandlerError, match=message):
+        ops.find_routes((module,))
 
 
 @pytest.mark.parametrize("op", protocol.OP_TABLE.values(), ids=lambda op: op.name)
