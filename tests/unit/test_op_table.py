@@ -10,6 +10,7 @@ import typing
 from collections.abc import Awaitable
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from gastown_client import protocol
@@ -28,7 +29,7 @@ def test_every_op_of_the_union_is_in_the_table_with_its_result() -> None:
     assert set(protocol.OP_TABLE) == protocol.OPS
     for name, op in protocol.OP_TABLE.items():
         assert op.request.__struct_config__.tag == name
-        assert issubclass(op.result, protocol.msgspec.Struct), name
+        assert issubclass(op.result, msgspec.Struct), name
         assert protocol.RESULT_TYPES[op.request] is op.result
 
 
@@ -37,7 +38,7 @@ def test_a_request_that_names_no_result_is_refused() -> None:
         pass
 
     with pytest.raises(TypeError, match="does not name its result"):
-        protocol._result_type(Nameless)  # type: ignore[arg-type]
+        protocol.op_table.result_type(Nameless)  # type: ignore[arg-type]
 
 
 def test_the_daemon_routes_exactly_the_protocols_ops() -> None:
