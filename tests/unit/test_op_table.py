@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import inspect
 import re
 import textwrap
@@ -173,3 +174,64 @@ def test_the_docs_say_which_ops_are_answered_in_line() -> None:
     for name, answered in rows.items():
         route = ops.ROUTES[protocol.OP_TABLE[name].request]
         assert answered.startswith("in line") == (route.inline is not None), name
+
+
+# ---------------------------------------------------------------- the generated docs
+
+
+def load_generator() -> types.ModuleType:
+    path = Path(__file__).resolve().parents[2] / "scripts" / "gen_protocol_docs.py"
+    spec = importlib.util.spec_from_file_location("gen_protocol_docs", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+GENERATOR = load_generator()
+
+
+def test_the_docs_are_up_to_date_with_the_op_table() -> None:
+    """Fails when a struct, a field's docstring or an op changed without `make docs`."""
+    text = DOCS.read_text(encoding="utf-8")
+    assert GENERATOR.render(text, protocol.OP_TABLE, ops.ROUTES) == text, "run `make docs`"
+
+
+class Frobnicate(protocol.Returning["FrobnicateResult"], tag="frobnicate"):
+    """Frobnicate the town, twice if asked.
+
+    A second paragraph, kept.
+    """
+
+    times: int = 1
+    """How many times: 1 or 2."""
+    target: str | None = None  # a comment beside is a meaning too
+
+
+class FrobnicateResult(msgspec.Struct, kw_only=True):
+    frobbed: list[str]
+
+
+def test_an_added_op_gets_its_row_and_section_and_the_prose_stays() -> None:
+    text = DOCS.read_text(encoding="utf-8")
+    frob = protocol.OpSpec("frobnicate", Frobnicate, protocol.op_table.result_type(Frobnicate))
+    table = {**protocol.OP_TABLE, "frobnicate": frob}
+    routes = {**ops.ROUTES, Frobnicate: ops.route_of(lambda d, r: None, None)}
+    new = GENERATOR.render(text, table, routes)
+    assert "| [`frobnicate`](#frobnicate) | frobnicate the town, twice if asked | in line |" in new
+    section = new[new.index("### frobnicate") :]
+    assert "A second paragraph, kept." in section
+    assert "| `times` | int | `1` | How many times: 1 or 2. |" in section
+    assert "| `target` | string or null | `null` | a comment beside is a meaning too |" in section
+    assert "Result `FrobnicateResult`: `frobbed` (list of string)." in section
+    # Taken out again, the page is as it was: the other sections and their prose untouched.
+    assert GENERATOR.render(new, protocol.OP_TABLE, ops.ROUTES) == text
+
+
+def test_a_request_without_a_docstring_is_refused() -> None:
+    class Nameless(protocol.Returning["PingResult"], tag="nameless"):
+        pass
+
+    op = protocol.OpSpec("nameless", Nameless, protocol.PingResult)
+    with pytest.raises(ValueError, match="Nameless has no docstring"):
+        GENERATOR.summary(op)

@@ -11,8 +11,12 @@ from gastown_client.protocol.log_ops import IndexingProgress
 
 
 class Hello(Returning["HelloResult"], tag="hello"):
+    """Handshake: the protocol versions and capabilities of both sides."""
+
     protocol: int
+    """The protocol version the client speaks."""
     client: str = ""
+    """Free text naming the client."""
 
 
 class HelloResult(msgspec.Struct, kw_only=True):
@@ -25,7 +29,7 @@ class HelloResult(msgspec.Struct, kw_only=True):
 
 
 class Ping(Returning["PingResult"], tag="ping"):
-    pass
+    """Liveness."""
 
 
 class PingResult(msgspec.Struct, kw_only=True):
@@ -33,7 +37,7 @@ class PingResult(msgspec.Struct, kw_only=True):
 
 
 class Status(Returning["StatusResult"], tag="status"):
-    pass
+    """Counters and paths."""
 
 
 class PathsInfo(msgspec.Struct, kw_only=True):
@@ -159,6 +163,7 @@ class Metrics(Returning["MetricsResult"], tag="metrics"):
     """The daemon's metrics as text: OpenMetrics, or Prometheus' classic text format."""
 
     format: Literal["openmetrics", "prometheus"] = "openmetrics"
+    """The text format."""
 
 
 class MetricsResult(msgspec.Struct, kw_only=True):

@@ -14,10 +14,16 @@ Visibility = Literal["feed", "audit", "both"]
 
 
 class Emit(Returning["EmitResult"], tag="emit"):
+    """Append an event durably."""
+
     type: str
+    """Matches ``[A-Za-z0-9_.:-]{1,128}``; the set of types is open."""
     actor: str
+    """Not empty or blank."""
     payload: dict[str, Any] = msgspec.field(default_factory=dict)
+    """Any JSON object; omitted from the line when empty."""
     visibility: Visibility = "feed"
+    """Where Gas Town shows the event."""
 
     def __post_init__(self) -> None:
         if self.type not in _CHECKED_TYPES:
@@ -38,22 +44,24 @@ class EmitResult(msgspec.Struct, kw_only=True):
 
 
 class EventFilter(Request):
-    """Filters shared by ``query`` and ``subscribe``; never sent itself.
-
-    ``types``: any of these types (empty: all). ``actor``: case-sensitive
-    substring of the actor. ``session``: equals ``payload.session_id``.
-    ``since``/``until``: inclusive bounds, RFC 3339 UTC (``...Z``).
-    """
+    """Filters shared by ``query`` and ``subscribe``; never sent itself."""
 
     types: list[str] = msgspec.field(default_factory=list)
+    """Any of these types (empty: all types)."""
     actor: str | None = None
+    """A case-sensitive substring of ``actor``."""
     session: str | None = None
+    """Equals ``payload.session_id``."""
     since: str | None = None
+    """Inclusive lower bound on ``ts``, RFC 3339 (``2026-01-22T19:33:55Z``; offsets and
+    fractions are accepted)."""
     until: str | None = None
-    # Federation: the whole town's lines (``all_nodes``) or one node's (``node``); each
-    # event then carries a top-level ``"node"`` key. Without either: this node's log.
+    """Inclusive upper bound on ``ts``, as ``since``."""
     all_nodes: bool = False
+    """Federation: every node's lines, not just this node's log; each event then
+    carries a top-level ``"node"`` key (see [federation](federation.md))."""
     node: str | None = None
+    """Federation: one node's lines (this node's name: its own log)."""
 
 
 class IndexingProgress(msgspec.Struct, kw_only=True):
@@ -66,11 +74,15 @@ class IndexingProgress(msgspec.Struct, kw_only=True):
 
 
 class Query(EventFilter, Returning["QueryResult"], tag="query"):
-    """``archive``: also search the lines retention moved to the archive."""
+    """Read events from the index, newest first."""
 
     limit: int = 20
+    """1 to 100000."""
     oldest_first: bool = False
+    """Oldest first instead."""
     archive: bool = False
+    """Also search the lines retention moved to the archive (see
+    [durability](durability.md#the-archive))."""
 
     def __post_init__(self) -> None:
         if not 0 < self.limit <= 100_000:
@@ -85,13 +97,17 @@ class QueryResult(msgspec.Struct, kw_only=True):
 
 
 class Subscribe(EventFilter, Returning["SubscribeResult"], tag="subscribe"):
-    """Push every matching line after ``cursor``.
+    """A live stream of the matching lines after ``cursor``.
 
     ``None``: only lines appended from now on; ``"start"``: from the oldest
     retained line; else a cursor received earlier (``EPOCH:SEQ``).
     """
 
     cursor: str | None = None
+    """Resume after this line (``"EPOCH:SEQ"``, from the archive if retention moved
+    it); ``"start"``: from the oldest line of the live log; null: only lines appended from
+    now on. With a cursor (or ``"start"``), the reply waits until older lines indexed in
+    the background after a start with no snapshot are all indexed (see [`status`](#status))."""
 
 
 class SubscribeResult(msgspec.Struct, kw_only=True):
@@ -101,7 +117,10 @@ class SubscribeResult(msgspec.Struct, kw_only=True):
 
 
 class Unsubscribe(Returning["UnsubscribeResult"], tag="unsubscribe"):
+    """End a stream."""
+
     subscription: int
+    """The id ``subscribe`` returned on this connection."""
 
 
 class UnsubscribeResult(msgspec.Struct, kw_only=True):
@@ -109,7 +128,10 @@ class UnsubscribeResult(msgspec.Struct, kw_only=True):
 
 
 class Prune(Returning["PruneResult"], tag="prune"):
+    """Apply retention now."""
+
     dry_run: bool = False
+    """Only say what would be pruned."""
 
 
 class PruneResult(msgspec.Struct, kw_only=True):

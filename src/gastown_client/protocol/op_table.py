@@ -30,10 +30,13 @@ from gastown_client.protocol.session_ops import (
     WispGet,
 )
 
+# In the order docs/protocol.md lists them: the daemon's own ops, the event log's, the sessions'.
 RequestUnion = (
     Hello
     | Ping
+    | Version
     | Status
+    | Metrics
     | Emit
     | Query
     | Subscribe
@@ -50,8 +53,6 @@ RequestUnion = (
     | Attribute
     | Attribution
     | Hook
-    | Metrics
-    | Version
 )
 OPS: frozenset[str] = frozenset(cls.__struct_config__.tag for cls in typing.get_args(RequestUnion))
 

@@ -19,16 +19,22 @@ StartSourceName = Literal["startup", "resume", "clear", "compact"]
 
 
 class SessionStart(Returning["SessionStartResult"], tag="session_start"):
-    """Open (or continue) the wisp of a session. Idempotent for an open session."""
+    """Open or continue a session's wisp; idempotent for an open session."""
 
     session: str
+    """The session id, verbatim; not blank."""
     actor: str
+    """The identity; not blank."""
     cwd: str | None = None
     topic: str | None = None
     source: StartSourceName = "startup"
+    """As Claude Code's ``SessionStart``."""
     parent: str | None = None
+    """The session this one replaces (``/clear``, a fork)."""
     tmux_session: str | None = None
+    """``GT_SESSION``."""
     pid: int | None = None
+    """The agent's pid (``actor_pid`` of the ``session_start`` line)."""
 
     def __post_init__(self) -> None:
         if not self.session.strip():
@@ -44,9 +50,14 @@ class SessionStartResult(msgspec.Struct, kw_only=True):
 
 
 class SessionStep(Returning["SessionStepResult"], tag="session_step"):
+    """Record a step in a wisp."""
+
     session: str
+    """The session id or a unique prefix."""
     kind: str
+    """Matches ``[A-Za-z0-9_.:-]{1,128}``."""
     ref: str | None = None
+    """An issue id, a commit sha, ..."""
     payload: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
@@ -61,26 +72,37 @@ class SessionStepResult(msgspec.Struct, kw_only=True):
 
 
 class SessionEnd(Returning["DigestView"], tag="session_end"):
+    """Squash a wisp into its digest."""
+
     session: str
+    """The session id or a unique prefix."""
     reason: str = "ended"
+    """Why it ended; not blank."""
 
 
 class WispGet(Returning["WispView"], tag="wisp"):
-    """A session's current wisp with its steps; ``session`` may be a unique prefix."""
+    """Read a wisp: a session's current wisp with its steps."""
 
     session: str
+    """The session id or a unique prefix."""
 
 
 class DigestGet(Returning["DigestView"], tag="digest"):
-    """A digest by digest id or session id (the latest segment); prefixes allowed."""
+    """Read a digest, by digest id or session id (the latest segment)."""
 
     ref: str
+    """A digest id (``dg-...``), a session id, or a unique prefix of either."""
 
 
 class Cv(Returning["CvResult"], tag="cv"):
+    """An actor's chain of digests."""
+
     actor: str
+    """The exact identity."""
     limit: int = 20
+    """At least 1."""
     verify: bool = False
+    """Recompute the whole chain."""
 
 
 class CvResult(msgspec.Struct, kw_only=True):
@@ -97,12 +119,17 @@ class Sessions(Returning["SessionsResult"], tag="sessions"):
     """The seance listing: one row per session, newest start first."""
 
     role: str | None = None
+    """A case-insensitive substring of the actor."""
     rig: str | None = None
+    """A case-insensitive substring of the actor (with ``role``: both must match)."""
     state: Literal["open", "squashed", "abandoned", "logged"] | None = None
+    """``logged``: known only from the log's lines."""
     limit: int = 20
-    # Every node's sessions by default; one node's, or this node's only.
+    """1 to 10000."""
     node: str | None = None
+    """Federation: only the sessions that ran on this node."""
     local: bool = False
+    """Only this node's sessions (the default lists every node's)."""
 
 
 class SessionsResult(msgspec.Struct, kw_only=True):
@@ -110,9 +137,10 @@ class SessionsResult(msgspec.Struct, kw_only=True):
 
 
 class ResolveSession(Returning["SessionRow"], tag="resolve_session"):
-    """One session by id or unique prefix (a trailing ``...`` or ``…`` is ignored)."""
+    """One session, by id or unique prefix."""
 
     session: str
+    """The id or a unique prefix (a trailing ``...`` or ``…`` is ignored)."""
 
 
 class SessionRow(msgspec.Struct, kw_only=True):
@@ -144,11 +172,17 @@ class Attribute(Returning["AttributeResult"], tag="attribute"):
     """Record that a session touched an issue; resolves the session when not given."""
 
     issue: str
+    """The issue id."""
     session: str | None = None
+    """The session id or a prefix; when absent, resolved from ``env``."""
     action: Literal["closed", "created", "updated", "reopened"] = "closed"
     actor: str | None = None
+    """The actor, for rule 3 and for a session without a wisp."""
     env: dict[str, str] = msgspec.field(default_factory=dict)
+    """The caller's ``CLAUDE_CODE_SESSION_ID``, ``GT_ROLE``, ``BD_ACTOR``, ``GT_SESSION``,
+    and ``GT_RUNTIME_SESSION_ID`` (the first line of ``.runtime/session_id``)."""
     cwd: str | None = None
+    """The caller's directory."""
 
 
 class AttributeResult(msgspec.Struct, kw_only=True):
@@ -160,7 +194,10 @@ class AttributeResult(msgspec.Struct, kw_only=True):
 
 
 class Attribution(Returning["AttributionResult"], tag="attribution"):
+    """Who touched an issue."""
+
     issue: str
+    """The issue id."""
 
 
 class AttributionResult(msgspec.Struct, kw_only=True):
@@ -181,22 +218,25 @@ class AttributionRecord(msgspec.Struct, kw_only=True):
 
 
 class Hook(Returning["HookResult"], tag="hook"):
-    """A Claude Code hook call, forwarded untouched by ``gastown-hook``.
-
-    ``payload`` is Claude's stdin JSON as it was; ``env`` holds the Gas Town
-    variables the hook saw. ``spooled_at`` is set when the request waited in
-    the spool because the daemon was down.
-    """
+    """A Claude Code hook call, forwarded untouched by ``gastown-hook``."""
 
     payload: msgspec.Raw
+    """Claude's hook JSON as it came on stdin; the daemon validates it."""
     env: dict[str, str] = msgspec.field(default_factory=dict)
+    """The Gas Town and Claude variables the hook saw."""
     cwd: str | None = None
+    """The hook's directory."""
     pid: int | None = None
+    """The hook's pid."""
     ppid: int | None = None
+    """Its parent's (Claude's) pid."""
     at: float | None = None
+    """When the hook ran (epoch seconds); the steps get this time."""
     spooled_at: float | None = None
-    # Bytes the hook cut from long strings of ``payload`` to fit the frame limit.
+    """Set when the request waited in the spool (the daemon was down)."""
     trimmed: int = 0
+    """Bytes the hook cut from long strings of ``payload`` to fit the frame limit (see
+    [hooks](hooks.md#oversized-calls)); ``status`` counts such calls (``hooks_trimmed``)."""
 
 
 class HookResult(msgspec.Struct, kw_only=True, omit_defaults=True):

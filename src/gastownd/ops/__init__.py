@@ -40,6 +40,7 @@ class Route:
     handler: Callable[..., Any]
     inline: Callable[[Daemon, Any, Connection, Reply], None] | None = None
     task: Callable[[Daemon, Any, Connection], Awaitable[Any]] | None = None
+    replies_later: bool = False  # inline, handing ``reply`` on (docs/protocol.md says so)
 
 
 class HandlerError(TypeError):
@@ -58,7 +59,9 @@ def route_of(handler: Callable[..., Any], extra: object) -> Route:
     elif extra is Connection:
         return Route(handler, inline=lambda d, r, conn, reply: reply(handler(d, r, conn)))
     elif extra is Reply:
-        return Route(handler, inline=lambda d, r, conn, reply: handler(d, r, reply))
+        return Route(
+            handler, inline=lambda d, r, conn, reply: handler(d, r, reply), replies_later=True
+        )
     raise HandlerError(f"{handler.__qualname__}: a coroutine cannot take ``reply``")
 
 
