@@ -13,46 +13,32 @@ import sys
 import typing
 from typing import Any, NamedTuple
 
-from gastown_client.protocol.daemon_ops import Hello, Metrics, Ping, Status, Version
+from gastown_client.protocol import daemon_ops, log_ops, session_ops
 from gastown_client.protocol.envelope import Request, Returning
-from gastown_client.protocol.log_ops import Emit, Prune, Query, Subscribe, Unsubscribe
-from gastown_client.protocol.session_ops import (
-    Attribute,
-    Attribution,
-    Cv,
-    DigestGet,
-    Hook,
-    ResolveSession,
-    SessionEnd,
-    Sessions,
-    SessionStart,
-    SessionStep,
-    WispGet,
-)
 
 # In the order docs/protocol.md lists them: the daemon's own ops, the event log's, the sessions'.
 RequestUnion = (
-    Hello
-    | Ping
-    | Version
-    | Status
-    | Metrics
-    | Emit
-    | Query
-    | Subscribe
-    | Unsubscribe
-    | Prune
-    | SessionStart
-    | SessionStep
-    | SessionEnd
-    | WispGet
-    | DigestGet
-    | Cv
-    | Sessions
-    | ResolveSession
-    | Attribute
-    | Attribution
-    | Hook
+    daemon_ops.Hello
+    | daemon_ops.Ping
+    | daemon_ops.Version
+    | daemon_ops.Status
+    | daemon_ops.Metrics
+    | log_ops.Emit
+    | log_ops.Query
+    | log_ops.Subscribe
+    | log_ops.Unsubscribe
+    | log_ops.Prune
+    | session_ops.SessionStart
+    | session_ops.SessionStep
+    | session_ops.SessionEnd
+    | session_ops.WispGet
+    | session_ops.DigestGet
+    | session_ops.Cv
+    | session_ops.Sessions
+    | session_ops.ResolveSession
+    | session_ops.Attribute
+    | session_ops.Attribution
+    | session_ops.Hook
 )
 OPS: frozenset[str] = frozenset(cls.__struct_config__.tag for cls in typing.get_args(RequestUnion))
 
