@@ -58,7 +58,7 @@ def handler_module(source: str) -> types.ModuleType:
     module = types.ModuleType("fake_handlers")
     header = (
         "from __future__ import annotations\n"
-        "from gastown_client.protocol import Ping, PingResult, Version, VersionResult\n"
+        "from gastown_client.protocol import Hello, HelloResult, Ping, PingResult\n"
         "from gastownd.process.daemon import Daemon\n"
         "from gastownd.server.socket_server import Connection, Reply\n"
     )
@@ -67,42 +67,42 @@ def handler_module(source: str) -> types.ModuleType:
 
 
 # The op table the fake handler modules are matched against.
-TWO_OPS = {name: protocol.OP_TABLE[name] for name in ("ping", "version")}
+TWO_OPS = {name: protocol.OP_TABLE[name] for name in ("ping", "hello")}
 
 
 def test_handlers_are_found_by_their_signature(monkeypatch: pytest.MonkeyPatch) -> None:
     module = handler_module(
         """
         def ping(daemon: Daemon, request: Ping, reply: Reply) -> None: ...
-        async def any_name(daemon: Daemon, request: Version, conn: Connection) -> VersionResult: ...
-        def helper(request: Version) -> None: ...  # no daemon: not a handler
-        def scoped(daemon: Daemon, request: Version, flt: int) -> None: ...  # takes more
-        def _private(daemon: Daemon, request: Version) -> None: ...
+        async def any_name(daemon: Daemon, request: Hello, conn: Connection) -> HelloResult: ...
+        def helper(request: Hello) -> None: ...  # no daemon: not a handler
+        def scoped(daemon: Daemon, request: Hello, flt: int) -> None: ...  # takes more
+        def _private(daemon: Daemon, request: Hello) -> None: ...
         """
     )
     monkeypatch.setattr(ops, "OP_TABLE", TWO_OPS)
     routes = ops.find_routes((module,))
     assert routes[protocol.Ping].handler is module.ping and routes[protocol.Ping].inline
-    assert routes[protocol.Version].handler is module.any_name
-    assert routes[protocol.Version].task is module.any_name
+    assert routes[protocol.Hello].handler is module.any_name
+    assert routes[protocol.Hello].task is module.any_name
 
 
 @pytest.mark.parametrize(
     ("source", "message"),
     [
-        ("def ping(daemon: Daemon, request: Ping) -> None: ...", "'version' .* none"),
+        ("def ping(daemon: Daemon, request: Ping) -> None: ...", "'hello' .* none"),
         (
             """
             def ping(daemon: Daemon, request: Ping) -> None: ...
-            def version(daemon: Daemon, request: Version) -> None: ...
-            def version_again(daemon: Daemon, request: Version, conn: Connection) -> None: ...
+            def hello(daemon: Daemon, request: Hello) -> None: ...
+            def hello_again(daemon: Daemon, request: Hello, conn: Connection) -> None: ...
             """,
-            "'version' needs exactly one handler, found: .*version.*version_again",
+            "'hello' needs exactly one handler, found: .*hello.*hello_again",
         ),
         (
             """
             def ping(daemon: Daemon, request: Ping) -> None: ...
-            async def version(daemon: Daemon, request: Version, reply: Reply) -> None: ...
+            async def hello(daemon: Daemon, request: Hello, reply: Reply) -> None: ...
             """,
             "a coroutine cannot take ``reply``",
         ),
@@ -142,6 +142,17 @@ def test_both_clients_get_the_same_methods_from_one_list() -> None:
         assert isinstance(getattr(AsyncClient, name), Operation)
     for name in ("hello", "subscribe", "call", "send", "read_frame"):
         assert callable(getattr(Client, name)) and callable(getattr(AsyncClient, name))
+
+
+def test_each_clients_method_sends_the_request_of_its_op() -> None:
+    """A method is named for its op and builds that op's request: ``call`` then returns the
+    op's result on both clients (``RESULT_TYPES``, from the table)."""
+    for name, operation in vars(Operations).items():
+        if not isinstance(operation, Operation):
+            continue
+        build = operation.build
+        built = build if isinstance(build, type) else typing.get_type_hints(build)["return"]
+        assert built is protocol.OP_TABLE[name].request, name
 
 
 def test_an_operation_keeps_its_builders_signature() -> None:
