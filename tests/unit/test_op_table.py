@@ -78,6 +78,8 @@ def test_handlers_are_found_by_their_signature(monkeypatch: pytest.MonkeyPatch) 
         def helper(request: Hello) -> None: ...  # no daemon: not a handler
         def scoped(daemon: Daemon, request: Hello, flt: int) -> None: ...  # takes more
         def _private(daemon: Daemon, request: Hello) -> None: ...
+        def needs_more(daemon: Daemon, request: Hello, *, x: int) -> None: ...  # no default
+        def any_more(daemon: Daemon, request: Hello, *args: int) -> None: ...
         """
     )
     monkeypatch.setattr(ops, "OP_TABLE", TWO_OPS)
@@ -85,6 +87,9 @@ def test_handlers_are_found_by_their_signature(monkeypatch: pytest.MonkeyPatch) 
     assert routes[protocol.Ping].handler is module.ping and routes[protocol.Ping].inline
     assert routes[protocol.Hello].handler is module.any_name
     assert routes[protocol.Hello].task is module.any_name
+    ping = handler_module("def ping(d: Daemon, r: Ping, *, spool: int | None = None): ...")
+    monkeypatch.setattr(ops, "OP_TABLE", {"ping": protocol.OP_TABLE["ping"]})
+    assert ops.find_routes((ping,))[protocol.Ping].handler is ping.ping  # defaults: fine
 
 
 @pytest.mark.parametrize(

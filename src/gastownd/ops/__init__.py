@@ -70,15 +70,19 @@ def _handled_request(
 ) -> tuple[type[Request], object] | None:
     """The op request ``function`` handles and what it takes after it; None: no handler.
 
-    Annotations are read as the names they are (``from __future__ import annotations``)
-    and looked up in the handler's module: no ``typing.get_type_hints`` at start-up.
+    Read from the code object and the annotations as the names they are (``from __future__
+    import annotations``), looked up in the handler's module: ``inspect.signature`` and
+    ``typing.get_type_hints`` would cost the daemon's start-up about half a millisecond.
     """
-    parameters = list(inspect.signature(function).parameters.values())
-    positional = [p for p in parameters if p.kind is p.POSITIONAL_OR_KEYWORD]
-    others = [p for p in parameters if p.kind is not p.POSITIONAL_OR_KEYWORD]
-    if not 2 <= len(positional) <= 3 or any(p.default is p.empty for p in others):
+    code = function.__code__
+    if code.co_flags & (inspect.CO_VARARGS | inspect.CO_VARKEYWORDS):
         return None
-    daemon, request, *extra = (vars(module).get(str(p.annotation)) for p in positional)
+    positional = code.co_varnames[: code.co_argcount]
+    keyword_only = code.co_varnames[code.co_argcount : code.co_argcount + code.co_kwonlyargcount]
+    if not 2 <= len(positional) <= 3 or set(keyword_only) - set(function.__kwdefaults__ or ()):
+        return None
+    names = function.__annotations__
+    daemon, request, *extra = (vars(module).get(str(names.get(p))) for p in positional)
     if daemon is not Daemon or not isinstance(request, type) or request not in REQUESTS:
         return None
     if extra and extra[0] not in (Connection, Reply):
