@@ -108,10 +108,12 @@ def type_name(info: mi.Type) -> str:
     if isinstance(info, mi.AnyType | mi.RawType):
         return "any JSON"
     if isinstance(info, mi.ListType):
-        return f"list of {type_name(info.item_type)}"
+        return f"list of {plural(type_name(info.item_type))}"
     if isinstance(info, mi.DictType):
         values = info.value_type
-        return "object" if isinstance(values, mi.AnyType) else f"object of {type_name(values)}"
+        return (
+            "object" if isinstance(values, mi.AnyType) else f"object of {plural(type_name(values))}"
+        )
     if isinstance(info, mi.LiteralType):
         return ", ".join(f"`{msgspec.json.encode(value).decode()}`" for value in info.values)
     if isinstance(info, mi.StructType):
@@ -119,6 +121,10 @@ def type_name(info: mi.Type) -> str:
     if isinstance(info, mi.UnionType):
         return " or ".join(type_name(member) for member in info.types)
     raise TypeError(f"no name for {info!r}: teach gen_protocol_docs.type_name")
+
+
+def plural(name: str) -> str:
+    return f"{name}s" if name in ("string", "int", "float", "bool") else name
 
 
 def default_of(field: mi.Field) -> str:
