@@ -239,7 +239,7 @@ def test_an_added_op_gets_its_row_and_section_and_the_prose_stays() -> None:
     assert "A second paragraph, kept." in section
     assert "| `times` | int | `1` | How many times: 1 or 2. |" in section
     assert "| `target` | string or null | `null` | a comment beside is a meaning too |" in section
-    assert "Result `FrobnicateResult`: `frobbed` (list of string)." in section
+    assert "Result `FrobnicateResult`: `frobbed` (list of strings)." in section
     # Taken out again, the page is as it was: the other sections and their prose untouched.
     assert GENERATOR.render(new, protocol.OP_TABLE, ops.ROUTES) == text
 
