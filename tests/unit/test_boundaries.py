@@ -111,28 +111,6 @@ def test_the_cli_loads_neither_the_daemon_nor_nats() -> None:
     assert result.stdout.strip() == "[]", result.stderr
 
 
-def test_core_modules_import_no_circle() -> None:
-    """Type-only imports count too: a circle makes the modules hard to tell apart."""
-    core = SRC / "gastownd" / "core"
-    graph = {
-        path.stem: {
-            module.rsplit(".", 1)[-1]
-            for module in imported_modules(path)
-            if module.startswith("gastownd.core.")
-        }
-        for path in core.glob("*.py")
-    }
-
-    def reaches(start: str, target: str, seen: set[str]) -> bool:
-        for nxt in graph.get(start, set()):
-            if nxt == target or (nxt not in seen and reaches(nxt, target, seen | {nxt})):
-                return True
-        return False
-
-    circular = sorted(name for name in graph if reaches(name, name, {name}))
-    assert circular == [], circular
-
-
 def module_name(path: Path) -> str:
     parts = path.relative_to(SRC).with_suffix("").parts
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
