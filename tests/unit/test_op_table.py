@@ -244,6 +244,14 @@ def test_an_added_op_gets_its_row_and_section_and_the_prose_stays() -> None:
     assert GENERATOR.render(new, protocol.OP_TABLE, ops.ROUTES) == text
 
 
+@pytest.mark.parametrize("op", protocol.OP_TABLE.values(), ids=lambda op: op.name)
+def test_every_request_field_says_what_it_means(op: protocol.OpSpec) -> None:
+    """A field's docstring is its line in docs/protocol.md: a new op documents its fields."""
+    docs = GENERATOR.field_docs(op.request)
+    undocumented = [f.name for f in GENERATOR.struct_fields(op.request) if not docs.get(f.name)]
+    assert undocumented == [], f"{op.request.__name__}: give these fields a docstring"
+
+
 def test_a_request_without_a_docstring_is_refused() -> None:
     class Nameless(protocol.Returning["PingResult"], tag="nameless"):
         pass

@@ -26,7 +26,9 @@ class SessionStart(Returning["SessionStartResult"], tag="session_start"):
     actor: str
     """The identity; not blank."""
     cwd: str | None = None
+    """The agent's working directory."""
     topic: str | None = None
+    """What the session is about (an issue id, a task)."""
     source: StartSourceName = "startup"
     """As Claude Code's ``SessionStart``."""
     parent: str | None = None
@@ -59,6 +61,7 @@ class SessionStep(Returning["SessionStepResult"], tag="session_step"):
     ref: str | None = None
     """An issue id, a commit sha, ..."""
     payload: dict[str, Any] | None = None
+    """Any JSON object, kept with the step."""
 
     def __post_init__(self) -> None:
         if not EVENT_TYPE_PATTERN.fullmatch(self.kind):
@@ -176,6 +179,7 @@ class Attribute(Returning["AttributeResult"], tag="attribute"):
     session: str | None = None
     """The session id or a prefix; when absent, resolved from ``env``."""
     action: Literal["closed", "created", "updated", "reopened"] = "closed"
+    """What the session did to the issue."""
     actor: str | None = None
     """The actor, for rule 3 and for a session without a wisp."""
     env: dict[str, str] = msgspec.field(default_factory=dict)
