@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test test-editors test-claude lint bench stress federation-demo clean install uninstall
+.PHONY: run test test-editors test-claude lint docs bench stress federation-demo clean install uninstall
 
 $(BIN)/python:
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need Python 3.11+ on PATH (or set PYTHON=...)"; exit 2; }
@@ -38,6 +38,11 @@ lint: $(STAMP)
 	$(BIN)/ruff check src tests
 	$(BIN)/ruff format --check src tests
 	$(BIN)/mypy
+
+# The ops section of docs/protocol.md, from the op table (tests/unit/test_op_table.py
+# fails when it is out of date).
+docs: $(STAMP)
+	$(BIN)/python scripts/gen_protocol_docs.py
 
 bench: $(STAMP)
 	@# Sources changed since the install would otherwise be compiled at every start.

@@ -9,9 +9,8 @@ from __future__ import annotations
 # Not ``from typing import ...``: importing typing costs the hook ~14 ms.
 TYPE_CHECKING = False
 
-__version__ = "0.1.0"
-
 _LAZY = {
+    "__version__": "gastown_client.version",
     "Client": "gastown_client.client",
     "AsyncClient": "gastown_client.aclient",
     "ClientError": "gastown_client.errors",
@@ -41,6 +40,7 @@ if TYPE_CHECKING:
         ProtocolMismatch,
         RequestRejected,
     )
+    from gastown_client.version import __version__
 
 
 def __getattr__(name: str) -> Any:

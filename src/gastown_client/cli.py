@@ -14,7 +14,6 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from gastown_client import __version__
 from gastown_client.commands import COMMANDS
 from gastown_client.commands.common import (
     EXIT_OK,
@@ -28,6 +27,7 @@ from gastown_client.commands.common import (
 from gastown_client.commands.issues import ATTRIBUTION_ENV
 from gastown_client.commands.session_commands import transcript_path
 from gastown_client.errors import ClientError, DaemonUnavailable, RequestRejected
+from gastown_client.version import __version__
 
 __all__ = [
     "ATTRIBUTION_ENV",

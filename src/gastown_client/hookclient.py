@@ -19,33 +19,15 @@ reply's ``context`` if there is one, exit 0. The daemon parses and validates
 the payload; whatever Claude sent, the hook itself never fails.
 
 A payload that would make the frame longer than the daemon's limit (a
-``bd close X && cat big.log``) is not dropped: ``gastown_client.hooktrim``,
-loaded only then, cuts the long strings of its ``tool_response`` (head and
-tail kept, the cut marked) until it fits, and the request says how many
+``bd close X && cat big.log``), nested deeper than ``hooktrim.MAX_DEPTH`` or
+longer than ``MAX_STDIN`` is not dropped: ``gastown_client.hooktrim``, loaded
+only then, cuts it to fit (see there how), and the request says how many
 bytes were cut (``trimmed``). The hook cannot read the daemon's
-configuration cheaply, so it assumes the default limit, ``MAX_FRAME``. A
-payload nested deeper than ``hooktrim.MAX_DEPTH`` (a cheap bracket count
-rules that out for almost every call), longer than ``MAX_STDIN``, or whose
-bulk is not long strings has its offending top-level values cut whole
-instead, ``tool_input`` last.
+configuration cheaply, so it assumes the default limit, ``MAX_FRAME``.
 
-Nothing is lost silently: a call cut whole-value-wise, one that could not be
-sent at all, and one the daemon refused (an error reply) each leave a one-line
-note in ``<town>/.gastownd/spool/note-<uid>.jsonl``, which the daemon logs
-(``hook_call_cut``, ``hook_call_lost``; ``gastownd.spool``).
-
-Delivery rules:
-
-- The request never reached the daemon (no socket, refused, backlog full,
-  the send failed or was cut short, the daemon closed without a reply, or it
-  answered ``busy``/``shutting_down`` before reading): the frame, with
-  ``spooled_at``, is appended as one ``write`` to
-  ``<town>/.gastownd/spool/hook-<uid>.jsonl``; the daemon ingests spooled
-  lines in order, exactly once.
-- The request was sent but no reply came before the deadline: nothing is
-  spooled. The daemon holds the request and may already have applied it, so
-  from the hook's side delivery is at-most-once; spooling here would risk a
-  double count on every slow turn.
+A call the daemon did not take is spooled, and one that was refused or lost
+what attribution reads leaves a note: ``gastown_client.hookoutcome``, loaded
+only then, says how and when.
 
 Path rules mirror ``gastown_client.paths`` (which this file cannot import:
 ``pathlib`` loads ``re``); ``tests/unit/test_hook_client.py`` pins them equal.
@@ -62,6 +44,7 @@ import time
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
+    from types import ModuleType
 
 # The Gas Town and Claude variables forwarded in ``env`` (when set and non-empty).
 ENV_KEYS: tuple[bytes, ...] = (
@@ -234,6 +217,10 @@ def spool_path(town: bytes) -> bytes:
     return join(town, PRIVATE_DIR_NAME, b"spool", b"hook-%d.jsonl" % posix.getuid())
 
 
+def note_path(town: bytes) -> bytes:
+    return join(town, PRIVATE_DIR_NAME, b"spool", b"note-%d.jsonl" % posix.getuid())
+
+
 # ---------------------------------------------------------------- the frame
 
 
@@ -386,53 +373,13 @@ def deliver(frame: bytes, path: bytes, deadline: float) -> bytes | None:
         sock.close()
 
 
-def context_of(reply: bytes) -> str | None:
-    """The ``context`` of an ok ``HookResult`` reply, if any."""
-    if b'"context":"' not in reply:
-        return None
-    import json  # rare: only when the daemon injects context
-
-    message = json.loads(reply)
-    if not isinstance(message, dict) or message.get("ok") is not True:
-        return None
-    result = message.get("result")
-    context = result.get("context") if isinstance(result, dict) else None
-    return context if isinstance(context, str) and context else None
-
-
-def spool(frame: bytes, town: bytes, now: float) -> None:
-    """Append ``frame`` to this uid's spool file in one ``write``.
-
-    Creates ``.gastownd`` and ``spool`` (0700) when missing, never the town.
-    """
-    _append(spool_path(town), spooled(frame, now))
-
-
-def _append(path: bytes, line: bytes) -> None:
-    """Append ``line`` to ``path`` in the spool dir in one ``write``, creating
-    ``.gastownd`` and ``spool`` (0700) when missing, never the town."""
-    spool_dir = dirname(path)
-    for directory in (dirname(spool_dir), spool_dir):
-        try:  # noqa: SIM105 - contextlib would cost an import
-            posix.mkdir(directory, 0o700)
-        except FileExistsError:
-            pass
-    flags = posix.O_WRONLY | posix.O_APPEND | posix.O_CREAT | posix.O_CLOEXEC | posix.O_NOFOLLOW
-    fd = posix.open(path, flags, 0o600)
-    try:
-        posix.write(fd, line)
-    finally:
-        posix.close(fd)
-
-
-def field(payload: bytes, key: bytes) -> bytes:
-    """The short string value of ``"key":`` in ``payload``, found without parsing (or b"")."""
-    at = payload.find(b'"' + key + b'"', 0, 1 << 16)
-    if at < 0:
-        return b""
-    opening = payload.find(b'"', at + len(key) + 2, at + len(key) + 8)
-    closing = payload.find(b'"', opening + 1, opening + 130) if opening >= 0 else -1
-    return payload[opening + 1 : closing] if closing > 0 else b""
+def outcome() -> "ModuleType":
+    """``hookoutcome``, loaded on first use: a call delivered and answered plainly never is."""
+    if __package__:
+        from gastown_client import hookoutcome
+    else:  # imported by hook.py run as a script, which put this directory on sys.path
+        import hookoutcome  # type: ignore[import-not-found,no-redef]
+    return hookoutcome
 
 
 def note_line(reason: bytes, lost: bool, payload: bytes, size: int, at: float, pid: int) -> bytes:
@@ -442,25 +389,13 @@ def note_line(reason: bytes, lost: bool, payload: bytes, size: int, at: float, p
         % (
             b"true" if lost else b"false",
             json_string(reason[:200]),
-            json_string(field(payload, b"hook_event_name")),
-            json_string(field(payload, b"session_id")),
+            json_string(outcome().field(payload, b"hook_event_name")),
+            json_string(outcome().field(payload, b"session_id")),
             size,
             repr(at).encode("ascii"),
             pid,
         )
     )
-
-
-def note_path(town: bytes) -> bytes:
-    return join(town, PRIVATE_DIR_NAME, b"spool", b"note-%d.jsonl" % posix.getuid())
-
-
-def leave_note(town: bytes, line: bytes) -> None:
-    """Append ``line`` to this uid's note file in the spool dir, for the daemon to log."""
-    try:  # noqa: SIM105 - contextlib would cost an import
-        _append(note_path(town), line)
-    except OSError:
-        pass  # no town, or an unwritable one: nobody could read the note
 
 
 def _write_out(text: str) -> None:
@@ -481,12 +416,12 @@ def _send_or_spool(
 ) -> None:
     reply = deliver(frame, sock, deadline)
     if reply is None:
-        spool(frame, town, time.time())
+        outcome().append(spool_path(town), spooled(frame, time.time()))
     elif b'"ok":false' in reply:
-        code = field(reply, b"code")
-        note(b"refused: " + (code or b"error") + b": " + field(reply, b"message"), True)
-    elif reply and speak:
-        context = context_of(reply)
+        code = outcome().field(reply, b"code")
+        note(b"refused: " + (code or b"error") + b": " + outcome().field(reply, b"message"), True)
+    elif speak and b'"context":"' in reply:
+        context = outcome().context_of(reply)
         if context:
             _write_out(context)
 
@@ -537,7 +472,7 @@ def main(argv: list[str] | None = None) -> int:
 
         def note(reason: bytes, lost: bool) -> None:
             size = len(payload) if complete else MAX_STDIN + 1
-            leave_note(town, note_line(reason, lost, payload, size, at, pid))
+            outcome().leave_note(note_path(town), note_line(reason, lost, payload, size, at, pid))
 
         if detached and _detach():
             try:

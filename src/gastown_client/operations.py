@@ -13,7 +13,6 @@ import functools
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
-from gastown_client import __version__
 from gastown_client.errors import ProtocolMismatch
 from gastown_client.protocol import (
     PROTOCOL_VERSION,
@@ -38,6 +37,7 @@ from gastown_client.protocol import (
     Visibility,
     WispGet,
 )
+from gastown_client.version import __version__
 
 P = ParamSpec("P")
 R = TypeVar("R")

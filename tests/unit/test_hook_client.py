@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import msgspec
@@ -17,7 +19,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gastown_client import codec, hook, hooktrim, paths
+from gastown_client import codec, hook, hookoutcome, hooktrim, paths
 from gastown_client.protocol import Hook
 
 HOOK_PY = Path(hook.__file__).resolve()
@@ -249,7 +251,7 @@ def test_json_string_never_breaks_a_frame(value: bytes) -> None:
     ],
 )
 def test_context_of(reply: bytes, context: str | None) -> None:
-    assert hook.context_of(reply) == context
+    assert hookoutcome.context_of(reply) == context
 
 
 # ---------------------------------------------------------------- paths
@@ -402,14 +404,40 @@ def test_script_imports_only_cheap_stdlib(tmp_path: Path) -> None:
     assert not (tmp_path / "no-town").exists()
 
 
+def test_a_call_answered_plainly_loads_only_the_hook_client(tmp_path: Path) -> None:
+    """The spool, the notes and the reply's context live in ``hookoutcome``, loaded only when
+    a call needs one of them: the common call pays for none of it."""
+    path = tmp_path / "d.sock"
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(path))
+    server.listen(1)
+
+    def answer() -> None:
+        conn, _ = server.accept()
+        with conn:
+            while not conn.recv(1 << 20).endswith(b"\n"):
+                pass
+            conn.sendall(b'{"id":1,"ok":true,"result":{"handled":"Stop"}}\n')
+
+    thread = threading.Thread(target=answer, daemon=True)
+    thread.start()
+    env = {"GASTOWND_SOCKET": str(path), "GT_TOWN_ROOT": str(tmp_path), "PATH": "/usr/bin:/bin"}
+    modules = imported_by(["-I", "-S", str(HOOK_PY)], env)
+    thread.join(10)
+    server.close()
+    assert "hookclient" in modules
+    assert "hookoutcome" not in modules
+    assert not (tmp_path / ".gastownd").exists()  # nothing spooled
+
+
 def test_cutting_a_deep_or_huge_payload_imports_only_builtins(tmp_path: Path) -> None:
     env = {"GT_TOWN_ROOT": str(tmp_path / "no-town"), "PATH": "/usr/bin:/bin"}
     deep = b'{"tool_input":{},"r":' + b"[" * 100_000 + b"]" * 100_000 + b"}"
     modules = imported_by(["-I", "-S", str(HOOK_PY)], env, deep)
     assert "hooktrim" in modules
-    assert modules <= {"_socket", "hookclient", "hooktrim", "_bisect", "_operator", "itertools"} | {
-        name for name in modules if name in sys.builtin_module_names
-    } | imported_by(["-I", "-S", "-c", "pass"], env), sorted(modules)
+    ours = {"_socket", "hookclient", "hookoutcome", "hooktrim", "_bisect", "_operator", "itertools"}
+    builtin = {name for name in modules if name in sys.builtin_module_names}
+    assert modules <= ours | builtin | imported_by(["-I", "-S", "-c", "pass"], env), sorted(modules)
     assert hooktrim.MAX_DEPTH == hook.MAX_DEPTH
 
 

@@ -8,10 +8,11 @@ import os
 from pathlib import Path
 
 import msgspec
-from hypothesis import given
+import pytest
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gastown_client import codec, hookclient, paths
+from gastown_client import codec, hookclient, hooktrim, paths, protocol
 from gastown_client.protocol import Hook
 
 
@@ -56,3 +57,94 @@ def test_the_frame_decodes_to_the_hook_it_means() -> None:
     assert request.env == {os.fsdecode(k): "v-" + os.fsdecode(k) for k in hookclient.ENV_KEYS}
     assert (request.cwd, request.pid, request.ppid, request.at) == ("/w", 7, 6, 1.5)
     assert (request.trimmed, request.spooled_at, request.id) == (3, 2.5, 1)
+
+
+# ---------------------------------------------------------------- nesting
+#
+# The hook counts brackets with its own stdlib-only code (``hooktrim.Structure``, with the
+# cheap pre-check in ``hookclient.fitted``), the daemon with ``protocol.nesting_exceeds``: both
+# must find the same depth, or a payload the hook lets through whole is refused by the daemon.
+
+
+def hook_depth(data: bytes) -> int:
+    return max(hooktrim.Structure(data).depths, default=0)
+
+
+def nested(depth: int, core: str = "1", opening: str = "[") -> bytes:
+    closing = {"[": "]", "{": "}"}[opening]
+    if opening == "{":
+        return ('{"k":' * depth + core + "}" * depth).encode()
+    return (opening * depth + core + closing * depth).encode()
+
+
+BRACKETY = st.sampled_from(["[", "]", "{", "}", '\\"', "\\\\", "x", ",", ":", " ", "é"])
+# Strings that hold brackets, escaped quotes and escaped backslashes, as JSON text.
+BRACKETY_STRING = st.lists(BRACKETY, max_size=12).map(lambda parts: '"' + "".join(parts) + '"')
+
+
+@st.composite
+def nested_json(draw: st.DrawFn) -> bytes:
+    """Valid JSON around a depth near one of the limits, with bracket-laden strings inside."""
+    depth = draw(st.sampled_from([126, 127, 128, 129, 130, 254, 255, 256, 257, 258]))
+    if draw(st.booleans()):
+        depth = min(depth, draw(st.integers(0, 300)))
+    openings = [
+        draw(
+            st.sampled_from(["[", "[{},", '{"k":'])
+            | BRACKETY_STRING.map(lambda s: f"[{s},")
+            # An object with a member before the one that goes deeper.
+            | BRACKETY_STRING.map(lambda s: f'{{{s}:{s},"k":')
+        )
+        for _ in range(depth)
+    ]
+    closings = "".join("]" if opening[0] == "[" else "}" for opening in reversed(openings))
+    return ("".join(openings) + draw(BRACKETY_STRING) + closings).encode()
+
+
+@pytest.mark.parametrize("limit", [hooktrim.MAX_DEPTH, protocol.MAX_NESTING])
+@pytest.mark.parametrize("delta", [-2, -1, 0, 1, 2])
+@pytest.mark.parametrize("opening", ["[", "{"])
+def test_the_hook_and_the_daemon_count_the_same_depth_at_the_limits(
+    limit: int, delta: int, opening: str
+) -> None:
+    data = nested(limit + delta, core='"[{\\"]}"', opening=opening)
+    json.loads(data)  # valid JSON: the depth is the real one
+    assert hook_depth(data) == limit + delta
+    assert (hook_depth(data) > limit) == protocol.nesting_exceeds(data, limit) == (delta > 0)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=nested_json())
+def test_the_hook_and_the_daemon_agree_on_any_valid_payload(data: bytes) -> None:
+    depth = json_depth(json.loads(data))
+    assert hook_depth(data) == depth
+    for limit in (hooktrim.MAX_DEPTH, protocol.MAX_NESTING):
+        assert protocol.nesting_exceeds(data, limit) == (depth > limit)
+
+
+def json_depth(value: object) -> int:
+    depth, stack = 0, [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict | list):
+            depth = max(depth, level)
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, level + 1) for child in children)
+    return depth
+
+
+def test_the_hooks_cheap_check_never_passes_a_payload_too_deep() -> None:
+    """``fitted`` skips the count when there are few brackets: few brackets, little depth."""
+    data = nested(hookclient.MAX_DEPTH, opening="{")
+    assert data.count(b"{") + data.count(b"[") <= hookclient.MAX_DEPTH
+    assert not protocol.nesting_exceeds(data, hookclient.MAX_DEPTH)
+    assert hookclient.MAX_DEPTH == hooktrim.MAX_DEPTH
+
+
+def test_a_payload_the_hook_keeps_whole_fits_the_daemons_limit_inside_its_frame() -> None:
+    """The frame wraps the payload one level deeper: the hook's limit leaves room for it."""
+    data = nested(hooktrim.MAX_DEPTH, opening="{")
+    frame = hookclient.build_frame(data, env={}, cwd=b"/w", pid=1, ppid=1, at=1.0, trimmed=0)
+    assert hooktrim.MAX_DEPTH + 1 <= protocol.MAX_NESTING
+    assert not protocol.nesting_exceeds(frame.rstrip(b"\n"))
+    assert isinstance(codec.decode_request(frame.rstrip(b"\n")), Hook)

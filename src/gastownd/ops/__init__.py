@@ -1,48 +1,34 @@
-"""The daemon's op table: each request type with its handler, and how it runs.
+"""The daemon's side of the op table: each op's handler, found by its signature.
 
-``dispatch_inline`` and ``dispatch`` look the request's type up in ``ROUTES``;
-a type with no route is a bug (the codec refuses ops the protocol does not
-know), answered ``internal`` as any other. A test keeps ``ROUTES`` and the
-protocol's ``OP_TABLE`` in step, handler result types included.
+An op is declared once, in ``gastown_client.protocol`` (its request struct names
+its result). Its handler is the one public function of ``HANDLER_MODULES`` whose
+signature reads ``(daemon: Daemon, request: TheRequest)``, optionally followed by
+``conn: Connection`` (it needs the connection) or ``reply: Reply`` (it replies
+itself, now or later), and by keyword-only parameters with defaults. How it runs
+follows from what it is: a plain function cannot wait, so it is answered
+``inline``, in the connection's own callback; a coroutine function is awaited in a
+task of its own. So adding an op touches the protocol's table and one handler,
+nothing here. An op with no handler, or with two, fails at import, naming them.
+
+``dispatch_inline`` and ``dispatch`` look the request's type up in ``ROUTES``.
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from types import ModuleType
+from typing import Any
 
-from gastown_client.protocol import (
-    Attribute,
-    Attribution,
-    Cv,
-    DigestGet,
-    Emit,
-    Hello,
-    Hook,
-    Metrics,
-    Ping,
-    Prune,
-    Query,
-    Request,
-    ResolveSession,
-    SessionEnd,
-    Sessions,
-    SessionStart,
-    SessionStep,
-    Status,
-    Subscribe,
-    Unsubscribe,
-    Version,
-    WispGet,
-)
-from gastownd.ops import hooks, meta, seance, wisps
-from gastownd.ops import log_requests as events
-from gastownd.ops import metrics_report as metrics_op
+from gastown_client.protocol import OP_TABLE, Request
+from gastownd.ops import hooks, log_requests, meta, metrics_report, seance, wisps
 from gastownd.process.daemon import Daemon
 from gastownd.server.socket_server import Connection, Reply
 
-RequestT = TypeVar("RequestT", bound=Request)
+# Where handlers live; a module holding a new op's handler is added here.
+HANDLER_MODULES: tuple[ModuleType, ...] = (meta, log_requests, wisps, seance, hooks, metrics_report)
+REQUESTS = frozenset(op.request for op in OP_TABLE.values())
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,64 +40,79 @@ class Route:
     handler: Callable[..., Any]
     inline: Callable[[Daemon, Any, Connection, Reply], None] | None = None
     task: Callable[[Daemon, Any, Connection], Awaitable[Any]] | None = None
+    replies_later: bool = False  # inline, handing ``reply`` on (docs/protocol.md says so)
 
 
-def inline(
-    request: type[RequestT], handler: Callable[[Daemon, RequestT], Any]
-) -> tuple[type[Request], Route]:
-    return request, Route(handler, inline=lambda d, r, conn, reply: reply(handler(d, r)))
+class HandlerError(TypeError):
+    """The handlers do not match the op table: one missing, two for one op, or a bad shape."""
 
 
-def inline_on_connection(
-    request: type[RequestT], handler: Callable[[Daemon, RequestT, Connection], Any]
-) -> tuple[type[Request], Route]:
-    return request, Route(handler, inline=lambda d, r, conn, reply: reply(handler(d, r, conn)))
+def route_of(handler: Callable[..., Any], extra: object) -> Route:
+    """The route for ``handler``, given what it takes after the request (``extra``)."""
+    if inspect.iscoroutinefunction(handler):
+        if extra is None:
+            return Route(handler, task=lambda d, r, conn: handler(d, r))
+        if extra is Connection:
+            return Route(handler, task=handler)
+    elif extra is None:
+        return Route(handler, inline=lambda d, r, conn, reply: reply(handler(d, r)))
+    elif extra is Connection:
+        return Route(handler, inline=lambda d, r, conn, reply: reply(handler(d, r, conn)))
+    elif extra is Reply:
+        return Route(
+            handler, inline=lambda d, r, conn, reply: handler(d, r, reply), replies_later=True
+        )
+    raise HandlerError(f"{handler.__qualname__}: a coroutine cannot take ``reply``")
 
 
-def replying(
-    request: type[RequestT], handler: Callable[[Daemon, RequestT, Reply], None]
-) -> tuple[type[Request], Route]:
-    """Inline, the handler calling ``reply`` itself, now or later."""
-    return request, Route(handler, inline=lambda d, r, conn, reply: handler(d, r, reply))
+def _handled_request(
+    module: ModuleType, function: Callable[..., Any]
+) -> tuple[type[Request], object] | None:
+    """The op request ``function`` handles and what it takes after it; None: no handler.
+
+    Read from the code object and the annotations as the names they are (``from __future__
+    import annotations``), looked up in the handler's module: ``inspect.signature`` and
+    ``typing.get_type_hints`` would cost the daemon's start-up about half a millisecond.
+    """
+    code = function.__code__
+    if code.co_flags & (inspect.CO_VARARGS | inspect.CO_VARKEYWORDS):
+        return None
+    positional = code.co_varnames[: code.co_argcount]
+    keyword_only = code.co_varnames[code.co_argcount : code.co_argcount + code.co_kwonlyargcount]
+    if not 2 <= len(positional) <= 3 or set(keyword_only) - set(function.__kwdefaults__ or ()):
+        return None
+    names = function.__annotations__
+    daemon, request, *extra = (vars(module).get(str(names.get(p))) for p in positional)
+    if daemon is not Daemon or not isinstance(request, type) or request not in REQUESTS:
+        return None
+    if extra and extra[0] not in (Connection, Reply):
+        return None
+    return request, extra[0] if extra else None
 
 
-def task(
-    request: type[RequestT], handler: Callable[[Daemon, RequestT], Awaitable[Any]]
-) -> tuple[type[Request], Route]:
-    return request, Route(handler, task=lambda d, r, conn: handler(d, r))
+def find_routes(modules: tuple[ModuleType, ...]) -> dict[type[Request], Route]:
+    """Every op's route, from the handlers ``modules`` define, in ``OP_TABLE``'s order."""
+    found: dict[type[Request], list[tuple[Callable[..., Any], object]]] = {}
+    for module in modules:
+        for name, function in vars(module).items():
+            if name.startswith("_") or not inspect.isfunction(function):
+                continue
+            if function.__module__ != module.__name__:
+                continue  # imported from elsewhere: its own module declares it
+            handled = _handled_request(module, function)
+            if handled is not None:
+                found.setdefault(handled[0], []).append((function, handled[1]))
+    routes: dict[type[Request], Route] = {}
+    for op in OP_TABLE.values():
+        handlers = found.get(op.request, [])
+        if len(handlers) != 1:
+            names = [f"{h.__module__}.{h.__qualname__}" for h, _ in handlers] or "none"
+            raise HandlerError(f"op {op.name!r} needs exactly one handler, found: {names}")
+        routes[op.request] = route_of(*handlers[0])
+    return routes
 
 
-def task_on_connection(
-    request: type[RequestT], handler: Callable[[Daemon, RequestT, Connection], Awaitable[Any]]
-) -> tuple[type[Request], Route]:
-    return request, Route(handler, task=handler)
-
-
-ROUTES: dict[type[Request], Route] = dict(
-    [
-        inline(Hello, meta.hello),
-        inline(Ping, meta.ping),
-        inline(Version, meta.version),
-        inline_on_connection(Unsubscribe, events.unsubscribe),
-        replying(Emit, events.submit_emit),
-        task(Status, meta.status),
-        task(Query, events.query),
-        task_on_connection(Subscribe, events.subscribe),
-        task(Prune, events.prune),
-        task(SessionStart, wisps.session_start),
-        task(SessionStep, wisps.session_step),
-        task(SessionEnd, wisps.session_end),
-        task(WispGet, wisps.wisp),
-        task(DigestGet, wisps.digest),
-        task(Cv, wisps.cv),
-        task(Sessions, seance.sessions),
-        task(ResolveSession, seance.resolve_session),
-        task(Attribute, wisps.attribute),
-        task(Attribution, wisps.attribution),
-        task(Hook, hooks.hook),
-        task(Metrics, metrics_op.metrics),
-    ]
-)
+ROUTES: dict[type[Request], Route] = find_routes(HANDLER_MODULES)
 
 
 def dispatch_inline(daemon: Daemon, request: Request, conn: Connection, reply: Reply) -> bool:
