@@ -7,16 +7,19 @@ import argparse
 import os
 import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 
 from gastown_client.client import Client
 
 EXIT_OK, EXIT_REJECTED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
+
+T = TypeVar("T")
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(s|m|h|d|w)$")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -66,6 +69,29 @@ class Command:
             parser.set_defaults(run=self.run)
 
 
+def lookup(
+    name: str,
+    help: str,
+    key: str,
+    fetch: Callable[[Client, str], T],
+    human: Callable[[T], int | None],
+    metavar: str | None = None,
+) -> Command:
+    """A command that fetches one thing by one id and shows it (``wisp ID``): ``--json``
+    prints what the daemon answered, else ``human`` prints it."""
+
+    def add_arguments(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument(key, metavar=metavar)
+        add_json(parser)
+
+    def run(args: argparse.Namespace) -> int:
+        with client_for(args) as client:
+            result = fetch(client, getattr(args, key))
+        return answer(args, result, human)
+
+    return Command(name, help, run, add_arguments)
+
+
 def count(text: str) -> int:
     """An ``-n`` value: an integer from 1 to ``MAX_LIMIT``."""
     try:
@@ -85,8 +111,29 @@ def client_for(args: argparse.Namespace) -> Client:
     return Client(args.socket, town_root=args.town_root)
 
 
+@contextmanager
+def usage_checked() -> Iterator[None]:
+    """A request refused by its own validation, before it is sent, is a usage error."""
+    try:
+        yield
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
 def print_json(value: Any) -> None:
     sys.stdout.write(msgspec.json.encode(value).decode() + "\n")
+
+
+def answer(args: argparse.Namespace, result: T, human: Callable[[T], int | None]) -> int:
+    """Print ``result``: as JSON under ``--json``, else its human form; the exit status.
+
+    ``human`` prints and returns nothing (success) or the exit status it chose.
+    """
+    if args.json:
+        print_json(result)
+        return EXIT_OK
+    status = human(result)
+    return EXIT_OK if status is None else status
 
 
 def json_object(text: str | None, option: str) -> dict[str, Any] | None:

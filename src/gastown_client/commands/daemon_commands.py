@@ -11,12 +11,13 @@ from gastown_client.commands.common import (
     EXIT_OK,
     Command,
     add_json,
+    answer,
     client_for,
     human_bytes,
     human_duration,
     print_json,
 )
-from gastown_client.protocol import FederationInfo, StatusResult
+from gastown_client.protocol import FederationInfo, PruneResult, StatusResult
 
 
 def cmd_sockname(args: argparse.Namespace) -> int:
@@ -42,9 +43,10 @@ def cmd_ping(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     with client_for(args) as client:
         status = client.status()
-    if args.json:
-        print_json(status)
-        return EXIT_OK
+    return answer(args, status, _print_status)
+
+
+def _print_status(status: StatusResult) -> None:
     log = status.eventlog
     rows = [
         (
@@ -98,7 +100,6 @@ def cmd_status(args: argparse.Namespace) -> int:
     width = max(len(label) for label, _ in rows)
     for label, value in rows:
         print(f"{label:<{width}}  {value}")
-    return EXIT_OK
 
 
 def federation_rows(fed: FederationInfo) -> list[tuple[str, str]]:
@@ -179,9 +180,10 @@ def _prune_arguments(parser: argparse.ArgumentParser) -> None:
 def cmd_prune(args: argparse.Namespace) -> int:
     with client_for(args) as client:
         result = client.prune(dry_run=args.dry_run)
-    if args.json:
-        print_json(result)
-        return EXIT_OK
+    return answer(args, result, _print_prune)
+
+
+def _print_prune(result: PruneResult) -> None:
     verb = "would remove" if result.dry_run else "removed"
     print(
         f"{verb} {result.pruned_total} lines ({human_bytes(result.bytes_freed)}), "
@@ -189,7 +191,6 @@ def cmd_prune(args: argparse.Namespace) -> int:
     )
     for event_type, count in result.pruned.items():
         print(f"  {event_type:<24} {count}")
-    return EXIT_OK
 
 
 STATUS = Command("status", "daemon status and counters", cmd_status, add_json)

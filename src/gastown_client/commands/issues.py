@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import os
 
-from gastown_client.commands.common import EXIT_OK, Command, add_json, client_for, print_json
+from gastown_client.commands.common import Command, add_json, answer, client_for, lookup
+from gastown_client.protocol import AttributionResult
 
 ATTRIBUTION_ENV = ("CLAUDE_CODE_SESSION_ID", "GT_ROLE", "BD_ACTOR", "GT_SESSION")
 
@@ -33,27 +34,17 @@ def cmd_attribute(args: argparse.Namespace) -> int:
         result = client.attribute(
             args.issue, session=args.session, action=args.action, env=env, cwd=os.getcwd()
         )
-    if args.json:
-        print_json(result)
-    else:
-        print(
+    return answer(
+        args,
+        result,
+        lambda result: print(
             f"{result.issue} {result.action} by session {result.session_id} "
             f"({result.actor}; rule: {result.rule})"
-        )
-    return EXIT_OK
+        ),
+    )
 
 
-def _attribution_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("issue")
-    add_json(parser)
-
-
-def cmd_attribution(args: argparse.Namespace) -> int:
-    with client_for(args) as client:
-        result = client.attribution(args.issue)
-    if args.json:
-        print_json(result)
-        return EXIT_OK
+def _print_attribution(result: AttributionResult) -> None:
     if not result.records:
         print(f"no session is recorded as touching {result.issue}")
     for record in result.records:
@@ -62,12 +53,15 @@ def cmd_attribution(args: argparse.Namespace) -> int:
             + (f"  digest {record.digest_id}" if record.digest_id else "")
             + (f"  on {record.node}" if record.node else "")
         )
-    return EXIT_OK
 
 
 ATTRIBUTE = Command(
     "attribute", "record which session touched an issue", cmd_attribute, _attribute_arguments
 )
-ATTRIBUTION = Command(
-    "attribution", "every session that touched an issue", cmd_attribution, _attribution_arguments
+ATTRIBUTION = lookup(
+    "attribution",
+    "every session that touched an issue",
+    "issue",
+    lambda client, issue: client.attribution(issue),
+    _print_attribution,
 )

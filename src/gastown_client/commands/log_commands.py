@@ -21,6 +21,7 @@ from gastown_client.commands.common import (
     json_object,
     moment,
     short,
+    usage_checked,
 )
 from gastown_client.errors import RequestRejected
 
@@ -48,11 +49,8 @@ def cmd_emit(args: argparse.Namespace) -> int:
         if not sep or not key:
             raise UsageError(f"-p expects KEY=VALUE, got {field!r}")
         payload[key] = value
-    with client_for(args) as client:
-        try:
-            result = client.emit(args.type, args.actor, payload, args.visibility)
-        except ValueError as exc:  # the request's own validation, before sending
-            raise UsageError(str(exc)) from None
+    with client_for(args) as client, usage_checked():
+        result = client.emit(args.type, args.actor, payload, args.visibility)
     if args.json:
         sys.stdout.write(bytes(result.event).decode() + "\n")
     else:

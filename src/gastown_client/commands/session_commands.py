@@ -12,15 +12,18 @@ from gastown_client.commands.common import (
     LIMIT_HELP,
     PAYLOAD_HELP,
     Command,
-    UsageError,
     add_json,
+    answer,
     client_for,
     count,
     human_duration,
     json_object,
+    lookup,
     print_json,
     short,
+    usage_checked,
 )
+from gastown_client.protocol import DigestView, SessionRow, SessionStartResult, WispView
 
 
 def _start_arguments(parser: argparse.ArgumentParser) -> None:
@@ -37,30 +40,27 @@ def _start_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_session_start(args: argparse.Namespace) -> int:
-    with client_for(args) as client:
-        try:
-            started = client.session_start(
-                args.session,
-                args.actor,
-                cwd=args.cwd,
-                topic=args.topic,
-                source=args.source,
-                parent=args.parent,
-                tmux_session=args.tmux_session or os.environ.get("GT_SESSION") or None,
-            )
-        except ValueError as exc:
-            raise UsageError(str(exc)) from None
-    if args.json:
-        print_json(started)
-    else:
-        verb = "opened" if started.created else "continued"
-        print(
-            f"{verb} wisp {started.wisp.session_id} "
-            f"(segment {started.wisp.segment}, {started.wisp.step_count} steps)"
+    with client_for(args) as client, usage_checked():
+        started = client.session_start(
+            args.session,
+            args.actor,
+            cwd=args.cwd,
+            topic=args.topic,
+            source=args.source,
+            parent=args.parent,
+            tmux_session=args.tmux_session or os.environ.get("GT_SESSION") or None,
         )
-        for ended in started.ended:
-            print(f"  ended {ended} (replaced)")
-    return EXIT_OK
+    return answer(args, started, _print_started)
+
+
+def _print_started(started: SessionStartResult) -> None:
+    verb = "opened" if started.created else "continued"
+    print(
+        f"{verb} wisp {started.wisp.session_id} "
+        f"(segment {started.wisp.segment}, {started.wisp.step_count} steps)"
+    )
+    for ended in started.ended:
+        print(f"  ended {ended} (replaced)")
 
 
 def _step_arguments(parser: argparse.ArgumentParser) -> None:
@@ -72,21 +72,20 @@ def _step_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_session_step(args: argparse.Namespace) -> int:
-    with client_for(args) as client:
-        try:
-            stepped = client.session_step(
-                args.session,
-                args.kind,
-                ref=args.ref,
-                payload=json_object(args.payload, "--payload"),
-            )
-        except ValueError as exc:
-            raise UsageError(str(exc)) from None
-    if args.json:
-        print_json(stepped)
-    else:
-        print(f"{args.kind} recorded on {stepped.session_id} ({stepped.step_count} steps)")
-    return EXIT_OK
+    with client_for(args) as client, usage_checked():
+        stepped = client.session_step(
+            args.session,
+            args.kind,
+            ref=args.ref,
+            payload=json_object(args.payload, "--payload"),
+        )
+    return answer(
+        args,
+        stepped,
+        lambda stepped: print(
+            f"{args.kind} recorded on {stepped.session_id} ({stepped.step_count} steps)"
+        ),
+    )
 
 
 def _end_arguments(parser: argparse.ArgumentParser) -> None:
@@ -96,29 +95,12 @@ def _end_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_session_end(args: argparse.Namespace) -> int:
-    with client_for(args) as client:
-        try:
-            digest = client.session_end(args.session, args.reason)
-        except ValueError as exc:
-            raise UsageError(str(exc)) from None
-    if args.json:
-        print_json(digest)
-    else:
-        print(digest.summary)
-    return EXIT_OK
+    with client_for(args) as client, usage_checked():
+        digest = client.session_end(args.session, args.reason)
+    return answer(args, digest, lambda digest: print(digest.summary))
 
 
-def _wisp_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("session", metavar="ID")
-    add_json(parser)
-
-
-def cmd_wisp(args: argparse.Namespace) -> int:
-    with client_for(args) as client:
-        wisp = client.wisp(args.session)
-    if args.json:
-        print_json(wisp)
-        return EXIT_OK
+def _print_wisp(wisp: WispView) -> None:
     print(f"{wisp.session_id}  {wisp.actor}  {wisp.state} (segment {wisp.segment})")
     print(
         f"  started {wisp.started_at}, last activity {wisp.last_activity_at}"
@@ -134,23 +116,11 @@ def cmd_wisp(args: argparse.Namespace) -> int:
             print(f"  {field}: {value}")
     for step in wisp.steps:
         print(f"  {step.at}  {step.kind:<14} {step.ref or ''}".rstrip())
-    return EXIT_OK
 
 
-def _digest_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("ref", metavar="ID")
-    add_json(parser)
-
-
-def cmd_digest(args: argparse.Namespace) -> int:
-    with client_for(args) as client:
-        digest = client.digest(args.ref)
-    if args.json:
-        print_json(digest)
-    else:
-        print(f"{digest.title}  ({digest.digest_id})\n")
-        print(digest.summary)
-    return EXIT_OK
+def _print_digest(digest: DigestView) -> None:
+    print(f"{digest.title}  ({digest.digest_id})\n")
+    print(digest.summary)
 
 
 def _cv_arguments(parser: argparse.ArgumentParser) -> None:
@@ -227,19 +197,22 @@ def cmd_sessions(args: argparse.Namespace) -> int:
             node=args.node,
             local=args.local,
         )
-    if args.json:
-        print_json(result.sessions)
-        return EXIT_OK
-    show_nodes = any(row.remote for row in result.sessions)
-    for row in result.sessions:
+    return answer(args, result.sessions, _print_sessions)
+
+
+def _print_sessions(rows: list[SessionRow]) -> None:
+    show_nodes = any(row.remote for row in rows)
+    for row in rows:
         about = row.topic or row.summary or ""
         node = f"{row.node or '':<12} " if show_nodes else ""
+        # No count for a session known only from the log (or from an older daemon).
+        done = row.step_count
+        steps = "" if done is None else f"{done} step" + ("" if done == 1 else "s")
         print(
             f"{row.last_started_at or row.started_at}  {row.session_id[:8]}  {node}{row.state:<9} "
-            f"{row.actor:<28} "
+            f"{row.actor:<28} {steps:<9} "
             f"{row.end_reason or '':<11} {short(about, 50)}".rstrip()
         )
-    return EXIT_OK
 
 
 def _seance_arguments(parser: argparse.ArgumentParser) -> None:
@@ -319,8 +292,22 @@ SESSION = Command(
         Command("end", "squash a wisp into its digest", cmd_session_end, _end_arguments),
     ),
 )
-WISP = Command("wisp", "a session's wisp and its steps", cmd_wisp, _wisp_arguments)
-DIGEST = Command("digest", "a digest, by digest id or session id", cmd_digest, _digest_arguments)
+WISP = lookup(
+    "wisp",
+    "a session's wisp and its steps",
+    "session",
+    lambda client, session: client.wisp(session),
+    _print_wisp,
+    metavar="ID",
+)
+DIGEST = lookup(
+    "digest",
+    "a digest, by digest id or session id",
+    "ref",
+    lambda client, ref: client.digest(ref),
+    _print_digest,
+    "ID",
+)
 CV = Command("cv", "an actor's digests (its entity chain), newest first", cmd_cv, _cv_arguments)
 SESSIONS = Command(
     "sessions", "sessions, newest first (the seance listing)", cmd_sessions, _sessions_arguments
