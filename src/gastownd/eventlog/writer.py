@@ -360,7 +360,10 @@ class Writer:
         self.sync_interval_s = sync_interval_s
         self.on_batch = on_batch
         self.current_index = current_index
-        self._queue: queue.SimpleQueue[Append | _Call | _Close] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[list[Append] | _Call | _Close] = queue.SimpleQueue()
+        # Appends of this loop turn, handed to the thread together at its end (``put``).
+        self._turn: list[Append] = []
+        self._turn_bytes = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self.closed = False
         self.batch_lines = Buckets(BATCH_LINES)  # observed in the writer's thread only
@@ -373,7 +376,26 @@ class Writer:
         await anyio.to_thread.run_sync(self._main, limiter=anyio.CapacityLimiter(1))
 
     def put(self, item: Append) -> None:
-        self._queue.put(item)
+        """Queue an append (event loop). The appends of one loop turn reach the thread
+        together, at the turn's end (or once they fill a batch): one wake-up of the thread,
+        and one handover of the GIL, per turn instead of per emit; and the turn's lines
+        make one batch instead of the first of them one and the rest the next."""
+        if self._loop is None:  # before ``run``: nothing to wait for
+            self._queue.put([item])
+            return
+        turn = self._turn
+        if not turn:
+            self._loop.call_soon(self._hand_over)
+        turn.append(item)
+        self._turn_bytes += len(item.line)
+        if self._turn_bytes >= MAX_BATCH_BYTES:
+            self._hand_over()
+
+    def _hand_over(self) -> None:
+        if self._turn:
+            self._queue.put(self._turn)
+            self._turn = []
+            self._turn_bytes = 0
 
     async def call(
         self, work: Callable[[LogFile], Any], apply: Callable[[Any], Any] | None = None
@@ -396,6 +418,7 @@ class Writer:
             outcome.append((result, error))
             done.set()
 
+        self._hand_over()  # in order: the appends asked for before this call
         self._queue.put(_Call(work, deliver))
         with anyio.CancelScope(shield=True):  # once queued, it runs: wait for it
             await done.wait()
@@ -410,6 +433,7 @@ class Writer:
             return
         self.closed = True
         done = anyio.Event()
+        self._hand_over()
         self._queue.put(_Close(lambda result, error: done.set()))
         await done.wait()
 
@@ -424,7 +448,7 @@ class Writer:
                 anyio.from_thread.check_cancelled()
                 self._sync_if_dirty()
                 continue
-            if isinstance(job, Append):
+            if isinstance(job, list):
                 self._write(job)
             elif isinstance(job, _Call):
                 self._run_call(job)
@@ -433,20 +457,20 @@ class Writer:
                 self._deliver(job.deliver, None, None)
                 return
 
-    def _write(self, first: Append) -> None:
-        items = [first]
-        size = len(first.line)
+    def _write(self, first: list[Append]) -> None:
+        items = first
+        size = sum(len(item.line) for item in items)
         pending: _Call | _Close | None = None
         while size < MAX_BATCH_BYTES:
             try:
                 job = self._queue.get_nowait()
             except queue.Empty:
                 break
-            if not isinstance(job, Append):
+            if not isinstance(job, list):
                 pending = job  # runs right after this batch
                 break
-            items.append(job)
-            size += len(job.line)
+            items += job
+            size += sum(len(item.line) for item in job)
         data = b"".join(item.line for item in items)
         self.batch_lines.observe(len(items))
         file = self.file
