@@ -359,6 +359,9 @@ class Writer:
         self.sync = sync
         self.sync_interval_s = sync_interval_s
         self.on_batch = on_batch
+        # Called on the loop right after each ``on_batch``, in the same callback: the server
+        # writes the replies the batch produced there, not one loop turn later.
+        self.after_batch: list[Callable[[], None]] = []
         self.current_index = current_index
         self._queue: queue.SimpleQueue[list[Append] | _Call | _Close] = queue.SimpleQueue()
         # Appends of this loop turn, handed to the thread together at its end (``put``).
@@ -479,9 +482,14 @@ class Writer:
             error = file.append(data, self.sync)
         batch = Batch(observation=observation, items=items, data=data, error=error)
         assert self._loop is not None
-        self._loop.call_soon_threadsafe(self.on_batch, batch)
+        self._loop.call_soon_threadsafe(self._batch_done, batch)
         if pending is not None:
             self._queue_front(pending)
+
+    def _batch_done(self, batch: Batch) -> None:
+        self.on_batch(batch)
+        for hook in self.after_batch:
+            hook()
 
     def _run_call(self, job: _Call) -> None:
         try:

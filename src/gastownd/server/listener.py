@@ -162,10 +162,14 @@ class Server:
             self._loop.call_soon(self._flush_all)
         self._to_flush.append(conn)
 
-    def _flush_all(self) -> None:
+    def flush_now(self) -> None:
+        """Write every queued reply now, one write per connection (after a group commit:
+        its acknowledgements leave in the callback that made them)."""
         connections, self._to_flush = self._to_flush, []
         for conn in connections:
             conn.flush()
+
+    _flush_all = flush_now  # the end-of-turn flush ``schedule_flush`` arranges
 
     def take(self, conn: Connection, request: Request) -> None:
         """Answer ``request`` in the connection's callback if its op allows (``inline``),
