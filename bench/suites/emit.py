@@ -184,7 +184,7 @@ def _reference_row(result: Pooled, ref: Pooled, level: int, loop: str, window: f
         ratio=fmt_ratio(share),
         goal=f"≥ {REFERENCE_SHARE:g}× baseline",
         met=share >= REFERENCE_SHARE and result.errors == 0,
-        note=f"median of {len(shares)} rounds' ratios (daemon window / the reference's next "
+        note=f"median of {len(shares)} round(s)' ratios (daemon window / the reference's next "
         f"window, {window:g} s each): " + ", ".join(f"{r:.2f}" for r in shares),
         data=_data(result, ref) | {"round_ratios": shares},
     )
