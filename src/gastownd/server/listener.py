@@ -159,7 +159,7 @@ class Server:
         """Write ``conn``'s queued replies at the end of this loop turn, in one write."""
         if not self._to_flush:
             assert self._loop is not None
-            self._loop.call_soon(self._flush_all)
+            self._loop.call_soon(self.flush_now)
         self._to_flush.append(conn)
 
     def flush_now(self) -> None:
@@ -168,8 +168,6 @@ class Server:
         connections, self._to_flush = self._to_flush, []
         for conn in connections:
             conn.flush()
-
-    _flush_all = flush_now  # the end-of-turn flush ``schedule_flush`` arranges
 
     def take(self, conn: Connection, request: Request) -> None:
         """Answer ``request`` in the connection's callback if its op allows (``inline``),
