@@ -100,9 +100,9 @@ class Writer:
         self.sync = sync
         self.sync_interval_s = sync_interval_s
         self.on_batch = on_batch
-        # Called on the loop right after each ``on_batch``, in the same callback: the server
-        # writes the replies the batch produced there, not one loop turn later.
-        self.after_batch: list[Callable[[], None]] = []
+        # Runs each ``on_batch`` on the loop (``around_batch(work)`` calls ``work`` once): the
+        # server writes the replies a batch produced right after it, in the same callback.
+        self.around_batch: Callable[[Callable[[], None]], None] = _just_run
         self.current_index = current_index
         self._queue: queue.SimpleQueue[list[Append] | _Call | _Close] = queue.SimpleQueue()
         # Appends of this loop turn, handed to the thread together at its end (``put``).
@@ -228,9 +228,7 @@ class Writer:
             self._queue_front(pending)
 
     def _batch_done(self, batch: Batch) -> None:
-        self.on_batch(batch)
-        for hook in self.after_batch:
-            hook()
+        self.around_batch(lambda: self.on_batch(batch))
 
     def _run_call(self, job: _Call) -> None:
         try:
@@ -271,3 +269,7 @@ class Writer:
     ) -> None:
         assert self._loop is not None
         self._loop.call_soon_threadsafe(deliver, result, error)
+
+
+def _just_run(work: Callable[[], None]) -> None:
+    work()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
+from collections.abc import Callable
 from typing import Any
 
 import anyio
@@ -52,6 +53,7 @@ class Server:
         self._stop = anyio.Event()
         self._drained = anyio.Event()
         self._to_flush: list[Connection] = []
+        self._replying = False  # inside ``replying``: it flushes at its end
         self._loop: asyncio.AbstractEventLoop | None = None
         # Refused connections, rejected frames and evictions: counted, logged per cause.
         self.warnings = rate_limited("gastownd.server")
@@ -156,15 +158,25 @@ class Server:
             self._drained.set()
 
     def schedule_flush(self, conn: Connection) -> None:
-        """Write ``conn``'s queued replies at the end of this loop turn, in one write."""
-        if not self._to_flush:
+        """Write ``conn``'s queued replies at the end of this loop turn (or of the group
+        commit being acknowledged, see ``replying``), in one write."""
+        if not self._to_flush and not self._replying:
             assert self._loop is not None
             self._loop.call_soon(self.flush_now)
         self._to_flush.append(conn)
 
+    def replying(self, work: Callable[[], None]) -> None:
+        """Run ``work`` (a group commit's outcome), then write the replies it queued: they
+        leave in the callback that made them, not one loop turn later behind new requests."""
+        self._replying = True
+        try:
+            work()
+        finally:
+            self._replying = False
+            self.flush_now()
+
     def flush_now(self) -> None:
-        """Write every queued reply now, one write per connection (after a group commit:
-        its acknowledgements leave in the callback that made them)."""
+        """Write every queued reply now, one write per connection."""
         connections, self._to_flush = self._to_flush, []
         for conn in connections:
             conn.flush()
