@@ -161,6 +161,8 @@ class LogFile:
             assert info is not None
             rewritten = info.st_size < end or not tail_matches(self.fd, end, self.tail)
             if not rewritten:
+                if info.st_size == end:  # the usual case: nobody else wrote (no fstat needed)
+                    return Observation()
                 size = self.repair_tail(self.fd, end)
                 if size == end:
                     return Observation()
