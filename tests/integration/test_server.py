@@ -351,6 +351,32 @@ def test_a_frame_trickled_byte_by_byte_still_times_out(town: Path) -> None:
         assert proc.terminate() == 0
 
 
+def test_frames_each_cut_mid_read_never_time_out_while_each_arrives_in_time(town: Path) -> None:
+    """The deadline is each frame's own: a client whose every write ends inside the next
+    frame always holds a partial frame, for longer than the timeout, and is served."""
+    (town / "settings" / "gastownd.toml").write_text(
+        '[retention]\nenabled = false\n[server]\npartial_frame_timeout = "200ms"\n'
+    )
+    proc = DaemonProcess(town).wait_ready()
+    count = 30
+    stream = b"".join(b'{"op":"ping","id":%d}\n' % i for i in range(count))
+    cut = len(stream) // (count * 2) + 1  # about two writes a frame, each ending mid-frame
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(5)
+            sock.connect(str(proc.socket))
+            started = time.monotonic()
+            for start in range(0, len(stream), cut):
+                sock.sendall(stream[start : start + cut])
+                time.sleep(0.02)
+            assert time.monotonic() - started > 0.5  # well past one timeout
+            replies = read_frames(sock, count)
+    finally:
+        assert proc.terminate() == 0
+    assert [r["id"] for r in replies] == list(range(count))
+    assert all(r["ok"] for r in replies)
+
+
 def test_ctl_install_hooks_reports_an_invalid_file_on_stderr(tmp_path: Path, town: Path) -> None:
     settings = tmp_path / "settings.json"
     settings.write_text("{not json")

@@ -199,6 +199,7 @@ class App:
             expected_uid=os.geteuid(),
             inline=lambda req, conn, reply: ops.dispatch_inline(daemon, req, conn, reply),
         )
+        eventlog.writer.around_batch = server.replying
 
         listener: anyio.abc.SocketListener
         if adopted is not None:

@@ -1,72 +1,230 @@
-"""One connection's bookkeeping, without I/O: what it holds, whether it may take another
-request or read more, when it is idle, and whether a newcomer is admitted.
+"""One connection's protocol state without I/O, in the h11 manner: bytes in, events out.
 
-The asyncio protocol in ``socket_server.py`` feeds it events and acts on its answers; time is
-passed in, so every rule here is checked without a socket or a clock.
+The asyncio protocol in ``socket_server.py`` is its shell. It feeds in what it
+reads (``receive_data``, ``receive_eof``) and takes events out with
+``next_event``: a decoded ``Request``, a ``Refusal`` frame to answer with an
+error, or a ``NoRequest`` saying why there is none now (more bytes are needed,
+the in-flight limit is reached, or the input is over). Everything this
+decides, it decides here: framing (``codec.FrameReader``) and decoding, the
+in-flight limit and whether to read on, when a partial frame has waited too
+long, when the connection is idle or done, and who is admitted. Time is passed
+in, so every rule is checked without a socket or a clock
+(``tests/unit/test_connection_state.py``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import Enum
 
-from gastown_client.protocol import ErrorCode
+from gastown_client import codec
+from gastown_client.protocol import ErrorCode, Request
 
 
-@dataclass
+class NoRequest(Enum):
+    """Why ``next_event`` has no request to give now."""
+
+    NEED_DATA = "need_data"  # no whole frame is held: read on
+    AT_LIMIT = "at_limit"  # ``max_inflight`` requests are unanswered: wait for one
+    ENDED = "ended"  # no more requests will come (EOF, or input ended)
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """A frame that is not a request: answer it with this error, and count it."""
+
+    reason: str  # counted by this name (``RequestMeter.refused``)
+    code: str  # the error code of the reply, and the cause it is logged under
+    message: str
+    request_id: int | str | None = None
+    # A decoded frame counts as a request served; a frame too large to read does not.
+    counted: bool = True
+
+
+Event = Request | Refusal | NoRequest
+
+
 class ConnectionState:
-    # Requests taken at once, at most (``max_inflight_per_connection``).
-    max_inflight: int
-    # When the peer last sent bytes or was answered: who is closed first at the limit.
-    last_active: float
-    inflight: int = 0  # requests taken and not yet answered
-    pumps: int = 0  # subscription pumps still running
-    eof: bool = False  # the peer sent EOF: finish what it sent before
-    input_ended: bool = False  # no more requests will be read
-    closing: bool = False  # our side is shut down, waiting for the peer's
+    """What one connection holds and may do next; every change comes from the shell."""
 
-    def received(self, now: float) -> None:
+    __slots__ = (
+        "_reader",
+        "_received_at",
+        "_told_reading",
+        "closing",
+        "eof",
+        "inflight",
+        "input_ended",
+        "last_active",
+        "max_inflight",
+        "partial_since",
+        "partial_timeout_s",
+        "pumps",
+    )
+
+    def __init__(
+        self,
+        *,
+        max_frame: int,
+        max_inflight: int,
+        partial_timeout_s: float,
+        now: float,
+    ) -> None:
+        self._reader = codec.FrameReader(max_frame)
+        self.max_inflight = max_inflight  # requests taken at once, at most
+        self.partial_timeout_s = partial_timeout_s
+        # When the peer last sent bytes or was answered: who is closed first at the limit.
         self.last_active = now
+        self._received_at = now
+        # When the frame now held incomplete began (None: none is held).
+        self.partial_since: float | None = None
+        self.inflight = 0  # requests taken and not yet answered
+        self.pumps = 0  # subscription pumps still running
+        self.eof = False  # the peer sent EOF: finish what it sent before
+        self.input_ended = False  # no more requests will be read
+        self.closing = False  # our side is shut down, waiting for the peer's
+        self._told_reading = True  # what the transport was last told (it starts reading)
 
-    def may_take(self) -> bool:
-        """Another whole frame may be handled now."""
-        return not self.input_ended and self.inflight < self.max_inflight
+    # ------------------------------------------------------------ input
 
-    def took(self) -> None:
-        self.inflight += 1
+    def receive_data(self, data: bytes, now: float) -> None:
+        self.last_active = self._received_at = now
+        if self.partial_since is None:
+            self.partial_since = now
+        self._reader.feed(data)
 
-    def answered(self, now: float) -> None:
+    def receive_eof(self) -> None:
+        self.eof = True
+
+    def end_input(self) -> bool:
+        """No more requests from this connection; False if that was known already."""
+        if self.input_ended:
+            return False
+        self.input_ended = True
+        return True
+
+    def next_event(self) -> Event:
+        """The next request (taking an in-flight slot), a rejected frame, or why none."""
+        if self.input_ended:
+            return NoRequest.ENDED
+        reader = self._reader
+        while True:
+            if self.inflight >= self.max_inflight:
+                return NoRequest.AT_LIMIT
+            try:
+                frame = reader.next_frame()
+            except codec.FrameTooLarge as exc:
+                return Refusal("frame_too_large", ErrorCode.TOO_LARGE, str(exc), counted=False)
+            if frame is None:
+                if not reader.pending:
+                    self.partial_since = None
+                if self.eof:
+                    return NoRequest.ENDED  # the shell ends the input (``end_input``)
+                return NoRequest.NEED_DATA
+            # What follows this frame arrived with the last bytes, at the latest.
+            self.partial_since = self._received_at if reader.pending else None
+            if not frame.strip():
+                continue
+            try:
+                request = codec.decode_request(frame)
+            except codec.BadRequest as exc:
+                return Refusal(exc.code, exc.code, exc.message, exc.request_id)
+            self.inflight += 1
+            return request
+
+    # ------------------------------------------------------------ answers, pumps
+
+    def answered(self, now: float) -> bool:
+        """A request was answered; True if the shell must act: take the frames held
+        back at the limit, or close once done after the input ended."""
+        at_limit = self.inflight >= self.max_inflight
         self.inflight -= 1
         self.last_active = now
+        if at_limit:
+            # Nothing was read while at the limit: a frame held partial gets its time anew.
+            self._received_at = now
+            if self.partial_since is not None:
+                self.partial_since = now
+        return at_limit or self.input_ended
 
-    def reading(self) -> bool | None:
-        """Whether the transport should read (None: leave it as it is). At the limit it
-        stops: the kernel's buffer fills and the client waits, instead of our memory growing."""
+    def pump_started(self) -> None:
+        self.pumps += 1
+
+    def pump_ended(self) -> None:
+        self.pumps -= 1
+
+    # ------------------------------------------------------------ decisions
+
+    def reading_change(self) -> bool | None:
+        """Tell the transport to resume (True) or pause (False) reading; None: leave it.
+
+        At the in-flight limit it pauses: the kernel's buffer fills and the
+        client waits, instead of our memory growing. After EOF or the end of
+        input it is left alone (the shell reads on to drop what comes).
+        """
         if self.input_ended or self.eof:
             return None
-        return self.inflight < self.max_inflight
+        reading = self.inflight < self.max_inflight
+        if reading == self._told_reading:
+            return None
+        self._told_reading = reading
+        return reading
+
+    def frame_deadline(self) -> float | None:
+        """When the partial frame held must be whole (None: none is, or the bytes held
+        wait for the in-flight limit, which is no fault of the peer)."""
+        if (
+            self.partial_since is None
+            or self.input_ended
+            or self.inflight >= self.max_inflight
+            or not self._reader.pending
+        ):
+            return None
+        return self.partial_since + self.partial_timeout_s
+
+    def frame_timed_out(self, now: float) -> Refusal | None:
+        """The error that ends the connection if its partial frame is overdue at ``now``."""
+        deadline = self.frame_deadline()
+        if deadline is None or now < deadline:
+            return None
+        return Refusal(
+            "partial_frame_timeout",
+            ErrorCode.TIMEOUT,
+            f"incomplete frame ({self._reader.pending} bytes) stalled for "
+            f"{self.partial_timeout_s:g}s; closing",
+            counted=False,
+        )
+
+    @property
+    def pending(self) -> int:
+        """Bytes held that do not yet form a whole frame (or wait at the limit)."""
+        return self._reader.pending
 
     def done(self) -> bool:
         """Nothing in flight and no pump running: the connection may close."""
         return self.inflight == 0 and self.pumps == 0
 
-    def idle(self, *, closed: bool, subscribed: bool, partial: bool, queued: bool) -> bool:
+    def idle(self, *, closed: bool, subscribed: bool, queued: bool) -> bool:
         """Holding nothing a close would lose: no request, subscription or partial frame."""
         return (
             not self.closing
             and not closed
             and self.done()
             and not subscribed
-            and not partial
+            and not self._reader.pending
             and not queued
         )
 
-
-@dataclass(frozen=True)
-class Refusal:
-    reason: str  # counted and logged by this name
-    code: str
-    message: str
+    def eviction_notice(self, now: float, limit: int) -> Refusal:
+        """The error an idle connection is closed with to make room at the limit."""
+        return Refusal(
+            "evicted_idle",
+            ErrorCode.TIMEOUT,
+            f"closed after {now - self.last_active:.1f}s idle to make room: the daemon is "
+            f"at its connection limit ({limit}); reconnect when needed",
+            counted=False,
+        )
 
 
 def admission(
@@ -86,13 +244,17 @@ def admission(
             "foreign_uid",
             ErrorCode.FORBIDDEN,
             f"uid {uid} may not use this daemon (owned by uid {expected_uid})",
+            counted=False,
         )
     if full_and_none_idle():
         return Refusal(
             "too_many_connections",
             ErrorCode.BUSY,
             f"too many connections (max {max_connections}, none idle); retry later",
+            counted=False,
         )
     if stopping:
-        return Refusal("shutting_down", ErrorCode.SHUTTING_DOWN, "daemon is stopping")
+        return Refusal(
+            "shutting_down", ErrorCode.SHUTTING_DOWN, "daemon is stopping", counted=False
+        )
     return None

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
+from collections.abc import Callable
 from typing import Any
 
 import anyio
@@ -18,6 +19,7 @@ from gastown_client.protocol import Request
 from gastownd.metrics.buckets import RequestMeter
 from gastownd.process.config import ServerConfig, parse_duration
 from gastownd.process.refusals import DaemonError
+from gastownd.server.connection_state import Refusal, admission
 from gastownd.server.ratelog import rate_limited
 from gastownd.server.socket_server import (
     INTERNAL_ERROR,
@@ -51,6 +53,7 @@ class Server:
         self._stop = anyio.Event()
         self._drained = anyio.Event()
         self._to_flush: list[Connection] = []
+        self._replying = False  # inside ``replying``: it flushes at its end
         self._loop: asyncio.AbstractEventLoop | None = None
         # Refused connections, rejected frames and evictions: counted, logged per cause.
         self.warnings = rate_limited("gastownd.server")
@@ -77,8 +80,7 @@ class Server:
             finally:
                 server.close()
                 for conn in list(self.connections):
-                    if conn._transport is not None:
-                        conn._transport.abort()
+                    conn.abort_transport()
                 with anyio.CancelScope(shield=True):
                     await listener.aclose()
 
@@ -87,7 +89,7 @@ class Server:
         self.stopping = True
         self._stop.set()
         for conn in list(self.connections):
-            conn._run(conn._end_input)
+            conn.end_input()
         if not self.connections:
             self._drained.set()
 
@@ -95,6 +97,39 @@ class Server:
         """After ``stop()``: return once every connection has finished."""
         if self.connections:
             await self._drained.wait()
+
+    def admit(self, conn: Connection, uid: int | None) -> Refusal | None:
+        """Serve a new connection, or say why not (counted and logged here)."""
+        refusal = admission(
+            uid=uid,
+            expected_uid=self.expected_uid,
+            stopping=self.stopping,
+            max_connections=self.config.max_connections,
+            full_and_none_idle=lambda: self.at_limit() and not self.evict_idle(),
+        )
+        if refusal is None:
+            self.connections.add(conn)
+            log.debug("connection_opened")
+            return None
+        if refusal.reason == "foreign_uid":
+            self.warnings.warning("connection_refused", refusal.reason, peer_uid=uid)
+        elif refusal.reason == "too_many_connections":
+            self.warnings.warning(
+                "connection_refused",
+                refusal.reason,
+                max_connections=self.config.max_connections,
+            )
+        self.meter.refused[refusal.reason] += 1
+        return refusal
+
+    def rejected(self, rejected: Refusal) -> None:
+        """Count a frame or a connection refused; a request's is logged (rate-limited)."""
+        self.meter.refused[rejected.reason] += 1
+        if rejected.counted:
+            self.requests += 1
+            self.warnings.warning("request_rejected", rejected.code, message=rejected.message[:200])
+        elif rejected.reason == "frame_too_large":
+            self.warnings.warning("request_rejected", rejected.code)
 
     def at_limit(self) -> bool:
         """``max_connections`` are open (connections being closed do not count)."""
@@ -114,8 +149,7 @@ class Server:
             return False
         oldest = min(idle, key=lambda conn: conn.state.last_active)
         self.warnings.warning("connection_evicted", "idle_at_limit", idle_conn=oldest.id)
-        self.meter.refused["evicted_idle"] += 1
-        oldest._run(lambda: oldest._evict(self.config.max_connections))
+        oldest.evict(self.config.max_connections)
         return True
 
     def forget(self, conn: Connection) -> None:
@@ -124,21 +158,56 @@ class Server:
             self._drained.set()
 
     def schedule_flush(self, conn: Connection) -> None:
-        """Write ``conn``'s queued replies at the end of this loop turn, in one write."""
-        if not self._to_flush:
+        """Write ``conn``'s queued replies at the end of this loop turn (or of the group
+        commit being acknowledged, see ``replying``), in one write."""
+        if not self._to_flush and not self._replying:
             assert self._loop is not None
-            self._loop.call_soon(self._flush_all)
+            self._loop.call_soon(self.flush_now)
         self._to_flush.append(conn)
 
-    def _flush_all(self) -> None:
+    def replying(self, work: Callable[[], None]) -> None:
+        """Run ``work`` (a group commit's outcome), then write the replies it queued: they
+        leave in the callback that made them, not one loop turn later behind new requests."""
+        self._replying = True
+        try:
+            work()
+        finally:
+            self._replying = False
+            self.flush_now()
+
+    def flush_now(self) -> None:
+        """Write every queued reply now, one write per connection."""
         connections, self._to_flush = self._to_flush, []
         for conn in connections:
-            conn._flush()
+            conn.flush()
 
-    def start_request(self, conn: Connection, request: Request) -> None:
+    def take(self, conn: Connection, request: Request) -> None:
+        """Answer ``request`` in the connection's callback if its op allows (``inline``),
+        else in a task of its own: tasks start in spawn order, so each handler's
+        synchronous prefix (where an emit is queued) keeps the request order."""
+        self.requests += 1
+        request_id = request.id
+        answered = False
+        started = time.perf_counter()
+
+        def reply(result: Any) -> None:
+            nonlocal answered
+            if not answered:
+                answered = True
+                self.meter.finished(type(request), started, result)
+                conn.finish(request_id, result)
+
+        try:
+            if self.inline(request, conn, reply):
+                return
+        except DaemonError as exc:
+            reply(exc)
+            return
+        except Exception:
+            log.exception("request_failed", request_id=request_id, op=type(request).__name__)
+            reply(INTERNAL_ERROR)
+            return
         assert self._tasks is not None
-        # Tasks start in spawn order, so each handler's synchronous prefix
-        # (where an emit is queued) keeps the request order.
         self._tasks.start_soon(self._run_request, conn, request)
 
     async def _run_request(self, conn: Connection, request: Request) -> None:
@@ -155,15 +224,13 @@ class Server:
             outcome = INTERNAL_ERROR
         self.meter.finished(type(request), started, outcome)
         if not isinstance(outcome, FollowUp):
-            conn._run(lambda: conn._finish(request_id, outcome))
+            conn.finish(request_id, outcome)
             return
-        result = outcome
         # A subscription's pump keeps the connection open, not a request slot.
-        conn.state.pumps += 1
-        conn._run(lambda: conn._finish(request_id, result.result))
-        conn._flush()
+        conn.state.pump_started()
+        conn.finish(request_id, outcome.result)
+        conn.flush()
         try:
-            await result.task()
+            await outcome.task()
         finally:
-            conn.state.pumps -= 1
-            conn._run(conn._resume)
+            conn.pump_ended()

@@ -1,15 +1,16 @@
-"""The socket server: connections, framing, limits, dispatch, replies.
+"""The socket server's connections: the asyncio shell around ``ConnectionState``.
 
 The only module that touches client connections. Each connection is an
-asyncio protocol: the event loop hands it the bytes it reads, it cuts them
-into frames and decodes each request. A request the ``inline`` hook takes
-(``ping``, ``hello``, ``unsubscribe``, and ``emit``, which the log's writer
-completes later) costs no task; any other runs as a task of the server's own
-task group (pipelining, bounded by ``max_inflight_per_connection``). Replies
-are tagged with the request's ``id`` and queued per connection; everything
-queued in one turn of the loop goes out in one write. This is also the one
-place that turns exceptions into error replies: ``DaemonError`` gives its
-code, anything else ``internal`` plus one logged traceback.
+asyncio protocol: the event loop hands it the bytes it reads, it feeds them
+to its ``ConnectionState`` (framing, decoding, limits and their decisions,
+without I/O) and acts on the events it takes out: a request goes to the
+server (``listener.Server.take``: inline, or a task of the server's task
+group; pipelining is bounded by ``max_inflight_per_connection``), a rejected
+frame is answered with its error, and reading pauses or resumes as the state
+says. Replies are tagged with the request's ``id`` and queued per connection;
+everything queued in one turn of the loop goes out in one write. The server
+is the one place that turns exceptions into error replies: ``DaemonError``
+gives its code, anything else ``internal`` plus one logged traceback.
 
 Limits: at ``max_connections`` a new client is still served: the connection
 idle longest that has no request in flight, no subscription and no partial
@@ -37,13 +38,11 @@ import anyio.abc
 import structlog
 
 from gastown_client import codec
-from gastown_client.protocol import ErrorCode, OkReply, Request
-from gastownd.metrics.buckets import RequestMeter
+from gastown_client.protocol import OkReply, Request
 from gastownd.process.config import ServerConfig
 from gastownd.process.instance import peer_uid
 from gastownd.process.refusals import DaemonError
-from gastownd.server.connection_state import ConnectionState, admission
-from gastownd.server.ratelog import RateLimitedLog
+from gastownd.server.connection_state import ConnectionState, NoRequest, Refusal
 
 log = structlog.get_logger("gastownd.server")
 
@@ -69,24 +68,17 @@ class ConnectionOwner(Protocol):
     """What a connection needs of the server that accepted it (``listener.Server``)."""
 
     config: ServerConfig
-    expected_uid: int
-    stopping: bool
-    requests: int
-    connections: set[Connection]
     partial_timeout_s: float
-    meter: RequestMeter
-    warnings: RateLimitedLog
-    inline: Inline
 
-    def at_limit(self) -> bool: ...
-    def evict_idle(self) -> bool: ...
+    def admit(self, conn: Connection, uid: int | None) -> Refusal | None: ...
+    def rejected(self, rejected: Refusal) -> None: ...
     def forget(self, conn: Connection) -> None: ...
     def schedule_flush(self, conn: Connection) -> None: ...
-    def start_request(self, conn: Connection, request: Request) -> None: ...
+    def take(self, conn: Connection, request: Request) -> None: ...
 
 
 class Connection(asyncio.Protocol):
-    """One client connection, as the handlers see it."""
+    """One client connection, as the handlers see it: the I/O shell of a ``ConnectionState``."""
 
     _ids = itertools.count(1)
 
@@ -97,13 +89,18 @@ class Connection(asyncio.Protocol):
         # Called when the peer stops sending (subscriptions end here).
         self.on_close: list[Callable[[], None]] = []
         self.subscriptions: set[int] = set()
+        config = server.config
+        self.state = ConnectionState(
+            max_frame=config.max_frame_bytes,
+            max_inflight=config.max_inflight_per_connection,
+            partial_timeout_s=server.partial_timeout_s,
+            now=time.monotonic(),
+        )
         self._transport: asyncio.Transport | None = None
-        self._reader = codec.FrameReader(server.config.max_frame_bytes)
         self._context = contextvars.copy_context()
         self._context.run(structlog.contextvars.bind_contextvars, conn=self.id)
         self._in_context = False
         self._outgoing: list[bytes] = []
-        self.state = ConnectionState(server.config.max_inflight_per_connection, time.monotonic())
         self._processing = False
         self._frame_timer: asyncio.TimerHandle | None = None
         self._linger: asyncio.TimerHandle | None = None
@@ -114,10 +111,7 @@ class Connection(asyncio.Protocol):
     def idle(self) -> bool:
         """Holding nothing a close would lose: no request, subscription or partial frame."""
         return self.state.idle(
-            closed=self.closed,
-            subscribed=bool(self.subscriptions),
-            partial=bool(self._reader.pending),
-            queued=bool(self._outgoing),
+            closed=self.closed, subscribed=bool(self.subscriptions), queued=bool(self._outgoing)
         )
 
     # ------------------------------------------------------------ asyncio
@@ -128,14 +122,14 @@ class Connection(asyncio.Protocol):
         self._run(self._admit)
 
     def data_received(self, data: bytes) -> None:
-        if self.state.input_ended:
+        state = self.state
+        if state.input_ended:
             return  # still read, so that closing never finds unread bytes (a reset)
-        self.state.received(time.monotonic())
-        self._reader.feed(data)
+        state.receive_data(data, time.monotonic())
         self._run(self._process)
 
     def eof_received(self) -> bool:
-        self.state.eof = True
+        self.state.receive_eof()
         if self.state.closing:
             self._transport_close()
             return True
@@ -175,6 +169,38 @@ class Connection(asyncio.Protocol):
         """Close from our side (slow subscriber, shutdown), after what was sent."""
         self._close()
 
+    # ------------------------------------------------------------ for the server
+
+    def finish(self, request_id: int | str | None, result: Any) -> None:
+        """A request's outcome: queue its reply, free its slot."""
+        if isinstance(result, DaemonError):
+            self._queue(codec.error_reply(request_id, result.code, result.message))
+        else:
+            self._queue(OkReply(id=request_id, result=result))
+        if self.state.answered(time.monotonic()):
+            self._run(self._resume)
+
+    def pump_ended(self) -> None:
+        """A subscription's pump is over (it kept the connection open, not a slot)."""
+        self.state.pump_ended()
+        self._run(self._resume)
+
+    def end_input(self) -> None:
+        """Read no more requests (the server stops); what is in flight still answers."""
+        self._run(self._end_input)
+
+    def evict(self, limit: int) -> None:
+        """Make room at the connection limit: this idle connection is closed."""
+        self._run(lambda: self._refuse(self.state.eviction_notice(time.monotonic(), limit)))
+
+    def flush(self) -> None:
+        """Write what is queued now, in one write."""
+        self._flush()
+
+    def abort_transport(self) -> None:
+        if self._transport is not None:
+            self._transport.abort()
+
     # ------------------------------------------------------------ reading
 
     def _run(self, work: Callable[[], None]) -> None:
@@ -189,110 +215,47 @@ class Connection(asyncio.Protocol):
             self._in_context = False
 
     def _admit(self) -> None:
-        server = self.server
         raw = self._transport.get_extra_info("socket") if self._transport else None
         try:
             uid = peer_uid(raw) if raw is not None else None
         except OSError:
             uid = None
-        refusal = admission(
-            uid=uid,
-            expected_uid=server.expected_uid,
-            stopping=server.stopping,
-            max_connections=server.config.max_connections,
-            full_and_none_idle=lambda: server.at_limit() and not server.evict_idle(),
-        )
+        refusal = self.server.admit(self, uid)
         if refusal is not None:
-            if refusal.reason == "foreign_uid":
-                server.warnings.warning("connection_refused", refusal.reason, peer_uid=uid)
-            elif refusal.reason == "too_many_connections":
-                server.warnings.warning(
-                    "connection_refused",
-                    refusal.reason,
-                    max_connections=server.config.max_connections,
-                )
-            server.meter.refused[refusal.reason] += 1
-            self.state.input_ended = True
+            self.state.end_input()
             self._write(codec.encode_frame(codec.error_reply(None, refusal.code, refusal.message)))
             self._close()
-            return
-        server.connections.add(self)
-        log.debug("connection_opened")
 
     def _process(self) -> None:
-        """Handle the whole frames received, as far as the in-flight limit allows."""
-        state = self.state
-        if self._processing or state.input_ended:
-            return
+        """Take the events of the bytes received, as far as the in-flight limit allows."""
+        if self._processing:
+            return  # the loop below goes on by itself
         self._processing = True
-        reader = self._reader
+        state = self.state
         server = self.server
         try:
-            while state.may_take():
-                try:
-                    frame = reader.next_frame()
-                except codec.FrameTooLarge as exc:
-                    server.warnings.warning("request_rejected", ErrorCode.TOO_LARGE)
-                    server.meter.refused["frame_too_large"] += 1
-                    self._queue(codec.error_reply(None, ErrorCode.TOO_LARGE, str(exc)))
-                    continue
-                if frame is None:
-                    if state.eof:
+            while True:
+                event = state.next_event()
+                if isinstance(event, Request):
+                    server.take(self, event)
+                elif isinstance(event, Refusal):
+                    server.rejected(event)
+                    self._queue(codec.error_reply(event.request_id, event.code, event.message))
+                else:
+                    if event is NoRequest.ENDED:
                         self._end_input()
                     break
-                if not frame.strip():
-                    continue
-                server.requests += 1
-                try:
-                    request = codec.decode_request(frame)
-                except codec.BadRequest as exc:
-                    server.warnings.warning("request_rejected", exc.code, message=exc.message[:200])
-                    server.meter.refused[exc.code] += 1
-                    self._queue(codec.error_reply(exc.request_id, exc.code, exc.message))
-                    continue
-                state.took()
-                if not self._inline(request):
-                    server.start_request(self, request)
         finally:
             self._processing = False
+        reading = state.reading_change()
         transport = self._transport
-        reading = state.reading()
-        if transport is not None and reading is not None:
+        if reading is not None and transport is not None:
             if reading:
                 transport.resume_reading()
             else:
                 transport.pause_reading()
-        self._watch_partial_frame()
-
-    def _inline(self, request: Request) -> bool:
-        request_id = request.id
-        answered = False
-        started = time.perf_counter()
-
-        def reply(result: Any) -> None:
-            nonlocal answered
-            if not answered:
-                answered = True
-                self.server.meter.finished(type(request), started, result)
-                self._run(lambda: self._finish(request_id, result))
-
-        try:
-            return self.server.inline(request, self, reply)
-        except DaemonError as exc:
-            reply(exc)
-        except Exception:
-            log.exception("request_failed", request_id=request_id, op=type(request).__name__)
-            reply(INTERNAL_ERROR)
-        return True
-
-    def _finish(self, request_id: int | str | None, result: Any) -> None:
-        """A request's outcome: queue its reply, free its slot."""
-        if isinstance(result, DaemonError):
-            self._queue(codec.error_reply(request_id, result.code, result.message))
-        else:
-            self._queue(OkReply(id=request_id, result=result))
-        self.state.answered(time.monotonic())
-        self._resume()
+        if state.partial_since is not None or self._frame_timer is not None:
+            self._watch_partial_frame()
 
     def _resume(self) -> None:
         if self._processing:
@@ -304,9 +267,8 @@ class Connection(asyncio.Protocol):
 
     def _end_input(self) -> None:
         """No more requests from this connection: end its subscriptions, close when idle."""
-        if self.state.input_ended:
+        if not self.state.end_input():
             return
-        self.state.input_ended = True
         self._cancel_frame_timer()
         if self._transport is not None and not self._transport.is_closing():
             self._transport.resume_reading()  # and drop what comes
@@ -359,7 +321,7 @@ class Connection(asyncio.Protocol):
         if state.closing or transport is None or transport.is_closing():
             return
         state.closing = True
-        state.input_ended = True
+        state.end_input()
         if state.eof or not transport.can_write_eof():
             transport.close()  # what is queued goes out first
             return
@@ -372,54 +334,40 @@ class Connection(asyncio.Protocol):
         if self._transport is not None and not self._transport.is_closing():
             self._transport.close()
 
+    def _refuse(self, rejected: Refusal) -> None:
+        """End the connection with ``rejected`` as its last frame."""
+        self.server.rejected(rejected)
+        self._queue(codec.error_reply(None, rejected.code, rejected.message))
+        self._end_input()
+        self._close()
+
     # ------------------------------------------------------------ partial frames
 
     def _watch_partial_frame(self) -> None:
-        """A frame must arrive whole within ``partial_frame_timeout`` of its first byte."""
-        if not self._reader.pending or self.state.input_ended:
+        """A frame must arrive whole within ``partial_frame_timeout`` (``frame_deadline``)."""
+        deadline = self.state.frame_deadline()
+        if deadline is None:
             self._cancel_frame_timer()
         elif self._frame_timer is None:
+            delay = max(0.0, deadline - time.monotonic())
             loop = asyncio.get_running_loop()
-            self._frame_timer = loop.call_later(
-                self.server.partial_timeout_s, self._run, self._frame_timed_out
-            )
+            self._frame_timer = loop.call_later(delay, self._run, self._frame_timer_fired)
 
     def _cancel_frame_timer(self) -> None:
         if self._frame_timer is not None:
             self._frame_timer.cancel()
             self._frame_timer = None
 
-    def _evict(self, limit: int) -> None:
-        """Make room at the connection limit: this idle connection is closed."""
-        idle_s = time.monotonic() - self.state.last_active
-        self._queue(
-            codec.error_reply(
-                None,
-                ErrorCode.TIMEOUT,
-                f"closed after {idle_s:.1f}s idle to make room: the daemon is at its "
-                f"connection limit ({limit}); reconnect when needed",
-            )
-        )
-        self._end_input()
-        self._close()
-
-    def _frame_timed_out(self) -> None:
+    def _frame_timer_fired(self) -> None:
         self._frame_timer = None
-        pending = self._reader.pending
-        if not pending or self.closed:
+        if self.closed:
             return
-        self._queue(
-            codec.error_reply(
-                None,
-                ErrorCode.TIMEOUT,
-                f"incomplete frame ({pending} bytes) stalled for "
-                f"{self.server.partial_timeout_s:g}s; closing",
-            )
-        )
-        log.info("connection_timed_out", pending_bytes=pending)
-        self.server.meter.refused["partial_frame_timeout"] += 1
-        self._end_input()
-        self._close()
+        timed_out = self.state.frame_timed_out(time.monotonic())
+        if timed_out is None:
+            self._watch_partial_frame()  # a later frame: its own deadline
+            return
+        log.info("connection_timed_out", pending_bytes=self.state.pending)
+        self._refuse(timed_out)
 
 
 # The outcome of a request that failed with an unexpected exception.

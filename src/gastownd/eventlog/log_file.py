@@ -1,0 +1,288 @@
+"""The log file itself: its descriptors, Gas Town's lock, and every blocking change to it.
+
+``LogFile`` does the blocking work, always under the writers' lock (an
+exclusive BSD flock on ``.events.jsonl.lock``, exactly as ``gt`` takes it):
+opening the log and cutting a torn tail off, looking at what other writers
+did since it last looked (``observe``), appending a batch and syncing it,
+and swapping a pruned copy in. While the daemon runs, only the writer's
+thread (``writer.Writer``) uses it.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import structlog
+
+from gastownd.core.index import EventIndex
+from gastownd.eventlog.indexer import LongLine, whole_lines
+from gastownd.eventlog.logstate import TAIL_SIGNATURE, fsync_dir, read_tail, tail_matches, write_all
+from gastownd.metrics.buckets import FSYNC_SECONDS, Buckets
+from gastownd.process.refusals import StorageError
+
+log = structlog.get_logger("gastownd.writer")
+
+
+# ---------------------------------------------------------------- observations
+
+
+@dataclass
+class Rewrite:
+    """The file was replaced, truncated or rewritten behind our back: all of it, matched."""
+
+    index: EventIndex
+    data: bytes
+    fresh_from: int  # the first position not known before
+    removed_max: int  # the highest seq that disappeared (-1: none)
+    new_fd: int | None  # the replacement's descriptor, when it is another file
+    tail: bytes  # the file's last bytes (a seqmap checkpoint)
+
+
+@dataclass
+class Observation:
+    """What others did to the file since we last looked (found under the lock)."""
+
+    # Complete lines appended by others, in order (one too long to index comes described).
+    appended: list[bytes | LongLine] = field(default_factory=list)
+    rewrite: Rewrite | None = None
+
+
+# ---------------------------------------------------------------- the file
+
+
+class LogFile:
+    """The log's descriptors and every blocking operation that changes the file."""
+
+    def __init__(self, path: Path, lock_path: Path, quarantine_dir: Path) -> None:
+        self.path = path
+        self.lock_path = lock_path
+        self.quarantine_dir = quarantine_dir
+        self.fd = -1
+        self.lock_fd = -1
+        self.inode = (0, 0)
+        # The file as last seen: its size, and the bytes just before that size.
+        self.end = 0
+        self.tail = b""
+        self.quarantined = 0
+        self.dirty = False  # written and not yet synced (durability "write")
+        self.fsync_seconds = Buckets(FSYNC_SECONDS)  # observed in the writer's thread only
+
+    def open_lock(self) -> None:
+        self.lock_fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+
+    def open(self) -> int:
+        """Open (create) the log and cut a torn tail off (lock held); returns its size."""
+        self.fd = self._open_log()
+        size = self.repair_tail(self.fd, 0)
+        info = os.fstat(self.fd)
+        self.inode = (info.st_dev, info.st_ino)
+        return size
+
+    def _open_log(self) -> int:
+        created = not self.path.exists()
+        fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        if created:
+            fsync_dir(self.path.parent)  # the new name itself must survive a crash
+        return fd
+
+    def remember(self, end: int) -> None:
+        """The file is known up to ``end``: keep its size and its last bytes."""
+        self.end = end
+        self.tail = read_tail(self.fd, end)
+
+    @contextmanager
+    def flocked(self) -> Iterator[None]:
+        fcntl.flock(self.lock_fd, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(self.lock_fd, fcntl.LOCK_UN)
+
+    def repair_tail(self, fd: int, known_end: int) -> int:
+        """Cut a torn or NUL-padded last line back to the last newline (lock held).
+
+        No ``gt`` is mid-write while we hold the lock: bytes after the last
+        newline were left by a writer that died. They are saved to a
+        quarantine file first. Returns the file size afterwards.
+        """
+        size = os.fstat(fd).st_size
+        if size <= known_end:
+            return size
+        cut_at = known_end
+        position = size
+        while position > known_end:
+            start = max(known_end, position - (1 << 20))
+            block = os.pread(fd, position - start, start)
+            newline = block.rfind(b"\n")
+            if newline >= 0:
+                cut_at = start + newline + 1
+                break
+            position = start
+        if cut_at == size:
+            return size
+        torn = os.pread(fd, size - cut_at, cut_at)
+        self._quarantine(torn, cut_at)
+        os.ftruncate(fd, cut_at)
+        os.fsync(fd)
+        self.quarantined += 1
+        log.warning(
+            "eventlog_tail_repaired",
+            cut_bytes=len(torn),
+            at_offset=cut_at,
+            nul_padding=torn.strip(b"\0") == b"",
+        )
+        return cut_at
+
+    def _quarantine(self, data: bytes, offset: int) -> None:
+        self.quarantine_dir.mkdir(mode=0o700, exist_ok=True)
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        path = self.quarantine_dir / f"events-{stamp}-{offset}.torn"
+        with open(path, "ab") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+
+    def observe(self, current_index: Callable[[], EventIndex]) -> Observation:
+        """What others did to the file since we last looked (lock held)."""
+        try:
+            info = os.stat(self.path)
+        except FileNotFoundError:
+            info = None
+        end = self.end
+        replaced = info is None or (info.st_dev, info.st_ino) != self.inode
+        if not replaced:
+            assert info is not None
+            rewritten = info.st_size < end or not tail_matches(self.fd, end, self.tail)
+            if not rewritten:
+                if info.st_size == end:  # the usual case: nobody else wrote (no fstat needed)
+                    return Observation()
+                size = self.repair_tail(self.fd, end)
+                if size == end:
+                    return Observation()
+                appended = list(whole_lines(self.fd, end, size))
+                self.remember(size)
+                return Observation(appended=appended)
+            return Observation(rewrite=self._reread(self.fd, None, current_index()))
+        known = current_index()
+        new_fd = self._open_log()
+        return Observation(rewrite=self._reread(new_fd, new_fd, known))
+
+    def _reread(self, fd: int, new_fd: int | None, old: EventIndex) -> Rewrite:
+        size = self.repair_tail(fd, 0)
+        data = os.pread(fd, size, 0) if size else b""
+        index, fresh_from, removed = old.rematch(data)
+        if new_fd is not None:
+            info = os.fstat(new_fd)
+            self.fd = new_fd
+            self.inode = (info.st_dev, info.st_ino)
+        self.remember(size)
+        log.warning(
+            "eventlog_reloaded",
+            reason="replaced" if new_fd is not None else "rewritten",
+            lines=len(index),
+            new_lines=len(index) - fresh_from,
+            removed=len(removed),
+        )
+        return Rewrite(
+            index=index,
+            data=data,
+            fresh_from=fresh_from,
+            removed_max=max(removed, default=-1),
+            new_fd=new_fd,
+            tail=self.tail,
+        )
+
+    def append(self, data: bytes, sync: bool) -> StorageError | None:
+        """Write ``data`` at the end in one ``write`` and sync it (lock held).
+
+        On failure the file is cut back to its size before, so no line of
+        the batch stays behind.
+        """
+        fd = self.fd
+        before = self.end
+        try:
+            write_all(fd, data)
+            if sync:
+                synced_from = time.perf_counter()
+                os.fdatasync(fd)
+                self.fsync_seconds.observe(time.perf_counter() - synced_from)
+            else:
+                self.dirty = True
+        except OSError as exc:
+            self._cut_back(fd, before)
+            log.error("eventlog_write_failed", error=exc.strerror, errno=exc.errno, bytes=len(data))
+            reason = "disk full" if exc.errno == errno.ENOSPC else exc.strerror
+            return StorageError(f"could not write the event log ({reason}); nothing was written")
+        self.end = before + len(data)
+        self.tail = (self.tail + data)[-TAIL_SIGNATURE:]
+        return None
+
+    def _cut_back(self, fd: int, size: int) -> None:
+        try:
+            os.ftruncate(fd, size)
+            os.fsync(fd)
+        except OSError as exc:
+            log.error("eventlog_cut_back_failed", error=exc.strerror, size=size)
+
+    def sync(self) -> None:
+        if self.dirty:
+            self.dirty = False
+            synced_from = time.perf_counter()
+            os.fdatasync(self.fd)
+            self.fsync_seconds.observe(time.perf_counter() - synced_from)
+
+    def replace(
+        self,
+        temp_fd: int,
+        temp_path: Path,
+        copied_up_to: int,
+        before_rename: Callable[[int, int, bytes], None],
+    ) -> int:
+        """Swap a pruned copy in (lock held): returns the old descriptor (still open).
+
+        What was appended after ``copied_up_to`` is copied onto the new file,
+        which is synced; ``before_rename(inode, size, tail)`` then records the
+        new file's seqmap, and the rename commits the prune.
+        """
+        current = os.fstat(self.fd).st_size
+        if current > copied_up_to:
+            copy_range(self.fd, temp_fd, copied_up_to, current - copied_up_to)
+        os.fsync(temp_fd)
+        info = os.fstat(temp_fd)
+        tail = read_tail(temp_fd, info.st_size)
+        before_rename(info.st_ino, info.st_size, tail)
+        # The commit point: from here on, the new file is the log.
+        os.replace(temp_path, self.path)
+        try:
+            fsync_dir(self.path.parent)
+        except OSError as exc:
+            log.error("eventlog_dir_sync_failed", error=exc.strerror)
+        old_fd = self.fd
+        self.fd = temp_fd
+        self.inode = (info.st_dev, info.st_ino)
+        self.end = info.st_size
+        self.tail = tail
+        return old_fd
+
+    def close(self) -> None:
+        for fd in (self.fd, self.lock_fd):
+            if fd >= 0:
+                os.close(fd)
+        self.fd = self.lock_fd = -1
+
+
+def copy_range(source: int, target: int, offset: int, length: int) -> None:
+    while length > 0:
+        chunk = os.pread(source, min(length, 4 << 20), offset)
+        if not chunk:
+            raise StorageError("the event log shrank during a copy")
+        write_all(target, chunk)
+        offset += len(chunk)
+        length -= len(chunk)
