@@ -24,7 +24,7 @@ from gastown_client import paths
 from gastown_client.aclient import AsyncClient
 from gastown_client.client import Client
 from gastown_client.protocol import Hook, HookResult
-from gastownd.eventlog import event_log, recovery
+from gastownd.eventlog import background_index, event_log, recovery
 from gastownd.process.app import App, build_state
 from tests.conftest import DaemonProcess
 from tests.integration.test_service import notify_socket, receive_until, spawn_supervised
@@ -57,7 +57,7 @@ def big_log(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def held_town(town: Path, big_log: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """The town with the big log; its background index waits for ``release(town)``."""
     shutil.copyfile(big_log, paths.events_path(town))
-    monkeypatch.setenv(event_log.TEST_HOLD_INDEXING_ENV, str(_release_file(town)))
+    monkeypatch.setenv(background_index.TEST_HOLD_INDEXING_ENV, str(_release_file(town)))
     yield town
     release(town)  # never leave a worker thread waiting
 
@@ -218,7 +218,7 @@ async def test_subscribers_during_indexing_get_every_line_once(
 def test_kill_during_background_indexing_loses_nothing(town: Path, big_log: Path) -> None:
     shutil.copyfile(big_log, paths.events_path(town))
     hold = town / "never"
-    env = {**os.environ, event_log.TEST_HOLD_INDEXING_ENV: str(hold)}
+    env = {**os.environ, background_index.TEST_HOLD_INDEXING_ENV: str(hold)}
     first = DaemonProcess(town, env=env).wait_ready()
     try:
         with first.client() as client:
@@ -296,7 +296,7 @@ def test_a_stop_during_background_indexing_is_clean(town: Path, big_log: Path) -
     """SIGTERM while the background index runs: a clean, prompt exit, no snapshot of a
     partial index, and the next start indexes everything."""
     shutil.copyfile(big_log, paths.events_path(town))
-    env = {**os.environ, event_log.TEST_HOLD_INDEXING_ENV: str(town / "never")}
+    env = {**os.environ, background_index.TEST_HOLD_INDEXING_ENV: str(town / "never")}
     first = DaemonProcess(town, env=env).wait_ready()
     with first.client() as client:
         assert client.status().indexing is not None
@@ -317,7 +317,7 @@ def test_sd_notify_status_follows_the_background_index(town: Path, big_log: Path
     notify, address = notify_socket(town)
     release_path = _release_file(town)
     proc = spawn_supervised(
-        town, {"NOTIFY_SOCKET": address, event_log.TEST_HOLD_INDEXING_ENV: str(release_path)}
+        town, {"NOTIFY_SOCKET": address, background_index.TEST_HOLD_INDEXING_ENV: str(release_path)}
     )
     try:
         ready = next(m for m in receive_until(notify, "READY=1") if "READY=1" in m)
