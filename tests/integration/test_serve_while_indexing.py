@@ -129,6 +129,10 @@ async def test_answers_before_the_index_is_complete(daemon: Path, held_town: Pat
         partial = await client.query(types=["during"])
         assert partial.indexing is not None
         assert len(partial.events) == 1
+        # The same for a town-wide query (the local part is what is indexed so far).
+        town_wide = await client.query(types=["during"], all_nodes=True)
+        assert town_wide.indexing is not None
+        assert len(town_wide.events) == 1
         # Still indexing: everything above was answered before the index was complete.
         assert (await client.status()).indexing is not None
 
@@ -139,6 +143,7 @@ async def test_answers_before_the_index_is_complete(daemon: Path, held_town: Pat
         assert status.eventlog.lines >= LINES + 2  # the emit and the hook's session_start
         whole = await client.query(types=["during"])
         assert whole.indexing is None
+        assert (await client.query(types=["during"], all_nodes=True)).indexing is None
         assert [json.loads(bytes(e))["payload"] for e in whole.events] == [{"n": 1}]
         assert whole.cursor.split(":")[0] == emitted.cursor.split(":")[0]
         probes = await client.query(types=["probe"], limit=PROBES + 10, oldest_first=True)
@@ -157,6 +162,18 @@ async def test_a_query_waits_for_an_index_that_finishes_in_time(
         assert (await client.status()).indexing is not None
         release(held_town)
         result = await client.query(types=["probe"], limit=PROBES + 10)
+        assert result.indexing is None
+        assert len(result.events) == PROBES
+
+
+async def test_a_town_wide_query_waits_for_an_index_that_finishes_in_time(
+    daemon: Path, held_town: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(event_log, "QUERY_WAIT_S", 30.0)
+    async with AsyncClient(daemon) as client:
+        assert (await client.status()).indexing is not None
+        release(held_town)
+        result = await client.query(types=["probe"], limit=PROBES + 10, all_nodes=True)
         assert result.indexing is None
         assert len(result.events) == PROBES
 
