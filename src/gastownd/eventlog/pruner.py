@@ -1,11 +1,12 @@
 """Retention in the shell: where the policy comes from, the periodic prune, and the prune.
 
 A prune removes the expired lines: it archives them, copies the kept ones to
-a new file and swaps it in. Planning and the new index are computed on the
-event loop in small steps, so requests keep flowing (a worker thread would
-hold the GIL for seconds on a large log); the bulk copy and the archive run
-in threads without the writers' lock, which the writer's thread holds only
-to copy what was appended meanwhile and rename. The archive is durable
+a new file and swaps it in. The plan and the new index are computed in a
+worker process (``prune_plan``), so requests keep flowing (the event loop,
+or a thread holding the GIL, would delay them for seconds on a large log);
+the bulk copy and the archive run in threads without the writers' lock,
+which the writer's thread holds only to copy what was appended meanwhile and
+rename. The archive is durable
 before the rename, which commits it (see ``gastownd.eventlog.archive_files``). Appends,
 ours and gt's, keep flowing and none is lost.
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import os
 import time
+from array import array
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,16 +27,12 @@ import structlog
 from gastown_client.protocol import PruneResult
 from gastownd.core import archive as archived
 from gastownd.core.index import EventIndex
-from gastownd.core.retention import (
-    GAS_TOWN_TTLS_S,
-    RetentionPolicy,
-    plan_prune_steps,
-    policy_from_krc,
-)
-from gastownd.eventlog.archive_files import crash_here_for_tests, days_of
+from gastownd.core.retention import GAS_TOWN_TTLS_S, RetentionPolicy, policy_from_krc
+from gastownd.eventlog.archive_files import crash_here_for_tests
 from gastownd.eventlog.event_log import EventLog
-from gastownd.eventlog.logstate import SeqMap, runs_steps, write_seqmap
-from gastownd.eventlog.prune_steps import complement_steps, cooperate, copy_kept, ranges_steps
+from gastownd.eventlog.logstate import SeqMap, write_seqmap
+from gastownd.eventlog.prune_plan import plan_in_worker
+from gastownd.eventlog.prune_steps import copy_kept
 from gastownd.eventlog.writer import LogFile, Observation
 from gastownd.process.config import RetentionConfig, parse_duration
 from gastownd.process.daemon import Daemon
@@ -156,9 +154,8 @@ class _Plan:
     index: EventIndex  # the index it planned from
     count: int  # the lines it looked at (later ones were appended during the prune)
     end: int  # where line ``count - 1`` ends
-    removed: list[int]  # positions below ``count``, ascending
+    removed: array[int]  # positions below ``count``, ascending
     days: dict[str, int]
-    ranges: list[tuple[int, int]]  # the kept bytes
     kept: EventIndex  # the index of the kept lines, laid out as in the new file
     runs: list[tuple[int, int]]
     removed_max: int
@@ -187,26 +184,16 @@ async def prune(
         count = len(index)
         end = index.end
         protect_from = None if keep_after_seq is None else index.position_after(keep_after_seq)
-        # Appends only add positions past ``count``: the steps read a stable prefix.
-        decided = await cooperate(
-            plan_prune_steps(
-                index.types,
-                index.type_names,
-                index.ts,
-                count,
-                now_s,
-                policy,
-                index.by_type,
-                protect_from,
-            )
+        # Appends only add positions past ``count``: the worker reads a stable prefix.
+        decided = await plan_in_worker(
+            index, count, end, now_s, policy, protect_from=protect_from, select=not dry_run
         )
-        ranges = await cooperate(ranges_steps(index, decided.keep))
-        removed_bytes = end - sum(length for _, length in ranges)
+        removed_bytes = end - decided.kept_bytes
         result = PruneResult(
             dry_run=dry_run,
-            pruned=dict(sorted(decided.removed.items())),
+            pruned=dict(sorted(decided.removed_by_type.items())),
             pruned_total=decided.removed_total,
-            kept=len(decided.keep),
+            kept=decided.kept_lines,
             bytes_freed=removed_bytes,
         )
         if dry_run or decided.removed_total == 0:
@@ -218,20 +205,18 @@ async def prune(
             if not dry_run:
                 eventlog.prune_seconds.observe(time.monotonic() - started)
             return result
-        removed = await cooperate(complement_steps(decided.keep, count))
-        days = await anyio.to_thread.run_sync(days_of, index, removed)
-        _announce(eventlog, len(removed), removed_bytes, days, archive)
-        kept = await cooperate(index.select_steps(decided.keep))
+        removed = decided.removed
+        _announce(eventlog, len(removed), removed_bytes, decided.days, archive)
+        assert decided.kept is not None  # asked for, and lines go
         plan = _Plan(
             index=index,
             count=count,
             end=end,
             removed=removed,
-            days=days,
-            ranges=ranges,
-            kept=kept,
-            runs=await cooperate(runs_steps(kept.seqs)),
-            removed_max=index.seqs[removed[-1]],
+            days=decided.days,
+            kept=decided.kept,
+            runs=decided.runs,
+            removed_max=decided.removed_max,
             tail_base=index.seqs[count] if len(index) > count else index.next_seq(),
             archive=archive,
         )
@@ -246,7 +231,9 @@ async def prune(
             temp_path = eventlog.path.with_name(
                 f"{eventlog.path.name}.gastownd-prune-{os.getpid()}"
             )
-            temp_fd = await anyio.to_thread.run_sync(copy_kept, source_fd, ranges, temp_path)
+            temp_fd = await anyio.to_thread.run_sync(
+                copy_kept, source_fd, decided.range_starts, decided.range_lengths, temp_path
+            )
             copied = time.monotonic()
             async with eventlog.archive_lock:
                 archived_lines, swap_s = await _archive_and_swap(
