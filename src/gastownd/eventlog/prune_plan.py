@@ -16,16 +16,20 @@ A worker that fails fails the prune, which leaves the log as it was.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import gc
 import itertools
 import os
 import subprocess
 import sys
+import threading
 import time
 from array import array
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import IO
+from pathlib import Path
+from typing import IO, TypeVar
 
 import anyio
 import anyio.to_thread
@@ -33,13 +37,20 @@ import msgspec
 
 from gastownd.core.index import POSTING, EventIndex, IndexHeader
 from gastownd.core.retention import RetentionPolicy, drive, plan_prune_steps
-from gastownd.eventlog.archive_files import days_of
+from gastownd.eventlog.archive_files import Archive, crash_here_for_tests, days_of
 from gastownd.eventlog.logstate import runs_of
+
+A = TypeVar("A")
+R = TypeVar("R")
 
 # Typecode of the position and offset arrays the plan carries (64-bit, as the index's).
 WIDE = "q"
 # Runs turned into tuples at a time in the daemon's thread, which then lets the loop run.
 RUNS_CHUNK = 8192
+# How long a worker that was told to stop may take to (it only waits for its orders).
+END_WAIT_S = 5.0
+# How often the worker checks that the daemon still runs.
+ORPHAN_POLL_S = 0.01
 # Entries of a column copied at a time when the index is sent to the worker.
 SEND_CHUNK = 1 << 16
 PAUSE_S = 0.001
@@ -70,6 +81,20 @@ class PlanHeader(msgspec.Struct, kw_only=True):
     sizes: list[int]
 
 
+class ArchiveOrder(msgspec.Struct, kw_only=True):
+    """Go ahead: write the archive batch (``Archive.write``) of the removed lines."""
+
+    folder: str
+    epoch: int
+    commit_path: str
+
+
+class ArchiveDone(msgspec.Struct, kw_only=True):
+    lines: int = 0
+    error: str | None = None  # the OSError that stopped it (its batch is then undone)
+    errno: int = 0
+
+
 @dataclass(frozen=True)
 class Plan:
     """A prune's plan, as the daemon holds it."""
@@ -93,43 +118,67 @@ class Plan:
 # ---------------------------------------------------------------- in the daemon
 
 
-async def plan_in_worker(
-    index: EventIndex,
-    count: int,
-    end: int,
-    now_s: float,
-    policy: RetentionPolicy,
-    *,
-    protect_from: int | None,
-    select: bool,
-) -> Plan:
-    """The plan for ``index``'s first ``count`` lines, which end at byte ``end`` (appends
-    never change them)."""
-    header, pieces = _index_in_pieces(index, count, end)
-    request = PlanRequest(
-        index=header,
-        sizes=_blob_sizes(header),
-        now_s=now_s,
-        default_ttl_s=policy.default_ttl_s,
-        ttls_s=dict(policy.ttls_s),
-        min_retain_count=policy.min_retain_count,
-        protect_from=protect_from,
-        select=select,
-    )
-    worker = await anyio.to_thread.run_sync(_spawn)
-    try:
-        # Abandoned when the prune is cancelled: ``_reap`` then ends the worker, and the
-        # thread with it.
-        answer, blobs = await anyio.to_thread.run_sync(
-            _exchange,
-            worker,
-            _request_pieces(request, pieces),
-            abandon_on_cancel=True,
+class PruneWorker:
+    """The worker process of one prune: it plans, then, if the prune goes ahead, writes the
+    archive batch of the lines it removes (it holds their index already)."""
+
+    def __init__(self, process: subprocess.Popen[bytes]) -> None:
+        self._process = process
+
+    async def plan(
+        self,
+        index: EventIndex,
+        count: int,
+        end: int,
+        now_s: float,
+        policy: RetentionPolicy,
+        *,
+        protect_from: int | None,
+        select: bool,
+    ) -> Plan:
+        """The plan for ``index``'s first ``count`` lines, which end at byte ``end`` (appends
+        never change them)."""
+        header, pieces = _index_in_pieces(index, count, end)
+        request = PlanRequest(
+            index=header,
+            sizes=_blob_sizes(header),
+            now_s=now_s,
+            default_ttl_s=policy.default_ttl_s,
+            ttls_s=dict(policy.ttls_s),
+            min_retain_count=policy.min_retain_count,
+            protect_from=protect_from,
+            select=select,
         )
+        answer, blobs = await self._in_thread(_ask_plan, _request_pieces(request, pieces))
+        return await anyio.to_thread.run_sync(_read_plan, answer, blobs)
+
+    async def archive(self, folder: Path, epoch: int, commit_path: Path) -> int:
+        """Write the archive batch of the removed lines (``Archive.write``: durable when it
+        returns, undone by ``Archive.rollback``); returns the number of lines."""
+        order = ArchiveOrder(folder=str(folder), epoch=epoch, commit_path=str(commit_path))
+        return await self._in_thread(_ask_archive, order)
+
+    async def _in_thread(self, ask: Callable[[subprocess.Popen[bytes], A], R], arg: A) -> R:
+        try:
+            # Abandoned when the prune is cancelled: ending the worker ends the thread.
+            return await anyio.to_thread.run_sync(ask, self._process, arg, abandon_on_cancel=True)
+        except BaseException:
+            # Gone before anyone undoes what it may have written, or retries.
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(_end, self._process, True)
+            raise
+
+
+@asynccontextmanager
+async def prune_worker(source_fd: int) -> AsyncIterator[PruneWorker]:
+    """A worker that reads the log's lines through ``source_fd`` (the file planned from);
+    ended on the way out."""
+    process = await anyio.to_thread.run_sync(_spawn, source_fd)
+    try:
+        yield PruneWorker(process)
     finally:
         with anyio.CancelScope(shield=True):
-            await anyio.to_thread.run_sync(_reap, worker)
-    return await anyio.to_thread.run_sync(_read_plan, answer, blobs)
+            await anyio.to_thread.run_sync(_end, process, False)
 
 
 def _request_pieces(
@@ -189,52 +238,67 @@ def _below(postings: array[int], count: int) -> array[int]:
     return postings[: bisect.bisect_left(postings, count)]
 
 
-def _spawn() -> subprocess.Popen[bytes]:
+def _spawn(source_fd: int) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [sys.executable, "-m", "gastownd.eventlog.prune_plan"],
+        [sys.executable, "-m", "gastownd.eventlog.prune_plan", str(source_fd)],
+        pass_fds=[source_fd],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
     )
 
 
-def _exchange(
-    worker: subprocess.Popen[bytes], chunks: Iterable[bytes | array[int]]
+def _ask_plan(
+    process: subprocess.Popen[bytes], pieces: Iterable[bytes | array[int]]
 ) -> tuple[PlanHeader, list[bytes]]:
-    """Send the request, read the plan (the worker reads all before it writes). Each blob is
-    read into a buffer of its own size: no copy of the whole answer, which would hold the
-    GIL for as long as a copy of tens of megabytes takes."""
-    assert worker.stdin is not None and worker.stdout is not None
+    """Send the request, read the plan. Each blob is read into a buffer of its own size: no
+    copy of the whole answer, which would hold the GIL for as long as a copy of tens of
+    megabytes takes."""
+    assert process.stdin is not None and process.stdout is not None
     try:
-        for chunk in chunks:
-            worker.stdin.write(chunk)
-        worker.stdin.close()
-    except BrokenPipeError:
-        pass  # the worker failed: its exit status says so
-    try:
-        header = _plan_decoder.decode(worker.stdout.readline())
-        blobs = [_read_exactly(worker.stdout, size) for size in header.sizes]
-    except (msgspec.DecodeError, ValueError) as exc:
-        worker.kill()
-        error: Exception | None = exc
-    else:
-        error = None
-    status = worker.wait()
-    if status != 0:
-        raise OSError(0, f"the prune's planner failed (exit status {status})")
-    if error is not None:
-        raise OSError(0, f"the prune's planner answered nonsense: {error}")
+        for piece in pieces:
+            process.stdin.write(piece)
+        process.stdin.flush()
+        header = _plan_decoder.decode(process.stdout.readline())
+        blobs = [_read_exactly(process.stdout, size) for size in header.sizes]
+    except (OSError, msgspec.DecodeError, ValueError) as exc:
+        raise OSError(0, f"the prune's planner failed: {_ended(process, exc)}") from None
     return header, blobs
 
 
-def _reap(worker: subprocess.Popen[bytes]) -> None:
-    """Stop the worker if it still runs (the prune was cancelled) and collect it."""
-    if worker.poll() is None:
-        worker.kill()
-    worker.wait()
-    for stream in (worker.stdin, worker.stdout):
+def _ask_archive(process: subprocess.Popen[bytes], order: ArchiveOrder) -> int:
+    assert process.stdin is not None and process.stdout is not None
+    try:
+        process.stdin.write(msgspec.json.encode(order) + b"\n")
+        process.stdin.flush()
+        done = _done_decoder.decode(process.stdout.readline())
+    except (OSError, msgspec.DecodeError) as exc:
+        raise OSError(0, f"the prune's archive writer failed: {_ended(process, exc)}") from None
+    if done.error is not None:
+        raise OSError(done.errno, done.error)
+    return done.lines
+
+
+def _ended(process: subprocess.Popen[bytes], error: Exception) -> str:
+    """Why a worker did not answer: its exit status, once it is gone."""
+    _end(process, True)
+    return f"{error or type(error).__name__} (exit status {process.returncode})"
+
+
+def _end(process: subprocess.Popen[bytes], kill: bool) -> None:
+    """End the worker: one that waits for an order ends when its input does; ``kill`` (or a
+    worker that does not end) is killed. Then collect it."""
+    if kill and process.poll() is None:
+        process.kill()
+    for stream in (process.stdin, process.stdout):
         if stream is not None:
-            stream.close()
+            with contextlib.suppress(OSError):
+                stream.close()
+    try:
+        process.wait(timeout=END_WAIT_S)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 def _read_plan(header: PlanHeader, blobs: list[bytes]) -> Plan:
@@ -286,8 +350,11 @@ def _wide(blob: bytes) -> array[int]:
 # ---------------------------------------------------------------- in the worker
 
 
-def make_plan(index: EventIndex, request: PlanRequest) -> tuple[PlanHeader, list[bytes]]:
-    """The plan for every line of ``index`` (pure: what the worker computes)."""
+def make_plan(
+    index: EventIndex, request: PlanRequest
+) -> tuple[PlanHeader, list[bytes], array[int]]:
+    """The plan for every line of ``index`` (what the worker computes): its header, its
+    blobs, and the removed positions."""
     count = len(index)
     policy = RetentionPolicy(
         default_ttl_s=request.default_ttl_s,
@@ -324,7 +391,7 @@ def make_plan(index: EventIndex, request: PlanRequest) -> tuple[PlanHeader, list
         kept=kept_header,
         sizes=[len(blob) for blob in blobs],
     )
-    return header, blobs
+    return header, blobs, removed
 
 
 def kept_ranges(index: EventIndex, positions: Sequence[int]) -> tuple[array[int], array[int]]:
@@ -366,24 +433,56 @@ def _read_exactly(stream: IO[bytes], size: int) -> bytes:
     return data
 
 
-def main() -> int:
-    """The worker: read the request, write the plan."""
+def _exit_with(parent: int) -> None:
+    """An orphan must not write on: the next daemon may be undoing its batch."""
+    while os.getppid() == parent:
+        time.sleep(ORPHAN_POLL_S)
+    os._exit(1)
+
+
+def main(argv: list[str]) -> int:
+    """The worker: read the request, write the plan; then, if told to, the archive batch."""
     os.nice(10)  # background work: the daemon's threads come first
-    stdin = sys.stdin.buffer
-    request = msgspec.json.decode(stdin.readline(), type=PlanRequest)
-    blobs = [_read_exactly(stdin, size) for size in request.sizes]
+    threading.Thread(target=_exit_with, args=(os.getppid(),), daemon=True).start()
+    source_fd = int(argv[0])
+    answers = sys.stdout.buffer
+    sys.stdout = sys.stderr  # anything printed or logged stays out of the answers
+    orders = sys.stdin.buffer
+    request = msgspec.json.decode(orders.readline(), type=PlanRequest)
+    blobs = [_read_exactly(orders, size) for size in request.sizes]
     index = EventIndex.restore(request.index, blobs)
     del blobs
-    header, out = make_plan(index, request)
-    stdout = sys.stdout.buffer
-    stdout.write(msgspec.json.encode(header) + b"\n")
+    header, out, removed = make_plan(index, request)
+    crash_here_for_tests("planner")
+    answers.write(msgspec.json.encode(header) + b"\n")
     for blob in out:
-        stdout.write(blob)
-    stdout.flush()
+        answers.write(blob)
+    answers.flush()
+    del out
+    line = orders.readline()
+    if not line:
+        return 0  # no archive: the prune stopped there
+    order = msgspec.json.decode(line, type=ArchiveOrder)
+    try:
+        report = Archive(Path(order.folder)).write(
+            source_fd,
+            index,
+            removed,
+            (len(index), index.end),
+            header.days,
+            order.epoch,
+            Path(order.commit_path),
+        )
+        done = ArchiveDone(lines=report.lines)
+    except OSError as exc:
+        done = ArchiveDone(error=exc.strerror or str(exc), errno=exc.errno or 0)
+    answers.write(msgspec.json.encode(done) + b"\n")
+    answers.flush()
     return 0
 
 
 _plan_decoder = msgspec.json.Decoder(PlanHeader)
+_done_decoder = msgspec.json.Decoder(ArchiveDone)
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))
