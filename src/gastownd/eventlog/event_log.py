@@ -43,7 +43,7 @@ from gastownd.eventlog.background_index import BackgroundIndexing
 from gastownd.eventlog.index_checkpoints import IndexCheckpoints
 from gastownd.eventlog.index_upkeep import IndexUpkeep
 from gastownd.eventlog.logstate import SeqMap, write_seqmap
-from gastownd.eventlog.reads import LogReads
+from gastownd.eventlog.reads import Backlog, BacklogGap, LogReads
 from gastownd.eventlog.reads import query as query_log
 from gastownd.eventlog.recovery import BACKGROUND_MIN_BYTES, PendingIndex, recover
 from gastownd.eventlog.subscriptions import Published
@@ -53,7 +53,7 @@ from gastownd.process.config import EventLogConfig, parse_duration
 from gastownd.process.refusals import ShuttingDownError, StorageError
 from gastownd.server.ratelog import rate_limited
 
-__all__ = ["EventLog"]
+__all__ = ["Backlog", "BacklogGap", "EventLog"]
 
 log = structlog.get_logger("gastownd.eventlog")
 
