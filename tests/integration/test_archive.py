@@ -132,6 +132,47 @@ def test_first_start_on_a_60_day_log_archives_every_pruned_line_exactly_once(
         assert names.index("eventlog_archiving") < names.index("eventlog_pruned")
 
 
+@pytest.mark.parametrize("dies_at", ["planner", "archive_member"])
+def test_a_prune_whose_worker_dies_changes_nothing_and_the_next_one_works(
+    town: Path, dies_at: str
+) -> None:
+    """The plan and the archive batch are made in a worker process: killed before it
+    answers, or in the middle of the batch, the prune fails, and the log and the archive
+    are as they were."""
+    lines = sixty_days()
+    make_town(town, lines)
+    before = (town / ".events.jsonl").read_bytes()
+    proc = DaemonProcess(town, env={**os.environ, "GASTOWND_TEST_CRASH_AT": dies_at})
+    proc.wait_ready()
+    try:
+        with proc.client() as client:
+            with pytest.raises(RequestRejected) as refused:
+                client.prune()
+            assert "prune failed" in refused.value.message
+            assert "the log is unchanged" in refused.value.message
+            assert client.status().eventlog.lines == len(lines)
+            assert len(client.query(limit=len(lines) + 1).events) == len(lines)
+    finally:
+        assert proc.terminate() == 0
+    assert (town / ".events.jsonl").read_bytes() == before
+    assert archived_lines(town) == []
+    assert not (town / ".gastownd" / "archive" / "pending.json").exists()
+    assert not list(town.glob(".events.jsonl.gastownd-prune-*"))
+
+    proc = DaemonProcess(town).wait_ready()
+    try:
+        with proc.client() as client:
+            result = client.prune()
+    finally:
+        assert proc.terminate() == 0
+    removed = [line for line in lines if expired(line)]
+    assert result.archived == result.pruned_total == len(removed)
+    assert sorted(archived_lines(town)) == sorted(removed)
+    assert (town / ".events.jsonl").read_bytes().splitlines() == [
+        line for line in lines if not expired(line)
+    ]
+
+
 def test_with_archiving_off_a_prune_warns_first_and_an_older_cursor_resyncs(town: Path) -> None:
     lines = sixty_days(120)
     make_town(town, lines, "enabled = false\narchive = false\n")

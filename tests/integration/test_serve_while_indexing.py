@@ -24,7 +24,7 @@ from gastown_client import paths
 from gastown_client.aclient import AsyncClient
 from gastown_client.client import Client
 from gastown_client.protocol import Hook, HookResult
-from gastownd.eventlog import event_log, recovery
+from gastownd.eventlog import background_index, event_log, recovery
 from gastownd.process.app import App, build_state
 from tests.conftest import DaemonProcess
 from tests.integration.test_service import notify_socket, receive_until, spawn_supervised
@@ -57,7 +57,7 @@ def big_log(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def held_town(town: Path, big_log: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """The town with the big log; its background index waits for ``release(town)``."""
     shutil.copyfile(big_log, paths.events_path(town))
-    monkeypatch.setenv(event_log.TEST_HOLD_INDEXING_ENV, str(_release_file(town)))
+    monkeypatch.setenv(background_index.TEST_HOLD_INDEXING_ENV, str(_release_file(town)))
     yield town
     release(town)  # never leave a worker thread waiting
 
@@ -129,6 +129,10 @@ async def test_answers_before_the_index_is_complete(daemon: Path, held_town: Pat
         partial = await client.query(types=["during"])
         assert partial.indexing is not None
         assert len(partial.events) == 1
+        # The same for a town-wide query (the local part is what is indexed so far).
+        town_wide = await client.query(types=["during"], all_nodes=True)
+        assert town_wide.indexing is not None
+        assert len(town_wide.events) == 1
         # Still indexing: everything above was answered before the index was complete.
         assert (await client.status()).indexing is not None
 
@@ -139,6 +143,7 @@ async def test_answers_before_the_index_is_complete(daemon: Path, held_town: Pat
         assert status.eventlog.lines >= LINES + 2  # the emit and the hook's session_start
         whole = await client.query(types=["during"])
         assert whole.indexing is None
+        assert (await client.query(types=["during"], all_nodes=True)).indexing is None
         assert [json.loads(bytes(e))["payload"] for e in whole.events] == [{"n": 1}]
         assert whole.cursor.split(":")[0] == emitted.cursor.split(":")[0]
         probes = await client.query(types=["probe"], limit=PROBES + 10, oldest_first=True)
@@ -157,6 +162,18 @@ async def test_a_query_waits_for_an_index_that_finishes_in_time(
         assert (await client.status()).indexing is not None
         release(held_town)
         result = await client.query(types=["probe"], limit=PROBES + 10)
+        assert result.indexing is None
+        assert len(result.events) == PROBES
+
+
+async def test_a_town_wide_query_waits_for_an_index_that_finishes_in_time(
+    daemon: Path, held_town: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(event_log, "QUERY_WAIT_S", 30.0)
+    async with AsyncClient(daemon) as client:
+        assert (await client.status()).indexing is not None
+        release(held_town)
+        result = await client.query(types=["probe"], limit=PROBES + 10, all_nodes=True)
         assert result.indexing is None
         assert len(result.events) == PROBES
 
@@ -218,7 +235,7 @@ async def test_subscribers_during_indexing_get_every_line_once(
 def test_kill_during_background_indexing_loses_nothing(town: Path, big_log: Path) -> None:
     shutil.copyfile(big_log, paths.events_path(town))
     hold = town / "never"
-    env = {**os.environ, event_log.TEST_HOLD_INDEXING_ENV: str(hold)}
+    env = {**os.environ, background_index.TEST_HOLD_INDEXING_ENV: str(hold)}
     first = DaemonProcess(town, env=env).wait_ready()
     try:
         with first.client() as client:
@@ -296,7 +313,7 @@ def test_a_stop_during_background_indexing_is_clean(town: Path, big_log: Path) -
     """SIGTERM while the background index runs: a clean, prompt exit, no snapshot of a
     partial index, and the next start indexes everything."""
     shutil.copyfile(big_log, paths.events_path(town))
-    env = {**os.environ, event_log.TEST_HOLD_INDEXING_ENV: str(town / "never")}
+    env = {**os.environ, background_index.TEST_HOLD_INDEXING_ENV: str(town / "never")}
     first = DaemonProcess(town, env=env).wait_ready()
     with first.client() as client:
         assert client.status().indexing is not None
@@ -317,7 +334,7 @@ def test_sd_notify_status_follows_the_background_index(town: Path, big_log: Path
     notify, address = notify_socket(town)
     release_path = _release_file(town)
     proc = spawn_supervised(
-        town, {"NOTIFY_SOCKET": address, event_log.TEST_HOLD_INDEXING_ENV: str(release_path)}
+        town, {"NOTIFY_SOCKET": address, background_index.TEST_HOLD_INDEXING_ENV: str(release_path)}
     )
     try:
         ready = next(m for m in receive_until(notify, "READY=1") if "READY=1" in m)

@@ -28,6 +28,7 @@ DEFERRED = [
     "nats",
     "gastownd.eventlog.pruner",  # the periodic prune starts after the first answer
     "gastownd.eventlog.prune_steps",
+    "gastownd.eventlog.prune_plan",
     "gastownd.eventlog.watcher",  # so do the watcher and the spool's watch
     "watchfiles",
     "gastownd.metrics.http",  # no [metrics] listen

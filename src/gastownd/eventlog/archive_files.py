@@ -70,7 +70,9 @@ def crash_here_for_tests(point: str) -> None:
 
     Lets the reliability tests kill the daemon at an exact step of a prune
     (``archive_written``: after the archive batch is durable, before the
-    swap; ``swapped``: after the swap, before the journal is removed).
+    swap; ``swapped``: after the swap, before the journal is removed), or the
+    prune's worker process (``planner``: before it answers with the plan;
+    ``archive_member``: once it wrote the batch's first member).
     Never set it outside tests.
     """
     if os.environ.get(TEST_CRASH_ENV) == point:
@@ -400,6 +402,7 @@ class _BatchWriter:
         fd = self._fd(day)
         offset = self.sizes[day]
         write_all(fd, member)
+        crash_here_for_tests("archive_member")
         self.sizes[day] = offset + len(member)
         self.unsynced += len(member)
         if self.unsynced >= SYNC_EVERY_BYTES:

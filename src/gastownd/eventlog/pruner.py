@@ -1,11 +1,12 @@
 """Retention in the shell: where the policy comes from, the periodic prune, and the prune.
 
 A prune removes the expired lines: it archives them, copies the kept ones to
-a new file and swaps it in. Planning and the new index are computed on the
-event loop in small steps, so requests keep flowing (a worker thread would
-hold the GIL for seconds on a large log); the bulk copy and the archive run
-in threads without the writers' lock, which the writer's thread holds only
-to copy what was appended meanwhile and rename. The archive is durable
+a new file and swaps it in. The plan and the new index are computed in a
+worker process (``prune_plan``), so requests keep flowing (the event loop,
+or a thread holding the GIL, would delay them for seconds on a large log);
+the bulk copy and the archive run in threads without the writers' lock,
+which the writer's thread holds only to copy what was appended meanwhile and
+rename. The archive is durable
 before the rename, which commits it (see ``gastownd.eventlog.archive_files``). Appends,
 ours and gt's, keep flowing and none is lost.
 """
@@ -25,16 +26,12 @@ import structlog
 from gastown_client.protocol import PruneResult
 from gastownd.core import archive as archived
 from gastownd.core.index import EventIndex
-from gastownd.core.retention import (
-    GAS_TOWN_TTLS_S,
-    RetentionPolicy,
-    plan_prune_steps,
-    policy_from_krc,
-)
-from gastownd.eventlog.archive_files import crash_here_for_tests, days_of
+from gastownd.core.retention import GAS_TOWN_TTLS_S, RetentionPolicy, policy_from_krc
+from gastownd.eventlog.archive_files import crash_here_for_tests
 from gastownd.eventlog.event_log import EventLog
-from gastownd.eventlog.logstate import SeqMap, runs_steps, write_seqmap
-from gastownd.eventlog.prune_steps import complement_steps, cooperate, copy_kept, ranges_steps
+from gastownd.eventlog.logstate import SeqMap, write_seqmap
+from gastownd.eventlog.prune_plan import PruneWorker, prune_worker
+from gastownd.eventlog.prune_steps import copy_kept
 from gastownd.eventlog.writer import LogFile, Observation
 from gastownd.process.config import RetentionConfig, parse_duration
 from gastownd.process.daemon import Daemon
@@ -156,9 +153,6 @@ class _Plan:
     index: EventIndex  # the index it planned from
     count: int  # the lines it looked at (later ones were appended during the prune)
     end: int  # where line ``count - 1`` ends
-    removed: list[int]  # positions below ``count``, ascending
-    days: dict[str, int]
-    ranges: list[tuple[int, int]]  # the kept bytes
     kept: EventIndex  # the index of the kept lines, laid out as in the new file
     runs: list[tuple[int, int]]
     removed_max: int
@@ -187,77 +181,67 @@ async def prune(
         count = len(index)
         end = index.end
         protect_from = None if keep_after_seq is None else index.position_after(keep_after_seq)
-        # Appends only add positions past ``count``: the steps read a stable prefix.
-        decided = await cooperate(
-            plan_prune_steps(
-                index.types,
-                index.type_names,
-                index.ts,
-                count,
-                now_s,
-                policy,
-                index.by_type,
-                protect_from,
-            )
-        )
-        ranges = await cooperate(ranges_steps(index, decided.keep))
-        removed_bytes = end - sum(length for _, length in ranges)
-        result = PruneResult(
-            dry_run=dry_run,
-            pruned=dict(sorted(decided.removed.items())),
-            pruned_total=decided.removed_total,
-            kept=len(decided.keep),
-            bytes_freed=removed_bytes,
-        )
-        if dry_run or decided.removed_total == 0:
-            if not dry_run:
-                eventlog.last_prune_at = now_s
-                eventlog.last_prune_removed = 0
-                await _expire_archive(eventlog, now_s, archive_max_age_s)
-            result.duration_ms = round((time.monotonic() - started) * 1000, 3)
-            if not dry_run:
-                eventlog.prune_seconds.observe(time.monotonic() - started)
-            return result
-        removed = await cooperate(complement_steps(decided.keep, count))
-        days = await anyio.to_thread.run_sync(days_of, index, removed)
-        _announce(eventlog, len(removed), removed_bytes, days, archive)
-        kept = await cooperate(index.select_steps(decided.keep))
-        plan = _Plan(
-            index=index,
-            count=count,
-            end=end,
-            removed=removed,
-            days=days,
-            ranges=ranges,
-            kept=kept,
-            runs=await cooperate(runs_steps(kept.seqs)),
-            removed_max=index.seqs[removed[-1]],
-            tail_base=index.seqs[count] if len(index) > count else index.next_seq(),
-            archive=archive,
-        )
-        planned = time.monotonic()
-        # A batch whose rollback failed earlier must be settled before its file is reused.
-        await anyio.to_thread.run_sync(eventlog.archive.recover)
-        if eventlog.index is not index:
-            raise StorageError("the log was replaced during the prune; retry")
-        # Our own descriptor: a rewrite may close the log's while a thread reads it.
+        # Our own descriptor of the file planned from, which the worker reads the lines it
+        # archives through and the copy the kept ones: a rewrite may close the log's.
         source_fd = os.dup(eventlog.fd)
         try:
-            temp_path = eventlog.path.with_name(
-                f"{eventlog.path.name}.gastownd-prune-{os.getpid()}"
-            )
-            temp_fd = await anyio.to_thread.run_sync(copy_kept, source_fd, ranges, temp_path)
-            copied = time.monotonic()
-            async with eventlog.archive_lock:
-                archived_lines, swap_s = await _archive_and_swap(
-                    eventlog, plan, source_fd, temp_fd, temp_path
+            async with prune_worker(source_fd) as worker:
+                # Appends only add positions past ``count``: the worker reads a stable prefix.
+                decided = await worker.plan(
+                    index, count, end, now_s, policy, protect_from=protect_from, select=not dry_run
                 )
-                swapped = time.monotonic()
-                if archive:
-                    with anyio.CancelScope(shield=True):
-                        crash_here_for_tests("swapped")
-                        await anyio.to_thread.run_sync(eventlog.archive.commit)
-                        eventlog.archive_generation += 1
+                removed_bytes = end - decided.kept_bytes
+                result = PruneResult(
+                    dry_run=dry_run,
+                    pruned=dict(sorted(decided.removed_by_type.items())),
+                    pruned_total=decided.removed_total,
+                    kept=decided.kept_lines,
+                    bytes_freed=removed_bytes,
+                )
+                if dry_run or decided.removed_total == 0:
+                    if not dry_run:
+                        eventlog.last_prune_at = now_s
+                        eventlog.last_prune_removed = 0
+                        await _expire_archive(eventlog, now_s, archive_max_age_s)
+                    result.duration_ms = round((time.monotonic() - started) * 1000, 3)
+                    if not dry_run:
+                        eventlog.prune_seconds.observe(time.monotonic() - started)
+                    return result
+                _announce(eventlog, len(decided.removed), removed_bytes, decided.days, archive)
+                assert decided.kept is not None  # asked for, and lines go
+                plan = _Plan(
+                    index=index,
+                    count=count,
+                    end=end,
+                    kept=decided.kept,
+                    runs=decided.runs,
+                    removed_max=decided.removed_max,
+                    tail_base=index.seqs[count] if len(index) > count else index.next_seq(),
+                    archive=archive,
+                )
+                planned = time.monotonic()
+                # A batch whose rollback failed earlier must be settled before its file is
+                # reused.
+                await anyio.to_thread.run_sync(eventlog.archive.recover)
+                if eventlog.index is not index:
+                    raise StorageError("the log was replaced during the prune; retry")
+                temp_path = eventlog.path.with_name(
+                    f"{eventlog.path.name}.gastownd-prune-{os.getpid()}"
+                )
+                temp_fd = await anyio.to_thread.run_sync(
+                    copy_kept, source_fd, decided.range_starts, decided.range_lengths, temp_path
+                )
+                copied = time.monotonic()
+                async with eventlog.archive_lock:
+                    archived_lines, swap_s = await _archive_and_swap(
+                        eventlog, plan, worker, temp_fd, temp_path
+                    )
+                    swapped = time.monotonic()
+                    if archive:
+                        with anyio.CancelScope(shield=True):
+                            crash_here_for_tests("swapped")
+                            await anyio.to_thread.run_sync(eventlog.archive.commit)
+                            eventlog.archive_generation += 1
         finally:
             # The last descriptor of the replaced file: closing it frees its blocks, which
             # takes a while for a big file; not on the event loop.
@@ -301,7 +285,7 @@ def _announce(
 
 
 async def _archive_and_swap(
-    eventlog: EventLog, plan: _Plan, source_fd: int, temp_fd: int, temp_path: Path
+    eventlog: EventLog, plan: _Plan, worker: PruneWorker, temp_fd: int, temp_path: Path
 ) -> tuple[int, float]:
     """Write the archive batch, then swap the new file in; undo both on failure.
 
@@ -310,17 +294,9 @@ async def _archive_and_swap(
     archived_lines = 0
     try:
         if plan.archive:
-            report = await anyio.to_thread.run_sync(
-                eventlog.archive.write,
-                source_fd,
-                plan.index,
-                plan.removed,
-                (plan.count, plan.end),
-                plan.days,
-                eventlog.seqmap.epoch,
-                temp_path,
+            archived_lines = await worker.archive(
+                eventlog.archive.folder, eventlog.seqmap.epoch, temp_path
             )
-            archived_lines = report.lines
             crash_here_for_tests("archive_written")
         if eventlog.index is not plan.index:
             raise StorageError("the log was replaced during the prune; retry")

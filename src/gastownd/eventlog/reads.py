@@ -21,11 +21,16 @@ import anyio
 import anyio.to_thread
 import structlog
 
+from gastown_client.protocol import ArchiveInfo, EventLogInfo
 from gastownd.core import archive as archived
+from gastownd.core.events import format_ts
 from gastownd.core.index import EventIndex
 from gastownd.core.query import CompiledFilter
 from gastownd.eventlog.archive_files import Archive
 from gastownd.eventlog.logstate import SeqMap
+from gastownd.eventlog.writer import LogFile
+from gastownd.process.config import EventLogConfig
+from gastownd.process.refusals import BadRequestError
 
 log = structlog.get_logger("gastownd.reads")
 
@@ -255,3 +260,67 @@ class Backlog:
         positions = [p for _, p in picked if isinstance(p, int)]
         lines = iter(read_lines(index, eventlog.fd, positions))
         return [(seq, next(lines) if isinstance(p, int) else p) for seq, p in picked], done
+
+
+class LogReads:
+    """``EventLog``'s reads of the moment (its state is set up by ``EventLog``)."""
+
+    index: EventIndex
+    fd: int
+    seqmap: SeqMap
+    archive: Archive
+    archive_lock: anyio.Lock
+    archive_generation: int
+    config: EventLogConfig
+    file: LogFile | None
+    appended: int
+    external: int
+    last_prune_at: float | None
+    last_prune_removed: int
+
+    @property
+    def quarantined(self) -> int:
+        return self.file.quarantined if self.file is not None else 0
+
+    def cursor(self, seq: int) -> str:
+        return f"{self.seqmap.epoch}:{seq}"
+
+    def head_cursor(self) -> str:
+        return self.cursor(self.index.next_seq() - 1)
+
+    def parse_cursor(self, cursor: str) -> tuple[int, int]:
+        epoch, _, seq = cursor.partition(":")
+        try:
+            return int(epoch), int(seq)
+        except ValueError:
+            raise BadRequestError(f"invalid cursor {cursor!r} (expected EPOCH:SEQ)") from None
+
+    def read_lines(self, positions: Sequence[int]) -> list[bytes]:
+        """The stored bytes (without newline) of indexed lines (event loop)."""
+        return read_lines(self.index, self.fd, positions)
+
+    def backlog(
+        self, flt: CompiledFilter, after_seq: int, upto_seq: int, *, from_archive: bool
+    ) -> Backlog:
+        """What a subscriber resuming after ``after_seq`` missed, up to ``upto_seq``."""
+        return Backlog(self, flt, after_seq, upto_seq, from_archive=from_archive)
+
+    def info(self) -> EventLogInfo:
+        summary = self.archive.summary
+        return EventLogInfo(
+            lines=len(self.index),
+            malformed=self.index.malformed,
+            bytes=self.index.end,
+            appended=self.appended,
+            external=self.external,
+            last_prune_at=format_ts(self.last_prune_at) if self.last_prune_at else None,
+            last_prune_removed=self.last_prune_removed,
+            quarantined=self.quarantined,
+            durability=self.config.durability,
+            archive=ArchiveInfo(
+                bytes=summary.bytes,
+                days=summary.days,
+                first_day=summary.first_day,
+                last_day=summary.last_day,
+            ),
+        )

@@ -32,6 +32,7 @@ import structlog
 from gastownd.core.index import EventIndex
 from gastownd.eventlog.archive_files import Archive
 from gastownd.eventlog.indexer import FIND_NEWLINE_WITHIN, index_range
+from gastownd.eventlog.line_count import count_lines
 from gastownd.eventlog.logstate import (
     SNAPSHOT_VERSION,
     SeqMap,
@@ -50,7 +51,6 @@ SNAPSHOT_NAME = "index.snapshot"
 BACKGROUND_MIN_BYTES = 8 << 20
 # The end of the log indexed before serving all the same.
 FOREGROUND_TAIL_BYTES = 512 << 10
-COUNT_CHUNK = 4 << 20
 
 
 @dataclass
@@ -160,18 +160,7 @@ def _leave_to_background(
     fd: int, start: int, end: int, seqmap: SeqMap, snapshot: EventIndex | None
 ) -> PendingIndex:
     """Count the lines of ``start..end`` (every newline ends one line, indexable or not)."""
-    lines = 0
-    offset = start
-    # One buffer read into again and again: a fresh 16 MiB object per read costs as much
-    # in page faults as the count itself.
-    buffer = bytearray(COUNT_CHUNK)
-    view = memoryview(buffer)
-    while offset < end:
-        got = os.preadv(fd, [view[: min(COUNT_CHUNK, end - offset)]], offset)
-        if not got:
-            break
-        lines += buffer.count(b"\n", 0, got)
-        offset += got
+    lines = count_lines(fd, start, end)
     first = len(snapshot) if snapshot is not None else 0
     return PendingIndex(
         base=snapshot if snapshot is not None else EventIndex(),

@@ -79,10 +79,13 @@ async def query(
     eventlog = daemon.eventlog
     head = f"{eventlog.head_cursor()}+{await _last_arrival(daemon)}"
     found: list[tuple[int, int, bytes]] = []
+    indexing = None
     if scope.local:
+        # Waits (bounded) for a background index; says so if it answers without it.
         lines = await eventlog.query(
             flt, request.limit, request.oldest_first, archive=request.archive
         )
+        indexing = eventlog.indexing  # of the local answer, before anything else awaits
         for line in lines:
             parsed = parse_line(line)
             ts = parse_ts(parsed.ts) if parsed is not None else None
@@ -96,7 +99,9 @@ async def query(
     # Stable: for equal times, local lines first (newest-first keeps each source's order).
     found.sort(key=lambda item: item[0], reverse=not request.oldest_first)
     return QueryResult(
-        events=[msgspec.Raw(line) for _, _, line in found[: request.limit]], cursor=head
+        events=[msgspec.Raw(line) for _, _, line in found[: request.limit]],
+        cursor=head,
+        indexing=indexing,
     )
 
 

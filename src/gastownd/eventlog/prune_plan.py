@@ -1,0 +1,488 @@
+"""A prune's plan, made in a worker process: which lines go, the byte ranges of those that
+stay, and the index of the kept lines as the new file lays them out.
+
+Planning a million lines is seconds of Python. On the event loop, even in
+slices, and in a thread, which holds the GIL while it runs Python, it delays
+every request (an emit needs the GIL several times on its way). So
+``python -m gastownd.eventlog.prune_plan`` does it: it reads from stdin the
+index of the lines to plan (a header line, then the columns, as a snapshot
+holds them) and writes the plan to stdout (a header line, then arrays and the
+kept index's columns). The daemon only copies bytes: the index out, the plan
+in, in worker threads that spend that time in system calls and ``memcpy``.
+
+A worker that fails fails the prune, which leaves the log as it was.
+"""
+
+from __future__ import annotations
+
+import bisect
+import contextlib
+import gc
+import itertools
+import os
+import subprocess
+import sys
+import threading
+import time
+from array import array
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, TypeVar
+
+import anyio
+import anyio.to_thread
+import msgspec
+
+from gastownd.core.index import POSTING, EventIndex, IndexHeader
+from gastownd.core.retention import RetentionPolicy, drive, plan_prune_steps
+from gastownd.eventlog.archive_files import Archive, crash_here_for_tests, days_of
+from gastownd.eventlog.logstate import runs_of
+
+A = TypeVar("A")
+R = TypeVar("R")
+
+# Typecode of the position and offset arrays the plan carries (64-bit, as the index's).
+WIDE = "q"
+# Runs turned into tuples at a time in the daemon's thread, which then lets the loop run.
+RUNS_CHUNK = 8192
+# How long a worker that was told to stop may take to (it only waits for its orders).
+END_WAIT_S = 5.0
+# How often the worker checks that the daemon still runs.
+ORPHAN_POLL_S = 0.01
+# Entries of a column copied at a time when the index is sent to the worker.
+SEND_CHUNK = 1 << 16
+PAUSE_S = 0.001
+
+
+class PlanRequest(msgspec.Struct, kw_only=True):
+    """What the worker plans: the first ``index.count`` lines, under this policy."""
+
+    index: IndexHeader
+    sizes: list[int]  # of the index's blobs, which follow the header line
+    now_s: float
+    default_ttl_s: float
+    ttls_s: dict[str, float]
+    min_retain_count: int
+    protect_from: int | None  # lines at this position and after are kept (see ``prune``)
+    select: bool  # build the kept lines' index (not for a dry run)
+
+
+class PlanHeader(msgspec.Struct, kw_only=True):
+    removed_by_type: dict[str, int]
+    kept_lines: int
+    kept_bytes: int
+    days: dict[str, int]  # removed lines per UTC day
+    removed_max: int  # the highest seq removed (-1: none)
+    kept: IndexHeader | None  # the kept lines' index, when asked and lines go
+    # Blobs after the header line: removed positions, range starts, range lengths, runs
+    # (flat pairs), then the kept index's columns.
+    sizes: list[int]
+
+
+class ArchiveOrder(msgspec.Struct, kw_only=True):
+    """Go ahead: write the archive batch (``Archive.write``) of the removed lines."""
+
+    folder: str
+    epoch: int
+    commit_path: str
+
+
+class ArchiveDone(msgspec.Struct, kw_only=True):
+    lines: int = 0
+    error: str | None = None  # the OSError that stopped it (its batch is then undone)
+    errno: int = 0
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A prune's plan, as the daemon holds it."""
+
+    removed_by_type: dict[str, int]
+    kept_lines: int
+    kept_bytes: int
+    removed: array[int]  # positions, ascending
+    range_starts: array[int]  # the kept bytes: ranges of consecutive kept lines
+    range_lengths: array[int]
+    days: dict[str, int]
+    removed_max: int
+    kept: EventIndex | None
+    runs: list[tuple[int, int]]  # the kept lines' seqs (see ``SeqMap.runs``)
+
+    @property
+    def removed_total(self) -> int:
+        return sum(self.removed_by_type.values())
+
+
+# ---------------------------------------------------------------- in the daemon
+
+
+class PruneWorker:
+    """The worker process of one prune: it plans, then, if the prune goes ahead, writes the
+    archive batch of the lines it removes (it holds their index already)."""
+
+    def __init__(self, process: subprocess.Popen[bytes]) -> None:
+        self._process = process
+
+    async def plan(
+        self,
+        index: EventIndex,
+        count: int,
+        end: int,
+        now_s: float,
+        policy: RetentionPolicy,
+        *,
+        protect_from: int | None,
+        select: bool,
+    ) -> Plan:
+        """The plan for ``index``'s first ``count`` lines, which end at byte ``end`` (appends
+        never change them)."""
+        header, pieces = _index_in_pieces(index, count, end)
+        request = PlanRequest(
+            index=header,
+            sizes=_blob_sizes(header),
+            now_s=now_s,
+            default_ttl_s=policy.default_ttl_s,
+            ttls_s=dict(policy.ttls_s),
+            min_retain_count=policy.min_retain_count,
+            protect_from=protect_from,
+            select=select,
+        )
+        answer, blobs = await self._in_thread(_ask_plan, _request_pieces(request, pieces))
+        return await anyio.to_thread.run_sync(_read_plan, answer, blobs)
+
+    async def archive(self, folder: Path, epoch: int, commit_path: Path) -> int:
+        """Write the archive batch of the removed lines (``Archive.write``: durable when it
+        returns, undone by ``Archive.rollback``); returns the number of lines."""
+        order = ArchiveOrder(folder=str(folder), epoch=epoch, commit_path=str(commit_path))
+        return await self._in_thread(_ask_archive, order)
+
+    async def _in_thread(self, ask: Callable[[subprocess.Popen[bytes], A], R], arg: A) -> R:
+        try:
+            # Abandoned when the prune is cancelled: ending the worker ends the thread.
+            return await anyio.to_thread.run_sync(ask, self._process, arg, abandon_on_cancel=True)
+        except BaseException:
+            # Gone before anyone undoes what it may have written, or retries.
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(_end, self._process, True)
+            raise
+
+
+@asynccontextmanager
+async def prune_worker(source_fd: int) -> AsyncIterator[PruneWorker]:
+    """A worker that reads the log's lines through ``source_fd`` (the file planned from);
+    ended on the way out."""
+    process = await anyio.to_thread.run_sync(_spawn, source_fd)
+    try:
+        yield PruneWorker(process)
+    finally:
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(_end, process, False)
+
+
+def _request_pieces(
+    request: PlanRequest, pieces: Iterator[array[int]]
+) -> Iterator[bytes | array[int]]:
+    yield msgspec.json.encode(request) + b"\n"
+    yield from pieces
+
+
+def _index_in_pieces(
+    index: EventIndex, count: int, end: int
+) -> tuple[IndexHeader, Iterator[array[int]]]:
+    """What ``index.export(count, end)`` gives (the snapshot's format), as a header and the
+    blobs' bytes in pieces of at most ``SEND_CHUNK`` entries, each copied when sent: one
+    copy of a whole column would hold the GIL for milliseconds."""
+    columns = [getattr(index, name) for name in EventIndex.COLUMNS]
+    type_names, actor_names = index.type_names[:], index.actor_names[:]
+    session_names = index.session_names[:]
+    empty: array[int] = array(POSTING)
+    type_postings = [_below(index.by_type.get(i, empty), count) for i in range(len(type_names))]
+    session_postings = [
+        _below(index.by_session.get(i, empty), count) for i in range(len(session_names))
+    ]
+    type_counts = [len(p) for p in type_postings]
+    header = IndexHeader(
+        seq_floor=index.seq_floor,
+        type_counts=type_counts,
+        session_counts=[len(p) for p in session_postings],
+        count=count,
+        end=end,
+        malformed=count - sum(type_counts),
+        type_names=type_names,
+        actor_names=actor_names,
+        session_names=session_names,
+        itemsizes=[column.itemsize for column in columns],
+    )
+
+    def pieces() -> Iterator[array[int]]:
+        for column in columns:
+            for start in range(0, count, SEND_CHUNK):
+                yield column[start : min(count, start + SEND_CHUNK)]
+        yield from type_postings
+        yield from session_postings
+
+    return header, pieces()
+
+
+def _blob_sizes(header: IndexHeader) -> list[int]:
+    posting = array(POSTING).itemsize
+    return [size * header.count for size in header.itemsizes] + [
+        posting * sum(header.type_counts),
+        posting * sum(header.session_counts),
+    ]
+
+
+def _below(postings: array[int], count: int) -> array[int]:
+    return postings[: bisect.bisect_left(postings, count)]
+
+
+def _spawn(source_fd: int) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "gastownd.eventlog.prune_plan", str(source_fd)],
+        pass_fds=[source_fd],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def _ask_plan(
+    process: subprocess.Popen[bytes], pieces: Iterable[bytes | array[int]]
+) -> tuple[PlanHeader, list[bytes]]:
+    """Send the request, read the plan. Each blob is read into a buffer of its own size: no
+    copy of the whole answer, which would hold the GIL for as long as a copy of tens of
+    megabytes takes."""
+    assert process.stdin is not None and process.stdout is not None
+    try:
+        for piece in pieces:
+            process.stdin.write(piece)
+        process.stdin.flush()
+        header = _plan_decoder.decode(process.stdout.readline())
+        blobs = [_read_exactly(process.stdout, size) for size in header.sizes]
+    except (OSError, msgspec.DecodeError, ValueError) as exc:
+        raise OSError(0, f"the prune's planner failed: {_ended(process, exc)}") from None
+    return header, blobs
+
+
+def _ask_archive(process: subprocess.Popen[bytes], order: ArchiveOrder) -> int:
+    assert process.stdin is not None and process.stdout is not None
+    try:
+        process.stdin.write(msgspec.json.encode(order) + b"\n")
+        process.stdin.flush()
+        done = _done_decoder.decode(process.stdout.readline())
+    except (OSError, msgspec.DecodeError) as exc:
+        raise OSError(0, f"the prune's archive writer failed: {_ended(process, exc)}") from None
+    if done.error is not None:
+        raise OSError(done.errno, done.error)
+    return done.lines
+
+
+def _ended(process: subprocess.Popen[bytes], error: Exception) -> str:
+    """Why a worker did not answer: its exit status, once it is gone."""
+    _end(process, True)
+    return f"{error or type(error).__name__} (exit status {process.returncode})"
+
+
+def _end(process: subprocess.Popen[bytes], kill: bool) -> None:
+    """End the worker: one that waits for an order ends when its input does; ``kill`` (or a
+    worker that does not end) is killed. Then collect it."""
+    if kill and process.poll() is None:
+        process.kill()
+    for stream in (process.stdin, process.stdout):
+        if stream is not None:
+            with contextlib.suppress(OSError):
+                stream.close()
+    try:
+        process.wait(timeout=END_WAIT_S)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def _read_plan(header: PlanHeader, blobs: list[bytes]) -> Plan:
+    """The worker's answer as the daemon holds it, in a thread (the runs in chunks that
+    leave the loop the GIL between them)."""
+    try:
+        removed, starts, lengths, flat_runs = (_wide(blob) for blob in blobs[:4])
+        kept = EventIndex.restore(header.kept, blobs[4:]) if header.kept is not None else None
+    except ValueError as exc:
+        raise OSError(0, f"the prune's planner answered nonsense: {exc}") from None
+    del blobs[:]
+    runs: list[tuple[int, int]] = []
+    # Hundreds of thousands of new tuples would set off the collector's full pass over
+    # the daemon's objects, which holds the GIL throughout: collected young instead, a
+    # chunk at a time (the tuples are untracked then: they hold only ints).
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        for first in range(0, len(flat_runs), 2 * RUNS_CHUNK):
+            chunk = flat_runs[first : first + 2 * RUNS_CHUNK]
+            runs.extend(zip(chunk[::2], chunk[1::2], strict=True))
+            gc.collect(0)
+            time.sleep(PAUSE_S)
+    finally:
+        if collecting:
+            gc.enable()
+    return Plan(
+        removed_by_type=header.removed_by_type,
+        kept_lines=header.kept_lines,
+        kept_bytes=header.kept_bytes,
+        removed=removed,
+        range_starts=starts,
+        range_lengths=lengths,
+        days=header.days,
+        removed_max=header.removed_max,
+        kept=kept,
+        runs=runs,
+    )
+
+
+def _wide(blob: bytes) -> array[int]:
+    values = array(WIDE)
+    if len(blob) % values.itemsize:
+        raise ValueError("an array is cut short")
+    values.frombytes(blob)
+    return values
+
+
+# ---------------------------------------------------------------- in the worker
+
+
+def make_plan(
+    index: EventIndex, request: PlanRequest
+) -> tuple[PlanHeader, list[bytes], array[int]]:
+    """The plan for every line of ``index`` (what the worker computes): its header, its
+    blobs, and the removed positions."""
+    count = len(index)
+    policy = RetentionPolicy(
+        default_ttl_s=request.default_ttl_s,
+        ttls_s=request.ttls_s,
+        min_retain_count=request.min_retain_count,
+    )
+    decided = drive(
+        plan_prune_steps(
+            index.types,
+            index.type_names,
+            index.ts,
+            count,
+            request.now_s,
+            policy,
+            index.by_type,
+            request.protect_from,
+        )
+    )
+    starts, lengths = kept_ranges(index, decided.keep)
+    removed = removed_positions(decided.keep, count)
+    kept = index.select(decided.keep) if request.select and removed else None
+    runs = array(WIDE, itertools.chain.from_iterable(runs_of(kept.seqs))) if kept else array(WIDE)
+    blobs = [removed.tobytes(), starts.tobytes(), lengths.tobytes(), runs.tobytes()]
+    kept_header = None
+    if kept is not None:
+        kept_header, kept_blobs = kept.export()
+        blobs += kept_blobs
+    header = PlanHeader(
+        removed_by_type=dict(decided.removed),
+        kept_lines=len(decided.keep),
+        kept_bytes=sum(lengths),
+        days=days_of(index, removed),
+        removed_max=index.seqs[removed[-1]] if removed else -1,
+        kept=kept_header,
+        sizes=[len(blob) for blob in blobs],
+    )
+    return header, blobs, removed
+
+
+def kept_ranges(index: EventIndex, positions: Sequence[int]) -> tuple[array[int], array[int]]:
+    """The kept lines as byte ranges (starts, lengths), consecutive lines merged."""
+    starts, lengths = array(WIDE), array(WIDE)
+    start = end = -1
+    offsets = index.offsets
+    for position in positions:
+        offset = offsets[position]
+        length = index.length(position)
+        if offset == end:
+            end += length
+            continue
+        if start >= 0:
+            starts.append(start)
+            lengths.append(end - start)
+        start, end = offset, offset + length
+    if start >= 0:
+        starts.append(start)
+        lengths.append(end - start)
+    return starts, lengths
+
+
+def removed_positions(keep: Sequence[int], count: int) -> array[int]:
+    """The positions below ``count`` that ``keep`` (sorted) leaves out."""
+    removed = array(WIDE)
+    previous = -1
+    for kept in itertools.chain(keep, (count,)):
+        if kept > previous + 1:
+            removed.extend(range(previous + 1, min(kept, count)))
+        previous = kept
+    return removed
+
+
+def _read_exactly(stream: IO[bytes], size: int) -> bytes:
+    data = stream.read(size)
+    if len(data) != size:
+        raise ValueError("the request is cut short")
+    return data
+
+
+def _exit_with(parent: int) -> None:
+    """An orphan must not write on: the next daemon may be undoing its batch."""
+    while os.getppid() == parent:
+        time.sleep(ORPHAN_POLL_S)
+    os._exit(1)
+
+
+def main(argv: list[str]) -> int:
+    """The worker: read the request, write the plan; then, if told to, the archive batch."""
+    os.nice(10)  # background work: the daemon's threads come first
+    threading.Thread(target=_exit_with, args=(os.getppid(),), daemon=True).start()
+    source_fd = int(argv[0])
+    answers = sys.stdout.buffer
+    sys.stdout = sys.stderr  # anything printed or logged stays out of the answers
+    orders = sys.stdin.buffer
+    request = msgspec.json.decode(orders.readline(), type=PlanRequest)
+    blobs = [_read_exactly(orders, size) for size in request.sizes]
+    index = EventIndex.restore(request.index, blobs)
+    del blobs
+    header, out, removed = make_plan(index, request)
+    crash_here_for_tests("planner")
+    answers.write(msgspec.json.encode(header) + b"\n")
+    for blob in out:
+        answers.write(blob)
+    answers.flush()
+    del out
+    line = orders.readline()
+    if not line:
+        return 0  # no archive: the prune stopped there
+    order = msgspec.json.decode(line, type=ArchiveOrder)
+    try:
+        report = Archive(Path(order.folder)).write(
+            source_fd,
+            index,
+            removed,
+            (len(index), index.end),
+            header.days,
+            order.epoch,
+            Path(order.commit_path),
+        )
+        done = ArchiveDone(lines=report.lines)
+    except OSError as exc:
+        done = ArchiveDone(error=exc.strerror or str(exc), errno=exc.errno or 0)
+    answers.write(msgspec.json.encode(done) + b"\n")
+    answers.flush()
+    return 0
+
+
+_plan_decoder = msgspec.json.Decoder(PlanHeader)
+_done_decoder = msgspec.json.Decoder(ArchiveDone)
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
