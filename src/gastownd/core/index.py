@@ -24,11 +24,11 @@ from gastownd.core import index_snapshot
 from gastownd.core.events import decode_lines, parse_stamps, sessions_of
 from gastownd.core.index_columns import MALFORMED, NO_SESSION, NO_STAMP, POSTING, LineColumns
 from gastownd.core.index_postings import NameTables, post, walk_postings
-from gastownd.core.index_snapshot import IndexHeader
+from gastownd.core.index_snapshot import ColumnBlobs, IndexHeader
 from gastownd.core.query import CompiledFilter
 from gastownd.core.retention import PLAN_CHUNK, drive
 
-# Lines a part is appended by at a time (``append_index``).
+# Lines posted at a time by ``append_index``.
 APPEND_SLICE = 1 << 16
 
 __all__ = ["MALFORMED", "NO_SESSION", "Entry", "EventIndex", "IndexHeader", "Known"]
@@ -244,12 +244,12 @@ class EventIndex(LineColumns, NameTables):
 
     def export(
         self, count: int | None = None, end: int | None = None
-    ) -> tuple[IndexHeader, list[bytes]]:
+    ) -> tuple[IndexHeader, ColumnBlobs]:
         """The first ``count`` lines, ending at byte ``end``: ``index_snapshot.export``."""
         return index_snapshot.export(self, self, count, end)
 
     @classmethod
-    def restore(cls, header: IndexHeader, blobs: list[bytes]) -> EventIndex:
+    def restore(cls, header: IndexHeader, blobs: Iterable[bytes]) -> EventIndex:
         """The inverse of ``export``; raises ValueError if the parts do not fit."""
         index = cls()
         index_snapshot.restore(index, index, header, blobs)
@@ -296,49 +296,26 @@ class EventIndex(LineColumns, NameTables):
             self.post_line(position, types[position], sessions[position])
         self.malformed += types[first:].count(MALFORMED)
 
-    def append_index(self, part: EventIndex) -> None:
+    def append_index(self, part: EventIndex, *, consume: bool = False) -> None:
         """Append ``part``, the index of the bytes that follow this one's in the same file.
 
         Its offsets are absolute already; its strings are re-interned and
         its positions shifted. Seqs are taken as they are, and the running
-        maximum of ``ts`` carries on from this index.
+        maximum of ``ts`` carries on from this index. ``consume``: ``part``
+        is emptied as it is copied (see ``append_columns``).
         """
         if part.offsets and part.offsets[0] != self.end:
             raise ValueError(f"the part starts at byte {part.offsets[0]}, not {self.end}")
-        type_map, actor_map, session_map = self.ids_from(part)
-        same_ids = all(
-            ids == list(range(len(ids))) for ids in (type_map, actor_map, session_map)
-        )  # typically the first part, or parts that met the same names in the same order
-        running = self.running_max_ts()
-        # In slices, so that what a part costs on top of its columns stays small.
-        for start in range(0, len(part), APPEND_SLICE):
+        id_maps = self.ids_from(part)
+        if consume:
+            part.by_type, part.by_session = {}, {}
+        # Typically the first part, or parts that met the same names in the same order.
+        same_ids = all(ids == list(range(len(ids))) for ids in id_maps)
+        first = self.append_columns(part, None if same_ids else id_maps, consume=consume)
+        for start in range(first, len(self), APPEND_SLICE):
             stop = start + APPEND_SLICE
-            first = len(self.offsets)
-            part_types = part.types[start:stop]
-            types: Sequence[int] = part_types
-            actors: Sequence[int] = part.actors[start:stop]
-            sessions: Sequence[int] = part.sessions[start:stop]
-            if not same_ids:
-                # A malformed line's actor id is 0 with no name behind it (a part of
-                # malformed lines only has no actor names at all): 0 again here.
-                types = [type_map[t] if t != MALFORMED else MALFORMED for t in part_types]
-                actors = [
-                    actor_map[a] if t != MALFORMED else 0
-                    for a, t in zip(actors, part_types, strict=True)
-                ]
-                sessions = [session_map[s] if s != NO_SESSION else NO_SESSION for s in sessions]
-            self.offsets.extend(part.offsets[start:stop])
-            self.seqs.extend(part.seqs[start:stop])
-            self.ts.extend(part.ts[start:stop])
-            self.max_ts.extend([m if m > running else running for m in part.max_ts[start:stop]])
-            self.types.extend(types)
-            self.actors.extend(actors)
-            self.sessions.extend(sessions)
-            self.checksums.extend(part.checksums[start:stop])
-            post(self.by_type, types, first, MALFORMED)
-            post(self.by_session, sessions, first, NO_SESSION)
-        self.malformed += part.malformed
-        self.end = part.end
+            post(self.by_type, self.types[start:stop], start, MALFORMED)
+            post(self.by_session, self.sessions[start:stop], start, NO_SESSION)
 
     def extend_from(self, other: EventIndex, positions: Iterable[int]) -> None:
         """Append ``other``'s lines at ``positions``, as if they followed this index's end."""

@@ -13,7 +13,7 @@ import itertools
 import zlib
 from array import array
 from collections import defaultdict, deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 MALFORMED = -1
 NO_SESSION = -1
@@ -22,6 +22,12 @@ NO_STAMP = -(1 << 62)
 # Array typecodes: crc32 fits in 32 bits, positions in 31.
 CHECKSUM = "I"
 POSTING = "i"
+# Lines given new seqs (``renumber``) or remapped ids (``append_columns``) at a time.
+RENUMBER_SLICE = APPEND_SLICE = 1 << 16
+
+
+# What another index's type, actor and session ids are in this one.
+IdMaps = tuple[list[int], list[int], list[int]]
 
 
 class LineColumns:
@@ -54,6 +60,17 @@ class LineColumns:
     def next_seq(self) -> int:
         """The seq the next appended line gets: never one a removed line had."""
         return max(self.seqs[-1] + 1, self.seq_floor) if self.seqs else self.seq_floor
+
+    def renumber(self, seqs: Iterator[int]) -> None:
+        """Give the lines the seqs ``seqs`` yields, in order, in place (a slice at a
+        time: no second column beside this one)."""
+        column, position = self.seqs, 0
+        while position < len(column):
+            fresh = array("q", itertools.islice(seqs, min(RENUMBER_SLICE, len(column) - position)))
+            if not fresh:
+                raise ValueError(f"seqs ran out at line {position}")
+            column[position : position + len(fresh)] = fresh
+            position += len(fresh)
 
     def length(self, position: int) -> int:
         following = position + 1
@@ -153,6 +170,58 @@ class LineColumns:
         if type_id == MALFORMED:
             self.malformed += 1
 
+    def append_columns(
+        self, part: LineColumns, id_maps: IdMaps | None, *, consume: bool = False
+    ) -> int:
+        """Append ``part``'s lines (which follow these in the file), column by column,
+        their ids mapped through ``id_maps`` (types, actors, sessions; None: the same
+        ids). With ``consume``, each of ``part``'s columns is emptied once copied, so
+        that the two together never hold much more than the whole. Returns the
+        position of the first appended line."""
+        first, count = len(self), len(part)
+        running = self.running_max_ts()
+        for name in ("offsets", "seqs", "ts", "checksums"):
+            getattr(self, name).extend(getattr(part, name))
+            _drop(part, name, consume)
+        for start in range(0, count, APPEND_SLICE):
+            stop = start + APPEND_SLICE
+            self.max_ts.extend([m if m > running else running for m in part.max_ts[start:stop]])
+        _drop(part, "max_ts", consume)
+        if id_maps is None:
+            for name in ("actors", "types", "sessions"):
+                getattr(self, name).extend(getattr(part, name))
+                _drop(part, name, consume)
+        else:
+            type_map, actor_map, session_map = id_maps
+            for start in range(0, count, APPEND_SLICE):
+                stop = start + APPEND_SLICE
+                # A malformed line's actor id is 0 with no name behind it (a part of
+                # malformed lines only has no actor names at all): 0 again here.
+                self.actors.extend(
+                    [
+                        actor_map[a] if t != MALFORMED else 0
+                        for a, t in zip(
+                            part.actors[start:stop], part.types[start:stop], strict=True
+                        )
+                    ]
+                )
+            _drop(part, "actors", consume)
+            for name, ids, absent in (
+                ("types", type_map, MALFORMED),
+                ("sessions", session_map, NO_SESSION),
+            ):
+                column = getattr(part, name)
+                for start in range(0, count, APPEND_SLICE):
+                    stop = start + APPEND_SLICE
+                    getattr(self, name).extend(
+                        [ids[i] if i != absent else absent for i in column[start:stop]]
+                    )
+                del column
+                _drop(part, name, consume)
+        self.malformed += part.malformed
+        self.end = part.end
+        return first
+
     def extend_carried(self, other: LineColumns, chunk: Sequence[int], lengths: list[int]) -> int:
         """Append ``other``'s lines at ``chunk`` (same string ids), laid out contiguously
         from ``end`` with ``lengths``; returns the position of the first."""
@@ -166,3 +235,8 @@ class LineColumns:
         self.max_ts.extend(itertools.accumulate(self.ts[first:], max, initial=running))
         del self.max_ts[first]  # the initial value is not a line
         return first
+
+
+def _drop(columns: LineColumns, name: str, consume: bool) -> None:
+    if consume:
+        setattr(columns, name, array(getattr(columns, name).typecode))

@@ -8,7 +8,11 @@ damaged snapshot costs a rebuild, never a wrong answer or a crash later.
 
 from __future__ import annotations
 
+import bisect
+import operator
 from array import array
+from collections.abc import Iterable, Sequence
+from typing import overload
 
 import msgspec
 
@@ -29,32 +33,70 @@ class IndexHeader(msgspec.Struct, kw_only=True):
     session_counts: list[int]
 
 
+class ColumnBlobs(Sequence[bytes]):
+    """The column bytes of an export, each copied only when it is asked for, so that a
+    snapshot writer holds one column's copy at a time rather than the whole index's.
+
+    Safe in a worker thread while the event loop appends: each copy is made under
+    the GIL, and the first ``count`` lines never change.
+    """
+
+    def __init__(
+        self, columns: list[array[int]], postings: list[list[array[int]]], count: int
+    ) -> None:
+        self._columns, self._postings, self._count = columns, postings, count
+        self.sizes = [column.itemsize * count for column in columns] + [
+            sum(len(below(p, count)) for p in lists) * array(POSTING).itemsize for lists in postings
+        ]
+
+    def __len__(self) -> int:
+        return len(self.sizes)
+
+    @overload
+    def __getitem__(self, item: int) -> bytes: ...
+
+    @overload
+    def __getitem__(self, item: slice) -> list[bytes]: ...
+
+    def __getitem__(self, item: int | slice) -> bytes | list[bytes]:
+        if isinstance(item, slice):
+            return [self[i] for i in range(len(self))[item]]
+        item = range(len(self))[item]  # negative ones, and IndexError past the end
+        if item < len(self._columns):
+            return self._columns[item][: self._count].tobytes()
+        lists = self._postings[item - len(self._columns)]
+        return b"".join(below(p, self._count).tobytes() for p in lists)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Sequence):
+            return NotImplemented
+        return len(self) == len(other) and all(map(operator.eq, self, other))
+
+    __hash__ = None  # type: ignore[assignment]  # compared by content, as a list is
+
+
 def export(
     columns: LineColumns, tables: NameTables, count: int | None = None, end: int | None = None
-) -> tuple[IndexHeader, list[bytes]]:
+) -> tuple[IndexHeader, ColumnBlobs]:
     """The first ``count`` lines (all by default), ending at byte ``end``, as a header
-    and raw column bytes.
-
-    Safe in a worker thread while the event loop appends: every step
-    copies under the GIL, and the first ``count`` lines never change.
-    """
+    and raw column bytes (copied when read: see ``ColumnBlobs``)."""
     count = len(columns) if count is None else count
     end = columns.end if end is None else end
-    blobs = [getattr(columns, name)[:count].tobytes() for name in columns.COLUMNS]
     type_names, actor_names = tables.type_names[:], tables.actor_names[:]
     session_names = tables.session_names[:]
     empty: array[int] = array(POSTING)
-    type_postings = [below(tables.by_type.get(i, empty), count) for i in range(len(type_names))]
-    session_postings = [
-        below(tables.by_session.get(i, empty), count) for i in range(len(session_names))
-    ]
-    blobs.append(b"".join(p.tobytes() for p in type_postings))
-    blobs.append(b"".join(p.tobytes() for p in session_postings))
-    type_counts = [len(p) for p in type_postings]
+    type_postings = [tables.by_type.get(i, empty) for i in range(len(type_names))]
+    session_postings = [tables.by_session.get(i, empty) for i in range(len(session_names))]
+    type_counts = [bisect.bisect_left(p, count) for p in type_postings]
+    blobs = ColumnBlobs(
+        [getattr(columns, name) for name in columns.COLUMNS],
+        [type_postings, session_postings],
+        count,
+    )
     header = IndexHeader(
         seq_floor=columns.seq_floor,
         type_counts=type_counts,
-        session_counts=[len(p) for p in session_postings],
+        session_counts=[bisect.bisect_left(p, count) for p in session_postings],
         count=count,
         end=end,
         malformed=count - sum(type_counts),
@@ -67,16 +109,24 @@ def export(
 
 
 def restore(
-    columns: LineColumns, tables: NameTables, header: IndexHeader, blobs: list[bytes]
+    columns: LineColumns, tables: NameTables, header: IndexHeader, blobs: Iterable[bytes]
 ) -> None:
     """The inverse of ``export``, into empty ``columns`` and ``tables``; raises
-    ValueError if the parts do not fit."""
-    *column_blobs, type_blob, session_blob = blobs
-    for name, itemsize, blob in zip(columns.COLUMNS, header.itemsizes, column_blobs, strict=True):
+    ValueError if the parts do not fit. ``blobs`` is taken one at a time (a reader
+    may produce each as it is needed)."""
+    parts = iter(blobs)
+    if len(header.itemsizes) != len(columns.COLUMNS):
+        raise ValueError("snapshot columns do not fit this build")
+    for name, itemsize in zip(columns.COLUMNS, header.itemsizes, strict=True):
         column = getattr(columns, name)
-        if column.itemsize != itemsize or len(blob) != itemsize * header.count:
+        blob = next(parts, None)
+        if blob is None or column.itemsize != itemsize or len(blob) != itemsize * header.count:
             raise ValueError(f"snapshot column {name} does not fit this build")
         column.frombytes(blob)
+        del blob
+    type_blob, session_blob = next(parts, None), next(parts, None)
+    if type_blob is None or session_blob is None or next(parts, None) is not None:
+        raise ValueError("snapshot parts do not fit this build")
     columns.end, columns.malformed = header.end, header.malformed
     columns.seq_floor = header.seq_floor
     tables.set_names(header.type_names, header.actor_names, header.session_names)

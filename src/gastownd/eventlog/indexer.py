@@ -19,9 +19,9 @@ import os
 import subprocess
 import sys
 import zlib
-from array import array
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import IO
 
 import msgspec
 
@@ -53,15 +53,22 @@ def index_range(
         return index_here(fd, start, end, seqs, progress)
     cuts = _cuts(fd, start, end, parts)
     spawned = [_spawn(fd, low, high) for low, high in itertools.pairwise(cuts)]
-    whole = EventIndex(start)
+    whole: EventIndex | None = None
     for (low, high), worker in zip(itertools.pairwise(cuts), spawned, strict=True):
         part = _collect(worker)
         if part is None:
             part = index_here(fd, low, high, itertools.count())
-        whole.append_index(part)
+        # The first part becomes the whole (no copy); the others are appended to it
+        # and dropped at once, so that at most one part is held beside the whole.
+        if whole is None:
+            whole = part
+        else:
+            whole.append_index(part, consume=True)
+        del part
         if progress is not None:
             progress(high)
-    whole.seqs = array("q", itertools.islice(seqs, len(whole)))
+    assert whole is not None  # ``cuts`` has at least one part
+    whole.renumber(seqs)
     return whole
 
 
@@ -158,22 +165,33 @@ def _spawn(fd: int, start: int, end: int) -> subprocess.Popen[bytes] | None:
 
 
 def _collect(worker: subprocess.Popen[bytes] | None) -> EventIndex | None:
-    """The part a worker indexed, or None if it failed."""
+    """The part a worker indexed, or None if it failed.
+
+    Read column by column, each straight into the part's arrays: the daemon
+    never holds a worker's whole output beside the part it makes of it.
+    """
     if worker is None:
         return None
-    output, _ = worker.communicate()
-    if worker.returncode != 0:
-        return None
+    stdout = worker.stdout
+    assert stdout is not None  # spawned with stdout=PIPE
     try:
-        head, _, rest = output.partition(b"\n")
-        header = _header_decoder.decode(head)
-        blobs = []
-        for size in header.sizes:
-            blobs.append(rest[:size])
-            rest = rest[size:]
-        return EventIndex.restore(header.index, blobs)
-    except (ValueError, msgspec.DecodeError):
-        return None
+        header = _header_decoder.decode(stdout.readline())
+        part: EventIndex | None = EventIndex.restore(
+            header.index, (_read_exactly(stdout, size) for size in header.sizes)
+        )
+    except (ValueError, msgspec.DecodeError, OSError):
+        part = None
+    finally:
+        stdout.close()  # a worker still writing gets EPIPE and ends
+        worker.wait()
+    return part if worker.returncode == 0 else None
+
+
+def _read_exactly(stream: IO[bytes], size: int) -> bytes:
+    data = stream.read(size)
+    if len(data) != size:
+        raise ValueError(f"a worker's part ended {size - len(data)} bytes short")
+    return data
 
 
 class _PartHeader(msgspec.Struct):
