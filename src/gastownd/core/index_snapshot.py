@@ -63,7 +63,11 @@ class ColumnBlobs(Sequence[bytes]):
             return [self[i] for i in range(len(self))[item]]
         item = range(len(self))[item]  # negative ones, and IndexError past the end
         if item < len(self._columns):
-            return self._columns[item][: self._count].tobytes()
+            # One copy (not a slice and its bytes): the whole column, cut only if lines
+            # were appended since the export (slicing bytes to their length is free).
+            whole = self._columns[item].tobytes()
+            size = self.sizes[item]
+            return whole if len(whole) == size else whole[:size]
         lists = self._postings[item - len(self._columns)]
         return b"".join(below(p, self._count).tobytes() for p in lists)
 

@@ -162,14 +162,14 @@ def blobs_checksum(blobs: Iterable[bytes]) -> int:
     crc = 0
     for blob in blobs:
         crc = zlib.crc32(blob, crc)
+        del blob  # before the next is made: blobs may be copies made on demand
     return crc
 
 
 def write_atomically(path: Path, parts: Iterable[bytes]) -> None:
     temp = path.with_suffix(".tmp")
     with open(temp, "wb") as handle:
-        for part in parts:
-            handle.write(part)
+        handle.writelines(parts)  # each part released before the next is made
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(temp, path)
