@@ -45,8 +45,9 @@ class ColumnBlobs(Sequence[bytes]):
         self, columns: list[array[int]], postings: list[list[array[int]]], count: int
     ) -> None:
         self._columns, self._postings, self._count = columns, postings, count
+        posting_size = array(POSTING).itemsize
         self.sizes = [column.itemsize * count for column in columns] + [
-            sum(len(below(p, count)) for p in lists) * array(POSTING).itemsize for lists in postings
+            sum(bisect.bisect_left(p, count) for p in lists) * posting_size for lists in postings
         ]
 
     def __len__(self) -> int:
