@@ -14,6 +14,7 @@ and little else. A worker that fails is replaced by indexing its part here.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import subprocess
@@ -35,6 +36,10 @@ MAX_WORKERS = 4
 # 2 MiB: about 90 MB, and no slower).
 READ_CHUNK = 2 << 20
 FIND_NEWLINE_WITHIN = 1 << 20
+# glibc's mallopt parameter, and the size from which blocks are mapped (see
+# ``_fix_mmap_threshold``): the columns of a large index and their copies, not read chunks.
+_M_MMAP_THRESHOLD = -3
+MMAP_THRESHOLD = 4 << 20
 
 
 def index_range(
@@ -51,6 +56,7 @@ def index_range(
 
     ``progress`` hears the offset indexed through, now and then.
     """
+    _fix_mmap_threshold()
     parts = workers if workers is not None else min(MAX_WORKERS, os.cpu_count() or 1)
     if end - start < parallel_min or parts < 2:
         return index_here(fd, start, end, seqs, progress)
@@ -73,6 +79,25 @@ def index_range(
     assert whole is not None  # ``cuts`` has at least one part
     whole.renumber(seqs)
     return whole
+
+
+def _fix_mmap_threshold() -> None:
+    """Have glibc map every block of ``MMAP_THRESHOLD`` or more on its own, now and
+    for the process's life, so that freeing one returns it to the system.
+
+    An index's columns and their copies (a part being appended, a snapshot being
+    written) are such blocks. By default glibc raises its threshold to the size of
+    the first mapped block freed, after which blocks of that size come from the
+    heap, where one small allocation above them keeps them resident: on the 1 M-line
+    log, a daemon then stayed about 20 MB higher after a snapshot, in one start of
+    three (peaks of 145 MB instead of 126).
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes  # only here: not needed before the first answer
+
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: its own policy
+        ctypes.CDLL("libc.so.6").mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
 
 
 @dataclass(frozen=True, slots=True)
