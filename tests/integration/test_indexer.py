@@ -5,12 +5,15 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from gastownd.core.index import EventIndex
-from gastownd.eventlog.indexer import index_here, index_range
+from gastownd.eventlog.indexer import _collect, _PartHeader, index_here, index_range
 
 
 def write_log(path: Path, lines: int) -> None:
@@ -104,7 +107,7 @@ def test_whole_lines_cover_the_file_and_describe_long_lines(
 
 
 def test_a_long_line_is_indexed_as_add_lines_would(tmp_path: Path) -> None:
-    """The same index whether a line longer than a read (16 MiB) is read whole or read past
+    """The same index whether a line longer than a read (2 MiB) is read whole or read past
     in pieces."""
     log = tmp_path / "events.jsonl"
     long_line = _GOOD[:-1] + b',"p":"' + b"x" * (20 << 20) + b'"}'
@@ -120,3 +123,39 @@ def test_a_long_line_is_indexed_as_add_lines_would(tmp_path: Path) -> None:
     for name in EventIndex.COLUMNS:
         assert getattr(streamed, name) == getattr(whole, name), name
     assert streamed.malformed == whole.malformed == 1 and streamed.end == whole.end
+
+
+def _worker_writing(output: bytes) -> subprocess.Popen[bytes]:
+    """A real process that writes ``output`` as a worker's part would be written."""
+    return subprocess.Popen(
+        [sys.executable, "-c", "import sys; sys.stdout.buffer.write(sys.stdin.buffer.read())"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+
+
+@pytest.mark.parametrize("cut", ["none", "short", "header"])
+def test_a_part_is_read_column_by_column_and_a_cut_one_refused(tmp_path: Path, cut: str) -> None:
+    """The daemon reads a worker's part straight into its columns; a part cut short (a
+    worker killed mid-write) is refused, never half taken, and indexed here instead."""
+    log = tmp_path / "events.jsonl"
+    write_log(log, 500)
+    fd = os.open(log, os.O_RDONLY)
+    try:
+        expected = index_here(fd, 0, os.fstat(fd).st_size, itertools.count())
+    finally:
+        os.close(fd)
+    header, blobs = expected.export()
+    sizes = [len(blob) for blob in blobs]
+    head = msgspec.json.encode(_PartHeader(index=header, sizes=sizes)) + b"\n"
+    output = head + b"".join(blobs)
+    output = {"none": output, "short": output[:-5], "header": head[:-9] + b"\n"}[cut]
+    worker = _worker_writing(output)
+    assert worker.stdin is not None
+    worker.stdin.write(output)
+    worker.stdin.close()
+    part = _collect(worker)
+    if cut == "none":
+        assert part is not None and part.export() == expected.export()
+    else:
+        assert part is None

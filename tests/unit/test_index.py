@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -144,3 +145,67 @@ def test_appending_a_part_of_malformed_lines_only() -> None:
     assert first.entry(0).actor == "mayor"
     assert [first.entry(p).type for p in (1, 2)] == [None, None]
     assert first.search(compile_filter(), 10, oldest_first=True) == [0]
+
+
+def _lines_strategy() -> st.SearchStrategy[list[bytes]]:
+    good = st.builds(
+        make_line,
+        st.sampled_from(["2026-01-01T00:00:00Z", "2026-01-02T03:04:05Z", "2025-12-31T23:59:59Z"]),
+        st.sampled_from(["nudge", "sling", "session_start", "done"]),
+        st.sampled_from(["mayor", "deacon", "gastown/crew/joe"]),
+        st.one_of(st.none(), st.sampled_from(["s1", "s2", "s3"])),
+    )
+    return st.lists(st.one_of(good, st.just(b"not json")), max_size=30)
+
+
+@settings(max_examples=60, deadline=None)
+@given(before=_lines_strategy(), after=_lines_strategy())
+def test_an_export_is_the_index_as_it_was_when_exported(
+    before: list[bytes], after: list[bytes]
+) -> None:
+    """Column bytes are copied as the snapshot writer reads them, while the loop may
+    have appended lines since: they still describe the lines exported, no more."""
+    index, alone = build(before), build(before)
+    header, blobs = index.export()
+    for line in after:
+        index.add_lines(line + b"\n", index.end, iter([index.next_seq()]))
+    expected_header, expected = alone.export()
+    assert header == expected_header
+    assert list(blobs) == list(expected) and blobs == expected
+    assert blobs.sizes == [len(blob) for blob in expected]
+    assert EventIndex.restore(header, iter(blobs)).export() == alone.export()
+
+
+@settings(max_examples=60, deadline=None)
+@given(before=_lines_strategy(), after=_lines_strategy())
+def test_a_consumed_part_is_appended_as_a_kept_one(before: list[bytes], after: list[bytes]) -> None:
+    whole = build(before + after)
+    kept, consumed = build(before), build(before)
+    data = b"".join(line + b"\n" for line in after)
+    parts = []
+    for _ in range(2):
+        part = EventIndex(kept.end)
+        part.add_lines(data, kept.end, itertools.count(len(before)))
+        parts.append(part)
+    kept.append_index(parts[0])
+    consumed.append_index(parts[1], consume=True)
+    assert kept.export() == consumed.export() == whole.export()
+    assert all(len(getattr(parts[1], name)) == 0 for name in EventIndex.COLUMNS)
+    assert not parts[1].by_type and not parts[1].by_session
+
+
+def test_renumber_gives_new_seqs_in_place() -> None:
+    index = build(LINES)
+    column = index.seqs
+    index.renumber(itertools.count(1000, 3))
+    assert index.seqs is column and list(column) == [1000 + 3 * i for i in range(len(LINES))]
+    with pytest.raises(ValueError, match="ran out"):
+        index.renumber(iter(range(2)))
+
+
+def test_restore_refuses_too_few_or_too_many_parts() -> None:
+    header, blobs = build(LINES).export()
+    whole = list(blobs)
+    for parts in (whole[:-1], whole[:3], [*whole, b""]):
+        with pytest.raises(ValueError, match="fit this build"):
+            EventIndex.restore(header, iter(parts))

@@ -15,7 +15,7 @@ from __future__ import annotations
 import itertools
 import os
 import zlib
-from collections.abc import Generator, Iterator, Sequence
+from collections.abc import Generator, Iterable, Iterator, Sequence
 from pathlib import Path
 
 import msgspec
@@ -152,23 +152,24 @@ def read_snapshot(path: Path) -> tuple[SnapshotMeta, list[bytes]] | None:
     return meta, blobs
 
 
-def write_snapshot(path: Path, meta: SnapshotMeta, blobs: list[bytes]) -> None:
+def write_snapshot(path: Path, meta: SnapshotMeta, blobs: Sequence[bytes]) -> None:
+    """``blobs`` are read twice, one at a time (an index export copies each on demand)."""
     meta = msgspec.structs.replace(meta, blobs_crc=blobs_checksum(blobs))
-    write_atomically(path, [msgspec.json.encode(meta) + b"\n", *blobs])
+    write_atomically(path, itertools.chain([msgspec.json.encode(meta) + b"\n"], blobs))
 
 
-def blobs_checksum(blobs: list[bytes]) -> int:
+def blobs_checksum(blobs: Iterable[bytes]) -> int:
     crc = 0
     for blob in blobs:
         crc = zlib.crc32(blob, crc)
+        del blob  # before the next is made: blobs may be copies made on demand
     return crc
 
 
-def write_atomically(path: Path, parts: list[bytes]) -> None:
+def write_atomically(path: Path, parts: Iterable[bytes]) -> None:
     temp = path.with_suffix(".tmp")
     with open(temp, "wb") as handle:
-        for part in parts:
-            handle.write(part)
+        handle.writelines(parts)  # each part released before the next is made
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(temp, path)
