@@ -35,7 +35,8 @@ import anyio
 import anyio.to_thread
 import msgspec
 
-from gastownd.core.index import POSTING, EventIndex, IndexHeader
+from gastownd.core.index import EventIndex, IndexHeader
+from gastownd.core.index_columns import POSTING
 from gastownd.core.retention import RetentionPolicy, drive, plan_prune_steps
 from gastownd.eventlog.archive_files import Archive, crash_here_for_tests, days_of
 from gastownd.eventlog.logstate import runs_of
