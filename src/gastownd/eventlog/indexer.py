@@ -28,6 +28,7 @@ import msgspec
 
 from gastownd.core.events import MAX_LINE_BYTES
 from gastownd.core.index import EventIndex, IndexHeader
+from gastownd.eventlog.line_count import spawn_range_worker
 
 PARALLEL_MIN_BYTES = 64 << 20
 MAX_WORKERS = 4
@@ -180,16 +181,7 @@ def _cuts(fd: int, start: int, end: int, parts: int) -> list[int]:
 
 
 def _spawn(fd: int, start: int, end: int) -> subprocess.Popen[bytes] | None:
-    try:
-        return subprocess.Popen(
-            [sys.executable, "-m", "gastownd.eventlog.indexer", str(fd), str(start), str(end)],
-            pass_fds=[fd],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-        )
-    except OSError:
-        return None
+    return spawn_range_worker([sys.executable, "-m", "gastownd.eventlog.indexer"], fd, start, end)
 
 
 def _collect(worker: subprocess.Popen[bytes] | None) -> EventIndex | None:

@@ -48,10 +48,14 @@ def count_here(fd: int, start: int, end: int) -> int:
     return lines
 
 
-def _spawn(fd: int, start: int, end: int) -> subprocess.Popen[bytes] | None:
+def spawn_range_worker(
+    command: list[str], fd: int, start: int, end: int
+) -> subprocess.Popen[bytes] | None:
+    """``command FD START END`` reading bytes ``start..end`` of the inherited ``fd``,
+    answering on its stdout; ``None`` when it cannot be started (the caller does the work)."""
     try:
         return subprocess.Popen(
-            [sys.executable, "-I", "-S", __file__, str(fd), str(start), str(end)],
+            [*command, str(fd), str(start), str(end)],
             pass_fds=[fd],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
@@ -59,6 +63,10 @@ def _spawn(fd: int, start: int, end: int) -> subprocess.Popen[bytes] | None:
         )
     except OSError:
         return None
+
+
+def _spawn(fd: int, start: int, end: int) -> subprocess.Popen[bytes] | None:
+    return spawn_range_worker([sys.executable, "-I", "-S", __file__], fd, start, end)
 
 
 def _collect(helper: subprocess.Popen[bytes]) -> int | None:
