@@ -159,6 +159,14 @@ def proc_rss_kb(pid: int) -> int:
     raise RuntimeError(f"no VmRSS for {pid}")
 
 
+def live_rss_kb(pid: int) -> int:
+    """VmRSS of ``pid``, 0 once it is gone (a worker may exit between listing and reading)."""
+    try:
+        return proc_rss_kb(pid)
+    except (OSError, RuntimeError):
+        return 0
+
+
 def proc_cpu_s(pid: int) -> float:
     """utime + stime of ``pid`` in seconds."""
     with open(f"/proc/{pid}/stat") as handle:

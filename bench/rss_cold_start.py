@@ -19,18 +19,7 @@ import threading
 import time
 from pathlib import Path
 
-from bench.harness import Daemon, make_town, remove_town
-
-
-def _rss_kb(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/status") as handle:
-            for line in handle:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
+from bench.harness import Daemon, live_rss_kb, make_town, remove_town
 
 
 def _children(pid: int) -> list[int]:
@@ -65,8 +54,8 @@ class Sampler:
     def _run(self) -> None:
         while not self._stop.is_set():
             children = _children(self.pid)
-            own = _rss_kb(self.pid)
-            workers = sum(_rss_kb(child) for child in children)
+            own = live_rss_kb(self.pid)
+            workers = sum(live_rss_kb(child) for child in children)
             self.samples.append((time.monotonic() - self.started, own, workers, len(children)))
             self._stop.wait(self.every)
 
@@ -89,7 +78,7 @@ def measure(log: Path, every: float, after: float, restart: bool) -> dict[str, o
                         time.sleep(0.02)
                 indexed_s = time.monotonic() - daemon.started
                 time.sleep(after)
-                settled_kb = _rss_kb(daemon.pid)
+                settled_kb = live_rss_kb(daemon.pid)
             finally:
                 daemon.stop()
         samples = sampler.samples

@@ -32,6 +32,7 @@ from bench.harness import (
     fmt_mb,
     fmt_ratio,
     fmt_time,
+    live_rss_kb,
     make_town,
     median,
     remove_town,
@@ -65,18 +66,6 @@ def decode_file(path: Path) -> float:
 
 
 # ------------------------------------------------------------------ memory
-
-
-def _rss_kb(pid: int) -> int:
-    """VmRSS of ``pid``, 0 once it is gone (a worker may exit between listing and reading)."""
-    try:
-        with open(f"/proc/{pid}/status") as handle:
-            for line in handle:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
 
 
 def descendants(pid: int) -> list[int]:
@@ -126,10 +115,10 @@ class RssSampler:
     def _run(self) -> None:
         trace = self.trace
         while not self._done.is_set():
-            own = _rss_kb(self.pid)
+            own = live_rss_kb(self.pid)
             workers = descendants(self.pid)
             trace.daemon_kb.append(own)
-            trace.total_kb.append(own + sum(_rss_kb(worker) for worker in workers))
+            trace.total_kb.append(own + sum(live_rss_kb(worker) for worker in workers))
             trace.most_workers = max(trace.most_workers, len(workers))
             self._done.wait(SAMPLE_EVERY_S)
 

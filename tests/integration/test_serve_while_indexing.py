@@ -154,26 +154,15 @@ async def test_answers_before_the_index_is_complete(daemon: Path, held_town: Pat
         assert len(starts.events) == 1
 
 
+@pytest.mark.parametrize("all_nodes", [False, True], ids=["local", "town_wide"])
 async def test_a_query_waits_for_an_index_that_finishes_in_time(
-    daemon: Path, held_town: Path, monkeypatch: pytest.MonkeyPatch
+    daemon: Path, held_town: Path, monkeypatch: pytest.MonkeyPatch, all_nodes: bool
 ) -> None:
     monkeypatch.setattr(event_log, "QUERY_WAIT_S", 30.0)
     async with AsyncClient(daemon) as client:
         assert (await client.status()).indexing is not None
         release(held_town)
-        result = await client.query(types=["probe"], limit=PROBES + 10)
-        assert result.indexing is None
-        assert len(result.events) == PROBES
-
-
-async def test_a_town_wide_query_waits_for_an_index_that_finishes_in_time(
-    daemon: Path, held_town: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(event_log, "QUERY_WAIT_S", 30.0)
-    async with AsyncClient(daemon) as client:
-        assert (await client.status()).indexing is not None
-        release(held_town)
-        result = await client.query(types=["probe"], limit=PROBES + 10, all_nodes=True)
+        result = await client.query(types=["probe"], limit=PROBES + 10, all_nodes=all_nodes)
         assert result.indexing is None
         assert len(result.events) == PROBES
 
