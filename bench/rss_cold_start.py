@@ -14,23 +14,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import threading
 import time
 from pathlib import Path
 
 from bench.harness import Daemon, live_rss_kb, make_town, remove_town
-
-
-def _children(pid: int) -> list[int]:
-    found: list[int] = []
-    try:
-        for task in os.listdir(f"/proc/{pid}/task"):
-            with open(f"/proc/{pid}/task/{task}/children") as handle:
-                found += [int(child) for child in handle.read().split()]
-    except OSError:
-        pass
-    return found
+from bench.suites.startup import descendants
 
 
 class Sampler:
@@ -53,7 +42,7 @@ class Sampler:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            children = _children(self.pid)
+            children = descendants(self.pid)
             own = live_rss_kb(self.pid)
             workers = sum(live_rss_kb(child) for child in children)
             self.samples.append((time.monotonic() - self.started, own, workers, len(children)))
