@@ -80,6 +80,31 @@ class ColumnBlobs(Sequence[bytes]):
     __hash__ = None  # type: ignore[assignment]  # compared by content, as a list is
 
 
+def header(
+    columns: LineColumns,
+    tables: NameTables,
+    count: int,
+    end: int,
+    type_counts: list[int],
+    session_counts: list[int],
+) -> IndexHeader:
+    """The header of the first ``count`` lines, ending at byte ``end``, given how many
+    entries of each type and session posting list fall below ``count`` (one per name,
+    in name order). Made on the loop thread, where the tables cannot grow meanwhile."""
+    return IndexHeader(
+        seq_floor=columns.seq_floor,
+        type_counts=type_counts,
+        session_counts=session_counts,
+        count=count,
+        end=end,
+        malformed=count - sum(type_counts),
+        type_names=tables.type_names[:],
+        actor_names=tables.actor_names[:],
+        session_names=tables.session_names[:],
+        itemsizes=[getattr(columns, name).itemsize for name in columns.COLUMNS],
+    )
+
+
 def export(
     columns: LineColumns, tables: NameTables, count: int | None = None, end: int | None = None
 ) -> tuple[IndexHeader, ColumnBlobs]:
@@ -87,30 +112,17 @@ def export(
     and raw column bytes (copied when read: see ``ColumnBlobs``)."""
     count = len(columns) if count is None else count
     end = columns.end if end is None else end
-    type_names, actor_names = tables.type_names[:], tables.actor_names[:]
-    session_names = tables.session_names[:]
     empty: array[int] = array(POSTING)
-    type_postings = [tables.by_type.get(i, empty) for i in range(len(type_names))]
-    session_postings = [tables.by_session.get(i, empty) for i in range(len(session_names))]
-    type_counts = [bisect.bisect_left(p, count) for p in type_postings]
+    type_postings = [tables.by_type.get(i, empty) for i in range(len(tables.type_names))]
+    session_postings = [tables.by_session.get(i, empty) for i in range(len(tables.session_names))]
     blobs = ColumnBlobs(
         [getattr(columns, name) for name in columns.COLUMNS],
         [type_postings, session_postings],
         count,
     )
-    header = IndexHeader(
-        seq_floor=columns.seq_floor,
-        type_counts=type_counts,
-        session_counts=[bisect.bisect_left(p, count) for p in session_postings],
-        count=count,
-        end=end,
-        malformed=count - sum(type_counts),
-        type_names=type_names,
-        actor_names=actor_names,
-        session_names=session_names,
-        itemsizes=[getattr(columns, name).itemsize for name in columns.COLUMNS],
-    )
-    return header, blobs
+    type_counts = [bisect.bisect_left(p, count) for p in type_postings]
+    session_counts = [bisect.bisect_left(p, count) for p in session_postings]
+    return header(columns, tables, count, end, type_counts, session_counts), blobs
 
 
 def restore(

@@ -15,7 +15,6 @@ A worker that fails fails the prune, which leaves the log as it was.
 
 from __future__ import annotations
 
-import bisect
 import contextlib
 import gc
 import itertools
@@ -35,8 +34,10 @@ import anyio
 import anyio.to_thread
 import msgspec
 
+from gastownd.core import index_snapshot
 from gastownd.core.index import EventIndex, IndexHeader
 from gastownd.core.index_columns import POSTING
+from gastownd.core.index_postings import below
 from gastownd.core.retention import RetentionPolicy, drive, plan_prune_steps
 from gastownd.eventlog.archive_files import Archive, crash_here_for_tests, days_of
 from gastownd.eventlog.logstate import runs_of
@@ -196,25 +197,20 @@ def _index_in_pieces(
     blobs' bytes in pieces of at most ``SEND_CHUNK`` entries, each copied when sent: one
     copy of a whole column would hold the GIL for milliseconds."""
     columns = [getattr(index, name) for name in EventIndex.COLUMNS]
-    type_names, actor_names = index.type_names[:], index.actor_names[:]
-    session_names = index.session_names[:]
     empty: array[int] = array(POSTING)
-    type_postings = [_below(index.by_type.get(i, empty), count) for i in range(len(type_names))]
-    session_postings = [
-        _below(index.by_session.get(i, empty), count) for i in range(len(session_names))
+    type_postings = [
+        below(index.by_type.get(i, empty), count) for i in range(len(index.type_names))
     ]
-    type_counts = [len(p) for p in type_postings]
-    header = IndexHeader(
-        seq_floor=index.seq_floor,
-        type_counts=type_counts,
-        session_counts=[len(p) for p in session_postings],
-        count=count,
-        end=end,
-        malformed=count - sum(type_counts),
-        type_names=type_names,
-        actor_names=actor_names,
-        session_names=session_names,
-        itemsizes=[column.itemsize for column in columns],
+    session_postings = [
+        below(index.by_session.get(i, empty), count) for i in range(len(index.session_names))
+    ]
+    header = index_snapshot.header(
+        index,
+        index,
+        count,
+        end,
+        [len(p) for p in type_postings],
+        [len(p) for p in session_postings],
     )
 
     def pieces() -> Iterator[array[int]]:
@@ -233,10 +229,6 @@ def _blob_sizes(header: IndexHeader) -> list[int]:
         posting * sum(header.type_counts),
         posting * sum(header.session_counts),
     ]
-
-
-def _below(postings: array[int], count: int) -> array[int]:
-    return postings[: bisect.bisect_left(postings, count)]
 
 
 def _spawn(source_fd: int) -> subprocess.Popen[bytes]:
