@@ -35,8 +35,8 @@ test-claude: $(STAMP)
 	$(BIN)/python -m pytest -q tests/claude
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests
-	$(BIN)/ruff format --check src tests
+	$(BIN)/ruff check src tests bench scripts
+	$(BIN)/ruff format --check src tests bench scripts
 	$(BIN)/mypy
 
 # The ops section of docs/protocol.md, from the op table (tests/unit/test_op_table.py
