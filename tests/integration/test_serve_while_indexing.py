@@ -26,7 +26,7 @@ from gastown_client.client import Client
 from gastown_client.protocol import Hook, HookResult
 from gastownd.eventlog import background_index, event_log, recovery
 from gastownd.process.app import App, build_state
-from tests.conftest import DaemonProcess
+from tests.conftest import DaemonProcess, run_ctl
 from tests.integration.test_service import notify_socket, receive_until, spawn_supervised
 
 pytestmark = pytest.mark.anyio
@@ -152,6 +152,32 @@ async def test_answers_before_the_index_is_complete(daemon: Path, held_town: Pat
         )
         starts = await client.query(types=["session_start"])
         assert len(starts.events) == 1
+
+
+async def test_gastownctl_shows_that_indexing_is_under_way(daemon: Path, held_town: Path) -> None:
+    async with AsyncClient(daemon) as client:
+        await client.emit("during", "tester", {"n": 1})
+        progress = (await client.status()).indexing
+        assert progress is not None
+        status = await anyio.to_thread.run_sync(run_ctl, held_town, "status")
+        assert status.returncode == 0, status.stderr
+        row = next(line for line in status.stdout.splitlines() if "indexing" in line)
+        assert f"{progress.lines:,} older lines still being indexed (0% of" in row
+        events = await anyio.to_thread.run_sync(
+            run_ctl, held_town, "events", "--type", "during", "--json"
+        )
+        assert events.returncode == 0, events.stderr
+        # stdout stays the lines alone; the warning goes to stderr.
+        assert [json.loads(line)["payload"] for line in events.stdout.splitlines()] == [{"n": 1}]
+        assert "partial answer" in events.stderr
+
+        release(held_town)
+        await _until_indexed(client)
+        status = await anyio.to_thread.run_sync(run_ctl, held_town, "status")
+        assert "indexing" not in status.stdout
+        events = await anyio.to_thread.run_sync(run_ctl, held_town, "events", "--type", "during")
+        assert events.returncode == 0
+        assert events.stderr == ""
 
 
 @pytest.mark.parametrize("all_nodes", [False, True], ids=["local", "town_wide"])

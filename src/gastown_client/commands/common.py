@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 import msgspec
 
 from gastown_client.client import Client
+from gastown_client.protocol import IndexingProgress
 
 EXIT_OK, EXIT_REJECTED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
 
@@ -202,6 +203,13 @@ def human_bytes(size: int) -> str:
             return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
         value /= 1024
     return f"{size} B"
+
+
+def indexing_text(progress: IndexingProgress) -> str:
+    """How far the daemon's background indexing of older lines has come."""
+    total = progress.bytes_total
+    share = f"{min(100, progress.bytes_done * 100 // total)}% of " if total > 0 else ""
+    return f"{progress.lines:,} older lines still being indexed ({share}{human_bytes(total)} read)"
 
 
 def human_duration(seconds: float) -> str:

@@ -15,6 +15,7 @@ from gastown_client.commands.common import (
     client_for,
     human_bytes,
     human_duration,
+    indexing_text,
     print_json,
 )
 from gastown_client.protocol import FederationInfo, PruneResult, StatusResult
@@ -60,6 +61,10 @@ def _print_status(status: StatusResult) -> None:
         ("connections", f"{status.connections} open, {status.requests} requests served"),
         ("event log", f"{status.paths.events}"),
         ("  lines", f"{log.lines} ({log.malformed} malformed), {human_bytes(log.bytes)}"),
+    ]
+    if status.indexing is not None:
+        rows.append(("  indexing", indexing_text(status.indexing)))
+    rows += [
         (
             "  appended",
             f"{log.appended} by gastownd, {log.external} by other writers "

@@ -18,6 +18,7 @@ from gastown_client.commands.common import (
     UsageError,
     client_for,
     count,
+    indexing_text,
     json_object,
     moment,
     short,
@@ -100,6 +101,13 @@ def cmd_events(args: argparse.Namespace) -> int:
         for raw in events:
             show(bytes(raw))
         sys.stdout.flush()
+        if result.indexing is not None:
+            # On stderr, so that --json output stays the lines alone.
+            print(
+                f"gastownctl: partial answer: {indexing_text(result.indexing)}; "
+                "it covers the lines indexed so far",
+                file=sys.stderr,
+            )
         if not args.follow:
             return EXIT_OK
         subscription = client.subscribe(cursor=result.cursor, **filters)
