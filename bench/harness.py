@@ -25,6 +25,10 @@ from gastown_client.client import Client
 BENCH_DIR = Path(__file__).resolve().parent
 WORK_DIR = BENCH_DIR / "_work"
 PYTHON = sys.executable
+# What systemd's and launchd's units exec (``gastownd run``): the venv's console script, which
+# imports ``gastownd.process.command`` directly; ``python -m gastownd`` would add runpy and
+# ``importlib.util`` to every measured start.
+GASTOWND = Path(PYTHON).parent / "gastownd"
 
 NO_RETENTION = "[retention]\nenabled = false\n"
 
@@ -206,7 +210,7 @@ def crash_reason(log_text: str) -> str:
 
 
 class Daemon:
-    """``python -m gastownd run`` as a child process, started at construction."""
+    """``gastownd run`` (the console script) as a child process, started at construction."""
 
     def __init__(self, town: Path) -> None:
         self.town = town
@@ -215,7 +219,7 @@ class Daemon:
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - kept for the process's life
         self.started = time.monotonic()
         self.proc = subprocess.Popen(
-            [PYTHON, "-m", "gastownd", "run", "--town-root", str(town), "--log-format", "json"],
+            [GASTOWND, "run", "--town-root", str(town), "--log-format", "json"],
             stdout=self._log,
             stderr=self._log,
             stdin=subprocess.DEVNULL,

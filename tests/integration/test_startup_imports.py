@@ -37,6 +37,7 @@ DEFERRED = [
     "prometheus_client",
     "wsgiref",
     "shutil",  # argparse's help formatter would import it (process/command.py)
+    "ctypes",  # malloc_trim after parsing a long log only (eventlog/recovery.py)
 ]
 
 

@@ -38,7 +38,7 @@ MAX_WORKERS = 4
 READ_CHUNK = 2 << 20
 FIND_NEWLINE_WITHIN = 1 << 20
 # glibc's mallopt parameter, and the size from which blocks are mapped (see
-# ``_fix_mmap_threshold``): the columns of a large index and their copies, not read chunks.
+# ``fix_mmap_threshold``): the columns of a large index and their copies, not read chunks.
 _M_MMAP_THRESHOLD = -3
 MMAP_THRESHOLD = 4 << 20
 
@@ -57,7 +57,10 @@ def index_range(
 
     ``progress`` hears the offset indexed through, now and then.
     """
-    _fix_mmap_threshold()
+    if end - start >= MMAP_THRESHOLD:
+        # A shorter stretch makes no block that large; a daemon whose index grows by
+        # appends has it fixed by its housekeeping (``process/housekeeping.py``).
+        fix_mmap_threshold()
     parts = workers if workers is not None else min(MAX_WORKERS, os.cpu_count() or 1)
     if end - start < parallel_min or parts < 2:
         return index_here(fd, start, end, seqs, progress)
@@ -82,7 +85,7 @@ def index_range(
     return whole
 
 
-def _fix_mmap_threshold() -> None:
+def fix_mmap_threshold() -> None:
     """Have glibc map every block of ``MMAP_THRESHOLD`` or more on its own, now and
     for the process's life, so that freeing one returns it to the system.
 
@@ -95,7 +98,7 @@ def _fix_mmap_threshold() -> None:
     """
     if not sys.platform.startswith("linux"):
         return
-    import ctypes  # only here: not needed before the first answer
+    import ctypes  # only here: no first answer needs it, and it costs a start about 1-2 ms
 
     with contextlib.suppress(OSError, AttributeError):  # not glibc: its own policy
         ctypes.CDLL("libc.so.6").mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)

@@ -17,7 +17,6 @@ while the daemon serves.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import itertools
 import os
 import sys
@@ -51,6 +50,9 @@ SNAPSHOT_NAME = "index.snapshot"
 BACKGROUND_MIN_BYTES = 8 << 20
 # The end of the log indexed before serving all the same.
 FOREGROUND_TAIL_BYTES = 512 << 10
+# A parse of a shorter log frees too little to give back: an empty or small town's start
+# neither loads libc through ctypes nor walks the heap for it.
+TRIM_AFTER_BYTES = 4 << 20
 
 
 @dataclass
@@ -143,7 +145,7 @@ def recover(
         # What follows the file's last line, even when its last lines were pruned.
         index.seq_floor = next(seqs)
         indexed_s = time.monotonic() - started
-        if snapshot is None:
+        if snapshot is None and size >= TRIM_AFTER_BYTES:
             _release_freed_memory()
         file.remember(index.end)
         write_seqmap(state_dir, msgspec.structs.replace(seqmap, end=file.end, tail=file.tail))
@@ -269,5 +271,7 @@ def _release_freed_memory() -> None:
     """Give back to the OS what parsing a large log freed (glibc keeps it otherwise)."""
     if not sys.platform.startswith("linux"):
         return
+    import ctypes  # here: only a long parse calls this, and ctypes costs every start ~1 ms
+
     with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to trim
         ctypes.CDLL("libc.so.6").malloc_trim(0)

@@ -1,7 +1,7 @@
 """The parts no answer needs, started once the daemon has answered its first request.
 
 The watcher (lines other writers append), the periodic prune, the spool
-ingester and the wisp reaper. Started before serving, their imports
+ingester and the wisp reaper (and glibc's mmap threshold, set through ctypes). Started before serving, their imports
 (watchfiles, the pruner and its steps) and their first rounds ran between the
 first accepted connection and its answer: a client waiting on a
 cold start (under socket activation, the first hook call of the day) waited
@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 import anyio
 
+from gastownd.eventlog.indexer import fix_mmap_threshold
 from gastownd.process.config import parse_duration
 from gastownd.process.daemon import Daemon
 
@@ -45,6 +46,8 @@ async def run_housekeeping(
     from gastownd.eventlog import pruner
     from gastownd.eventlog.watcher import watch_eventlog
 
+    # For the index's columns once they grow by appends (a start on a long log did it).
+    fix_mmap_threshold()
     config = daemon.config
     async with anyio.create_task_group() as tasks:
         tasks.start_soon(
