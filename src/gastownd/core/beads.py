@@ -23,7 +23,6 @@ from __future__ import annotations
 import itertools
 import re
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from typing import Any, Final, Literal
 
 import msgspec
@@ -91,14 +90,12 @@ MAX_DECODE_ATTEMPTS: Final = 256
 CHANGING_VERBS: Final = frozenset({"close", "update", "reopen", "create", "new", "q", "quick"})
 
 
-@dataclass(frozen=True, slots=True)
-class Change:
+class Change(msgspec.Struct, frozen=True):
     issue: str
     action: Action
 
 
-@dataclass(frozen=True, slots=True)
-class BdCall:
+class BdCall(msgspec.Struct, frozen=True):
     """One ``bd`` command that changes issues: its verb, the words after it, and
     the global flags before it."""
 

@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Final
+
+import msgspec
 
 MAX_DEPTH: Final = 8
 SHELLS: Final = frozenset({"sh", "bash", "zsh", "dash", "ksh", "ash", "mksh"})
@@ -33,29 +34,26 @@ _REDIRECT = re.compile(r"(\d*|\{[A-Za-z_][A-Za-z0-9_]*\})(<<<|<<-|<<|<>|<&|>&|>>
 _OPERATORS: Final = ("&&", "||", ";;", "|&", ";", "|", "&", "(", ")")
 
 
-@dataclass(frozen=True, slots=True)
-class Word:
+class Word(msgspec.Struct, frozen=True):
     text: str
     # False when the shell would expand part of it ($VAR, $(...), `...`).
     literal: bool = True
 
 
-@dataclass
-class _Command:
-    words: list[Word] = field(default_factory=list)
-    heredocs: list[str] = field(default_factory=list)
+class _Command(msgspec.Struct):
+    words: list[Word] = msgspec.field(default_factory=list)
+    heredocs: list[str] = msgspec.field(default_factory=list)
 
 
-@dataclass
-class _Reader:
+class _Reader(msgspec.Struct):
     """One pass over a script: words, operators, heredocs, nested scripts."""
 
     text: str
     pos: int = 0
-    commands: list[_Command] = field(default_factory=list)
-    nested: list[str] = field(default_factory=list)
+    commands: list[_Command] = msgspec.field(default_factory=list)
+    nested: list[str] = msgspec.field(default_factory=list)
     # Heredocs announced on the current line: (delimiter, strip tabs, owner).
-    pending: list[tuple[str, bool, _Command]] = field(default_factory=list)
+    pending: list[tuple[str, bool, _Command]] = msgspec.field(default_factory=list)
 
     def run(self) -> None:
         current = _Command()

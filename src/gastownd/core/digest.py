@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 from collections import Counter, defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final, Protocol
 
@@ -186,15 +185,14 @@ def make_digest(wisp: DigestibleWisp, *, prev_hash: str = "") -> Digest:
     return seal(digest)
 
 
-@dataclass(frozen=True, slots=True)
-class ChainAudit:
+class ChainAudit(msgspec.Struct, frozen=True):
     """What :func:`audit_chain` found in one actor's digests."""
 
     # Index (in the given order) of the first digest that breaks the chain, and why.
     broken_at: int | None = None
     broken_reason: str | None = None
     # Predecessor hash -> the digests (indexes) that all link to it, when more than one do.
-    forks: dict[str, list[int]] = field(default_factory=dict)
+    forks: dict[str, list[int]] = msgspec.field(default_factory=dict)
 
 
 def audit_chain(digests: Sequence[Digest], *, anchor: str = "") -> ChainAudit:

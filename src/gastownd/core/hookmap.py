@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
@@ -65,21 +64,18 @@ def decode_payload(raw: bytes) -> HookPayload:
     return _payload_decoder.decode(raw)
 
 
-@dataclass(frozen=True)
-class PlannedStep:
+class PlannedStep(msgspec.Struct, frozen=True):
     kind: str
     ref: str | None = None
     payload: dict[str, Any] | None = None
 
 
-@dataclass(frozen=True)
-class PlannedAttribution:
+class PlannedAttribution(msgspec.Struct, frozen=True):
     issue: str
     action: str  # closed | created | updated | reopened
 
 
-@dataclass
-class HookPlan:
+class HookPlan(msgspec.Struct):
     event: str
     session_id: str | None
     actor: str
@@ -89,8 +85,8 @@ class HookPlan:
     # "startup" | "resume" | "clear" | "compact" when the call starts a session.
     start: str | None = None
     end_reason: str | None = None
-    steps: list[PlannedStep] = field(default_factory=list)
-    attributions: list[PlannedAttribution] = field(default_factory=list)
+    steps: list[PlannedStep] = msgspec.field(default_factory=list)
+    attributions: list[PlannedAttribution] = msgspec.field(default_factory=list)
     # A commit whose sha the tool response did not show: read it from the repository.
     commit_needs_lookup: bool = False
     ignored: str | None = None

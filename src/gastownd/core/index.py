@@ -17,8 +17,9 @@ import operator
 import zlib
 from array import array
 from collections.abc import Generator, Iterable, Iterator, Sequence
-from dataclasses import dataclass
 from typing import NamedTuple
+
+import msgspec
 
 from gastownd.core import index_snapshot
 from gastownd.core.events import decode_lines, parse_stamps, sessions_of
@@ -43,8 +44,7 @@ class Known(NamedTuple):
     ts: int
 
 
-@dataclass(frozen=True, slots=True)
-class Entry:
+class Entry(msgspec.Struct, frozen=True):
     """One line as the index knows it."""
 
     position: int

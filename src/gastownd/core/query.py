@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import msgspec
 
 from gastownd.core.events import parse_ts
 
@@ -11,9 +11,8 @@ class FilterError(ValueError):
     """A filter value that cannot be used (bad timestamp, inverted range)."""
 
 
-@dataclass(frozen=True, slots=True)
-class CompiledFilter:
-    types: frozenset[str] = field(default_factory=frozenset)
+class CompiledFilter(msgspec.Struct, frozen=True):
+    types: frozenset[str] = msgspec.field(default_factory=frozenset)
     actor: str | None = None
     session: str | None = None
     since: int | None = None

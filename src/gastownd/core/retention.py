@@ -11,8 +11,9 @@ import bisect
 import fnmatch
 from collections import Counter
 from collections.abc import Generator, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import TypeVar
+
+import msgspec
 
 DAY_S = 86_400
 MIN_PRUNE_INTERVAL_S = 1
@@ -36,10 +37,9 @@ GAS_TOWN_TTLS_S: dict[str, int] = {
 }
 
 
-@dataclass(frozen=True)
-class RetentionPolicy:
+class RetentionPolicy(msgspec.Struct, frozen=True):
     default_ttl_s: float = 7 * DAY_S
-    ttls_s: Mapping[str, float] = field(default_factory=lambda: dict(GAS_TOWN_TTLS_S))
+    ttls_s: Mapping[str, float] = msgspec.field(default_factory=lambda: dict(GAS_TOWN_TTLS_S))
     min_retain_count: int = 0
     prune_interval_s: float = 3600.0
 
@@ -58,8 +58,7 @@ class RetentionPolicy:
         return best[1] if best is not None else self.default_ttl_s
 
 
-@dataclass
-class PrunePlan:
+class PrunePlan(msgspec.Struct):
     keep: list[int]
     removed: Counter[str]
 

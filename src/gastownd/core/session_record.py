@@ -22,7 +22,6 @@ header) and, through :func:`gastownd.core.views.to_view`, the wire's ``SessionRo
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Final
 
 import msgspec
@@ -81,8 +80,7 @@ class AttributionRow(NewAttribution, frozen=True, kw_only=True):
     node: str = ""
 
 
-@dataclass(frozen=True, slots=True)
-class LineEnd:
+class LineEnd(msgspec.Struct, frozen=True):
     """A line that ends the sessions of an identity started at or before ``at``."""
 
     identities: frozenset[str]

@@ -30,7 +30,6 @@ import signal
 import zlib
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import msgspec
@@ -87,19 +86,17 @@ class Journal(msgspec.Struct, kw_only=True):
     days: dict[str, tuple[int, int]]
 
 
-@dataclass
-class Summary:
+class Summary(msgspec.Struct):
     bytes: int = 0
     days: int = 0
     first_day: str | None = None
     last_day: str | None = None
 
 
-@dataclass
-class BatchReport:
+class BatchReport(msgspec.Struct):
     lines: int = 0
     raw_bytes: int = 0
-    days: list[str] = field(default_factory=list)
+    days: list[str] = msgspec.field(default_factory=list)
 
 
 _journal_decoder = msgspec.json.Decoder(Journal)
@@ -337,11 +334,10 @@ def _narrowed(chunk: Sequence[int], starts: list[int], ends: list[int]) -> Itera
     yield from _narrowed(chunk[half:], starts[half:], ends[half:])
 
 
-@dataclass
-class _DayBuffer:
-    lines: list[bytes] = field(default_factory=list)
-    seqs: list[int] = field(default_factory=list)
-    types: set[str] = field(default_factory=set)
+class _DayBuffer(msgspec.Struct):
+    lines: list[bytes] = msgspec.field(default_factory=list)
+    seqs: list[int] = msgspec.field(default_factory=list)
+    types: set[str] = msgspec.field(default_factory=set)
     size: int = 0
     min_ts: int = 1 << 62
     max_ts: int = -(1 << 62)

@@ -21,7 +21,6 @@ import subprocess
 import sys
 import zlib
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import IO
 
 import msgspec
@@ -104,8 +103,7 @@ def fix_mmap_threshold() -> None:
         ctypes.CDLL("libc.so.6").mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
 
 
-@dataclass(frozen=True, slots=True)
-class LongLine:
+class LongLine(msgspec.Struct, frozen=True):
     """A line longer than ``MAX_LINE_BYTES`` (never indexable), described, never held."""
 
     offset: int

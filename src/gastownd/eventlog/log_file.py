@@ -16,9 +16,9 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 
+import msgspec
 import structlog
 
 from gastownd.core.index import EventIndex
@@ -33,8 +33,7 @@ log = structlog.get_logger("gastownd.writer")
 # ---------------------------------------------------------------- observations
 
 
-@dataclass
-class Rewrite:
+class Rewrite(msgspec.Struct):
     """The file was replaced, truncated or rewritten behind our back: all of it, matched."""
 
     index: EventIndex
@@ -45,12 +44,11 @@ class Rewrite:
     tail: bytes  # the file's last bytes (a seqmap checkpoint)
 
 
-@dataclass
-class Observation:
+class Observation(msgspec.Struct):
     """What others did to the file since we last looked (found under the lock)."""
 
     # Complete lines appended by others, in order (one too long to index comes described).
-    appended: list[bytes | LongLine] = field(default_factory=list)
+    appended: list[bytes | LongLine] = msgspec.field(default_factory=list)
     rewrite: Rewrite | None = None
 
 

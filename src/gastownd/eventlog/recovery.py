@@ -22,7 +22,6 @@ import os
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import msgspec
@@ -55,8 +54,7 @@ FOREGROUND_TAIL_BYTES = 512 << 10
 TRIM_AFTER_BYTES = 4 << 20
 
 
-@dataclass
-class PendingIndex:
+class PendingIndex(msgspec.Struct):
     """What is left to index in the background: bytes ``start..end`` of the log, whose
     lines (``lines`` of them) take ``seqs``, appended to ``base`` (the snapshot's index, or
     an empty one); the live index then follows it."""
@@ -70,8 +68,7 @@ class PendingIndex:
     done: int = 0  # bytes indexed so far (set by the indexing thread)
 
 
-@dataclass
-class Recovered:
+class Recovered(msgspec.Struct):
     file: LogFile
     index: EventIndex
     seqmap: SeqMap

@@ -14,10 +14,10 @@ from __future__ import annotations
 import itertools
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import anyio
+import msgspec
 import structlog
 
 from gastownd.core.query import CompiledFilter
@@ -26,8 +26,7 @@ from gastownd.store.remote import RemoteEvent
 log = structlog.get_logger("gastownd.subscriptions")
 
 
-@dataclass(frozen=True, slots=True)
-class Published:
+class Published(msgspec.Struct, frozen=True):
     seq: int
     type: str
     actor: str
@@ -36,8 +35,7 @@ class Published:
     line: bytes  # without the newline
 
 
-@dataclass(frozen=True, slots=True)
-class NodeScope:
+class NodeScope(msgspec.Struct, frozen=True):
     """Whose lines a subscription takes: every node's, or one node's."""
 
     local_node: str

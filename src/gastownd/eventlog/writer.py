@@ -26,12 +26,12 @@ import asyncio
 import queue
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import anyio
 import anyio.from_thread
 import anyio.to_thread
+import msgspec
 import structlog
 
 from gastownd.core.index import EventIndex, Known
@@ -52,8 +52,7 @@ IDLE_CHECK_S = 0.25
 # ---------------------------------------------------------------- the thread
 
 
-@dataclass(eq=False)
-class Append:
+class Append(msgspec.Struct, eq=False):
     """One line to append; ``done`` is told its seq, or the error, on the event loop."""
 
     line: bytes
@@ -61,21 +60,18 @@ class Append:
     known: Known | None = None  # its fields, when the appender has them
 
 
-@dataclass(eq=False)
-class _Call:
+class _Call(msgspec.Struct, eq=False):
     """Work to run in the writer's thread, under the lock; its outcome goes to ``deliver``."""
 
     work: Callable[[LogFile], Any]
     deliver: Callable[[Any, BaseException | None], None]
 
 
-@dataclass(eq=False)
-class _Close:
+class _Close(msgspec.Struct, eq=False):
     deliver: Callable[[Any, BaseException | None], None]
 
 
-@dataclass
-class Batch:
+class Batch(msgspec.Struct):
     """What one group commit did, in file order: others' lines first, then ours."""
 
     observation: Observation

@@ -7,11 +7,11 @@ address without ``allow_remote = true`` stops start-up as a config error.
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass
+
+import msgspec
 
 
-@dataclass(frozen=True)
-class TcpAddress:
+class TcpAddress(msgspec.Struct, frozen=True):
     host: str
     port: int
     ipv6: bool
@@ -24,8 +24,7 @@ class TcpAddress:
         return f"[{self.host}]:{self.port}" if self.ipv6 else f"{self.host}:{self.port}"
 
 
-@dataclass(frozen=True)
-class UnixAddress:
+class UnixAddress(msgspec.Struct, frozen=True):
     path: str
 
     loopback = True  # only this machine can reach it

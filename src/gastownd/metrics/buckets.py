@@ -15,8 +15,9 @@ import time
 from bisect import bisect_left
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
+
+import msgspec
 
 from gastownd.process.refusals import DaemonError
 
@@ -46,8 +47,7 @@ class Buckets:
         return BucketsView(self.bounds, tuple(self.counts), self.total)
 
 
-@dataclass(frozen=True)
-class BucketsView:
+class BucketsView(msgspec.Struct, frozen=True):
     """A copy of a ``Buckets`` taken at scrape time."""
 
     bounds: tuple[float, ...]
@@ -68,11 +68,10 @@ class BucketsView:
         return pairs
 
 
-@dataclass(slots=True)
-class OpStats:
+class OpStats(msgspec.Struct):
     count: int = 0
-    errors: Counter[str] = field(default_factory=Counter)
-    seconds: Buckets = field(default_factory=lambda: Buckets(REQUEST_SECONDS))
+    errors: Counter[str] = msgspec.field(default_factory=Counter)
+    seconds: Buckets = msgspec.field(default_factory=lambda: Buckets(REQUEST_SECONDS))
 
 
 class RequestMeter:
@@ -102,12 +101,11 @@ class RequestMeter:
             stats.errors[outcome.code] += 1
 
 
-@dataclass
-class Counters:
+class Counters(msgspec.Struct):
     """What handlers count on the ``Daemon`` (the hot paths own their own meters)."""
 
     # Hook calls by Claude Code event name ("other" for names we do not know).
-    hook_calls: Counter[str] = field(default_factory=Counter)
+    hook_calls: Counter[str] = msgspec.field(default_factory=Counter)
     # Hook calls that had waited in the spool while the daemon was down.
     hooks_spooled: int = 0
     # Hook calls that arrived trimmed to fit the frame limit (also in ``status``).

@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
+
+import msgspec
 
 from gastown_client.protocol import OP_TABLE, Request
 from gastownd.ops import hooks, log_requests, meta, metrics_report, seance, wisps
@@ -31,8 +32,7 @@ HANDLER_MODULES: tuple[ModuleType, ...] = (meta, log_requests, wisps, seance, ho
 REQUESTS = frozenset(op.request for op in OP_TABLE.values())
 
 
-@dataclass(frozen=True, slots=True)
-class Route:
+class Route(msgspec.Struct, frozen=True):
     """How one op is answered: ``inline`` in the connection's own callback (it must
     not wait: it replies now, or hands ``reply`` on, as ``emit`` does to the log's
     writer), or else ``task``, awaited in a task of its own."""

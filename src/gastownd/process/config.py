@@ -14,7 +14,6 @@ import math
 import re
 import typing
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import msgspec
@@ -41,8 +40,7 @@ def parse_duration(text: str) -> float:
 Kind = Literal["duration", "integer", "choice", "flag", "text", "list", "table"]
 
 
-@dataclass(frozen=True)
-class Key:
+class Key(msgspec.Struct, frozen=True):
     """One configuration key: where it lives, what it accepts, when a change applies.
 
     ``low`` and ``high`` bound a duration (written as durations), an integer, the length
@@ -135,7 +133,9 @@ class Key:
                         f"{self.name}: the type {shown} is not 1 to 128 characters "
                         "without control characters"
                     )
-                replace(self.entry, name=f"{self.name}[{pattern[:40]!r}]").check(item)
+                msgspec.structs.replace(self.entry, name=f"{self.name}[{pattern[:40]!r}]").check(
+                    item
+                )
         else:
             for item in value:
                 self.entry.check(item)
@@ -394,8 +394,7 @@ def _keys_of(section: type[_Section]) -> tuple[Key, ...]:
     return tuple(key for key in KEYS if key.section == name)
 
 
-@dataclass(frozen=True)
-class Reload:
+class Reload(msgspec.Struct, frozen=True):
     """What SIGHUP makes of a newly read file."""
 
     # The configuration in effect: the file's, with restart-only keys at their running values.

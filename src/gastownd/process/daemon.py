@@ -7,9 +7,10 @@ that is off is :class:`FederationOff`). Handlers receive it and never build thei
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
+
+import msgspec
 
 from gastownd.eventlog import EventLog
 from gastownd.eventlog.subscriptions import Subscriptions
@@ -25,8 +26,7 @@ if TYPE_CHECKING:
     from gastownd.federation.link import Federation
 
 
-@dataclass(frozen=True, slots=True)
-class Daemon:
+class Daemon(msgspec.Struct, frozen=True):
     state: DaemonState
     server: Server
     eventlog: EventLog

@@ -8,9 +8,10 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+
+import msgspec
 
 from gastownd.metrics.buckets import Counters
 from gastownd.process.config import Config
@@ -31,8 +32,7 @@ def wall_clock() -> Callable[[], float]:
     return lambda: time.time() + offset
 
 
-@dataclass
-class DaemonPaths:
+class DaemonPaths(msgspec.Struct):
     town: Path
     private_dir: Path
     socket: Path
@@ -47,21 +47,20 @@ class DaemonPaths:
     config_required: bool = False
 
 
-@dataclass
-class DaemonState:
+class DaemonState(msgspec.Struct):
     config: Config
     paths: DaemonPaths
-    started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
-    started_monotonic: float = field(default_factory=time.monotonic)
+    started_at: datetime = msgspec.field(default_factory=lambda: datetime.now(UTC))
+    started_monotonic: float = msgspec.field(default_factory=time.monotonic)
     # What handlers count for the metrics (hook calls by event, spooled hook calls).
-    counters: Counters = field(default_factory=Counters)
+    counters: Counters = msgspec.field(default_factory=Counters)
     # Wall clock in epoch seconds; tests inject their own.
-    clock: Callable[[], float] = field(default_factory=wall_clock)
+    clock: Callable[[], float] = msgspec.field(default_factory=wall_clock)
     # This node's and this town's names (federation; always known, federated or not).
     node: str = "local"
     town_name: str = "town"
     # Keys the settings file changed that apply only at the next start (see SIGHUP).
-    restart_pending: list[str] = field(default_factory=list)
+    restart_pending: list[str] = msgspec.field(default_factory=list)
 
     def uptime_s(self) -> float:
         return time.monotonic() - self.started_monotonic

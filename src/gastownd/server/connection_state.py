@@ -15,8 +15,9 @@ in, so every rule is checked without a socket or a clock
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from enum import Enum
+
+import msgspec
 
 from gastown_client import codec
 from gastown_client.protocol import ErrorCode, Request
@@ -30,8 +31,7 @@ class NoRequest(Enum):
     ENDED = "ended"  # no more requests will come (EOF, or input ended)
 
 
-@dataclass(frozen=True, slots=True)
-class Refusal:
+class Refusal(msgspec.Struct, frozen=True):
     """A frame that is not a request: answer it with this error, and count it."""
 
     reason: str  # counted by this name (``RequestMeter.refused``)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
@@ -46,19 +45,27 @@ _RECORDED_FILTER = compile_filter(types=sorted(RECORDED_TYPES))
 ApplyLines = Callable[[Callable[[WispBook], Outcome], LineFacts], Awaitable[tuple[Effect, ...]]]
 
 
-@dataclass(eq=False)
 class LineRecorder:
-    store: Store
-    db: StoreCall
-    eventlog: EventLog
-    apply: ApplyLines
-    clock: Callable[[], float]
-    _record_lock: anyio.Lock = field(default_factory=anyio.Lock, init=False)
-    _lines_waiting: anyio.Event = field(default_factory=anyio.Event, init=False)
-    # (epoch, seq) of the last line recorded; None before the first.
-    _recorded: tuple[int, int] | None = field(default=None, init=False)
-    # (epoch, seq) of the last line read by the recorder, session line or not.
-    _read_through: tuple[int, int] | None = field(default=None, init=False)
+    # A plain class: a dataclass's generated methods cost every start a few tenths of a ms.
+    def __init__(
+        self,
+        store: Store,
+        db: StoreCall,
+        eventlog: EventLog,
+        apply: ApplyLines,
+        clock: Callable[[], float],
+    ) -> None:
+        self.store = store
+        self.db = db
+        self.eventlog = eventlog
+        self.apply = apply
+        self.clock = clock
+        self._record_lock = anyio.Lock()
+        self._lines_waiting = anyio.Event()
+        # (epoch, seq) of the last line recorded; None before the first.
+        self._recorded: tuple[int, int] | None = None
+        # (epoch, seq) of the last line read by the recorder, session line or not.
+        self._read_through: tuple[int, int] | None = None
 
     async def open(self) -> None:
         """Load the checkpoint and record the lines written while the daemon was down.
@@ -197,8 +204,7 @@ class LineRecorder:
         return observe
 
 
-@dataclass(frozen=True, slots=True)
-class _SessionLine:
+class _SessionLine(msgspec.Struct, frozen=True):
     """A session line as the recorder reads it: indexed fields and the decoded payload."""
 
     seq: int

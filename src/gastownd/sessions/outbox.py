@@ -10,10 +10,10 @@ stay in the outbox and are retried after the next op.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 import anyio
+import msgspec
 import structlog
 
 from gastownd.core.events import encode_line, format_ts
@@ -34,8 +34,7 @@ class StoreCall(Protocol):
     def __call__(self, func: Callable[..., T], *args: Any) -> Awaitable[T]: ...
 
 
-@dataclass(eq=False)
-class Outbox:
+class Outbox(msgspec.Struct, eq=False):
     store: Store
     db: StoreCall
     eventlog: EventLog

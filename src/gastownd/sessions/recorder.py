@@ -13,11 +13,11 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import anyio
 import anyio.to_thread
+import msgspec
 import structlog
 
 from gastown_client.protocol import ErrorCode
@@ -45,8 +45,7 @@ log = structlog.get_logger("gastownd.sessions")
 T = TypeVar("T")
 
 
-@dataclass(frozen=True)
-class WispOp:
+class WispOp(msgspec.Struct, frozen=True):
     """One change to the wisps, applied whole by :meth:`SessionRecorder.apply`: the sessions it
     names (loaded from the store first), the pure transition, and the attributions it records
     (read from the book after the transition)."""

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import msgspec
@@ -53,8 +52,7 @@ _step_decoder = msgspec.json.Decoder(Step)
 _emit_decoder = msgspec.json.Decoder(EmitLine)
 
 
-@dataclass(frozen=True)
-class LineFacts:
+class LineFacts(msgspec.Struct, frozen=True):
     """Session facts read from event-log lines, in log order, up to ``checkpoint``."""
 
     facts: Sequence[SessionRecord | LineEnd]

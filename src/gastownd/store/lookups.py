@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import msgspec
@@ -20,8 +19,7 @@ from gastownd.store.schema import read_meta
 digest_decoder = msgspec.json.Decoder(Digest)
 
 
-@dataclass(frozen=True)
-class DigestRow:
+class DigestRow(msgspec.Struct, frozen=True):
     """A stored digest and the node it was made on ('' for this one)."""
 
     digest: Digest

@@ -25,7 +25,6 @@ import sqlite3
 from collections import Counter
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
@@ -68,8 +67,7 @@ _UPSERT_SESSION = (
 )
 
 
-@dataclass(frozen=True, slots=True)
-class RemoteEvent:
+class RemoteEvent(msgspec.Struct, frozen=True):
     """A remote event line as stored: ``arrival`` orders the feed of remote lines."""
 
     arrival: int
@@ -81,21 +79,19 @@ class RemoteEvent:
     line: bytes
 
 
-@dataclass
-class Applied:
+class Applied(msgspec.Struct):
     """What one batch of remote records changed."""
 
-    events: list[RemoteEvent] = field(default_factory=list)
+    events: list[RemoteEvent] = msgspec.field(default_factory=list)
     # actor -> hash, for actors whose chain head is now another node's digest.
-    heads: dict[str, str] = field(default_factory=dict)
+    heads: dict[str, str] = msgspec.field(default_factory=dict)
     duplicates: int = 0
-    counts: dict[str, int] = field(default_factory=dict)
+    counts: dict[str, int] = msgspec.field(default_factory=dict)
     # Records the store refused: (index in the batch, why). The rest were applied.
-    failed: list[tuple[int, str]] = field(default_factory=list)
+    failed: list[tuple[int, str]] = msgspec.field(default_factory=list)
 
 
-@dataclass(frozen=True, slots=True)
-class NodeRow:
+class NodeRow(msgspec.Struct, frozen=True):
     node: str
     last_record_at: float
     events: int
@@ -104,8 +100,7 @@ class NodeRow:
     attributions: int
 
 
-@dataclass(frozen=True, slots=True)
-class EventQuery:
+class EventQuery(msgspec.Struct, frozen=True):
     """Filters of a remote event query (the same as ``core.query.EventFilter``)."""
 
     types: Sequence[str] = ()
