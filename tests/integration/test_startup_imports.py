@@ -74,6 +74,8 @@ def test_the_first_answer_waits_for_no_federation_pruner_watcher_or_metrics(town
         assert "gastownd.process.app" in modules and "gastownd.ops" in modules
         imported = [name for name in DEFERRED if name in modules]
         assert imported == [], f"imported before the first answer: {imported}"
+        # The collector was paused for the start-up; the housekeeping resumes it.
+        assert data["collecting"] is False
         with proc.client() as client:
             # The housekeeping runs: the prune it started answers, and a scrape renders.
             assert client.prune(dry_run=True).pruned_total == 0

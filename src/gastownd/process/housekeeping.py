@@ -14,6 +14,7 @@ With no client at all, they start ``START_AFTER_S`` after ready.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import sys
@@ -42,6 +43,8 @@ async def run_housekeeping(
     with anyio.move_on_after(START_AFTER_S):
         await answered.wait()
     report_modules_for_tests(answered.is_set())
+    # ``gastownd run`` paused the collector for the start-up (``process/command.py``).
+    gc.enable()
     # Here, not at the top: importing them is part of what the first answer no longer waits for.
     from gastownd.eventlog import pruner
     from gastownd.eventlog.watcher import watch_eventlog
@@ -67,12 +70,12 @@ async def run_housekeeping(
 
 def report_modules_for_tests(answered: bool, environ: Mapping[str, str] = os.environ) -> None:
     """TEST-ONLY: with ``GASTOWND_TEST_MODULES_FILE=<path>`` set, write there (as JSON) whether
-    a request was answered and every module imported so far, just before the housekeeping
-    imports its own: tests pin what the first answer does not wait for. Never set it outside
-    tests."""
+    a request was answered, every module imported so far and whether the garbage collector
+    runs, just before the housekeeping imports its own (and resumes the collector): tests
+    pin what the first answer does not wait for. Never set it outside tests."""
     path = environ.get(TEST_MODULES_ENV)
     if not path:
         return
-    report = {"answered": answered, "modules": sorted(sys.modules)}
+    report = {"answered": answered, "modules": sorted(sys.modules), "collecting": gc.isenabled()}
     with open(path, "w", encoding="utf-8") as handle:
         json.dump(report, handle)
