@@ -159,3 +159,28 @@ def test_a_part_is_read_column_by_column_and_a_cut_one_refused(tmp_path: Path, c
         assert part is not None and part.export() == expected.export()
     else:
         assert part is None
+
+
+# ------------------------------------------------------------------ glibc's mmap threshold
+
+
+def test_only_a_long_stretch_sets_the_mmap_threshold(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A short stretch (an empty or small town's start) makes no block worth mapping on its
+    own, and spares the start ctypes; one of ``MMAP_THRESHOLD`` or more sets it."""
+    from gastownd.eventlog import indexer
+
+    calls: list[int] = []
+    monkeypatch.setattr(indexer, "fix_mmap_threshold", lambda: calls.append(1))
+    log = tmp_path / "events.jsonl"
+    line = b'{"ts":"2026-01-01T00:00:00Z","source":"gt","type":"nudge","actor":"a"}\n'
+    log.write_bytes(line * (indexer.MMAP_THRESHOLD // len(line) + 1))
+    fd = os.open(log, os.O_RDONLY)
+    try:
+        index_range(fd, 0, len(line) * 10, itertools.count())
+        assert calls == []
+        index_range(fd, 0, os.fstat(fd).st_size, itertools.count(), workers=1)
+        assert calls == [1]
+    finally:
+        os.close(fd)

@@ -17,9 +17,12 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import anyio
+import pytest
+
 from gastown_client import paths
 from gastown_client.client import Client
-from tests.conftest import DaemonProcess
+from tests.conftest import DaemonProcess, InProcess
 from tests.integration.test_prune import line, write_log
 
 # Not needed by any first answer: imported later, or never without their configuration.
@@ -82,6 +85,21 @@ def test_the_first_answer_waits_for_no_federation_pruner_watcher_or_metrics(town
             assert "gastownd_build_info" in client.metrics().text
     finally:
         assert proc.terminate() == 0
+
+
+async def test_the_housekeeping_sets_the_mmap_threshold_for_the_daemons_life(
+    daemon: InProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An empty town's start never set it (``indexer.index_range``): the index may still grow
+    by appends, so the housekeeping does, after the first answer."""
+    from gastownd.process import housekeeping
+
+    called = anyio.Event()
+    monkeypatch.setattr(housekeeping, "fix_mmap_threshold", called.set)
+    async with daemon.client() as client:
+        await client.ping()
+    with anyio.fail_after(10):
+        await called.wait()
 
 
 def test_with_no_client_the_housekeeping_starts_anyway(town: Path) -> None:
