@@ -1,7 +1,8 @@
 """The parts no answer needs, started once the daemon has answered its first request.
 
 The watcher (lines other writers append), the periodic prune, the spool
-ingester and the wisp reaper (and glibc's mmap threshold, set through ctypes). Started before serving, their imports
+ingester and the wisp reaper (and glibc's mmap threshold, set through
+ctypes). Started before serving, their imports
 (watchfiles, the pruner and its steps) and their first rounds ran between the
 first accepted connection and its answer: a client waiting on a
 cold start (under socket activation, the first hook call of the day) waited
