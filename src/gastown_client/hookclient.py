@@ -43,8 +43,11 @@ import time
 # ``Mapping`` are strings.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    import signal as _signal  # typed: ``signal`` re-exports ``_signal``'s functions
     from collections.abc import Callable, Mapping
     from types import ModuleType
+else:
+    import _signal  # built in and loaded at start-up, unlike ``signal`` (``enum``)
 
 # The Gas Town and Claude variables forwarded in ``env`` (when set and non-empty).
 ENV_KEYS: tuple[bytes, ...] = (
@@ -73,6 +76,11 @@ MAX_REPLY = 1 << 16
 CONNECT_TIMEOUT_S = 0.1
 # Measured from the hook's start: the whole run stays well under 300 ms.
 REPLY_DEADLINE_S = 0.2
+# Measured from the hook's start: a stdin still open then (a wrapper that never
+# closes it) is taken as cut short, and half the reply budget is left to send
+# what was read. Claude writes the payload and closes at once: an 8 MiB one
+# arrives in a few milliseconds.
+STDIN_DEADLINE_S = 0.1
 # ``--async`` runs detached; nobody waits, so it may listen a little longer.
 ASYNC_REPLY_DEADLINE_S = 1.0
 # Replies that mean "not read, try later": the request goes to the spool.
@@ -320,23 +328,55 @@ def spooled(frame: bytes, spooled_at: float) -> bytes:
 # ---------------------------------------------------------------- I/O
 
 
-def read_stdin(fd: int = 0, cap: int = MAX_STDIN + 1) -> bytes:
+def read_stdin(
+    fd: int = 0, cap: int = MAX_STDIN + 1, deadline: float = float("inf")
+) -> tuple[bytes, bool]:
+    """Up to ``cap`` bytes of ``fd``, and whether it was still open at ``deadline``
+    (monotonic): what was read by then is all the hook gets. A stdin that
+    cannot be read (a directory, a closed fd) gives what was read.
+
+    The wait is bounded by a one-shot ``SIGALRM`` that interrupts the blocking
+    ``read``: ``_signal`` is built in and loaded at start-up, where ``select``
+    is a shared library (~0.15 ms to load, 1.5 % of a hook call) and
+    ``O_NONBLOCK`` would need a sleep loop and change a file description
+    other processes share.
+    """
     chunks: list[bytes] = []
     size = 0
+    ended = False
+    timed = deadline != float("inf")
+    if timed:
+        previous = _signal.signal(_signal.SIGALRM, _stdin_deadline_passed)
+        # A mask inherited from the caller must not keep the alarm out.
+        _signal.pthread_sigmask(_signal.SIG_UNBLOCK, (_signal.SIGALRM,))
+        _signal.setitimer(_signal.ITIMER_REAL, max(deadline - time.monotonic(), 1e-6))
     try:
-        while size < cap:
-            chunk = posix.read(fd, min(65536, cap - size))
-            if not chunk:
-                break
-            chunks.append(chunk)
-            size += len(chunk)
+        try:
+            while size < cap:
+                chunk = posix.read(fd, min(65536, cap - size))
+                if not chunk:
+                    ended = True
+                    break
+                chunks.append(chunk)
+                size += len(chunk)
+        finally:
+            if timed:  # the alarm fires once at most: once disarmed, none can follow
+                _signal.setitimer(_signal.ITIMER_REAL, 0)
+                _signal.signal(_signal.SIGALRM, previous)
+    except TimeoutError:  # the alarm (an OSError too: caught first)
+        return b"".join(chunks), not ended
     except OSError:
         pass  # closed or odd stdin: forward what was read
-    return b"".join(chunks)
+    return b"".join(chunks), False
+
+
+def _stdin_deadline_passed(signum: int, frame: object) -> None:
+    raise TimeoutError
 
 
 def deliver(frame: bytes, path: bytes, deadline: float) -> bytes | None:
-    """Send ``frame``; return the reply line, ``b""`` when none came by
+    """Send ``frame``; return the reply line (with its newline; without one
+    when the reply was cut off or too long), ``b""`` when none came by
     ``deadline`` (monotonic), or None when the daemon did not take the
     request (the caller spools it)."""
     sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
@@ -363,8 +403,8 @@ def deliver(frame: bytes, path: bytes, deadline: float) -> bytes | None:
             return b""
         except OSError:
             pass  # reset: judged like a close below
-        line = reply.split(b"\n", 1)[0]
-        if not line:
+        line = reply[: reply.find(b"\n") + 1 or None]
+        if not line.strip():
             return None  # closed without a word: the daemon never read it
         if b'"ok":false' in line and any(code in line for code in RETRY_CODES):
             return None
@@ -412,18 +452,30 @@ def _send_or_spool(
     sock: bytes,
     deadline: float,
     speak: bool,
-    note: "Callable[[bytes, bool], None]",
+    note: "Callable[..., None]",
 ) -> None:
     reply = deliver(frame, sock, deadline)
     if reply is None:
-        outcome().append(spool_path(town), spooled(frame, time.time()))
+        try:
+            outcome().append(spool_path(town), spooled(frame, time.time()))
+        except OSError as error:
+            why = b"not taken by %s and not spooled: %s" % (sock, outcome().describe(error))
+            note(why, True, loud=True)
+    elif not reply:
+        pass  # sent, no answer in time: the daemon holds it (at most once, see hookoutcome)
+    elif not reply.endswith(b"\n") or b'"ok":' not in reply:
+        # Something took the call and answered what no daemon says (or was cut off).
+        note(b"unreadable reply from %s: %s" % (sock, reply[:80]), True, loud=True)
     elif b'"ok":false' in reply:
         code = outcome().field(reply, b"code")
         note(b"refused: " + (code or b"error") + b": " + outcome().field(reply, b"message"), True)
     elif speak and b'"context":"' in reply:
         context = outcome().context_of(reply)
         if context:
-            _write_out(context)
+            try:
+                _write_out(context)
+            except OSError as error:  # Claude stopped reading: a broken pipe, say
+                outcome().complain(b"context not printed: " + outcome().describe(error))
 
 
 def _detach() -> bool:
@@ -451,14 +503,18 @@ def main(argv: list[str] | None = None) -> int:
         started = time.monotonic()
         args = sys.argv[1:] if argv is None else argv
         detached = "--async" in args
+        if posix.isatty(0):  # run by hand: nobody will ever type the payload and close stdin
+            outcome().complain(b"stdin is a terminal: nothing sent (Claude Code pipes each call)")
+            return 0
         environ = posix.environ
         try:
             cwd: bytes | None = posix.getcwdb()
         except OSError:
             cwd = None
-        payload = read_stdin()  # before forking: stdin belongs to this call
-        complete = len(payload) <= MAX_STDIN
-        payload = payload[:MAX_STDIN]
+        # Before forking: stdin belongs to this call.
+        raw, left_open = read_stdin(deadline=started + STDIN_DEADLINE_S)
+        complete = len(raw) <= MAX_STDIN and not left_open
+        payload = raw[:MAX_STDIN]
         pid, ppid, at = posix.getpid(), posix.getppid(), time.time()
 
         def rebuild(payload: bytes, trimmed: int) -> bytes:
@@ -470,9 +526,20 @@ def main(argv: list[str] | None = None) -> int:
         town = town_root(environ, cwd)
         sock = socket_path(town, environ)
 
-        def note(reason: bytes, lost: bool) -> None:
-            size = len(payload) if complete else MAX_STDIN + 1
-            outcome().leave_note(note_path(town), note_line(reason, lost, payload, size, at, pid))
+        def note(reason: bytes, lost: bool, loud: bool = False) -> None:
+            """Leave a note for the daemon, and say it on stderr when ``loud`` or when
+            the note could not be written."""
+            if left_open:
+                reason += b" (stdin still open after %d ms)" % round(STDIN_DEADLINE_S * 1000)
+            line = note_line(reason, lost, payload, len(raw), at, pid)
+            failed = outcome().leave_note(note_path(town), line)
+            if loud or failed is not None:
+                event = outcome().field(payload, b"hook_event_name") or b"hook"
+                after = b" (noted for the daemon)"
+                if failed is not None:
+                    after = b" (no note for the daemon: " + outcome().describe(failed) + b")"
+                verdict = b" call lost: " if lost else b" call cut: "
+                outcome().complain(event + verdict + reason + after)
 
         if detached and _detach():
             try:
@@ -487,6 +554,10 @@ def main(argv: list[str] | None = None) -> int:
         if sendable is not None:
             deadline = started + REPLY_DEADLINE_S
             _send_or_spool(sendable, town, sock, deadline, not detached, note)
-    except BaseException:  # fail open: a hook must never fail the agent
-        pass
+    except BaseException as error:  # fail open: a hook must never fail the agent
+        try:  # noqa: SIM105 - contextlib would cost an import
+            # ...nor fail in silence.
+            outcome().complain(b"failed, the call may be lost: " + outcome().describe(error))
+        except BaseException:
+            pass  # not even stderr is left to say it on
     return 0

@@ -18,17 +18,37 @@ Delivery rules:
   double count on every slow turn.
 
 Nothing is lost silently: a call cut whole-value-wise, one that could not be
-sent at all, and one the daemon refused (an error reply) each leave a one-line
-note in ``<town>/.gastownd/spool/note-<uid>.jsonl``, which the daemon logs
+sent at all, one the daemon refused (an error reply) and one answered with
+something unreadable each leave a one-line note in
+``<town>/.gastownd/spool/note-<uid>.jsonl``, which the daemon logs
 (``hook_call_cut``, ``hook_call_lost``; ``gastownd.spool``).
+
+What the hook cannot leave where the daemon reads it (a call that could not be
+spooled, a note that could not be written) it says in one line on stderr
+(``complain``). Claude Code does not give a hook's stderr to the model when the
+hook exits 0, and shows it to the user only in its verbose view, so the line
+disturbs nobody and is there for whoever looks; run by hand, the hook says it
+at once. A detached (``--async``) call has no stderr left to say it on: its
+record is the note, when the spool directory takes one.
 """
 
 import posix
 
+# A complaint is one line of at most this many bytes, past its ``gastown-hook: ``.
+MAX_COMPLAINT = 400
+# What it quotes (a daemon's garbage, say) cannot move a terminal's cursor or break the line.
+_CONTROLS_TO_SPACES = bytes.maketrans(bytes(range(0x20)) + b"\x7f", b" " * 0x21)
+
 
 def append(path: bytes, line: bytes) -> None:
     """Append ``line`` to ``path``, a file of ``<town>/.gastownd/spool/``, in one ``write``,
-    creating ``.gastownd`` and ``spool`` (0700) when missing, never the town."""
+    creating ``.gastownd`` and ``spool`` (0700) when missing, never the town.
+
+    Raises ``OSError`` when the line is not all there: the file is not a
+    regular file (a FIFO would block the open, and takes nothing the daemon
+    reads), or the write fell short (a full disk); the torn line then gets its
+    newline, so that the next call's line stays a line of its own.
+    """
     spool_dir = path.rpartition(b"/")[0]
     for directory in (spool_dir.rpartition(b"/")[0], spool_dir):
         try:  # noqa: SIM105 - contextlib would cost an import
@@ -36,19 +56,45 @@ def append(path: bytes, line: bytes) -> None:
         except FileExistsError:
             pass
     flags = posix.O_WRONLY | posix.O_APPEND | posix.O_CREAT | posix.O_CLOEXEC | posix.O_NOFOLLOW
-    fd = posix.open(path, flags, 0o600)
+    fd = posix.open(path, flags | posix.O_NONBLOCK, 0o600)
     try:
-        posix.write(fd, line)
+        if posix.fstat(fd).st_mode & 0o170000 != 0o100000:
+            raise OSError(f"not a regular file: {path!r}")
+        written = posix.write(fd, line)
+        if written < len(line):
+            try:  # noqa: SIM105 - contextlib would cost an import
+                posix.write(fd, b"\n")
+            except OSError:
+                pass  # the daemon drops the torn line all the same
+            raise OSError(f"short write, {written} of {len(line)} bytes (disk full?): {path!r}")
     finally:
         posix.close(fd)
 
 
-def leave_note(path: bytes, line: bytes) -> None:
-    """Append ``line`` to this uid's note file ``path``, for the daemon to log."""
-    try:  # noqa: SIM105 - contextlib would cost an import
+def leave_note(path: bytes, line: bytes) -> OSError | None:
+    """Append ``line`` to this uid's note file ``path``, for the daemon to log;
+    the error when it could not be written (the caller says it on stderr)."""
+    try:
         append(path, line)
+    except OSError as error:
+        return error
+    return None
+
+
+def describe(error: BaseException) -> bytes:
+    """``error`` in a few words: its class and message (its file name quoted once)."""
+    return (type(error).__name__ + ": " + str(error)).encode("utf-8", "replace")
+
+
+def complain(message: bytes) -> None:
+    """One line on stderr, ``gastown-hook: <message>``; a stderr that is gone is ignored."""
+    one_line = message.translate(_CONTROLS_TO_SPACES)
+    if len(one_line) > MAX_COMPLAINT:
+        one_line = one_line[: MAX_COMPLAINT - 3] + b"..."
+    try:  # noqa: SIM105 - contextlib would cost an import
+        posix.write(2, b"gastown-hook: " + one_line + b"\n")
     except OSError:
-        pass  # no town, or an unwritable one: nobody could read the note
+        pass  # closed or broken stderr: nobody is listening
 
 
 def field(payload: bytes, key: bytes) -> bytes:

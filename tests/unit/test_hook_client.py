@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import msgspec
@@ -252,6 +253,39 @@ def test_json_string_never_breaks_a_frame(value: bytes) -> None:
 )
 def test_context_of(reply: bytes, context: str | None) -> None:
     assert hookoutcome.context_of(reply) == context
+
+
+# ---------------------------------------------------------------- stdin, stderr
+
+
+def test_read_stdin_stops_at_the_deadline_with_what_came() -> None:
+    reader, writer = os.pipe()
+    try:
+        os.write(writer, b'{"a":')
+        assert hook.read_stdin(reader, deadline=time.monotonic() + 0.05) == (b'{"a":', True)
+        os.write(writer, b"1}")
+        os.close(writer)
+        writer = -1
+        assert hook.read_stdin(reader, deadline=time.monotonic() + 5) == (b"1}", False)
+    finally:
+        os.close(reader)
+        if writer >= 0:
+            os.close(writer)
+
+
+def test_read_stdin_of_a_closed_fd_is_empty_and_closed() -> None:
+    closed = 1021
+    with pytest.raises(OSError, match="Bad file descriptor"):
+        os.fstat(closed)
+    assert hook.read_stdin(closed, deadline=time.monotonic() + 5) == (b"", False)
+
+
+def test_a_complaint_is_one_bounded_line_on_stderr(capfd: pytest.CaptureFixture[str]) -> None:
+    hookoutcome.complain(b"two\nlines\r" + b"x" * 1000)
+    err = capfd.readouterr().err
+    assert err.startswith("gastown-hook: two lines ") and err.endswith("...\n")
+    assert err.count("\n") == 1
+    assert len(err) == len("gastown-hook: ") + hookoutcome.MAX_COMPLAINT + 1
 
 
 # ---------------------------------------------------------------- paths
