@@ -5,13 +5,14 @@ cost less than a bare ``python3 -c pass``. ``install-hooks`` calls the
 launcher ``hook.py`` as a script (``<python> -I -S .../gastown_client/hook.py``),
 which imports this module from its own directory, so that its bytecode comes
 from the cache instead of being compiled at every run: no ``site``, no
-package, and at import only ``sys``, ``time`` and ``posix`` (built in and
+package, and at import only ``sys``, ``time``, ``posix`` and ``_signal`` (built in and
 already loaded at startup) plus ``_socket`` (``socket`` drags in ``enum`` and
 ``selectors``, ``json`` drags in ``re``, ``os`` costs ~1.6 ms under ``-S``).
 The ``gastown-hook`` console script and ``python -m gastown_client.hook``
 run the same code.
 
-What it does: read Claude's JSON from stdin, splice it *untouched* (raw
+What it does: read Claude's JSON from stdin (until it is closed, for at most
+``STDIN_DEADLINE_S``; a terminal is not read), splice it *untouched* (raw
 newlines become spaces, which keeps valid JSON valid and the frame on one
 line; empty input becomes ``null``) into one ``hook`` request
 (``gastown_client.protocol.Hook``), send it under a deadline, print the
@@ -27,7 +28,8 @@ configuration cheaply, so it assumes the default limit, ``MAX_FRAME``.
 
 A call the daemon did not take is spooled, and one that was refused or lost
 what attribution reads leaves a note: ``gastown_client.hookoutcome``, loaded
-only then, says how and when.
+only then, says how and when, and what is left to say on stderr when neither
+can be written.
 
 Path rules mirror ``gastown_client.paths`` (which this file cannot import:
 ``pathlib`` loads ``re``); ``tests/unit/test_hook_client.py`` pins them equal.
@@ -533,6 +535,8 @@ def main(argv: list[str] | None = None) -> int:
                 reason += b" (stdin still open after %d ms)" % round(STDIN_DEADLINE_S * 1000)
             line = note_line(reason, lost, payload, len(raw), at, pid)
             failed = outcome().leave_note(note_path(town), line)
+            if failed is not None and not isdir(town):
+                return  # no town here: not Gas Town's call (hooks installed user-wide)
             if loud or failed is not None:
                 event = outcome().field(payload, b"hook_event_name") or b"hook"
                 after = b" (noted for the daemon)"

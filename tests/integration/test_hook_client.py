@@ -347,13 +347,10 @@ def test_request_the_daemon_did_not_take_is_spooled(
     assert b'"spooled_at":' in line
 
 
-def test_missing_town_creates_nothing_and_says_so(tmp_path: Path) -> None:
+def test_missing_town_creates_nothing(tmp_path: Path) -> None:
     town = tmp_path / "no-such-town"
     result, elapsed = run_hook(town, b"{}")
-    assert (result.returncode, result.stdout) == (0, b"")
-    [line] = result.stderr.splitlines()
-    assert line.startswith(b"gastown-hook: hook call lost: not taken by ")
-    assert b"(no note for the daemon: FileNotFoundError: " in line
+    assert (result.returncode, result.stdout, result.stderr) == (0, b"", b"")
     assert elapsed < ASSERT_BUDGET_S
     assert not town.exists()
 
