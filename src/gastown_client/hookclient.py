@@ -78,10 +78,8 @@ MAX_REPLY = 1 << 16
 CONNECT_TIMEOUT_S = 0.1
 # Measured from the hook's start: the whole run stays well under 300 ms.
 REPLY_DEADLINE_S = 0.2
-# Measured from the hook's start: a stdin still open then (a wrapper that never
-# closes it) is taken as cut short, and half the reply budget is left to send
-# what was read. Claude writes the payload and closes at once: an 8 MiB one
-# arrives in a few milliseconds.
+# Measured from the hook's start: a stdin still open then (a wrapper that never closes
+# it; Claude closes at once) is cut short, leaving half the reply budget to send it.
 STDIN_DEADLINE_S = 0.1
 # ``--async`` runs detached; nobody waits, so it may listen a little longer.
 ASYNC_REPLY_DEADLINE_S = 1.0
@@ -321,37 +319,21 @@ def fitted(
     return rebuild(trimmed, cut) if cut else frame
 
 
-def spooled(frame: bytes, spooled_at: float) -> bytes:
-    """``frame`` with ``"spooled_at"`` spliced in before its closing brace."""
-    body = frame.rstrip(b"\n")
-    return body[:-1] + b',"spooled_at":%s}\n' % repr(spooled_at).encode("ascii")
-
-
 # ---------------------------------------------------------------- I/O
 
 
-def read_stdin(
-    fd: int = 0, cap: int = MAX_STDIN + 1, deadline: float = float("inf")
-) -> tuple[bytes, bool]:
-    """Up to ``cap`` bytes of ``fd``, and whether it was still open at ``deadline``
-    (monotonic): what was read by then is all the hook gets. A stdin that
-    cannot be read (a directory, a closed fd) gives what was read.
-
-    The wait is bounded by a one-shot ``SIGALRM`` that interrupts the blocking
-    ``read``: ``_signal`` is built in and loaded at start-up, where ``select``
-    is a shared library (~0.15 ms to load, 1.5 % of a hook call) and
-    ``O_NONBLOCK`` would need a sleep loop and change a file description
-    other processes share.
-    """
+def read_stdin(deadline: float, fd: int = 0, cap: int = MAX_STDIN + 1) -> tuple[bytes, bool]:
+    """Up to ``cap`` bytes of ``fd`` (what was read when it cannot be read), and
+    whether it was still open at ``deadline`` (monotonic). A one-shot ``SIGALRM``
+    ends the wait: ``_signal`` is built in and loaded, ``select`` a library (0.15 ms
+    to load), and ``O_NONBLOCK`` needs a sleep loop and changes a shared file."""
     chunks: list[bytes] = []
     size = 0
     ended = False
-    timed = deadline != float("inf")
-    if timed:
-        previous = _signal.signal(_signal.SIGALRM, _stdin_deadline_passed)
-        # A mask inherited from the caller must not keep the alarm out.
-        _signal.pthread_sigmask(_signal.SIG_UNBLOCK, (_signal.SIGALRM,))
-        _signal.setitimer(_signal.ITIMER_REAL, max(deadline - time.monotonic(), 1e-6))
+    previous = _signal.signal(_signal.SIGALRM, _stdin_deadline_passed)
+    # A mask inherited from the caller must not keep the alarm out.
+    _signal.pthread_sigmask(_signal.SIG_UNBLOCK, (_signal.SIGALRM,))
+    _signal.setitimer(_signal.ITIMER_REAL, max(deadline - time.monotonic(), 1e-6))
     try:
         try:
             while size < cap:
@@ -361,10 +343,9 @@ def read_stdin(
                     break
                 chunks.append(chunk)
                 size += len(chunk)
-        finally:
-            if timed:  # the alarm fires once at most: once disarmed, none can follow
-                _signal.setitimer(_signal.ITIMER_REAL, 0)
-                _signal.signal(_signal.SIGALRM, previous)
+        finally:  # the alarm fires once at most: once disarmed, none can follow
+            _signal.setitimer(_signal.ITIMER_REAL, 0)
+            _signal.signal(_signal.SIGALRM, previous)
     except TimeoutError:  # the alarm (an OSError too: caught first)
         return b"".join(chunks), not ended
     except OSError:
@@ -424,30 +405,6 @@ def outcome() -> "ModuleType":
     return hookoutcome
 
 
-def note_line(reason: bytes, lost: bool, payload: bytes, size: int, at: float, pid: int) -> bytes:
-    """One line for the daemon's log: why a call was cut or lost, and whose it was."""
-    return (
-        b'{"lost":%s,"reason":%s,"hook_event":%s,"session_id":%s,"bytes":%d,"at":%s,"pid":%d}\n'
-        % (
-            b"true" if lost else b"false",
-            json_string(reason[:200]),
-            json_string(outcome().field(payload, b"hook_event_name")),
-            json_string(outcome().field(payload, b"session_id")),
-            size,
-            repr(at).encode("ascii"),
-            pid,
-        )
-    )
-
-
-def _write_out(text: str) -> None:
-    data = text.encode("utf-8", "replace")
-    if not data.endswith(b"\n"):
-        data += b"\n"
-    while data:
-        data = data[posix.write(1, data) :]
-
-
 def _send_or_spool(
     frame: bytes,
     town: bytes,
@@ -457,27 +414,12 @@ def _send_or_spool(
     note: "Callable[..., None]",
 ) -> None:
     reply = deliver(frame, sock, deadline)
-    if reply is None:
-        try:
-            outcome().append(spool_path(town), spooled(frame, time.time()))
-        except OSError as error:
-            why = b"not taken by %s and not spooled: %s" % (sock, outcome().describe(error))
-            note(why, True, loud=True)
-    elif not reply:
-        pass  # sent, no answer in time: the daemon holds it (at most once, see hookoutcome)
-    elif not reply.endswith(b"\n") or b'"ok":' not in reply:
-        # Something took the call and answered what no daemon says (or was cut off).
-        note(b"unreadable reply from %s: %s" % (sock, reply[:80]), True, loud=True)
-    elif b'"ok":false' in reply:
-        code = outcome().field(reply, b"code")
-        note(b"refused: " + (code or b"error") + b": " + outcome().field(reply, b"message"), True)
-    elif speak and b'"context":"' in reply:
-        context = outcome().context_of(reply)
-        if context:
-            try:
-                _write_out(context)
-            except OSError as error:  # Claude stopped reading: a broken pipe, say
-                outcome().complain(b"context not printed: " + outcome().describe(error))
+    if reply is not None and (not reply or (reply.endswith(b"\n") and b'"ok":true' in reply)):
+        # Answered plainly, or not in time (the daemon holds it: at most once, see hookoutcome).
+        if speak and b'"context":"' in reply:
+            outcome().print_context(reply)
+        return
+    outcome().settle(reply, spool_path(town), frame, sock, note)
 
 
 def _detach() -> bool:
@@ -514,7 +456,7 @@ def main(argv: list[str] | None = None) -> int:
         except OSError:
             cwd = None
         # Before forking: stdin belongs to this call.
-        raw, left_open = read_stdin(deadline=started + STDIN_DEADLINE_S)
+        raw, left_open = read_stdin(started + STDIN_DEADLINE_S)
         complete = len(raw) <= MAX_STDIN and not left_open
         payload = raw[:MAX_STDIN]
         pid, ppid, at = posix.getpid(), posix.getppid(), time.time()
@@ -529,21 +471,11 @@ def main(argv: list[str] | None = None) -> int:
         sock = socket_path(town, environ)
 
         def note(reason: bytes, lost: bool, loud: bool = False) -> None:
-            """Leave a note for the daemon, and say it on stderr when ``loud`` or when
-            the note could not be written."""
+            """Leave a note for the daemon; say it on stderr too when ``loud``."""
             if left_open:
                 reason += b" (stdin still open after %d ms)" % round(STDIN_DEADLINE_S * 1000)
-            line = note_line(reason, lost, payload, len(raw), at, pid)
-            failed = outcome().leave_note(note_path(town), line)
-            if failed is not None and not isdir(town):
-                return  # no town here: not Gas Town's call (hooks installed user-wide)
-            if loud or failed is not None:
-                event = outcome().field(payload, b"hook_event_name") or b"hook"
-                after = b" (noted for the daemon)"
-                if failed is not None:
-                    after = b" (no note for the daemon: " + outcome().describe(failed) + b")"
-                verdict = b" call lost: " if lost else b" call cut: "
-                outcome().complain(event + verdict + reason + after)
+            line = outcome().note_line(reason, lost, payload, len(raw), at, pid, json_string)
+            outcome().tell(note_path(town), line, reason, lost, loud, payload, lambda: isdir(town))
 
         if detached and _detach():
             try:
@@ -558,9 +490,8 @@ def main(argv: list[str] | None = None) -> int:
         if sendable is not None:
             deadline = started + REPLY_DEADLINE_S
             _send_or_spool(sendable, town, sock, deadline, not detached, note)
-    except BaseException as error:  # fail open: a hook must never fail the agent
+    except BaseException as error:  # fail open: never fail the agent, nor in silence
         try:  # noqa: SIM105 - contextlib would cost an import
-            # ...nor fail in silence.
             outcome().complain(b"failed, the call may be lost: " + outcome().describe(error))
         except BaseException:
             pass  # not even stderr is left to say it on

@@ -35,6 +35,11 @@ outside Gas Town has nothing to lose.
 """
 
 import posix
+import time
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 # A complaint is one line of at most this many bytes, past its ``gastown-hook: ``.
 MAX_COMPLAINT = 400
@@ -81,6 +86,97 @@ def leave_note(path: bytes, line: bytes) -> OSError | None:
     except OSError as error:
         return error
     return None
+
+
+def spooled(frame: bytes, spooled_at: float) -> bytes:
+    """``frame`` with ``"spooled_at"`` spliced in before its closing brace."""
+    body = frame.rstrip(b"\n")
+    return body[:-1] + b',"spooled_at":%s}\n' % repr(spooled_at).encode("ascii")
+
+
+def settle(
+    reply: bytes | None,
+    spool_file: bytes,
+    frame: bytes,
+    sock: bytes,
+    note: "Callable[..., None]",
+) -> None:
+    """A call not answered plainly: spool it (``reply`` None: the daemon did not
+    take it), or note why it went wrong (an error or an unreadable reply)."""
+    if reply is None:
+        try:
+            append(spool_file, spooled(frame, time.time()))
+        except OSError as error:
+            note(b"not taken by %s and not spooled: %s" % (sock, describe(error)), True, loud=True)
+    elif not reply.endswith(b"\n") or b'"ok":' not in reply:
+        # Something took the call and answered what no daemon says (or was cut off).
+        note(b"unreadable reply from %s: %s" % (sock, reply[:80]), True, loud=True)
+    else:
+        code = field(reply, b"code")
+        note(b"refused: " + (code or b"error") + b": " + field(reply, b"message"), True)
+
+
+def note_line(
+    reason: bytes,
+    lost: bool,
+    payload: bytes,
+    size: int,
+    at: float,
+    pid: int,
+    quote: "Callable[[bytes], bytes]",
+) -> bytes:
+    """One line for the daemon's log: why a call was cut or lost, and whose it was.
+    ``quote`` is the hook's ``json_string``."""
+    return (
+        b'{"lost":%s,"reason":%s,"hook_event":%s,"session_id":%s,"bytes":%d,"at":%s,"pid":%d}\n'
+        % (
+            b"true" if lost else b"false",
+            quote(reason[:200]),
+            quote(field(payload, b"hook_event_name")),
+            quote(field(payload, b"session_id")),
+            size,
+            repr(at).encode("ascii"),
+            pid,
+        )
+    )
+
+
+def tell(
+    note_file: bytes,
+    line: bytes,
+    reason: bytes,
+    lost: bool,
+    loud: bool,
+    payload: bytes,
+    in_a_town: "Callable[[], bool]",
+) -> None:
+    """Leave the note ``line`` for the daemon, and say ``reason`` on stderr when
+    ``loud`` or when the note could not be written, unless there is no town at all
+    (hooks are installed user-wide: outside Gas Town there is no call to lose)."""
+    failed = leave_note(note_file, line)
+    if failed is None and not loud:
+        return
+    if failed is not None and not in_a_town():
+        return
+    after = b" (noted for the daemon)"
+    if failed is not None:
+        after = b" (no note for the daemon: " + describe(failed) + b")"
+    event = field(payload, b"hook_event_name") or b"hook"
+    complain(event + (b" call lost: " if lost else b" call cut: ") + reason + after)
+
+
+def print_context(reply: bytes) -> None:
+    """Print the context of an ok reply, if any, for Claude (stdout)."""
+    context = context_of(reply)
+    if not context:
+        return
+    data = context.encode("utf-8", "replace")
+    data += b"" if data.endswith(b"\n") else b"\n"
+    try:
+        while data:
+            data = data[posix.write(1, data) :]
+    except OSError as error:  # Claude stopped reading: a broken pipe, say
+        complain(b"context not printed: " + describe(error))
 
 
 def describe(error: BaseException) -> bytes:

@@ -168,7 +168,7 @@ def test_garbage_stays_one_line_and_the_daemon_rejects_it(payload: bytes) -> Non
 
 def test_spooled_frame_carries_spooled_at() -> None:
     frame = frame_for(json.dumps(SESSION_START).encode())
-    line = hook.spooled(frame, 1732500001.5)
+    line = hookoutcome.spooled(frame, 1732500001.5)
     request = decode(line)
     assert request.spooled_at == 1732500001.5
     assert request.at == 1732500000.123456
@@ -262,11 +262,11 @@ def test_read_stdin_stops_at_the_deadline_with_what_came() -> None:
     reader, writer = os.pipe()
     try:
         os.write(writer, b'{"a":')
-        assert hook.read_stdin(reader, deadline=time.monotonic() + 0.05) == (b'{"a":', True)
+        assert hook.read_stdin(time.monotonic() + 0.05, reader) == (b'{"a":', True)
         os.write(writer, b"1}")
         os.close(writer)
         writer = -1
-        assert hook.read_stdin(reader, deadline=time.monotonic() + 5) == (b"1}", False)
+        assert hook.read_stdin(time.monotonic() + 5, reader) == (b"1}", False)
     finally:
         os.close(reader)
         if writer >= 0:
@@ -277,7 +277,7 @@ def test_read_stdin_of_a_closed_fd_is_empty_and_closed() -> None:
     closed = 1021
     with pytest.raises(OSError, match="Bad file descriptor"):
         os.fstat(closed)
-    assert hook.read_stdin(closed, deadline=time.monotonic() + 5) == (b"", False)
+    assert hook.read_stdin(time.monotonic() + 5, closed) == (b"", False)
 
 
 def test_a_complaint_is_one_bounded_line_on_stderr(capfd: pytest.CaptureFixture[str]) -> None:
