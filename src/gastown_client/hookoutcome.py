@@ -167,7 +167,11 @@ def tell(
 
 def print_context(reply: bytes) -> None:
     """Print the context of an ok reply, if any, for Claude (stdout)."""
-    context = context_of(reply)
+    try:
+        context = context_of(reply)
+    except (ValueError, RecursionError) as error:  # the call was taken: only the context is lost
+        complain(b"context not readable: " + describe(error))
+        return
     if not context:
         return
     data = context.encode("utf-8", "replace")

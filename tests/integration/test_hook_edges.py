@@ -292,6 +292,21 @@ def test_a_context_for_a_closed_stdout_is_said_on_stderr(town: Path) -> None:
     assert line.startswith(b"gastown-hook: context not printed: BrokenPipeError")
 
 
+def test_an_ok_reply_with_an_unreadable_context_is_said_on_stderr(town: Path) -> None:
+    reply = b'{"id":1,"ok":true,"result":{"handled":"session_start","context":"' + b"[" * 5 + b"\n"
+    daemon = FakeDaemon(paths.socket_path(town, {}), reply=reply)
+    stdin = piped(json.dumps({**STOP, "hook_event_name": "SessionStart"}).encode())
+    try:
+        status, out, err, elapsed = spawn(town, stdin)
+    finally:
+        os.close(stdin)
+        daemon.close()
+    assert (status, out) == (0, b"") and elapsed < ASSERT_BUDGET_S
+    [line] = complaints(err)
+    assert line.startswith(b"gastown-hook: context not readable: JSONDecodeError")
+    assert spool_lines(town) == [] and note_lines(town) == []  # the call itself was taken
+
+
 # ---------------------------------------------------------------- environment
 
 
