@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gastown_client import codec, hookclient, hooktrim, paths, protocol
+from gastown_client import codec, hookclient, hookoutcome, hooktrim, paths, protocol
 from gastown_client.protocol import Hook
 
 
@@ -41,7 +41,7 @@ def every_field_frame() -> bytes:
     frame = hookclient.build_frame(
         b'{"hook_event_name":"Stop"}', env=env, cwd=b"/w", pid=7, ppid=6, at=1.5, trimmed=3
     )
-    return hookclient.spooled(frame, 2.5)
+    return hookoutcome.spooled(frame, 2.5)
 
 
 def test_every_field_the_hook_sends_is_a_field_of_hook_and_the_reverse() -> None:
