@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import pty
+import re
 import resource
 import socket
 import subprocess
@@ -23,6 +24,7 @@ import pytest
 
 from gastown_client import codec, hook, hookinstall, paths
 from gastown_client.protocol import Hook
+from tests.conftest import DaemonProcess, run_ctl
 from tests.integration.test_hook_client import (
     ASSERT_BUDGET_S,
     HOOK_PY,
@@ -32,6 +34,7 @@ from tests.integration.test_hook_client import (
     note_lines,
     spool_lines,
 )
+from tests.integration.test_hooks import wait_until
 
 STOP_BYTES = json.dumps(STOP).encode()
 # A stdin left open is read until the hook's stdin deadline, then what came is sent.
@@ -242,6 +245,22 @@ def test_a_short_write_to_the_spool_is_said_and_the_torn_line_left_to_the_daemon
     assert spool_file.stat().st_size == limit
     [note] = note_lines(town)
     assert note["lost"] is True and "short write" in str(note["reason"])
+
+
+def test_the_calls_the_hook_noted_as_lost_are_counted_in_status(
+    daemon_proc: DaemonProcess, town: Path
+) -> None:
+    """Every lost note counts, also past the ones logged one by one (an unreadable one too)."""
+    lost = json.dumps({"lost": True, "reason": "not taken by x and not spooled: y"}).encode()
+    cut = json.dumps({"lost": False, "reason": "too deep"}).encode()
+    lines = [lost] * 25 + [cut, b"\xff not a note"]
+    note_file = paths.spool_dir(town) / f"note-{os.getuid()}.jsonl"
+    note_file.write_bytes(b"\n".join(lines) + b"\n")
+    wait_until(lambda: "hook_notes_suppressed" in daemon_proc.log())
+    with daemon_proc.client() as client:
+        assert client.status().hooks_lost == 26
+    shown = run_ctl(town, "status").stdout
+    assert re.search(r"^hooks lost +26 calls not applied \(hook_call_lost\)$", shown, re.M), shown
 
 
 # ---------------------------------------------------------------- replies

@@ -83,7 +83,7 @@ class SpoolIngester:
             if set_aside:
                 await anyio.sleep(parse_duration(self.daemon.config.hooks.spool_grace))
             notes = await anyio.to_thread.run_sync(self._take_notes)
-            _log_notes(notes)
+            self.daemon.counters.hooks_lost += _log_notes(notes)
             count = 0
             for path in sorted(self.folder.glob(f"{INGESTING_PREFIX}*")):
                 count += await self._ingest_file(path)
@@ -166,12 +166,18 @@ class _Note(msgspec.Struct, forbid_unknown_fields=False):
 _note_decoder = msgspec.json.Decoder(_Note)
 
 
-def _log_notes(lines: list[bytes]) -> None:
-    for line in lines[:MAX_NOTES_LOGGED]:
+def _log_notes(lines: list[bytes]) -> int:
+    """Log the notes (``MAX_NOTES_LOGGED`` of them, a count for the rest); returns how
+    many say a call was lost, all counted (one that cannot be read is taken as lost)."""
+    lost = 0
+    for index, line in enumerate(lines):
         try:
             note = _note_decoder.decode(line)
         except (msgspec.DecodeError, RecursionError):
             note = _Note(reason="unreadable note")
+        lost += note.lost
+        if index >= MAX_NOTES_LOGGED:
+            continue
         log.warning(
             "hook_call_lost" if note.lost else "hook_call_cut",
             reason=note.reason,
@@ -182,3 +188,4 @@ def _log_notes(lines: list[bytes]) -> None:
         )
     if len(lines) > MAX_NOTES_LOGGED:
         log.warning("hook_notes_suppressed", notes=len(lines) - MAX_NOTES_LOGGED)
+    return lost
