@@ -40,9 +40,8 @@ import posix
 import sys
 import time
 
-# No ``from __future__ import annotations`` and no ``typing``: each costs an
-# import. Mypy honours a local ``TYPE_CHECKING``; the annotations naming
-# ``Mapping`` are strings.
+# No ``from __future__ import annotations`` and no ``typing``: each costs an import.
+# Mypy honours a local ``TYPE_CHECKING``; the annotations naming ``Mapping`` are strings.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import signal as _signal  # typed: ``signal`` re-exports ``_signal``'s functions
@@ -51,7 +50,9 @@ if TYPE_CHECKING:
 else:
     import _signal  # built in and loaded at start-up, unlike ``signal`` (``enum``)
 
-# The Gas Town and Claude variables forwarded in ``env`` (when set and non-empty).
+# The Gas Town and Claude variables forwarded in ``env``, when set, non-empty and not longer
+# than any identity or session id (ten of 128 KiB would crowd the payload out of a frame).
+MAX_ENV_VALUE = 4096
 ENV_KEYS: tuple[bytes, ...] = (
     b"GT_ROLE",
     b"BD_ACTOR",
@@ -71,8 +72,7 @@ MAX_STDIN = 8 << 20
 MAX_DEPTH = 128
 # The daemon's default ``server.max_frame_bytes``: longer frames are trimmed to it.
 MAX_FRAME = 1 << 20
-# Room a trimmed frame leaves for what follows the payload: ``trimmed`` and, in
-# the spool, ``spooled_at``.
+# Room a trimmed frame leaves for what follows the payload: ``trimmed``, ``spooled_at``.
 TRIM_RESERVE = 64
 MAX_REPLY = 1 << 16
 CONNECT_TIMEOUT_S = 0.1
@@ -274,7 +274,9 @@ def build_frame(
 ) -> bytes:
     """One ``hook`` request line; ``payload`` is spliced in as it is."""
     fields = [
-        b'"' + key + b'":' + json_string(value) for key in ENV_KEYS if (value := env.get(key))
+        b'"' + key + b'":' + json_string(value)
+        for key in ENV_KEYS
+        if (value := env.get(key)) and len(value) <= MAX_ENV_VALUE
     ]
     return b"".join(
         (
@@ -331,8 +333,7 @@ def read_stdin(deadline: float, fd: int = 0, cap: int = MAX_STDIN + 1) -> tuple[
     size = 0
     ended = False
     previous = _signal.signal(_signal.SIGALRM, _stdin_deadline_passed)
-    # A mask inherited from the caller must not keep the alarm out.
-    _signal.pthread_sigmask(_signal.SIG_UNBLOCK, (_signal.SIGALRM,))
+    _signal.pthread_sigmask(_signal.SIG_UNBLOCK, (_signal.SIGALRM,))  # an inherited mask
     _signal.setitimer(_signal.ITIMER_REAL, max(deadline - time.monotonic(), 1e-6))
     try:
         try:
@@ -447,7 +448,7 @@ def main(argv: list[str] | None = None) -> int:
         started = time.monotonic()
         args = sys.argv[1:] if argv is None else argv
         detached = "--async" in args
-        if posix.isatty(0):  # run by hand: nobody will ever type the payload and close stdin
+        if posix.isatty(0):  # run by hand: nobody will type the payload and close stdin
             outcome().complain(b"stdin is a terminal: nothing sent (Claude Code pipes each call)")
             return 0
         environ = posix.environ

@@ -186,6 +186,15 @@ def test_only_the_known_variables_are_forwarded_and_empty_ones_are_dropped() -> 
     assert "GT_RIG" not in request.env and "PATH" not in request.env
 
 
+def test_an_env_value_too_long_to_be_an_identity_is_not_forwarded() -> None:
+    """Ten values of 128 KiB (the most one variable holds) would leave no room for the payload."""
+    env = {key: b"r" * (128 << 10) for key in hook.ENV_KEYS}
+    env[b"GT_ROLE"] = b"r" * hook.MAX_ENV_VALUE
+    frame = frame_for(json.dumps(POST_TOOL_USE).encode(), env=env)
+    assert len(frame) < hook.MAX_FRAME // 4
+    assert decode(frame).env == {"GT_ROLE": "r" * hook.MAX_ENV_VALUE}
+
+
 def test_missing_cwd_is_null() -> None:
     assert decode(frame_for(b"{}", cwd=None)).cwd is None
 
