@@ -19,12 +19,10 @@ line; empty input becomes ``null``) into one ``hook`` request
 reply's ``context`` if there is one, exit 0. The daemon parses and validates
 the payload; whatever Claude sent, the hook itself never fails.
 
-A payload that would make the frame longer than the daemon's limit (a
-``bd close X && cat big.log``), nested deeper than ``hooktrim.MAX_DEPTH`` or
-longer than ``MAX_STDIN`` is not dropped: ``gastown_client.hooktrim``, loaded
-only then, cuts it to fit (see there how), and the request says how many
-bytes were cut (``trimmed``). The hook cannot read the daemon's
-configuration cheaply, so it assumes the default limit, ``MAX_FRAME``.
+A payload too long for a frame (``MAX_FRAME``, the daemon's default: its configuration
+cannot be read cheaply; a ``bd close X && cat big.log``), deeper than ``MAX_DEPTH`` or longer
+than ``MAX_STDIN`` is not dropped: ``hooktrim``, loaded only then, cuts it to fit (see there
+how), and the request says how many bytes were cut (``trimmed``).
 
 A call the daemon did not take is spooled, and one that was refused or lost
 what attribution reads leaves a note: ``gastown_client.hookoutcome``, loaded
@@ -97,11 +95,10 @@ _JSON_SPECIAL = bytes(range(0x20)) + b'"\\'
 
 # ---------------------------------------------------------------- paths
 #
-# ``os`` costs ~1.6 ms to import under ``-S`` (``stat``, ``posixpath``,
-# ``_collections_abc``) while ``posix`` is built in and already loaded, so
-# the few ``os.path`` rules needed are written out here, on bytes, following
-# ``posixpath`` (net of their own compile time: ~0.65 ms saved per call).
-# The unit tests hold them equal to ``os.path`` and ``paths``.
+# ``os`` costs ~1.6 ms to import under ``-S`` (``stat``, ``posixpath``, ``_collections_abc``)
+# while ``posix`` is built in and loaded, so the few ``os.path`` rules needed are written out
+# here, on bytes, following ``posixpath`` (net of their own compile time: ~0.65 ms saved per
+# call). The unit tests hold them equal to ``os.path`` and ``paths``.
 
 
 def join(head: bytes, *tails: bytes) -> bytes:
@@ -292,6 +289,12 @@ def build_frame(
     )
 
 
+def fits(frame: bytes, payload: bytes, complete: bool) -> bool:
+    """Whether ``frame`` can go as it is, with nothing to cut (``fitted`` is then free)."""
+    depth = payload.count(b"{") + payload.count(b"[")
+    return complete and len(frame) - 1 <= MAX_FRAME and depth <= MAX_DEPTH
+
+
 def fitted(
     frame: bytes,
     payload: bytes,
@@ -302,11 +305,7 @@ def fitted(
     """``frame``, or one rebuilt with its payload cut to be sendable, or None
     when nothing can be sent. ``complete`` is False when stdin was longer
     than ``MAX_STDIN``; ``note`` is told why a call lost more than long strings."""
-    if (
-        complete
-        and len(frame) - 1 <= MAX_FRAME
-        and payload.count(b"{") + payload.count(b"[") <= MAX_DEPTH
-    ):
+    if fits(frame, payload, complete):
         return frame
     if __package__:
         from gastown_client import hooktrim
@@ -358,16 +357,27 @@ def _stdin_deadline_passed(signum: int, frame: object) -> None:
     raise TimeoutError
 
 
-def deliver(frame: bytes, path: bytes, deadline: float) -> bytes | None:
-    """Send ``frame``; return the reply line (with its newline; without one
-    when the reply was cut off or too long), ``b""`` when none came by
-    ``deadline`` (monotonic), or None when the daemon did not take the
-    request (the caller spools it)."""
+def connect(path: bytes, deadline: float) -> "_socket.socket | None":
+    """A connection to the daemon's socket ``path``, or None: nobody took it in time."""
     sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
     try:
+        sock.settimeout(max(0.001, min(CONNECT_TIMEOUT_S, deadline - time.monotonic())))
+        sock.connect(path)
+    except OSError:  # includes TimeoutError
+        sock.close()
+        return None
+    return sock
+
+
+def deliver(frame: bytes, sock: "_socket.socket | None", deadline: float) -> bytes | None:
+    """Send ``frame`` on ``sock`` (from ``connect``) and close it; return the reply
+    line (with its newline; without one when cut off or too long), ``b""`` when
+    none came by ``deadline`` (monotonic), or None when the daemon did not take
+    the request (the caller spools it)."""
+    if sock is None:
+        return None
+    try:
         try:
-            sock.settimeout(max(0.001, min(CONNECT_TIMEOUT_S, deadline - time.monotonic())))
-            sock.connect(path)
             sock.settimeout(max(0.001, deadline - time.monotonic()))
             sock.sendall(frame)
         except OSError:  # includes TimeoutError: not (fully) sent
@@ -406,23 +416,6 @@ def outcome() -> "ModuleType":
     return hookoutcome
 
 
-def _send_or_spool(
-    frame: bytes,
-    town: bytes,
-    sock: bytes,
-    deadline: float,
-    speak: bool,
-    note: "Callable[..., None]",
-) -> None:
-    reply = deliver(frame, sock, deadline)
-    if reply is not None and (not reply or (reply.endswith(b"\n") and b'"ok":true' in reply)):
-        # Answered plainly, or not in time (the daemon holds it: at most once, see hookoutcome).
-        if speak and b'"context":"' in reply:
-            outcome().print_context(reply)
-        return
-    outcome().settle(reply, spool_path(town), frame, sock, note)
-
-
 def _detach() -> bool:
     """Fork for ``--async``: True in the child, which carries on detached;
     the parent exits at once. False when forking failed (run in place)."""
@@ -456,8 +449,7 @@ def main(argv: list[str] | None = None) -> int:
             cwd: bytes | None = posix.getcwdb()
         except OSError:
             cwd = None
-        # Before forking: stdin belongs to this call.
-        raw, left_open = read_stdin(started + STDIN_DEADLINE_S)
+        raw, left_open = read_stdin(started + STDIN_DEADLINE_S)  # before forking: ours
         complete = len(raw) <= MAX_STDIN and not left_open
         payload = raw[:MAX_STDIN]
         pid, ppid, at = posix.getpid(), posix.getppid(), time.time()
@@ -470,6 +462,14 @@ def main(argv: list[str] | None = None) -> int:
         frame = rebuild(payload, 0)
         town = town_root(environ, cwd)
         sock = socket_path(town, environ)
+        conn = connect(sock, started + REPLY_DEADLINE_S)
+
+        def send_or_spool(frame: bytes, deadline: float, speak: bool) -> None:
+            reply = deliver(frame, conn, deadline)
+            if reply is None or (reply and not (reply.endswith(b"\n") and b'"ok":true' in reply)):
+                outcome().settle(reply, spool_path(town), frame, sock, note)
+            elif speak and b'"context":"' in reply:  # answered (or late: at most once, b"")
+                outcome().print_context(reply)
 
         def note(reason: bytes, lost: bool, loud: bool = False) -> None:
             """Leave a note for the daemon; say it on stderr too when ``loud``."""
@@ -478,19 +478,19 @@ def main(argv: list[str] | None = None) -> int:
             line = outcome().note_line(reason, lost, payload, len(raw), at, pid, json_string)
             outcome().tell(note_path(town), line, reason, lost, loud, payload, lambda: isdir(town))
 
-        if detached and _detach():
+        # With no daemon, an --async call with nothing to cut is spooled in place (no
+        # fork): a spool that cannot take it is then said on a stderr Claude still reads.
+        if detached and (conn is not None or not fits(frame, payload, complete)) and _detach():
             try:
                 # Trimming a big payload takes a while: the detached child does it.
                 sendable = fitted(frame, payload, rebuild, complete, note)
-                deadline = time.monotonic() + ASYNC_REPLY_DEADLINE_S
                 if sendable is not None:
-                    _send_or_spool(sendable, town, sock, deadline, False, note)
+                    send_or_spool(sendable, time.monotonic() + ASYNC_REPLY_DEADLINE_S, False)
             finally:
                 posix._exit(0)
         sendable = fitted(frame, payload, rebuild, complete, note)
         if sendable is not None:
-            deadline = started + REPLY_DEADLINE_S
-            _send_or_spool(sendable, town, sock, deadline, not detached, note)
+            send_or_spool(sendable, started + REPLY_DEADLINE_S, not detached)
     except BaseException as error:  # fail open: never fail the agent, nor in silence
         try:  # noqa: SIM105 - contextlib would cost an import
             outcome().complain(b"failed, the call may be lost: " + outcome().describe(error))

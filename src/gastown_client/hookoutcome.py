@@ -28,8 +28,9 @@ spooled, a note that could not be written) it says in one line on stderr
 (``complain``). Claude Code does not give a hook's stderr to the model when the
 hook exits 0, and shows it to the user only in its verbose view, so the line
 disturbs nobody and is there for whoever looks; run by hand, the hook says it
-at once. A detached (``--async``) call has no stderr left to say it on: its
-record is the note, when the spool directory takes one. A town that does not
+at once. An ``--async`` call with no daemon spools before it forks; a detached
+one has no stderr left to say it on: its record is the note, when the spool
+directory takes one. A town that does not
 exist is not complained about: hooks are installed user-wide, and a session
 outside Gas Town has nothing to lose.
 """

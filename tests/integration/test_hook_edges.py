@@ -221,6 +221,22 @@ def test_a_call_that_cannot_be_spooled_is_noted_and_said_on_stderr(town: Path, k
     assert not (town / "elsewhere.jsonl").exists()
 
 
+def test_an_async_call_with_no_daemon_and_no_spool_says_so_on_stderr(town: Path) -> None:
+    """With no daemon to take it, ``--async`` spools in place, where stderr still reaches
+    Claude (a detached child's stderr is /dev/null)."""
+    _in_the_way(town, "directory")
+    stdin = piped(STOP_BYTES)
+    try:
+        status, out, err, elapsed = spawn(town, stdin, "--async")
+    finally:
+        os.close(stdin)
+    assert (status, out) == (0, b"") and elapsed < ASSERT_BUDGET_S
+    [line] = complaints(err)
+    assert line.startswith(b"gastown-hook: Stop call lost: not taken by ")
+    [note] = note_lines(town)
+    assert note["lost"] is True
+
+
 def test_a_short_write_to_the_spool_is_said_and_the_torn_line_left_to_the_daemon(
     town: Path,
 ) -> None:
