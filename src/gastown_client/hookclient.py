@@ -11,8 +11,8 @@ already loaded at startup) plus ``_socket`` (``socket`` drags in ``enum`` and
 The ``gastown-hook`` console script and ``python -m gastown_client.hook``
 run the same code.
 
-What it does: read Claude's JSON from stdin (until it is closed, for at most
-``STDIN_DEADLINE_S``; a terminal is not read), splice it *untouched* (raw
+What it does: read Claude's JSON from stdin (until it is closed, idle or late: see
+``read_stdin``; a terminal is not read), splice it *untouched* (raw
 newlines become spaces, which keeps valid JSON valid and the frame on one
 line; empty input becomes ``null``) into one ``hook`` request
 (``gastown_client.protocol.Hook``), send it under a deadline, print the
@@ -24,10 +24,9 @@ cannot be read cheaply; a ``bd close X && cat big.log``), deeper than ``MAX_DEPT
 than ``MAX_STDIN`` is not dropped: ``hooktrim``, loaded only then, cuts it to fit (see there
 how), and the request says how many bytes were cut (``trimmed``).
 
-A call the daemon did not take is spooled, and one that was refused or lost
-what attribution reads leaves a note: ``gastown_client.hookoutcome``, loaded
-only then, says how and when, and what is left to say on stderr when neither
-can be written.
+A call the daemon did not take is spooled, one refused or cut of what attribution reads
+leaves a note: ``hookoutcome``, loaded only then, says how and when, and what is said on
+stderr when neither can be written.
 
 Path rules mirror ``gastown_client.paths`` (which this file cannot import:
 ``pathlib`` loads ``re``); ``tests/unit/test_hook_client.py`` pins them equal.
@@ -76,9 +75,10 @@ MAX_REPLY = 1 << 16
 CONNECT_TIMEOUT_S = 0.1
 # Measured from the hook's start: the whole run stays well under 300 ms.
 REPLY_DEADLINE_S = 0.2
-# Measured from the hook's start: a stdin still open then (a wrapper that never closes
-# it; Claude closes at once) is cut short, leaving half the reply budget to send it.
-STDIN_DEADLINE_S = 0.1
+# Stdin open with nothing new for ``STDIN_IDLE_S`` (a wrapper that never closes it), or at
+# the end of the reply budget (a trickle), is cut short; a slow writer is read on till then.
+STDIN_IDLE_S = 0.1
+STDIN_DEADLINE_S = REPLY_DEADLINE_S
 # ``--async`` runs detached; nobody waits, so it may listen a little longer.
 ASYNC_REPLY_DEADLINE_S = 1.0
 # Replies that mean "not read, try later": the request goes to the spool.
@@ -323,34 +323,36 @@ def fitted(
 # ---------------------------------------------------------------- I/O
 
 
-def read_stdin(deadline: float, fd: int = 0, cap: int = MAX_STDIN + 1) -> tuple[bytes, bool]:
-    """Up to ``cap`` bytes of ``fd`` (what was read when it cannot be read), and
-    whether it was still open at ``deadline`` (monotonic). A one-shot ``SIGALRM``
-    ends the wait: ``_signal`` is built in and loaded, ``select`` a library (0.15 ms
-    to load), and ``O_NONBLOCK`` needs a sleep loop and changes a shared file."""
+def read_stdin(deadline: float, fd: int = 0, cap: int = MAX_STDIN + 1) -> tuple[bytes, str]:
+    """Up to ``cap`` bytes of ``fd`` and how reading ended: ``"end"`` (or unreadable), ``"idle"``
+    (open, nothing new for ``STDIN_IDLE_S``), ``"late"`` (open at ``deadline``, monotonic). A
+    ``SIGALRM`` re-armed per chunk ends a wait: ``_signal`` is built in and loaded, ``select``
+    a library (0.15 ms), ``O_NONBLOCK`` a sleep loop changing a file others share."""
     chunks: list[bytes] = []
     size = 0
     ended = False
+    how = "end"
     previous = _signal.signal(_signal.SIGALRM, _stdin_deadline_passed)
     _signal.pthread_sigmask(_signal.SIG_UNBLOCK, (_signal.SIGALRM,))  # an inherited mask
-    _signal.setitimer(_signal.ITIMER_REAL, max(deadline - time.monotonic(), 1e-6))
     try:
         try:
             while size < cap:
+                wait = min(STDIN_IDLE_S, deadline - time.monotonic())
+                _signal.setitimer(_signal.ITIMER_REAL, max(wait, 1e-6))
                 chunk = posix.read(fd, min(65536, cap - size))
-                if not chunk:
-                    ended = True
+                ended = not chunk
+                if ended:
                     break
                 chunks.append(chunk)
                 size += len(chunk)
         finally:  # the alarm fires once at most: once disarmed, none can follow
             _signal.setitimer(_signal.ITIMER_REAL, 0)
             _signal.signal(_signal.SIGALRM, previous)
-    except TimeoutError:  # the alarm (an OSError too: caught first)
-        return b"".join(chunks), not ended
+    except TimeoutError:  # the alarm (an OSError too: caught first), maybe just after the end
+        how = "end" if ended else "late" if time.monotonic() >= deadline else "idle"
     except OSError:
         pass  # closed or odd stdin: forward what was read
-    return b"".join(chunks), False
+    return b"".join(chunks), how
 
 
 def _stdin_deadline_passed(signum: int, frame: object) -> None:
@@ -417,8 +419,8 @@ def outcome() -> "ModuleType":
 
 
 def _detach() -> bool:
-    """Fork for ``--async``: True in the child, which carries on detached;
-    the parent exits at once. False when forking failed (run in place)."""
+    """Fork for ``--async``: True in the child, which carries on detached; the parent exits
+    at once. False when forking failed (run in place)."""
     try:
         pid = posix.fork()
     except OSError:
@@ -426,8 +428,7 @@ def _detach() -> bool:
     if pid > 0:
         posix._exit(0)
     posix.setsid()
-    # Claude waits for EOF on the hook's stdout/stderr: let go of them.
-    null = posix.open(b"/dev/null", posix.O_RDWR)
+    null = posix.open(b"/dev/null", posix.O_RDWR)  # Claude waits for EOF on stdout/stderr
     for fd in (0, 1, 2):
         posix.dup2(null, fd)
     if null > 2:
@@ -449,8 +450,8 @@ def main(argv: list[str] | None = None) -> int:
             cwd: bytes | None = posix.getcwdb()
         except OSError:
             cwd = None
-        raw, left_open = read_stdin(started + STDIN_DEADLINE_S)  # before forking: ours
-        complete = len(raw) <= MAX_STDIN and not left_open
+        raw, how = read_stdin(started + STDIN_DEADLINE_S)  # before forking: ours
+        complete = len(raw) <= MAX_STDIN and how == "end"
         payload = raw[:MAX_STDIN]
         pid, ppid, at = posix.getpid(), posix.getppid(), time.time()
 
@@ -473,8 +474,8 @@ def main(argv: list[str] | None = None) -> int:
 
         def note(reason: bytes, lost: bool, loud: bool = False) -> None:
             """Leave a note for the daemon; say it on stderr too when ``loud``."""
-            if left_open:
-                reason += b" (stdin still open after %d ms)" % round(STDIN_DEADLINE_S * 1000)
+            if how == "idle":
+                reason += b" (stdin left open, idle for %d ms)" % round(STDIN_IDLE_S * 1000)
             line = outcome().note_line(reason, lost, payload, len(raw), at, pid, json_string)
             outcome().tell(note_path(town), line, reason, lost, loud, payload, lambda: isdir(town))
 

@@ -37,7 +37,7 @@ from tests.integration.test_hook_client import (
 from tests.integration.test_hooks import wait_until
 
 STOP_BYTES = json.dumps(STOP).encode()
-# A stdin left open is read until the hook's stdin deadline, then what came is sent.
+# A stdin left open is read until it idles (or the hook's stdin deadline), then what came is sent.
 OPEN_STDIN_BUDGET_S = hook.STDIN_DEADLINE_S + ASSERT_BUDGET_S
 
 
@@ -113,7 +113,7 @@ def fake(town: Path) -> Iterator[FakeDaemon]:
 @pytest.mark.parametrize(
     "written", [STOP_BYTES, STOP_BYTES[:-25], b""], ids=["whole", "part", "nothing"]
 )
-def test_a_stdin_left_open_is_read_until_the_deadline_then_sent_as_cut_short(
+def test_a_stdin_left_open_is_read_until_it_idles_then_sent_as_cut_short(
     town: Path, fake: FakeDaemon, kind: str, written: bytes
 ) -> None:
     if kind == "pipe":
@@ -130,7 +130,7 @@ def test_a_stdin_left_open_is_read_until_the_deadline_then_sent_as_cut_short(
     assert (status, out, err) == (0, b"", b"")
     assert elapsed < OPEN_STDIN_BUDGET_S
     [note] = note_lines(town)
-    assert str(note["reason"]).endswith("(stdin still open after 100 ms)")
+    assert str(note["reason"]).endswith("(stdin left open, idle for 100 ms)")
     assert note["bytes"] == len(written)
     if not written:
         assert note["lost"] is True and fake.wait_frames(1, timeout_s=0.3) == []

@@ -267,26 +267,50 @@ def test_context_of(reply: bytes, context: str | None) -> None:
 # ---------------------------------------------------------------- stdin, stderr
 
 
-def test_read_stdin_stops_at_the_deadline_with_what_came() -> None:
+def test_read_stdin_stops_when_stdin_idles_or_at_the_deadline_with_what_came() -> None:
     reader, writer = os.pipe()
     try:
         os.write(writer, b'{"a":')
-        assert hook.read_stdin(time.monotonic() + 0.05, reader) == (b'{"a":', True)
-        os.write(writer, b"1}")
+        started = time.monotonic()
+        assert hook.read_stdin(started + 5, reader) == (b'{"a":', "idle")
+        assert hook.STDIN_IDLE_S <= time.monotonic() - started < 5
+        os.write(writer, b"1")
+        assert hook.read_stdin(time.monotonic() + 0.02, reader) == (b"1", "late")
+        os.write(writer, b"}")
         os.close(writer)
         writer = -1
-        assert hook.read_stdin(time.monotonic() + 5, reader) == (b"1}", False)
+        assert hook.read_stdin(time.monotonic() + 5, reader) == (b"}", "end")
     finally:
         os.close(reader)
         if writer >= 0:
             os.close(writer)
 
 
-def test_read_stdin_of_a_closed_fd_is_empty_and_closed() -> None:
+def test_read_stdin_reads_on_while_a_slow_writer_keeps_writing() -> None:
+    """Chunks 20 ms apart for twice the idle limit: a loaded machine is not a cut."""
+    reader, writer = os.pipe()
+
+    def trickle() -> None:
+        for _ in range(round(2 * hook.STDIN_IDLE_S / 0.02)):
+            time.sleep(0.02)
+            os.write(writer, b"x")
+        os.close(writer)
+
+    thread = threading.Thread(target=trickle)
+    thread.start()
+    try:
+        data, how = hook.read_stdin(time.monotonic() + 30, reader)
+    finally:
+        thread.join()
+        os.close(reader)
+    assert (data, how) == (b"x" * round(2 * hook.STDIN_IDLE_S / 0.02), "end")
+
+
+def test_read_stdin_of_a_closed_fd_is_empty_and_ended() -> None:
     closed = 1021
     with pytest.raises(OSError, match="Bad file descriptor"):
         os.fstat(closed)
-    assert hook.read_stdin(time.monotonic() + 5, closed) == (b"", False)
+    assert hook.read_stdin(time.monotonic() + 5, closed) == (b"", "end")
 
 
 def test_a_complaint_is_one_bounded_line_on_stderr(capfd: pytest.CaptureFixture[str]) -> None:
