@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from gastown_client import codec, hook, hookinstall, paths
+from gastown_client import codec, hook, hookinstall, hookoutcome, paths
 from gastown_client.protocol import Hook
 from tests.conftest import DaemonProcess, run_ctl
 from tests.integration.test_hook_client import (
@@ -277,6 +277,35 @@ def test_the_calls_the_hook_noted_as_lost_are_counted_in_status(
         assert client.status().hooks_lost == 26
     shown = run_ctl(town, "status").stdout
     assert re.search(r"^hooks lost +26 calls not applied \(hook_call_lost\)$", shown, re.M), shown
+
+
+def test_a_torn_spool_line_does_not_take_the_next_call_with_it(town: Path) -> None:
+    """A short write (a full disk) leaves a frame without its newline; the next call's frame
+    follows it on the same line. The daemon drops the fragment and applies the whole frame."""
+
+    def spooled_frame(payload: dict[str, object]) -> bytes:
+        frame = hook.build_frame(
+            json.dumps(payload).encode(), env={}, cwd=b"/tmp", pid=1, ppid=1, at=time.time()
+        )
+        return hookoutcome.spooled(frame, time.time())
+
+    torn = spooled_frame({**STOP, "session_id": "torn-one"})[:100]
+    whole = spooled_frame(
+        {**STOP, "hook_event_name": "SessionStart", "source": "startup", "session_id": "whole"}
+    )
+    spool = paths.spool_dir(town)
+    spool.mkdir(mode=0o700, parents=True)
+    (spool / f"hook-{os.getuid()}.jsonl").write_bytes(torn + whole)
+    proc = DaemonProcess(town).wait_ready()
+    try:
+        wait_until(lambda: "spool_ingested" in proc.log())
+        with proc.client() as client:
+            assert client.wisp("whole").state == "open"
+        [line] = [json.loads(row) for row in proc.log().splitlines() if "spool_torn_line" in row]
+        assert line["dropped_bytes"] == 100
+        assert "spooled_request_rejected" not in proc.log()
+    finally:
+        assert proc.terminate() == 0
 
 
 # ---------------------------------------------------------------- replies

@@ -44,6 +44,16 @@ def every_field_frame() -> bytes:
     return hookoutcome.spooled(frame, 2.5)
 
 
+def test_the_spool_knows_how_the_hook_starts_a_frame() -> None:
+    """What the daemon looks for to find the whole frame after a torn one in the spool."""
+    from gastownd.sessions.spool import FRAME_HEAD
+
+    assert every_field_frame().startswith(FRAME_HEAD)
+    assert hookclient.build_frame(b"", env={}, cwd=None, pid=1, ppid=1, at=0.0).startswith(
+        FRAME_HEAD
+    )
+
+
 def test_every_field_the_hook_sends_is_a_field_of_hook_and_the_reverse() -> None:
     sent = set(json.loads(every_field_frame()))
     assert sent == {"op", *Hook.__struct_fields__}
