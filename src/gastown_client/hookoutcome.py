@@ -55,7 +55,7 @@ def append(path: bytes, line: bytes) -> None:
     Raises ``OSError`` when the line is not all there: the file is not a
     regular file (a FIFO would block the open, and takes nothing the daemon
     reads), or the write fell short (a full disk); the torn line then gets its
-    newline, so that the next call's line stays a line of its own.
+    newline when it can (else the daemon finds the next call's frame after it).
     """
     spool_dir = path.rpartition(b"/")[0]
     for directory in (spool_dir.rpartition(b"/")[0], spool_dir):
