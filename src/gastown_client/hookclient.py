@@ -345,7 +345,7 @@ def read_stdin(deadline: float, fd: int = 0, cap: int = MAX_STDIN + 1) -> tuple[
                     break
                 chunks.append(chunk)
                 size += len(chunk)
-        finally:  # the alarm fires once at most: once disarmed, none can follow
+        finally:  # each alarm is one-shot and ends the loop: once disarmed, none can follow
             _signal.setitimer(_signal.ITIMER_REAL, 0)
             _signal.signal(_signal.SIGALRM, previous)
     except TimeoutError:  # the alarm (an OSError too: caught first), maybe just after the end
