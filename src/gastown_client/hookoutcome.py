@@ -25,14 +25,13 @@ something unreadable each leave a one-line note in
 
 What the hook cannot leave where the daemon reads it (a call that could not be
 spooled, a note that could not be written) it says in one line on stderr
-(``complain``). Claude Code does not give a hook's stderr to the model when the
-hook exits 0, and shows it to the user only in its verbose view, so the line
-disturbs nobody and is there for whoever looks; run by hand, the hook says it
-at once. An ``--async`` call with no daemon spools before it forks; a detached
-one has no stderr left to say it on: its record is the note, when the spool
-directory takes one. A town that does not
-exist is not complained about: hooks are installed user-wide, and a session
-outside Gas Town has nothing to lose.
+(``complain``). Claude Code gives a hook's stderr to the model only on exit
+status 2, so the line disturbs no agent; it is for the user (Claude Code's
+verbose view, whatever captures stderr; run by hand, the hook says it at once).
+An ``--async`` call with no daemon spools before it forks; a detached one has
+no stderr left to say it on: its record is the note, when the spool directory
+takes one. A town that does not exist is not complained about: hooks are
+installed user-wide, and a session outside Gas Town has nothing to lose.
 """
 
 import posix
