@@ -5,29 +5,28 @@ cost less than a bare ``python3 -c pass``. ``install-hooks`` calls the
 launcher ``hook.py`` as a script (``<python> -I -S .../gastown_client/hook.py``),
 which imports this module from its own directory, so that its bytecode comes
 from the cache instead of being compiled at every run: no ``site``, no
-package, and at import only ``sys``, ``time`` and ``posix`` (built in and
+package, and at import only ``sys``, ``time``, ``posix`` and ``_signal`` (built in and
 already loaded at startup) plus ``_socket`` (``socket`` drags in ``enum`` and
 ``selectors``, ``json`` drags in ``re``, ``os`` costs ~1.6 ms under ``-S``).
 The ``gastown-hook`` console script and ``python -m gastown_client.hook``
 run the same code.
 
-What it does: read Claude's JSON from stdin, splice it *untouched* (raw
+What it does: read Claude's JSON from stdin (until it is closed, idle or late: see
+``read_stdin``; a terminal is not read), splice it *untouched* (raw
 newlines become spaces, which keeps valid JSON valid and the frame on one
 line; empty input becomes ``null``) into one ``hook`` request
 (``gastown_client.protocol.Hook``), send it under a deadline, print the
 reply's ``context`` if there is one, exit 0. The daemon parses and validates
 the payload; whatever Claude sent, the hook itself never fails.
 
-A payload that would make the frame longer than the daemon's limit (a
-``bd close X && cat big.log``), nested deeper than ``hooktrim.MAX_DEPTH`` or
-longer than ``MAX_STDIN`` is not dropped: ``gastown_client.hooktrim``, loaded
-only then, cuts it to fit (see there how), and the request says how many
-bytes were cut (``trimmed``). The hook cannot read the daemon's
-configuration cheaply, so it assumes the default limit, ``MAX_FRAME``.
+A payload too long for a frame (``MAX_FRAME``, the daemon's default: its configuration
+cannot be read cheaply; a ``bd close X && cat big.log``), deeper than ``MAX_DEPTH`` or longer
+than ``MAX_STDIN`` is not dropped: ``hooktrim``, loaded only then, cuts it to fit (see there
+how), and the request says how many bytes were cut (``trimmed``).
 
-A call the daemon did not take is spooled, and one that was refused or lost
-what attribution reads leaves a note: ``gastown_client.hookoutcome``, loaded
-only then, says how and when.
+A call the daemon did not take is spooled, one refused or cut of what attribution reads
+leaves a note: ``hookoutcome``, loaded only then, says how and when, and what is said on
+stderr when neither can be written.
 
 Path rules mirror ``gastown_client.paths`` (which this file cannot import:
 ``pathlib`` loads ``re``); ``tests/unit/test_hook_client.py`` pins them equal.
@@ -38,15 +37,19 @@ import posix
 import sys
 import time
 
-# No ``from __future__ import annotations`` and no ``typing``: each costs an
-# import. Mypy honours a local ``TYPE_CHECKING``; the annotations naming
-# ``Mapping`` are strings.
+# No ``from __future__ import annotations`` and no ``typing``: each costs an import.
+# Mypy honours a local ``TYPE_CHECKING``; the annotations naming ``Mapping`` are strings.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    import signal as _signal  # typed: ``signal`` re-exports ``_signal``'s functions
     from collections.abc import Callable, Mapping
     from types import ModuleType
+else:
+    import _signal  # built in and loaded at start-up, unlike ``signal`` (``enum``)
 
-# The Gas Town and Claude variables forwarded in ``env`` (when set and non-empty).
+# The Gas Town and Claude variables forwarded in ``env``, when set, non-empty and not longer
+# than any identity or session id (ten of 128 KiB would crowd the payload out of a frame).
+MAX_ENV_VALUE = 4096
 ENV_KEYS: tuple[bytes, ...] = (
     b"GT_ROLE",
     b"BD_ACTOR",
@@ -66,13 +69,16 @@ MAX_STDIN = 8 << 20
 MAX_DEPTH = 128
 # The daemon's default ``server.max_frame_bytes``: longer frames are trimmed to it.
 MAX_FRAME = 1 << 20
-# Room a trimmed frame leaves for what follows the payload: ``trimmed`` and, in
-# the spool, ``spooled_at``.
+# Room a trimmed frame leaves for what follows the payload: ``trimmed``, ``spooled_at``.
 TRIM_RESERVE = 64
 MAX_REPLY = 1 << 16
 CONNECT_TIMEOUT_S = 0.1
 # Measured from the hook's start: the whole run stays well under 300 ms.
 REPLY_DEADLINE_S = 0.2
+# Stdin open with nothing new for ``STDIN_IDLE_S`` (a wrapper that never closes it), or at
+# the end of the reply budget (a trickle), is cut short; a slow writer is read on till then.
+STDIN_IDLE_S = 0.1
+STDIN_DEADLINE_S = REPLY_DEADLINE_S
 # ``--async`` runs detached; nobody waits, so it may listen a little longer.
 ASYNC_REPLY_DEADLINE_S = 1.0
 # Replies that mean "not read, try later": the request goes to the spool.
@@ -89,11 +95,10 @@ _JSON_SPECIAL = bytes(range(0x20)) + b'"\\'
 
 # ---------------------------------------------------------------- paths
 #
-# ``os`` costs ~1.6 ms to import under ``-S`` (``stat``, ``posixpath``,
-# ``_collections_abc``) while ``posix`` is built in and already loaded, so
-# the few ``os.path`` rules needed are written out here, on bytes, following
-# ``posixpath`` (net of their own compile time: ~0.65 ms saved per call).
-# The unit tests hold them equal to ``os.path`` and ``paths``.
+# ``os`` costs ~1.6 ms to import under ``-S`` (``stat``, ``posixpath``, ``_collections_abc``)
+# while ``posix`` is built in and loaded, so the few ``os.path`` rules needed are written out
+# here, on bytes, following ``posixpath`` (net of their own compile time: ~0.65 ms saved per
+# call). The unit tests hold them equal to ``os.path`` and ``paths``.
 
 
 def join(head: bytes, *tails: bytes) -> bytes:
@@ -266,7 +271,9 @@ def build_frame(
 ) -> bytes:
     """One ``hook`` request line; ``payload`` is spliced in as it is."""
     fields = [
-        b'"' + key + b'":' + json_string(value) for key in ENV_KEYS if (value := env.get(key))
+        b'"' + key + b'":' + json_string(value)
+        for key in ENV_KEYS
+        if (value := env.get(key)) and len(value) <= MAX_ENV_VALUE
     ]
     return b"".join(
         (
@@ -282,6 +289,12 @@ def build_frame(
     )
 
 
+def fits(frame: bytes, payload: bytes, complete: bool) -> bool:
+    """Whether ``frame`` can go as it is, with nothing to cut (``fitted`` is then free)."""
+    depth = payload.count(b"{") + payload.count(b"[")
+    return complete and len(frame) - 1 <= MAX_FRAME and depth <= MAX_DEPTH
+
+
 def fitted(
     frame: bytes,
     payload: bytes,
@@ -292,11 +305,7 @@ def fitted(
     """``frame``, or one rebuilt with its payload cut to be sendable, or None
     when nothing can be sent. ``complete`` is False when stdin was longer
     than ``MAX_STDIN``; ``note`` is told why a call lost more than long strings."""
-    if (
-        complete
-        and len(frame) - 1 <= MAX_FRAME
-        and payload.count(b"{") + payload.count(b"[") <= MAX_DEPTH
-    ):
+    if fits(frame, payload, complete):
         return frame
     if __package__:
         from gastown_client import hooktrim
@@ -311,39 +320,66 @@ def fitted(
     return rebuild(trimmed, cut) if cut else frame
 
 
-def spooled(frame: bytes, spooled_at: float) -> bytes:
-    """``frame`` with ``"spooled_at"`` spliced in before its closing brace."""
-    body = frame.rstrip(b"\n")
-    return body[:-1] + b',"spooled_at":%s}\n' % repr(spooled_at).encode("ascii")
-
-
 # ---------------------------------------------------------------- I/O
 
 
-def read_stdin(fd: int = 0, cap: int = MAX_STDIN + 1) -> bytes:
+def read_stdin(deadline: float, fd: int = 0, cap: int = MAX_STDIN + 1) -> tuple[bytes, str]:
+    """Up to ``cap`` bytes of ``fd`` and how reading ended: ``"end"`` (or unreadable), ``"idle"``
+    (open, nothing new for ``STDIN_IDLE_S``), ``"late"`` (open at ``deadline``, monotonic). A
+    ``SIGALRM`` re-armed per chunk ends a wait: ``_signal`` is built in and loaded, ``select``
+    a library (0.15 ms), ``O_NONBLOCK`` a sleep loop changing a file others share."""
     chunks: list[bytes] = []
     size = 0
-    try:
-        while size < cap:
-            chunk = posix.read(fd, min(65536, cap - size))
-            if not chunk:
-                break
-            chunks.append(chunk)
-            size += len(chunk)
-    except OSError:
-        pass  # closed or odd stdin: forward what was read
-    return b"".join(chunks)
-
-
-def deliver(frame: bytes, path: bytes, deadline: float) -> bytes | None:
-    """Send ``frame``; return the reply line, ``b""`` when none came by
-    ``deadline`` (monotonic), or None when the daemon did not take the
-    request (the caller spools it)."""
-    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
+    ended = False
+    how = "end"
+    previous = _signal.signal(_signal.SIGALRM, _stdin_deadline_passed)
+    _signal.pthread_sigmask(_signal.SIG_UNBLOCK, (_signal.SIGALRM,))  # an inherited mask
     try:
         try:
-            sock.settimeout(max(0.001, min(CONNECT_TIMEOUT_S, deadline - time.monotonic())))
-            sock.connect(path)
+            while size < cap:
+                wait = min(STDIN_IDLE_S, deadline - time.monotonic())
+                _signal.setitimer(_signal.ITIMER_REAL, max(wait, 1e-6))
+                chunk = posix.read(fd, min(65536, cap - size))
+                ended = not chunk
+                if ended:
+                    break
+                chunks.append(chunk)
+                size += len(chunk)
+        finally:  # each alarm is one-shot and ends the loop: once disarmed, none can follow
+            _signal.setitimer(_signal.ITIMER_REAL, 0)
+            _signal.signal(_signal.SIGALRM, previous)
+    except TimeoutError:  # the alarm (an OSError too: caught first), maybe just after the end
+        how = "end" if ended else "late" if time.monotonic() >= deadline else "idle"
+    except OSError:
+        pass  # closed or odd stdin: forward what was read
+    return b"".join(chunks), how
+
+
+def _stdin_deadline_passed(signum: int, frame: object) -> None:
+    raise TimeoutError
+
+
+def connect(path: bytes, deadline: float) -> "_socket.socket | None":
+    """A connection to the daemon's socket ``path``, or None: nobody took it in time."""
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
+    try:
+        sock.settimeout(max(0.001, min(CONNECT_TIMEOUT_S, deadline - time.monotonic())))
+        sock.connect(path)
+    except OSError:  # includes TimeoutError
+        sock.close()
+        return None
+    return sock
+
+
+def deliver(frame: bytes, sock: "_socket.socket | None", deadline: float) -> bytes | None:
+    """Send ``frame`` on ``sock`` (from ``connect``) and close it; return the reply
+    line (with its newline; without one when cut off or too long), ``b""`` when
+    none came by ``deadline`` (monotonic), or None when the daemon did not take
+    the request (the caller spools it)."""
+    if sock is None:
+        return None
+    try:
+        try:
             sock.settimeout(max(0.001, deadline - time.monotonic()))
             sock.sendall(frame)
         except OSError:  # includes TimeoutError: not (fully) sent
@@ -363,8 +399,8 @@ def deliver(frame: bytes, path: bytes, deadline: float) -> bytes | None:
             return b""
         except OSError:
             pass  # reset: judged like a close below
-        line = reply.split(b"\n", 1)[0]
-        if not line:
+        line = reply[: reply.find(b"\n") + 1 or None]
+        if not line.strip():
             return None  # closed without a word: the daemon never read it
         if b'"ok":false' in line and any(code in line for code in RETRY_CODES):
             return None
@@ -382,53 +418,9 @@ def outcome() -> "ModuleType":
     return hookoutcome
 
 
-def note_line(reason: bytes, lost: bool, payload: bytes, size: int, at: float, pid: int) -> bytes:
-    """One line for the daemon's log: why a call was cut or lost, and whose it was."""
-    return (
-        b'{"lost":%s,"reason":%s,"hook_event":%s,"session_id":%s,"bytes":%d,"at":%s,"pid":%d}\n'
-        % (
-            b"true" if lost else b"false",
-            json_string(reason[:200]),
-            json_string(outcome().field(payload, b"hook_event_name")),
-            json_string(outcome().field(payload, b"session_id")),
-            size,
-            repr(at).encode("ascii"),
-            pid,
-        )
-    )
-
-
-def _write_out(text: str) -> None:
-    data = text.encode("utf-8", "replace")
-    if not data.endswith(b"\n"):
-        data += b"\n"
-    while data:
-        data = data[posix.write(1, data) :]
-
-
-def _send_or_spool(
-    frame: bytes,
-    town: bytes,
-    sock: bytes,
-    deadline: float,
-    speak: bool,
-    note: "Callable[[bytes, bool], None]",
-) -> None:
-    reply = deliver(frame, sock, deadline)
-    if reply is None:
-        outcome().append(spool_path(town), spooled(frame, time.time()))
-    elif b'"ok":false' in reply:
-        code = outcome().field(reply, b"code")
-        note(b"refused: " + (code or b"error") + b": " + outcome().field(reply, b"message"), True)
-    elif speak and b'"context":"' in reply:
-        context = outcome().context_of(reply)
-        if context:
-            _write_out(context)
-
-
 def _detach() -> bool:
-    """Fork for ``--async``: True in the child, which carries on detached;
-    the parent exits at once. False when forking failed (run in place)."""
+    """Fork for ``--async``: True in the child, which carries on detached; the parent exits
+    at once. False when forking failed (run in place)."""
     try:
         pid = posix.fork()
     except OSError:
@@ -436,8 +428,7 @@ def _detach() -> bool:
     if pid > 0:
         posix._exit(0)
     posix.setsid()
-    # Claude waits for EOF on the hook's stdout/stderr: let go of them.
-    null = posix.open(b"/dev/null", posix.O_RDWR)
+    null = posix.open(b"/dev/null", posix.O_RDWR)  # Claude waits for EOF on stdout/stderr
     for fd in (0, 1, 2):
         posix.dup2(null, fd)
     if null > 2:
@@ -451,14 +442,17 @@ def main(argv: list[str] | None = None) -> int:
         started = time.monotonic()
         args = sys.argv[1:] if argv is None else argv
         detached = "--async" in args
+        if posix.isatty(0):  # run by hand: nobody will type the payload and close stdin
+            outcome().complain(b"stdin is a terminal: nothing sent (Claude Code pipes each call)")
+            return 0
         environ = posix.environ
         try:
             cwd: bytes | None = posix.getcwdb()
         except OSError:
             cwd = None
-        payload = read_stdin()  # before forking: stdin belongs to this call
-        complete = len(payload) <= MAX_STDIN
-        payload = payload[:MAX_STDIN]
+        raw, how = read_stdin(started + STDIN_DEADLINE_S)  # before forking: ours
+        complete = len(raw) <= MAX_STDIN and how == "end"
+        payload = raw[:MAX_STDIN]
         pid, ppid, at = posix.getpid(), posix.getppid(), time.time()
 
         def rebuild(payload: bytes, trimmed: int) -> bytes:
@@ -469,24 +463,38 @@ def main(argv: list[str] | None = None) -> int:
         frame = rebuild(payload, 0)
         town = town_root(environ, cwd)
         sock = socket_path(town, environ)
+        conn = connect(sock, started + REPLY_DEADLINE_S)
 
-        def note(reason: bytes, lost: bool) -> None:
-            size = len(payload) if complete else MAX_STDIN + 1
-            outcome().leave_note(note_path(town), note_line(reason, lost, payload, size, at, pid))
+        def send_or_spool(frame: bytes, deadline: float, speak: bool) -> None:
+            reply = deliver(frame, conn, deadline)
+            if reply is None or (reply and not (reply.endswith(b"\n") and b'"ok":true' in reply)):
+                outcome().settle(reply, spool_path(town), frame, sock, note)
+            elif speak and b'"context":"' in reply:  # answered (or late: at most once, b"")
+                outcome().print_context(reply)
 
-        if detached and _detach():
+        def note(reason: bytes, lost: bool, loud: bool = False) -> None:
+            """Leave a note for the daemon; say it on stderr too when ``loud``."""
+            if how == "idle":
+                reason += b" (stdin left open, idle for %d ms)" % round(STDIN_IDLE_S * 1000)
+            line = outcome().note_line(reason, lost, payload, len(raw), at, pid, json_string)
+            outcome().tell(note_path(town), line, reason, lost, loud, payload, lambda: isdir(town))
+
+        # With no daemon, an --async call with nothing to cut is spooled in place (no
+        # fork): a spool that cannot take it is then said on a stderr Claude still reads.
+        if detached and (conn is not None or not fits(frame, payload, complete)) and _detach():
             try:
                 # Trimming a big payload takes a while: the detached child does it.
                 sendable = fitted(frame, payload, rebuild, complete, note)
-                deadline = time.monotonic() + ASYNC_REPLY_DEADLINE_S
                 if sendable is not None:
-                    _send_or_spool(sendable, town, sock, deadline, False, note)
+                    send_or_spool(sendable, time.monotonic() + ASYNC_REPLY_DEADLINE_S, False)
             finally:
                 posix._exit(0)
         sendable = fitted(frame, payload, rebuild, complete, note)
         if sendable is not None:
-            deadline = started + REPLY_DEADLINE_S
-            _send_or_spool(sendable, town, sock, deadline, not detached, note)
-    except BaseException:  # fail open: a hook must never fail the agent
-        pass
+            send_or_spool(sendable, started + REPLY_DEADLINE_S, not detached)
+    except BaseException as error:  # fail open: never fail the agent, nor in silence
+        try:  # noqa: SIM105 - contextlib would cost an import
+            outcome().complain(b"failed, the call may be lost: " + outcome().describe(error))
+        except BaseException:
+            pass  # not even stderr is left to say it on
     return 0

@@ -47,8 +47,9 @@ OK_REPLY = b'{"id":1,"ok":true,"result":{"handled":"turn"}}\n'
 class FakeDaemon:
     """A listening socket that records frames and replies as ``mode`` says.
 
-    Modes: ``reply`` (send ``reply`` after each frame), ``hang`` (read the
-    frame, never answer), ``close`` (accept and hang up without reading).
+    Modes: ``reply`` (send ``reply`` after each frame), ``hangup`` (send
+    ``reply``, then hang up), ``hang`` (read the frame, never answer),
+    ``close`` (accept and hang up without reading).
     """
 
     def __init__(self, path: Path, mode: str = "reply", reply: bytes = OK_REPLY) -> None:
@@ -93,8 +94,10 @@ class FakeDaemon:
             with self.received:
                 self.frames.append(buffer.split(b"\n", 1)[0])
                 self.received.notify_all()
-            if self.mode == "reply":
+            if self.mode in ("reply", "hangup"):
                 conn.sendall(self.reply)
+            if self.mode == "hangup":
+                conn.close()
         except OSError:
             return
 
@@ -352,11 +355,15 @@ def test_missing_town_creates_nothing(tmp_path: Path) -> None:
     assert not town.exists()
 
 
-def test_unwritable_spool_still_exits_0(town: Path) -> None:
+def test_unwritable_spool_still_exits_0_and_says_so(town: Path) -> None:
     paths.private_dir(town).mkdir(mode=0o700)
     paths.spool_dir(town).write_text("a file where the spool dir should be")
     result, _ = run_hook(town, b"{}")
-    assert (result.returncode, result.stdout, result.stderr) == (0, b"", b"")
+    assert (result.returncode, result.stdout) == (0, b"")
+    [line] = result.stderr.splitlines()
+    assert line.startswith(b"gastown-hook: hook call lost: not taken by ")
+    assert b"and not spooled: NotADirectoryError: " in line
+    assert b"(no note for the daemon: NotADirectoryError: " in line
 
 
 # ---------------------------------------------------------------- --async

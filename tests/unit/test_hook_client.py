@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import msgspec
@@ -167,7 +168,7 @@ def test_garbage_stays_one_line_and_the_daemon_rejects_it(payload: bytes) -> Non
 
 def test_spooled_frame_carries_spooled_at() -> None:
     frame = frame_for(json.dumps(SESSION_START).encode())
-    line = hook.spooled(frame, 1732500001.5)
+    line = hookoutcome.spooled(frame, 1732500001.5)
     request = decode(line)
     assert request.spooled_at == 1732500001.5
     assert request.at == 1732500000.123456
@@ -183,6 +184,15 @@ def test_only_the_known_variables_are_forwarded_and_empty_ones_are_dropped() -> 
     expected = {k.decode(): v.decode() for k, v in env.items() if k in hook.ENV_KEYS and v}
     assert request.env == expected
     assert "GT_RIG" not in request.env and "PATH" not in request.env
+
+
+def test_an_env_value_too_long_to_be_an_identity_is_not_forwarded() -> None:
+    """Ten values of 128 KiB (the most one variable holds) would leave no room for the payload."""
+    env = {key: b"r" * (128 << 10) for key in hook.ENV_KEYS}
+    env[b"GT_ROLE"] = b"r" * hook.MAX_ENV_VALUE
+    frame = frame_for(json.dumps(POST_TOOL_USE).encode(), env=env)
+    assert len(frame) < hook.MAX_FRAME // 4
+    assert decode(frame).env == {"GT_ROLE": "r" * hook.MAX_ENV_VALUE}
 
 
 def test_missing_cwd_is_null() -> None:
@@ -252,6 +262,63 @@ def test_json_string_never_breaks_a_frame(value: bytes) -> None:
 )
 def test_context_of(reply: bytes, context: str | None) -> None:
     assert hookoutcome.context_of(reply) == context
+
+
+# ---------------------------------------------------------------- stdin, stderr
+
+
+def test_read_stdin_stops_when_stdin_idles_or_at_the_deadline_with_what_came() -> None:
+    reader, writer = os.pipe()
+    try:
+        os.write(writer, b'{"a":')
+        started = time.monotonic()
+        assert hook.read_stdin(started + 5, reader) == (b'{"a":', "idle")
+        assert hook.STDIN_IDLE_S <= time.monotonic() - started < 5
+        os.write(writer, b"1")
+        assert hook.read_stdin(time.monotonic() + 0.02, reader) == (b"1", "late")
+        os.write(writer, b"}")
+        os.close(writer)
+        writer = -1
+        assert hook.read_stdin(time.monotonic() + 5, reader) == (b"}", "end")
+    finally:
+        os.close(reader)
+        if writer >= 0:
+            os.close(writer)
+
+
+def test_read_stdin_reads_on_while_a_slow_writer_keeps_writing() -> None:
+    """Chunks 20 ms apart for twice the idle limit: a loaded machine is not a cut."""
+    reader, writer = os.pipe()
+
+    def trickle() -> None:
+        for _ in range(round(2 * hook.STDIN_IDLE_S / 0.02)):
+            time.sleep(0.02)
+            os.write(writer, b"x")
+        os.close(writer)
+
+    thread = threading.Thread(target=trickle)
+    thread.start()
+    try:
+        data, how = hook.read_stdin(time.monotonic() + 30, reader)
+    finally:
+        thread.join()
+        os.close(reader)
+    assert (data, how) == (b"x" * round(2 * hook.STDIN_IDLE_S / 0.02), "end")
+
+
+def test_read_stdin_of_a_closed_fd_is_empty_and_ended() -> None:
+    closed = 1021
+    with pytest.raises(OSError, match="Bad file descriptor"):
+        os.fstat(closed)
+    assert hook.read_stdin(time.monotonic() + 5, closed) == (b"", "end")
+
+
+def test_a_complaint_is_one_bounded_line_on_stderr(capfd: pytest.CaptureFixture[str]) -> None:
+    hookoutcome.complain(b"two\nlines\r" + b"x" * 1000)
+    err = capfd.readouterr().err
+    assert err.startswith("gastown-hook: two lines ") and err.endswith("...\n")
+    assert err.count("\n") == 1
+    assert len(err) == len("gastown-hook: ") + hookoutcome.MAX_COMPLAINT + 1
 
 
 # ---------------------------------------------------------------- paths

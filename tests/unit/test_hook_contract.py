@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gastown_client import codec, hookclient, hooktrim, paths, protocol
+from gastown_client import codec, hookclient, hookoutcome, hooktrim, paths, protocol
 from gastown_client.protocol import Hook
 
 
@@ -41,7 +41,17 @@ def every_field_frame() -> bytes:
     frame = hookclient.build_frame(
         b'{"hook_event_name":"Stop"}', env=env, cwd=b"/w", pid=7, ppid=6, at=1.5, trimmed=3
     )
-    return hookclient.spooled(frame, 2.5)
+    return hookoutcome.spooled(frame, 2.5)
+
+
+def test_the_spool_knows_how_the_hook_starts_a_frame() -> None:
+    """What the daemon looks for to find the whole frame after a torn one in the spool."""
+    from gastownd.sessions.spool import FRAME_HEAD
+
+    assert every_field_frame().startswith(FRAME_HEAD)
+    assert hookclient.build_frame(b"", env={}, cwd=None, pid=1, ppid=1, at=0.0).startswith(
+        FRAME_HEAD
+    )
 
 
 def test_every_field_the_hook_sends_is_a_field_of_hook_and_the_reverse() -> None:

@@ -101,6 +101,8 @@ def _print_status(status: StatusResult) -> None:
     )
     if status.hooks_trimmed:
         rows.append(("hooks trimmed", f"{status.hooks_trimmed} calls cut to fit the frame limit"))
+    if status.hooks_lost:
+        rows.append(("hooks lost", f"{status.hooks_lost} calls not applied (hook_call_lost)"))
     rows += federation_rows(status.federation)
     width = max(len(label) for label, _ in rows)
     for label, value in rows:

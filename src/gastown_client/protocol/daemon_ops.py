@@ -153,6 +153,9 @@ class StatusResult(msgspec.Struct, kw_only=True):
     federation: FederationInfo = msgspec.field(default_factory=FederationInfo)
     # Hook calls whose payload the hook trimmed to fit the frame limit.
     hooks_trimmed: int = 0
+    # Hook calls the hook could not get applied (refused, not spooled, an unreadable
+    # reply...), counted from its notes: each is logged as ``hook_call_lost``.
+    hooks_lost: int = 0
     # Config keys a SIGHUP read but that apply only at the next start.
     config_restart_pending: list[str] = msgspec.field(default_factory=list)
     # Set while older lines are indexed in the background (None: all indexed).

@@ -110,6 +110,8 @@ class Counters(msgspec.Struct):
     hooks_spooled: int = 0
     # Hook calls that arrived trimmed to fit the frame limit (also in ``status``).
     hooks_trimmed: int = 0
+    # Hook calls the hook noted as lost, not applied (also in ``status``).
+    hooks_lost: int = 0
 
 
 HOOK_EVENTS = frozenset(

@@ -98,6 +98,7 @@ async def status(daemon: Daemon, request: Status) -> StatusResult:
         sessions=sessions,
         federation=await daemon.federation.info(),
         hooks_trimmed=daemon.counters.hooks_trimmed,
+        hooks_lost=daemon.counters.hooks_lost,
         config_restart_pending=list(daemon.restart_pending),
         indexing=daemon.eventlog.indexing,
     )

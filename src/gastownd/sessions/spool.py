@@ -25,7 +25,7 @@ import msgspec
 import structlog
 
 from gastown_client import codec
-from gastown_client.protocol import ErrorCode, Hook
+from gastown_client.protocol import ErrorCode, Hook, Request
 from gastownd.ops import hooks
 from gastownd.process.config import parse_duration
 from gastownd.process.daemon import Daemon
@@ -42,6 +42,10 @@ READING_PREFIX = "reading-"
 MAX_NOTES_LOGGED = 20
 # Bytes of a note file read: the hook writes ~300 bytes per note.
 MAX_NOTE_FILE = 1 << 20
+# How ``gastown-hook`` starts every frame (``hookclient.build_frame``), and how many of them
+# past a line's head are tried when the line holds a torn frame before a whole one.
+FRAME_HEAD = b'{"op":"hook","id":1,"payload":'
+MAX_TORN_TRIES = 4
 
 
 class SpoolIngester:
@@ -83,7 +87,7 @@ class SpoolIngester:
             if set_aside:
                 await anyio.sleep(parse_duration(self.daemon.config.hooks.spool_grace))
             notes = await anyio.to_thread.run_sync(self._take_notes)
-            _log_notes(notes)
+            self.daemon.counters.hooks_lost += _log_notes(notes)
             count = 0
             for path in sorted(self.folder.glob(f"{INGESTING_PREFIX}*")):
                 count += await self._ingest_file(path)
@@ -130,7 +134,7 @@ class SpoolIngester:
             offset = newline + 1
             mark = (name, offset)
             try:
-                request = codec.decode_request(frame)
+                request = _decode_spooled(frame, name, offset)
                 if not isinstance(request, Hook):
                     raise codec.BadRequest(
                         ErrorCode.BAD_REQUEST, "only hook requests are spooled", None
@@ -154,6 +158,29 @@ class SpoolIngester:
         return count
 
 
+def _decode_spooled(line: bytes, name: str, offset: int) -> Request:
+    """The request on ``line``, or when it does not decode, the whole frame after a torn one:
+    a hook whose write fell short (a full disk) leaves a fragment without its newline, and
+    the next call's frame follows it on the same line. The hook starts every frame with
+    ``FRAME_HEAD``; the first of at most ``MAX_TORN_TRIES`` such starts past the line's
+    head that decodes is taken, and the fragment before it is logged, never applied."""
+    try:
+        return codec.decode_request(line)
+    except codec.BadRequest:
+        start = line.find(FRAME_HEAD, 1)
+        for _ in range(MAX_TORN_TRIES):
+            if start < 0:
+                break
+            try:
+                request = codec.decode_request(line[start:])
+            except codec.BadRequest:
+                start = line.find(FRAME_HEAD, start + 1)
+                continue
+            log.warning("spool_torn_line", file=name, offset=offset, dropped_bytes=start)
+            return request
+        raise
+
+
 class _Note(msgspec.Struct, forbid_unknown_fields=False):
     lost: bool = True
     reason: str = "unknown"
@@ -166,12 +193,18 @@ class _Note(msgspec.Struct, forbid_unknown_fields=False):
 _note_decoder = msgspec.json.Decoder(_Note)
 
 
-def _log_notes(lines: list[bytes]) -> None:
-    for line in lines[:MAX_NOTES_LOGGED]:
+def _log_notes(lines: list[bytes]) -> int:
+    """Log the notes (``MAX_NOTES_LOGGED`` of them, a count for the rest); returns how
+    many say a call was lost, all counted (one that cannot be read is taken as lost)."""
+    lost = 0
+    for index, line in enumerate(lines):
         try:
             note = _note_decoder.decode(line)
         except (msgspec.DecodeError, RecursionError):
             note = _Note(reason="unreadable note")
+        lost += note.lost
+        if index >= MAX_NOTES_LOGGED:
+            continue
         log.warning(
             "hook_call_lost" if note.lost else "hook_call_cut",
             reason=note.reason,
@@ -182,3 +215,4 @@ def _log_notes(lines: list[bytes]) -> None:
         )
     if len(lines) > MAX_NOTES_LOGGED:
         log.warning("hook_notes_suppressed", notes=len(lines) - MAX_NOTES_LOGGED)
+    return lost
