@@ -89,6 +89,7 @@ class RequestMeter:
 
     def finished(self, op: type, started: float, outcome: object) -> None:
         """A request of class ``op``, begun at ``started`` (perf_counter), was answered."""
+        elapsed = time.perf_counter() - started
         stats = self.ops.get(op)
         if stats is None:
             stats = self.ops[op] = OpStats()
@@ -96,7 +97,10 @@ class RequestMeter:
                 notify, self.on_first_answer = self.on_first_answer, None
                 notify()
         stats.count += 1
-        stats.seconds.observe(time.perf_counter() - started)
+        # Buckets.observe, inlined: this runs once per request (a ping costs ~4 µs in all).
+        seconds = stats.seconds
+        seconds.counts[bisect_left(seconds.bounds, elapsed)] += 1
+        seconds.total += elapsed
         if isinstance(outcome, DaemonError):
             stats.errors[outcome.code] += 1
 
