@@ -23,7 +23,14 @@ import structlog
 
 from gastownd.core.index import EventIndex
 from gastownd.eventlog.indexer import LongLine, whole_lines
-from gastownd.eventlog.logstate import TAIL_SIGNATURE, fsync_dir, read_tail, tail_matches, write_all
+from gastownd.eventlog.logstate import (
+    TAIL_SIGNATURE,
+    fsync_dir,
+    pread_all,
+    read_tail,
+    tail_matches,
+    write_all,
+)
 from gastownd.metrics.buckets import FSYNC_SECONDS, Buckets
 from gastownd.process.refusals import StorageError
 
@@ -97,11 +104,37 @@ class LogFile:
 
     @contextmanager
     def flocked(self) -> Iterator[None]:
-        fcntl.flock(self.lock_fd, fcntl.LOCK_EX)
+        self._lock_named_file()
         try:
             yield
         finally:
             fcntl.flock(self.lock_fd, fcntl.LOCK_UN)
+
+    def _lock_named_file(self) -> None:
+        """Flock the file that ``lock_path`` names now, reopening it if it was replaced.
+
+        ``gt`` opens (creates) the lock file by name for every append: when
+        the lock file was deleted or renamed, a flock on the descriptor we
+        opened earlier excludes nobody. So once the flock is held, the name
+        must still lead to the locked inode; if not, the name is opened again
+        and the flock retaken (the usual lock-file dance). Should the new
+        open fail, the old descriptor is kept and the error raised: the next
+        attempt tries again.
+        """
+        while True:
+            fcntl.flock(self.lock_fd, fcntl.LOCK_EX)
+            held = os.fstat(self.lock_fd)
+            try:
+                named = os.stat(self.lock_path)
+            except FileNotFoundError:
+                named = None
+            if named is not None and (named.st_dev, named.st_ino) == (held.st_dev, held.st_ino):
+                return
+            fcntl.flock(self.lock_fd, fcntl.LOCK_UN)
+            stale = self.lock_fd
+            self.open_lock()
+            os.close(stale)
+            log.warning("eventlog_lock_file_reopened", missing=named is None)
 
     def repair_tail(self, fd: int, known_end: int) -> int:
         """Cut a torn or NUL-padded last line back to the last newline (lock held).
@@ -117,7 +150,7 @@ class LogFile:
         position = size
         while position > known_end:
             start = max(known_end, position - (1 << 20))
-            block = os.pread(fd, position - start, start)
+            block = pread_all(fd, position - start, start)
             newline = block.rfind(b"\n")
             if newline >= 0:
                 cut_at = start + newline + 1
@@ -125,8 +158,25 @@ class LogFile:
             position = start
         if cut_at == size:
             return size
-        torn = os.pread(fd, size - cut_at, cut_at)
-        self._quarantine(torn, cut_at)
+        torn = pread_all(fd, size - cut_at, cut_at)
+        try:
+            self._quarantine(torn, cut_at)
+        except OSError as exc:
+            # Cutting without the copy would lose the torn bytes for good, and appending
+            # after them would glue our line to theirs: leave the file as it is and refuse
+            # this write; the next one tries the repair again (e.g. once space is freed).
+            log.error(
+                "eventlog_tail_not_quarantined",
+                error=exc.strerror,
+                errno=exc.errno,
+                torn_bytes=len(torn),
+                at_offset=cut_at,
+            )
+            reason = "disk full" if exc.errno == errno.ENOSPC else exc.strerror
+            raise StorageError(
+                f"could not save the log's torn last line before cutting it ({reason});"
+                " nothing was written"
+            ) from exc
         os.ftruncate(fd, cut_at)
         os.fsync(fd)
         self.quarantined += 1
@@ -170,11 +220,15 @@ class LogFile:
             return Observation(rewrite=self._reread(self.fd, None, current_index()))
         known = current_index()
         new_fd = self._open_log()
-        return Observation(rewrite=self._reread(new_fd, new_fd, known))
+        try:
+            return Observation(rewrite=self._reread(new_fd, new_fd, known))
+        except BaseException:
+            os.close(new_fd)  # not adopted: the next look opens the name again
+            raise
 
     def _reread(self, fd: int, new_fd: int | None, old: EventIndex) -> Rewrite:
         size = self.repair_tail(fd, 0)
-        data = os.pread(fd, size, 0) if size else b""
+        data = pread_all(fd, size, 0) if size else b""
         index, fresh_from, removed = old.rematch(data)
         if new_fd is not None:
             info = os.fstat(new_fd)
@@ -274,6 +328,23 @@ class LogFile:
             if fd >= 0:
                 os.close(fd)
         self.fd = self.lock_fd = -1
+
+
+def failed_batch(exc: Exception, size: int) -> StorageError:
+    """The answer to every emit of a batch whose look at the file, or whose lock, failed.
+
+    Nothing of the batch was written (``append`` cuts its own failures back):
+    each emit is refused, and the writer goes on with the next batch.
+    """
+    if isinstance(exc, StorageError):
+        return exc
+    log.error(
+        "eventlog_batch_failed",
+        error=getattr(exc, "strerror", None) or repr(exc),
+        errno=getattr(exc, "errno", None),
+        bytes=size,
+    )
+    return StorageError(f"could not write the event log ({exc}); nothing was written")
 
 
 def copy_range(source: int, target: int, offset: int, length: int) -> None:
