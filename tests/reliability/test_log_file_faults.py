@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import fcntl
 import os
+import subprocess
 import threading
 import time
+from contextlib import suppress
 from pathlib import Path
 
 import pytest
 
-from gastown_client.errors import RequestRejected
-from tests.conftest import DaemonProcess
+from gastown_client.client import Client
+from gastown_client.errors import DaemonUnavailable, RequestRejected
+from tests.conftest import DaemonProcess, daemon_argv
 from tests.reliability._support import make_town, read_log
 
 
@@ -75,3 +78,43 @@ def test_a_deleted_lock_file_still_excludes_gt(tmp_path: Path) -> None:
     finally:
         code = proc.terminate()
     assert code == 0, proc.log()
+
+
+# The daemon with a bug planted in its writer's thread: the thread ends with an exception.
+WRITER_BUG = """
+import runpy, sys
+from gastownd.eventlog import writer
+
+def _write(self, items):
+    raise RuntimeError("a bug in the writer's thread")
+
+writer.Writer._write = _write
+sys.argv = ["gastownd", *sys.argv[1:]]
+runpy.run_module("gastownd", run_name="__main__", alter_sys=True)
+"""
+
+
+def test_a_dead_writer_thread_stops_the_daemon_non_zero_instead_of_hanging(
+    tmp_path: Path,
+) -> None:
+    town = make_town(tmp_path / "town")
+    argv = daemon_argv(town, "--no-supervisor")
+    assert argv[1:3] == ["-m", "gastownd"]
+    log_path = tmp_path / "daemon.log"
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen([argv[0], "-c", WRITER_BUG, *argv[3:]], stdout=log, stderr=log)
+    try:
+        socket = town / ".gastownd" / "gastownd.sock"
+        deadline = time.monotonic() + 15
+        while not socket.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with suppress(DaemonUnavailable), Client(socket, timeout_s=10) as client:
+            client.emit("mail", "rel/writer", {"to": "never"})
+        code = proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    log_text = log_path.read_text(errors="replace")
+    assert code != 0, log_text[-3000:]
+    assert "eventlog_writer_died" in log_text
