@@ -31,6 +31,7 @@ from gastownd.eventlog.logstate import (
     tail_matches,
     write_all,
 )
+from gastownd.eventlog.rewrite_read import still_the_start, whole_lines_now
 from gastownd.metrics.buckets import FSYNC_SECONDS, Buckets
 from gastownd.process.refusals import StorageError
 
@@ -217,19 +218,33 @@ class LogFile:
                 appended = list(whole_lines(self.fd, end, size))
                 self.remember(size)
                 return Observation(appended=appended)
-            return Observation(rewrite=self._reread(self.fd, None, current_index()))
+            return self._reread(self.fd, None, current_index())
         known = current_index()
         new_fd = self._open_log()
         try:
-            return Observation(rewrite=self._reread(new_fd, new_fd, known))
+            return self._reread(new_fd, new_fd, known)
         except BaseException:
             os.close(new_fd)  # not adopted: the next look opens the name again
             raise
 
-    def _reread(self, fd: int, new_fd: int | None, old: EventIndex) -> Rewrite:
-        size = self.repair_tail(fd, 0)
-        data = pread_all(fd, size, 0) if size else b""
-        index, fresh_from, removed = old.rematch(data)
+    def _reread(self, fd: int, new_fd: int | None, old: EventIndex) -> Observation:
+        """Index the whole file again, matched to ``old`` (lock held, released meanwhile).
+
+        The heavy part (reading and matching every line) runs with the lock
+        released (see ``rewrite_read``); with the lock back, the lines
+        appended meanwhile come as ``appended``, after the rewrite.
+        """
+        with self._unlocked():
+            data = whole_lines_now(fd)
+            index, fresh_from, removed = old.rematch(data)
+        appended: list[bytes | LongLine] = []
+        if still_the_start(self.path, fd, data):
+            size = self.repair_tail(fd, len(data))
+            appended = list(whole_lines(fd, len(data), size))
+        else:  # changed again meanwhile: read it once more, under the lock this time
+            size = self.repair_tail(fd, 0)
+            data = pread_all(fd, size, 0) if size else b""
+            index, fresh_from, removed = old.rematch(data)
         if new_fd is not None:
             info = os.fstat(new_fd)
             self.fd = new_fd
@@ -241,15 +256,26 @@ class LogFile:
             lines=len(index),
             new_lines=len(index) - fresh_from,
             removed=len(removed),
+            appended_meanwhile=len(appended),
         )
-        return Rewrite(
+        rewrite = Rewrite(
             index=index,
             data=data,
             fresh_from=fresh_from,
             removed_max=max(removed, default=-1),
             new_fd=new_fd,
-            tail=self.tail,
+            tail=data[-TAIL_SIGNATURE:],
         )
+        return Observation(appended=appended, rewrite=rewrite)
+
+    @contextmanager
+    def _unlocked(self) -> Iterator[None]:
+        """Release the writers' lock (held by the caller) for the body, then take it again."""
+        fcntl.flock(self.lock_fd, fcntl.LOCK_UN)
+        try:
+            yield
+        finally:
+            self._lock_named_file()
 
     def append(self, data: bytes, sync: bool) -> StorageError | None:
         """Write ``data`` at the end in one ``write`` and sync it (lock held).
