@@ -118,3 +118,64 @@ def test_a_dead_writer_thread_stops_the_daemon_non_zero_instead_of_hanging(
     log_text = log_path.read_text(errors="replace")
     assert code != 0, log_text[-3000:]
     assert "eventlog_writer_died" in log_text
+
+
+def gt_append(town: Path, line: bytes) -> None:
+    """One line appended as ``gt`` does: under the writers' lock, opened by name."""
+    lock = os.open(town / ".events.jsonl.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        with open(town / ".events.jsonl", "ab") as log:
+            log.write(line)
+    finally:
+        os.close(lock)
+
+
+def test_gt_lines_appended_while_a_replaced_log_is_reread_are_indexed_once(
+    tmp_path: Path,
+) -> None:
+    town = make_town(tmp_path / "town")
+    line = b'{"ts":"2026-12-05T05:00:00Z","source":"gt","type":"nudge","payload":{"i":%d}}\n'
+    (town / ".events.jsonl").write_bytes(b"".join(line % i for i in range(100_000)))
+    proc = DaemonProcess(town, log_path=tmp_path / "daemon.log").wait_ready(60)
+    try:
+        stop = threading.Event()
+
+        def appender() -> None:
+            j = 0
+            while not stop.is_set():
+                gt_append(
+                    town, b'{"ts":"2026-12-05T05:00:00Z","type":"gt","payload":{"j":%d}}\n' % j
+                )
+                j += 1
+                time.sleep(0.001)
+
+        thread = threading.Thread(target=appender)
+        thread.start()
+        try:
+            # A prune by another tool, under the lock (so it loses none of gt's lines): a copy
+            # without the first lines renamed over the log.
+            lock = os.open(town / ".events.jsonl.lock", os.O_RDWR)
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                kept = (town / ".events.jsonl").read_bytes().split(b"\n", 1000)[-1]
+                (town / "pruned.tmp").write_bytes(kept)
+                os.replace(town / "pruned.tmp", town / ".events.jsonl")
+            finally:
+                os.close(lock)
+            time.sleep(1.0)
+        finally:
+            stop.set()
+            thread.join()
+        with proc.client(timeout_s=30) as client:
+            client.emit("mail", "rel/reread", {"to": "after"})
+            raw, lines = read_log(town)
+            assert client.status().eventlog.lines == len(lines)
+            appended = [line["payload"]["j"] for line in lines if line["type"] == "gt"]
+            assert appended == list(range(len(appended)))
+            served = client.query_events(types=["gt"], limit=len(appended) + 10)
+            assert sorted(event["payload"]["j"] for event in served) == appended
+        assert "eventlog_reloaded" in proc.log_path.read_text()
+    finally:
+        code = proc.terminate()
+    assert code == 0, proc.log()
