@@ -169,7 +169,7 @@ def test_gt_lines_appended_while_a_replaced_log_is_reread_are_indexed_once(
             thread.join()
         with proc.client(timeout_s=30) as client:
             client.emit("mail", "rel/reread", {"to": "after"})
-            raw, lines = read_log(town)
+            _raw, lines = read_log(town)
             assert client.status().eventlog.lines == len(lines)
             appended = [line["payload"]["j"] for line in lines if line["type"] == "gt"]
             assert appended == list(range(len(appended)))
