@@ -364,13 +364,13 @@ def failed_batch(exc: Exception, size: int) -> StorageError:
     """
     if isinstance(exc, StorageError):
         return exc
-    log.error(
-        "eventlog_batch_failed",
-        error=getattr(exc, "strerror", None) or repr(exc),
-        errno=getattr(exc, "errno", None),
-        bytes=size,
-    )
-    return StorageError(f"could not write the event log ({exc}); nothing was written")
+    log.error("eventlog_batch_failed", error=repr(exc), bytes=size)
+    # The client is told the cause, never the paths or the internals behind it.
+    if isinstance(exc, OSError) and exc.strerror:
+        reason = "disk full" if exc.errno == errno.ENOSPC else exc.strerror
+    else:
+        reason = "internal error"
+    return StorageError(f"could not write the event log ({reason}); nothing was written")
 
 
 def copy_range(source: int, target: int, offset: int, length: int) -> None:
