@@ -21,6 +21,8 @@ def whole_lines_now(fd: int) -> bytes:
     """The file's bytes up to its last newline (lock not held: a line may be mid-write)."""
     size = os.fstat(fd).st_size
     data = pread_all(fd, size, 0) if size else b""
+    if data.endswith(b"\n"):  # the usual case: no copy of a file that may be gigabytes
+        return data
     return data[: data.rfind(b"\n") + 1]
 
 
