@@ -164,8 +164,9 @@ class LogFile:
             self._quarantine(torn, cut_at)
         except OSError as exc:
             # Cutting without the copy would lose the torn bytes for good, and appending
-            # after them would glue our line to theirs: leave the file as it is and refuse
-            # this write; the next one tries the repair again (e.g. once space is freed).
+            # after them would glue our line to theirs: leave the file as it is and fail
+            # (the batch is answered io_error; at start-up, the start is refused); the next
+            # write tries the repair again (e.g. once space is freed).
             log.error(
                 "eventlog_tail_not_quarantined",
                 error=exc.strerror,
@@ -173,11 +174,7 @@ class LogFile:
                 torn_bytes=len(torn),
                 at_offset=cut_at,
             )
-            reason = "disk full" if exc.errno == errno.ENOSPC else exc.strerror
-            raise StorageError(
-                f"could not save the log's torn last line before cutting it ({reason});"
-                " nothing was written"
-            ) from exc
+            raise
         os.ftruncate(fd, cut_at)
         os.fsync(fd)
         self.quarantined += 1
