@@ -8,6 +8,7 @@ killing the daemon), raised again with ``prlimit`` to play "space was freed".
 
 from __future__ import annotations
 
+import fcntl
 import os
 import resource
 import shutil
@@ -188,3 +189,48 @@ def test_file_size_limit_gives_io_error_leaves_no_torn_line_and_recovers() -> No
         code = proc.terminate()
         shutil.rmtree(base, ignore_errors=True)
     assert code == 0
+
+
+def test_torn_tail_on_a_full_disk_is_kept_refused_and_repaired_once_there_is_room(
+    small_fs: Path,
+) -> None:
+    """The repair saves a torn tail before cutting it: when the copy cannot be written, the
+    torn bytes stay in the log untouched, the emit is refused, and the daemon keeps serving;
+    once there is room, the next emit repairs the tail (the copy kept) and is written."""
+    town = make_town(small_fs / "town")
+    proc = DaemonProcess(town, log_path=small_fs.parent / "daemon.log").wait_ready()
+    try:
+        with proc.client() as client:
+            client.emit("fill", "rel/disk", {"id": "before"})
+            torn = b'{"ts":"2026-12-05T05:00:00Z","source":"gt","type":"ma'
+            lock = os.open(town / ".events.jsonl.lock", os.O_RDWR)
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX)  # a gt that died mid-line, under the lock
+                with open(town / ".events.jsonl", "ab") as log:
+                    log.write(torn)
+            finally:
+                os.close(lock)
+            filler = small_fs / "filler"
+            with open(filler, "wb") as out:
+                out.write(b"\xa5" * free_bytes(small_fs))
+            assert free_bytes(small_fs) < 4096
+            with_torn = (town / ".events.jsonl").read_bytes()
+
+            for attempt in range(2):  # the writer survives its failure: the next one too
+                with pytest.raises(RequestRejected) as refused:
+                    client.emit("fill", "rel/disk", {"id": f"full-{attempt}"})
+                assert refused.value.code == "io_error", refused.value
+                assert "nothing was written" in refused.value.message
+                assert (town / ".events.jsonl").read_bytes() == with_torn
+            assert client.ping().pong
+
+            filler.unlink()
+            client.emit("fill", "rel/disk", {"id": "after"})
+            _raw, lines = read_log(town)
+            assert ids_of(lines) == ["before", "after"]
+            saved = list(town.rglob("*.torn"))
+            assert [path.read_bytes() for path in saved] == [torn]
+        assert "eventlog_tail_not_quarantined" in proc.log()
+    finally:
+        code = proc.terminate()
+    assert code == 0, proc.log()

@@ -41,7 +41,13 @@ from gastownd.core.archive import (
     legacy_member,
 )
 from gastownd.core.index import EventIndex
-from gastownd.eventlog.logstate import fsync_dir, runs_of, write_all, write_atomically
+from gastownd.eventlog.logstate import (
+    fsync_dir,
+    pread_all,
+    runs_of,
+    write_all,
+    write_atomically,
+)
 
 log = structlog.get_logger("gastownd.archive")
 
@@ -363,7 +369,7 @@ class _BatchWriter:
         self, fd: int, positions: Sequence[int], starts: list[int], ends: list[int]
     ) -> None:
         base = starts[0]
-        data = os.pread(fd, ends[-1] - base, base)
+        data = pread_all(fd, ends[-1] - base, base)
         if len(data) != ends[-1] - base:
             raise OSError(0, "the event log shrank while it was archived")
         lines = [data[s - base : e - base] for s, e in zip(starts, ends, strict=True)]

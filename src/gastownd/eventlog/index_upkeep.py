@@ -58,12 +58,12 @@ class IndexUpkeep:
                 self.seqmap, end=len(rewrite.data), tail=rewrite.tail
             )
             write_seqmap(self.state_dir, checkpoint)
-        else:
-            for part in observation.appended:
-                if isinstance(part, LongLine):
-                    self._index_long_line(part)
-                else:
-                    self._index_bytes(part, external=True)
+        # Lines appended by others (after a rewrite: those appended while it was read).
+        for part in observation.appended:
+            if isinstance(part, LongLine):
+                self._index_long_line(part)
+            else:
+                self._index_bytes(part, external=True)
 
     def switch_to(self, index: EventIndex, fd: int, seqmap: SeqMap) -> None:
         """A prune's swap (event loop): the new file, its index and its seqmap."""

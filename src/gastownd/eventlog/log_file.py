@@ -23,7 +23,15 @@ import structlog
 
 from gastownd.core.index import EventIndex
 from gastownd.eventlog.indexer import LongLine, whole_lines
-from gastownd.eventlog.logstate import TAIL_SIGNATURE, fsync_dir, read_tail, tail_matches, write_all
+from gastownd.eventlog.logstate import (
+    TAIL_SIGNATURE,
+    fsync_dir,
+    pread_all,
+    read_tail,
+    tail_matches,
+    write_all,
+)
+from gastownd.eventlog.rewrite_read import still_the_start, whole_lines_now
 from gastownd.metrics.buckets import FSYNC_SECONDS, Buckets
 from gastownd.process.refusals import StorageError
 
@@ -97,11 +105,37 @@ class LogFile:
 
     @contextmanager
     def flocked(self) -> Iterator[None]:
-        fcntl.flock(self.lock_fd, fcntl.LOCK_EX)
+        self._lock_named_file()
         try:
             yield
         finally:
             fcntl.flock(self.lock_fd, fcntl.LOCK_UN)
+
+    def _lock_named_file(self) -> None:
+        """Flock the file that ``lock_path`` names now, reopening it if it was replaced.
+
+        ``gt`` opens (creates) the lock file by name for every append: when
+        the lock file was deleted or renamed, a flock on the descriptor we
+        opened earlier excludes nobody. So once the flock is held, the name
+        must still lead to the locked inode; if not, the name is opened again
+        and the flock retaken (the usual lock-file dance). Should the new
+        open fail, the old descriptor is kept and the error raised: the next
+        attempt tries again.
+        """
+        while True:
+            fcntl.flock(self.lock_fd, fcntl.LOCK_EX)
+            held = os.fstat(self.lock_fd)
+            try:
+                named = os.stat(self.lock_path)
+            except FileNotFoundError:
+                named = None
+            if named is not None and (named.st_dev, named.st_ino) == (held.st_dev, held.st_ino):
+                return
+            fcntl.flock(self.lock_fd, fcntl.LOCK_UN)
+            stale = self.lock_fd
+            self.open_lock()
+            os.close(stale)
+            log.warning("eventlog_lock_file_reopened", missing=named is None)
 
     def repair_tail(self, fd: int, known_end: int) -> int:
         """Cut a torn or NUL-padded last line back to the last newline (lock held).
@@ -117,7 +151,7 @@ class LogFile:
         position = size
         while position > known_end:
             start = max(known_end, position - (1 << 20))
-            block = os.pread(fd, position - start, start)
+            block = pread_all(fd, position - start, start)
             newline = block.rfind(b"\n")
             if newline >= 0:
                 cut_at = start + newline + 1
@@ -125,8 +159,22 @@ class LogFile:
             position = start
         if cut_at == size:
             return size
-        torn = os.pread(fd, size - cut_at, cut_at)
-        self._quarantine(torn, cut_at)
+        torn = pread_all(fd, size - cut_at, cut_at)
+        try:
+            self._quarantine(torn, cut_at)
+        except OSError as exc:
+            # Cutting without the copy would lose the torn bytes for good, and appending
+            # after them would glue our line to theirs: leave the file as it is and fail
+            # (the batch is answered io_error; at start-up, the start is refused); the next
+            # write tries the repair again (e.g. once space is freed).
+            log.error(
+                "eventlog_tail_not_quarantined",
+                error=exc.strerror,
+                errno=exc.errno,
+                torn_bytes=len(torn),
+                at_offset=cut_at,
+            )
+            raise
         os.ftruncate(fd, cut_at)
         os.fsync(fd)
         self.quarantined += 1
@@ -167,15 +215,33 @@ class LogFile:
                 appended = list(whole_lines(self.fd, end, size))
                 self.remember(size)
                 return Observation(appended=appended)
-            return Observation(rewrite=self._reread(self.fd, None, current_index()))
+            return self._reread(self.fd, None, current_index())
         known = current_index()
         new_fd = self._open_log()
-        return Observation(rewrite=self._reread(new_fd, new_fd, known))
+        try:
+            return self._reread(new_fd, new_fd, known)
+        except BaseException:
+            os.close(new_fd)  # not adopted: the next look opens the name again
+            raise
 
-    def _reread(self, fd: int, new_fd: int | None, old: EventIndex) -> Rewrite:
-        size = self.repair_tail(fd, 0)
-        data = os.pread(fd, size, 0) if size else b""
-        index, fresh_from, removed = old.rematch(data)
+    def _reread(self, fd: int, new_fd: int | None, old: EventIndex) -> Observation:
+        """Index the whole file again, matched to ``old`` (lock held, released meanwhile).
+
+        The heavy part (reading and matching every line) runs with the lock
+        released (see ``rewrite_read``); with the lock back, the lines
+        appended meanwhile come as ``appended``, after the rewrite.
+        """
+        with self._unlocked():
+            data = whole_lines_now(fd)
+            index, fresh_from, removed = old.rematch(data)
+        appended: list[bytes | LongLine] = []
+        if still_the_start(self.path, fd, data):
+            size = self.repair_tail(fd, len(data))
+            appended = list(whole_lines(fd, len(data), size))
+        else:  # changed again meanwhile: read it once more, under the lock this time
+            size = self.repair_tail(fd, 0)
+            data = pread_all(fd, size, 0) if size else b""
+            index, fresh_from, removed = old.rematch(data)
         if new_fd is not None:
             info = os.fstat(new_fd)
             self.fd = new_fd
@@ -187,15 +253,26 @@ class LogFile:
             lines=len(index),
             new_lines=len(index) - fresh_from,
             removed=len(removed),
+            appended_meanwhile=len(appended),
         )
-        return Rewrite(
+        rewrite = Rewrite(
             index=index,
             data=data,
             fresh_from=fresh_from,
             removed_max=max(removed, default=-1),
             new_fd=new_fd,
-            tail=self.tail,
+            tail=data[-TAIL_SIGNATURE:],
         )
+        return Observation(appended=appended, rewrite=rewrite)
+
+    @contextmanager
+    def _unlocked(self) -> Iterator[None]:
+        """Release the writers' lock (held by the caller) for the body, then take it again."""
+        fcntl.flock(self.lock_fd, fcntl.LOCK_UN)
+        try:
+            yield
+        finally:
+            self._lock_named_file()
 
     def append(self, data: bytes, sync: bool) -> StorageError | None:
         """Write ``data`` at the end in one ``write`` and sync it (lock held).
@@ -274,6 +351,23 @@ class LogFile:
             if fd >= 0:
                 os.close(fd)
         self.fd = self.lock_fd = -1
+
+
+def failed_batch(exc: Exception, size: int) -> StorageError:
+    """The answer to every emit of a batch whose look at the file, or whose lock, failed.
+
+    Nothing of the batch was written (``append`` cuts its own failures back):
+    each emit is refused, and the writer goes on with the next batch.
+    """
+    if isinstance(exc, StorageError):
+        return exc
+    log.error("eventlog_batch_failed", error=repr(exc), bytes=size)
+    # The client is told the cause, never the paths or the internals behind it.
+    if isinstance(exc, OSError) and exc.strerror:
+        reason = "disk full" if exc.errno == errno.ENOSPC else exc.strerror
+    else:
+        reason = "internal error"
+    return StorageError(f"could not write the event log ({reason}); nothing was written")
 
 
 def copy_range(source: int, target: int, offset: int, length: int) -> None:

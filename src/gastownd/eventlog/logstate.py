@@ -187,6 +187,29 @@ def tail_matches(fd: int, end: int, tail: bytes) -> bool:
     return not tail or os.pread(fd, len(tail), end - len(tail)) == tail
 
 
+# Linux reads at most this many bytes in one read(2)/pread(2), whatever is asked.
+MAX_SINGLE_READ = 0x7FFFF000
+
+
+def pread_all(fd: int, length: int, offset: int) -> bytes:
+    """``length`` bytes from ``offset``, or fewer only at the file's end.
+
+    One ``os.pread`` returns at most ``MAX_SINGLE_READ`` bytes (about 2 GiB):
+    a log or a window larger than that needs several.
+    """
+    if length <= MAX_SINGLE_READ:
+        return os.pread(fd, length, offset)
+    parts: list[bytes] = []
+    while length > 0:
+        part = os.pread(fd, min(length, MAX_SINGLE_READ), offset)
+        if not part:
+            break
+        parts.append(part)
+        offset += len(part)
+        length -= len(part)
+    return b"".join(parts)
+
+
 def write_all(fd: int, data: bytes) -> None:
     """All of ``data``: one ``os.write`` may write less."""
     view = memoryview(data)

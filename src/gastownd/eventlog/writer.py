@@ -35,7 +35,7 @@ import msgspec
 import structlog
 
 from gastownd.core.index import EventIndex, Known
-from gastownd.eventlog.log_file import LogFile, Observation, Rewrite, copy_range
+from gastownd.eventlog.log_file import LogFile, Observation, Rewrite, copy_range, failed_batch
 from gastownd.metrics.buckets import BATCH_LINES, Buckets
 from gastownd.process.refusals import StorageError
 
@@ -113,7 +113,15 @@ class Writer:
     async def run(self) -> None:
         """The writer's thread, for the daemon's lifetime (until ``close``)."""
         self._loop = asyncio.get_running_loop()
-        await anyio.to_thread.run_sync(self._main, limiter=anyio.CapacityLimiter(1))
+        try:
+            await anyio.to_thread.run_sync(self._main, limiter=anyio.CapacityLimiter(1))
+        except BaseException as exc:
+            # Nothing runs the queue any more: ``close`` must not wait for it, and the
+            # error goes on up, so the daemon stops (non-zero) instead of hanging.
+            self.closed = True
+            if not isinstance(exc, anyio.get_cancelled_exc_class()):
+                log.critical("eventlog_writer_died", error=repr(exc))
+            raise
 
     def put(self, item: Append) -> None:
         """Queue an append (event loop). The appends of one loop turn reach the thread
@@ -214,9 +222,12 @@ class Writer:
         data = b"".join(item.line for item in items)
         self.batch_lines.observe(len(items))
         file = self.file
-        with file.flocked():
-            observation = file.observe(self.settled_index)
-            error = file.append(data, self.sync)
+        try:
+            with file.flocked():
+                observation = file.observe(self.settled_index)
+                error = file.append(data, self.sync)
+        except Exception as exc:  # the thread must live on: the batch fails, the next one tries
+            observation, error = Observation(), failed_batch(exc, len(data))
         batch = Batch(observation=observation, items=items, data=data, error=error)
         assert self._loop is not None
         self._loop.call_soon_threadsafe(self._batch_done, batch)
