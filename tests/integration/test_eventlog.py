@@ -545,3 +545,38 @@ def test_ctl_events_follow_prints_backlog_then_live_lines(
     finally:
         follower.terminate()
         follower.wait(10)
+
+
+async def test_a_stalled_subscriber_overflows_at_its_byte_cap_long_before_its_line_cap(
+    town: Path,
+) -> None:
+    """Big lines fill a stalled subscriber's queue by bytes (``MAX_QUEUED_BYTES``) far below
+    the default 10,000 lines: it is dropped the same way, not left holding gigabytes."""
+    from gastown_client import paths
+    from gastownd.process.app import App, build_state
+
+    state = build_state(town, paths.default_config_path(town))
+    app = App(state, install_signal_handlers=False)
+    pad = "z" * 500_000
+    # 3 x subscriptions.MAX_QUEUED_BYTES: well past the cap, even after socket buffers.
+    lines = 3 * (8 << 20) // len(pad)
+    async with anyio.create_task_group() as tg:
+        await tg.start(app.run)
+        slow = AsyncClient(state.paths.socket)
+        await slow.connect()
+        pushes = await slow.subscribe()
+        fast = AsyncClient(state.paths.socket)
+        async with fast:
+            for i in range(lines):
+                await fast.emit("flood", "tester", {"i": i, "pad": pad})
+
+        async def drain() -> None:
+            async for _cursor, _event in pushes:
+                pass
+
+        with pytest.raises(RequestRejected) as info, anyio.fail_after(30):
+            await drain()
+        assert info.value.code == "overflow"
+        assert "8 MiB" in info.value.message
+        await slow.aclose()
+        app.stop()

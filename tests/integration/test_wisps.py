@@ -468,3 +468,32 @@ def test_seance_with_a_vanished_directory_explains(daemon_proc: DaemonProcess, t
     result = run_ctl(town, "seance", sid(98))
     assert result.returncode == 1
     assert "no longer exists" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_an_open_wisp_keeps_step_payloads_up_to_its_byte_budget(town: Path) -> None:
+    """Past ``MAX_KEPT_PAYLOAD_BYTES`` (4 MiB) of payloads, a step keeps kind, time and ref,
+    and its payload says how big it was: the same in memory, after a kill -9, and in the
+    digest's counts."""
+    budget = 4 << 20  # core.wisp.MAX_KEPT_PAYLOAD_BYTES
+    pad = "y" * 500_000
+    proc = DaemonProcess(town).wait_ready()
+    with proc.client() as client:
+        client.session_start(sid(60), "gastown/polecats/nux")
+        for n in range(12):
+            client.session_step(sid(60), "commit", ref=f"c{n}", payload={"subject": pad})
+    proc.kill()
+    proc = DaemonProcess(town).wait_ready()
+    try:
+        with proc.client() as client:
+            steps = client.wisp(sid(60)).steps
+            assert [s.ref for s in steps] == [f"c{n}" for n in range(12)]
+            kept = [s for s in steps if s.payload == {"subject": pad}]
+            size = len(json.dumps({"subject": pad}, separators=(",", ":")))
+            assert len(kept) * size <= budget < (len(kept) + 1) * size
+            assert [s.payload for s in steps[len(kept) :]] == [{"payload_not_kept_bytes": size}] * (
+                12 - len(kept)
+            )
+            digest = client.session_end(sid(60), "done")
+            assert digest.step_count == 12 and digest.counts == {"commit": 12}
+    finally:
+        assert proc.terminate() == 0

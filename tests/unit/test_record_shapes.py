@@ -40,7 +40,8 @@ def fields(struct: type[msgspec.Struct]) -> set[str]:
 @pytest.mark.parametrize(
     ("record", "view", "record_only", "view_only"),
     [
-        (Wisp, WispView, {"pid"}, {"step_count"}),
+        # payload_bytes: the wisp's own bookkeeping of its payload budget (core.wisp).
+        (Wisp, WispView, {"pid", "payload_bytes"}, {"step_count"}),
         (Step, StepView, set(), set()),
         (Digest, DigestView, set(), {"node", "remote"}),
         (Commit, CommitView, set(), set()),

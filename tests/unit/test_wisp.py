@@ -503,3 +503,23 @@ def test_decoding_a_wisp_with_a_bad_time_fails_with_its_path() -> None:
         msgspec.ValidationError, match=r"kind must not be empty - at `\$.steps\[0\]`"
     ):
         msgspec.json.decode(msgspec.json.encode(fields), type=Wisp)
+
+
+def test_the_payload_budget_is_per_segment_and_a_step_past_it_keeps_its_size() -> None:
+    from gastownd.core.wisp import MAX_KEPT_PAYLOAD_BYTES, PAYLOAD_NOT_KEPT
+
+    big = {"out": "x" * (MAX_KEPT_PAYLOAD_BYTES // 2)}
+    size = len(msgspec.json.encode(big))
+    wisp = start(None, StartArgs(session_id=SID, actor=ACTOR), now=T0)
+    for n in range(3):
+        wisp = step(wisp, "note", f"r{n}", big, now=T0 + n)
+    assert [s.payload for s in wisp.steps] == [
+        big,
+        {PAYLOAD_NOT_KEPT: size},
+        {PAYLOAD_NOT_KEPT: size},
+    ]
+    assert wisp.payload_bytes == size
+    wisp, digest = squash(wisp, "done", now=T0 + 9)
+    assert digest.step_count == 3 and wisp.payload_bytes == 0
+    reopened = start(wisp, StartArgs(session_id=SID, actor=ACTOR, source="resume"), now=T0 + 10)
+    assert step(reopened, "note", None, big, now=T0 + 11).steps[0].payload == big

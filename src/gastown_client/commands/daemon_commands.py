@@ -103,6 +103,10 @@ def _print_status(status: StatusResult) -> None:
         rows.append(("hooks trimmed", f"{status.hooks_trimmed} calls cut to fit the frame limit"))
     if status.hooks_lost:
         rows.append(("hooks lost", f"{status.hooks_lost} calls not applied (hook_call_lost)"))
+    if status.spool_entries_skipped:
+        rows.append(
+            ("spool skipped", f"{status.spool_entries_skipped} entries (spool_entry_skipped)")
+        )
     rows += federation_rows(status.federation)
     width = max(len(label) for label, _ in rows)
     for label, value in rows:

@@ -156,6 +156,9 @@ class StatusResult(msgspec.Struct, kw_only=True):
     # Hook calls the hook could not get applied (refused, not spooled, an unreadable
     # reply...), counted from its notes: each is logged as ``hook_call_lost``.
     hooks_lost: int = 0
+    # Entries of the hook spool skipped (another uid's file, a directory, a FIFO, a symlink...),
+    # counted once per state they were seen in: each is logged as ``spool_entry_skipped``.
+    spool_entries_skipped: int = 0
     # Config keys a SIGHUP read but that apply only at the next start.
     config_restart_pending: list[str] = msgspec.field(default_factory=list)
     # Set while older lines are indexed in the background (None: all indexed).

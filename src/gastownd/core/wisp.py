@@ -30,6 +30,13 @@ import msgspec
 from gastownd.core.digest import Digest, make_digest
 
 MAX_EPOCH_S: Final = 1e11
+# Bytes of step payloads (as JSON) one wisp segment keeps. Past it a step keeps its kind,
+# time and ref, and its payload becomes ``{PAYLOAD_NOT_KEPT: <its size>}``: an open wisp
+# lives in memory, and with steps up to the 1 MiB frame limit, a count of steps alone did
+# not bound it (2,000 steps of 100 KB held 195 MiB). See docs/sessions.md, "Steps".
+MAX_KEPT_PAYLOAD_BYTES: Final = 4 << 20
+PAYLOAD_NOT_KEPT: Final = "payload_not_kept_bytes"
+_payload_encoder: Final = msgspec.json.Encoder()
 
 
 class WispState(StrEnum):
@@ -166,6 +173,8 @@ class Wisp(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     ended_at: float | None = None
     segment: int = 1
     steps: tuple[Step, ...] = ()
+    # Bytes of the payloads ``steps`` keep (``MAX_KEPT_PAYLOAD_BYTES`` at most).
+    payload_bytes: int = 0
     state: WispState = WispState.OPEN
     end_reason: str | None = None
 
@@ -279,6 +288,7 @@ def start(existing: Wisp | None, args: StartArgs, *, now: float) -> Wisp:
             ended_at=None,
             segment=existing.segment + 1,
             steps=(),
+            payload_bytes=0,
             state=WispState.OPEN,
             end_reason=None,
         )
@@ -297,13 +307,12 @@ def step(
 ) -> Wisp:
     """The wisp with one more step at ``now``; only an open wisp takes steps."""
     transition(wisp.state, Op.STEP, wisp.session_id)
-    new = Step(
-        kind=str(kind),
-        at=float(now),
-        ref=ref,
-        payload=dict(payload) if payload is not None else None,
-    )
-    return _append(wisp, new)
+    kept = dict(payload) if payload is not None else None
+    size = len(_payload_encoder.encode(kept)) if kept else 0
+    if wisp.payload_bytes + size > MAX_KEPT_PAYLOAD_BYTES:
+        kept, size = {PAYLOAD_NOT_KEPT: size}, 0
+    new = Step(kind=str(kind), at=float(now), ref=ref, payload=kept)
+    return msgspec.structs.replace(_append(wisp, new), payload_bytes=wisp.payload_bytes + size)
 
 
 def squash(wisp: Wisp, reason: str, *, now: float, prev_hash: str = "") -> tuple[Wisp, Digest]:
@@ -334,7 +343,7 @@ def _end(
         ended_at=max(now, wisp.last_activity_at),
     )
     digest = make_digest(ended, prev_hash=prev_hash)
-    return msgspec.structs.replace(ended, steps=()), digest
+    return msgspec.structs.replace(ended, steps=(), payload_bytes=0), digest
 
 
 def ended_before(wisp: Wisp, at: float) -> bool:

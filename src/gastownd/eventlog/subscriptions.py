@@ -1,6 +1,8 @@
 """Fan-out of indexed lines to subscribers, each behind its own bounded queue.
 
-Publishing never waits: a subscriber whose queue is full is marked
+Publishing never waits: a subscriber whose queue is full (``capacity`` lines, or
+``MAX_QUEUED_BYTES`` of lines: lines may be up to the 1 MiB frame limit, so a line count
+alone let one stalled subscriber hold gigabytes) is marked
 overflowed and dropped (it gets an ``overflow`` frame and its connection is
 closed), so a slow reader never slows writers or other subscribers.
 
@@ -24,6 +26,10 @@ from gastownd.core.query import CompiledFilter
 from gastownd.store.remote import RemoteEvent
 
 log = structlog.get_logger("gastownd.subscriptions")
+
+# Bytes of lines one subscriber may have queued, whatever their count. A queue that is not
+# empty takes no line past it, so one line over it (a frame is at most 1 MiB) still goes.
+MAX_QUEUED_BYTES = 8 << 20
 
 
 class Published(msgspec.Struct, frozen=True):
@@ -52,14 +58,21 @@ class NodeScope(msgspec.Struct, frozen=True):
 
 class Subscriber:
     def __init__(
-        self, sub_id: int, flt: CompiledFilter, capacity: int, scope: NodeScope | None = None
+        self,
+        sub_id: int,
+        flt: CompiledFilter,
+        capacity: int,
+        scope: NodeScope | None = None,
+        byte_capacity: int = MAX_QUEUED_BYTES,
     ) -> None:
         self.id = sub_id
         self.filter = flt
         self.capacity = capacity
         # None: this node's lines only (the subscription of a client unaware of nodes).
         self.scope = scope
+        self.byte_capacity = byte_capacity
         self.queue: deque[Published | RemoteEvent] = deque()
+        self.queued_bytes = 0
         self.overflowed = False
         self.closed = False
         self._wakeup = anyio.Event()
@@ -86,13 +99,24 @@ class Subscriber:
     def _queue(self, item: Published | RemoteEvent) -> bool:
         if not self.filter.matches(item.type, item.actor, item.session, item.ts):
             return True
-        if len(self.queue) >= self.capacity:
+        full = len(self.queue) >= self.capacity
+        if self.queue and self.queued_bytes + len(item.line) > self.byte_capacity:
+            full = True
+        if full:
             self.overflowed = True
             self._wakeup.set()
             return False
         self.queue.append(item)
+        self.queued_bytes += len(item.line)
         self._wakeup.set()
         return True
+
+    def take(self) -> list[Published | RemoteEvent]:
+        """Every queued item, oldest first, leaving the queue empty."""
+        items = list(self.queue)
+        self.queue.clear()
+        self.queued_bytes = 0
+        return items
 
     async def wait(self) -> None:
         if not self.queue and not self.overflowed and not self.closed:

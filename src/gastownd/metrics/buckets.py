@@ -116,6 +116,8 @@ class Counters(msgspec.Struct):
     hooks_trimmed: int = 0
     # Hook calls the hook noted as lost, not applied (also in ``status``).
     hooks_lost: int = 0
+    # Spool entries skipped as unreadable or not regular files, once per state (``status``).
+    spool_entries_skipped: int = 0
 
 
 HOOK_EVENTS = frozenset(

@@ -106,15 +106,15 @@ async def pump(
                     Push(
                         push="overflow",
                         subscription=sub_id,
-                        message=f"subscriber fell more than {subscriber.capacity} lines behind; "
+                        message=f"subscriber fell more than {subscriber.capacity} lines or "
+                        f"{subscriber.byte_capacity >> 20} MiB behind; "
                         "disconnected (resume with the last cursor you received)",
                     )
                 )
                 await conn.abort()
                 return
             if subscriber.queue:
-                items = list(subscriber.queue)
-                subscriber.queue.clear()
+                items = subscriber.take()
                 await conn.send_many(render(items))
                 continue
             if subscriber.closed:

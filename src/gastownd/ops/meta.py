@@ -99,6 +99,7 @@ async def status(daemon: Daemon, request: Status) -> StatusResult:
         federation=await daemon.federation.info(),
         hooks_trimmed=daemon.counters.hooks_trimmed,
         hooks_lost=daemon.counters.hooks_lost,
+        spool_entries_skipped=daemon.counters.spool_entries_skipped,
         config_restart_pending=list(daemon.restart_pending),
         indexing=daemon.eventlog.indexing,
     )

@@ -11,11 +11,18 @@ The hook also leaves notes there (``note-<uid>.jsonl``, one line per call it
 had to cut whole values of, or lost: too deep, cut short, refused): they are
 set aside the same way and logged (``hook_call_cut``, ``hook_call_lost``), at
 most ``MAX_NOTES_LOGGED`` per pass and a count for the rest.
+
+An entry the daemon cannot read as its own regular file (another uid's 0600 file left by a
+hook run under ``sudo``, a directory, a FIFO, a symlink, a socket) is skipped, not fatal: it
+is logged with why (``spool_entry_skipped``), counted, and looked at again only once it
+changes, so it neither crashes the start nor holds back the files after it. A non-regular
+entry is never opened (a FIFO would block) and a symlink is never followed.
 """
 
 from __future__ import annotations
 
 import os
+import stat
 import time
 from pathlib import Path
 
@@ -46,6 +53,55 @@ MAX_NOTE_FILE = 1 << 20
 # past a line's head are tried when the line holds a torn frame before a whole one.
 FRAME_HEAD = b'{"op":"hook","id":1,"payload":'
 MAX_TORN_TRIES = 4
+# Open flags for a spool entry: never follow a symlink, never block on a FIFO swapped in
+# between the lstat and the open.
+SAFE_OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+
+
+class SkippedEntry(Exception):
+    """A spool entry that cannot be read as a regular file of the daemon's: the why."""
+
+
+# What identifies one state of an entry: a skipped entry is looked at again once it changes
+# (a chown, a chmod, an append, a replacement), never in a loop while it stays the same.
+EntryState = tuple[int, int, int, int, int, int, int]
+
+
+def _entry_state(info: os.stat_result) -> EntryState:
+    return (
+        info.st_dev,
+        info.st_ino,
+        info.st_mode,
+        info.st_uid,
+        info.st_size,
+        info.st_mtime_ns,
+        info.st_ctime_ns,
+    )
+
+
+def _check_regular(info: os.stat_result) -> None:
+    if stat.S_ISLNK(info.st_mode):
+        raise SkippedEntry("a symlink (never followed)")
+    if not stat.S_ISREG(info.st_mode):
+        raise SkippedEntry(f"not a regular file (mode {stat.filemode(info.st_mode)})")
+
+
+def _read_entry(path: Path, limit: int = -1) -> bytes:
+    """The bytes of the spool entry ``path`` (at most ``limit``), or ``SkippedEntry`` with
+    why when it is not a regular file the daemon can read. The entry is lstat'ed first so a
+    FIFO or a device is never opened; the open re-checks what it got (the entry may have
+    been swapped in between)."""
+    try:
+        _check_regular(path.lstat())
+        fd = os.open(path, SAFE_OPEN_FLAGS)
+    except OSError as exc:
+        raise SkippedEntry(f"cannot open: {exc.strerror} (errno {exc.errno})") from exc
+    with open(fd, "rb") as file:
+        _check_regular(os.fstat(fd))
+        try:
+            return file.read(limit)
+        except OSError as exc:
+            raise SkippedEntry(f"cannot read: {exc.strerror} (errno {exc.errno})") from exc
 
 
 class SpoolIngester:
@@ -54,6 +110,8 @@ class SpoolIngester:
         self.folder = folder
         self.applied = 0
         self._lock = anyio.Lock()
+        # Entries skipped, by name, in the state they were skipped in.
+        self._skipped: dict[str, EntryState] = {}
 
     def prepare(self) -> None:
         self.folder.mkdir(mode=0o700, exist_ok=True)
@@ -61,9 +119,10 @@ class SpoolIngester:
     async def run(self, stop: anyio.Event) -> None:
         import watchfiles  # not at start: it runs after the first answer (process/housekeeping.py)
 
-        await self.ingest()
         while not stop.is_set():
             try:
+                # Inside the try: a pass that fails (the folder gone...) is retried, not fatal.
+                await self.ingest()
                 async for _changes in watchfiles.awatch(
                     self.folder,
                     recursive=False,
@@ -90,20 +149,64 @@ class SpoolIngester:
             self.daemon.counters.hooks_lost += _log_notes(notes)
             count = 0
             for path in sorted(self.folder.glob(f"{INGESTING_PREFIX}*")):
-                count += await self._ingest_file(path)
+                if not self._unchanged_since_skipped(path):
+                    count += await self._ingest_file(path)
             if count:
                 log.info("spool_ingested", requests=count)
             self.applied += count
             return count
 
+    def _unchanged_since_skipped(self, path: Path) -> bool:
+        """Whether ``path`` was skipped and has not changed since (then it is not looked at)."""
+        skipped = self._skipped.get(path.name)
+        if skipped is None:
+            return False
+        try:
+            return _entry_state(path.lstat()) == skipped
+        except OSError:
+            return False
+
+    def _skip(self, path: Path, why: SkippedEntry) -> None:
+        """Log once that ``path`` is skipped and why; count it once per state it is in."""
+        try:
+            state = _entry_state(path.lstat())
+        except OSError:
+            return  # gone: nothing left to skip
+        if self._skipped.get(path.name) == state:
+            return
+        self._skipped[path.name] = state
+        self.daemon.counters.spool_entries_skipped += 1
+        log.warning("spool_entry_skipped", file=path.name, reason=str(why))
+
     def _set_aside(self) -> int:
         moved = 0
         for prefix, aside in ((PENDING_PREFIX, INGESTING_PREFIX), (NOTE_PREFIX, READING_PREFIX)):
             for path in sorted(self.folder.glob(f"{prefix}*.jsonl")):
-                if path.stat().st_size == 0:
+                if self._unchanged_since_skipped(path):
+                    continue
+                try:
+                    info = path.lstat()
+                    _check_regular(info)
+                    if info.st_size == 0:
+                        continue
+                    # Only a file the daemon can open is set aside: another uid's stays under
+                    # its own name, where its hook keeps appending.
+                    os.close(os.open(path, SAFE_OPEN_FLAGS))
+                except SkippedEntry as why:
+                    self._skip(path, why)
+                    continue
+                except OSError as exc:
+                    self._skip(
+                        path, SkippedEntry(f"cannot open: {exc.strerror} (errno {exc.errno})")
+                    )
                     continue
                 stamp = f"{time.time_ns():020d}"
-                os.rename(path, path.with_name(f"{aside}{stamp}-{path.name}"))
+                try:
+                    os.rename(path, path.with_name(f"{aside}{stamp}-{path.name}"))
+                except OSError as exc:
+                    self._skip(path, SkippedEntry(f"cannot rename: {exc.strerror}"))
+                    continue
+                self._skipped.pop(path.name, None)
                 moved += 1
         return moved
 
@@ -111,19 +214,28 @@ class SpoolIngester:
         """The lines of the notes set aside (after the grace), whose files are then removed."""
         lines: list[bytes] = []
         for path in sorted(self.folder.glob(f"{READING_PREFIX}*")):
+            if self._unchanged_since_skipped(path):
+                continue
             try:
-                with path.open("rb") as file:
-                    lines += file.read(MAX_NOTE_FILE).splitlines()
+                lines += _read_entry(path, MAX_NOTE_FILE).splitlines()
                 path.unlink()
+            except SkippedEntry as why:
+                self._skip(path, why)
             except OSError as exc:
-                log.warning("hook_notes_unreadable", file=path.name, error=str(exc))
+                self._skip(path, SkippedEntry(f"cannot remove: {exc.strerror}"))
         return lines
 
     async def _ingest_file(self, path: Path) -> int:
         sessions = self.daemon.sessions
         name = path.name
         offset = await sessions.db(sessions.store.spool_offset, name)
-        data = await anyio.to_thread.run_sync(path.read_bytes)
+        try:
+            data = await anyio.to_thread.run_sync(_read_entry, path)
+        except SkippedEntry as why:
+            # Left where it is, its offset kept: applied from there once it can be read.
+            self._skip(path, why)
+            return 0
+        self._skipped.pop(name, None)
         count = 0
         while offset < len(data):
             newline = data.find(b"\n", offset)
