@@ -206,3 +206,28 @@ def policy_from_krc(data: Mapping[str, object], fallback: RetentionPolicy) -> Re
         min_retain_count=min_retain,
         prune_interval_s=interval,
     )
+
+
+# How far the clock may sit behind the newest line or the last prune before it looks
+# wrong: other writers' clocks (gt on the same host) and a restart's jitter stay within it.
+CLOCK_TOLERANCE_S = DAY_S
+
+
+def clock_suspect(
+    now_s: float, newest_line_s: int | None, last_prune_s: float | None, max_age_s: float
+) -> str | None:
+    """Why ``now_s`` must not decide which archived days are deleted, or None.
+
+    Deleting a day cannot be undone, so it waits while the clock looks wrong: earlier
+    than the newest line or the last prune (by more than ``CLOCK_TOLERANCE_S``), or so
+    far ahead of the newest line that every line would be past ``max_age_s`` (a clock
+    years ahead, or lines dated by a clock years behind). A town idle for longer than
+    ``max_age_s`` only keeps its archive until a new line arrives: the safe side.
+    """
+    if newest_line_s is not None and now_s < newest_line_s - CLOCK_TOLERANCE_S:
+        return "now is before the newest line"
+    if last_prune_s is not None and now_s < last_prune_s - CLOCK_TOLERANCE_S:
+        return "now is before the last prune"
+    if newest_line_s is not None and now_s - newest_line_s > max_age_s:
+        return "the newest line is older than archive_max_age"
+    return None

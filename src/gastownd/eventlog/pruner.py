@@ -26,7 +26,13 @@ import structlog
 from gastown_client.protocol import MAX_NESTING, PruneResult, nesting_exceeds
 from gastownd.core import archive as archived
 from gastownd.core.index import EventIndex
-from gastownd.core.retention import GAS_TOWN_TTLS_S, RetentionPolicy, policy_from_krc
+from gastownd.core.retention import (
+    DAY_S,
+    GAS_TOWN_TTLS_S,
+    RetentionPolicy,
+    clock_suspect,
+    policy_from_krc,
+)
 from gastownd.eventlog.archive_files import crash_here_for_tests
 from gastownd.eventlog.event_log import EventLog
 from gastownd.eventlog.logstate import SeqMap, write_seqmap
@@ -43,6 +49,8 @@ log = structlog.get_logger("gastownd.pruner")
 KRC_NAME = ".krc.yaml"
 # Gas Town writes a few hundred bytes; anything near this is not its file.
 MAX_KRC_BYTES = 1 << 20
+# The lines the newest ts is looked for among: out-of-order writers stay within it.
+NEWEST_LINE_WINDOW = 1000
 
 
 def policy_from_config(config: RetentionConfig) -> RetentionPolicy:
@@ -233,6 +241,8 @@ async def prune(
         index = eventlog.index
         count = len(index)
         end = index.end
+        # Before the prune: one that archives every line leaves none to judge the clock by.
+        newest_line_s = _newest_line_s(index)
         protect_from = None if keep_after_seq is None else index.position_after(keep_after_seq)
         # Our own descriptor of the file planned from, which the worker reads the lines it
         # archives through and the copy the kept ones: a rewrite may close the log's.
@@ -255,7 +265,7 @@ async def prune(
                     if not dry_run:
                         eventlog.last_prune_at = now_s
                         eventlog.last_prune_removed = 0
-                        await _expire_archive(eventlog, now_s, archive_max_age_s)
+                        await _expire_archive(eventlog, now_s, archive_max_age_s, newest_line_s)
                     result.duration_ms = round((time.monotonic() - started) * 1000, 3)
                     if not dry_run:
                         eventlog.prune_seconds.observe(time.monotonic() - started)
@@ -299,7 +309,7 @@ async def prune(
             # The last descriptor of the replaced file: closing it frees its blocks, which
             # takes a while for a big file; not on the event loop.
             await anyio.to_thread.run_sync(os.close, source_fd)
-        await _expire_archive(eventlog, now_s, archive_max_age_s)
+        await _expire_archive(eventlog, now_s, archive_max_age_s, newest_line_s)
     eventlog.last_prune_at = now_s
     eventlog.last_prune_removed = decided.removed_total
     result.archived = archived_lines
@@ -422,10 +432,39 @@ def _abandon(eventlog: EventLog, temp_fd: int, temp_path: Path, archive: bool) -
     temp_path.unlink(missing_ok=True)
 
 
-async def _expire_archive(eventlog: EventLog, now_s: float, max_age_s: float | None) -> None:
-    """Delete archived days older than ``archive_max_age``; later cursors into them resync."""
+def _newest_line_s(index: EventIndex) -> int | None:
+    """The newest ts among the log's last lines (appended in time order, give or take a
+    writer's skew), or None for an empty log. Malformed lines count as 0."""
+    tail = index.ts[max(0, len(index) - NEWEST_LINE_WINDOW) : len(index)]
+    return max(tail) if len(tail) else None
+
+
+async def _expire_archive(
+    eventlog: EventLog, now_s: float, max_age_s: float | None, newest_line_s: int | None
+) -> None:
+    """Delete archived days older than ``archive_max_age``; later cursors into them resync.
+
+    Not while the clock looks wrong (``clock_suspect``): the deletion is for good.
+    """
     archive = eventlog.archive
     if max_age_s is None:
+        await anyio.to_thread.run_sync(archive.refresh_summary)
+        return
+    if newest_line_s is None:
+        # An empty log: the archive's last day stands for the newest line.
+        last_day = (await anyio.to_thread.run_sync(archive.refresh_summary)).last_day
+        newest_line_s = archived.day_start(last_day) + DAY_S - 1 if last_day else None
+    suspect = clock_suspect(now_s, newest_line_s, eventlog.last_prune_at, max_age_s)
+    if suspect is not None:
+        log.warning(
+            "prune_clock_suspect",
+            reason=suspect,
+            now=now_s,
+            newest_line=newest_line_s,
+            last_prune=eventlog.last_prune_at,
+            archive_max_age_s=max_age_s,
+            action="no archived day deleted",
+        )
         await anyio.to_thread.run_sync(archive.refresh_summary)
         return
     before_day = archived.day_name(int(now_s - max_age_s))
