@@ -363,6 +363,38 @@ def test_archive_max_age_deletes_old_days_and_cursors_into_them_resync(town: Pat
         assert proc.terminate() == 0
 
 
+def _clock(offset_days: int) -> dict[str, str]:
+    return {**os.environ, "GASTOWND_TEST_CLOCK_OFFSET_S": str(offset_days * 86_400)}
+
+
+@pytest.mark.parametrize(
+    ("writer_days", "pruner_days"),
+    [(-2 * 365, 0), (0, 2 * 365)],
+    ids=["lines-dated-by-a-clock-behind", "prune-with-a-clock-ahead"],
+)
+def test_a_clock_years_off_deletes_no_archived_day(
+    town: Path, writer_days: int, pruner_days: int
+) -> None:
+    # The prune archives the lines (reversible) but deletes no archived day: the clock
+    # and the lines disagree by 2 years, more than archive_max_age.
+    make_town(town, [], 'enabled = false\narchive_max_age = "365d"\n')
+    writer = DaemonProcess(town, env=_clock(writer_days)).wait_ready()
+    try:
+        with writer.client() as client:
+            for i in range(5):
+                client.emit("mail", "mayor", {"i": i})
+    finally:
+        assert writer.terminate() == 0
+    proc = DaemonProcess(town, env=_clock(pruner_days)).wait_ready()
+    try:
+        with proc.client() as client:
+            client.prune()
+            assert len(client.query(archive=True, limit=100).events) == 5
+        assert "prune_clock_suspect" in proc.log()
+    finally:
+        assert proc.terminate() == 0
+
+
 def test_query_with_archive_on_an_empty_town_finds_nothing_and_checks_filters(town: Path) -> None:
     make_town(town, [])
     proc = DaemonProcess(town).wait_ready()

@@ -172,3 +172,12 @@ def test_replay_gives_every_seq_in_range_once_in_order(
     assert all(0 < len(c) <= chunk for c in chunks)
     seqs = [seq for c in chunks for seq, _ in c]
     assert seqs == sorted({s for g in groups for s in g if after < s <= upto})
+
+
+def test_day_name_clamps_a_moment_stored_before_the_range_check() -> None:
+    # An index restored from an older version may hold the UTC moment of
+    # 0001-01-01T00:00:00+01:00 (in year 0): it files under the first day, never raises.
+    assert day_name(-62_135_596_800 - 3600) == "0001-01-01"
+    assert day_name(253_402_300_799 + 86_400) == "9999-12-31"
+    assert day_name(-62_135_596_800 + 400 * 86_400) == "0002-02-05"
+    assert day_start("0001-01-01") == -62_135_596_800

@@ -88,6 +88,21 @@ def test_go_html_escaping_and_nested_sorting() -> None:
         ("2026-01-22T20:33:55+01:00", 1769110435),
         ("nonsense", None),
         ("2026-13-01T00:00:00Z", None),
+        # Strict fields: calendar.timegm would roll these over into later dates.
+        ("2026-01-45T99:99:99Z", None),
+        ("2026-02-30T00:00:00Z", None),
+        ("2026-01-01T24:00:00Z", None),
+        ("2026-01-01T00:60:00Z", None),
+        ("2026-01-01T00:00:60Z", None),
+        ("2026- 1-01T00:00:00Z", None),
+        ("2026-01-01T0+:00:00Z", None),
+        ("2026/01/01T00:00:00Z", None),
+        # The UTC moment must be within years 1..9999.
+        ("0001-01-01T00:00:00Z", events.MIN_TS_S),
+        ("9999-12-31T23:59:59Z", events.MAX_TS_S),
+        ("0001-01-01T00:00:00+01:00", None),
+        ("9999-12-31T23:59:59-01:00", None),
+        ("0001-01-01T01:00:00+01:00", events.MIN_TS_S),
     ],
 )
 def test_parse_ts(text: str, epoch: int | None) -> None:
@@ -96,6 +111,29 @@ def test_parse_ts(text: str, epoch: int | None) -> None:
 
 def test_format_ts_is_whole_seconds_utc() -> None:
     assert events.format_ts(1769110435.9) == "2026-01-22T19:33:55Z"
+
+
+@pytest.mark.parametrize(
+    ("epoch", "text"),
+    [
+        (events.MIN_TS_S - 3600, "0001-01-01T00:00:00Z"),
+        (events.MAX_TS_S + 3600, "9999-12-31T23:59:59Z"),
+        (float("inf"), "9999-12-31T23:59:59Z"),
+        (float("nan"), "0001-01-01T00:00:00Z"),
+        (-(2**63), "0001-01-01T00:00:00Z"),
+    ],
+)
+def test_format_ts_clamps_a_time_stored_before_the_range_check(epoch: float, text: str) -> None:
+    assert events.format_ts(epoch) == text
+
+
+def test_parse_stamps_is_as_strict_as_parse_ts() -> None:
+    texts: list[str | None] = [
+        "2026-01-22T19:33:55Z",
+        "2026-01-22T19:33:60Z",
+        "2026-01-45T99:99:99Z",
+    ]
+    assert events.parse_stamps(texts) == [1769110435, None, None]
 
 
 def test_parse_line_tolerates_old_lines_and_rejects_garbage() -> None:

@@ -7,6 +7,7 @@ import pytest
 from gastownd.core.retention import (
     DAY_S,
     RetentionPolicy,
+    clock_suspect,
     drive,
     plan_prune,
     plan_prune_steps,
@@ -106,3 +107,25 @@ def test_lines_from_protect_from_on_are_kept_whatever_their_age(protect_from: in
     plan = drive(steps)
     assert plan.keep == list(range(min(protect_from, count), count))
     assert plan.removed_total == min(protect_from, count)
+
+
+@pytest.mark.parametrize(
+    ("now", "newest", "last_prune", "suspect"),
+    [
+        (1000 * DAY_S, 1000 * DAY_S - 60, None, None),  # a live town
+        (1000 * DAY_S, None, None, None),  # nothing to judge by
+        (1000 * DAY_S, 1000 * DAY_S + DAY_S // 2, None, None),  # a writer's skew
+        (1000 * DAY_S, 1002 * DAY_S, None, "before the newest line"),  # clock behind
+        (1000 * DAY_S, 999 * DAY_S, 1002 * DAY_S, "before the last prune"),
+        (1000 * DAY_S, 1000 * DAY_S - 731 * DAY_S, None, "older than archive_max_age"),
+    ],
+)
+def test_clock_suspect_holds_archive_deletion_while_the_clock_looks_wrong(
+    now: float, newest: int | None, last_prune: float | None, suspect: str | None
+) -> None:
+    found = clock_suspect(now, newest, last_prune, max_age_s=365 * DAY_S)
+    if suspect is None:
+        assert found is None
+    else:
+        assert found is not None
+        assert suspect in found

@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 
 import msgspec
 
-from gastownd.core.events import decode_lines, parse_ts, session_of
+from gastownd.core.events import MAX_TS_S, MIN_TS_S, decode_lines, parse_ts, session_of
 from gastownd.core.query import CompiledFilter
 
 DAY_S = 86_400
@@ -61,7 +61,11 @@ Skip = Callable[[Key], bool]
 
 
 def day_name(ts: int) -> str:
-    return datetime.fromtimestamp(ts - ts % DAY_S, UTC).strftime("%Y-%m-%d")
+    # Clamped like format_ts: an index restored from before ts were range-checked may
+    # hold a moment outside years 1..9999; it files under the nearest representable day.
+    ts = min(max(ts, MIN_TS_S), MAX_TS_S)
+    # isoformat, not strftime: glibc's %Y does not pad years before 1000 to four digits.
+    return datetime.fromtimestamp(ts - ts % DAY_S, UTC).date().isoformat()
 
 
 def day_start(name: str) -> int:

@@ -16,7 +16,6 @@ skipped by every read. ``decode_lines`` is the one place that decides.
 from __future__ import annotations
 
 import bisect
-import calendar
 import itertools
 from datetime import UTC, datetime
 from typing import Any
@@ -26,7 +25,6 @@ import msgspec
 from gastown_client.protocol import MAX_NESTING, nesting_exceeds
 
 MAX_LINE_BYTES = 1 << 20
-TS_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 
 _GO_ESCAPES = (
     (b"<", b"\\u003c"),
@@ -64,6 +62,13 @@ def go_escape(data: bytes) -> bytes:
     return data
 
 
+# The moments a stored time may name: years 1 to 9999 in UTC, what ``datetime`` (and so
+# ``format_ts``, the archive's day names) can represent. A ts whose offset moves it
+# outside (0001-01-01T00:00:00+01:00) is not a timestamp: the line is malformed.
+MIN_TS_S = -62_135_596_800  # 0001-01-01T00:00:00Z
+MAX_TS_S = 253_402_300_799  # 9999-12-31T23:59:59Z
+
+
 _last_formatted: tuple[int, str] = (-1, "")
 
 
@@ -71,10 +76,15 @@ def format_ts(epoch_s: float) -> str:
     """Gas Town's timestamp of a moment; the last second formatted is kept (emits come
     many to a second)."""
     global _last_formatted
+    # Clamped: a time stored before ts were range-checked (an older snapshot or session
+    # record) is shown at the nearest end of the range rather than failing the request.
+    if not MIN_TS_S <= epoch_s <= MAX_TS_S:  # NaN too
+        epoch_s = MAX_TS_S if epoch_s > MAX_TS_S else MIN_TS_S
     second = int(epoch_s)
     if _last_formatted[0] == second:
         return _last_formatted[1]
-    text = datetime.fromtimestamp(second, UTC).strftime(TS_FORMAT)
+    # isoformat, not strftime: glibc's %Y does not pad years before 1000 to four digits.
+    text = datetime.fromtimestamp(second, UTC).isoformat()[:19] + "Z"
     _last_formatted = (second, text)
     return text
 
@@ -270,37 +280,48 @@ def parse_ts(text: str) -> int | None:
 
     Gas Town's exact shape takes a fast path (minutes are cached: lines come
     many to a minute); older tools' fractions and offsets are accepted too.
+    Strict: every field in its range (no 2026-01-45T99:99:99Z), the moment within
+    ``MIN_TS_S`` .. ``MAX_TS_S``.
     """
     if len(text) == 20 and text[10] == "T" and text[19] == "Z" and text[16] == ":":
         minute = _minute_cache.get(text[:16])
         if minute is None:
-            try:
-                minute = calendar.timegm(
-                    (
-                        int(text[0:4]),
-                        int(text[5:7]),
-                        int(text[8:10]),
-                        int(text[11:13]),
-                        int(text[14:16]),
-                        0,
-                        0,
-                        0,
-                        0,
-                    )
-                )
-            except ValueError:
+            minute = _parse_minute(text)
+            if minute is None:
                 return None
             if len(_minute_cache) > 200_000:
                 _minute_cache.clear()
             _minute_cache[text[:16]] = minute
-        seconds = text[17:19]
-        if not (seconds.isascii() and seconds.isdigit()):
-            return None
-        return minute + int(seconds)
+        second = _SECONDS.get(text[17:19])
+        return None if second is None else minute + second
     try:
         moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
         return None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
+    try:
+        value = int(moment.timestamp())
+    except (OverflowError, ValueError):
+        return None
+    return value if MIN_TS_S <= value <= MAX_TS_S else None
+
+
+def _parse_minute(text: str) -> int | None:
+    """Epoch seconds of ``YYYY-MM-DDTHH:MM`` (the first 16 characters of ``text``)."""
+    digits = text[0:4] + text[5:7] + text[8:10] + text[11:13] + text[14:16]
+    if not (digits.isascii() and digits.isdigit()) or text[4] + text[7] + text[13] != "--:":
+        return None
+    try:
+        # datetime checks every field (calendar.timegm would take day 45 as a later month).
+        moment = datetime(
+            int(text[0:4]),
+            int(text[5:7]),
+            int(text[8:10]),
+            int(text[11:13]),
+            int(text[14:16]),
+            tzinfo=UTC,
+        )
+    except ValueError:
+        return None
     return int(moment.timestamp())

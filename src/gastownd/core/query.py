@@ -56,5 +56,8 @@ def _bound(name: str, text: str | None) -> int | None:
         return None
     value = parse_ts(text)
     if value is None:
-        raise FilterError(f"{name}: {text!r} is not an RFC 3339 timestamp (2026-01-22T19:33:55Z)")
+        raise FilterError(
+            f"{name}: {text[:64]!r} is not an RFC 3339 timestamp (2026-01-22T19:33:55Z) "
+            "in years 1..9999 UTC"
+        )
     return value

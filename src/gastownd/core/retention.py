@@ -17,6 +17,14 @@ import msgspec
 
 DAY_S = 86_400
 MIN_PRUNE_INTERVAL_S = 1
+# The longest duration the configuration accepts (config.KEYS: "36500d"); a .krc.yaml
+# number above it is refused before it is divided, so 10**400 cannot overflow a float.
+MAX_DURATION_S = 36_500 * DAY_S
+MAX_DURATION_NS = MAX_DURATION_S * 10**9
+# As retention.min_retain_count's range (config.KEYS).
+MAX_RETAIN_COUNT = 1_000_000_000
+# As retention.ttls's range (config.KEYS): each type's TTL is matched for every line type.
+MAX_KRC_TTLS = 1024
 
 GAS_TOWN_TTLS_S: dict[str, int] = {
     "patrol_*": 1 * DAY_S,
@@ -151,8 +159,15 @@ def policy_from_krc(data: Mapping[str, object], fallback: RetentionPolicy) -> Re
     """Gas Town's ``.krc.yaml`` (JSON, durations in integer nanoseconds)."""
 
     def seconds(value: object, what: str) -> float:
-        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-            raise ValueError(f"{what} must be a non-negative duration in nanoseconds")
+        # ``not 0 <= value`` also refuses NaN; the upper bound comes before the division.
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not 0 <= value <= MAX_DURATION_NS
+        ):
+            raise ValueError(
+                f"{what} must be a duration in nanoseconds from 0 to {MAX_DURATION_NS} (36500 days)"
+            )
         return value / 1e9
 
     default_ttl = fallback.default_ttl_s
@@ -164,7 +179,9 @@ def policy_from_krc(data: Mapping[str, object], fallback: RetentionPolicy) -> Re
         if not isinstance(raw_ttls, dict):
             raise ValueError("ttls must be an object of type -> nanoseconds")
         # The file's TTLs override Gas Town's defaults type by type.
-        ttls.update({str(k): seconds(v, f"ttls[{k!r}]") for k, v in raw_ttls.items()})
+        if len(raw_ttls) > MAX_KRC_TTLS:
+            raise ValueError(f"ttls must have at most {MAX_KRC_TTLS} entries")
+        ttls.update({str(k): seconds(v, f"ttls[{str(k)[:40]!r}]") for k, v in raw_ttls.items()})
     interval = fallback.prune_interval_s
     if "prune_interval" in data:
         interval = seconds(data["prune_interval"], "prune_interval") or interval
@@ -176,8 +193,12 @@ def policy_from_krc(data: Mapping[str, object], fallback: RetentionPolicy) -> Re
     min_retain = fallback.min_retain_count
     if "min_retain_count" in data:
         value = data["min_retain_count"]
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise ValueError("min_retain_count must be a non-negative integer")
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int)
+            or not 0 <= value <= MAX_RETAIN_COUNT
+        ):
+            raise ValueError(f"min_retain_count must be an integer from 0 to {MAX_RETAIN_COUNT}")
         min_retain = value
     return RetentionPolicy(
         default_ttl_s=default_ttl,
@@ -185,3 +206,28 @@ def policy_from_krc(data: Mapping[str, object], fallback: RetentionPolicy) -> Re
         min_retain_count=min_retain,
         prune_interval_s=interval,
     )
+
+
+# How far the clock may sit behind the newest line or the last prune before it looks
+# wrong: other writers' clocks (gt on the same host) and a restart's jitter stay within it.
+CLOCK_TOLERANCE_S = DAY_S
+
+
+def clock_suspect(
+    now_s: float, newest_line_s: int | None, last_prune_s: float | None, max_age_s: float
+) -> str | None:
+    """Why ``now_s`` must not decide which archived days are deleted, or None.
+
+    Deleting a day cannot be undone, so it waits while the clock looks wrong: earlier
+    than the newest line or the last prune (by more than ``CLOCK_TOLERANCE_S``), or so
+    far ahead of the newest line that every line would be past ``max_age_s`` (a clock
+    years ahead, or lines dated by a clock years behind). A town idle for longer than
+    ``max_age_s`` only keeps its archive until a new line arrives: the safe side.
+    """
+    if newest_line_s is not None and now_s < newest_line_s - CLOCK_TOLERANCE_S:
+        return "now is before the newest line"
+    if last_prune_s is not None and now_s < last_prune_s - CLOCK_TOLERANCE_S:
+        return "now is before the last prune"
+    if newest_line_s is not None and now_s - newest_line_s > max_age_s:
+        return "the newest line is older than archive_max_age"
+    return None

@@ -23,10 +23,16 @@ import anyio.to_thread
 import msgspec
 import structlog
 
-from gastown_client.protocol import PruneResult
+from gastown_client.protocol import MAX_NESTING, PruneResult, nesting_exceeds
 from gastownd.core import archive as archived
 from gastownd.core.index import EventIndex
-from gastownd.core.retention import GAS_TOWN_TTLS_S, RetentionPolicy, policy_from_krc
+from gastownd.core.retention import (
+    DAY_S,
+    GAS_TOWN_TTLS_S,
+    RetentionPolicy,
+    clock_suspect,
+    policy_from_krc,
+)
 from gastownd.eventlog.archive_files import crash_here_for_tests
 from gastownd.eventlog.event_log import EventLog
 from gastownd.eventlog.logstate import SeqMap, write_seqmap
@@ -34,12 +40,17 @@ from gastownd.eventlog.prune_plan import PruneWorker, prune_worker
 from gastownd.eventlog.prune_steps import copy_kept
 from gastownd.eventlog.writer import LogFile, Observation
 from gastownd.process.config import RetentionConfig, parse_duration
+from gastownd.process.config_file import read_regular_file
 from gastownd.process.daemon import Daemon
-from gastownd.process.refusals import StorageError
+from gastownd.process.refusals import BadRequestError, StorageError
 
 log = structlog.get_logger("gastownd.pruner")
 
 KRC_NAME = ".krc.yaml"
+# Gas Town writes a few hundred bytes; anything near this is not its file.
+MAX_KRC_BYTES = 1 << 20
+# The lines the newest ts is looked for among: out-of-order writers stay within it.
+NEWEST_LINE_WINDOW = 1000
 
 
 def policy_from_config(config: RetentionConfig) -> RetentionPolicy:
@@ -54,34 +65,79 @@ def policy_from_config(config: RetentionConfig) -> RetentionPolicy:
     )
 
 
-def load_policy(daemon: Daemon) -> RetentionPolicy:
-    """``<town>/.krc.yaml`` (Gas Town's file, JSON) when present, else our config.
+class KrcRefused(Exception):
+    """``.krc.yaml`` exists but cannot be used; the message says why (not the path)."""
 
-    Read at every prune, so edits apply without a restart. A broken file is
-    logged and the configuration is used instead.
+    def __init__(self, event: str, reason: str) -> None:
+        super().__init__(reason)
+        self.event = event  # krc_unreadable or krc_invalid
+        self.reason = reason
+
+
+def read_krc(path: Path, fallback: RetentionPolicy) -> RetentionPolicy:
+    """The policy in ``path`` over ``fallback`` (``fallback`` itself when the file is absent).
+
+    Blocking: called in a thread. Raises KrcRefused for a file that is not a regular
+    file (a FIFO would block the reader for good), larger than ``MAX_KRC_BYTES`` (a
+    symlink to /dev/zero), not JSON, nested too deep for the decoder, or holding a value
+    outside its range.
     """
-    fallback = policy_from_config(daemon.config.retention)
-    path = daemon.paths.town / KRC_NAME
     try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
+        raw = read_regular_file(path, MAX_KRC_BYTES + 1)
+    except (FileNotFoundError, NotADirectoryError):
         return fallback
     except OSError as exc:
-        log.warning("krc_unreadable", path=str(path), error=exc.strerror)
-        return fallback
+        raise KrcRefused("krc_unreadable", exc.strerror or str(exc)) from None
+    if len(raw) > MAX_KRC_BYTES:
+        raise KrcRefused("krc_invalid", f"larger than {MAX_KRC_BYTES} bytes")
+    # msgspec recurses once per level: 2,000 nested brackets raise RecursionError.
+    if nesting_exceeds(raw):
+        raise KrcRefused("krc_invalid", f"nests arrays and objects deeper than {MAX_NESTING}")
     try:
         data = msgspec.json.decode(raw)
         if not isinstance(data, dict):
             raise ValueError("must be a JSON object")
         return policy_from_krc(data, fallback)
     except (msgspec.DecodeError, ValueError) as exc:
-        log.warning("krc_invalid", path=str(path), error=str(exc))
+        raise KrcRefused("krc_invalid", str(exc)[:200]) from None
+
+
+async def load_policy(daemon: Daemon) -> RetentionPolicy:
+    """``<town>/.krc.yaml`` (Gas Town's file, JSON) when present and valid, else our config.
+
+    Read at every prune, so edits apply without a restart, and read in a thread: the
+    event loop does no file I/O here. A refused file is logged and the configuration
+    is used instead.
+    """
+    fallback = policy_from_config(daemon.config.retention)
+    try:
+        return await _load_krc(daemon, fallback)
+    except KrcRefused as refused:
+        log.warning(refused.event, path=str(daemon.paths.town / KRC_NAME), error=refused.reason)
         return fallback
 
 
+async def _load_krc(daemon: Daemon, fallback: RetentionPolicy) -> RetentionPolicy:
+    return await anyio.to_thread.run_sync(read_krc, daemon.paths.town / KRC_NAME, fallback)
+
+
 async def prune_now(daemon: Daemon, *, dry_run: bool) -> PruneResult:
-    """The ``prune`` op and the periodic prune: the policy of now, applied."""
-    policy = load_policy(daemon)
+    """The ``prune`` op: the policy of now, applied. A refused ``.krc.yaml`` is the
+    answer (naming the file), rather than a prune under a policy the caller did not mean."""
+    fallback = policy_from_config(daemon.config.retention)
+    try:
+        policy = await _load_krc(daemon, fallback)
+    except KrcRefused as refused:
+        path = daemon.paths.town / KRC_NAME
+        log.warning(refused.event, path=str(path), error=refused.reason)
+        raise BadRequestError(
+            f"{path}: refused ({refused.reason}); fix or remove it to prune"
+        ) from None
+    return await prune_with(daemon, policy, dry_run=dry_run)
+
+
+async def prune_with(daemon: Daemon, policy: RetentionPolicy, *, dry_run: bool) -> PruneResult:
+    """The prune under ``policy``, as the op and the periodic prune run it."""
     if not dry_run:
         # What a line told about a session must be recorded before the line can go.
         await daemon.sessions.record_lines()
@@ -135,12 +191,17 @@ async def prune_remote(daemon: Daemon, policy: RetentionPolicy) -> int:
 async def run_periodic(daemon: Daemon) -> None:
     """Prune at start and then every ``prune_interval`` (both re-read on each round)."""
     while True:
+        policy = await load_policy(daemon)
         if daemon.config.retention.enabled:
             try:
-                await prune_now(daemon, dry_run=False)
+                await prune_with(daemon, policy, dry_run=False)
             except StorageError as exc:
                 log.warning("prune_skipped", reason=exc.message)
-        await anyio.sleep(load_policy(daemon).prune_interval_s)
+            except Exception:
+                # The housekeeping's task group waits on this task: one bad prune must
+                # not stop the watcher, the spool and every later prune with it.
+                log.exception("prune_failed")
+        await anyio.sleep(policy.prune_interval_s)
 
 
 # ---------------------------------------------------------------- the prune
@@ -180,6 +241,8 @@ async def prune(
         index = eventlog.index
         count = len(index)
         end = index.end
+        # Before the prune: one that archives every line leaves none to judge the clock by.
+        newest_line_s = _newest_line_s(index)
         protect_from = None if keep_after_seq is None else index.position_after(keep_after_seq)
         # Our own descriptor of the file planned from, which the worker reads the lines it
         # archives through and the copy the kept ones: a rewrite may close the log's.
@@ -202,7 +265,7 @@ async def prune(
                     if not dry_run:
                         eventlog.last_prune_at = now_s
                         eventlog.last_prune_removed = 0
-                        await _expire_archive(eventlog, now_s, archive_max_age_s)
+                        await _expire_archive(eventlog, now_s, archive_max_age_s, newest_line_s)
                     result.duration_ms = round((time.monotonic() - started) * 1000, 3)
                     if not dry_run:
                         eventlog.prune_seconds.observe(time.monotonic() - started)
@@ -246,7 +309,7 @@ async def prune(
             # The last descriptor of the replaced file: closing it frees its blocks, which
             # takes a while for a big file; not on the event loop.
             await anyio.to_thread.run_sync(os.close, source_fd)
-        await _expire_archive(eventlog, now_s, archive_max_age_s)
+        await _expire_archive(eventlog, now_s, archive_max_age_s, newest_line_s)
     eventlog.last_prune_at = now_s
     eventlog.last_prune_removed = decided.removed_total
     result.archived = archived_lines
@@ -369,10 +432,39 @@ def _abandon(eventlog: EventLog, temp_fd: int, temp_path: Path, archive: bool) -
     temp_path.unlink(missing_ok=True)
 
 
-async def _expire_archive(eventlog: EventLog, now_s: float, max_age_s: float | None) -> None:
-    """Delete archived days older than ``archive_max_age``; later cursors into them resync."""
+def _newest_line_s(index: EventIndex) -> int | None:
+    """The newest ts among the log's last lines (appended in time order, give or take a
+    writer's skew), or None for an empty log. Malformed lines count as 0."""
+    tail = index.ts[max(0, len(index) - NEWEST_LINE_WINDOW) : len(index)]
+    return max(tail) if len(tail) else None
+
+
+async def _expire_archive(
+    eventlog: EventLog, now_s: float, max_age_s: float | None, newest_line_s: int | None
+) -> None:
+    """Delete archived days older than ``archive_max_age``; later cursors into them resync.
+
+    Not while the clock looks wrong (``clock_suspect``): the deletion is for good.
+    """
     archive = eventlog.archive
     if max_age_s is None:
+        await anyio.to_thread.run_sync(archive.refresh_summary)
+        return
+    if newest_line_s is None:
+        # An empty log: the archive's last day stands for the newest line.
+        last_day = (await anyio.to_thread.run_sync(archive.refresh_summary)).last_day
+        newest_line_s = archived.day_start(last_day) + DAY_S - 1 if last_day else None
+    suspect = clock_suspect(now_s, newest_line_s, eventlog.last_prune_at, max_age_s)
+    if suspect is not None:
+        log.warning(
+            "prune_clock_suspect",
+            reason=suspect,
+            now=now_s,
+            newest_line=newest_line_s,
+            last_prune=eventlog.last_prune_at,
+            archive_max_age_s=max_age_s,
+            action="no archived day deleted",
+        )
         await anyio.to_thread.run_sync(archive.refresh_summary)
         return
     before_day = archived.day_name(int(now_s - max_age_s))

@@ -35,7 +35,7 @@ def read_config_file(path: Path, *, required: bool) -> Config | None:
     its range. Never anything else, so start-up and SIGHUP refuse it the same way.
     """
     try:
-        raw = _read_regular_file(path, MAX_CONFIG_BYTES + 1)
+        raw = read_regular_file(path, MAX_CONFIG_BYTES + 1)
     except (FileNotFoundError, NotADirectoryError):
         # NotADirectoryError: a town (or settings/) that is a file, refused elsewhere.
         if not required:
@@ -70,7 +70,7 @@ def read_config_file(path: Path, *, required: bool) -> Config | None:
         raise ConfigError(f"{path}: {_one_line(str(exc))}") from None
 
 
-def _read_regular_file(path: Path, limit: int) -> bytes:
+def read_regular_file(path: Path, limit: int) -> bytes:
     """At most ``limit`` bytes of ``path`` (a file, or a device such as /dev/null).
 
     Opened without blocking and checked before the read: a FIFO in place of the file
