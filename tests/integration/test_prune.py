@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -252,3 +253,51 @@ def test_a_prune_that_empties_the_log_keeps_counting_seqs(town: Path) -> None:
             assert int(after.split(":")[1]) == int(head.split(":")[1]) + 1
     finally:
         assert proc.terminate() == 0, proc.log()
+
+
+def test_a_flood_of_prune_requests_costs_a_few_runs_and_every_one_is_answered(
+    town: Path,
+) -> None:
+    """Pipelined on four connections, two of which leave without reading: 240 requests would
+    take a worker each, one after the other, and hold every later prune behind them."""
+    from tests.integration.test_metrics import samples
+
+    configure(town)  # no periodic prune: every run counted is a request's
+    write_log(town, [line("nudge", timedelta(days=5)), line("mail", timedelta(days=1))])
+    proc = DaemonProcess(town).wait_ready()
+    per_connection = 60
+    try:
+        socks = []
+        for _ in range(4):
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(30)
+            sock.connect(str(proc.socket))
+            sock.sendall(b"".join(b'{"op":"prune","id":%d}\n' % i for i in range(per_connection)))
+            socks.append(sock)
+        for sock in socks[2:]:
+            sock.close()
+        for sock in socks[:2]:
+            replies = read_frames(sock, per_connection)
+            assert [r["id"] for r in replies] == list(range(per_connection))
+            assert all(r["ok"] for r in replies), replies
+            removed = [r["result"]["pruned"] for r in replies]
+            # The first run removes the nudge; a run that starts later finds nothing to.
+            assert all(p in ({"nudge": 1}, {}) for p in removed), removed
+            sock.close()
+        metrics = run_ctl(town, "metrics")
+        assert metrics.returncode == 0, metrics.stderr
+        runs = samples(metrics.stdout)[("gastownd_prune_seconds_count", ())]
+        assert 1 <= runs <= 4, runs
+        # And a prune asked now is answered by a run of its own.
+        assert json.loads(run_ctl(town, "prune", "--json").stdout)["pruned"] == {}
+    finally:
+        assert proc.terminate() == 0
+
+
+def read_frames(sock: socket.socket, count: int) -> list[dict[str, object]]:
+    data = b""
+    while data.count(b"\n") < count:
+        chunk = sock.recv(1 << 16)
+        assert chunk, data
+        data += chunk
+    return [json.loads(frame) for frame in data.splitlines()]

@@ -36,6 +36,7 @@ import anyio.to_thread
 import msgspec
 import structlog
 
+from gastown_client.protocol import PruneResult
 from gastownd.core.index import EventIndex, Known
 from gastownd.core.query import CompiledFilter
 from gastownd.eventlog.archive_files import Archive
@@ -46,6 +47,7 @@ from gastownd.eventlog.logstate import SeqMap, write_seqmap
 from gastownd.eventlog.reads import Backlog, BacklogGap, LogReads
 from gastownd.eventlog.reads import query as query_log
 from gastownd.eventlog.recovery import BACKGROUND_MIN_BYTES, PendingIndex, recover
+from gastownd.eventlog.shared_runs import SharedRuns
 from gastownd.eventlog.subscriptions import Published
 from gastownd.eventlog.writer import Append, Batch, LogFile, Writer
 from gastownd.metrics.buckets import PRUNE_SECONDS, Buckets
@@ -83,6 +85,8 @@ class EventLog(IndexUpkeep, BackgroundIndexing, IndexCheckpoints, LogReads):
         self.file: LogFile | None = None
         self._writer: Writer | None = None
         self.prune_lock = anyio.Lock()
+        # The ``prune`` op's runs, keyed by dry_run: a backlog of requests is bounded.
+        self.prune_requests: SharedRuns[PruneResult] = SharedRuns()
         # Held while lines move from the log to the archive, and by readers of both.
         self.archive_lock = anyio.Lock()
         # Counts the batches moved to the archive: a replay reopens it when this changes.

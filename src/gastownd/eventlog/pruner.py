@@ -123,7 +123,17 @@ async def _load_krc(daemon: Daemon, fallback: RetentionPolicy) -> RetentionPolic
 
 async def prune_now(daemon: Daemon, *, dry_run: bool) -> PruneResult:
     """The ``prune`` op: the policy of now, applied. A refused ``.krc.yaml`` is the
-    answer (naming the file), rather than a prune under a policy the caller did not mean."""
+    answer (naming the file), rather than a prune under a policy the caller did not mean.
+
+    Requests that arrive while another waits for its turn share its run (``SharedRuns``):
+    it starts after they asked, so its answer is theirs, and a flood of requests costs
+    two runs, not one each."""
+    return await daemon.eventlog.prune_requests.run(
+        dry_run, lambda: _prune_now(daemon, dry_run=dry_run)
+    )
+
+
+async def _prune_now(daemon: Daemon, *, dry_run: bool) -> PruneResult:
     fallback = policy_from_config(daemon.config.retention)
     try:
         policy = await _load_krc(daemon, fallback)
