@@ -9,6 +9,8 @@ import json
 import os
 from pathlib import Path
 
+import anyio
+import anyio.lowlevel
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -17,6 +19,7 @@ from gastownd.core.index import EventIndex
 from gastownd.core.retention import DAY_S, RetentionPolicy, drive, plan_prune_steps
 from gastownd.eventlog.archive_files import Archive, days_of
 from gastownd.eventlog.prune_plan import (
+    POSTINGS_SLICE,
     PlanRequest,
     _blob_sizes,
     _index_in_pieces,
@@ -66,7 +69,7 @@ def request_for(
 ) -> tuple[PlanRequest, EventIndex]:
     """The request the daemon sends, and the index the worker restores from it."""
     end = index.offsets[count] if count < len(index) else index.end
-    header, pieces = _index_in_pieces(index, count, end)
+    header, pieces = anyio.run(_index_in_pieces, index, count, end)
     sent = b"".join(piece.tobytes() for piece in pieces)
     sizes = _blob_sizes(header)
     blobs, at = [], 0
@@ -142,16 +145,46 @@ def _wide(blob: bytes) -> list[int]:
     return list(values)
 
 
-def test_the_index_goes_out_in_pieces_exactly_as_export_lays_it_out() -> None:
+@pytest.mark.anyio
+async def test_the_index_goes_out_in_pieces_exactly_as_export_lays_it_out() -> None:
     data = b"".join(render((TYPES[i % 5], i * 600, i % 7), i) for i in range(5000))
     index = index_of(data + render(None, 5000))
     for count in (0, 1, 4321, len(index)):
         end = index.offsets[count] if count < len(index) else index.end
-        header, pieces = _index_in_pieces(index, count, end)
+        header, pieces = await _index_in_pieces(index, count, end)
         exported_header, exported = index.export(count, end)
         assert header == exported_header
         assert b"".join(piece.tobytes() for piece in pieces) == b"".join(exported)
         assert _blob_sizes(header) == [len(blob) for blob in exported]
+
+
+@pytest.mark.anyio
+async def test_lines_and_names_added_while_the_index_is_cut_are_left_out() -> None:
+    """The posting lists are cut a slice at a time, the loop running between slices: what
+    it appends meanwhile (new sessions, new types, more lines of old ones) is not sent."""
+    sessions = 3 * POSTINGS_SLICE
+    data = b"".join(render((TYPES[i % 5], i, i), i) for i in range(sessions))
+    index = index_of(data)
+    count, end = len(index), index.end
+    expected_header, expected = index.export(count, end)
+    expected_bytes = b"".join(expected)
+    appended = 0
+
+    async def append_meanwhile() -> None:
+        nonlocal appended
+        for i in range(sessions, sessions + 50):
+            spec = ("brand_new_type", i, i) if i % 2 else (TYPES[0], i, i % 5)
+            index.add_lines(render(spec, i), index.end, itertools.count(10_000 + i))
+            appended += 1
+            await anyio.lowlevel.checkpoint()
+
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(append_meanwhile)
+        header, pieces = await _index_in_pieces(index, count, end)
+    assert appended == 50 and len(index) == count + 50
+    assert len(index.session_names) > len(header.session_names)  # some came meanwhile
+    assert header == expected_header
+    assert b"".join(piece.tobytes() for piece in pieces) == expected_bytes
 
 
 @pytest.mark.anyio

@@ -90,7 +90,9 @@ def header(
 ) -> IndexHeader:
     """The header of the first ``count`` lines, ending at byte ``end``, given how many
     entries of each type and session posting list fall below ``count`` (one per name,
-    in name order). Made on the loop thread, where the tables cannot grow meanwhile."""
+    in name order: names interned after those counts were taken are left out, as no line
+    below ``count`` uses them). Made on the loop thread, where the tables cannot grow
+    meanwhile."""
     return IndexHeader(
         seq_floor=columns.seq_floor,
         type_counts=type_counts,
@@ -98,9 +100,9 @@ def header(
         count=count,
         end=end,
         malformed=count - sum(type_counts),
-        type_names=tables.type_names[:],
+        type_names=tables.type_names[: len(type_counts)],
         actor_names=tables.actor_names[:],
-        session_names=tables.session_names[:],
+        session_names=tables.session_names[: len(session_counts)],
         itemsizes=[getattr(columns, name).itemsize for name in columns.COLUMNS],
     )
 

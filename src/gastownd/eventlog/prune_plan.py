@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import IO, TypeVar
 
 import anyio
+import anyio.lowlevel
 import anyio.to_thread
 import msgspec
 
@@ -55,6 +56,8 @@ END_WAIT_S = 5.0
 ORPHAN_POLL_S = 0.01
 # Entries of a column copied at a time when the index is sent to the worker.
 SEND_CHUNK = 1 << 16
+# Posting lists cut at the planned count between two turns of the loop (about 1 ms).
+POSTINGS_SLICE = 2048
 PAUSE_S = 0.001
 
 
@@ -140,7 +143,7 @@ class PruneWorker:
     ) -> Plan:
         """The plan for ``index``'s first ``count`` lines, which end at byte ``end`` (appends
         never change them)."""
-        header, pieces = _index_in_pieces(index, count, end)
+        header, pieces = await _index_in_pieces(index, count, end)
         request = PlanRequest(
             index=header,
             sizes=_blob_sizes(header),
@@ -190,20 +193,20 @@ def _request_pieces(
     yield from pieces
 
 
-def _index_in_pieces(
+async def _index_in_pieces(
     index: EventIndex, count: int, end: int
 ) -> tuple[IndexHeader, Iterator[array[int]]]:
     """What ``index.export(count, end)`` gives (the snapshot's format), as a header and the
     blobs' bytes in pieces of at most ``SEND_CHUNK`` entries, each copied when sent: one
-    copy of a whole column would hold the GIL for milliseconds."""
+    copy of a whole column would hold the GIL for milliseconds.
+
+    The posting lists are cut at ``count`` a slice at a time, letting the loop run between
+    slices (a log of tens of thousands of sessions would otherwise stall it for as many
+    milliseconds); lines appended meanwhile add only positions past ``count``, and names
+    interned meanwhile are left out (no line below ``count`` uses them)."""
     columns = [getattr(index, name) for name in EventIndex.COLUMNS]
-    empty: array[int] = array(POSTING)
-    type_postings = [
-        below(index.by_type.get(i, empty), count) for i in range(len(index.type_names))
-    ]
-    session_postings = [
-        below(index.by_session.get(i, empty), count) for i in range(len(index.session_names))
-    ]
+    type_postings = await _postings_below(index.by_type, len(index.type_names), count)
+    session_postings = await _postings_below(index.by_session, len(index.session_names), count)
     header = index_snapshot.header(
         index,
         index,
@@ -221,6 +224,23 @@ def _index_in_pieces(
         yield from session_postings
 
     return header, pieces()
+
+
+async def _postings_below(
+    postings: dict[int, array[int]], names: int, count: int
+) -> list[array[int]]:
+    """The posting lists of names ``0 .. names - 1``, cut at ``count``, ``POSTINGS_SLICE``
+    names between two turns of the loop."""
+    empty: array[int] = array(POSTING)
+    cut: list[array[int]] = []
+    for first in range(0, names, POSTINGS_SLICE):
+        cut.extend(
+            below(postings.get(i, empty), count)
+            for i in range(first, min(names, first + POSTINGS_SLICE))
+        )
+        if names > POSTINGS_SLICE:
+            await anyio.lowlevel.checkpoint()
+    return cut
 
 
 def _blob_sizes(header: IndexHeader) -> list[int]:
