@@ -90,7 +90,7 @@ async def query(
             parsed = parse_line(line)
             ts = parse_ts(parsed.ts) if parsed is not None else None
             found.append((ts or 0, 0, with_node(line, daemon.node)))
-    remote = await daemon.sessions.db(
+    remote = await daemon.sessions.read(
         lambda: daemon.sessions.store.remote.query_events(
             _remote_query(flt, scope), request.limit, oldest_first=request.oldest_first
         )
@@ -133,7 +133,7 @@ async def subscribe(
         local_cursor, after_arrival = "start", 0
     elif request.cursor is not None:
         local_cursor, after_arrival = parse_town_cursor(eventlog, request.cursor)
-    pruned = await daemon.sessions.db(remote_store.pruned_through)
+    pruned = await daemon.sessions.read(remote_store.pruned_through)
     through = await _last_arrival(daemon)
     # A resumed cursor older than a pruned remote line missed something.
     resync = request.cursor not in (None, "start") and after_arrival < pruned
@@ -177,7 +177,7 @@ async def subscribe(
             await send_local_backlog(backlog, subscriber, conn, render)
         query = _remote_query(flt, scope)
         while not (subscriber.closed or subscriber.overflowed or conn.closed):
-            chunk = await daemon.sessions.db(
+            chunk = await daemon.sessions.read(
                 remote_store.events_between, query, position.arrival, through, BACKLOG_CHUNK
             )
             if not chunk:

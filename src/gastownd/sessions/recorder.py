@@ -74,6 +74,8 @@ class SessionRecorder:
         self.book = WispBook()
         self._lock = anyio.Lock()
         self._db = anyio.CapacityLimiter(1)
+        # Clients' reads take the store's thread one at a time (see ``read``).
+        self._reads = anyio.Lock()
         self.outbox = Outbox(store, self.db, eventlog, source)
         self.lines = LineRecorder(store, self.db, eventlog, self._apply_lines, clock)
         # Called after each commit that may change what federation publishes.
@@ -85,6 +87,17 @@ class SessionRecorder:
     async def db(self, func: Callable[..., T], *args: Any) -> T:
         """Run a store call in the store's single worker thread."""
         return await anyio.to_thread.run_sync(func, *args, limiter=self._db)
+
+    async def read(self, func: Callable[..., T], *args: Any) -> T:
+        """``db`` for a read a client asked for (``sessions``, ``cv``, ``status``, …).
+
+        The store has one thread, taken in arrival order. Clients can pipeline thousands of
+        reads; queued there, they would hold every hook's session change behind them. So at
+        most one client read waits for the thread at a time, the others behind it here: the
+        daemon's own work (ops, recorded lines, the outbox, federation) waits for two reads
+        at most."""
+        async with self._reads:
+            return await self.db(func, *args)
 
     async def open(self) -> None:
         """Load open wisps and chain heads; replay lines left in the outbox; record the
