@@ -36,6 +36,9 @@ log = structlog.get_logger("gastownd.reads")
 
 # Queries of up to this many lines are read on the event loop (page-cache reads).
 INLINE_READ_LINES = 256
+# Worker threads the reads clients ask for may take at once (``EventLog.read_threads``):
+# however many are pipelined, the rest of anyio's threads stay for the daemon's own work.
+READ_THREADS = 4
 BACKLOG_CHUNK = 256
 
 
@@ -48,6 +51,7 @@ class ReadableLog(Protocol):
     archive: Archive
     archive_lock: anyio.Lock
     archive_generation: int
+    read_threads: anyio.CapacityLimiter
 
 
 def read_lines(index: EventIndex, fd: int, positions: Sequence[int]) -> list[bytes]:
@@ -59,7 +63,9 @@ async def read_lines_in_thread(eventlog: ReadableLog, positions: Sequence[int]) 
     """``read_lines`` in a worker thread, from the index and file of this moment."""
     index, fd = eventlog.index, os.dup(eventlog.fd)
     try:
-        return await anyio.to_thread.run_sync(read_lines, index, fd, positions)
+        return await anyio.to_thread.run_sync(
+            read_lines, index, fd, positions, limiter=eventlog.read_threads
+        )
     finally:
         os.close(fd)
 
@@ -93,7 +99,13 @@ async def _query_with_archive(
             return key[0] == epoch and _holds(seqs, key[1])
 
         old = await anyio.to_thread.run_sync(
-            _search_archive, eventlog, flt, limit, oldest_first, still_live
+            _search_archive,
+            eventlog,
+            flt,
+            limit,
+            oldest_first,
+            still_live,
+            limiter=eventlog.read_threads,
         )
     merged = sorted(live + old, key=lambda item: item[0], reverse=not oldest_first)
     return [line for _, line in merged[:limit]]
@@ -195,7 +207,9 @@ class Backlog:
             if self._stream_wanted and self._stream is None:
                 self._stream = await self._open_stream()
             if not self._buffer and self._stream is not None:
-                chunk = await anyio.to_thread.run_sync(next, self._stream, None)
+                chunk = await anyio.to_thread.run_sync(
+                    next, self._stream, None, limiter=eventlog.read_threads
+                )
                 if chunk is None:
                     self._stream = None
                     self._stream_wanted = False
@@ -212,7 +226,9 @@ class Backlog:
         eventlog = self.eventlog
         async with eventlog.archive_lock:  # a whole catalogue, never a batch half written
             self._generation = eventlog.archive_generation
-            members = await anyio.to_thread.run_sync(eventlog.archive.catalogue)
+            members = await anyio.to_thread.run_sync(
+                eventlog.archive.catalogue, limiter=eventlog.read_threads
+            )
         return archived.replay(
             members,
             lambda member: read_member(eventlog, member),
@@ -271,6 +287,7 @@ class LogReads:
     archive: Archive
     archive_lock: anyio.Lock
     archive_generation: int
+    read_threads: anyio.CapacityLimiter
     config: EventLogConfig
     file: LogFile | None
     appended: int
