@@ -193,6 +193,9 @@ class ServerConfig(_Section):
     partial_frame_timeout: str = "10s"
     # In-flight requests per connection (pipelining depth).
     max_inflight_per_connection: int = 64
+    # The frame bytes of in-flight requests on all connections together (memory), past
+    # which a connection with a request in flight takes no more (``RequestBytes``).
+    max_inflight_bytes: int = 64 << 20
     shutdown_timeout: str = "4s"
     # "auto": uvloop when it is installed (the ``fast`` extra), else asyncio's loop.
     event_loop: Literal["auto", "asyncio", "uvloop"] = "auto"
@@ -336,6 +339,7 @@ KEYS: tuple[Key, ...] = (
     _integer("server.max_connections", 1, 16_384, False),
     _duration("server.partial_frame_timeout", "100ms", "1h", False),
     _integer("server.max_inflight_per_connection", 1, 4096, False),
+    _integer("server.max_inflight_bytes", 1 << 20, 1 << 40, False),
     _duration("server.shutdown_timeout", "100ms", "10m", True),
     Key("server.event_loop", "choice", False),
     Key("eventlog.durability", "choice", False),

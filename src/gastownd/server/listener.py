@@ -19,7 +19,7 @@ from gastown_client.protocol import Request
 from gastownd.metrics.buckets import RequestMeter
 from gastownd.process.config import ServerConfig, parse_duration
 from gastownd.process.refusals import DaemonError
-from gastownd.server.connection_state import Refusal, admission
+from gastownd.server.connection_state import Refusal, RequestBytes, admission
 from gastownd.server.ratelog import rate_limited
 from gastownd.server.socket_server import (
     INTERNAL_ERROR,
@@ -49,6 +49,7 @@ class Server:
         self.meter = RequestMeter()
         self.stopping = False
         self.partial_timeout_s = parse_duration(config.partial_frame_timeout)
+        self.request_bytes = RequestBytes(config.max_inflight_bytes)
         self._tasks: anyio.abc.TaskGroup | None = None
         self._stop = anyio.Event()
         self._drained = anyio.Event()
@@ -156,6 +157,14 @@ class Server:
         self.connections.discard(conn)
         if self.stopping and not self.connections:
             self._drained.set()
+
+    def request_bytes_freed(self) -> None:
+        """Under the limit again: the connections that waited for it take requests again
+        (in no particular order; each takes what the limit then allows)."""
+        for conn in list(self.connections):
+            if not self.request_bytes.waiting or self.request_bytes.full:
+                return
+            conn.take_again()
 
     def schedule_flush(self, conn: Connection) -> None:
         """Write ``conn``'s queued replies at the end of this loop turn (or of the group

@@ -42,7 +42,7 @@ from gastown_client.protocol import OkReply, Request
 from gastownd.process.config import ServerConfig
 from gastownd.process.instance import peer_uid
 from gastownd.process.refusals import DaemonError
-from gastownd.server.connection_state import ConnectionState, NoRequest, Refusal
+from gastownd.server.connection_state import ConnectionState, NoRequest, Refusal, RequestBytes
 
 log = structlog.get_logger("gastownd.server")
 
@@ -69,12 +69,14 @@ class ConnectionOwner(Protocol):
 
     config: ServerConfig
     partial_timeout_s: float
+    request_bytes: RequestBytes
 
     def admit(self, conn: Connection, uid: int | None) -> Refusal | None: ...
     def rejected(self, rejected: Refusal) -> None: ...
     def forget(self, conn: Connection) -> None: ...
     def schedule_flush(self, conn: Connection) -> None: ...
     def take(self, conn: Connection, request: Request) -> None: ...
+    def request_bytes_freed(self) -> None: ...
 
 
 class Connection(asyncio.Protocol):
@@ -95,6 +97,7 @@ class Connection(asyncio.Protocol):
             max_inflight=config.max_inflight_per_connection,
             partial_timeout_s=server.partial_timeout_s,
             now=time.monotonic(),
+            budget=server.request_bytes,
         )
         self._transport: asyncio.Transport | None = None
         self._context = contextvars.copy_context()
@@ -177,8 +180,11 @@ class Connection(asyncio.Protocol):
             self._queue(codec.error_reply(request_id, result.code, result.message))
         else:
             self._queue(OkReply(id=request_id, result=result))
-        if self.state.answered(time.monotonic()):
+        state = self.state
+        if state.answered(time.monotonic()):
             self._run(self._resume)
+        if state.budget.waiting and not state.budget.full:
+            self.server.request_bytes_freed()
 
     def pump_ended(self) -> None:
         """A subscription's pump is over (it kept the connection open, not a slot)."""
@@ -188,6 +194,11 @@ class Connection(asyncio.Protocol):
     def end_input(self) -> None:
         """Read no more requests (the server stops); what is in flight still answers."""
         self._run(self._end_input)
+
+    def take_again(self) -> None:
+        """The server's request bytes fell under their limit: take the frames held back."""
+        if self.state.budget_freed():
+            self._run(self._resume)
 
     def evict(self, limit: int) -> None:
         """Make room at the connection limit: this idle connection is closed."""
