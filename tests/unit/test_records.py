@@ -180,6 +180,15 @@ def test_numbers_no_store_column_can_hold_are_out_of_range(
     assert reason(f"gastown.t1.b.{kind}", poisoned(kind, field, value)) == "out_of_range"
 
 
+def test_a_record_nested_1000_deep_anywhere_is_malformed() -> None:
+    deep = b"[" * 1000 + b"]" * 1000
+    data = encode_message(messages()[0])
+    in_a_line = data.replace(b'"visibility":"feed"', b'"visibility":"feed","payload":' + deep, 1)
+    unread = data.replace(b'"epoch"', b'"x":' + deep + b',"epoch"')
+    for record in (in_a_line, unread, deep):
+        assert reason("gastown.t1.b.event", record) == "malformed"
+
+
 def test_nan_is_not_json() -> None:
     assert (
         reason("gastown.t1.b.session", poisoned("session", "last_start_at", "NaN")) == "malformed"

@@ -195,6 +195,10 @@ def decode_message(subject_name: str, data: bytes, *, town: str, local_node: str
         raise Rejected(reason, str(exc)) from None
     except msgspec.DecodeError as exc:
         raise Rejected("malformed", str(exc)) from None
+    except RecursionError:
+        # msgspec recurses once per level, even to skip a value: 1,000 nested brackets
+        # anywhere in the record exceed Python's limit. Not the store's fault, the record's.
+        raise Rejected("malformed", "nested too deep") from None
     if message.town != town:
         raise Rejected("other_town", message.town)
     if message.node == local_node:

