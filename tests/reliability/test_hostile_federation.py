@@ -4,6 +4,8 @@ to the stream may crash a daemon, stall the town or lose a line.
 
 - a record nested 1,000 deep (in a line, or in a field nobody reads) is rejected like any
   malformed one, and the batch it came in is applied;
+- a node's consumer, or the town's stream, deleted while the daemons run is made again,
+  and the town goes on without a restart;
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
@@ -122,3 +124,44 @@ def test_a_record_nested_1000_deep_is_rejected_and_its_batch_applied(town: Town)
         assert pending == (0, 0, 0), pending  # terminated, never delivered again
     work(a, "after", lines=2)
     wait_converged([a, b])
+
+
+# ---------------------------------------------------------------- the stream under us
+
+
+async def jetstream_admin(urls: list[str], call: Callable[[Any], Awaitable[Any]]) -> Any:
+    """``call(js)`` as the hub's administrator (or any user the hub lets manage streams)."""
+    import nats as nats_client
+
+    nc = await nats_client.connect(urls)
+    try:
+        return await call(nc.jetstream())
+    finally:
+        await nc.close()
+
+
+def test_a_consumer_deleted_under_a_node_is_made_again_and_nothing_is_lost(town: Town) -> None:
+    a, b = two_nodes(town)
+    stream = f"GASTOWN_{town.name}"
+    asyncio.run(
+        jetstream_admin(town.nats.urls, lambda js: js.delete_consumer(stream, "gastownd_b"))
+    )
+    work(a, "after", lines=3)
+    wait_converged([a, b], timeout_s=20)
+    assert status(b).last_error is None
+    [gone] = [e for e in log_events(b) if e.get("event") == "federation_failed"]
+    assert "consumer gastownd_b" in gone["error"], gone
+
+
+def test_a_deleted_stream_is_made_again_and_both_nodes_go_on(town: Town) -> None:
+    a, b = two_nodes(town)
+    stream = f"GASTOWN_{town.name}"
+    asyncio.run(jetstream_admin(town.nats.urls, lambda js: js.delete_stream(stream)))
+    work(a, "after", lines=3)
+    work(b, "after", lines=3)
+    wait_converged([a, b], timeout_s=20)
+    info = asyncio.run(jetstream_admin(town.nats.urls, lambda js: js.stream_info(stream)))
+    assert info.config.subjects == [f"gastown.{town.name}.>"]
+    for node in (a, b):
+        assert status(node).last_error is None
+        assert log_has(node, "federation_failed")  # said once why the session ended

@@ -29,6 +29,7 @@ from gastownd.core.records import (
     town_subjects,
 )
 from gastownd.eventlog.subscriptions import Subscriptions
+from gastownd.federation.gone import raise_if_gone
 from gastownd.federation.health import LinkHealth
 from gastownd.federation.publisher import ROUND_S
 from gastownd.metrics.buckets import LAG_SECONDS, Buckets, stream_stored_at
@@ -85,12 +86,13 @@ class Consumer:
             ack_wait=ACK_WAIT_S,
             max_ack_pending=1000,
         )
+        durable = f"gastownd_{self.node}"
         sub = await health.retrying(
             "federation_consumer_failed",
             partial(
                 js.pull_subscribe,
                 town_subjects(self.town),
-                durable=f"gastownd_{self.node}",
+                durable=durable,
                 stream=self.stream,
                 config=config,
             ),
@@ -105,6 +107,7 @@ class Consumer:
                 continue
             except Exception as exc:  # failover, no responders: back off, never spin
                 health.error("federation_fetch_failed", exc)
+                await raise_if_gone(js, self.stream, durable)
                 await health.back_off(attempt)
                 attempt += 1
                 continue

@@ -31,9 +31,11 @@ from gastownd.core.records import (
     encode_message,
     local_id_of,
     message_id,
+    stream_name,
     subject,
 )
 from gastownd.eventlog import BacklogGap, EventLog
+from gastownd.federation.gone import raise_if_gone
 from gastownd.federation.health import LinkHealth
 from gastownd.process.config import FederationConfig
 from gastownd.sessions.recorder import SessionRecorder
@@ -127,6 +129,7 @@ class Publisher:
                 except Exception as exc:
                     health.error("federation_publish_failed", exc, records=len(batch))
                     self._store_changed = True  # the batch is read again
+                    await raise_if_gone(js, stream_name(self.town))
                     await health.back_off(attempt)
                     attempt += 1
                     continue
