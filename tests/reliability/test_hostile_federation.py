@@ -6,6 +6,9 @@ to the stream may crash a daemon, stall the town or lose a line.
   malformed one, and the batch it came in is applied;
 - a node's consumer, or the town's stream, deleted while the daemons run is made again,
   and the town goes on without a restart;
+- a record over the stream's max_msg_size (a stream made by someone else), or one that fits
+  max_payload only without its headers, stays local, counted as too_large; it does not
+  hold back the records after it, and runs of lines are cut to fit.
 """
 
 from __future__ import annotations
@@ -13,11 +16,15 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
+import msgspec
 import pytest
 
+from gastownd.core.records import EventMessage, encode_message, message_id
+from tests.integration.test_eventlog import gt_append
 from tests.integration.test_federation import Node, node_base, wait_converged, work
 from tests.integration.test_federation_trust import (
     LINE,
@@ -50,19 +57,26 @@ def nats() -> Iterator[NatsCluster]:
 class OneServerTown(Town):
     """A town whose stream has one replica (its hub is one server)."""
 
-    def add(self, name: str, *, folder: str | None = None, **_: Any) -> Node:
+    def add(  # type: ignore[override]
+        self, name: str, *, lines: Sequence[dict[str, Any]] = ()
+    ) -> Node:
+        """Node ``name``, its log holding ``lines`` before its daemon starts."""
         config = settings(self.nats.urls, name).replace(
             "stream_replicas = 3", "stream_replicas = 1"
         )
-        node = make_node(self.base / (folder or name), self.name, name, config)
+        root = self.base / name
+        root.mkdir(parents=True)
+        for line in lines:
+            gt_append(root, line)
+        node = make_node(root, self.name, name, config)
         self.nodes.append(node)
         return node
 
 
-@pytest.fixture
-def town(nats: NatsCluster) -> Iterator[Town]:
+@contextmanager
+def town_on(hub: NatsCluster) -> Iterator[OneServerTown]:
     base = node_base("gthostile")
-    made = OneServerTown(nats, base)
+    made = OneServerTown(hub, base)
     try:
         yield made
         made.stop()
@@ -71,6 +85,12 @@ def town(nats: NatsCluster) -> Iterator[Town]:
             if node.proc.proc.poll() is None:
                 node.proc.kill()
         shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def town(nats: NatsCluster) -> Iterator[OneServerTown]:
+    with town_on(nats) as made:
+        yield made
 
 
 def two_nodes(town: Town) -> tuple[Node, Node]:
@@ -165,3 +185,72 @@ def test_a_deleted_stream_is_made_again_and_both_nodes_go_on(town: Town) -> None
     for node in (a, b):
         assert status(node).last_error is None
         assert log_has(node, "federation_failed")  # said once why the session ended
+
+
+def line_of(size: int, tag: str) -> dict[str, Any]:
+    """A Gas Town line of about ``size`` bytes."""
+    return {"ts": stamp(), **LINE, "payload": {"tag": tag, "pad": "x" * size}}
+
+
+def tags_of(node: Node, origin: str) -> list[str]:
+    with node.client() as client:
+        events = client.query(node=origin, limit=10_000, oldest_first=True).events
+    return [json.loads(bytes(e))["payload"].get("tag", "") for e in events]
+
+
+def test_a_stream_made_by_someone_else_with_a_small_max_msg_size_stalls_nothing(
+    town: OneServerTown,
+) -> None:
+    from nats.js.api import StreamConfig
+
+    stream = StreamConfig(
+        name=f"GASTOWN_{town.name}", subjects=[f"gastown.{town.name}.>"], max_msg_size=64 << 10
+    )
+    asyncio.run(jetstream_admin(town.nats.urls, lambda js: js.add_stream(stream)))
+    # A backlog at start: runs of 1 KiB lines well over 64 KiB, then a line over it.
+    backlog = [line_of(1000, f"run-{n}") for n in range(300)]
+    a = town.add("a", lines=[*backlog, line_of(100 << 10, "too-large"), line_of(10, "after")])
+    b = town.add("b")
+    want = [f"run-{n}" for n in range(300)] + ["after"]
+    assert wait_for(lambda: tags_of(b, "a") == want, 20)
+    fed = status(a)
+    assert fed.too_large == 1 and fed.last_error is None, fed
+    [said] = [e for e in log_events(a) if e.get("event") == "federation_record_too_large"]
+    assert said["stream_max_msg_size"] == 64 << 10, said
+    work(a, "later", lines=2)
+    wait_for(lambda: "a-later-1" in tags_of(b, "a"), 20)
+
+
+def test_a_record_that_fits_max_payload_only_without_its_headers_stays_local() -> None:
+    """The server counts headers against max_payload (nats-py does not) and answers a
+    message over it by closing the connection: that record would be sent again forever."""
+    hub = cluster(1).start()  # max_payload at its default, 1 MiB
+    try:
+        with town_on(hub) as town:
+            a, b = two_nodes(town)
+            with a.client() as client:
+                epoch, _, seq = client.query(limit=1).cursor.partition(":")
+            nxt = int(seq) + 1
+            local_id = f"{epoch}:{nxt}-{nxt}"
+
+            def record_bytes(line: dict[str, Any]) -> int:
+                raw = json.dumps(line, separators=(",", ":")).encode()
+                record = EventMessage(
+                    town=town.name, node="a", id=message_id("a", "event", local_id),
+                    epoch=int(epoch), seqs=[nxt], lines=[msgspec.Raw(raw)],
+                )  # fmt: skip
+                return len(encode_message(record))
+
+            # The record itself 10 bytes under max_payload, with its headers over it.
+            pad = (1 << 20) - 10 - record_bytes(line_of(0, "edge"))
+            edge = line_of(pad, "edge")
+            assert record_bytes(edge) == (1 << 20) - 10
+            gt_append(a.town, edge)
+            work(a, "after", lines=2)
+            assert wait_for(lambda: "a-after-1" in tags_of(b, "a"), 20)
+            assert "edge" not in tags_of(b, "a")
+            fed = status(a)
+            assert fed.too_large == 1 and fed.connected, fed
+            assert not log_has(a, "federation_disconnected")
+    finally:
+        hub.cleanup()

@@ -29,7 +29,7 @@ from gastownd.core.records import (
     town_subjects,
 )
 from gastownd.eventlog.subscriptions import Subscriptions
-from gastownd.federation.gone import raise_if_gone
+from gastownd.federation.gone import still_there
 from gastownd.federation.health import LinkHealth
 from gastownd.federation.publisher import ROUND_S
 from gastownd.metrics.buckets import LAG_SECONDS, Buckets, stream_stored_at
@@ -107,7 +107,7 @@ class Consumer:
                 continue
             except Exception as exc:  # failover, no responders: back off, never spin
                 health.error("federation_fetch_failed", exc)
-                await raise_if_gone(js, self.stream, durable)
+                await still_there(js, self.stream, durable)
                 await health.back_off(attempt)
                 attempt += 1
                 continue

@@ -18,18 +18,17 @@ class StreamGone(Exception):
     """The town's stream or this node's consumer does not exist any more."""
 
 
-async def raise_if_gone(js: Any, stream: str, durable: str | None = None) -> None:
-    """Raise :class:`StreamGone` when JetStream answers that ``stream`` (or its consumer
-    ``durable``) is not there; return when it is, or when JetStream does not answer."""
+async def still_there(js: Any, stream: str, durable: str | None = None) -> Any | None:
+    """The info of ``stream`` (or of its consumer ``durable``); None when JetStream does not
+    answer. Raises :class:`StreamGone` when it answers that they are not there."""
     import nats.js.errors
 
     try:
         if durable is None:
-            await js.stream_info(stream)
-        else:
-            await js.consumer_info(stream, durable)
+            return await js.stream_info(stream)
+        return await js.consumer_info(stream, durable)
     except nats.js.errors.NotFoundError as exc:
         what = stream if durable is None else f"consumer {durable} of {stream}"
         raise StreamGone(f"{what} was deleted ({exc.description}): making it again") from None
     except Exception:  # no answer: the failure was the network's, retried as before
-        return
+        return None
