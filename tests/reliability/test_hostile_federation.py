@@ -5,7 +5,8 @@ to the stream may crash a daemon, stall the town or lose a line.
 - a record nested 1,000 deep (in a line, or in a field nobody reads) is rejected like any
   malformed one, and the batch it came in is applied;
 - a node's consumer, or the town's stream, deleted while the daemons run is made again,
-  and the town goes on without a restart;
+  and the town goes on without a restart; a stream made again gets every node's history
+  again (it was only in the deleted one);
 - a record over the stream's max_msg_size (a stream made by someone else), or one that fits
   max_payload only without its headers, stays local, counted as too_large; it does not
   hold back the records after it, and runs of lines are cut to fit.
@@ -185,6 +186,22 @@ def test_a_deleted_stream_is_made_again_and_both_nodes_go_on(town: Town) -> None
     for node in (a, b):
         assert status(node).last_error is None
         assert log_has(node, "federation_failed")  # said once why the session ended
+
+
+def test_a_stream_made_again_gets_every_node_s_history_again(town: OneServerTown) -> None:
+    """Records that were only in the deleted stream are still in their nodes' logs and
+    stores: a node that finds a new stream publishes them again, as when it first joined."""
+    a, b = two_nodes(town)
+    stream = f"GASTOWN_{town.name}"
+    b.proc.terminate()
+    work(a, "while-b-is-away", lines=3)
+    wait_for(lambda: sum(status(a).backlog.values()) == 0)
+    asyncio.run(jetstream_admin(town.nats.urls, lambda js: js.delete_stream(stream)))
+    wait_for(lambda: log_has(a, "federation_stream_new"), 20)
+    b.restart()
+    wait_converged([a, b], timeout_s=30)
+    [said] = [e for e in log_events(b) if e.get("event") == "federation_stream_new"]
+    assert said["stream"] == stream, said
 
 
 def line_of(size: int, tag: str) -> dict[str, Any]:

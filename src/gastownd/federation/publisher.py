@@ -40,7 +40,13 @@ from gastownd.federation.gone import still_there
 from gastownd.federation.health import LinkHealth
 from gastownd.process.config import FederationConfig
 from gastownd.sessions.recorder import SessionRecorder
-from gastownd.store.remote import MARK_ATTRIBUTIONS, MARK_DIGESTS, MARK_EVENTS, MARK_SESSIONS
+from gastownd.store.remote import (
+    MARK_ATTRIBUTIONS,
+    MARK_DIGESTS,
+    MARK_EVENTS,
+    MARK_SESSIONS,
+    MARK_STREAM,
+)
 
 log = structlog.get_logger("gastownd.federation")
 
@@ -62,7 +68,7 @@ HEADERS_BYTES = len(b"NATS/1.0\r\nNats-Msg-Id: \r\n\r\n")
 # A run's JSON around its lines: the record's fields, and a seq and a comma per line.
 RUN_FIELDS_BYTES = 1024
 SEQ_BYTES = 24
-MARKS = (MARK_EVENTS, MARK_SESSIONS, MARK_DIGESTS, MARK_ATTRIBUTIONS)
+MARKS = (MARK_EVENTS, MARK_SESSIONS, MARK_DIGESTS, MARK_ATTRIBUTIONS, MARK_STREAM)
 
 
 @dataclass
@@ -123,6 +129,29 @@ class Publisher:
             value = await sessions.db(sessions.store.meta, key)
             if value is not None:
                 self.marks[key] = value
+
+    async def follow_stream(self, stream: str, created: str) -> None:
+        """Publish to the stream made at ``created``. When the marks were for another one (the
+        stream was deleted and made again, or the hub is new), what they say was published is
+        not there any more: this node's whole history is published again, as when it first
+        joined, and receivers apply what they already hold once."""
+        known = self.marks.get(MARK_STREAM)
+        if known == created:
+            return
+        marks = {MARK_STREAM: created}
+        if known is not None:
+            log.warning(
+                "federation_stream_new",
+                stream=stream,
+                created=created,
+                previous=known,
+                action="publishing this node's history again",
+            )
+            epoch = self.eventlog.seqmap.epoch
+            marks |= {MARK_EVENTS: f"{epoch}:-1"} | dict.fromkeys(MARKS[1:4], "0")
+            self._store_changed = True
+        self.marks.update(marks)
+        await self._save_marks(marks)
 
     async def run(self, js: Any) -> None:
         attempt = 0
