@@ -9,7 +9,9 @@ to the stream may crash a daemon, stall the town or lose a line.
   again (it was only in the deleted one);
 - a record over the stream's max_msg_size (a stream made by someone else), or one that fits
   max_payload only without its headers, stays local, counted as too_large; it does not
-  hold back the records after it, and runs of lines are cut to fit.
+  hold back the records after it, and runs of lines are cut to fit;
+- a stream made by someone else with a retention or limits that lose records or stop
+  publishing is named in the daemon's log and failed by ``federation check``.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import msgspec
 import pytest
 
 from gastownd.core.records import EventMessage, encode_message, message_id
+from tests.conftest import run_ctl
 from tests.integration.test_eventlog import gt_append
 from tests.integration.test_federation import Node, node_base, wait_converged, work
 from tests.integration.test_federation_trust import (
@@ -271,3 +274,24 @@ def test_a_record_that_fits_max_payload_only_without_its_headers_stays_local() -
             assert not log_has(a, "federation_disconnected")
     finally:
         hub.cleanup()
+
+
+def test_a_stream_made_by_someone_else_that_loses_records_is_named(
+    town: OneServerTown,
+) -> None:
+    from nats.js.api import RetentionPolicy, StreamConfig
+
+    stream = StreamConfig(
+        name=f"GASTOWN_{town.name}",
+        subjects=[f"gastown.{town.name}.>"],
+        retention=RetentionPolicy.INTEREST,
+    )
+    asyncio.run(jetstream_admin(town.nats.urls, lambda js: js.add_stream(stream)))
+    a = town.add("a")
+    said = wait_for(
+        lambda: [e for e in log_events(a) if e.get("event") == "federation_stream_differs"], 15
+    )
+    assert "retention interest" in said[0]["problems"][0] and said[0]["fix"], said
+    result = run_ctl(a.town, "federation", "check", "--json")
+    [limits] = [c for c in json.loads(result.stdout)["checks"] if c["check"].endswith("limits")]
+    assert limits["level"] == "fail" and result.returncode == 1, limits

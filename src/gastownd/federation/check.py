@@ -38,6 +38,7 @@ from gastownd.core.federation_checks import (
     Reply,
     ServerFacts,
     StreamFacts,
+    StreamLimits,
     clock_finding,
     cluster_size,
     coverage_finding,
@@ -51,6 +52,7 @@ from gastownd.core.federation_checks import (
     server_finding,
     server_time_s,
     stream_finding,
+    stream_limits_finding,
 )
 from gastownd.core.records import stream_name, subject, town_subjects
 from gastownd.federation import node_and_town
@@ -295,6 +297,9 @@ async def _jetstream_findings(
             stream_facts, town=town, servers=size, configured_replicas=config.stream_replicas
         ),
     ]
+    limits = stream_limits_finding(stream_facts, town=town)
+    if limits is not None:
+        findings.append(limits)
     if info_reply.denied:
         findings.append(
             Finding(
@@ -377,7 +382,19 @@ def _stream_facts(reply: Reply, info: Any) -> StreamFacts:
         replicas=int(stream_config.get("num_replicas") or 1),
         subjects=tuple(str(s) for s in stream_config.get("subjects") or ()),
         leader=str(cluster.get("leader", "")),
+        limits=StreamLimits(
+            retention=str(stream_config.get("retention", "limits")),
+            discard=str(stream_config.get("discard", "old")),
+            max_msgs=_integer(stream_config.get("max_msgs")),
+            max_bytes=_integer(stream_config.get("max_bytes")),
+            max_msg_size=_integer(stream_config.get("max_msg_size")),
+        ),
     )
+
+
+def _integer(value: Any) -> int:
+    """A limit from the server's JSON: -1 (none) unless it is an integer."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else -1
 
 
 async def _lease(

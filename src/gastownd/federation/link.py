@@ -44,6 +44,11 @@ import anyio.abc
 import structlog
 
 from gastown_client.protocol import FederationInfo
+from gastownd.core.federation_checks import (
+    STREAM_LIMITS_FIX,
+    StreamLimits,
+    stream_limit_problems,
+)
 from gastownd.core.records import stream_name, town_subjects
 from gastownd.eventlog import EventLog
 from gastownd.eventlog.subscriptions import Subscriptions
@@ -411,7 +416,28 @@ async def ensure_stream(js: Any, config: FederationConfig, town: str, stream: st
             replicas=replicas,
             configured=config.stream_replicas,
         )
+    problems = stream_limit_problems(_limits(info.config))
+    if problems:  # someone else made it, or changed it: say what it costs the town
+        log.warning(
+            "federation_stream_differs",
+            stream=stream,
+            problems=[text for _, text in problems],
+            fix=STREAM_LIMITS_FIX,
+        )
     return _created(info)
+
+
+def _limits(config: Any) -> StreamLimits:
+    def text(value: Any, default: str) -> str:
+        return str(getattr(value, "value", value) or default)
+
+    return StreamLimits(
+        retention=text(config.retention, "limits"),
+        discard=text(config.discard, "old"),
+        max_msgs=config.max_msgs or -1,
+        max_bytes=config.max_bytes or -1,
+        max_msg_size=config.max_msg_size or -1,
+    )
 
 
 def _created(info: Any) -> str | None:
