@@ -4,6 +4,8 @@ to the stream may crash a daemon, stall the town or lose a line.
 
 - a record nested 1,000 deep (in a line, or in a field nobody reads) is rejected like any
   malformed one, and the batch it came in is applied;
+- a sender claiming the message id of another node's next record does not make the stream
+  drop that record;
 - a node's consumer, or the town's stream, deleted while the daemons run is made again,
   and the town goes on without a restart; a stream made again gets every node's history
   again (it was only in the deleted one);
@@ -148,6 +150,31 @@ def test_a_record_nested_1000_deep_is_rejected_and_its_batch_applied(town: Town)
         assert pending == (0, 0, 0), pending  # terminated, never delivered again
     work(a, "after", lines=2)
     wait_converged([a, b])
+
+
+def test_a_message_id_claimed_by_another_sender_does_not_suppress_a_node_s_record(
+    town: OneServerTown,
+) -> None:
+    """The stream drops a message whose Nats-Msg-Id it has seen, whoever sent it and on
+    whatever subject: a sender that claims the id of a node's next record (ids used to be
+    predictable: node, kind, epoch and seq) would make the stream drop that record."""
+    a, b = two_nodes(town)
+    with a.client() as client:
+        epoch, _, seq = client.query(limit=1).cursor.partition(":")
+    taken = {"Nats-Msg-Id": f"a.event.{epoch}:{int(seq) + 1}-{int(seq) + 1}"}
+
+    async def claim() -> None:
+        import nats as nats_client
+
+        nc = await nats_client.connect(town.nats.urls)
+        try:  # on its own subject: a node's account may do this
+            await nc.jetstream().publish(f"gastown.{town.name}.p.event", b"{}", headers=taken)
+        finally:
+            await nc.close()
+
+    asyncio.run(claim())
+    gt_append(a.town, line_of(10, "next"))
+    assert wait_for(lambda: "next" in tags_of(b, "a"), 15)
 
 
 # ---------------------------------------------------------------- the stream under us

@@ -9,6 +9,7 @@ once a second.
 
 from __future__ import annotations
 
+import secrets
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ from gastownd.core.records import (
     EventMessage,
     Kind,
     SessionMessage,
+    dedupe_id,
     encode_message,
     local_id_of,
     message_id,
@@ -46,6 +48,7 @@ from gastownd.store.remote import (
     MARK_EVENTS,
     MARK_SESSIONS,
     MARK_STREAM,
+    MSG_ID_KEY,
 )
 
 log = structlog.get_logger("gastownd.federation")
@@ -108,6 +111,9 @@ class Publisher:
     # stream was made by someone else, or changed) take, headers included.
     limit_bytes: int = field(default=MAX_RECORD_BYTES + (1 << 20), init=False)
     _stream_max_bytes: int | None = field(default=None, init=False)
+    # Keys this node's Nats-Msg-Ids (``dedupe_id``): kept in the store, so a republish after
+    # a restart has the same ids.
+    _id_key: bytes = field(default=b"", init=False)
 
     def wake(self) -> None:
         """A line was added to the local log: publish soon."""
@@ -129,6 +135,11 @@ class Publisher:
             value = await sessions.db(sessions.store.meta, key)
             if value is not None:
                 self.marks[key] = value
+        stored: str | None = await sessions.db(sessions.store.meta, MSG_ID_KEY)
+        if stored is None:
+            stored = secrets.token_hex(32)
+            await sessions.db(sessions.store.remote.set_marks, {MSG_ID_KEY: stored})
+        self._id_key = stored.encode()
 
     async def follow_stream(self, stream: str, created: str) -> None:
         """Publish to the stream made at ``created``. When the marks were for another one (the
@@ -369,7 +380,10 @@ class Publisher:
         message.id = message_id(self.node, kind, local_id_of(message))
         lines = len(message.seqs) if isinstance(message, EventMessage) else 1
         return _Outgoing(
-            subject(self.town, self.node, kind), message.id, encode_message(message), lines
+            subject(self.town, self.node, kind),
+            dedupe_id(self._id_key, message.id),
+            encode_message(message),
+            lines,
         )
 
 
