@@ -287,6 +287,20 @@ def test_a_correct_least_privilege_setup_passes(hub: Hub, town: Path) -> None:
         assert daemon.terminate() == 0, daemon.log()
 
 
+def test_tls_files_that_cannot_be_loaded_are_named_with_their_fix(town: Path) -> None:
+    garbage = town / "garbage.pem"
+    garbage.write_bytes(b"\xff\xfe not a certificate\n")
+    for key, path in (("tls_ca", garbage), ("tls_ca", town / "missing.pem")):
+        (town / "settings" / "gastownd.toml").write_text(
+            f'[federation]\nservers = ["tls://127.0.0.1:1"]\n{key} = "{path}"\n'
+            'node = "n1"\ntown = "t"\n'
+        )
+        code, found, _ = check(town)
+        assert code == 1 and found["tls"].level == "fail", found
+        assert found["tls"].fix is not None and "tls_ca" in found["tls"].fix, found["tls"]
+        assert "hub" not in found, found
+
+
 def test_usage_missing_federation_and_missing_packages(town: Path) -> None:
     assert run_ctl(town, "federation").returncode == 2
     (town / "settings" / "gastownd.toml").write_text("[retention]\nenabled = false\n")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import socket
+import ssl
 import sys
 import time
 from collections.abc import Callable
@@ -251,7 +252,17 @@ async def _server_facts(url: str, options: dict[str, Any]) -> ServerFacts:
 async def _hub_findings(
     config: FederationConfig, node: str, town: str, local: LocalDaemon | None
 ) -> list[Finding]:
-    options = connect_options(config, node)
+    try:
+        options = connect_options(config, node)
+    except (OSError, ssl.SSLError) as exc:  # the daemon fails the same way at every connect
+        return [
+            Finding(
+                "tls",
+                "fail",
+                f"cannot load the TLS files: {type(exc).__name__}: {exc}"[:300],
+                "name PEM files this user can read in tls_ca, tls_cert and tls_key of [federation]",
+            )
+        ]
     servers: list[ServerFacts] = [ServerFacts(url=url) for url in config.servers]
 
     async def reach(index: int, url: str) -> None:
