@@ -7,7 +7,8 @@ to the stream may crash a daemon, stall the town or lose a line.
 - a sender claiming the message id of another node's next record does not make the stream
   drop that record;
 - a node's consumer, or the town's stream, deleted while the daemons run is made again,
-  and the town goes on without a restart; a stream made again gets every node's history
+  and the town goes on without a restart; a consumer made with other settings is made
+  again; a stream made again gets every node's history
   again (it was only in the deleted one);
 - a record over the stream's max_msg_size (a stream made by someone else), or one that fits
   max_payload only without its headers, stays local, counted as too_large; it does not
@@ -232,6 +233,28 @@ def test_a_stream_made_again_gets_every_node_s_history_again(town: OneServerTown
     wait_converged([a, b], timeout_s=30)
     [said] = [e for e in log_events(b) if e.get("event") == "federation_stream_new"]
     assert said["stream"] == stream, said
+
+
+def test_a_node_s_consumer_made_otherwise_is_made_again(town: OneServerTown) -> None:
+    """nats-py binds to an existing durable consumer as it is: one made with other settings
+    (by someone else, or an older version's "acknowledge all") would lose records quietly."""
+    from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+    a = town.add("a")
+    work(a, "before-b", lines=3)
+    wait_for(lambda: status(a).published > 0 and sum(status(a).backlog.values()) == 0)
+    made_otherwise = ConsumerConfig(
+        durable_name="gastownd_b",
+        deliver_policy=DeliverPolicy.NEW,
+        ack_policy=AckPolicy.ALL,
+        filter_subject=f"gastown.{town.name}.>",
+    )
+    stream = f"GASTOWN_{town.name}"
+    asyncio.run(jetstream_admin(town.nats.urls, lambda js: js.add_consumer(stream, made_otherwise)))
+    b = town.add("b")
+    wait_converged([a, b], timeout_s=20)
+    [said] = [e for e in log_events(b) if e.get("event") == "federation_consumer_remade"]
+    assert {"ack_policy", "deliver_policy"} <= set(said["differs"]), said
 
 
 def line_of(size: int, tag: str) -> dict[str, Any]:
