@@ -6,6 +6,7 @@ to the stream may crash a daemon, stall the town or lose a line.
   malformed one, and the batch it came in is applied;
 - a sender claiming the message id of another node's next record does not make the stream
   drop that record;
+- a node-name entry nested 1,000 deep is a holder like any other, for the daemon and the check;
 - a node's consumer, or the town's stream, deleted while the daemons run is made again,
   and the town goes on without a restart; a consumer made with other settings is made
   again; a stream made again gets every node's history
@@ -176,6 +177,32 @@ def test_a_message_id_claimed_by_another_sender_does_not_suppress_a_node_s_recor
     asyncio.run(claim())
     gt_append(a.town, line_of(10, "next"))
     assert wait_for(lambda: "next" in tags_of(b, "a"), 15)
+
+
+def test_a_node_name_entry_nested_1000_deep_is_a_holder_not_a_failure(
+    town: OneServerTown,
+) -> None:
+    """Anyone who may write a node's key in the town's bucket can put anything there."""
+    a = town.add("a")  # makes the bucket (its TTL, the lease: 3 s)
+    work(a, "before", lines=1)
+    wait_for(lambda: status(a).published > 0)  # publishes once it holds its name
+
+    async def put(js: Any) -> None:
+        kv = await js.key_value(f"GASTOWN_{town.name}_nodes")
+        await kv.put("a", b"[" * 5000 + b"]" * 5000)
+
+    asyncio.run(jetstream_admin(town.nats.urls, put))
+    result = run_ctl(a.town, "federation", "check", "--json")
+    checks = {c["check"]: c for c in json.loads(result.stdout)["checks"]}
+    assert "hub" not in checks, checks["hub"]  # the check went on
+    said = wait_for(
+        lambda: [e for e in log_events(a) if e.get("event") == "federation_node_conflict"], 10
+    )
+    assert said[0]["held_by_host"] == "?", said
+    published = status(a).published
+    work(a, "after", lines=1)  # the entry expires with the lease: a holds its name again
+    wait_for(lambda: status(a).node_conflict is None and status(a).published > published, 20)
+    assert "RecursionError" not in a.proc.log_path.read_text()
 
 
 # ---------------------------------------------------------------- the stream under us

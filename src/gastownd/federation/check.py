@@ -439,5 +439,12 @@ async def _lease(
                 since=str(value["since"])[:40],
             )
         )
-    except (msgspec.DecodeError, KeyError, TypeError, ValueError, OverflowError) as exc:
+    except (
+        msgspec.DecodeError,
+        KeyError,
+        TypeError,
+        ValueError,
+        OverflowError,
+        RecursionError,
+    ) as exc:
         return LeaseFacts(unreadable=f"its entry for {node!r} is not a lease: {exc}"[:300])
