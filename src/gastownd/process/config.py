@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import re
 import typing
+import urllib.parse
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -289,8 +290,7 @@ class FederationConfig(_Section):
         if (self.user is None) != (self.password is None):
             raise ValueError("user and password go together")
         for url in self.servers:
-            if "://" not in url:
-                raise ValueError(f"server {url[:60]!r} must be a URL such as nats://host:4222")
+            check_server_url(url)
         if self.stream_max_age and parse_duration(self.duplicate_window) > parse_duration(
             self.stream_max_age
         ):
@@ -299,6 +299,22 @@ class FederationConfig(_Section):
     @property
     def enabled(self) -> bool:
         return bool(self.servers)
+
+
+# What nats-py connects to; anything else fails at every connect, never at start.
+_SERVER_SCHEMES = frozenset({"nats", "tls", "ws", "wss"})
+
+
+def check_server_url(url: str) -> None:
+    """Refuse a server URL that no connect could use (the daemon would retry it forever)."""
+    wanted = f"server {url[:60]!r} must be a URL such as nats://host:4222"
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port  # out of range, or not a number: ValueError
+    except ValueError:
+        raise ValueError(f"{wanted} (a port from 1 to 65535)") from None
+    if parts.scheme not in _SERVER_SCHEMES or not parts.hostname or port == 0:
+        raise ValueError(f"{wanted} (scheme nats, tls, ws or wss, a host, a port from 1 to 65535)")
 
 
 class MetricsConfig(_Section):

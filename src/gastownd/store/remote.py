@@ -47,6 +47,10 @@ MARK_SESSIONS = "fed_sessions"
 MARK_DIGESTS = "fed_digests"
 MARK_ATTRIBUTIONS = "fed_attributions"
 MARK_PRUNED = "fed_remote_pruned_through"
+# The secret that keys this node's Nats-Msg-Ids (``core.records.dedupe_id``), made once.
+MSG_ID_KEY = "fed_msg_id_key"
+# When the stream the other marks refer to was made: a stream made again holds none of them.
+MARK_STREAM = "fed_stream_created"
 # The daemon run that last held this node's name with this store (federation_identity).
 MARK_INSTANCE = "fed_instance"
 # Remote records rejected so far, by reason (JSON): status shows them across restarts.
