@@ -160,7 +160,10 @@ class Consumer:
         refused: list[Any] = []  # rejected: terminated, never delivered again
         records: list[AnyMessage] = []
         carriers: list[Any] = []
-        not_after = self.clock() + self.max_skew_s
+        # "In the future" by this node's clock and by the hub's (when it stored the record)
+        # both: a node whose own clock is behind still takes correct nodes' records, which
+        # it could never be given again once refused.
+        local_not_after = self.clock() + self.max_skew_s
         for message in messages:
             sender = _sender(message.subject)
             if sender == self.node:
@@ -174,6 +177,12 @@ class Consumer:
                 health.reject(rejected.reason, sender, rejected.detail)
                 refused.append(message)
                 continue
+            stored_at = stream_stored_at(message)
+            not_after = (
+                local_not_after
+                if stored_at is None
+                else max(local_not_after, stored_at + self.max_skew_s)
+            )
             kept, future = refuse_future(record, not_after)
             if future:
                 health.reject(
