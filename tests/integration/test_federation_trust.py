@@ -400,6 +400,32 @@ def test_a_node_two_hours_behind_makes_no_false_fork_and_future_lines_are_refuse
     assert status(n3).rejected.get("future_time", 0) == refused_before
 
 
+def test_a_node_whose_clock_jumped_years_ahead_deletes_no_remote_line(town: Town) -> None:
+    """Other nodes' lines are deleted for good (the stream does not deliver an acknowledged
+    record again): a clock two years ahead, measured against the server's, deletes none."""
+    n1 = town.add("n1")
+    ahead = town.add("n6", env={"GASTOWND_TEST_CLOCK_OFFSET_S": str(2 * 365 * 86400)})
+    work(n1, "kept", lines=3)
+    wanted = {f"n1-kept-{n}" for n in range(3)}
+
+    def tags() -> set[str]:
+        with ahead.client() as client:
+            events = client.query(node="n1", types=["nudge"], limit=50).events
+        return {json.loads(bytes(e))["payload"].get("tag") for e in events}
+
+    wait_for(lambda: tags() >= wanted)
+    wait_for(lambda: status(ahead).clock_offset_s is not None)
+    with ahead.client() as client:
+        client.prune()
+    assert tags() >= wanted
+    logged = [
+        json.loads(line)
+        for line in ahead.proc.log_path.read_text().splitlines()
+        if '"remote_prune_clock_suspect"' in line
+    ]
+    assert logged and logged[-1]["reason"].startswith("this clock is +63072000"), logged
+
+
 # ---------------------------------------------------------------- a frozen server
 
 

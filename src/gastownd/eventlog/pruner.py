@@ -38,6 +38,7 @@ from gastownd.eventlog.event_log import EventLog
 from gastownd.eventlog.logstate import SeqMap, write_seqmap
 from gastownd.eventlog.prune_plan import PruneWorker, prune_worker
 from gastownd.eventlog.prune_steps import copy_kept
+from gastownd.eventlog.remote_retention import prune_remote
 from gastownd.eventlog.writer import LogFile, Observation
 from gastownd.process.config import RetentionConfig, parse_duration
 from gastownd.process.config_file import read_regular_file
@@ -178,24 +179,6 @@ def _read_by_everyone(daemon: Daemon) -> int | None:
         if published is not None:
             marks.append(published)
     return min(marks)
-
-
-async def prune_remote(daemon: Daemon, policy: RetentionPolicy) -> int:
-    """Other nodes' lines expire with the same TTLs as this node's (their origin archives
-    its own); deleted a batch per transaction."""
-    sessions = daemon.sessions
-    remote = sessions.store.remote
-    now = daemon.clock()
-    expired = [(t, now - policy.ttl_for(t)) for t in await sessions.db(remote.remote_types)]
-    removed = 0
-    while expired:
-        done = await sessions.db(remote.prune_events, expired)
-        if not done:
-            break
-        removed += done
-    if removed:
-        log.info("remote_events_pruned", removed=removed)
-    return removed
 
 
 async def run_periodic(daemon: Daemon) -> None:

@@ -347,6 +347,11 @@ class RemoteStore:
     def remote_types(self) -> list[str]:
         return [r[0] for r in self._db.execute("SELECT DISTINCT type FROM remote_events")]
 
+    def newest_ts(self) -> int | None:
+        """The newest ``ts`` of the remote lines held (None: none is)."""
+        row = self._db.execute("SELECT MAX(ts) FROM remote_events").fetchone()
+        return None if row is None or row[0] is None else int(row[0])
+
     # ------------------------------------------------------------ publishing
 
     def rejected_counts(self) -> dict[str, int]:
