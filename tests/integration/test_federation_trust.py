@@ -426,6 +426,29 @@ def test_a_node_whose_clock_jumped_years_ahead_deletes_no_remote_line(town: Town
     assert logged and logged[-1]["reason"].startswith("this clock is +63072000"), logged
 
 
+def test_a_peer_whose_clock_is_years_behind_keeps_its_lines_on_other_nodes(town: Town) -> None:
+    """gt on a machine whose clock is two years behind dates its lines two years ago: a
+    receiver keeps them for their TTL from their arrival, where it deleted them at its next
+    prune (its own clock is right: a peer with a right clock says so)."""
+    years = 2 * 365 * 86400
+    n1, n2 = town.add("n1"), town.add("n2")
+    behind = town.add("n7", env={"GASTOWND_TEST_CLOCK_OFFSET_S": str(-years)})
+    for n in range(3):
+        gt_append(behind.town, {"ts": stamp(years), **LINE, "payload": {"tag": f"old-{n}"}})
+    gt_append(n2.town, {"ts": stamp(), **LINE, "payload": {"tag": "now"}})
+    wanted = {"old-0", "old-1", "old-2", "now"}
+
+    def tags() -> set[str]:
+        with n1.client() as client:
+            events = client.query(all_nodes=True, types=["mail"], limit=50).events
+        return {json.loads(bytes(e))["payload"].get("tag") for e in events}
+
+    wait_for(lambda: tags() >= wanted)
+    with n1.client() as client:
+        client.prune()
+    assert tags() >= wanted
+
+
 # ---------------------------------------------------------------- a frozen server
 
 
