@@ -170,7 +170,11 @@ class App:
             # Before the minutes a big log's recovery may take, not after.
             check_socket_path(paths.socket)
         notifier.status("recovering and indexing the event log")
-        subscriptions = Subscriptions(config.eventlog.subscriber_queue)
+        subscriptions = Subscriptions(
+            config.eventlog.subscriber_queue,
+            config.eventlog.max_subscriptions,
+            config.eventlog.max_subscriptions_per_connection,
+        )
         # Who hears of appended lines besides the subscribers: the recorder, then federation,
         # each from the moment it runs.
         observers: list[Callable[[list[Published]], None]] = []

@@ -211,6 +211,9 @@ class EventLogConfig(_Section):
     # watchfiles' step: how long to wait for more changes before reporting.
     watch_step: str = "10ms"
     subscriber_queue: int = 10_000
+    # Every line is offered to every subscription: their number bounds the cost of an emit.
+    max_subscriptions: int = 1024
+    max_subscriptions_per_connection: int = 64
     append_queue: int = 65_536
 
 
@@ -363,6 +366,8 @@ KEYS: tuple[Key, ...] = (
     _text("eventlog.source", False, high=64, pattern=_TOKEN),
     _duration("eventlog.watch_step", "1ms", "5s", False),
     _integer("eventlog.subscriber_queue", 1, 1_000_000, False),
+    _integer("eventlog.max_subscriptions", 1, 1_000_000, False),
+    _integer("eventlog.max_subscriptions_per_connection", 1, 1_000_000, False),
     _integer("eventlog.append_queue", 1, 1 << 20, False),
     Key("retention.enabled", "flag", True),
     _duration("retention.default_ttl", "1s", "36500d", True),
