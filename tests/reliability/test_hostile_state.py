@@ -1,0 +1,138 @@
+"""The daemon's own files in ``<town>/.gastownd/`` as a crash, a bad disk, a restore or a
+careless user leaves them: a FIFO, a directory or an endless device in place of a
+bookkeeping file, a damaged checkpoint, a prune's journal that is not this town's.
+
+What must hold: the daemon starts and answers (those files are only shortcuts; the log is
+the source of truth), an archive query answers rather than hangs, and no archived line is
+cut (review of the state files' edges)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import SAMPLE_LOG, DaemonProcess
+from tests.reliability._support import make_town
+
+# A query's deadline: a file that blocks a reader would hold it for good.
+QUERY_TIMEOUT_S = 10.0
+SESSION = "11111111-2222-3333-4444-555555555555"
+
+
+@pytest.fixture(scope="module")
+def base_town() -> Iterator[Path]:
+    """A town whose sample lines were archived by a prune, with emits, a digest and an open
+    wisp after them, stopped cleanly: every kind of state file is there."""
+    root = Path(tempfile.mkdtemp(prefix="gt-base-", dir="/tmp"))
+    make_town(root)
+    shutil.copy(SAMPLE_LOG, root / ".events.jsonl")
+    proc = DaemonProcess(root).wait_ready()
+    with proc.client() as client:
+        client.prune()
+        for n in range(5):
+            client.emit("sling", "gastown/crew/joe", {"bead": f"gt-{n}"})
+        client.session_start(SESSION, "gastown/crew/joe", cwd="/tmp")
+        client.session_end(SESSION, "done")
+    assert proc.terminate() == 0, proc.log()
+    (root / "daemon.log").unlink()
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def baseline(base_town: Path) -> Iterator[tuple[int, int]]:
+    """What a copy of the base town serves: (lines with the archive, live lines)."""
+    root = Path(tempfile.mkdtemp(prefix="gt-", dir="/tmp"))
+    shutil.copytree(base_town, root, symlinks=True, dirs_exist_ok=True)
+    yield served(root)
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def copy_town(base_town: Path) -> Iterator[Callable[[], Path]]:
+    made: list[Path] = []
+
+    def make() -> Path:
+        root = Path(tempfile.mkdtemp(prefix="gt-", dir="/tmp"))
+        shutil.copytree(base_town, root, symlinks=True, dirs_exist_ok=True)
+        made.append(root)
+        return root
+
+    yield make
+    for root in made:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def served(town: Path) -> tuple[int, int]:
+    """Start the daemon, count the lines an archive query and a live query return, stop it."""
+    proc = DaemonProcess(town).wait_ready()
+    try:
+        with proc.client(timeout_s=QUERY_TIMEOUT_S) as client:
+            everything = len(client.query(limit=100_000, archive=True).events)
+            live = len(client.query(limit=100_000).events)
+            client.ping()
+    finally:
+        code = proc.terminate()
+    assert code == 0, proc.log()
+    assert "Traceback" not in (town / "daemon.log").read_text(errors="replace"), proc.log()
+    return everything, live
+
+
+def state_file(town: Path, which: str) -> Path:
+    state = town / ".gastownd"
+    if which == "seqmap":
+        return max(state.glob("seqmap-*.json"), key=lambda p: p.stat().st_mtime)
+    if which == "archive day catalogue":
+        return min((state / "archive").glob("*.idx"))
+    if which == "archive day file":
+        return min((state / "archive").glob("*.jsonl.gz"))
+    return state / {"snapshot": "index.snapshot", "prune journal": "archive/pending.json"}[which]
+
+
+def put_in_place(path: Path, kind: str) -> None:
+    path.unlink(missing_ok=True)
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "endless device":
+        path.symlink_to("/dev/zero")
+    else:
+        path.mkdir()
+
+
+@pytest.mark.parametrize("kind", ["fifo", "endless device", "directory"])
+@pytest.mark.parametrize(
+    "which",
+    ["snapshot", "seqmap", "prune journal", "archive day catalogue", "archive day file"],
+)
+def test_an_odd_file_in_place_of_a_state_file_never_stalls_the_daemon(
+    copy_town: Callable[[], Path], baseline: tuple[int, int], which: str, kind: str
+) -> None:
+    everything, live = baseline
+    town = copy_town()
+    put_in_place(state_file(town, which), kind)
+    got_everything, got_live = served(town)
+    assert got_live == live
+    if which == "archive day file":
+        # That day's lines cannot be read; every other line is served.
+        assert live <= got_everything < everything
+    else:
+        assert got_everything == everything
+
+
+def test_a_damaged_checkpoint_or_a_dangling_seqmap_never_refuses_the_start(
+    copy_town: Callable[[], Path],
+) -> None:
+    town = copy_town()
+    everything, live = served(town)  # a seqmap of this copy's log, with a checkpoint
+    seqmap_path = state_file(town, "seqmap")
+    seqmap = json.loads(seqmap_path.read_text())
+    seqmap["end"] = 10  # shorter than its tail: a checkpoint no file can match
+    seqmap_path.write_text(json.dumps(seqmap))
+    (town / ".gastownd" / "seqmap-1.json").symlink_to(town / "missing")
+    assert served(town) == (everything, live)
