@@ -125,6 +125,42 @@ def test_an_odd_file_in_place_of_a_state_file_never_stalls_the_daemon(
         assert got_everything == everything
 
 
+def archive_bytes(town: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in (town / ".gastownd" / "archive").iterdir()}
+
+
+@pytest.mark.parametrize(
+    ("commit", "sizes"),
+    [
+        ("the log itself", (0, 0)),
+        ("another town's prune file", (0, 0)),
+        ("a prune file", (1 << 40, 1 << 40)),
+        ("a prune file", (2**63, 2**63)),
+        ("a prune file", (2**64, 2**64)),
+    ],
+    ids=["log itself, cut", "other town, cut", "grown", "2**63", "2**64"],
+)
+def test_a_journal_never_cuts_or_grows_the_archive(
+    copy_town: Callable[[], Path], baseline: tuple[int, int], commit: str, sizes: tuple[int, int]
+) -> None:
+    everything, _ = baseline
+    town = copy_town()
+    before = archive_bytes(town)
+    commit_path = {
+        "the log itself": town / ".events.jsonl",
+        "another town's prune file": Path("/nonexistent/.events.jsonl.gastownd-prune-1"),
+        "a prune file": town / ".events.jsonl.gastownd-prune-1",
+    }[commit]
+    if commit == "a prune file":
+        commit_path.write_bytes(b"")
+    days = {name[len("events-") : -len(".idx")]: sizes for name in before if name.endswith(".idx")}
+    journal = {"commit_path": str(commit_path), "days": days}
+    (town / ".gastownd" / "archive" / "pending.json").write_text(json.dumps(journal))
+    got_everything, _ = served(town)
+    assert archive_bytes(town) == before
+    assert got_everything == everything
+
+
 def test_a_damaged_checkpoint_or_a_dangling_seqmap_never_refuses_the_start(
     copy_town: Callable[[], Path],
 ) -> None:

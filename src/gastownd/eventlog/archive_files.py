@@ -54,6 +54,9 @@ from gastownd.eventlog.logstate import (
 log = structlog.get_logger("gastownd.archive")
 
 JOURNAL = "pending.json"
+# In the name of every prune's temporary file (``<log>.gastownd-prune-<pid>``): a journal
+# naming any other file (the log itself, one of another tool) was not written by a prune.
+PRUNE_FILE_MARK = ".gastownd-prune-"
 GZ_SUFFIX = ".jsonl.gz"
 IDX_SUFFIX = ".idx"
 PREFIX = "events-"
@@ -168,7 +171,8 @@ class Archive:
         journal = self._read_journal()
         if journal is None:
             return
-        if Path(journal.commit_path).exists():
+        commit = Path(journal.commit_path)
+        if PRUNE_FILE_MARK in commit.name and commit.exists():
             self._undo(journal)
             log.warning("archive_batch_rolled_back", days=len(journal.days))
         else:
@@ -239,8 +243,11 @@ class Archive:
                 except FileNotFoundError:
                     continue
                 try:
-                    os.ftruncate(fd, size)
-                    os.fsync(fd)
+                    # An undo only ever cuts off what the batch appended: a size beyond the
+                    # file's (a journal of another town, a damaged one) is no batch of it.
+                    if size <= os.fstat(fd).st_size:
+                        os.ftruncate(fd, size)
+                        os.fsync(fd)
                 finally:
                     os.close(fd)
         fsync_dir(self.folder)
