@@ -47,6 +47,7 @@ LIVE = [
     # Issue 20.
     "sessions-sorted-by-the-start-they-show",
     "payloads-shown-as-the-cli-shows-them",
+    "hostile-text-keeps-one-event-a-line",
     "who-rows-align-and-g-refreshes",
     "logged-session-shows-its-lines",
     "refresh-keeps-point-on-its-session",

@@ -529,6 +529,24 @@
                (gastownd-test--line buffer "list=")))
       (gastownd-test--no-errors))))
 
+(ert-deftest gastownd-test-hostile-text-keeps-one-event-a-line ()
+  ;; Any writer's text: a newline, ESC (an OSC 52 clipboard write), CR, NUL, a C1 CSI
+  ;; and a bidi override, in the actor, a payload key and values.
+  (gastownd-test--with-fast-settings
+    (let ((buffer (gastownd-test--open-feed)))
+      (gastownd-test--ctl
+       "emit-json" "mail" "evil\nactor\e]52;c;aGk=\a\r"
+       "{\"k\\ney\":\"a\\u0000b\",\"csi\":\"\\u009b2J\",\"bidi\":\"\\u202eevil\",\"mark\":\"hostile-row\"}")
+      (gastownd-test--wait "the mail" (lambda () (gastownd-test--has buffer "hostile-row")))
+      (let ((line (gastownd-test--line buffer "hostile-row")))
+        (should (string-search "evil⏎actor\\u001b]52;c;aGk=\\u0007\\u000d" line))
+        (should (string-search "bidi=\\u202eevil csi=\\u009b2J k⏎ey=a\\u0000b" line))
+        (should-not (string-match-p "[\u0000-\u001f\u007f-\u009f\u202e]" line)))
+      (with-current-buffer buffer
+        (should (= 1 (how-many "hostile-row" (point-min) (point-max))))
+        (should-not (save-excursion (goto-char (point-min)) (search-forward "evil\n" nil t))))
+      (gastownd-test--no-errors))))
+
 (ert-deftest gastownd-test-who-rows-align-and-g-refreshes ()
   (gastownd-test--with-fast-settings
     (gastownd-test--ctl "ctl" "session" "start" "--session" gastownd-test-session
