@@ -1,6 +1,7 @@
 """The daemon's own files in ``<town>/.gastownd/`` as a crash, a bad disk, a restore or a
 careless user leaves them: a FIFO, a directory or an endless device in place of a
-bookkeeping file, a damaged checkpoint, a prune's journal that is not this town's.
+bookkeeping file, a damaged checkpoint, a prune's journal that is not this town's, a session
+store another process holds locked.
 
 What must hold: the daemon starts and answers (those files are only shortcuts; the log is
 the source of truth), an archive query answers rather than hangs, and no archived line is
@@ -11,18 +12,30 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from gastown_client.errors import RequestRejected
 from tests.conftest import SAMPLE_LOG, DaemonProcess
-from tests.reliability._support import make_town
+from tests.reliability._support import make_town, refused_start
 
 # A query's deadline: a file that blocks a reader would hold it for good.
 QUERY_TIMEOUT_S = 10.0
 SESSION = "11111111-2222-3333-4444-555555555555"
+OTHER_SESSION = "21111111-2222-3333-4444-555555555555"
+# Another process holding the session store's write lock until its stdin closes.
+LOCK_HOLDER = """
+import sqlite3, sys
+db = sqlite3.connect(sys.argv[1], isolation_level=None)
+db.execute("BEGIN EXCLUSIVE")
+print("locked", flush=True)
+sys.stdin.read()
+"""
 
 
 @pytest.fixture(scope="module")
@@ -172,3 +185,67 @@ def test_a_damaged_checkpoint_or_a_dangling_seqmap_never_refuses_the_start(
     seqmap_path.write_text(json.dumps(seqmap))
     (town / ".gastownd" / "seqmap-1.json").symlink_to(town / "missing")
     assert served(town) == (everything, live)
+
+
+def test_a_store_locked_by_another_process_answers_io_error_and_changes_nothing(
+    copy_town: Callable[[], Path],
+) -> None:
+    town = copy_town()
+    proc = DaemonProcess(town).wait_ready()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", LOCK_HOLDER, str(town / ".gastownd" / "gastownd.db")],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "locked\n"
+        with proc.client(timeout_s=30) as client:
+            with pytest.raises(RequestRejected) as refused:
+                client.session_start(OTHER_SESSION, "gastown/crew/max", cwd="/tmp")
+            assert refused.value.code == "io_error", refused.value
+            assert "(database is locked); nothing was changed" in refused.value.message
+            client.ping()
+            holder.communicate("")  # the other process lets go
+            with pytest.raises(RequestRejected):
+                client.wisp(OTHER_SESSION)  # the refused start left nothing
+            assert client.session_start(OTHER_SESSION, "gastown/crew/max", cwd="/tmp").created
+    finally:
+        holder.kill()
+        holder.wait()
+        code = proc.terminate()
+    assert code == 0, proc.log()
+    assert "Traceback" not in (town / "daemon.log").read_text(errors="replace"), proc.log()
+
+
+def test_a_store_locked_at_start_is_a_one_line_refusal_then_a_start(
+    copy_town: Callable[[], Path],
+) -> None:
+    town = copy_town()
+    line = {"ts": "2026-12-01T10:00:00Z", "source": "gt", "type": "session_start"}
+    line |= {"actor": "gastown/crew/max", "payload": {"session_id": OTHER_SESSION}}
+    with open(town / ".events.jsonl", "ab") as log:  # a line to record at the next start
+        log.write(json.dumps(line).encode() + b"\n")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", LOCK_HOLDER, str(town / ".gastownd" / "gastownd.db")],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "locked\n"
+        refused = refused_start(town)
+    finally:
+        holder.communicate("")
+    assert refused.returncode == 1, refused.stderr
+    assert refused.stderr.splitlines()[-1] == (
+        f"gastownd: {town / '.gastownd' / 'gastownd.db'}: cannot recover the session store: "
+        "the session store could not be written (database is locked); nothing was changed"
+    )
+    assert "Traceback" not in refused.stderr
+    proc = DaemonProcess(town).wait_ready()
+    try:
+        with proc.client() as client:
+            assert any(row.session_id == OTHER_SESSION for row in client.sessions().sessions)
+    finally:
+        assert proc.terminate() == 0, proc.log()

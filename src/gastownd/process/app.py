@@ -44,7 +44,7 @@ from gastownd.process.instance import (
     clear_stale_socket,
     ensure_private_dir,
 )
-from gastownd.process.refusals import ConfigError, StartupError
+from gastownd.process.refusals import ConfigError, StartupError, StorageError
 from gastownd.process.state import DaemonPaths, DaemonState
 from gastownd.process.systemd import (
     ActivationError,
@@ -218,7 +218,8 @@ class App:
                 # The outbox replay appends to the log, so the writer must be running.
                 # Lines indexed during open must reach the recorder: attach it first.
                 observers.append(sessions.observe)
-                await sessions.open()
+                with _refusing("cannot recover the session store", store_path):
+                    await sessions.open()
                 federation: Federation | FederationOff
                 link: Federation | None = None
                 if config.federation.enabled:
@@ -389,7 +390,8 @@ def _serving(town: Path, waiting: list[str]) -> str:
 
 @contextmanager
 def _refusing(what: str, path: Path) -> Iterator[None]:
-    """Turn what the OS or SQLite says at start-up into a one-line refusal naming the path."""
+    """Turn what the OS or SQLite (or the session store) says at start-up into a one-line
+    refusal naming the path."""
     try:
         yield
     except OSError as exc:
@@ -400,6 +402,8 @@ def _refusing(what: str, path: Path) -> Iterator[None]:
         raise StartupError(f"{where}: {what}: {reason}", errno_code=exc.errno) from None
     except sqlite3.Error as exc:
         raise StartupError(f"{path}: {what}: {exc}") from None
+    except StorageError as exc:  # the store's own trouble, already said in one line
+        raise StartupError(f"{path}: {what}: {exc.message}") from None
 
 
 def _ensure_socket_dir(folder: Path) -> None:
