@@ -249,3 +249,27 @@ def test_a_store_locked_at_start_is_a_one_line_refusal_then_a_start(
             assert any(row.session_id == OTHER_SESSION for row in client.sessions().sessions)
     finally:
         assert proc.terminate() == 0, proc.log()
+
+
+@pytest.mark.parametrize("kind", ["symlink", "fifo"])
+def test_an_instance_lock_that_is_no_regular_file_is_refused_and_what_it_names_kept(
+    copy_town: Callable[[], Path], kind: str
+) -> None:
+    town = copy_town()
+    lock = town / ".gastownd" / "gastownd.lock"
+    precious = town / "notes.txt"
+    precious.write_text("the user's notes\n")
+    lock.unlink()
+    if kind == "symlink":
+        lock.symlink_to(precious)  # the pid written into the lock replaced the notes
+    else:
+        os.mkfifo(lock)  # exit 70, a traceback
+    refused = refused_start(town)
+    assert refused.returncode == 1, refused.stderr
+    reason = "it is a symlink" if kind == "symlink" else "not a regular file"
+    assert refused.stderr.splitlines()[-1] == (
+        f"gastownd: {lock}: cannot open the instance lock: {reason}; remove it and retry"
+    )
+    assert precious.read_text() == "the user's notes\n"
+    lock.unlink()
+    assert served(town)[1] > 0
