@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from gastown_client.errors import RequestRejected
-from tests.conftest import SAMPLE_LOG, DaemonProcess
+from tests.conftest import SAMPLE_LOG, DaemonProcess, run_ctl
 from tests.reliability._support import make_town, refused_start
 
 # A query's deadline: a file that blocks a reader would hold it for good.
@@ -273,3 +273,27 @@ def test_an_instance_lock_that_is_no_regular_file_is_refused_and_what_it_names_k
     assert precious.read_text() == "the user's notes\n"
     lock.unlink()
     assert served(town)[1] > 0
+
+
+def test_an_archive_day_that_cannot_be_read_is_named_in_the_answer(
+    copy_town: Callable[[], Path], baseline: tuple[int, int]
+) -> None:
+    town = copy_town()
+    day_file = state_file(town, "archive day file")
+    day = day_file.name[len("events-") : -len(".jsonl.gz")]
+    day_file.write_bytes(b"\0" * day_file.stat().st_size)  # a bad disk's zeroed blocks
+    proc = DaemonProcess(town).wait_ready()
+    try:
+        with proc.client(timeout_s=QUERY_TIMEOUT_S) as client:
+            answer = client.query(limit=100_000, archive=True)
+            assert answer.archive_unreadable == [day]
+            assert len(answer.events) < baseline[0]
+            assert client.query(limit=100_000).archive_unreadable is None  # live only
+        shown = run_ctl(town, "events", "--archive", "--oldest-first", "-n", "5")
+    finally:
+        assert proc.terminate() == 0, proc.log()
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stderr == (
+        f"gastownctl: partial answer: the archive's files of {day} could not be read "
+        "(see the daemon's log); their lines are missing\n"
+    )

@@ -108,6 +108,13 @@ def cmd_events(args: argparse.Namespace) -> int:
                 "it covers the lines indexed so far",
                 file=sys.stderr,
             )
+        if result.archive_unreadable:
+            print(
+                "gastownctl: partial answer: the archive's files of "
+                f"{', '.join(result.archive_unreadable)} could not be read (see the daemon's "
+                "log); their lines are missing",
+                file=sys.stderr,
+            )
         if not args.follow:
             return EXIT_OK
         subscription = client.subscribe(cursor=result.cursor, **filters)
