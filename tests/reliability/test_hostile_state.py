@@ -297,3 +297,30 @@ def test_an_archive_day_that_cannot_be_read_is_named_in_the_answer(
         f"gastownctl: partial answer: the archive's files of {day} could not be read "
         "(see the daemon's log); their lines are missing\n"
     )
+
+
+def log_events(town: Path) -> list[str]:
+    rows = (town / "daemon.log").read_text(errors="replace").splitlines()
+    return [json.loads(row)["event"] for row in rows if row.startswith("{")]
+
+
+@pytest.mark.parametrize("how", ["deleted", "emptied"])
+def test_a_lost_session_store_is_said_not_silently_replaced(
+    copy_town: Callable[[], Path], how: str
+) -> None:
+    town = copy_town()
+    store = town / ".gastownd" / "gastownd.db"
+    if how == "deleted":
+        store.unlink()
+    else:
+        store.write_bytes(b"")  # SQLite takes a 0-byte file for a new database
+    served(town)
+    assert log_events(town).count("session_store_recreated") == 1
+    (town / "daemon.log").unlink()
+    served(town)  # the store made then is this town's from now on
+    assert "session_store_recreated" not in log_events(town)
+
+
+def test_a_first_start_says_nothing_of_a_lost_store(town: Path) -> None:
+    served(town)
+    assert "session_store_recreated" not in log_events(town)

@@ -183,12 +183,23 @@ class App:
         eventlog = EventLog(
             paths.events, paths.events_lock, paths.private_dir, config.eventlog, publish
         )
+        # A seqmap is written at every start: one there now says a daemon ran here before.
+        ran_here_before = any(paths.private_dir.glob("seqmap-*.json"))
         with _refusing("cannot open the event log", paths.events):
             # A long stretch with no snapshot is indexed while the daemon serves.
             await eventlog.open(background=True)
         store_path = paths.private_dir / "gastownd.db"
         with _refusing("cannot open the session store", store_path):
             store = await anyio.to_thread.run_sync(Store, store_path)
+        if store.created and ran_here_before:
+            # Not silent: what only the store held (digests, open wisps, the records of
+            # sessions whose lines were archived) is gone; the live log's lines come back.
+            log.warning(
+                "session_store_recreated",
+                path=str(store_path),
+                reason="missing or empty while this town's daemon had run here before",
+                action="restore it from a backup with the daemon stopped, if there is one",
+            )
         sessions = SessionRecorder(store, eventlog, config.eventlog.source, lambda: state.clock())
         # The server answers its first request only once ``serve`` runs, after ``daemon`` is
         # built below.
