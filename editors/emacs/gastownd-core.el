@@ -574,16 +574,17 @@ actor@node unless it is LOCAL-NODE (the answering daemon's own)."
   (let* ((node (or node (alist-get 'node event)))
          (node (unless (equal node local-node) node))
          (actor (alist-get 'actor event))
-         (who (concat (gastownd--face actor 'gastownd-actor)
+         ;; Cut like a payload value, as gastownctl does: a 1 MB actor is no 1 MB line.
+         (who (concat (gastownd--face (gastownd--short (or actor "")) 'gastownd-actor)
                       (if (and node (not (string-empty-p node)))
-                          (gastownd--face (concat "@" node) 'gastownd-node)
+                          (gastownd--face (concat "@" (gastownd--short node)) 'gastownd-node)
                         ""))))
     (propertize
      (gastownd--columns
       (gastownd--pad (gastownd--face (gastownd--feed-time (alist-get 'ts event))
                                      'gastownd-time)
                      (gastownd--time-width))
-      (gastownd--pad (gastownd--face (or (alist-get 'type event) "?")
+      (gastownd--pad (gastownd--face (gastownd--short (or (alist-get 'type event) "?"))
                                      'gastownd-type)
                      14)
       (gastownd--pad who 24)

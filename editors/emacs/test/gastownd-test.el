@@ -545,6 +545,11 @@
       (with-current-buffer buffer
         (should (= 1 (how-many "hostile-row" (point-min) (point-max))))
         (should-not (save-excursion (goto-char (point-min)) (search-forward "evil\n" nil t))))
+      ;; A 100 KB actor is cut like a payload value, as gastownctl cuts it.
+      (let ((long (make-string 100000 ?x)))
+        (gastownd-test--ctl "emit-json" "mail" long "{\"mark\":\"long-row\"}"))
+      (gastownd-test--wait "the long one" (lambda () (gastownd-test--has buffer "long-row")))
+      (should (< (length (gastownd-test--line buffer "long-row")) 400))
       (gastownd-test--no-errors))))
 
 (ert-deftest gastownd-test-who-rows-align-and-g-refreshes ()

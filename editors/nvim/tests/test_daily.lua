@@ -115,6 +115,12 @@ return {
       h.truthy(row:find("csi=\\u009b2J", 1, true), row)
       h.truthy(row:find("bidi=\\u202eevil", 1, true), row)
       h.eq(nil, row:find("[%z\1-\31\127]"), "no control byte in " .. row)
+      -- A 100 KB actor is cut like a payload value, as gastownctl cuts it.
+      local long = string.rep("x", 100000)
+      h.ctl("emit-json", "mail", long, '{"mark":"long-row"}')
+      h.wait_for_text("the long one", buf, "long-row")
+      local long_row = h.matching(buf, "long-row")[1]
+      h.truthy(#long_row < 400, "a row of " .. #long_row .. " bytes")
       no_errors()
     end,
   },

@@ -217,15 +217,18 @@ function M.event_row(event, node, local_node)
     node = nil
   end
   local actor = event.actor ~= vim.NIL and event.actor or nil
+  -- Cut like a payload value, as gastownctl does: a 1 MB actor is no 1 MB row.
+  local shown = actor and M.short(actor) or nil
+  node = node and node ~= "" and M.short(node) or node
   local cells = {
     { M.feed_time(event.ts), width = time_width(), group = "GastowndTime" },
-    { event.type or "?", width = 14, group = "GastowndType" },
-    { who(actor, nil), group = "GastowndActor" },
+    { M.short(event.type or "?"), width = 14, group = "GastowndType" },
+    { who(shown, nil), group = "GastowndActor" },
     { M.summary(event.payload, actor) },
   }
   if node and node ~= "" then
     -- actor@node: the node in its own colour, right after the actor.
-    cells[3] = { who(actor, node), group = "GastowndActor", width = 24 }
+    cells[3] = { who(shown, node), group = "GastowndActor", width = 24 }
   else
     cells[3].width = 24
   end
@@ -233,7 +236,7 @@ function M.event_row(event, node, local_node)
   if node and node ~= "" then
     local actor_hl = highlights[3]
     if actor_hl then
-      local split = actor_hl[2] + #M.text(actor)
+      local split = actor_hl[2] + #(shown or "")
       highlights[#highlights + 1] = { "GastowndNode", split, actor_hl[3] }
       actor_hl[3] = split
     end
