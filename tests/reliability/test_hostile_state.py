@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -22,12 +23,15 @@ import pytest
 
 from gastown_client.errors import RequestRejected
 from tests.conftest import SAMPLE_LOG, DaemonProcess, run_ctl
+from tests.integration.test_eventlog import gt_append
 from tests.reliability._support import make_town, refused_start
 
 # A query's deadline: a file that blocks a reader would hold it for good.
 QUERY_TIMEOUT_S = 10.0
 SESSION = "11111111-2222-3333-4444-555555555555"
 OTHER_SESSION = "21111111-2222-3333-4444-555555555555"
+NEW = "31111111-2222-3333-4444-555555555555"
+LOGGED = "41111111-2222-3333-4444-555555555555"
 # Another process holding the session store's write lock until its stdin closes.
 LOCK_HOLDER = """
 import sqlite3, sys
@@ -324,3 +328,41 @@ def test_a_lost_session_store_is_said_not_silently_replaced(
 def test_a_first_start_says_nothing_of_a_lost_store(town: Path) -> None:
     served(town)
     assert "session_store_recreated" not in log_events(town)
+
+
+def test_the_recorder_and_the_reaper_outlive_a_locked_store_and_catch_up_once_it_is_free(
+    copy_town: Callable[[], Path],
+) -> None:
+    town = copy_town()
+    with open(town / "settings" / "gastownd.toml", "a") as settings:
+        settings.write('[wisps]\nidle_timeout = "2s"\nreap_interval = "1s"\n')
+    proc = DaemonProcess(town).wait_ready()
+    try:
+        with proc.client() as client:
+            client.session_start(NEW, "gastown/crew/max", cwd="/tmp")
+            holder = subprocess.Popen(
+                [sys.executable, "-c", LOCK_HOLDER, str(town / ".gastownd" / "gastownd.db")],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            assert holder.stdout is not None and holder.stdout.readline() == "locked\n"
+            line = {"ts": "2026-12-01T10:00:00Z", "source": "gt", "type": "session_start"}
+            gt_append(town, line | {"actor": "gastown/crew/ann", "payload": {"session_id": LOGGED}})
+            # Past SQLite's 5 s busy timeout: the recorder's write (the logged line) and the
+            # reaper's (NEW, idle for 2 s) both failed; either crashed the daemon (exit 70).
+            time.sleep(8)
+            assert proc.proc.poll() is None, proc.log()
+            holder.communicate("")
+            deadline = time.monotonic() + 10
+            while not (
+                client.wisp(NEW).state == "abandoned"
+                and any(row.session_id == LOGGED for row in client.sessions().sessions)
+            ):
+                assert time.monotonic() < deadline, "never reaped or never recorded"
+                time.sleep(0.1)
+    finally:
+        code = proc.terminate()
+    assert code == 0, proc.log()
+    assert "Traceback" not in (town / "daemon.log").read_text(errors="replace"), proc.log()
+    assert "session_store_write_failed" in log_events(town)

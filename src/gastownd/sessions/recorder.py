@@ -11,6 +11,7 @@ same ops. The book keeps only open wisps: ended ones live in the store.
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -231,7 +232,8 @@ class SessionRecorder:
     async def run_reaper(self, idle_timeout_s: float, interval_s: float) -> None:
         while True:
             await anyio.sleep(interval_s)
-            await self.reap(idle_timeout_s)
+            with contextlib.suppress(StorageError):  # logged; the next round tries again
+                await self.reap(idle_timeout_s)
 
     # ---------------------------------------------------------------- reading
 
