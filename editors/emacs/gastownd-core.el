@@ -488,7 +488,7 @@ its escape \\uXXXX, as `gastownctl' prints them."
   (replace-regexp-in-string
    "[\u0000-\u0009\u000b-\u001f\u007f-\u009f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]"
    (lambda (char) (format "\\u%04x" (string-to-char char)))
-   (replace-regexp-in-string "\r?\n" "⏎" text)
+   (replace-regexp-in-string "\r?\n" "⏎" (if (stringp text) text (format "%s" (or text ""))))
    t t))
 
 (defun gastownd--short (value &optional limit)

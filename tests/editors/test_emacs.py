@@ -165,7 +165,7 @@ def test_package_lint() -> None:
 def test_offline(town: Path, tmp_path: Path) -> None:
     """Formatting, town roots, a hung daemon, a missing gastownctl: no daemon needed."""
     done = run_ert('"offline"', editor_env(town, tmp_path / "home"), tmp_path)
-    assert_passed(done, 6)
+    assert_passed(done, 7)
 
 
 @pytest.mark.parametrize("name", LIVE)
