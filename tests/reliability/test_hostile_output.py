@@ -20,6 +20,7 @@ CSI_C1 = "\x9b2J"  # clear screen, CSI in its 8-bit form (U+009B)
 BIDI = "\u202eevil\u202c"
 HOSTILE = f"a{OSC52}b{TITLE}c{HIDE}d\r{CSI_C1}e\x00f{BIDI}g\x7fh"
 SESSION = "6f1c2d3e-4a5b-4c6d-8e9f-0a1b2c3d4e5f"
+OTHER = "7a2b3c4d-5e6f-4a7b-8c9d-0e1f2a3b4c5d"
 # Every character a terminal acts on, but newline and tab (the output's own layout).
 CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 
@@ -75,16 +76,25 @@ def test_no_log_text_reaches_the_terminal_as_a_control_character(
             json.loads(row)  # still JSON, the same values
 
 
-def test_human_listing_keeps_one_event_a_row(hostile_town: Path) -> None:
+def test_human_listings_keep_one_event_or_session_a_row(hostile_town: Path) -> None:
+    line = {"ts": "2026-12-01T11:00:00Z", "source": "gt", "type": "session_start"}
+    line |= {"actor": "y" * 100_000, "payload": {"session_id": OTHER}}
+    with open(hostile_town / ".events.jsonl", "ab") as log:
+        log.write(json.dumps(line).encode() + b"\n")
     proc = DaemonProcess(hostile_town).wait_ready()
     try:
-        done = run_ctl(hostile_town, "events")
+        events = run_ctl(hostile_town, "events")
+        sessions = run_ctl(hostile_town, "sessions")
     finally:
         assert proc.terminate() == 0, proc.log()
-    assert done.returncode == 0, done.stderr
-    rows = done.stdout.splitlines()
-    assert len(rows) == 3, rows[:5]
-    assert max(len(row) for row in rows) < 2000  # the 1 MB value is cut
+    assert events.returncode == 0, events.stderr
+    rows = events.stdout.splitlines()
+    assert len(rows) == 4, rows[:5]
+    assert max(len(row) for row in rows) < 2000  # the 1 MB value and 100 KB actor are cut
+    assert sessions.returncode == 0, sessions.stderr
+    rows = sessions.stdout.splitlines()
+    assert len(rows) == 2, rows[:5]
+    assert max(len(row) for row in rows) < 2000  # the 100 KB actor is cut
 
 
 def test_json_output_holds_the_same_values(hostile_town: Path) -> None:
