@@ -33,7 +33,7 @@ from gastownd.core.retention import (
     clock_suspect,
     policy_from_krc,
 )
-from gastownd.eventlog.archive_files import crash_here_for_tests
+from gastownd.eventlog.archive_files import PRUNE_FILE_MARK, crash_here_for_tests
 from gastownd.eventlog.event_log import EventLog
 from gastownd.eventlog.logstate import SeqMap, write_seqmap
 from gastownd.eventlog.prune_plan import PruneWorker, prune_worker
@@ -282,7 +282,7 @@ async def prune(
                 if eventlog.index is not index:
                     raise StorageError("the log was replaced during the prune; retry")
                 temp_path = eventlog.path.with_name(
-                    f"{eventlog.path.name}.gastownd-prune-{os.getpid()}"
+                    f"{eventlog.path.name}{PRUNE_FILE_MARK}{os.getpid()}"
                 )
                 temp_fd = await anyio.to_thread.run_sync(
                     copy_kept, source_fd, decided.range_starts, decided.range_lengths, temp_path

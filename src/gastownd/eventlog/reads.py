@@ -15,7 +15,7 @@ import os
 import zlib
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import anyio
 import anyio.to_thread
@@ -70,21 +70,29 @@ async def read_lines_in_thread(eventlog: ReadableLog, positions: Sequence[int]) 
         os.close(fd)
 
 
+class Answer(NamedTuple):
+    """The lines a query found, and the archive days it could not read: their lines are
+    missing from the answer, which says so rather than look complete."""
+
+    lines: list[bytes]
+    unreadable_days: list[str]
+
+
 async def query(
     eventlog: ReadableLog, flt: CompiledFilter, limit: int, oldest_first: bool, *, archive: bool
-) -> list[bytes]:
+) -> Answer:
     if archive:
         return await _query_with_archive(eventlog, flt, limit, oldest_first)
     positions = eventlog.index.search(flt, limit, oldest_first=oldest_first)
     if limit <= INLINE_READ_LINES:
         # Search and read with no await between: the index cannot change under us.
-        return read_lines(eventlog.index, eventlog.fd, positions)
-    return await read_lines_in_thread(eventlog, positions)
+        return Answer(read_lines(eventlog.index, eventlog.fd, positions), [])
+    return Answer(await read_lines_in_thread(eventlog, positions), [])
 
 
 async def _query_with_archive(
     eventlog: ReadableLog, flt: CompiledFilter, limit: int, oldest_first: bool
-) -> list[bytes]:
+) -> Answer:
     """The live log and the archive as one history, ordered by (epoch, seq)."""
     async with eventlog.archive_lock:  # no line moves between the two reads
         index = eventlog.index
@@ -98,6 +106,7 @@ async def _query_with_archive(
             # A line archived by a batch whose swap a crash prevented is in both.
             return key[0] == epoch and _holds(seqs, key[1])
 
+        unreadable: set[str] = set()
         old = await anyio.to_thread.run_sync(
             _search_archive,
             eventlog,
@@ -105,10 +114,11 @@ async def _query_with_archive(
             limit,
             oldest_first,
             still_live,
+            unreadable,
             limiter=eventlog.read_threads,
         )
     merged = sorted(live + old, key=lambda item: item[0], reverse=not oldest_first)
-    return [line for _, line in merged[:limit]]
+    return Answer([line for _, line in merged[:limit]], sorted(unreadable))
 
 
 def _search_archive(
@@ -117,6 +127,7 @@ def _search_archive(
     limit: int,
     oldest_first: bool,
     skip: Callable[[tuple[int, int]], bool],
+    unreadable: set[str],
 ) -> list[tuple[tuple[int, int], bytes]]:
     members = eventlog.archive.catalogue(
         archived.day_name(flt.since) if flt.since is not None else None,
@@ -124,7 +135,7 @@ def _search_archive(
     )
     return archived.search(
         members,
-        lambda member: read_member(eventlog, member),
+        lambda member: read_member(eventlog, member, unreadable),
         flt,
         limit,
         oldest_first=oldest_first,
@@ -132,13 +143,18 @@ def _search_archive(
     )
 
 
-def read_member(eventlog: ReadableLog, member: archived.Member) -> list[tuple[int, bytes]]:
+def read_member(
+    eventlog: ReadableLog, member: archived.Member, unreadable: set[str] | None = None
+) -> list[tuple[int, bytes]]:
+    """The member's lines; none if it cannot be read, its day then added to ``unreadable``."""
     try:
         return eventlog.archive.read(member)
     except (OSError, ValueError, zlib.error) as exc:
         log.warning(
             "archive_member_unreadable", day=member.day, offset=member.offset, error=str(exc)
         )
+        if unreadable is not None:
+            unreadable.add(member.day)
         return []
 
 

@@ -26,7 +26,7 @@ import msgspec
 import structlog
 
 from gastownd.core.index import EventIndex
-from gastownd.eventlog.archive_files import Archive
+from gastownd.eventlog.archive_files import PRUNE_FILE_MARK, Archive
 from gastownd.eventlog.indexer import FIND_NEWLINE_WITHIN, index_range
 from gastownd.eventlog.line_count import count_lines
 from gastownd.eventlog.logstate import (
@@ -97,7 +97,7 @@ def recover(
     # Before the stale prune files go: the journal tells by them whether a batch committed.
     archive.recover()
     archive.refresh_summary()
-    for stale in path.parent.glob(f"{path.name}.gastownd-prune-*"):
+    for stale in path.parent.glob(f"{path.name}{PRUNE_FILE_MARK}*"):
         stale.unlink(missing_ok=True)  # left by a prune that crashed before its rename
         log.warning("stale_prune_file_removed", path=str(stale))
     with file.flocked():

@@ -80,13 +80,15 @@ async def query(
     head = f"{eventlog.head_cursor()}+{await _last_arrival(daemon)}"
     found: list[tuple[int, int, bytes]] = []
     indexing = None
+    unreadable: list[str] = []
     if scope.local:
         # Waits (bounded) for a background index; says so if it answers without it.
-        lines = await eventlog.query(
+        local = await eventlog.query(
             flt, request.limit, request.oldest_first, archive=request.archive
         )
         indexing = eventlog.indexing  # of the local answer, before anything else awaits
-        for line in lines:
+        unreadable = local.unreadable_days
+        for line in local.lines:
             parsed = parse_line(line)
             ts = parse_ts(parsed.ts) if parsed is not None else None
             found.append((ts or 0, 0, with_node(line, daemon.node)))
@@ -102,6 +104,7 @@ async def query(
         events=[msgspec.Raw(line) for _, _, line in found[: request.limit]],
         cursor=head,
         indexing=indexing,
+        archive_unreadable=unreadable or None,
     )
 
 

@@ -11,6 +11,8 @@ same ops. The book keeps only open wisps: ended ones live in the store.
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
 from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
@@ -34,7 +36,7 @@ from gastownd.core.wisp import (
 )
 from gastownd.eventlog import EventLog
 from gastownd.eventlog.subscriptions import Published
-from gastownd.process.refusals import DaemonError, NotFoundError
+from gastownd.process.refusals import DaemonError, NotFoundError, StorageError
 from gastownd.sessions.line_recorder import LineRecorder
 from gastownd.sessions.outbox import Outbox
 from gastownd.store import LineFacts, NewAttribution, Store
@@ -136,7 +138,7 @@ class SessionRecorder:
                 raise DaemonError(str(exc), code=ErrorCode.BAD_REQUEST) from None
             records = op.attributions(book) if op.attributions is not None else ()
             if effects or records or spool_mark is not None or lines is not None:
-                await self.db(self.store.apply, effects, records, spool_mark, lines)
+                await self._commit(effects, records, spool_mark, lines)
                 self.digests_saved += sum(isinstance(e, SaveDigest) for e in effects)
                 self.attributions_recorded.update(r.action for r in records)
                 if self.on_commit is not None:
@@ -146,6 +148,24 @@ class SessionRecorder:
             if any(isinstance(e, EmitLine) for e in effects) or self.outbox.stuck:
                 await self.outbox.flush()
             return book, effects
+
+    async def _commit(
+        self,
+        effects: Sequence[Effect],
+        records: Sequence[NewAttribution],
+        spool_mark: tuple[str, int] | None,
+        lines: LineFacts | None,
+    ) -> None:
+        """``store.apply``; the store's own trouble (locked by another process past the busy
+        timeout, a full disk, read-only, an I/O error) is ``io_error``, not a bug: the
+        transaction was rolled back, nothing changed, and the client is told so."""
+        try:
+            await self.db(self.store.apply, effects, records, spool_mark, lines)
+        except sqlite3.OperationalError as exc:
+            log.warning("session_store_write_failed", path=str(self.store.path), error=str(exc))
+            raise StorageError(
+                f"the session store could not be written ({exc}); nothing was changed"
+            ) from None
 
     async def _apply_lines(
         self, transition: Callable[[WispBook], Outcome], facts: LineFacts
@@ -212,7 +232,8 @@ class SessionRecorder:
     async def run_reaper(self, idle_timeout_s: float, interval_s: float) -> None:
         while True:
             await anyio.sleep(interval_s)
-            await self.reap(idle_timeout_s)
+            with contextlib.suppress(StorageError):  # logged; the next round tries again
+                await self.reap(idle_timeout_s)
 
     # ---------------------------------------------------------------- reading
 
