@@ -26,7 +26,6 @@ Blocking: every method does file I/O and runs in a worker thread.
 from __future__ import annotations
 
 import os
-import signal
 import zlib
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Sequence
@@ -41,6 +40,7 @@ from gastownd.core.archive import (
     legacy_member,
 )
 from gastownd.core.index import EventIndex
+from gastownd.eventlog.crash_points import crash_here_for_tests
 from gastownd.eventlog.logstate import (
     fsync_dir,
     open_state_file,
@@ -71,22 +71,6 @@ READ_WINDOW = 4 << 20
 WINDOW_LINES = 4096
 SYNC_EVERY_BYTES = 1 << 20
 DAY_S = 86_400
-
-TEST_CRASH_ENV = "GASTOWND_TEST_CRASH_AT"
-
-
-def crash_here_for_tests(point: str) -> None:
-    """TEST-ONLY: die by SIGKILL at ``point`` when ``GASTOWND_TEST_CRASH_AT`` names it.
-
-    Lets the reliability tests kill the daemon at an exact step of a prune
-    (``archive_written``: after the archive batch is durable, before the
-    swap; ``swapped``: after the swap, before the journal is removed), or the
-    prune's worker process (``planner``: before it answers with the plan;
-    ``archive_member``: once it wrote the batch's first member).
-    Never set it outside tests.
-    """
-    if os.environ.get(TEST_CRASH_ENV) == point:
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 class Journal(msgspec.Struct, kw_only=True):

@@ -25,7 +25,8 @@ import msgspec
 
 from gastownd.core.index import EventIndex, IndexHeader
 from gastownd.core.retention import RetentionPolicy, drive, plan_prune_steps
-from gastownd.eventlog.archive_files import Archive, crash_here_for_tests, days_of
+from gastownd.eventlog.archive_files import Archive, days_of
+from gastownd.eventlog.crash_points import crash_here_for_tests
 from gastownd.eventlog.logstate import runs_of
 
 # Typecode of the position and offset arrays the plan carries (64-bit, as the index's).

@@ -33,7 +33,8 @@ from gastownd.core.retention import (
     clock_suspect,
     policy_from_krc,
 )
-from gastownd.eventlog.archive_files import PRUNE_FILE_MARK, crash_here_for_tests
+from gastownd.eventlog.archive_files import PRUNE_FILE_MARK
+from gastownd.eventlog.crash_points import crash_here_for_tests
 from gastownd.eventlog.event_log import EventLog
 from gastownd.eventlog.logstate import SeqMap, write_seqmap
 from gastownd.eventlog.prune_plan import PruneWorker, prune_worker
