@@ -28,7 +28,7 @@ import functools
 import os
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import anyio
@@ -233,8 +233,10 @@ class EventLog(IndexUpkeep, BackgroundIndexing, IndexCheckpoints, LogReads):
         self.apply_observation(batch.observation)
         items = batch.items
         if batch.error is None:
-            if all(item.known is not None for item in items):
-                positions = self._index_known(items)
+            known = [item.known for item in items if item.known is not None]
+            positions: Sequence[int]
+            if len(known) == len(items):
+                positions = self._index_known(items, known)
             else:
                 positions = self._index_bytes(batch.data, external=False)
             self.appended += len(items)
