@@ -143,15 +143,22 @@ class EventIndex(LineColumns, NameTables):
         self.seqs.extend(range(first_seq, first_seq + count))
         stamps = [k.ts for k in known]
         self.ts.extend(stamps)
-        self.extend_max_ts(stamps)
+        running = self.running_max_ts()
+        self.max_ts.extend([running := stamp if stamp > running else running for stamp in stamps])
         type_col = self.type_ids_of([k.type for k in known])
         session_col = self.session_ids_of([k.session for k in known])
         self.types.extend(type_col)
         self.actors.extend(self.actor_ids_of([k.actor for k in known]))
         self.sessions.extend(session_col)
         self.checksums.extend([zlib.crc32(line[:-1]) for line in lines])
-        post(self.by_type, type_col, first, MALFORMED)
-        post(self.by_session, session_col, first, NO_SESSION)
+        # A group commit is a few lines: posted one by one, not sorted by id as ``post`` does.
+        by_type, by_session = self.by_type, self.by_session
+        for position, type_id, session_id in zip(
+            range(first, first + count), type_col, session_col, strict=True
+        ):
+            by_type[type_id].append(position)
+            if session_id != NO_SESSION:
+                by_session[session_id].append(position)
         return first
 
     def add_unindexable(self, offset: int, length: int, seq: int, checksum: int) -> int:
