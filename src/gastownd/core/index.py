@@ -23,7 +23,7 @@ import msgspec
 from gastownd.core import index_snapshot
 from gastownd.core.events import decode_lines, parse_stamps, sessions_of
 from gastownd.core.index_columns import MALFORMED, NO_SESSION, NO_STAMP, POSTING, LineColumns
-from gastownd.core.index_postings import NameTables, post, walk_postings
+from gastownd.core.index_postings import NameTables, interned, post, walk_postings
 from gastownd.core.index_snapshot import ColumnBlobs, IndexHeader
 from gastownd.core.query import CompiledFilter
 from gastownd.core.retention import PLAN_CHUNK, drive
@@ -132,33 +132,48 @@ class EventIndex(LineColumns, NameTables):
         ``add_lines`` does. Returns the position of the first.
         """
         first = len(self.offsets)
-        count = len(lines)
-        if not count:
-            return first
         if self.seqs and first_seq <= self.seqs[-1]:
             raise ValueError(f"seq {first_seq} does not follow {self.seqs[-1]}")
-        ends = list(itertools.accumulate(map(len, lines), initial=offset))
-        self.end = ends.pop()
-        self.offsets.extend(ends)
-        self.seqs.extend(range(first_seq, first_seq + count))
-        stamps = [k.ts for k in known]
-        self.ts.extend(stamps)
-        running = self.running_max_ts()
-        self.max_ts.extend([running := stamp if stamp > running else running for stamp in stamps])
-        type_col = self.type_ids_of([k.type for k in known])
-        session_col = self.session_ids_of([k.session for k in known])
-        self.types.extend(type_col)
-        self.actors.extend(self.actor_ids_of([k.actor for k in known]))
-        self.sessions.extend(session_col)
-        self.checksums.extend([zlib.crc32(line[:-1]) for line in lines])
-        # A group commit is a few lines: posted one by one, not sorted by id as ``post`` does.
+        # A group commit is a few lines (often one to three): one pass over them with the
+        # columns' appends bound once costs less than a comprehension per column, whose
+        # set-up is paid for every batch (5.2 us for a batch of one that way, against 2 us).
+        offsets, seqs, ts_col, max_ts = self.offsets, self.seqs, self.ts, self.max_ts
+        types, actors, sessions, checksums = self.types, self.actors, self.sessions, self.checksums
         by_type, by_session = self.by_type, self.by_session
-        for position, type_id, session_id in zip(
-            range(first, first + count), type_col, session_col, strict=True
-        ):
-            by_type[type_id].append(position)
-            if session_id != NO_SESSION:
+        type_ids, actor_ids, session_ids = self._type_ids, self._actor_ids, self._session_ids
+        running = self.running_max_ts()
+        position, seq = first, first_seq
+        for line, fields in zip(lines, known, strict=True):
+            type_id = type_ids.get(fields.type)
+            if type_id is None:
+                type_id = interned(fields.type, type_ids, self.type_names, by_type)
+            actor_id = actor_ids.get(fields.actor)
+            if actor_id is None:
+                actor_id = interned(fields.actor, actor_ids, self.actor_names, None)
+            session = fields.session
+            if session is None:
+                session_id = NO_SESSION
+            else:
+                session_id = session_ids.get(session)
+                if session_id is None:
+                    session_id = interned(session, session_ids, self.session_names, by_session)
                 by_session[session_id].append(position)
+            by_type[type_id].append(position)
+            stamp = fields.ts
+            if stamp > running:
+                running = stamp
+            offsets.append(offset)
+            seqs.append(seq)
+            ts_col.append(stamp)
+            max_ts.append(running)
+            types.append(type_id)
+            actors.append(actor_id)
+            sessions.append(session_id)
+            checksums.append(zlib.crc32(line[:-1]))
+            offset += len(line)
+            position += 1
+            seq += 1
+        self.end = offset
         return first
 
     def add_unindexable(self, offset: int, length: int, seq: int, checksum: int) -> int:
