@@ -258,10 +258,19 @@ class EventLog(IndexUpkeep, BackgroundIndexing, IndexCheckpoints, LogReads):
 
     async def catch_up(self) -> None:
         """Index what other processes did to the file (called by the watcher)."""
+        file = self.file
+        assert file is not None
         try:
             info = os.stat(self.path)
-            if info.st_ino == self.inode and info.st_size == self.index.end:
-                return  # nothing new: no need to take gt's lock
+            # Nothing new (no need to take gt's lock): the file ends where the index does,
+            # or where the writer's thread has written or is writing (our own appends, which
+            # wake the watcher too: their batches are still on their way to the loop).
+            if info.st_ino == self.inode and info.st_size in (
+                self.index.end,
+                file.end,
+                file.writing_end,
+            ):
+                return
         except FileNotFoundError:
             pass
         writer = self.writer
