@@ -40,7 +40,7 @@ class Route(msgspec.Struct, frozen=True):
     writer), or else ``task``, awaited in a task of its own."""
 
     handler: Callable[..., Any]
-    inline: Callable[[Daemon, Any, Connection, Reply], None] | None = None
+    inline: Callable[[Daemon, Any, Reply], None] | None = None
     task: Callable[[Daemon, Any, Connection], Awaitable[Any]] | None = None
     replies_later: bool = False  # inline, handing ``reply`` on (docs/protocol.md says so)
 
@@ -57,13 +57,12 @@ def route_of(handler: Callable[..., Any], extra: object) -> Route:
         if extra is Connection:
             return Route(handler, task=handler)
     elif extra is None:
-        return Route(handler, inline=lambda d, r, conn, reply: reply(handler(d, r)))
+        return Route(handler, inline=lambda d, r, reply: reply(handler(d, r)))
     elif extra is Connection:
-        return Route(handler, inline=lambda d, r, conn, reply: reply(handler(d, r, conn)))
+        return Route(handler, inline=lambda d, r, reply: reply(handler(d, r, reply.conn)))
     elif extra is Reply:
-        return Route(
-            handler, inline=lambda d, r, conn, reply: handler(d, r, reply), replies_later=True
-        )
+        # The handler itself, no layer between: ``emit``'s (one call less per emit).
+        return Route(handler, inline=handler, replies_later=True)
     raise HandlerError(f"{handler.__qualname__}: a coroutine cannot take ``reply``")
 
 

@@ -66,8 +66,8 @@ def submit_emit(daemon: Daemon, request: Emit, reply: Reply) -> None:
     request_id = request.id
 
     def written(outcome: int | DaemonError) -> None:
-        if type(outcome) is int:
-            reply.frame(codec.emit_reply(request_id, eventlog.cursor(outcome), line[:-1]))
+        if type(outcome) is int:  # its seq: the cursor is ``eventlog.cursor(outcome)``
+            reply.frame(codec.emit_reply(request_id, eventlog.seqmap.epoch, outcome, line[:-1]))
         else:
             reply(outcome)
 

@@ -194,7 +194,7 @@ class Server:
             return
         reply = Answer(conn, self.meter, type(request), request.id, time.perf_counter())
         try:
-            handler(request, conn, reply)
+            handler(request, reply)
         except DaemonError as exc:
             reply(exc)
         except Exception:

@@ -84,8 +84,8 @@ class Answer(msgspec.Struct):
 # What a handler that replies itself takes (``reply: Reply``; see ``ops``).
 Reply = Answer
 # Answers a request without a task (its op's handler, bound to the daemon): it calls
-# ``reply`` exactly once, now or later.
-InlineHandler = Callable[[Request, "Connection", Reply], None]
+# ``reply`` exactly once, now or later (``reply.conn`` is the request's connection).
+InlineHandler = Callable[[Request, Reply], None]
 
 
 class FollowUp:
