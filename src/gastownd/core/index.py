@@ -151,12 +151,11 @@ class EventIndex(LineColumns, NameTables):
             if actor_id is None:
                 actor_id = interned(fields.actor, actor_ids, self.actor_names, None)
             session = fields.session
-            if session is None:
-                session_id = NO_SESSION
-            else:
-                session_id = session_ids.get(session)
-                if session_id is None:
-                    session_id = interned(session, session_ids, self.session_names, by_session)
+            session_id = NO_SESSION if session is None else session_ids.get(session)
+            if session_id is None:
+                assert session is not None
+                session_id = interned(session, session_ids, self.session_names, by_session)
+            if session_id != NO_SESSION:
                 by_session[session_id].append(position)
             by_type[type_id].append(position)
             stamp = fields.ts
