@@ -271,15 +271,36 @@ that `gastownd--short' prints it as the CLI does."
                  value))
         (t value)))
 
+(defun gastownd--parse (line)
+  "LINE parsed as JSON, or nil if it is not JSON."
+  (condition-case nil
+      (json-parse-string line :object-type 'alist :array-type 'array
+                         :null-object :null :false-object :false)
+    (error nil)))
+
+(defun gastownd--nul-as-text (line)
+  "LINE (JSON) with each escaped NUL written as the text \\u0000.
+Emacs's JSON parser (before 30) refuses a NUL in a string, and with it the
+whole frame: a feed or a list that holds a line with one would never show."
+  (let ((start 0) (parts nil))
+    (while (string-match "\\\\u0000" line start)
+      (let* ((at (match-beginning 0)) (before at))
+        (while (and (> before 0) (eq (aref line (1- before)) ?\\))
+          (setq before (1- before)))
+        (push (substring line start at) parts)
+        ;; After an even run of backslashes this one starts an escape.
+        (push (if (cl-evenp (- at before)) "\\\\u0000" "\\u0000") parts)
+        (setq start (match-end 0))))
+    (apply #'concat (nreverse (cons (substring line start) parts)))))
+
 (defun gastownd--decode (line)
   "LINE as an alist, or nil if it is not a JSON object.
-See `gastownd--plain' for how its values are read."
-  (condition-case nil
-      (let ((value (json-parse-string line :object-type 'alist
-                                      :array-type 'array
-                                      :null-object :null :false-object :false)))
-        (and (consp value) (gastownd--plain value)))
-    (error nil)))
+See `gastownd--plain' for how its values are read; an escaped NUL is read
+as the text \\u0000."
+  (let ((value (or (gastownd--parse line)
+                   (and (string-search "\\u0000" line)
+                        (gastownd--parse (gastownd--nul-as-text line))))))
+    (and (consp value) (gastownd--plain value))))
 
 (defun gastownd--error-plist (object)
   "The error OBJECT of a reply (an alist) as (:code CODE :message MESSAGE)."
@@ -459,12 +480,22 @@ TS itself when it does not parse."
       (json-serialize value :null-object :null :false-object :false)
     (error (format "%S" value))))
 
+(defun gastownd--text (text)
+  "TEXT from the log (any writer's) made fit for one buffer line.
+A newline is shown as ⏎; every other control character (NUL, ESC, CR, DEL,
+the C1 ones) and the bidi controls, which would reorder what is shown, as
+its escape \\uXXXX, as `gastownctl' prints them."
+  (replace-regexp-in-string
+   "[\u0000-\u0009\u000b-\u001f\u007f-\u009f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]"
+   (lambda (char) (format "\\u%04x" (string-to-char char)))
+   (replace-regexp-in-string "\r?\n" "⏎" (if (stringp text) text (format "%s" (or text ""))))
+   t t))
+
 (defun gastownd--short (value &optional limit)
   "VALUE on one line of at most LIMIT characters (default 60).
 Strings as they are, other values as JSON."
   (let* ((limit (or limit 60))
-         (text (if (stringp value) value (gastownd--json value)))
-         (text (replace-regexp-in-string "\r?\n" "⏎" text)))
+         (text (gastownd--text (if (stringp value) value (gastownd--json value)))))
     (if (> (length text) limit)
         (concat (substring text 0 (1- limit)) "…")
       text)))
@@ -493,7 +524,7 @@ session ids cut to 8 characters."
                      (string-match-p "\\`[0-9a-f]+-[0-9a-f]+-" value))
                 (setq value (gastownd--short-id value))))
               (unless (eq value 'skip)
-                (format "%s=%s" key (gastownd--short value)))))
+                (format "%s=%s" (gastownd--text key) (gastownd--short value)))))
           (sort (copy-sequence (and (consp payload) payload))
                 (lambda (a b)
                   (string< (symbol-name (car a)) (symbol-name (car b)))))))
@@ -501,7 +532,7 @@ session ids cut to 8 characters."
 
 (defun gastownd--pad (text width)
   "TEXT padded with spaces to WIDTH columns."
-  (let ((text (format "%s" (or text ""))))
+  (let ((text (gastownd--text (format "%s" (or text "")))))
     (concat text (make-string (max 0 (- width (string-width text))) ?\s))))
 
 (defun gastownd--who (actor node)
@@ -521,7 +552,7 @@ Nil when RECORD comes from the node that answered."
 
 (defun gastownd--face (text face)
   "TEXT with FACE (as `font-lock-face', which font-lock leaves alone)."
-  (propertize (format "%s" (or text "")) 'font-lock-face face))
+  (propertize (gastownd--text (format "%s" (or text ""))) 'font-lock-face face))
 
 (defun gastownd--feed-time (ts)
   "TS for a feed line: `gastownd-time-format' today, else with the date."
@@ -543,16 +574,17 @@ actor@node unless it is LOCAL-NODE (the answering daemon's own)."
   (let* ((node (or node (alist-get 'node event)))
          (node (unless (equal node local-node) node))
          (actor (alist-get 'actor event))
-         (who (concat (gastownd--face actor 'gastownd-actor)
+         ;; Cut like a payload value, as gastownctl does: a 1 MB actor is no 1 MB line.
+         (who (concat (gastownd--face (gastownd--short (or actor "")) 'gastownd-actor)
                       (if (and node (not (string-empty-p node)))
-                          (gastownd--face (concat "@" node) 'gastownd-node)
+                          (gastownd--face (concat "@" (gastownd--short node)) 'gastownd-node)
                         ""))))
     (propertize
      (gastownd--columns
       (gastownd--pad (gastownd--face (gastownd--feed-time (alist-get 'ts event))
                                      'gastownd-time)
                      (gastownd--time-width))
-      (gastownd--pad (gastownd--face (or (alist-get 'type event) "?")
+      (gastownd--pad (gastownd--face (gastownd--short (or (alist-get 'type event) "?"))
                                      'gastownd-type)
                      14)
       (gastownd--pad who 24)

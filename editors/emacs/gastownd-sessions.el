@@ -365,35 +365,43 @@ In a federated town, every node's."
            (gethash (tabulated-list-get-id) gastownd--sessions-rows))
       (progn (gastownd--notify "no session on this line") nil)))
 
+(defun gastownd--lines-text (text)
+  "Multi-line TEXT (a digest's summary) with each line through `gastownd--text'."
+  (mapconcat #'gastownd--text (split-string (or text "") "\n") "\n"))
+
 (defun gastownd--digest-text (digest)
-  "DIGEST (an alist) as text: its title, then its summary."
-  (concat "# " (or (alist-get 'title digest)
-                   (format "Digest: %s" (alist-get 'session_id digest)))
-          "\n\ndigest " (or (alist-get 'digest_id digest) "?")
+  "DIGEST (an alist) as text: its title, then its summary.
+Every field goes through `gastownd--text': a newline in one makes no line."
+  (concat "# " (gastownd--text
+                (or (alist-get 'title digest)
+                    (format "Digest: %s" (alist-get 'session_id digest))))
+          "\n\ndigest " (gastownd--text (or (alist-get 'digest_id digest) "?"))
           (if (gastownd--remote-node digest)
-              (concat ", node " (alist-get 'node digest))
+              (concat ", node " (gastownd--text (alist-get 'node digest)))
             "")
-          "\n\n" (string-trim-right (or (alist-get 'summary digest) ""))
+          "\n\n" (gastownd--lines-text
+                  (string-trim-right (or (alist-get 'summary digest) "")))
           "\n"))
 
 (defun gastownd--step-line (number step)
   "Return STEP as line NUMBER of a wisp's step list."
-  (format "%d. **[%s]** %s %s\n" number (alist-get 'kind step)
-          (or (alist-get 'at step) "")
-          (or (alist-get 'ref step)
-              (gastownd--summary (alist-get 'payload step)))))
+  (format "%d. **[%s]** %s %s\n" number (gastownd--text (alist-get 'kind step))
+          (gastownd--text (or (alist-get 'at step) ""))
+          (gastownd--text (or (alist-get 'ref step)
+                              (gastownd--summary (alist-get 'payload step))))))
 
 (defun gastownd--wisp-text (wisp)
   "WISP (an alist), an open session with no digest yet, as text."
   (let ((steps (alist-get 'steps wisp)))
     (concat
-     (format "# Open session %s\n\n" (alist-get 'session_id wisp))
+     (format "# Open session %s\n\n" (gastownd--text (alist-get 'session_id wisp)))
      (format "no digest yet: the session is still open (segment %s)\n\n"
              (or (alist-get 'segment wisp) 1))
-     (format "**Actor**: %s\n**Topic**: %s\n" (alist-get 'actor wisp)
-             (or (alist-get 'topic wisp) ""))
+     (format "**Actor**: %s\n**Topic**: %s\n" (gastownd--text (alist-get 'actor wisp))
+             (gastownd--text (or (alist-get 'topic wisp) "")))
      (format "**Started**: %s\n**Last activity**: %s\n"
-             (alist-get 'started_at wisp) (alist-get 'last_activity_at wisp))
+             (gastownd--text (alist-get 'started_at wisp))
+             (gastownd--text (alist-get 'last_activity_at wisp)))
      (format "**Steps**: %s\n\n" (or (alist-get 'step_count wisp)
                                      (length steps)))
      (string-join (cl-loop for step in steps
@@ -403,10 +411,10 @@ In a federated town, every node's."
 (defun gastownd--log-text (id row events)
   "What the log knows of session ID: its sessions ROW and its EVENTS."
   (concat
-   (format "# Logged session %s\n\n" id)
+   (format "# Logged session %s\n\n" (gastownd--text id))
    "known only from gt's lines in the log: no wisp, no digest\n\n"
    (mapconcat (lambda (fact)
-                (if (cdr fact) (format "**%s**: %s\n" (car fact) (cdr fact)) ""))
+                (if (cdr fact) (format "**%s**: %s\n" (car fact) (gastownd--text (cdr fact))) ""))
               (list (cons "Actor" (alist-get 'actor row))
                     (cons "First start" (alist-get 'started_at row))
                     (cons "Last start" (alist-get 'last_started_at row))

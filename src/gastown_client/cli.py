@@ -1,6 +1,7 @@
 """``gastownctl``: talk to gastownd from a shell.
 
-Exit codes: 0 ok, 1 a failure (the daemon refused or could not do it; code
+Output is written through ``terminal.inert``: no text from the log can drive the
+terminal. Exit codes: 0 ok, 1 a failure (the daemon refused or could not do it; code
 and message on stderr), 2 a usage error (bad arguments: argparse's, the
 checks here, or the daemon's ``bad_request``), 3 the daemon could not be
 reached. Never a traceback: whatever the arguments, one line on stderr.
@@ -27,6 +28,7 @@ from gastown_client.commands.common import (
 from gastown_client.commands.issues import ATTRIBUTION_ENV
 from gastown_client.commands.session_commands import transcript_path
 from gastown_client.errors import ClientError, DaemonUnavailable, RequestRejected
+from gastown_client.terminal import inert_output
 from gastown_client.version import __version__
 
 __all__ = [
@@ -59,6 +61,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # Log lines carry any writer's text: none of it may drive the terminal.
+    with inert_output():
+        return _main(argv)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -47,6 +47,7 @@ LIVE = [
     # Issue 20.
     "sessions-sorted-by-the-start-they-show",
     "payloads-shown-as-the-cli-shows-them",
+    "hostile-text-keeps-one-event-a-line",
     "who-rows-align-and-g-refreshes",
     "logged-session-shows-its-lines",
     "refresh-keeps-point-on-its-session",
@@ -164,7 +165,7 @@ def test_package_lint() -> None:
 def test_offline(town: Path, tmp_path: Path) -> None:
     """Formatting, town roots, a hung daemon, a missing gastownctl: no daemon needed."""
     done = run_ert('"offline"', editor_env(town, tmp_path / "home"), tmp_path)
-    assert_passed(done, 6)
+    assert_passed(done, 7)
 
 
 @pytest.mark.parametrize("name", LIVE)

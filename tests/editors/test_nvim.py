@@ -41,6 +41,7 @@ LIVE = [
     # Issue 20: test_daily.lua.
     "sessions_sorted_by_the_start_they_show",
     "payloads_shown_as_the_cli_shows_them",
+    "hostile_text_keeps_one_event_a_row",
     "who_float_closes_with_q_and_its_rows_align",
     "logged_session_shows_its_lines",
     "refresh_keeps_the_cursor_on_its_session",

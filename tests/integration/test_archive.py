@@ -433,7 +433,7 @@ def test_a_batch_is_undone_while_its_new_log_exists_and_stands_once_renamed(tmp_
     batch(range(0, 10), tmp_path / "gone")  # committed: its new log was renamed away
     archive.recover()
     before = files()
-    pending = tmp_path / "new-log"
+    pending = tmp_path / "events.jsonl.gastownd-prune-1"  # a prune names its new log so
     pending.write_bytes(b"")
     batch(range(10, 60), pending)
     assert files() != before

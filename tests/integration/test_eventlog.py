@@ -582,6 +582,44 @@ async def test_a_stalled_subscriber_overflows_at_its_byte_cap_long_before_its_li
         app.stop()
 
 
+async def test_a_flood_of_queries_leaves_the_daemons_own_threads_free(
+    daemon: InProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Reads clients ask for take at most ``READ_THREADS`` worker threads: 60 slow queries in
+    flight must leave anyio's other threads (the spool, prunes, snapshots) free at once."""
+    from gastownd.eventlog import reads
+
+    real_read_lines = reads.read_lines
+    done = 0
+
+    def slow_read_lines(*args: object) -> list[bytes]:
+        nonlocal done
+        time.sleep(0.05)
+        done += 1
+        return real_read_lines(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(reads, "read_lines", slow_read_lines)
+    async with daemon.client() as client:
+        for i in range(reads.INLINE_READ_LINES + 1):  # a query this long reads in a thread
+            await client.emit("nudge", "gastown/crew/joe", {"i": i})
+
+    async def query() -> None:
+        async with daemon.client() as reader:
+            result = await reader.query(types=["nudge"], limit=reads.INLINE_READ_LINES + 1)
+            assert len(result.events) == reads.INLINE_READ_LINES + 1
+
+    async with anyio.create_task_group() as tasks:
+        for _ in range(60):
+            tasks.start_soon(query)
+        while done == 0:  # noqa: ASYNC110 - set in worker threads, where an Event cannot be
+            await anyio.sleep(0.005)
+        default = anyio.to_thread.current_default_thread_limiter()
+        assert default.borrowed_tokens <= reads.READ_THREADS
+        # The daemon's own work gets a thread at once, not after the flood's first 40.
+        await anyio.to_thread.run_sync(lambda: None)
+        assert done < 40, done
+
+
 async def test_the_watcher_told_of_our_own_append_under_way_does_not_call_the_writer(
     daemon: InProcess, town: Path
 ) -> None:

@@ -25,11 +25,16 @@ from hypothesis import strategies as st
 from gastown_client.protocol import FederationInfo
 from gastownd.core.federation_checks import (
     Finding,
+    Reply,
+    StreamFacts,
+    StreamLimits,
     clock_finding,
     exit_code,
     max_payload_finding,
     render,
     server_time_s,
+    stream_limit_problems,
+    stream_limits_finding,
 )
 from tests.conftest import DaemonProcess, run_ctl
 from tests.nats_cluster import NatsCluster, cluster, free_port, nats_server_binary
@@ -282,6 +287,20 @@ def test_a_correct_least_privilege_setup_passes(hub: Hub, town: Path) -> None:
         assert daemon.terminate() == 0, daemon.log()
 
 
+def test_tls_files_that_cannot_be_loaded_are_named_with_their_fix(town: Path) -> None:
+    garbage = town / "garbage.pem"
+    garbage.write_bytes(b"\xff\xfe not a certificate\n")
+    for key, path in (("tls_ca", garbage), ("tls_ca", town / "missing.pem")):
+        (town / "settings" / "gastownd.toml").write_text(
+            f'[federation]\nservers = ["tls://127.0.0.1:1"]\n{key} = "{path}"\n'
+            'node = "n1"\ntown = "t"\n'
+        )
+        code, found, _ = check(town)
+        assert code == 1 and found["tls"].level == "fail", found
+        assert found["tls"].fix is not None and "tls_ca" in found["tls"].fix, found["tls"]
+        assert "hub" not in found, found
+
+
 def test_usage_missing_federation_and_missing_packages(town: Path) -> None:
     assert run_ctl(town, "federation").returncode == 2
     (town / "settings" / "gastownd.toml").write_text("[retention]\nenabled = false\n")
@@ -319,3 +338,24 @@ def test_clock_payload_and_rendering_rules() -> None:
     failed = Finding("x", "fail", "broken", "mend it")
     assert render(failed) == "FAIL  x: broken; fix: mend it"
     assert exit_code([Finding("y", "warn", "meh", "z")]) == 0 and exit_code([failed]) == 1
+
+
+def test_stream_limits_that_lose_or_hold_back_records_are_named() -> None:
+    def levels(**limits: object) -> list[str]:
+        return [level for level, _ in stream_limit_problems(StreamLimits(**limits))]  # type: ignore[arg-type]
+
+    assert levels() == []  # what a daemon makes
+    assert levels(retention="workqueue") == ["fail"]
+    assert levels(retention="interest") == ["fail"]
+    assert levels(max_msg_size=2048) == ["warn"]
+    assert levels(max_msg_size=64 << 20) == []
+    assert levels(max_msgs=1000) == ["warn"]  # discard old: the oldest go
+    assert levels(max_bytes=1 << 30, discard="new") == ["fail"]  # publishing stops
+    found = StreamFacts(Reply(), replicas=1, limits=StreamLimits(retention="interest"))
+    finding = stream_limits_finding(found, town="t")
+    assert finding is not None and finding.level == "fail" and finding.fix
+    assert "interest" in finding.message and finding.check == "stream GASTOWN_t limits"
+    missing = StreamFacts(Reply(error_code=10059))
+    assert stream_limits_finding(missing, town="t") is None
+    fine = stream_limits_finding(StreamFacts(Reply(), replicas=1), town="t")
+    assert fine is not None and fine.level == "ok"

@@ -383,9 +383,70 @@ def test_a_node_two_hours_behind_makes_no_false_fork_and_future_lines_are_refuse
         got = client.query(all_nodes=True, types=["mail"], limit=10).events
     tags = [json.loads(bytes(e))["payload"]["tag"] for e in got]
     assert tags == ["near"], tags
-    # n1's lines are 2 h ahead of n3's clock: n3 refuses them (counted), until fixed.
+    # n1's lines are 2 h ahead of n3's clock, but not of the hub's, which stored them: n3
+    # takes them (refused, they could never be given to it again once its clock is right).
+    refused_before = status(n3).rejected.get("future_time", 0)
     work(n1, "ahead", lines=2)
-    wait_for(lambda: status(n3).rejected.get("future_time", 0) >= 2)
+    with n3.client() as client:
+        wait_for(
+            lambda: (
+                {
+                    json.loads(bytes(e))["payload"].get("tag")
+                    for e in client.query(node="n1", types=["nudge"], limit=50).events
+                }
+                >= {"n1-ahead-0", "n1-ahead-1"}
+            )
+        )
+    assert status(n3).rejected.get("future_time", 0) == refused_before
+
+
+def test_a_node_whose_clock_jumped_years_ahead_deletes_no_remote_line(town: Town) -> None:
+    """Other nodes' lines are deleted for good (the stream does not deliver an acknowledged
+    record again): a clock two years ahead, measured against the server's, deletes none."""
+    n1 = town.add("n1")
+    ahead = town.add("n6", env={"GASTOWND_TEST_CLOCK_OFFSET_S": str(2 * 365 * 86400)})
+    work(n1, "kept", lines=3)
+    wanted = {f"n1-kept-{n}" for n in range(3)}
+
+    def tags() -> set[str]:
+        with ahead.client() as client:
+            events = client.query(node="n1", types=["nudge"], limit=50).events
+        return {json.loads(bytes(e))["payload"].get("tag") for e in events}
+
+    wait_for(lambda: tags() >= wanted)
+    wait_for(lambda: status(ahead).clock_offset_s is not None)
+    with ahead.client() as client:
+        client.prune()
+    assert tags() >= wanted
+    logged = [
+        json.loads(line)
+        for line in ahead.proc.log_path.read_text().splitlines()
+        if '"remote_prune_clock_suspect"' in line
+    ]
+    assert logged and logged[-1]["reason"].startswith("this clock is +63072000"), logged
+
+
+def test_a_peer_whose_clock_is_years_behind_keeps_its_lines_on_other_nodes(town: Town) -> None:
+    """gt on a machine whose clock is two years behind dates its lines two years ago: a
+    receiver keeps them for their TTL from their arrival, where it deleted them at its next
+    prune (its own clock is right: a peer with a right clock says so)."""
+    years = 2 * 365 * 86400
+    n1, n2 = town.add("n1"), town.add("n2")
+    behind = town.add("n7", env={"GASTOWND_TEST_CLOCK_OFFSET_S": str(-years)})
+    for n in range(3):
+        gt_append(behind.town, {"ts": stamp(years), **LINE, "payload": {"tag": f"old-{n}"}})
+    gt_append(n2.town, {"ts": stamp(), **LINE, "payload": {"tag": "now"}})
+    wanted = {"old-0", "old-1", "old-2", "now"}
+
+    def tags() -> set[str]:
+        with n1.client() as client:
+            events = client.query(all_nodes=True, types=["mail"], limit=50).events
+        return {json.loads(bytes(e))["payload"].get("tag") for e in events}
+
+    wait_for(lambda: tags() >= wanted)
+    with n1.client() as client:
+        client.prune()
+    assert tags() >= wanted
 
 
 # ---------------------------------------------------------------- a frozen server

@@ -387,3 +387,50 @@ def test_ctl_install_hooks_reports_an_invalid_file_on_stderr(tmp_path: Path, tow
     fine = tmp_path / "fresh.json"
     assert run_ctl(town, "install-hooks", "--settings", str(fine)).returncode == 0
     assert "SessionStart" in fine.read_text()
+
+
+def test_subscriptions_are_limited_per_connection_and_in_all(town: Path) -> None:
+    """Every line is offered to every subscription: 20,000 on one connection made each emit
+    wait 52 ms and held 228 MiB. Past the limits a subscribe gets ``busy``; an unsubscribe,
+    or a closed connection, makes room again."""
+    (town / "settings" / "gastownd.toml").write_text(
+        "[eventlog]\nmax_subscriptions = 5\nmax_subscriptions_per_connection = 3\n"
+    )
+    proc = DaemonProcess(town).wait_ready()
+
+    def subscribe(sock: socket.socket, request_id: int) -> dict:
+        sock.sendall(b'{"op":"subscribe","id":%d}\n' % request_id)
+        [reply] = [f for f in read_frames(sock, 1) if "push" not in f]
+        return reply
+
+    try:
+        first, second, third = (socket.socket(socket.AF_UNIX) for _ in range(3))
+        for sock in (first, second, third):
+            sock.settimeout(5)
+            sock.connect(str(proc.socket))
+        assert all(subscribe(first, i)["ok"] for i in range(3))
+        refused = subscribe(first, 3)
+        assert refused["error"]["code"] == "busy", refused
+        assert "max_subscriptions_per_connection" in refused["error"]["message"]
+        assert all(subscribe(second, i)["ok"] for i in range(2))
+        refused = subscribe(second, 2)
+        assert refused["error"]["code"] == "busy"
+        assert "eventlog.max_subscriptions)" in refused["error"]["message"]
+        # Room again: one unsubscribed on the first, then the whole first one closed.
+        sub = subscribe(third, 9)
+        assert sub["error"]["code"] == "busy"
+        first.sendall(b'{"op":"unsubscribe","id":10,"subscription":1}\n')
+        assert any(f.get("id") == 10 and f["ok"] for f in read_frames(first, 2))
+        deadline = time.monotonic() + 5
+        while not (reply := subscribe(third, 11))["ok"] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert reply["ok"], reply
+        first.close()
+        deadline = time.monotonic() + 5
+        while not (reply := subscribe(third, 12))["ok"] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert reply["ok"], reply
+        second.close()
+        third.close()
+    finally:
+        assert proc.terminate() == 0, proc.log()

@@ -32,6 +32,7 @@ DEFERRED = [
     "gastownd.eventlog.pruner",  # the periodic prune starts after the first answer
     "gastownd.eventlog.prune_steps",
     "gastownd.eventlog.prune_plan",
+    "gastownd.eventlog.prune_planner",
     "gastownd.eventlog.watcher",  # so do the watcher and the spool's watch
     "watchfiles",
     "gastownd.metrics.http",  # no [metrics] listen

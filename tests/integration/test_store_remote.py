@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -230,3 +231,42 @@ def test_any_number_is_refused_at_decode_or_stored(
                 assert opened.remote.apply([message], now=1.0).failed == []
         finally:
             opened.close()
+
+
+def test_a_line_goes_when_both_its_time_and_its_arrival_are_past_the_cutoff(store: Store) -> None:
+    """A peer whose clock is years behind dates its lines years ago: received just now, they
+    stay for their TTL from their arrival."""
+    cutoff = 1_790_000_000.0
+    store.remote.apply([event(1, ts="2024-01-01T00:00:00Z")], now=cutoff + 60)  # just came
+    store.remote.apply([event(2, ts="2024-01-01T00:00:00Z")], now=cutoff - 60)  # long here
+    store.remote.apply([event(3, ts="2026-12-01T00:00:00Z")], now=cutoff - 60)  # recent ts
+    assert store.remote.prune_events([("mail", cutoff)]) == 1
+    left = store.remote.query_events(EventQuery(), 10, oldest_first=True)
+    assert [e.arrival for e in left] == [1, 3]
+
+
+SCHEMA_V2 = Path(__file__).resolve().parents[1] / "data" / "schema-v2" / "gastownd.db"
+
+
+def test_a_schema_2_store_opens_and_its_remote_lines_expire_by_their_time(tmp_path: Path) -> None:
+    """Made by the release before: three lines of node "peer" (two from January, one from
+    December 2026). Their arrival was not kept: they go by their time, as they did."""
+    copy = tmp_path / "gastownd.db"
+    shutil.copy(SCHEMA_V2, copy)
+    opened = Store(copy)
+    try:
+        lines = opened.remote.query_events(EventQuery(), 10, oldest_first=True)
+        assert [(e.node, e.type) for e in lines] == [
+            ("peer", "mail"),
+            ("peer", "nudge"),
+            ("peer", "mail"),
+        ]
+        cutoff = 1_790_000_000.0  # 2026-09-21: after January, before December
+        assert opened.remote.prune_events([("mail", cutoff), ("nudge", cutoff)]) == 2
+        [left] = opened.remote.query_events(EventQuery(), 10, oldest_first=True)
+        assert left.arrival == 3
+        [fresh] = opened.remote.apply([event(9, ts="2024-01-01T00:00:00Z")], now=cutoff).events
+        assert opened.remote.prune_events([("mail", cutoff)]) == 0  # received at the cutoff
+        assert fresh.arrival == 4
+    finally:
+        opened.close()

@@ -497,3 +497,45 @@ def test_an_open_wisp_keeps_step_payloads_up_to_its_byte_budget(town: Path) -> N
             assert digest.step_count == 12 and digest.counts == {"commit": 12}
     finally:
         assert proc.terminate() == 0
+
+
+async def test_a_flood_of_client_reads_never_holds_up_a_session_change(daemon: InProcess) -> None:
+    """Clients can pipeline thousands of reads (``cv``, ``sessions``, ``status``…) and the store
+    has one thread: queued there in arrival order, they held every hook's session change
+    behind them. Here 40 ``cv`` requests, each 20 ms in the store, are all waiting when a
+    session starts: it must not wait for them (at most two go first)."""
+    sessions = daemon.daemon.sessions
+    store = sessions.store
+    real_chain = store.chain
+    reads_done = 0
+    reads_started = anyio.Event()
+
+    def slow_chain(*args: object) -> object:
+        nonlocal reads_done
+        reads_started.set()
+        time.sleep(0.02)
+        reads_done += 1
+        return real_chain(*args)  # type: ignore[arg-type]
+
+    store.chain = slow_chain  # type: ignore[method-assign]
+    done_at_start: list[int] = []
+    async with daemon.client() as client:
+        await client.session_start(sid(40), JOE)
+        await client.session_end(sid(40))
+
+        async def read_cv() -> None:
+            async with daemon.client() as reader:
+                await reader.cv(JOE)
+
+        async with anyio.create_task_group() as tasks:
+            for _ in range(40):
+                tasks.start_soon(read_cv)
+            await reads_started.wait()
+            await anyio.sleep(0.05)  # every cv is in by now, waiting for the store
+            done_at_start.append(reads_done)
+            await client.session_start(sid(41), JOE)
+            done_at_start.append(reads_done)
+        assert reads_done == 40
+    # A session start is a few store calls; each waits for two reads at most.
+    before, after = done_at_start
+    assert before < 10 and after - before <= 8, done_at_start

@@ -15,6 +15,7 @@ import os
 import shutil
 import socket
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -354,3 +355,52 @@ def test_a_connection_with_a_partial_frame_is_not_evicted() -> None:
     finally:
         stop(proc)
         shutil.rmtree(root, ignore_errors=True)
+
+
+def test_a_flood_of_big_pipelined_requests_is_held_to_the_request_bytes(
+    request_town: Path,
+) -> None:
+    """10 connections pipeline 64 session steps of 256 KiB each (160 MiB). Each waits for the
+    store in turn, so all taken at once they were all held in memory (peak RSS 204 MiB here;
+    at the defaults 512 x 64 x 1 MiB = 32 GiB could be). Past ``max_inflight_bytes`` only
+    connections with nothing in flight take a request (47 MiB here); every step is still
+    answered, and a new client is served during the flood."""
+    from tests.reliability._support import rss_kib
+
+    (request_town / "settings" / "gastownd.toml").write_text(
+        "[server]\nmax_inflight_bytes = 1048576\n"
+    )
+    proc = DaemonProcess(request_town).wait_ready()
+    session = "0123456789abcdef0123456789abcdef0123"
+    socks = [connect(proc, timeout_s=120) for _ in range(10)]
+    peak = 0
+    try:
+        with connect(proc) as sock:
+            sock.sendall(encode_frame(protocol.SessionStart(id=0, session=session, actor="a/b")))
+            assert Wire(sock).replies(1)[0]["ok"]
+        step = {"blob": "x" * (256 << 10)}
+        frames = b"".join(
+            encode_frame(protocol.SessionStep(id=i, session=session, kind="note", payload=step))
+            for i in range(64)
+        )
+        answered: list[list[dict[str, Any]]] = []
+        workers = [threading.Thread(target=sock.sendall, args=(frames,)) for sock in socks]
+        workers += [
+            threading.Thread(target=lambda s=sock: answered.append(Wire(s).replies(64)))
+            for sock in socks
+        ]
+        for worker in workers:
+            worker.start()
+        ping_ok(proc, "during")  # a new connection is served at once
+        while any(worker.is_alive() for worker in workers):
+            peak = max(peak, rss_kib(proc.pid))
+            time.sleep(0.01)
+        assert len(answered) == 10
+        for replies in answered:
+            assert sorted(r["id"] for r in replies) == list(range(64))
+            assert all(r["ok"] for r in replies), [r for r in replies if not r["ok"]][:1]
+    finally:
+        for sock in socks:
+            sock.close()
+        stop(proc)
+    assert peak < 100 * 1024, f"peak RSS {peak // 1024} MiB"

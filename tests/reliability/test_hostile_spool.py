@@ -10,6 +10,8 @@ import ctypes
 import json
 import os
 import pwd
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -17,6 +19,7 @@ import pytest
 
 from tests.conftest import DaemonProcess
 from tests.integration.test_hooks import ACTOR, NEXT, SESSION, payload, wait_until
+from tests.reliability.test_hostile_state import LOCK_HOLDER
 
 # Long enough for a few of the spool watch's 2 s wake-ups.
 WATCH_ROUNDS_S = 5.0
@@ -168,4 +171,31 @@ def test_another_uids_file_appearing_while_running_does_not_jam_the_spool(
         assert not log_rows(proc, "spool_watch_restarting")
         assert not (spool / "hook-1.jsonl").exists()
     finally:
+        assert proc.terminate() == 0
+
+
+def test_a_call_spooled_while_the_store_is_locked_is_applied_once_it_is_free(
+    town: Path, spool: Path
+) -> None:
+    """The store's trouble is not the call's: it is never dropped as rejected
+    (review finding: a hook call lost to a store another process held locked)."""
+    proc = DaemonProcess(town).wait_ready()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", LOCK_HOLDER, str(town / ".gastownd" / "gastownd.db")],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "locked\n"
+        (spool / f"hook-{os.getuid()}.jsonl").write_bytes(frame(SESSION))
+        time.sleep(8)  # past SQLite's 5 s busy timeout: the call's transaction failed
+        holder.communicate("")
+        with proc.client() as client:
+            assert wait_until(lambda: client.wisp(SESSION)).state == "open"
+        assert not log_rows(proc, "spooled_request_rejected")
+        assert log_rows(proc, "session_store_write_failed")
+    finally:
+        holder.kill()
+        holder.wait()
         assert proc.terminate() == 0

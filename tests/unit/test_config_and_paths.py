@@ -69,6 +69,13 @@ def test_a_full_file_decodes(tmp_path: Path) -> None:
         ('[eventlog]\nsource = "a b"\n', "eventlog.source"),
         ("[server]\nmax_connections = " + "9" * 5000 + "\n", "a number has too many digits"),
         ("a = " + "[" * 5000 + "]" * 5000 + "\n", "nested too deeply"),
+        ('[federation]\nservers = ["localhost:4222"]\n', "must be a URL such as nats://"),
+        ('[federation]\nservers = ["nats://::::"]\n', "'nats://::::' must be a URL"),
+        ('[federation]\nservers = ["nats://127.0.0.1:99999"]\n', "a port from 1 to 65535"),
+        ('[federation]\nservers = ["nats://h:0"]\n', "a port from 1 to 65535"),
+        ('[federation]\nservers = ["nats://:4222"]\n', "a host"),
+        ('[federation]\nservers = ["http://h:4222"]\n', "scheme nats, tls, ws or wss"),
+        ('[federation]\nservers = ["nats://[::1"]\n', "must be a URL"),
     ],
 )
 def test_bad_config_stops_startup_naming_the_key(tmp_path: Path, text: str, needle: str) -> None:

@@ -10,14 +10,27 @@ from hypothesis import strategies as st
 
 from gastown_client import codec
 from gastown_client.protocol import Emit, ErrorCode, Ping, Request
-from gastownd.server.connection_state import ConnectionState, Event, NoRequest, Refusal, admission
+from gastownd.server.connection_state import (
+    ConnectionState,
+    Event,
+    NoRequest,
+    Refusal,
+    RequestBytes,
+    admission,
+)
 
 TIMEOUT_S = 10.0
 
 
-def new_state(max_inflight: int = 64, max_frame: int = 1 << 20) -> ConnectionState:
+def new_state(
+    max_inflight: int = 64, max_frame: int = 1 << 20, budget: RequestBytes | None = None
+) -> ConnectionState:
     return ConnectionState(
-        max_frame=max_frame, max_inflight=max_inflight, partial_timeout_s=TIMEOUT_S, now=0.0
+        max_frame=max_frame,
+        max_inflight=max_inflight,
+        partial_timeout_s=TIMEOUT_S,
+        now=0.0,
+        budget=budget,
     )
 
 
@@ -119,6 +132,59 @@ def test_requests_are_taken_up_to_the_limit_and_reading_pauses_there_once() -> N
     state.answered(now=6.0)
     assert drain(state) == ([], NoRequest.NEED_DATA)
     assert state.answered(now=7.0) is False  # below the limit: nothing held back
+
+
+def test_past_the_servers_request_bytes_only_a_connection_with_none_in_flight_takes_one() -> None:
+    ping = frame(Ping(id=1))
+    budget = RequestBytes(limit=3 * len(ping))
+    flooding, other = new_state(budget=budget), new_state(budget=budget)
+    flooding.receive_data(ping * 10, now=0.0)
+    events, why = drain(flooding)
+    assert len(events) == 3 and why is NoRequest.AT_LIMIT  # the third filled it
+    assert budget.held == 3 * len(ping) and budget.full and budget.waiting == 1
+    assert flooding.reading_change() is False and flooding.frame_deadline() is None
+    # A connection with nothing in flight is served anyway, one request at a time.
+    other.receive_data(ping * 2, now=0.0)
+    events, why = drain(other)
+    assert len(events) == 1 and why is NoRequest.AT_LIMIT and budget.waiting == 2
+    # Answers free their bytes; under the limit, the connections waiting may take again.
+    assert other.answered(now=1.0) is True  # it was waiting: the shell takes its frames
+    assert budget.held == 3 * len(ping) and other.budget_freed() is False
+    assert flooding.answered(now=1.0) is True and flooding.answered(now=1.0) is False
+    assert budget.held == len(ping) and not budget.full and budget.waiting == 0
+    assert flooding.reading_change() is True
+    events, why = drain(flooding)
+    assert len(events) == 2 and why is NoRequest.AT_LIMIT and budget.waiting == 1
+    assert budget.held == 3 * len(ping)
+
+
+def test_request_bytes_come_back_whatever_the_order_of_the_answers() -> None:
+    budget = RequestBytes(limit=1 << 30)
+    state = new_state(budget=budget)
+    frames = [frame(Ping(id="x" * size)) for size in (1, 500, 70, 9000)]
+    state.receive_data(b"".join(frames), now=0.0)
+    assert len(drain(state)[0]) == 4 and budget.held == sum(map(len, frames))
+    for _ in frames:
+        state.answered(now=1.0)
+    assert budget.held == 0
+
+
+def test_a_connection_waiting_for_request_bytes_is_let_go_once_they_are_free() -> None:
+    ping = frame(Ping(id=1))
+    budget = RequestBytes(limit=2 * len(ping))
+    first, second = new_state(budget=budget), new_state(budget=budget)
+    first.receive_data(ping * 2, now=0.0)
+    second.receive_data(ping * 3, now=0.0)
+    assert len(drain(first)[0]) == 2
+    # Both wait: the first filled it, the second took the one it may always take.
+    assert len(drain(second)[0]) == 1 and budget.waiting == 2 and second.waiting_for_budget
+    assert second.budget_freed() is False  # still full
+    first.answered(now=1.0)
+    first.answered(now=1.0)
+    assert budget.waiting == 1  # the first's answers let it go
+    assert second.budget_freed() is True and budget.waiting == 0
+    assert second.budget_freed() is False  # once
+    assert len(drain(second)[0]) == 1  # one more fills it again
 
 
 def test_eof_ends_the_input_after_the_whole_frames_received() -> None:

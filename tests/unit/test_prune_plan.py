@@ -20,12 +20,11 @@ from gastownd.core.retention import DAY_S, RetentionPolicy, drive, plan_prune_st
 from gastownd.eventlog.archive_files import Archive, days_of
 from gastownd.eventlog.prune_plan import (
     POSTINGS_SLICE,
-    PlanRequest,
     _blob_sizes,
     _index_in_pieces,
-    make_plan,
     prune_worker,
 )
+from gastownd.eventlog.prune_planner import PlanRequest, make_plan
 
 NOW = 1_780_000_000
 TYPES = ["nudge", "mail", "patrol_started", "session_start", "done"]

@@ -17,6 +17,7 @@ from gastownd.core.records import (
     Rejected,
     SessionMessage,
     decode_message,
+    dedupe_id,
     encode_message,
     kind_of,
     local_id_of,
@@ -178,6 +179,23 @@ def test_numbers_no_store_column_can_hold_are_out_of_range(
     kind: str, field: str, value: str
 ) -> None:
     assert reason(f"gastown.t1.b.{kind}", poisoned(kind, field, value)) == "out_of_range"
+
+
+def test_a_nats_msg_id_is_the_record_id_and_a_hash_only_its_node_can_make() -> None:
+    header = dedupe_id(b"secret", "b.event.7:42-44")
+    assert header == dedupe_id(b"secret", "b.event.7:42-44")  # a republish is dropped
+    assert header.startswith("b.event.7:42-44.") and len(header) == len("b.event.7:42-44") + 33
+    assert dedupe_id(b"other", "b.event.7:42-44") != header
+    assert dedupe_id(b"secret", "b.event.7:45-45") != header
+
+
+def test_a_record_nested_1000_deep_anywhere_is_malformed() -> None:
+    deep = b"[" * 1000 + b"]" * 1000
+    data = encode_message(messages()[0])
+    in_a_line = data.replace(b'"visibility":"feed"', b'"visibility":"feed","payload":' + deep, 1)
+    unread = data.replace(b'"epoch"', b'"x":' + deep + b',"epoch"')
+    for record in (in_a_line, unread, deep):
+        assert reason("gastown.t1.b.event", record) == "malformed"
 
 
 def test_nan_is_not_json() -> None:

@@ -12,6 +12,7 @@ from gastownd.core.retention import (
     plan_prune,
     plan_prune_steps,
     policy_from_krc,
+    remote_clock_suspect,
 )
 
 
@@ -129,3 +130,28 @@ def test_clock_suspect_holds_archive_deletion_while_the_clock_looks_wrong(
     else:
         assert found is not None
         assert suspect in found
+
+
+NOW = 1_780_000_000.0
+
+
+@pytest.mark.parametrize(
+    ("newest", "offset", "expected"),
+    [
+        (int(NOW - 60), None, None),  # a right clock, federation off
+        (int(NOW - 60), 0.4, None),  # a right clock, measured against the server
+        (int(NOW - 60), -2 * 365 * DAY_S, "this clock is +63072000 s from the federation"),
+        (int(NOW - 60), 3 * 3600.0, "this clock is -10800 s from the federation"),
+        # Unmeasured, years ahead: every remote line would be past the longest TTL at once.
+        (int(NOW - 2 * 365 * DAY_S), None, "the newest line is older than the longest TTL"),
+        (int(NOW + 3 * DAY_S), None, "now is before the newest line"),
+        (None, None, None),
+    ],
+)
+def test_remote_lines_are_never_deleted_by_a_clock_that_looks_wrong(
+    newest: int | None, offset: float | None, expected: str | None
+) -> None:
+    found = remote_clock_suspect(NOW, newest, None, 30 * DAY_S, offset, 300.0)
+    assert (found is None) == (expected is None)
+    if expected is not None:
+        assert found is not None and found.startswith(expected), found

@@ -196,6 +196,33 @@
   (should (equal (gastownd--attribution-lines "gt-1" nil)
                  '("no session is recorded as touching gt-1"))))
 
+(ert-deftest gastownd-test-offline-hostile-views ()
+  ;; Any writer's text in a wisp, a digest or a logged session: a newline in a field
+  ;; makes no line of the view (here a forged "**Steps**" line), no control character
+  ;; or bidi override goes in raw; a summary keeps its own lines.
+  (let* ((forged (concat "evil\n**Steps**: 999\e]0;owned\a" (string #x202e) "x"))
+         (views
+          (list (gastownd--wisp-text
+                 `((session_id . "s-1") (actor . ,forged) (topic . ,forged)
+                   (started_at . "2026-11-25T01:50:47Z") (last_activity_at . ,forged)
+                   (step_count . 1)
+                   (steps . [((kind . ,forged) (at . "t") (ref . ,forged))])))
+                (gastownd--digest-text
+                 `((title . ,forged) (digest_id . ,forged)
+                   (summary . ,(concat "line one\n" forged))))
+                (gastownd--log-text forged `((actor . ,forged) (topic . ,forged)
+                                             (starts . 2))
+                                    nil))))
+    (dolist (text views)
+      (should-not (string-match-p "[\u0000-\u0009\u000b-\u001f\u007f-\u009f\u202e]" text)))
+    ;; The summary's lines are its own; the other fields are one line each.
+    (dolist (text (list (car views) (nth 2 views)))
+      (should-not (cl-some (lambda (line) (string-prefix-p "**Steps**: 999" line))
+                           (split-string text "\n"))))
+    (should (string-search "**Actor**: evil⏎**Steps**: 999\\u001b]0;owned" (car views)))
+    (should (string-prefix-p "# evil⏎**Steps**: 999\\u001b]0;owned" (nth 1 views)))
+    (should (member "line one" (split-string (nth 1 views) "\n")))))
+
 (ert-deftest gastownd-test-offline-issue-at-point ()
   (with-temp-buffer
     (insert "closed gt-a1b2. then spotter-dov.3, and (hq-cv-4k3kg) not well GT-12")
@@ -527,6 +554,29 @@
       (should (string-search
                "empty={} list=[1,2] nil=[] none=null obj={\"to\":\"a/b\"} objs=[{\"a\":1}] ok=false"
                (gastownd-test--line buffer "list=")))
+      (gastownd-test--no-errors))))
+
+(ert-deftest gastownd-test-hostile-text-keeps-one-event-a-line ()
+  ;; Any writer's text: a newline, ESC (an OSC 52 clipboard write), CR, NUL, a C1 CSI
+  ;; and a bidi override, in the actor, a payload key and values.
+  (gastownd-test--with-fast-settings
+    (let ((buffer (gastownd-test--open-feed)))
+      (gastownd-test--ctl
+       "emit-json" "mail" "evil\nactor\e]52;c;aGk=\a\r"
+       "{\"k\\ney\":\"a\\u0000b\",\"csi\":\"\\u009b2J\",\"bidi\":\"\\u202eevil\",\"mark\":\"hostile-row\"}")
+      (gastownd-test--wait "the mail" (lambda () (gastownd-test--has buffer "hostile-row")))
+      (let ((line (gastownd-test--line buffer "hostile-row")))
+        (should (string-search "evil⏎actor\\u001b]52;c;aGk=\\u0007\\u000d" line))
+        (should (string-search "bidi=\\u202eevil csi=\\u009b2J k⏎ey=a\\u0000b" line))
+        (should-not (string-match-p "[\u0000-\u001f\u007f-\u009f\u202e]" line)))
+      (with-current-buffer buffer
+        (should (= 1 (how-many "hostile-row" (point-min) (point-max))))
+        (should-not (save-excursion (goto-char (point-min)) (search-forward "evil\n" nil t))))
+      ;; A 100 KB actor is cut like a payload value, as gastownctl cuts it.
+      (let ((long (make-string 100000 ?x)))
+        (gastownd-test--ctl "emit-json" "mail" long "{\"mark\":\"long-row\"}"))
+      (gastownd-test--wait "the long one" (lambda () (gastownd-test--has buffer "long-row")))
+      (should (< (length (gastownd-test--line buffer "long-row")) 400))
       (gastownd-test--no-errors))))
 
 (ert-deftest gastownd-test-who-rows-align-and-g-refreshes ()

@@ -93,6 +93,38 @@ return {
     end,
   },
   {
+    -- Any writer's text: a newline, ESC (an OSC 52 clipboard write), CR, NUL, a C1 CSI, a
+    -- bidi override, in the actor, a payload key and values. One event, one clean row.
+    "hostile_text_keeps_one_event_a_row",
+    function()
+      setup()
+      local buf = open_feed()
+      local actor = "evil\nactor\27]52;c;aGk=\7\r"
+      h.ctl(
+        "emit-json",
+        "mail",
+        actor,
+        '{"k\\ney":"a\\u0000b","csi":"\\u009b2J","bidi":"\\u202eevil","mark":"hostile-row"}'
+      )
+      h.wait_for_text("the mail", buf, "hostile-row")
+      local rows = h.matching(buf, "hostile-row")
+      h.eq(1, #rows, "one row")
+      local row = rows[1]
+      h.truthy(row:find("evil⏎actor\\u001b]52;c;aGk=\\u0007\\u000d", 1, true), row)
+      h.truthy(row:find("k⏎ey=a\\u0000b", 1, true), row)
+      h.truthy(row:find("csi=\\u009b2J", 1, true), row)
+      h.truthy(row:find("bidi=\\u202eevil", 1, true), row)
+      h.eq(nil, row:find("[%z\1-\31\127]"), "no control byte in " .. row)
+      -- A 100 KB actor is cut like a payload value, as gastownctl cuts it.
+      local long = string.rep("x", 100000)
+      h.ctl("emit-json", "mail", long, '{"mark":"long-row"}')
+      h.wait_for_text("the long one", buf, "long-row")
+      local long_row = h.matching(buf, "long-row")[1]
+      h.truthy(#long_row < 400, "a row of " .. #long_row .. " bytes")
+      no_errors()
+    end,
+  },
+  {
     "who_float_closes_with_q_and_its_rows_align",
     function()
       setup()

@@ -108,6 +108,13 @@ def cmd_events(args: argparse.Namespace) -> int:
                 "it covers the lines indexed so far",
                 file=sys.stderr,
             )
+        if result.archive_unreadable:
+            print(
+                "gastownctl: partial answer: the archive's files of "
+                f"{', '.join(result.archive_unreadable)} could not be read (see the daemon's "
+                "log); their lines are missing",
+                file=sys.stderr,
+            )
         if not args.follow:
             return EXIT_OK
         subscription = client.subscribe(cursor=result.cursor, **filters)
@@ -130,11 +137,12 @@ def show_json(line: bytes) -> None:
 def show_human(line: bytes) -> None:
     event = msgspec.json.decode(line)
     payload = event.get("payload") or {}
-    details = " ".join(f"{k}={short(v)}" for k, v in payload.items())
-    node = f"{event['node']:<12} " if isinstance(event.get("node"), str) else ""
+    details = " ".join(f"{short(k)}={short(v)}" for k, v in payload.items())
+    node = f"{short(event['node']):<12} " if isinstance(event.get("node"), str) else ""
+    # One event, one row: a field's newlines are shown as ⏎, a long one is cut.
     print(
-        f"{event.get('ts', '?')}  {node}{event.get('type', '?'):<16} "
-        f"{event.get('actor', ''):<28} {details}".rstrip()
+        f"{event.get('ts', '?')}  {node}{short(event.get('type', '?')):<16} "
+        f"{short(event.get('actor', '')):<28} {details}".rstrip()
     )
 
 

@@ -210,7 +210,7 @@ def _print_sessions(rows: list[SessionRow]) -> None:
         steps = "" if done is None else f"{done} step" + ("" if done == 1 else "s")
         print(
             f"{row.last_started_at or row.started_at}  {row.session_id[:8]}  {node}{row.state:<9} "
-            f"{row.actor:<28} {steps:<9} "
+            f"{short(row.actor):<28} {steps:<9} "
             f"{row.end_reason or '':<11} {short(about, 50)}".rstrip()
         )
 

@@ -94,6 +94,9 @@ class QueryResult(msgspec.Struct, kw_only=True):
     cursor: str
     # Set when the answer comes from the lines indexed so far, not from all of them.
     indexing: IndexingProgress | None = None
+    # With ``archive``: the archive's days (``YYYY-MM-DD``) whose file could not be read (a
+    # damaged or unreadable day file); their lines are missing from this answer.
+    archive_unreadable: list[str] | None = None
 
 
 class Subscribe(EventFilter, Returning["SubscribeResult"], tag="subscribe"):

@@ -77,15 +77,79 @@ class Reply:
 
 
 @dataclass(frozen=True)
+class StreamLimits:
+    """The settings of a stream that decide whether it keeps every record for every node
+    (``-1``: no limit). A daemon makes the stream with these defaults; someone else may not."""
+
+    retention: str = "limits"
+    discard: str = "old"
+    max_msgs: int = -1
+    max_bytes: int = -1
+    max_msg_size: int = -1
+
+
+@dataclass(frozen=True)
 class StreamFacts:
     reply: Reply
     replicas: int = 0
     subjects: tuple[str, ...] = ()
     leader: str = ""
+    limits: StreamLimits = StreamLimits()
 
     @property
     def exists(self) -> bool:
         return self.reply.answered and self.reply.error_code == 0
+
+
+STREAM_LIMITS_FIX = (
+    "as an administrator, make the stream again with retention limits, discard old and no "
+    "max_msgs, max_bytes or max_msg_size (every daemon then publishes its history again: "
+    f"{DOCS}, The stream or a consumer deleted), or accept what the message says"
+)
+
+
+def stream_limit_problems(limits: StreamLimits) -> list[tuple[Level, str]]:
+    """What in a stream's settings loses the town's records or holds them back, and how
+    bad it is; [] when nothing does (``stream_max_age`` is the town's own choice)."""
+    problems: list[tuple[Level, str]] = []
+    if limits.retention == "workqueue":
+        problems.append(
+            ("fail", "retention workqueue: only one node may consume it, and it takes each record")
+        )
+    elif limits.retention != "limits":
+        problems.append(
+            (
+                "fail",
+                f"retention {limits.retention}: a record goes once the nodes consuming now "
+                "have it, so a node that joins later, or whose consumer is made again, never "
+                "gets it",
+            )
+        )
+    if 0 < limits.max_msg_size < MAX_RECORD_BYTES:
+        problems.append(
+            ("warn", f"max_msg_size {limits.max_msg_size}: larger records stay on their node")
+        )
+    if limits.max_msgs > 0 or limits.max_bytes > 0:
+        full = f"max_msgs {limits.max_msgs}, max_bytes {limits.max_bytes}"
+        if limits.discard == "new":
+            problems.append(("fail", f"{full}, discard new: once full, no node can publish"))
+        else:
+            problems.append(
+                ("warn", f"{full}: once full, the oldest records go, read or not by nodes away")
+            )
+    return problems
+
+
+def stream_limits_finding(stream: StreamFacts, *, town: str) -> Finding | None:
+    """None when the stream is missing (a daemon makes it right) or not readable."""
+    if not stream.exists:
+        return None
+    check = f"stream {stream_name(town)} limits"
+    problems = stream_limit_problems(stream.limits)
+    if not problems:
+        return Finding(check, "ok", "retention limits, no limit on records")
+    level: Level = "fail" if any(level == "fail" for level, _ in problems) else "warn"
+    return Finding(check, level, "; ".join(text for _, text in problems), STREAM_LIMITS_FIX)
 
 
 @dataclass(frozen=True)

@@ -2,9 +2,10 @@
 
 Every record travels alone, as one JetStream message on the subject
 ``gastown.<town>.<node>.<kind>`` of the town's stream ``GASTOWN_<town>``,
-with a stable id (``<node>.<kind>.<local id>``) as its ``Nats-Msg-Id``: a
-republish after a crash or a reconnect is the same message, deduplicated by
-the stream and applied idempotently by receivers. Kinds:
+with a stable id (``<node>.<kind>.<local id>``), keyed by the node's secret in
+its ``Nats-Msg-Id`` (:func:`dedupe_id`): a republish after a crash or a
+reconnect is the same message, deduplicated by the stream and applied
+idempotently by receivers. Kinds:
 
 - ``event``: a run of lines of the sender's event log (gt's lines included),
   each with its cursor (``epoch``, its ``seq``); local id
@@ -29,6 +30,7 @@ dated ahead of the receiver's clock. Pure: no I/O, time is passed in.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import re
 from typing import TYPE_CHECKING, Any, Final, Literal
@@ -152,6 +154,16 @@ def message_id(node: str, kind: Kind, local_id: str) -> str:
     return f"{node}.{kind}.{local_id}"
 
 
+def dedupe_id(key: bytes, record_id: str) -> str:
+    """A record's ``Nats-Msg-Id``: its id, then a hash of it keyed by a secret of the sending
+    node's store. The stream drops a message whose Nats-Msg-Id it has seen, whoever sent it
+    and on whatever subject; a bare id (node, kind, epoch and seq: predictable) would let any
+    sender make it drop a node's next record. The same for a republish from the same store,
+    which the stream still drops."""
+    mac = hashlib.blake2b(record_id.encode(), key=key[:64], digest_size=16).hexdigest()
+    return f"{record_id}.{mac}"
+
+
 def local_id_of(message: AnyMessage) -> str:
     match message:
         case EventMessage(seqs=seqs):
@@ -195,6 +207,10 @@ def decode_message(subject_name: str, data: bytes, *, town: str, local_node: str
         raise Rejected(reason, str(exc)) from None
     except msgspec.DecodeError as exc:
         raise Rejected("malformed", str(exc)) from None
+    except RecursionError:
+        # msgspec recurses once per level, even to skip a value: 1,000 nested brackets
+        # anywhere in the record exceed Python's limit. Not the store's fault, the record's.
+        raise Rejected("malformed", "nested too deep") from None
     if message.town != town:
         raise Rejected("other_town", message.town)
     if message.node == local_node:

@@ -214,7 +214,11 @@ CLOCK_TOLERANCE_S = DAY_S
 
 
 def clock_suspect(
-    now_s: float, newest_line_s: int | None, last_prune_s: float | None, max_age_s: float
+    now_s: float,
+    newest_line_s: int | None,
+    last_prune_s: float | None,
+    max_age_s: float,
+    max_age_name: str = "archive_max_age",
 ) -> str | None:
     """Why ``now_s`` must not decide which archived days are deleted, or None.
 
@@ -229,5 +233,26 @@ def clock_suspect(
     if last_prune_s is not None and now_s < last_prune_s - CLOCK_TOLERANCE_S:
         return "now is before the last prune"
     if newest_line_s is not None and now_s - newest_line_s > max_age_s:
-        return "the newest line is older than archive_max_age"
+        return f"the newest line is older than {max_age_name}"
     return None
+
+
+def remote_clock_suspect(
+    now_s: float,
+    newest_remote_s: int | None,
+    last_prune_s: float | None,
+    longest_ttl_s: float,
+    server_offset_s: float | None,
+    max_skew_s: float,
+) -> str | None:
+    """Why ``now_s`` must not decide which of other nodes' lines are deleted, or None.
+
+    The deletion is for good (the town's stream does not deliver an acknowledged record
+    again), so it waits while this clock looks wrong: further than ``max_skew_s`` from the
+    federation server's (``server_offset_s``, when measured), or by the archive's rules
+    (``clock_suspect``) against the newest remote line and the longest TTL: a clock years
+    ahead would otherwise delete every remote line at once.
+    """
+    if server_offset_s is not None and abs(server_offset_s) > max_skew_s:
+        return f"this clock is {-server_offset_s:+.0f} s from the federation server's"
+    return clock_suspect(now_s, newest_remote_s, last_prune_s, longest_ttl_s, "the longest TTL")

@@ -43,7 +43,9 @@ from gastownd.core.archive import (
 from gastownd.core.index import EventIndex
 from gastownd.eventlog.logstate import (
     fsync_dir,
+    open_state_file,
     pread_all,
+    read_state_file,
     runs_of,
     write_all,
     write_atomically,
@@ -52,6 +54,9 @@ from gastownd.eventlog.logstate import (
 log = structlog.get_logger("gastownd.archive")
 
 JOURNAL = "pending.json"
+# In the name of every prune's temporary file (``<log>.gastownd-prune-<pid>``): a journal
+# naming any other file (the log itself, one of another tool) was not written by a prune.
+PRUNE_FILE_MARK = ".gastownd-prune-"
 GZ_SUFFIX = ".jsonl.gz"
 IDX_SUFFIX = ".idx"
 PREFIX = "events-"
@@ -166,7 +171,8 @@ class Archive:
         journal = self._read_journal()
         if journal is None:
             return
-        if Path(journal.commit_path).exists():
+        commit = Path(journal.commit_path)
+        if PRUNE_FILE_MARK in commit.name and commit.exists():
             self._undo(journal)
             log.warning("archive_batch_rolled_back", days=len(journal.days))
         else:
@@ -215,12 +221,12 @@ class Archive:
 
     def _read_journal(self) -> Journal | None:
         try:
-            return _journal_decoder.decode((self.folder / JOURNAL).read_bytes())
+            return _journal_decoder.decode(read_state_file(self.folder / JOURNAL))
         except FileNotFoundError:
             return None
-        except msgspec.DecodeError:
+        except (OSError, ValueError, msgspec.DecodeError) as exc:
             # Written atomically: unreadable means never completed, so no member was written.
-            log.warning("archive_journal_unreadable")
+            log.warning("archive_journal_unreadable", error=str(exc))
             return None
 
     def _remove_journal(self) -> None:
@@ -237,8 +243,11 @@ class Archive:
                 except FileNotFoundError:
                     continue
                 try:
-                    os.ftruncate(fd, size)
-                    os.fsync(fd)
+                    # An undo only ever cuts off what the batch appended: a size beyond the
+                    # file's (a journal of another town, a damaged one) is no batch of it.
+                    if size <= os.fstat(fd).st_size:
+                        os.ftruncate(fd, size)
+                        os.fsync(fd)
                 finally:
                     os.close(fd)
         fsync_dir(self.folder)
@@ -264,8 +273,12 @@ class Archive:
     def members(self, day: str) -> list[Member]:
         """The members of one day, in file order; a legacy part first."""
         try:
-            data = self._idx(day).read_bytes()
+            data = read_state_file(self._idx(day))
         except FileNotFoundError:
+            data = b""
+        except (OSError, ValueError) as exc:
+            # The day's members are then read as one legacy part: every whole line is found.
+            log.warning("archive_record_unreadable", day=day, error=str(exc))
             data = b""
         found: list[Member] = []
         for line in data.split(b"\n"):
@@ -289,9 +302,14 @@ class Archive:
 
     def read(self, member: Member) -> list[tuple[int, bytes]]:
         """The member's lines (without newlines) with their seqs."""
-        with open(self._gz(member.day), "rb") as handle:
-            handle.seek(member.offset)
-            data = handle.read(member.length)
+        fd = open_state_file(self._gz(member.day))
+        try:
+            size = os.fstat(fd).st_size
+            if not 0 <= member.offset <= member.offset + member.length <= size:
+                raise ValueError(f"archive member of {member.day} lies outside its file")
+            data = pread_all(fd, member.length, member.offset)
+        finally:
+            os.close(fd)
         if member.legacy:
             raw = _decompress_tolerant(data)
             lines = raw.split(b"\n")

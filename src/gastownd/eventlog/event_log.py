@@ -44,7 +44,7 @@ from gastownd.eventlog.background_index import BackgroundIndexing
 from gastownd.eventlog.index_checkpoints import IndexCheckpoints
 from gastownd.eventlog.index_upkeep import IndexUpkeep
 from gastownd.eventlog.logstate import SeqMap, write_seqmap
-from gastownd.eventlog.reads import Backlog, BacklogGap, LogReads
+from gastownd.eventlog.reads import READ_THREADS, Answer, Backlog, BacklogGap, LogReads
 from gastownd.eventlog.reads import query as query_log
 from gastownd.eventlog.recovery import BACKGROUND_MIN_BYTES, PendingIndex, recover
 from gastownd.eventlog.shared_runs import SharedRuns
@@ -91,6 +91,7 @@ class EventLog(IndexUpkeep, BackgroundIndexing, IndexCheckpoints, LogReads):
         self.archive_lock = anyio.Lock()
         # Counts the batches moved to the archive: a replay reopens it when this changes.
         self.archive_generation = 0
+        self.read_threads = anyio.CapacityLimiter(READ_THREADS)
         self.archive = Archive(state_dir / "archive")
         self._snapshot_lock = anyio.Lock()
         self._queued = 0  # appends given to the writer and not yet durable
@@ -291,7 +292,7 @@ class EventLog(IndexUpkeep, BackgroundIndexing, IndexCheckpoints, LogReads):
 
     async def query(
         self, flt: CompiledFilter, limit: int, oldest_first: bool, *, archive: bool = False
-    ) -> list[bytes]:
+    ) -> Answer:
         """Matching lines; while the background index runs, it waits for it up to
         ``QUERY_WAIT_S`` and then answers from the lines indexed so far (the caller
         reads ``indexing`` to say so)."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import stat
 import zlib
 from collections.abc import Generator, Iterable, Iterator, Sequence
 from pathlib import Path
@@ -35,6 +36,13 @@ TAIL_SIGNATURE = 64
 # 4: a ts is strict (fields in range) and within years 1..9999 UTC; an older snapshot may
 # hold such lines as well-formed, so it is rebuilt from the log once.
 SNAPSHOT_VERSION = 4
+
+# The most of a bookkeeping file (a seqmap, an archive's day catalogue or journal) read
+# into memory; real ones are a few KiB. Past it the file is damaged, not read.
+MAX_STATE_FILE_BYTES = 64 << 20
+# The most the snapshot's JSON header line may take (it names every type and actor);
+# past it the snapshot is ignored and the index rebuilt from the log.
+MAX_SNAPSHOT_HEADER_BYTES = 64 << 20
 
 
 class SeqMap(msgspec.Struct, kw_only=True):
@@ -101,8 +109,8 @@ def load_seqmaps(state_dir: Path) -> dict[int, SeqMap]:
     maps: dict[int, SeqMap] = {}
     for path in state_dir.glob("seqmap-*.json"):
         try:
-            seqmap = msgspec.json.decode(path.read_bytes(), type=SeqMap)
-        except (OSError, msgspec.DecodeError):
+            seqmap = msgspec.json.decode(read_state_file(path), type=SeqMap)
+        except (OSError, msgspec.DecodeError, ValueError):
             log.warning("seqmap_unreadable", path=str(path))
             continue
         maps[seqmap.inode] = seqmap
@@ -115,7 +123,7 @@ def write_seqmap(state_dir: Path, seqmap: SeqMap) -> None:
     write_atomically(target, [msgspec.json.encode(seqmap)])
     others = sorted(
         (p for p in state_dir.glob("seqmap-*.json") if p != target),
-        key=lambda p: p.stat().st_mtime,
+        key=lambda p: p.lstat().st_mtime,  # a dangling symlink among them is stale too
     )
     for stale in others[:-1]:
         stale.unlink(missing_ok=True)
@@ -139,11 +147,15 @@ _snapshot_meta_decoder = msgspec.json.Decoder(SnapshotMeta)
 def read_snapshot(path: Path) -> tuple[SnapshotMeta, list[bytes]] | None:
     """The saved header and column bytes, or None (missing or unreadable)."""
     try:
-        with open(path, "rb") as handle:
-            meta = _snapshot_meta_decoder.decode(handle.readline())
+        with open(open_state_file(path), "rb") as handle:
+            first = handle.readline(MAX_SNAPSHOT_HEADER_BYTES + 1)
+            if len(first) > MAX_SNAPSHOT_HEADER_BYTES:
+                raise ValueError(f"a header line longer than {MAX_SNAPSHOT_HEADER_BYTES} bytes")
+            meta = _snapshot_meta_decoder.decode(first)
+            size = os.fstat(handle.fileno()).st_size
+            if min(meta.blob_sizes, default=0) < 0 or sum(meta.blob_sizes) != size - len(first):
+                raise ValueError("the column sizes do not add up to the file's size")
             blobs = [handle.read(n) for n in meta.blob_sizes]
-            if handle.read(1):
-                raise ValueError("bytes after the last column")
         if meta.blobs_crc is not None and meta.blobs_crc != blobs_checksum(blobs):
             raise ValueError("the columns do not match their checksum")
     except FileNotFoundError:
@@ -178,6 +190,33 @@ def write_atomically(path: Path, parts: Iterable[bytes]) -> None:
     fsync_dir(path.parent)
 
 
+def open_state_file(path: Path) -> int:
+    """A read-only descriptor of one of the daemon's own files, whatever is in its place.
+
+    Opened without blocking (a FIFO in its place would wait for a writer for good) and only
+    if it is a regular file (a device such as ``/dev/zero`` behind a symlink never ends):
+    anything else raises ``OSError``, as a missing file does (``FileNotFoundError``).
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(0, "not a regular file", str(path))
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def read_state_file(path: Path, limit: int = MAX_STATE_FILE_BYTES) -> bytes:
+    """The whole of one of the daemon's own small files (``open_state_file``); a file of
+    more than ``limit`` bytes raises ``ValueError`` instead of filling memory."""
+    with open(open_state_file(path), "rb") as handle:
+        data = handle.read(limit + 1)
+    if len(data) > limit:
+        raise ValueError(f"{path}: more than {limit} bytes")
+    return data
+
+
 def read_tail(fd: int, end: int) -> bytes:
     """The last ``TAIL_SIGNATURE`` bytes of the file before ``end``."""
     take = min(TAIL_SIGNATURE, end)
@@ -185,7 +224,12 @@ def read_tail(fd: int, end: int) -> bytes:
 
 
 def tail_matches(fd: int, end: int, tail: bytes) -> bool:
-    """The file's bytes before ``end`` end with ``tail`` (an empty tail always does)."""
+    """The file's bytes before ``end`` end with ``tail`` (an empty tail always does).
+
+    A tail longer than ``end`` (a damaged seqmap or snapshot) matches nothing.
+    """
+    if len(tail) > end:
+        return False
     return not tail or os.pread(fd, len(tail), end - len(tail)) == tail
 
 

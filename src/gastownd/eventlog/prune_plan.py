@@ -1,14 +1,12 @@
 """A prune's plan, made in a worker process: which lines go, the byte ranges of those that
-stay, and the index of the kept lines as the new file lays them out.
+stay, and the index of the kept lines as the new file lays them out. This is the daemon's
+side; the worker is ``prune_planner``.
 
 Planning a million lines is seconds of Python. On the event loop, even in
 slices, and in a thread, which holds the GIL while it runs Python, it delays
-every request (an emit needs the GIL several times on its way). So
-``python -m gastownd.eventlog.prune_plan`` does it: it reads from stdin the
-index of the lines to plan (a header line, then the columns, as a snapshot
-holds them) and writes the plan to stdout (a header line, then arrays and the
-kept index's columns). The daemon only copies bytes: the index out, the plan
-in, in worker threads that spend that time in system calls and ``memcpy``.
+every request (an emit needs the GIL several times on its way). So the worker
+does it, and the daemon only copies bytes: the index out, the plan in, in
+worker threads that spend that time in system calls and ``memcpy``.
 
 A worker that fails fails the prune, which leaves the log as it was.
 """
@@ -17,18 +15,15 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import itertools
-import os
 import subprocess
 import sys
-import threading
 import time
 from array import array
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TypeVar
+from typing import TypeVar
 
 import anyio
 import anyio.lowlevel
@@ -39,65 +34,28 @@ from gastownd.core import index_snapshot
 from gastownd.core.index import EventIndex, IndexHeader
 from gastownd.core.index_columns import POSTING
 from gastownd.core.index_postings import below
-from gastownd.core.retention import RetentionPolicy, drive, plan_prune_steps
-from gastownd.eventlog.archive_files import Archive, crash_here_for_tests, days_of
-from gastownd.eventlog.logstate import runs_of
+from gastownd.core.retention import RetentionPolicy
+from gastownd.eventlog.prune_planner import (
+    WIDE,
+    ArchiveDone,
+    ArchiveOrder,
+    PlanHeader,
+    PlanRequest,
+    read_exactly,
+)
 
 A = TypeVar("A")
 R = TypeVar("R")
 
-# Typecode of the position and offset arrays the plan carries (64-bit, as the index's).
-WIDE = "q"
 # Runs turned into tuples at a time in the daemon's thread, which then lets the loop run.
 RUNS_CHUNK = 8192
 # How long a worker that was told to stop may take to (it only waits for its orders).
 END_WAIT_S = 5.0
-# How often the worker checks that the daemon still runs.
-ORPHAN_POLL_S = 0.01
 # Entries of a column copied at a time when the index is sent to the worker.
 SEND_CHUNK = 1 << 16
 # Posting lists cut at the planned count between two turns of the loop (about 1 ms).
 POSTINGS_SLICE = 2048
 PAUSE_S = 0.001
-
-
-class PlanRequest(msgspec.Struct, kw_only=True):
-    """What the worker plans: the first ``index.count`` lines, under this policy."""
-
-    index: IndexHeader
-    sizes: list[int]  # of the index's blobs, which follow the header line
-    now_s: float
-    default_ttl_s: float
-    ttls_s: dict[str, float]
-    min_retain_count: int
-    protect_from: int | None  # lines at this position and after are kept (see ``prune``)
-    select: bool  # build the kept lines' index (not for a dry run)
-
-
-class PlanHeader(msgspec.Struct, kw_only=True):
-    removed_by_type: dict[str, int]
-    kept_lines: int
-    kept_bytes: int
-    days: dict[str, int]  # removed lines per UTC day
-    removed_max: int  # the highest seq removed (-1: none)
-    kept: IndexHeader | None  # the kept lines' index, when asked and lines go
-    # Blobs after the header line: removed positions, range starts, range lengths, runs
-    # (flat pairs), then the kept index's columns.
-    sizes: list[int]
-
-
-class ArchiveOrder(msgspec.Struct, kw_only=True):
-    """Go ahead: write the archive batch (``Archive.write``) of the removed lines."""
-
-    folder: str
-    epoch: int
-    commit_path: str
-
-
-class ArchiveDone(msgspec.Struct, kw_only=True):
-    lines: int = 0
-    error: str | None = None  # the OSError that stopped it (its batch is then undone)
-    errno: int = 0
 
 
 @dataclass(frozen=True)
@@ -253,7 +211,7 @@ def _blob_sizes(header: IndexHeader) -> list[int]:
 
 def _spawn(source_fd: int) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [sys.executable, "-m", "gastownd.eventlog.prune_plan", str(source_fd)],
+        [sys.executable, "-m", "gastownd.eventlog.prune_planner", str(source_fd)],
         pass_fds=[source_fd],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
@@ -273,7 +231,7 @@ def _ask_plan(
             process.stdin.write(piece)
         process.stdin.flush()
         header = _plan_decoder.decode(process.stdout.readline())
-        blobs = [_read_exactly(process.stdout, size) for size in header.sizes]
+        blobs = [read_exactly(process.stdout, size) for size in header.sizes]
     except (OSError, msgspec.DecodeError, ValueError) as exc:
         raise OSError(0, f"the prune's planner failed: {_ended(process, exc)}") from None
     return header, blobs
@@ -360,142 +318,5 @@ def _wide(blob: bytes) -> array[int]:
     return values
 
 
-# ---------------------------------------------------------------- in the worker
-
-
-def make_plan(
-    index: EventIndex, request: PlanRequest
-) -> tuple[PlanHeader, list[bytes], array[int]]:
-    """The plan for every line of ``index`` (what the worker computes): its header, its
-    blobs, and the removed positions."""
-    count = len(index)
-    policy = RetentionPolicy(
-        default_ttl_s=request.default_ttl_s,
-        ttls_s=request.ttls_s,
-        min_retain_count=request.min_retain_count,
-    )
-    decided = drive(
-        plan_prune_steps(
-            index.types,
-            index.type_names,
-            index.ts,
-            count,
-            request.now_s,
-            policy,
-            index.by_type,
-            request.protect_from,
-        )
-    )
-    starts, lengths = kept_ranges(index, decided.keep)
-    removed = removed_positions(decided.keep, count)
-    kept = index.select(decided.keep) if request.select and removed else None
-    runs = array(WIDE, itertools.chain.from_iterable(runs_of(kept.seqs))) if kept else array(WIDE)
-    blobs = [removed.tobytes(), starts.tobytes(), lengths.tobytes(), runs.tobytes()]
-    kept_header = None
-    if kept is not None:
-        kept_header, kept_blobs = kept.export()
-        blobs += kept_blobs
-    header = PlanHeader(
-        removed_by_type=dict(decided.removed),
-        kept_lines=len(decided.keep),
-        kept_bytes=sum(lengths),
-        days=days_of(index, removed),
-        removed_max=index.seqs[removed[-1]] if removed else -1,
-        kept=kept_header,
-        sizes=[len(blob) for blob in blobs],
-    )
-    return header, blobs, removed
-
-
-def kept_ranges(index: EventIndex, positions: Sequence[int]) -> tuple[array[int], array[int]]:
-    """The kept lines as byte ranges (starts, lengths), consecutive lines merged."""
-    starts, lengths = array(WIDE), array(WIDE)
-    start = end = -1
-    offsets = index.offsets
-    for position in positions:
-        offset = offsets[position]
-        length = index.length(position)
-        if offset == end:
-            end += length
-            continue
-        if start >= 0:
-            starts.append(start)
-            lengths.append(end - start)
-        start, end = offset, offset + length
-    if start >= 0:
-        starts.append(start)
-        lengths.append(end - start)
-    return starts, lengths
-
-
-def removed_positions(keep: Sequence[int], count: int) -> array[int]:
-    """The positions below ``count`` that ``keep`` (sorted) leaves out."""
-    removed = array(WIDE)
-    previous = -1
-    for kept in itertools.chain(keep, (count,)):
-        if kept > previous + 1:
-            removed.extend(range(previous + 1, min(kept, count)))
-        previous = kept
-    return removed
-
-
-def _read_exactly(stream: IO[bytes], size: int) -> bytes:
-    data = stream.read(size)
-    if len(data) != size:
-        raise ValueError("the request is cut short")
-    return data
-
-
-def _exit_with(parent: int) -> None:
-    """An orphan must not write on: the next daemon may be undoing its batch."""
-    while os.getppid() == parent:
-        time.sleep(ORPHAN_POLL_S)
-    os._exit(1)
-
-
-def main(argv: list[str]) -> int:
-    """The worker: read the request, write the plan; then, if told to, the archive batch."""
-    os.nice(10)  # background work: the daemon's threads come first
-    threading.Thread(target=_exit_with, args=(os.getppid(),), daemon=True).start()
-    source_fd = int(argv[0])
-    answers = sys.stdout.buffer
-    sys.stdout = sys.stderr  # anything printed or logged stays out of the answers
-    orders = sys.stdin.buffer
-    request = msgspec.json.decode(orders.readline(), type=PlanRequest)
-    blobs = [_read_exactly(orders, size) for size in request.sizes]
-    index = EventIndex.restore(request.index, blobs)
-    del blobs
-    header, out, removed = make_plan(index, request)
-    crash_here_for_tests("planner")
-    answers.write(msgspec.json.encode(header) + b"\n")
-    for blob in out:
-        answers.write(blob)
-    answers.flush()
-    del out
-    line = orders.readline()
-    if not line:
-        return 0  # no archive: the prune stopped there
-    order = msgspec.json.decode(line, type=ArchiveOrder)
-    try:
-        report = Archive(Path(order.folder)).write(
-            source_fd,
-            index,
-            removed,
-            (len(index), index.end),
-            header.days,
-            order.epoch,
-            Path(order.commit_path),
-        )
-        done = ArchiveDone(lines=report.lines)
-    except OSError as exc:
-        done = ArchiveDone(error=exc.strerror or str(exc), errno=exc.errno or 0)
-    answers.write(msgspec.json.encode(done) + b"\n")
-    answers.flush()
-    return 0
-
-
 _plan_decoder = msgspec.json.Decoder(PlanHeader)
 _done_decoder = msgspec.json.Decoder(ArchiveDone)
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))

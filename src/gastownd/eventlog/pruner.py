@@ -33,11 +33,12 @@ from gastownd.core.retention import (
     clock_suspect,
     policy_from_krc,
 )
-from gastownd.eventlog.archive_files import crash_here_for_tests
+from gastownd.eventlog.archive_files import PRUNE_FILE_MARK, crash_here_for_tests
 from gastownd.eventlog.event_log import EventLog
 from gastownd.eventlog.logstate import SeqMap, write_seqmap
 from gastownd.eventlog.prune_plan import PruneWorker, prune_worker
 from gastownd.eventlog.prune_steps import copy_kept
+from gastownd.eventlog.remote_retention import prune_remote
 from gastownd.eventlog.writer import LogFile, Observation
 from gastownd.process.config import RetentionConfig, parse_duration
 from gastownd.process.config_file import read_regular_file
@@ -180,24 +181,6 @@ def _read_by_everyone(daemon: Daemon) -> int | None:
     return min(marks)
 
 
-async def prune_remote(daemon: Daemon, policy: RetentionPolicy) -> int:
-    """Other nodes' lines expire with the same TTLs as this node's (their origin archives
-    its own); deleted a batch per transaction."""
-    sessions = daemon.sessions
-    remote = sessions.store.remote
-    now = daemon.clock()
-    expired = [(t, now - policy.ttl_for(t)) for t in await sessions.db(remote.remote_types)]
-    removed = 0
-    while expired:
-        done = await sessions.db(remote.prune_events, expired)
-        if not done:
-            break
-        removed += done
-    if removed:
-        log.info("remote_events_pruned", removed=removed)
-    return removed
-
-
 async def run_periodic(daemon: Daemon) -> None:
     """Prune at start and then every ``prune_interval`` (both re-read on each round)."""
     while True:
@@ -299,7 +282,7 @@ async def prune(
                 if eventlog.index is not index:
                     raise StorageError("the log was replaced during the prune; retry")
                 temp_path = eventlog.path.with_name(
-                    f"{eventlog.path.name}.gastownd-prune-{os.getpid()}"
+                    f"{eventlog.path.name}{PRUNE_FILE_MARK}{os.getpid()}"
                 )
                 temp_fd = await anyio.to_thread.run_sync(
                     copy_kept, source_fd, decided.range_starts, decided.range_lengths, temp_path

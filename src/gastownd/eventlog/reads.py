@@ -15,7 +15,7 @@ import os
 import zlib
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import anyio
 import anyio.to_thread
@@ -36,6 +36,9 @@ log = structlog.get_logger("gastownd.reads")
 
 # Queries of up to this many lines are read on the event loop (page-cache reads).
 INLINE_READ_LINES = 256
+# Worker threads the reads clients ask for may take at once (``EventLog.read_threads``):
+# however many are pipelined, the rest of anyio's threads stay for the daemon's own work.
+READ_THREADS = 4
 BACKLOG_CHUNK = 256
 
 
@@ -48,6 +51,7 @@ class ReadableLog(Protocol):
     archive: Archive
     archive_lock: anyio.Lock
     archive_generation: int
+    read_threads: anyio.CapacityLimiter
 
 
 def read_lines(index: EventIndex, fd: int, positions: Sequence[int]) -> list[bytes]:
@@ -59,26 +63,36 @@ async def read_lines_in_thread(eventlog: ReadableLog, positions: Sequence[int]) 
     """``read_lines`` in a worker thread, from the index and file of this moment."""
     index, fd = eventlog.index, os.dup(eventlog.fd)
     try:
-        return await anyio.to_thread.run_sync(read_lines, index, fd, positions)
+        return await anyio.to_thread.run_sync(
+            read_lines, index, fd, positions, limiter=eventlog.read_threads
+        )
     finally:
         os.close(fd)
 
 
+class Answer(NamedTuple):
+    """The lines a query found, and the archive days it could not read: their lines are
+    missing from the answer, which says so rather than look complete."""
+
+    lines: list[bytes]
+    unreadable_days: list[str]
+
+
 async def query(
     eventlog: ReadableLog, flt: CompiledFilter, limit: int, oldest_first: bool, *, archive: bool
-) -> list[bytes]:
+) -> Answer:
     if archive:
         return await _query_with_archive(eventlog, flt, limit, oldest_first)
     positions = eventlog.index.search(flt, limit, oldest_first=oldest_first)
     if limit <= INLINE_READ_LINES:
         # Search and read with no await between: the index cannot change under us.
-        return read_lines(eventlog.index, eventlog.fd, positions)
-    return await read_lines_in_thread(eventlog, positions)
+        return Answer(read_lines(eventlog.index, eventlog.fd, positions), [])
+    return Answer(await read_lines_in_thread(eventlog, positions), [])
 
 
 async def _query_with_archive(
     eventlog: ReadableLog, flt: CompiledFilter, limit: int, oldest_first: bool
-) -> list[bytes]:
+) -> Answer:
     """The live log and the archive as one history, ordered by (epoch, seq)."""
     async with eventlog.archive_lock:  # no line moves between the two reads
         index = eventlog.index
@@ -92,11 +106,19 @@ async def _query_with_archive(
             # A line archived by a batch whose swap a crash prevented is in both.
             return key[0] == epoch and _holds(seqs, key[1])
 
+        unreadable: set[str] = set()
         old = await anyio.to_thread.run_sync(
-            _search_archive, eventlog, flt, limit, oldest_first, still_live
+            _search_archive,
+            eventlog,
+            flt,
+            limit,
+            oldest_first,
+            still_live,
+            unreadable,
+            limiter=eventlog.read_threads,
         )
     merged = sorted(live + old, key=lambda item: item[0], reverse=not oldest_first)
-    return [line for _, line in merged[:limit]]
+    return Answer([line for _, line in merged[:limit]], sorted(unreadable))
 
 
 def _search_archive(
@@ -105,6 +127,7 @@ def _search_archive(
     limit: int,
     oldest_first: bool,
     skip: Callable[[tuple[int, int]], bool],
+    unreadable: set[str],
 ) -> list[tuple[tuple[int, int], bytes]]:
     members = eventlog.archive.catalogue(
         archived.day_name(flt.since) if flt.since is not None else None,
@@ -112,7 +135,7 @@ def _search_archive(
     )
     return archived.search(
         members,
-        lambda member: read_member(eventlog, member),
+        lambda member: read_member(eventlog, member, unreadable),
         flt,
         limit,
         oldest_first=oldest_first,
@@ -120,13 +143,18 @@ def _search_archive(
     )
 
 
-def read_member(eventlog: ReadableLog, member: archived.Member) -> list[tuple[int, bytes]]:
+def read_member(
+    eventlog: ReadableLog, member: archived.Member, unreadable: set[str] | None = None
+) -> list[tuple[int, bytes]]:
+    """The member's lines; none if it cannot be read, its day then added to ``unreadable``."""
     try:
         return eventlog.archive.read(member)
     except (OSError, ValueError, zlib.error) as exc:
         log.warning(
             "archive_member_unreadable", day=member.day, offset=member.offset, error=str(exc)
         )
+        if unreadable is not None:
+            unreadable.add(member.day)
         return []
 
 
@@ -195,7 +223,9 @@ class Backlog:
             if self._stream_wanted and self._stream is None:
                 self._stream = await self._open_stream()
             if not self._buffer and self._stream is not None:
-                chunk = await anyio.to_thread.run_sync(next, self._stream, None)
+                chunk = await anyio.to_thread.run_sync(
+                    next, self._stream, None, limiter=eventlog.read_threads
+                )
                 if chunk is None:
                     self._stream = None
                     self._stream_wanted = False
@@ -212,7 +242,9 @@ class Backlog:
         eventlog = self.eventlog
         async with eventlog.archive_lock:  # a whole catalogue, never a batch half written
             self._generation = eventlog.archive_generation
-            members = await anyio.to_thread.run_sync(eventlog.archive.catalogue)
+            members = await anyio.to_thread.run_sync(
+                eventlog.archive.catalogue, limiter=eventlog.read_threads
+            )
         return archived.replay(
             members,
             lambda member: read_member(eventlog, member),
@@ -271,6 +303,7 @@ class LogReads:
     archive: Archive
     archive_lock: anyio.Lock
     archive_generation: int
+    read_threads: anyio.CapacityLimiter
     config: EventLogConfig
     file: LogFile | None
     appended: int

@@ -16,10 +16,8 @@ while the daemon serves.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import os
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,7 +26,7 @@ import msgspec
 import structlog
 
 from gastownd.core.index import EventIndex
-from gastownd.eventlog.archive_files import Archive
+from gastownd.eventlog.archive_files import PRUNE_FILE_MARK, Archive
 from gastownd.eventlog.indexer import FIND_NEWLINE_WITHIN, index_range
 from gastownd.eventlog.line_count import count_lines
 from gastownd.eventlog.logstate import (
@@ -40,6 +38,7 @@ from gastownd.eventlog.logstate import (
     write_seqmap,
 )
 from gastownd.eventlog.writer import LogFile
+from gastownd.process.memory import release_freed_memory
 
 log = structlog.get_logger("gastownd.recovery")
 
@@ -98,7 +97,7 @@ def recover(
     # Before the stale prune files go: the journal tells by them whether a batch committed.
     archive.recover()
     archive.refresh_summary()
-    for stale in path.parent.glob(f"{path.name}.gastownd-prune-*"):
+    for stale in path.parent.glob(f"{path.name}{PRUNE_FILE_MARK}*"):
         stale.unlink(missing_ok=True)  # left by a prune that crashed before its rename
         log.warning("stale_prune_file_removed", path=str(stale))
     with file.flocked():
@@ -143,7 +142,7 @@ def recover(
         index.seq_floor = next(seqs)
         indexed_s = time.monotonic() - started
         if snapshot is None and size >= TRIM_AFTER_BYTES:
-            _release_freed_memory()
+            release_freed_memory()
         file.remember(index.end)
         write_seqmap(state_dir, msgspec.structs.replace(seqmap, end=file.end, tail=file.tail))
     return Recovered(
@@ -199,7 +198,7 @@ def index_pending(fd: int, pending: PendingIndex) -> EventIndex:
             f"the background index covers {len(index)} lines to byte {index.end}, expected "
             f"{base_lines + pending.lines} to byte {pending.end}"
         )
-    _release_freed_memory()
+    release_freed_memory()
     return index
 
 
@@ -262,13 +261,3 @@ def read_index(
     if size > index.end:
         index.append_index(index_range(fd, index.end, size, seqs))
     return index
-
-
-def _release_freed_memory() -> None:
-    """Give back to the OS what parsing a large log freed (glibc keeps it otherwise)."""
-    if not sys.platform.startswith("linux"):
-        return
-    import ctypes  # here: only a long parse calls this, and ctypes costs every start ~1 ms
-
-    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to trim
-        ctypes.CDLL("libc.so.6").malloc_trim(0)

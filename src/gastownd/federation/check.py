@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import socket
+import ssl
 import sys
 import time
 from collections.abc import Callable
@@ -38,6 +39,7 @@ from gastownd.core.federation_checks import (
     Reply,
     ServerFacts,
     StreamFacts,
+    StreamLimits,
     clock_finding,
     cluster_size,
     coverage_finding,
@@ -51,6 +53,7 @@ from gastownd.core.federation_checks import (
     server_finding,
     server_time_s,
     stream_finding,
+    stream_limits_finding,
 )
 from gastownd.core.records import stream_name, subject, town_subjects
 from gastownd.federation import node_and_town
@@ -249,7 +252,17 @@ async def _server_facts(url: str, options: dict[str, Any]) -> ServerFacts:
 async def _hub_findings(
     config: FederationConfig, node: str, town: str, local: LocalDaemon | None
 ) -> list[Finding]:
-    options = connect_options(config, node)
+    try:
+        options = connect_options(config, node)
+    except (OSError, ssl.SSLError) as exc:  # the daemon fails the same way at every connect
+        return [
+            Finding(
+                "tls",
+                "fail",
+                f"cannot load the TLS files: {type(exc).__name__}: {exc}"[:300],
+                "name PEM files this user can read in tls_ca, tls_cert and tls_key of [federation]",
+            )
+        ]
     servers: list[ServerFacts] = [ServerFacts(url=url) for url in config.servers]
 
     async def reach(index: int, url: str) -> None:
@@ -295,6 +308,9 @@ async def _jetstream_findings(
             stream_facts, town=town, servers=size, configured_replicas=config.stream_replicas
         ),
     ]
+    limits = stream_limits_finding(stream_facts, town=town)
+    if limits is not None:
+        findings.append(limits)
     if info_reply.denied:
         findings.append(
             Finding(
@@ -377,7 +393,19 @@ def _stream_facts(reply: Reply, info: Any) -> StreamFacts:
         replicas=int(stream_config.get("num_replicas") or 1),
         subjects=tuple(str(s) for s in stream_config.get("subjects") or ()),
         leader=str(cluster.get("leader", "")),
+        limits=StreamLimits(
+            retention=str(stream_config.get("retention", "limits")),
+            discard=str(stream_config.get("discard", "old")),
+            max_msgs=_integer(stream_config.get("max_msgs")),
+            max_bytes=_integer(stream_config.get("max_bytes")),
+            max_msg_size=_integer(stream_config.get("max_msg_size")),
+        ),
     )
+
+
+def _integer(value: Any) -> int:
+    """A limit from the server's JSON: -1 (none) unless it is an integer."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else -1
 
 
 async def _lease(
@@ -411,5 +439,12 @@ async def _lease(
                 since=str(value["since"])[:40],
             )
         )
-    except (msgspec.DecodeError, KeyError, TypeError, ValueError, OverflowError) as exc:
+    except (
+        msgspec.DecodeError,
+        KeyError,
+        TypeError,
+        ValueError,
+        OverflowError,
+        RecursionError,
+    ) as exc:
         return LeaseFacts(unreadable=f"its entry for {node!r} is not a lease: {exc}"[:300])

@@ -18,6 +18,7 @@ from functools import partial
 from typing import Any
 
 import anyio
+import structlog
 
 from gastownd.core.events import format_ts
 from gastownd.core.records import (
@@ -29,11 +30,14 @@ from gastownd.core.records import (
     town_subjects,
 )
 from gastownd.eventlog.subscriptions import Subscriptions
-from gastownd.federation.health import LinkHealth
+from gastownd.federation.gone import still_there
+from gastownd.federation.health import LinkHealth, describe
 from gastownd.federation.publisher import ROUND_S
 from gastownd.metrics.buckets import LAG_SECONDS, Buckets, stream_stored_at
 from gastownd.sessions.recorder import SessionRecorder
 from gastownd.store.remote import REJECTED_COUNTS
+
+log = structlog.get_logger("gastownd.federation")
 
 FETCH_WAIT_S = 1.0
 # A delivered record not acknowledged in this time (lost in flight, or its batch failed) is
@@ -85,15 +89,9 @@ class Consumer:
             ack_wait=ACK_WAIT_S,
             max_ack_pending=1000,
         )
+        durable = f"gastownd_{self.node}"
         sub = await health.retrying(
-            "federation_consumer_failed",
-            partial(
-                js.pull_subscribe,
-                town_subjects(self.town),
-                durable=f"gastownd_{self.node}",
-                stream=self.stream,
-                config=config,
-            ),
+            "federation_consumer_failed", partial(self._subscribe, js, durable, config)
         )
         attempt = 0
         while True:
@@ -105,6 +103,7 @@ class Consumer:
                 continue
             except Exception as exc:  # failover, no responders: back off, never spin
                 health.error("federation_fetch_failed", exc)
+                await still_there(js, self.stream, durable)
                 await health.back_off(attempt)
                 attempt += 1
                 continue
@@ -124,6 +123,35 @@ class Consumer:
                 # batches rather than one fetch per publish round.
                 await anyio.sleep(max(0.0, started + ROUND_S - time.monotonic()))
 
+    async def _subscribe(self, js: Any, durable: str, config: Any) -> Any:
+        """Bind to this node's consumer, made with ``config`` if missing. nats-py binds to an
+        existing one as it is: one made otherwise (by an older version, or by someone else)
+        that would skip or drop records is deleted first, so it is made again; it then
+        delivers the whole stream, applied once."""
+        import nats.js.errors
+
+        try:
+            info = await js.consumer_info(self.stream, durable)
+        except nats.js.errors.NotFoundError:
+            info = None
+        differs = _differences(info.config, town_subjects(self.town)) if info else []
+        if differs:
+            try:
+                await js.delete_consumer(self.stream, durable)
+                log.warning("federation_consumer_remade", consumer=durable, differs=differs)
+            except Exception as exc:  # not allowed to: say so, and use it as it is
+                log.error(
+                    "federation_consumer_differs",
+                    consumer=durable,
+                    differs=differs,
+                    error=describe(exc),
+                    fix=f"as an administrator, delete consumer {durable} of {self.stream}: "
+                    "the daemon makes it again",
+                )
+        return await js.pull_subscribe(
+            town_subjects(self.town), durable=durable, stream=self.stream, config=config
+        )
+
     async def _apply(self, messages: Sequence[Any]) -> int:
         """Check and apply other nodes' records, acknowledge them and terminate the
         rejected ones; how many messages were theirs."""
@@ -132,7 +160,10 @@ class Consumer:
         refused: list[Any] = []  # rejected: terminated, never delivered again
         records: list[AnyMessage] = []
         carriers: list[Any] = []
-        not_after = self.clock() + self.max_skew_s
+        # "In the future" by this node's clock and by the hub's (when it stored the record)
+        # both: a node whose own clock is behind still takes correct nodes' records, which
+        # it could never be given again once refused.
+        local_not_after = self.clock() + self.max_skew_s
         for message in messages:
             sender = _sender(message.subject)
             if sender == self.node:
@@ -146,6 +177,12 @@ class Consumer:
                 health.reject(rejected.reason, sender, rejected.detail)
                 refused.append(message)
                 continue
+            stored_at = stream_stored_at(message)
+            not_after = (
+                local_not_after
+                if stored_at is None
+                else max(local_not_after, stored_at + self.max_skew_s)
+            )
             kept, future = refuse_future(record, not_after)
             if future:
                 health.reject(
@@ -203,6 +240,25 @@ class Consumer:
         counts = json.dumps(dict(sorted(rejected.items())))
         await sessions.db(sessions.store.remote.set_marks, {REJECTED_COUNTS: counts})
         self._rejected_saved = total
+
+
+def _differences(config: Any, subjects: str) -> list[str]:
+    """The settings of an existing consumer that would skip, drop or refuse records."""
+    filters = {config.filter_subject, *(config.filter_subjects or ())} - {None, ""}
+    wrong = {
+        "deliver_policy": _text(config.deliver_policy) != "all",
+        # "all": an ack covers earlier messages, even one lost in flight (see run).
+        "ack_policy": _text(config.ack_policy) != "explicit",
+        "filter_subject": bool(filters) and filters != {subjects},
+        "max_deliver": (config.max_deliver or -1) > 0,
+        "headers_only": bool(config.headers_only),
+        "deliver_subject": bool(config.deliver_subject),  # a push consumer: no fetch
+    }
+    return [name for name, differs in wrong.items() if differs]
+
+
+def _text(value: Any) -> str:
+    return str(getattr(value, "value", value))
 
 
 def _sender(subject_name: str) -> str:

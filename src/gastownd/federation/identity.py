@@ -60,7 +60,7 @@ class Holder:
     def decode(cls, data: bytes | None) -> Holder:
         try:
             value = json.loads(data or b"")
-        except ValueError:
+        except (ValueError, RecursionError):  # anyone who may write the key wrote it
             value = None
         if not isinstance(value, dict):
             return cls("?", "?", 0, "?")

@@ -44,6 +44,11 @@ import anyio.abc
 import structlog
 
 from gastown_client.protocol import FederationInfo
+from gastownd.core.federation_checks import (
+    STREAM_LIMITS_FIX,
+    StreamLimits,
+    stream_limit_problems,
+)
 from gastownd.core.records import stream_name, town_subjects
 from gastownd.eventlog import EventLog
 from gastownd.eventlog.subscriptions import Subscriptions
@@ -195,7 +200,7 @@ class Federation:
         self.health.ok("federation_failed", "federation_connection_error")
         try:
             js = nc.jetstream(domain=self.config.jetstream_domain, timeout=JS_API_TIMEOUT_S)
-            await self.health.retrying(
+            created = await self.health.retrying(
                 "federation_stream_check_failed",
                 ensure_stream,
                 js,
@@ -203,6 +208,8 @@ class Federation:
                 self.town,
                 self.stream,
             )
+            if created is not None:
+                await self.publisher.follow_stream(self.stream, created)
             async with anyio.create_task_group() as tasks:
                 tasks.start_soon(self._watch_connection, nc)
                 # Nothing is published or consumed before the node's name is held.
@@ -374,8 +381,9 @@ class Federation:
         return options
 
 
-async def ensure_stream(js: Any, config: FederationConfig, town: str, stream: str) -> None:
-    """Create the town's stream if it is missing; never change or delete one."""
+async def ensure_stream(js: Any, config: FederationConfig, town: str, stream: str) -> str | None:
+    """Create the town's stream if it is missing; never change or delete one. Returns when
+    the stream was made (None if the server does not say): a stream made again is another."""
     import nats.js.errors
     from nats.js.api import StreamConfig
 
@@ -384,7 +392,7 @@ async def ensure_stream(js: Any, config: FederationConfig, town: str, stream: st
     except nats.js.errors.NotFoundError:
         max_age = parse_duration(config.stream_max_age) if config.stream_max_age else 0
         window = parse_duration(config.duplicate_window)
-        await js.add_stream(
+        made = await js.add_stream(
             StreamConfig(
                 name=stream,
                 subjects=[town_subjects(town)],
@@ -399,7 +407,7 @@ async def ensure_stream(js: Any, config: FederationConfig, town: str, stream: st
             replicas=config.stream_replicas,
             max_age=config.stream_max_age or "forever",
         )
-        return
+        return _created(made)
     replicas = info.config.num_replicas
     if replicas != config.stream_replicas:
         log.warning(
@@ -408,6 +416,33 @@ async def ensure_stream(js: Any, config: FederationConfig, town: str, stream: st
             replicas=replicas,
             configured=config.stream_replicas,
         )
+    problems = stream_limit_problems(_limits(info.config))
+    if problems:  # someone else made it, or changed it: say what it costs the town
+        log.warning(
+            "federation_stream_differs",
+            stream=stream,
+            problems=[text for _, text in problems],
+            fix=STREAM_LIMITS_FIX,
+        )
+    return _created(info)
+
+
+def _limits(config: Any) -> StreamLimits:
+    def text(value: Any, default: str) -> str:
+        return str(getattr(value, "value", value) or default)
+
+    return StreamLimits(
+        retention=text(config.retention, "limits"),
+        discard=text(config.discard, "old"),
+        max_msgs=config.max_msgs or -1,
+        max_bytes=config.max_bytes or -1,
+        max_msg_size=config.max_msg_size or -1,
+    )
+
+
+def _created(info: Any) -> str | None:
+    created = getattr(info, "created", None)
+    return created.isoformat() if created is not None else None
 
 
 def auth_options(config: FederationConfig) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from gastownd.sessions.recorder import SessionRecorder
 
 class FederationOff:
     enabled = False
+    clock_offset_s: float | None = None  # no server to measure this clock against
 
     def __init__(self, node: str, town: str, sessions: SessionRecorder) -> None:
         self.node = node

@@ -9,6 +9,7 @@ once a second.
 
 from __future__ import annotations
 
+import secrets
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -22,22 +23,33 @@ from gastownd.core.query import compile_filter
 from gastownd.core.records import (
     EVENT_RUN_BYTES,
     MAX_EVENT_LINES,
+    MAX_RECORD_BYTES,
     AnyMessage,
     AttributionMessage,
     DigestMessage,
     EventMessage,
     Kind,
     SessionMessage,
+    dedupe_id,
     encode_message,
     local_id_of,
     message_id,
+    stream_name,
     subject,
 )
 from gastownd.eventlog import BacklogGap, EventLog
+from gastownd.federation.gone import still_there
 from gastownd.federation.health import LinkHealth
 from gastownd.process.config import FederationConfig
 from gastownd.sessions.recorder import SessionRecorder
-from gastownd.store.remote import MARK_ATTRIBUTIONS, MARK_DIGESTS, MARK_EVENTS, MARK_SESSIONS
+from gastownd.store.remote import (
+    MARK_ATTRIBUTIONS,
+    MARK_DIGESTS,
+    MARK_EVENTS,
+    MARK_SESSIONS,
+    MARK_STREAM,
+    MSG_ID_KEY,
+)
 
 log = structlog.get_logger("gastownd.federation")
 
@@ -52,7 +64,14 @@ BUSY_LINES = 8
 # Lines read per publish round.
 EVENT_LINES_PER_ROUND = 16 * MAX_EVENT_LINES
 _EVERY_LINE = compile_filter()
-MARKS = (MARK_EVENTS, MARK_SESSIONS, MARK_DIGESTS, MARK_ATTRIBUTIONS)
+# The headers of a record (``Nats-Msg-Id``), without the id: the server counts them against
+# max_payload and the stream's max_msg_size, nats-py does not. A record that fits only without
+# them is answered by closing the connection, again at every republish.
+HEADERS_BYTES = len(b"NATS/1.0\r\nNats-Msg-Id: \r\n\r\n")
+# A run's JSON around its lines: the record's fields, and a seq and a comma per line.
+RUN_FIELDS_BYTES = 1024
+SEQ_BYTES = 24
+MARKS = (MARK_EVENTS, MARK_SESSIONS, MARK_DIGESTS, MARK_ATTRIBUTIONS, MARK_STREAM)
 
 
 @dataclass
@@ -61,6 +80,11 @@ class _Outgoing:
     msg_id: str
     data: bytes
     lines: int = 1
+
+    @property
+    def size(self) -> int:
+        """What the server counts against max_payload: the record and its headers."""
+        return len(self.data) + HEADERS_BYTES + len(self.msg_id.encode())
 
 
 @dataclass(eq=False)
@@ -83,6 +107,13 @@ class Publisher:
     _store_changed: bool = field(default=True, init=False)
     # Cancelled when the connection is lost: a publish round waiting on it ends.
     _publish_scope: anyio.CancelScope | None = field(default=None, init=False)
+    # The largest record the server (max_payload) and the stream (max_msg_size, when the
+    # stream was made by someone else, or changed) take, headers included.
+    limit_bytes: int = field(default=MAX_RECORD_BYTES + (1 << 20), init=False)
+    _stream_max_bytes: int | None = field(default=None, init=False)
+    # Keys this node's Nats-Msg-Ids (``dedupe_id``): kept in the store, so a republish after
+    # a restart has the same ids.
+    _id_key: bytes = field(default=b"", init=False)
 
     def wake(self) -> None:
         """A line was added to the local log: publish soon."""
@@ -104,14 +135,44 @@ class Publisher:
             value = await sessions.db(sessions.store.meta, key)
             if value is not None:
                 self.marks[key] = value
+        stored: str | None = await sessions.db(sessions.store.meta, MSG_ID_KEY)
+        if stored is None:
+            stored = secrets.token_hex(32)
+            await sessions.db(sessions.store.remote.set_marks, {MSG_ID_KEY: stored})
+        self._id_key = stored.encode()
+
+    async def follow_stream(self, stream: str, created: str) -> None:
+        """Publish to the stream made at ``created``. When the marks were for another one (the
+        stream was deleted and made again, or the hub is new), what they say was published is
+        not there any more: this node's whole history is published again, as when it first
+        joined, and receivers apply what they already hold once."""
+        known = self.marks.get(MARK_STREAM)
+        if known == created:
+            return
+        marks = {MARK_STREAM: created}
+        if known is not None:
+            log.warning(
+                "federation_stream_new",
+                stream=stream,
+                created=created,
+                previous=known,
+                action="publishing this node's history again",
+            )
+            epoch = self.eventlog.seqmap.epoch
+            marks |= {MARK_EVENTS: f"{epoch}:-1"} | dict.fromkeys(MARKS[1:4], "0")
+            self._store_changed = True
+        self.marks.update(marks)
+        await self._save_marks(marks)
 
     async def run(self, js: Any) -> None:
         attempt = 0
         unsaved: dict[str, str] = {}
         saved_at = time.monotonic()
         health = self.health
+        await self._learn_stream_limit(js)
         try:
             while True:
+                self._set_limit(js)
                 round_started = time.monotonic()
                 batch, marks = await self._next_batch()
                 if not batch:
@@ -127,6 +188,8 @@ class Publisher:
                 except Exception as exc:
                     health.error("federation_publish_failed", exc, records=len(batch))
                     self._store_changed = True  # the batch is read again
+                    # Deleted (ends the session), or made smaller than a record of the round.
+                    await self._learn_stream_limit(js)
                     await health.back_off(attempt)
                     attempt += 1
                     continue
@@ -150,6 +213,29 @@ class Publisher:
                 with anyio.CancelScope(shield=True):
                     await self._save_marks(unsaved)
 
+    async def _learn_stream_limit(self, js: Any) -> None:
+        """Read the stream's max_msg_size; raises ``StreamGone`` when it was deleted."""
+        info = await still_there(js, stream_name(self.town))
+        if info is not None:
+            size = info.config.max_msg_size
+            self._stream_max_bytes = size if size is not None and size > 0 else None
+
+    def _set_limit(self, js: Any) -> None:
+        # max_payload is the connected server's: it may change at a reconnect.
+        limits = [js._nc.max_payload, self._stream_max_bytes]
+        self.limit_bytes = min(limit for limit in limits if limit)
+
+    def _keep_local(self, item: _Outgoing) -> None:
+        """A record over the limits: retrying cannot help, it stays local (docs: max_payload)."""
+        self.too_large += 1
+        log.error(
+            "federation_record_too_large",
+            id=item.msg_id,
+            bytes=item.size,
+            limit=self.limit_bytes,
+            stream_max_msg_size=self._stream_max_bytes,
+        )
+
     async def _save_marks(self, marks: dict[str, str]) -> None:
         sessions = self.sessions
         await sessions.db(sessions.store.remote.set_marks, dict(marks))
@@ -169,19 +255,15 @@ class Publisher:
         try:
             with scope:
                 for item in batch:
+                    if item.size > self.limit_bytes:
+                        self._keep_local(item)
+                        continue
                     try:
                         future = await js.publish_async(
                             item.subject, item.data, headers={"Nats-Msg-Id": item.msg_id}
                         )
-                    except nats.errors.MaxPayloadError:
-                        # Retrying cannot help: the record stays local (docs: max_payload).
-                        self.too_large += 1
-                        log.error(
-                            "federation_record_too_large",
-                            id=item.msg_id,
-                            bytes=len(item.data),
-                            max_payload=js._nc.max_payload,
-                        )
+                    except nats.errors.MaxPayloadError:  # a reconnect lowered max_payload
+                        self._keep_local(item)
                         continue
                     futures.append(future)
                 if futures:
@@ -268,9 +350,14 @@ class Publisher:
                     lines=[msgspec.Raw(line) for _, line in run],
                 ),
             )
-            for run in _runs(chunk)
+            for run in _runs(chunk, self._run_bytes())
         ]
         return batch, {MARK_EVENTS: f"{epoch}:{chunk[-1][0]}"}
+
+    def _run_bytes(self) -> int:
+        """What a run's lines may add up to, for its record to stay under the limits."""
+        room = self.limit_bytes - HEADERS_BYTES - RUN_FIELDS_BYTES - SEQ_BYTES * MAX_EVENT_LINES
+        return max(1, min(EVENT_RUN_BYTES, room))
 
     def row_mark(self, key: str) -> int:
         """The last published session ``rev``, digest ``rowid`` or attribution id (0: none)."""
@@ -293,7 +380,10 @@ class Publisher:
         message.id = message_id(self.node, kind, local_id_of(message))
         lines = len(message.seqs) if isinstance(message, EventMessage) else 1
         return _Outgoing(
-            subject(self.town, self.node, kind), message.id, encode_message(message), lines
+            subject(self.town, self.node, kind),
+            dedupe_id(self._id_key, message.id),
+            encode_message(message),
+            lines,
         )
 
 
@@ -301,13 +391,13 @@ def _lines_in(batch: Sequence[_Outgoing]) -> int:
     return sum(item.lines for item in batch)
 
 
-def _runs(lines: Sequence[tuple[int, bytes]]) -> list[list[tuple[int, bytes]]]:
-    """``lines`` cut into event records: at most ``MAX_EVENT_LINES`` lines, and about
-    ``EVENT_RUN_BYTES`` (a longer line travels alone)."""
+def _runs(lines: Sequence[tuple[int, bytes]], run_bytes: int) -> list[list[tuple[int, bytes]]]:
+    """``lines`` cut into event records: at most ``MAX_EVENT_LINES`` lines, and at most
+    ``run_bytes`` of lines (a longer line travels alone)."""
     runs: list[list[tuple[int, bytes]]] = []
     size = 0
     for item in lines:
-        if not runs or len(runs[-1]) >= MAX_EVENT_LINES or size + len(item[1]) > EVENT_RUN_BYTES:
+        if not runs or len(runs[-1]) >= MAX_EVENT_LINES or size + len(item[1]) > run_bytes:
             runs.append([])
             size = 0
         runs[-1].append(item)

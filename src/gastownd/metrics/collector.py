@@ -74,7 +74,7 @@ async def gather(daemon: Daemon) -> Snapshot:
     sessions = daemon.sessions
     snapshot.attributions = dict(sessions.attributions_recorded)
     snapshot.digests = sessions.digests_saved
-    counts, remote = await sessions.db(sessions.store.session_counts)
+    counts, remote = await sessions.read(sessions.store.session_counts)
     snapshot.sessions = {**dict.fromkeys(SESSION_STATES, 0), **counts, "remote": remote}
     federation = daemon.federation
     if federation.enabled:

@@ -44,7 +44,9 @@ def attach(
     live_after: int,
 ) -> Subscriber:
     """A subscriber of ``conn``'s, given local lines after seq ``live_after`` as they come;
-    it ends with the connection."""
+    it ends with the connection. ``busy`` when the connection or the daemon has as many as
+    it may."""
+    subscriptions.check_room(len(conn.subscriptions))
     subscriber = subscriptions.add(flt, scope)
     subscriber.live_after = live_after
     conn.subscriptions.add(subscriber.id)

@@ -94,11 +94,12 @@ async def query(daemon: Daemon, request: Query) -> QueryResult:
     if scope is not None:
         return await townwide.query(daemon, request, flt, scope)
     # Waits (bounded) for a background index; says so if it answers without it.
-    lines = await eventlog.query(flt, request.limit, request.oldest_first, archive=request.archive)
+    found = await eventlog.query(flt, request.limit, request.oldest_first, archive=request.archive)
     return QueryResult(
-        events=[msgspec.Raw(line) for line in lines],
+        events=[msgspec.Raw(line) for line in found.lines],
         cursor=eventlog.head_cursor(),
         indexing=eventlog.indexing,
+        archive_unreadable=found.unreadable_days or None,
     )
 
 

@@ -71,7 +71,7 @@ async def status(daemon: Daemon, request: Status) -> StatusResult:
     server = daemon.server
     eventlog = daemon.eventlog.info()
     eventlog.subscribers = daemon.subscriptions.count()
-    counts, remote = await daemon.sessions.db(daemon.sessions.store.session_counts)
+    counts, remote = await daemon.sessions.read(daemon.sessions.store.session_counts)
     sessions = SessionsInfo(
         known=sum(counts.values()) + remote,
         open=counts.get("open", 0),

@@ -56,7 +56,7 @@ async def resolve_session_id(daemon: Daemon, text: str) -> str:
 
 async def resolve_session(daemon: Daemon, request: ResolveSession) -> SessionRow:
     session_id = await resolve_session_id(daemon, request.session)
-    record = await daemon.sessions.db(daemon.sessions.store.session_record, session_id)
+    record = await daemon.sessions.read(daemon.sessions.store.session_record, session_id)
     if record is None:
         raise NotFoundError(f"session {session_id} is unknown")
     [row] = await _rows(daemon, [record])
@@ -70,7 +70,7 @@ async def sessions(daemon: Daemon, request: Sessions) -> SessionsResult:
     needles = [n for n in (request.role, request.rig) if n]
     store = daemon.sessions.store
     node = "" if request.local or request.node == daemon.node else request.node
-    records = await daemon.sessions.db(
+    records = await daemon.sessions.read(
         lambda: store.session_listing(
             actor_like=needles, state=request.state, limit=request.limit, node=node
         )
@@ -99,7 +99,7 @@ async def _rows(daemon: Daemon, records: list[SessionRecord]) -> list[SessionRow
     for start in range(0, len(records), ROWS_PER_TRIP):
         chunk = records[start : start + ROWS_PER_TRIP]
         for record, (digest, steps) in zip(
-            chunk, await daemon.sessions.db(lookup, chunk), strict=True
+            chunk, await daemon.sessions.read(lookup, chunk), strict=True
         ):
             rows.append(
                 to_view(

@@ -80,17 +80,19 @@ async def query(
     head = f"{eventlog.head_cursor()}+{await _last_arrival(daemon)}"
     found: list[tuple[int, int, bytes]] = []
     indexing = None
+    unreadable: list[str] = []
     if scope.local:
         # Waits (bounded) for a background index; says so if it answers without it.
-        lines = await eventlog.query(
+        local = await eventlog.query(
             flt, request.limit, request.oldest_first, archive=request.archive
         )
         indexing = eventlog.indexing  # of the local answer, before anything else awaits
-        for line in lines:
+        unreadable = local.unreadable_days
+        for line in local.lines:
             parsed = parse_line(line)
             ts = parse_ts(parsed.ts) if parsed is not None else None
             found.append((ts or 0, 0, with_node(line, daemon.node)))
-    remote = await daemon.sessions.db(
+    remote = await daemon.sessions.read(
         lambda: daemon.sessions.store.remote.query_events(
             _remote_query(flt, scope), request.limit, oldest_first=request.oldest_first
         )
@@ -102,6 +104,7 @@ async def query(
         events=[msgspec.Raw(line) for _, _, line in found[: request.limit]],
         cursor=head,
         indexing=indexing,
+        archive_unreadable=unreadable or None,
     )
 
 
@@ -133,7 +136,7 @@ async def subscribe(
         local_cursor, after_arrival = "start", 0
     elif request.cursor is not None:
         local_cursor, after_arrival = parse_town_cursor(eventlog, request.cursor)
-    pruned = await daemon.sessions.db(remote_store.pruned_through)
+    pruned = await daemon.sessions.read(remote_store.pruned_through)
     through = await _last_arrival(daemon)
     # A resumed cursor older than a pruned remote line missed something.
     resync = request.cursor not in (None, "start") and after_arrival < pruned
@@ -177,7 +180,7 @@ async def subscribe(
             await send_local_backlog(backlog, subscriber, conn, render)
         query = _remote_query(flt, scope)
         while not (subscriber.closed or subscriber.overflowed or conn.closed):
-            chunk = await daemon.sessions.db(
+            chunk = await daemon.sessions.read(
                 remote_store.events_between, query, position.arrival, through, BACKLOG_CHUNK
             )
             if not chunk:

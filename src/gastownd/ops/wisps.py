@@ -132,7 +132,7 @@ async def session_end(daemon: Daemon, request: SessionEnd) -> DigestView:
 async def wisp(daemon: Daemon, request: WispGet) -> WispView:
     sessions = _sessions(daemon)
     session_id = await resolve_session_id(daemon, request.session)
-    found = sessions.book.wisps.get(session_id) or await sessions.db(
+    found = sessions.book.wisps.get(session_id) or await sessions.read(
         sessions.store.wisp, session_id
     )
     if found is None:
@@ -144,15 +144,15 @@ async def digest(daemon: Daemon, request: DigestGet) -> DigestView:
     sessions = _sessions(daemon)
     ref = request.ref.strip().rstrip(".…")
     if ref.startswith("dg-"):
-        exact = await sessions.db(sessions.store.digest, ref)
+        exact = await sessions.read(sessions.store.digest, ref)
         if exact is None:
-            candidates = await sessions.db(sessions.store.digests_with_prefix, ref)
-            found = await sessions.db(sessions.store.digest, unique(ref, candidates, "digest"))
+            candidates = await sessions.read(sessions.store.digests_with_prefix, ref)
+            found = await sessions.read(sessions.store.digest, unique(ref, candidates, "digest"))
         else:
             found = exact
     else:
         session_id = await resolve_session_id(daemon, ref)
-        found = await sessions.db(sessions.store.latest_digest_of_session, session_id)
+        found = await sessions.read(sessions.store.latest_digest_of_session, session_id)
         if found is None:
             raise NotFoundError(f"session {session_id} has no digest yet (still open?)")
     assert found is not None
@@ -164,8 +164,8 @@ async def cv(daemon: Daemon, request: Cv) -> CvResult:
     sessions = _sessions(daemon)
     if request.limit < 1:
         raise BadRequestError("limit must be at least 1")
-    total = await sessions.db(sessions.store.chain_length, request.actor)
-    rows = await sessions.db(sessions.store.chain, request.actor, request.limit)
+    total = await sessions.read(sessions.store.chain_length, request.actor)
+    rows = await sessions.read(sessions.store.chain, request.actor, request.limit)
     result = CvResult(
         actor=request.actor,
         digests=[
@@ -174,7 +174,7 @@ async def cv(daemon: Daemon, request: Cv) -> CvResult:
         total=total,
     )
     if request.verify:
-        chain = list(reversed(await sessions.db(sessions.store.chain, request.actor, None)))
+        chain = list(reversed(await sessions.read(sessions.store.chain, request.actor, None)))
         audit = audit_chain([r.digest for r in chain])
         result.verified = audit.broken_at is None
         if audit.broken_at is not None:
@@ -267,7 +267,7 @@ async def attribution(daemon: Daemon, request: Attribution) -> AttributionResult
     if len(request.issue) > MAX_ISSUE_ID:
         raise BadRequestError(f"an issue id has at most {MAX_ISSUE_ID} characters")
     sessions = _sessions(daemon)
-    rows = await sessions.db(sessions.store.attributions, request.issue)
+    rows = await sessions.read(sessions.store.attributions, request.issue)
     return AttributionResult(
         issue=request.issue,
         records=[

@@ -45,7 +45,7 @@ from gastownd.process.instance import (
     clear_stale_socket,
     ensure_private_dir,
 )
-from gastownd.process.refusals import ConfigError, StartupError
+from gastownd.process.refusals import ConfigError, StartupError, StorageError
 from gastownd.process.state import DaemonPaths, DaemonState
 from gastownd.process.systemd import (
     ActivationError,
@@ -172,7 +172,11 @@ class App:
             # Before the minutes a big log's recovery may take, not after.
             check_socket_path(paths.socket)
         notifier.status("recovering and indexing the event log")
-        subscriptions = Subscriptions(config.eventlog.subscriber_queue)
+        subscriptions = Subscriptions(
+            config.eventlog.subscriber_queue,
+            config.eventlog.max_subscriptions,
+            config.eventlog.max_subscriptions_per_connection,
+        )
         # Who hears of appended lines besides the subscribers: the recorder, then federation,
         # each from the moment it runs.
         observers: list[Callable[[list[Published]], None]] = []
@@ -185,12 +189,23 @@ class App:
         eventlog = EventLog(
             paths.events, paths.events_lock, paths.private_dir, config.eventlog, publish
         )
+        # A seqmap is written at every start: one there now says a daemon ran here before.
+        ran_here_before = any(paths.private_dir.glob("seqmap-*.json"))
         with _refusing("cannot open the event log", paths.events):
             # A long stretch with no snapshot is indexed while the daemon serves.
             await eventlog.open(background=True)
         store_path = paths.private_dir / "gastownd.db"
         with _refusing("cannot open the session store", store_path):
             store = await anyio.to_thread.run_sync(Store, store_path)
+        if store.created and ran_here_before:
+            # Not silent: what only the store held (digests, open wisps, the records of
+            # sessions whose lines were archived) is gone; the live log's lines come back.
+            log.warning(
+                "session_store_recreated",
+                path=str(store_path),
+                reason="missing or empty while this town's daemon had run here before",
+                action="restore it from a backup with the daemon stopped, if there is one",
+            )
         sessions = SessionRecorder(store, eventlog, config.eventlog.source, lambda: state.clock())
         # The server answers its first request only once ``serve`` runs, after ``daemon`` is
         # built below.
@@ -222,7 +237,8 @@ class App:
                 # The outbox replay appends to the log, so the writer must be running.
                 # Lines indexed during open must reach the recorder: attach it first.
                 observers.append(sessions.observe)
-                await sessions.open()
+                with _refusing("cannot recover the session store", store_path):
+                    await sessions.open()
                 federation: Federation | FederationOff
                 link: Federation | None = None
                 if config.federation.enabled:
@@ -394,7 +410,8 @@ def _serving(town: Path, waiting: list[str]) -> str:
 
 @contextmanager
 def _refusing(what: str, path: Path) -> Iterator[None]:
-    """Turn what the OS or SQLite says at start-up into a one-line refusal naming the path."""
+    """Turn what the OS or SQLite (or the session store) says at start-up into a one-line
+    refusal naming the path."""
     try:
         yield
     except OSError as exc:
@@ -405,6 +422,8 @@ def _refusing(what: str, path: Path) -> Iterator[None]:
         raise StartupError(f"{where}: {what}: {reason}", errno_code=exc.errno) from None
     except sqlite3.Error as exc:
         raise StartupError(f"{path}: {what}: {exc}") from None
+    except StorageError as exc:  # the store's own trouble, already said in one line
+        raise StartupError(f"{path}: {what}: {exc.message}") from None
 
 
 def _ensure_socket_dir(folder: Path) -> None:

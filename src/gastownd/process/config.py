@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import re
 import typing
+import urllib.parse
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -193,6 +194,9 @@ class ServerConfig(_Section):
     partial_frame_timeout: str = "10s"
     # In-flight requests per connection (pipelining depth).
     max_inflight_per_connection: int = 64
+    # The frame bytes of in-flight requests on all connections together (memory), past
+    # which a connection with a request in flight takes no more (``RequestBytes``).
+    max_inflight_bytes: int = 64 << 20
     shutdown_timeout: str = "4s"
     # "auto": uvloop when it is installed (the ``fast`` extra), else asyncio's loop.
     event_loop: Literal["auto", "asyncio", "uvloop"] = "auto"
@@ -207,6 +211,9 @@ class EventLogConfig(_Section):
     # watchfiles' step: how long to wait for more changes before reporting.
     watch_step: str = "10ms"
     subscriber_queue: int = 10_000
+    # Every line is offered to every subscription: their number bounds the cost of an emit.
+    max_subscriptions: int = 1024
+    max_subscriptions_per_connection: int = 64
     append_queue: int = 65_536
 
 
@@ -286,8 +293,7 @@ class FederationConfig(_Section):
         if (self.user is None) != (self.password is None):
             raise ValueError("user and password go together")
         for url in self.servers:
-            if "://" not in url:
-                raise ValueError(f"server {url[:60]!r} must be a URL such as nats://host:4222")
+            check_server_url(url)
         if self.stream_max_age and parse_duration(self.duplicate_window) > parse_duration(
             self.stream_max_age
         ):
@@ -296,6 +302,22 @@ class FederationConfig(_Section):
     @property
     def enabled(self) -> bool:
         return bool(self.servers)
+
+
+# What nats-py connects to; anything else fails at every connect, never at start.
+_SERVER_SCHEMES = frozenset({"nats", "tls", "ws", "wss"})
+
+
+def check_server_url(url: str) -> None:
+    """Refuse a server URL that no connect could use (the daemon would retry it forever)."""
+    wanted = f"server {url[:60]!r} must be a URL such as nats://host:4222"
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port  # out of range, or not a number: ValueError
+    except ValueError:
+        raise ValueError(f"{wanted} (a port from 1 to 65535)") from None
+    if parts.scheme not in _SERVER_SCHEMES or not parts.hostname or port == 0:
+        raise ValueError(f"{wanted} (scheme nats, tls, ws or wss, a host, a port from 1 to 65535)")
 
 
 class MetricsConfig(_Section):
@@ -336,6 +358,7 @@ KEYS: tuple[Key, ...] = (
     _integer("server.max_connections", 1, 16_384, False),
     _duration("server.partial_frame_timeout", "100ms", "1h", False),
     _integer("server.max_inflight_per_connection", 1, 4096, False),
+    _integer("server.max_inflight_bytes", 1 << 20, 1 << 40, False),
     _duration("server.shutdown_timeout", "100ms", "10m", True),
     Key("server.event_loop", "choice", False),
     Key("eventlog.durability", "choice", False),
@@ -343,6 +366,8 @@ KEYS: tuple[Key, ...] = (
     _text("eventlog.source", False, high=64, pattern=_TOKEN),
     _duration("eventlog.watch_step", "1ms", "5s", False),
     _integer("eventlog.subscriber_queue", 1, 1_000_000, False),
+    _integer("eventlog.max_subscriptions", 1, 1_000_000, False),
+    _integer("eventlog.max_subscriptions_per_connection", 1, 1_000_000, False),
     _integer("eventlog.append_queue", 1, 1 << 20, False),
     Key("retention.enabled", "flag", True),
     _duration("retention.default_ttl", "1s", "36500d", True),

@@ -1,8 +1,8 @@
 """The parts no answer needs, started once the daemon has answered its first request.
 
 The watcher (lines other writers append), the periodic prune, the spool
-ingester and the wisp reaper (and glibc's mmap threshold, set through
-ctypes). Started before serving, their imports
+ingester, the wisp reaper and the release of freed memory (and glibc's mmap threshold, set
+through ctypes). Started before serving, their imports
 (watchfiles, the pruner and its steps) and their first rounds ran between the
 first accepted connection and its answer: a client waiting on a
 cold start (under socket activation, the first hook call of the day) waited
@@ -27,6 +27,7 @@ import anyio
 from gastownd.eventlog.indexer import fix_mmap_threshold
 from gastownd.process.config import parse_duration
 from gastownd.process.daemon import Daemon
+from gastownd.process.memory import release_periodically
 
 if TYPE_CHECKING:
     from gastownd.sessions.spool import SpoolIngester
@@ -62,6 +63,7 @@ async def run_housekeeping(
         )
         tasks.start_soon(pruner.run_periodic, daemon)
         tasks.start_soon(ingester.run, stop)
+        tasks.start_soon(release_periodically)
         tasks.start_soon(
             daemon.sessions.run_reaper,
             parse_duration(config.wisps.idle_timeout),

@@ -60,12 +60,26 @@ class InstanceLock:
         self._fd: int | None = None
 
     def acquire(self) -> None:
+        # Never through a symlink, never anything but a regular file: the pid written below
+        # replaces what the file held, and must never land in a file of the user's.
         try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            fd = os.open(
+                self.path,
+                os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK,
+                0o600,
+            )
         except OSError as exc:
+            reason = "it is a symlink; remove it and retry" if exc.errno == errno.ELOOP else None
             raise StartupError(
-                f"{self.path}: cannot open the instance lock: {exc.strerror}", errno_code=exc.errno
+                f"{self.path}: cannot open the instance lock: {reason or exc.strerror}",
+                errno_code=exc.errno,
             ) from None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise StartupError(
+                f"{self.path}: cannot open the instance lock: not a regular file; remove it and "
+                "retry"
+            )
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:

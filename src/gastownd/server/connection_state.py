@@ -27,8 +27,33 @@ class NoRequest(Enum):
     """Why ``next_event`` has no request to give now."""
 
     NEED_DATA = "need_data"  # no whole frame is held: read on
-    AT_LIMIT = "at_limit"  # ``max_inflight`` requests are unanswered: wait for one
+    AT_LIMIT = "at_limit"  # at ``max_inflight``, or the server's ``RequestBytes`` are full
     ENDED = "ended"  # no more requests will come (EOF, or input ended)
+
+
+class RequestBytes:
+    """The bytes of the requests taken and not yet answered, on every connection together.
+
+    Each connection may hold ``max_inflight`` requests of up to ``max_frame`` bytes, and a
+    request holds about its frame's size in memory until it is answered (an emit waiting
+    for the writer, a session op for the store): at the defaults, 512 connections could
+    hold 32 GiB. Past ``limit`` a connection that already has a request in flight takes no
+    more until the total falls back under it; one with none may always take one, so a new
+    client (a hook) is served while others flood.
+    """
+
+    __slots__ = ("held", "limit", "waiting")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.held = 0
+        # Connections that stopped taking requests because the total was full: the shell
+        # lets them take again once it is not (``ConnectionOwner.budget_freed``).
+        self.waiting = 0
+
+    @property
+    def full(self) -> bool:
+        return self.held >= self.limit
 
 
 class Refusal(msgspec.Struct, frozen=True):
@@ -49,9 +74,11 @@ class ConnectionState:
     """What one connection holds and may do next; every change comes from the shell."""
 
     __slots__ = (
+        "_held",
         "_reader",
         "_received_at",
         "_told_reading",
+        "budget",
         "closing",
         "eof",
         "inflight",
@@ -61,6 +88,7 @@ class ConnectionState:
         "partial_since",
         "partial_timeout_s",
         "pumps",
+        "waiting_for_budget",
     )
 
     def __init__(
@@ -70,9 +98,14 @@ class ConnectionState:
         max_inflight: int,
         partial_timeout_s: float,
         now: float,
+        budget: RequestBytes | None = None,
     ) -> None:
         self._reader = codec.FrameReader(max_frame)
         self.max_inflight = max_inflight  # requests taken at once, at most
+        # Shared by the server's connections; by default one of its own that never fills.
+        self.budget = budget if budget is not None else RequestBytes(1 << 62)
+        self._held = 0  # the frame bytes of this connection's requests in flight
+        self.waiting_for_budget = False
         self.partial_timeout_s = partial_timeout_s
         # When the peer last sent bytes or was answered: who is closed first at the limit.
         self.last_active = now
@@ -112,6 +145,11 @@ class ConnectionState:
         while True:
             if self.inflight >= self.max_inflight:
                 return NoRequest.AT_LIMIT
+            if self.inflight and self.budget.full:
+                if not self.waiting_for_budget:
+                    self.waiting_for_budget = True
+                    self.budget.waiting += 1
+                return NoRequest.AT_LIMIT
             try:
                 frame = reader.next_frame()
             except codec.FrameTooLarge as exc:
@@ -131,6 +169,9 @@ class ConnectionState:
             except codec.BadRequest as exc:
                 return Refusal(exc.code, exc.code, exc.message, exc.request_id)
             self.inflight += 1
+            size = len(frame) + 1  # as sent, with its newline
+            self._held += size
+            self.budget.held += size
             return request
 
     # ------------------------------------------------------------ answers, pumps
@@ -138,8 +179,13 @@ class ConnectionState:
     def answered(self, now: float) -> bool:
         """A request was answered; True if the shell must act: take the frames held
         back at the limit, or close once done after the input ended."""
-        at_limit = self.inflight >= self.max_inflight
+        at_limit = self.inflight >= self.max_inflight or self.waiting_for_budget
+        # Answers come in any order: each frees its share, the last one what is left.
+        freed = self._held // self.inflight
+        self._held -= freed
+        self.budget.held -= freed
         self.inflight -= 1
+        self._stop_waiting()
         self.last_active = now
         if at_limit:
             # Nothing was read while at the limit: a frame held partial gets its time anew.
@@ -147,6 +193,19 @@ class ConnectionState:
             if self.partial_since is not None:
                 self.partial_since = now
         return at_limit or self.input_ended
+
+    def budget_freed(self) -> bool:
+        """The server's total fell under its limit: True if this connection was waiting for
+        that (the shell then takes its frames again)."""
+        if not self.waiting_for_budget or self.budget.full:
+            return False
+        self._stop_waiting()
+        return True
+
+    def _stop_waiting(self) -> None:
+        if self.waiting_for_budget:
+            self.waiting_for_budget = False
+            self.budget.waiting -= 1
 
     def pump_started(self) -> None:
         self.pumps += 1
@@ -165,7 +224,7 @@ class ConnectionState:
         """
         if self.input_ended or self.eof:
             return None
-        reading = self.inflight < self.max_inflight
+        reading = self.inflight < self.max_inflight and not self.waiting_for_budget
         if reading == self._told_reading:
             return None
         self._told_reading = reading
@@ -178,6 +237,7 @@ class ConnectionState:
             self.partial_since is None
             or self.input_ended
             or self.inflight >= self.max_inflight
+            or self.waiting_for_budget
             or not self._reader.pending
         ):
             return None

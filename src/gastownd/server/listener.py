@@ -19,15 +19,15 @@ from gastown_client.protocol import Request
 from gastownd.metrics.buckets import RequestMeter
 from gastownd.process.config import ServerConfig, parse_duration
 from gastownd.process.refusals import DaemonError
-from gastownd.server.connection_state import Refusal, admission
+from gastownd.server.connection_state import Refusal, RequestBytes, admission
 from gastownd.server.ratelog import rate_limited
 from gastownd.server.socket_server import (
     INTERNAL_ERROR,
-    Answer,
     Connection,
     FollowUp,
     Handler,
     InlineHandler,
+    PendingReply,
 )
 
 log = structlog.get_logger("gastownd.server")
@@ -50,6 +50,7 @@ class Server:
         self.meter = RequestMeter()
         self.stopping = False
         self.partial_timeout_s = parse_duration(config.partial_frame_timeout)
+        self.request_bytes = RequestBytes(config.max_inflight_bytes)
         self._tasks: anyio.abc.TaskGroup | None = None
         self._stop = anyio.Event()
         self._drained = anyio.Event()
@@ -158,6 +159,14 @@ class Server:
         if self.stopping and not self.connections:
             self._drained.set()
 
+    def request_bytes_freed(self) -> None:
+        """Under the limit again: the connections that waited for it take requests again
+        (in no particular order; each takes what the limit then allows)."""
+        for conn in list(self.connections):
+            if not self.request_bytes.waiting or self.request_bytes.full:
+                return
+            conn.take_again()
+
     def schedule_flush(self, conn: Connection) -> None:
         """Write ``conn``'s queued replies at the end of this loop turn (or of the group
         commit being acknowledged, see ``replying``), in one write."""
@@ -192,7 +201,7 @@ class Server:
             assert self._tasks is not None
             self._tasks.start_soon(self._run_request, conn, request)
             return
-        reply = Answer(conn, self.meter, type(request), request.id, time.perf_counter())
+        reply = PendingReply(conn, self.meter, type(request), request.id, time.perf_counter())
         try:
             handler(request, reply)
         except DaemonError as exc:

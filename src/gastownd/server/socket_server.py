@@ -44,7 +44,7 @@ from gastownd.metrics.buckets import RequestMeter
 from gastownd.process.config import ServerConfig
 from gastownd.process.instance import peer_uid
 from gastownd.process.refusals import DaemonError
-from gastownd.server.connection_state import ConnectionState, NoRequest, Refusal
+from gastownd.server.connection_state import ConnectionState, NoRequest, Refusal, RequestBytes
 
 log = structlog.get_logger("gastownd.server")
 
@@ -53,7 +53,7 @@ Handler = Callable[[Request, "Connection"], Awaitable[Any]]
 LINGER_S = 1.0
 
 
-class Answer(msgspec.Struct):
+class PendingReply(msgspec.Struct):
     """One request answered without a task: the first call sends its reply, later ones
     are ignored. ``reply(result)`` sends a result or a ``DaemonError``; ``reply.frame(data)``
     a reply already rendered (an emit's: ``codec.emit_reply``). Either counts the request
@@ -82,7 +82,7 @@ class Answer(msgspec.Struct):
 
 
 # What a handler that replies itself takes (``reply: Reply``; see ``ops``).
-Reply = Answer
+Reply = PendingReply
 # Answers a request without a task (its op's handler, bound to the daemon): it calls
 # ``reply`` exactly once, now or later (``reply.conn`` is the request's connection).
 InlineHandler = Callable[[Request, Reply], None]
@@ -101,12 +101,14 @@ class ConnectionOwner(Protocol):
 
     config: ServerConfig
     partial_timeout_s: float
+    request_bytes: RequestBytes
 
     def admit(self, conn: Connection, uid: int | None) -> Refusal | None: ...
     def rejected(self, rejected: Refusal) -> None: ...
     def forget(self, conn: Connection) -> None: ...
     def schedule_flush(self, conn: Connection) -> None: ...
     def take(self, conn: Connection, request: Request) -> None: ...
+    def request_bytes_freed(self) -> None: ...
 
 
 class Connection(asyncio.Protocol):
@@ -127,6 +129,7 @@ class Connection(asyncio.Protocol):
             max_inflight=config.max_inflight_per_connection,
             partial_timeout_s=server.partial_timeout_s,
             now=time.monotonic(),
+            budget=server.request_bytes,
         )
         self._transport: asyncio.Transport | None = None
         self._context = contextvars.copy_context()
@@ -217,8 +220,11 @@ class Connection(asyncio.Protocol):
             if not self._outgoing:
                 self.server.schedule_flush(self)
             self._outgoing.append(data)
-        if self.state.answered(time.monotonic()):
+        state = self.state
+        if state.answered(time.monotonic()):
             self._run(self._resume)
+        if state.budget.waiting and not state.budget.full:
+            self.server.request_bytes_freed()
 
     def pump_ended(self) -> None:
         """A subscription's pump is over (it kept the connection open, not a slot)."""
@@ -228,6 +234,11 @@ class Connection(asyncio.Protocol):
     def end_input(self) -> None:
         """Read no more requests (the server stops); what is in flight still answers."""
         self._run(self._end_input)
+
+    def take_again(self) -> None:
+        """The server's request bytes fell under their limit: take the frames held back."""
+        if self.state.budget_freed():
+            self._run(self._resume)
 
     def evict(self, limit: int) -> None:
         """Make room at the connection limit: this idle connection is closed."""

@@ -30,6 +30,7 @@ from gastownd.core.session_record import (
 from gastownd.core.wisp import Effect, Outcome, SaveDigest, WispBook
 from gastownd.eventlog import EventLog
 from gastownd.eventlog.subscriptions import Published
+from gastownd.process.refusals import StorageError
 from gastownd.sessions.outbox import StoreCall
 from gastownd.store import LINES_RECORDED, LineFacts, Store
 
@@ -39,6 +40,9 @@ log = structlog.get_logger("gastownd.sessions")
 RECORD_CHUNK = 256
 # Up to this many session lines waiting at start are recorded before READY (about 0.5 s).
 RECORD_BEFORE_READY = 10_000
+# After the store could not be written (a full disk, another process holding its lock), the
+# recorder tries again this much later, new lines or not.
+STORE_RETRY_S = 1.0
 _RECORDED_FILTER = compile_filter(types=sorted(RECORDED_TYPES))
 
 # Applies a chunk's transition and stores its facts and checkpoint in one transaction.
@@ -107,7 +111,13 @@ class LineRecorder:
         while True:
             await self._lines_waiting.wait()
             self._lines_waiting = anyio.Event()
-            await self.record_lines()
+            try:
+                await self.record_lines()
+            except StorageError:
+                # Logged by the store's caller; the lines stay unrecorded (and retention keeps
+                # them) until a try succeeds: never a crash of the daemon for a full disk.
+                await anyio.sleep(STORE_RETRY_S)
+                self._lines_waiting.set()
 
     def _pending_lines(self) -> int:
         """How many session lines the recorder has not read yet (from the index's postings)."""

@@ -11,6 +11,8 @@ same ops. The book keeps only open wisps: ended ones live in the store.
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
 from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
@@ -34,7 +36,7 @@ from gastownd.core.wisp import (
 )
 from gastownd.eventlog import EventLog
 from gastownd.eventlog.subscriptions import Published
-from gastownd.process.refusals import DaemonError, NotFoundError
+from gastownd.process.refusals import DaemonError, NotFoundError, StorageError
 from gastownd.sessions.line_recorder import LineRecorder
 from gastownd.sessions.outbox import Outbox
 from gastownd.store import LineFacts, NewAttribution, Store
@@ -74,6 +76,8 @@ class SessionRecorder:
         self.book = WispBook()
         self._lock = anyio.Lock()
         self._db = anyio.CapacityLimiter(1)
+        # Clients' reads take the store's thread one at a time (see ``read``).
+        self._reads = anyio.Lock()
         self.outbox = Outbox(store, self.db, eventlog, source)
         self.lines = LineRecorder(store, self.db, eventlog, self._apply_lines, clock)
         # Called after each commit that may change what federation publishes.
@@ -85,6 +89,17 @@ class SessionRecorder:
     async def db(self, func: Callable[..., T], *args: Any) -> T:
         """Run a store call in the store's single worker thread."""
         return await anyio.to_thread.run_sync(func, *args, limiter=self._db)
+
+    async def read(self, func: Callable[..., T], *args: Any) -> T:
+        """``db`` for a read a client asked for (``sessions``, ``cv``, ``status``, …).
+
+        The store has one thread, taken in arrival order. Clients can pipeline thousands of
+        reads; queued there, they would hold every hook's session change behind them. So at
+        most one client read waits for the thread at a time, the others behind it here: the
+        daemon's own work (ops, recorded lines, the outbox, federation) waits for two reads
+        at most."""
+        async with self._reads:
+            return await self.db(func, *args)
 
     async def open(self) -> None:
         """Load open wisps and chain heads; replay lines left in the outbox; record the
@@ -123,7 +138,7 @@ class SessionRecorder:
                 raise DaemonError(str(exc), code=ErrorCode.BAD_REQUEST) from None
             records = op.attributions(book) if op.attributions is not None else ()
             if effects or records or spool_mark is not None or lines is not None:
-                await self.db(self.store.apply, effects, records, spool_mark, lines)
+                await self._commit(effects, records, spool_mark, lines)
                 self.digests_saved += sum(isinstance(e, SaveDigest) for e in effects)
                 self.attributions_recorded.update(r.action for r in records)
                 if self.on_commit is not None:
@@ -133,6 +148,24 @@ class SessionRecorder:
             if any(isinstance(e, EmitLine) for e in effects) or self.outbox.stuck:
                 await self.outbox.flush()
             return book, effects
+
+    async def _commit(
+        self,
+        effects: Sequence[Effect],
+        records: Sequence[NewAttribution],
+        spool_mark: tuple[str, int] | None,
+        lines: LineFacts | None,
+    ) -> None:
+        """``store.apply``; the store's own trouble (locked by another process past the busy
+        timeout, a full disk, read-only, an I/O error) is ``io_error``, not a bug: the
+        transaction was rolled back, nothing changed, and the client is told so."""
+        try:
+            await self.db(self.store.apply, effects, records, spool_mark, lines)
+        except sqlite3.OperationalError as exc:
+            log.warning("session_store_write_failed", path=str(self.store.path), error=str(exc))
+            raise StorageError(
+                f"the session store could not be written ({exc}); nothing was changed"
+            ) from None
 
     async def _apply_lines(
         self, transition: Callable[[WispBook], Outcome], facts: LineFacts
@@ -199,7 +232,8 @@ class SessionRecorder:
     async def run_reaper(self, idle_timeout_s: float, interval_s: float) -> None:
         while True:
             await anyio.sleep(interval_s)
-            await self.reap(idle_timeout_s)
+            with contextlib.suppress(StorageError):  # logged; the next round tries again
+                await self.reap(idle_timeout_s)
 
     # ---------------------------------------------------------------- reading
 

@@ -36,7 +36,7 @@ from gastown_client.protocol import ErrorCode, Hook, Request
 from gastownd.ops import hooks
 from gastownd.process.config import parse_duration
 from gastownd.process.daemon import Daemon
-from gastownd.process.refusals import DaemonError
+from gastownd.process.refusals import DaemonError, StorageError
 from gastownd.sessions.recorder import NO_CHANGE
 
 log = structlog.get_logger("gastownd.spool")
@@ -135,7 +135,7 @@ class SpoolIngester:
                     debounce=200,
                 ):
                     await self.ingest()
-            except (OSError, RuntimeError) as exc:
+            except (OSError, RuntimeError, StorageError) as exc:
                 log.warning("spool_watch_restarting", error=str(exc))
                 await anyio.sleep(1)
 
@@ -253,6 +253,10 @@ class SpoolIngester:
                     )
                 await hooks.hook(self.daemon, request, spool_mark=mark)
                 count += 1
+            except StorageError:
+                # The store's trouble, not the call's: nothing was applied and the offset
+                # stays; the watch tries this line again (never a call dropped as rejected).
+                raise
             except (codec.BadRequest, DaemonError) as exc:
                 log.warning(
                     "spooled_request_rejected",

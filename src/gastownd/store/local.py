@@ -75,6 +75,8 @@ class Store(StoreLookups):
 
     def _migrate(self) -> None:
         version = int(self._db.execute("PRAGMA user_version").fetchone()[0])
+        # This open made the database: it was missing, or empty (a 0-byte file).
+        self.created = version == 0
         if version > SCHEMA_VERSION:
             raise StartupError(
                 f"{self.path}: written by a newer gastownd (schema {version}, this one reads "

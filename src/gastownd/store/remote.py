@@ -47,6 +47,10 @@ MARK_SESSIONS = "fed_sessions"
 MARK_DIGESTS = "fed_digests"
 MARK_ATTRIBUTIONS = "fed_attributions"
 MARK_PRUNED = "fed_remote_pruned_through"
+# The secret that keys this node's Nats-Msg-Ids (``core.records.dedupe_id``), made once.
+MSG_ID_KEY = "fed_msg_id_key"
+# When the stream the other marks refer to was made: a stream made again holds none of them.
+MARK_STREAM = "fed_stream_created"
 # The daemon run that last held this node's name with this store (federation_identity).
 MARK_INSTANCE = "fed_instance"
 # Remote records rejected so far, by reason (JSON): status shows them across restarts.
@@ -158,7 +162,7 @@ class RemoteStore:
             for message in messages:
                 kind = type(message).__struct_config__.tag
                 assert isinstance(kind, str)
-                added = self._apply_one(message, applied)
+                added = self._apply_one(message, applied, now)
                 if not added:
                     applied.duplicates += 1
                     continue
@@ -176,11 +180,11 @@ class RemoteStore:
                 )
         return applied
 
-    def _apply_one(self, message: AnyMessage, applied: Applied) -> int:
+    def _apply_one(self, message: AnyMessage, applied: Applied, now: float) -> int:
         """How many records (event lines) ``message`` added."""
         match message:
             case EventMessage():
-                return self._apply_event(message, applied)
+                return self._apply_event(message, applied, now)
             case SessionMessage():
                 return int(self._apply_session(message))
             case DigestMessage():
@@ -189,8 +193,8 @@ class RemoteStore:
                 return int(self._apply_attribution(message))
         raise AssertionError(message)
 
-    def _apply_event(self, message: EventMessage, applied: Applied) -> int:
-        """Each line of the run once; returns how many were new."""
+    def _apply_event(self, message: EventMessage, applied: Applied, now: float) -> int:
+        """Each line of the run once, received ``now``; returns how many were new."""
         fresh = 0
         for seq, raw in zip(message.seqs, message.lines, strict=True):
             line = bytes(raw)
@@ -200,8 +204,18 @@ class RemoteStore:
             session = session_of(parsed)
             cursor = self._db.execute(
                 "INSERT OR IGNORE INTO remote_events (node, epoch, seq, ts, type, actor, "
-                "session, line) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (message.node, message.epoch, seq, ts, parsed.type, parsed.actor, session, line),
+                "session, line, received) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    message.node,
+                    message.epoch,
+                    seq,
+                    ts,
+                    parsed.type,
+                    parsed.actor,
+                    session,
+                    line,
+                    now,
+                ),
             )
             if cursor.rowcount == 0:
                 continue
@@ -317,13 +331,18 @@ class RemoteStore:
     def prune_events(self, expired: Sequence[tuple[str, float]], batch: int = 5000) -> int:
         """Delete up to ``batch`` remote lines older than their type's cutoff, in one
         transaction; the caller repeats until it returns 0, so local work waits at most
-        one batch."""
+        one batch.
+
+        A line is older when its ``ts`` and the time it was received here both are: a peer
+        whose clock is behind dates its lines in the past, and receivers would delete them
+        as soon as they came (lines stored before schema 3 were received at 0)."""
         with self._transaction():
             arrivals: list[int] = []
             for type_, cutoff in expired:
                 rows = self._db.execute(
-                    "SELECT arrival FROM remote_events WHERE type = ? AND ts < ? LIMIT ?",
-                    (type_, cutoff, batch - len(arrivals)),
+                    "SELECT arrival FROM remote_events WHERE type = ? AND ts < ? "
+                    "AND received < ? LIMIT ?",
+                    (type_, cutoff, cutoff, batch - len(arrivals)),
                 ).fetchall()
                 arrivals += [r[0] for r in rows]
                 if len(arrivals) >= batch:
@@ -342,6 +361,11 @@ class RemoteStore:
 
     def remote_types(self) -> list[str]:
         return [r[0] for r in self._db.execute("SELECT DISTINCT type FROM remote_events")]
+
+    def newest_ts(self) -> int | None:
+        """The newest ``ts`` of the remote lines held (None: none is)."""
+        row = self._db.execute("SELECT MAX(ts) FROM remote_events").fetchone()
+        return None if row is None or row[0] is None else int(row[0])
 
     # ------------------------------------------------------------ publishing
 

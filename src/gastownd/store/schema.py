@@ -9,6 +9,10 @@ one per session and node), ``meta`` checkpoints, and federation: the
 ``node`` of digests and attributions ('' for this node), remote event lines
 (``remote_events``, their ``arrival`` order is the remote part of a
 cursor), and what is known of each other node (``nodes``).
+
+Schema 3: when each remote line was received (``remote_events.received``, this node's clock;
+0 for lines stored before): a remote line expires when its ``ts`` and its arrival both are
+past its TTL, so a peer whose clock is behind cannot make receivers delete its lines early.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from gastownd.core.digest import Digest
 
 _encoder = msgspec.json.Encoder()
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 MIGRATIONS: dict[int, str] = {
     1: """
@@ -140,6 +144,10 @@ MIGRATIONS: dict[int, str] = {
         digests INTEGER NOT NULL DEFAULT 0,
         attributions INTEGER NOT NULL DEFAULT 0
     );
+    """,
+    # When a remote line was received, by this node's clock (see ``RemoteStore.prune_events``).
+    3: """
+    ALTER TABLE remote_events ADD COLUMN received REAL NOT NULL DEFAULT 0;
     """,
 }
 

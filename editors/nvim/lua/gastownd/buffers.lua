@@ -1,5 +1,6 @@
 -- The plugin's own buffers: found by name, made once, unlisted, closed without surprises,
 -- coloured, and each with `?` for its keys.
+local format = require("gastownd.format")
 local highlight = require("gastownd.highlight")
 
 local M = {}
@@ -130,6 +131,7 @@ function M.set_lines(buf, lines, highlights)
   if not vim.api.nvim_buf_is_valid(buf) then
     return
   end
+  lines = format.texts(lines) -- a log text's newline or NUL must not fail the whole view
   vim.bo[buf].modifiable = true
   vim.api.nvim_buf_set_lines(buf, 0, -1, false, lines)
   vim.bo[buf].modifiable = false

@@ -56,7 +56,7 @@ local function append(items)
   end
   local lines, highlights = {}, {}
   for i, item in ipairs(items) do
-    lines[i], highlights[i] = item[1], item[2]
+    lines[i], highlights[i] = format.text(item[1]), item[2]
   end
   vim.bo[buf].modifiable = true
   local first

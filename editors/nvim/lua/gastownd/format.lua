@@ -47,6 +47,40 @@ function M.local_time(ts, fmt)
   return os.date(fmt, epoch)
 end
 
+local function escape(code)
+  return string.format("\\u%04x", code)
+end
+
+-- Text from the log (any writer's) made fit for one buffer line: a newline is shown as ⏎, and
+-- every other control character (a NUL, which vim.fn refuses; ESC; CR; DEL; the C1 ones) and
+-- the bidi controls (which reorder what is shown) as its escape `\u001b`, as gastownctl
+-- prints them. What it returns holds none of them: applying it again changes nothing.
+function M.text(value)
+  local text = tostring(value or ""):gsub("\r?\n", "⏎")
+  text = text:gsub("[%z\1-\31\127]", function(c)
+    return escape(c:byte())
+  end)
+  text = text:gsub("\194([\128-\159])", function(c)
+    return escape(c:byte())
+  end)
+  text = text:gsub("\226\128([\142\143\170-\174])", function(c)
+    return escape(0x2000 + c:byte() - 0x80)
+  end)
+  text = text:gsub("\226\129([\166-\169])", function(c)
+    return escape(0x2040 + c:byte() - 0x80)
+  end)
+  return (text:gsub("\216\156", escape(0x061c)))
+end
+
+-- Every line of `lines` through M.text: what any buffer of the plugin is given.
+function M.texts(lines)
+  local shown = {}
+  for i, line in ipairs(lines) do
+    shown[i] = M.text(line)
+  end
+  return shown
+end
+
 local function pad(text, width)
   text = tostring(text or "")
   local shown = vim.fn.strdisplaywidth(text)
@@ -66,12 +100,13 @@ end
 function M.row(cells)
   local parts, highlights, at = {}, {}, 0
   for i, cell in ipairs(cells) do
-    local text = tostring(cell[1] or "")
+    local text = M.text(cell[1])
+    local shown = #text
     if i < #cells and cell.width then
       text = pad(text, cell.width)
     end
     if cell.group and cell[1] and cell[1] ~= "" then
-      highlights[#highlights + 1] = { cell.group, at, at + #tostring(cell[1]) }
+      highlights[#highlights + 1] = { cell.group, at, at + shown }
     end
     parts[#parts + 1] = text
     at = at + #text + 2
@@ -83,7 +118,7 @@ end
 function M.widest(items, key, least)
   local width = least or 1
   for _, item in ipairs(items) do
-    width = math.max(width, vim.fn.strdisplaywidth(tostring(key(item) or "")))
+    width = math.max(width, vim.fn.strdisplaywidth(M.text(key(item))))
   end
   return width
 end
@@ -105,8 +140,7 @@ end
 -- A value shortened for one row: strings as they are, the rest as JSON.
 function M.short(value, limit)
   limit = limit or 60
-  local text = type(value) == "string" and value or M.json(value)
-  text = text:gsub("\r?\n", "⏎")
+  local text = M.text(type(value) == "string" and value or M.json(value))
   if vim.fn.strchars(text) > limit then
     text = vim.fn.strcharpart(text, 0, limit - 1) .. "…"
   end
@@ -183,15 +217,18 @@ function M.event_row(event, node, local_node)
     node = nil
   end
   local actor = event.actor ~= vim.NIL and event.actor or nil
+  -- Cut like a payload value, as gastownctl does: a 1 MB actor is no 1 MB row.
+  local shown = actor and M.short(actor) or nil
+  node = node and node ~= "" and M.short(node) or node
   local cells = {
     { M.feed_time(event.ts), width = time_width(), group = "GastowndTime" },
-    { event.type or "?", width = 14, group = "GastowndType" },
-    { who(actor, nil), group = "GastowndActor" },
+    { M.short(event.type or "?"), width = 14, group = "GastowndType" },
+    { who(shown, nil), group = "GastowndActor" },
     { M.summary(event.payload, actor) },
   }
   if node and node ~= "" then
     -- actor@node: the node in its own colour, right after the actor.
-    cells[3] = { who(actor, node), group = "GastowndActor", width = 24 }
+    cells[3] = { who(shown, node), group = "GastowndActor", width = 24 }
   else
     cells[3].width = 24
   end
@@ -199,7 +236,7 @@ function M.event_row(event, node, local_node)
   if node and node ~= "" then
     local actor_hl = highlights[3]
     if actor_hl then
-      local split = actor_hl[2] + #(actor or "")
+      local split = actor_hl[2] + #(shown or "")
       highlights[#highlights + 1] = { "GastowndNode", split, actor_hl[3] }
       actor_hl[3] = split
     end
@@ -327,7 +364,7 @@ function M.session_table(rows)
   local widths = {}
   for _, cells in ipairs(all) do
     for i, cell in ipairs(cells) do
-      widths[i] = math.max(widths[i] or 0, vim.fn.strdisplaywidth(tostring(cell[1])))
+      widths[i] = math.max(widths[i] or 0, vim.fn.strdisplaywidth(M.text(cell[1])))
     end
   end
   local lines, highlights = {}, {}

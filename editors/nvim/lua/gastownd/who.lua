@@ -24,6 +24,7 @@ function M.float(lines, opts)
   M.close()
   highlight.define()
   local buf = vim.api.nvim_create_buf(false, true)
+  lines = format.texts(lines)
   vim.api.nvim_buf_set_lines(buf, 0, -1, false, lines)
   highlight.apply(buf, 0, lines, opts.highlights)
   vim.bo[buf].modifiable = false
