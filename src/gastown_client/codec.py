@@ -105,6 +105,20 @@ def encode_frame(message: Any) -> bytes:
     return _encoder.encode(message) + b"\n"
 
 
+def emit_reply(request_id: int | str | None, epoch: int, seq: int, event: bytes) -> bytes:
+    """The frame of an ``emit``'s acknowledgement: the same bytes as ``encode_frame(OkReply(
+    id=request_id, result=EmitResult(cursor=f"{epoch}:{seq}", event=Raw(event))))`` (a
+    cursor is ``"<epoch>:<seq>"``), formatted rather than built and encoded: the daemon
+    renders one per emit. ``event`` is the line without its newline."""
+    head = b"%d" % request_id if type(request_id) is int else _encoder.encode(request_id)
+    return b'{"id":%b,"ok":true,"result":{"cursor":"%d:%d","event":%b}}\n' % (
+        head,
+        epoch,
+        seq,
+        event,
+    )
+
+
 class BadRequest(Exception):
     """A frame that is not a valid request; carries what the reply needs."""
 

@@ -618,3 +618,36 @@ async def test_a_flood_of_queries_leaves_the_daemons_own_threads_free(
         # The daemon's own work gets a thread at once, not after the flood's first 40.
         await anyio.to_thread.run_sync(lambda: None)
         assert done < 40, done
+
+
+async def test_the_watcher_told_of_our_own_append_under_way_does_not_call_the_writer(
+    daemon: InProcess, town: Path
+) -> None:
+    """Our appends wake the watcher too; while the writer's batch is on its way to the loop,
+    the file ends where the writer is writing: no trip through the writer's thread (under
+    gt's lock) for that. A change past it is still caught up."""
+    eventlog = daemon.daemon.eventlog
+    file = eventlog.file
+    assert file is not None
+    writer = eventlog.writer
+    calls = []
+    real_call = writer.call
+
+    async def counted_call(*args, **kwargs):  # type: ignore[no-untyped-def]
+        calls.append(args)
+        return await real_call(*args, **kwargs)
+
+    writer.call = counted_call  # type: ignore[method-assign]
+    data = json.dumps(gt_line(1), separators=(",", ":")).encode() + b"\n"
+    # As the writer's thread does right before its write (lock held).
+    file.writing_end = file.end + len(data)
+    gt_append(town, gt_line(1))
+    await eventlog.catch_up()
+    await anyio.sleep(0.2)  # the watcher's own wake-up, too
+    assert calls == []
+    assert eventlog.external == 0
+    # Not ours after all: the next change the watcher sees is caught up.
+    file.writing_end = file.end
+    await eventlog.catch_up()
+    assert len(calls) >= 1
+    assert eventlog.external == 1

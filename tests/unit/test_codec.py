@@ -6,6 +6,8 @@ import typing
 
 import msgspec
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from gastown_client import codec, protocol
 from gastown_client.errors import RequestRejected
@@ -231,3 +233,27 @@ def test_too_deep_frames_are_bad_requests_before_decoding() -> None:
         assert "deeper than 256 levels" in caught.value.message
     fits = b'{"op":"ping","id":1,"x":' + b"[" * 255 + b"]" * 255 + b"}"
     assert isinstance(codec.decode_request(fits), protocol.Ping)
+
+
+@given(
+    request_id=st.one_of(
+        st.none(),
+        st.integers(min_value=-(2**63), max_value=2**64 - 1),
+        st.text(),  # quotes, backslashes, control characters, non-ASCII
+    ),
+    epoch=st.integers(min_value=1, max_value=2**63),
+    seq=st.integers(min_value=0, max_value=2**63),
+    line=st.sampled_from([b'{"ts":"2026-01-01T00:00:00Z","type":"a","actor":"b"}', b"{}"]),
+)
+def test_an_emit_reply_is_the_frame_of_its_ok_reply(
+    request_id: int | str | None, epoch: int, seq: int, line: bytes
+) -> None:
+    """The daemon renders emit acknowledgements by formatting: byte for byte what encoding
+    the reply Struct gives."""
+    expected = codec.encode_frame(
+        protocol.OkReply(
+            id=request_id,
+            result=protocol.EmitResult(cursor=f"{epoch}:{seq}", event=msgspec.Raw(line)),
+        )
+    )
+    assert codec.emit_reply(request_id, epoch, seq, line) == expected

@@ -113,24 +113,31 @@ def test_select_keeps_seqs_and_relays_offsets() -> None:
 def test_a_known_line_is_indexed_as_its_decoding_would_be(
     events: list[tuple[str, str, dict[str, object], int]],
 ) -> None:
-    decoded, known = EventIndex(), EventIndex()
-    data = b""
+    decoded, known, one_by_one = EventIndex(), EventIndex(), EventIndex()
+    lines, fields = [], []
     for type_, actor, payload, ts in events:
-        line = encode_line(
-            ts=format_ts(ts),
-            source="gt",
-            type=type_,
-            actor=actor,
-            payload=payload,
-            visibility="feed",
+        lines.append(
+            encode_line(
+                ts=format_ts(ts),
+                source="gt",
+                type=type_,
+                actor=actor,
+                payload=payload,
+                visibility="feed",
+            )
         )
         session = payload.get("session_id")
-        fields = Known(type_, actor, session if isinstance(session, str) and session else None, ts)
-        known.add_known(line, len(data), len(known), fields)
-        data += line
-    decoded.add_lines(data, 0, iter(range(len(events))))
-    assert known.export()[1] == decoded.export()[1]
-    assert known.export()[0] == decoded.export()[0]
+        fields.append(
+            Known(type_, actor, session if isinstance(session, str) and session else None, ts)
+        )
+    # A whole group commit at once, and the same lines one batch each.
+    assert known.add_known_lines(lines, 0, 0, fields) == 0
+    for position, (line, field) in enumerate(zip(lines, fields, strict=True)):
+        assert one_by_one.add_known_lines([line], one_by_one.end, position, [field]) == position
+    decoded.add_lines(b"".join(lines), 0, iter(range(len(events))))
+    for index in (known, one_by_one):
+        assert index.export()[1] == decoded.export()[1]
+        assert index.export()[0] == decoded.export()[0]
 
 
 def test_appending_a_part_of_malformed_lines_only() -> None:

@@ -17,14 +17,13 @@ import operator
 import zlib
 from array import array
 from collections.abc import Generator, Iterable, Iterator, Sequence
-from typing import NamedTuple
 
 import msgspec
 
 from gastownd.core import index_snapshot
 from gastownd.core.events import decode_lines, parse_stamps, sessions_of
 from gastownd.core.index_columns import MALFORMED, NO_SESSION, NO_STAMP, POSTING, LineColumns
-from gastownd.core.index_postings import NameTables, post, walk_postings
+from gastownd.core.index_postings import NameTables, interned, post, walk_postings
 from gastownd.core.index_snapshot import ColumnBlobs, IndexHeader
 from gastownd.core.query import CompiledFilter
 from gastownd.core.retention import PLAN_CHUNK, drive
@@ -35,8 +34,11 @@ APPEND_SLICE = 1 << 16
 __all__ = ["MALFORMED", "NO_SESSION", "Entry", "EventIndex", "IndexHeader", "Known"]
 
 
-class Known(NamedTuple):
-    """What the index keeps of a line its writer already knows (our own emits)."""
+class Known(msgspec.Struct, frozen=True, gc=False):
+    """What the index keeps of a line its writer already knows (our own emits).
+
+    A Struct, not a NamedTuple: one is made per emit, and a Struct is made in C.
+    """
 
     type: str
     actor: str
@@ -119,16 +121,59 @@ class EventIndex(LineColumns, NameTables):
         post(self.by_session, session_col, first, NO_SESSION)
         return consumed
 
-    def add_known(self, line: bytes, offset: int, seq: int, known: Known) -> int:
-        """Index one well-formed line (newline included) whose fields are known.
+    def add_known_lines(
+        self, lines: Sequence[bytes], offset: int, first_seq: int, known: Sequence[Known]
+    ) -> int:
+        """Index well-formed lines (newline included) whose fields are known, one after
+        another from file ``offset``, with seqs from ``first_seq`` on.
 
-        The same entry ``add_lines`` would make of it, without decoding it again.
-        Returns its position.
+        The entries ``add_lines`` would make of them, without decoding them again,
+        built a column at a time for the whole batch (a group commit's lines), as
+        ``add_lines`` does. Returns the position of the first.
         """
-        position = len(self.offsets)
-        ids = self.intern(known.type, known.actor, known.session)
-        self._append(offset, len(line), seq, *ids, known.ts, zlib.crc32(line[:-1]))
-        return position
+        first = len(self.offsets)
+        if self.seqs and first_seq <= self.seqs[-1]:
+            raise ValueError(f"seq {first_seq} does not follow {self.seqs[-1]}")
+        # A group commit is a few lines (often one to three): one pass over them with the
+        # columns' appends bound once costs less than a comprehension per column, whose
+        # set-up is paid for every batch (5.2 us for a batch of one that way, against 2 us).
+        offsets, seqs, ts_col, max_ts = self.offsets, self.seqs, self.ts, self.max_ts
+        types, actors, sessions, checksums = self.types, self.actors, self.sessions, self.checksums
+        by_type, by_session = self.by_type, self.by_session
+        type_ids, actor_ids, session_ids = self._type_ids, self._actor_ids, self._session_ids
+        running = self.running_max_ts()
+        position, seq = first, first_seq
+        for line, fields in zip(lines, known, strict=True):
+            type_id = type_ids.get(fields.type)
+            if type_id is None:
+                type_id = interned(fields.type, type_ids, self.type_names, by_type)
+            actor_id = actor_ids.get(fields.actor)
+            if actor_id is None:
+                actor_id = interned(fields.actor, actor_ids, self.actor_names, None)
+            session = fields.session
+            session_id = NO_SESSION if session is None else session_ids.get(session)
+            if session_id is None:
+                assert session is not None
+                session_id = interned(session, session_ids, self.session_names, by_session)
+            if session_id != NO_SESSION:
+                by_session[session_id].append(position)
+            by_type[type_id].append(position)
+            stamp = fields.ts
+            if stamp > running:
+                running = stamp
+            offsets.append(offset)
+            seqs.append(seq)
+            ts_col.append(stamp)
+            max_ts.append(running)
+            types.append(type_id)
+            actors.append(actor_id)
+            sessions.append(session_id)
+            checksums.append(zlib.crc32(line[:-1]))
+            offset += len(line)
+            position += 1
+            seq += 1
+        self.end = offset
+        return first
 
     def add_unindexable(self, offset: int, length: int, seq: int, checksum: int) -> int:
         """A malformed line known only by its place and checksum (one too long to read

@@ -28,7 +28,7 @@ import functools
 import os
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import anyio
@@ -234,8 +234,10 @@ class EventLog(IndexUpkeep, BackgroundIndexing, IndexCheckpoints, LogReads):
         self.apply_observation(batch.observation)
         items = batch.items
         if batch.error is None:
-            if all(item.known is not None for item in items):
-                positions = self._index_known(items)
+            known = [item.known for item in items if item.known is not None]
+            positions: Sequence[int]
+            if len(known) == len(items):
+                positions = self._index_known(items, known)
             else:
                 positions = self._index_bytes(batch.data, external=False)
             self.appended += len(items)
@@ -257,10 +259,19 @@ class EventLog(IndexUpkeep, BackgroundIndexing, IndexCheckpoints, LogReads):
 
     async def catch_up(self) -> None:
         """Index what other processes did to the file (called by the watcher)."""
+        file = self.file
+        assert file is not None
         try:
             info = os.stat(self.path)
-            if info.st_ino == self.inode and info.st_size == self.index.end:
-                return  # nothing new: no need to take gt's lock
+            # Nothing new (no need to take gt's lock): the file ends where the index does,
+            # or where the writer's thread has written or is writing (our own appends, which
+            # wake the watcher too: their batches are still on their way to the loop).
+            if info.st_ino == self.inode and info.st_size in (
+                self.index.end,
+                file.end,
+                file.writing_end,
+            ):
+                return
         except FileNotFoundError:
             pass
         writer = self.writer

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import msgspec
 
-from gastownd.core.index import MALFORMED, EventIndex
+from gastownd.core.index import MALFORMED, EventIndex, Known
 from gastownd.eventlog.indexer import LongLine
 from gastownd.eventlog.logstate import SeqMap, runs_of, write_seqmap
 from gastownd.eventlog.subscriptions import Published
@@ -102,25 +102,20 @@ class IndexUpkeep:
             "eventlog_malformed_lines", "not_indexable", lines=1, first_offset=line.offset
         )
 
-    def _index_known(self, items: list[Append]) -> list[int]:
-        """Index and publish lines whose fields are known (ours), at ``index.end``."""
+    def _index_known(self, items: list[Append], known: list[Known]) -> range:
+        """Index and publish a batch of lines whose fields are ``known`` (ours), at
+        ``index.end``, in one call; returns their positions."""
         index = self.index
-        offset = index.end
         seq = index.next_seq()
-        positions = []
-        published = []
-        for item in items:
-            known = item.known
-            assert known is not None
-            line = item.line
-            positions.append(index.add_known(line, offset, seq, known))
-            published.append(
-                Published(seq, known.type, known.actor, known.session, known.ts, line[:-1])
-            )
-            offset += len(line)
-            seq += 1
-        self._publish(published)
-        return positions
+        lines = [item.line for item in items]
+        first = index.add_known_lines(lines, index.end, seq, known)
+        self._publish(
+            [
+                Published(at, fields.type, fields.actor, fields.session, fields.ts, line[:-1])
+                for at, fields, line in zip(itertools.count(seq), known, lines)
+            ]
+        )
+        return range(first, first + len(lines))
 
     def _publish_positions(self, positions: list[int], data: bytes, data_offset: int) -> None:
         index = self.index

@@ -75,6 +75,10 @@ class LogFile:
         self.inode = (0, 0)
         # The file as last seen: its size, and the bytes just before that size.
         self.end = 0
+        # The size the file has once the append under way is written (``end`` when none is):
+        # read by the event loop (``EventLog.catch_up``), to tell a change it is told of
+        # as our own append without a round trip through this thread.
+        self.writing_end = 0
         self.tail = b""
         self.quarantined = 0
         self.dirty = False  # written and not yet synced (durability "write")
@@ -100,7 +104,7 @@ class LogFile:
 
     def remember(self, end: int) -> None:
         """The file is known up to ``end``: keep its size and its last bytes."""
-        self.end = end
+        self.end = self.writing_end = end
         self.tail = read_tail(self.fd, end)
 
     @contextmanager
@@ -282,6 +286,7 @@ class LogFile:
         """
         fd = self.fd
         before = self.end
+        self.writing_end = before + len(data)
         try:
             write_all(fd, data)
             if sync:
@@ -291,6 +296,7 @@ class LogFile:
             else:
                 self.dirty = True
         except OSError as exc:
+            self.writing_end = before
             self._cut_back(fd, before)
             log.error("eventlog_write_failed", error=exc.strerror, errno=exc.errno, bytes=len(data))
             reason = "disk full" if exc.errno == errno.ENOSPC else exc.strerror
@@ -342,7 +348,7 @@ class LogFile:
         old_fd = self.fd
         self.fd = temp_fd
         self.inode = (info.st_dev, info.st_ino)
-        self.end = info.st_size
+        self.end = self.writing_end = info.st_size
         self.tail = tail
         return old_fd
 

@@ -34,7 +34,10 @@ log = structlog.get_logger("gastownd.subscriptions")
 MAX_QUEUED_BYTES = 8 << 20
 
 
-class Published(msgspec.Struct, frozen=True):
+class Published(msgspec.Struct, frozen=True, gc=False):
+    """One indexed line, as subscribers and observers get it (a Struct: one is made per
+    line of every group commit, and a Struct is made in C)."""
+
     seq: int
     type: str
     actor: str

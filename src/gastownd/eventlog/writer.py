@@ -53,7 +53,9 @@ IDLE_CHECK_S = 0.25
 
 
 class Append(msgspec.Struct, eq=False):
-    """One line to append; ``done`` is told its seq, or the error, on the event loop."""
+    """One line to append; ``done`` is told its seq, or the error, on the event loop.
+
+    A Struct: one is made per emit, and a Struct is made in C."""
 
     line: bytes
     done: Callable[[int | StorageError], None]

@@ -6,9 +6,9 @@ from collections.abc import Sequence
 
 import msgspec
 
+from gastown_client import codec
 from gastown_client.protocol import (
     Emit,
-    EmitResult,
     EventFilter,
     Prune,
     PruneResult,
@@ -37,13 +37,17 @@ def _parts(daemon: Daemon) -> tuple[EventLog, Subscriptions]:
     return daemon.eventlog, daemon.subscriptions
 
 
-def _line(daemon: Daemon, request: Emit, now: float) -> bytes:
+def submit_emit(daemon: Daemon, request: Emit, reply: Reply) -> None:
+    """Queue the line for the writer; ``reply`` once it is durable, with the
+    acknowledgement rendered here (``codec.emit_reply``)."""
+    now = daemon.clock()
+    payload = request.payload
     line = encode_line(
         ts=format_ts(now),
         source=daemon.config.eventlog.source,
         type=request.type,
         actor=request.actor,
-        payload=request.payload,
+        payload=payload,
         visibility=request.visibility,
     )
     if len(line) - 1 > MAX_LINE_BYTES:
@@ -51,27 +55,21 @@ def _line(daemon: Daemon, request: Emit, now: float) -> bytes:
             f"the encoded line is {len(line) - 1} bytes; Gas Town's readers break past "
             f"{MAX_LINE_BYTES} - at $.payload"
         )
-    return line
-
-
-def submit_emit(daemon: Daemon, request: Emit, reply: Reply) -> None:
-    """Queue the line for the writer; ``reply`` once it is durable."""
-    eventlog, _ = _parts(daemon)
-    now = daemon.clock()
-    line = _line(daemon, request, now)
-    session = request.payload.get("session_id")
+    session = payload.get("session_id")
     known = Known(
         request.type,
         request.actor,
         session if isinstance(session, str) and session else None,
         int(now),
     )
+    eventlog = daemon.eventlog
+    request_id = request.id
 
     def written(outcome: int | DaemonError) -> None:
-        if isinstance(outcome, DaemonError):
-            reply(outcome)
+        if type(outcome) is int:  # its seq: the cursor is ``eventlog.cursor(outcome)``
+            reply.frame(codec.emit_reply(request_id, eventlog.seqmap.epoch, outcome, line[:-1]))
         else:
-            reply(EmitResult(cursor=eventlog.cursor(outcome), event=msgspec.Raw(line[:-1])))
+            reply(outcome)
 
     eventlog.submit(line, written, known)
 

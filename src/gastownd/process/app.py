@@ -29,6 +29,7 @@ import anyio.abc
 import structlog
 
 from gastown_client import paths as town_paths
+from gastown_client.protocol import Request
 from gastownd import ops
 from gastownd.eventlog import EventLog
 from gastownd.eventlog.subscriptions import Published, Subscriptions
@@ -54,6 +55,7 @@ from gastownd.process.systemd import (
     watchdog_loop,
 )
 from gastownd.server.listener import Server
+from gastownd.server.socket_server import InlineHandler
 from gastownd.sessions.recorder import SessionRecorder
 from gastownd.sessions.spool import SpoolIngester
 from gastownd.store import Store
@@ -208,11 +210,13 @@ class App:
         # The server answers its first request only once ``serve`` runs, after ``daemon`` is
         # built below.
         daemon: Daemon
+        # The ops answered without a task, bound to ``daemon`` once it is built, below.
+        inline: dict[type[Request], InlineHandler] = {}
         server = Server(
             config.server,
             lambda req, conn: ops.dispatch(daemon, req, conn),
             expected_uid=os.geteuid(),
-            inline=lambda req, conn, reply: ops.dispatch_inline(daemon, req, conn, reply),
+            inline=inline,
         )
         eventlog.writer.around_batch = server.replying
 
@@ -249,6 +253,7 @@ class App:
                 else:
                     federation = FederationOff(state.node, state.town_name, sessions)
                 daemon = Daemon(state, server, eventlog, subscriptions, sessions, federation)
+                inline.update(ops.inline_handlers(daemon))
                 ingester = SpoolIngester(daemon, town_paths.spool_dir(paths.town))
                 with _refusing("cannot create the spool directory", ingester.folder):
                     await anyio.to_thread.run_sync(ingester.prepare)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import anyio
@@ -26,7 +26,8 @@ from gastownd.server.socket_server import (
     Connection,
     FollowUp,
     Handler,
-    Inline,
+    InlineHandler,
+    PendingReply,
 )
 
 log = structlog.get_logger("gastownd.server")
@@ -38,7 +39,7 @@ class Server:
         config: ServerConfig,
         handler: Handler,
         expected_uid: int,
-        inline: Inline,
+        inline: Mapping[type[Request], InlineHandler],
     ) -> None:
         self.config = config
         self.handler = handler
@@ -195,29 +196,19 @@ class Server:
         else in a task of its own: tasks start in spawn order, so each handler's
         synchronous prefix (where an emit is queued) keeps the request order."""
         self.requests += 1
-        request_id = request.id
-        answered = False
-        started = time.perf_counter()
-
-        def reply(result: Any) -> None:
-            nonlocal answered
-            if not answered:
-                answered = True
-                self.meter.finished(type(request), started, result)
-                conn.finish(request_id, result)
-
+        handler = self.inline.get(type(request))
+        if handler is None:
+            assert self._tasks is not None
+            self._tasks.start_soon(self._run_request, conn, request)
+            return
+        reply = PendingReply(conn, self.meter, type(request), request.id, time.perf_counter())
         try:
-            if self.inline(request, conn, reply):
-                return
+            handler(request, reply)
         except DaemonError as exc:
             reply(exc)
-            return
         except Exception:
-            log.exception("request_failed", request_id=request_id, op=type(request).__name__)
+            log.exception("request_failed", request_id=request.id, op=type(request).__name__)
             reply(INTERNAL_ERROR)
-            return
-        assert self._tasks is not None
-        self._tasks.start_soon(self._run_request, conn, request)
 
     async def _run_request(self, conn: Connection, request: Request) -> None:
         """Run one request and queue its reply; a FollowUp's task runs after the reply."""

@@ -35,10 +35,12 @@ from typing import Any, Protocol, cast
 
 import anyio
 import anyio.abc
+import msgspec
 import structlog
 
 from gastown_client import codec
 from gastown_client.protocol import OkReply, Request
+from gastownd.metrics.buckets import RequestMeter
 from gastownd.process.config import ServerConfig
 from gastownd.process.instance import peer_uid
 from gastownd.process.refusals import DaemonError
@@ -49,11 +51,41 @@ log = structlog.get_logger("gastownd.server")
 Handler = Callable[[Request, "Connection"], Awaitable[Any]]
 # How long a closed connection waits for its peer to close too (see ``_close``).
 LINGER_S = 1.0
-# Called with a result (or a ``DaemonError``) once; ``Reply`` sends it.
-Reply = Callable[[Any], None]
-# May answer a request without a task: True when it took the request (and
-# will call ``reply`` exactly once, now or later), False to run it as a task.
-Inline = Callable[[Request, "Connection", Reply], bool]
+
+
+class PendingReply(msgspec.Struct):
+    """One request answered without a task: the first call sends its reply, later ones
+    are ignored. ``reply(result)`` sends a result or a ``DaemonError``; ``reply.frame(data)``
+    a reply already rendered (an emit's: ``codec.emit_reply``). Either counts the request
+    in the server's meter. A Struct, made in C: one is made per request (emits included)
+    instead of a closure over five names."""
+
+    conn: Connection
+    meter: RequestMeter
+    op: type
+    request_id: int | str | None
+    started: float  # perf_counter, for the latency histogram
+    sent: bool = False
+
+    def __call__(self, result: Any) -> None:
+        if not self.sent:
+            self.sent = True
+            self.meter.finished(self.op, self.started, result)
+            self.conn.finish(self.request_id, result)
+
+    def frame(self, data: bytes) -> None:
+        """Send a successful reply rendered by the handler (one frame, newline included)."""
+        if not self.sent:
+            self.sent = True
+            self.meter.finished(self.op, self.started, None)
+            self.conn.finish_frame(data)
+
+
+# What a handler that replies itself takes (``reply: Reply``; see ``ops``).
+Reply = PendingReply
+# Answers a request without a task (its op's handler, bound to the daemon): it calls
+# ``reply`` exactly once, now or later (``reply.conn`` is the request's connection).
+InlineHandler = Callable[[Request, Reply], None]
 
 
 class FollowUp:
@@ -177,9 +209,17 @@ class Connection(asyncio.Protocol):
     def finish(self, request_id: int | str | None, result: Any) -> None:
         """A request's outcome: queue its reply, free its slot."""
         if isinstance(result, DaemonError):
-            self._queue(codec.error_reply(request_id, result.code, result.message))
+            reply: Any = codec.error_reply(request_id, result.code, result.message)
         else:
-            self._queue(OkReply(id=request_id, result=result))
+            reply = OkReply(id=request_id, result=result)
+        self.finish_frame(codec.encode_frame(reply))
+
+    def finish_frame(self, data: bytes) -> None:
+        """A request's reply, rendered (newline included): queue it, free its slot."""
+        if not self.closed:
+            if not self._outgoing:
+                self.server.schedule_flush(self)
+            self._outgoing.append(data)
         state = self.state
         if state.answered(time.monotonic()):
             self._run(self._resume)
